@@ -1,0 +1,58 @@
+# xray-gateway: `make up` runs it, `make test` tests it. Both install what is missing first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := orthanc orthanc-python dcmtk
+export TCP_NODELAY := 1
+
+.PHONY: up test deps apt npm venv contracts contracts-check lint lock clean-var
+
+up: deps
+	$(VENV)/bin/xray-gateway up
+
+test: deps
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; \
+	exit $$rc
+
+deps: apt npm venv
+
+# apt: only when a package is missing; `apt-get update` once, before installing.
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+# npm: solcjs, OpenZeppelin and anvil into ./node_modules, exactly as package-lock.json pins them.
+npm: node_modules/.installed
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+# pip: the venv, constrained by the committed requirements.lock.
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	@touch $@
+
+# Recompile the contract with solcjs into the committed artifact.
+contracts: npm
+	node contracts/build.js
+
+contracts-check: npm
+	node contracts/build.js --check
+
+lint: deps
+	$(VENV)/bin/ruff check gateway tests dicom_fixtures
+	$(VENV)/bin/mypy
+
+# Regenerate requirements.lock from what the venv resolved (after changing pyproject.toml).
+lock:
+	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock

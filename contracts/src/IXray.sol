@@ -1,0 +1,198 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+/**
+ * @title IXray
+ * @notice Interface of the xray contract: the ledger that anchors the fingerprints of
+ * medical images received by xray-gateway.
+ * @dev Modelled on the seed paper's `xray.sol`/`xr.sol`. Nothing in here carries
+ * protected health information: patients and images are identified by 32-byte keys
+ * (HMAC-SHA256 under a site secret that never leaves the hospital).
+ */
+interface IXray {
+    /**
+     * @notice The seed paper's `UserType`. `Doctor` keeps the value 1 used in the
+     * seed's console session (`setPermission(doctor, 'Dr.Lee', 1, true)`).
+     */
+    enum UserType {
+        None,
+        Doctor,
+        Hospital,
+        Recorder,
+        Auditor
+    }
+
+    /// @notice One version of one image, as returned by {imageOf} and {versionOf}.
+    struct ImageVersion {
+        /// @notice SHA-256 of the dataset bytes as received, File Meta Information excluded.
+        bytes32 digest;
+        /// @notice SHA-256 of the Pixel Data value as received.
+        bytes32 pixelDigest;
+        /// @notice HMAC of the patient's issuer and ID; never the ID itself.
+        bytes32 patientKey;
+        /// @notice Account that recorded this version.
+        address recorder;
+        /// @notice Block timestamp of the recording.
+        uint40 recordedAt;
+        /// @notice Block number of the recording.
+        uint40 blockNumber;
+        /// @notice Examined body part, e.g. `CHEST` (DICOM BodyPartExamined).
+        string bodyPart;
+        /// @notice DICOM Modality, e.g. `DX`.
+        string modality;
+    }
+
+    /// @notice An image: its current version plus its history and retirement.
+    struct Image {
+        /// @notice The newest version.
+        ImageVersion current;
+        /// @notice Number of versions; the first recording is version 1.
+        uint32 versions;
+        /// @notice True once retired with {retireImage}.
+        bool retired;
+        /// @notice Who retired it, zero if not retired.
+        address retiredBy;
+        /// @notice When it was retired, zero if not retired.
+        uint40 retiredAt;
+        /// @notice Why it was retired.
+        string retireReason;
+    }
+
+    /// @notice A Merkle root anchoring many images in one transaction.
+    struct Batch {
+        /// @notice RFC 6962 Merkle tree head over the images' leaves.
+        bytes32 root;
+        /// @notice Number of leaves in the tree.
+        uint32 count;
+        /// @notice Account that anchored the batch.
+        address recorder;
+        /// @notice Block timestamp of the anchoring.
+        uint40 anchoredAt;
+        /// @notice Block number of the anchoring.
+        uint40 blockNumber;
+    }
+
+    /// @notice The caller may not record images: it holds neither the Recorder nor the Doctor role.
+    error XrayNotRecorder(address account);
+    /// @notice The caller may not retire images: it is neither admin nor Hospital.
+    error XrayNotCustodian(address account);
+    /// @notice The caller may not give or take `userType` permissions.
+    error XrayNotPermissionManager(address account, UserType userType);
+    /// @notice `userType` is not a permission that can be given.
+    error XrayInvalidUserType(UserType userType);
+    /// @notice `account` holds no permission to remove.
+    error XrayNoPermission(address account);
+    /// @notice A key, digest or root was zero.
+    error XrayZeroValue();
+    /// @notice `recordKey` is already recorded; a new version goes through {supersedeImage}.
+    error XrayRecordExists(bytes32 recordKey);
+    /// @notice `recordKey` was never recorded.
+    error XrayUnknownRecord(bytes32 recordKey);
+    /// @notice `recordKey` is retired and can no longer change.
+    error XrayRecordRetired(bytes32 recordKey);
+    /// @notice The new version has the digest the current version already has.
+    error XrayUnchangedDigest(bytes32 recordKey, bytes32 digest);
+    /// @notice `version` does not exist for `recordKey`.
+    error XrayUnknownVersion(bytes32 recordKey, uint256 version);
+    /// @notice A batch must anchor at least one image.
+    error XrayEmptyBatch();
+    /// @notice `root` is already anchored, as batch `batchId`.
+    error XrayBatchExists(bytes32 root, uint256 batchId);
+    /// @notice No batch has id `batchId`.
+    error XrayUnknownBatch(uint256 batchId);
+    /// @notice `index` is past the `count` images recorded for `patientKey`.
+    error XrayIndexOutOfRange(bytes32 patientKey, uint256 index, uint256 count);
+
+    /// @notice `account` was given (`enabled`) or denied the `userType` permission, under `name`.
+    event PermissionSet(
+        address indexed account, string name, UserType userType, bool enabled, address indexed by
+    );
+    /// @notice Every xray permission of `account` was removed by `by`.
+    event PermissionRemoved(address indexed account, address indexed by);
+    /// @notice The first version of an image was recorded.
+    event ImageRecorded(
+        bytes32 indexed recordKey,
+        bytes32 indexed patientKey,
+        address indexed recorder,
+        bytes32 digest,
+        bytes32 pixelDigest,
+        string bodyPart,
+        string modality
+    );
+    /// @notice A new version of an image replaced `previousDigest`.
+    event ImageSuperseded(
+        bytes32 indexed recordKey,
+        bytes32 indexed patientKey,
+        address indexed recorder,
+        uint32 version,
+        bytes32 previousDigest,
+        bytes32 digest,
+        bytes32 pixelDigest
+    );
+    /// @notice A Merkle root of `count` images was anchored as batch `batchId`.
+    event BatchAnchored(uint256 indexed batchId, bytes32 indexed root, address indexed recorder, uint32 count);
+    /// @notice An image was retired; its record stays.
+    event ImageRetired(bytes32 indexed recordKey, address indexed by, string reason);
+
+    /**
+     * @notice Give or deny `account` the `userType` permission (seed parity).
+     * @dev The admin manages every type; a Hospital manages Doctors.
+     */
+    function setPermission(address account, string calldata name, UserType userType, bool enabled) external;
+
+    /// @notice Remove every xray permission of `account` (seed parity: a doctor who resigned).
+    function removePermission(address account) external;
+
+    /// @notice Record the first version of an image.
+    function recordImage(
+        bytes32 recordKey,
+        bytes32 patientKey,
+        bytes32 digest,
+        bytes32 pixelDigest,
+        string calldata bodyPart,
+        string calldata modality
+    ) external;
+
+    /// @notice Record a new version of an image; it links to the current one.
+    function supersedeImage(
+        bytes32 recordKey,
+        bytes32 patientKey,
+        bytes32 digest,
+        bytes32 pixelDigest,
+        string calldata bodyPart,
+        string calldata modality
+    ) external;
+
+    /// @notice Anchor the Merkle root of `count` images; returns the batch id.
+    function recordBatch(bytes32 root, uint32 count) external returns (uint256 batchId);
+
+    /// @notice Retire an image (the seed's Remove); the record stays, marked.
+    function retireImage(bytes32 recordKey, string calldata reason) external;
+
+    /// @notice The image recorded under `recordKey`.
+    function imageOf(bytes32 recordKey) external view returns (Image memory);
+
+    /// @notice Version `version` (1-based) of the image under `recordKey`.
+    function versionOf(bytes32 recordKey, uint256 version) external view returns (ImageVersion memory);
+
+    /// @notice The batch with id `batchId`.
+    function batchOf(uint256 batchId) external view returns (Batch memory);
+
+    /// @notice The id of the batch that anchored `root`, zero if none.
+    function batchIdOf(bytes32 root) external view returns (uint256);
+
+    /// @notice Number of batches anchored so far; ids run from 1 to this.
+    function batchCount() external view returns (uint256);
+
+    /// @notice The name given to `account` with {setPermission}.
+    function nameOf(address account) external view returns (string memory);
+
+    /// @notice Number of image versions recorded for `patientKey` (seed parity).
+    function getXrayhashCount(bytes32 patientKey) external view returns (uint256);
+
+    /// @notice The `index`-th image version of `patientKey`: recorder's name, body part, digest (seed parity).
+    function getXrayhash(bytes32 patientKey, uint256 index)
+        external
+        view
+        returns (string memory recorderName, string memory bodyPart, bytes32 digest);
+}

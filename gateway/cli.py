@@ -1,0 +1,128 @@
+"""``xray-gateway``: the command line. Each subcommand is a thin shell over a module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gateway import __version__
+from gateway.config import Settings, get_settings
+from gateway.errors import GatewayError
+from gateway.ledger.types import UserType
+
+ROLES = {t.name.lower(): t for t in UserType if t is not UserType.NONE}
+
+
+def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.stack import Stack
+
+    stack = Stack(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stack.start()
+        print(stack.banner(), flush=True)
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("xray-gateway: stopping…", file=sys.stderr, flush=True)
+        stack.stop()
+    return 0
+
+
+def _cmd_contract_deploy(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.chain import deploy_contract
+
+    deployment = deploy_contract(settings, admin=args.admin)
+    _print_json(deployment.__dict__)
+    return 0
+
+
+def _cmd_contract_grant(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.chain import admin_account, open_ledger
+
+    ledger = open_ledger(settings, admin_account(settings))
+    anchor = ledger.set_permission(args.account, args.name, ROLES[args.role], enabled=True)
+    _print_json({"account": args.account, "role": args.role, "name": args.name, "tx": anchor.tx_hash})
+    return 0
+
+
+def _cmd_contract_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.chain import admin_account, open_ledger
+
+    ledger = open_ledger(settings, admin_account(settings))
+    if args.role:
+        anchor = ledger.set_permission(args.account, "", ROLES[args.role], enabled=False)
+    else:
+        anchor = ledger.remove_permission(args.account)
+    _print_json({"account": args.account, "revoked": args.role or "all", "tx": anchor.tx_hash})
+    return 0
+
+
+def _cmd_contract_info(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.chain import open_ledger
+
+    ledger = open_ledger(settings)
+    info = ledger.info()
+    for account in args.account or []:
+        info.setdefault("accounts", {})[account] = {
+            "name": ledger.name_of(account),
+            "roles": ledger.roles_of(account),
+        }
+    _print_json(info)
+    return 0
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; every subcommand sets ``handler``."""
+    parser = argparse.ArgumentParser(
+        prog="xray-gateway",
+        description="A DICOM gateway that fingerprints, seals and anchors every image before "
+        "it reaches Orthanc. Settings come from GATEWAY_* environment variables.",
+    )
+    parser.add_argument("--version", action="version", version=f"xray-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    up = sub.add_parser("up", help="run everything with embedded defaults (anvil, contract)")
+    up.set_defaults(handler=_cmd_up)
+
+    contract = sub.add_parser("contract", help="deploy the xray contract and manage its roles")
+    csub = contract.add_subparsers(dest="action", metavar="ACTION", required=True)
+    deploy = csub.add_parser("deploy", help="deploy the contract with the admin key")
+    deploy.add_argument("--admin", help="address that gets the admin role (default: the deployer)")
+    deploy.set_defaults(handler=_cmd_contract_deploy)
+    grant = csub.add_parser("grant", help="give an account a role (setPermission)")
+    grant.add_argument("account", help="0x address")
+    grant.add_argument("--role", choices=sorted(ROLES), required=True)
+    grant.add_argument("--name", required=True, help="display name, e.g. 'Dr.Lee'")
+    grant.set_defaults(handler=_cmd_contract_grant)
+    revoke = csub.add_parser("revoke", help="take a role away, or every role (removePermission)")
+    revoke.add_argument("account", help="0x address")
+    revoke.add_argument("--role", choices=sorted(ROLES), help="only this role (default: all)")
+    revoke.set_defaults(handler=_cmd_contract_revoke)
+    info = csub.add_parser("info", help="address, chain, compiler and counts; roles of accounts")
+    info.add_argument("--account", action="append", help="also show this account's roles")
+    info.set_defaults(handler=_cmd_contract_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; errors become one-line messages and exit code 1."""
+    args = build_parser().parse_args(argv)
+    handler: Callable[[Settings, argparse.Namespace], int] = args.handler
+    try:
+        return handler(get_settings(), args)
+    except GatewayError as exc:
+        print(f"xray-gateway: error: {exc}", file=sys.stderr)
+        return 1

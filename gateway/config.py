@@ -1,0 +1,109 @@
+"""Settings (``GATEWAY_*`` environment variables) and where things live in the data dir."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from gateway.errors import ConfigError
+
+# Values that mean "somebody forgot to set this"; a secret equal to one is refused.
+PLACEHOLDERS = frozenset({"", "change-me", "changeme", "changethis", "secret", "password", "minioadmin"})
+
+
+class Settings(BaseSettings):
+    """Every setting of the gateway. Secrets have no defaults.
+
+    Unset ``orthanc_url``, ``chain_url`` and ``store_url`` mean the embedded defaults:
+    Orthanc and anvil started by ``xray-gateway up`` and a filesystem object store,
+    all under ``data_dir``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    data_dir: Path = Path("var")
+    ae_title: str = "XRAYGW"
+    dicom_port: int = Field(default=11112, ge=1, le=65535)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    allowed_aets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    orthanc_url: str | None = None
+    orthanc_http_port: int = Field(default=8042, ge=1, le=65535)
+    orthanc_dicom_port: int = Field(default=4242, ge=1, le=65535)
+    store_url: str | None = None
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    chain_url: str | None = None
+    anvil_port: int = Field(default=8545, ge=1, le=65535)
+    contract_address: str | None = None
+    recorder_key_file: Path | None = None
+    admin_key_file: Path | None = None
+    batch_max: int = Field(default=256, ge=1, le=100_000)
+    batch_window_ms: int = Field(default=200, ge=0)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        if not 0 < len(value) <= 16 or not value.isascii() or "\\" in value:
+            raise ValueError("an AE title is 1-16 ASCII characters without a backslash")
+        return value
+
+    @field_validator("allowed_aets", mode="before")
+    @classmethod
+    def _split_aets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_secrets(self) -> Settings:
+        for name in ("s3_access_key", "s3_secret_key"):
+            secret: SecretStr | None = getattr(self, name)
+            if secret is not None and secret.get_secret_value().strip().lower() in PLACEHOLDERS:
+                raise ValueError(f"GATEWAY_{name.upper()} is a placeholder; set a real secret")
+        if self.store_url and self.store_url.startswith("s3://"):
+            if self.s3_access_key is None or self.s3_secret_key is None:
+                raise ValueError(
+                    "GATEWAY_STORE_URL is s3://: set GATEWAY_S3_ACCESS_KEY and GATEWAY_S3_SECRET_KEY"
+                )
+        return self
+
+    @cached_property
+    def keys_dir(self) -> Path:
+        """Where key files live (mode 0700 directory, 0600 files)."""
+        return self.data_dir / "keys"
+
+    @cached_property
+    def chain_dir(self) -> Path:
+        """Where the embedded anvil keeps its state and the deployment record."""
+        return self.data_dir / "chain"
+
+    @property
+    def embedded_chain(self) -> bool:
+        """True when ``up`` starts its own anvil."""
+        return self.chain_url is None
+
+    @property
+    def effective_chain_url(self) -> str:
+        """The JSON-RPC URL to use: the configured one, or the embedded anvil's."""
+        return self.chain_url or f"http://127.0.0.1:{self.anvil_port}"
+
+    @property
+    def effective_recorder_key_file(self) -> Path:
+        return self.recorder_key_file or self.keys_dir / "recorder.key"
+
+    @property
+    def effective_admin_key_file(self) -> Path:
+        return self.admin_key_file or self.keys_dir / "admin.key"
+
+
+def get_settings() -> Settings:
+    """Read settings from the environment, turning validation failures into ConfigError."""
+    try:
+        return Settings()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc

@@ -1,0 +1,132 @@
+"""The gateway's exception tree.
+
+Every error the gateway raises on purpose derives from :class:`GatewayError`, and is
+translated at the boundary only: into a DICOM status in ``receive``, an HTTP problem in
+``api/`` and a one-line message in the CLI.
+
+::
+
+    GatewayError
+    ├── ConfigError                 settings missing, malformed or placeholder
+    └── LedgerError                 anything on the chain side
+        ├── ChainUnavailable        the JSON-RPC node cannot be reached
+        ├── ContractNotDeployed     no xray contract at the configured address
+        ├── TransactionFailed       sent, but mined with status 0 or never mined
+        └── ContractRevert          the contract refused the call; ``.name`` is its custom error
+            ├── AccessControlUnauthorizedAccount
+            ├── XrayNotRecorder, XrayNotCustodian, XrayNotPermissionManager
+            ├── XrayRecordExists, XrayUnknownRecord, XrayRecordRetired, ...
+            └── (one subclass per custom error in the contract's ABI)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """A setting is missing, malformed, or still a placeholder."""
+
+
+class LedgerError(GatewayError):
+    """Something went wrong talking to the xray contract."""
+
+
+class ChainUnavailable(LedgerError):
+    """The chain's JSON-RPC endpoint cannot be reached."""
+
+
+class ContractNotDeployed(LedgerError):
+    """There is no contract code at the configured address."""
+
+
+class TransactionFailed(LedgerError):
+    """A transaction was mined with status 0, or was not mined in time."""
+
+    def __init__(self, message: str, *, tx_hash: str | None = None) -> None:
+        super().__init__(message)
+        self.tx_hash = tx_hash
+
+
+class ContractRevert(LedgerError):
+    """The contract reverted with a custom error.
+
+    Attributes
+    ----------
+    name:
+        The custom error's name as declared in Solidity, e.g. ``XrayRecordExists``.
+    values:
+        The error's decoded arguments, in declaration order.
+    """
+
+    name = "ContractRevert"
+
+    def __init__(self, values: tuple[Any, ...] = (), *, tx_hash: str | None = None) -> None:
+        self.values = values
+        self.tx_hash = tx_hash
+        shown = ", ".join(_show(v) for v in values)
+        super().__init__(f"{self.name}({shown})")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    return repr(value)
+
+
+def _revert(name: str, doc: str) -> type[ContractRevert]:
+    return type(name, (ContractRevert,), {"name": name, "__doc__": doc})
+
+
+# One class per custom error the xray contract (and OpenZeppelin's AccessControl) declares.
+# tests/unit/test_ledger_errors.py fails if the ABI gains an error that is not listed here.
+AccessControlUnauthorizedAccount = _revert(
+    "AccessControlUnauthorizedAccount", "The account lacks the role the call needs."
+)
+AccessControlBadConfirmation = _revert(
+    "AccessControlBadConfirmation", "renounceRole was called for another account."
+)
+XrayNotRecorder = _revert("XrayNotRecorder", "The caller is neither a Recorder nor a Doctor.")
+XrayNotCustodian = _revert("XrayNotCustodian", "The caller is neither admin nor Hospital.")
+XrayNotPermissionManager = _revert(
+    "XrayNotPermissionManager", "The caller may not manage that kind of permission."
+)
+XrayInvalidUserType = _revert("XrayInvalidUserType", "The user type is not a permission.")
+XrayNoPermission = _revert("XrayNoPermission", "The account holds no permission to remove.")
+XrayZeroValue = _revert("XrayZeroValue", "A key, digest, root or address was zero.")
+XrayRecordExists = _revert("XrayRecordExists", "The record key is already written.")
+XrayUnknownRecord = _revert("XrayUnknownRecord", "The record key was never written.")
+XrayRecordRetired = _revert("XrayRecordRetired", "The record is retired.")
+XrayUnchangedDigest = _revert("XrayUnchangedDigest", "A new version must change the digest.")
+XrayUnknownVersion = _revert("XrayUnknownVersion", "No such version of the record.")
+XrayEmptyBatch = _revert("XrayEmptyBatch", "A batch must hold at least one image.")
+XrayBatchExists = _revert("XrayBatchExists", "The Merkle root is already anchored.")
+XrayUnknownBatch = _revert("XrayUnknownBatch", "No batch has that id.")
+XrayIndexOutOfRange = _revert("XrayIndexOutOfRange", "Index past the patient's records.")
+
+REVERTS: dict[str, type[ContractRevert]] = {
+    cls.name: cls
+    for cls in (
+        AccessControlUnauthorizedAccount,
+        AccessControlBadConfirmation,
+        XrayNotRecorder,
+        XrayNotCustodian,
+        XrayNotPermissionManager,
+        XrayInvalidUserType,
+        XrayNoPermission,
+        XrayZeroValue,
+        XrayRecordExists,
+        XrayUnknownRecord,
+        XrayRecordRetired,
+        XrayUnchangedDigest,
+        XrayUnknownVersion,
+        XrayEmptyBatch,
+        XrayBatchExists,
+        XrayUnknownBatch,
+        XrayIndexOutOfRange,
+    )
+}

@@ -1,0 +1,21 @@
+"""The xray contract on an Ethereum chain: client, Merkle batching, anvil launcher."""
+
+from gateway.ledger.client import XrayLedger, connect, deploy, load_artifact
+from gateway.ledger.merkle import InclusionProof, MerkleTree, leaf_hash, verify_inclusion
+from gateway.ledger.types import Anchor, Batch, Image, ImageVersion, UserType
+
+__all__ = [
+    "Anchor",
+    "Batch",
+    "Image",
+    "ImageVersion",
+    "InclusionProof",
+    "MerkleTree",
+    "UserType",
+    "XrayLedger",
+    "connect",
+    "deploy",
+    "leaf_hash",
+    "load_artifact",
+    "verify_inclusion",
+]

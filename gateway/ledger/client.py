@@ -1,0 +1,288 @@
+"""The xray contract client: deploy, permissions, record, batch, retire, look up (web3.py)."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+from web3.contract import Contract
+
+from gateway import errors
+from gateway.ledger.merkle import InclusionProof, verify_inclusion
+from gateway.ledger.sender import RevertDecoder, Sender, translate
+from gateway.ledger.types import (
+    Anchor,
+    Batch,
+    Image,
+    ImageVersion,
+    LedgerEvent,
+    UserType,
+)
+from gateway.procs import PROJECT_ROOT
+
+ARTIFACT = PROJECT_ROOT / "contracts" / "out" / "Xray.json"
+ZERO_ADDRESS = "0x" + "00" * 20
+
+
+@cache
+def load_artifact(path: Path = ARTIFACT) -> dict[str, Any]:
+    """The committed compiler output: ABI, bytecode, compiler version, source hash."""
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise errors.ConfigError(f"{path} is missing: run `make contracts`") from None
+
+
+def connect(url: str, *, timeout: float = 10.0) -> Web3:
+    """A Web3 over HTTP JSON-RPC; raises ChainUnavailable when nobody answers."""
+    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}))
+    if not w3.is_connected():
+        raise errors.ChainUnavailable(f"no Ethereum JSON-RPC node answers at {url}")
+    return w3
+
+
+def deploy(w3: Web3, deployer: LocalAccount, *, admin: str | None = None) -> tuple[str, Anchor]:
+    """Deploy the xray contract; ``admin`` (default: the deployer) gets the admin role."""
+    artifact = load_artifact()
+    decoder = RevertDecoder(artifact["abi"])
+    factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+    anchor = Sender(w3, deployer, decoder).transact(factory.constructor(admin or deployer.address))
+    receipt = w3.eth.get_transaction_receipt(anchor.tx_hash)  # type: ignore[arg-type]
+    address = receipt["contractAddress"]
+    if address is None:
+        raise errors.TransactionFailed("deployment created no contract", tx_hash=anchor.tx_hash)
+    return str(address), anchor
+
+
+class XrayLedger:
+    """One deployed xray contract, seen (and, given an account, written) by the gateway.
+
+    Parameters
+    ----------
+    w3:
+        A connected Web3.
+    address:
+        The contract's address.
+    account:
+        The account that signs writes; ``None`` for a read-only client (auditors).
+    """
+
+    def __init__(self, w3: Web3, address: str, *, account: LocalAccount | None = None) -> None:
+        artifact = load_artifact()
+        self.w3 = w3
+        self.address = Web3.to_checksum_address(address)
+        self._decoder = RevertDecoder(artifact["abi"])
+        if not translate(self._decoder, lambda: w3.eth.get_code(self.address)):
+            raise errors.ContractNotDeployed(f"no contract code at {self.address}")
+        self.contract: Contract = w3.eth.contract(address=self.address, abi=artifact["abi"])
+        self.sender = Sender(w3, account, self._decoder) if account is not None else None
+
+    @classmethod
+    def at(cls, url: str, address: str, *, account: LocalAccount | None = None) -> XrayLedger:
+        """Connect to ``url`` and open the contract at ``address``."""
+        return cls(connect(url), address, account=account)
+
+    # -- writes --------------------------------------------------------------------------
+
+    def _transact(self, call: Any, *, gas: int | None = None) -> Anchor:
+        if self.sender is None:
+            raise errors.ConfigError("this ledger client is read-only: it has no account")
+        return self.sender.transact(call, gas=gas)
+
+    def as_account(self, account: LocalAccount) -> XrayLedger:
+        """The same contract, writing as ``account``."""
+        return XrayLedger(self.w3, self.address, account=account)
+
+    def set_permission(
+        self, account: str, name: str, user_type: UserType, *, enabled: bool = True
+    ) -> Anchor:
+        """Give (or deny) ``account`` the ``user_type`` permission under ``name``."""
+        fn = self.contract.functions.setPermission(
+            Web3.to_checksum_address(account), name, int(user_type), enabled
+        )
+        return self._transact(fn)
+
+    def remove_permission(self, account: str) -> Anchor:
+        """Remove every xray permission of ``account``."""
+        return self._transact(self.contract.functions.removePermission(Web3.to_checksum_address(account)))
+
+    def record_image(
+        self,
+        *,
+        record_key: bytes,
+        patient_key: bytes,
+        digest: bytes,
+        pixel_digest: bytes,
+        body_part: str,
+        modality: str,
+    ) -> Anchor:
+        """Record the first version of an image."""
+        fn = self.contract.functions.recordImage(
+            record_key, patient_key, digest, pixel_digest, body_part, modality
+        )
+        return self._transact(fn)
+
+    def supersede_image(
+        self,
+        *,
+        record_key: bytes,
+        patient_key: bytes,
+        digest: bytes,
+        pixel_digest: bytes,
+        body_part: str,
+        modality: str,
+    ) -> Anchor:
+        """Record a new version of an already recorded image."""
+        fn = self.contract.functions.supersedeImage(
+            record_key, patient_key, digest, pixel_digest, body_part, modality
+        )
+        return self._transact(fn)
+
+    def record_batch(self, *, root: bytes, count: int) -> tuple[int, Anchor]:
+        """Anchor a Merkle root of ``count`` images; returns the batch id and the anchor."""
+        anchor = self._transact(self.contract.functions.recordBatch(root, count))
+        receipt = self.w3.eth.get_transaction_receipt(anchor.tx_hash)  # type: ignore[arg-type]
+        events = self.contract.events.BatchAnchored().process_receipt(receipt)
+        return int(events[0]["args"]["batchId"]), anchor
+
+    def retire_image(self, *, record_key: bytes, reason: str) -> Anchor:
+        """Retire an image: the record stays, marked, with who and why."""
+        return self._transact(self.contract.functions.retireImage(record_key, reason))
+
+    def grant_role(self, role: str, account: str) -> Anchor:
+        """OpenZeppelin's raw ``grantRole`` (for the admin role itself)."""
+        fn = self.contract.functions.grantRole(self.role_id(role), Web3.to_checksum_address(account))
+        return self._transact(fn)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def _call(self, fn: Any) -> Any:
+        return translate(self._decoder, fn.call)
+
+    def role_id(self, role: str) -> bytes:
+        """The bytes32 id of ``admin``, ``hospital``, ``doctor``, ``recorder`` or ``auditor``."""
+        if role == "admin":
+            return b"\x00" * 32
+        return bytes(Web3.keccak(text=f"{role.upper()}_ROLE"))
+
+    def has_role(self, role: str, account: str) -> bool:
+        fn = self.contract.functions.hasRole(self.role_id(role), Web3.to_checksum_address(account))
+        return bool(self._call(fn))
+
+    def roles_of(self, account: str) -> list[str]:
+        """Every role ``account`` holds, by name."""
+        names = ("admin", "hospital", "doctor", "recorder", "auditor")
+        return [name for name in names if self.has_role(name, account)]
+
+    def name_of(self, account: str) -> str:
+        return str(self._call(self.contract.functions.nameOf(Web3.to_checksum_address(account))))
+
+    def image_of(self, record_key: bytes) -> Image | None:
+        """The image under ``record_key``, or None if it was never recorded."""
+        try:
+            raw = self._call(self.contract.functions.imageOf(record_key))
+        except errors.XrayUnknownRecord:
+            return None
+        current, versions, retired, retired_by, retired_at, reason = raw
+        return Image(
+            record_key=record_key,
+            current=_version(current),
+            versions=int(versions),
+            retired=bool(retired),
+            retired_by=retired_by if retired else None,
+            retired_at=int(retired_at) if retired else None,
+            retire_reason=str(reason),
+        )
+
+    def version_of(self, record_key: bytes, version: int) -> ImageVersion:
+        """Version ``version`` (1-based) of the image under ``record_key``."""
+        return _version(self._call(self.contract.functions.versionOf(record_key, version)))
+
+    def batch_of(self, batch_id: int) -> Batch:
+        root, count, recorder, anchored_at, block_number = self._call(
+            self.contract.functions.batchOf(batch_id)
+        )
+        return Batch(
+            batch_id=batch_id,
+            root=bytes(root),
+            count=int(count),
+            recorder=str(recorder),
+            anchored_at=int(anchored_at),
+            block_number=int(block_number),
+        )
+
+    def batch_id_of(self, root: bytes) -> int:
+        """The id of the batch that anchored ``root``, or 0."""
+        return int(self._call(self.contract.functions.batchIdOf(root)))
+
+    def batch_count(self) -> int:
+        return int(self._call(self.contract.functions.batchCount()))
+
+    def verify_batch_member(self, *, leaf: bytes, proof: InclusionProof, batch_id: int) -> bool:
+        """True when ``leaf`` is in batch ``batch_id`` by ``proof`` (and the sizes agree)."""
+        try:
+            batch = self.batch_of(batch_id)
+        except errors.XrayUnknownBatch:
+            return False
+        return proof.size == batch.count and verify_inclusion(leaf=leaf, proof=proof, root=batch.root)
+
+    def xrayhash_count(self, patient_key: bytes) -> int:
+        """Seed parity: how many image versions ``patient_key`` has."""
+        return int(self._call(self.contract.functions.getXrayhashCount(patient_key)))
+
+    def xrayhash(self, patient_key: bytes, index: int) -> tuple[str, str, bytes]:
+        """Seed parity: (recorder name, body part, digest) of the ``index``-th version."""
+        name, part, digest = self._call(self.contract.functions.getXrayhash(patient_key, index))
+        return str(name), str(part), bytes(digest)
+
+    def events(
+        self, name: str, *, from_block: int = 0, filters: dict[str, Any] | None = None
+    ) -> list[LedgerEvent]:
+        """The contract's ``name`` events, oldest first, optionally filtered on indexed args."""
+        event = getattr(self.contract.events, name)
+        logs = translate(
+            self._decoder,
+            lambda: event().get_logs(from_block=from_block, argument_filters=filters or None),
+        )
+        return [
+            LedgerEvent(
+                name=name,
+                args=dict(log["args"]),
+                tx_hash="0x" + bytes(log["transactionHash"]).hex(),
+                block_number=int(log["blockNumber"]),
+                log_index=int(log["logIndex"]),
+            )
+            for log in logs
+        ]
+
+    def info(self) -> dict[str, Any]:
+        """A summary for ``contract info``: address, chain, compiler, counts."""
+        artifact = load_artifact()
+        return {
+            "address": self.address,
+            "chain_id": self.w3.eth.chain_id,
+            "block": self.w3.eth.block_number,
+            "compiler": artifact["compiler"]["version"],
+            "sources_hash": artifact["sourcesHash"],
+            "code_matches_artifact": bytes(self.w3.eth.get_code(self.address)).hex()
+            == artifact["deployedBytecode"][2:],
+            "batches": self.batch_count(),
+        }
+
+
+def _version(raw: Any) -> ImageVersion:
+    digest, pixel_digest, patient_key, recorder, recorded_at, block_number, body_part, modality = raw
+    return ImageVersion(
+        digest=bytes(digest),
+        pixel_digest=bytes(pixel_digest),
+        patient_key=bytes(patient_key),
+        recorder=str(recorder),
+        recorded_at=int(recorded_at),
+        block_number=int(block_number),
+        body_part=str(body_part),
+        modality=str(modality),
+    )
