@@ -77,7 +77,10 @@ def deploy_contract(settings: Settings, *, admin: str | None = None) -> Deployme
     deployer = admin_account(settings, create=True)
     address, anchor = deploy(w3, deployer, admin=admin)
     deployment = Deployment(
-        address=address, chain_id=w3.eth.chain_id, tx_hash=anchor.tx_hash, block_number=anchor.block_number
+        address=address,
+        chain_id=w3.eth.chain_id,
+        tx_hash=anchor.tx_hash,
+        block_number=anchor.block_number,
     )
     deployment.save(deployment_path(settings))
     return deployment
@@ -104,7 +107,9 @@ def ensure_contract(settings: Settings) -> tuple[XrayLedger, Deployment]:
         deployment = deploy_contract(settings)
     address = settings.contract_address or (deployment.address if deployment else "")
     try:
-        ledger = XrayLedger.at(settings.effective_chain_url, address, account=admin_account(settings))
+        ledger = XrayLedger.at(
+            settings.effective_chain_url, address, account=admin_account(settings)
+        )
     except ContractNotDeployed as exc:
         raise ContractNotDeployed(
             f"{exc}; the chain at {settings.effective_chain_url} has lost the contract recorded in "
@@ -114,7 +119,9 @@ def ensure_contract(settings: Settings) -> tuple[XrayLedger, Deployment]:
     if not ledger.has_role("recorder", recorder.address):
         ledger.set_permission(recorder.address, RECORDER_NAME, UserType.RECORDER)
     if deployment is None:
-        deployment = Deployment(address=ledger.address, chain_id=ledger.w3.eth.chain_id, tx_hash="", block_number=0)
+        deployment = Deployment(
+            address=ledger.address, chain_id=ledger.w3.eth.chain_id, tx_hash="", block_number=0
+        )
     return ledger, deployment
 
 

@@ -50,7 +50,9 @@ def _cmd_contract_grant(settings: Settings, args: argparse.Namespace) -> int:
 
     ledger = open_ledger(settings, admin_account(settings))
     anchor = ledger.set_permission(args.account, args.name, ROLES[args.role], enabled=True)
-    _print_json({"account": args.account, "role": args.role, "name": args.name, "tx": anchor.tx_hash})
+    _print_json(
+        {"account": args.account, "role": args.role, "name": args.name, "tx": anchor.tx_hash}
+    )
     return 0
 
 

@@ -12,7 +12,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from gateway.errors import ConfigError
 
 # Values that mean "somebody forgot to set this"; a secret equal to one is refused.
-PLACEHOLDERS = frozenset({"", "change-me", "changeme", "changethis", "secret", "password", "minioadmin"})
+PLACEHOLDERS = frozenset(
+    {"", "change-me", "changeme", "changethis", "secret", "password", "minioadmin"}
+)
 
 
 class Settings(BaseSettings):
@@ -65,11 +67,11 @@ class Settings(BaseSettings):
             secret: SecretStr | None = getattr(self, name)
             if secret is not None and secret.get_secret_value().strip().lower() in PLACEHOLDERS:
                 raise ValueError(f"GATEWAY_{name.upper()} is a placeholder; set a real secret")
-        if self.store_url and self.store_url.startswith("s3://"):
-            if self.s3_access_key is None or self.s3_secret_key is None:
-                raise ValueError(
-                    "GATEWAY_STORE_URL is s3://: set GATEWAY_S3_ACCESS_KEY and GATEWAY_S3_SECRET_KEY"
-                )
+        s3 = bool(self.store_url and self.store_url.startswith("s3://"))
+        if s3 and (self.s3_access_key is None or self.s3_secret_key is None):
+            raise ValueError(
+                "GATEWAY_STORE_URL is s3://: set GATEWAY_S3_ACCESS_KEY and GATEWAY_S3_SECRET_KEY"
+            )
         return self
 
     @cached_property

@@ -54,5 +54,7 @@ def read_secret(path: Path) -> bytes:
     except FileNotFoundError:
         raise ConfigError(f"key file {path} does not exist") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"key file {path} is readable by others (mode {mode & 0o777:o}); chmod 600 it")
+        raise ConfigError(
+            f"key file {path} is readable by others (mode {mode & 0o777:o}); chmod 600 it"
+        )
     return path.read_bytes()

@@ -36,7 +36,8 @@ class Stack:
         lines = [
             "xray-gateway is up",
             f"  data dir        {s.data_dir.resolve()}",
-            f"  chain (JSON-RPC) {s.effective_chain_url}" + ("  [embedded anvil]" if self.anvil else ""),
+            f"  chain (JSON-RPC) {s.effective_chain_url}"
+            + ("  [embedded anvil]" if self.anvil else ""),
             f"  xray contract   {self.ledger.address}",
             f"  recorder        {recorder_account(s).address}",
             "Press Ctrl-C to stop.",

@@ -16,7 +16,8 @@ def load_account(path: Path) -> LocalAccount:
     """Load the account whose hex private key is in ``path``."""
     text = read_secret(path).decode("ascii", "replace").strip()
     try:
-        return Account.from_key(text)
+        account: LocalAccount = Account.from_key(text)
+        return account
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{path} does not hold a private key") from exc
 

@@ -18,11 +18,15 @@ def anvil_binary() -> str:
         return str(local)
     found = shutil.which("anvil")
     if found is None:
-        raise ConfigError("anvil is not installed: run `make deps` (npm @foundry-rs/anvil-linux-amd64)")
+        raise ConfigError(
+            "anvil is not installed: run `make deps` (npm @foundry-rs/anvil-linux-amd64)"
+        )
     return found
 
 
-def rpc(url: str, method: str, params: list[object] | None = None, *, timeout: float = 5.0) -> object:
+def rpc(
+    url: str, method: str, params: list[object] | None = None, *, timeout: float = 5.0
+) -> object:
     """One JSON-RPC call over plain HTTP (for probes and anvil_* cheat codes)."""
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []})
     request = urllib.request.Request(

@@ -108,7 +108,9 @@ class XrayLedger:
 
     def remove_permission(self, account: str) -> Anchor:
         """Remove every xray permission of ``account``."""
-        return self._transact(self.contract.functions.removePermission(Web3.to_checksum_address(account)))
+        return self._transact(
+            self.contract.functions.removePermission(Web3.to_checksum_address(account))
+        )
 
     def record_image(
         self,
@@ -155,7 +157,9 @@ class XrayLedger:
 
     def grant_role(self, role: str, account: str) -> Anchor:
         """OpenZeppelin's raw ``grantRole`` (for the admin role itself)."""
-        fn = self.contract.functions.grantRole(self.role_id(role), Web3.to_checksum_address(account))
+        fn = self.contract.functions.grantRole(
+            self.role_id(role), Web3.to_checksum_address(account)
+        )
         return self._transact(fn)
 
     # -- reads ---------------------------------------------------------------------------
@@ -228,7 +232,9 @@ class XrayLedger:
             batch = self.batch_of(batch_id)
         except errors.XrayUnknownBatch:
             return False
-        return proof.size == batch.count and verify_inclusion(leaf=leaf, proof=proof, root=batch.root)
+        return proof.size == batch.count and verify_inclusion(
+            leaf=leaf, proof=proof, root=batch.root
+        )
 
     def xrayhash_count(self, patient_key: bytes) -> int:
         """Seed parity: how many image versions ``patient_key`` has."""
@@ -275,7 +281,9 @@ class XrayLedger:
 
 
 def _version(raw: Any) -> ImageVersion:
-    digest, pixel_digest, patient_key, recorder, recorded_at, block_number, body_part, modality = raw
+    digest, pixel_digest, patient_key, recorder, recorded_at, block_number, body_part, modality = (
+        raw
+    )
     return ImageVersion(
         digest=bytes(digest),
         pixel_digest=bytes(pixel_digest),

@@ -18,7 +18,9 @@ LEAF_PREFIX = b"\x00"
 NODE_PREFIX = b"\x01"
 
 
-def leaf_hash(*, record_key: bytes, patient_key: bytes, digest: bytes, pixel_digest: bytes) -> bytes:
+def leaf_hash(
+    *, record_key: bytes, patient_key: bytes, digest: bytes, pixel_digest: bytes
+) -> bytes:
     """Hash one image into its leaf."""
     for value in (record_key, patient_key, digest, pixel_digest):
         if len(value) != 32:

@@ -8,7 +8,9 @@ from typing import Any, TypeVar
 
 import requests
 from eth_account.signers.local import LocalAccount
-from eth_utils import function_signature_to_4byte_selector
+from eth_abi.abi import decode as abi_decode
+from eth_typing import HexStr
+from eth_utils.abi import function_signature_to_4byte_selector
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TimeExhausted
 from web3.types import TxParams, TxReceipt
@@ -33,13 +35,15 @@ class RevertDecoder:
 
     def decode(self, data: str | bytes | None, *, tx_hash: str | None = None) -> errors.LedgerError:
         """The error for ``data``; a plain LedgerError when the data names no known error."""
-        raw = bytes.fromhex(data[2:] if data.startswith("0x") else data) if isinstance(data, str) else data
+        raw = (
+            bytes.fromhex(data[2:] if data.startswith("0x") else data)
+            if isinstance(data, str)
+            else data
+        )
         if not raw or len(raw) < 4 or raw[:4] not in self._errors:
             shown = "0x" + raw.hex() if raw else "no data"
             return errors.TransactionFailed(f"the contract reverted ({shown})", tx_hash=tx_hash)
         name, types = self._errors[raw[:4]]
-        from eth_abi import decode as abi_decode
-
         values = tuple(abi_decode(types, raw[4:]))
         cls = errors.REVERTS.get(name)
         if cls is None:
@@ -99,12 +103,13 @@ class Sender:
             receipt: TxReceipt = translate(
                 self._decoder,
                 lambda: self.w3.eth.wait_for_transaction_receipt(
-                    tx_hash, timeout=self._receipt_timeout, poll_latency=0.02
+                    HexStr(tx_hash), timeout=self._receipt_timeout, poll_latency=0.02
                 ),
             )
         except TimeExhausted as exc:
             raise errors.TransactionFailed(
-                f"transaction {tx_hash} not mined after {self._receipt_timeout:.0f} s", tx_hash=tx_hash
+                f"transaction {tx_hash} not mined after {self._receipt_timeout:.0f} s",
+                tx_hash=tx_hash,
             ) from exc
         if receipt["status"] != 1:
             raise self._why_failed(receipt, tx_hash)
@@ -128,7 +133,7 @@ class Sender:
                 "chainId": self._chain_id,
             }
             if gas is not None:
-                params["gas"] = gas  # type: ignore[typeddict-item]
+                params["gas"] = gas
             try:
                 tx = call.build_transaction(params)  # estimates gas: a revert surfaces here
                 signed = self.account.sign_transaction(tx)
@@ -140,10 +145,14 @@ class Sender:
             return "0x" + bytes(tx_hash).hex()
 
     def _why_failed(self, receipt: TxReceipt, tx_hash: str) -> errors.LedgerError:
-        tx = self.w3.eth.get_transaction(tx_hash)
+        tx = self.w3.eth.get_transaction(HexStr(tx_hash))
         replay: TxParams = {"from": tx["from"], "to": tx["to"], "data": tx["input"]}
         try:
             self.w3.eth.call(replay, block_identifier=receipt["blockNumber"] - 1)
         except ContractLogicError as exc:
-            return self._decoder.decode(exc.data if isinstance(exc.data, str | bytes) else None, tx_hash=tx_hash)
-        return errors.TransactionFailed(f"transaction {tx_hash} was mined with status 0", tx_hash=tx_hash)
+            return self._decoder.decode(
+                exc.data if isinstance(exc.data, str | bytes) else None, tx_hash=tx_hash
+            )
+        return errors.TransactionFailed(
+            f"transaction {tx_hash} was mined with status 0", tx_hash=tx_hash
+        )

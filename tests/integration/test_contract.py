@@ -10,7 +10,6 @@ import pytest
 
 from gateway import errors
 from gateway.ledger import Anchor, UserType, XrayLedger
-
 from tests.conftest import Cast
 
 SEED_DIGEST = bytes.fromhex("16c8a694c91b80f1d97efb91455ab8b3facd6221ea401d740086722d4bad0134")
@@ -48,7 +47,9 @@ def _supersede(ledger: XrayLedger, cast: Cast, label: str) -> Anchor:
     )
 
 
-CALLS: dict[str, tuple[Call, set[str], Callable[[str], tuple[type[errors.ContractRevert], tuple[Any, ...]]]]] = {
+CALLS: dict[
+    str, tuple[Call, set[str], Callable[[str], tuple[type[errors.ContractRevert], tuple[Any, ...]]]]
+] = {
     "setPermission(doctor)": (
         lambda led, c, lbl: led.set_permission(c.stranger.address, "Dr.X", UserType.DOCTOR),
         {"admin", "hospital"},

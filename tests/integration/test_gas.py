@@ -5,7 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 
-from gateway.ledger import MerkleTree, UserType, XrayLedger, connect, deploy, leaf_hash, verify_inclusion
+from gateway.ledger import (
+    MerkleTree,
+    UserType,
+    XrayLedger,
+    connect,
+    deploy,
+    leaf_hash,
+    verify_inclusion,
+)
 from gateway.ledger.anvil import Anvil
 from gateway.procs import PROJECT_ROOT
 from tests.conftest import Cast
@@ -58,8 +66,13 @@ def test_gas_report(anvil: Anvil, cast: Cast) -> None:
         # every member verifies against the root the chain holds
         batch = admin.batch_of(batch_id)
         assert batch.count == n
-        assert all(verify_inclusion(leaf=leaf, proof=tree.proof(i), root=batch.root) for i, leaf in enumerate(leaves))
-        assert admin.verify_batch_member(leaf=leaves[-1], proof=tree.proof(n - 1), batch_id=batch_id)
+        assert all(
+            verify_inclusion(leaf=leaf, proof=tree.proof(i), root=batch.root)
+            for i, leaf in enumerate(leaves)
+        )
+        assert admin.verify_batch_member(
+            leaf=leaves[-1], proof=tree.proof(n - 1), batch_id=batch_id
+        )
         batches[str(n)] = {"gas": anchor.gas_used, "gas_per_image": round(anchor.gas_used / n, 1)}
 
     report = {

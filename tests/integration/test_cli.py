@@ -1,0 +1,134 @@
+"""`xray-gateway` as a user runs it: help, `up` with its embedded chain, `contract …`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+
+from gateway.procs import free_port
+
+EXE = str(Path(sys.executable).with_name("xray-gateway"))
+
+
+def _env(data_dir: Path, anvil_port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(GATEWAY_DATA_DIR=str(data_dir), GATEWAY_ANVIL_PORT=str(anvil_port))
+    return env
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EXE, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+class Up:
+    """`xray-gateway up` in the background, stopped with Ctrl-C (SIGINT) by pid."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.proc = subprocess.Popen(
+            [EXE, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.banner: list[str] = []
+        deadline = time.monotonic() + 120
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError("up exited early:\n" + "".join(self.banner))
+            self.banner.append(line)
+            if line.startswith("Press Ctrl-C"):
+                return
+        raise AssertionError("up never printed its banner")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(60)
+        finally:
+            assert self.proc.stdout is not None
+            self.proc.stdout.close()
+
+    def value(self, label: str) -> str:
+        for line in self.banner:
+            if line.strip().startswith(label):
+                return line.split()[-1] if "[" not in line else line.split()[-3]
+        raise KeyError(label)
+
+
+@pytest.fixture
+def up_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    yield _env(tmp_path / "var", free_port())
+
+
+def test_help_lists_the_subcommands() -> None:
+    result = subprocess.run([EXE, "--help"], capture_output=True, text=True, check=True)
+    for command in ("up", "contract"):
+        assert f"    {command} " in result.stdout
+    module = subprocess.run(
+        [sys.executable, "-m", "gateway", "contract", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for action in ("deploy", "grant", "revoke", "info"):
+        assert action in module.stdout
+
+
+def test_up_deploys_once_and_a_restart_keeps_every_record(up_env: dict[str, str]) -> None:
+    data_dir = Path(up_env["GATEWAY_DATA_DIR"])
+    up = Up(up_env)
+    try:
+        address = up.value("xray contract")
+        recorder = up.value("recorder")
+        info = json.loads(run(up_env, "contract", "info", "--account", recorder).stdout)
+        assert info["address"] == address
+        assert info["code_matches_artifact"] is True
+        assert info["accounts"][recorder]["roles"] == ["recorder"]
+
+        doctor = Account.create()
+        granted = run(
+            up_env, "contract", "grant", doctor.address, "--role", "doctor", "--name", "Dr.Lee"
+        )
+        assert granted.returncode == 0, granted.stderr
+    finally:
+        assert up.stop() == 0
+
+    for name in ("admin.key", "recorder.key"):
+        mode = stat.S_IMODE((data_dir / "keys" / name).stat().st_mode)
+        assert mode == 0o600, (name, oct(mode))
+
+    up = Up(up_env)
+    try:
+        assert up.value("xray contract") == address  # not redeployed
+        info = json.loads(run(up_env, "contract", "info", "--account", doctor.address).stdout)
+        assert info["accounts"][doctor.address] == {"name": "Dr.Lee", "roles": ["doctor"]}
+        revoked = run(up_env, "contract", "revoke", doctor.address)
+        assert revoked.returncode == 0, revoked.stderr
+        info = json.loads(run(up_env, "contract", "info", "--account", doctor.address).stdout)
+        assert info["accounts"][doctor.address]["roles"] == []
+        again = run(up_env, "contract", "revoke", doctor.address)
+        assert again.returncode == 1
+        assert "XrayNoPermission" in again.stderr
+    finally:
+        assert up.stop() == 0
+
+
+def test_contract_commands_explain_a_missing_chain(tmp_path: Path) -> None:
+    env = _env(tmp_path / "var", free_port())
+    env["GATEWAY_CONTRACT_ADDRESS"] = "0x" + "11" * 20
+    result = run(env, "contract", "info")
+    assert result.returncode == 1
+    assert result.stderr.startswith("xray-gateway: error: no Ethereum JSON-RPC node answers")
+    env.pop("GATEWAY_CONTRACT_ADDRESS")
+    result = run(env, "contract", "info")
+    assert "GATEWAY_CONTRACT_ADDRESS" in result.stderr

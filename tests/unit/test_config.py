@@ -1,0 +1,72 @@
+"""Settings: embedded defaults, no default secrets, placeholders refused."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Settings, get_settings
+from gateway.errors import ConfigError
+from gateway.keyfiles import read_secret, write_secret
+from gateway.ledger.accounts import load_or_create_account
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("GATEWAY_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_are_the_embedded_stack() -> None:
+    settings = get_settings()
+    assert settings.ae_title == "XRAYGW"
+    assert settings.dicom_port == 11112
+    assert settings.api_port == 8000
+    assert settings.embedded_chain
+    assert settings.effective_chain_url == "http://127.0.0.1:8545"
+    assert settings.s3_access_key is None and settings.s3_secret_key is None
+
+
+def test_env_prefix_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_ALLOWED_AETS", "CT1, MR_2 ,")
+    monkeypatch.setenv("GATEWAY_CHAIN_URL", "http://chain:8545")
+    settings = get_settings()
+    assert settings.allowed_aets == ["CT1", "MR_2"]
+    assert not settings.embedded_chain
+
+
+@pytest.mark.parametrize("value", ["change-me", "minioadmin", "", "  Secret "])
+def test_placeholder_secrets_are_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("GATEWAY_S3_SECRET_KEY", value)
+    monkeypatch.setenv("GATEWAY_S3_ACCESS_KEY", "gateway")
+    with pytest.raises(ConfigError, match="placeholder"):
+        get_settings()
+
+
+def test_s3_store_needs_both_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_STORE_URL", "s3://127.0.0.1:9000/xray")
+    with pytest.raises(ConfigError, match="S3_ACCESS_KEY"):
+        get_settings()
+
+
+def test_bad_ae_title_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Settings(ae_title="A_TITLE_THAT_IS_TOO_LONG")
+
+
+def test_key_files_are_0600_and_never_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "recorder.key"
+    account = load_or_create_account(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert load_or_create_account(path).address == account.address
+    with pytest.raises(FileExistsError):
+        write_secret(path, b"other")
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        read_secret(path)
