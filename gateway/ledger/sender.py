@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import requests
-from eth_account.signers.local import LocalAccount
 from eth_abi.abi import decode as abi_decode
+from eth_account.signers.local import LocalAccount
 from eth_typing import HexStr
 from eth_utils.abi import function_signature_to_4byte_selector
 from web3 import Web3

@@ -91,9 +91,13 @@ def test_wrong_leaf_index_or_proof_fails() -> None:
         (proof.path[1], proof.path[0], *proof.path[2:]),
     ]
     for path in bad_paths:
-        assert not verify_inclusion(leaf=leaves[421], proof=InclusionProof(421, 1000, path), root=tree.root)
+        assert not verify_inclusion(
+            leaf=leaves[421], proof=InclusionProof(421, 1000, path), root=tree.root
+        )
     # another tree's root
-    assert not verify_inclusion(leaf=leaves[421], proof=proof, root=MerkleTree(_leaves(1000, b"x")).root)
+    assert not verify_inclusion(
+        leaf=leaves[421], proof=proof, root=MerkleTree(_leaves(1000, b"x")).root
+    )
 
 
 def test_single_leaf_tree_is_its_leaf() -> None:
