@@ -104,6 +104,11 @@ def ensure_contract(settings: Settings) -> tuple[XrayLedger, Deployment]:
     """
     deployment = Deployment.load(deployment_path(settings))
     if deployment is None and not settings.contract_address:
+        if not settings.embedded_chain:
+            raise ConfigError(
+                "no xray contract on the external chain yet: deploy it once with "
+                "`xray-gateway contract deploy`, or set GATEWAY_CONTRACT_ADDRESS"
+            )
         deployment = deploy_contract(settings)
     address = settings.contract_address or (deployment.address if deployment else "")
     try:

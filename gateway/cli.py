@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.config import Settings, get_settings
-from gateway.errors import GatewayError
+from gateway.errors import ConfigError, GatewayError
 from gateway.ledger.types import UserType
 
 ROLES = {t.name.lower(): t for t in UserType if t is not UserType.NONE}
@@ -21,6 +21,8 @@ ROLES = {t.name.lower(): t for t in UserType if t is not UserType.NONE}
 def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.stack import Stack
 
+    if args.external and settings.embedded_chain:
+        raise ConfigError("--external needs GATEWAY_CHAIN_URL: it starts nothing embedded")
     stack = Stack(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -97,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     up = sub.add_parser("up", help="run everything with embedded defaults (anvil, contract)")
+    up.add_argument(
+        "--external",
+        action="store_true",
+        help="start nothing embedded: use GATEWAY_CHAIN_URL (production, see docker/)",
+    )
     up.set_defaults(handler=_cmd_up)
 
     contract = sub.add_parser("contract", help="deploy the xray contract and manage its roles")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
+from gateway.ledger.anvil import Anvil
 from gateway.procs import free_port
 
 EXE = str(Path(sys.executable).with_name("xray-gateway"))
@@ -132,3 +133,19 @@ def test_contract_commands_explain_a_missing_chain(tmp_path: Path) -> None:
     env.pop("GATEWAY_CONTRACT_ADDRESS")
     result = run(env, "contract", "info")
     assert "GATEWAY_CONTRACT_ADDRESS" in result.stderr
+
+
+def test_up_external_refuses_without_a_chain_url(tmp_path: Path) -> None:
+    env = _env(tmp_path / "var", free_port())
+    result = run(env, "up", "--external")
+    assert result.returncode == 1
+    assert "GATEWAY_CHAIN_URL" in result.stderr
+
+
+def test_up_external_never_deploys_silently(tmp_path: Path, anvil: Anvil) -> None:
+    """On an external chain the contract is deployed once, on purpose, not by `up`."""
+    env = _env(tmp_path / "var", free_port())
+    env["GATEWAY_CHAIN_URL"] = anvil.url
+    result = run(env, "up", "--external")
+    assert result.returncode == 1
+    assert "contract deploy" in result.stderr
