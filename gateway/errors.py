@@ -8,15 +8,24 @@ translated at the boundary only: into a DICOM status in ``receive``, an HTTP pro
 
     GatewayError
     ├── ConfigError                 settings missing, malformed or placeholder
-    └── LedgerError                 anything on the chain side
-        ├── ChainUnavailable        the JSON-RPC node cannot be reached
-        ├── ContractNotDeployed     no xray contract at the configured address
-        ├── TransactionFailed       sent, but mined with status 0 or never mined
-        └── ContractRevert          the contract refused the call; ``.name`` is its custom error
-            ├── AccessControlUnauthorizedAccount
-            ├── XrayNotRecorder, XrayNotCustodian, XrayNotPermissionManager
-            ├── XrayRecordExists, XrayUnknownRecord, XrayRecordRetired, ...
-            └── (one subclass per custom error in the contract's ABI)
+    ├── DatasetUnreadable           a received dataset cannot be understood (-> 0xC000-class)
+    ├── KeyringError                the key directory holds no KEK with that id; ``.kek_id``
+    ├── LedgerError                 anything on the chain side
+    │   ├── ChainUnavailable        the JSON-RPC node cannot be reached
+    │   ├── ContractNotDeployed     no xray contract at the configured address
+    │   ├── TransactionFailed       sent, but mined with status 0 or never mined
+    │   └── ContractRevert          the contract refused the call; ``.name`` is its custom error
+    │       ├── AccessControlUnauthorizedAccount
+    │       ├── XrayNotRecorder, XrayNotCustodian, XrayNotPermissionManager
+    │       ├── XrayRecordExists, XrayUnknownRecord, XrayRecordRetired, ...
+    │       └── (one subclass per custom error in the contract's ABI)
+    ├── SealError                   a sealed object cannot be made or opened
+    │   ├── SealCorrupt             not an intact sealed object for this record_key and digest
+    │   ├── SealUnsupported         written in a format version this gateway does not read
+    │   └── SealKeyMissing          sealed under a KEK the keyring lacks (also a KeyringError)
+    └── StoreError                  anything on the object store side; as such, not transient
+        ├── StoreUnavailable        cannot be reached, timed out, or busy: retry later
+        └── ObjectNotFound          no object under that name
 """
 
 from __future__ import annotations
@@ -30,6 +39,49 @@ class GatewayError(Exception):
 
 class ConfigError(GatewayError):
     """A setting is missing, malformed, or still a placeholder."""
+
+
+class DatasetUnreadable(GatewayError):
+    """A received dataset cannot be parsed or walked; nothing of it is recorded."""
+
+
+class KeyringError(GatewayError):
+    """A KEK id is not in the keyring: :class:`KeyError` for the key directory.
+
+    Attributes
+    ----------
+    kek_id:
+        The id that was asked for, if the error is about one.
+    """
+
+    def __init__(self, message: str, *, kek_id: str | None = None) -> None:
+        super().__init__(message)
+        self.kek_id = kek_id
+
+
+class SealError(GatewayError):
+    """A sealed object could not be made or opened."""
+
+
+class SealCorrupt(SealError):
+    """The bytes are not an intact sealed object for this record_key and digest.
+
+    Raised for a bad magic, a truncated header or segment, a data key that does not
+    unwrap, and any segment that fails authentication (altered, reordered, swapped,
+    dropped, or sealed for another record_key or digest).
+    """
+
+
+class SealUnsupported(SealError):
+    """The object is written in a format version this gateway does not read."""
+
+
+class SealKeyMissing(SealError, KeyringError):
+    """The header names a KEK the keyring does not hold.
+
+    Both a :class:`SealError` (the object cannot be opened) and a :class:`KeyringError`
+    (the fix is in the key directory, not in the object), so either ``except`` sees it.
+    """
 
 
 class LedgerError(GatewayError):
@@ -130,3 +182,15 @@ REVERTS: dict[str, type[ContractRevert]] = {
         XrayIndexOutOfRange,
     )
 }
+
+
+class StoreError(GatewayError):
+    """Anything on the object store side; of its subclasses only StoreUnavailable is transient."""
+
+
+class StoreUnavailable(StoreError):
+    """The object store cannot be reached, timed out, or is busy: retry later."""
+
+
+class ObjectNotFound(StoreError):
+    """There is no object under that name."""

@@ -1,0 +1,172 @@
+"""Fingerprints of a received instance: dataset digest and pixel digest (pure, streaming).
+
+``digest`` is SHA-256 of the dataset bytes exactly as received in the negotiated transfer
+syntax, File Meta Information (group 0002) excluded: every hop rewrites the meta, while
+Orthanc stores the dataset bytes unchanged. ``pixel_digest`` is SHA-256 of the value of
+(7FE0,0010) Pixel Data as received: for native pixels the value field; for encapsulated
+pixels every item (offset table and fragments, with their item headers) up to but not
+including the Sequence Delimitation Item. No Pixel Data gives SHA-256 of zero bytes.
+
+Nothing is decoded: pydicom walks the element headers and seeks over the values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
+from pydicom.uid import UID
+
+from gateway.errors import DatasetUnreadable
+
+PIXEL_DATA = 0x7FE00010
+CHUNK = 1 << 20
+EMPTY_SHA256 = hashlib.sha256(b"").digest()
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """The two digests recorded on the ledger, and the transfer syntax they were taken in."""
+
+    digest: bytes
+    pixel_digest: bytes
+    transfer_syntax: str
+    dataset_offset: int
+    dataset_length: int
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The attributes the gateway needs from a dataset. PatientID and issuer are PHI:
+    they only ever leave this object as an HMAC (``patient_key``)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str
+    issuer_of_patient_id: str
+    modality: str
+    body_part: str
+
+
+def dataset_offset(stream: BinaryIO) -> tuple[int, UID]:
+    """Offset of the dataset after the File Meta Information, and the transfer syntax."""
+    stream.seek(0)
+    try:
+        read_preamble(stream, False)
+        meta = _read_file_meta_info(stream)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, NotImplementedError) as exc:
+        raise DatasetUnreadable(f"no readable DICOM File Meta Information: {exc}") from exc
+    syntax = meta.get("TransferSyntaxUID")
+    if not syntax:
+        raise DatasetUnreadable("the File Meta Information has no Transfer Syntax UID")
+    return stream.tell(), UID(str(syntax))
+
+
+def read_header(stream: BinaryIO) -> InstanceHeader:
+    """Parse the attributes before Pixel Data; raises DatasetUnreadable if pydicom cannot."""
+    stream.seek(0)
+    try:
+        ds = dcmread(stream, stop_before_pixels=True, defer_size=4096)
+        values = {
+            "sop_class_uid": ds.get("SOPClassUID", ""),
+            "sop_instance_uid": ds.get("SOPInstanceUID", ""),
+            "study_instance_uid": ds.get("StudyInstanceUID", ""),
+            "series_instance_uid": ds.get("SeriesInstanceUID", ""),
+            "patient_id": ds.get("PatientID", ""),
+            "issuer_of_patient_id": ds.get("IssuerOfPatientID", ""),
+            "modality": ds.get("Modality", ""),
+            "body_part": ds.get("BodyPartExamined", ""),
+        }
+    except Exception as exc:  # pydicom raises many types on malformed input
+        raise DatasetUnreadable(f"the dataset cannot be parsed: {type(exc).__name__}: {exc}") from exc
+    header = InstanceHeader(**{key: str(value or "").strip() for key, value in values.items()})
+    if not header.sop_instance_uid or not header.sop_class_uid:
+        raise DatasetUnreadable("the dataset has no SOP Class UID or SOP Instance UID")
+    return header
+
+
+def fingerprint(stream: BinaryIO) -> Fingerprint:
+    """Digest a Part-10 instance read from ``stream`` (seekable), in bounded memory."""
+    offset, syntax = dataset_offset(stream)
+    sha = hashlib.sha256()
+    stream.seek(offset)
+    length = 0
+    while chunk := stream.read(CHUNK):
+        sha.update(chunk)
+        length += len(chunk)
+    if syntax.is_deflated:
+        pixel_digest = _deflated_pixel_digest(stream, offset)
+    else:
+        pixel_digest = _pixel_digest(stream, offset, syntax)
+    return Fingerprint(
+        digest=sha.digest(),
+        pixel_digest=pixel_digest,
+        transfer_syntax=str(syntax),
+        dataset_offset=offset,
+        dataset_length=length,
+    )
+
+
+def _pixel_digest(stream: BinaryIO, offset: int, syntax: UID) -> bytes:
+    stream.seek(offset)
+    try:
+        implicit = syntax.is_implicit_VR
+        little = syntax.is_little_endian
+    except ValueError as exc:
+        raise DatasetUnreadable(f"unknown transfer syntax {syntax}") from exc
+    try:
+        for element in data_element_generator(stream, implicit, little, defer_size=256):
+            if element.tag != PIXEL_DATA or not isinstance(element, RawDataElement):
+                continue
+            start = element.value_tell
+            end = stream.tell()  # the generator leaves us just past the element
+            if element.length == 0xFFFFFFFF:
+                end -= 8  # the Sequence Delimitation Item is framing, not value
+            return _hash_range(stream, start, end)
+    except Exception as exc:  # malformed lengths or tags inside the dataset
+        raise DatasetUnreadable(f"the dataset cannot be walked: {type(exc).__name__}: {exc}") from exc
+    return EMPTY_SHA256
+
+
+def _hash_range(stream: BinaryIO, start: int, end: int) -> bytes:
+    sha = hashlib.sha256()
+    stream.seek(start)
+    remaining = end - start
+    while remaining > 0:
+        chunk = stream.read(min(CHUNK, remaining))
+        if not chunk:
+            raise DatasetUnreadable("the Pixel Data element runs past the end of the file")
+        sha.update(chunk)
+        remaining -= len(chunk)
+    return sha.digest()
+
+
+def _deflated_pixel_digest(stream: BinaryIO, offset: int) -> bytes:
+    """Deflated Explicit VR Little Endian: inflate to a temp file, then walk it."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    stream.seek(offset)
+    with tempfile.TemporaryFile(dir=os.environ.get("GATEWAY_TMPDIR")) as inflated:
+        try:
+            while chunk := stream.read(CHUNK):
+                inflated.write(inflater.decompress(chunk))
+            inflated.write(inflater.flush())
+        except zlib.error as exc:
+            raise DatasetUnreadable(f"the deflated dataset does not inflate: {exc}") from exc
+        inflated.flush()
+        return _pixel_digest(inflated, 0, UID("1.2.840.10008.1.2.1"))
+
+
+def fingerprint_bytes(data: bytes) -> Fingerprint:
+    """Convenience for small in-memory instances (tests, the verify API)."""
+    return fingerprint(io.BytesIO(data))
