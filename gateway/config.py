@@ -67,7 +67,7 @@ class Settings(BaseSettings):
             secret: SecretStr | None = getattr(self, name)
             if secret is not None and secret.get_secret_value().strip().lower() in PLACEHOLDERS:
                 raise ValueError(f"GATEWAY_{name.upper()} is a placeholder; set a real secret")
-        s3 = bool(self.store_url and self.store_url.startswith("s3://"))
+        s3 = bool(self.store_url and self.store_url.startswith(("s3://", "s3+https://")))
         if s3 and (self.s3_access_key is None or self.s3_secret_key is None):
             raise ValueError(
                 "GATEWAY_STORE_URL is s3://: set GATEWAY_S3_ACCESS_KEY and GATEWAY_S3_SECRET_KEY"

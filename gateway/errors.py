@@ -9,6 +9,7 @@ translated at the boundary only: into a DICOM status in ``receive``, an HTTP pro
     GatewayError
     ├── ConfigError                 settings missing, malformed or placeholder
     ├── DatasetUnreadable           a received dataset cannot be understood (-> 0xC000-class)
+    ├── SpoolUnavailable            received bytes cannot be made durable (-> 0xA700)
     ├── KeyringError                the key directory holds no KEK with that id; ``.kek_id``
     ├── LedgerError                 anything on the chain side
     │   ├── ChainUnavailable        the JSON-RPC node cannot be reached
@@ -82,6 +83,10 @@ class SealKeyMissing(SealError, KeyringError):
     Both a :class:`SealError` (the object cannot be opened) and a :class:`KeyringError`
     (the fix is in the key directory, not in the object), so either ``except`` sees it.
     """
+
+
+class SpoolUnavailable(GatewayError):
+    """Received bytes cannot be made durable; the C-STORE must not be acked."""
 
 
 class LedgerError(GatewayError):

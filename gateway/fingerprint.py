@@ -89,7 +89,9 @@ def read_header(stream: BinaryIO) -> InstanceHeader:
             "body_part": ds.get("BodyPartExamined", ""),
         }
     except Exception as exc:  # pydicom raises many types on malformed input
-        raise DatasetUnreadable(f"the dataset cannot be parsed: {type(exc).__name__}: {exc}") from exc
+        raise DatasetUnreadable(
+            f"the dataset cannot be parsed: {type(exc).__name__}: {exc}"
+        ) from exc
     header = InstanceHeader(**{key: str(value or "").strip() for key, value in values.items()})
     if not header.sop_instance_uid or not header.sop_class_uid:
         raise DatasetUnreadable("the dataset has no SOP Class UID or SOP Instance UID")
@@ -118,25 +120,57 @@ def fingerprint(stream: BinaryIO) -> Fingerprint:
     )
 
 
-def _pixel_digest(stream: BinaryIO, offset: int, syntax: UID) -> bytes:
+def pixel_range(stream: BinaryIO, offset: int, syntax: UID) -> tuple[int, int] | None:
+    """Where the Pixel Data value lies, walking every top-level element header.
+
+    Raises DatasetUnreadable when an element runs past the end of the stream, which is how
+    a truncated instance shows up: its header parses, its last element does not fit.
+    """
+    size = stream.seek(0, io.SEEK_END)
     stream.seek(offset)
     try:
         implicit = syntax.is_implicit_VR
         little = syntax.is_little_endian
     except ValueError as exc:
         raise DatasetUnreadable(f"unknown transfer syntax {syntax}") from exc
+    found: tuple[int, int] | None = None
+    end = offset
     try:
         for element in data_element_generator(stream, implicit, little, defer_size=256):
-            if element.tag != PIXEL_DATA or not isinstance(element, RawDataElement):
-                continue
-            start = element.value_tell
             end = stream.tell()  # the generator leaves us just past the element
-            if element.length == 0xFFFFFFFF:
-                end -= 8  # the Sequence Delimitation Item is framing, not value
-            return _hash_range(stream, start, end)
+            short = (
+                isinstance(element, RawDataElement)
+                and element.length != 0xFFFFFFFF
+                and isinstance(element.value, bytes)
+                and len(element.value) != element.length
+            )
+            if end > size or short:
+                raise DatasetUnreadable(f"element {element.tag} runs past the end of the data")
+            if element.tag == PIXEL_DATA and isinstance(element, RawDataElement):
+                # the Sequence Delimitation Item of encapsulated pixels is framing, not value
+                found = (element.value_tell, end - 8 if element.length == 0xFFFFFFFF else end)
+    except DatasetUnreadable:
+        raise
     except Exception as exc:  # malformed lengths or tags inside the dataset
-        raise DatasetUnreadable(f"the dataset cannot be walked: {type(exc).__name__}: {exc}") from exc
-    return EMPTY_SHA256
+        raise DatasetUnreadable(
+            f"the dataset cannot be walked: {type(exc).__name__}: {exc}"
+        ) from exc
+    if end != size:  # the generator stops quietly on a partial element header
+        raise DatasetUnreadable(f"{size - end} bytes after the last complete element")
+    return found
+
+
+def _pixel_digest(stream: BinaryIO, offset: int, syntax: UID) -> bytes:
+    found = pixel_range(stream, offset, syntax)
+    return EMPTY_SHA256 if found is None else _hash_range(stream, *found)
+
+
+def check_structure(stream: BinaryIO) -> UID:
+    """Cheap pre-ack check: meta readable and every element fits (no hashing)."""
+    offset, syntax = dataset_offset(stream)
+    if not syntax.is_deflated:
+        pixel_range(stream, offset, syntax)
+    return syntax
 
 
 def _hash_range(stream: BinaryIO, start: int, end: int) -> bytes:

@@ -1,0 +1,212 @@
+"""The local index (SQLite in the data dir): one row per received instance, its stage and evidence.
+
+Every stage after the ack is a persisted task: a row's ``stage`` says what must happen
+next, and a restart resumes from there. WAL with ``synchronous=FULL`` makes a committed
+row survive power loss, which the ack relies on.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+STAGES = ("fingerprint", "seal", "put", "anchor", "forward", "committed")
+DONE_STAGES = ("committed", "duplicate", "rejected")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    id INTEGER PRIMARY KEY,
+    entry_id TEXT NOT NULL UNIQUE,
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    calling_aet TEXT NOT NULL DEFAULT '',
+    received_at REAL NOT NULL,
+    size INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    study_instance_uid TEXT,
+    series_instance_uid TEXT,
+    record_key BLOB,
+    patient_key BLOB,
+    digest BLOB,
+    pixel_digest BLOB,
+    transfer_syntax TEXT,
+    modality TEXT,
+    body_part TEXT,
+    version INTEGER,
+    kek_id TEXT,
+    object_name TEXT,
+    tx_hash TEXT,
+    block_number INTEGER,
+    block_time INTEGER,
+    recorder TEXT,
+    batch_id INTEGER,
+    leaf_index INTEGER,
+    proof BLOB,
+    orthanc_id TEXT,
+    conflict TEXT,
+    committed_at REAL
+);
+CREATE INDEX IF NOT EXISTS instances_due ON instances (stage, next_attempt_at);
+CREATE INDEX IF NOT EXISTS instances_uid ON instances (sop_instance_uid);
+CREATE INDEX IF NOT EXISTS instances_key ON instances (record_key, digest);
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
+"""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One instance as the index knows it."""
+
+    id: int
+    entry_id: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    calling_aet: str
+    received_at: float
+    size: int
+    stage: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    record_key: bytes | None
+    patient_key: bytes | None
+    digest: bytes | None
+    pixel_digest: bytes | None
+    transfer_syntax: str | None
+    modality: str | None
+    body_part: str | None
+    version: int | None
+    kek_id: str | None
+    object_name: str | None
+    tx_hash: str | None
+    block_number: int | None
+    block_time: int | None
+    recorder: str | None
+    batch_id: int | None
+    leaf_index: int | None
+    proof: bytes | None
+    orthanc_id: str | None
+    conflict: str | None
+    committed_at: float | None
+
+
+COLUMNS = tuple(f.name for f in fields(Row))
+
+
+class Index:
+    """Thread-safe access to the index database."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.RLock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction under the index lock."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
+        with self._lock:
+            cursor = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM instances {sql}", params)
+            return [Row(*values) for values in cursor.fetchall()]
+
+    def add_received(
+        self,
+        *,
+        entry_id: str,
+        sop_instance_uid: str,
+        sop_class_uid: str,
+        calling_aet: str,
+        size: int,
+    ) -> int:
+        """Record a durable received instance; its first task is ``fingerprint``."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO instances (entry_id, sop_instance_uid, sop_class_uid, calling_aet,"
+                " received_at, size, stage) VALUES (?, ?, ?, ?, ?, ?, 'fingerprint')",
+                (entry_id, sop_instance_uid, sop_class_uid, calling_aet, time.time(), size),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def get(self, row_id: int) -> Row:
+        (row,) = self._rows("WHERE id = ?", (row_id,))
+        return row
+
+    def has_entry(self, entry_id: str) -> bool:
+        return bool(self._rows("WHERE entry_id = ?", (entry_id,)))
+
+    def due(self, *, now: float | None = None, limit: int = 64) -> list[Row]:
+        """Rows with work to do whose retry time has come, oldest first."""
+        placeholders = ", ".join("?" for _ in STAGES[:-1])
+        return self._rows(
+            f"WHERE stage IN ({placeholders}) AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+            (*STAGES[:-1], time.time() if now is None else now, limit),
+        )
+
+    def update(self, row_id: int, **values: Any) -> None:
+        """Set columns of one row (names are checked against the schema)."""
+        unknown = set(values) - set(COLUMNS)
+        if unknown:
+            raise KeyError(f"no such index columns: {sorted(unknown)}")
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        with self.transaction() as db:
+            db.execute(
+                f"UPDATE instances SET {assignments} WHERE id = ?", (*values.values(), row_id)
+            )
+
+    def fail(self, row_id: int, error: str, *, retry_in: float) -> None:
+        """Note a failed attempt and when to try again."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE instances SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
+                " WHERE id = ?",
+                (error, time.time() + retry_in, row_id),
+            )
+
+    def versions_of(self, record_key: bytes, *, exclude: int | None = None) -> list[Row]:
+        """Every row of this record key that was not a duplicate, oldest first."""
+        return self._rows(
+            "WHERE record_key = ? AND stage NOT IN ('duplicate', 'rejected') AND id != ? ORDER BY id",
+            (record_key, -1 if exclude is None else exclude),
+        )
+
+    def by_uid(self, sop_instance_uid: str) -> list[Row]:
+        return self._rows("WHERE sop_instance_uid = ? ORDER BY id", (sop_instance_uid,))
+
+    def by_study(self, study_instance_uid: str) -> list[Row]:
+        return self._rows("WHERE study_instance_uid = ? ORDER BY id", (study_instance_uid,))
+
+    def all(self) -> list[Row]:
+        return self._rows("ORDER BY id")
+
+    def stage_counts(self) -> dict[str, int]:
+        with self._lock:
+            cursor = self._db.execute("SELECT stage, COUNT(*) FROM instances GROUP BY stage")
+            return {str(stage): int(count) for stage, count in cursor.fetchall()}

@@ -1,0 +1,187 @@
+"""The DICOM listener (pynetdicom): C-ECHO, and C-STORE acked only once the bytes are durable.
+
+Each handler answers with a DICOM status, never an exception:
+
+=======  ===============================================================
+0x0000   stored: the instance is fsynced in the spool and in the index
+0xA700   out of resources: the spool cannot take it (full, unwritable)
+0xA900   the dataset's SOP Instance/Class UID differs from the request's
+0xC000   cannot understand: hostile UID, unparsable or truncated dataset
+=======  ===============================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from gateway.errors import DatasetUnreadable, SpoolUnavailable
+from gateway.fingerprint import check_structure, read_header
+from gateway.index import Index
+from gateway.spool import Spool
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_MISMATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+# Write every received dataset to disk as it arrives, never into memory.
+_config.STORE_RECV_CHUNKED_DATASET = True
+
+
+def status(code: int, comment: str = "") -> Dataset:
+    """A C-STORE response status, with an Error Comment (LO, at most 64 characters)."""
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment[:64]
+    return ds
+
+
+def valid_uid(value: object) -> bool:
+    """A syntactically valid UID: digits and dots, at most 64 characters."""
+    return isinstance(value, str) and UID(value).is_valid
+
+
+@dataclass
+class Receiver:
+    """The gateway's Storage SCP.
+
+    Parameters
+    ----------
+    spool, index:
+        Where received instances become durable.
+    ae_title:
+        Our AE title; associations calling another one are rejected.
+    allowed_aets:
+        Calling AE titles allowed to associate; empty allows any.
+    on_stored:
+        Called with the index row id after each acked instance (wakes the pipeline).
+    """
+
+    spool: Spool
+    index: Index
+    ae_title: str = "XRAYGW"
+    allowed_aets: tuple[str, ...] = ()
+    on_stored: Callable[[int], None] | None = None
+
+    def __post_init__(self) -> None:
+        # pynetdicom creates the temp file with NamedTemporaryFile: put it on the spool's
+        # filesystem so that accepting it is a rename, not a copy.
+        tempfile.tempdir = str(self.spool.incoming)
+        self._server: ThreadedAssociationServer | None = None
+        self._lock = threading.Lock()
+
+    def build_ae(self) -> AE:
+        ae = AE(ae_title=self.ae_title)
+        ae.maximum_pdu_size = 0  # accept whatever PDU size the modality proposes
+        ae.require_called_aet = True
+        if self.allowed_aets:
+            ae.require_calling_aet = list(self.allowed_aets)
+        for context in AllStoragePresentationContexts:
+            assert context.abstract_syntax is not None
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        ae.maximum_associations = 32
+        return ae
+
+    def start(self, *, host: str = "127.0.0.1", port: int = 11112) -> None:
+        """Listen in the background."""
+        ae = self.build_ae()
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_C_ECHO, self.handle_echo),
+        ]
+        server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+        assert server is not None and server.socket is not None
+        # Nagle's algorithm delays small PDUs (the C-STORE responses) by tens of ms.
+        server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._server = server
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def handle_echo(self, event: Any) -> int:
+        return SUCCESS
+
+    def handle_store(self, event: Any) -> Dataset:
+        """Make the instance durable, then ack; any refusal is a status with a comment."""
+        _nodelay(event)
+        request = event.request
+        requested_uid = request.AffectedSOPInstanceUID
+        requested_class = request.AffectedSOPClassUID
+        calling = str(event.assoc.requestor.ae_title).strip()
+        if not valid_uid(requested_uid) or not valid_uid(requested_class):
+            log.warning("refused C-STORE from %s: invalid UID in the request", calling)
+            return status(CANNOT_UNDERSTAND, "invalid SOP Instance or Class UID in request")
+        path = Path(event.dataset_path)
+        try:
+            with path.open("rb") as stream:
+                check_structure(stream)
+                header = read_header(stream)
+        except DatasetUnreadable as exc:
+            log.warning("refused C-STORE %s from %s: %s", requested_uid, calling, exc)
+            return status(CANNOT_UNDERSTAND, f"dataset cannot be understood: {exc}")
+        except OSError as exc:
+            log.error("spool read failed: %s", exc)
+            return status(OUT_OF_RESOURCES, "gateway spool unavailable")
+        if not valid_uid(header.sop_instance_uid) or not valid_uid(header.sop_class_uid):
+            log.warning("refused C-STORE from %s: invalid UID in the dataset", calling)
+            return status(CANNOT_UNDERSTAND, "invalid SOP Instance or Class UID in dataset")
+        if header.sop_instance_uid != requested_uid:
+            log.warning("refused C-STORE %s from %s: dataset UID differs", requested_uid, calling)
+            return status(DATASET_MISMATCH, "SOP Instance UID differs from the request")
+        if header.sop_class_uid != requested_class:
+            return status(DATASET_MISMATCH, "SOP Class UID differs from the request")
+        if not self.spool.has_room():
+            log.error("refused C-STORE %s: the spool is full", requested_uid)
+            return status(OUT_OF_RESOURCES, "gateway spool is full")
+        try:
+            entry = self.spool.accept(path)
+            row_id = self.index.add_received(
+                entry_id=entry.entry_id,
+                sop_instance_uid=requested_uid,
+                sop_class_uid=requested_class,
+                calling_aet=calling,
+                size=entry.size,
+            )
+        except (SpoolUnavailable, OSError) as exc:
+            log.error("refused C-STORE %s: %s", requested_uid, exc)
+            return status(OUT_OF_RESOURCES, "gateway spool unavailable")
+        except Exception as exc:  # the index is our durability too: no row, no ack
+            log.exception("refused C-STORE %s: index write failed", requested_uid)
+            return status(OUT_OF_RESOURCES, f"gateway index unavailable: {type(exc).__name__}")
+        if self.on_stored is not None:
+            self.on_stored(row_id)
+        return status(SUCCESS)
+
+
+def _nodelay(event: Any) -> None:
+    """Set TCP_NODELAY on the association's socket (accepted sockets don't inherit it)."""
+    try:
+        sock = event.assoc.dul.socket.socket
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):
+        pass

@@ -1,0 +1,241 @@
+"""The object store interface, object-name rules, and the URL that picks a backend."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+from urllib.parse import unquote, urlsplit
+
+from gateway.errors import ConfigError, StoreError
+
+# `<hex record_key>/<hex digest>`: both SHA-256 sized, lowercase only, so that one object
+# has exactly one spelling and nothing but hex (no PHI, no `..`, no `/` tricks) ever
+# reaches a file path or an S3 key.
+NAME_RE = re.compile(r"[0-9a-f]{64}/[0-9a-f]{64}")
+_PREFIX_RE = re.compile(r"[0-9a-f]{0,64}|[0-9a-f]{64}/[0-9a-f]{0,64}")
+
+CHUNK_SIZE = 1024 * 1024
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """Immutable, content-addressed objects named ``<hex record_key>/<hex digest>``."""
+
+    def put(self, name: str, source: BinaryIO, *, length: int) -> None:
+        """Store exactly ``length`` bytes read from ``source`` under ``name``.
+
+        Durable when it returns. Idempotent: if ``name`` already holds ``length`` bytes,
+        nothing is read and nothing is written. Objects are never overwritten.
+
+        Raises
+        ------
+        ValueError
+            ``name`` is not a valid object name.
+        StoreUnavailable
+            The backend is down or too slow; nothing is known to be stored, retry later.
+        StoreError
+            ``source`` held fewer or more than ``length`` bytes, or ``name`` already holds
+            an object of another length.
+        OSError
+            Whatever ``source.read`` raised, unchanged: the source's failure is not the
+            store's.
+        """
+        ...
+
+    def open(self, name: str) -> BinaryIO:
+        """A streaming reader for the object; the caller closes it.
+
+        Raises
+        ------
+        ObjectNotFound
+            Nothing is stored under ``name``.
+        """
+        ...
+
+    def exists(self, name: str) -> bool:
+        """True when an object is stored under ``name``."""
+        ...
+
+    def size(self, name: str) -> int | None:
+        """The object's length in bytes, or None when nothing is stored under ``name``."""
+        ...
+
+    def delete(self, name: str) -> None:
+        """Remove the object if present (tests and repair only; the pipeline never deletes)."""
+        ...
+
+    def names(self, prefix: str = "") -> Iterator[str]:
+        """Every stored object name that starts with ``prefix``, in lexicographic order."""
+        ...
+
+    def check(self) -> None:
+        """Return when the backend can serve requests (for readiness probes).
+
+        Raises
+        ------
+        StoreUnavailable
+            The backend cannot be reached or did not answer in time.
+        StoreError
+            The backend answers but refuses us (credentials, permissions).
+        """
+        ...
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a valid object name, else raise.
+
+    Parameters
+    ----------
+    name:
+        ``<64 lowercase hex>/<64 lowercase hex>``: the record key, then the digest.
+
+    Raises
+    ------
+    ValueError
+        Anything else. A bad name is a bug in the caller, not a store condition, so it is
+        not a :class:`~gateway.errors.StoreError`. The message never echoes the name, which
+        could hold PHI.
+    """
+    if not isinstance(name, str) or NAME_RE.fullmatch(name) is None:
+        raise ValueError("object names are <64 lowercase hex>/<64 lowercase hex>")
+    return name
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return ``prefix`` if some valid object name could start with it, else raise ValueError."""
+    if not isinstance(prefix, str) or _PREFIX_RE.fullmatch(prefix) is None:
+        raise ValueError("a name prefix is lowercase hex, optionally <64 hex>/ and more hex")
+    return prefix
+
+
+class ExactSource:
+    """Reads exactly ``length`` bytes from the caller's stream, until revoked.
+
+    Both backends read through it so that a source that is shorter or longer than
+    announced fails the put before the object becomes visible: names are addressed by
+    the plaintext digest, so the store cannot tell a truncated ciphertext by its name.
+    ``revoke`` lets a put that gave up on its deadline hand the stream back to the caller:
+    once it returns, an abandoned upload thread can no longer read from it.
+    """
+
+    def __init__(self, source: BinaryIO, length: int) -> None:
+        if length < 0:
+            raise ValueError("length must be >= 0")
+        self._source = source
+        self._remaining = length
+        self._lock = threading.Lock()
+        self._revoked = False
+        self._at_end = False
+        self.source_error: BaseException | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all that remain if negative); ``b""`` once all are read."""
+        with self._lock:
+            self._check_revoked()
+            want = self._remaining if size < 0 else min(size, self._remaining)
+            if want == 0:
+                return b""
+            data = self._read(want)
+            if not data:
+                raise StoreError(f"the source ended {self._remaining} bytes short of its length")
+            self._remaining -= len(data)
+            if self._remaining == 0:
+                # Probe while the stream is still ours: a backend stops reading at
+                # `length`, so this is the last chance to refuse a longer source.
+                self._probe_end()
+            return data
+
+    def finish(self) -> None:
+        """Raise unless exactly ``length`` bytes were read and the source is at its end."""
+        with self._lock:
+            self._check_revoked()
+            if self._remaining:
+                raise StoreError(f"the source ended {self._remaining} bytes short of its length")
+            self._probe_end()
+
+    def revoke(self) -> None:
+        """Refuse every later read; waits for a read in progress to finish."""
+        with self._lock:
+            self._revoked = True
+
+    def _check_revoked(self) -> None:
+        if self._revoked:
+            raise StoreError("the put was abandoned; its source is no longer read")
+
+    def _read(self, size: int) -> bytes:
+        try:
+            return self._source.read(size)
+        except BaseException as exc:
+            # Kept so that a backend re-raises it as is instead of blaming the store.
+            self.source_error = exc
+            raise
+
+    def _probe_end(self) -> None:
+        if not self._at_end:
+            if self._read(1):
+                raise StoreError("the source holds more bytes than its length")
+            self._at_end = True
+
+
+def open_store(url: str, *, access_key: str | None, secret_key: str | None) -> ObjectStore:
+    """Open the backend a store URL names.
+
+    Parameters
+    ----------
+    url:
+        ``file:///absolute/path`` for the filesystem backend; ``s3://host:port/bucket``
+        (plain HTTP) or ``s3+https://host:port/bucket`` (TLS) for S3/MinIO.
+    access_key, secret_key:
+        S3 credentials; required for ``s3`` URLs, ignored for ``file`` URLs. They are
+        never part of the URL, so that a logged URL leaks nothing.
+
+    Raises
+    ------
+    ConfigError
+        The URL is malformed, has an unknown scheme, carries credentials, or an S3 URL
+        comes without both keys.
+    """
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        raise ConfigError("the store URL takes no query or fragment")
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ConfigError("a file store URL is file:///absolute/path (no host)")
+        path = Path(unquote(parts.path))
+        if not path.is_absolute() or ".." in path.parts:
+            raise ConfigError("a file store URL needs an absolute path without '..'")
+        # Imported here: the backends import this module.
+        from gateway.store.fs import FilesystemStore
+
+        return FilesystemStore(path)
+    if parts.scheme in ("s3", "s3+https"):
+        if parts.username is not None or parts.password is not None:
+            # Refuse rather than use: a URL ends up in logs and process listings.
+            raise ConfigError(
+                "the store URL must not carry credentials; set GATEWAY_S3_ACCESS_KEY "
+                "and GATEWAY_S3_SECRET_KEY"
+            )
+        if not access_key or not secret_key:
+            raise ConfigError("an s3 store needs GATEWAY_S3_ACCESS_KEY and GATEWAY_S3_SECRET_KEY")
+        try:
+            host, port = parts.hostname, parts.port
+        except ValueError as exc:
+            raise ConfigError("the store URL has an invalid port") from exc
+        bucket = parts.path.strip("/")
+        if not host or not bucket or "/" in bucket:
+            raise ConfigError("an s3 store URL is s3://host:port/bucket")
+        # Imported here so that a filesystem-only deployment never loads minio/urllib3.
+        from gateway.store.s3 import S3Store
+
+        netloc = f"[{host}]" if ":" in host else host
+        return S3Store(
+            endpoint=netloc if port is None else f"{netloc}:{port}",
+            bucket=bucket,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=parts.scheme == "s3+https",
+        )
+    raise ConfigError("the store URL scheme must be file, s3 or s3+https")
