@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
@@ -84,6 +85,56 @@ def _cmd_contract_info(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keys_init(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.keys import init_keys
+
+    status = init_keys(settings.keys_dir)
+    _print_json(status.__dict__ if hasattr(status, "__dict__") else str(status))
+    return 0
+
+
+def _cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
+    """A new current KEK, then every sealed object in a filesystem store re-wrapped to it."""
+    from gateway.keys import load_keyring, rotate_kek
+
+    kek = rotate_kek(settings.keys_dir)
+    keyring = load_keyring(settings.keys_dir)
+    rewrapped = _rewrap_store(settings, keyring=keyring, kek=kek)
+    _print_json(
+        {"current_kek": kek.kek_id, "known_keks": list(keyring.ids), "rewrapped": rewrapped}
+    )
+    return 0
+
+
+def _rewrap_store(settings: Settings, *, keyring: Any, kek: Any) -> int:
+    """Re-wrap data keys of every object in the store (no image is re-encrypted)."""
+    import tempfile
+
+    from gateway.seal import rewrap_header
+    from gateway.stack import Stack
+    from gateway.store import open_store
+
+    store = open_store(
+        Stack(settings).store_url,
+        access_key=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
+        secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
+    )
+    count = 0
+    for name in store.names():
+        with store.open(name) as sealed:
+            header, offset = rewrap_header(sealed, keyring=keyring, new_kek=kek)
+        with tempfile.TemporaryFile() as out, store.open(name) as sealed:
+            out.write(header)
+            sealed.read(offset)
+            while chunk := sealed.read(1 << 20):
+                out.write(chunk)
+            length = out.tell()
+            out.seek(0)
+            store.put(name, out, length=length, replace=True)
+        count += 1
+    return count
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
@@ -105,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="start nothing embedded: use GATEWAY_CHAIN_URL (production, see docker/)",
     )
     up.set_defaults(handler=_cmd_up)
+
+    keys = sub.add_parser("keys", help="create or rotate the pseudonym key and KEKs")
+    ksub = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
+    kinit = ksub.add_parser("init", help="create missing keys (0600); never overwrites")
+    kinit.set_defaults(handler=_cmd_keys_init)
+    krotate = ksub.add_parser("rotate", help="new KEK; re-wrap every object's data key")
+    krotate.set_defaults(handler=_cmd_keys_rotate)
 
     contract = sub.add_parser("contract", help="deploy the xray contract and manage its roles")
     csub = contract.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -129,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; errors become one-line messages and exit code 1."""
     args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pynetdicom's INFO and DEBUG output describes associations and, at DEBUG, datasets:
+    # keep it to warnings so that no patient data reaches the logs.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("apiron").setLevel(logging.WARNING)  # one line per Orthanc request
     handler: Callable[[Settings, argparse.Namespace], int] = args.handler
     try:
         return handler(get_settings(), args)

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("var")
     ae_title: str = "XRAYGW"
+    dicom_host: str = "127.0.0.1"
     dicom_port: int = Field(default=11112, ge=1, le=65535)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)

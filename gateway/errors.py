@@ -11,6 +11,10 @@ translated at the boundary only: into a DICOM status in ``receive``, an HTTP pro
     ├── DatasetUnreadable           a received dataset cannot be understood (-> 0xC000-class)
     ├── SpoolUnavailable            received bytes cannot be made durable (-> 0xA700)
     ├── KeyringError                the key directory holds no KEK with that id; ``.kek_id``
+    ├── ForwardError                anything on the PACS (Orthanc) side; as such, not transient
+    │   ├── PacsUnavailable         refused, timed out, 5xx or auth refused: retry later
+    │   ├── PacsRejected            Orthanc refused the file itself (e.g. unparsable): permanent
+    │   └── InstanceMissing         Orthanc has no instance with that id
     ├── LedgerError                 anything on the chain side
     │   ├── ChainUnavailable        the JSON-RPC node cannot be reached
     │   ├── ContractNotDeployed     no xray contract at the configured address
@@ -199,3 +203,34 @@ class StoreUnavailable(StoreError):
 
 class ObjectNotFound(StoreError):
     """There is no object under that name."""
+
+
+class ForwardError(GatewayError):
+    """Anything on the PACS (Orthanc) side; of its subclasses only PacsUnavailable is transient.
+
+    Attributes
+    ----------
+    status:
+        The HTTP status Orthanc answered with, or ``None`` when no answer came.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PacsUnavailable(ForwardError):
+    """Orthanc cannot be reached, timed out, failed (5xx) or refused our credentials.
+
+    Retry later: nothing about the instance itself is wrong. A refused login counts as
+    unavailable rather than rejected so that a misconfigured password delays images
+    instead of marking every one of them permanently failed.
+    """
+
+
+class PacsRejected(ForwardError):
+    """Orthanc refused the file itself (it cannot parse it): permanent, do not retry."""
+
+
+class InstanceMissing(ForwardError):
+    """Orthanc has no instance with that id (deleted, or never stored)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 STAGES = ("fingerprint", "seal", "put", "anchor", "forward", "committed")
-DONE_STAGES = ("committed", "duplicate", "rejected")
+DONE_STAGES = ("committed", "duplicate", "rejected", "conflict")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -189,6 +189,30 @@ class Index:
                 " WHERE id = ?",
                 (error, time.time() + retry_in, row_id),
             )
+
+    def claim_fingerprint(self, row_id: int, values: dict[str, Any]) -> tuple[str, int, int | None]:
+        """Atomically decide what a freshly fingerprinted row is: new, new version, or duplicate."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "SELECT id, digest, version FROM instances WHERE record_key = ? AND id != ?"
+                " AND stage NOT IN ('duplicate', 'rejected') AND digest IS NOT NULL ORDER BY id",
+                (values["record_key"], row_id),
+            )
+            others = cursor.fetchall()
+            same = [other_id for other_id, digest, _ in others if digest == values["digest"]]
+            if same:
+                stage, version, duplicate_of = "duplicate", 0, int(same[0])
+            else:
+                stage = "seal"
+                version = 1 + max((int(v or 0) for _, _, v in others), default=0)
+                duplicate_of = None
+            values = {**values, "stage": stage, "version": version or None, "attempts": 0,
+                      "last_error": None, "next_attempt_at": 0}  # fmt: skip
+            assignments = ", ".join(f"{name} = ?" for name in values)
+            db.execute(
+                f"UPDATE instances SET {assignments} WHERE id = ?", (*values.values(), row_id)
+            )
+        return stage, version, duplicate_of
 
     def versions_of(self, record_key: bytes, *, exclude: int | None = None) -> list[Row]:
         """Every row of this record key that was not a duplicate, oldest first."""

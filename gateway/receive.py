@@ -154,6 +154,10 @@ class Receiver:
             return status(DATASET_MISMATCH, "SOP Instance UID differs from the request")
         if header.sop_class_uid != requested_class:
             return status(DATASET_MISMATCH, "SOP Class UID differs from the request")
+        if not valid_uid(header.study_instance_uid) or not valid_uid(header.series_instance_uid):
+            # Type 1 in every image IOD; the PACS cannot file an instance without them.
+            log.warning("refused C-STORE %s from %s: no Study/Series UID", requested_uid, calling)
+            return status(DATASET_MISMATCH, "missing or invalid Study/Series Instance UID")
         if not self.spool.has_room():
             log.error("refused C-STORE %s: the spool is full", requested_uid)
             return status(OUT_OF_RESOURCES, "gateway spool is full")

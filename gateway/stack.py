@@ -1,45 +1,195 @@
-"""``xray-gateway up``: every part started in order under the data dir, stopped in reverse."""
+"""``xray-gateway up``: every part started in order under the data dir, stopped in reverse.
+
+chain (anvil) -> contract -> keys -> PACS (Orthanc) -> object store -> index/spool ->
+pipeline -> DICOM listener -> HTTP API
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+from pathlib import Path
+
+import uvicorn
+
+from gateway.anchor import SingleAnchorer
+from gateway.api import create_app
+from gateway.api.app import Health, ensure_token
 from gateway.chain import ensure_contract, recorder_account, start_embedded_chain
 from gateway.config import Settings
+from gateway.forward import Pacs
+from gateway.index import Index
+from gateway.keys import init_keys, load_keyring, load_pseudonym_key
 from gateway.ledger.anvil import Anvil
 from gateway.ledger.client import XrayLedger
+from gateway.orthanc import EmbeddedOrthanc
+from gateway.pipeline import ForwardOutcome, Pipeline
+from gateway.receive import Receiver
+from gateway.spool import Spool
+from gateway.store import ObjectStore, open_store
+
+log = logging.getLogger(__name__)
+
+
+class PacsForwarder:
+    """The pipeline's forward stage on the Orthanc client."""
+
+    def __init__(self, pacs: Pacs) -> None:
+        self.pacs = pacs
+
+    def forward(self, path: Path, *, digest: bytes) -> ForwardOutcome:
+        result = self.pacs.store(path, digest=digest)
+        conflict = None
+        if result.conflict:
+            theirs = result.orthanc_digest.hex()[:16] if result.orthanc_digest else "?"
+            conflict = (
+                f"Orthanc {result.orthanc_id} holds digest {theirs}…, the gateway received "
+                f"{digest.hex()[:16]}… under the same SOP Instance UID"
+            )
+        return ForwardOutcome(orthanc_id=result.orthanc_id, conflict=conflict)
 
 
 class Stack:
-    """The running gateway: embedded chain (unless ``GATEWAY_CHAIN_URL``) and the contract."""
+    """The running gateway with its embedded parts (unless configured as external)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.anvil: Anvil | None = None
+        self.orthanc: EmbeddedOrthanc | None = None
         self.ledger: XrayLedger | None = None
+        self.pacs: Pacs | None = None
+        self.store: ObjectStore | None = None
+        self.index: Index | None = None
+        self.pipeline: Pipeline | None = None
+        self.receiver: Receiver | None = None
+        self.token_path = settings.data_dir / "api-token"
+        self._api: uvicorn.Server | None = None
+        self._api_thread: threading.Thread | None = None
+
+    @property
+    def store_url(self) -> str:
+        return self.settings.store_url or f"file://{(self.settings.data_dir / 'objects').resolve()}"
 
     def start(self) -> None:
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            if self.settings.embedded_chain:
-                self.anvil = start_embedded_chain(self.settings)
-            self.ledger, _ = ensure_contract(self.settings)
+            if s.embedded_chain:
+                self.anvil = start_embedded_chain(s)
+            admin_ledger, _ = ensure_contract(s)
+            self.ledger = admin_ledger.as_account(recorder_account(s))
+            init_keys(s.keys_dir)
+            if s.orthanc_url is None:
+                self.orthanc = EmbeddedOrthanc(
+                    data_dir=s.data_dir,
+                    http_port=s.orthanc_http_port,
+                    dicom_port=s.orthanc_dicom_port,
+                )
+                self.orthanc.start()
+                self.pacs = Pacs.from_embedded(self.orthanc)
+            else:
+                self.pacs = Pacs(s.orthanc_url, user=None, password=None)
+            self.store = open_store(
+                self.store_url,
+                access_key=s.s3_access_key.get_secret_value() if s.s3_access_key else None,
+                secret_key=s.s3_secret_key.get_secret_value() if s.s3_secret_key else None,
+            )
+            self.index = Index(s.data_dir / "index.sqlite")
+            spool = Spool(s.data_dir / "spool")
+            spool.clear_incoming()  # partial receptions from a crash were never acked
+            self.pipeline = Pipeline(
+                index=self.index,
+                spool=spool,
+                store=self.store,
+                keyring=load_keyring(s.keys_dir),
+                pseudonym_key=load_pseudonym_key(s.keys_dir),
+                anchorer=SingleAnchorer(self.ledger),
+                forwarder=PacsForwarder(self.pacs),
+                sealed_dir=s.data_dir / "sealed",
+            )
+            self.pipeline.start()
+            self.receiver = Receiver(
+                spool=spool,
+                index=self.index,
+                ae_title=s.ae_title,
+                allowed_aets=tuple(s.allowed_aets),
+                on_stored=self.pipeline.wake,
+            )
+            self.receiver.start(host=s.dicom_host, port=s.dicom_port)
+            self._start_api()
         except BaseException:
             self.stop()
             raise
 
+    def _start_api(self) -> None:
+        ensure_token(self.token_path)
+        assert self.store is not None and self.pacs is not None and self.ledger is not None
+        assert self.index is not None
+        ledger, store, pacs, index = self.ledger, self.store, self.pacs, self.index
+        health = Health(
+            checks={
+                "chain": lambda: ledger.w3.eth.block_number,
+                "object_store": store.check,
+                "pacs": pacs.check,
+            },
+            stages=index.stage_counts,
+        )
+        config = uvicorn.Config(
+            create_app(health=health),
+            host=self.settings.api_host,
+            port=self.settings.api_port,
+            log_level="warning",
+        )
+        self._api = uvicorn.Server(config)
+        self._api_thread = threading.Thread(target=self._api.run, name="api", daemon=True)
+        self._api_thread.start()
+        while not self._api.started and self._api_thread.is_alive():
+            threading.Event().wait(0.05)
+
     def stop(self) -> None:
+        """Stop in reverse order: no new work first, then the workers, then the children."""
+        if self._api is not None:
+            self._api.should_exit = True
+            if self._api_thread is not None:
+                self._api_thread.join(10)
+        if self.receiver is not None:
+            self.receiver.stop()
+        if self.pipeline is not None:
+            self.pipeline.stop()
+        if self.index is not None:
+            self.index.close()
+        if self.orthanc is not None:
+            self.orthanc.stop()
         if self.anvil is not None:
             self.anvil.stop()  # SIGTERM: anvil dumps its state before exiting
 
+    def _token_shown(self) -> str:
+        """The token itself on a developer's embedded stack, only its file otherwise."""
+        path = self.token_path.resolve()
+        if self.anvil is not None and self.orthanc is not None:
+            return f"{ensure_token(self.token_path)}  (in {path}, 0600)"
+        return f"in {path} (0600)"
+
     def banner(self) -> str:
-        assert self.ledger is not None
+        assert self.ledger is not None and self.pacs is not None
         s = self.settings
+        chain = s.effective_chain_url + ("  [embedded anvil]" if self.anvil else "")
+        pacs = self.orthanc.url + "  [embedded Orthanc]" if self.orthanc else str(s.orthanc_url)
         lines = [
             "xray-gateway is up",
-            f"  data dir        {s.data_dir.resolve()}",
-            f"  chain (JSON-RPC) {s.effective_chain_url}"
-            + ("  [embedded anvil]" if self.anvil else ""),
+            f"  DICOM           {s.ae_title}@{s.dicom_host}:{s.dicom_port}",
+            f"  HTTP API        http://{s.api_host}:{s.api_port}  (health: /healthz, /readyz)",
+            f"  API token       {self._token_shown()}",
+            f"  PACS (Orthanc)  {pacs}",
+            f"  object store    {self.store_url}",
+            f"  chain           {chain}",
             f"  xray contract   {self.ledger.address}",
             f"  recorder        {recorder_account(s).address}",
+            f"  data dir        {s.data_dir.resolve()}",
             "Press Ctrl-C to stop.",
         ]
+        if self.orthanc is not None:
+            lines.insert(
+                5, f"  Orthanc DICOM   ORTHANC port {s.orthanc_dicom_port} (known AETs only)"
+            )
         return "\n".join(lines)

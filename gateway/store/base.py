@@ -24,11 +24,13 @@ CHUNK_SIZE = 1024 * 1024
 class ObjectStore(Protocol):
     """Immutable, content-addressed objects named ``<hex record_key>/<hex digest>``."""
 
-    def put(self, name: str, source: BinaryIO, *, length: int) -> None:
+    def put(self, name: str, source: BinaryIO, *, length: int, replace: bool = False) -> None:
         """Store exactly ``length`` bytes read from ``source`` under ``name``.
 
         Durable when it returns. Idempotent: if ``name`` already holds ``length`` bytes,
-        nothing is read and nothing is written. Objects are never overwritten.
+        nothing is read and nothing is written. Objects are never overwritten, except by
+        ``replace=True``, which only KEK rotation uses: it swaps an object's header for
+        one that wraps the same data key under the new KEK (same plaintext, same name).
 
         Raises
         ------

@@ -57,10 +57,10 @@ class FilesystemStore:
         record_key, digest = validate_name(name).split("/")
         return self.root / record_key[:2] / record_key / digest
 
-    def put(self, name: str, source: BinaryIO, *, length: int) -> None:
+    def put(self, name: str, source: BinaryIO, *, length: int, replace: bool = False) -> None:
         """Store ``length`` bytes of ``source`` durably under ``name`` (see ``ObjectStore``)."""
         final = self.path_of(name)
-        if self._idempotent_hit(final, length, name):
+        if not replace and self._idempotent_hit(final, length, name):
             return
         try:
             self._make_dirs(final.parent)

@@ -134,7 +134,7 @@ class S3Store:
         """Seconds a put of ``length`` bytes may take before it is abandoned."""
         return self._deadline + length / self._min_throughput
 
-    def put(self, name: str, source: BinaryIO, *, length: int) -> None:
+    def put(self, name: str, source: BinaryIO, *, length: int, replace: bool = False) -> None:
         """Store ``length`` bytes of ``source`` under ``name`` (see ``ObjectStore``).
 
         The upload runs in a worker thread. If it misses its deadline the caller gets
@@ -148,14 +148,14 @@ class S3Store:
         seconds = self.put_deadline(length)
         self._within(
             seconds,
-            lambda: self._put(name, guard, length),
+            lambda: self._put(name, guard, length, replace=replace),
             what=f"put {name}",
             on_timeout=guard.revoke,
         )
 
-    def _put(self, name: str, guard: ExactSource, length: int) -> None:
+    def _put(self, name: str, guard: ExactSource, length: int, *, replace: bool) -> None:
         self.ensure_bucket()
-        existing = self._stat_size(name)
+        existing = None if replace else self._stat_size(name)
         if existing is not None:
             if existing != length:
                 raise StoreError(

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,53 +14,11 @@ from eth_account import Account
 
 from gateway.ledger.anvil import Anvil
 from gateway.procs import free_port
-
-EXE = str(Path(sys.executable).with_name("xray-gateway"))
+from tests.integration.gateway_proc import EXE, Up, gateway_env, run
 
 
 def _env(data_dir: Path, anvil_port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env.update(GATEWAY_DATA_DIR=str(data_dir), GATEWAY_ANVIL_PORT=str(anvil_port))
-    return env
-
-
-def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([EXE, *args], env=env, capture_output=True, text=True, timeout=120)
-
-
-class Up:
-    """`xray-gateway up` in the background, stopped with Ctrl-C (SIGINT) by pid."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.proc = subprocess.Popen(
-            [EXE, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        self.banner: list[str] = []
-        deadline = time.monotonic() + 120
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise AssertionError("up exited early:\n" + "".join(self.banner))
-            self.banner.append(line)
-            if line.startswith("Press Ctrl-C"):
-                return
-        raise AssertionError("up never printed its banner")
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            return self.proc.wait(60)
-        finally:
-            assert self.proc.stdout is not None
-            self.proc.stdout.close()
-
-    def value(self, label: str) -> str:
-        for line in self.banner:
-            if line.strip().startswith(label):
-                return line.split()[-1] if "[" not in line else line.split()[-3]
-        raise KeyError(label)
+    return gateway_env(data_dir, GATEWAY_ANVIL_PORT=str(anvil_port))
 
 
 @pytest.fixture

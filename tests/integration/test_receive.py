@@ -97,6 +97,7 @@ def _dataset_bytes(original: Path) -> bytes:
         ("hostile-dotdot", CANNOT_UNDERSTAND),
         ("hostile-long", CANNOT_UNDERSTAND),
         ("unparsable", CANNOT_UNDERSTAND),
+        ("no-study-uid", DATASET_MISMATCH),
     ],
 )
 def test_bad_input_gets_its_status_and_nothing_is_recorded(
@@ -120,6 +121,15 @@ def test_bad_input_gets_its_status_and_nothing_is_recorded(
             warnings.simplefilter("ignore")
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1." + "2" * 70
             ds.save_as(path)
+        assert dcmsend_status(receiver.port, path) == expected
+        assert receiver.index.all() == []
+        assert echo(receiver.port)
+        return
+    elif case == "no-study-uid":
+        ds = dcmread(ct)
+        del ds.StudyInstanceUID
+        path = tmp_path / "nostudy.dcm"
+        ds.save_as(path)
         assert dcmsend_status(receiver.port, path) == expected
         assert receiver.index.all() == []
         assert echo(receiver.port)

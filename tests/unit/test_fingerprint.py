@@ -84,7 +84,12 @@ def test_header_attributes(catalogue: list[Path]) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"\x00" * 132, b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff", b"not dicom at all" * 20],
+    [
+        b"",
+        b"\x00" * 132,
+        b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff",
+        b"not dicom at all" * 20,
+    ],
 )
 def test_garbage_is_unreadable(data: bytes) -> None:
     with pytest.raises(DatasetUnreadable):

@@ -1,0 +1,67 @@
+"""The FastAPI application: liveness, readiness and the API token."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from gateway import __version__
+from gateway.keyfiles import read_secret, write_secret
+
+
+def ensure_token(path: Path) -> str:
+    """The admin API token in ``path`` (0600), created on first start."""
+    if not path.exists():
+        write_secret(path, (secrets.token_urlsafe(32) + "\n").encode("ascii"))
+    return read_secret(path).decode("ascii").strip()
+
+
+@dataclass
+class Health:
+    """Named readiness checks: each raises when its dependency is not usable."""
+
+    checks: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    stages: Callable[[], dict[str, int]] | None = None
+
+    def run(self) -> tuple[bool, dict[str, str]]:
+        results: dict[str, str] = {}
+        ok = True
+        for name, check in self.checks.items():
+            try:
+                check()
+                results[name] = "ok"
+            except Exception as exc:  # a readiness probe reports, it never raises
+                ok = False
+                results[name] = f"unavailable: {type(exc).__name__}"
+        return ok, results
+
+
+def create_app(*, health: Health) -> FastAPI:
+    """The application; ``health`` says how to probe the parts ``/readyz`` reports on."""
+    app = FastAPI(
+        title="xray-gateway",
+        version=__version__,
+        description="Integrity of every DICOM image, anchored on the xray contract.",
+    )
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers. Downstream outages do not make it fail."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> JSONResponse:
+        """Readiness: chain, object store and PACS reachable; queue depth per stage."""
+        ok, results = health.run()
+        body: dict[str, Any] = {"status": "ready" if ok else "degraded", "checks": results}
+        if health.stages is not None:
+            body["stages"] = health.stages()
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    return app

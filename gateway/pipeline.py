@@ -1,0 +1,331 @@
+"""The only module that knows the order of the stages after the ack.
+
+fingerprint -> seal -> put -> anchor -> forward -> committed
+
+Each stage reads a row of the index, does one idempotent piece of work, and advances the
+row in the same step that records the work's result. A crash between the work and the
+advance repeats the work, which is why every stage is idempotent: the object name is
+content-addressed, the anchor looks the record up on the ledger before sending, and
+Orthanc answers ``AlreadyStored`` to identical bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from gateway import keys
+from gateway.errors import DatasetUnreadable, GatewayError
+from gateway.fingerprint import fingerprint, read_header
+from gateway.index import Index, Row
+from gateway.keys import Keyring
+from gateway.seal import seal
+from gateway.spool import Spool, fsync_dir
+from gateway.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AnchorItem:
+    """What the ledger records for one image version."""
+
+    record_key: bytes
+    patient_key: bytes
+    digest: bytes
+    pixel_digest: bytes
+    body_part: str
+    modality: str
+
+
+@dataclass(frozen=True)
+class AnchorResult:
+    """Where the record landed."""
+
+    tx_hash: str
+    block_number: int
+    block_time: int
+    recorder: str
+    batch_id: int | None = None
+    leaf_index: int | None = None
+    proof: bytes | None = None
+
+
+class Anchorer(Protocol):
+    """The anchor stage. One record per image now; Merkle batches plug in here later."""
+
+    def anchor(self, item: AnchorItem) -> AnchorResult: ...
+
+
+@dataclass(frozen=True)
+class ForwardOutcome:
+    """What the PACS made of an instance."""
+
+    orthanc_id: str
+    conflict: str | None
+
+
+class Forwarder(Protocol):
+    """The forward stage: put the received Part-10 bytes into the PACS."""
+
+    def forward(self, path: Path, *, digest: bytes) -> ForwardOutcome: ...
+
+
+class Retry(GatewayError):
+    """A stage cannot run yet (e.g. an older version of the same image is still in flight)."""
+
+
+def object_name(record_key: bytes, digest: bytes) -> str:
+    """``<hex record_key>/<hex digest>``: no PHI, and a new version never overwrites."""
+    return f"{record_key.hex()}/{digest.hex()}"
+
+
+def backoff(attempts: int) -> float:
+    """Seconds before the next try: 0.5, 1, 2, … capped at five minutes."""
+    return float(min(300.0, 0.5 * 2 ** min(attempts, 10)))
+
+
+class Pipeline:
+    """Runs every due stage of every row, on a small pool of worker threads.
+
+    Parameters
+    ----------
+    index, spool, store:
+        The local index, the received-instance spool and the object store.
+    keyring, pseudonym_key:
+        The current KEK seals new objects; the pseudonym key names records and patients.
+    anchorer, forwarder:
+        The ledger and PACS stages.
+    sealed_dir:
+        Where sealed objects wait between the seal and put stages.
+    workers:
+        Concurrent rows in flight.
+    """
+
+    def __init__(
+        self,
+        *,
+        index: Index,
+        spool: Spool,
+        store: ObjectStore,
+        keyring: Keyring,
+        pseudonym_key: bytes,
+        anchorer: Anchorer,
+        forwarder: Forwarder,
+        sealed_dir: Path,
+        workers: int = 4,
+    ) -> None:
+        self.index = index
+        self.spool = spool
+        self.store = store
+        self.keyring = keyring
+        self.pseudonym_key = pseudonym_key
+        self.anchorer = anchorer
+        self.forwarder = forwarder
+        self.sealed_dir = sealed_dir
+        sealed_dir.mkdir(parents=True, exist_ok=True)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pipeline")
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._inflight: set[int] = set()
+        self._lock = threading.Lock()
+        self._anchor_locks: dict[bytes, threading.Lock] = {}
+        self._thread: threading.Thread | None = None
+
+    # -- running ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._dispatch, name="pipeline-dispatch", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def wake(self, row_id: int | None = None) -> None:
+        """Something new is due (called by the listener after each ack)."""
+        self._wake.set()
+
+    def idle(self) -> bool:
+        """Nothing in flight and nothing due now."""
+        with self._lock:
+            busy = bool(self._inflight)
+        return not busy and not self.index.due(limit=1)
+
+    def _dispatch(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            for row in self.index.due(limit=256):
+                with self._lock:
+                    if row.id in self._inflight:
+                        continue
+                    self._inflight.add(row.id)
+                self._pool.submit(self._run, row.id)
+            self._wake.wait(0.25)
+
+    def _run(self, row_id: int) -> None:
+        try:
+            self.process(row_id)
+        finally:
+            with self._lock:
+                self._inflight.discard(row_id)
+            self._wake.set()
+
+    def process(self, row_id: int) -> str:
+        """Run the row's stages until it is done or a stage must wait; returns its stage."""
+        while True:
+            row = self.index.get(row_id)
+            step = getattr(self, f"_stage_{row.stage}", None)
+            if step is None:
+                return row.stage
+            try:
+                step(row)
+            except Exception as exc:  # every failure is retried, visibly, with its reason
+                retry_in = backoff(row.attempts)
+                reason = f"{row.stage}: {type(exc).__name__}: {exc}"
+                level = logging.INFO if isinstance(exc, Retry) else logging.WARNING
+                log.log(
+                    level, "row %d (%s): %s; retry in %.1f s", row.id, _short(row), reason, retry_in
+                )
+                self.index.fail(row.id, reason[:500], retry_in=retry_in)
+                return row.stage
+
+    # -- stages ----------------------------------------------------------------------------
+
+    def _stage_fingerprint(self, row: Row) -> None:
+        path = self.spool.path_of(row.entry_id)
+        try:
+            with path.open("rb") as stream:
+                fp = fingerprint(stream)
+                header = read_header(stream)
+        except DatasetUnreadable as exc:
+            # The listener checked this before acking; reaching here means the spool file
+            # changed under us. Keep it and say so: an acked image is never dropped.
+            raise DatasetUnreadable(f"spooled instance no longer parses: {exc}") from exc
+        record_key = keys.record_key(self.pseudonym_key, row.sop_instance_uid)
+        values = {
+            "record_key": record_key,
+            "patient_key": keys.patient_key(
+                self.pseudonym_key, header.issuer_of_patient_id, header.patient_id
+            ),
+            "digest": fp.digest,
+            "pixel_digest": fp.pixel_digest,
+            "transfer_syntax": fp.transfer_syntax,
+            "modality": header.modality,
+            "body_part": header.body_part,
+            "study_instance_uid": header.study_instance_uid,
+            "series_instance_uid": header.series_instance_uid,
+            "object_name": object_name(record_key, fp.digest),
+        }
+        stage, version, duplicate_of = self.index.claim_fingerprint(row.id, values)
+        if stage == "duplicate":
+            log.info("row %d is a duplicate of row %s (same UID, same bytes)", row.id, duplicate_of)
+            self.spool.discard(row.entry_id)
+        elif version > 1:
+            log.warning(
+                "row %d: new version %d of record %s (same UID, different bytes); it will "
+                "supersede the previous one",
+                row.id,
+                version,
+                record_key.hex()[:12],
+            )
+
+    def _sealed_path(self, row: Row) -> Path:
+        return self.sealed_dir / f"{row.entry_id}.seal"
+
+    def _stage_seal(self, row: Row) -> None:
+        assert row.record_key is not None and row.digest is not None
+        target = self._sealed_path(row)
+        tmp = target.with_suffix(".tmp")
+        kek = self.keyring.current
+        with self.spool.path_of(row.entry_id).open("rb") as plain, tmp.open("wb") as out:
+            seal(plain, out, record_key=row.record_key, digest=row.digest, kek=kek)
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.rename(target)
+        fsync_dir(self.sealed_dir)
+        self.index.update(row.id, stage="put", kek_id=kek.kek_id, attempts=0, last_error=None)
+
+    def _stage_put(self, row: Row) -> None:
+        assert row.object_name is not None
+        sealed = self._sealed_path(row)
+        if not sealed.exists():
+            if self.store.exists(row.object_name):  # put done, crash before the advance
+                self.index.update(row.id, stage="anchor", attempts=0, last_error=None)
+                return
+            self.index.update(row.id, stage="seal")
+            return
+        with sealed.open("rb") as source:
+            self.store.put(row.object_name, source, length=sealed.stat().st_size)
+        self.index.update(row.id, stage="anchor", attempts=0, last_error=None)
+        sealed.unlink(missing_ok=True)
+
+    def _stage_anchor(self, row: Row) -> None:
+        assert row.record_key and row.patient_key and row.digest and row.pixel_digest
+        older = [
+            other
+            for other in self.index.versions_of(row.record_key, exclude=row.id)
+            if other.id < row.id and other.stage in ("fingerprint", "seal", "put", "anchor")
+        ]
+        if older:
+            raise Retry(f"waiting for row {older[0].id}, an older version, to be anchored")
+        with self._anchor_lock(row.record_key):
+            result = self.anchorer.anchor(
+                AnchorItem(
+                    record_key=row.record_key,
+                    patient_key=row.patient_key,
+                    digest=row.digest,
+                    pixel_digest=row.pixel_digest,
+                    body_part=row.body_part or "",
+                    modality=row.modality or "",
+                )
+            )
+        self.index.update(
+            row.id,
+            stage="forward",
+            tx_hash=result.tx_hash,
+            block_number=result.block_number,
+            block_time=result.block_time,
+            recorder=result.recorder,
+            batch_id=result.batch_id,
+            leaf_index=result.leaf_index,
+            proof=result.proof,
+            attempts=0,
+            last_error=None,
+        )
+
+    def _anchor_lock(self, record_key: bytes) -> threading.Lock:
+        with self._lock:
+            return self._anchor_locks.setdefault(record_key, threading.Lock())
+
+    def _stage_forward(self, row: Row) -> None:
+        assert row.digest is not None
+        outcome = self.forwarder.forward(self.spool.path_of(row.entry_id), digest=row.digest)
+        if outcome.conflict:
+            log.warning("row %d: version conflict in the PACS: %s", row.id, outcome.conflict)
+        self.index.update(
+            row.id,
+            stage="conflict" if outcome.conflict else "committed",
+            orthanc_id=outcome.orthanc_id,
+            conflict=outcome.conflict,
+            committed_at=time.time(),
+            attempts=0,
+            last_error=None,
+        )
+        self.spool.discard(row.entry_id)
+
+
+def _short(row: Row) -> str:
+    """How a row appears in logs: its record key prefix, never patient data."""
+    return row.record_key.hex()[:12] if row.record_key else f"entry {row.entry_id[:8]}"
