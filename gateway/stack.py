@@ -174,7 +174,11 @@ class Stack:
         assert self.ledger is not None and self.pacs is not None
         s = self.settings
         chain = s.effective_chain_url + ("  [embedded anvil]" if self.anvil else "")
-        pacs = self.orthanc.url + "  [embedded Orthanc]" if self.orthanc else str(s.orthanc_url)
+        pacs = (
+            f"{self.orthanc.url}  [embedded Orthanc; login in {s.keys_dir.resolve()}/orthanc-http.json]"
+            if self.orthanc
+            else "external Orthanc (GATEWAY_ORTHANC_URL)"
+        )
         lines = [
             "xray-gateway is up",
             f"  DICOM           {s.ae_title}@{s.dicom_host}:{s.dicom_port}",
