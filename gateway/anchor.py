@@ -22,31 +22,22 @@ class SingleAnchorer:
 
     def anchor(self, item: AnchorItem) -> AnchorResult:
         image = self.ledger.image_of(item.record_key)
+        send = self.ledger.record_image
         if image is not None:
             existing = self._find(item)
             if existing is not None:
                 return existing
             if image.retired:
-                raise LedgerError(
-                    "the record is retired on the ledger; a new version cannot be anchored"
-                )
-            anchor = self.ledger.supersede_image(
-                record_key=item.record_key,
-                patient_key=item.patient_key,
-                digest=item.digest,
-                pixel_digest=item.pixel_digest,
-                body_part=item.body_part,
-                modality=item.modality,
-            )
-        else:
-            anchor = self.ledger.record_image(
-                record_key=item.record_key,
-                patient_key=item.patient_key,
-                digest=item.digest,
-                pixel_digest=item.pixel_digest,
-                body_part=item.body_part,
-                modality=item.modality,
-            )
+                raise LedgerError("the record is retired on the ledger; a new version cannot be anchored")
+            send = self.ledger.supersede_image
+        anchor = send(
+            record_key=item.record_key,
+            patient_key=item.patient_key,
+            digest=item.digest,
+            pixel_digest=item.pixel_digest,
+            body_part=item.body_part,
+            modality=item.modality,
+        )
         assert self.ledger.sender is not None
         return AnchorResult(
             tx_hash=anchor.tx_hash,

@@ -15,14 +15,7 @@ def write_secret(path: Path, data: bytes) -> None:
     The file is written and fsynced under a temporary name, then linked into place, so a
     crash never leaves a half-written key behind.
     """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    tmp = _write_temp(path, data, os.O_EXCL)
     try:
         os.link(tmp, path)  # fails if path exists: keys are never silently replaced
     finally:
@@ -36,15 +29,20 @@ def write_secret(path: Path, data: bytes) -> None:
 
 def replace_secret(path: Path, data: bytes) -> None:
     """Atomically replace ``path`` with ``data`` (mode 0600), for deliberate rotations."""
+    os.replace(_write_temp(path, data, os.O_TRUNC), path)
+
+
+def _write_temp(path: Path, data: bytes, mode_flag: int) -> Path:
+    """Write ``data`` to a 0600 temp file beside ``path`` and fsync it."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | mode_flag, 0o600)
     try:
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    return tmp
 
 
 def read_secret(path: Path) -> bytes:
