@@ -135,6 +135,196 @@ def _rewrap_store(settings: Settings, *, keyring: Any, kek: Any) -> int:
     return count
 
 
+def _local_verifier(settings: Settings) -> Any:
+    """A verifier over this gateway's own parts (index, store, Orthanc, ledger), read-only."""
+    from gateway.chain import open_ledger
+    from gateway.index import Index
+    from gateway.stack import build_verifier, open_object_store, open_pacs
+
+    return build_verifier(
+        settings,
+        ledger=open_ledger(settings),
+        pacs=open_pacs(settings),
+        store=open_object_store(settings),
+        index=Index(settings.data_dir / "index.sqlite"),
+    )
+
+
+def _verdict_table(title: str, rows: list[tuple[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("instance", "status", "detail"):
+        table.add_column(column)
+    styles = {"intact": "green", "pending": "yellow", "retired": "yellow"}
+    for name, verdict in rows:
+        detail = verdict.tamper or ""
+        if verdict.changes:
+            detail += " (" + ", ".join(c.keyword or c.tag for c in verdict.changes[:5]) + ")"
+        if verdict.notes:
+            detail = "; ".join(filter(None, [detail, *verdict.notes]))
+        style = styles.get(verdict.status, "bold red")
+        table.add_row(name, f"[{style}]{verdict.status}[/]", detail)
+    return table
+
+
+def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    """Verify files against the ledger alone: chain URL, contract address, pseudonym key."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from gateway.chain import contract_address
+    from gateway.keys import load_key_file, load_pseudonym_key
+    from gateway.ledger import XrayLedger
+    from gateway.verify import NotFound, Verifier
+
+    key = (
+        load_key_file(Path(args.pseudonym_key))
+        if args.pseudonym_key
+        else load_pseudonym_key(settings.keys_dir)
+    )
+    ledger = XrayLedger.at(
+        args.chain_url or settings.effective_chain_url, args.contract or contract_address(settings)
+    )
+    claims = _remote_claims(args.proofs, args.token_file) if args.proofs else None
+    verifier = Verifier(ledger=ledger, pseudonym_key=key, claims=claims)
+    results: list[tuple[str, Any]] = []
+    failed = 0
+    for name in args.files:
+        try:
+            verdict = verifier.file(Path(name))
+        except NotFound:
+            print(f"{name}: unregistered (no record on the ledger)", file=sys.stderr)
+            failed += 1
+            continue
+        results.append((name, verdict))
+        failed += verdict.status != "intact"
+    if args.json:
+        _print_json([{"file": name, **asdict(v)} for name, v in results])
+    else:
+        Console().print(_verdict_table("xray-gateway verify", results))
+    return 0 if failed == 0 else 3
+
+
+def _remote_claims(url: str, token_file: str | None) -> Any:
+    """Batch claims from a gateway's API; the verifier checks each against the chain."""
+    from pathlib import Path
+
+    import httpx
+
+    from gateway.verify import BatchClaim
+
+    token = Path(token_file).read_text().strip() if token_file else ""
+
+    def claims(uid: str) -> list[BatchClaim]:
+        reply = httpx.get(
+            f"{url.rstrip('/')}/v1/instances/{uid}/proof",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        if reply.status_code == 404:
+            return []
+        if reply.status_code != 200:
+            raise ConfigError(f"{url} answered {reply.status_code} for the proof of {uid}")
+        return [BatchClaim.from_json(reply.json())]
+
+    return claims
+
+
+def _cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    """Sweep the archive with a progress bar, then print a summary and the findings."""
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.table import Table
+
+    from gateway.alerts import Alerts
+    from gateway.audit import sweep
+
+    verifier = _local_verifier(settings)
+    console = Console(stderr=True)
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("auditing", total=None)
+        report = sweep(
+            verifier,
+            index=verifier.index,
+            alerts=Alerts(settings.data_dir / "alerts.sqlite"),
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    if args.json:
+        _print_json(asdict(report))
+    else:
+        summary = Table(title="audit summary")
+        summary.add_column("status")
+        summary.add_column("instances", justify="right")
+        for status, count in report.summary.items():
+            summary.add_row(status, str(count))
+        summary.add_row(
+            "ledger records without instance", str(report.ledger_records_without_instance)
+        )
+        out = Console()
+        out.print(summary)
+        if report.findings:
+            findings = Table(title="findings")
+            for column in ("status", "instance", "orthanc id", "detail"):
+                findings.add_column(column)
+            for f in report.findings:
+                detail = "; ".join(filter(None, [f.tamper or "", *f.notes]))
+                findings.add_row(
+                    f.status,
+                    f.sop_instance_uid or f"record {f.record_key}",
+                    f.orthanc_id or "",
+                    detail,
+                )
+            out.print(findings)
+    return 0 if not report.findings else 3
+
+
+def _cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from gateway.restore import restore
+
+    verdict = restore(_local_verifier(settings), args.uid)
+    _print_json(
+        {"sop_instance_uid": args.uid, "status": verdict.status, "verdict": asdict(verdict)}
+    )
+    return 0 if verdict.status == "intact" else 3
+
+
+def _tokens(settings: Settings) -> Any:
+    from gateway.api.auth import Tokens
+
+    return Tokens(
+        admin_token_file=settings.data_dir / "api-token",
+        issued_file=settings.keys_dir / "api-tokens.json",
+    )
+
+
+def _cmd_token_create(settings: Settings, args: argparse.Namespace) -> int:
+    token = _tokens(settings).issue(name=args.name, role=args.role)
+    print(token)
+    print(f"(shown once: {args.name} has the {args.role} role)", file=sys.stderr)
+    return 0
+
+
+def _cmd_token_list(settings: Settings, args: argparse.Namespace) -> int:
+    _print_json([{"name": name, "role": role} for name, role in _tokens(settings).list()])
+    return 0
+
+
+def _cmd_token_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    if not _tokens(settings).revoke(args.name):
+        raise ConfigError(f"no token named {args.name!r}")
+    return 0
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
@@ -181,6 +371,43 @@ def build_parser() -> argparse.ArgumentParser:
     info = csub.add_parser("info", help="address, chain, compiler and counts; roles of accounts")
     info.add_argument("--account", action="append", help="also show this account's roles")
     info.set_defaults(handler=_cmd_contract_info)
+
+    verify = sub.add_parser(
+        "verify",
+        help="verify DICOM files against the ledger alone (chain URL, contract, pseudonym key)",
+    )
+    verify.add_argument("files", nargs="+", metavar="FILE")
+    verify.add_argument("--chain-url", help="JSON-RPC URL (default: GATEWAY_CHAIN_URL / embedded)")
+    verify.add_argument("--contract", help="xray contract address (default: the deployment)")
+    verify.add_argument("--pseudonym-key", help="pseudonym key file (default: in the keys dir)")
+    verify.add_argument(
+        "--proofs",
+        metavar="URL",
+        help="a gateway API to ask for batch proofs (they are checked on chain, not trusted)",
+    )
+    verify.add_argument("--token-file", help="API token for --proofs")
+    verify.add_argument("--json", action="store_true", help="full verdicts as JSON")
+    verify.set_defaults(handler=_cmd_verify)
+
+    audit = sub.add_parser("audit", help="sweep the archive: Orthanc vs object store vs ledger")
+    audit.add_argument("--json", action="store_true", help="the report as JSON")
+    audit.set_defaults(handler=_cmd_audit)
+
+    restore = sub.add_parser("restore", help="put the verified original back into Orthanc")
+    restore.add_argument("uid", help="SOP Instance UID")
+    restore.set_defaults(handler=_cmd_restore)
+
+    token = sub.add_parser("token", help="API tokens with roles (admin, auditor, clinician)")
+    tsub = token.add_subparsers(dest="action", metavar="ACTION", required=True)
+    tcreate = tsub.add_parser("create", help="issue a token (printed once)")
+    tcreate.add_argument("--name", required=True)
+    tcreate.add_argument("--role", choices=["admin", "auditor", "clinician"], required=True)
+    tcreate.set_defaults(handler=_cmd_token_create)
+    tlist = tsub.add_parser("list", help="names and roles of issued tokens")
+    tlist.set_defaults(handler=_cmd_token_list)
+    trevoke = tsub.add_parser("revoke", help="forget a token")
+    trevoke.add_argument("name")
+    trevoke.set_defaults(handler=_cmd_token_revoke)
     return parser
 
 

@@ -298,6 +298,89 @@ class Pacs:
             size += len(chunk)
         return size
 
+    def fetch_stored(self, orthanc_id: str, sink: IO[bytes]) -> int:
+        """Copy Orthanc's file into ``sink`` *as stored*, even when the xray plugin refuses it.
+
+        The plugin guards every read and refuses a tampered file; verdicts need to hash
+        and compare exactly that file, so they read it through the plugin's unchecked
+        route (``GET /xray/instances/{id}/stored-file``). Without the plugin, this is
+        :meth:`fetch`.
+
+        Raises
+        ------
+        InstanceMissing
+            Orthanc has no instance with that id.
+        """
+        url = f"{self.url}/xray/instances/{orthanc_id}/stored-file"
+        timeout = self._options["timeout_spec"]
+        try:
+            response = requests.get(
+                url,
+                auth=self._options["auth"],
+                headers=IDENTITY,
+                stream=True,
+                timeout=(timeout.connection_timeout, timeout.read_timeout),
+            )
+        except requests.RequestException as exc:
+            raise PacsUnavailable(f"Orthanc at {self.url} could not be read: {exc}") from exc
+        with contextlib.closing(response):
+            if response.status_code == 404 and not self._has_plugin():
+                return self.fetch(orthanc_id, sink)
+            if response.status_code == 404:
+                raise InstanceMissing(f"Orthanc has no instance {orthanc_id}", status=404)
+            if response.status_code != 200:
+                raise PacsUnavailable(
+                    f"Orthanc at {self.url} could not read instance {orthanc_id}: "
+                    f"{_orthanc_message(response)} (HTTP {response.status_code})",
+                    status=response.status_code,
+                )
+            size = 0
+            for chunk in self._chunks(response, orthanc_id):
+                sink.write(chunk)
+                size += len(chunk)
+            return size
+
+    def _has_plugin(self) -> bool:
+        """True when Orthanc runs the xray plugin (it answers ``GET /xray/status``)."""
+        timeout = self._options["timeout_spec"]
+        try:
+            response = requests.get(
+                f"{self.url}/xray/status",
+                auth=self._options["auth"],
+                timeout=(timeout.connection_timeout, timeout.read_timeout),
+            )
+        except requests.RequestException as exc:
+            raise PacsUnavailable(f"Orthanc at {self.url} could not be reached: {exc}") from exc
+        return response.status_code == 200
+
+    def find_instances(self, query: dict[str, str], *, page: int = 1000) -> list[tuple[str, str]]:
+        """``(orthanc id, SOP Instance UID)`` of every instance matching ``query`` (``/tools/find``).
+
+        Parameters
+        ----------
+        query:
+            DICOM keyword to value, e.g. ``{"StudyInstanceUID": uid}``; ``{}`` for all.
+        page:
+            How many instances to ask for per request.
+        """
+        found: list[tuple[str, str]] = []
+        while True:
+            body = {"Level": "Instance", "Query": query, "Expand": True,
+                    "Since": len(found), "Limit": page}  # fmt: skip
+            batch: Any = self._call(
+                partial(self._client.server.tools_find, json=body, **self._options),
+                what="find instances",
+            )
+            for item in batch if isinstance(batch, list) else []:
+                tags = item.get("MainDicomTags", {}) if isinstance(item, dict) else {}
+                found.append((str(item.get("ID")), str(tags.get("SOPInstanceUID", ""))))
+            if not isinstance(batch, list) or len(batch) < page:
+                return found
+
+    def study_instance_uids(self, study_instance_uid: str) -> list[str]:
+        """SOP Instance UIDs of every instance Orthanc holds in a study."""
+        return [uid for _, uid in self.find_instances({"StudyInstanceUID": study_instance_uid})]
+
     def file(self, orthanc_id: str) -> bytes:
         """Orthanc's stored file as bytes (small instances; see :meth:`stream_file`).
 

@@ -224,6 +224,21 @@ class Index:
     def by_uid(self, sop_instance_uid: str) -> list[Row]:
         return self._rows("WHERE sop_instance_uid = ? ORDER BY id", (sop_instance_uid,))
 
+    def by_record(self, record_key: bytes, digest: bytes) -> list[Row]:
+        """Rows that hold this version (record key and digest), duplicates included."""
+        return self._rows("WHERE record_key = ? AND digest = ? ORDER BY id", (record_key, digest))
+
+    def by_record_key(self, record_key: bytes) -> list[Row]:
+        """Every row of a record key, duplicates included, oldest first."""
+        return self._rows("WHERE record_key = ? ORDER BY id", (record_key,))
+
+    def batched(self) -> list[Row]:
+        """Rows anchored through a batch (they carry a batch id and a proof)."""
+        return self._rows(
+            "WHERE batch_id IS NOT NULL AND proof IS NOT NULL AND stage NOT IN"
+            " ('duplicate', 'rejected') ORDER BY id"
+        )
+
     def by_study(self, study_instance_uid: str) -> list[Row]:
         return self._rows("WHERE study_instance_uid = ? ORDER BY id", (study_instance_uid,))
 

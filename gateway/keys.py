@@ -252,7 +252,12 @@ def load_pseudonym_key(keys_dir: Path) -> bytes:
     ConfigError
         The file is missing, malformed, or readable by others.
     """
-    return _decode_key(keys_dir / PSEUDONYM_FILE)
+    return load_key_file(keys_dir / PSEUDONYM_FILE)
+
+
+def load_key_file(path: Path) -> bytes:
+    """Read a 32-byte key file (hex, mode 0600), e.g. a pseudonym key handed to an auditor."""
+    return _decode_key(path)
 
 
 def record_key(pseudonym_key: bytes, sop_instance_uid: str) -> bytes:

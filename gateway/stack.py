@@ -12,9 +12,13 @@ from pathlib import Path
 
 import uvicorn
 
+from gateway.alerts import Alerts
 from gateway.anchor import SingleAnchorer
 from gateway.api import create_app
-from gateway.api.app import Health, ensure_token
+from gateway.api.app import Health
+from gateway.api.auth import Tokens, ensure_token
+from gateway.api.deps import Services
+from gateway.audit import Audits
 from gateway.chain import ensure_contract, recorder_account, start_embedded_chain
 from gateway.config import Settings
 from gateway.forward import Pacs
@@ -25,8 +29,10 @@ from gateway.ledger.client import XrayLedger
 from gateway.orthanc import EmbeddedOrthanc
 from gateway.pipeline import ForwardOutcome, Pipeline
 from gateway.receive import Receiver
+from gateway.records import RecordViews
 from gateway.spool import Spool
 from gateway.store import ObjectStore, open_store
+from gateway.verify import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,43 @@ class PacsForwarder:
         return ForwardOutcome(orthanc_id=result.orthanc_id, conflict=conflict)
 
 
+def open_pacs(settings: Settings) -> Pacs:
+    """The configured Orthanc, or the embedded one's URL and login (whether it runs or not)."""
+    if settings.orthanc_url is not None:
+        return Pacs(settings.orthanc_url, user=None, password=None)
+    return Pacs.from_embedded(
+        EmbeddedOrthanc(
+            data_dir=settings.data_dir,
+            http_port=settings.orthanc_http_port,
+            dicom_port=settings.orthanc_dicom_port,
+        )
+    )
+
+
+def open_object_store(settings: Settings) -> ObjectStore:
+    """The configured object store (the filesystem one under the data dir by default)."""
+    url = settings.store_url or f"file://{(settings.data_dir / 'objects').resolve()}"
+    return open_store(
+        url,
+        access_key=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
+        secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
+    )
+
+
+def build_verifier(
+    settings: Settings, *, ledger: XrayLedger, pacs: Pacs, store: ObjectStore, index: Index
+) -> Verifier:
+    """A verifier over every copy: Orthanc, the object store, the ledger (and the index's proofs)."""
+    return Verifier(
+        ledger=ledger,
+        pseudonym_key=load_pseudonym_key(settings.keys_dir),
+        pacs=pacs,
+        store=store,
+        keyring=load_keyring(settings.keys_dir),
+        index=index,
+    )
+
+
 class Stack:
     """The running gateway with its embedded parts (unless configured as external)."""
 
@@ -62,6 +105,8 @@ class Stack:
         self.index: Index | None = None
         self.pipeline: Pipeline | None = None
         self.receiver: Receiver | None = None
+        self.alerts: Alerts | None = None
+        self.audits: Audits | None = None
         self.token_path = settings.data_dir / "api-token"
         self._api: uvicorn.Server | None = None
         self._api_thread: threading.Thread | None = None
@@ -89,11 +134,7 @@ class Stack:
                 self.pacs = Pacs.from_embedded(self.orthanc)
             else:
                 self.pacs = Pacs(s.orthanc_url, user=None, password=None)
-            self.store = open_store(
-                self.store_url,
-                access_key=s.s3_access_key.get_secret_value() if s.s3_access_key else None,
-                secret_key=s.s3_secret_key.get_secret_value() if s.s3_secret_key else None,
-            )
+            self.store = open_object_store(s)
             self.index = Index(s.data_dir / "index.sqlite")
             spool = Spool(s.data_dir / "spool")
             spool.clear_incoming()  # partial receptions from a crash were never acked
@@ -126,6 +167,20 @@ class Stack:
         assert self.store is not None and self.pacs is not None and self.ledger is not None
         assert self.index is not None
         ledger, store, pacs, index = self.ledger, self.store, self.pacs, self.index
+        s = self.settings
+        verifier = build_verifier(s, ledger=ledger, pacs=pacs, store=store, index=index)
+        pseudonym_key = verifier.pseudonym_key
+        self.alerts = Alerts(s.data_dir / "alerts.sqlite")
+        self.audits = Audits(
+            s.data_dir / "audits.sqlite", verifier=verifier, index=index, alerts=self.alerts
+        )
+        services = Services(
+            verifier=verifier,
+            tokens=Tokens(admin_token_file=self.token_path, issued_file=s.keys_dir / "api-tokens.json"),
+            audits=self.audits,
+            alerts=self.alerts,
+            records=RecordViews(ledger=ledger, pseudonym_key=pseudonym_key, index=index),
+        )
         health = Health(
             checks={
                 "chain": lambda: ledger.w3.eth.block_number,
@@ -135,7 +190,7 @@ class Stack:
             stages=index.stage_counts,
         )
         config = uvicorn.Config(
-            create_app(health=health),
+            create_app(health=health, services=services),
             host=self.settings.api_host,
             port=self.settings.api_port,
             log_level="warning",
@@ -154,6 +209,10 @@ class Stack:
                 self._api_thread.join(10)
         if self.receiver is not None:
             self.receiver.stop()
+        if self.audits is not None:
+            self.audits.close()
+        if self.alerts is not None:
+            self.alerts.close()
         if self.pipeline is not None:
             self.pipeline.stop()
         if self.index is not None:
@@ -182,7 +241,7 @@ class Stack:
         lines = [
             "xray-gateway is up",
             f"  DICOM           {s.ae_title}@{s.dicom_host}:{s.dicom_port}",
-            f"  HTTP API        http://{s.api_host}:{s.api_port}  (health: /healthz, /readyz)",
+            f"  HTTP API        http://{s.api_host}:{s.api_port}  (OpenAPI: /docs; health: /healthz, /readyz)",
             f"  API token       {self._token_shown()}",
             f"  PACS (Orthanc)  {pacs}",
             f"  object store    {self.store_url}",

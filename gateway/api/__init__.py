@@ -1,4 +1,4 @@
-"""The gateway's HTTP API (FastAPI): health now; verification routes arrive with the verify issue."""
+"""The gateway's HTTP API (FastAPI): health, verification, audits, restore, ledger views."""
 
 from gateway.api.app import create_app
 

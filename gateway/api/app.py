@@ -1,25 +1,18 @@
-"""The FastAPI application: liveness, readiness and the API token."""
+"""The FastAPI application: health, readiness, and the /v1 routers (OpenAPI at /docs)."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from gateway import __version__
-from gateway.keyfiles import read_secret, write_secret
-
-
-def ensure_token(path: Path) -> str:
-    """The admin API token in ``path`` (0600), created on first start."""
-    if not path.exists():
-        write_secret(path, (secrets.token_urlsafe(32) + "\n").encode("ascii"))
-    return read_secret(path).decode("ascii").strip()
+from gateway.api import audits, problems, records, verify
+from gateway.api.auth import ensure_token
+from gateway.api.deps import Services
 
 
 @dataclass
@@ -42,13 +35,27 @@ class Health:
         return ok, results
 
 
-def create_app(*, health: Health) -> FastAPI:
-    """The application; ``health`` says how to probe the parts ``/readyz`` reports on."""
+def create_app(*, health: Health, services: Services | None = None) -> FastAPI:
+    """The application.
+
+    Parameters
+    ----------
+    health:
+        How to probe the parts ``/readyz`` reports on.
+    services:
+        What the ``/v1`` routes work with; without them those routes answer 503.
+    """
     app = FastAPI(
         title="xray-gateway",
         version=__version__,
-        description="Integrity of every DICOM image, anchored on the xray contract.",
+        description="Integrity of every DICOM image, anchored on the xray contract. "
+        "Every /v1 route needs a bearer token; its role decides what it may do.",
     )
+    app.state.services = services
+    problems.install(app)
+    app.include_router(verify.router)
+    app.include_router(audits.router)
+    app.include_router(records.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -65,3 +72,6 @@ def create_app(*, health: Health) -> FastAPI:
         return JSONResponse(body, status_code=200 if ok else 503)
 
     return app
+
+
+__all__ = ["Health", "create_app", "ensure_token"]

@@ -20,6 +20,7 @@ from gateway.ledger.types import (
     Image,
     ImageVersion,
     LedgerEvent,
+    Retirement,
     UserType,
 )
 from gateway.procs import PROJECT_ROOT
@@ -200,6 +201,15 @@ class XrayLedger:
             retired_by=retired_by if retired else None,
             retired_at=int(retired_at) if retired else None,
             retire_reason=str(reason),
+        )
+
+    def retirement_of(self, record_key: bytes) -> Retirement | None:
+        """Whether (and by whom, when, why) the record under ``record_key`` was retired."""
+        image = self.image_of(record_key)
+        if image is None or not image.retired:
+            return None
+        return Retirement(
+            by=str(image.retired_by), at=int(image.retired_at or 0), reason=image.retire_reason
         )
 
     def version_of(self, record_key: bytes, version: int) -> ImageVersion:

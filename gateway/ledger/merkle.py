@@ -102,3 +102,20 @@ def verify_inclusion(*, leaf: bytes, proof: InclusionProof, root: bytes) -> bool
         fn >>= 1
         sn >>= 1
     return sn == 0 and node == root
+
+
+def encode_proof(proof: InclusionProof) -> bytes:
+    """Serialise a proof for the index: index and size (8 bytes each, big-endian), then the path."""
+    return (
+        proof.index.to_bytes(8, "big") + proof.size.to_bytes(8, "big") + b"".join(proof.path)
+    )
+
+
+def decode_proof(data: bytes) -> InclusionProof:
+    """The inverse of :func:`encode_proof`; raises ValueError on a malformed value."""
+    if len(data) < 16 or (len(data) - 16) % 32:
+        raise ValueError("a serialised proof is 16 bytes then 32-byte nodes")
+    path = tuple(data[i : i + 32] for i in range(16, len(data), 32))
+    return InclusionProof(
+        index=int.from_bytes(data[:8], "big"), size=int.from_bytes(data[8:16], "big"), path=path
+    )

@@ -62,6 +62,15 @@ class Image:
 
 
 @dataclass(frozen=True)
+class Retirement:
+    """Who retired a record, when (block time) and why."""
+
+    by: str
+    at: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class Batch:
     """A Merkle root anchored with ``recordBatch``."""
 

@@ -1,0 +1,130 @@
+"""Bearer tokens with roles: who may verify, audit, restore, and see patient data.
+
+=============  =====================================================================
+role           may
+=============  =====================================================================
+``admin``      everything: verify, audit, restore, ledger views, attribute values
+``auditor``    verify, audit, ledger views, alerts; attribute values are redacted
+``clinician``  verify and alerts, with attribute values (a radiologist's workstation)
+=============  =====================================================================
+
+The admin token lives in ``<data>/api-token`` (0600, created by ``up``). Other tokens
+are issued with ``xray-gateway token create``; only their SHA-256 is kept, in
+``<data>/keys/api-tokens.json`` (0600), so the file never holds a usable token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from gateway.errors import ConfigError
+from gateway.keyfiles import read_secret, replace_secret, write_secret
+
+Role = Literal["admin", "auditor", "clinician"]
+ROLES: tuple[Role, ...] = ("admin", "auditor", "clinician")
+Permission = Literal["verify", "audit", "restore", "records", "alerts", "phi"]
+
+PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    "admin": frozenset({"verify", "audit", "restore", "records", "alerts", "phi"}),
+    "auditor": frozenset({"verify", "audit", "records", "alerts"}),
+    "clinician": frozenset({"verify", "alerts", "phi"}),
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request comes from."""
+
+    name: str
+    role: Role
+
+    def may(self, permission: Permission) -> bool:
+        return permission in PERMISSIONS[self.role]
+
+
+def ensure_token(path: Path) -> str:
+    """The admin API token in ``path`` (0600), created on first start."""
+    if not path.exists():
+        write_secret(path, (secrets.token_urlsafe(32) + "\n").encode("ascii"))
+    return read_secret(path).decode("ascii").strip()
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class Tokens:
+    """The admin token plus the issued ones.
+
+    Parameters
+    ----------
+    admin_token_file:
+        ``<data>/api-token``.
+    issued_file:
+        ``<data>/keys/api-tokens.json``: name, role and SHA-256 of each issued token.
+    """
+
+    def __init__(self, *, admin_token_file: Path, issued_file: Path) -> None:
+        self.admin_token_file = admin_token_file
+        self.issued_file = issued_file
+
+    def _issued(self) -> list[dict[str, str]]:
+        if not self.issued_file.exists():
+            return []
+        entries = json.loads(read_secret(self.issued_file))
+        if not isinstance(entries, list):
+            raise ConfigError(f"{self.issued_file} is not a list of tokens")
+        return [dict(entry) for entry in entries]
+
+    def _save(self, entries: list[dict[str, str]]) -> None:
+        data = (json.dumps(entries, indent=2) + "\n").encode("utf-8")
+        if self.issued_file.exists():
+            replace_secret(self.issued_file, data)
+        else:
+            write_secret(self.issued_file, data)
+
+    def issue(self, *, name: str, role: Role) -> str:
+        """A new token for ``name`` with ``role``; shown once, only its hash is kept."""
+        if role not in ROLES:
+            raise ConfigError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+        if not name or not name.isprintable():
+            raise ConfigError("a token needs a printable name")
+        entries = self._issued()
+        if any(entry["name"] == name for entry in entries):
+            raise ConfigError(f"a token named {name!r} exists; revoke it first")
+        token = secrets.token_urlsafe(32)
+        entries.append({"name": name, "role": role, "sha256": _hash(token)})
+        self._save(entries)
+        return token
+
+    def revoke(self, name: str) -> bool:
+        """Forget the token named ``name``; False when there is none."""
+        entries = self._issued()
+        kept = [entry for entry in entries if entry["name"] != name]
+        if len(kept) == len(entries):
+            return False
+        self._save(kept)
+        return True
+
+    def list(self) -> list[tuple[str, str]]:
+        """``(name, role)`` of every issued token (the admin token is not listed)."""
+        return [(entry["name"], entry["role"]) for entry in self._issued()]
+
+    def authenticate(self, token: str) -> Principal | None:
+        """The principal ``token`` belongs to, or ``None``; comparisons are constant-time."""
+        found: Principal | None = None
+        if self.admin_token_file.exists():
+            admin = read_secret(self.admin_token_file).decode("ascii").strip()
+            if hmac.compare_digest(admin.encode(), token.encode()):
+                found = Principal("admin", "admin")
+        digest = _hash(token)
+        for entry in self._issued():
+            if hmac.compare_digest(entry["sha256"], digest) and entry["role"] in ROLES:
+                found = found or Principal(entry["name"], entry["role"])
+        return found

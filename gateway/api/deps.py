@@ -1,0 +1,71 @@
+"""Dependencies shared by the routers: the services, and who is asking with which role."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from gateway.alerts import Alerts
+from gateway.api.auth import Permission, Principal, Tokens
+from gateway.api.problems import Problem
+from gateway.audit import Audits
+from gateway.records import RecordViews
+from gateway.verify import Verifier
+
+
+@dataclass
+class Services:
+    """What the /v1 routes work with, built once by the stack."""
+
+    verifier: Verifier
+    tokens: Tokens
+    audits: Audits
+    alerts: Alerts
+    records: RecordViews
+
+
+def get_services(request: Request) -> Services:
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:
+        raise Problem(503, "Not ready", "the verification services are not configured")
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+_bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer …`")
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="xray-gateway"'}
+
+
+def get_principal(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Problem(401, "Unauthorized", "a bearer token is required", headers=CHALLENGE)
+    principal = services.tokens.authenticate(credentials.credentials)
+    if principal is None:
+        raise Problem(401, "Unauthorized", "the token is not valid", headers=CHALLENGE)
+    return principal
+
+
+def require(permission: Permission) -> Callable[[Principal], Principal]:
+    """A dependency that lets through only roles holding ``permission``."""
+
+    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if not principal.may(permission):
+            raise Problem(403, "Forbidden", f"the {principal.role} role may not {permission}")
+        return principal
+
+    return check
+
+
+Verifying = Annotated[Principal, Depends(require("verify"))]
+Auditing = Annotated[Principal, Depends(require("audit"))]
+Restoring = Annotated[Principal, Depends(require("restore"))]
+ReadingRecords = Annotated[Principal, Depends(require("records"))]
+ReadingAlerts = Annotated[Principal, Depends(require("alerts"))]

@@ -1,0 +1,799 @@
+"""Verdicts: the PACS copy vs the sealed original vs the ledger record, for one instance at a time.
+
+A verdict is built from three copies of an image:
+
+* the **ledger record**: the single record (``imageOf``) or the batch root that an
+  inclusion proof leads to (``batchOf``). It is the authority: the local index only says
+  where to look (which batch, which proof), and every claim it makes is checked on chain;
+* the **sealed original** in the object store, opened and hashed;
+* the **PACS copy** in Orthanc, hashed as stored (through the plugin's unchecked route
+  when the plugin guards reads, since the point is to look at a tampered copy).
+
+=================  ===========================================================
+status             meaning
+=================  ===========================================================
+``intact``         the PACS copy hashes to the recorded digest, record confirmed
+``tampered``       the PACS copy differs (``header_changed`` / ``pixels_changed``)
+``missing``        recorded on the ledger, gone from the PACS
+``unregistered``   in the PACS, no ledger record (sent around the gateway)
+``pending``        received and spooled, not yet anchored
+``retired``        retired on the ledger
+``store_corrupt``  the sealed original fails to open, is gone, or hashes otherwise
+=================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Literal, cast
+
+from pydicom import dcmread
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from gateway import keys
+from gateway.errors import (
+    DatasetUnreadable,
+    GatewayError,
+    InstanceMissing,
+    ObjectNotFound,
+    SealError,
+    StoreError,
+)
+from gateway.fingerprint import Fingerprint, fingerprint
+from gateway.forward import Pacs
+from gateway.index import Index, Row
+from gateway.keys import Keyring
+from gateway.ledger import XrayLedger
+from gateway.ledger.merkle import InclusionProof, decode_proof, leaf_hash
+from gateway.seal import open_sealed
+from gateway.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+Status = Literal[
+    "intact", "tampered", "missing", "unregistered", "pending", "retired", "store_corrupt"
+]
+STATUSES: tuple[Status, ...] = (
+    "intact", "tampered", "missing", "unregistered", "pending", "retired", "store_corrupt",
+)  # fmt: skip
+Tamper = Literal["header_changed", "pixels_changed"]
+# Copies larger than this are hashed from a temporary file rather than from memory.
+SPOOL_IN_MEMORY = 16 << 20
+PENDING_STAGES = ("fingerprint", "seal", "put", "anchor")
+
+EXPLANATIONS: dict[Status, str] = {
+    "intact": "The image in the PACS is exactly the image the modality sent, as recorded on the ledger.",
+    "tampered": "The image in the PACS is not the image the modality sent: it was altered after it "
+    "was recorded. Do not use it for diagnosis; an administrator can restore the original.",
+    "missing": "The image was recorded on the ledger but is no longer in the PACS. "
+    "An administrator can restore it from the sealed original.",
+    "unregistered": "The image is in the PACS but was never recorded by the gateway: it reached the "
+    "PACS by another route, so its integrity cannot be vouched for.",
+    "pending": "The image was received and is safely spooled; it is not yet anchored on the ledger.",
+    "retired": "The record of this image was retired on the ledger; it should no longer be used.",
+    "store_corrupt": "The sealed original in the object store cannot be opened or does not match "
+    "the ledger: the image can no longer be restored from it.",
+}
+
+
+class NotFound(GatewayError):
+    """Nobody has heard of the instance: not in the PACS, the index or on the ledger."""
+
+
+@dataclass(frozen=True)
+class BatchEvidence:
+    """Where a batched image's leaf sits and the root it leads to."""
+
+    batch_id: int
+    root: str
+    leaf_index: int
+    size: int
+    proof: list[str]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the ledger and the copies say, in hex; no patient data."""
+
+    record_key: str
+    recorded_digest: str | None = None
+    recorded_pixel_digest: str | None = None
+    digest_now: str | None = None
+    pixel_digest_now: str | None = None
+    version: int | None = None
+    tx_hash: str | None = None
+    block_number: int | None = None
+    block_time: int | None = None
+    recorder: str | None = None
+    recorder_name: str | None = None
+    batch: BatchEvidence | None = None
+    retired_by: str | None = None
+    retired_at: int | None = None
+    retire_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class AttributeChange:
+    """One attribute that differs between the sealed original and the copy checked.
+
+    ``before``/``after`` hold values only for roles allowed to see patient data;
+    otherwise they are ``None`` and ``redacted`` is true.
+    """
+
+    tag: str
+    keyword: str
+    change: Literal["changed", "added", "removed"]
+    before: str | None = None
+    after: str | None = None
+    redacted: bool = False
+
+
+@dataclass(frozen=True)
+class Copies:
+    """The state of each copy: ``ok``, ``differs``, ``absent``, ``corrupt`` or ``unchecked``."""
+
+    pacs: str = "unchecked"
+    store: str = "unchecked"
+    ledger: str = "unchecked"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The integrity verdict for one SOP instance."""
+
+    sop_instance_uid: str
+    status: Status
+    explanation: str
+    evidence: Evidence
+    copies: Copies
+    tamper: Tamper | None = None
+    changes: list[AttributeChange] = field(default_factory=list)
+    orthanc_id: str | None = None
+    notes: list[str] = field(default_factory=list)
+    checked_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class StudyVerdict:
+    """Every instance of a study, and how many have each status."""
+
+    study_instance_uid: str
+    summary: dict[str, int]
+    instances: list[Verdict]
+
+
+@dataclass(frozen=True)
+class Record:
+    """An image version as the ledger confirms it."""
+
+    record_key: bytes
+    patient_key: bytes
+    digest: bytes
+    pixel_digest: bytes
+    version: int | None
+    tx_hash: str | None
+    block_number: int | None
+    block_time: int | None
+    recorder: str | None
+    batch: BatchEvidence | None = None
+    retired_by: str | None = None
+    retired_at: int | None = None
+    retire_reason: str | None = None
+
+    @property
+    def retired(self) -> bool:
+        return self.retired_by is not None
+
+    def claim(self) -> BatchClaim | None:
+        """The batch claim this record was confirmed by, for an auditor to re-check."""
+        if self.batch is None:
+            return None
+        return BatchClaim(
+            record_key=self.record_key,
+            patient_key=self.patient_key,
+            digest=self.digest,
+            pixel_digest=self.pixel_digest,
+            batch_id=self.batch.batch_id,
+            proof=InclusionProof(
+                index=self.batch.leaf_index,
+                size=self.batch.size,
+                path=tuple(bytes.fromhex(node) for node in self.batch.proof),
+            ),
+            version=self.version,
+            tx_hash=self.tx_hash,
+        )
+
+
+@dataclass(frozen=True)
+class BatchClaim:
+    """What someone says about a batched image; believed only once its proof meets the chain.
+
+    The index makes these claims inside the gateway; an auditor's CLI may take them from
+    the gateway's API (``GET /v1/instances/{uid}/proof``) without trusting it, because the
+    proof either leads to a root anchored on chain or it does not.
+    """
+
+    record_key: bytes
+    patient_key: bytes
+    digest: bytes
+    pixel_digest: bytes
+    batch_id: int
+    proof: InclusionProof
+    version: int | None = None
+    tx_hash: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "record_key": self.record_key.hex(),
+            "patient_key": self.patient_key.hex(),
+            "digest": self.digest.hex(),
+            "pixel_digest": self.pixel_digest.hex(),
+            "batch_id": self.batch_id,
+            "leaf_index": self.proof.index,
+            "size": self.proof.size,
+            "proof": [node.hex() for node in self.proof.path],
+            "version": self.version,
+            "tx_hash": self.tx_hash,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BatchClaim:
+        """Parse :meth:`to_json`'s form; raises ValueError/KeyError/TypeError on bad input."""
+        return cls(
+            record_key=bytes.fromhex(data["record_key"]),
+            patient_key=bytes.fromhex(data["patient_key"]),
+            digest=bytes.fromhex(data["digest"]),
+            pixel_digest=bytes.fromhex(data["pixel_digest"]),
+            batch_id=int(data["batch_id"]),
+            proof=InclusionProof(
+                index=int(data["leaf_index"]),
+                size=int(data["size"]),
+                path=tuple(bytes.fromhex(node) for node in data["proof"]),
+            ),
+            version=data.get("version"),
+            tx_hash=data.get("tx_hash"),
+        )
+
+
+ClaimSource = Callable[[str], list[BatchClaim]]
+"""Batch claims for a SOP Instance UID, newest first."""
+
+
+def index_claims(index: Index) -> ClaimSource:
+    """The claims the gateway's index makes (its rows with a batch id and a proof)."""
+
+    def claims(uid: str) -> list[BatchClaim]:
+        found = []
+        for row in reversed(index.by_uid(uid)):
+            if row.batch_id is None or row.proof is None or row.stage in ("duplicate", "rejected"):
+                continue
+            if not (row.record_key and row.patient_key and row.digest and row.pixel_digest):
+                continue
+            found.append(
+                BatchClaim(
+                    record_key=row.record_key,
+                    patient_key=row.patient_key,
+                    digest=row.digest,
+                    pixel_digest=row.pixel_digest,
+                    batch_id=row.batch_id,
+                    proof=decode_proof(row.proof),
+                    version=row.version,
+                    tx_hash=row.tx_hash,
+                )
+            )
+        return found
+
+    return claims
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A copy that was hashed: its digests and, if kept, where its bytes are."""
+
+    fingerprint: Fingerprint
+    path: Path | None
+
+
+class Verifier:
+    """Builds verdicts. Every part but the ledger and the pseudonym key is optional.
+
+    Parameters
+    ----------
+    ledger:
+        The xray contract (read-only is enough).
+    pseudonym_key:
+        Turns SOP Instance UIDs into record keys.
+    pacs:
+        Orthanc; without it no PACS copy is checked (the CLI verifying files).
+    store, keyring:
+        The object store and the KEKs that open its sealed originals.
+    index:
+        The gateway's index: where batched images keep their proofs, and what is pending.
+        Its claims are checked on chain, never trusted.
+    claims:
+        Where batch proofs come from; by default the index's.
+    """
+
+    def __init__(
+        self,
+        *,
+        ledger: XrayLedger,
+        pseudonym_key: bytes,
+        pacs: Pacs | None = None,
+        store: ObjectStore | None = None,
+        keyring: Keyring | None = None,
+        index: Index | None = None,
+        claims: ClaimSource | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.claims = claims or (index_claims(index) if index is not None else None)
+        self.pseudonym_key = pseudonym_key
+        self.pacs = pacs
+        self.store = store
+        self.keyring = keyring
+        self.index = index
+        self._names: dict[str, str] = {}
+        self._names_lock = threading.Lock()
+
+    # -- public ---------------------------------------------------------------------------
+
+    def instance(self, sop_instance_uid: str, *, show_phi: bool = False) -> Verdict:
+        """The verdict for the instance Orthanc holds under ``sop_instance_uid``.
+
+        Raises
+        ------
+        NotFound
+            Neither the PACS, the index nor the ledger knows the instance.
+        """
+        orthanc_id = self.pacs.find(sop_instance_uid) if self.pacs is not None else None
+        with self._pacs_copy(orthanc_id) as copy:
+            return self._verdict(
+                sop_instance_uid, copy=copy, orthanc_id=orthanc_id, show_phi=show_phi
+            )
+
+    def file(self, path: Path, *, show_phi: bool = False) -> Verdict:
+        """Is this exact Part-10 file registered and unaltered?
+
+        Raises
+        ------
+        DatasetUnreadable
+            The file is not a readable DICOM Part-10 file.
+        NotFound
+            Its SOP Instance UID was never recorded nor received.
+        """
+        with path.open("rb") as stream:
+            uid = _sop_instance_uid(stream)
+            stream.seek(0)
+            copy = Copy(fingerprint(stream), path)
+        return self._verdict(uid, copy=copy, orthanc_id=None, show_phi=show_phi)
+
+    def study(self, study_instance_uid: str, *, show_phi: bool = False) -> StudyVerdict:
+        """Every instance of a study the PACS or the index knows, each with its verdict.
+
+        Raises
+        ------
+        NotFound
+            Neither the PACS nor the index knows the study.
+        """
+        uids: dict[str, None] = {}
+        if self.pacs is not None:
+            for uid in self.pacs.study_instance_uids(study_instance_uid):
+                uids[uid] = None
+        if self.index is not None:
+            for row in self.index.by_study(study_instance_uid):
+                if row.stage not in ("duplicate", "rejected"):
+                    uids[row.sop_instance_uid] = None
+        if not uids:
+            raise NotFound(f"no study {study_instance_uid} in the PACS or the gateway's index")
+        verdicts = [self.instance(uid, show_phi=show_phi) for uid in uids]
+        return StudyVerdict(study_instance_uid, summarise(verdicts), verdicts)
+
+    def record(self, sop_instance_uid: str) -> Record | None:
+        """The newest version of the image the ledger confirms, or ``None``."""
+        record_key = keys.record_key(self.pseudonym_key, sop_instance_uid)
+        candidates: list[Record] = []
+        image = self.ledger.image_of(record_key)
+        if image is not None:
+            current = image.current
+            candidates.append(
+                Record(
+                    record_key=record_key,
+                    patient_key=current.patient_key,
+                    digest=current.digest,
+                    pixel_digest=current.pixel_digest,
+                    version=image.versions,
+                    tx_hash=self._tx_of(record_key, current.digest),
+                    block_number=current.block_number,
+                    block_time=current.recorded_at,
+                    recorder=current.recorder,
+                    retired_by=image.retired_by,
+                    retired_at=image.retired_at,
+                    retire_reason=image.retire_reason or None,
+                )
+            )
+        batched = self._batched(record_key, sop_instance_uid)
+        if batched is not None:
+            candidates.append(batched)
+        if not candidates:
+            return None
+        # The newest version wins; a single record and a batch may both hold versions.
+        return max(candidates, key=lambda r: (r.block_number or 0, r.version or 0))
+
+    def original(self, record: Record, sink: IO[bytes]) -> Fingerprint:
+        """Open the sealed original of ``record`` into ``sink`` and fingerprint it.
+
+        Raises
+        ------
+        ObjectNotFound, StoreError
+            The object is gone or the store cannot be read.
+        SealError
+            The object does not authenticate.
+        """
+        if self.store is None or self.keyring is None:
+            raise StoreError("no object store configured for this verifier")
+        name = f"{record.record_key.hex()}/{record.digest.hex()}"
+        with self.store.open(name) as sealed:
+            open_sealed(
+                sealed, cast(BinaryIO, sink), record_key=record.record_key, digest=record.digest,
+                keyring=self.keyring,
+            )  # fmt: skip
+        sink.flush()
+        sink.seek(0)
+        return fingerprint(cast(BinaryIO, sink))
+
+    # -- building a verdict -----------------------------------------------------------------
+
+    def _verdict(
+        self, uid: str, *, copy: Copy | None, orthanc_id: str | None, show_phi: bool
+    ) -> Verdict:
+        record = self.record(uid)
+        now = copy.fingerprint if copy is not None else None
+        base = Evidence(
+            record_key=keys.record_key(self.pseudonym_key, uid).hex(),
+            digest_now=now.digest.hex() if now else None,
+            pixel_digest_now=now.pixel_digest.hex() if now else None,
+        )
+        if record is None:
+            pending = self._pending(uid)
+            if pending is not None:
+                return Verdict(
+                    uid, "pending", EXPLANATIONS["pending"], base,
+                    Copies(pacs="ok" if copy else "absent", ledger="absent"),
+                    orthanc_id=orthanc_id,
+                    notes=[f"stage {pending.stage}" + (f": {pending.last_error}" if pending.last_error else "")],
+                )  # fmt: skip
+            if copy is None:
+                raise NotFound(f"no instance {uid} in the PACS, the gateway's index or the ledger")
+            return Verdict(
+                uid, "unregistered", EXPLANATIONS["unregistered"], base,
+                Copies(pacs="ok", ledger="absent"), orthanc_id=orthanc_id,
+            )  # fmt: skip
+        evidence = self._evidence(record, now)
+        if record.retired:
+            return Verdict(
+                uid, "retired", EXPLANATIONS["retired"], evidence,
+                Copies(pacs="ok" if copy else "absent", ledger="retired"),
+                orthanc_id=orthanc_id,
+                notes=[f"retired by {record.retired_by}: {record.retire_reason or 'no reason given'}"],
+            )  # fmt: skip
+        notes: list[str] = []
+        with _scratch() as original_sink:
+            store_state, original = self._check_store(record, original_sink, notes)
+            if copy is None:
+                pacs_state = "absent"
+            elif copy.fingerprint.digest == record.digest:
+                pacs_state = "ok"
+            else:
+                pacs_state = "differs"
+            copies = Copies(pacs=pacs_state, store=store_state, ledger="ok")
+            if pacs_state == "absent":
+                status: Status = "missing"
+            elif pacs_state == "differs":
+                status = "tampered"
+            elif store_state in ("absent", "corrupt"):
+                status = "store_corrupt"
+            else:
+                status = "intact"
+            tamper: Tamper | None = None
+            changes: list[AttributeChange] = []
+            if status == "tampered":
+                assert copy is not None
+                same_pixels = copy.fingerprint.pixel_digest == record.pixel_digest
+                tamper = "header_changed" if same_pixels else "pixels_changed"
+                if store_state in ("absent", "corrupt"):
+                    notes.append(
+                        "the sealed original is unusable too: the image cannot be restored"
+                    )
+                elif copy.path is not None and original is not None:
+                    changes = diff(original, copy.path, show_phi=show_phi)
+            if status == "tampered" and self._superseded(record, copy):
+                notes.append("this copy matches an older, superseded version of the image")
+        explanation = EXPLANATIONS[status]
+        if tamper == "header_changed":
+            explanation += " The pixel data is unchanged; attributes of the header were edited."
+        elif tamper == "pixels_changed":
+            explanation += " The pixel data itself was changed."
+        return Verdict(
+            uid, status, explanation, evidence, copies, tamper=tamper, changes=changes,
+            orthanc_id=orthanc_id, notes=notes,
+        )  # fmt: skip
+
+    def _check_store(
+        self, record: Record, sink: IO[bytes], notes: list[str]
+    ) -> tuple[str, Path | None]:
+        if self.store is None or self.keyring is None:
+            return "unchecked", None
+        try:
+            opened = self.original(record, sink)
+        except ObjectNotFound:
+            notes.append("the sealed original is not in the object store")
+            return "absent", None
+        except SealError as exc:
+            notes.append(f"the sealed original does not open: {exc}")
+            return "corrupt", None
+        except StoreError as exc:
+            notes.append(f"the object store could not be read: {exc}")
+            return "unchecked", None
+        if opened.digest != record.digest:
+            notes.append("the sealed original opens but hashes to another digest")
+            return "corrupt", None
+        return "ok", Path(sink.name)
+
+    def _evidence(self, record: Record, now: Fingerprint | None) -> Evidence:
+        return Evidence(
+            record_key=record.record_key.hex(),
+            recorded_digest=record.digest.hex(),
+            recorded_pixel_digest=record.pixel_digest.hex(),
+            digest_now=now.digest.hex() if now else None,
+            pixel_digest_now=now.pixel_digest.hex() if now else None,
+            version=record.version,
+            tx_hash=record.tx_hash,
+            block_number=record.block_number,
+            block_time=record.block_time,
+            recorder=record.recorder,
+            recorder_name=self._name_of(record.recorder) if record.recorder else None,
+            batch=record.batch,
+            retired_by=record.retired_by,
+            retired_at=record.retired_at,
+            retire_reason=record.retire_reason,
+        )
+
+    def _superseded(self, record: Record, copy: Copy | None) -> bool:
+        if copy is None or record.version is None or record.version < 2 or record.batch:
+            return False
+        return any(
+            self.ledger.version_of(record.record_key, v).digest == copy.fingerprint.digest
+            for v in range(1, record.version)
+        )
+
+    # -- the ledger -------------------------------------------------------------------------
+
+    def _batched(self, record_key: bytes, uid: str) -> Record | None:
+        """The newest batched version whose claim the chain confirms."""
+        if self.claims is None:
+            return None
+        for claim in self.claims(uid):
+            if claim.record_key != record_key:
+                continue
+            leaf = leaf_hash(
+                record_key=record_key, patient_key=claim.patient_key, digest=claim.digest,
+                pixel_digest=claim.pixel_digest,
+            )  # fmt: skip
+            if not self.ledger.verify_batch_member(
+                leaf=leaf, proof=claim.proof, batch_id=claim.batch_id
+            ):
+                log.warning(
+                    "a claim puts record %s in batch %d, but its proof does not lead to that "
+                    "batch's root", record_key.hex()[:12], claim.batch_id,
+                )  # fmt: skip
+                continue
+            batch = self.ledger.batch_of(claim.batch_id)
+            retirement = self.ledger.retirement_of(record_key)
+            return Record(
+                record_key=record_key,
+                patient_key=claim.patient_key,
+                digest=claim.digest,
+                pixel_digest=claim.pixel_digest,
+                version=claim.version,
+                tx_hash=claim.tx_hash or self._batch_tx(claim.batch_id),
+                block_number=batch.block_number,
+                block_time=batch.anchored_at,
+                recorder=batch.recorder,
+                batch=BatchEvidence(
+                    batch_id=claim.batch_id,
+                    root=batch.root.hex(),
+                    leaf_index=claim.proof.index,
+                    size=claim.proof.size,
+                    proof=[node.hex() for node in claim.proof.path],
+                ),
+                retired_by=retirement.by if retirement else None,
+                retired_at=retirement.at if retirement else None,
+                retire_reason=retirement.reason if retirement else None,
+            )
+        return None
+
+    def _batch_tx(self, batch_id: int) -> str | None:
+        events = self.ledger.events("BatchAnchored", filters={"batchId": batch_id})
+        return events[0].tx_hash if events else None
+
+    def _tx_of(self, record_key: bytes, digest: bytes) -> str | None:
+        """The transaction that recorded ``digest``: from the index if it says, else the events."""
+        if self.index is not None:
+            for row in self.index.by_record(record_key, digest):
+                if row.tx_hash:
+                    return row.tx_hash
+        for name in ("ImageRecorded", "ImageSuperseded"):
+            for event in self.ledger.events(name, filters={"recordKey": record_key}):
+                if event.args.get("digest") == digest:
+                    return event.tx_hash
+        return None
+
+    def _name_of(self, address: str) -> str:
+        with self._names_lock:
+            if address not in self._names:
+                self._names[address] = self.ledger.name_of(address)
+            return self._names[address]
+
+    def _pending(self, uid: str) -> Row | None:
+        if self.index is None:
+            return None
+        for row in reversed(self.index.by_uid(uid)):
+            if row.stage in PENDING_STAGES:
+                return row
+        return None
+
+    # -- the PACS copy ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _pacs_copy(self, orthanc_id: str | None) -> Iterator[Copy | None]:
+        if orthanc_id is None or self.pacs is None:
+            yield None
+            return
+        with tempfile.NamedTemporaryFile(prefix="xray-copy-", suffix=".dcm") as sink:
+            try:
+                self.pacs.fetch_stored(orthanc_id, sink)
+            except InstanceMissing:  # deleted between the lookup and the read
+                yield None
+                return
+            sink.flush()
+            sink.seek(0)
+            try:
+                fp = fingerprint(cast(BinaryIO, sink))
+            except DatasetUnreadable:
+                # Unparsable bytes still have a digest, and it is not the recorded one.
+                sink.seek(0)
+                fp = _raw_fingerprint(cast(BinaryIO, sink))
+            yield Copy(fp, Path(sink.name))
+
+
+def summarise(verdicts: list[Verdict]) -> dict[str, int]:
+    """How many verdicts have each status (every status present, zero or not)."""
+    summary: dict[str, int] = dict.fromkeys(STATUSES, 0)
+    for verdict in verdicts:
+        summary[verdict.status] += 1
+    summary["total"] = len(verdicts)
+    return summary
+
+
+def diff(original: Path, copy: Path, *, show_phi: bool) -> list[AttributeChange]:
+    """Attributes that differ between two Part-10 files, Pixel Data excluded, File Meta excluded.
+
+    Nested sequences are walked; a changed item attribute is named by its path, e.g.
+    ``(0008,1140)[0](0008,1155)``.
+    """
+    try:
+        before = dcmread(original, stop_before_pixels=True)
+        after = dcmread(copy, stop_before_pixels=True)
+    except Exception as exc:  # an unparsable copy is a change in itself
+        return [
+            AttributeChange(
+                "", "", "changed", None, f"unreadable: {type(exc).__name__}", not show_phi
+            )
+        ]
+    changes: list[AttributeChange] = []
+    _diff_datasets(before, after, prefix="", show_phi=show_phi, out=changes)
+    return changes
+
+
+def _diff_datasets(
+    before: Dataset, after: Dataset, *, prefix: str, show_phi: bool, out: list[AttributeChange]
+) -> None:
+    tags = sorted(set(before.keys()) | set(after.keys()))
+    for tag in tags:
+        if Tag(tag).group == 0x0002:
+            continue
+        old = before.get(tag)
+        new = after.get(tag)
+        name = f"{prefix}({Tag(tag).group:04X},{Tag(tag).element:04X})"
+        keyword = (old or new).keyword if (old or new) is not None else ""
+        if old is None or new is None:
+            out.append(
+                AttributeChange(
+                    name,
+                    keyword,
+                    "added" if old is None else "removed",
+                    _shown(old, show_phi),
+                    _shown(new, show_phi),
+                    not show_phi,
+                )
+            )
+            continue
+        if old.VR == "SQ" and new.VR == "SQ" and len(old.value) == len(new.value):
+            for i, (a, b) in enumerate(zip(old.value, new.value, strict=True)):
+                _diff_datasets(a, b, prefix=f"{name}[{i}]", show_phi=show_phi, out=out)
+            continue
+        if old.value != new.value or old.VR != new.VR:
+            out.append(
+                AttributeChange(
+                    name,
+                    keyword,
+                    "changed",
+                    _shown(old, show_phi),
+                    _shown(new, show_phi),
+                    not show_phi,
+                )
+            )
+
+
+def _shown(element: DataElement | None, show_phi: bool) -> str | None:
+    if element is None or not show_phi:
+        return None
+    if element.VR == "SQ":
+        return f"<sequence of {len(element.value)} item(s)>"
+    text = str(element.value)
+    return text if len(text) <= 128 else text[:125] + "..."
+
+
+def _sop_instance_uid(stream: BinaryIO) -> str:
+    try:
+        ds = dcmread(stream, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+    except Exception as exc:  # pydicom raises many types on bad input
+        raise DatasetUnreadable(f"not a readable DICOM file: {type(exc).__name__}") from None
+    uid = str(ds.get("SOPInstanceUID", "") or "")
+    if not uid:
+        raise DatasetUnreadable("the file has no SOP Instance UID")
+    return uid
+
+
+def _raw_fingerprint(stream: BinaryIO) -> Fingerprint:
+    import hashlib
+
+    h = hashlib.sha256()
+    while chunk := stream.read(1 << 20):
+        h.update(chunk)
+    return Fingerprint(
+        digest=h.digest(), pixel_digest=b"", transfer_syntax="", dataset_offset=0,
+        dataset_length=stream.tell(),
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _scratch() -> Iterator[IO[bytes]]:
+    with tempfile.NamedTemporaryFile(prefix="xray-original-", suffix=".dcm") as sink:
+        yield sink
+
+
+__all__ = [
+    "EXPLANATIONS",
+    "STATUSES",
+    "AttributeChange",
+    "BatchEvidence",
+    "Copies",
+    "Evidence",
+    "NotFound",
+    "Record",
+    "StudyVerdict",
+    "Verdict",
+    "Verifier",
+    "diff",
+    "summarise",
+]
