@@ -1,0 +1,50 @@
+"""API tokens: issued with a role, kept only as a hash, revocable; the admin token file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.api.auth import PERMISSIONS, Tokens, ensure_token
+from gateway.errors import ConfigError
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> Tokens:
+    return Tokens(admin_token_file=tmp_path / "api-token", issued_file=tmp_path / "keys" / "t.json")
+
+
+def test_the_admin_token_file_is_private_and_stable(tokens: Tokens) -> None:
+    token = ensure_token(tokens.admin_token_file)
+    assert ensure_token(tokens.admin_token_file) == token
+    assert tokens.admin_token_file.stat().st_mode & 0o777 == 0o600
+    principal = tokens.authenticate(token)
+    assert principal is not None and principal.role == "admin"
+
+
+def test_issued_tokens_are_kept_as_hashes_and_can_be_revoked(tokens: Tokens) -> None:
+    token = tokens.issue(name="auditor-1", role="auditor")
+    stored = tokens.issued_file.read_text()
+    assert token not in stored and json.loads(stored)[0]["role"] == "auditor"
+    assert tokens.issued_file.stat().st_mode & 0o777 == 0o600
+    principal = tokens.authenticate(token)
+    assert principal is not None and (principal.name, principal.role) == ("auditor-1", "auditor")
+    assert tokens.authenticate(token + "x") is None
+    assert tokens.revoke("auditor-1") and tokens.authenticate(token) is None
+    assert not tokens.revoke("auditor-1")
+
+
+def test_names_are_unique_and_roles_known(tokens: Tokens) -> None:
+    tokens.issue(name="a", role="clinician")
+    with pytest.raises(ConfigError):
+        tokens.issue(name="a", role="auditor")
+    with pytest.raises(ConfigError):
+        tokens.issue(name="b", role="root")  # type: ignore[arg-type]
+
+
+def test_only_admin_restores_and_auditors_see_no_phi() -> None:
+    assert [role for role, perms in PERMISSIONS.items() if "restore" in perms] == ["admin"]
+    assert "phi" not in PERMISSIONS["auditor"] and "audit" in PERMISSIONS["auditor"]
+    assert "audit" not in PERMISSIONS["clinician"] and "phi" in PERMISSIONS["clinician"]
