@@ -1,7 +1,7 @@
 """``xray-gateway up``: every part started in order under the data dir, stopped in reverse.
 
 chain (anvil) -> contract -> keys -> PACS (Orthanc) -> object store -> index/spool ->
-pipeline -> DICOM listener -> HTTP API
+pipeline -> Storage Commitment SCP -> DICOM listener -> HTTP API (with /metrics)
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from gateway.anchor import SingleAnchorer
 from gateway.api import create_app
 from gateway.api.app import Health, ensure_token
 from gateway.chain import ensure_contract, recorder_account, start_embedded_chain
+from gateway.commitment import CommitmentSCP
 from gateway.config import Settings
 from gateway.forward import Pacs
 from gateway.index import Index
 from gateway.keys import init_keys, load_keyring, load_pseudonym_key
 from gateway.ledger.anvil import Anvil
 from gateway.ledger.client import XrayLedger
+from gateway.metrics import GatewayCollector, registry_for, render
 from gateway.orthanc import EmbeddedOrthanc
 from gateway.pipeline import ForwardOutcome, Pipeline
 from gateway.receive import Receiver
@@ -62,6 +64,8 @@ class Stack:
         self.index: Index | None = None
         self.pipeline: Pipeline | None = None
         self.receiver: Receiver | None = None
+        self.spool: Spool | None = None
+        self.commitment: CommitmentSCP | None = None
         self.token_path = settings.data_dir / "api-token"
         self._api: uvicorn.Server | None = None
         self._api_thread: threading.Thread | None = None
@@ -95,7 +99,7 @@ class Stack:
                 secret_key=s.s3_secret_key.get_secret_value() if s.s3_secret_key else None,
             )
             self.index = Index(s.data_dir / "index.sqlite")
-            spool = Spool(s.data_dir / "spool")
+            spool = self.spool = Spool(s.data_dir / "spool", reserve_bytes=s.spool_reserve_mb << 20)
             spool.clear_incoming()  # partial receptions from a crash were never acked
             self.pipeline = Pipeline(
                 index=self.index,
@@ -108,12 +112,20 @@ class Stack:
                 sealed_dir=s.data_dir / "sealed",
             )
             self.pipeline.start()
+            self.commitment = CommitmentSCP(
+                index=self.index,
+                ae_title=s.ae_title,
+                peers=s.commitment_peers,
+                timeout_s=s.commitment_timeout_s,
+            )
+            self.commitment.start()
             self.receiver = Receiver(
                 spool=spool,
                 index=self.index,
                 ae_title=s.ae_title,
                 allowed_aets=tuple(s.allowed_aets),
                 on_stored=self.pipeline.wake,
+                commitment=self.commitment,
             )
             self.receiver.start(host=s.dicom_host, port=s.dicom_port)
             self._start_api()
@@ -134,8 +146,13 @@ class Stack:
             },
             stages=index.stage_counts,
         )
+        metrics = registry_for(
+            GatewayCollector(
+                index=index, receiver=self.receiver, spool=self.spool, commitment=self.commitment
+            )
+        )
         config = uvicorn.Config(
-            create_app(health=health),
+            create_app(health=health, metrics=lambda: render(metrics)),
             host=self.settings.api_host,
             port=self.settings.api_port,
             log_level="warning",
@@ -154,6 +171,8 @@ class Stack:
                 self._api_thread.join(10)
         if self.receiver is not None:
             self.receiver.stop()
+        if self.commitment is not None:
+            self.commitment.stop()
         if self.pipeline is not None:
             self.pipeline.stop()
         if self.index is not None:
@@ -182,7 +201,7 @@ class Stack:
         lines = [
             "xray-gateway is up",
             f"  DICOM           {s.ae_title}@{s.dicom_host}:{s.dicom_port}",
-            f"  HTTP API        http://{s.api_host}:{s.api_port}  (health: /healthz, /readyz)",
+            f"  HTTP API        http://{s.api_host}:{s.api_port}  (/healthz, /readyz, /metrics)",
             f"  API token       {self._token_shown()}",
             f"  PACS (Orthanc)  {pacs}",
             f"  object store    {self.store_url}",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from gateway import __version__
 from gateway.keyfiles import read_secret, write_secret
@@ -42,8 +42,11 @@ class Health:
         return ok, results
 
 
-def create_app(*, health: Health) -> FastAPI:
-    """The application; ``health`` says how to probe the parts ``/readyz`` reports on."""
+def create_app(
+    *, health: Health, metrics: Callable[[], tuple[bytes, str]] | None = None
+) -> FastAPI:
+    """The application; ``health`` says how to probe the parts ``/readyz`` reports on,
+    ``metrics`` (body, content type) what ``/metrics`` serves."""
     app = FastAPI(
         title="xray-gateway",
         version=__version__,
@@ -63,5 +66,14 @@ def create_app(*, health: Health) -> FastAPI:
         if health.stages is not None:
             body["stages"] = health.stages()
         return JSONResponse(body, status_code=200 if ok else 503)
+
+    if metrics is not None:
+        scrape = metrics
+
+        @app.get("/metrics", tags=["health"])
+        def prometheus_metrics() -> Response:
+            """Prometheus text format: queues, failures, acks, commitment. No patient data."""
+            body, content_type = scrape()
+            return Response(body, media_type=content_type)
 
     return app
