@@ -201,36 +201,31 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report)
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(highlight=False, soft_wrap=True)
-    console.print(f"index {report['index']}")
-    stages = Table("stage", "rows", title="queue", title_justify="left")
+    print(f"index {report['index']}")
+    print(f"{'stage':<12} {'rows':>8}")
     for stage, count in report["stages"].items():
-        stages.add_row(stage, str(count))
-    console.print(stages)
+        print(f"{stage:<12} {count:>8}")
     oldest = report["oldest_pending"]
     if oldest is None:
-        console.print("pending: 0")
+        print("pending: 0")
     else:
-        console.print(
+        print(
             f"pending: {report['pending']}; oldest: record {oldest['record']} at stage "
             f"{oldest['stage']}, {oldest['age_s']} s old, {oldest['attempts']} attempts"
         )
     if report["failing"]:
-        failing = Table(
-            "record", "stage", "attempts", "retry in s", "reason",
-            title="failing (most recent first)", title_justify="left",
-        )  # fmt: skip
+        print("failing (most recent first):")
+        print(f"  {'record':<14} {'stage':<12} {'attempts':>8} {'retry in':>9}  reason")
         for row in report["failing"]:
-            failing.add_row(row["record"], row["stage"], str(row["attempts"]),
-                            str(row["next_attempt_in_s"]), row["last_error"] or "")  # fmt: skip
-        console.print(failing)
+            retry = f"{row['next_attempt_in_s']:.0f} s"
+            print(
+                f"  {row['record']:<14} {row['stage']:<12} {row['attempts']:>8} {retry:>9}  "
+                f"{row['last_error'] or ''}"
+            )
     else:
-        console.print("failing: none")
+        print("failing: none")
     commitments = report["commitment_requests"]
-    console.print(
+    print(
         f"storage commitment: {commitments['open']} open, {commitments['ready']} undelivered, "
         f"{commitments['reported']} reported"
     )

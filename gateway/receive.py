@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -100,8 +99,8 @@ class Receiver:
     def __post_init__(self) -> None:
         # pynetdicom creates the file a dataset arrives in with NamedTemporaryFile: make it
         # an IncomingFile on the spool's filesystem, so that accepting it is a rename, not
-        # a copy, and a full disk is a refusal rather than an aborted association.
-        tempfile.tempdir = str(self.spool.incoming)
+        # a copy, and a full disk is a refusal rather than an aborted association. (This
+        # replaces setting tempfile.tempdir, which moved every temp file of the process.)
         spool = self.spool
         setattr(dimse_messages, "NamedTemporaryFile", lambda *_, **__: spool.incoming_file())  # noqa: B010
         self._server: ThreadedAssociationServer | None = None
