@@ -161,8 +161,13 @@ def status_report(settings: Settings, *, limit: int = 10) -> dict[str, Any]:
             commitments = dict(
                 index.query("SELECT state, COUNT(*) FROM commitments GROUP BY state")
             )
+            undelivered = index.query(
+                "SELECT id, calling_aet, attempts, last_error FROM commitments"
+                " WHERE state = 'ready' AND attempts > 0 ORDER BY id LIMIT ?",
+                (limit,),
+            )
         except sqlite3.OperationalError:  # an index from before Storage Commitment
-            commitments = {}
+            commitments, undelivered = {}, []
     finally:
         index.close()
     stages = [*STAGES, *(st for st in DONE_STAGES if st not in STAGES)]
@@ -193,6 +198,10 @@ def status_report(settings: Settings, *, limit: int = 10) -> dict[str, Any]:
         "commitment_requests": {
             state: int(commitments.get(state, 0)) for state in ("open", "ready", "reported")
         },
+        "commitment_undelivered": [
+            {"request": rid, "calling_aet": aet, "attempts": attempts, "last_error": error}
+            for rid, aet, attempts, error in undelivered
+        ],
     }
 
 
@@ -229,6 +238,11 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         f"storage commitment: {commitments['open']} open, {commitments['ready']} undelivered, "
         f"{commitments['reported']} reported"
     )
+    for item in report["commitment_undelivered"]:
+        print(
+            f"  report {item['request']} for {item['calling_aet']}: {item['attempts']} "
+            f"attempts, {item['last_error']}"
+        )
     return 0
 
 

@@ -327,7 +327,8 @@ class CommitmentSCP:
         self.network_timeout_s = network_timeout_s
         self.counters: Counter[str] = Counter()  # for /metrics
         self._lock = threading.Lock()
-        # request id -> (association, whether our N-ACTION response has gone out on it)
+        # request id -> the association it came on; (id(assoc), message id) -> request id
+        # for N-ACTION responses not yet sent, and when each went out
         self._assocs: dict[int, Any] = {}
         self._answered: dict[tuple[int, int], float] = {}  # -> when the response went out
         self._pending_answer: dict[tuple[int, int], int] = {}
@@ -386,7 +387,7 @@ class CommitmentSCP:
             self._pending_answer[key] = request_id
         # The report must not overtake the N-ACTION response on this association.
         assoc.bind(evt.EVT_DIMSE_SENT, self._on_sent)
-        self.counters["accepted"] += 1
+        self._count("accepted")
         log.info(
             "commitment request %d from %s: %d instances (transaction %s)",
             request_id, calling, len(refs), transaction_uid,
@@ -394,8 +395,17 @@ class CommitmentSCP:
         self._wake.set()
         return SUCCESS, None
 
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self.counters[name] += 1
+
+    def counts(self) -> dict[str, int]:
+        """A snapshot of the counters (accepted, refused, reported_event_type_N, …)."""
+        with self._lock:
+            return dict(self.counters)
+
     def _refuse(self, calling: str, code: int, why: str) -> tuple[int, None]:
-        self.counters["refused"] += 1
+        self._count("refused")
         log.warning("refused commitment request from %s: 0x%04X %s", calling, code, why)
         return code, None
 
@@ -499,7 +509,7 @@ class CommitmentSCP:
             except Exception as exc:
                 errors.append(f"{address}: {type(exc).__name__}: {exc}")
         retry_in = backoff(request.attempts)
-        self.counters["delivery_failures"] += 1
+        self._count("delivery_failures")
         log.error(
             "commitment report %d for %s not delivered (%s); kept, retry in %.0f s",
             request.id, request.calling_aet, "; ".join(errors), retry_in,
@@ -516,7 +526,7 @@ class CommitmentSCP:
     def _done(self, request: Request, report: Report, how: str) -> None:
         self.log.delivered(request.id)
         self._forget(request.id)
-        self.counters[f"reported_event_type_{report.event_type}"] += 1
+        self._count(f"reported_event_type_{report.event_type}")
         log.info(
             "commitment report %d delivered to %s %s: event type %d",
             request.id, request.calling_aet, how, report.event_type,

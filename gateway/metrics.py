@@ -62,7 +62,7 @@ class GatewayCollector(Collector):
             responses = CounterMetricFamily(
                 f"{PREFIX}_cstore_responses", "C-STORE responses sent, by status", labels=["status"]
             )
-            for code, count in sorted(self.receiver.responses.copy().items()):
+            for code, count in sorted(self.receiver.response_counts().items()):
                 responses.add_metric([f"0x{code:04X}"], count)
             yield responses
         if self.spool is not None:
@@ -109,7 +109,7 @@ class GatewayCollector(Collector):
         yield failing
 
     def _commitment(self, scp: CommitmentSCP) -> Iterator[Metric]:
-        counters = scp.counters.copy()
+        counters = scp.counts()
         requests = CounterMetricFamily(
             f"{PREFIX}_commitment_requests", "Storage Commitment N-ACTIONs", labels=["result"]
         )

@@ -148,6 +148,11 @@ class Receiver:
             self._server.shutdown()
             self._server = None
 
+    def response_counts(self) -> dict[int, int]:
+        """C-STORE responses sent so far, by status code."""
+        with self._lock:
+            return dict(self.responses)
+
     def handle_echo(self, event: Any) -> int:
         return SUCCESS
 

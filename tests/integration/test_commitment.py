@@ -190,7 +190,10 @@ def test_an_unknown_peer_keeps_its_report_until_a_restart_gives_its_address(site
     assert metrics[("xray_gateway_queue_depth", (("stage", "anchor"),))] == 0
     status_json = run(site.up.env, "status", "--json")
     assert status_json.returncode == 0, status_json.stderr
-    assert json.loads(status_json.stdout)["commitment_requests"]["ready"] == 1
+    shown = json.loads(status_json.stdout)
+    assert shown["commitment_requests"]["ready"] == 1
+    (undelivered,) = shown["commitment_undelivered"]
+    assert undelivered["calling_aet"] == "CT9" and undelivered["attempts"] >= 1
 
     # a restart that knows CT9's address delivers the kept report
     assert site.up.stop() == 0

@@ -116,6 +116,7 @@ def test_status_json_and_table(data_dir: Path, capsys: pytest.CaptureFixture[str
     assert [(f["stage"], f["attempts"]) for f in failing] == [("anchor", 2), ("forward", 1)]
     assert failing[0]["last_error"] == "anchor: ChainUnavailable: connection refused"
     assert report["commitment_requests"] == {"open": 0, "ready": 0, "reported": 0}
+    assert report["commitment_undelivered"] == []
 
     # while the gateway writes (the index is open here), in the human format
     index.update(ids["new"], stage="seal")
