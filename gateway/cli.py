@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -325,6 +326,116 @@ def _cmd_token_revoke(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def status_report(settings: Settings, *, limit: int = 10) -> dict[str, Any]:
+    """What ``status`` shows, read from the index without writing to it. No patient data:
+    rows are named by a record-key prefix (or their spool entry before fingerprinting)."""
+    import time
+
+    from gateway.index import DONE_STAGES, STAGES, Index, Row
+
+    path = settings.data_dir / "index.sqlite"
+    try:
+        index = Index(path, readonly=True)
+    except (FileNotFoundError, sqlite3.Error) as exc:
+        raise ConfigError(f"cannot read the index at {path}: {exc}") from exc
+    now = time.time()
+
+    def name(row: Row) -> str:
+        return row.record_key.hex()[:12] if row.record_key else f"entry {row.entry_id[:8]}"
+
+    try:
+        counts = index.stage_counts()
+        oldest = index.oldest_pending()
+        failing = index.failing(limit)
+        try:
+            commitments = dict(
+                index.query("SELECT state, COUNT(*) FROM commitments GROUP BY state")
+            )
+            undelivered = index.query(
+                "SELECT id, calling_aet, attempts, last_error FROM commitments"
+                " WHERE state = 'ready' AND attempts > 0 ORDER BY id LIMIT ?",
+                (limit,),
+            )
+        except sqlite3.OperationalError:  # an index from before Storage Commitment
+            commitments, undelivered = {}, []
+    finally:
+        index.close()
+    stages = [*STAGES, *(st for st in DONE_STAGES if st not in STAGES)]
+    stages += sorted(set(counts) - set(stages))
+    return {
+        "index": str(path),
+        "stages": {stage: counts.get(stage, 0) for stage in stages},
+        "pending": sum(n for stage, n in counts.items() if stage not in DONE_STAGES),
+        "oldest_pending": None
+        if oldest is None
+        else {
+            "record": name(oldest),
+            "stage": oldest.stage,
+            "age_s": round(now - oldest.received_at, 1),
+            "attempts": oldest.attempts,
+            "last_error": oldest.last_error,
+        },
+        "failing": [
+            {
+                "record": name(row),
+                "stage": row.stage,
+                "attempts": row.attempts,
+                "next_attempt_in_s": round(max(0.0, row.next_attempt_at - now), 1),
+                "last_error": row.last_error,
+            }
+            for row in failing
+        ],
+        "commitment_requests": {
+            state: int(commitments.get(state, 0)) for state in ("open", "ready", "reported")
+        },
+        "commitment_undelivered": [
+            {"request": rid, "calling_aet": aet, "attempts": attempts, "last_error": error}
+            for rid, aet, attempts, error in undelivered
+        ],
+    }
+
+
+def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    report = status_report(settings, limit=args.limit)
+    if args.json:
+        _print_json(report)
+        return 0
+    print(f"index {report['index']}")
+    print(f"{'stage':<12} {'rows':>8}")
+    for stage, count in report["stages"].items():
+        print(f"{stage:<12} {count:>8}")
+    oldest = report["oldest_pending"]
+    if oldest is None:
+        print("pending: 0")
+    else:
+        print(
+            f"pending: {report['pending']}; oldest: record {oldest['record']} at stage "
+            f"{oldest['stage']}, {oldest['age_s']} s old, {oldest['attempts']} attempts"
+        )
+    if report["failing"]:
+        print("failing (most recent first):")
+        print(f"  {'record':<14} {'stage':<12} {'attempts':>8} {'retry in':>9}  reason")
+        for row in report["failing"]:
+            retry = f"{row['next_attempt_in_s']:.0f} s"
+            print(
+                f"  {row['record']:<14} {row['stage']:<12} {row['attempts']:>8} {retry:>9}  "
+                f"{row['last_error'] or ''}"
+            )
+    else:
+        print("failing: none")
+    commitments = report["commitment_requests"]
+    print(
+        f"storage commitment: {commitments['open']} open, {commitments['ready']} undelivered, "
+        f"{commitments['reported']} reported"
+    )
+    for item in report["commitment_undelivered"]:
+        print(
+            f"  report {item['request']} for {item['calling_aet']}: {item['attempts']} "
+            f"attempts, {item['last_error']}"
+        )
+    return 0
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
@@ -346,6 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="start nothing embedded: use GATEWAY_CHAIN_URL (production, see docker/)",
     )
     up.set_defaults(handler=_cmd_up)
+
+    status = sub.add_parser(
+        "status", help="queue depth per stage, oldest pending item, recent failures"
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--limit", type=int, default=10, help="failures to show (default 10)")
+    status.set_defaults(handler=_cmd_status)
 
     keys = sub.add_parser("keys", help="create or rotate the pseudonym key and KEKs")
     ksub = keys.add_subparsers(dest="action", metavar="ACTION", required=True)

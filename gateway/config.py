@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated
@@ -47,6 +48,9 @@ class Settings(BaseSettings):
     admin_key_file: Path | None = None
     batch_max: int = Field(default=256, ge=1, le=100_000)
     batch_window_ms: int = Field(default=200, ge=0)
+    spool_reserve_mb: int = Field(default=256, ge=0)
+    commitment_timeout_s: float = Field(default=600.0, gt=0)
+    commitment_peers: Annotated[dict[str, tuple[str, int]], NoDecode] = Field(default_factory=dict)
 
     @field_validator("ae_title")
     @classmethod
@@ -60,6 +64,23 @@ class Settings(BaseSettings):
     def _split_aets(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("commitment_peers", mode="before")
+    @classmethod
+    def _parse_peers(cls, value: object) -> object:
+        """``AET=host:port,AET2=host:port`` or a JSON object ``{"AET": "host:port"}``."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                value = json.loads(text)
+            else:
+                pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+                if any(len(pair) != 2 for pair in pairs):
+                    raise ValueError("GATEWAY_COMMITMENT_PEERS is AET=host:port,AET=host:port")
+                value = {aet.strip(): address.strip() for aet, address in pairs}
+        if isinstance(value, dict):
+            return {str(aet): _host_port(address) for aet, address in value.items()}
         return value
 
     @model_validator(mode="after")
@@ -102,6 +123,16 @@ class Settings(BaseSettings):
     @property
     def effective_admin_key_file(self) -> Path:
         return self.admin_key_file or self.keys_dir / "admin.key"
+
+
+def _host_port(address: object) -> object:
+    """``"host:port"`` -> ``(host, port)``; anything else is left to pydantic to refuse."""
+    if isinstance(address, str):
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"commitment peer address {address!r} is not host:port")
+        return (host.strip("[]"), int(port))
+    return address
 
 
 def get_settings() -> Settings:

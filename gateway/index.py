@@ -105,12 +105,25 @@ COLUMNS = tuple(f.name for f in fields(Row))
 
 
 class Index:
-    """Thread-safe access to the index database."""
+    """Thread-safe access to the index database.
 
-    def __init__(self, path: Path) -> None:
+    ``readonly=True`` opens an existing index without writing to it (``xray-gateway
+    status``), whether or not a gateway has it open at the same time.
+    """
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self._lock = threading.RLock()
+        if readonly:
+            if not path.is_file():
+                raise FileNotFoundError(f"no index at {path}")
+            self._db = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
+                isolation_level=None,
+            )  # fmt: skip
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.RLock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -249,3 +262,51 @@ class Index:
         with self._lock:
             cursor = self._db.execute("SELECT stage, COUNT(*) FROM instances GROUP BY stage")
             return {str(stage): int(count) for stage, count in cursor.fetchall()}
+
+    # -- what `status` and /metrics show ----------------------------------------------------
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only statement (for modules that keep their own table here)."""
+        with self._lock:
+            return [tuple(values) for values in self._db.execute(sql, params).fetchall()]
+
+    def oldest_pending(self) -> Row | None:
+        """The row with work left that was received first."""
+        rows = self._rows(
+            f"WHERE stage NOT IN ({', '.join('?' for _ in DONE_STAGES)}) ORDER BY id LIMIT 1",
+            DONE_STAGES,
+        )
+        return rows[0] if rows else None
+
+    def failing(self, limit: int = 20) -> list[Row]:
+        """Rows with work left whose last attempt failed, most recently failed first."""
+        return self._rows(
+            f"WHERE stage NOT IN ({', '.join('?' for _ in DONE_STAGES)}) AND attempts > 0"
+            " ORDER BY next_attempt_at DESC, id DESC LIMIT ?",
+            (*DONE_STAGES, limit),
+        )
+
+    def failure_counts(self) -> dict[tuple[str, str], int]:
+        """Failing rows (work left, attempts > 0) per (stage, error class)."""
+        with self._lock:
+            cursor = self._db.execute(
+                f"SELECT stage, last_error, COUNT(*) FROM instances WHERE stage NOT IN"
+                f" ({', '.join('?' for _ in DONE_STAGES)}) AND attempts > 0"
+                " GROUP BY stage, last_error",
+                DONE_STAGES,
+            )
+            counts: dict[tuple[str, str], int] = {}
+            for stage, error, count in cursor.fetchall():
+                key = (str(stage), error_class(error))
+                counts[key] = counts.get(key, 0) + int(count)
+            return counts
+
+
+def error_class(last_error: str | None) -> str:
+    """The exception class in a ``last_error`` (``"<stage>: <Class>: <message>"``)."""
+    parts = (last_error or "").split(": ")
+    for part in parts[1:2] or parts[:1]:
+        name = part.strip()
+        if name.isidentifier():
+            return name
+    return "unknown"

@@ -4,33 +4,47 @@ Each handler answers with a DICOM status, never an exception:
 
 =======  ===============================================================
 0x0000   stored: the instance is fsynced in the spool and in the index
-0xA700   out of resources: the spool cannot take it (full, unwritable)
+0xA700   out of resources: the spool cannot take it (full, unwritable); the
+         partial file is removed, never acked
 0xA900   the dataset's SOP Instance/Class UID differs from the request's
 0xC000   cannot understand: hostile UID, unparsable or truncated dataset
 =======  ===============================================================
+
+With a :class:`~gateway.commitment.CommitmentSCP`, the same AE also answers Storage
+Commitment (Push Model) N-ACTION requests.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-import tempfile
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    AllStoragePresentationContexts,
+    _config,
+    dimse_messages,
+    evt,
+)
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway.errors import DatasetUnreadable, SpoolUnavailable
 from gateway.fingerprint import check_structure, read_header
 from gateway.index import Index
-from gateway.spool import Spool
+from gateway.spool import IncomingFile, Spool
+
+if TYPE_CHECKING:
+    from gateway.commitment import CommitmentSCP
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +85,8 @@ class Receiver:
         Calling AE titles allowed to associate; empty allows any.
     on_stored:
         Called with the index row id after each acked instance (wakes the pipeline).
+    commitment:
+        The Storage Commitment SCP to answer N-ACTION with, if any.
     """
 
     spool: Spool
@@ -78,13 +94,18 @@ class Receiver:
     ae_title: str = "XRAYGW"
     allowed_aets: tuple[str, ...] = ()
     on_stored: Callable[[int], None] | None = None
+    commitment: CommitmentSCP | None = None
 
     def __post_init__(self) -> None:
-        # pynetdicom creates the temp file with NamedTemporaryFile: put it on the spool's
-        # filesystem so that accepting it is a rename, not a copy.
-        tempfile.tempdir = str(self.spool.incoming)
+        # pynetdicom creates the file a dataset arrives in with NamedTemporaryFile: make it
+        # an IncomingFile on the spool's filesystem, so that accepting it is a rename, not
+        # a copy, and a full disk is a refusal rather than an aborted association. (This
+        # replaces setting tempfile.tempdir, which moved every temp file of the process.)
+        spool = self.spool
+        setattr(dimse_messages, "NamedTemporaryFile", lambda *_, **__: spool.incoming_file())  # noqa: B010
         self._server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
+        self.responses: Counter[int] = Counter()  # C-STORE responses by status, for /metrics
 
     def build_ae(self) -> AE:
         ae = AE(ae_title=self.ae_title)
@@ -96,6 +117,8 @@ class Receiver:
             assert context.abstract_syntax is not None
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
+        if self.commitment is not None:
+            self.commitment.add_contexts(ae)
         ae.maximum_associations = 32
         return ae
 
@@ -105,7 +128,10 @@ class Receiver:
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_CONN_CLOSE, self.handle_close),
         ]
+        if self.commitment is not None:
+            handlers.append((evt.EVT_N_ACTION, self.commitment.handle_action))
         server = ae.start_server((host, port), block=False, evt_handlers=handlers)
         assert server is not None and server.socket is not None
         # Nagle's algorithm delays small PDUs (the C-STORE responses) by tens of ms.
@@ -122,20 +148,45 @@ class Receiver:
             self._server.shutdown()
             self._server = None
 
+    def response_counts(self) -> dict[int, int]:
+        """C-STORE responses sent so far, by status code."""
+        with self._lock:
+            return dict(self.responses)
+
     def handle_echo(self, event: Any) -> int:
         return SUCCESS
 
+    def handle_close(self, event: Any) -> None:
+        """Remove the partial file of a dataset whose connection closed mid-transfer."""
+        message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+        partial = getattr(message, "_data_set_file", None)
+        if isinstance(partial, IncomingFile):
+            log.warning("association closed mid-dataset: partial reception removed")
+            partial.discard()
+
     def handle_store(self, event: Any) -> Dataset:
         """Make the instance durable, then ack; any refusal is a status with a comment."""
+        response = self._store(event)
+        with self._lock:
+            self.responses[int(response.Status)] += 1
+        return response
+
+    def _store(self, event: Any) -> Dataset:
         _nodelay(event)
         request = event.request
         requested_uid = request.AffectedSOPInstanceUID
         requested_class = request.AffectedSOPClassUID
         calling = str(event.assoc.requestor.ae_title).strip()
+        path = Path(event.dataset_path)
+        overflow = self.spool.overflowed(path)
+        if overflow is not None:
+            log.error(
+                "refused C-STORE %s from %s: spool full (%s)", requested_uid, calling, overflow
+            )
+            return status(OUT_OF_RESOURCES, "gateway spool is full")
         if not valid_uid(requested_uid) or not valid_uid(requested_class):
             log.warning("refused C-STORE from %s: invalid UID in the request", calling)
             return status(CANNOT_UNDERSTAND, "invalid SOP Instance or Class UID in request")
-        path = Path(event.dataset_path)
         try:
             with path.open("rb") as stream:
                 check_structure(stream)
@@ -163,6 +214,10 @@ class Receiver:
             return status(OUT_OF_RESOURCES, "gateway spool is full")
         try:
             entry = self.spool.accept(path)
+        except (SpoolUnavailable, OSError) as exc:
+            log.error("refused C-STORE %s: %s", requested_uid, exc)
+            return status(OUT_OF_RESOURCES, "gateway spool unavailable")
+        try:
             row_id = self.index.add_received(
                 entry_id=entry.entry_id,
                 sop_instance_uid=requested_uid,
@@ -170,11 +225,9 @@ class Receiver:
                 calling_aet=calling,
                 size=entry.size,
             )
-        except (SpoolUnavailable, OSError) as exc:
-            log.error("refused C-STORE %s: %s", requested_uid, exc)
-            return status(OUT_OF_RESOURCES, "gateway spool unavailable")
         except Exception as exc:  # the index is our durability too: no row, no ack
             log.exception("refused C-STORE %s: index write failed", requested_uid)
+            self.spool.discard(entry.entry_id)  # nothing would ever process it
             return status(OUT_OF_RESOURCES, f"gateway index unavailable: {type(exc).__name__}")
         if self.on_stored is not None:
             self.on_stored(row_id)

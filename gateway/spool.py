@@ -2,21 +2,36 @@
 
 Layout under ``<data dir>/spool``::
 
-    incoming/   pynetdicom writes each dataset here while it arrives (tempfile.tempdir)
+    incoming/   pynetdicom writes each dataset here while it arrives (an IncomingFile)
     ready/      <entry id>.dcm — fsynced, renamed, directory fsynced: safe to ack
 
 Entry ids are random; nothing from the request (UIDs, AE titles) ever becomes a path.
+
+A full disk is a refusal, never a partial file: :class:`IncomingFile` checks the room
+left every MiB it writes and turns ``ENOSPC`` into "overflowed" (the partial file is
+removed at once, the rest of the dataset is dropped as it arrives), and the listener
+answers ``0xA700`` for it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
+import tempfile
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from gateway.errors import SpoolUnavailable
+
+log = logging.getLogger(__name__)
+
+# How many bytes an incoming file may write between two checks of the room left.
+CHECK_EVERY = 1 << 20
 
 
 def fsync_dir(path: Path) -> None:
@@ -54,16 +69,34 @@ class Spool:
         self.incoming = root / "incoming"
         self.ready = root / "ready"
         self.reserve_bytes = reserve_bytes
+        self._overflowed: dict[str, str] = {}
+        self._lock = threading.Lock()
         for path in (self.incoming, self.ready):
             path.mkdir(parents=True, exist_ok=True)
 
+    def free_bytes(self) -> int:
+        """Free bytes on the spool's filesystem (0 when it cannot be read)."""
+        try:
+            return int(shutil.disk_usage(self.root).free)
+        except OSError:
+            return 0
+
     def has_room(self, needed: int = 0) -> bool:
         """True when ``needed`` more bytes fit while keeping the reserve free."""
-        try:
-            free = shutil.disk_usage(self.root).free
-        except OSError:
-            return False
-        return free - needed >= self.reserve_bytes
+        return self.free_bytes() - needed >= self.reserve_bytes
+
+    def incoming_file(self) -> IncomingFile:
+        """A new file in ``incoming/`` for a dataset that is arriving."""
+        return IncomingFile(self)
+
+    def overflowed(self, path: Path | str) -> str | None:
+        """Why the incoming file at ``path`` was given up (full disk), or None; asks once."""
+        with self._lock:
+            return self._overflowed.pop(str(path), None)
+
+    def _note_overflow(self, path: str, reason: str) -> None:
+        with self._lock:
+            self._overflowed[path] = reason
 
     def accept(self, received: Path) -> SpoolEntry:
         """Make a fully received file durable and move it into ``ready/``.
@@ -105,3 +138,74 @@ class Spool:
             path.unlink(missing_ok=True)
             count += 1
         return count
+
+
+class IncomingFile:
+    """A dataset being received, written to ``incoming/`` by pynetdicom chunk after chunk.
+
+    It has the part of the ``NamedTemporaryFile`` interface pynetdicom uses (``name``,
+    ``write``, ``file.flush``, ``close``). Before every MiB it checks that the next MiB
+    fits above the spool's reserve; when it does not, or a write fails (``ENOSPC``, I/O
+    error), it gives up: the partial file is closed and removed at once, later chunks are
+    dropped, and :meth:`Spool.overflowed` reports it so that the C-STORE is refused with
+    ``0xA700``. Letting the error escape instead would abort the association and leave
+    the partial file taking up the room.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self._spool = spool
+        fd, name = tempfile.mkstemp(suffix=".dcm", dir=spool.incoming)
+        self._file: BinaryIO = os.fdopen(fd, "wb")
+        self.name = name
+        self.file = self  # pynetdicom flushes through ``.file``
+        self.overflow: str | None = None
+        self._unchecked = CHECK_EVERY  # check before the first byte too
+        self.written = 0
+
+    def write(self, data: bytes) -> int:
+        if self.overflow is None:
+            self._unchecked += len(data)
+            if self._unchecked >= CHECK_EVERY:
+                self._unchecked = len(data) % CHECK_EVERY
+                if not self._spool.has_room(max(CHECK_EVERY, len(data))):
+                    self._give_up(
+                        f"less than {self._spool.reserve_bytes >> 20} MiB reserve + 1 MiB free"
+                    )
+        if self.overflow is None:
+            try:
+                self._file.write(data)
+                self.written += len(data)
+            except OSError as exc:
+                self._give_up(f"write failed: {exc.strerror or exc}")
+        return len(data)  # a refused dataset is still read off the wire, then dropped
+
+    def flush(self) -> None:
+        if self.overflow is None:
+            try:
+                self._file.flush()
+            except OSError as exc:
+                self._give_up(f"write failed: {exc.strerror or exc}")
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        except OSError as exc:  # the last buffered bytes did not fit
+            if self.overflow is None:
+                self._give_up(f"write failed: {exc.strerror or exc}")
+
+    def discard(self) -> None:
+        """Remove a reception that will never complete (its association ended mid-dataset)."""
+        if self.overflow is None:
+            self.overflow = "discarded"
+            self._remove()
+
+    def _give_up(self, reason: str) -> None:
+        self.overflow = reason
+        self._remove()
+        self._spool._note_overflow(self.name, reason)
+        log.error("spool full: dropping a dataset after %d bytes (%s)", self.written, reason)
+
+    def _remove(self) -> None:
+        with contextlib.suppress(OSError):  # its buffer is lost with the file
+            self._file.close()
+        Path(self.name).unlink(missing_ok=True)

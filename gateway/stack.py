@@ -1,7 +1,7 @@
 """``xray-gateway up``: every part started in order under the data dir, stopped in reverse.
 
 chain (anvil) -> contract -> keys -> PACS (Orthanc) -> object store -> index/spool ->
-pipeline -> DICOM listener -> HTTP API
+pipeline -> Storage Commitment SCP -> DICOM listener -> HTTP API (with /metrics)
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from gateway.api.auth import Tokens, ensure_token
 from gateway.api.deps import Services
 from gateway.audit import Audits
 from gateway.chain import ensure_contract, recorder_account, start_embedded_chain
+from gateway.commitment import CommitmentSCP
 from gateway.config import Settings
 from gateway.forward import Pacs
 from gateway.index import Index
 from gateway.keys import init_keys, load_keyring, load_pseudonym_key
 from gateway.ledger.anvil import Anvil
 from gateway.ledger.client import XrayLedger
+from gateway.metrics import GatewayCollector, registry_for, render
 from gateway.orthanc import EmbeddedOrthanc
 from gateway.pipeline import ForwardOutcome, Pipeline
 from gateway.receive import Receiver
@@ -107,6 +109,8 @@ class Stack:
         self.receiver: Receiver | None = None
         self.alerts: Alerts | None = None
         self.audits: Audits | None = None
+        self.spool: Spool | None = None
+        self.commitment: CommitmentSCP | None = None
         self.token_path = settings.data_dir / "api-token"
         self._api: uvicorn.Server | None = None
         self._api_thread: threading.Thread | None = None
@@ -136,7 +140,7 @@ class Stack:
                 self.pacs = Pacs(s.orthanc_url, user=None, password=None)
             self.store = open_object_store(s)
             self.index = Index(s.data_dir / "index.sqlite")
-            spool = Spool(s.data_dir / "spool")
+            spool = self.spool = Spool(s.data_dir / "spool", reserve_bytes=s.spool_reserve_mb << 20)
             spool.clear_incoming()  # partial receptions from a crash were never acked
             self.pipeline = Pipeline(
                 index=self.index,
@@ -149,12 +153,20 @@ class Stack:
                 sealed_dir=s.data_dir / "sealed",
             )
             self.pipeline.start()
+            self.commitment = CommitmentSCP(
+                index=self.index,
+                ae_title=s.ae_title,
+                peers=s.commitment_peers,
+                timeout_s=s.commitment_timeout_s,
+            )
+            self.commitment.start()
             self.receiver = Receiver(
                 spool=spool,
                 index=self.index,
                 ae_title=s.ae_title,
                 allowed_aets=tuple(s.allowed_aets),
                 on_stored=self.pipeline.wake,
+                commitment=self.commitment,
             )
             self.receiver.start(host=s.dicom_host, port=s.dicom_port)
             self._start_api()
@@ -189,8 +201,13 @@ class Stack:
             },
             stages=index.stage_counts,
         )
+        metrics = registry_for(
+            GatewayCollector(
+                index=index, receiver=self.receiver, spool=self.spool, commitment=self.commitment
+            )
+        )
         config = uvicorn.Config(
-            create_app(health=health, services=services),
+            create_app(health=health, services=services, metrics=lambda: render(metrics)),
             host=self.settings.api_host,
             port=self.settings.api_port,
             log_level="warning",
@@ -213,6 +230,8 @@ class Stack:
             self.audits.close()
         if self.alerts is not None:
             self.alerts.close()
+        if self.commitment is not None:
+            self.commitment.stop()
         if self.pipeline is not None:
             self.pipeline.stop()
         if self.index is not None:
@@ -241,7 +260,7 @@ class Stack:
         lines = [
             "xray-gateway is up",
             f"  DICOM           {s.ae_title}@{s.dicom_host}:{s.dicom_port}",
-            f"  HTTP API        http://{s.api_host}:{s.api_port}  (OpenAPI: /docs; health: /healthz, /readyz)",
+            f"  HTTP API        http://{s.api_host}:{s.api_port}  (OpenAPI: /docs; /healthz, /readyz, /metrics)",
             f"  API token       {self._token_shown()}",
             f"  PACS (Orthanc)  {pacs}",
             f"  object store    {self.store_url}",

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from gateway import __version__
 from gateway.api import audits, problems, records, verify
@@ -35,7 +35,12 @@ class Health:
         return ok, results
 
 
-def create_app(*, health: Health, services: Services | None = None) -> FastAPI:
+def create_app(
+    *,
+    health: Health,
+    services: Services | None = None,
+    metrics: Callable[[], tuple[bytes, str]] | None = None,
+) -> FastAPI:
     """The application.
 
     Parameters
@@ -44,6 +49,8 @@ def create_app(*, health: Health, services: Services | None = None) -> FastAPI:
         How to probe the parts ``/readyz`` reports on.
     services:
         What the ``/v1`` routes work with; without them those routes answer 503.
+    metrics:
+        What ``/metrics`` serves: (body, content type).
     """
     app = FastAPI(
         title="xray-gateway",
@@ -70,6 +77,15 @@ def create_app(*, health: Health, services: Services | None = None) -> FastAPI:
         if health.stages is not None:
             body["stages"] = health.stages()
         return JSONResponse(body, status_code=200 if ok else 503)
+
+    if metrics is not None:
+        scrape = metrics
+
+        @app.get("/metrics", tags=["health"])
+        def prometheus_metrics() -> Response:
+            """Prometheus text format: queues, failures, acks, commitment. No patient data."""
+            body, content_type = scrape()
+            return Response(body, media_type=content_type)
 
     return app
 

@@ -1,0 +1,154 @@
+"""``/metrics``: the gateway's state in Prometheus text format, read at scrape time.
+
+Queue depth and failures come from the index; C-STORE responses and commitment counts
+from the listener and the commitment SCP. No label carries patient data: stages, error
+class names, DICOM status codes.
+
+=============================================  =========================================
+xray_gateway_instances{stage}                  index rows per stage, terminal ones too
+xray_gateway_queue_depth{stage}                rows with work left, per stage
+xray_gateway_oldest_pending_age_seconds        age of the oldest row with work left
+xray_gateway_failing_instances{stage,error}    rows whose last attempt failed
+xray_gateway_cstore_responses_total{status}    C-STORE responses sent, by status
+xray_gateway_spool_free_bytes                  free bytes on the spool's filesystem
+xray_gateway_spool_reserve_bytes               below this, C-STOREs get 0xA700
+xray_gateway_commitment_requests_total{result} N-ACTIONs accepted / refused
+xray_gateway_commitment_reports_total{event_type}  N-EVENT-REPORTs delivered
+xray_gateway_commitment_delivery_failures_total    failed delivery attempts
+xray_gateway_commitment_requests_stored{state}  stored: open, ready, reported
+=============================================  =========================================
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.registry import Collector
+
+from gateway.index import DONE_STAGES, STAGES, Index
+
+if TYPE_CHECKING:
+    from gateway.commitment import CommitmentSCP
+    from gateway.receive import Receiver
+    from gateway.spool import Spool
+
+PREFIX = "xray_gateway"
+
+
+class GatewayCollector(Collector):
+    """Collects from the parts it is given; any part may be absent (None)."""
+
+    def __init__(
+        self,
+        *,
+        index: Index,
+        receiver: Receiver | None = None,
+        spool: Spool | None = None,
+        commitment: CommitmentSCP | None = None,
+    ) -> None:
+        self.index = index
+        self.receiver = receiver
+        self.spool = spool
+        self.commitment = commitment
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._index()
+        if self.receiver is not None:
+            responses = CounterMetricFamily(
+                f"{PREFIX}_cstore_responses", "C-STORE responses sent, by status", labels=["status"]
+            )
+            for code, count in sorted(self.receiver.response_counts().items()):
+                responses.add_metric([f"0x{code:04X}"], count)
+            yield responses
+        if self.spool is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_spool_free_bytes",
+                "Free bytes on the spool's filesystem",
+                value=self.spool.free_bytes(),
+            )
+            yield GaugeMetricFamily(
+                f"{PREFIX}_spool_reserve_bytes",
+                "Free bytes the spool keeps; below them C-STOREs get 0xA700",
+                value=self.spool.reserve_bytes,
+            )
+        if self.commitment is not None:
+            yield from self._commitment(self.commitment)
+
+    def _index(self) -> Iterator[Metric]:
+        counts = self.index.stage_counts()
+        instances = GaugeMetricFamily(
+            f"{PREFIX}_instances", "Index rows per stage (terminal stages too)", labels=["stage"]
+        )
+        queue = GaugeMetricFamily(
+            f"{PREFIX}_queue_depth", "Rows with work left, per stage", labels=["stage"]
+        )
+        for stage in sorted(set(STAGES) | set(DONE_STAGES) | set(counts)):
+            instances.add_metric([stage], counts.get(stage, 0))
+            if stage not in DONE_STAGES:
+                queue.add_metric([stage], counts.get(stage, 0))
+        yield instances
+        yield queue
+        oldest = self.index.oldest_pending()
+        yield GaugeMetricFamily(
+            f"{PREFIX}_oldest_pending_age_seconds",
+            "Age of the oldest row with work left (0 when none)",
+            value=max(0.0, time.time() - oldest.received_at) if oldest else 0.0,
+        )
+        failing = GaugeMetricFamily(
+            f"{PREFIX}_failing_instances",
+            "Rows with work left whose last attempt failed, by stage and error class",
+            labels=["stage", "error"],
+        )
+        for (stage, error), count in sorted(self.index.failure_counts().items()):
+            failing.add_metric([stage, error], count)
+        yield failing
+
+    def _commitment(self, scp: CommitmentSCP) -> Iterator[Metric]:
+        counters = scp.counts()
+        requests = CounterMetricFamily(
+            f"{PREFIX}_commitment_requests", "Storage Commitment N-ACTIONs", labels=["result"]
+        )
+        for result in ("accepted", "refused"):
+            requests.add_metric([result], counters.get(result, 0))
+        yield requests
+        reports = CounterMetricFamily(
+            f"{PREFIX}_commitment_reports",
+            "N-EVENT-REPORTs delivered (1: all committed, 2: some failed)",
+            labels=["event_type"],
+        )
+        for event_type in (1, 2):
+            reports.add_metric(
+                [str(event_type)], counters.get(f"reported_event_type_{event_type}", 0)
+            )
+        yield reports
+        yield CounterMetricFamily(
+            f"{PREFIX}_commitment_delivery_failures",
+            "Failed N-EVENT-REPORT delivery attempts (each is retried)",
+            value=counters.get("delivery_failures", 0),
+        )
+        stored = GaugeMetricFamily(
+            f"{PREFIX}_commitment_requests_stored",
+            "Stored commitment requests: open (waiting), ready (undelivered), reported",
+            labels=["state"],
+        )
+        states = scp.log.counts()
+        for state in ("open", "ready", "reported"):
+            stored.add_metric([state], states.get(state, 0))
+        yield stored
+
+
+def registry_for(collector: Collector) -> CollectorRegistry:
+    """A registry of its own (not the process-wide default) holding ``collector``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The text exposition and its content type."""
+    return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4
