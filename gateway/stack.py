@@ -15,14 +15,21 @@ import uvicorn
 from gateway.anchor import SingleAnchorer
 from gateway.api import create_app
 from gateway.api.app import Health, ensure_token
-from gateway.chain import ensure_contract, recorder_account, start_embedded_chain
+from gateway.chain import (
+    Deployment,
+    deployment_path,
+    ensure_contract,
+    recorder_account,
+    start_embedded_chain,
+)
 from gateway.config import Settings
 from gateway.forward import Pacs
 from gateway.index import Index
 from gateway.keys import init_keys, load_keyring, load_pseudonym_key
 from gateway.ledger.anvil import Anvil
 from gateway.ledger.client import XrayLedger
-from gateway.orthanc import EmbeddedOrthanc
+from gateway.orthanc import EmbeddedOrthanc, viewer_plugin_libraries
+from gateway.orthanc_plugin import ENTRY_SCRIPT, plugin_section
 from gateway.pipeline import ForwardOutcome, Pipeline
 from gateway.receive import Receiver
 from gateway.spool import Spool
@@ -80,11 +87,7 @@ class Stack:
             self.ledger = admin_ledger.as_account(recorder_account(s))
             init_keys(s.keys_dir)
             if s.orthanc_url is None:
-                self.orthanc = EmbeddedOrthanc(
-                    data_dir=s.data_dir,
-                    http_port=s.orthanc_http_port,
-                    dicom_port=s.orthanc_dicom_port,
-                )
+                self.orthanc = self._embedded_orthanc()
                 self.orthanc.start()
                 self.pacs = Pacs.from_embedded(self.orthanc)
             else:
@@ -120,6 +123,27 @@ class Stack:
         except BaseException:
             self.stop()
             raise
+
+    def _embedded_orthanc(self) -> EmbeddedOrthanc:
+        """Orthanc with the integrity plugin as its storage area, and the viewers."""
+        s = self.settings
+        assert self.ledger is not None
+        deployment = Deployment.load(deployment_path(s))
+        viewers = viewer_plugin_libraries()
+        return EmbeddedOrthanc(
+            data_dir=s.data_dir,
+            http_port=s.orthanc_http_port,
+            dicom_port=s.orthanc_dicom_port,
+            plugin=ENTRY_SCRIPT,
+            plugin_config=plugin_section(
+                data_dir=s.data_dir,
+                chain_url=s.effective_chain_url,
+                contract_address=self.ledger.address,
+                from_block=deployment.block_number if deployment is not None else 0,
+                web_viewer=any("WebViewer" in path.name for path in viewers),
+            ),
+            extra_plugins=viewers,
+        )
 
     def _start_api(self) -> None:
         ensure_token(self.token_path)
