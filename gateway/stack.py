@@ -220,4 +220,9 @@ class Stack:
             lines.insert(
                 5, f"  Orthanc DICOM   ORTHANC port {s.orthanc_dicom_port} (known AETs only)"
             )
+            lines.insert(
+                6,
+                f"  PACS viewers    {self.orthanc.url}/app/explorer.html  (every read checked"
+                " by the integrity plugin; alerts in alerts.sqlite)",
+            )
         return "\n".join(lines)
