@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := orthanc orthanc-python dcmtk
+APT_PACKAGES := orthanc orthanc-python orthanc-dicomweb orthanc-webviewer dcmtk chromium
 export TCP_NODELAY := 1
 
 .PHONY: up test deps apt npm venv contracts contracts-check lint lock clean-var

@@ -324,10 +324,9 @@ class Pacs:
         except requests.RequestException as exc:
             raise PacsUnavailable(f"Orthanc at {self.url} could not be read: {exc}") from exc
         with contextlib.closing(response):
-            if response.status_code == 404 and not self._has_plugin():
-                return self.fetch(orthanc_id, sink)
             if response.status_code == 404:
-                raise InstanceMissing(f"Orthanc has no instance {orthanc_id}", status=404)
+                # No plugin (no such route), or no such instance: the plain route tells.
+                return self.fetch(orthanc_id, sink)
             if response.status_code != 200:
                 raise PacsUnavailable(
                     f"Orthanc at {self.url} could not read instance {orthanc_id}: "
@@ -339,19 +338,6 @@ class Pacs:
                 sink.write(chunk)
                 size += len(chunk)
             return size
-
-    def _has_plugin(self) -> bool:
-        """True when Orthanc runs the xray plugin (it answers ``GET /xray/status``)."""
-        timeout = self._options["timeout_spec"]
-        try:
-            response = requests.get(
-                f"{self.url}/xray/status",
-                auth=self._options["auth"],
-                timeout=(timeout.connection_timeout, timeout.read_timeout),
-            )
-        except requests.RequestException as exc:
-            raise PacsUnavailable(f"Orthanc at {self.url} could not be reached: {exc}") from exc
-        return response.status_code == 200
 
     def find_instances(self, query: dict[str, str], *, page: int = 1000) -> list[tuple[str, str]]:
         """``(orthanc id, SOP Instance UID)`` of every instance matching ``query`` (``/tools/find``).

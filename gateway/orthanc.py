@@ -8,6 +8,7 @@ import secrets
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,17 @@ CREDENTIALS_FILE = "orthanc-http.json"
 PYTHON_PLUGIN_CANDIDATES = (
     Path("/usr/share/orthanc/plugins/libOrthancPython.so"),
     Path("/usr/lib/orthanc/libOrthancPython.so.4.0"),
+)
+
+# Viewer-side plugins from Debian (``orthanc-webviewer``, ``orthanc-dicomweb``), loaded
+# after the Python plugin so that the integrity plugin's routes come first.
+WEB_VIEWER_CANDIDATES = (
+    Path("/usr/share/orthanc/plugins/libOrthancWebViewer.so"),
+    Path("/usr/lib/orthanc/libOrthancWebViewer.so.2.8"),
+)
+DICOMWEB_CANDIDATES = (
+    Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
+    Path("/usr/lib/orthanc/libOrthancDicomWeb.so.1.7"),
 )
 
 # Keys the gateway's guarantees rest on; ``extra_config`` may not override them.
@@ -41,6 +53,9 @@ PROTECTED_KEYS = frozenset(
         "HttpPort",
         "DicomPort",
         "DicomAet",
+        "XrayGateway",
+        "WebViewer",
+        "DicomWeb",
     }
 )
 
@@ -54,6 +69,16 @@ def orthanc_binary() -> str:
     if fallback.exists():
         return str(fallback)
     raise ConfigError("Orthanc is not installed: apt-get install orthanc")
+
+
+def viewer_plugin_libraries() -> list[Path]:
+    """The installed Web Viewer and DICOMweb plugin libraries (either may be missing)."""
+    found = []
+    for candidates in (WEB_VIEWER_CANDIDATES, DICOMWEB_CANDIDATES):
+        existing = next((path for path in candidates if path.exists()), None)
+        if existing is not None:
+            found.append(existing)
+    return found
 
 
 def python_plugin_library() -> Path:
@@ -88,7 +113,10 @@ class EmbeddedOrthanc(Child):
       reads without touching the storage area, and the verification plugin (registered
       as the storage area) must see every read.
     - No plugin is loaded unless ``plugin`` (a Python script) is given: then exactly the
-      Python plugin library is loaded and runs that script.
+      Python plugin library is loaded and runs that script, with ``plugin_config`` as the
+      ``XrayGateway`` section; ``extra_plugins`` (the Web Viewer, DICOMweb) load after it.
+      The Web Viewer keeps its cache of decoded images in ``orthanc/webviewer-cache``;
+      DICOMweb answers on ``/dicom-web/`` and WADO-URI on ``/wado``.
     - WebDAV is off: it is a second upload path around the gateway.
     - HTTP compression is off: on loopback gzip only costs time, and Orthanc compresses a
       whole file before sending its first byte.
@@ -101,6 +129,10 @@ class EmbeddedOrthanc(Child):
         Where and as whom Orthanc answers.
     plugin:
         A Python script for Orthanc's Python plugin, or ``None`` for no plugin.
+    plugin_config:
+        The ``XrayGateway`` section the plugin reads (with ``plugin`` only).
+    extra_plugins:
+        Further plugin libraries (with ``plugin`` only), e.g. :func:`viewer_plugin_libraries`.
     extra_config:
         Further config keys (e.g. ``DicomModalities``); may not override the keys above.
     """
@@ -113,8 +145,12 @@ class EmbeddedOrthanc(Child):
         dicom_port: int = 4242,
         aet: str = "ORTHANC",
         plugin: Path | None = None,
+        plugin_config: dict[str, Any] | None = None,
+        extra_plugins: Sequence[Path] = (),
         extra_config: dict[str, Any] | None = None,
     ) -> None:
+        if plugin is None and (plugin_config or extra_plugins):
+            raise ConfigError("plugin_config and extra_plugins need the plugin script")
         clash = PROTECTED_KEYS & set(extra_config or {})
         if clash:
             raise ConfigError(f"extra_config may not set {', '.join(sorted(clash))}")
@@ -126,6 +162,8 @@ class EmbeddedOrthanc(Child):
         self.dicom_port = dicom_port
         self.aet = aet
         self.plugin = plugin
+        self.plugin_config = dict(plugin_config or {})
+        self.extra_plugins = list(extra_plugins)
         self.extra_config = dict(extra_config or {})
         argv = [orthanc_binary(), str(self.config_path)]
         super().__init__(
@@ -202,7 +240,24 @@ class EmbeddedOrthanc(Child):
         config.update(self.extra_config)
         if self.plugin is not None:
             config["Plugins"] = [str(python_plugin_library())]
+            config["Plugins"] += [str(path) for path in self.extra_plugins]
             config["PythonScript"] = str(self.plugin.resolve())
+            if self.plugin_config:
+                config["XrayGateway"] = self.plugin_config
+            names = " ".join(path.name for path in self.extra_plugins)
+            if "WebViewer" in names:
+                config["WebViewer"] = {
+                    "CachePath": str((self.home / "webviewer-cache").resolve()),
+                    "CacheSize": 100,
+                }
+            if "DicomWeb" in names:
+                config["DicomWeb"] = {
+                    "Enable": True,
+                    "Root": "/dicom-web/",
+                    "EnableWado": True,
+                    "WadoRoot": "/wado",
+                    "Ssl": False,
+                }
         else:
             del config["Plugins"]
         return config

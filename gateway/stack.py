@@ -19,7 +19,13 @@ from gateway.api.app import Health
 from gateway.api.auth import Tokens, ensure_token
 from gateway.api.deps import Services
 from gateway.audit import Audits
-from gateway.chain import ensure_contract, recorder_account, start_embedded_chain
+from gateway.chain import (
+    Deployment,
+    deployment_path,
+    ensure_contract,
+    recorder_account,
+    start_embedded_chain,
+)
 from gateway.commitment import CommitmentSCP
 from gateway.config import Settings
 from gateway.forward import Pacs
@@ -28,7 +34,8 @@ from gateway.keys import init_keys, load_keyring, load_pseudonym_key
 from gateway.ledger.anvil import Anvil
 from gateway.ledger.client import XrayLedger
 from gateway.metrics import GatewayCollector, registry_for, render
-from gateway.orthanc import EmbeddedOrthanc
+from gateway.orthanc import EmbeddedOrthanc, viewer_plugin_libraries
+from gateway.orthanc_plugin import ENTRY_SCRIPT, plugin_section
 from gateway.pipeline import ForwardOutcome, Pipeline
 from gateway.receive import Receiver
 from gateway.records import RecordViews
@@ -129,11 +136,7 @@ class Stack:
             self.ledger = admin_ledger.as_account(recorder_account(s))
             init_keys(s.keys_dir)
             if s.orthanc_url is None:
-                self.orthanc = EmbeddedOrthanc(
-                    data_dir=s.data_dir,
-                    http_port=s.orthanc_http_port,
-                    dicom_port=s.orthanc_dicom_port,
-                )
+                self.orthanc = self._embedded_orthanc()
                 self.orthanc.start()
                 self.pacs = Pacs.from_embedded(self.orthanc)
             else:
@@ -173,6 +176,27 @@ class Stack:
         except BaseException:
             self.stop()
             raise
+
+    def _embedded_orthanc(self) -> EmbeddedOrthanc:
+        """Orthanc with the integrity plugin as its storage area, and the viewers."""
+        s = self.settings
+        assert self.ledger is not None
+        deployment = Deployment.load(deployment_path(s))
+        viewers = viewer_plugin_libraries()
+        return EmbeddedOrthanc(
+            data_dir=s.data_dir,
+            http_port=s.orthanc_http_port,
+            dicom_port=s.orthanc_dicom_port,
+            plugin=ENTRY_SCRIPT,
+            plugin_config=plugin_section(
+                data_dir=s.data_dir,
+                chain_url=s.effective_chain_url,
+                contract_address=self.ledger.address,
+                from_block=deployment.block_number if deployment is not None else 0,
+                web_viewer=any("WebViewer" in path.name for path in viewers),
+            ),
+            extra_plugins=viewers,
+        )
 
     def _start_api(self) -> None:
         ensure_token(self.token_path)
@@ -273,5 +297,10 @@ class Stack:
         if self.orthanc is not None:
             lines.insert(
                 5, f"  Orthanc DICOM   ORTHANC port {s.orthanc_dicom_port} (known AETs only)"
+            )
+            lines.insert(
+                6,
+                f"  PACS viewers    {self.orthanc.url}/app/explorer.html  (every read checked"
+                " by the integrity plugin; alerts in alerts.sqlite)",
             )
         return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,6 +29,8 @@ class TestOrthanc:
         *,
         data_dir: Path | None = None,
         plugin: Path | None = None,
+        plugin_config: dict[str, Any] | None = None,
+        extra_plugins: Sequence[Path] = (),
         extra_config: dict[str, Any] | None = None,
         timeout: float = 30.0,
     ) -> None:
@@ -39,6 +42,8 @@ class TestOrthanc:
             dicom_port=free_port(),
             aet="TESTPACS",
             plugin=plugin,
+            plugin_config=plugin_config,
+            extra_plugins=extra_plugins,
             extra_config=extra_config,
         )
         self.timeout = timeout

@@ -1,0 +1,1 @@
+"""Benchmarks of the gateway against the performance targets of the design."""

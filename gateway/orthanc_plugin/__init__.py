@@ -1,0 +1,51 @@
+"""The Orthanc plugin: integrity checks inside the PACS, for radiologists.
+
+``xray-gateway up`` loads :data:`ENTRY_SCRIPT` into the embedded Orthanc with the
+``XrayGateway`` configuration section from :func:`plugin_section`. See ``host.py`` for the
+routes and ``guard.py`` for what is checked on every read.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+from gateway.orthanc_plugin.settings import SECTION
+from gateway.procs import PROJECT_ROOT
+
+ENTRY_SCRIPT = Path(__file__).resolve().with_name("entry.py")
+
+__all__ = ["ENTRY_SCRIPT", "SECTION", "plugin_section"]
+
+
+def plugin_section(
+    *,
+    data_dir: Path,
+    chain_url: str | None = None,
+    contract_address: str | None = None,
+    from_block: int = 0,
+    web_viewer: bool = False,
+    mirror_interval: float = 2.0,
+) -> dict[str, Any]:
+    """The ``XrayGateway`` section for Orthanc's configuration.
+
+    ``SysPath`` is this project's root and the running interpreter's site-packages (the
+    venv's), so the script Orthanc runs imports this very code and its dependencies.
+    """
+    paths = sysconfig.get_paths()
+    sys_path = [str(PROJECT_ROOT)]
+    for key in ("purelib", "platlib"):
+        if paths[key] not in sys_path:
+            sys_path.append(paths[key])
+    section: dict[str, Any] = {
+        "SysPath": sys_path,
+        "DataDir": str(data_dir.resolve()),
+        "FromBlock": from_block,
+        "WebViewer": web_viewer,
+        "MirrorInterval": mirror_interval,
+    }
+    if chain_url and contract_address:
+        section["ChainUrl"] = chain_url
+        section["ContractAddress"] = contract_address
+    return section

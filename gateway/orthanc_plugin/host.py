@@ -1,0 +1,290 @@
+"""The glue to Orthanc's ``orthanc`` module: storage area, REST routes, Explorer banner.
+
+Everything Orthanc-specific is here and in ``entry.py``; the logic is in typed modules
+that run without Orthanc (``guard``, ``verdict``, ``catalog``, ``records``,
+``ledger_mirror``). ``orthanc`` is passed in (it only exists inside Orthanc).
+
+Routes (all behind Orthanc's HTTP authentication, GET only):
+
+``/xray/instances/{id}/integrity``, ``/xray/series/{id}/integrity``, ``/xray/studies/{id}/integrity``
+    The verdict as JSON, with a radiologist's explanation (Explorer's banner reads these).
+``/xray/instances/{id}/stored-file``
+    The DICOM file exactly as stored, *without* the refusal, for the gateway's verify and
+    audit code to hash and diff a tampered copy. Headers ``X-Xray-Status`` (the verdict)
+    and ``X-Xray-Dataset-Digest`` (hex SHA-256 of the dataset bytes, File Meta excluded).
+``/web-viewer/series/{id}`` (when the Orthanc Web Viewer plugin is loaded)
+    Replaces the viewer's series answer (the Python plugin is loaded first, so its route
+    wins): each refused slice becomes ``xray-refused-<id>_<frame>``, which the viewer then
+    asks from ``/web-viewer/instances/<compression>-xray-refused-…``, answered with a
+    "REFUSED" picture (:mod:`~gateway.orthanc_plugin.viewer_image`); the overlay line that
+    shows the series description carries the integrity headline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from gateway.alerts import Alerts
+from gateway.orthanc_plugin.catalog import Catalog
+from gateway.orthanc_plugin.guard import DICOM, Guard, dataset_digest
+from gateway.orthanc_plugin.ledger_mirror import LedgerMirror
+from gateway.orthanc_plugin.records import RecordBook
+from gateway.orthanc_plugin.settings import PluginSettings
+from gateway.orthanc_plugin.storage import FileArea
+from gateway.orthanc_plugin.verdict import SEVERITY, Status, Verdict, worst
+from gateway.orthanc_plugin.viewer_image import refusal_image
+
+ORTHANC_ID = r"([0-9a-f]{8}(?:-[0-9a-f]{8}){4})"
+EXPLORER_JS = Path(__file__).with_name("explorer.js")
+LEVELS = {"instances": "instance", "series": "series", "studies": "study"}
+REFUSED_SLICE = "xray-refused-"
+
+
+class NotFound(Exception):
+    """No such resource in Orthanc."""
+
+
+class XrayPlugin:
+    """The plugin as installed in one Orthanc: the guard plus the REST handlers."""
+
+    def __init__(self, orthanc: Any, settings: PluginSettings) -> None:
+        self.orthanc = orthanc
+        self.settings = settings
+        self.mirror: LedgerMirror | None = None
+        if settings.chain_url and settings.contract_address:
+            url, address = settings.chain_url, settings.contract_address
+
+            def connect() -> Any:
+                from gateway.ledger.client import XrayLedger  # web3: imported in the thread
+
+                return XrayLedger.at(url, address)
+
+            self.mirror = LedgerMirror(
+                connect=connect,
+                from_block=settings.from_block,
+                interval=settings.mirror_interval,
+                log=orthanc.LogWarning,
+            )
+        self.catalog = Catalog(settings.catalog_path)
+        self.guard = Guard(
+            area=FileArea(settings.storage_dir, sync=settings.sync_storage),
+            catalog=self.catalog,
+            records=RecordBook(settings.index_path),
+            alerts=Alerts(settings.alerts_path),
+            ledger=self.mirror,
+            log=orthanc.LogWarning,
+        )
+
+    # -- registration ----------------------------------------------------------------------
+
+    def register(self) -> None:
+        o = self.orthanc
+        o.RegisterStorageArea(self.guard.create, self.guard.read, self.guard.remove)
+        for level in LEVELS:
+            o.RegisterRestCallback(
+                f"/xray/{level}/{ORTHANC_ID}/integrity", self._integrity_route(level)
+            )
+        o.RegisterRestCallback(f"/xray/instances/{ORTHANC_ID}/stored-file", self.stored_file)
+        if self.settings.web_viewer:
+            o.RegisterRestCallback(f"/web-viewer/series/{ORTHANC_ID}", self.web_viewer_series)
+            o.RegisterRestCallback(
+                f"/web-viewer/instances/[a-z0-9]+-{REFUSED_SLICE}{ORTHANC_ID}_[0-9]+",
+                self.web_viewer_refused_slice,
+            )
+        o.ExtendOrthancExplorer(EXPLORER_JS.read_text())
+        o.RegisterOnChangeCallback(self.on_change)
+        if self.mirror is not None:
+            self.mirror.start()
+        o.LogWarning(
+            "xray-gateway plugin: storage area checks every DICOM read against "
+            f"{self.settings.index_path}"
+            + (f" and the ledger at {self.settings.chain_url}" if self.mirror else "")
+        )
+
+    def on_change(self, change_type: int, level: int, resource: str) -> None:
+        if change_type == self.orthanc.ChangeType.ORTHANC_STOPPED and self.mirror is not None:
+            self.mirror.stop()
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def _get_json(self, uri: str) -> Any:
+        try:
+            return json.loads(self.orthanc.RestApiGet(uri))
+        except self.orthanc.OrthancException as exc:
+            raise NotFound(uri) from exc
+
+    def attachment_uuid(self, orthanc_id: str) -> str:
+        attachment = self.catalog.by_orthanc_id(orthanc_id, DICOM)
+        if attachment is not None:
+            return attachment.uuid
+        info = self._get_json(f"/instances/{orthanc_id}/attachments/dicom/info")
+        return str(info["Uuid"])
+
+    def instance_verdict(self, orthanc_id: str) -> Verdict:
+        return self.guard.inspect(self.attachment_uuid(orthanc_id), orthanc_id=orthanc_id)
+
+    def summary(self, level: str, orthanc_id: str) -> dict[str, Any]:
+        """The integrity answer for one instance, series or study."""
+        if level == "instances":
+            self._get_json(f"/instances/{orthanc_id}")  # 404 for an id Orthanc does not know
+            answer = self.instance_verdict(orthanc_id).as_json()
+            answer["id"] = orthanc_id
+            return answer
+        instances = self._get_json(f"/{level}/{orthanc_id}/instances")
+        items: list[dict[str, Any]] = []
+        for instance in instances:
+            verdict = self.instance_verdict(str(instance["ID"]))
+            items.append(
+                {
+                    "id": instance["ID"],
+                    "instance_number": instance.get("MainDicomTags", {}).get("InstanceNumber"),
+                    "status": verdict.status,
+                    "served": verdict.served,
+                    "headline": verdict.headline,
+                }
+            )
+        statuses: list[Status] = [item["status"] for item in items]
+        status = worst(statuses)
+        counts = Counter(statuses)
+        headline, explanation = _summary_text(LEVELS[level], status, counts, len(items))
+        return {
+            "id": orthanc_id,
+            "level": LEVELS[level],
+            "status": status,
+            "served": all(item["served"] for item in items),
+            "headline": headline,
+            "explanation": explanation,
+            "counts": {key: counts[key] for key in SEVERITY if counts[key]},
+            "instances": items,
+        }
+
+    # -- REST handlers ---------------------------------------------------------------------
+
+    def _integrity_route(self, level: str) -> Any:
+        def handler(output: Any, uri: str, **request: Any) -> None:
+            if request.get("method") != "GET":
+                output.SendMethodNotAllowed("GET")
+                return
+            try:
+                answer = self.summary(level, request["groups"][0])
+            except NotFound:
+                _send_status(output, 404, f"no such {LEVELS[level]} in Orthanc")
+                return
+            output.AnswerBuffer(json.dumps(answer, indent=2), "application/json")
+
+        return handler
+
+    def stored_file(self, output: Any, uri: str, **request: Any) -> None:
+        """The stored bytes without the refusal (for the gateway's verify and audit code)."""
+        if request.get("method") != "GET":
+            output.SendMethodNotAllowed("GET")
+            return
+        orthanc_id = request["groups"][0]
+        try:
+            uuid = self.attachment_uuid(orthanc_id)
+        except NotFound:
+            _send_status(output, 404, "no such instance in Orthanc")
+            return
+        try:
+            data = self.guard.area.read(uuid)
+        except FileNotFoundError:
+            _send_status(output, 404, "the instance's file is missing from Orthanc's storage")
+            return
+        verdict = self.guard.check(uuid, data, orthanc_id=orthanc_id)
+        output.SetHttpHeader("X-Xray-Status", verdict.status)
+        # not a readable DICOM file any more: no digest header, the status says so
+        with contextlib.suppress(Exception):
+            output.SetHttpHeader("X-Xray-Dataset-Digest", dataset_digest(data).hex())
+        output.AnswerBuffer(data, "application/dicom")
+
+    def web_viewer_series(self, output: Any, uri: str, **request: Any) -> None:
+        """The Web Viewer's series answer, without refused instances and with the warning."""
+        series_id = request["groups"][0]
+        try:
+            series = self._get_json(f"/series/{series_id}")
+            summary = self.summary("series", series_id)
+            study = self._get_json(f"/studies/{series['ParentStudy']}")
+        except NotFound:
+            _send_status(output, 404, "no such series in Orthanc")
+            return
+        refused = {item["id"] for item in summary["instances"] if not item["served"]}
+
+        def name(instance_id: str) -> str:
+            return REFUSED_SLICE + instance_id if instance_id in refused else instance_id
+
+        slices: list[str] = []
+        try:
+            ordered = self._get_json(f"/series/{series_id}/ordered-slices")
+            for instance_id, first, count in ordered.get("SlicesShort", []):
+                slices.extend(
+                    f"{name(instance_id)}_{frame}" for frame in range(first, first + count)
+                )
+        except NotFound:
+            slices = [f"{name(item['id'])}_0" for item in summary["instances"]]
+        description = series.get("MainDicomTags", {}).get("SeriesDescription", "")
+        if summary["status"] != "intact":
+            description = f"xray-gateway: {summary['headline']}" + (
+                f" ({description})" if description else ""
+            )
+        patient = study.get("PatientMainDicomTags", {})
+        answer = {
+            "ID": series_id,
+            "Slices": slices,
+            "PatientID": patient.get("PatientID", ""),
+            "PatientName": patient.get("PatientName", ""),
+            "StudyDescription": study.get("MainDicomTags", {}).get("StudyDescription", ""),
+            "SeriesDescription": description,
+        }
+        output.AnswerBuffer(json.dumps(answer), "application/json")
+
+    def web_viewer_refused_slice(self, output: Any, uri: str, **request: Any) -> None:
+        """The picture shown in the Web Viewer in place of a refused slice."""
+        output.AnswerBuffer(json.dumps(refusal_image()), "application/json")
+
+
+def _send_status(output: Any, status: int, message: str) -> None:
+    """An error status with a one-line body (Orthanc's SDK wants the body's length too)."""
+    body = json.dumps({"HttpStatus": status, "Message": message})
+    output.SendHttpStatus(status, body, len(body))
+
+
+def _summary_text(
+    level: str, status: Status, counts: Counter[Status], total: int
+) -> tuple[str, str]:
+    refused = counts["tampered"] + counts["missing"]
+    if refused:
+        return (
+            f"Refused: {refused} of {total} images in this {level} were altered or are missing.",
+            "Those images are withheld from every viewer and download; the others are "
+            "verified or flagged below. The PACS administrator has been alerted and can "
+            "restore the recorded originals.",
+        )
+    if status == "intact":
+        return (
+            f"Verified: all {total} images in this {level} are unaltered since they were recorded.",
+            "Each image's stored copy matches the version the xray gateway recorded.",
+        )
+    flagged: dict[Status, str] = {
+        "unregistered": "did not pass through the xray gateway (no record; cannot be verified)",
+        "retired": "have a retired ledger record (withdrawn, not altered)",
+        "pending": "are not anchored on the ledger yet",
+        "unverifiable": "could not be checked",
+    }
+    parts = [f"{counts[key]} {text}" for key, text in flagged.items() if counts[key]]
+    return (
+        f"Warning: in this {level}, " + "; ".join(parts) + ".",
+        "These images are shown so that clinical access is not lost; the PACS administrator "
+        "has been alerted.",
+    )
+
+
+def install(orthanc: Any) -> XrayPlugin:
+    """Read the ``XrayGateway`` section, build the plugin and register it with Orthanc."""
+    settings = PluginSettings.from_orthanc(json.loads(orthanc.GetConfiguration()))
+    plugin = XrayPlugin(orthanc, settings)
+    plugin.register()
+    return plugin

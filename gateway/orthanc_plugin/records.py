@@ -1,0 +1,76 @@
+"""The gateway's index as the plugin reads it: read-only, one connection per Orthanc thread."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from gateway.orthanc_plugin.verdict import Version
+
+
+class IndexUnavailable(Exception):
+    """The gateway's index cannot be read (missing, locked too long, corrupt)."""
+
+
+# The versions a copy may legitimately be: every row that was not a duplicate or a
+# rejected reception and has been fingerprinted, oldest first.
+VERSIONS_SQL = (
+    "SELECT version, digest, pixel_digest, record_key, tx_hash, block_number, block_time,"
+    " recorder, batch_id, leaf_index, transfer_syntax FROM instances WHERE sop_instance_uid = ?"
+    " AND stage NOT IN ('duplicate', 'rejected') AND digest IS NOT NULL ORDER BY id"
+)
+
+
+class RecordBook:
+    """Looks up the recorded versions of a SOP Instance UID in ``<data>/index.sqlite``.
+
+    The index is opened read-only (``mode=ro``): the plugin never writes the gateway's
+    records. Each Orthanc thread gets its own connection (sqlite3 connections are not
+    shared across threads); WAL lets these readers run beside the gateway's writer.
+    """
+
+    def __init__(self, path: Path, *, timeout: float = 5.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._local = threading.local()
+
+    def _connection(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            if not self.path.exists():
+                raise IndexUnavailable(f"the gateway's index {self.path} does not exist")
+            try:
+                db = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, timeout=self.timeout,
+                    check_same_thread=True,
+                )  # fmt: skip
+            except sqlite3.Error as exc:
+                raise IndexUnavailable(f"the gateway's index cannot be opened: {exc}") from exc
+            self._local.db = db
+        return db
+
+    def versions(self, sop_instance_uid: str) -> tuple[Version, ...]:
+        """Every recorded version of ``sop_instance_uid``, oldest first; empty if none."""
+        try:
+            rows = self._connection().execute(VERSIONS_SQL, (sop_instance_uid,)).fetchall()
+        except sqlite3.Error as exc:
+            self._local.db = None
+            raise IndexUnavailable(f"the gateway's index cannot be read: {exc}") from exc
+        return tuple(
+            Version(
+                version=version,
+                digest=bytes(digest),
+                pixel_digest=bytes(pixel_digest) if pixel_digest is not None else None,
+                record_key=bytes(record_key) if record_key is not None else None,
+                tx_hash=tx_hash,
+                block_number=block_number,
+                block_time=block_time,
+                recorder=recorder,
+                batch_id=batch_id,
+                leaf_index=leaf_index,
+                transfer_syntax=transfer_syntax,
+            )
+            for (version, digest, pixel_digest, record_key, tx_hash, block_number, block_time,
+                 recorder, batch_id, leaf_index, transfer_syntax) in rows
+        )  # fmt: skip

@@ -1,0 +1,427 @@
+"""The plugin's logic without Orthanc: verdicts, the storage area's checks, settings, pictures."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import sqlite3
+import uuid
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pydicom
+import pytest
+
+import dicom_fixtures
+from gateway.alerts import Alerts
+from gateway.fingerprint import dataset_offset, fingerprint_bytes, read_header
+from gateway.index import Index
+from gateway.orthanc_plugin import plugin_section
+from gateway.orthanc_plugin.catalog import Catalog
+from gateway.orthanc_plugin.guard import (
+    DICOM,
+    DICOM_UNTIL_PIXEL_DATA,
+    Guard,
+    Refused,
+    _walk_meta,
+    dataset_fingerprint,
+    orthanc_instance_id,
+)
+from gateway.orthanc_plugin.ledger_mirror import LedgerMirror
+from gateway.orthanc_plugin.records import RecordBook
+from gateway.orthanc_plugin.settings import PluginConfigError, PluginSettings
+from gateway.orthanc_plugin.storage import FileArea
+from gateway.orthanc_plugin.verdict import (
+    LedgerFacts,
+    Retirement,
+    Version,
+    judge,
+    worst,
+)
+from gateway.orthanc_plugin.viewer_image import refusal_image, refusal_pixels
+from gateway.procs import PROJECT_ROOT
+
+UID = "1.2.3.4.5"
+A, B, C = b"\xaa" * 32, b"\xbb" * 32, b"\xcc" * 32
+SYNTAX = "1.2.840.10008.1.2.1"
+
+
+def version(digest: bytes, n: int = 1, *, anchored: bool = True, block: int = 10) -> Version:
+    return Version(
+        version=n,
+        digest=digest,
+        pixel_digest=b"\x01" * 32,
+        record_key=b"\x02" * 32,
+        tx_hash="0x" + digest.hex() if anchored else None,
+        block_number=block if anchored else None,
+        block_time=1_700_000_000 if anchored else None,
+        recorder="0x" + "11" * 20 if anchored else None,
+        batch_id=None,
+        leaf_index=None,
+        transfer_syntax=SYNTAX,
+    )
+
+
+# --- verdicts ----------------------------------------------------------------------------
+
+
+def test_a_copy_matching_the_anchored_version_is_intact() -> None:
+    verdict = judge(sop_instance_uid=UID, digest_now=A, versions=(version(A),), syntax_now=SYNTAX)
+    assert (verdict.status, verdict.served) == ("intact", True)
+    assert verdict.recorded is not None and verdict.recorded.digest == A
+    assert "confirmation pending" in verdict.ledger  # no mirror: the index's evidence only
+
+
+def test_a_copy_matching_no_version_is_refused_and_says_what_changed() -> None:
+    for changed, words in (("pixels", "pixel data was changed"), ("header", "header")):
+        verdict = judge(sop_instance_uid=UID, digest_now=B, versions=(version(A),), changed=changed)
+        assert (verdict.status, verdict.served) == ("tampered", False)
+        assert words in verdict.explanation
+        assert "altered" in verdict.headline
+        assert verdict.recorded is not None and verdict.recorded.digest == A
+
+
+def test_no_record_is_unregistered_and_served_unless_it_changed_since_arrival() -> None:
+    fresh = judge(sop_instance_uid=UID, digest_now=A, versions=(), arrival_digest=A)
+    assert (fresh.status, fresh.served) == ("unregistered", True)
+    assert "did not pass through the xray gateway" in fresh.headline
+    changed = judge(sop_instance_uid=UID, digest_now=B, versions=(), arrival_digest=A)
+    assert (changed.status, changed.served) == ("tampered", False)
+
+
+def test_received_but_not_anchored_is_pending() -> None:
+    verdict = judge(sop_instance_uid=UID, digest_now=A, versions=(version(A, anchored=False),))
+    assert (verdict.status, verdict.served) == ("pending", True)
+
+
+def test_an_older_recorded_version_is_intact_and_says_a_newer_one_exists() -> None:
+    verdict = judge(sop_instance_uid=UID, digest_now=A, versions=(version(A, 1), version(B, 2)))
+    assert verdict.status == "intact"
+    assert verdict.recorded is not None and verdict.recorded.version == 1
+    assert "newer version (2)" in verdict.explanation
+
+
+def test_the_ledger_confirms_refuses_or_retires() -> None:
+    versions = (version(A),)
+    confirmed = judge(
+        sop_instance_uid=UID, digest_now=A, versions=versions,
+        ledger={A: LedgerFacts(on_chain=True, synced_block=20)},
+    )  # fmt: skip
+    assert confirmed.status == "intact" and "confirmed on the ledger" in confirmed.ledger
+    forged = judge(
+        sop_instance_uid=UID, digest_now=A, versions=versions,
+        ledger={A: LedgerFacts(on_chain=False, synced_block=20)},
+    )  # fmt: skip
+    assert (forged.status, forged.served) == ("tampered", False)
+    assert "not on the ledger" in forged.headline
+    retired = judge(
+        sop_instance_uid=UID, digest_now=A, versions=versions,
+        ledger={A: LedgerFacts(True, 20, Retirement("0xAdmin", "wrong patient", 15, None))},
+    )  # fmt: skip
+    assert (retired.status, retired.served) == ("retired", True)
+    assert "wrong patient" in retired.explanation and "0xAdmin" in retired.explanation
+
+
+def test_a_changed_transfer_syntax_is_refused_even_with_the_same_dataset_bytes() -> None:
+    verdict = judge(
+        sop_instance_uid=UID, digest_now=A, versions=(version(A),), syntax_now="1.2.840.10008.1.2"
+    )
+    assert (verdict.status, verdict.served) == ("tampered", False)
+    assert "transfer syntax" in verdict.explanation
+
+
+def test_a_group_takes_its_worst_status() -> None:
+    assert worst(["intact", "unregistered", "intact"]) == "unregistered"
+    assert worst(["retired", "tampered", "pending"]) == "tampered"
+    assert worst([]) == "intact"
+
+
+# --- the dataset digest -------------------------------------------------------------------
+
+
+def test_the_fast_meta_walk_agrees_with_pydicom_on_every_fixture(tmp_path: Path) -> None:
+    files = dicom_fixtures.generate(tmp_path)
+    files += sorted((Path(pydicom.__file__).parent / "data" / "test_files").rglob("*.dcm"))
+    compared = 0
+    for path in files:
+        data = path.read_bytes()
+        walked = _walk_meta(data)
+        try:
+            offset, syntax = dataset_offset(io.BytesIO(data))
+        except Exception:
+            assert walked is None or walked[0] > 0  # pydicom refuses; the walk may still read it
+            continue
+        if walked is not None:
+            assert walked == (offset, str(syntax)), path.name
+            compared += 1
+        digest, declared = dataset_fingerprint(data)
+        # fingerprint()'s digest: SHA-256 of everything after pydicom's File Meta
+        assert (digest, declared) == (hashlib.sha256(data[offset:]).digest(), str(syntax)), path.name
+    assert compared >= 30
+
+
+def test_the_meta_walk_does_not_trust_the_group_length(tmp_path: Path) -> None:
+    """Elements of another group hidden inside a lying (0002,0000) are dataset, not meta."""
+    (path,) = dicom_fixtures.ct_series(tmp_path, count=1, rows=8, cols=8)
+    data = bytearray(path.read_bytes())
+    offset, _ = dataset_offset(io.BytesIO(bytes(data)))
+    data[140:144] = (int.from_bytes(data[140:144], "little") + 40).to_bytes(4, "little")
+    walked = _walk_meta(bytes(data))
+    assert walked is not None and walked[0] == offset
+
+
+# --- the storage area ---------------------------------------------------------------------
+
+
+class Setup:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.files = dicom_fixtures.ct_series(tmp / "in", count=2, rows=16, cols=16)
+        self.index = Index(tmp / "index.sqlite")
+        self.alerts = Alerts(tmp / "alerts.sqlite")
+        self.logged: list[str] = []
+        self.guard = Guard(
+            area=FileArea(tmp / "storage", sync=False),
+            catalog=Catalog(tmp / "catalog.sqlite"),
+            records=RecordBook(tmp / "index.sqlite"),
+            alerts=self.alerts,
+            log=self.logged.append,
+        )
+
+    def record(self, path: Path) -> bytes:
+        data = path.read_bytes()
+        fp = fingerprint_bytes(data)
+        header = read_header(io.BytesIO(data))
+        row = self.index.add_received(
+            entry_id=str(uuid.uuid4()), sop_instance_uid=header.sop_instance_uid,
+            sop_class_uid=header.sop_class_uid, calling_aet="T", size=len(data),
+        )  # fmt: skip
+        self.index.update(
+            row, stage="committed", digest=fp.digest, pixel_digest=fp.pixel_digest, version=1,
+            tx_hash="0x" + fp.digest.hex(), block_number=3, transfer_syntax=fp.transfer_syntax,
+        )  # fmt: skip
+        return fp.digest
+
+    def store(self, path: Path) -> str:
+        name = str(uuid.uuid4())
+        self.guard.create(name, DICOM, path.read_bytes())
+        return name
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    return Setup(tmp_path)
+
+
+def test_create_keeps_orthancs_layout_and_read_serves_an_intact_file(setup: Setup) -> None:
+    setup.record(setup.files[0])
+    name = setup.store(setup.files[0])
+    assert (setup.tmp / "storage" / name[:2] / name[2:4] / name).read_bytes() == setup.files[
+        0
+    ].read_bytes()
+    assert setup.guard.read(name, DICOM) == setup.files[0].read_bytes()
+    assert setup.alerts.recent() == []
+
+
+def test_read_refuses_a_flipped_byte_and_alerts_once_per_incident(setup: Setup) -> None:
+    digest = setup.record(setup.files[0])
+    name = setup.store(setup.files[0])
+    path = setup.guard.area.path(name)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    for _ in range(3):
+        with pytest.raises(Refused) as refused:
+            setup.guard.read(name, DICOM)
+    assert refused.value.verdict.status == "tampered"
+    assert refused.value.verdict.changed == "pixels"
+    (alert,) = setup.alerts.recent()
+    assert (alert.kind, alert.source) == ("tampered", "orthanc-plugin")
+    assert digest.hex() in alert.detail
+    header = read_header(io.BytesIO(setup.files[0].read_bytes()))
+    assert alert.orthanc_id == orthanc_instance_id(
+        header.patient_id,
+        header.study_instance_uid,
+        header.series_instance_uid,
+        header.sop_instance_uid,
+    )
+    # Orthanc's header-only copy of a refused instance is withheld too
+    copy = str(uuid.uuid4())
+    offset = bytes(data).index(b"\xe0\x7f\x10\x00")
+    setup.guard.create(copy, DICOM_UNTIL_PIXEL_DATA, bytes(data[:offset]))
+    with pytest.raises(Refused):
+        setup.guard.read(copy, DICOM_UNTIL_PIXEL_DATA)
+
+
+def test_an_edited_header_copy_is_refused(setup: Setup) -> None:
+    setup.record(setup.files[1])
+    setup.store(setup.files[1])
+    data = setup.files[1].read_bytes()
+    copy = str(uuid.uuid4())
+    setup.guard.create(copy, DICOM_UNTIL_PIXEL_DATA, data[: data.index(b"\xe0\x7f\x10\x00")])
+    assert setup.guard.read(copy, DICOM_UNTIL_PIXEL_DATA)
+    path = setup.guard.area.path(copy)
+    path.write_bytes(path.read_bytes().replace(b"BENCHMARK^CT", b"SOMEONE^ELSE"))
+    with pytest.raises(Refused):
+        setup.guard.read(copy, DICOM_UNTIL_PIXEL_DATA)
+
+
+def test_an_unregistered_file_is_served_and_alerted_once(setup: Setup) -> None:
+    name = setup.store(setup.files[1])
+    for _ in range(3):
+        assert setup.guard.read(name, DICOM) == setup.files[1].read_bytes()
+    assert [a.kind for a in setup.alerts.recent()] == ["unregistered"]
+
+
+def test_other_attachments_pass_through_and_remove_cleans_up(setup: Setup) -> None:
+    name = str(uuid.uuid4())
+    setup.guard.create(name, 2, b"{not dicom}")
+    assert setup.guard.read(name, 2) == b"{not dicom}"
+    setup.guard.remove(name, 2)
+    assert not setup.guard.area.path(name).exists()
+    assert not (setup.tmp / "storage" / name[:2]).exists()
+
+
+def test_a_missing_file_is_reported_missing(setup: Setup) -> None:
+    setup.record(setup.files[0])
+    name = setup.store(setup.files[0])
+    setup.guard.area.path(name).unlink()
+    verdict = setup.guard.inspect(name)
+    assert (verdict.status, verdict.served) == ("missing", False)
+    assert [a.kind for a in setup.alerts.recent()] == ["missing"]
+
+
+def test_an_unreadable_index_is_served_with_a_warning(tmp_path: Path) -> None:
+    (path,) = dicom_fixtures.ct_series(tmp_path / "in", count=1, rows=8, cols=8)
+    alerts = Alerts(tmp_path / "alerts.sqlite")
+    guard = Guard(
+        area=FileArea(tmp_path / "storage", sync=False),
+        catalog=Catalog(tmp_path / "catalog.sqlite"),
+        records=RecordBook(tmp_path / "no-such-index.sqlite"),
+        alerts=alerts,
+    )
+    name = str(uuid.uuid4())
+    guard.create(name, DICOM, path.read_bytes())
+    assert guard.read(name, DICOM) == path.read_bytes()
+    assert {a.kind for a in alerts.recent()} == {"error"}
+
+
+def test_attachment_names_cannot_escape_the_storage(tmp_path: Path) -> None:
+    area = FileArea(tmp_path)
+    for bad in ("../../etc/passwd", "ABCDEF00-0000-0000-0000-000000000000", "x" * 36):
+        with pytest.raises(ValueError):
+            area.path(bad)
+
+
+def test_the_catalogue_survives_reopening(tmp_path: Path) -> None:
+    (path,) = dicom_fixtures.ct_series(tmp_path / "in", count=1, rows=8, cols=8)
+    guard = Guard(
+        area=FileArea(tmp_path / "storage", sync=False), catalog=Catalog(tmp_path / "c.sqlite"),
+        records=RecordBook(tmp_path / "index.sqlite"), alerts=Alerts(tmp_path / "a.sqlite"),
+    )  # fmt: skip
+    name = str(uuid.uuid4())
+    guard.create(name, DICOM, path.read_bytes())
+    guard.catalog.close()
+    again = Catalog(tmp_path / "c.sqlite").get(name)
+    assert (
+        again is not None
+        and again.sop_instance_uid == read_header(io.BytesIO(path.read_bytes())).sop_instance_uid
+    )
+    assert again.digest == fingerprint_bytes(path.read_bytes()).digest
+    db = sqlite3.connect(tmp_path / "c.sqlite")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# --- the ledger mirror -------------------------------------------------------------------
+
+
+class FakeEvents:
+    """A stand-in for web3's contract events (a pure unit test of the mirror's bookkeeping)."""
+
+    def __init__(self, logs: dict[str, list[dict[str, Any]]]) -> None:
+        self.logs = logs
+
+    def __getattr__(self, name: str) -> Any:
+        def event() -> SimpleNamespace:
+            def get_logs(from_block: int, to_block: int) -> list[dict[str, Any]]:
+                return [
+                    log
+                    for log in self.logs.get(name, [])
+                    if from_block <= log["blockNumber"] <= to_block
+                ]
+
+            return SimpleNamespace(get_logs=get_logs)
+
+        return event
+
+
+def test_the_mirror_confirms_denies_or_waits() -> None:
+    key = b"\x02" * 32
+    logs = {
+        "ImageRecorded": [{"blockNumber": 5, "args": {"recordKey": key, "digest": A}}],
+        "ImageRetired": [
+            {"blockNumber": 9, "args": {"recordKey": key, "by": "0xAdmin", "reason": "dup"}}
+        ],
+    }
+    chain = SimpleNamespace(
+        w3=SimpleNamespace(
+            eth=SimpleNamespace(block_number=10, get_block=lambda n: {"timestamp": 123})
+        ),
+        contract=SimpleNamespace(events=FakeEvents(logs)),
+    )
+    mirror = LedgerMirror(connect=lambda: chain)  # type: ignore[arg-type,return-value]
+    assert mirror.facts(version(A, block=5)).on_chain is None  # not synced yet
+    assert mirror.sync() == 10 and mirror.synced_block == 10
+    on_chain = mirror.facts(version(A, block=5))
+    assert (
+        on_chain.on_chain is True
+        and on_chain.retired is not None
+        and on_chain.retired.reason == "dup"
+    )
+    assert mirror.facts(version(B, block=5)).on_chain is False  # the index claims block 5
+    assert mirror.facts(version(B, block=11)).on_chain is None  # not that far yet
+
+
+# --- settings, section, picture -------------------------------------------------------------
+
+
+def test_settings_refuse_what_would_defeat_the_check(tmp_path: Path) -> None:
+    base = {
+        "StorageDirectory": str(tmp_path / "storage"),
+        "XrayGateway": {"DataDir": str(tmp_path)},
+    }
+    settings = PluginSettings.from_orthanc(base)
+    assert settings.index_path == tmp_path / "index.sqlite"
+    assert settings.alerts_path == tmp_path / "alerts.sqlite"
+    assert settings.catalog_path == tmp_path / "xray-attachments.sqlite"
+    assert settings.chain_url is None
+    with pytest.raises(PluginConfigError, match="StorageCompression"):
+        PluginSettings.from_orthanc({**base, "StorageCompression": True})
+    with pytest.raises(PluginConfigError, match="DataDir"):
+        PluginSettings.from_orthanc({"StorageDirectory": "x"})
+    with pytest.raises(PluginConfigError, match="together"):
+        PluginSettings.from_orthanc(
+            {**base, "XrayGateway": {"DataDir": "x", "ChainUrl": "http://c"}}
+        )
+
+
+def test_the_section_puts_this_project_and_its_venv_on_orthancs_path(tmp_path: Path) -> None:
+    section = plugin_section(data_dir=tmp_path, chain_url="http://c:1", contract_address="0xabc")
+    assert section["SysPath"][0] == str(PROJECT_ROOT)
+    assert any(Path(p, "pydicom").is_dir() for p in section["SysPath"])
+    assert section["DataDir"] == str(tmp_path.resolve())
+    assert (section["ChainUrl"], section["ContractAddress"]) == ("http://c:1", "0xabc")
+    assert "ChainUrl" not in plugin_section(data_dir=tmp_path)
+
+
+def test_the_refusal_picture_spells_refused_in_the_viewers_format() -> None:
+    pixels = refusal_pixels(512, 512)
+    assert len(pixels) == 512 * 512 * 2
+    lit = sum(1 for i in range(0, len(pixels), 2) if pixels[i] == 255)
+    assert 5_000 < lit < 512 * 512 // 4  # letters, not a blank or a white frame
+    image = refusal_image()
+    assert zlib.decompress(base64.b64decode(image["Orthanc"]["PixelData"])) == bytes(pixels)
+    assert image["Orthanc"]["Compression"] == "Deflate" and image["color"] is False
