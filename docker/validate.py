@@ -3,15 +3,25 @@
 Checks:
 
 - every image is pinned: it has a tag (or digest) and the tag is not ``latest``,
-  in compose.yaml and in the Dockerfile's ``FROM`` lines;
+  in compose.yaml and in every Dockerfile's ``FROM`` lines (build stages excepted);
 - every variable the deployment reads is documented in .env.example: each
   ``${VAR}`` compose interpolates without a default, each docker secret taken
-  from the environment and each ``GATEWAY_*`` variable (compose or Dockerfile);
+  from the environment and each ``GATEWAY_*`` variable (compose or Dockerfile),
+  and every field of ``gateway/config.py``'s ``Settings`` as ``GATEWAY_<FIELD>``;
+- nothing in .env.example is stale: each variable it sets is read by compose.yaml;
 - a ``GATEWAY_*`` variable set in compose takes its value from the ``.env``
   variable of the same name, so .env is the one place to change it;
 - no secret is written into compose.yaml: secret-looking settings hold only
-  ``${VAR}`` references, and URLs carry no literal password;
-- .env.example holds placeholders, not secrets, and .env is git-ignored.
+  ``${VAR}`` references, and URLs carry no literal password; every secret a
+  service names is declared, every declared secret is used;
+- .env.example holds placeholders, not secrets, and .env is git-ignored; each
+  Dockerfile has a ``.dockerignore`` that keeps .env files and keys out;
+- the Orthanc image runs the integrity plugin as the code expects
+  (``orthanc/orthanc.json``, ``Dockerfile.orthanc`` and the ``orthanc`` service): stored
+  bytes as received, no storage cache, the Python plugin loaded first, the plugin's
+  ``SysPath`` where the image installs the gateway, the gateway's data volume mounted at
+  the plugin's ``DataDir`` (the keys volume not at all), Orthanc's files on a volume, and
+  none of that overridden by ``ORTHANC__*`` variables.
 
 Run ``python docker/validate.py``; it exits 1 and lists the problems if any.
 Needs PyYAML.
@@ -19,16 +29,21 @@ Needs PyYAML.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 HERE = Path(__file__).resolve().parent
+SETTINGS_SOURCE = HERE.parent / "gateway" / "config.py"
+GATEWAY_DOCKERFILE = "Dockerfile"
+ORTHANC_DOCKERFILE = "Dockerfile.orthanc"
+ORTHANC_CONFIG = Path("orthanc") / "orthanc.json"
 
 PLACEHOLDER = "change-me"
 
@@ -42,6 +57,32 @@ BARE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:([^@\s]+)@", re.IGNORECASE)
 ENV_ASSIGNMENT = re.compile(r"^\s*(#\s*)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 GATEWAY_NAME = re.compile(r"\bGATEWAY_[A-Z0-9_]+\b")
+FROM_LINE = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?", re.IGNORECASE)
+GROUPADD_XRAY = re.compile(r"groupadd\b[^\n]*--gid\s+(\d+)\s+xray\b")
+PIP_TARGET = re.compile(r"--target\s+(\S+)")
+
+# What a .dockerignore must keep out of a build context: secrets and key material.
+DOCKERIGNORE_REQUIRED = ("**/.env", "**/*.key", "**/keys", "**/api-token", "var")
+
+# Orthanc settings the integrity plugin depends on: fixed by the image's orthanc.json,
+# never to be overridden from compose (ORTHANC__* variables win over the JSON files).
+ORTHANC_PROTECTED = frozenset(
+    {
+        "StorageCompression",
+        "MaximumStorageCacheSize",
+        "OverwriteInstances",
+        "SyncStorageArea",
+        "Plugins",
+        "PythonScript",
+        "StorageDirectory",
+        "IndexDirectory",
+        "XrayGateway.DataDir",
+        "XrayGateway.SysPath",
+        "XrayGateway.WebViewer",
+        "XrayGateway.CatalogPath",
+    }
+)
+PLUGIN_ENTRY = "gateway/orthanc_plugin/entry.py"
 
 
 def _unescape_dollars(text: str) -> str:
@@ -122,7 +163,23 @@ def load_env_example(path: Path) -> tuple[dict[str, str], set[str]]:
     return active, mentioned
 
 
-def check_images_pinned(compose: dict[str, Any], dockerfile: str) -> list[str]:
+def from_images(dockerfile: str) -> list[str]:
+    """The images a Dockerfile's ``FROM`` lines pull (references to earlier stages left out)."""
+    images: list[str] = []
+    stages: set[str] = set()
+    for line in dockerfile.splitlines():
+        match = FROM_LINE.match(line)
+        if not match:
+            continue
+        image, alias = match[1], match[2]
+        if image.lower() not in stages:
+            images.append(image)
+        if alias:
+            stages.add(alias.lower())
+    return images
+
+
+def check_images_pinned(compose: dict[str, Any], dockerfiles: Mapping[str, str]) -> list[str]:
     """Report images without a tag or digest, or tagged ``latest``."""
     errors: list[str] = []
     images = [
@@ -131,9 +188,7 @@ def check_images_pinned(compose: dict[str, Any], dockerfile: str) -> list[str]:
         if service.get("image")
     ]
     images += [
-        ("Dockerfile FROM", line.split()[1])
-        for line in dockerfile.splitlines()
-        if line.strip().upper().startswith("FROM ")
+        (f"{name} FROM", image) for name, text in dockerfiles.items() for image in from_images(text)
     ]
     for where, image in images:
         if "$" in image:
@@ -151,7 +206,7 @@ def check_images_pinned(compose: dict[str, Any], dockerfile: str) -> list[str]:
 
 def check_variables_documented(
     compose: dict[str, Any],
-    dockerfile: str,
+    dockerfiles: Mapping[str, str],
     active: dict[str, str],
     mentioned: set[str],
 ) -> list[str]:
@@ -182,9 +237,49 @@ def check_variables_documented(
                 errors.append(
                     f"service {service_name!r}: {key} must come from ${{{key}}} in .env, not {value!r}"
                 )
-    for name in sorted(set(GATEWAY_NAME.findall(dockerfile)) - mentioned):
-        errors.append(f"Dockerfile sets {name}, which .env.example does not list")
+    for file, text in dockerfiles.items():
+        for name in sorted(set(GATEWAY_NAME.findall(text)) - mentioned):
+            errors.append(f"{file} sets {name}, which .env.example does not list")
     return errors
+
+
+def check_env_example_used(compose: dict[str, Any], active: dict[str, str]) -> list[str]:
+    """Report variables .env.example sets that compose.yaml never reads (stale entries)."""
+    read = {name for text in _strings(compose) for name, _ in interpolations(text)}
+    read |= {
+        str(spec["environment"])
+        for spec in (compose.get("secrets") or {}).values()
+        if spec and spec.get("environment")
+    }
+    return [
+        f".env.example sets {name}, which compose.yaml never reads; remove it"
+        for name in sorted(set(active) - read)
+    ]
+
+
+def settings_fields(source: str) -> list[str]:
+    """The field names of the ``Settings`` class in ``gateway/config.py``'s source."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef) and node.name == "Settings":
+            return [
+                statement.target.id
+                for statement in node.body
+                if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
+            ]
+    return []
+
+
+def check_settings_documented(settings_source: str, mentioned: set[str]) -> list[str]:
+    """Report gateway settings that .env.example does not mention (set or commented)."""
+    fields = settings_fields(settings_source)
+    if not fields:
+        return ["gateway/config.py: no Settings class with fields found"]
+    return [
+        f"gateway/config.py has the setting {field}; .env.example does not mention "
+        f"GATEWAY_{field.upper()} (set it, or list it commented with why it is not set)"
+        for field in fields
+        if f"GATEWAY_{field.upper()}" not in mentioned
+    ]
 
 
 def _json_literal_values(text: str) -> list[str]:
@@ -226,9 +321,19 @@ def check_no_inline_secrets(compose: dict[str, Any]) -> list[str]:
         for match in URL_PASSWORD.finditer(_unescape_dollars(text)):
             if not _is_pure_interpolation(match[1]):
                 errors.append(f"URL with a literal password in compose.yaml: {text!r}")
-    for name, spec in (compose.get("secrets") or {}).items():
+    declared = compose.get("secrets") or {}
+    for name, spec in declared.items():
         if spec and "content" in spec:
             errors.append(f"secret {name!r} has inline content; use environment: or file:")
+    used: set[str] = set()
+    for service_name, service in (compose.get("services") or {}).items():
+        for entry in service.get("secrets") or []:
+            secret = str(entry.get("source") if isinstance(entry, dict) else entry)
+            used.add(secret)
+            if secret not in declared:
+                errors.append(f"service {service_name!r} uses secret {secret!r}, never declared")
+    for name in sorted(set(declared) - used):
+        errors.append(f"secret {name!r} is declared but no service uses it; remove it")
     return errors
 
 
@@ -248,13 +353,195 @@ def check_env_example(active: dict[str, str], gitignore: str) -> list[str]:
     return errors
 
 
-def validate(directory: Path = HERE) -> list[str]:
+def check_dockerignore(directory: Path, dockerfiles: Mapping[str, str]) -> list[str]:
+    """Report Dockerfiles without a ``<Dockerfile>.dockerignore`` that keeps secrets out."""
+    errors: list[str] = []
+    for name in dockerfiles:
+        path = directory / f"{name}.dockerignore"
+        if not path.exists():
+            errors.append(f"{name} has no {path.name}: its build context would take .env and keys")
+            continue
+        lines = {line.strip() for line in path.read_text(encoding="utf-8").splitlines()}
+        for pattern in DOCKERIGNORE_REQUIRED:
+            if pattern not in lines:
+                errors.append(f"{path.name} does not exclude {pattern}")
+    return errors
+
+
+def orthanc_json_path(env_key: str) -> str:
+    """The configuration path orthancteam's entrypoint writes an ``ORTHANC__*`` variable to.
+
+    ``ORTHANC__XRAY_GATEWAY__DATA_DIR`` -> ``XrayGateway.DataDir`` (its standard rule:
+    ``__`` separates levels, ``_`` separates the words of a CamelCase name).
+    """
+    tokens = env_key.removeprefix("ORTHANC__").split("__")
+    return ".".join("".join(word.capitalize() for word in token.split("_")) for token in tokens)
+
+
+def _build_dockerfile(service: Mapping[str, Any]) -> str | None:
+    build = service.get("build")
+    if isinstance(build, dict):
+        return Path(str(build.get("dockerfile", "Dockerfile"))).name
+    return "Dockerfile" if build else None
+
+
+def _volume_mounts(service: Mapping[str, Any]) -> dict[str, str]:
+    """Named volumes (and bind sources) of a service, keyed by their target path."""
+    mounts: dict[str, str] = {}
+    for entry in service.get("volumes") or []:
+        if isinstance(entry, dict):
+            if entry.get("target"):
+                mounts[str(entry["target"]).rstrip("/")] = str(entry.get("source", ""))
+            continue
+        parts = str(entry).split(":")
+        if len(parts) >= 2:
+            mounts[parts[1].rstrip("/")] = parts[0]
+    return mounts
+
+
+def _inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _instructions(dockerfile: str) -> str:
+    """The Dockerfile without its comment lines."""
+    return "\n".join(line for line in dockerfile.splitlines() if not line.lstrip().startswith("#"))
+
+
+def _dockerfile_env(dockerfile: str, name: str) -> str | None:
+    match = re.search(rf"\b{name}=(\S+)", _instructions(dockerfile))
+    return match[1] if match else None
+
+
+def check_orthanc_plugin(
+    compose: dict[str, Any], orthanc_config: Mapping[str, Any], dockerfiles: Mapping[str, str]
+) -> list[str]:
+    """Report anything that would keep the Orthanc service from running the integrity plugin
+    as ``gateway/orthanc_plugin`` expects (see the module docstring)."""
+    errors: list[str] = []
+    services: dict[str, Any] = compose.get("services") or {}
+    orthanc = [
+        name for name, svc in services.items() if _build_dockerfile(svc) == ORTHANC_DOCKERFILE
+    ]
+    gateway = [
+        name for name, svc in services.items() if _build_dockerfile(svc) == GATEWAY_DOCKERFILE
+    ]
+    if len(orthanc) != 1 or len(gateway) != 1:
+        return [
+            f"expected one service built from {ORTHANC_DOCKERFILE} and one from "
+            f"{GATEWAY_DOCKERFILE}; found {orthanc} and {gateway}"
+        ]
+    orthanc_service, gateway_service = services[orthanc[0]], services[gateway[0]]
+    config = orthanc_config
+    where = f"{ORTHANC_CONFIG}"
+
+    # -- what the check itself depends on
+    for key, wanted in (
+        ("StorageCompression", False),
+        ("MaximumStorageCacheSize", 0),
+        ("OverwriteInstances", False),
+    ):
+        if key not in config or config[key] != wanted or type(config[key]) is not type(wanted):
+            errors.append(f"{where}: {key} must be {json.dumps(wanted)}")
+    plugins = config.get("Plugins")
+    if (
+        not isinstance(plugins, list)
+        or not plugins
+        or not str(plugins[0]).endswith("/libOrthancPython.so")
+    ):
+        errors.append(f"{where}: Plugins must list libOrthancPython.so first, by path")
+        plugins = []
+    section = config.get("XrayGateway")
+    if not isinstance(section, dict) or not section.get("DataDir") or not section.get("SysPath"):
+        return [*errors, f'{where}: no "XrayGateway" section with DataDir and SysPath']
+    data_dir = str(section["DataDir"]).rstrip("/")
+    lib = str(section["SysPath"][0]).rstrip("/")
+    if config.get("PythonScript") != f"{lib}/{PLUGIN_ENTRY}":
+        errors.append(f"{where}: PythonScript must be {lib}/{PLUGIN_ENTRY} (first SysPath entry)")
+    viewer = any(str(path).endswith("/libOrthancWebViewer.so") for path in plugins)
+    if bool(section.get("WebViewer")) != viewer:
+        errors.append(f"{where}: XrayGateway.WebViewer must be {json.dumps(viewer)}, as Plugins")
+
+    # -- the image installs the gateway where SysPath says, and shares the gateway's group
+    orthanc_dockerfile = _instructions(dockerfiles.get(ORTHANC_DOCKERFILE, ""))
+    targets = PIP_TARGET.findall(orthanc_dockerfile)
+    if targets != [lib]:
+        errors.append(
+            f"{ORTHANC_DOCKERFILE} must pip install --target {lib} (XrayGateway.SysPath); "
+            f"found {targets}"
+        )
+    if f"COPY docker/{ORTHANC_CONFIG.as_posix()} /etc/orthanc/" not in orthanc_dockerfile:
+        errors.append(
+            f"{ORTHANC_DOCKERFILE} does not copy docker/{ORTHANC_CONFIG} to /etc/orthanc/"
+        )
+    gids = [
+        GROUPADD_XRAY.findall(_instructions(dockerfiles.get(name, "")))
+        for name in (GATEWAY_DOCKERFILE, ORTHANC_DOCKERFILE)
+    ]
+    if not gids[0] or gids[0] != gids[1]:
+        errors.append(f"group xray must have the same gid in both images; found {gids}")
+
+    # -- compose does not override what the image fixes
+    for key in _environment(orthanc_service):
+        if key == "ORTHANC_JSON" or (
+            key.startswith("ORTHANC__") and orthanc_json_path(key) in ORTHANC_PROTECTED
+        ):
+            errors.append(
+                f"service {orthanc[0]!r}: {key} overrides what {where} fixes for the plugin"
+            )
+
+    # -- volumes: the gateway's data at DataDir, never its keys; Orthanc's files persisted
+    gateway_data = _dockerfile_env(dockerfiles.get(GATEWAY_DOCKERFILE, ""), "GATEWAY_DATA_DIR")
+    gateway_mounts = _volume_mounts(gateway_service)
+    orthanc_mounts = _volume_mounts(orthanc_service)
+    if gateway_data is None or gateway_data.rstrip("/") != data_dir:
+        errors.append(
+            f"XrayGateway.DataDir {data_dir} is not the gateway image's GATEWAY_DATA_DIR "
+            f"({gateway_data})"
+        )
+    else:
+        volume = gateway_mounts.get(data_dir)
+        if volume is None:
+            errors.append(f"service {gateway[0]!r} mounts no volume at {data_dir}")
+        elif orthanc_mounts.get(data_dir) != volume:
+            errors.append(
+                f"service {orthanc[0]!r} must mount {volume!r} at {data_dir} (XrayGateway.DataDir)"
+            )
+        for target, source in gateway_mounts.items():
+            if (
+                target != data_dir
+                and _inside(target, data_dir)
+                and source in orthanc_mounts.values()
+            ):
+                errors.append(f"service {orthanc[0]!r} must not mount {source!r} ({target})")
+    for key in ("StorageDirectory", "IndexDirectory"):
+        path = str(config.get(key, ""))
+        if not path or not any(
+            _inside(path, target) for target in orthanc_mounts if target != data_dir
+        ):
+            errors.append(f"{where}: {key} {path!r} is on no volume of service {orthanc[0]!r}")
+    return errors
+
+
+def dockerfiles_in(directory: Path) -> dict[str, str]:
+    """Every ``Dockerfile*`` in ``directory`` (not their .dockerignore files), by name."""
+    return {
+        path.name: path.read_text(encoding="utf-8")
+        for path in sorted(directory.glob("Dockerfile*"))
+        if not path.name.endswith(".dockerignore")
+    }
+
+
+def validate(directory: Path = HERE, *, settings_source: Path = SETTINGS_SOURCE) -> list[str]:
     """Run every check on a deployment directory.
 
     Parameters
     ----------
     directory : Path
-        Directory holding compose.yaml, Dockerfile, .env.example and .gitignore.
+        Directory holding compose.yaml, the Dockerfiles, .env.example, .gitignore and
+        orthanc/orthanc.json.
+    settings_source : Path
+        ``gateway/config.py``, whose ``Settings`` fields .env.example must mention.
 
     Returns
     -------
@@ -264,15 +551,20 @@ def validate(directory: Path = HERE) -> list[str]:
     compose = yaml.safe_load((directory / "compose.yaml").read_text(encoding="utf-8"))
     if not isinstance(compose, dict) or not isinstance(compose.get("services"), dict):
         return ["compose.yaml: no services mapping"]
-    dockerfile = (directory / "Dockerfile").read_text(encoding="utf-8")
+    dockerfiles = dockerfiles_in(directory)
     active, mentioned = load_env_example(directory / ".env.example")
     gitignore_path = directory / ".gitignore"
     gitignore = gitignore_path.read_text(encoding="utf-8") if gitignore_path.exists() else ""
+    orthanc_config = json.loads((directory / ORTHANC_CONFIG).read_text(encoding="utf-8"))
     return [
-        *check_images_pinned(compose, dockerfile),
-        *check_variables_documented(compose, dockerfile, active, mentioned),
+        *check_images_pinned(compose, dockerfiles),
+        *check_variables_documented(compose, dockerfiles, active, mentioned),
+        *check_env_example_used(compose, active),
+        *check_settings_documented(settings_source.read_text(encoding="utf-8"), mentioned),
         *check_no_inline_secrets(compose),
         *check_env_example(active, gitignore),
+        *check_dockerignore(directory, dockerfiles),
+        *check_orthanc_plugin(compose, orthanc_config, dockerfiles),
     ]
 
 
@@ -283,7 +575,10 @@ def main(directory: Path = HERE) -> int:
         print(f"error: {error}", file=sys.stderr)
     if errors:
         return 1
-    print("docker/compose.yaml: images pinned, variables documented, no inline secrets")
+    print(
+        "docker/: images pinned, variables and settings documented, no inline secrets, "
+        "Orthanc runs the integrity plugin"
+    )
     return 0
 
 

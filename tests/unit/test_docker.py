@@ -1,21 +1,30 @@
-"""The compose deployment in docker/ passes its static checks (no Docker engine here)."""
+"""The compose deployment in docker/ passes its static checks (no Docker engine here), and
+the Orthanc image's configuration is one the integrity plugin accepts."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import re
 import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
+import yaml
 
-DOCKER_DIR = Path(__file__).resolve().parents[2] / "docker"
-FILES = ("compose.yaml", "Dockerfile", ".env.example", ".gitignore")
+from gateway.orthanc_plugin.settings import SECTION, PluginSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER_DIR = ROOT / "docker"
+ADDRESS = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 
 
-def _load_validator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("docker_validate", DOCKER_DIR / "validate.py")
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -26,15 +35,16 @@ def _load_validator() -> ModuleType:
     return module
 
 
-validator = _load_validator()
+validator = _load("docker_validate", DOCKER_DIR / "validate.py")
+entrypoint = _load("docker_orthanc_entrypoint", DOCKER_DIR / "orthanc" / "entrypoint.py")
 
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Path:
     """A scratch copy of docker/ that a test may break."""
-    for name in FILES:
-        shutil.copy(DOCKER_DIR / name, tmp_path / name)
-    return tmp_path
+    copy = tmp_path / "docker"
+    shutil.copytree(DOCKER_DIR, copy, ignore=shutil.ignore_patterns(".env", "__pycache__"))
+    return copy
 
 
 def _edit(path: Path, old: str, new: str) -> None:
@@ -47,13 +57,17 @@ def test_deployment_passes_static_checks() -> None:
     assert validator.validate(DOCKER_DIR) == []
 
 
+ORTHANC_ENV_ANCHOR = "      ORTHANC__NAME: XRAY-PACS\n"
+ORTHANC_DATA_MOUNT = "      - gateway-data:/var/lib/xray-gateway\n    # The gateway's group"
+
+
 @pytest.mark.parametrize(
     ("file", "old", "new", "complaint"),
     [
         pytest.param(
-            "compose.yaml",
-            "orthancteam/orthanc:26.8.2",
-            "orthancteam/orthanc:latest",
+            "Dockerfile.orthanc",
+            "FROM orthancteam/orthanc:26.8.2\n",
+            "FROM orthancteam/orthanc:latest\n",
             "uses 'latest'",
             id="latest-tag",
         ),
@@ -70,6 +84,13 @@ def test_deployment_passes_static_checks() -> None:
             "FROM python\n",
             "has no tag",
             id="untagged-base",
+        ),
+        pytest.param(
+            "Dockerfile.orthanc",
+            "FROM python:3.11-slim AS wheel\n",
+            "FROM python AS wheel\n",
+            "Dockerfile.orthanc FROM: image 'python' has no tag",
+            id="untagged-build-stage",
         ),
         pytest.param(
             "compose.yaml",
@@ -93,6 +114,20 @@ def test_deployment_passes_static_checks() -> None:
             id="required-variable-missing-from-example",
         ),
         pytest.param(
+            ".env.example",
+            "ORTHANC_GATEWAY_PASSWORD=change-me\n",
+            "ORTHANC_GATEWAY_PASSWORD=change-me\nXRAY_PLUGIN_API_TOKEN=change-me\n",
+            "sets XRAY_PLUGIN_API_TOKEN, which compose.yaml never reads",
+            id="stale-example-variable",
+        ),
+        pytest.param(
+            ".env.example",
+            "GATEWAY_SPOOL_RESERVE_MB=2048\n",
+            "",
+            "does not mention GATEWAY_SPOOL_RESERVE_MB",
+            id="setting-missing-from-example",
+        ),
+        pytest.param(
             "compose.yaml",
             "GATEWAY_S3_SECRET_KEY: ${GATEWAY_S3_SECRET_KEY:?set GATEWAY_S3_SECRET_KEY in docker/.env}",
             "GATEWAY_S3_SECRET_KEY: s3cr3t-value",
@@ -108,10 +143,24 @@ def test_deployment_passes_static_checks() -> None:
         ),
         pytest.param(
             "compose.yaml",
-            "ORTHANC__XRAY_GATEWAY__API_URL: http://gateway:8000",
-            "ORTHANC__XRAY_GATEWAY__API_URL: http://plugin:hunter2@gateway:8000",
+            "ORTHANC__XRAY_GATEWAY__CHAIN_URL: ${GATEWAY_CHAIN_URL:?set GATEWAY_CHAIN_URL in docker/.env}",
+            "ORTHANC__XRAY_GATEWAY__CHAIN_URL: http://rpc:hunter2@chain:8545",
             "literal password",
             id="password-in-url",
+        ),
+        pytest.param(
+            "compose.yaml",
+            "networks:\n  backend:\n",
+            "secrets:\n  plugin_api_token:\n    file: ./token\n\nnetworks:\n  backend:\n",
+            "secret 'plugin_api_token' is declared but no service uses it",
+            id="unused-secret",
+        ),
+        pytest.param(
+            "compose.yaml",
+            ORTHANC_DATA_MOUNT,
+            ORTHANC_DATA_MOUNT.replace("    # The", "    secrets: [plugin_api_token]\n    # The"),
+            "uses secret 'plugin_api_token', never declared",
+            id="undeclared-secret",
         ),
         pytest.param(
             ".env.example",
@@ -121,6 +170,101 @@ def test_deployment_passes_static_checks() -> None:
             id="real-secret-in-example",
         ),
         pytest.param(".gitignore", ".env\n", "", ".gitignore must list .env", id="env-not-ignored"),
+        pytest.param(
+            "Dockerfile.orthanc.dockerignore",
+            "**/keys\n",
+            "",
+            "Dockerfile.orthanc.dockerignore does not exclude **/keys",
+            id="keys-in-build-context",
+        ),
+        pytest.param(
+            "orthanc/orthanc.json",
+            '"StorageCompression": false',
+            '"StorageCompression": true',
+            "StorageCompression must be false",
+            id="storage-compression",
+        ),
+        pytest.param(
+            "orthanc/orthanc.json",
+            '"MaximumStorageCacheSize": 0',
+            '"MaximumStorageCacheSize": 128',
+            "MaximumStorageCacheSize must be 0",
+            id="storage-cache",
+        ),
+        pytest.param(
+            "orthanc/orthanc.json",
+            '"OverwriteInstances": false',
+            '"OverwriteInstances": true',
+            "OverwriteInstances must be false",
+            id="overwrite-instances",
+        ),
+        pytest.param(
+            "orthanc/orthanc.json",
+            '"/usr/share/orthanc/plugins/libOrthancPython.so",\n'
+            '    "/usr/share/orthanc/plugins/libOrthancWebViewer.so",',
+            '"/usr/share/orthanc/plugins/libOrthancWebViewer.so",\n'
+            '    "/usr/share/orthanc/plugins/libOrthancPython.so",',
+            "libOrthancPython.so first",
+            id="web-viewer-before-python",
+        ),
+        pytest.param(
+            "orthanc/orthanc.json",
+            '"SysPath": ["/opt/xray-gateway/lib"]',
+            '"SysPath": ["/opt/xray-gateway/site-packages"]',
+            "must pip install --target /opt/xray-gateway/site-packages",
+            id="sys-path-not-where-installed",
+        ),
+        pytest.param(
+            "Dockerfile.orthanc",
+            "groupadd --system --gid 10001 xray",
+            "groupadd --system --gid 10002 xray",
+            "group xray must have the same gid in both images",
+            id="group-mismatch",
+        ),
+        pytest.param(
+            "Dockerfile",
+            "GATEWAY_DATA_DIR=/var/lib/xray-gateway \\",
+            "GATEWAY_DATA_DIR=/srv/xray \\",
+            "is not the gateway image's GATEWAY_DATA_DIR",
+            id="data-dir-mismatch",
+        ),
+        pytest.param(
+            "compose.yaml",
+            ORTHANC_DATA_MOUNT,
+            "    # The gateway's group",
+            "must mount 'gateway-data' at /var/lib/xray-gateway",
+            id="plugin-without-gateway-data",
+        ),
+        pytest.param(
+            "compose.yaml",
+            ORTHANC_DATA_MOUNT,
+            ORTHANC_DATA_MOUNT.replace(
+                "    # The", "      - gateway-keys:/var/lib/xray-gateway/keys\n    # The"
+            ),
+            "must not mount 'gateway-keys'",
+            id="keys-mounted-into-orthanc",
+        ),
+        pytest.param(
+            "compose.yaml",
+            "      - orthanc-db:/var/lib/orthanc/db\n",
+            "",
+            "StorageDirectory '/var/lib/orthanc/db/storage' is on no volume",
+            id="orthanc-files-not-persisted",
+        ),
+        pytest.param(
+            "compose.yaml",
+            ORTHANC_ENV_ANCHOR,
+            ORTHANC_ENV_ANCHOR + '      ORTHANC__STORAGE_COMPRESSION: "true"\n',
+            "ORTHANC__STORAGE_COMPRESSION overrides",
+            id="compose-overrides-plugin-setting",
+        ),
+        pytest.param(
+            "compose.yaml",
+            ORTHANC_ENV_ANCHOR,
+            ORTHANC_ENV_ANCHOR + "      ORTHANC__XRAY_GATEWAY__DATA_DIR: /data\n",
+            "ORTHANC__XRAY_GATEWAY__DATA_DIR overrides",
+            id="compose-overrides-data-dir",
+        ),
     ],
 )
 def test_broken_deployment_is_reported(
@@ -133,10 +277,273 @@ def test_broken_deployment_is_reported(
     assert any(complaint in error for error in errors), errors
 
 
+def test_dockerfile_without_dockerignore_is_reported(deployment: Path) -> None:
+    (deployment / "Dockerfile.orthanc.dockerignore").unlink()
+
+    errors = validator.validate(deployment)
+
+    assert any("Dockerfile.orthanc has no Dockerfile.orthanc.dockerignore" in e for e in errors)
+
+
+def test_every_gateway_setting_must_be_in_env_example(deployment: Path, tmp_path: Path) -> None:
+    config = tmp_path / "config.py"
+    source = (ROOT / "gateway" / "config.py").read_text(encoding="utf-8")
+    anchor = "    batch_max: int"
+    assert anchor in source
+    config.write_text(source.replace(anchor, "    pipeline_nice: int = 10\n" + anchor, 1))
+
+    errors = validator.validate(deployment, settings_source=config)
+
+    assert errors == [
+        "gateway/config.py has the setting pipeline_nice; .env.example does not mention "
+        "GATEWAY_PIPELINE_NICE (set it, or list it commented with why it is not set)"
+    ]
+
+
+def test_build_stages_are_not_images() -> None:
+    dockerfile = "FROM --platform=linux/amd64 python:3.11-slim AS wheel\nFROM wheel\nFROM debian\n"
+
+    assert validator.from_images(dockerfile) == ["python:3.11-slim", "debian"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "path"),
+    [
+        ("ORTHANC__STORAGE_COMPRESSION", "StorageCompression"),
+        ("ORTHANC__MAXIMUM_STORAGE_CACHE_SIZE", "MaximumStorageCacheSize"),
+        ("ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS", "XrayGateway.ContractAddress"),
+        ("ORTHANC__XRAY_GATEWAY__FROM_BLOCK", "XrayGateway.FromBlock"),
+    ],
+)
+def test_orthanc_variable_names_map_to_configuration_paths(variable: str, path: str) -> None:
+    assert validator.orthanc_json_path(variable) == path
+
+
 def test_command_line_exits_nonzero_on_problems(
     deployment: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _edit(deployment / "compose.yaml", "orthancteam/orthanc:26.8.2", "orthancteam/orthanc:latest")
+    _edit(
+        deployment / "Dockerfile.orthanc",
+        "FROM orthancteam/orthanc:26.8.2\n",
+        "FROM orthancteam/orthanc\n",
+    )
 
     assert validator.main(deployment) == 1
-    assert "uses 'latest'" in capsys.readouterr().err
+    assert "has no tag" in capsys.readouterr().err
+
+
+# -- the Orthanc image's configuration, read by the plugin's own settings reader ------------
+
+
+def _compose_environment(service: str, **env: str) -> dict[str, str]:
+    """A service's environment as compose resolves it with .env.example's values and ``env``."""
+    compose = yaml.safe_load((DOCKER_DIR / "compose.yaml").read_text(encoding="utf-8"))
+    active, _ = validator.load_env_example(DOCKER_DIR / ".env.example")
+    active.update(env)
+
+    def resolve(match: re.Match[str]) -> str:
+        name, operator, default = match[1], match[2], match[3]
+        value = active.get(name, "")
+        if not value and operator in (":-", "-"):
+            return str(default)
+        return value
+
+    return {
+        key: validator.BRACED.sub(resolve, value)
+        for key, value in validator._environment(compose["services"][service]).items()
+    }
+
+
+def _orthancteam_merge(config: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    """What orthancteam's entrypoint does with ``ORTHANC__*`` variables: a JSON value where
+    one parses, else the string, at the variable's configuration path."""
+    merged = json.loads(json.dumps(config))
+    for key, raw in environ.items():
+        if not key.startswith("ORTHANC__"):
+            continue
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        *parents, leaf = validator.orthanc_json_path(key).split(".")
+        node = merged
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return merged
+
+
+def _image_config() -> dict[str, Any]:
+    config: dict[str, Any] = json.loads(
+        (DOCKER_DIR / "orthanc" / "orthanc.json").read_text(encoding="utf-8")
+    )
+    return config
+
+
+def test_the_plugin_accepts_the_image_configuration_with_compose_environment() -> None:
+    environ = _compose_environment("orthanc", ORTHANC_GATEWAY_PASSWORD="0b1d5e7a")
+    env = entrypoint.plugin_environment(environ, deployment={"address": ADDRESS, "block_number": 7})
+
+    settings = PluginSettings.from_orthanc(_orthancteam_merge(_image_config(), env))
+
+    assert settings.chain_url == "http://chain:8545"
+    assert settings.contract_address == ADDRESS
+    assert settings.from_block == 7
+    assert settings.web_viewer is True
+    assert settings.index_path == Path("/var/lib/xray-gateway/index.sqlite")
+    assert settings.alerts_path == Path("/var/lib/xray-gateway/alerts.sqlite")
+    # Orthanc's files and the plugin's catalog on the orthanc-db volume, as `up` lays them out
+    assert settings.storage_dir == Path("/var/lib/orthanc/db/storage")
+    assert settings.catalog_path == Path("/var/lib/orthanc/db/xray-attachments.sqlite")
+
+
+def test_the_example_placeholders_keep_orthanc_from_starting() -> None:
+    with pytest.raises(entrypoint.StartRefused, match="ORTHANC__REGISTERED_USERS"):
+        entrypoint.plugin_environment(
+            _compose_environment("orthanc"), deployment={"address": ADDRESS}
+        )
+
+
+def test_the_image_installs_the_plugin_where_its_configuration_points() -> None:
+    config = _image_config()
+    lib = config[SECTION]["SysPath"][0]
+    dockerfile = (DOCKER_DIR / "Dockerfile.orthanc").read_text(encoding="utf-8")
+
+    # the wheel puts gateway/orthanc_plugin/entry.py under the --target directory
+    assert f"--target {lib} " in dockerfile
+    assert config["PythonScript"] == f"{lib}/gateway/orthanc_plugin/entry.py"
+    assert (ROOT / "gateway" / "orthanc_plugin" / "entry.py").is_file()
+    # the ledger client finds the contract artifact beside the package
+    assert f"COPY contracts/out {lib}/contracts/out" in dockerfile
+
+
+# -- docker/orthanc/entrypoint.py ------------------------------------------------------------
+
+CHAIN = {"ORTHANC__XRAY_GATEWAY__CHAIN_URL": "http://chain:8545"}
+
+
+def test_blank_contract_comes_from_the_deployment_record() -> None:
+    environ = {**CHAIN, "ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS": "", "PATH": "/usr/bin"}
+
+    env = entrypoint.plugin_environment(
+        environ, deployment={"address": ADDRESS, "block_number": 42}
+    )
+
+    assert env["ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS"] == ADDRESS
+    assert env["ORTHANC__XRAY_GATEWAY__FROM_BLOCK"] == "42"
+    assert env["PATH"] == "/usr/bin"
+
+
+def test_configured_contract_wins_and_takes_the_block_only_if_it_is_the_recorded_one() -> None:
+    other = "0x" + "ab" * 20
+    record = {"address": ADDRESS, "block_number": 42}
+
+    mine = entrypoint.plugin_environment(
+        {**CHAIN, "ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS": ADDRESS.lower()}, deployment=record
+    )
+    theirs = entrypoint.plugin_environment(
+        {**CHAIN, "ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS": other}, deployment=record
+    )
+
+    assert mine["ORTHANC__XRAY_GATEWAY__FROM_BLOCK"] == "42"
+    assert theirs["ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS"] == other
+    assert "ORTHANC__XRAY_GATEWAY__FROM_BLOCK" not in theirs
+
+
+def test_a_set_from_block_is_kept_and_empty_plugin_values_are_dropped() -> None:
+    environ = {
+        **CHAIN,
+        "ORTHANC__XRAY_GATEWAY__FROM_BLOCK": "5",
+        "ORTHANC__XRAY_GATEWAY__MIRROR_INTERVAL": " ",
+        "ORTHANC__NAME": "",
+    }
+
+    env = entrypoint.plugin_environment(environ, deployment={"address": ADDRESS})
+
+    assert env["ORTHANC__XRAY_GATEWAY__FROM_BLOCK"] == "5"
+    assert "ORTHANC__XRAY_GATEWAY__MIRROR_INTERVAL" not in env
+    assert env["ORTHANC__NAME"] == ""  # only the plugin's section is cleaned
+
+
+def test_a_chain_without_a_contract_does_not_start() -> None:
+    with pytest.raises(entrypoint.StartRefused, match="contract deploy"):
+        entrypoint.plugin_environment(
+            {**CHAIN, "ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS": ""}, deployment=None
+        )
+
+
+def test_a_placeholder_password_does_not_start() -> None:
+    users = '{"xray-gateway": "Change-Me"}'
+
+    with pytest.raises(entrypoint.StartRefused) as refused:
+        entrypoint.plugin_environment(
+            {**CHAIN, "ORTHANC__REGISTERED_USERS": users}, deployment={"address": ADDRESS}
+        )
+
+    assert "ORTHANC__REGISTERED_USERS" in str(refused.value)
+    assert users not in str(refused.value)
+
+
+def test_deployment_record_is_read_from_the_data_dir(tmp_path: Path) -> None:
+    assert entrypoint.load_deployment(tmp_path) is None
+    (tmp_path / "chain").mkdir()
+    (tmp_path / "chain" / "contract.json").write_text(
+        json.dumps({"address": ADDRESS, "chain_id": 1, "tx_hash": "0x1", "block_number": 3})
+    )
+
+    assert entrypoint.load_deployment(tmp_path) == {
+        "address": ADDRESS, "chain_id": 1, "tx_hash": "0x1", "block_number": 3,
+    }  # fmt: skip
+    config = {SECTION: {"DataDir": str(tmp_path)}}
+    assert entrypoint.data_dir({}, config) == tmp_path
+    assert entrypoint.data_dir({"ORTHANC__XRAY_GATEWAY__DATA_DIR": "/x"}, config) == Path("/x")
+
+
+@pytest.fixture
+def image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The entrypoint's surroundings in a scratch dir; exec and umask recorded, not done."""
+    data = tmp_path / "data"
+    config = tmp_path / "xray-gateway.json"
+    config.write_text(json.dumps({SECTION: {"DataDir": str(data)}}))
+    calls: dict[str, Any] = {}
+    monkeypatch.setattr(entrypoint, "CONFIG", config)
+    monkeypatch.setattr(entrypoint.os, "umask", lambda mask: calls.setdefault("umask", mask))
+
+    def execve(path: str, argv: list[str], env: dict[str, str]) -> None:
+        calls["exec"] = (path, argv, env)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(entrypoint.os, "execve", execve)
+    for key in list(os.environ):
+        if key.startswith("ORTHANC__"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("ORTHANC__XRAY_GATEWAY__CHAIN_URL", "http://chain:8545")
+    calls["data"] = data
+    return calls
+
+
+def test_main_hands_over_to_orthancteam_with_the_contract(image: dict[str, Any]) -> None:
+    (image["data"] / "chain").mkdir(parents=True)
+    (image["data"] / "chain" / "contract.json").write_text(
+        json.dumps({"address": ADDRESS, "block_number": 9})
+    )
+
+    with pytest.raises(SystemExit):
+        entrypoint.main(["/tmp/orthanc.json"])
+
+    path, argv, env = image["exec"]
+    assert (path, argv) == ("/docker-entrypoint.sh", ["/docker-entrypoint.sh", "/tmp/orthanc.json"])
+    assert env["ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS"] == ADDRESS
+    assert env["ORTHANC__XRAY_GATEWAY__FROM_BLOCK"] == "9"
+    assert image["umask"] == 0o007
+
+
+def test_main_refuses_before_the_contract_is_deployed(
+    image: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        entrypoint.main(["/tmp/orthanc.json"])
+
+    assert exited.value.code == 1
+    assert "exec" not in image
+    assert "contract deploy" in capsys.readouterr().err
