@@ -50,7 +50,7 @@ contracts-check: npm
 	node contracts/build.js --check
 
 lint: deps
-	$(VENV)/bin/ruff check gateway tests dicom_fixtures
+	$(VENV)/bin/ruff check gateway tests dicom_fixtures docker
 	$(VENV)/bin/mypy
 
 # Regenerate requirements.lock from what the venv resolved (after changing pyproject.toml).
