@@ -1,0 +1,66 @@
+"""Fault injection for the crash tests: die with SIGKILL at a named point of the ingest path.
+
+``GATEWAY_FAILPOINT=<point>[:<n>]`` makes the ``n``-th time (default: the first) the
+process passes ``<point>`` kill it with SIGKILL, as a power cut or the OOM killer would:
+no ``finally``, no atexit, no flush. It is read once at import; unset (the only
+production setting) every :func:`hit` is a single comparison.
+
+Points (the code that passes them says where they sit):
+
+``receive.chunk``
+    a C-STORE's bytes are arriving: a chunk was written to the spool's incoming file.
+``receive.before_ack``
+    the instance is fsynced in the spool and its index row committed; the C-STORE
+    response has not been sent.
+``pipeline.before_put``
+    acked; the sealed object is not yet in the object store.
+``pipeline.after_put``
+    the object is in the store; the ledger has not been asked.
+``ledger.after_send``
+    the anchoring transaction was sent; its receipt has not been seen.
+``pipeline.after_anchor``
+    the record is on the ledger; the instance has not been forwarded to Orthanc.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+POINTS = (
+    "receive.chunk",
+    "receive.before_ack",
+    "pipeline.before_put",
+    "pipeline.after_put",
+    "ledger.after_send",
+    "pipeline.after_anchor",
+)
+
+
+def _parse(spec: str) -> tuple[str, int] | None:
+    if not spec:
+        return None
+    name, _, count = spec.partition(":")
+    if name not in POINTS:
+        raise ValueError(f"GATEWAY_FAILPOINT names no known point: {name!r} (known: {POINTS})")
+    times = int(count) if count else 1
+    if times < 1:
+        raise ValueError("GATEWAY_FAILPOINT's count is 1 or more")
+    return name, times
+
+
+_ARMED = _parse(os.environ.get("GATEWAY_FAILPOINT", "").strip())
+_lock = threading.Lock()
+_hits = 0
+
+
+def hit(point: str) -> None:
+    """Pass ``point``; if it is the armed one and its count is reached, SIGKILL this process."""
+    global _hits
+    if _ARMED is None or point != _ARMED[0]:
+        return
+    with _lock:
+        _hits += 1
+        if _hits == _ARMED[1]:
+            os.kill(os.getpid(), signal.SIGKILL)
