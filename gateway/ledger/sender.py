@@ -353,8 +353,9 @@ class Sender:
         tip = max(
             self._raise(int(tx["maxPriorityFeePerGas"])), int(now.get("maxPriorityFeePerGas", 0))
         )
-        base_part = int(now.get("maxFeePerGas", tip)) - int(now.get("maxPriorityFeePerGas", 0))
-        fee = max(self._raise(int(tx["maxFeePerGas"])), base_part + tip)
+        fee = self._raise(int(tx["maxFeePerGas"]))
+        if "maxFeePerGas" in now:  # today's base fee part, with the raised tip on top
+            fee = max(fee, int(now["maxFeePerGas"]) - int(now["maxPriorityFeePerGas"]) + tip)
         return {"maxFeePerGas": Wei(fee), "maxPriorityFeePerGas": Wei(tip)}
 
     def _raise(self, value: int) -> int:
