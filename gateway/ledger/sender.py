@@ -145,15 +145,16 @@ class Sender:
             block, or in the receipt of the mined transaction).
         TransactionFailed
             Mined with status 0 for no decodable reason; not mined after every re-send;
-            or its nonce was used by a transaction that is not ours (the call was not made).
+            its nonce used by a transaction that is not ours; or refused by the node
+            (funds, fees). In the last two cases the call was not made.
         ChainUnavailable
             The node could not be reached. The transaction may still be mined: look the
             effect up before calling again.
         """
-        flight = translate(self._decoder, lambda: self._send(call, gas))
+        flight = self._typed(lambda: self._send(call, gas))
         failpoints.hit("ledger.after_send")
         try:
-            receipt = translate(self._decoder, lambda: self._await(flight))
+            receipt = self._typed(lambda: self._await(flight))
         except BaseException:
             with self._lock:
                 self._suspect = True
@@ -171,6 +172,15 @@ class Sender:
             block_time=int(block["timestamp"]),
             gas_used=receipt["gasUsed"],
         )
+
+    def _typed(self, step: Callable[[], T]) -> T:
+        """:func:`translate`, and a node refusing a transaction (funds, fees) as TransactionFailed."""
+        try:
+            return translate(self._decoder, step)
+        except Web3RPCError as exc:
+            raise errors.TransactionFailed(
+                f"the chain node refused the transaction: {exc}"
+            ) from exc
 
     def _send(self, call: Any, gas: int | None) -> _Flight:
         with self._lock:
@@ -193,6 +203,8 @@ class Sender:
                 )
                 tx: TxParams = call.build_transaction(params)
                 tx_hash = self._broadcast(tx)
+            except ContractLogicError:
+                raise  # the call is refused; the nonces are fine
             except Exception:
                 self._suspect = True
                 raise

@@ -285,6 +285,14 @@ def test_a_revert_in_a_mined_receipt_raises_the_typed_error(xray: XrayLedger, ca
     assert len(events) == 1
 
 
+def test_a_transaction_the_node_refuses_is_a_typed_failure(xray: XrayLedger) -> None:
+    broke = Account.create()  # a recorder with no funds for gas
+    xray.set_permission(broke.address, "unfunded", UserType.RECORDER)
+    with pytest.raises(errors.TransactionFailed, match="refused"):
+        record(xray.as_account(broke), "unpaid")
+    assert xray.image_of(item("unpaid").record_key) is None
+
+
 def test_a_revert_behind_a_record_in_the_same_block_is_not_a_success(
     chain: Chain, background: ThreadPoolExecutor
 ) -> None:
