@@ -18,7 +18,7 @@ translated at the boundary only: into a DICOM status in ``receive``, an HTTP pro
     ├── LedgerError                 anything on the chain side
     │   ├── ChainUnavailable        the JSON-RPC node cannot be reached
     │   ├── ContractNotDeployed     no xray contract at the configured address
-    │   ├── TransactionFailed       sent, but mined with status 0 or never mined
+    │   ├── TransactionFailed       mined with status 0, never mined, or refused by the node
     │   └── ContractRevert          the contract refused the call; ``.name`` is its custom error
     │       ├── AccessControlUnauthorizedAccount
     │       ├── XrayNotRecorder, XrayNotCustodian, XrayNotPermissionManager
@@ -106,7 +106,7 @@ class ContractNotDeployed(LedgerError):
 
 
 class TransactionFailed(LedgerError):
-    """A transaction was mined with status 0, or was not mined in time."""
+    """A transaction was mined with status 0, was not mined in time, or the node refused it."""
 
     def __init__(self, message: str, *, tx_hash: str | None = None) -> None:
         super().__init__(message)

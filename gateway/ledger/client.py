@@ -70,9 +70,22 @@ class XrayLedger:
         The contract's address.
     account:
         The account that signs writes; ``None`` for a read-only client (auditors).
+    receipt_timeout, max_resends, fee_bump:
+        How the account's :class:`~gateway.ledger.sender.Sender` treats a transaction
+        that stays pending: wait this long, then re-send with fees raised by this
+        fraction, at most this many times.
     """
 
-    def __init__(self, w3: Web3, address: str, *, account: LocalAccount | None = None) -> None:
+    def __init__(
+        self,
+        w3: Web3,
+        address: str,
+        *,
+        account: LocalAccount | None = None,
+        receipt_timeout: float = 60.0,
+        max_resends: int = 3,
+        fee_bump: float = 0.125,
+    ) -> None:
         artifact = load_artifact()
         self.w3 = w3
         self.address = Web3.to_checksum_address(address)
@@ -80,7 +93,21 @@ class XrayLedger:
         if not translate(self._decoder, lambda: w3.eth.get_code(self.address)):
             raise errors.ContractNotDeployed(f"no contract code at {self.address}")
         self.contract: Contract = w3.eth.contract(address=self.address, abi=artifact["abi"])
-        self.sender = Sender(w3, account, self._decoder) if account is not None else None
+        self._receipt_timeout = receipt_timeout
+        self._max_resends = max_resends
+        self._fee_bump = fee_bump
+        self.sender = (
+            Sender(
+                w3,
+                account,
+                self._decoder,
+                receipt_timeout=receipt_timeout,
+                max_resends=max_resends,
+                fee_bump=fee_bump,
+            )
+            if account is not None
+            else None
+        )
 
     @classmethod
     def at(cls, url: str, address: str, *, account: LocalAccount | None = None) -> XrayLedger:
@@ -96,7 +123,14 @@ class XrayLedger:
 
     def as_account(self, account: LocalAccount) -> XrayLedger:
         """The same contract, writing as ``account``."""
-        return XrayLedger(self.w3, self.address, account=account)
+        return XrayLedger(
+            self.w3,
+            self.address,
+            account=account,
+            receipt_timeout=self._receipt_timeout,
+            max_resends=self._max_resends,
+            fee_bump=self._fee_bump,
+        )
 
     def set_permission(
         self, account: str, name: str, user_type: UserType, *, enabled: bool = True
