@@ -22,6 +22,7 @@ import dicom_fixtures
 from gateway.forward import Pacs
 from gateway.ledger import XrayLedger
 from gateway.ledger.accounts import load_account
+from gateway.ledger.merkle import decode_proof
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env, run
 
@@ -248,7 +249,13 @@ def test_every_tamper_class_is_detected_audited_and_restored(
     # retired on chain by the admin
     ledger = ledger_admin(stack)
     for uid in uids[20:25]:
-        ledger.retire_image(record_key=bytes(rows[uid]["record_key"]), reason="wrong patient")
+        row = rows[uid]  # anchored in a batch: the chain checks the proof before retiring
+        ledger.retire_batched_image(
+            record_key=bytes(row["record_key"]), patient_key=bytes(row["patient_key"]),
+            digest=bytes(row["digest"]), pixel_digest=bytes(row["pixel_digest"]),
+            batch_id=row["batch_id"], proof=decode_proof(bytes(row["proof"])),
+            reason="wrong patient",
+        )  # fmt: skip
         planted[uid] = ("retired", None)
     # unregistered: posted straight to Orthanc, around the gateway
     strays = dicom_fixtures.ct_series(
