@@ -283,3 +283,37 @@ def test_a_batch_that_landed_before_a_crash_is_not_sent_again(
     # landing it again (another crash after landing) still sends nothing
     again = BatchAnchorer(recorder, reopened, max_size=256, window_ms=0).land(resumed, items)
     assert again == results and xray.batch_count() == 1
+
+
+def test_a_new_version_of_a_batched_image_is_recorded_on_its_own_and_wins(
+    stack: Up, series: list[Path], tmp_path: Path
+) -> None:
+    original = series[500]
+    ds = dcmread(original)
+    uid = str(ds.SOPInstanceUID)
+    ds.ImageComments = "corrected after review"  # same SOP Instance UID, other bytes
+    corrected = tmp_path / "corrected.dcm"
+    ds.save_as(corrected)
+    before = len(stack.rows())
+    assert storescu(stack.dicom_port, [corrected]).returncode == 0
+    rows = [r for r in stack.wait_done(before + 1) if r["sop_instance_uid"] == uid]
+    first, second = rows
+    assert (first["version"], second["version"]) == (1, 2)
+    assert first["batch_id"] is not None
+    # not batched: one recordImage (the earlier version has no single record to supersede)
+    assert second["batch_id"] is None and second["tx_hash"].startswith("0x")
+    ledger = ledger_of(stack)
+    (event,) = ledger.events("ImageRecorded", filters={"recordKey": bytes(second["record_key"])})
+    assert event.args["digest"] == bytes(second["digest"]) and event.tx_hash == second["tx_hash"]
+    assert second["stage"] == "conflict"  # Orthanc keeps version 1 under that UID
+
+    with api(stack) as client:
+        pacs_copy = client.get(f"/v1/instances/{uid}/verify").json()
+        upload = client.post("/v1/verify", content=corrected.read_bytes()).json()
+        old = client.post("/v1/verify", content=original.read_bytes()).json()
+    # the newest version, recorded later than the batch, is the one the ledger vouches for
+    assert upload["status"] == "intact" and upload["evidence"]["batch"] is None
+    assert upload["evidence"]["tx_hash"] == second["tx_hash"]
+    for verdict in (pacs_copy, old):
+        assert verdict["status"] == "tampered", verdict
+        assert "older, superseded version" in " ".join(verdict["notes"])
