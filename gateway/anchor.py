@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from gateway.errors import LedgerError, XrayBatchExists
@@ -9,6 +10,8 @@ from gateway.index import Index, PendingBatch
 from gateway.ledger import XrayLedger
 from gateway.ledger.merkle import MerkleTree, encode_proof, leaf_hash
 from gateway.pipeline import AnchorItem, AnchorResult
+
+log = logging.getLogger(__name__)
 
 
 class SingleAnchorer:
@@ -166,13 +169,16 @@ class BatchAnchorer:
         if tree.root != batch.root or tree.size != batch.count:
             raise LedgerError(f"batch {batch.id}: its members no longer give the persisted root")
         batch_id = self.ledger.batch_id_of(batch.root)
-        if not batch_id:
+        if batch_id:
+            log.info("batch %d is already on chain as batch %d: not sent again", batch.id, batch_id)
+        else:
             try:
                 batch_id, _ = self.ledger.record_batch(root=batch.root, count=batch.count)
             except XrayBatchExists:  # sent before a crash, mined meanwhile
                 batch_id = self.ledger.batch_id_of(batch.root)
                 if not batch_id:
                     raise
+                log.info("batch %d was mined meanwhile as batch %d", batch.id, batch_id)
         on_chain = self.ledger.batch_of(batch_id)
         if on_chain.count != batch.count:
             raise LedgerError(
