@@ -391,6 +391,12 @@ class Index:
                     f"UPDATE instances SET {assignments} WHERE id = ?", (*values.values(), row_id)
                 )
 
+    def batch_counts(self) -> dict[str, int]:
+        """Merkle batches per state (``open``, ``landed``)."""
+        with self._lock:
+            cursor = self._db.execute("SELECT state, COUNT(*) FROM batches GROUP BY state")
+            return {str(state): int(count) for state, count in cursor.fetchall()}
+
     def by_study(self, study_instance_uid: str) -> list[Row]:
         return self._rows("WHERE study_instance_uid = ? ORDER BY id", (study_instance_uid,))
 

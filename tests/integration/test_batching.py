@@ -13,9 +13,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -230,6 +232,9 @@ def test_a_failed_batch_is_retried_whole_and_anchored_once(stack: Up, tmp_path: 
         with api(stack) as client:
             verdict = client.get(f"/v1/instances/{uid}/verify").json()
         assert verdict["status"] == "pending" and "batch" in " ".join(verdict["notes"])
+        with urllib.request.urlopen(f"http://127.0.0.1:{stack.api_port}/metrics") as reply:
+            metrics = reply.read().decode()
+        assert re.search(r'^xray_gateway_batches\{state="open"\} [1-9]', metrics, re.M), metrics
     finally:
         admin.set_permission(recorder, "xray-gateway", UserType.RECORDER, enabled=True)
     rows = stack.wait_done(COUNT + len(files), timeout=600)
