@@ -167,6 +167,9 @@ XrayUnknownVersion = _revert("XrayUnknownVersion", "No such version of the recor
 XrayEmptyBatch = _revert("XrayEmptyBatch", "A batch must hold at least one image.")
 XrayBatchExists = _revert("XrayBatchExists", "The Merkle root is already anchored.")
 XrayUnknownBatch = _revert("XrayUnknownBatch", "No batch has that id.")
+XrayNotInBatch = _revert(
+    "XrayNotInBatch", "The inclusion proof does not lead to that batch's root."
+)
 XrayIndexOutOfRange = _revert("XrayIndexOutOfRange", "Index past the patient's records.")
 
 REVERTS: dict[str, type[ContractRevert]] = {
@@ -188,6 +191,7 @@ REVERTS: dict[str, type[ContractRevert]] = {
         XrayEmptyBatch,
         XrayBatchExists,
         XrayUnknownBatch,
+        XrayNotInBatch,
         XrayIndexOutOfRange,
     )
 }

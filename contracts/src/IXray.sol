@@ -100,6 +100,8 @@ interface IXray {
     error XrayBatchExists(bytes32 root, uint256 batchId);
     /// @notice No batch has id `batchId`.
     error XrayUnknownBatch(uint256 batchId);
+    /// @notice The inclusion proof does not put `recordKey`'s leaf in batch `batchId`.
+    error XrayNotInBatch(bytes32 recordKey, uint256 batchId);
     /// @notice `index` is past the `count` images recorded for `patientKey`.
     error XrayIndexOutOfRange(bytes32 patientKey, uint256 index, uint256 count);
 
@@ -168,6 +170,20 @@ interface IXray {
 
     /// @notice Retire an image (the seed's Remove); the record stays, marked.
     function retireImage(bytes32 recordKey, string calldata reason) external;
+
+    /// @notice Retire an image anchored only in batch `batchId`: its leaf
+    /// (sha256(0x00 ‖ recordKey ‖ patientKey ‖ digest ‖ pixelDigest)) must lead to the
+    /// batch's root by the RFC 6962 inclusion `proof` at leaf `index`. The batch stays.
+    function retireBatchedImage(
+        bytes32 recordKey,
+        bytes32 patientKey,
+        bytes32 digest,
+        bytes32 pixelDigest,
+        uint256 batchId,
+        uint256 index,
+        bytes32[] calldata proof,
+        string calldata reason
+    ) external;
 
     /// @notice The image recorded under `recordKey`.
     function imageOf(bytes32 recordKey) external view returns (Image memory);

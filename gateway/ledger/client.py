@@ -190,6 +190,24 @@ class XrayLedger:
         """Retire an image: the record stays, marked, with who and why."""
         return self._transact(self.contract.functions.retireImage(record_key, reason))
 
+    def retire_batched_image(
+        self,
+        *,
+        record_key: bytes,
+        patient_key: bytes,
+        digest: bytes,
+        pixel_digest: bytes,
+        batch_id: int,
+        proof: InclusionProof,
+        reason: str,
+    ) -> Anchor:
+        """Retire an image anchored only in a batch; the chain checks its inclusion proof."""
+        fn = self.contract.functions.retireBatchedImage(
+            record_key, patient_key, digest, pixel_digest, batch_id, proof.index,
+            list(proof.path), reason,
+        )  # fmt: skip
+        return self._transact(fn)
+
     def grant_role(self, role: str, account: str) -> Anchor:
         """OpenZeppelin's raw ``grantRole`` (for the admin role itself)."""
         fn = self.contract.functions.grantRole(
@@ -240,7 +258,15 @@ class XrayLedger:
     def retirement_of(self, record_key: bytes) -> Retirement | None:
         """Whether (and by whom, when, why) the record under ``record_key`` was retired."""
         image = self.image_of(record_key)
-        if image is None or not image.retired:
+        if image is None:  # a batched image has no record; its retirement is an event
+            for event in self.events("ImageRetired", filters={"recordKey": record_key}):
+                block = self.w3.eth.get_block(event.block_number)
+                return Retirement(
+                    by=str(event.args["by"]), at=int(block["timestamp"]),
+                    reason=str(event.args["reason"]),
+                )  # fmt: skip
+            return None
+        if not image.retired:
             return None
         return Retirement(
             by=str(image.retired_by), at=int(image.retired_at or 0), reason=image.retire_reason

@@ -23,6 +23,7 @@ from gateway.fingerprint import fingerprint_bytes
 from gateway.forward import Pacs
 from gateway.ledger import XrayLedger
 from gateway.ledger.accounts import load_account
+from gateway.ledger.merkle import decode_proof
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env, run
 
@@ -113,6 +114,10 @@ def test_every_instance_verifies_intact_through_the_api(stack: Up, series: list[
     assert evidence["tx_hash"].startswith("0x") and evidence["block_number"] > 0
     assert evidence["block_time"] > 0 and evidence["recorder_name"] == "xray-gateway"
     assert verdict["copies"] == {"pacs": "ok", "store": "ok", "ledger": "ok"}
+    # anchored in a Merkle batch (the default): the proof leads to the root on chain
+    batch = evidence["batch"]
+    on_chain = ledger_admin(stack).batch_of(batch["batch_id"])
+    assert batch["root"] == on_chain.root.hex() and batch["size"] == on_chain.count > 1
 
 
 def test_the_independent_cli_verifies_files_with_chain_contract_and_key_only(
@@ -127,10 +132,20 @@ def test_the_independent_cli_verifies_files_with_chain_contract_and_key_only(
     args = ["verify", "--json", "--chain-url",
             f"http://127.0.0.1:{stack.env['GATEWAY_ANVIL_PORT']}",
             "--contract", stack.value("xray contract"), "--pseudonym-key", str(key)]  # fmt: skip
+    # The images were anchored in Merkle batches: the chain holds only roots, so the
+    # ledger alone cannot vouch for a file...
+    alone = run(env, *args, *map(str, series[:3]))
+    assert alone.returncode == 3, alone.stderr
+    assert [v["status"] for v in json.loads(alone.stdout)] == ["unregistered"] * 3
+    # ...until the gateway's API supplies the inclusion proofs, which the CLI checks on chain
+    token = tmp_path / "auditor.token"
+    token.write_text(issue(stack, "auditor", "cli-auditor"))
+    args += ["--proofs", f"http://127.0.0.1:{stack.api_port}", "--token-file", str(token)]
     result = run(env, *args, *map(str, series[:50]))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     verdicts = json.loads(result.stdout)
     assert [v["status"] for v in verdicts] == ["intact"] * 50
+    assert all(v["evidence"]["batch"]["batch_id"] >= 1 for v in verdicts)
     assert not (tmp_path / "empty").exists()  # it never looked for an index or a store
 
     # the same CLI says so when a file is altered
@@ -265,7 +280,13 @@ def test_every_tamper_class_is_detected_audited_and_restored(
     # retired on chain by the admin
     ledger = ledger_admin(stack)
     for uid in uids[20:25]:
-        ledger.retire_image(record_key=bytes(rows[uid]["record_key"]), reason="wrong patient")
+        row = rows[uid]  # anchored in a batch: the chain checks the proof before retiring
+        ledger.retire_batched_image(
+            record_key=bytes(row["record_key"]), patient_key=bytes(row["patient_key"]),
+            digest=bytes(row["digest"]), pixel_digest=bytes(row["pixel_digest"]),
+            batch_id=row["batch_id"], proof=decode_proof(bytes(row["proof"])),
+            reason="wrong patient",
+        )  # fmt: skip
         planted[uid] = ("retired", None)
     # unregistered: posted straight to Orthanc, around the gateway
     strays = dicom_fixtures.ct_series(
