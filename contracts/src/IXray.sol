@@ -66,10 +66,12 @@ interface IXray {
         uint32 count;
         /// @notice Account that anchored the batch.
         address recorder;
-        /// @notice Block timestamp of the anchoring.
-        uint40 anchoredAt;
-        /// @notice Block number of the anchoring.
-        uint40 blockNumber;
+        /// @notice Block timestamp of the anchoring (32 bits: until 2106).
+        uint32 anchoredAt;
+        /// @notice Block number of the anchoring (32 bits: 4.2e9 blocks, 136 years at one a second).
+        /// @dev count, recorder, anchoredAt and blockNumber share one storage slot: a batch
+        /// costs two new slots, not three.
+        uint32 blockNumber;
     }
 
     /// @notice The caller may not record images: it holds neither the Recorder nor the Doctor role.

@@ -131,8 +131,8 @@ contract Xray is IXray, AccessControl {
                 root: root,
                 count: count,
                 recorder: _msgSender(),
-                anchoredAt: uint40(block.timestamp),
-                blockNumber: uint40(block.number)
+                anchoredAt: uint32(block.timestamp),
+                blockNumber: uint32(block.number)
             })
         );
         batchId = _batches.length;
