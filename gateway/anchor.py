@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from web3.exceptions import TransactionNotFound
+
 from gateway.errors import LedgerError
 from gateway.ledger import XrayLedger
 from gateway.pipeline import AnchorItem, AnchorResult
@@ -45,6 +47,14 @@ class SingleAnchorer:
             block_time=anchor.block_time,
             recorder=self.ledger.sender.address,
         )
+
+    def confirmed(self, tx_hash: str) -> bool:
+        """True when the chain holds ``tx_hash`` and it succeeded (a lost block has no receipt)."""
+        try:
+            receipt = self.ledger.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        except TransactionNotFound:
+            return False
+        return int(receipt["status"]) == 1
 
     def _find(self, item: AnchorItem) -> AnchorResult | None:
         """The transaction that already recorded ``item.digest`` under its key, if any."""

@@ -252,6 +252,14 @@ class Index:
             " ('duplicate', 'rejected') ORDER BY id"
         )
 
+    def anchored_newest_first(self, *, limit: int, offset: int = 0) -> list[Row]:
+        """Rows past the anchor stage with their transaction, newest block first."""
+        return self._rows(
+            "WHERE tx_hash IS NOT NULL AND stage IN ('forward', 'committed', 'conflict')"
+            " ORDER BY block_number DESC, id DESC LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+
     def by_study(self, study_instance_uid: str) -> list[Row]:
         return self._rows("WHERE study_instance_uid = ? ORDER BY id", (study_instance_uid,))
 

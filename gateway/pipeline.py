@@ -7,6 +7,11 @@ row in the same step that records the work's result. A crash between the work an
 advance repeats the work, which is why every stage is idempotent: the object name is
 content-addressed, the anchor looks the record up on the ledger before sending, and
 Orthanc answers ``AlreadyStored`` to identical bytes.
+
+The index saying "anchored" is only as good as the chain still holding the transaction.
+An embedded anvil killed without its state dump comes back without its last blocks, so
+on start the pipeline checks the newest anchors it recorded, newest first, and anchors
+again every record the chain lost (:meth:`Pipeline.reconcile_anchors`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from gateway import keys
+from gateway import failpoints, keys
 from gateway.errors import DatasetUnreadable, GatewayError
 from gateway.fingerprint import fingerprint, read_header
 from gateway.index import Index, Row
@@ -61,6 +66,10 @@ class Anchorer(Protocol):
     """The anchor stage. One record per image now; Merkle batches plug in here later."""
 
     def anchor(self, item: AnchorItem) -> AnchorResult: ...
+
+    def confirmed(self, tx_hash: str) -> bool:
+        """True when the chain holds ``tx_hash`` as a successful transaction."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -137,6 +146,10 @@ class Pipeline:
         self._lock = threading.Lock()
         self._anchor_locks: dict[bytes, threading.Lock] = {}
         self._thread: threading.Thread | None = None
+        self._reconciled = threading.Event()  # the anchors recorded before start are checked
+        self._reconcile_at = 0.0
+        self._reconcile_attempts = 0
+        self.reanchored = 0  # records the chain had lost, anchored again since start
 
     # -- running ---------------------------------------------------------------------------
 
@@ -166,13 +179,68 @@ class Pipeline:
     def _dispatch(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
+            if not self._reconciled.is_set() and time.monotonic() >= self._reconcile_at:
+                self._try_reconcile()
             for row in self.index.due(limit=256):
+                if row.stage == "anchor" and not self._reconciled.is_set():
+                    continue  # no new anchor before the recorded ones are checked
                 with self._lock:
                     if row.id in self._inflight:
                         continue
                     self._inflight.add(row.id)
                 self._pool.submit(self._run, row.id)
             self._wake.wait(0.25)
+
+    def _try_reconcile(self) -> None:
+        try:
+            self.reconcile_anchors()
+        except Exception as exc:  # the chain is down: the other stages go on meanwhile
+            retry_in = backoff(self._reconcile_attempts)
+            self._reconcile_attempts += 1
+            self._reconcile_at = time.monotonic() + retry_in
+            log.warning(
+                "cannot check the recorded anchors against the chain yet (%s: %s); retry in "
+                "%.1f s", type(exc).__name__, exc, retry_in,
+            )  # fmt: skip
+
+    def reconcile_anchors(self) -> int:
+        """Anchor again the records the chain lost since they were anchored; returns how many.
+
+        Runs once, when the pipeline starts, before any new anchor (the anchor stage waits
+        for it). The anchored rows are checked newest first, and the check stops at the
+        first transaction the chain still holds: a chain that lost blocks lost its newest
+        ones (an anvil restarted from an older state dump). Lost rows are anchored again
+        oldest first, so that a version is recorded before the one that supersedes it;
+        their stage is left as it is (a committed row stays committed).
+        """
+        lost: list[Row] = []
+        checked: dict[str, bool] = {}
+        offset, page = 0, 64
+        while True:
+            rows = self.index.anchored_newest_first(limit=page, offset=offset)
+            confirmed = False
+            for row in rows:
+                assert row.tx_hash is not None
+                if row.tx_hash not in checked:
+                    checked[row.tx_hash] = self.anchorer.confirmed(row.tx_hash)
+                if checked[row.tx_hash]:
+                    confirmed = True
+                    break
+                lost.append(row)
+            if confirmed or len(rows) < page:
+                break
+            offset += page
+        if lost:
+            log.warning(
+                "the chain no longer holds %d anchored record(s) (newest block %s): anchoring "
+                "them again", len(lost), lost[0].block_number,
+            )  # fmt: skip
+        for row in sorted(lost, key=lambda r: r.id):
+            self._anchor(self.index.get(row.id), advance=False)
+            self.reanchored += 1
+        self._reconciled.set()
+        self._wake.set()
+        return len(lost)
 
     def _run(self, row_id: int) -> None:
         try:
@@ -266,8 +334,10 @@ class Pipeline:
                 return
             self.index.update(row.id, stage="seal")
             return
+        failpoints.hit("pipeline.before_put")
         with sealed.open("rb") as source:
             self.store.put(row.object_name, source, length=sealed.stat().st_size)
+        failpoints.hit("pipeline.after_put")
         self.index.update(row.id, stage="anchor", attempts=0, last_error=None)
         sealed.unlink(missing_ok=True)
 
@@ -280,6 +350,13 @@ class Pipeline:
         ]
         if older:
             raise Retry(f"waiting for row {older[0].id}, an older version, to be anchored")
+        if not self._reconciled.is_set():
+            raise Retry("the anchors recorded before the start are not checked yet")
+        self._anchor(row, advance=True)
+
+    def _anchor(self, row: Row, *, advance: bool) -> None:
+        """Anchor the row's version and record where; ``advance`` moves it on to forward."""
+        assert row.record_key and row.patient_key and row.digest and row.pixel_digest
         with self._anchor_lock(row.record_key):
             result = self.anchorer.anchor(
                 AnchorItem(
@@ -291,9 +368,10 @@ class Pipeline:
                     modality=row.modality or "",
                 )
             )
+        failpoints.hit("pipeline.after_anchor")
+        progress = {"stage": "forward", "attempts": 0, "last_error": None} if advance else {}
         self.index.update(
             row.id,
-            stage="forward",
             tx_hash=result.tx_hash,
             block_number=result.block_number,
             block_time=result.block_time,
@@ -301,8 +379,7 @@ class Pipeline:
             batch_id=result.batch_id,
             leaf_index=result.leaf_index,
             proof=result.proof,
-            attempts=0,
-            last_error=None,
+            **progress,
         )
 
     def _anchor_lock(self, record_key: bytes) -> threading.Lock:
