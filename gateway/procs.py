@@ -7,9 +7,11 @@ A child never outlives the gateway. Two mechanisms, because either alone has a h
   SIGTERM, not SIGKILL: anvil dumps its ``--state`` on the way out and Orthanc closes its
   database cleanly.
 - Each child's pid (and its start time, so that a recycled pid is never mistaken for
-  it) is kept in ``<name>.pid`` beside its log. The next start finds a child of an
-  earlier run that is still alive (still dumping its state, or started where the
-  parent-death signal does not exist) and stops it by that pid before starting anew.
+  it) is kept in ``<name>.pid`` beside its log, with its parent's. The next start finds
+  a child of an earlier run that is still alive (still dumping its state, or started
+  where the parent-death signal does not exist) and stops it by that pid before
+  starting anew, but only when the gateway that started it is gone: a second gateway
+  on the same data dir is refused instead of stopping the first one's children.
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ class Child:
         try:
             recorded = json.loads(self.pid_path.read_text())
             pid, started = int(recorded["pid"]), int(recorded["started"])
+            parent, parent_started = int(recorded["parent"]), int(recorded["parent_started"])
         except FileNotFoundError:
             return False
         except (OSError, ValueError, KeyError, TypeError):
@@ -134,6 +137,11 @@ class Child:
             self.pid_path.unlink(missing_ok=True)
             return False
         stale = _started_at(pid) == started
+        if stale and parent != os.getpid() and _started_at(parent) == parent_started:
+            raise ChildFailed(
+                f"{self.name} (pid {pid}) belongs to a running process (pid {parent}) that "
+                f"uses the same data dir ({self.pid_path}); stop that one first"
+            )
         if stale:
             log.warning("%s from an earlier run is still alive (pid %d): stopping it", self.name, pid)
             with contextlib.suppress(ProcessLookupError):
@@ -161,10 +169,13 @@ class Child:
                 start_new_session=True,  # Ctrl-C goes to us; we stop children in order
                 preexec_fn=_die_with_parent(),  # prctl must run in the child, after fork
             )
-        started = _started_at(self.process.pid)
-        if started is not None:
+        started, parent_started = _started_at(self.process.pid), _started_at(os.getpid())
+        if started is not None and parent_started is not None:
             tmp = self.pid_path.with_suffix(".pid.tmp")
-            tmp.write_text(json.dumps({"pid": self.process.pid, "started": started}))
+            tmp.write_text(
+                json.dumps({"pid": self.process.pid, "started": started,
+                            "parent": os.getpid(), "parent_started": parent_started})
+            )  # fmt: skip
             tmp.replace(self.pid_path)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

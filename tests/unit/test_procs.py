@@ -13,7 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.procs import Child, _started_at
+import pytest
+
+from gateway.procs import Child, ChildFailed, _started_at
 
 PARENT = """
 import sys, time
@@ -45,7 +47,14 @@ def test_a_child_gets_sigterm_when_its_parent_is_sigkilled(tmp_path: Path) -> No
     try:
         assert _started_at(child) is not None
         recorded = json.loads((tmp_path / "sleeper.pid").read_text())
-        assert recorded == {"pid": child, "started": _started_at(child)}
+        assert recorded["pid"] == child and recorded["started"] == _started_at(child)
+        assert recorded["parent"] == parent.pid
+        # while its gateway lives, another start on the same dir refuses to touch it
+        other = Child("sleeper", ["sleep", "1"], log_path=tmp_path / "sleeper.log",
+                      ready=lambda: True)  # fmt: skip
+        with pytest.raises(ChildFailed, match="belongs to a running process"):
+            other.start()
+        assert _started_at(child) is not None
         parent.kill()
         parent.wait(30)
         assert gone(child), "the child outlived its SIGKILLed parent"
@@ -60,7 +69,10 @@ def test_a_stale_child_from_the_pid_file_is_stopped_before_a_new_start(tmp_path:
     stale = subprocess.Popen(["sleep", "600"], start_new_session=True)
     try:
         pid_file = tmp_path / "sleeper.pid"
-        pid_file.write_text(json.dumps({"pid": stale.pid, "started": _started_at(stale.pid)}))
+        pid_file.write_text(json.dumps({
+            "pid": stale.pid, "started": _started_at(stale.pid),
+            "parent": 1, "parent_started": -1,  # whoever pid 1 is, it did not start then
+        }))  # fmt: skip
         child = Child("sleeper", ["sleep", "600"], log_path=tmp_path / "sleeper.log",
                       ready=lambda: True)  # fmt: skip
         child.start()
@@ -83,8 +95,9 @@ def test_a_recycled_pid_is_left_alone(tmp_path: Path) -> None:
         started = _started_at(bystander.pid)
         assert started is not None
         (tmp_path / "sleeper.pid").write_text(
-            json.dumps({"pid": bystander.pid, "started": started - 1})
-        )
+            json.dumps({"pid": bystander.pid, "started": started - 1,
+                        "parent": 1, "parent_started": -1})
+        )  # fmt: skip
         child = Child("sleeper", ["sleep", "1"], log_path=tmp_path / "sleeper.log",
                       ready=lambda: True)  # fmt: skip
         assert child.stop_stale() is False
