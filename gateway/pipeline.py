@@ -147,6 +147,7 @@ class Pipeline:
         self._anchor_locks: dict[bytes, threading.Lock] = {}
         self._thread: threading.Thread | None = None
         self._reconciled = threading.Event()  # the anchors recorded before start are checked
+        self._reconciled.set()  # (only start() has any to check: it clears this)
         self._reconcile_at = 0.0
         self._reconcile_attempts = 0
         self.reanchored = 0  # records the chain had lost, anchored again since start
@@ -154,6 +155,7 @@ class Pipeline:
     # -- running ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._reconciled.clear()
         self._thread = threading.Thread(
             target=self._dispatch, name="pipeline-dispatch", daemon=True
         )
@@ -195,7 +197,7 @@ class Pipeline:
         try:
             self.reconcile_anchors()
         except Exception as exc:  # the chain is down: the other stages go on meanwhile
-            retry_in = backoff(self._reconcile_attempts)
+            retry_in = min(10.0, backoff(self._reconcile_attempts))  # new anchors wait on it
             self._reconcile_attempts += 1
             self._reconcile_at = time.monotonic() + retry_in
             log.warning(
