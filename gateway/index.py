@@ -391,11 +391,35 @@ class Index:
                     f"UPDATE instances SET {assignments} WHERE id = ?", (*values.values(), row_id)
                 )
 
+    def reopen_batches(self, tx_hash: str) -> list[PendingBatch]:
+        """Mark the landed batches of ``tx_hash`` open again (the chain lost them); returns them."""
+        with self.transaction() as db:
+            ids = [
+                int(batch)
+                for (batch,) in db.execute(
+                    "SELECT id FROM batches WHERE state = 'landed' AND tx_hash = ?", (tx_hash,)
+                ).fetchall()
+            ]
+            db.execute(
+                "UPDATE batches SET state = 'open', attempts = 0, next_attempt_at = 0,"
+                " last_error = NULL WHERE state = 'landed' AND tx_hash = ?",
+                (tx_hash,),
+            )
+        return [batch for batch in self.open_batches(due_only=False) if batch.id in ids]
+
     def batch_counts(self) -> dict[str, int]:
         """Merkle batches per state (``open``, ``landed``)."""
         with self._lock:
             cursor = self._db.execute("SELECT state, COUNT(*) FROM batches GROUP BY state")
             return {str(state): int(count) for state, count in cursor.fetchall()}
+
+    def anchored_newest_first(self, *, limit: int, offset: int = 0) -> list[Row]:
+        """Rows past the anchor stage with their transaction, newest block first."""
+        return self._rows(
+            "WHERE tx_hash IS NOT NULL AND stage IN ('forward', 'committed', 'conflict')"
+            " ORDER BY block_number DESC, id DESC LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
 
     def by_study(self, study_instance_uid: str) -> list[Row]:
         return self._rows("WHERE study_instance_uid = ? ORDER BY id", (study_instance_uid,))

@@ -15,6 +15,11 @@ row in the same step that records the work's result. A crash between the work an
 advance repeats the work, which is why every stage is idempotent: the object name is
 content-addressed, the anchor looks the record up on the ledger before sending, and
 Orthanc answers ``AlreadyStored`` to identical bytes.
+
+The index saying "anchored" is only as good as the chain still holding the transaction.
+An embedded anvil killed without its state dump comes back without its last blocks, so
+on start the pipeline checks the newest anchors it recorded, newest first, and anchors
+again every record the chain lost (:meth:`Pipeline.reconcile_anchors`).
 """
 
 from __future__ import annotations
@@ -70,6 +75,10 @@ class Anchorer(Protocol):
     """The anchor stage for one image: one transaction."""
 
     def anchor(self, item: AnchorItem) -> AnchorResult: ...
+
+    def confirmed(self, tx_hash: str) -> bool:
+        """True when the chain holds ``tx_hash`` as a successful transaction."""
+        ...
 
 
 class Gather(Protocol):
@@ -188,10 +197,16 @@ class Pipeline:
         self._batch_thread: threading.Thread | None = None
         self._batch_wake = threading.Event()
         self._batching = False
+        self._reconciled = threading.Event()  # the anchors recorded before start are checked
+        self._reconciled.set()  # (only start() has any to check: it clears this)
+        self._reconcile_at = 0.0
+        self._reconcile_attempts = 0
+        self.reanchored = 0  # records the chain had lost, anchored again since start
 
     # -- running ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._reconciled.clear()
         self._thread = threading.Thread(
             target=self._dispatch, name="pipeline-dispatch", daemon=True
         )
@@ -230,7 +245,11 @@ class Pipeline:
         stages = ("fingerprint", "seal", "put", "forward") if self.batcher else None
         while not self._stop.is_set():
             self._wake.clear()
+            if not self._reconciled.is_set() and time.monotonic() >= self._reconcile_at:
+                self._try_reconcile()
             for row in self.index.due(limit=256, stages=stages):
+                if row.stage == "anchor" and not self._reconciled.is_set():
+                    continue  # no new anchor before the recorded ones are checked
                 self._submit(row.id)
             self._wake.wait(0.25)
 
@@ -240,6 +259,66 @@ class Pipeline:
                 return
             self._inflight.add(row_id)
         self._pool.submit(self._run, row_id)
+
+    def _try_reconcile(self) -> None:
+        try:
+            self.reconcile_anchors()
+        except Exception as exc:  # the chain is down: the other stages go on meanwhile
+            retry_in = min(10.0, backoff(self._reconcile_attempts))  # new anchors wait on it
+            self._reconcile_attempts += 1
+            self._reconcile_at = time.monotonic() + retry_in
+            log.warning(
+                "cannot check the recorded anchors against the chain yet (%s: %s); retry in "
+                "%.1f s", type(exc).__name__, exc, retry_in,
+            )  # fmt: skip
+
+    def reconcile_anchors(self) -> int:
+        """Anchor again the records the chain lost since they were anchored; returns how many.
+
+        Runs once, when the pipeline starts, before any new anchor (the anchor stage waits
+        for it). The anchored rows are checked newest first, and the check stops at the
+        first transaction the chain still holds: a chain that lost blocks lost its newest
+        ones (an anvil restarted from an older state dump). Lost rows are anchored again
+        oldest first, so that a version is recorded before the one that supersedes it;
+        their stage is left as it is (a committed row stays committed). A lost batch is
+        re-opened and landed again whole (same members, same root, so the same proofs); its
+        rows pass through ``forward`` again, which Orthanc answers ``AlreadyStored``.
+        """
+        lost: list[Row] = []
+        checked: dict[str, bool] = {}
+        offset, page = 0, 64
+        while True:
+            rows = self.index.anchored_newest_first(limit=page, offset=offset)
+            confirmed = False
+            for row in rows:
+                assert row.tx_hash is not None
+                if row.tx_hash not in checked:
+                    checked[row.tx_hash] = self.anchorer.confirmed(row.tx_hash)
+                if checked[row.tx_hash]:
+                    confirmed = True
+                    break
+                lost.append(row)
+            if confirmed or len(rows) < page:
+                break
+            offset += page
+        if lost:
+            log.warning(
+                "the chain no longer holds %d anchored record(s) (newest block %s): anchoring "
+                "them again", len(lost), lost[0].block_number,
+            )  # fmt: skip
+        relanded: set[str] = set()
+        for row in sorted(lost, key=lambda r: r.id):
+            if self.batcher is None or row.batch_id is None:
+                self._anchor(self.index.get(row.id), advance=False)
+                self.reanchored += 1
+            elif row.tx_hash not in relanded:  # a lost batch is sent again whole: same root
+                relanded.add(str(row.tx_hash))
+                for batch in self.index.reopen_batches(str(row.tx_hash)):
+                    self._land(batch)
+                    self.reanchored += batch.count
+        self._reconciled.set()
+        self._wake.set()
+        return len(lost)
 
     def _run(self, row_id: int) -> None:
         try:
@@ -284,6 +363,9 @@ class Pipeline:
         while not self._stop.is_set():
             self._batch_wake.clear()
             wait = 0.25
+            if not self._reconciled.is_set():  # no new batch before the recorded anchors are checked
+                self._batch_wake.wait(wait)
+                continue
             try:
                 self._batching = True
                 for batch in self.index.open_batches():
@@ -411,8 +493,10 @@ class Pipeline:
                 return
             self.index.update(row.id, stage="seal")
             return
+        failpoints.hit("pipeline.before_put")
         with sealed.open("rb") as source:
             self.store.put(row.object_name, source, length=sealed.stat().st_size)
+        failpoints.hit("pipeline.after_put")
         self.index.update(row.id, stage="anchor", attempts=0, last_error=None)
         sealed.unlink(missing_ok=True)
 
@@ -425,12 +509,19 @@ class Pipeline:
         ]
         if older:
             raise Retry(f"waiting for row {older[0].id}, an older version, to be anchored")
+        if not self._reconciled.is_set():
+            raise Retry("the anchors recorded before the start are not checked yet")
+        self._anchor(row, advance=True)
+
+    def _anchor(self, row: Row, *, advance: bool) -> None:
+        """Anchor the row's version and record where; ``advance`` moves it on to forward."""
+        assert row.record_key and row.patient_key and row.digest and row.pixel_digest
         with self._anchor_lock(row.record_key):
             result = self.anchorer.anchor(_anchor_item(row))
         failpoints.hit("pipeline.after_anchor")
+        progress = {"stage": "forward", "attempts": 0, "last_error": None} if advance else {}
         self.index.update(
             row.id,
-            stage="forward",
             tx_hash=result.tx_hash,
             block_number=result.block_number,
             block_time=result.block_time,
@@ -438,8 +529,7 @@ class Pipeline:
             batch_id=result.batch_id,
             leaf_index=result.leaf_index,
             proof=result.proof,
-            attempts=0,
-            last_error=None,
+            **progress,
         )
 
     def _anchor_lock(self, record_key: bytes) -> threading.Lock:
