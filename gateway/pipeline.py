@@ -7,6 +7,15 @@ row in the same step that records the work's result. A crash between the work an
 advance repeats the work, which is why every stage is idempotent: the object name is
 content-addressed, the anchor looks the record up on the ledger before sending, and
 Orthanc answers ``AlreadyStored`` to identical bytes.
+
+Failures are of two kinds (:func:`is_transient`). A downstream that is unavailable (object
+store, chain node, PACS: refused, timed out, 5xx) or a row that must wait for another is
+retried for as long as it takes, with backoff capped at :data:`TRANSIENT_CAP_S`, and shown
+as failing; when any row gets through a stage, the rows waiting at that stage for such a
+reason are due at once, so a backlog drains as soon as its downstream is back. Any other
+failure (the PACS refused the file, the contract reverted, a bug) is retried
+:data:`PERMANENT_ATTEMPTS` times, then the row is parked at stage ``failed`` with its
+reason, logged at ERROR, and waits for ``xray-gateway retry``; its spool file is kept.
 """
 
 from __future__ import annotations
@@ -21,7 +30,14 @@ from pathlib import Path
 from typing import Protocol
 
 from gateway import keys
-from gateway.errors import DatasetUnreadable, GatewayError
+from gateway.errors import (
+    ChainUnavailable,
+    DatasetUnreadable,
+    GatewayError,
+    PacsUnavailable,
+    SpoolUnavailable,
+    StoreUnavailable,
+)
 from gateway.fingerprint import fingerprint, read_header
 from gateway.index import Index, Row
 from gateway.keys import Keyring
@@ -86,9 +102,34 @@ def object_name(record_key: bytes, digest: bytes) -> str:
     return f"{record_key.hex()}/{digest.hex()}"
 
 
-def backoff(attempts: int) -> float:
-    """Seconds before the next try: 0.5, 1, 2, … capped at five minutes."""
-    return float(min(300.0, 0.5 * 2 ** min(attempts, 10)))
+TRANSIENT_CAP_S = 60.0
+"""Longest wait between two tries of a row whose downstream is unavailable."""
+PERMANENT_ATTEMPTS = 5
+"""Tries, for a permanent reason, before a row is parked at stage ``failed``."""
+
+# Unavailable downstreams, waits, and the OS saying "not now" (disk full, connection reset).
+TRANSIENT: tuple[type[BaseException], ...] = (
+    Retry,
+    StoreUnavailable,
+    ChainUnavailable,
+    PacsUnavailable,
+    SpoolUnavailable,
+    TimeoutError,
+    ConnectionError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a stage's failure is worth retrying for as long as it takes."""
+    if isinstance(exc, TRANSIENT):
+        return True
+    # ENOSPC, EIO... on our own disk: not the row's fault, room may come back.
+    return isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, PermissionError))
+
+
+def backoff(attempts: int, *, cap: float = 300.0) -> float:
+    """Seconds before the next try: 0.5, 1, 2, … capped at ``cap`` (five minutes)."""
+    return float(min(cap, 0.5 * 2 ** min(attempts, 10)))
 
 
 class Pipeline:
@@ -136,6 +177,7 @@ class Pipeline:
         self._inflight: set[int] = set()
         self._lock = threading.Lock()
         self._anchor_locks: dict[bytes, threading.Lock] = {}
+        self._held_at: set[str] = set()  # stages where rows wait for a transient reason
         self._thread: threading.Thread | None = None
 
     # -- running ---------------------------------------------------------------------------
@@ -191,15 +233,49 @@ class Pipeline:
                 return row.stage
             try:
                 step(row)
-            except Exception as exc:  # every failure is retried, visibly, with its reason
-                retry_in = backoff(row.attempts)
-                reason = f"{row.stage}: {type(exc).__name__}: {exc}"
-                level = logging.INFO if isinstance(exc, Retry) else logging.WARNING
-                log.log(
-                    level, "row %d (%s): %s; retry in %.1f s", row.id, _short(row), reason, retry_in
-                )
-                self.index.fail(row.id, reason[:500], retry_in=retry_in)
+            except Exception as exc:  # every failure is recorded on the row, with its reason
+                self._failed(row, exc)
                 return row.stage
+            self._succeeded(row)
+
+    def _failed(self, row: Row, exc: Exception) -> None:
+        reason = f"{row.stage}: {type(exc).__name__}: {exc}"[:500]
+        if is_transient(exc):
+            retry_in = backoff(row.attempts, cap=TRANSIENT_CAP_S)
+            level = logging.INFO if isinstance(exc, Retry) else logging.WARNING
+            log.log(
+                level, "row %d (%s): %s; retry in %.1f s", row.id, _short(row), reason, retry_in
+            )
+            self.index.fail(row.id, reason, retry_in=retry_in)
+            if not isinstance(exc, Retry):
+                with self._lock:
+                    self._held_at.add(row.stage)
+        elif row.strikes + 1 >= PERMANENT_ATTEMPTS:
+            log.error(
+                "row %d (%s): %s; parked at stage failed after %d attempts (spool file kept; "
+                "`xray-gateway retry %d` re-queues it)",
+                row.id, _short(row), reason, row.strikes + 1, row.id,
+            )  # fmt: skip
+            self.index.park(row.id, reason)
+        else:
+            retry_in = backoff(row.strikes)
+            log.warning(
+                "row %d (%s): %s; attempt %d of %d, retry in %.1f s",
+                row.id, _short(row), reason, row.strikes + 1, PERMANENT_ATTEMPTS, retry_in,
+            )  # fmt: skip
+            self.index.fail(row.id, reason, retry_in=retry_in, permanent=True)
+
+    def _succeeded(self, row: Row) -> None:
+        if row.strikes:
+            self.index.succeeded(row.id)
+        with self._lock:
+            held = row.stage in self._held_at
+            self._held_at.discard(row.stage)
+        if held:
+            released = self.index.release(row.stage)
+            if released:
+                log.info("stage %s works again: %d waiting rows are due now", row.stage, released)
+                self._wake.set()
 
     # -- stages ----------------------------------------------------------------------------
 
