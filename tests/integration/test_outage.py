@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 
 import dicom_fixtures
 from gateway.commitment import PROCESSING_FAILURE
@@ -37,7 +38,7 @@ from gateway.procs import free_port
 from gateway.store import ObjectStore, open_store
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env, run
-from tests.integration.modality import Modality
+from tests.integration.modality import Modality, Received
 from tests.integration.pacs import TestOrthanc
 from tests.integration.s3 import MotoServer, Relay
 
@@ -264,6 +265,18 @@ def check_everything(site: Site, files: list[Path], uids: list[str]) -> tuple[in
     return lost, duplicated
 
 
+def commitment(site: Site, refs: list[tuple[str, str]]) -> Received:
+    """Ask for Storage Commitment; the report of *this* request (one for an earlier request
+    may still come, later, on a new association)."""
+    transaction = generate_uid()
+    code, report = site.modality.request(site.up.dicom_port, refs, transaction_uid=transaction)
+    assert code == 0x0000
+    deadline = time.monotonic() + 180
+    while report is None or str(report.info.TransactionUID) != transaction:
+        report = site.modality.next_report(timeout=max(1.0, deadline - time.monotonic()))
+    return report
+
+
 def outage(
     site: Site,
     *,
@@ -306,48 +319,6 @@ def outage(
     assert figures["acked"] == COUNT, sender.output[-2000:]
     assert (lost, duplicated) == (0, 0)
     assert figures["committed"] == COUNT
-
-
-def test_an_s3_outage_only_delays_commitment(site: Site) -> None:
-    outage(
-        site,
-        name="s3",
-        number=1,
-        cut=site.relay.stop,
-        restore=site.relay.start,
-        stage="put",
-        error="StoreUnavailable",
-    )
-
-
-def test_an_anvil_outage_only_delays_commitment(site: Site) -> None:
-    def restart() -> None:
-        assert site.anvil.process is not None
-        site.anvil.start()  # same port, the state it dumped on SIGTERM
-
-    height = site.ledger.w3.eth.block_number
-    outage(
-        site,
-        name="anvil",
-        number=2,
-        cut=site.anvil.stop,  # SIGTERM to its pid: the state is dumped
-        restore=restart,
-        stage="anchor",
-        error="ChainUnavailable",
-    )
-    assert site.ledger.w3.eth.block_number > height  # the chain went on from its state
-
-
-def test_an_orthanc_outage_only_delays_commitment(site: Site) -> None:
-    outage(
-        site,
-        name="orthanc",
-        number=3,
-        cut=site.orthanc.orthanc.stop,  # SIGTERM to its pid; storage and ports kept
-        restore=site.orthanc.orthanc.start,
-        stage="forward",
-        error="PacsUnavailable",
-    )
 
 
 def test_a_permanent_failure_parks_rows_until_the_operator_retries(site: Site) -> None:
@@ -400,9 +371,8 @@ def test_a_permanent_failure_parks_rows_until_the_operator_retries(site: Site) -
     assert re.search(r"ERROR gateway\.pipeline: row \d+ .*parked at stage failed", log)
 
     # Storage Commitment tells the modality these failed
-    code, commitment = site.modality.request(site.up.dicom_port, refs)
-    assert code == 0x0000 and commitment is not None
-    assert commitment.failed == {uid: PROCESSING_FAILURE for uid in uids}
+    answer = commitment(site, refs)
+    assert answer.failed == {uid: PROCESSING_FAILURE for uid in uids}
 
     # the operator re-queues them; they commit with no further step
     first = run(env, "retry", str(rows[0]["id"]))
@@ -415,6 +385,47 @@ def test_a_permanent_failure_parks_rows_until_the_operator_retries(site: Site) -
     assert (lost, duplicated) == (0, 0)
     values = metrics(site)
     assert not [k for k in values if k[0] == "xray_gateway_parked_instances"]
-    code, commitment = site.modality.request(site.up.dicom_port, refs)
-    assert code == 0x0000 and commitment is not None
-    assert commitment.event_type == 1 and commitment.committed == set(uids)
+    answer = commitment(site, refs)
+    assert answer.event_type == 1 and answer.committed == set(uids)
+
+
+def test_an_s3_outage_only_delays_commitment(site: Site) -> None:
+    outage(
+        site,
+        name="s3",
+        number=1,
+        cut=site.relay.stop,
+        restore=site.relay.start,
+        stage="put",
+        error="StoreUnavailable",
+    )
+
+
+def test_an_anvil_outage_only_delays_commitment(site: Site) -> None:
+    def restart() -> None:
+        assert site.anvil.process is not None
+        site.anvil.start()  # same port, the state it dumped on SIGTERM
+
+    height = site.ledger.w3.eth.block_number
+    outage(
+        site,
+        name="anvil",
+        number=2,
+        cut=site.anvil.stop,  # SIGTERM to its pid: the state is dumped
+        restore=restart,
+        stage="anchor",
+        error="ChainUnavailable",
+    )
+    assert site.ledger.w3.eth.block_number > height  # the chain went on from its state
+
+
+def test_an_orthanc_outage_only_delays_commitment(site: Site) -> None:
+    outage(
+        site,
+        name="orthanc",
+        number=3,
+        cut=site.orthanc.orthanc.stop,  # SIGTERM to its pid; storage and ports kept
+        restore=site.orthanc.orthanc.start,
+        stage="forward",
+        error="PacsUnavailable",
+    )
