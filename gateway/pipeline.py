@@ -19,7 +19,19 @@ Orthanc answers ``AlreadyStored`` to identical bytes.
 The index saying "anchored" is only as good as the chain still holding the transaction.
 An embedded anvil killed without its state dump comes back without its last blocks, so
 on start the pipeline checks the newest anchors it recorded, newest first, and anchors
-again every record the chain lost (:meth:`Pipeline.reconcile_anchors`).
+again every record the chain lost (:meth:`Pipeline.reconcile_anchors`). The same check
+runs again whenever the chain was unreachable, before anything new is anchored: a node
+restarted from an older state dump has lost its newest blocks.
+
+Failures are of two kinds (:func:`is_transient`). A downstream that is unavailable (object
+store, chain node, PACS: refused, timed out, 5xx) or a row that must wait for another is
+retried for as long as it takes, with backoff capped at :data:`TRANSIENT_CAP_S`, and shown
+as failing; when any row gets through a stage, the rows waiting at that stage for such a
+reason are due at once, so a backlog drains as soon as its downstream is back. Any other
+failure (the PACS refused the file, the contract reverted, a bug) is retried
+:data:`PERMANENT_ATTEMPTS` times, then the row is parked at stage ``failed`` with its
+reason, logged at ERROR, and waits for ``xray-gateway retry``; its spool file is kept.
+A Merkle batch is failed, retried and parked as a whole, the same way.
 """
 
 from __future__ import annotations
@@ -35,7 +47,14 @@ from pathlib import Path
 from typing import Protocol
 
 from gateway import failpoints, keys
-from gateway.errors import DatasetUnreadable, GatewayError
+from gateway.errors import (
+    ChainUnavailable,
+    DatasetUnreadable,
+    GatewayError,
+    PacsUnavailable,
+    SpoolUnavailable,
+    StoreUnavailable,
+)
 from gateway.fingerprint import fingerprint, read_header
 from gateway.index import Index, PendingBatch, Row
 from gateway.keys import Keyring
@@ -138,9 +157,34 @@ def object_name(record_key: bytes, digest: bytes) -> str:
     return f"{record_key.hex()}/{digest.hex()}"
 
 
-def backoff(attempts: int) -> float:
-    """Seconds before the next try: 0.5, 1, 2, … capped at five minutes."""
-    return float(min(300.0, 0.5 * 2 ** min(attempts, 10)))
+TRANSIENT_CAP_S = 60.0
+"""Longest wait between two tries of a row whose downstream is unavailable."""
+PERMANENT_ATTEMPTS = 5
+"""Tries, for a permanent reason, before a row is parked at stage ``failed``."""
+
+# Unavailable downstreams, waits, and the OS saying "not now" (disk full, connection reset).
+TRANSIENT: tuple[type[BaseException], ...] = (
+    Retry,
+    StoreUnavailable,
+    ChainUnavailable,
+    PacsUnavailable,
+    SpoolUnavailable,
+    TimeoutError,
+    ConnectionError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a stage's failure is worth retrying for as long as it takes."""
+    if isinstance(exc, TRANSIENT):
+        return True
+    # ENOSPC, EIO... on our own disk: not the row's fault, room may come back.
+    return isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, PermissionError))
+
+
+def backoff(attempts: int, *, cap: float = 300.0) -> float:
+    """Seconds before the next try: 0.5, 1, 2, … capped at ``cap`` (five minutes)."""
+    return float(min(cap, 0.5 * 2 ** min(attempts, 10)))
 
 
 class Pipeline:
@@ -193,6 +237,7 @@ class Pipeline:
         self._inflight: set[int] = set()
         self._lock = threading.Lock()
         self._anchor_locks: dict[bytes, threading.Lock] = {}
+        self._held_at: set[str] = set()  # stages where rows wait for a transient reason
         self._thread: threading.Thread | None = None
         self._batch_thread: threading.Thread | None = None
         self._batch_wake = threading.Event()
@@ -264,7 +309,7 @@ class Pipeline:
         try:
             self.reconcile_anchors()
         except Exception as exc:  # the chain is down: the other stages go on meanwhile
-            retry_in = min(10.0, backoff(self._reconcile_attempts))  # new anchors wait on it
+            retry_in = min(2.0, backoff(self._reconcile_attempts))  # new anchors wait on it
             self._reconcile_attempts += 1
             self._reconcile_at = time.monotonic() + retry_in
             log.warning(
@@ -340,15 +385,50 @@ class Pipeline:
                 return row.stage
             try:
                 step(row)
-            except Exception as exc:  # every failure is retried, visibly, with its reason
-                retry_in = backoff(row.attempts)
-                reason = f"{row.stage}: {type(exc).__name__}: {exc}"
-                level = logging.INFO if isinstance(exc, Retry) else logging.WARNING
-                log.log(
-                    level, "row %d (%s): %s; retry in %.1f s", row.id, _short(row), reason, retry_in
-                )
-                self.index.fail(row.id, reason[:500], retry_in=retry_in)
+            except Exception as exc:  # every failure is recorded on the row, with its reason
+                self._failed(row, exc)
                 return row.stage
+            self._succeeded(row)
+
+    def _failed(self, row: Row, exc: Exception) -> None:
+        reason = f"{row.stage}: {type(exc).__name__}: {exc}"[:500]
+        if is_transient(exc):
+            retry_in = backoff(row.attempts, cap=TRANSIENT_CAP_S)
+            level = logging.INFO if isinstance(exc, Retry) else logging.WARNING
+            log.log(
+                level, "row %d (%s): %s; retry in %.1f s", row.id, _short(row), reason, retry_in
+            )
+            self.index.fail(row.id, reason, retry_in=retry_in)
+            if not isinstance(exc, Retry):
+                with self._lock:
+                    self._held_at.add(row.stage)
+                self._chain_down(exc)
+        elif row.strikes + 1 >= PERMANENT_ATTEMPTS:
+            log.error(
+                "row %d (%s): %s; parked at stage failed after %d attempts (spool file kept; "
+                "`xray-gateway retry %d` re-queues it)",
+                row.id, _short(row), reason, row.strikes + 1, row.id,
+            )  # fmt: skip
+            self.index.park(row.id, reason)
+        else:
+            retry_in = backoff(row.strikes)
+            log.warning(
+                "row %d (%s): %s; attempt %d of %d, retry in %.1f s",
+                row.id, _short(row), reason, row.strikes + 1, PERMANENT_ATTEMPTS, retry_in,
+            )  # fmt: skip
+            self.index.fail(row.id, reason, retry_in=retry_in, permanent=True)
+
+    def _succeeded(self, row: Row) -> None:
+        if row.strikes:
+            self.index.succeeded(row.id)
+        with self._lock:
+            held = row.stage in self._held_at
+            self._held_at.discard(row.stage)
+        if held:
+            released = self.index.release(row.stage)
+            if released:
+                log.info("stage %s works again: %d waiting rows are due now", row.stage, released)
+                self._wake.set()
 
     # -- the batch thread --------------------------------------------------------------------
 
@@ -402,10 +482,7 @@ class Pipeline:
         try:
             results = self.batcher.land(batch, [_anchor_item(row) for row in rows])
         except Exception as exc:  # retried whole: same members, same root
-            retry_in = backoff(batch.attempts)
-            reason = f"anchor: batch {batch.id}: {type(exc).__name__}: {exc}"
-            log.warning("%s; %d images wait, retry in %.1f s", reason, batch.count, retry_in)
-            self.index.fail_batch(batch.id, reason[:500], retry_in=retry_in)
+            self._batch_failed(batch, rows, exc)
             return
         failpoints.hit("pipeline.after_anchor")
         first = results[0]
@@ -419,14 +496,53 @@ class Pipeline:
                     "block_number": result.block_number, "block_time": result.block_time,
                     "recorder": result.recorder, "batch_id": result.batch_id,
                     "leaf_index": result.leaf_index, "proof": result.proof, "attempts": 0,
-                    "last_error": None, "next_attempt_at": 0,
+                    "strikes": 0, "last_error": None, "next_attempt_at": 0,
                 }
                 for row, result in zip(rows, results, strict=True)
             },
         )  # fmt: skip
         log.info("batch %d landed as batch %d in block %d", batch.id, first.batch_id,
                  first.block_number)  # fmt: skip
+        with self._lock:
+            held = "batch" in self._held_at
+            self._held_at.discard("batch")
+        if held and (released := self.index.release_batches()):
+            log.info("the chain takes batches again: %d waiting batches are due now", released)
         self._wake.set()
+
+    def _batch_failed(self, batch: PendingBatch, rows: list[Row], exc: Exception) -> None:
+        """A batch failed to land: retried whole, or parked whole (like a row, see ``_failed``)."""
+        reason = f"anchor: batch {batch.id}: {type(exc).__name__}: {exc}"[:500]
+        if is_transient(exc):
+            retry_in = backoff(batch.attempts, cap=TRANSIENT_CAP_S)
+            log.warning("%s; %d images wait, retry in %.1f s", reason, batch.count, retry_in)
+            self.index.fail_batch(batch.id, reason, retry_in=retry_in)
+            with self._lock:
+                self._held_at.add("batch")
+            self._chain_down(exc)
+            return
+        strikes = 1 + max((row.strikes for row in rows), default=0)
+        if strikes >= PERMANENT_ATTEMPTS:
+            log.error(
+                "%s; its %d images are parked at stage failed after %d attempts (spool files "
+                "kept; `xray-gateway retry --all` re-queues them)", reason, batch.count, strikes,
+            )  # fmt: skip
+            self.index.abandon_batch(batch.id, reason)
+            return
+        retry_in = backoff(strikes - 1)
+        log.warning(
+            "%s; attempt %d of %d, %d images wait, retry in %.1f s",
+            reason, strikes, PERMANENT_ATTEMPTS, batch.count, retry_in,
+        )  # fmt: skip
+        self.index.fail_batch(batch.id, reason, retry_in=retry_in, permanent=True)
+
+    def _chain_down(self, exc: Exception) -> None:
+        """The chain did not answer: check the recorded anchors again before the next one."""
+        if isinstance(exc, ChainUnavailable) and self._reconciled.is_set() and self._thread is not None:
+            log.info("the chain is unreachable: recorded anchors are checked again once it is back")
+            self._reconcile_attempts = 0
+            self._reconcile_at = time.monotonic()
+            self._reconciled.clear()
 
     # -- stages ----------------------------------------------------------------------------
 
@@ -510,7 +626,7 @@ class Pipeline:
         if older:
             raise Retry(f"waiting for row {older[0].id}, an older version, to be anchored")
         if not self._reconciled.is_set():
-            raise Retry("the anchors recorded before the start are not checked yet")
+            raise Retry("the anchors recorded so far are not checked against the chain yet")
         self._anchor(row, advance=True)
 
     def _anchor(self, row: Row, *, advance: bool) -> None:

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from gateway.ledger import XrayLedger
 from gateway.store.fs import FilesystemStore
 from tests.integration.dicom import DCMTK
 from tests.integration.gateway_proc import Up, gateway_env
+from tests.integration.ledger_records import records_of
 from tests.integration.test_verify import admin_token, api, ledger_admin, pacs
 
 STUDY = "1.2.826.0.1.3680043.10.1138.9.1"
@@ -127,31 +127,12 @@ def copies(up: Up, client: httpx.Client, ledger: XrayLedger, uid: str) -> Copies
     reply = client.get(f"/v1/instances/{uid}/verify")
     assert reply.status_code in (200, 404), reply.text
     store = FilesystemStore(up.data_dir / "objects")
-    events = [
-        event
-        for name in ("ImageRecorded", "ImageSuperseded")
-        for event in ledger.events(name, filters={"recordKey": record_key})
-    ]
     return Copies(
         status=reply.json()["status"] if reply.status_code == 200 else "absent",
         objects=len(list(store.names(record_key.hex()))),
-        records=len(events) + batches_holding(up, ledger, uid),
+        records=records_of(up.data_dir / "index.sqlite", ledger, uid, record_key),
         in_pacs=pacs(up).find(uid) is not None,
     )
-
-
-def batches_holding(up: Up, ledger: XrayLedger, uid: str) -> int:
-    """How many Merkle batches the chain holds with one of this UID's rows among the leaves."""
-    db = sqlite3.connect(f"file:{up.data_dir / 'index.sqlite'}?mode=ro", uri=True)
-    try:
-        roots = db.execute(
-            "SELECT DISTINCT b.root FROM batch_members m JOIN batches b ON b.id = m.batch"
-            " JOIN instances i ON i.id = m.row_id WHERE i.sop_instance_uid = ?",
-            (uid,),
-        ).fetchall()
-    finally:
-        db.close()
-    return sum(1 for (root,) in roots if ledger.batch_id_of(bytes(root)) != 0)
 
 
 def check_after_restart(up: Up, files: list[Path], answers: dict[str, str]) -> dict[str, int]:
@@ -285,8 +266,10 @@ def test_records_the_chain_lost_are_anchored_again_on_start(
         ledger = ledger_admin(again)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # re-anchoring runs in the background
-            if all(ledger.image_of(key) is not None for key in record_keys) or all(
-                batches_holding(again, ledger, uid_of(p)) == 1 for p in slices
+            index = again.data_dir / "index.sqlite"
+            if all(
+                records_of(index, ledger, uid_of(p), key) == 1
+                for p, key in zip(slices, record_keys, strict=True)
             ):
                 break
             time.sleep(0.2)
