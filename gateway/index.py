@@ -93,6 +93,13 @@ ADDED_COLUMNS = (
 )
 
 
+# Parks rows (stage ``failed``, the stage they were at kept); parameters: PARKED, error.
+_PARK = (
+    "UPDATE instances SET parked_stage = stage, stage = ?, last_error = ?,"
+    " attempts = attempts + 1, strikes = strikes + 1, next_attempt_at = 0"
+)
+
+
 @dataclass(frozen=True)
 class Row:
     """One instance as the index knows it."""
@@ -280,12 +287,7 @@ class Index:
         Nothing is deleted; :meth:`requeue` puts it back where it stopped.
         """
         with self.transaction() as db:
-            db.execute(
-                "UPDATE instances SET parked_stage = stage, stage = ?, last_error = ?,"
-                " attempts = attempts + 1, strikes = strikes + 1, next_attempt_at = 0"
-                " WHERE id = ? AND stage != ?",
-                (PARKED, error, row_id, PARKED),
-            )
+            db.execute(f"{_PARK} WHERE id = ? AND stage != ?", (PARKED, error, row_id, PARKED))
 
     def requeue(self, row_ids: list[int] | None = None) -> list[int]:
         """Put parked rows (all of them when ``row_ids`` is None) back at their stage, due now.
@@ -474,9 +476,8 @@ class Index:
         """
         with self.transaction() as db:
             db.execute(
-                "UPDATE instances SET parked_stage = stage, stage = ?, last_error = ?,"
-                " attempts = attempts + 1, strikes = strikes + 1, next_attempt_at = 0"
-                " WHERE id IN (SELECT row_id FROM batch_members WHERE batch = ?) AND stage != ?",
+                f"{_PARK} WHERE id IN (SELECT row_id FROM batch_members WHERE batch = ?)"
+                " AND stage != ?",
                 (PARKED, error, batch, PARKED),
             )
             db.execute("DELETE FROM batch_members WHERE batch = ?", (batch,))
