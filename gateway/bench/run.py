@@ -85,6 +85,7 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run every part and write ``out_dir/results.json`` and ``out_dir/results.png``."""
     console = console or Console(stderr=True)
+    work = work.resolve()  # children (Orthanc) run in their own directories
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
     machine: dict[str, Any] = {
