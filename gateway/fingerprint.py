@@ -18,6 +18,7 @@ import os
 import tempfile
 import threading
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -28,6 +29,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
 from pydicom.uid import UID
 
+from gateway import filemap
 from gateway.errors import DatasetUnreadable
 
 PIXEL_DATA = 0x7FE00010
@@ -130,6 +132,11 @@ def fingerprint(stream: BinaryIO) -> Fingerprint:
     )
 
 
+def _read_chunks(stream: BinaryIO, size: int) -> Iterator[memoryview]:
+    while chunk := stream.read(size):
+        yield memoryview(chunk)
+
+
 def _pixel_hasher() -> ThreadPoolExecutor:
     global _PIXEL_POOL
     with _PIXEL_POOL_LOCK:
@@ -141,7 +148,9 @@ def _pixel_hasher() -> ThreadPoolExecutor:
 def _hash_once(
     stream: BinaryIO, offset: int, pixels: tuple[int, int] | None
 ) -> tuple[bytes, int, bytes | None]:
-    """SHA-256 from ``offset`` to the end and of the ``pixels`` range, in one read pass.
+    """SHA-256 from ``offset`` to the end and of the ``pixels`` range, in one pass.
+
+    A regular file is read through memory maps (no copy out of the page cache).
 
     Returns the dataset digest, the dataset length and the pixel digest (None without a
     range). A range that runs past the end of the stream raises DatasetUnreadable.
@@ -154,9 +163,10 @@ def _hash_once(
     stream.seek(offset)
     position = offset
     length = 0
-    while chunk := stream.read(PARALLEL_CHUNK if parallel else CHUNK):
-        view = memoryview(chunk)
-        lo, hi = max(start - position, 0), min(end - position, len(chunk))
+    size = PARALLEL_CHUNK if parallel else CHUNK
+    views = filemap.chunks(stream, size) or _read_chunks(stream, size)
+    for view in views:
+        lo, hi = max(start - position, 0), min(end - position, len(view))
         pending: Future[None] | None = None
         if pixel is not None and lo < hi:
             if pool is not None:
@@ -166,8 +176,8 @@ def _hash_once(
         sha.update(view)
         if pending is not None:
             pending.result()
-        position += len(chunk)
-        length += len(chunk)
+        position += len(view)
+        length += len(view)
     if pixel is not None and position < end:
         raise DatasetUnreadable("the Pixel Data element runs past the end of the file")
     return sha.digest(), length, pixel.digest() if pixel is not None else None
