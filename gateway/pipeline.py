@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,9 @@ class Pipeline:
         Where sealed objects wait between the seal and put stages.
     workers:
         Concurrent rows in flight.
+    pause:
+        Called before each stage and each look for due rows; the listener's
+        ``yield_to_acks`` holds the pipeline back while C-STOREs are streaming in.
     """
 
     def __init__(
@@ -120,6 +124,7 @@ class Pipeline:
         forwarder: Forwarder,
         sealed_dir: Path,
         workers: int = 4,
+        pause: Callable[[], None] | None = None,
     ) -> None:
         self.index = index
         self.spool = spool
@@ -129,6 +134,7 @@ class Pipeline:
         self.anchorer = anchorer
         self.forwarder = forwarder
         self.sealed_dir = sealed_dir
+        self.pause = pause
         sealed_dir.mkdir(parents=True, exist_ok=True)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pipeline")
         self._wake = threading.Event()
@@ -166,6 +172,8 @@ class Pipeline:
     def _dispatch(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
+            if self.pause is not None:
+                self.pause()
             for row in self.index.due(limit=256):
                 with self._lock:
                     if row.id in self._inflight:
@@ -189,6 +197,8 @@ class Pipeline:
             step = getattr(self, f"_stage_{row.stage}", None)
             if step is None:
                 return row.stage
+            if self.pause is not None:
+                self.pause()
             try:
                 step(row)
             except Exception as exc:  # every failure is retried, visibly, with its reason

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,11 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
+
+#: A C-STORE answered less than this long ago means more are on their way.
+STREAMING_S = 0.05
+#: The longest a pipeline stage waits for a stream of C-STOREs to pause.
+MAX_YIELD_S = 0.25
 
 # Write every received dataset to disk as it arrives, never into memory.
 _config.STORE_RECV_CHUNKED_DATASET = True
@@ -106,6 +112,7 @@ class Receiver:
         self._server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
         self.responses: Counter[int] = Counter()  # C-STORE responses by status, for /metrics
+        self._last_store = -STREAMING_S
 
     def build_ae(self) -> AE:
         ae = AE(ae_title=self.ae_title)
@@ -168,7 +175,25 @@ class Receiver:
         response = self._store(event)
         with self._lock:
             self.responses[int(response.Status)] += 1
+        self._last_store = time.monotonic()
         return response
+
+    def yield_to_acks(self) -> None:
+        """Hold the caller (a pipeline stage) back while C-STOREs stream in, at most MAX_YIELD_S.
+
+        The pipeline's Python work (web3 above all) competes with the listener's threads
+        for the GIL. Measured on 200 CT slices: acked in 1.1-1.3 s with the pipeline
+        paused, 4.2 s with it running beside the listener. Waiting while the acks come
+        back to back lets the modality finish first; the bound keeps commits advancing
+        during a long stream.
+        """
+        deadline = time.monotonic() + MAX_YIELD_S
+        while True:
+            now = time.monotonic()
+            quiet = self._last_store + STREAMING_S
+            if now >= quiet or now >= deadline:
+                return
+            time.sleep(min(quiet, deadline) - now)
 
     def _store(self, event: Any) -> Dataset:
         request = event.request
