@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 #: Bytes mapped at a time (rounded to a multiple of the chunk size).
-WINDOW = 32 << 20
+WINDOW = 8 << 20
 
 
 def chunks(stream: BinaryIO, size: int) -> Iterator[memoryview] | None:
