@@ -1,10 +1,17 @@
-"""The anchor stage: one ``recordImage``/``supersedeImage`` per image (batching plugs in beside it)."""
+"""The anchor stage: Merkle batches of many images per ``recordBatch``, or one record per image."""
 
 from __future__ import annotations
 
-from gateway.errors import LedgerError
+import logging
+from collections.abc import Sequence
+
+from gateway.errors import LedgerError, XrayBatchExists
+from gateway.index import Index, PendingBatch
 from gateway.ledger import XrayLedger
+from gateway.ledger.merkle import MerkleTree, encode_proof, leaf_hash
 from gateway.pipeline import AnchorItem, AnchorResult
+
+log = logging.getLogger(__name__)
 
 
 class SingleAnchorer:
@@ -28,7 +35,9 @@ class SingleAnchorer:
             if existing is not None:
                 return existing
             if image.retired:
-                raise LedgerError("the record is retired on the ledger; a new version cannot be anchored")
+                raise LedgerError(
+                    "the record is retired on the ledger; a new version cannot be anchored"
+                )
             send = self.ledger.supersede_image
         anchor = send(
             record_key=item.record_key,
@@ -59,3 +68,135 @@ class SingleAnchorer:
                         recorder=str(event.args["recorder"]),
                     )
         return None
+
+
+class Gatherer:
+    """When to cut a batch: ``max_size`` members, or ``window_s`` after the oldest arrived (pure).
+
+    :meth:`offer` is given, each time round, the rows that may join a batch now (oldest
+    first); a row is timed from the first offer that held it, and a row no longer offered
+    is forgotten. :meth:`take` cuts a batch when one is due.
+    """
+
+    def __init__(self, *, max_size: int, window_s: float) -> None:
+        if max_size < 1:
+            raise ValueError("a batch holds at least one image")
+        self.max_size = max_size
+        self.window_s = max(0.0, window_s)
+        self._since: dict[int, float] = {}
+
+    def offer(self, row_ids: Sequence[int], now: float) -> None:
+        since = self._since
+        self._since = {row_id: since.get(row_id, now) for row_id in row_ids}
+
+    def __len__(self) -> int:
+        return len(self._since)
+
+    def take(self, now: float) -> list[int] | None:
+        """The next batch's row ids in leaf order, or None if none is due yet."""
+        if not self._since:
+            return None
+        oldest = min(self._since.values())
+        if len(self._since) < self.max_size and now - oldest < self.window_s:
+            return None
+        chosen = list(self._since)[: self.max_size]
+        for row_id in chosen:
+            del self._since[row_id]
+        return chosen
+
+    def wait_s(self, now: float) -> float | None:
+        """Seconds until the window of the oldest waiting row runs out (None: nobody waits)."""
+        if not self._since:
+            return None
+        return max(0.0, min(self._since.values()) + self.window_s - now)
+
+
+def leaf_of(item: AnchorItem) -> bytes:
+    """The image's leaf in a batch tree (DESIGN.md: H(0x00 ‖ keys ‖ digests))."""
+    return leaf_hash(
+        record_key=item.record_key, patient_key=item.patient_key, digest=item.digest,
+        pixel_digest=item.pixel_digest,
+    )  # fmt: skip
+
+
+class BatchAnchorer:
+    """Anchors many images with one ``recordBatch(root, count)``, idempotently.
+
+    :meth:`open` persists the batch (root, count, members in leaf order) in the index
+    *before* anything is sent; :meth:`land` asks the chain ``batchIdOf(root)`` first, so
+    a batch whose transaction landed before a crash or a lost receipt is never sent
+    again, and a batch that failed is re-sent whole: same members, same root.
+
+    Parameters
+    ----------
+    ledger:
+        The contract, with the recorder's account.
+    index:
+        Where open batches are persisted.
+    max_size, window_ms:
+        A batch is cut at ``max_size`` images or ``window_ms`` after its oldest image
+        reached the anchor stage, whichever comes first.
+    """
+
+    def __init__(self, ledger: XrayLedger, index: Index, *, max_size: int, window_ms: int) -> None:
+        if ledger.sender is None:
+            raise ValueError("the anchorer needs a ledger client with the recorder's account")
+        self.ledger = ledger
+        self.index = index
+        self.max_size = max_size
+        self.window_s = window_ms / 1000.0
+
+    def gatherer(self) -> Gatherer:
+        """The size/window policy the batch thread cuts batches by."""
+        return Gatherer(max_size=self.max_size, window_s=self.window_s)
+
+    def open(self, members: Sequence[tuple[int, AnchorItem]]) -> PendingBatch:
+        """Build the tree over ``members`` (row id, item) and persist the batch."""
+        tree = MerkleTree([leaf_of(item) for _, item in members])
+        return self.index.open_batch(root=tree.root, members=[row_id for row_id, _ in members])
+
+    def land(self, batch: PendingBatch, items: Sequence[AnchorItem]) -> list[AnchorResult]:
+        """Anchor ``batch`` (its items in leaf order) unless the chain already holds its root.
+
+        Returns one result per item, with the batch id, leaf index and encoded proof.
+
+        Raises
+        ------
+        LedgerError
+            The items no longer give the persisted root, or the chain refused the batch.
+        """
+        tree = MerkleTree([leaf_of(item) for item in items])
+        if tree.root != batch.root or tree.size != batch.count:
+            raise LedgerError(f"batch {batch.id}: its members no longer give the persisted root")
+        batch_id = self.ledger.batch_id_of(batch.root)
+        if batch_id:
+            log.info("batch %d is already on chain as batch %d: not sent again", batch.id, batch_id)
+        else:
+            try:
+                batch_id, _ = self.ledger.record_batch(root=batch.root, count=batch.count)
+            except XrayBatchExists:  # sent before a crash, mined meanwhile
+                batch_id = self.ledger.batch_id_of(batch.root)
+                if not batch_id:
+                    raise
+                log.info("batch %d was mined meanwhile as batch %d", batch.id, batch_id)
+        on_chain = self.ledger.batch_of(batch_id)
+        if on_chain.count != batch.count:
+            raise LedgerError(
+                f"batch {batch_id} on chain holds {on_chain.count} leaves, not {batch.count}"
+            )
+        events = self.ledger.events(
+            "BatchAnchored", from_block=on_chain.block_number, filters={"batchId": batch_id}
+        )
+        tx_hash = events[0].tx_hash if events else ""
+        return [
+            AnchorResult(
+                tx_hash=tx_hash,
+                block_number=on_chain.block_number,
+                block_time=on_chain.anchored_at,
+                recorder=on_chain.recorder,
+                batch_id=batch_id,
+                leaf_index=i,
+                proof=encode_proof(tree.proof(i)),
+            )
+            for i in range(tree.size)
+        ]

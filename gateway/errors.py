@@ -18,7 +18,7 @@ translated at the boundary only: into a DICOM status in ``receive``, an HTTP pro
     ├── LedgerError                 anything on the chain side
     │   ├── ChainUnavailable        the JSON-RPC node cannot be reached
     │   ├── ContractNotDeployed     no xray contract at the configured address
-    │   ├── TransactionFailed       sent, but mined with status 0 or never mined
+    │   ├── TransactionFailed       mined with status 0, never mined, or refused by the node
     │   └── ContractRevert          the contract refused the call; ``.name`` is its custom error
     │       ├── AccessControlUnauthorizedAccount
     │       ├── XrayNotRecorder, XrayNotCustodian, XrayNotPermissionManager
@@ -106,7 +106,7 @@ class ContractNotDeployed(LedgerError):
 
 
 class TransactionFailed(LedgerError):
-    """A transaction was mined with status 0, or was not mined in time."""
+    """A transaction was mined with status 0, was not mined in time, or the node refused it."""
 
     def __init__(self, message: str, *, tx_hash: str | None = None) -> None:
         super().__init__(message)
@@ -167,6 +167,9 @@ XrayUnknownVersion = _revert("XrayUnknownVersion", "No such version of the recor
 XrayEmptyBatch = _revert("XrayEmptyBatch", "A batch must hold at least one image.")
 XrayBatchExists = _revert("XrayBatchExists", "The Merkle root is already anchored.")
 XrayUnknownBatch = _revert("XrayUnknownBatch", "No batch has that id.")
+XrayNotInBatch = _revert(
+    "XrayNotInBatch", "The inclusion proof does not lead to that batch's root."
+)
 XrayIndexOutOfRange = _revert("XrayIndexOutOfRange", "Index past the patient's records.")
 
 REVERTS: dict[str, type[ContractRevert]] = {
@@ -188,6 +191,7 @@ REVERTS: dict[str, type[ContractRevert]] = {
         XrayEmptyBatch,
         XrayBatchExists,
         XrayUnknownBatch,
+        XrayNotInBatch,
         XrayIndexOutOfRange,
     )
 }

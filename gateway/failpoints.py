@@ -19,7 +19,8 @@ Points (the code that passes them says where they sit):
 ``ledger.after_send``
     the anchoring transaction was sent; its receipt has not been seen.
 ``pipeline.after_anchor``
-    the record is on the ledger; the instance has not been forwarded to Orthanc.
+    the record (or the Merkle batch) is on the ledger; its rows have not moved on to
+    ``forward``, so a restart finds the batch open and asks ``batchIdOf(root)``.
 """
 
 from __future__ import annotations

@@ -59,6 +59,26 @@ CREATE INDEX IF NOT EXISTS instances_due ON instances (stage, next_attempt_at);
 CREATE INDEX IF NOT EXISTS instances_uid ON instances (sop_instance_uid);
 CREATE INDEX IF NOT EXISTS instances_key ON instances (record_key, digest);
 CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY,
+    root BLOB NOT NULL UNIQUE,
+    count INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'open',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    batch_id INTEGER,
+    tx_hash TEXT,
+    block_number INTEGER
+);
+CREATE TABLE IF NOT EXISTS batch_members (
+    batch INTEGER NOT NULL REFERENCES batches (id),
+    leaf_index INTEGER NOT NULL,
+    row_id INTEGER NOT NULL REFERENCES instances (id),
+    PRIMARY KEY (batch, leaf_index)
+);
+CREATE INDEX IF NOT EXISTS batch_members_row ON batch_members (row_id);
 """
 
 
@@ -102,6 +122,22 @@ class Row:
 
 
 COLUMNS = tuple(f.name for f in fields(Row))
+
+
+@dataclass(frozen=True)
+class PendingBatch:
+    """A Merkle batch persisted before its ``recordBatch`` was sent, not yet landed.
+
+    ``members`` are row ids in leaf order: the tree, and so the root, is rebuilt from
+    those rows' fields, and the same batch is re-sent whole after a failure or a crash.
+    """
+
+    id: int
+    root: bytes
+    count: int
+    members: tuple[int, ...]
+    attempts: int
+    last_error: str | None
 
 
 class Index:
@@ -175,12 +211,15 @@ class Index:
     def has_entry(self, entry_id: str) -> bool:
         return bool(self._rows("WHERE entry_id = ?", (entry_id,)))
 
-    def due(self, *, now: float | None = None, limit: int = 64) -> list[Row]:
-        """Rows with work to do whose retry time has come, oldest first."""
-        placeholders = ", ".join("?" for _ in STAGES[:-1])
+    def due(
+        self, *, now: float | None = None, limit: int = 64, stages: tuple[str, ...] | None = None
+    ) -> list[Row]:
+        """Rows with work to do (at ``stages``, default all) whose retry time has come, oldest first."""
+        stages = stages or STAGES[:-1]
+        placeholders = ", ".join("?" for _ in stages)
         return self._rows(
             f"WHERE stage IN ({placeholders}) AND next_attempt_at <= ? ORDER BY id LIMIT ?",
-            (*STAGES[:-1], time.time() if now is None else now, limit),
+            (*stages, time.time() if now is None else now, limit),
         )
 
     def update(self, row_id: int, **values: Any) -> None:
@@ -251,6 +290,112 @@ class Index:
             "WHERE batch_id IS NOT NULL AND proof IS NOT NULL AND stage NOT IN"
             " ('duplicate', 'rejected') ORDER BY id"
         )
+
+    # -- Merkle batches -------------------------------------------------------------------
+
+    def due_unbatched(self, stage: str, *, now: float | None = None, limit: int) -> list[Row]:
+        """Due rows at ``stage`` that no open batch holds, oldest first."""
+        return self._rows(
+            "WHERE stage = ? AND next_attempt_at <= ? AND id NOT IN (SELECT m.row_id FROM"
+            " batch_members m JOIN batches b ON b.id = m.batch WHERE b.state = 'open')"
+            " ORDER BY id LIMIT ?",
+            (stage, time.time() if now is None else now, limit),
+        )
+
+    def open_batch(self, *, root: bytes, members: list[int]) -> PendingBatch:
+        """Persist a batch (root, count, members in leaf order) before it is sent.
+
+        Raises
+        ------
+        ValueError
+            A member already belongs to an open batch (it would be anchored twice).
+        """
+        with self.transaction() as db:
+            marks = ", ".join("?" for _ in members)
+            taken = db.execute(
+                f"SELECT m.row_id FROM batch_members m JOIN batches b ON b.id = m.batch"
+                f" WHERE b.state = 'open' AND m.row_id IN ({marks})",
+                tuple(members),
+            ).fetchall()
+            if taken:
+                raise ValueError(f"rows {[r for (r,) in taken]} are already in an open batch")
+            cursor = db.execute(
+                "INSERT INTO batches (root, count, created_at) VALUES (?, ?, ?)",
+                (root, len(members), time.time()),
+            )
+            batch = int(cursor.lastrowid or 0)
+            db.executemany(
+                "INSERT INTO batch_members (batch, leaf_index, row_id) VALUES (?, ?, ?)",
+                [(batch, i, row_id) for i, row_id in enumerate(members)],
+            )
+        return PendingBatch(batch, root, len(members), tuple(members), 0, None)
+
+    def open_batches(
+        self, *, now: float | None = None, due_only: bool = True
+    ) -> list[PendingBatch]:
+        """Persisted batches that have not landed (whose retry time has come), oldest first."""
+        with self._lock:
+            batches = self._db.execute(
+                "SELECT id, root, count, attempts, last_error FROM batches WHERE state = 'open'"
+                " AND (? = 0 OR next_attempt_at <= ?) ORDER BY id",
+                (int(due_only), time.time() if now is None else now),
+            ).fetchall()
+            found = []
+            for batch, root, count, attempts, last_error in batches:
+                members = self._db.execute(
+                    "SELECT row_id FROM batch_members WHERE batch = ? ORDER BY leaf_index", (batch,)
+                ).fetchall()
+                found.append(
+                    PendingBatch(
+                        int(batch),
+                        bytes(root),
+                        int(count),
+                        tuple(int(m) for (m,) in members),
+                        int(attempts),
+                        last_error,
+                    )
+                )
+            return found
+
+    def fail_batch(self, batch: int, error: str, *, retry_in: float) -> None:
+        """Note a failed send of a batch; it and each of its rows say why, and when it is retried."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE batches SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
+                " WHERE id = ?",
+                (error, time.time() + retry_in, batch),
+            )
+            db.execute(
+                "UPDATE instances SET attempts = attempts + 1, last_error = ? WHERE id IN"
+                " (SELECT row_id FROM batch_members WHERE batch = ?)",
+                (error, batch),
+            )
+
+    def close_batch(
+        self, batch: int, *, batch_id: int, tx_hash: str, block_number: int,
+        rows: dict[int, dict[str, Any]],
+    ) -> None:  # fmt: skip
+        """The batch landed: mark it and set every member row's values, in one transaction."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE batches SET state = 'landed', batch_id = ?, tx_hash = ?, block_number = ?,"
+                " last_error = NULL WHERE id = ?",
+                (batch_id, tx_hash, block_number, batch),
+            )
+            for row_id, values in rows.items():
+                unknown = set(values) - set(COLUMNS)
+                if unknown:
+                    raise KeyError(f"no such index columns: {sorted(unknown)}")
+                assignments = ", ".join(f"{name} = ?" for name in values)
+                db.execute(
+                    f"UPDATE instances SET {assignments} WHERE id = ?", (*values.values(), row_id)
+                )
+
+    def batch_counts(self) -> dict[str, int]:
+        """Merkle batches per state (``open``, ``landed``)."""
+        with self._lock:
+            cursor = self._db.execute("SELECT state, COUNT(*) FROM batches GROUP BY state")
+            return {str(state): int(count) for state, count in cursor.fetchall()}
 
     def by_study(self, study_instance_uid: str) -> list[Row]:
         return self._rows("WHERE study_instance_uid = ? ORDER BY id", (study_instance_uid,))

@@ -9,6 +9,7 @@ xray_gateway_instances{stage}                  index rows per stage, terminal on
 xray_gateway_queue_depth{stage}                rows with work left, per stage
 xray_gateway_oldest_pending_age_seconds        age of the oldest row with work left
 xray_gateway_failing_instances{stage,error}    rows whose last attempt failed
+xray_gateway_batches{state}                    Merkle batches: open (not landed), landed
 xray_gateway_cstore_responses_total{status}    C-STORE responses sent, by status
 xray_gateway_spool_free_bytes                  free bytes on the spool's filesystem
 xray_gateway_spool_reserve_bytes               below this, C-STOREs get 0xA700
@@ -93,6 +94,15 @@ class GatewayCollector(Collector):
                 queue.add_metric([stage], counts.get(stage, 0))
         yield instances
         yield queue
+        batches = GaugeMetricFamily(
+            f"{PREFIX}_batches",
+            "Merkle batches: open (not yet landed) and landed",
+            labels=["state"],
+        )
+        batch_counts = self.index.batch_counts()
+        for state in ("open", "landed"):
+            batches.add_metric([state], batch_counts.get(state, 0))
+        yield batches
         oldest = self.index.oldest_pending()
         yield GaugeMetricFamily(
             f"{PREFIX}_oldest_pending_age_seconds",

@@ -2,6 +2,14 @@
 
 fingerprint -> seal -> put -> anchor -> forward -> committed
 
+Rows run their stages on a pool of worker threads, except at ``anchor`` when a batcher
+is configured: there one thread gathers the rows that reached it into Merkle batches
+(``anchor.BatchAnchorer``: one ``recordBatch`` per batch), lands each batch, and moves
+its rows on to ``forward`` all at once, while the pool keeps fingerprinting, sealing,
+storing and forwarding other rows. A new version of an image (same SOP Instance UID,
+other bytes) is anchored on its own (``supersedeImage``, or ``recordImage`` if its
+earlier versions were batched), so that the chain itself knows the image changed.
+
 Each stage reads a row of the index, does one idempotent piece of work, and advances the
 row in the same step that records the work's result. A crash between the work and the
 advance repeats the work, which is why every stage is idempotent: the object name is
@@ -15,16 +23,16 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from gateway import keys
+from gateway import failpoints, keys
 from gateway.errors import DatasetUnreadable, GatewayError
 from gateway.fingerprint import fingerprint, read_header
-from gateway.index import Index, Row
+from gateway.index import Index, PendingBatch, Row
 from gateway.keys import Keyring
 from gateway.seal import seal
 from gateway.spool import Spool, fsync_dir
@@ -59,9 +67,43 @@ class AnchorResult:
 
 
 class Anchorer(Protocol):
-    """The anchor stage. One record per image now; Merkle batches plug in here later."""
+    """The anchor stage for one image: one transaction."""
 
     def anchor(self, item: AnchorItem) -> AnchorResult: ...
+
+
+class Gather(Protocol):
+    """Decides when the rows waiting at the anchor stage make a batch (``anchor.Gatherer``)."""
+
+    max_size: int
+
+    def offer(self, row_ids: Sequence[int], now: float) -> None:
+        """The rows that may join a batch now, oldest first."""
+        ...
+
+    def take(self, now: float) -> list[int] | None:
+        """The next batch's rows in leaf order, or None if none is due."""
+        ...
+
+    def wait_s(self, now: float) -> float | None:
+        """Seconds until a batch is due by its window (None: nothing waits)."""
+        ...
+
+
+class Batcher(Protocol):
+    """The anchor stage for many images: persisted Merkle batches, one transaction each."""
+
+    def gatherer(self) -> Gather:
+        """A fresh window/size policy for the batch thread."""
+        ...
+
+    def open(self, members: Sequence[tuple[int, AnchorItem]]) -> PendingBatch:
+        """Build and persist a batch of (row id, item), before anything is sent."""
+        ...
+
+    def land(self, batch: PendingBatch, items: Sequence[AnchorItem]) -> list[AnchorResult]:
+        """Anchor ``batch`` unless the chain already holds it; one result per item."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -103,6 +145,9 @@ class Pipeline:
         The current KEK seals new objects; the pseudonym key names records and patients.
     anchorer, forwarder:
         The ledger and PACS stages.
+    batcher:
+        Gathers rows at the anchor stage into Merkle batches; ``None`` anchors each image
+        with ``anchorer`` (``GATEWAY_BATCH_MAX=1``).
     sealed_dir:
         Where sealed objects wait between the seal and put stages.
     workers:
@@ -123,6 +168,7 @@ class Pipeline:
         anchorer: Anchorer,
         forwarder: Forwarder,
         sealed_dir: Path,
+        batcher: Batcher | None = None,
         workers: int = 4,
         pause: Callable[[], None] | None = None,
     ) -> None:
@@ -133,6 +179,7 @@ class Pipeline:
         self.pseudonym_key = pseudonym_key
         self.anchorer = anchorer
         self.forwarder = forwarder
+        self.batcher = batcher
         self.sealed_dir = sealed_dir
         self.pause = pause
         sealed_dir.mkdir(parents=True, exist_ok=True)
@@ -143,6 +190,9 @@ class Pipeline:
         self._lock = threading.Lock()
         self._anchor_locks: dict[bytes, threading.Lock] = {}
         self._thread: threading.Thread | None = None
+        self._batch_thread: threading.Thread | None = None
+        self._batch_wake = threading.Event()
+        self._batching = False
 
     # -- running ---------------------------------------------------------------------------
 
@@ -151,12 +201,20 @@ class Pipeline:
             target=self._dispatch, name="pipeline-dispatch", daemon=True
         )
         self._thread.start()
+        if self.batcher is not None:
+            self._batch_thread = threading.Thread(
+                target=self._gather, name="pipeline-batch", daemon=True
+            )
+            self._batch_thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._batch_wake.set()
         if self._thread is not None:
             self._thread.join(10)
+        if self._batch_thread is not None:
+            self._batch_thread.join(60)  # a batch being sent finishes, or is resumed later
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def wake(self, row_id: int | None = None) -> None:
@@ -166,21 +224,29 @@ class Pipeline:
     def idle(self) -> bool:
         """Nothing in flight and nothing due now."""
         with self._lock:
-            busy = bool(self._inflight)
+            busy = bool(self._inflight) or self._batching
         return not busy and not self.index.due(limit=1)
 
+    def _batched(self, row: Row) -> bool:
+        """Whether this row's anchor stage is the batcher's: first versions are batched."""
+        return self.batcher is not None and (row.version or 1) == 1
+
     def _dispatch(self) -> None:
+        stages = ("fingerprint", "seal", "put", "forward") if self.batcher else None
         while not self._stop.is_set():
             self._wake.clear()
             if self.pause is not None:
                 self.pause()
-            for row in self.index.due(limit=256):
-                with self._lock:
-                    if row.id in self._inflight:
-                        continue
-                    self._inflight.add(row.id)
-                self._pool.submit(self._run, row.id)
+            for row in self.index.due(limit=256, stages=stages):
+                self._submit(row.id)
             self._wake.wait(0.25)
+
+    def _submit(self, row_id: int) -> None:
+        with self._lock:
+            if row_id in self._inflight:
+                return
+            self._inflight.add(row_id)
+        self._pool.submit(self._run, row_id)
 
     def _run(self, row_id: int) -> None:
         try:
@@ -197,6 +263,9 @@ class Pipeline:
             step = getattr(self, f"_stage_{row.stage}", None)
             if step is None:
                 return row.stage
+            if row.stage == "anchor" and self._batched(row):
+                self._batch_wake.set()  # the batch thread takes it from here
+                return row.stage
             if self.pause is not None:
                 self.pause()
             try:
@@ -210,6 +279,81 @@ class Pipeline:
                 )
                 self.index.fail(row.id, reason[:500], retry_in=retry_in)
                 return row.stage
+
+    # -- the batch thread --------------------------------------------------------------------
+
+    def _gather(self) -> None:
+        """Cut batches from the rows at the anchor stage and land them, until stopped.
+
+        Open batches (persisted, not landed: a failure, or a crash) come first and are
+        re-sent whole once their retry time has come; rows they hold join no other batch.
+        """
+        assert self.batcher is not None
+        gatherer = self.batcher.gatherer()
+        while not self._stop.is_set():
+            self._batch_wake.clear()
+            wait = 0.25
+            try:
+                self._batching = True
+                for batch in self.index.open_batches():
+                    self._land(batch)
+                rows = self.index.due_unbatched("anchor", limit=4 * gatherer.max_size)
+                for row in rows:
+                    if not self._batched(row):
+                        self._submit(row.id)  # a new version: anchored on its own
+                first = [row for row in rows if self._batched(row)]
+                by_id = {row.id: row for row in first}
+                now = time.monotonic()
+                gatherer.offer([row.id for row in first], now)
+                while not self._stop.is_set() and (chosen := gatherer.take(now)) is not None:
+                    batch = self.batcher.open([(i, _anchor_item(by_id[i])) for i in chosen])
+                    log.info("batch %d: %d images, root %s", batch.id, batch.count,
+                             batch.root.hex()[:12])  # fmt: skip
+                    self._land(batch)
+                    now = time.monotonic()
+                left = gatherer.wait_s(now)
+                if left is not None:
+                    wait = min(wait, left)
+            except Exception:  # the index itself failed: say so, and keep going
+                log.exception("the batch thread failed; retrying in 1 s")
+                wait = 1.0
+            finally:
+                self._batching = False
+            if wait > 0:
+                self._batch_wake.wait(wait)
+
+    def _land(self, batch: PendingBatch) -> None:
+        """Anchor one persisted batch and move its rows on, or note why it must wait."""
+        assert self.batcher is not None
+        rows = [self.index.get(row_id) for row_id in batch.members]
+        try:
+            results = self.batcher.land(batch, [_anchor_item(row) for row in rows])
+        except Exception as exc:  # retried whole: same members, same root
+            retry_in = backoff(batch.attempts)
+            reason = f"anchor: batch {batch.id}: {type(exc).__name__}: {exc}"
+            log.warning("%s; %d images wait, retry in %.1f s", reason, batch.count, retry_in)
+            self.index.fail_batch(batch.id, reason[:500], retry_in=retry_in)
+            return
+        failpoints.hit("pipeline.after_anchor")
+        first = results[0]
+        assert first.batch_id is not None
+        self.index.close_batch(
+            batch.id, batch_id=first.batch_id, tx_hash=first.tx_hash,
+            block_number=first.block_number,
+            rows={
+                row.id: {
+                    "stage": "forward", "tx_hash": result.tx_hash,
+                    "block_number": result.block_number, "block_time": result.block_time,
+                    "recorder": result.recorder, "batch_id": result.batch_id,
+                    "leaf_index": result.leaf_index, "proof": result.proof, "attempts": 0,
+                    "last_error": None, "next_attempt_at": 0,
+                }
+                for row, result in zip(rows, results, strict=True)
+            },
+        )  # fmt: skip
+        log.info("batch %d landed as batch %d in block %d", batch.id, first.batch_id,
+                 first.block_number)  # fmt: skip
+        self._wake.set()
 
     # -- stages ----------------------------------------------------------------------------
 
@@ -291,16 +435,8 @@ class Pipeline:
         if older:
             raise Retry(f"waiting for row {older[0].id}, an older version, to be anchored")
         with self._anchor_lock(row.record_key):
-            result = self.anchorer.anchor(
-                AnchorItem(
-                    record_key=row.record_key,
-                    patient_key=row.patient_key,
-                    digest=row.digest,
-                    pixel_digest=row.pixel_digest,
-                    body_part=row.body_part or "",
-                    modality=row.modality or "",
-                )
-            )
+            result = self.anchorer.anchor(_anchor_item(row))
+        failpoints.hit("pipeline.after_anchor")
         self.index.update(
             row.id,
             stage="forward",
@@ -334,6 +470,18 @@ class Pipeline:
             last_error=None,
         )
         self.spool.discard(row.entry_id)
+
+
+def _anchor_item(row: Row) -> AnchorItem:
+    assert row.record_key and row.patient_key and row.digest and row.pixel_digest
+    return AnchorItem(
+        record_key=row.record_key,
+        patient_key=row.patient_key,
+        digest=row.digest,
+        pixel_digest=row.pixel_digest,
+        body_part=row.body_part or "",
+        modality=row.modality or "",
+    )
 
 
 def _short(row: Row) -> str:

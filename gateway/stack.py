@@ -13,7 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from gateway.alerts import Alerts
-from gateway.anchor import SingleAnchorer
+from gateway.anchor import BatchAnchorer, SingleAnchorer
 from gateway.api import create_app
 from gateway.api.app import Health
 from gateway.api.auth import Tokens, ensure_token
@@ -154,6 +154,13 @@ class Stack:
                 anchorer=SingleAnchorer(self.ledger),
                 forwarder=PacsForwarder(self.pacs),
                 sealed_dir=s.data_dir / "sealed",
+                # GATEWAY_BATCH_MAX=1 anchors one transaction per image (the benchmark's
+                # one-by-one mode); anything more gathers Merkle batches.
+                batcher=BatchAnchorer(
+                    self.ledger, self.index, max_size=s.batch_max, window_ms=s.batch_window_ms
+                )
+                if s.batch_max > 1
+                else None,
             )
             self.pipeline.start()
             self.commitment = CommitmentSCP(
@@ -213,7 +220,9 @@ class Stack:
         )
         services = Services(
             verifier=verifier,
-            tokens=Tokens(admin_token_file=self.token_path, issued_file=s.keys_dir / "api-tokens.json"),
+            tokens=Tokens(
+                admin_token_file=self.token_path, issued_file=s.keys_dir / "api-tokens.json"
+            ),
             audits=self.audits,
             alerts=self.alerts,
             records=RecordViews(ledger=ledger, pseudonym_key=pseudonym_key, index=index),

@@ -515,7 +515,7 @@ class Verifier:
                     )
                 elif copy.path is not None and original is not None:
                     changes = diff(original, copy.path, show_phi=show_phi)
-            if status == "tampered" and self._superseded(record, copy):
+            if status == "tampered" and self._superseded(record, copy, uid):
                 notes.append("this copy matches an older, superseded version of the image")
         explanation = EXPLANATIONS[status]
         if tamper == "header_changed":
@@ -567,13 +567,29 @@ class Verifier:
             retire_reason=record.retire_reason,
         )
 
-    def _superseded(self, record: Record, copy: Copy | None) -> bool:
-        if copy is None or record.version is None or record.version < 2 or record.batch:
+    def _superseded(self, record: Record, copy: Copy | None, uid: str) -> bool:
+        """Whether the copy is an older version the ledger confirms (single or batched)."""
+        if copy is None:
             return False
-        return any(
-            self.ledger.version_of(record.record_key, v).digest == copy.fingerprint.digest
-            for v in range(1, record.version)
-        )
+        digest = copy.fingerprint.digest
+        single = record.version is not None and record.version >= 2 and not record.batch
+        if single and any(
+            self.ledger.version_of(record.record_key, v).digest == digest
+            for v in range(1, record.version or 0)
+        ):
+            return True
+        for claim in self.claims(uid) if self.claims is not None else ():
+            if claim.record_key != record.record_key or claim.digest != digest:
+                continue
+            leaf = leaf_hash(
+                record_key=claim.record_key, patient_key=claim.patient_key, digest=claim.digest,
+                pixel_digest=claim.pixel_digest,
+            )  # fmt: skip
+            if self.ledger.verify_batch_member(
+                leaf=leaf, proof=claim.proof, batch_id=claim.batch_id
+            ):
+                return True
+        return False
 
     # -- the ledger -------------------------------------------------------------------------
 

@@ -66,10 +66,12 @@ interface IXray {
         uint32 count;
         /// @notice Account that anchored the batch.
         address recorder;
-        /// @notice Block timestamp of the anchoring.
-        uint40 anchoredAt;
-        /// @notice Block number of the anchoring.
-        uint40 blockNumber;
+        /// @notice Block timestamp of the anchoring (32 bits: until 2106).
+        uint32 anchoredAt;
+        /// @notice Block number of the anchoring (32 bits: 4.2e9 blocks, 136 years at one a second).
+        /// @dev count, recorder, anchoredAt and blockNumber share one storage slot: a batch
+        /// costs two new slots, not three.
+        uint32 blockNumber;
     }
 
     /// @notice The caller may not record images: it holds neither the Recorder nor the Doctor role.
@@ -100,6 +102,8 @@ interface IXray {
     error XrayBatchExists(bytes32 root, uint256 batchId);
     /// @notice No batch has id `batchId`.
     error XrayUnknownBatch(uint256 batchId);
+    /// @notice The inclusion proof does not put `recordKey`'s leaf in batch `batchId`.
+    error XrayNotInBatch(bytes32 recordKey, uint256 batchId);
     /// @notice `index` is past the `count` images recorded for `patientKey`.
     error XrayIndexOutOfRange(bytes32 patientKey, uint256 index, uint256 count);
 
@@ -168,6 +172,20 @@ interface IXray {
 
     /// @notice Retire an image (the seed's Remove); the record stays, marked.
     function retireImage(bytes32 recordKey, string calldata reason) external;
+
+    /// @notice Retire an image anchored only in batch `batchId`: its leaf
+    /// (sha256(0x00 ‖ recordKey ‖ patientKey ‖ digest ‖ pixelDigest)) must lead to the
+    /// batch's root by the RFC 6962 inclusion `proof` at leaf `index`. The batch stays.
+    function retireBatchedImage(
+        bytes32 recordKey,
+        bytes32 patientKey,
+        bytes32 digest,
+        bytes32 pixelDigest,
+        uint256 batchId,
+        uint256 index,
+        bytes32[] calldata proof,
+        string calldata reason
+    ) external;
 
     /// @notice The image recorded under `recordKey`.
     function imageOf(bytes32 recordKey) external view returns (Image memory);

@@ -94,6 +94,8 @@ contract Xray is IXray, AccessControl {
     ) external onlyRecorder {
         if (recordKey == bytes32(0) || patientKey == bytes32(0) || digest == bytes32(0)) revert XrayZeroValue();
         if (_versions[recordKey].length != 0) revert XrayRecordExists(recordKey);
+        // a batched image that was retired stays retired: no new version under its key
+        if (_retirements[recordKey].retiredAt != 0) revert XrayRecordRetired(recordKey);
         _pushVersion(recordKey, patientKey, digest, pixelDigest, bodyPart, modality);
         emit ImageRecorded(recordKey, patientKey, _msgSender(), digest, pixelDigest, bodyPart, modality);
     }
@@ -129,8 +131,8 @@ contract Xray is IXray, AccessControl {
                 root: root,
                 count: count,
                 recorder: _msgSender(),
-                anchoredAt: uint40(block.timestamp),
-                blockNumber: uint40(block.number)
+                anchoredAt: uint32(block.timestamp),
+                blockNumber: uint32(block.number)
             })
         );
         batchId = _batches.length;
@@ -140,11 +142,70 @@ contract Xray is IXray, AccessControl {
 
     /// @inheritdoc IXray
     function retireImage(bytes32 recordKey, string calldata reason) external {
+        _checkCustodian();
+        if (_versions[recordKey].length == 0) revert XrayUnknownRecord(recordKey);
+        _retire(recordKey, reason);
+    }
+
+    /// @inheritdoc IXray
+    function retireBatchedImage(
+        bytes32 recordKey,
+        bytes32 patientKey,
+        bytes32 digest,
+        bytes32 pixelDigest,
+        uint256 batchId,
+        uint256 index,
+        bytes32[] calldata proof,
+        string calldata reason
+    ) external {
+        _checkCustodian();
+        if (batchId == 0 || batchId > _batches.length) revert XrayUnknownBatch(batchId);
+        Batch storage batch = _batches[batchId - 1];
+        bytes32 leaf = sha256(abi.encodePacked(bytes1(0x00), recordKey, patientKey, digest, pixelDigest));
+        if (!_included(leaf, index, batch.count, proof, batch.root)) revert XrayNotInBatch(recordKey, batchId);
+        _retire(recordKey, reason);
+    }
+
+    /// @dev RFC 9162 §2.1.3.2: verify an inclusion proof of `leaf` at `index` in a tree of `size`.
+    function _included(bytes32 leaf, uint256 index, uint256 size, bytes32[] calldata proof, bytes32 root)
+        private
+        pure
+        returns (bool)
+    {
+        if (index >= size) return false;
+        uint256 fn = index;
+        uint256 sn = size - 1;
+        bytes32 node = leaf;
+        for (uint256 i = 0; i < proof.length; ++i) {
+            if (sn == 0) return false;
+            if (fn & 1 == 1 || fn == sn) {
+                node = sha256(abi.encodePacked(bytes1(0x01), proof[i], node));
+                if (fn & 1 == 0) {
+                    while (fn != 0 && fn & 1 == 0) {
+                        fn >>= 1;
+                        sn >>= 1;
+                    }
+                }
+            } else {
+                node = sha256(abi.encodePacked(bytes1(0x01), node, proof[i]));
+            }
+            fn >>= 1;
+            sn >>= 1;
+        }
+        return sn == 0 && node == root;
+    }
+
+    /// @dev Revert unless the caller is a custodian (admin or Hospital): they retire images.
+    function _checkCustodian() private view {
         address sender = _msgSender();
         if (!hasRole(DEFAULT_ADMIN_ROLE, sender) && !hasRole(HOSPITAL_ROLE, sender)) {
             revert XrayNotCustodian(sender);
         }
-        if (_versions[recordKey].length == 0) revert XrayUnknownRecord(recordKey);
+    }
+
+    /// @dev Mark `recordKey` retired by the caller; the record (or batch) stays.
+    function _retire(bytes32 recordKey, string calldata reason) private {
+        address sender = _msgSender();
         Retirement storage retirement = _retirements[recordKey];
         if (retirement.retiredAt != 0) revert XrayRecordRetired(recordKey);
         retirement.by = sender;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.errors import ConfigError
@@ -48,7 +49,13 @@ class Anvil(Child):
     """
 
     def __init__(
-        self, *, state_dir: Path, port: int, host: str = "127.0.0.1", state_interval: int = 2
+        self,
+        *,
+        state_dir: Path,
+        port: int,
+        host: str = "127.0.0.1",
+        state_interval: int = 2,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.host = host
         self.port = port
@@ -61,6 +68,7 @@ class Anvil(Child):
             "--state-interval", str(state_interval),
             "--preserve-historical-states",
             "--accounts", "0",
+            *extra_args,  # e.g. ``--hardfork berlin`` for a chain without a base fee
         ]  # fmt: skip
         super().__init__(
             "anvil", argv, log_path=state_dir / "anvil.log", ready=self._probe, cwd=state_dir

@@ -70,9 +70,22 @@ class XrayLedger:
         The contract's address.
     account:
         The account that signs writes; ``None`` for a read-only client (auditors).
+    receipt_timeout, max_resends, fee_bump:
+        How the account's :class:`~gateway.ledger.sender.Sender` treats a transaction
+        that stays pending: wait this long, then re-send with fees raised by this
+        fraction, at most this many times.
     """
 
-    def __init__(self, w3: Web3, address: str, *, account: LocalAccount | None = None) -> None:
+    def __init__(
+        self,
+        w3: Web3,
+        address: str,
+        *,
+        account: LocalAccount | None = None,
+        receipt_timeout: float = 60.0,
+        max_resends: int = 3,
+        fee_bump: float = 0.125,
+    ) -> None:
         artifact = load_artifact()
         self.w3 = w3
         self.address = Web3.to_checksum_address(address)
@@ -80,7 +93,21 @@ class XrayLedger:
         if not translate(self._decoder, lambda: w3.eth.get_code(self.address)):
             raise errors.ContractNotDeployed(f"no contract code at {self.address}")
         self.contract: Contract = w3.eth.contract(address=self.address, abi=artifact["abi"])
-        self.sender = Sender(w3, account, self._decoder) if account is not None else None
+        self._receipt_timeout = receipt_timeout
+        self._max_resends = max_resends
+        self._fee_bump = fee_bump
+        self.sender = (
+            Sender(
+                w3,
+                account,
+                self._decoder,
+                receipt_timeout=receipt_timeout,
+                max_resends=max_resends,
+                fee_bump=fee_bump,
+            )
+            if account is not None
+            else None
+        )
 
     @classmethod
     def at(cls, url: str, address: str, *, account: LocalAccount | None = None) -> XrayLedger:
@@ -96,7 +123,14 @@ class XrayLedger:
 
     def as_account(self, account: LocalAccount) -> XrayLedger:
         """The same contract, writing as ``account``."""
-        return XrayLedger(self.w3, self.address, account=account)
+        return XrayLedger(
+            self.w3,
+            self.address,
+            account=account,
+            receipt_timeout=self._receipt_timeout,
+            max_resends=self._max_resends,
+            fee_bump=self._fee_bump,
+        )
 
     def set_permission(
         self, account: str, name: str, user_type: UserType, *, enabled: bool = True
@@ -156,6 +190,24 @@ class XrayLedger:
         """Retire an image: the record stays, marked, with who and why."""
         return self._transact(self.contract.functions.retireImage(record_key, reason))
 
+    def retire_batched_image(
+        self,
+        *,
+        record_key: bytes,
+        patient_key: bytes,
+        digest: bytes,
+        pixel_digest: bytes,
+        batch_id: int,
+        proof: InclusionProof,
+        reason: str,
+    ) -> Anchor:
+        """Retire an image anchored only in a batch; the chain checks its inclusion proof."""
+        fn = self.contract.functions.retireBatchedImage(
+            record_key, patient_key, digest, pixel_digest, batch_id, proof.index,
+            list(proof.path), reason,
+        )  # fmt: skip
+        return self._transact(fn)
+
     def grant_role(self, role: str, account: str) -> Anchor:
         """OpenZeppelin's raw ``grantRole`` (for the admin role itself)."""
         fn = self.contract.functions.grantRole(
@@ -206,7 +258,15 @@ class XrayLedger:
     def retirement_of(self, record_key: bytes) -> Retirement | None:
         """Whether (and by whom, when, why) the record under ``record_key`` was retired."""
         image = self.image_of(record_key)
-        if image is None or not image.retired:
+        if image is None:  # a batched image has no record; its retirement is an event
+            for event in self.events("ImageRetired", filters={"recordKey": record_key}):
+                block = self.w3.eth.get_block(event.block_number)
+                return Retirement(
+                    by=str(event.args["by"]), at=int(block["timestamp"]),
+                    reason=str(event.args["reason"]),
+                )  # fmt: skip
+            return None
+        if not image.retired:
             return None
         return Retirement(
             by=str(image.retired_by), at=int(image.retired_at or 0), reason=image.retire_reason

@@ -13,8 +13,11 @@ holds and which records are retired. The check then asks :meth:`LedgerMirror.fac
   until the mirror catches up.
 
 The mirror is rebuilt from the chain at every start (nothing of it is on disk for an
-intruder to edit). A batch is confirmed by its id and root being on chain; its inclusion
-proof is checked by the verify API, not on every read.
+intruder to edit). A batched version is confirmed when its inclusion proof (from the
+index) leads from the leaf of its record key, patient key and digests to the root and
+leaf count the chain's ``BatchAnchored`` event holds: a few SHA-256 per read, no chain
+call. An index row whose digest was rewritten, or whose proof was forged, meets a root
+it does not lead to and is refused once the mirror holds that batch.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from gateway.ledger.merkle import decode_proof, leaf_hash, verify_inclusion
 from gateway.orthanc_plugin.verdict import LedgerFacts, Retirement, Version
 
 if TYPE_CHECKING:
@@ -62,7 +66,7 @@ class LedgerMirror:
         self.interval = interval
         self.log = log
         self._recorded: set[tuple[bytes, bytes]] = set()
-        self._batches: dict[int, bytes] = {}
+        self._batches: dict[int, tuple[bytes, int]] = {}  # id -> (root, count)
         self._retired: dict[bytes, Retirement] = {}
         self._synced: int | None = None
         self._stop = threading.Event()
@@ -81,7 +85,12 @@ class LedgerMirror:
         if synced is None:
             return LedgerFacts(on_chain=None, synced_block=None, retired=retired)
         if version.batch_id is not None:
-            known = version.batch_id in self._batches
+            batch = self._batches.get(version.batch_id)
+            if batch is not None:  # the chain holds this batch: the proof must lead to it
+                return LedgerFacts(
+                    on_chain=_member(version, *batch), synced_block=synced, retired=retired
+                )
+            known = False
         else:
             known = (
                 version.record_key is not None
@@ -120,7 +129,8 @@ class LedgerMirror:
         for log in logs("ImageRecorded") + logs("ImageSuperseded"):
             self._recorded.add((bytes(log["args"]["recordKey"]), bytes(log["args"]["digest"])))
         for log in logs("BatchAnchored"):
-            self._batches[int(log["args"]["batchId"])] = bytes(log["args"]["root"])
+            args = log["args"]
+            self._batches[int(args["batchId"])] = (bytes(args["root"]), int(args["count"]))
         for log in logs("ImageRetired"):
             block = int(log["blockNumber"])
             try:
@@ -161,6 +171,24 @@ class LedgerMirror:
                 self._failing = True
                 self._ledger = None
             self._stop.wait(self.interval)
+
+
+def _member(version: Version, root: bytes, count: int) -> bool:
+    """Whether the version's proof leads from its leaf to ``root`` in a tree of ``count``."""
+    record_key, patient_key, pixels, encoded = (
+        version.record_key, version.patient_key, version.pixel_digest, version.proof,
+    )  # fmt: skip
+    if record_key is None or patient_key is None or pixels is None or encoded is None:
+        return False
+    try:
+        leaf = leaf_hash(
+            record_key=record_key, patient_key=patient_key, digest=version.digest,
+            pixel_digest=pixels,
+        )  # fmt: skip
+        proof = decode_proof(encoded)
+    except ValueError:
+        return False
+    return proof.size == count and verify_inclusion(leaf=leaf, proof=proof, root=root)
 
 
 def wait_synced(mirror: LedgerMirror, block: int, *, timeout: float = 30.0) -> bool:

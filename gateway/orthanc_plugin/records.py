@@ -17,7 +17,8 @@ class IndexUnavailable(Exception):
 # rejected reception and has been fingerprinted, oldest first.
 VERSIONS_SQL = (
     "SELECT version, digest, pixel_digest, record_key, tx_hash, block_number, block_time,"
-    " recorder, batch_id, leaf_index, transfer_syntax FROM instances WHERE sop_instance_uid = ?"
+    " recorder, batch_id, leaf_index, transfer_syntax, patient_key, proof FROM instances"
+    " WHERE sop_instance_uid = ?"
     " AND stage NOT IN ('duplicate', 'rejected') AND digest IS NOT NULL ORDER BY id"
 )
 
@@ -70,7 +71,9 @@ class RecordBook:
                 batch_id=batch_id,
                 leaf_index=leaf_index,
                 transfer_syntax=transfer_syntax,
+                patient_key=bytes(patient_key) if patient_key is not None else None,
+                proof=bytes(proof) if proof is not None else None,
             )
             for (version, digest, pixel_digest, record_key, tx_hash, block_number, block_time,
-                 recorder, batch_id, leaf_index, transfer_syntax) in rows
+                 recorder, batch_id, leaf_index, transfer_syntax, patient_key, proof) in rows
         )  # fmt: skip

@@ -67,6 +67,8 @@ class Version:
     batch_id: int | None
     leaf_index: int | None
     transfer_syntax: str | None = None
+    patient_key: bytes | None = None
+    proof: bytes | None = None  # a batched version's encoded inclusion proof (merkle.py)
 
     @property
     def anchored(self) -> bool:

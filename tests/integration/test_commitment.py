@@ -206,7 +206,16 @@ def test_an_unknown_peer_keeps_its_report_until_a_restart_gives_its_address(site
     report = site.ct9.next_report(timeout=120)
     assert report.how == "new" and report.event_type == 1
     assert report.committed == {uid for _, uid in refs}
-    assert [c["state"] for c in commitments(site.up) if c["calling_aet"] == "CT9"] == ["reported"]
+    # the gateway marks the request reported once CT9 has answered the N-EVENT-REPORT,
+    # which is just after CT9 queued it for us: wait for that write (bounded)
+    deadline = time.monotonic() + 60
+    states: list[str] = []
+    while time.monotonic() < deadline:
+        states = [c["state"] for c in commitments(site.up) if c["calling_aet"] == "CT9"]
+        if states == ["reported"]:
+            break
+        time.sleep(0.2)
+    assert states == ["reported"]
 
 
 def test_instances_not_committed_in_time_fail_with_processing_failure(tmp_path: Path) -> None:

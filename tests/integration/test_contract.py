@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from gateway import errors
-from gateway.ledger import Anchor, UserType, XrayLedger
+from gateway.ledger import Anchor, MerkleTree, UserType, XrayLedger, leaf_hash
+from gateway.ledger.merkle import InclusionProof
 from tests.conftest import Cast
 
 SEED_DIGEST = bytes.fromhex("16c8a694c91b80f1d97efb91455ab8b3facd6221ea401d740086722d4bad0134")
@@ -100,12 +101,31 @@ CALLS: dict[
         {"admin", "hospital"},
         lambda who: (errors.XrayNotCustodian, (who,)),
     ),
+    "retireBatchedImage": (
+        lambda led, c, lbl: led.retire_batched_image(
+            record_key=key("rec:b0"),
+            patient_key=key("patient:ken"),
+            digest=key("digest:b0"),
+            pixel_digest=key("pixels:b0"),
+            batch_id=1,
+            proof=_one_leaf_proof(),
+            reason="dup",
+        ),
+        {"admin", "hospital"},
+        lambda who: (errors.XrayNotCustodian, (who,)),
+    ),
     "grantRole": (
         lambda led, c, lbl: led.grant_role("recorder", c.stranger.address),
         {"admin"},
         lambda who: (errors.AccessControlUnauthorizedAccount, (who, ADMIN_ROLE)),
     ),
 }
+
+
+def _one_leaf_proof() -> InclusionProof:
+    return InclusionProof(index=0, size=1, path=())
+
+
 ROLES = ("admin", "hospital", "doctor", "recorder", "auditor", "stranger")
 
 
@@ -115,6 +135,9 @@ def test_every_forbidden_caller_gets_the_exact_custom_error(
 ) -> None:
     call, allowed, expected = CALLS[call_name]
     record(xray.as_account(cast.recorder), "base")
+    leaf = leaf_hash(record_key=key("rec:b0"), patient_key=key("patient:ken"),
+                     digest=key("digest:b0"), pixel_digest=key("pixels:b0"))  # fmt: skip
+    xray.as_account(cast.recorder).record_batch(root=leaf, count=1)  # batch 1: one leaf
     for role in ROLES:
         if role in allowed:
             continue
@@ -211,6 +234,7 @@ def test_every_state_change_emits_exactly_one_event(xray: XrayLedger, cast: Cast
         ("supersedeImage", lambda: _supersede(recorder, cast, "v2"), "ImageSuperseded"),
         ("recordBatch", lambda: recorder.record_batch(root=key("root"), count=10)[1], "BatchAnchored"),
         ("retireImage", lambda: xray.retire_image(record_key=key("rec:base"), reason="test"), "ImageRetired"),
+        ("retireBatchedImage", lambda: _retire_first_of_three(xray, recorder), "ImageRetired"),
     ]  # fmt: skip
     topics = {
         bytes(xray.w3.keccak(text=_signature(item))): item["name"]
@@ -226,6 +250,12 @@ def test_every_state_change_emits_exactly_one_event(xray: XrayLedger, cast: Cast
         assert set(names) - xray_events <= role_events, (label, names)
         if not label.startswith(("setPermission", "removePermission")):
             assert len(names) == 1, (label, names)
+
+
+def _retire_first_of_three(xray: XrayLedger, recorder: XrayLedger) -> Anchor:
+    batch_id, tree, members = _batch_of_three(recorder)
+    return xray.retire_batched_image(**members[0], batch_id=batch_id, proof=tree.proof(0),
+                                     reason="test")  # fmt: skip
 
 
 def _signature(item: dict[str, Any]) -> str:
@@ -280,3 +310,48 @@ def test_a_batch_root_is_anchored_once(xray: XrayLedger, cast: Cast) -> None:
     assert (batch.root, batch.count, batch.recorder) == (key("root-a"), 5, cast.recorder.address)
     with pytest.raises(errors.XrayUnknownBatch):
         xray.batch_of(2)
+
+
+def _batch_of_three(recorder: XrayLedger) -> tuple[int, MerkleTree, list[dict[str, bytes]]]:
+    members = [
+        {"record_key": key(f"rec:b{i}"), "patient_key": key("patient:ken"),
+         "digest": key(f"digest:b{i}"), "pixel_digest": key(f"pixels:b{i}")}
+        for i in range(3)
+    ]  # fmt: skip
+    tree = MerkleTree([leaf_hash(**m) for m in members])
+    batch_id, _ = recorder.record_batch(root=tree.root, count=3)
+    return batch_id, tree, members
+
+
+def test_a_batched_image_is_retired_by_its_inclusion_proof(xray: XrayLedger, cast: Cast) -> None:
+    batch_id, tree, members = _batch_of_three(xray.as_account(cast.recorder))
+    hospital = xray.as_account(cast.hospital)
+    # a proof for another leaf, an unknown batch, a caller who is no custodian: refused
+    with pytest.raises(errors.XrayNotInBatch) as caught:
+        hospital.retire_batched_image(**members[2], batch_id=batch_id, proof=tree.proof(1),
+                                      reason="x")  # fmt: skip
+    assert caught.value.values == (members[2]["record_key"], batch_id)
+    with pytest.raises(errors.XrayUnknownBatch):
+        hospital.retire_batched_image(**members[2], batch_id=9, proof=tree.proof(2), reason="x")
+    with pytest.raises(errors.XrayNotCustodian):
+        xray.as_account(cast.doctor).retire_batched_image(
+            **members[2], batch_id=batch_id, proof=tree.proof(2), reason="x"
+        )
+    anchor = hospital.retire_batched_image(
+        **members[2], batch_id=batch_id, proof=tree.proof(2), reason="wrong patient"
+    )
+    (event,) = xray.events("ImageRetired", from_block=anchor.block_number)
+    assert event.args["recordKey"] == members[2]["record_key"]
+    retirement = xray.retirement_of(members[2]["record_key"])
+    assert retirement is not None
+    assert (retirement.by, retirement.reason) == (cast.hospital.address, "wrong patient")
+    assert xray.retirement_of(members[1]["record_key"]) is None
+    assert xray.batch_of(batch_id).root == tree.root  # the batch stays
+    with pytest.raises(errors.XrayRecordRetired):
+        hospital.retire_batched_image(**members[2], batch_id=batch_id, proof=tree.proof(2),
+                                      reason="again")  # fmt: skip
+    # and no new version can be recorded under the retired key
+    with pytest.raises(errors.XrayRecordRetired):
+        xray.as_account(cast.recorder).record_image(
+            **{**members[2], "digest": key("digest:b2-v2")}, body_part="CHEST", modality="DX"
+        )

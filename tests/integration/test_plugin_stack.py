@@ -14,6 +14,7 @@ import requests
 from gateway.fingerprint import fingerprint_bytes
 from gateway.ledger import XrayLedger
 from gateway.ledger.accounts import load_account
+from gateway.ledger.merkle import decode_proof
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env
 from tests.integration.plugin_helpers import alerts, flip_pixel_byte, make_study, stored_file
@@ -107,7 +108,13 @@ def test_a_record_retired_on_the_ledger_is_served_with_the_reason(
     gateway.wait_integrity(row["orthanc_id"], "confirmed on the ledger")
     admin = load_account(gateway.up.data_dir / "keys" / "admin.key")
     ledger = XrayLedger.at(gateway.chain_url, gateway.up.value("xray contract"), account=admin)
-    ledger.retire_image(record_key=bytes(row["record_key"]), reason="wrong patient, re-sent")
+    # anchored in a Merkle batch: the chain checks the inclusion proof before retiring
+    ledger.retire_batched_image(
+        record_key=bytes(row["record_key"]), patient_key=bytes(row["patient_key"]),
+        digest=bytes(row["digest"]), pixel_digest=bytes(row["pixel_digest"]),
+        batch_id=row["batch_id"], proof=decode_proof(bytes(row["proof"])),
+        reason="wrong patient, re-sent",
+    )  # fmt: skip
 
     verdict = gateway.wait_integrity(row["orthanc_id"], "retired")
     assert verdict["served"] is True

@@ -19,13 +19,15 @@ import pytest
 from pydicom import dcmread
 
 import dicom_fixtures
+from gateway.fingerprint import fingerprint_bytes
 from gateway.forward import Pacs
 from gateway.ledger import XrayLedger
 from gateway.ledger.accounts import load_account
+from gateway.ledger.merkle import decode_proof
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env, run
 
-COUNT = 200
+COUNT = 300
 STUDY = "1.2.826.0.1.3680043.10.1138.7.1"
 
 
@@ -112,6 +114,10 @@ def test_every_instance_verifies_intact_through_the_api(stack: Up, series: list[
     assert evidence["tx_hash"].startswith("0x") and evidence["block_number"] > 0
     assert evidence["block_time"] > 0 and evidence["recorder_name"] == "xray-gateway"
     assert verdict["copies"] == {"pacs": "ok", "store": "ok", "ledger": "ok"}
+    # anchored in a Merkle batch (the default): the proof leads to the root on chain
+    batch = evidence["batch"]
+    on_chain = ledger_admin(stack).batch_of(batch["batch_id"])
+    assert batch["root"] == on_chain.root.hex() and batch["size"] == on_chain.count > 1
 
 
 def test_the_independent_cli_verifies_files_with_chain_contract_and_key_only(
@@ -126,10 +132,20 @@ def test_the_independent_cli_verifies_files_with_chain_contract_and_key_only(
     args = ["verify", "--json", "--chain-url",
             f"http://127.0.0.1:{stack.env['GATEWAY_ANVIL_PORT']}",
             "--contract", stack.value("xray contract"), "--pseudonym-key", str(key)]  # fmt: skip
+    # The images were anchored in Merkle batches: the chain holds only roots, so the
+    # ledger alone cannot vouch for a file...
+    alone = run(env, *args, *map(str, series[:3]))
+    assert alone.returncode == 3, alone.stderr
+    assert [v["status"] for v in json.loads(alone.stdout)] == ["unregistered"] * 3
+    # ...until the gateway's API supplies the inclusion proofs, which the CLI checks on chain
+    token = tmp_path / "auditor.token"
+    token.write_text(issue(stack, "auditor", "cli-auditor"))
+    args += ["--proofs", f"http://127.0.0.1:{stack.api_port}", "--token-file", str(token)]
     result = run(env, *args, *map(str, series[:50]))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     verdicts = json.loads(result.stdout)
     assert [v["status"] for v in verdicts] == ["intact"] * 50
+    assert all(v["evidence"]["batch"]["batch_id"] >= 1 for v in verdicts)
     assert not (tmp_path / "empty").exists()  # it never looked for an index or a store
 
     # the same CLI says so when a file is altered
@@ -187,6 +203,36 @@ def test_ledger_views_per_patient_and_per_recorder(stack: Up, series: list[Path]
     assert len(recorder["records"]) >= COUNT
 
 
+def orthanc_reads(up: Up, path: Path, orthanc: Pacs) -> dict[str, httpx.Response]:
+    """The instance's file through Orthanc's REST API and through DICOMweb (WADO-RS)."""
+    ds = dcmread(path, stop_before_pixels=True)
+    creds = json.loads((up.data_dir / "keys" / "orthanc-http.json").read_text())
+    base = f"http://127.0.0.1:{up.env['GATEWAY_ORTHANC_HTTP_PORT']}"
+    auth = (creds["user"], creds["password"])
+    orthanc_id = orthanc.find(str(ds.SOPInstanceUID)) or "none"
+    wado = (f"{base}/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}")  # fmt: skip
+    return {
+        "rest": httpx.get(f"{base}/instances/{orthanc_id}/file", auth=auth, timeout=60),
+        "dicomweb": httpx.get(
+            wado,
+            auth=auth,
+            timeout=60,
+            headers={"Accept": 'multipart/related; type="application/dicom"'},
+        ),
+    }
+
+
+def recorded_part(reply: httpx.Response) -> bytes | None:
+    """The single Part-10 file in a WADO-RS multipart answer."""
+    boundary = reply.headers["content-type"].split("boundary=")[-1].strip('"').split(";")[0]
+    parts = [p for p in reply.content.split(b"--" + boundary.encode()) if b"\r\n\r\n" in p]
+    if len(parts) != 1:
+        return None
+    body = parts[0].split(b"\r\n\r\n", 1)[1]
+    return body[:-2] if body.endswith(b"\r\n") else body
+
+
 def wait_audit(client: httpx.Client, audit_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -234,7 +280,13 @@ def test_every_tamper_class_is_detected_audited_and_restored(
     # retired on chain by the admin
     ledger = ledger_admin(stack)
     for uid in uids[20:25]:
-        ledger.retire_image(record_key=bytes(rows[uid]["record_key"]), reason="wrong patient")
+        row = rows[uid]  # anchored in a batch: the chain checks the proof before retiring
+        ledger.retire_batched_image(
+            record_key=bytes(row["record_key"]), patient_key=bytes(row["patient_key"]),
+            digest=bytes(row["digest"]), pixel_digest=bytes(row["pixel_digest"]),
+            batch_id=row["batch_id"], proof=decode_proof(bytes(row["proof"])),
+            reason="wrong patient",
+        )  # fmt: skip
         planted[uid] = ("retired", None)
     # unregistered: posted straight to Orthanc, around the gateway
     strays = dicom_fixtures.ct_series(
@@ -282,12 +334,28 @@ def test_every_tamper_class_is_detected_audited_and_restored(
         assert state["done"] == state["total"] == COUNT + 5
         assert admin.get("/v1/alerts", params={"kind": "tampered"}).json()
 
+        # a radiologist's REST or DICOMweb GET of a tampered instance gets an error, not bytes
+        for uid in uids[0:1] + uids[5:6]:
+            for name, reply in orthanc_reads(stack, series[uids.index(uid)], orthanc).items():
+                assert reply.status_code >= 400, (uid, name, reply.status_code)
+                assert b"Tampered^Name" not in reply.content, (uid, name)
+
         # restore puts the verified original back: tampered and missing become intact
         for uid in uids[0:1] + uids[5:6] + uids[10:11]:
             restored = admin.post(f"/v1/instances/{uid}/restore")
             assert restored.status_code == 200, restored.text
             assert restored.json()["status"] == "intact"
             assert admin.get(f"/v1/instances/{uid}/verify").json()["status"] == "intact"
+            # ... and Orthanc serves it again, the recorded bytes, on both paths
+            recorded = bytes(rows[uid]["digest"])
+            for name, reply in orthanc_reads(stack, series[uids.index(uid)], orthanc).items():
+                assert reply.status_code == 200, (uid, name, reply.status_code)
+                if name == "rest":
+                    assert fingerprint_bytes(reply.content).digest == recorded, uid
+                else:
+                    part = recorded_part(reply)
+                    assert part is not None, (uid, name, reply.headers)
+                    assert fingerprint_bytes(part).digest == recorded, uid
         # nothing to restore from: a corrupt sealed original, a retired record, a stray
         for uid in (uids[15], uids[20], uid_of(strays[0])):
             refused = admin.post(f"/v1/instances/{uid}/restore")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import sqlite3
@@ -19,6 +20,7 @@ import dicom_fixtures
 from gateway.alerts import Alerts
 from gateway.fingerprint import dataset_offset, fingerprint_bytes, read_header
 from gateway.index import Index
+from gateway.ledger.merkle import MerkleTree, encode_proof, leaf_hash
 from gateway.orthanc_plugin import plugin_section
 from gateway.orthanc_plugin.catalog import Catalog
 from gateway.orthanc_plugin.guard import (
@@ -383,6 +385,37 @@ def test_the_mirror_confirms_denies_or_waits() -> None:
     )
     assert mirror.facts(version(B, block=5)).on_chain is False  # the index claims block 5
     assert mirror.facts(version(B, block=11)).on_chain is None  # not that far yet
+
+
+def test_the_mirror_confirms_a_batched_version_only_by_a_proof_that_meets_the_root() -> None:
+    key, patient = b"\x02" * 32, b"\x03" * 32
+    leaves = [
+        leaf_hash(record_key=key, patient_key=patient, digest=A, pixel_digest=b"\x01" * 32),
+        *(bytes([i]) * 32 for i in range(4, 7)),
+    ]
+    tree = MerkleTree(leaves)
+    logs = {"BatchAnchored": [{"blockNumber": 5, "args": {"batchId": 1, "root": tree.root,
+                                                           "count": 4}}]}  # fmt: skip
+    chain = SimpleNamespace(
+        w3=SimpleNamespace(eth=SimpleNamespace(block_number=10)),
+        contract=SimpleNamespace(events=FakeEvents(logs)),
+    )
+    mirror = LedgerMirror(connect=lambda: chain)  # type: ignore[arg-type,return-value]
+    mirror.sync()
+
+    def batched(digest: bytes, proof: bytes | None, batch_id: int = 1) -> Version:
+        return dataclasses.replace(
+            version(digest, block=5), tx_hash="0xbatch", batch_id=batch_id, leaf_index=0,
+            patient_key=patient, proof=proof,
+        )  # fmt: skip
+
+    good = encode_proof(tree.proof(0))
+    assert mirror.facts(batched(A, good)).on_chain is True
+    assert mirror.facts(batched(B, good)).on_chain is False  # a rewritten digest
+    assert mirror.facts(batched(A, encode_proof(tree.proof(1)))).on_chain is False
+    assert mirror.facts(batched(A, None)).on_chain is False  # no proof to check
+    assert mirror.facts(batched(A, b"junk")).on_chain is False
+    assert mirror.facts(batched(A, good, batch_id=2)).on_chain is False  # no such batch by block 5
 
 
 # --- settings, section, picture -------------------------------------------------------------
