@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from web3.exceptions import TransactionNotFound
+
 from gateway.errors import LedgerError, XrayBatchExists
 from gateway.index import Index, PendingBatch
 from gateway.ledger import XrayLedger
@@ -54,6 +56,14 @@ class SingleAnchorer:
             block_time=anchor.block_time,
             recorder=self.ledger.sender.address,
         )
+
+    def confirmed(self, tx_hash: str) -> bool:
+        """True when the chain holds ``tx_hash`` and it succeeded (a lost block has no receipt)."""
+        try:
+            receipt = self.ledger.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        except TransactionNotFound:
+            return False
+        return int(receipt["status"]) == 1
 
     def _find(self, item: AnchorItem) -> AnchorResult | None:
         """The transaction that already recorded ``item.digest`` under its key, if any."""

@@ -347,6 +347,7 @@ def status_report(settings: Settings, *, limit: int = 10) -> dict[str, Any]:
         counts = index.stage_counts()
         oldest = index.oldest_pending()
         failing = index.failing(limit)
+        parked = index.parked(limit)
         try:
             commitments = dict(
                 index.query("SELECT state, COUNT(*) FROM commitments GROUP BY state")
@@ -384,6 +385,16 @@ def status_report(settings: Settings, *, limit: int = 10) -> dict[str, Any]:
                 "last_error": row.last_error,
             }
             for row in failing
+        ],
+        "parked": [
+            {
+                "row": row.id,
+                "record": name(row),
+                "stage": row.parked_stage,
+                "attempts": row.attempts,
+                "last_error": row.last_error,
+            }
+            for row in parked
         ],
         "commitment_requests": {
             state: int(commitments.get(state, 0)) for state in ("open", "ready", "reported")
@@ -423,6 +434,15 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             )
     else:
         print("failing: none")
+    if report["parked"]:
+        print(f"parked at stage failed ({report['stages'].get('failed', 0)}; "
+              "`xray-gateway retry --all` or `retry ROW…` re-queues them):")  # fmt: skip
+        print(f"  {'row':>6} {'record':<14} {'stopped at':<12} {'attempts':>8}  reason")
+        for row in report["parked"]:
+            print(
+                f"  {row['row']:>6} {row['record']:<14} {row['stage'] or '?':<12} "
+                f"{row['attempts']:>8}  {row['last_error'] or ''}"
+            )
     commitments = report["commitment_requests"]
     print(
         f"storage commitment: {commitments['open']} open, {commitments['ready']} undelivered, "
@@ -456,6 +476,28 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
+    """Re-queue parked rows at the stage they stopped at; a running gateway picks them up."""
+    from gateway.index import Index
+
+    if not args.all and not args.rows:
+        raise ConfigError("name the rows to re-queue (see `xray-gateway status`), or --all")
+    path = settings.data_dir / "index.sqlite"
+    if not path.is_file():
+        raise ConfigError(f"no index at {path}")
+    index = Index(path)
+    try:
+        requeued = index.requeue(None if args.all else list(args.rows))
+    finally:
+        index.close()
+    missing = sorted(set(args.rows) - set(requeued)) if not args.all else []
+    print(f"re-queued {len(requeued)} row(s): {' '.join(map(str, requeued)) or '-'}")
+    if missing:
+        print(f"not parked (left alone): {' '.join(map(str, missing))}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
@@ -484,6 +526,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--limit", type=int, default=10, help="failures to show (default 10)")
     status.set_defaults(handler=_cmd_status)
+
+    retry = sub.add_parser(
+        "retry", help="re-queue rows parked at stage failed (after their cause is fixed)"
+    )
+    retry.add_argument("rows", nargs="*", type=int, metavar="ROW", help="row ids from `status`")
+    retry.add_argument("--all", action="store_true", help="every parked row")
+    retry.set_defaults(handler=_cmd_retry)
 
     keys = sub.add_parser("keys", help="create or rotate the pseudonym key and KEKs")
     ksub = keys.add_subparsers(dest="action", metavar="ACTION", required=True)

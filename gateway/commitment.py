@@ -12,7 +12,7 @@ event type 2   some failed; each in FailedSOPSequence with a FailureReason
 
 Failure reasons: ``0x0112`` the gateway never received that SOP Instance UID; ``0x0119``
 it did, under another SOP Class; ``0x0110`` it did not commit it (conflict in the PACS,
-or still not committed when ``commitment_timeout_s`` ran out). Instances still on their
+parked at stage ``failed`` after repeated permanent failures, or still not committed when ``commitment_timeout_s`` ran out). Instances still on their
 way through the pipeline are waited for until that timeout.
 
 The report goes on the association the request came on while it is open, otherwise on a
@@ -162,7 +162,7 @@ def judge(ref: Reference, rows: list[Row]) -> int | None:
     versions = [row for row in mine if row.stage != "duplicate"]
     if versions and versions[-1].stage == "committed":
         return SUCCESS
-    return PROCESSING_FAILURE  # conflict in the PACS, or rejected
+    return PROCESSING_FAILURE  # conflict in the PACS, rejected, or parked at stage failed
 
 
 def decide(

@@ -1,7 +1,9 @@
 """The local index (SQLite in the data dir): one row per received instance, its stage and evidence.
 
 Every stage after the ack is a persisted task: a row's ``stage`` says what must happen
-next, and a restart resumes from there. WAL with ``synchronous=FULL`` makes a committed
+next, and a restart resumes from there. A task that kept failing for a permanent reason
+is parked at stage ``failed`` (``parked_stage`` says where it stopped, ``last_error``
+why; its spool file is kept) until an operator re-queues it (:meth:`Index.requeue`). WAL with ``synchronous=FULL`` makes a committed
 row survive power loss, which the ack relies on.
 """
 
@@ -17,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 STAGES = ("fingerprint", "seal", "put", "anchor", "forward", "committed")
-DONE_STAGES = ("committed", "duplicate", "rejected", "conflict")
+DONE_STAGES = ("committed", "duplicate", "rejected", "conflict", "failed")
+PARKED = "failed"  # no automatic work left, but not done: waits for `xray-gateway retry`
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -53,7 +56,9 @@ CREATE TABLE IF NOT EXISTS instances (
     proof BLOB,
     orthanc_id TEXT,
     conflict TEXT,
-    committed_at REAL
+    committed_at REAL,
+    strikes INTEGER NOT NULL DEFAULT 0,
+    parked_stage TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_due ON instances (stage, next_attempt_at);
 CREATE INDEX IF NOT EXISTS instances_uid ON instances (sop_instance_uid);
@@ -80,6 +85,12 @@ CREATE TABLE IF NOT EXISTS batch_members (
 );
 CREATE INDEX IF NOT EXISTS batch_members_row ON batch_members (row_id);
 """
+
+# Columns added after the first schema: (name, declaration), added to an older index on open.
+ADDED_COLUMNS = (
+    ("strikes", "INTEGER NOT NULL DEFAULT 0"),
+    ("parked_stage", "TEXT"),
+)
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,8 @@ class Row:
     orthanc_id: str | None
     conflict: str | None
     committed_at: float | None
+    strikes: int = 0  # failures for a permanent reason since the last successful step
+    parked_stage: str | None = None  # the stage a ``failed`` row stopped at
 
 
 COLUMNS = tuple(f.name for f in fields(Row))
@@ -157,6 +170,7 @@ class Index:
                 isolation_level=None,
             )  # fmt: skip
             self._db.execute("PRAGMA busy_timeout = 5000")
+            self._select = self._selection()
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -164,6 +178,24 @@ class Index:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            present = self._present_columns()
+            for name, declaration in ADDED_COLUMNS:
+                if present and name not in present:
+                    self._db.execute(f"ALTER TABLE instances ADD COLUMN {name} {declaration}")
+        self._select = self._selection()
+
+    def _present_columns(self) -> set[str]:
+        with self._lock:
+            return {str(r[1]) for r in self._db.execute("PRAGMA table_info(instances)")}
+
+    def _selection(self) -> str:
+        """The SELECT list: an older index opened read-only shows added columns' defaults."""
+        present = self._present_columns()
+        defaults = {"strikes": "0", "parked_stage": "NULL"}
+        return ", ".join(
+            name if not present or name in present else f"{defaults[name]} AS {name}"
+            for name in COLUMNS
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -183,7 +215,7 @@ class Index:
 
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
         with self._lock:
-            cursor = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM instances {sql}", params)
+            cursor = self._db.execute(f"SELECT {self._select} FROM instances {sql}", params)
             return [Row(*values) for values in cursor.fetchall()]
 
     def add_received(
@@ -233,14 +265,71 @@ class Index:
                 f"UPDATE instances SET {assignments} WHERE id = ?", (*values.values(), row_id)
             )
 
-    def fail(self, row_id: int, error: str, *, retry_in: float) -> None:
-        """Note a failed attempt and when to try again."""
+    def fail(self, row_id: int, error: str, *, retry_in: float, permanent: bool = False) -> None:
+        """Note a failed attempt and when to try again; a permanent reason adds a strike."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE instances SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
-                " WHERE id = ?",
-                (error, time.time() + retry_in, row_id),
+                "UPDATE instances SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?,"
+                " strikes = strikes + ? WHERE id = ?",
+                (error, time.time() + retry_in, int(permanent), row_id),
             )
+
+    def park(self, row_id: int, error: str) -> None:
+        """Stop retrying a row: stage ``failed``, the stage it was at kept in ``parked_stage``.
+
+        Nothing is deleted; :meth:`requeue` puts it back where it stopped.
+        """
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE instances SET parked_stage = stage, stage = ?, last_error = ?,"
+                " attempts = attempts + 1, strikes = strikes + 1, next_attempt_at = 0"
+                " WHERE id = ? AND stage != ?",
+                (PARKED, error, row_id, PARKED),
+            )
+
+    def requeue(self, row_ids: list[int] | None = None) -> list[int]:
+        """Put parked rows (all of them when ``row_ids`` is None) back at their stage, due now.
+
+        Returns the ids that were re-queued; ids that are not parked are left alone.
+        """
+        with self.transaction() as db:
+            if row_ids is None:
+                ids = [int(r[0]) for r in db.execute(
+                    "SELECT id FROM instances WHERE stage = ? ORDER BY id", (PARKED,)
+                )]  # fmt: skip
+            else:
+                marks = ", ".join("?" for _ in row_ids)
+                ids = [int(r[0]) for r in db.execute(
+                    f"SELECT id FROM instances WHERE stage = ? AND id IN ({marks}) ORDER BY id",
+                    (PARKED, *row_ids),
+                )]  # fmt: skip
+            for row_id in ids:
+                db.execute(
+                    "UPDATE instances SET stage = COALESCE(parked_stage, 'fingerprint'),"
+                    " parked_stage = NULL, attempts = 0, strikes = 0, next_attempt_at = 0"
+                    " WHERE id = ?",
+                    (row_id,),
+                )
+        return ids
+
+    def succeeded(self, row_id: int) -> None:
+        """A step of the row worked: its permanent-failure strikes start again from zero."""
+        with self.transaction() as db:
+            db.execute("UPDATE instances SET strikes = 0 WHERE id = ? AND strikes > 0", (row_id,))
+
+    def release(self, stage: str) -> int:
+        """Make rows waiting at ``stage`` for a transient reason due now; returns how many.
+
+        Called when a row got through ``stage``: the downstream is back, so the backlog
+        need not wait out each row's own backoff.
+        """
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE instances SET next_attempt_at = 0 WHERE stage = ? AND attempts > 0"
+                " AND strikes = 0 AND next_attempt_at > ?",
+                (stage, time.time()),
+            )
+            return int(cursor.rowcount)
 
     def claim_fingerprint(self, row_id: int, values: dict[str, Any]) -> tuple[str, int, int | None]:
         """Atomically decide what a freshly fingerprinted row is: new, new version, or duplicate."""
@@ -357,8 +446,13 @@ class Index:
                 )
             return found
 
-    def fail_batch(self, batch: int, error: str, *, retry_in: float) -> None:
-        """Note a failed send of a batch; it and each of its rows say why, and when it is retried."""
+    def fail_batch(
+        self, batch: int, error: str, *, retry_in: float, permanent: bool = False
+    ) -> None:
+        """Note a failed send of a batch; it and each of its rows say why, and when it is retried.
+
+        A permanent reason adds a strike to every member row, as :meth:`fail` does to one.
+        """
         with self.transaction() as db:
             db.execute(
                 "UPDATE batches SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
@@ -366,10 +460,38 @@ class Index:
                 (error, time.time() + retry_in, batch),
             )
             db.execute(
-                "UPDATE instances SET attempts = attempts + 1, last_error = ? WHERE id IN"
+                "UPDATE instances SET attempts = attempts + 1, last_error = ?,"
+                " strikes = strikes + ? WHERE id IN"
                 " (SELECT row_id FROM batch_members WHERE batch = ?)",
-                (error, batch),
+                (error, int(permanent), batch),
             )
+
+    def abandon_batch(self, batch: int, error: str) -> None:
+        """Give up on an open batch that never landed: its rows are parked at ``failed``.
+
+        The batch and its membership are deleted (it is not on the chain), so that the rows,
+        once re-queued by :meth:`requeue`, join a new batch.
+        """
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE instances SET parked_stage = stage, stage = ?, last_error = ?,"
+                " attempts = attempts + 1, strikes = strikes + 1, next_attempt_at = 0"
+                " WHERE id IN (SELECT row_id FROM batch_members WHERE batch = ?) AND stage != ?",
+                (PARKED, error, batch, PARKED),
+            )
+            db.execute("DELETE FROM batch_members WHERE batch = ?", (batch,))
+            db.execute("DELETE FROM batches WHERE id = ? AND state = 'open'", (batch,))
+
+    def release_batches(self) -> int:
+        """Make open batches that failed for a transient reason due now; returns how many."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE batches SET next_attempt_at = 0 WHERE state = 'open' AND attempts > 0"
+                " AND next_attempt_at > ? AND id NOT IN (SELECT m.batch FROM batch_members m"
+                " JOIN instances i ON i.id = m.row_id WHERE i.strikes > 0)",
+                (time.time(),),
+            )
+            return int(cursor.rowcount)
 
     def close_batch(
         self, batch: int, *, batch_id: int, tx_hash: str, block_number: int,
@@ -391,11 +513,35 @@ class Index:
                     f"UPDATE instances SET {assignments} WHERE id = ?", (*values.values(), row_id)
                 )
 
+    def reopen_batches(self, tx_hash: str) -> list[PendingBatch]:
+        """Mark the landed batches of ``tx_hash`` open again (the chain lost them); returns them."""
+        with self.transaction() as db:
+            ids = [
+                int(batch)
+                for (batch,) in db.execute(
+                    "SELECT id FROM batches WHERE state = 'landed' AND tx_hash = ?", (tx_hash,)
+                ).fetchall()
+            ]
+            db.execute(
+                "UPDATE batches SET state = 'open', attempts = 0, next_attempt_at = 0,"
+                " last_error = NULL WHERE state = 'landed' AND tx_hash = ?",
+                (tx_hash,),
+            )
+        return [batch for batch in self.open_batches(due_only=False) if batch.id in ids]
+
     def batch_counts(self) -> dict[str, int]:
         """Merkle batches per state (``open``, ``landed``)."""
         with self._lock:
             cursor = self._db.execute("SELECT state, COUNT(*) FROM batches GROUP BY state")
             return {str(state): int(count) for state, count in cursor.fetchall()}
+
+    def anchored_newest_first(self, *, limit: int, offset: int = 0) -> list[Row]:
+        """Rows past the anchor stage with their transaction, newest block first."""
+        return self._rows(
+            "WHERE tx_hash IS NOT NULL AND stage IN ('forward', 'committed', 'conflict')"
+            " ORDER BY block_number DESC, id DESC LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
 
     def by_study(self, study_instance_uid: str) -> list[Row]:
         return self._rows("WHERE study_instance_uid = ? ORDER BY id", (study_instance_uid,))
@@ -430,6 +576,24 @@ class Index:
             " ORDER BY next_attempt_at DESC, id DESC LIMIT ?",
             (*DONE_STAGES, limit),
         )
+
+    def parked(self, limit: int = 20) -> list[Row]:
+        """Rows parked at stage ``failed``, oldest first."""
+        return self._rows("WHERE stage = ? ORDER BY id LIMIT ?", (PARKED, limit))
+
+    def parked_counts(self) -> dict[tuple[str, str], int]:
+        """Parked rows per (stage they stopped at, error class)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "SELECT parked_stage, last_error, COUNT(*) FROM instances WHERE stage = ?"
+                " GROUP BY parked_stage, last_error",
+                (PARKED,),
+            )
+            counts: dict[tuple[str, str], int] = {}
+            for stage, error, count in cursor.fetchall():
+                key = (str(stage or "unknown"), error_class(error))
+                counts[key] = counts.get(key, 0) + int(count)
+            return counts
 
     def failure_counts(self) -> dict[tuple[str, str], int]:
         """Failing rows (work left, attempts > 0) per (stage, error class)."""

@@ -8,7 +8,9 @@ class names, DICOM status codes.
 xray_gateway_instances{stage}                  index rows per stage, terminal ones too
 xray_gateway_queue_depth{stage}                rows with work left, per stage
 xray_gateway_oldest_pending_age_seconds        age of the oldest row with work left
-xray_gateway_failing_instances{stage,error}    rows whose last attempt failed
+xray_gateway_failing_instances{stage,error}    rows with work left whose last attempt failed
+xray_gateway_parked_instances{stage,error}     rows parked at stage ``failed`` (a permanent
+                                               reason), by the stage they stopped at
 xray_gateway_batches{state}                    Merkle batches: open (not landed), landed
 xray_gateway_cstore_responses_total{status}    C-STORE responses sent, by status
 xray_gateway_spool_free_bytes                  free bytes on the spool's filesystem
@@ -117,6 +119,15 @@ class GatewayCollector(Collector):
         for (stage, error), count in sorted(self.index.failure_counts().items()):
             failing.add_metric([stage, error], count)
         yield failing
+        parked = GaugeMetricFamily(
+            f"{PREFIX}_parked_instances",
+            "Rows parked at stage failed after repeated permanent failures (`xray-gateway "
+            "retry` re-queues them), by the stage they stopped at and error class",
+            labels=["stage", "error"],
+        )
+        for (stage, error), count in sorted(self.index.parked_counts().items()):
+            parked.add_metric([stage, error], count)
+        yield parked
 
     def _commitment(self, scp: CommitmentSCP) -> Iterator[Metric]:
         counters = scp.counts()

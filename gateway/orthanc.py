@@ -278,6 +278,7 @@ class EmbeddedOrthanc(Child):
         ChildFailed
             If Orthanc exits early or is not ready within ``timeout`` seconds.
         """
+        self.stop_stale()  # an Orthanc left by a crashed gateway holds the ports
         for port in (self.http_port, self.dicom_port):
             if port_in_use(HOST, port):
                 raise ConfigError(f"port {port} is taken: is another Orthanc running there?")

@@ -15,6 +15,23 @@ row in the same step that records the work's result. A crash between the work an
 advance repeats the work, which is why every stage is idempotent: the object name is
 content-addressed, the anchor looks the record up on the ledger before sending, and
 Orthanc answers ``AlreadyStored`` to identical bytes.
+
+The index saying "anchored" is only as good as the chain still holding the transaction.
+An embedded anvil killed without its state dump comes back without its last blocks, so
+on start the pipeline checks the newest anchors it recorded, newest first, and anchors
+again every record the chain lost (:meth:`Pipeline.reconcile_anchors`). The same check
+runs again whenever the chain was unreachable, before anything new is anchored: a node
+restarted from an older state dump has lost its newest blocks.
+
+Failures are of two kinds (:func:`is_transient`). A downstream that is unavailable (object
+store, chain node, PACS: refused, timed out, 5xx) or a row that must wait for another is
+retried for as long as it takes, with backoff capped at :data:`TRANSIENT_CAP_S`, and shown
+as failing; when any row gets through a stage, the rows waiting at that stage for such a
+reason are due at once, so a backlog drains as soon as its downstream is back. Any other
+failure (the PACS refused the file, the contract reverted, a bug) is retried
+:data:`PERMANENT_ATTEMPTS` times, then the row is parked at stage ``failed`` with its
+reason, logged at ERROR, and waits for ``xray-gateway retry``; its spool file is kept.
+A Merkle batch is failed, retried and parked as a whole, the same way.
 """
 
 from __future__ import annotations
@@ -30,7 +47,14 @@ from pathlib import Path
 from typing import Protocol
 
 from gateway import failpoints, keys
-from gateway.errors import DatasetUnreadable, GatewayError
+from gateway.errors import (
+    ChainUnavailable,
+    DatasetUnreadable,
+    GatewayError,
+    PacsUnavailable,
+    SpoolUnavailable,
+    StoreUnavailable,
+)
 from gateway.fingerprint import fingerprint, read_header
 from gateway.index import Index, PendingBatch, Row
 from gateway.keys import Keyring
@@ -70,6 +94,10 @@ class Anchorer(Protocol):
     """The anchor stage for one image: one transaction."""
 
     def anchor(self, item: AnchorItem) -> AnchorResult: ...
+
+    def confirmed(self, tx_hash: str) -> bool:
+        """True when the chain holds ``tx_hash`` as a successful transaction."""
+        ...
 
 
 class Gather(Protocol):
@@ -129,9 +157,34 @@ def object_name(record_key: bytes, digest: bytes) -> str:
     return f"{record_key.hex()}/{digest.hex()}"
 
 
-def backoff(attempts: int) -> float:
-    """Seconds before the next try: 0.5, 1, 2, … capped at five minutes."""
-    return float(min(300.0, 0.5 * 2 ** min(attempts, 10)))
+TRANSIENT_CAP_S = 60.0
+"""Longest wait between two tries of a row whose downstream is unavailable."""
+PERMANENT_ATTEMPTS = 5
+"""Tries, for a permanent reason, before a row is parked at stage ``failed``."""
+
+# Unavailable downstreams, waits, and the OS saying "not now" (disk full, connection reset).
+TRANSIENT: tuple[type[BaseException], ...] = (
+    Retry,
+    StoreUnavailable,
+    ChainUnavailable,
+    PacsUnavailable,
+    SpoolUnavailable,
+    TimeoutError,
+    ConnectionError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a stage's failure is worth retrying for as long as it takes."""
+    if isinstance(exc, TRANSIENT):
+        return True
+    # ENOSPC, EIO... on our own disk: not the row's fault, room may come back.
+    return isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, PermissionError))
+
+
+def backoff(attempts: int, *, cap: float = 300.0) -> float:
+    """Seconds before the next try: 0.5, 1, 2, … capped at ``cap`` (five minutes)."""
+    return float(min(cap, 0.5 * 2 ** min(attempts, 10)))
 
 
 class Pipeline:
@@ -189,14 +242,21 @@ class Pipeline:
         self._inflight: set[int] = set()
         self._lock = threading.Lock()
         self._anchor_locks: dict[bytes, threading.Lock] = {}
+        self._held_at: set[str] = set()  # stages where rows wait for a transient reason
         self._thread: threading.Thread | None = None
         self._batch_thread: threading.Thread | None = None
         self._batch_wake = threading.Event()
         self._batching = False
+        self._reconciled = threading.Event()  # the anchors recorded before start are checked
+        self._reconciled.set()  # (only start() has any to check: it clears this)
+        self._reconcile_at = 0.0
+        self._reconcile_attempts = 0
+        self.reanchored = 0  # records the chain had lost, anchored again since start
 
     # -- running ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._reconciled.clear()
         self._thread = threading.Thread(
             target=self._dispatch, name="pipeline-dispatch", daemon=True
         )
@@ -237,7 +297,11 @@ class Pipeline:
             self._wake.clear()
             if self.pause is not None:
                 self.pause()
+            if not self._reconciled.is_set() and time.monotonic() >= self._reconcile_at:
+                self._try_reconcile()
             for row in self.index.due(limit=256, stages=stages):
+                if row.stage == "anchor" and not self._reconciled.is_set():
+                    continue  # no new anchor before the recorded ones are checked
                 self._submit(row.id)
             self._wake.wait(0.25)
 
@@ -247,6 +311,66 @@ class Pipeline:
                 return
             self._inflight.add(row_id)
         self._pool.submit(self._run, row_id)
+
+    def _try_reconcile(self) -> None:
+        try:
+            self.reconcile_anchors()
+        except Exception as exc:  # the chain is down: the other stages go on meanwhile
+            retry_in = min(2.0, backoff(self._reconcile_attempts))  # new anchors wait on it
+            self._reconcile_attempts += 1
+            self._reconcile_at = time.monotonic() + retry_in
+            log.warning(
+                "cannot check the recorded anchors against the chain yet (%s: %s); retry in "
+                "%.1f s", type(exc).__name__, exc, retry_in,
+            )  # fmt: skip
+
+    def reconcile_anchors(self) -> int:
+        """Anchor again the records the chain lost since they were anchored; returns how many.
+
+        Runs once, when the pipeline starts, before any new anchor (the anchor stage waits
+        for it). The anchored rows are checked newest first, and the check stops at the
+        first transaction the chain still holds: a chain that lost blocks lost its newest
+        ones (an anvil restarted from an older state dump). Lost rows are anchored again
+        oldest first, so that a version is recorded before the one that supersedes it;
+        their stage is left as it is (a committed row stays committed). A lost batch is
+        re-opened and landed again whole (same members, same root, so the same proofs); its
+        rows pass through ``forward`` again, which Orthanc answers ``AlreadyStored``.
+        """
+        lost: list[Row] = []
+        checked: dict[str, bool] = {}
+        offset, page = 0, 64
+        while True:
+            rows = self.index.anchored_newest_first(limit=page, offset=offset)
+            confirmed = False
+            for row in rows:
+                assert row.tx_hash is not None
+                if row.tx_hash not in checked:
+                    checked[row.tx_hash] = self.anchorer.confirmed(row.tx_hash)
+                if checked[row.tx_hash]:
+                    confirmed = True
+                    break
+                lost.append(row)
+            if confirmed or len(rows) < page:
+                break
+            offset += page
+        if lost:
+            log.warning(
+                "the chain no longer holds %d anchored record(s) (newest block %s): anchoring "
+                "them again", len(lost), lost[0].block_number,
+            )  # fmt: skip
+        relanded: set[str] = set()
+        for row in sorted(lost, key=lambda r: r.id):
+            if self.batcher is None or row.batch_id is None:
+                self._anchor(self.index.get(row.id), advance=False)
+                self.reanchored += 1
+            elif row.tx_hash not in relanded:  # a lost batch is sent again whole: same root
+                relanded.add(str(row.tx_hash))
+                for batch in self.index.reopen_batches(str(row.tx_hash)):
+                    self._land(batch)
+                    self.reanchored += batch.count
+        self._reconciled.set()
+        self._wake.set()
+        return len(lost)
 
     def _run(self, row_id: int) -> None:
         try:
@@ -270,15 +394,50 @@ class Pipeline:
                 self.pause()
             try:
                 step(row)
-            except Exception as exc:  # every failure is retried, visibly, with its reason
-                retry_in = backoff(row.attempts)
-                reason = f"{row.stage}: {type(exc).__name__}: {exc}"
-                level = logging.INFO if isinstance(exc, Retry) else logging.WARNING
-                log.log(
-                    level, "row %d (%s): %s; retry in %.1f s", row.id, _short(row), reason, retry_in
-                )
-                self.index.fail(row.id, reason[:500], retry_in=retry_in)
+            except Exception as exc:  # every failure is recorded on the row, with its reason
+                self._failed(row, exc)
                 return row.stage
+            self._succeeded(row)
+
+    def _failed(self, row: Row, exc: Exception) -> None:
+        reason = f"{row.stage}: {type(exc).__name__}: {exc}"[:500]
+        if is_transient(exc):
+            retry_in = backoff(row.attempts, cap=TRANSIENT_CAP_S)
+            level = logging.INFO if isinstance(exc, Retry) else logging.WARNING
+            log.log(
+                level, "row %d (%s): %s; retry in %.1f s", row.id, _short(row), reason, retry_in
+            )
+            self.index.fail(row.id, reason, retry_in=retry_in)
+            if not isinstance(exc, Retry):
+                with self._lock:
+                    self._held_at.add(row.stage)
+                self._chain_down(exc)
+        elif row.strikes + 1 >= PERMANENT_ATTEMPTS:
+            log.error(
+                "row %d (%s): %s; parked at stage failed after %d attempts (spool file kept; "
+                "`xray-gateway retry %d` re-queues it)",
+                row.id, _short(row), reason, row.strikes + 1, row.id,
+            )  # fmt: skip
+            self.index.park(row.id, reason)
+        else:
+            retry_in = backoff(row.strikes)
+            log.warning(
+                "row %d (%s): %s; attempt %d of %d, retry in %.1f s",
+                row.id, _short(row), reason, row.strikes + 1, PERMANENT_ATTEMPTS, retry_in,
+            )  # fmt: skip
+            self.index.fail(row.id, reason, retry_in=retry_in, permanent=True)
+
+    def _succeeded(self, row: Row) -> None:
+        if row.strikes:
+            self.index.succeeded(row.id)
+        with self._lock:
+            held = row.stage in self._held_at
+            self._held_at.discard(row.stage)
+        if held:
+            released = self.index.release(row.stage)
+            if released:
+                log.info("stage %s works again: %d waiting rows are due now", row.stage, released)
+                self._wake.set()
 
     # -- the batch thread --------------------------------------------------------------------
 
@@ -293,6 +452,9 @@ class Pipeline:
         while not self._stop.is_set():
             self._batch_wake.clear()
             wait = 0.25
+            if not self._reconciled.is_set():  # no new batch before the recorded anchors are checked
+                self._batch_wake.wait(wait)
+                continue
             try:
                 self._batching = True
                 for batch in self.index.open_batches():
@@ -329,10 +491,7 @@ class Pipeline:
         try:
             results = self.batcher.land(batch, [_anchor_item(row) for row in rows])
         except Exception as exc:  # retried whole: same members, same root
-            retry_in = backoff(batch.attempts)
-            reason = f"anchor: batch {batch.id}: {type(exc).__name__}: {exc}"
-            log.warning("%s; %d images wait, retry in %.1f s", reason, batch.count, retry_in)
-            self.index.fail_batch(batch.id, reason[:500], retry_in=retry_in)
+            self._batch_failed(batch, rows, exc)
             return
         failpoints.hit("pipeline.after_anchor")
         first = results[0]
@@ -346,14 +505,53 @@ class Pipeline:
                     "block_number": result.block_number, "block_time": result.block_time,
                     "recorder": result.recorder, "batch_id": result.batch_id,
                     "leaf_index": result.leaf_index, "proof": result.proof, "attempts": 0,
-                    "last_error": None, "next_attempt_at": 0,
+                    "strikes": 0, "last_error": None, "next_attempt_at": 0,
                 }
                 for row, result in zip(rows, results, strict=True)
             },
         )  # fmt: skip
         log.info("batch %d landed as batch %d in block %d", batch.id, first.batch_id,
                  first.block_number)  # fmt: skip
+        with self._lock:
+            held = "batch" in self._held_at
+            self._held_at.discard("batch")
+        if held and (released := self.index.release_batches()):
+            log.info("the chain takes batches again: %d waiting batches are due now", released)
         self._wake.set()
+
+    def _batch_failed(self, batch: PendingBatch, rows: list[Row], exc: Exception) -> None:
+        """A batch failed to land: retried whole, or parked whole (like a row, see ``_failed``)."""
+        reason = f"anchor: batch {batch.id}: {type(exc).__name__}: {exc}"[:500]
+        if is_transient(exc):
+            retry_in = backoff(batch.attempts, cap=TRANSIENT_CAP_S)
+            log.warning("%s; %d images wait, retry in %.1f s", reason, batch.count, retry_in)
+            self.index.fail_batch(batch.id, reason, retry_in=retry_in)
+            with self._lock:
+                self._held_at.add("batch")
+            self._chain_down(exc)
+            return
+        strikes = 1 + max((row.strikes for row in rows), default=0)
+        if strikes >= PERMANENT_ATTEMPTS:
+            log.error(
+                "%s; its %d images are parked at stage failed after %d attempts (spool files "
+                "kept; `xray-gateway retry --all` re-queues them)", reason, batch.count, strikes,
+            )  # fmt: skip
+            self.index.abandon_batch(batch.id, reason)
+            return
+        retry_in = backoff(strikes - 1)
+        log.warning(
+            "%s; attempt %d of %d, %d images wait, retry in %.1f s",
+            reason, strikes, PERMANENT_ATTEMPTS, batch.count, retry_in,
+        )  # fmt: skip
+        self.index.fail_batch(batch.id, reason, retry_in=retry_in, permanent=True)
+
+    def _chain_down(self, exc: Exception) -> None:
+        """The chain did not answer: check the recorded anchors again before the next one."""
+        if isinstance(exc, ChainUnavailable) and self._reconciled.is_set() and self._thread is not None:
+            log.info("the chain is unreachable: recorded anchors are checked again once it is back")
+            self._reconcile_attempts = 0
+            self._reconcile_at = time.monotonic()
+            self._reconciled.clear()
 
     # -- stages ----------------------------------------------------------------------------
 
@@ -420,8 +618,10 @@ class Pipeline:
                 return
             self.index.update(row.id, stage="seal")
             return
+        failpoints.hit("pipeline.before_put")
         with sealed.open("rb") as source:
             self.store.put(row.object_name, source, length=sealed.stat().st_size)
+        failpoints.hit("pipeline.after_put")
         self.index.update(row.id, stage="anchor", attempts=0, last_error=None)
         sealed.unlink(missing_ok=True)
 
@@ -434,12 +634,19 @@ class Pipeline:
         ]
         if older:
             raise Retry(f"waiting for row {older[0].id}, an older version, to be anchored")
+        if not self._reconciled.is_set():
+            raise Retry("the anchors recorded so far are not checked against the chain yet")
+        self._anchor(row, advance=True)
+
+    def _anchor(self, row: Row, *, advance: bool) -> None:
+        """Anchor the row's version and record where; ``advance`` moves it on to forward."""
+        assert row.record_key and row.patient_key and row.digest and row.pixel_digest
         with self._anchor_lock(row.record_key):
             result = self.anchorer.anchor(_anchor_item(row))
         failpoints.hit("pipeline.after_anchor")
+        progress = {"stage": "forward", "attempts": 0, "last_error": None} if advance else {}
         self.index.update(
             row.id,
-            stage="forward",
             tx_hash=result.tx_hash,
             block_number=result.block_number,
             block_time=result.block_time,
@@ -447,8 +654,7 @@ class Pipeline:
             batch_id=result.batch_id,
             leaf_index=result.leaf_index,
             proof=result.proof,
-            attempts=0,
-            last_error=None,
+            **progress,
         )
 
     def _anchor_lock(self, record_key: bytes) -> threading.Lock:

@@ -39,6 +39,7 @@ from pynetdicom import (
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from gateway import failpoints
 from gateway.errors import DatasetUnreadable, SpoolUnavailable
 from gateway.fingerprint import check_structure, read_header
 from gateway.index import Index
@@ -254,6 +255,7 @@ class Receiver:
             return status(OUT_OF_RESOURCES, f"gateway index unavailable: {type(exc).__name__}")
         if self.on_stored is not None:
             self.on_stored(row_id)
+        failpoints.hit("receive.before_ack")
         return status(SUCCESS)
 
 

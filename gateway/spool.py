@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from gateway import failpoints
 from gateway.errors import SpoolUnavailable
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ class IncomingFile:
             try:
                 self._file.write(data)
                 self.written += len(data)
+                failpoints.hit("receive.chunk")
             except OSError as exc:
                 self._give_up(f"write failed: {exc.strerror or exc}")
         return len(data)  # a refused dataset is still read off the wire, then dropped

@@ -43,8 +43,10 @@ def rpc(
 class Anvil(Child):
     """anvil with ``--state``: loaded on start, dumped every ``state_interval`` s and on stop.
 
-    A crash therefore loses at most ``state_interval`` seconds of blocks; a clean stop
-    (SIGTERM) loses nothing. No dev accounts are created: the gateway's own accounts are
+    A clean stop (SIGTERM) loses nothing, and neither does a crash of the gateway: anvil
+    gets SIGTERM when its parent dies (:mod:`gateway.procs`). Only anvil itself dying
+    without a dump (SIGKILL, power cut) loses up to ``state_interval`` seconds of blocks;
+    the pipeline re-anchors what the chain lost when it starts (``Pipeline.start``). No dev accounts are created: the gateway's own accounts are
     funded with ``anvil_setBalance`` so that no well-known private key ever holds a role.
     """
 
@@ -79,6 +81,7 @@ class Anvil(Child):
         return f"http://{self.host}:{self.port}"
 
     def start(self, *, timeout: float = 30.0) -> None:
+        self.stop_stale()  # an anvil left by a crashed gateway: let it dump its state, then start
         if port_in_use(self.host, self.port):
             raise ConfigError(f"port {self.port} is taken: is another anvil running there?")
         self.state_path.parent.mkdir(parents=True, exist_ok=True)

@@ -99,11 +99,23 @@ class Modality:
         ae = AE(ae_title=self.ae_title)
         ae.add_requested_context(STORAGE_COMMITMENT)
         ae.dimse_timeout = ae.acse_timeout = ae.network_timeout = 60
+        # The report's handler returns before pynetdicom sends our N-EVENT-REPORT response;
+        # releasing in between is a P-DATA after A-RELEASE-RQ (Evt9 in Sta7), so the
+        # release waits until that response is out.
+        answered = threading.Event()
+
+        def on_sent(event: Any) -> None:
+            if type(event.message).__name__ == "N_EVENT_REPORT_RSP":
+                answered.set()
+
         assoc = ae.associate(
             "127.0.0.1",
             port,
             ae_title=called,
-            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_report, ["same"])],
+            evt_handlers=[
+                (evt.EVT_N_EVENT_REPORT, self._on_report, ["same"]),
+                (evt.EVT_DIMSE_SENT, on_sent),
+            ],
         )
         assert assoc.is_established, "the gateway refused the association"
         try:
@@ -124,6 +136,8 @@ class Modality:
                 report = self.reports.get(timeout=wait)
             except queue.Empty:
                 return code, None
+            if report.how == "same":
+                answered.wait(10)
             return code, report
         finally:
             if assoc.is_established:

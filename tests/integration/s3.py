@@ -99,7 +99,7 @@ class Relay:
     def _spawn(self, target: Callable[..., None], *args: object) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
         thread.start()
-        self._threads.append(thread)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -115,10 +115,28 @@ class Relay:
             upstream.settimeout(None)
             with self._lock:
                 self._sockets.update((client, upstream))
-            self._spawn(self._pump, client, upstream)
-            self._spawn(self._pump, upstream, client)
+            # The second pump to finish closes the pair: a relay that carries thousands of
+            # connections must not keep their sockets (a process past 1024 descriptors
+            # breaks select(), which pynetdicom uses).
+            pending = [2]
+            self._spawn(self._pump, client, upstream, pending)
+            self._spawn(self._pump, upstream, client, pending)
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, pending: list[int]) -> None:
+        try:
+            self._move(source, sink)
+        finally:
+            with self._lock:
+                pending[0] -= 1
+                done = pending[0] == 0
+                if done:
+                    self._sockets.difference_update((source, sink))
+            if done:
+                for sock in (source, sink):
+                    with contextlib.suppress(OSError):
+                        sock.close()
+
+    def _move(self, source: socket.socket, sink: socket.socket) -> None:
         while True:
             try:
                 data = source.recv(65536)

@@ -194,3 +194,44 @@ def test_metrics_exposition(tmp_path: Path) -> None:
     with serve(create_app(health=Health())) as url:  # no metrics callable: no route
         assert get(f"{url}/metrics")[0] == 404
         assert get(f"{url}/healthz")[0] == 200
+
+
+def test_parked_rows_in_status_metrics_and_retry(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    index = Index(data_dir / "index.sqlite")
+    ids = fill(index)
+    index.park(ids["pacs"], "forward: PacsRejected: Orthanc did not store the file")
+    assert main(["status", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["stages"]["failed"] == 1 and report["pending"] == 3
+    assert report["parked"] == [
+        {"row": ids["pacs"], "record": (bytes([2]) * 32).hex()[:12], "stage": "forward",
+         "attempts": 2, "last_error": "forward: PacsRejected: Orthanc did not store the file"}
+    ]  # fmt: skip
+    assert [f["stage"] for f in report["failing"]] == ["anchor"]  # parked is not "failing"
+    assert main(["status"]) == 0
+    table = capsys.readouterr().out
+    assert "parked at stage failed (1;" in table and "PacsRejected" in table
+
+    registry = registry_for(GatewayCollector(index=index))
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(render(registry)[0].decode())
+        for s in family.samples
+    }
+    key = ("xray_gateway_parked_instances", (("error", "PacsRejected"), ("stage", "forward")))
+    assert samples[key] == 1
+    assert samples[("xray_gateway_instances", (("stage", "failed"),))] == 1
+    assert ("xray_gateway_queue_depth", (("stage", "failed"),)) not in samples
+
+    assert main(["retry"]) == 1  # neither rows nor --all
+    capsys.readouterr()
+    assert main(["retry", str(ids["chain"])]) == 1  # not parked: left alone
+    assert index.get(ids["chain"]).stage == "anchor"
+    capsys.readouterr()
+    assert main(["retry", "--all"]) == 0
+    assert capsys.readouterr().out.strip() == f"re-queued 1 row(s): {ids['pacs']}"
+    row = index.get(ids["pacs"])
+    assert (row.stage, row.attempts, row.next_attempt_at) == ("forward", 0, 0)
+    index.close()
