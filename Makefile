@@ -1,11 +1,11 @@
-# xray-gateway: `make up` runs it, `make test` tests it. Both install what is missing first.
+# xray-gateway: `make up` runs it, `make test` tests it, `make bench` measures it. Each installs what is missing first.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := orthanc orthanc-python orthanc-dicomweb orthanc-webviewer dcmtk chromium
 export TCP_NODELAY := 1
 
-.PHONY: up test deps apt npm venv contracts contracts-check lint lock clean-var
+.PHONY: up test bench deps apt npm venv contracts contracts-check lint lock clean-var
 
 up: deps
 	$(VENV)/bin/xray-gateway up
@@ -14,6 +14,10 @@ test: deps
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; \
 	exit $$rc
+
+# Every benchmark part in one run: bench/results.json and bench/results.png (BENCH_ARGS=--quick: tiny).
+bench: deps
+	$(VENV)/bin/xray-gateway bench $(BENCH_ARGS)
 
 deps: apt npm venv
 

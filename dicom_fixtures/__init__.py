@@ -3,7 +3,7 @@
 from dicom_fixtures._codecs import FixtureToolError
 from dicom_fixtures._dataset import UID_ROOT
 from dicom_fixtures.catalogue import CATALOGUE, Fixture, generate
-from dicom_fixtures.series import ct_series, large_multiframe
+from dicom_fixtures.series import ct_series, dx_series, large_multiframe
 
 __all__ = [
     "CATALOGUE",
@@ -11,6 +11,7 @@ __all__ = [
     "Fixture",
     "FixtureToolError",
     "ct_series",
+    "dx_series",
     "generate",
     "large_multiframe",
 ]

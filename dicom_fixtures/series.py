@@ -1,4 +1,4 @@
-"""Bulk fixtures for benchmarks: a long CT series and a streamed huge multi-frame."""
+"""Bulk fixtures for benchmarks: a long CT series, a run of chest DX images, a streamed huge multi-frame."""
 
 from __future__ import annotations
 
@@ -17,18 +17,23 @@ from dicom_fixtures._dataset import (
     make_uid,
     write_part10,
 )
-from dicom_fixtures._images import ct_image, sc_multiframe_header
+from dicom_fixtures._images import ct_image, dx_image, sc_multiframe_header
 from dicom_fixtures._pixels import body_slice, phantom
 
 #: Default Study Instance UID of `ct_series`.
 CT_SERIES_STUDY_UID = make_uid(1, 100)
 #: Default UID prefix of `ct_series`: series ``prefix + "0"``, slice i ``prefix + str(i)``.
 CT_SERIES_PREFIX = make_uid(4, 100) + "."
+#: Default Study Instance UID of `dx_series`.
+DX_SERIES_STUDY_UID = make_uid(1, 300)
+#: Default UID prefix of `dx_series`: series ``prefix + "0"``, image i ``prefix + str(i)``.
+DX_SERIES_PREFIX = make_uid(4, 300) + "."
 #: SOP Instance UID of the `large_multiframe` instance.
 LARGE_MULTIFRAME_UID = make_uid(2, 200, 1) + ".1"
 
 _MAX_ELEMENT_LENGTH = 0xFFFFFFFE
 _BENCH = Patient("BENCHMARK^CT", "FX-0100", "19750505", "M")
+_CHEST = Patient("BENCHMARK^DX", "FX-0300", "19600303", "F")
 _LARGE = Patient("LARGE^MULTIFRAME", "FX-0200", "19850808", "F")
 
 
@@ -94,6 +99,69 @@ def ct_series(
             frame_of_reference_uid=frame_of_reference_uid,
         )
         paths.append(write_part10(out_dir / f"ct_{i:04d}.dcm", ds, ExplicitVRLittleEndian))
+    return paths
+
+
+def dx_series(
+    out_dir: Path,
+    count: int = 20,
+    *,
+    rows: int = 2500,
+    cols: int = 2000,
+    study_uid: str = DX_SERIES_STUDY_UID,
+    prefix: str = DX_SERIES_PREFIX,
+) -> list[Path]:
+    """Write deterministic PA chest DX images (16-bit allocated; about 10 MB each by default).
+
+    The phantom is drawn once; image ``i`` shows it scrolled up by ``4 * i`` rows, so every
+    file has its own pixels (and digests) without drawing a new phantom per image.
+
+    Parameters
+    ----------
+    out_dir : pathlib.Path
+        Directory to write ``dx_0001.dcm`` ... into; created if missing.
+    count : int, optional
+        Number of images.
+    rows, cols : int, optional
+        Matrix size of each image.
+    study_uid : str, optional
+        Study Instance UID.
+    prefix : str, optional
+        UID prefix ending in ``"."``: the Series Instance UID is ``prefix + "0"`` and
+        image ``i`` (1-based) is ``prefix + str(i)``.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The image files, in instance order.
+
+    Raises
+    ------
+    ValueError
+        If `count`, `rows` or `cols` is not positive or a UID would be invalid.
+    """
+    if count < 1 or rows < 1 or cols < 1:
+        raise ValueError("count, rows and cols must be positive")
+    if not prefix.endswith("."):
+        raise ValueError(f"prefix must end with '.': {prefix!r}")
+    checked_uid(study_uid)
+    checked_uid(f"{prefix}{count}")
+    study = Study(
+        checked_uid(study_uid), _CHEST, "20240215", "090000", "FXA0300", "300", "XR CHEST BENCH"
+    )
+    series = Series(checked_uid(prefix + "0"), study, 1, "DX", "CHEST", f"PA {count} IMAGES")
+    ds = dx_image(series, f"{prefix}1", 1, rows=rows, cols=cols, seed=30_000)
+    base = bytes(ds.PixelData)
+    row_bytes = cols * 2
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(1, count + 1):
+        ds.SOPInstanceUID = f"{prefix}{i}"
+        ds.InstanceNumber = i
+        offset = (4 * (i - 1) * row_bytes) % len(base)
+        ds.PixelData = base[offset:] + base[:offset]
+        paths.append(write_part10(out_dir / f"dx_{i:04d}.dcm", ds, ExplicitVRLittleEndian))
     return paths
 
 

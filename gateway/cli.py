@@ -456,6 +456,26 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    """Every part of the benchmark; the headline numbers are printed, the rest is in the JSON."""
+    from pathlib import Path
+
+    from gateway.bench.run import KEYS, run_bench
+    from gateway.bench.workload import FULL, QUICK
+
+    logging.getLogger().setLevel(logging.WARNING)  # the progress display tells the story
+    out = Path(args.out)
+    results = run_bench(
+        out_dir=out,
+        work=Path(args.work) if args.work else out / "work",
+        workload=QUICK if args.quick else FULL,
+        quick=args.quick,
+    )
+    _print_json({key: results[key] for key in KEYS})
+    print(f"written: {out / 'results.json'}, {out / 'results.png'}", file=sys.stderr)
+    return 0
+
+
 def _cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
     """Re-queue parked rows at the stage they stopped at; a running gateway picks them up."""
     from gateway.index import Index
@@ -563,6 +583,14 @@ def build_parser() -> argparse.ArgumentParser:
     restore = sub.add_parser("restore", help="put the verified original back into Orthanc")
     restore.add_argument("uid", help="SOP Instance UID")
     restore.set_defaults(handler=_cmd_restore)
+
+    bench = sub.add_parser(
+        "bench", help="measure against Orthanc direct and the design's targets (make bench)"
+    )
+    bench.add_argument("--quick", action="store_true", help="a tiny workload (checks, no numbers)")
+    bench.add_argument("--out", default="bench", help="where results.json/.png go (default bench)")
+    bench.add_argument("--work", help="scratch and generated fixtures (default OUT/work)")
+    bench.set_defaults(handler=_cmd_bench)
 
     token = sub.add_parser("token", help="API tokens with roles (admin, auditor, clinician)")
     tsub = token.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -38,6 +38,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_role, evt
 
 from gateway.index import DONE_STAGES, Index, Row
+from gateway.receive import nodelay
 
 log = logging.getLogger(__name__)
 
@@ -546,7 +547,13 @@ class CommitmentSCP:
             STORAGE_COMMITMENT, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
         )
         role = build_role(STORAGE_COMMITMENT, scu_role=False, scp_role=True)
-        assoc = ae.associate(peer[0], peer[1], ae_title=calling_aet, ext_neg=[role])
+        assoc = ae.associate(
+            peer[0],
+            peer[1],
+            ae_title=calling_aet,
+            ext_neg=[role],
+            evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)],
+        )
         if not assoc.is_established:
             return False
         try:

@@ -16,7 +16,10 @@ import hashlib
 import io
 import os
 import tempfile
+import threading
 import zlib
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -26,10 +29,16 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
 from pydicom.uid import UID
 
+from gateway import filemap
 from gateway.errors import DatasetUnreadable
 
 PIXEL_DATA = 0x7FE00010
 CHUNK = 1 << 20
+# Pixel Data of at least this size is hashed on a second thread, in chunks of this size.
+PARALLEL_PIXELS = 8 << 20
+PARALLEL_CHUNK = 4 << 20
+_PIXEL_POOL: ThreadPoolExecutor | None = None
+_PIXEL_POOL_LOCK = threading.Lock()
 EMPTY_SHA256 = hashlib.sha256(b"").digest()
 
 
@@ -99,25 +108,79 @@ def read_header(stream: BinaryIO) -> InstanceHeader:
 
 
 def fingerprint(stream: BinaryIO) -> Fingerprint:
-    """Digest a Part-10 instance read from ``stream`` (seekable), in bounded memory."""
+    """Digest a Part-10 instance read from ``stream`` (seekable), in bounded memory.
+
+    The element headers are walked first (seeking over values) to find Pixel Data; then
+    the dataset is read once and each chunk feeds both digests. Over a large Pixel Data
+    value the pixel digest runs on a second thread beside the dataset digest (hashlib
+    releases the GIL), so one big instance hashes on two cores.
+    """
     offset, syntax = dataset_offset(stream)
-    sha = hashlib.sha256()
-    stream.seek(offset)
-    length = 0
-    while chunk := stream.read(CHUNK):
-        sha.update(chunk)
-        length += len(chunk)
     if syntax.is_deflated:
+        digest, length, _ = _hash_once(stream, offset, None)
         pixel_digest = _deflated_pixel_digest(stream, offset)
     else:
-        pixel_digest = _pixel_digest(stream, offset, syntax)
+        found = pixel_range(stream, offset, syntax)
+        digest, length, pixel = _hash_once(stream, offset, found)
+        pixel_digest = EMPTY_SHA256 if pixel is None else pixel
     return Fingerprint(
-        digest=sha.digest(),
+        digest=digest,
         pixel_digest=pixel_digest,
         transfer_syntax=str(syntax),
         dataset_offset=offset,
         dataset_length=length,
     )
+
+
+def _read_chunks(stream: BinaryIO, size: int) -> Iterator[memoryview]:
+    while chunk := stream.read(size):
+        yield memoryview(chunk)
+
+
+def _pixel_hasher() -> ThreadPoolExecutor:
+    global _PIXEL_POOL
+    with _PIXEL_POOL_LOCK:
+        if _PIXEL_POOL is None:
+            _PIXEL_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pixel-digest")
+        return _PIXEL_POOL
+
+
+def _hash_once(
+    stream: BinaryIO, offset: int, pixels: tuple[int, int] | None
+) -> tuple[bytes, int, bytes | None]:
+    """SHA-256 from ``offset`` to the end and of the ``pixels`` range, in one pass.
+
+    A regular file is read through memory maps (no copy out of the page cache).
+
+    Returns the dataset digest, the dataset length and the pixel digest (None without a
+    range). A range that runs past the end of the stream raises DatasetUnreadable.
+    """
+    sha = hashlib.sha256()
+    pixel = hashlib.sha256() if pixels is not None else None
+    start, end = pixels if pixels is not None else (0, 0)
+    parallel = pixel is not None and end - start >= PARALLEL_PIXELS
+    pool = _pixel_hasher() if parallel else None
+    stream.seek(offset)
+    position = offset
+    length = 0
+    size = PARALLEL_CHUNK if parallel else CHUNK
+    views = filemap.chunks(stream, size) or _read_chunks(stream, size)
+    for view in views:
+        lo, hi = max(start - position, 0), min(end - position, len(view))
+        pending: Future[None] | None = None
+        if pixel is not None and lo < hi:
+            if pool is not None:
+                pending = pool.submit(pixel.update, view[lo:hi])
+            else:
+                pixel.update(view[lo:hi])
+        sha.update(view)
+        if pending is not None:
+            pending.result()
+        position += len(view)
+        length += len(view)
+    if pixel is not None and position < end:
+        raise DatasetUnreadable("the Pixel Data element runs past the end of the file")
+    return sha.digest(), length, pixel.digest() if pixel is not None else None
 
 
 def pixel_range(stream: BinaryIO, offset: int, syntax: UID) -> tuple[int, int] | None:

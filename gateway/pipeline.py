@@ -40,7 +40,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +205,9 @@ class Pipeline:
         Where sealed objects wait between the seal and put stages.
     workers:
         Concurrent rows in flight.
+    pause:
+        Called before each stage and each look for due rows; the listener's
+        ``yield_to_acks`` holds the pipeline back while C-STOREs are streaming in.
     """
 
     def __init__(
@@ -220,6 +223,7 @@ class Pipeline:
         sealed_dir: Path,
         batcher: Batcher | None = None,
         workers: int = 4,
+        pause: Callable[[], None] | None = None,
     ) -> None:
         self.index = index
         self.spool = spool
@@ -230,6 +234,7 @@ class Pipeline:
         self.forwarder = forwarder
         self.batcher = batcher
         self.sealed_dir = sealed_dir
+        self.pause = pause
         sealed_dir.mkdir(parents=True, exist_ok=True)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pipeline")
         self._wake = threading.Event()
@@ -290,6 +295,8 @@ class Pipeline:
         stages = ("fingerprint", "seal", "put", "forward") if self.batcher else None
         while not self._stop.is_set():
             self._wake.clear()
+            if self.pause is not None:
+                self.pause()
             if not self._reconciled.is_set() and time.monotonic() >= self._reconcile_at:
                 self._try_reconcile()
             for row in self.index.due(limit=256, stages=stages):
@@ -383,6 +390,8 @@ class Pipeline:
             if row.stage == "anchor" and self._batched(row):
                 self._batch_wake.set()  # the batch thread takes it from here
                 return row.stage
+            if self.pause is not None:
+                self.pause()
             try:
                 step(row)
             except Exception as exc:  # every failure is recorded on the row, with its reason

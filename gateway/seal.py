@@ -69,6 +69,7 @@ from cryptography.hazmat.primitives.keywrap import (
     aes_key_wrap,
 )
 
+from gateway import filemap
 from gateway.errors import (
     KeyringError,
     SealCorrupt,
@@ -576,11 +577,18 @@ class _Cutter:
 def _segments(stream: BinaryIO, size: int) -> Iterator[memoryview]:
     """Read ``stream`` to its end in views of up to ``size`` bytes that may be borrowed.
 
-    Fresh ``bytes`` per read would cost a page fault per 4 KiB (glibc returns large
-    blocks to the kernel), which measured slower than the AES-GCM itself. Reading into
-    two buffers in turn keeps memory warm: a sealer or opener holds a view of the last
-    chunk only until its next update, so each buffer is refilled only after that.
+    A regular file is mapped (:mod:`gateway.filemap`): its views are immutable, so they
+    are borrowed without a copy out of the page cache, which measured about twice as
+    fast as reading into buffers. Other streams: fresh ``bytes`` per read would cost a
+    page fault per 4 KiB (glibc returns large blocks to the kernel), which measured
+    slower than the AES-GCM itself. Reading into two buffers in turn keeps memory warm:
+    a sealer or opener holds a view of the last chunk only until its next update, so
+    each buffer is refilled only after that.
     """
+    mapped = filemap.chunks(stream, size)
+    if mapped is not None:
+        yield from mapped
+        return
     readinto: Callable[[memoryview], int | None] | None = getattr(stream, "readinto", None)
     if readinto is None:
         while chunk := _no_none(stream.read(size)):

@@ -178,6 +178,7 @@ class Stack:
                 on_stored=self.pipeline.wake,
                 commitment=self.commitment,
             )
+            self.pipeline.pause = self.receiver.yield_to_acks  # acks go first (performance.md)
             self.receiver.start(host=s.dicom_host, port=s.dicom_port)
             self._start_api()
         except BaseException:

@@ -96,3 +96,14 @@ def test_garbage_is_unreadable(data: bytes) -> None:
         fingerprint_bytes(data)
     with pytest.raises(DatasetUnreadable):
         read_header(io.BytesIO(data))
+
+
+def test_large_pixel_data_hashed_on_two_threads_gives_the_same_digests(tmp_path: Path) -> None:
+    # above PARALLEL_PIXELS the pixel digest runs beside the dataset digest, chunk by chunk
+    path = dicom_fixtures.large_multiframe(tmp_path / "big.dcm", target_bytes=20 << 20)
+    data = path.read_bytes()
+    with path.open("rb") as stream:
+        fp = fingerprint(stream)
+    assert fp.digest == hashlib.sha256(data[fp.dataset_offset :]).digest()
+    assert fp.pixel_digest == hashlib.sha256(dcmread(path).PixelData).digest()
+    assert fp.dataset_length == len(data) - fp.dataset_offset

@@ -29,11 +29,13 @@ from dicom_fixtures import (
     Fixture,
     FixtureToolError,
     ct_series,
+    dx_series,
     generate,
     large_multiframe,
 )
 from dicom_fixtures.__main__ import main
 from dicom_fixtures.catalogue import source_dataset
+from dicom_fixtures.series import DX_SERIES_STUDY_UID
 
 DCMDUMP = shutil.which("dcmdump")
 BY_NAME = {fixture.name: fixture for fixture in CATALOGUE}
@@ -270,3 +272,14 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         str(tmp_path / "large_multiframe.dcm"),
     ]
     assert dcmread(tmp_path / "large_multiframe.dcm", stop_before_pixels=True).NumberOfFrames == 1
+
+
+def test_dx_series(tmp_path: Path) -> None:
+    paths = dx_series(tmp_path, count=3, rows=40, cols=30)
+    datasets = [dcmread(p) for p in paths]
+    assert [ds.InstanceNumber for ds in datasets] == [1, 2, 3]
+    assert len({ds.SOPInstanceUID for ds in datasets}) == 3
+    assert len({bytes(ds.PixelData) for ds in datasets}) == 3  # each image its own pixels
+    assert {ds.Modality for ds in datasets} == {"DX"} and datasets[0].Rows == 40
+    assert {ds.StudyInstanceUID for ds in datasets} == {DX_SERIES_STUDY_UID}
+    assert_dcmdump_accepts(paths[0])

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway import filemap
 from gateway.errors import (
     KeyringError,
     SealCorrupt,
@@ -505,3 +506,25 @@ def test_rotation_through_the_key_directory(tmp_path: Path) -> None:
     rewrap_file(path, keyring=keyring, new_kek=keyring.current)
     assert read_header(io.BytesIO(path.read_bytes())).kek_id == new.kek_id
     assert opened(path.read_bytes(), keyring=Keyring.of(new)) == plaintext
+
+
+def test_files_are_sealed_and_opened_through_maps_window_by_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a small window makes one object span several maps: segments stay whole and in order
+    monkeypatch.setattr(filemap, "WINDOW", 3 << 20)
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(os.urandom((10 << 20) + 12345))
+    kek = Kek(kek_id="kek-test", key=os.urandom(32))
+    keys = {"record_key": b"\x01" * 32, "digest": b"\x02" * 32}
+    with plain.open("rb") as source, (tmp_path / "sealed").open("wb") as out:
+        seal(source, out, kek=kek, **keys)
+    with (tmp_path / "sealed").open("rb") as sealed, (tmp_path / "opened").open("wb") as out:
+        open_sealed(sealed, out, keyring=Keyring.of(kek), **keys)
+    assert (tmp_path / "opened").read_bytes() == plain.read_bytes()
+    with plain.open("rb") as stream:
+        stream.seek(5)
+        views = filemap.chunks(stream, 1 << 20)
+        assert views is not None and stream.tell() == plain.stat().st_size
+        assert b"".join(bytes(v) for v in views) == plain.read_bytes()[5:]
+    assert filemap.chunks(io.BytesIO(b"abc"), 2) is None

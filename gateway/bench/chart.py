@@ -1,0 +1,80 @@
+"""``bench/results.png``: every headline number against its target, on one chart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target from DESIGN.md's performance table: ``value <= limit`` or ``value >= limit``."""
+
+    key: str
+    label: str
+    limit: float
+    at_most: bool
+
+    def met(self, value: float) -> bool:
+        return value <= self.limit if self.at_most else value >= self.limit
+
+    def budget_used(self, value: float) -> float:
+        """1.0 is exactly on target, below 1.0 is better than the target."""
+        if self.at_most:
+            return value / self.limit
+        return self.limit / value if value > 0 else float("inf")
+
+
+TARGETS = (
+    Target("ingest_ack_ratio", "ack time ÷ Orthanc direct (CT)", 1.0, at_most=True),
+    Target("commit_ratio", "commit time ÷ Orthanc direct (CT)", 1.5, at_most=True),
+    Target("anchor_images_per_s", "anchoring, images/s (batched)", 100.0, at_most=False),
+    Target("gas_per_image_batched", "gas per image (batched)", 1000.0, at_most=True),
+    Target("seed_workload_s", "seed workload end to end, s (seed: 56.8)", 56.8, at_most=True),
+    Target("retrieval_overhead_pct", "retrieval overhead, viewer path, %", 3.0, at_most=True),
+    Target("raw_retrieval_overhead_pct", "retrieval overhead, raw files, %", 50.0, at_most=True),
+    Target("rss_mb_1gb_instance", "peak RSS receiving 1 GB, MB", 300.0, at_most=True),
+    Target("sha256_fraction_of_limit", "hashing ÷ single-core SHA-256", 0.5, at_most=False),
+    Target("seal_fraction_of_limit", "sealing ÷ single-core AES-GCM", 0.5, at_most=False),
+)
+
+
+def write_chart(results: dict[str, Any], path: Path) -> None:
+    """A horizontal bar per target: the share of its budget used (≤ 1 meets it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clip = 3.0
+    labels, used, colours, notes = [], [], [], []
+    for target in reversed(TARGETS):
+        value = float(results[target.key])
+        share = target.budget_used(value)
+        labels.append(target.label)
+        used.append(min(max(share, 0.0), clip))
+        colours.append("#2e7d32" if target.met(value) else "#c62828")
+        sign = "≤" if target.at_most else "≥"
+        notes.append(f"{value:g}  (target {sign} {target.limit:g})")
+    fig, ax = plt.subplots(figsize=(10, 0.55 * len(labels) + 1.6))
+    bars = ax.barh(labels, used, color=colours)
+    for bar, note in zip(bars, notes, strict=True):
+        ax.text(bar.get_width() + 0.03, bar.get_y() + bar.get_height() / 2, note,
+                va="center", fontsize=8)  # fmt: skip
+    ax.axvline(1.0, color="black", linewidth=1, linestyle="--")
+    ax.set_xlim(0, clip + 1.2)
+    ax.set_xlabel(
+        f"share of the target's budget used (1 = on target, < 1 better; clipped at {clip:g})"
+    )
+    machine = results.get("machine", {})
+    ax.set_title(
+        f"xray-gateway bench{' (quick workload)' if results.get('quick') else ''}: "
+        f"{machine.get('cores', '?')} cores, {machine.get('cpu_model', '?')}, "
+        f"load {machine.get('load_average_start', '?')}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,171 @@
+"""``xray-gateway bench``: every part in one process tree, then ``results.json`` and ``results.png``.
+
+Parts, in order: (1) storescu straight into Orthanc, (2) the same through the gateway,
+with the seed workload end to end, (3) the seed workload's hashing and anchoring on the
+ledger, batched and one by one, (4) retrieval with and without the plugin, (5) peak RSS
+while a 1 GB instance goes through the gateway, (6) machine limits and the gateway's
+hashing and sealing against them. Every headline key is computed from this run's
+measurements; the raw timings are kept under ``raw``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from gateway.bench.anchoring import seed_anchoring
+from gateway.bench.chart import TARGETS, write_chart
+from gateway.bench.ingest import orthanc_direct, through_gateway
+from gateway.bench.limits import machine_limits
+from gateway.bench.memory import large_instance_rss
+from gateway.bench.retrieval import retrieval_overhead
+from gateway.bench.workload import Workload, prepare
+
+#: Every headline key of ``results.json``.
+KEYS = (
+    "ingest_ack_ratio",
+    "commit_ratio",
+    "anchor_images_per_s",
+    "gas_per_image_batched",
+    "gas_per_image_single",
+    "seed_workload_s",
+    "retrieval_overhead_pct",
+    "raw_retrieval_overhead_pct",
+    "rss_mb_1gb_instance",
+    "sha256_fraction_of_limit",
+    "seal_fraction_of_limit",
+    "machine",
+)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def headline(raw: dict[str, Any]) -> dict[str, Any]:
+    """The headline keys, each computed from the raw measurements of this run."""
+    direct, gateway, seed = raw["orthanc_direct"], raw["gateway"], raw["seed_anchoring"]
+    return {
+        "ingest_ack_ratio": round(gateway["ct_ack_s"] / direct["ct_s"], 3),
+        "commit_ratio": round(gateway["ct_commit_s"] / direct["ct_s"], 3),
+        "ingest_ack_ratio_dx": round(gateway["dx_ack_s"] / direct["dx_s"], 3),
+        "commit_ratio_dx": round(gateway["dx_commit_s"] / direct["dx_s"], 3),
+        "anchor_images_per_s": seed["anchor_images_per_s_batched"],
+        "gas_per_image_batched": seed["gas_per_image_batched"],
+        "gas_per_image_single": seed["gas_per_image_single"],
+        "seed_workload_s": gateway["seed_workload_s"],
+        "retrieval_overhead_pct": raw["retrieval"]["retrieval_overhead_pct"],
+        "raw_retrieval_overhead_pct": raw["retrieval"]["raw_retrieval_overhead_pct"],
+        "rss_mb_1gb_instance": raw["memory"]["rss_mb_peak"],
+        "sha256_fraction_of_limit": raw["limits"]["sha256_fraction_of_limit"],
+        "seal_fraction_of_limit": raw["limits"]["seal_fraction_of_limit"],
+    }
+
+
+def run_bench(
+    *, out_dir: Path, work: Path, workload: Workload, quick: bool, console: Console | None = None
+) -> dict[str, Any]:
+    """Run every part and write ``out_dir/results.json`` and ``out_dir/results.png``."""
+    console = console or Console(stderr=True)
+    work = work.resolve()  # children (Orthanc) run in their own directories
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    machine: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "python": platform.python_version(),
+        "load_average_start": _load(),
+    }
+    raw: dict[str, Any] = {}
+    columns = (SpinnerColumn(), TextColumn("[bold]{task.fields[part]}[/] {task.description}"),
+               BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("generating fixtures", total=7, part="data")
+
+        def stage(part: str) -> Callable[[str], None]:
+            def say(message: str) -> None:
+                progress.update(task, description=message, part=part)
+
+            return say
+
+        def done(part: str, summary: str) -> None:
+            progress.console.log(f"[green]✓[/] {part}: {summary}")
+            progress.advance(task)
+
+        files = prepare(work, workload)
+        done("data", f"{len(files.ct)} CT, {len(files.dx)} DX, {len(files.seed)} seed images, "
+             f"{files.large.stat().st_size / 1e6:.0f} MB multi-frame in {work / 'data'}")  # fmt: skip
+        workloads = {"ct": files.ct, "dx": files.dx}
+
+        raw["orthanc_direct"] = orthanc_direct(workdir=work, workloads=workloads, say=stage("1/6"))
+        d = raw["orthanc_direct"]
+        done("1/6 Orthanc direct", f"CT {d['ct_s']} s, DX {d['dx_s']} s")
+
+        raw["gateway"] = through_gateway(
+            workdir=work, workloads=workloads, seed=files.seed, say=stage("2/6")
+        )
+        g = raw["gateway"]
+        done("2/6 gateway", f"CT ack {g['ct_ack_s']} s, commit {g['ct_commit_s']} s; DX ack "
+             f"{g['dx_ack_s']} s, commit {g['dx_commit_s']} s; seed end to end {g['seed_workload_s']} s")  # fmt: skip
+
+        raw["seed_anchoring"] = seed_anchoring(workdir=work, files=files.seed, say=stage("3/6"))
+        s = raw["seed_anchoring"]
+        done("3/6 seed workload", f"hash {s['hash_s']} s, batched {s['anchor_batched_s']} s, "
+             f"one by one {s['anchor_single_s']} s")  # fmt: skip
+
+        raw["retrieval"] = retrieval_overhead(
+            workdir=work,
+            slices=workload.retrieval_slices,
+            repetitions=workload.retrieval_repetitions,
+            progress=stage("4/6"),
+        )
+        r = raw["retrieval"]
+        done("4/6 retrieval", f"viewer {r['retrieval_overhead_pct']} %, raw "
+             f"{r['raw_retrieval_overhead_pct']} %")  # fmt: skip
+
+        raw["memory"] = large_instance_rss(workdir=work, large=files.large, say=stage("5/6"))
+        done("5/6 memory", f"peak RSS {raw['memory']['rss_mb_peak']} MB")
+
+        stage("6/6")("SHA-256, AES-256-GCM, fingerprint and seal throughput")
+        raw["limits"] = machine_limits(files=files.dx, mib=workload.limits_mib)
+        lim = raw["limits"]
+        done("6/6 limits", f"SHA-256 {lim['sha256_mb_s']} MB/s, AES-GCM {lim['aes256gcm_mb_s']} "
+             f"MB/s, fingerprint {lim['fingerprint_mb_s']} MB/s, seal {lim['seal_mb_s']} MB/s")  # fmt: skip
+
+    machine["load_average_end"] = _load()
+    numbers = headline(raw)
+    results: dict[str, Any] = {
+        **numbers,
+        "machine": machine,
+        "quick": quick,
+        "workload": workload.as_dict(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "duration_s": round(time.time() - started, 1),
+        "targets": {
+            t.key: {"limit": t.limit, "at_most": t.at_most, "met": t.met(float(numbers[t.key]))}
+            for t in TARGETS
+        },
+        "raw": raw,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_chart(results, out_dir / "results.png")
+    return results

@@ -1,0 +1,56 @@
+"""`xray-gateway bench --quick` runs every part and writes every key and the chart (no timings asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.bench.chart import TARGETS
+from gateway.bench.run import KEYS
+
+pytestmark = pytest.mark.integration
+
+EXE = str(Path(sys.executable).with_name("xray-gateway"))
+
+
+def test_quick_bench_writes_every_key_and_the_chart(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    done = subprocess.run(
+        [EXE, "bench", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    for key in KEYS:
+        assert key in results, key
+    for target in TARGETS:
+        assert isinstance(results[target.key], int | float), target.key
+        assert isinstance(results["targets"][target.key]["met"], bool)
+    assert results["machine"]["cores"] >= 1 and results["machine"]["cpu_model"]
+    assert results["quick"] is True
+    raw = results["raw"]
+    assert set(raw) == {
+        "orthanc_direct",
+        "gateway",
+        "seed_anchoring",
+        "retrieval",
+        "memory",
+        "limits",
+    }
+    # every seed image anchored both ways, and every batch proof checks out on chain
+    seed = raw["seed_anchoring"]
+    assert seed["images"] == results["workload"]["seed_images"]
+    assert seed["batch_proofs_verified"] == seed["images"]
+    assert raw["gateway"]["seed_anchoring"]["images"] == seed["images"]
+    assert raw["gateway"]["ct_anchoring"]["images"] == results["workload"]["ct_slices"]
+    png = (out / "results.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+    # the printed summary is the headline keys
+    printed = json.loads(done.stdout)
+    assert set(printed) == set(KEYS)
