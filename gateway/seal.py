@@ -213,6 +213,20 @@ class Sealer:
         return [header] if header is not None else []
 
     def _seal(self, unit: memoryview, *, final: bool) -> bytes:
+        return self._aead.encrypt(self._next_nonce(final), unit, self._aad)
+
+    def _seal_into(self, unit: memoryview, *, final: bool, buffer: memoryview) -> memoryview:
+        """Seal ``unit`` into ``buffer`` (reused: valid until the next call).
+
+        ``encrypt`` allocates a fresh segment for every call, and those allocations (page
+        faults on memory glibc handed back to the kernel) cost several times the AES-GCM
+        itself: measured 3 GB/s against 17 GB/s into a reused buffer.
+        """
+        size = len(unit) + TAG_SIZE
+        self._aead.encrypt_into(self._next_nonce(final), unit, self._aad, buffer[:size])
+        return buffer[:size]
+
+    def _next_nonce(self, final: bool) -> bytes:
         if self._counter >= _MAX_SEGMENTS:
             raise SealError(
                 f"more than {_MAX_SEGMENTS} segments: use a larger segment size than "
@@ -220,7 +234,7 @@ class Sealer:
             )
         nonce = self.header.nonce_prefix + _COUNTER.pack(self._counter, final)
         self._counter += 1
-        return self._aead.encrypt(nonce, unit, self._aad)
+        return nonce
 
 
 class Opener:
@@ -375,10 +389,14 @@ def seal(
         Sealed bytes written.
     """
     sealer = Sealer(record_key=record_key, digest=digest, kek=kek, segment_size=segment_size)
-    written = 0
+    buffer = memoryview(bytearray(segment_size + TAG_SIZE))
+    written = _write(out, _join(sealer._take_header()))
     for view in _segments(plaintext, segment_size):
-        written += _write(out, sealer._update(view, borrow=True))
-    return written + _write(out, sealer.finish())
+        for unit in sealer._cutter.feed(view, borrow=True):
+            written += _write(out, sealer._seal_into(unit, final=False, buffer=buffer))
+    written += _write(out, sealer._seal_into(sealer._cutter.rest(), final=True, buffer=buffer))
+    sealer._finished = True
+    return written
 
 
 def open_sealed(
@@ -626,7 +644,7 @@ def _join(parts: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def _write(out: BinaryIO, data: bytes) -> int:
+def _write(out: BinaryIO, data: bytes | memoryview) -> int:
     if data:
         out.write(data)
     return len(data)
