@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from web3.exceptions import TransactionNotFound
 
-from gateway.errors import LedgerError, XrayBatchExists
+from gateway.errors import LedgerError, TransactionPending, XrayBatchExists, XrayRecordExists
 from gateway.index import Index, PendingBatch
 from gateway.ledger import XrayLedger
 from gateway.ledger.merkle import MerkleTree, encode_proof, leaf_hash
@@ -41,14 +41,22 @@ class SingleAnchorer:
                     "the record is retired on the ledger; a new version cannot be anchored"
                 )
             send = self.ledger.supersede_image
-        anchor = send(
-            record_key=item.record_key,
-            patient_key=item.patient_key,
-            digest=item.digest,
-            pixel_digest=item.pixel_digest,
-            body_part=item.body_part,
-            modality=item.modality,
-        )
+        try:
+            anchor = send(
+                record_key=item.record_key,
+                patient_key=item.patient_key,
+                digest=item.digest,
+                pixel_digest=item.pixel_digest,
+                body_part=item.body_part,
+                modality=item.modality,
+            )
+        except XrayRecordExists as exc:  # gas is estimated against the pending block
+            existing = self._find(item)
+            if existing is not None:  # mined between the look-up and the send
+                return existing
+            raise TransactionPending(
+                "a record of this key waits in the node's pool, not mined yet"
+            ) from exc
         assert self.ledger.sender is not None
         return AnchorResult(
             tx_hash=anchor.tx_hash,
@@ -186,8 +194,10 @@ class BatchAnchorer:
                 batch_id, _ = self.ledger.record_batch(root=batch.root, count=batch.count)
             except XrayBatchExists:  # sent before a crash, mined meanwhile
                 batch_id = self.ledger.batch_id_of(batch.root)
-                if not batch_id:
-                    raise
+                if not batch_id:  # in the node's pool (gas is estimated against pending)
+                    raise TransactionPending(
+                        f"batch {batch.id} waits in the node's pool, not mined yet"
+                    ) from None
                 log.info("batch %d was mined meanwhile as batch %d", batch.id, batch_id)
         on_chain = self.ledger.batch_of(batch_id)
         if on_chain.count != batch.count:

@@ -19,6 +19,7 @@ translated at the boundary only: into a DICOM status in ``receive``, an HTTP pro
     │   ├── ChainUnavailable        the JSON-RPC node cannot be reached
     │   ├── ContractNotDeployed     no xray contract at the configured address
     │   ├── TransactionFailed       mined with status 0, never mined, or refused by the node
+    │   │   └── TransactionPending  sent, still not mined after every re-send: retry later
     │   └── ContractRevert          the contract refused the call; ``.name`` is its custom error
     │       ├── AccessControlUnauthorizedAccount
     │       ├── XrayNotRecorder, XrayNotCustodian, XrayNotPermissionManager
@@ -111,6 +112,14 @@ class TransactionFailed(LedgerError):
     def __init__(self, message: str, *, tx_hash: str | None = None) -> None:
         super().__init__(message)
         self.tx_hash = tx_hash
+
+
+class TransactionPending(TransactionFailed):
+    """Sent and not mined yet, re-sends included: the chain is slow, not the call wrong.
+
+    It may still be mined, so a retry looks the record up before sending again; the
+    pipeline retries it for as long as it takes, like an unreachable node.
+    """
 
 
 class ContractRevert(LedgerError):

@@ -54,6 +54,7 @@ from gateway.errors import (
     PacsUnavailable,
     SpoolUnavailable,
     StoreUnavailable,
+    TransactionPending,
 )
 from gateway.fingerprint import fingerprint, read_header
 from gateway.index import Index, PendingBatch, Row
@@ -167,6 +168,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     Retry,
     StoreUnavailable,
     ChainUnavailable,
+    TransactionPending,
     PacsUnavailable,
     SpoolUnavailable,
     TimeoutError,

@@ -228,7 +228,7 @@ class Sender:
                     resends += 1
                     continue
             if not consumed:
-                raise errors.TransactionFailed(
+                raise errors.TransactionPending(
                     f"transaction with nonce {flight.nonce} not mined after {resends} "
                     f"re-sends of {self.receipt_timeout:g} s each; it may still be mined "
                     f"(sent as {', '.join(flight.hashes)})",

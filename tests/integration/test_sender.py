@@ -30,7 +30,7 @@ from gateway.anchor import SingleAnchorer
 from gateway.ledger import Anchor, UserType, XrayLedger, connect, deploy
 from gateway.ledger.anvil import Anvil, rpc
 from gateway.ledger.sender import RevertDecoder, Sender
-from gateway.pipeline import AnchorItem
+from gateway.pipeline import AnchorItem, is_transient
 from gateway.procs import PROJECT_ROOT, free_port
 from tests.conftest import Cast
 
@@ -256,7 +256,7 @@ def test_a_transaction_still_pending_after_every_resend_is_a_typed_failure(chain
     ledger = chain.ledger(receipt_timeout=0.5, max_resends=2)
     chain.automine(False)
     nonce = chain.nonce()
-    with pytest.raises(errors.TransactionFailed, match="not mined after 2 re-sends") as caught:
+    with pytest.raises(errors.TransactionPending, match="not mined after 2 re-sends") as caught:
         record(ledger, "never-mined")
     assert caught.value.tx_hash == chain.pool()[nonce]["hash"]  # the last one sent is pooled
     chain.mine()  # it may still be mined later: the caller looks the record up before retrying
@@ -421,9 +421,12 @@ def test_a_crash_while_the_transaction_is_still_pending_records_once(chain: Chai
     crash_after_send(chain, ["pending"])
     assert nonce in chain.pool()
     anchorer = SingleAnchorer(chain.ledger(receipt_timeout=2.0, max_resends=1))
-    # the record is not on the chain yet, but in the pending block: the estimate refuses
-    with pytest.raises(errors.XrayRecordExists):
+    # the record is not on the chain yet, but in the pending block: the estimate refuses,
+    # and the anchorer says "pending" (retried as transient), never a permanent failure
+    with pytest.raises(errors.TransactionPending) as caught:
         anchorer.anchor(item("pending"))
+    assert isinstance(caught.value.__cause__, errors.XrayRecordExists)
+    assert is_transient(caught.value)
     assert chain.nonce("pending") == nonce + 1 and sorted(chain.pool()) == [nonce]
     chain.mine()
     result = anchorer.anchor(item("pending"))  # the pipeline's retry finds it
