@@ -73,12 +73,7 @@ def ct_series(
     ValueError
         If `count`, `rows` or `cols` is not positive or a UID would be invalid.
     """
-    if count < 1 or rows < 1 or cols < 1:
-        raise ValueError("count, rows and cols must be positive")
-    if not prefix.endswith("."):
-        raise ValueError(f"prefix must end with '.': {prefix!r}")
-    checked_uid(study_uid)
-    checked_uid(f"{prefix}{count}")
+    _check_series(count=count, rows=rows, cols=cols, study_uid=study_uid, prefix=prefix)
     study = Study(
         checked_uid(study_uid), _BENCH, "20240201", "080000", "FXA0100", "100", "CT BENCH"
     )
@@ -140,12 +135,7 @@ def dx_series(
     ValueError
         If `count`, `rows` or `cols` is not positive or a UID would be invalid.
     """
-    if count < 1 or rows < 1 or cols < 1:
-        raise ValueError("count, rows and cols must be positive")
-    if not prefix.endswith("."):
-        raise ValueError(f"prefix must end with '.': {prefix!r}")
-    checked_uid(study_uid)
-    checked_uid(f"{prefix}{count}")
+    _check_series(count=count, rows=rows, cols=cols, study_uid=study_uid, prefix=prefix)
     study = Study(
         checked_uid(study_uid), _CHEST, "20240215", "090000", "FXA0300", "300", "XR CHEST BENCH"
     )
@@ -226,3 +216,13 @@ def large_multiframe(
             fp.write(base[offset:])
             fp.write(base[:offset])
     return Path(path)
+
+
+def _check_series(*, count: int, rows: int, cols: int, study_uid: str, prefix: str) -> None:
+    """Refuse sizes and UIDs a series generator cannot write (ValueError)."""
+    if count < 1 or rows < 1 or cols < 1:
+        raise ValueError("count, rows and cols must be positive")
+    if not prefix.endswith("."):
+        raise ValueError(f"prefix must end with '.': {prefix!r}")
+    checked_uid(study_uid)
+    checked_uid(f"{prefix}{count}")
