@@ -252,6 +252,7 @@ class Pipeline:
         self._reconciled = threading.Event()  # the anchors recorded before start are checked
         self._reconciled.set()  # (only start() has any to check: it clears this)
         self._reconcile_at = 0.0
+        self._reconciler: threading.Thread | None = None
         self._reconcile_attempts = 0
         self.reanchored = 0  # records the chain had lost, anchored again since start
 
@@ -277,6 +278,8 @@ class Pipeline:
             self._thread.join(10)
         if self._batch_thread is not None:
             self._batch_thread.join(60)  # a batch being sent finishes, or is resumed later
+        if self._reconciler is not None:
+            self._reconciler.join(30)  # a re-anchor under way finishes, or runs again at start
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def wake(self, row_id: int | None = None) -> None:
@@ -299,8 +302,15 @@ class Pipeline:
             self._wake.clear()
             if self.pause is not None:
                 self.pause()
-            if not self._reconciled.is_set() and time.monotonic() >= self._reconcile_at:
-                self._try_reconcile()
+            if (
+                not self._reconciled.is_set()
+                and time.monotonic() >= self._reconcile_at
+                and not (self._reconciler is not None and self._reconciler.is_alive())
+            ):  # on its own thread: a chain that times out must not hold back the other stages
+                self._reconciler = threading.Thread(
+                    target=self._try_reconcile, name="pipeline-reconcile", daemon=True
+                )
+                self._reconciler.start()
             for row in self.index.due(limit=256, stages=stages):
                 if row.stage == "anchor" and not self._reconciled.is_set():
                     continue  # no new anchor before the recorded ones are checked
