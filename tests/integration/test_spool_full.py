@@ -9,10 +9,13 @@ and the refused instances go through on a second try.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,21 +110,24 @@ def test_an_association_aborted_mid_dataset_leaves_no_partial_file(
     receiver.start(port=free_port())
     big = dicom_fixtures.large_multiframe(tmp_path / "six.dcm", 6 << 20, rows=512, cols=512)
     try:
-        # storescu killed while its dataset is on the wire: the connection drops mid-transfer
-        sender = subprocess.Popen(
-            [str(DCMTK / "storescu"), "--max-send-pdu", "4096", "-aec", "XRAYGW",
-             "127.0.0.1", str(receiver.port), str(big)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            partial = [p for p in spool.incoming.iterdir() if p.stat().st_size > 1 << 20]
-            if partial or sender.poll() is not None:
-                break
-            time.sleep(0.01)
-        assert partial, "the transfer finished before it could be interrupted"
-        sender.kill()
-        sender.wait(30)
+        # storescu killed while its dataset is on the wire: the connection drops mid-transfer.
+        # It sends through a relay that passes only the first 2 MiB, so the transfer cannot
+        # finish before the kill however fast this machine is.
+        with _Cutoff(("127.0.0.1", receiver.port), limit=2 << 20) as cutoff:
+            sender = subprocess.Popen(
+                [str(DCMTK / "storescu"), "--max-send-pdu", "4096", "-aec", "XRAYGW",
+                 "127.0.0.1", str(cutoff.port), str(big)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                partial = [p for p in spool.incoming.iterdir() if p.stat().st_size > 1 << 20]
+                if partial or sender.poll() is not None:
+                    break
+                time.sleep(0.01)
+            assert partial, "no partial reception showed up in the spool"
+            sender.kill()
+            sender.wait(30)
         deadline = time.monotonic() + 60
         while list(spool.incoming.iterdir()) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -130,6 +136,50 @@ def test_an_association_aborted_mid_dataset_leaves_no_partial_file(
     finally:
         receiver.stop()
         index.close()
+
+
+class _Cutoff:
+    """A one-connection TCP relay that forwards only the first ``limit`` bytes upstream.
+
+    Leaving the ``with`` block closes both sides: the receiver sees the connection drop.
+    """
+
+    def __init__(self, target: tuple[str, int], *, limit: int) -> None:
+        self.target, self.limit = target, limit
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._sockets: list[socket.socket] = [self._listener]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> _Cutoff:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._thread.join(10)
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            client, _ = self._listener.accept()
+            upstream = socket.create_connection(self.target)
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(upstream, client, None), daemon=True).start()
+            self._pump(client, upstream, self.limit)
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+        sent = 0
+        with contextlib.suppress(OSError):
+            while limit is None or sent < limit:
+                data = source.recv(65536 if limit is None else min(65536, limit - sent))
+                if not data:
+                    return
+                sink.sendall(data)
+                sent += len(data)
 
 
 def _descendant(pid: int, name: str) -> int:
