@@ -26,7 +26,7 @@ from gateway.errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: The longest a peer may take over the TLS handshake.
-HANDSHAKE_TIMEOUT_S = 30.0
+HANDSHAKE_TIMEOUT_S = 10.0
 
 
 class DeferredHandshakeContext(ssl.SSLContext):
