@@ -81,9 +81,11 @@ def refusal(allowed: Mapping[str, tuple[Network, ...]], aet: str, address: str) 
     """
     if not allowed:
         return None
+    shown = aet if aet.isprintable() else repr(aet)  # the peer chose it: no log injection
     if aet not in allowed:
         return (
-            f"calling AE {aet} from {address} is not allowed: {aet} is not in GATEWAY_ALLOWED_AETS"
+            f"calling AE {shown} from {address} is not allowed: {shown} is not in"
+            " GATEWAY_ALLOWED_AETS"
         )
     networks = allowed[aet]
     if not networks:

@@ -50,6 +50,12 @@ def test_refusal_says_why(aet: str, address: str, why: str | None) -> None:
     assert refusal(parse_allowed_aets(SITE), aet, address) == why
 
 
+def test_a_title_with_control_characters_is_logged_quoted() -> None:
+    why = refusal(parse_allowed_aets(SITE), "X\nFAKE LINE", "10.0.0.5")
+    assert why is not None and "\n" not in why
+    assert why.startswith("calling AE 'X\\nFAKE LINE' from 10.0.0.5 is not allowed")
+
+
 def test_an_empty_list_lets_every_ae_in() -> None:
     assert parse_allowed_aets("") == {}
     assert refusal({}, "ANYONE", "192.0.2.1") is None
