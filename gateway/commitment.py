@@ -20,17 +20,23 @@ new association to the modality's address from ``GATEWAY_COMMITMENT_PEERS`` (PS3
 the gateway then proposes the SCP role). A report that cannot be delivered (unknown
 peer, peer down) stays in the table and is retried with backoff; a restart keeps every
 open request.
+
+A request that came over DICOM TLS is reported over TLS too: a new association then
+presents the gateway's certificate (``GATEWAY_TLS_CERT``) and verifies the modality's
+against ``GATEWAY_TLS_CA``, or the system CAs without it. Whether a request came over TLS
+is kept with it, so a report delivered after a restart still goes over TLS.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -39,6 +45,7 @@ from pynetdicom import AE, build_role, evt
 
 from gateway.index import DONE_STAGES, Index, Row
 from gateway.receive import nodelay
+from gateway.tls import is_tls
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +84,8 @@ CREATE TABLE IF NOT EXISTS commitments (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL DEFAULT 0,
     last_error TEXT,
-    reported_at REAL
+    reported_at REAL,
+    tls INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS commitments_due ON commitments (state, next_attempt_at);
 """
@@ -204,17 +212,19 @@ class Request:
     attempts: int
     next_attempt_at: float
     last_error: str | None
+    tls: bool = False  # the request came over DICOM TLS: so must its report
 
 
 _REQUEST_COLUMNS = (
     "id, transaction_uid, calling_aet, refs, received_at, deadline, state, event_type,"
-    " report, attempts, next_attempt_at, last_error"
+    " report, attempts, next_attempt_at, last_error, tls"
 )
 
 
 def _request(values: tuple[Any, ...]) -> Request:
     refs = tuple(Reference(c, i) for c, i in json.loads(values[3]))
-    return Request(values[0], values[1], values[2], refs, *values[4:])
+    request = Request(values[0], values[1], values[2], refs, *values[4:12])
+    return replace(request, tls=bool(values[12]))
 
 
 class CommitmentLog:
@@ -226,19 +236,23 @@ class CommitmentLog:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(commitments)")}
+            if "tls" not in columns:  # an index from before DICOM TLS
+                db.execute("ALTER TABLE commitments ADD COLUMN tls INTEGER NOT NULL DEFAULT 0")
 
     def add(self, *, transaction_uid: str, calling_aet: str, refs: list[Reference],
-            deadline: float) -> int:  # fmt: skip
+            deadline: float, tls: bool = False) -> int:  # fmt: skip
         with self.index.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO commitments (transaction_uid, calling_aet, refs, received_at,"
-                " deadline, state) VALUES (?, ?, ?, ?, ?, 'open')",
+                " deadline, state, tls) VALUES (?, ?, ?, ?, ?, 'open', ?)",
                 (
                     transaction_uid,
                     calling_aet,
                     json.dumps([[r.sop_class_uid, r.sop_instance_uid] for r in refs]),
                     time.time(),
                     deadline,
+                    int(tls),
                 ),
             )
             return int(cursor.lastrowid or 0)
@@ -307,6 +321,9 @@ class CommitmentSCP:
         How long to wait for received instances to be committed before failing them.
     poll_s:
         How often open requests are looked at again.
+    ssl_context:
+        The client context (:func:`gateway.tls.client_context`) for reports to requests
+        that came over TLS; None when the gateway has no DICOM TLS.
     """
 
     def __init__(
@@ -318,6 +335,7 @@ class CommitmentSCP:
         timeout_s: float = 600.0,
         poll_s: float = 0.5,
         network_timeout_s: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.index = index
         self.log = CommitmentLog(index)
@@ -326,6 +344,7 @@ class CommitmentSCP:
         self.timeout_s = timeout_s
         self.poll_s = poll_s
         self.network_timeout_s = network_timeout_s
+        self.ssl_context = ssl_context
         self.counters: Counter[str] = Counter()  # for /metrics
         self._lock = threading.Lock()
         # request id -> the association it came on; (id(assoc), message id) -> request id
@@ -377,6 +396,7 @@ class CommitmentSCP:
                 calling_aet=calling,
                 refs=refs,
                 deadline=time.time() + self.timeout_s,
+                tls=is_tls(event.assoc),
             )
         except Exception:
             log.exception("commitment request from %s: cannot store it", calling)
@@ -500,10 +520,12 @@ class CommitmentSCP:
             errors.append(
                 f"no address for AE {request.calling_aet!r}: add it to GATEWAY_COMMITMENT_PEERS"
             )
+        elif request.tls and self.ssl_context is None:
+            errors.append("the request came over TLS: set GATEWAY_TLS_CERT and GATEWAY_TLS_KEY")
         else:
-            address = f"{peer[0]}:{peer[1]}"
+            address = f"{peer[0]}:{peer[1]}" + (" (TLS)" if request.tls else "")
             try:
-                if self._send_new(request.calling_aet, peer, report):
+                if self._send_new(request.calling_aet, peer, report, tls=request.tls):
                     self._done(request, report, f"on a new association to {address}")
                     return
                 errors.append(f"{address}: association refused or report not accepted")
@@ -539,8 +561,13 @@ class CommitmentSCP:
         )
         return getattr(status, "Status", None) == SUCCESS
 
-    def _send_new(self, calling_aet: str, peer: tuple[str, int], report: Report) -> bool:
-        """Open an association to the modality as the SCP (role selection), send, release."""
+    def _send_new(
+        self, calling_aet: str, peer: tuple[str, int], report: Report, *, tls: bool = False
+    ) -> bool:
+        """Open an association to the modality as the SCP (role selection), send, release.
+
+        With ``tls``, over TLS: the modality's certificate must name ``peer``'s host.
+        """
         ae = AE(ae_title=self.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.network_timeout_s
         ae.add_requested_context(
@@ -553,6 +580,7 @@ class CommitmentSCP:
             ae_title=calling_aet,
             ext_neg=[role],
             evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)],
+            tls_args=(self.ssl_context, peer[0]) if tls and self.ssl_context else None,
         )
         if not assoc.is_established:
             return False

@@ -10,6 +10,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.allowlist import Network, parse_allowed_aets
 from gateway.errors import ConfigError
 
 # Values that mean "somebody forgot to set this"; a secret equal to one is refused.
@@ -24,6 +25,17 @@ class Settings(BaseSettings):
     Unset ``orthanc_url``, ``chain_url`` and ``store_url`` mean the embedded defaults:
     Orthanc and anvil started by ``xray-gateway up`` and a filesystem object store,
     all under ``data_dir``.
+
+    DICOM listeners: plain DICOM on ``dicom_port``; with ``tls_cert`` and ``tls_key``
+    (PEM, the key unencrypted and mode 0600) DICOM TLS on ``tls_port`` too (2762, the
+    registered DICOM-TLS port). ``tls_ca`` set means mutual TLS: client certificates are
+    required and verified against it. ``plain_dicom=false`` (``GATEWAY_PLAIN_DICOM``)
+    turns the plain port off, leaving TLS only.
+
+    ``allowed_aets`` maps each calling AE title to the addresses or CIDRs it may come
+    from: ``CT1=10.0.0.5,MR1=10.0.1.0/24|10.0.2.7,WS1`` or a JSON object (see
+    :mod:`gateway.allowlist`); an AE without addresses may come from anywhere, an empty
+    list lets every AE in.
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
@@ -34,7 +46,12 @@ class Settings(BaseSettings):
     dicom_port: int = Field(default=11112, ge=1, le=65535)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
-    allowed_aets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    plain_dicom: bool = True
+    tls_port: int = Field(default=2762, ge=1, le=65535)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    allowed_aets: Annotated[dict[str, tuple[Network, ...]], NoDecode] = Field(default_factory=dict)
     orthanc_url: str | None = None
     orthanc_http_port: int = Field(default=8042, ge=1, le=65535)
     orthanc_dicom_port: int = Field(default=4242, ge=1, le=65535)
@@ -61,10 +78,8 @@ class Settings(BaseSettings):
 
     @field_validator("allowed_aets", mode="before")
     @classmethod
-    def _split_aets(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    def _parse_aets(cls, value: object) -> object:
+        return parse_allowed_aets(value)
 
     @field_validator("commitment_peers", mode="before")
     @classmethod
@@ -94,7 +109,26 @@ class Settings(BaseSettings):
             raise ValueError(
                 "GATEWAY_STORE_URL is s3://: set GATEWAY_S3_ACCESS_KEY and GATEWAY_S3_SECRET_KEY"
             )
+        self._check_tls()
         return self
+
+    def _check_tls(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("GATEWAY_TLS_CERT and GATEWAY_TLS_KEY go together: set both")
+        if self.tls_ca is not None and not self.tls:
+            raise ValueError("GATEWAY_TLS_CA needs GATEWAY_TLS_CERT and GATEWAY_TLS_KEY")
+        if not self.plain_dicom and not self.tls:
+            raise ValueError(
+                "GATEWAY_PLAIN_DICOM=false leaves no DICOM port: set GATEWAY_TLS_CERT and"
+                " GATEWAY_TLS_KEY for DICOM TLS"
+            )
+        if self.tls and self.plain_dicom and self.tls_port == self.dicom_port:
+            raise ValueError("GATEWAY_TLS_PORT and GATEWAY_DICOM_PORT are the same port")
+
+    @property
+    def tls(self) -> bool:
+        """True when the gateway listens for DICOM TLS."""
+        return self.tls_cert is not None and self.tls_key is not None
 
     @cached_property
     def keys_dir(self) -> Path:

@@ -12,17 +12,23 @@ Each handler answers with a DICOM status, never an exception:
 
 With a :class:`~gateway.commitment.CommitmentSCP`, the same AE also answers Storage
 Commitment (Push Model) N-ACTION requests.
+
+The AE listens on a plain port, a DICOM TLS port (:mod:`gateway.tls`), or both; both share
+the handlers, the spool and the index. A calling AE title that is not in the allow-list,
+or calls from an address it may not use (:mod:`gateway.allowlist`), is rejected at
+association time: A-ASSOCIATE-RJ, rejected-permanent, calling AE title not recognised.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +45,8 @@ from pynetdicom import (
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from gateway import failpoints
+from gateway import failpoints, tls
+from gateway.allowlist import Network, refusal
 from gateway.errors import DatasetUnreadable, SpoolUnavailable
 from gateway.fingerprint import check_structure, read_header
 from gateway.index import Index
@@ -54,6 +61,11 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
+
+# A-ASSOCIATE-RJ: rejected-permanent, by the DUL service user, calling AE not recognised.
+REJECTED_PERMANENT = 0x01
+SERVICE_USER = 0x01
+CALLING_AE_NOT_RECOGNISED = 0x03
 
 #: A C-STORE answered less than this long ago means more are on their way.
 STREAMING_S = 0.05
@@ -89,7 +101,8 @@ class Receiver:
     ae_title:
         Our AE title; associations calling another one are rejected.
     allowed_aets:
-        Calling AE titles allowed to associate; empty allows any.
+        Calling AE title -> the networks it may call from (empty: from anywhere); an
+        empty mapping lets every AE in.
     on_stored:
         Called with the index row id after each acked instance (wakes the pipeline).
     commitment:
@@ -99,7 +112,7 @@ class Receiver:
     spool: Spool
     index: Index
     ae_title: str = "XRAYGW"
-    allowed_aets: tuple[str, ...] = ()
+    allowed_aets: Mapping[str, tuple[Network, ...]] = field(default_factory=dict)
     on_stored: Callable[[int], None] | None = None
     commitment: CommitmentSCP | None = None
 
@@ -110,7 +123,8 @@ class Receiver:
         # replaces setting tempfile.tempdir, which moved every temp file of the process.)
         spool = self.spool
         setattr(dimse_messages, "NamedTemporaryFile", lambda *_, **__: spool.incoming_file())  # noqa: B010
-        self._server: ThreadedAssociationServer | None = None
+        self._server: ThreadedAssociationServer | None = None  # the plain port's
+        self._tls_server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
         self.responses: Counter[int] = Counter()  # C-STORE responses by status, for /metrics
         self._last_store = -STREAMING_S
@@ -130,30 +144,55 @@ class Receiver:
         ae.maximum_associations = 32
         return ae
 
-    def start(self, *, host: str = "127.0.0.1", port: int = 11112) -> None:
-        """Listen in the background."""
+    def start(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = 11112,
+        tls_port: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """Listen in the background: plain DICOM on ``port`` (None: not at all), and DICOM
+        TLS on ``tls_port`` when an ``ssl_context`` (:func:`gateway.tls.server_context`) is
+        given. One AE serves both, so both share the association limit."""
         ae = self.build_ae()
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_CONN_OPEN, nodelay),
             (evt.EVT_CONN_CLOSE, self.handle_close),
+            (evt.EVT_REQUESTED, self.handle_requested),
         ]
         if self.commitment is not None:
             handlers.append((evt.EVT_N_ACTION, self.commitment.handle_action))
-        server = ae.start_server((host, port), block=False, evt_handlers=handlers)
-        assert server is not None
-        self._server = server
+        if port is not None:
+            self._server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+        if ssl_context is not None:
+            assert tls_port is not None, "a TLS listener needs its port"
+            self._tls_server = ae.start_server(
+                (host, tls_port),
+                block=False,
+                evt_handlers=[(evt.EVT_CONN_OPEN, tls.handshake), *handlers],
+                ssl_context=ssl_context,
+            )
 
     @property
     def port(self) -> int:
+        """The plain DICOM port."""
         assert self._server is not None
         return int(self._server.server_address[1])
 
+    @property
+    def tls_port(self) -> int:
+        """The DICOM TLS port."""
+        assert self._tls_server is not None
+        return int(self._tls_server.server_address[1])
+
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.shutdown()
+        self._server = self._tls_server = None
 
     def response_counts(self) -> dict[int, int]:
         """C-STORE responses sent so far, by status code."""
@@ -162,6 +201,23 @@ class Receiver:
 
     def handle_echo(self, event: Any) -> int:
         return SUCCESS
+
+    def handle_requested(self, event: Any) -> None:
+        """EVT_REQUESTED: reject a calling AE that is unknown, or calls from the wrong address.
+
+        pynetdicom's own ``require_calling_aet`` (set in :meth:`build_ae`) knows titles
+        only; the host check needs the peer's address, and EVT_REQUESTED is where
+        pynetdicom lets a handler reject before negotiation.
+        """
+        assoc = event.assoc
+        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
+        why = refusal(self.allowed_aets, calling, str(assoc.requestor.address))
+        if why is None:
+            return
+        log.warning("association rejected: %s", why)
+        assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()  # as pynetdicom does after its own rejections: waits for the peer to close
 
     def handle_close(self, event: Any) -> None:
         """Remove the partial file of a dataset whose connection closed mid-transfer."""

@@ -7,6 +7,7 @@ pipeline -> Storage Commitment SCP -> DICOM listener -> HTTP API (with /metrics)
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from gateway.receive import Receiver
 from gateway.records import RecordViews
 from gateway.spool import Spool
 from gateway.store import ObjectStore, open_store
+from gateway.tls import client_context, server_context
 from gateway.verify import Verifier
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,8 @@ class Stack:
 
     def start(self) -> None:
         s = self.settings
+        # A bad certificate or key stops `up` before anything is started.
+        server_tls, client_tls = self._tls_contexts()
         s.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             if s.embedded_chain:
@@ -168,22 +172,39 @@ class Stack:
                 ae_title=s.ae_title,
                 peers=s.commitment_peers,
                 timeout_s=s.commitment_timeout_s,
+                ssl_context=client_tls,
             )
             self.commitment.start()
             self.receiver = Receiver(
                 spool=spool,
                 index=self.index,
                 ae_title=s.ae_title,
-                allowed_aets=tuple(s.allowed_aets),
+                allowed_aets=s.allowed_aets,
                 on_stored=self.pipeline.wake,
                 commitment=self.commitment,
             )
             self.pipeline.pause = self.receiver.yield_to_acks  # acks go first (performance.md)
-            self.receiver.start(host=s.dicom_host, port=s.dicom_port)
+            self.receiver.start(
+                host=s.dicom_host,
+                port=s.dicom_port if s.plain_dicom else None,
+                tls_port=s.tls_port,
+                ssl_context=server_tls,
+            )
             self._start_api()
         except BaseException:
             self.stop()
             raise
+
+    def _tls_contexts(self) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+        """The DICOM TLS listener's context, and the one for reports sent on new
+        associations (None, None without GATEWAY_TLS_CERT)."""
+        s = self.settings
+        if s.tls_cert is None or s.tls_key is None:
+            return None, None
+        return (
+            server_context(cert=s.tls_cert, key=s.tls_key, ca=s.tls_ca),
+            client_context(cert=s.tls_cert, key=s.tls_key, ca=s.tls_ca),
+        )
 
     def _embedded_orthanc(self) -> EmbeddedOrthanc:
         """Orthanc with the integrity plugin as its storage area, and the viewers."""
@@ -291,9 +312,11 @@ class Stack:
             if self.orthanc
             else "external Orthanc (GATEWAY_ORTHANC_URL)"
         )
+        plain = f"{s.ae_title}@{s.dicom_host}:{s.dicom_port}" if s.plain_dicom else "off"
         lines = [
             "xray-gateway is up",
-            f"  DICOM           {s.ae_title}@{s.dicom_host}:{s.dicom_port}",
+            f"  DICOM           {plain}",
+            *self._tls_banner(),
             f"  HTTP API        http://{s.api_host}:{s.api_port}  (OpenAPI: /docs; /healthz, /readyz, /metrics)",
             f"  API token       {self._token_shown()}",
             f"  PACS (Orthanc)  {pacs}",
@@ -305,12 +328,22 @@ class Stack:
             "Press Ctrl-C to stop.",
         ]
         if self.orthanc is not None:
+            at = next(n for n, line in enumerate(lines) if line.startswith("  API token")) + 1
             lines.insert(
-                5, f"  Orthanc DICOM   ORTHANC port {s.orthanc_dicom_port} (known AETs only)"
+                at, f"  Orthanc DICOM   ORTHANC port {s.orthanc_dicom_port} (known AETs only)"
             )
             lines.insert(
-                6,
+                at + 1,
                 f"  PACS viewers    {self.orthanc.url}/app/explorer.html  (every read checked"
                 " by the integrity plugin; alerts in alerts.sqlite)",
             )
         return "\n".join(lines)
+
+    def _tls_banner(self) -> list[str]:
+        s = self.settings
+        if not s.tls:
+            return []
+        clients = (
+            f"client certificates required, CA {s.tls_ca}" if s.tls_ca else "no client certificates"
+        )
+        return [f"  DICOM TLS       {s.ae_title}@{s.dicom_host}:{s.tls_port}  ({clients})"]

@@ -75,6 +75,16 @@ def echo(port: int, *, called: str = "XRAYGW") -> bool:
     return result.returncode == 0
 
 
+def echoscu(
+    port: int, *options: str, aet: str = "ECHOSCU", called: str = "XRAYGW"
+) -> subprocess.CompletedProcess[str]:
+    """C-ECHO with DCMTK's echoscu and extra ``options`` (e.g. ``+tls KEY CERT``)."""
+    return subprocess.run(
+        [str(DCMTK / "echoscu"), *options, "-aet", aet, "-aec", called, "127.0.0.1", str(port)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "TCP_NODELAY": "1"},
+    )  # fmt: skip
+
+
 def send_raw(port: int, path: Path, *, sop_class: str, transfer_syntax: str) -> Dataset | None:
     """Send a Part-10 file's dataset bytes as they are (no parsing), return the status."""
     ae = AE(ae_title="RAWSCU")

@@ -1,9 +1,13 @@
 """A modality's side of Storage Commitment (DCMTK has none): a pynetdicom SCU sending
-N-ACTION, and an SCP of its own on a free port for reports on a new association."""
+N-ACTION, and an SCP of its own on a free port for reports on a new association.
+
+With ``ssl_context`` the modality's SCP listens for DICOM TLS only, and ``request(...,
+tls_args=...)`` asks over TLS."""
 
 from __future__ import annotations
 
 import queue
+import ssl
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +29,7 @@ class Received:
     event_type: int
     info: Dataset
     calling_aet: str
+    client_cert_cn: str | None = None  # the certificate the sender presented over TLS
 
     @property
     def committed(self) -> set[str]:
@@ -41,9 +46,16 @@ class Received:
 class Modality:
     """``with Modality("CT1") as ct: ct.request(port, refs)``; reports land in ``reports``."""
 
-    def __init__(self, ae_title: str = "MODALITY", *, scp_port: int | None = None) -> None:
+    def __init__(
+        self,
+        ae_title: str = "MODALITY",
+        *,
+        scp_port: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.ae_title = ae_title
         self.scp_port = scp_port or free_port()
+        self.ssl_context = ssl_context
         self.reports: queue.Queue[Received] = queue.Queue()
         self._server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
@@ -63,6 +75,7 @@ class Modality:
             ("127.0.0.1", self.scp_port),
             block=False,
             evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_report, ["new"])],
+            ssl_context=self.ssl_context,
         )
 
     def stop_scp(self) -> None:
@@ -77,6 +90,7 @@ class Modality:
                 event_type=int(event.event_type),
                 info=event.event_information,
                 calling_aet=str(event.assoc.requestor.ae_title).strip(),
+                client_cert_cn=_peer_cn(event.assoc),
             )
         )
         return 0x0000, None
@@ -90,6 +104,7 @@ class Modality:
         release_at_once: bool = False,
         wait: float = 120.0,
         called: str = "XRAYGW",
+        tls_args: tuple[ssl.SSLContext, str] | None = None,
     ) -> tuple[int, Received | None]:
         """Send N-ACTION (Request Storage Commitment) for ``(class, instance)`` pairs.
 
@@ -116,6 +131,7 @@ class Modality:
                 (evt.EVT_N_EVENT_REPORT, self._on_report, ["same"]),
                 (evt.EVT_DIMSE_SENT, on_sent),
             ],
+            tls_args=tls_args,
         )
         assert assoc.is_established, "the gateway refused the association"
         try:
@@ -145,3 +161,18 @@ class Modality:
 
     def next_report(self, *, timeout: float = 120.0) -> Received:
         return self.reports.get(timeout=timeout)
+
+
+def _peer_cn(assoc: Any) -> str | None:
+    """The common name in the peer's certificate, if the association is TLS with one."""
+    sock = assoc.dul.socket.socket
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    cert = sock.getpeercert()
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return str(value)
+    return None

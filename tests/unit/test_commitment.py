@@ -10,6 +10,7 @@ from gateway.commitment import (
     CLASS_INSTANCE_CONFLICT,
     NO_SUCH_OBJECT_INSTANCE,
     PROCESSING_FAILURE,
+    SCHEMA,
     SUCCESS,
     CommitmentLog,
     Reference,
@@ -125,3 +126,26 @@ def test_commitment_peers_setting(monkeypatch: pytest.MonkeyPatch) -> None:
             Settings()
     monkeypatch.delenv("GATEWAY_COMMITMENT_PEERS")
     assert Settings().commitment_peers == {}
+
+
+def test_whether_a_request_came_over_tls_is_kept_and_old_indexes_gain_the_column(
+    tmp_path: Path,
+) -> None:
+    """A report after a restart must still go over TLS; rows from before TLS stay plain."""
+    index = Index(tmp_path / "index.sqlite")
+    old_schema = SCHEMA.replace(",\n    tls INTEGER NOT NULL DEFAULT 0", "")
+    assert "tls" not in old_schema
+    with index.transaction() as db:
+        for statement in old_schema.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(
+            "INSERT INTO commitments (transaction_uid, calling_aet, refs, received_at, deadline,"
+            " state) VALUES ('1.2.3', 'CT1', '[]', 0, 0, 'open')"
+        )
+    log = CommitmentLog(index)
+    assert log.get(1).tls is False
+    later = log.add(transaction_uid="1.2.4", calling_aet="CT1", refs=[], deadline=0, tls=True)
+    assert log.get(later).tls is True
+    index.close()
+    assert CommitmentLog(Index(tmp_path / "index.sqlite")).get(later).tls is True

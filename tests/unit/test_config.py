@@ -36,7 +36,7 @@ def test_env_prefix_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GATEWAY_ALLOWED_AETS", "CT1, MR_2 ,")
     monkeypatch.setenv("GATEWAY_CHAIN_URL", "http://chain:8545")
     settings = get_settings()
-    assert settings.allowed_aets == ["CT1", "MR_2"]
+    assert settings.allowed_aets == {"CT1": (), "MR_2": ()}  # the plain list: from anywhere
     assert not settings.embedded_chain
 
 
