@@ -4,8 +4,8 @@ Each handler answers with a DICOM status, never an exception:
 
 =======  ===============================================================
 0x0000   stored: the instance is fsynced in the spool and in the index
-0xA700   out of resources: the spool cannot take it (full, unwritable); the
-         partial file is removed, never acked
+0xA700   out of resources: the spool cannot take it (full, unwritable), or the
+         dataset inflates past GATEWAY_MAX_INSTANCE_BYTES; nothing is kept, never acked
 0xA900   the dataset's SOP Instance/Class UID differs from the request's
 0xC000   cannot understand: hostile UID, unparsable or truncated dataset
 =======  ===============================================================
@@ -40,8 +40,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway import failpoints
-from gateway.errors import DatasetUnreadable, SpoolUnavailable
-from gateway.fingerprint import check_structure, read_header
+from gateway.errors import DatasetTooLarge, DatasetUnreadable, SpoolUnavailable
+from gateway.fingerprint import MAX_INSTANCE_BYTES, checked_header
 from gateway.index import Index
 from gateway.spool import IncomingFile, Spool
 
@@ -94,6 +94,9 @@ class Receiver:
         Called with the index row id after each acked instance (wakes the pipeline).
     commitment:
         The Storage Commitment SCP to answer N-ACTION with, if any.
+    max_instance_bytes:
+        The most bytes a dataset may inflate to (``GATEWAY_MAX_INSTANCE_BYTES``); a deflated
+        dataset is inflated on the spool's filesystem to be checked before the ack.
     """
 
     spool: Spool
@@ -102,6 +105,7 @@ class Receiver:
     allowed_aets: tuple[str, ...] = ()
     on_stored: Callable[[int], None] | None = None
     commitment: CommitmentSCP | None = None
+    max_instance_bytes: int = MAX_INSTANCE_BYTES
 
     def __post_init__(self) -> None:
         # pynetdicom creates the file a dataset arrives in with NamedTemporaryFile: make it
@@ -213,8 +217,14 @@ class Receiver:
             return status(CANNOT_UNDERSTAND, "invalid SOP Instance or Class UID in request")
         try:
             with path.open("rb") as stream:
-                check_structure(stream)
-                header = read_header(stream)
+                header = checked_header(
+                    stream, limit=self.max_instance_bytes, scratch=self.spool.incoming
+                )
+        except DatasetTooLarge as exc:
+            # A resource limit of this gateway, not a fault of the encoding: out of resources,
+            # as for a full spool. The comment names the limit so the sender can tell.
+            log.warning("refused C-STORE %s from %s: %s", requested_uid, calling, exc)
+            return status(OUT_OF_RESOURCES, f"refused: {exc}")
         except DatasetUnreadable as exc:
             log.warning("refused C-STORE %s from %s: %s", requested_uid, calling, exc)
             return status(CANNOT_UNDERSTAND, f"dataset cannot be understood: {exc}")

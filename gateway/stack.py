@@ -98,6 +98,7 @@ def build_verifier(
         store=store,
         keyring=load_keyring(settings.keys_dir),
         index=index,
+        max_instance_bytes=settings.max_instance_bytes,
     )
 
 
@@ -154,6 +155,7 @@ class Stack:
                 anchorer=SingleAnchorer(self.ledger),
                 forwarder=PacsForwarder(self.pacs),
                 sealed_dir=s.data_dir / "sealed",
+                max_instance_bytes=s.max_instance_bytes,
                 # GATEWAY_BATCH_MAX=1 anchors one transaction per image (the benchmark's
                 # one-by-one mode); anything more gathers Merkle batches.
                 batcher=BatchAnchorer(
@@ -177,6 +179,7 @@ class Stack:
                 allowed_aets=tuple(s.allowed_aets),
                 on_stored=self.pipeline.wake,
                 commitment=self.commitment,
+                max_instance_bytes=s.max_instance_bytes,
             )
             self.pipeline.pause = self.receiver.yield_to_acks  # acks go first (performance.md)
             self.receiver.start(host=s.dicom_host, port=s.dicom_port)
