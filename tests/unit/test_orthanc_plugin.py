@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import io
 import sqlite3
+import tracemalloc
 import uuid
 import zlib
 from pathlib import Path
@@ -45,6 +46,7 @@ from gateway.orthanc_plugin.verdict import (
 )
 from gateway.orthanc_plugin.viewer_image import refusal_image, refusal_pixels
 from gateway.procs import PROJECT_ROOT
+from tests import bombs
 
 UID = "1.2.3.4.5"
 A, B, C = b"\xaa" * 32, b"\xbb" * 32, b"\xcc" * 32
@@ -161,7 +163,9 @@ def test_the_fast_meta_walk_agrees_with_pydicom_on_every_fixture(tmp_path: Path)
             compared += 1
         digest, declared = dataset_fingerprint(data)
         # fingerprint()'s digest: SHA-256 of everything after pydicom's File Meta
-        assert (digest, declared) == (hashlib.sha256(data[offset:]).digest(), str(syntax)), path.name
+        assert (digest, declared) == (hashlib.sha256(data[offset:]).digest(), str(syntax)), (
+            path.name
+        )
     assert compared >= 30
 
 
@@ -458,3 +462,20 @@ def test_the_refusal_picture_spells_refused_in_the_viewers_format() -> None:
     image = refusal_image()
     assert zlib.decompress(base64.b64decode(image["Orthanc"]["PixelData"])) == bytes(pixels)
     assert image["Orthanc"]["Compression"] == "Deflate" and image["color"] is False
+
+
+def test_a_deflate_bomb_in_orthancs_storage_is_parsed_in_bounded_memory(setup: Setup) -> None:
+    # the plugin parses every file Orthanc stores or reads: never by inflating it in memory
+    bomb = setup.tmp / "bomb.dcm"
+    bombs.deflate_bomb(bomb, inflated=256 << 20)
+    data = bomb.read_bytes()
+    tracemalloc.start()
+    try:
+        name = setup.store(bomb)
+        served = setup.guard.read(name, DICOM)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert served == data
+    assert [a.kind for a in setup.alerts.recent()] == ["unregistered"]
+    assert peak < 16 << 20
