@@ -163,9 +163,7 @@ def test_the_fast_meta_walk_agrees_with_pydicom_on_every_fixture(tmp_path: Path)
             compared += 1
         digest, declared = dataset_fingerprint(data)
         # fingerprint()'s digest: SHA-256 of everything after pydicom's File Meta
-        assert (digest, declared) == (hashlib.sha256(data[offset:]).digest(), str(syntax)), (
-            path.name
-        )
+        assert (digest, declared) == (hashlib.sha256(data[offset:]).digest(), str(syntax)), path.name
     assert compared >= 30
 
 
