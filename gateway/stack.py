@@ -205,6 +205,7 @@ class Stack:
                 contract_address=self.ledger.address,
                 from_block=deployment.block_number if deployment is not None else 0,
                 web_viewer=any("WebViewer" in path.name for path in viewers),
+                max_instance_bytes=s.max_instance_bytes,
             ),
             extra_plugins=viewers,
         )

@@ -477,3 +477,25 @@ def test_a_deflate_bomb_in_orthancs_storage_is_parsed_in_bounded_memory(setup: S
     assert served == data
     assert [a.kind for a in setup.alerts.recent()] == ["unregistered"]
     assert peak < 16 << 20
+
+
+def test_the_gateways_instance_cap_reaches_the_plugin_and_bounds_its_parse(
+    setup: Setup, tmp_path: Path
+) -> None:
+    section = plugin_section(data_dir=tmp_path, max_instance_bytes=64 << 20)
+    settings = PluginSettings.from_orthanc(
+        {"StorageDirectory": str(tmp_path / "storage"), "XrayGateway": section}
+    )
+    assert settings.max_instance_bytes == 64 << 20
+    guard = Guard(
+        area=FileArea(tmp_path / "capped", sync=False),
+        catalog=Catalog(tmp_path / "capped.sqlite"),
+        records=RecordBook(setup.tmp / "index.sqlite"),
+        alerts=setup.alerts,
+        log=setup.logged.append,
+        max_instance_bytes=settings.max_instance_bytes,
+    )
+    bomb = tmp_path / "bomb.dcm"
+    bombs.deflate_bomb(bomb, inflated=256 << 20)
+    guard.create(str(uuid.uuid4()), DICOM, bomb.read_bytes())
+    assert any(f"inflates past {64 << 20} bytes" in line for line in setup.logged)
