@@ -66,6 +66,7 @@ ITEM = 0xFFFEE000
 ITEM_END = 0xFFFEE00D
 SEQUENCE_END = 0xFFFEE0DD
 UNDEFINED = 0xFFFFFFFF
+ITEM_TAG = (0xFFFE, 0xE000)
 _LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
 
 
@@ -180,9 +181,10 @@ def inflate(stream: BinaryIO, offset: int, sink: BinaryIO, *, limit: int | None 
     try:
         while not inflater.eof:
             data = inflater.unconsumed_tail or stream.read(CHUNK)
-            if not data:
-                raise DatasetUnreadable("the deflated dataset is truncated")
+            # with no input left, decompress(b"") still hands out what zlib holds back
             out = inflater.decompress(data, min(CHUNK, cap - written + 1))
+            if not data and not out:
+                raise DatasetUnreadable("the deflated dataset is truncated")
             written += len(out)
             if written > cap:
                 raise DatasetTooLarge(f"the deflated dataset inflates past {cap} bytes")
@@ -321,6 +323,8 @@ class _Level:
 
 
 class _Walker:
+    """:func:`check_nesting`'s state: where it is, and the items and sequences still open."""
+
     def __init__(self, stream: BinaryIO, offset: int, syntax: UID, max_depth: int) -> None:
         self.stream = stream
         self.implicit = syntax.is_implicit_VR
@@ -332,6 +336,7 @@ class _Walker:
         self.depth = 0
 
     def walk(self) -> None:
+        """Every header from the dataset's start to the end of the data, or raise."""
         while True:
             level = self.levels[-1]
             if level.end is not None and self.pos >= level.end:
@@ -423,14 +428,13 @@ class _Walker:
             self._skip_to_delimiter(name)
 
     def _undefined_is_sequence(self, tag: int) -> bool:
+        """An undefined-length element of unknown VR is a sequence if the dictionary says so,
+        or (private tags) if an item follows: pydicom looks ahead the same way."""
         vr = _dictionary_vr(tag)
         if vr is not None:
             return vr == "SQ"
-        following = self._read(4)  # pydicom looks ahead for an item tag
-        return len(following) == 4 and struct.unpack(self.endian + "HH", following) == (
-            0xFFFE,
-            0xE000,
-        )
+        following = self._read(4)
+        return len(following) == 4 and struct.unpack(self.endian + "HH", following) == ITEM_TAG
 
     def _skip_to_delimiter(self, name: str) -> None:
         """Past the Sequence Delimitation Item closing an undefined-length value, as pydicom
@@ -445,7 +449,7 @@ class _Walker:
             if (group, element) == (0xFFFE, 0xE0DD):
                 self.pos = position + 8
                 return
-            if (group, element) != (0xFFFE, 0xE000) or position + 8 + length > self.size:
+            if (group, element) != ITEM_TAG or position + 8 + length > self.size:
                 break
             position += 8 + length
         marker = struct.pack(self.endian + "HH", 0xFFFE, 0xE0DD)
