@@ -215,12 +215,17 @@ class Receiver:
         if not valid_uid(requested_uid) or not valid_uid(requested_class):
             log.warning("refused C-STORE from %s: invalid UID in the request", calling)
             return status(CANNOT_UNDERSTAND, "invalid SOP Instance or Class UID in request")
+        # A deflated dataset is inflated beside the spool to be checked: within the cap, and
+        # within the room above the spool's reserve, so that a small bomb cannot fill the disk.
+        room = max(self.spool.free_bytes() - self.spool.reserve_bytes, 0)
+        limit = min(self.max_instance_bytes, room)
         try:
             with path.open("rb") as stream:
-                header = checked_header(
-                    stream, limit=self.max_instance_bytes, scratch=self.spool.incoming
-                )
+                header = checked_header(stream, limit=limit, scratch=self.spool.incoming)
         except DatasetTooLarge as exc:
+            if limit < self.max_instance_bytes:
+                log.error("refused C-STORE %s: no room left to inflate it (%s)", requested_uid, exc)
+                return status(OUT_OF_RESOURCES, "gateway spool is full")
             # A resource limit of this gateway, not a fault of the encoding: out of resources,
             # as for a full spool. The comment names the limit so the sender can tell.
             log.warning("refused C-STORE %s from %s: %s", requested_uid, calling, exc)

@@ -171,3 +171,27 @@ def test_a_broken_deflated_dataset_is_never_acked(
     assert list(receiver.spool.ready.iterdir()) == []
     assert list(receiver.spool.incoming.iterdir()) == []
     assert echo(receiver.port)
+
+
+def test_a_deflate_bomb_may_not_inflate_into_the_spools_reserve(
+    tmp_path: Path, bomb: tuple[Path, str]
+) -> None:
+    # the cap (4 GiB by default) is above the bomb, the room above the reserve is not
+    spool = Spool(tmp_path / "spool", reserve_bytes=0)
+    spool.reserve_bytes = spool.free_bytes() - (512 << 20)
+    index = Index(tmp_path / "index.sqlite")
+    rx = Receiver(spool=spool, index=index)
+    rx.start(port=free_port())
+    try:
+        path, _ = bomb
+        result = send_raw(
+            rx.port, path, sop_class=CT, transfer_syntax=DeflatedExplicitVRLittleEndian
+        )
+        assert result is not None
+        assert (result.Status, result.ErrorComment) == (OUT_OF_RESOURCES, "gateway spool is full")
+        assert index.all() == []
+        assert list(spool.ready.iterdir()) == list(spool.incoming.iterdir()) == []
+        assert echo(rx.port)
+    finally:
+        rx.stop()
+        index.close()
