@@ -55,9 +55,19 @@ class DatasetUnreadable(GatewayError):
 class DatasetTooLarge(DatasetUnreadable):
     """A dataset would inflate past the configured cap (``GATEWAY_MAX_INSTANCE_BYTES``).
 
-    Raised while inflating a deflated dataset, before the cap is crossed: the bytes may be
-    valid DICOM, but reading them would take more than the gateway allows one instance.
+    Raised while inflating a deflated dataset, before the cap is crossed, or on a dataset
+    with more elements than the gateway parses: the bytes may be valid DICOM, but reading
+    them would take more than the gateway allows one instance.
+
+    Attributes
+    ----------
+    limit:
+        The byte limit that was crossed, or ``None`` for a count of elements.
     """
+
+    def __init__(self, message: str, *, limit: int | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class KeyringError(GatewayError):

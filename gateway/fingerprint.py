@@ -43,6 +43,7 @@ from pydicom.filereader import (
     read_dataset,
     read_preamble,
 )
+from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
@@ -61,6 +62,21 @@ EMPTY_SHA256 = hashlib.sha256(b"").digest()
 MAX_INSTANCE_BYTES = 4 << 30
 #: How deep sequences may nest; real instances stay below 10, pydicom recurses per level.
 MAX_DEPTH = 32
+#: How many element and item headers a dataset may hold. An enhanced multi-frame CT or MR
+#: of thousands of frames has a few hundred thousand; a deflated run of empty elements
+#: would otherwise cost minutes of CPU (and pydicom's parse of them, gigabytes).
+MAX_ELEMENTS = 1_000_000
+#: What read_header asks pydicom for: every other element is skipped, never held.
+HEADER_KEYWORDS = {
+    "sop_class_uid": "SOPClassUID",
+    "sop_instance_uid": "SOPInstanceUID",
+    "study_instance_uid": "StudyInstanceUID",
+    "series_instance_uid": "SeriesInstanceUID",
+    "patient_id": "PatientID",
+    "issuer_of_patient_id": "IssuerOfPatientID",
+    "modality": "Modality",
+    "body_part": "BodyPartExamined",
+}
 # Tags of the items and delimiters that frame sequences and encapsulated values
 ITEM = 0xFFFEE000
 ITEM_END = 0xFFFEE00D
@@ -187,7 +203,7 @@ def inflate(stream: BinaryIO, offset: int, sink: BinaryIO, *, limit: int | None 
                 raise DatasetUnreadable("the deflated dataset is truncated")
             written += len(out)
             if written > cap:
-                raise DatasetTooLarge(f"the deflated dataset inflates past {cap} bytes")
+                raise DatasetTooLarge(f"the deflated dataset inflates past {cap} bytes", limit=cap)
             sink.write(out)
     except zlib.error as exc:
         raise DatasetUnreadable(f"the deflated dataset does not inflate: {exc}") from exc
@@ -221,17 +237,8 @@ def checked_header(
 def _read_header(plain: PlainDataset) -> InstanceHeader:
     check_nesting(plain.stream, plain.offset, plain.syntax)
     try:
-        ds = _parse(plain, defer_size=4096)
-        values = {
-            "sop_class_uid": ds.get("SOPClassUID", ""),
-            "sop_instance_uid": ds.get("SOPInstanceUID", ""),
-            "study_instance_uid": ds.get("StudyInstanceUID", ""),
-            "series_instance_uid": ds.get("SeriesInstanceUID", ""),
-            "patient_id": ds.get("PatientID", ""),
-            "issuer_of_patient_id": ds.get("IssuerOfPatientID", ""),
-            "modality": ds.get("Modality", ""),
-            "body_part": ds.get("BodyPartExamined", ""),
-        }
+        ds = _parse(plain, defer_size=4096, keywords=list(HEADER_KEYWORDS.values()))
+        values = {key: ds.get(keyword, "") for key, keyword in HEADER_KEYWORDS.items()}
     except Exception as exc:  # pydicom raises many types on malformed input
         raise DatasetUnreadable(
             f"the dataset cannot be parsed: {type(exc).__name__}: {exc}"
@@ -242,11 +249,16 @@ def _read_header(plain: PlainDataset) -> InstanceHeader:
     return header
 
 
-def _parse(plain: PlainDataset, *, defer_size: int | None) -> Dataset:
-    """pydicom's parse of the attributes before Pixel Data (the caller walked them first)."""
+def _parse(
+    plain: PlainDataset, *, defer_size: int | None, keywords: list[str] | None = None
+) -> Dataset:
+    """pydicom's parse of the attributes before Pixel Data (the caller walked them first),
+    only of ``keywords`` if given."""
     plain.stream.seek(0)
     if not plain.inflated:
-        return dcmread(plain.stream, stop_before_pixels=True, defer_size=defer_size)
+        return dcmread(
+            plain.stream, stop_before_pixels=True, defer_size=defer_size, specific_tags=keywords
+        )
     plain.stream.seek(plain.offset)
     return read_dataset(
         plain.stream,
@@ -254,6 +266,7 @@ def _parse(plain: PlainDataset, *, defer_size: int | None) -> Dataset:
         is_little_endian=True,
         stop_when=lambda tag, vr, length: tag == PIXEL_DATA,
         defer_size=defer_size,
+        specific_tags=[Tag(keyword) for keyword in keywords] if keywords else None,
     )
 
 
@@ -261,25 +274,29 @@ def load_dataset(
     stream: BinaryIO,
     *,
     max_bytes: int,
+    max_elements: int = MAX_ELEMENTS,
     limit: int | None = None,
     scratch: str | os.PathLike[str] | None = None,
 ) -> Dataset:
-    """Every attribute before Pixel Data, values read, if they take at most ``max_bytes``.
+    """Every attribute before Pixel Data, values read, if they take at most ``max_bytes``
+    in at most ``max_elements`` elements and items.
 
     Raises
     ------
     DatasetTooLarge
-        The attributes before Pixel Data take more than ``max_bytes`` (or the dataset
-        inflates past ``limit``).
+        The attributes before Pixel Data take more than ``max_bytes`` or ``max_elements``
+        (or the dataset inflates past ``limit``).
     DatasetUnreadable
         The dataset cannot be walked or parsed.
     """
     with plain_dataset(stream, limit=limit, scratch=scratch) as plain:
-        check_nesting(plain.stream, plain.offset, plain.syntax)
+        check_nesting(plain.stream, plain.offset, plain.syntax, max_elements=max_elements)
         found = pixel_range(plain.stream, plain.offset, plain.syntax)
         end = found[0] if found is not None else plain.stream.seek(0, io.SEEK_END)
         if end - plain.offset > max_bytes:
-            raise DatasetTooLarge(f"the attributes take more than {max_bytes} bytes")
+            raise DatasetTooLarge(
+                f"the attributes take more than {max_bytes} bytes", limit=max_bytes
+            )
         try:
             ds = _parse(plain, defer_size=None)
             for _ in ds.iterall():  # convert every raw value while the walk's bounds hold
@@ -292,7 +309,12 @@ def load_dataset(
 
 
 def check_nesting(
-    stream: BinaryIO, offset: int, syntax: UID, *, max_depth: int = MAX_DEPTH
+    stream: BinaryIO,
+    offset: int,
+    syntax: UID,
+    *,
+    max_depth: int = MAX_DEPTH,
+    max_elements: int = MAX_ELEMENTS,
 ) -> None:
     """Walk every element header, inside sequences too, without reading a value.
 
@@ -304,11 +326,13 @@ def check_nesting(
 
     Raises
     ------
+    DatasetTooLarge
+        More than ``max_elements`` element and item headers.
     DatasetUnreadable
         On the first element that breaks a bound.
     """
     try:
-        walker = _Walker(stream, offset, syntax, max_depth)
+        walker = _Walker(stream, offset, syntax, max_depth, max_elements)
     except ValueError as exc:
         raise DatasetUnreadable(f"unknown transfer syntax {syntax}") from exc
     walker.walk()
@@ -325,13 +349,17 @@ class _Level:
 class _Walker:
     """:func:`check_nesting`'s state: where it is, and the items and sequences still open."""
 
-    def __init__(self, stream: BinaryIO, offset: int, syntax: UID, max_depth: int) -> None:
+    def __init__(
+        self, stream: BinaryIO, offset: int, syntax: UID, max_depth: int, max_elements: int
+    ) -> None:
         self.stream = stream
         self.implicit = syntax.is_implicit_VR
         self.endian = "<" if syntax.is_little_endian else ">"
         self.size = stream.seek(0, io.SEEK_END)
         self.pos = offset
         self.max_depth = max_depth
+        self.max_elements = max_elements
+        self.elements_left = max_elements
         self.levels = [_Level(self.size, sequence=False)]
         self.depth = 0
 
@@ -346,6 +374,9 @@ class _Walker:
                     return
                 self._close()
                 continue
+            self.elements_left -= 1
+            if self.elements_left < 0:
+                raise DatasetTooLarge(f"the dataset has more than {self.max_elements} elements")
             head = self._read(8)
             if len(head) < 8:
                 raise DatasetUnreadable(

@@ -223,7 +223,7 @@ class Receiver:
             with path.open("rb") as stream:
                 header = checked_header(stream, limit=limit, scratch=self.spool.incoming)
         except DatasetTooLarge as exc:
-            if limit < self.max_instance_bytes:
+            if exc.limit is not None and exc.limit < self.max_instance_bytes:
                 log.error("refused C-STORE %s: no room left to inflate it (%s)", requested_uid, exc)
                 return status(OUT_OF_RESOURCES, "gateway spool is full")
             # A resource limit of this gateway, not a fault of the encoding: out of resources,

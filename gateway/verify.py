@@ -75,8 +75,9 @@ Tamper = Literal["header_changed", "pixels_changed"]
 # Copies larger than this are hashed from a temporary file rather than from memory.
 SPOOL_IN_MEMORY = 16 << 20
 PENDING_STAGES = ("fingerprint", "seal", "put", "anchor")
-#: The most bytes of attributes (before Pixel Data) a diff reads from each file.
+#: The most bytes, and elements, of attributes (before Pixel Data) a diff reads from a file.
 DIFF_MAX_BYTES = 64 << 20
+DIFF_MAX_ELEMENTS = 100_000
 
 EXPLANATIONS: dict[Status, str] = {
     "intact": "The image in the PACS is exactly the image the modality sent, as recorded on the ledger.",
@@ -738,7 +739,9 @@ def diff(
 
 def _attributes(path: Path, limit: int | None) -> Dataset:
     with path.open("rb") as stream:
-        return load_dataset(stream, max_bytes=DIFF_MAX_BYTES, limit=limit)
+        return load_dataset(
+            stream, max_bytes=DIFF_MAX_BYTES, max_elements=DIFF_MAX_ELEMENTS, limit=limit
+        )
 
 
 def _diff_datasets(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
+import struct
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +19,14 @@ from gateway.errors import DatasetTooLarge, DatasetUnreadable
 from gateway.fingerprint import (
     EMPTY_SHA256,
     MAX_DEPTH,
+    MAX_ELEMENTS,
+    check_nesting,
     check_structure,
     checked_header,
+    dataset_offset,
     fingerprint,
     fingerprint_bytes,
+    load_dataset,
     read_header,
 )
 from tests import bombs
@@ -208,3 +214,35 @@ def test_sequences_nest_at_most_32_deep() -> None:
         _, packed = bombs.deflated(bombs.nested(depth), uid=uid)
         with pytest.raises(DatasetUnreadable, match="nest more than 32"):
             fingerprint_bytes(packed)
+
+
+def _many_elements(count: int) -> bytes:
+    """``count`` empty private elements, each with its own tag (pydicom would keep each)."""
+    tags = (
+        (group, element) for group in range(0x0009, 0x0FFF, 2) for element in range(0x1000, 0x10000)
+    )
+    return b"".join(
+        struct.pack("<HH2sH", group, element, b"LO", 0)
+        for group, element in itertools.islice(tags, count)
+    )
+
+
+def test_read_header_holds_only_the_attributes_it_needs() -> None:
+    # pydicom alone keeps every element it reads: 14 MiB for these 50,000 empty ones
+    _, data = bombs.instance(_many_elements(50_000))
+    with io.BytesIO(data) as stream:
+        assert _peak_traced(lambda: read_header(stream)) < 4 << 20
+        assert read_header(stream).modality == "CT"
+
+
+def test_a_dataset_of_more_elements_than_the_cap_is_too_large() -> None:
+    uid, data = bombs.instance(_many_elements(2_000))
+    stream = io.BytesIO(data)
+    offset, syntax = dataset_offset(stream)
+    check_nesting(stream, offset, syntax, max_elements=3_000)
+    with pytest.raises(DatasetTooLarge, match="more than 1000 elements"):
+        check_nesting(stream, offset, syntax, max_elements=1_000)
+    _, packed = bombs.deflated(_many_elements(2_000), uid=uid)
+    with pytest.raises(DatasetTooLarge, match="more than 1000 elements"):
+        load_dataset(io.BytesIO(packed), max_bytes=1 << 20, max_elements=1_000)
+    assert MAX_ELEMENTS >= 500_000  # an enhanced multi-frame of thousands of frames fits
