@@ -221,7 +221,8 @@ def read_header(
     :func:`plain_dataset`).
     """
     with plain_dataset(stream, limit=limit, scratch=scratch) as plain:
-        return _read_header(plain)
+        check_nesting(plain.stream, plain.offset, plain.syntax)
+        return _parse_header(plain)
 
 
 def checked_header(
@@ -231,11 +232,11 @@ def checked_header(
     inflated once. The check before a C-STORE is acked."""
     with plain_dataset(stream, limit=limit, scratch=scratch) as plain:
         _check_structure(plain)
-        return _read_header(plain)
+        return _parse_header(plain)
 
 
-def _read_header(plain: PlainDataset) -> InstanceHeader:
-    check_nesting(plain.stream, plain.offset, plain.syntax)
+def _parse_header(plain: PlainDataset) -> InstanceHeader:
+    """The header's attributes, parsed by pydicom once :func:`check_nesting` has passed."""
     try:
         ds = _parse(plain, defer_size=4096, keywords=list(HEADER_KEYWORDS.values()))
         values = {key: ds.get(keyword, "") for key, keyword in HEADER_KEYWORDS.items()}
@@ -409,11 +410,13 @@ class _Walker:
                 raise DatasetUnreadable(f"sequences nest more than {self.max_depth} deep")
         self.levels.append(_Level(end, sequence=sequence))
 
-    def _fits(self, length: int, what: str) -> int:
+    def _fits(self, length: int, tag: int) -> int:
         outer = min(level.end for level in self.levels if level.end is not None)
         end = self.pos + length
         if end > outer:
-            raise DatasetUnreadable(f"{what} declares {length} bytes, more than the data left")
+            raise DatasetUnreadable(
+                f"{_named(tag)} declares {length} bytes, more than the data left"
+            )
         return end
 
     def _item(self, tag: int, length: int, level: _Level) -> None:
@@ -421,13 +424,11 @@ class _Walker:
         if tag == SEQUENCE_END:
             self._close()
         elif tag != ITEM:
-            raise DatasetUnreadable(
-                f"expected an item in a sequence, found ({tag >> 16:04X},{tag & 0xFFFF:04X})"
-            )
+            raise DatasetUnreadable(f"expected an item in a sequence, found {_named(tag)}")
         elif length == UNDEFINED:
             self._open(None, sequence=False)
         else:
-            self._open(self._fits(length, "an item"), sequence=False)
+            self._open(self._fits(length, ITEM), sequence=False)
 
     def _element(self, tag: int, head: bytes) -> None:
         vr: bytes | None = None
@@ -445,10 +446,9 @@ class _Walker:
                 vr = code
                 length = struct.unpack(self.endian + "H", head[6:])[0]
             # anything else is an implicit VR element inside explicit data, as pydicom reads it
-        name = f"element ({tag >> 16:04X},{tag & 0xFFFF:04X})"
         self.pos += size
         if length != UNDEFINED:
-            end = self._fits(length, name)
+            end = self._fits(length, tag)
             if vr == b"SQ" or (vr is None and _dictionary_vr(tag) == "SQ"):
                 self._open(end, sequence=True)
             else:
@@ -456,7 +456,7 @@ class _Walker:
         elif vr in (b"SQ", b"UN") or (vr is None and self._undefined_is_sequence(tag)):
             self._open(None, sequence=True)
         else:
-            self._skip_to_delimiter(name)
+            self._skip_to_delimiter(tag)
 
     def _undefined_is_sequence(self, tag: int) -> bool:
         """An undefined-length element of unknown VR is a sequence if the dictionary says so,
@@ -467,7 +467,7 @@ class _Walker:
         following = self._read(4)
         return len(following) == 4 and struct.unpack(self.endian + "HH", following) == ITEM_TAG
 
-    def _skip_to_delimiter(self, name: str) -> None:
+    def _skip_to_delimiter(self, tag: int) -> None:
         """Past the Sequence Delimitation Item closing an undefined-length value, as pydicom
         finds it: through the items of encapsulated pixels, else by searching for it."""
         position = self.pos
@@ -497,7 +497,13 @@ class _Walker:
                 return
             carry = window[-3:]
             position += len(chunk)
-        raise DatasetUnreadable(f"{name} has an undefined length and no end before the data ends")
+        raise DatasetUnreadable(
+            f"{_named(tag)} has an undefined length and no end before the data ends"
+        )
+
+
+def _named(tag: int) -> str:
+    return "an item" if tag == ITEM else f"element ({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def _dictionary_vr(tag: int) -> str | None:
