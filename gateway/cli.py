@@ -190,7 +190,12 @@ def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
         args.chain_url or settings.effective_chain_url, args.contract or contract_address(settings)
     )
     claims = _remote_claims(args.proofs, args.token_file) if args.proofs else None
-    verifier = Verifier(ledger=ledger, pseudonym_key=key, claims=claims)
+    verifier = Verifier(
+        ledger=ledger,
+        pseudonym_key=key,
+        claims=claims,
+        max_instance_bytes=settings.max_instance_bytes,
+    )
     results: list[tuple[str, Any]] = []
     failed = 0
     for name in args.files:

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     batch_max: int = Field(default=256, ge=1, le=100_000)
     batch_window_ms: int = Field(default=200, ge=0)
     spool_reserve_mb: int = Field(default=256, ge=0)
+    # The most bytes one instance's dataset may take once inflated (deflate bombs): 4 GiB
+    # holds the largest real instances (multi-frame tomosynthesis, whole-slide levels).
+    max_instance_bytes: int = Field(default=4 << 30, ge=1 << 20)
     commitment_timeout_s: float = Field(default=600.0, gt=0)
     commitment_peers: Annotated[dict[str, tuple[str, int]], NoDecode] = Field(default_factory=dict)
 

@@ -9,6 +9,7 @@ translated at the boundary only: into a DICOM status in ``receive``, an HTTP pro
     GatewayError
     ├── ConfigError                 settings missing, malformed or placeholder
     ├── DatasetUnreadable           a received dataset cannot be understood (-> 0xC000-class)
+    │   └── DatasetTooLarge         it inflates past GATEWAY_MAX_INSTANCE_BYTES (-> 0xA700)
     ├── SpoolUnavailable            received bytes cannot be made durable (-> 0xA700)
     ├── KeyringError                the key directory holds no KEK with that id; ``.kek_id``
     ├── ForwardError                anything on the PACS (Orthanc) side; as such, not transient
@@ -49,6 +50,24 @@ class ConfigError(GatewayError):
 
 class DatasetUnreadable(GatewayError):
     """A received dataset cannot be parsed or walked; nothing of it is recorded."""
+
+
+class DatasetTooLarge(DatasetUnreadable):
+    """A dataset would inflate past the configured cap (``GATEWAY_MAX_INSTANCE_BYTES``).
+
+    Raised while inflating a deflated dataset, before the cap is crossed, or on a dataset
+    with more elements than the gateway parses: the bytes may be valid DICOM, but reading
+    them would take more than the gateway allows one instance.
+
+    Attributes
+    ----------
+    limit:
+        The byte limit that was crossed, or ``None`` for a count of elements.
+    """
+
+    def __init__(self, message: str, *, limit: int | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class KeyringError(GatewayError):

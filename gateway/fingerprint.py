@@ -8,29 +8,47 @@ pixels every item (offset table and fragments, with their item headers) up to bu
 including the Sequence Delimitation Item. No Pixel Data gives SHA-256 of zero bytes.
 
 Nothing is decoded: pydicom walks the element headers and seeks over the values.
+
+Every parse is bounded, whoever sent the bytes. A deflated dataset is inflated as a stream
+into a temporary file, at most ``limit`` bytes (:class:`DatasetTooLarge` past it), and only
+that copy is walked and parsed: pydicom itself would inflate it whole, in memory. Before
+pydicom parses anything, :func:`check_nesting` walks every element header, nested ones
+too: each value fits inside its item and the file, sequences nest at most
+``MAX_DEPTH`` deep, and every undefined-length sequence or item ends before the file does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import struct
 import tempfile
 import threading
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
-from pydicom.uid import UID
+from pydicom.filereader import (
+    _read_file_meta_info,
+    data_element_generator,
+    read_dataset,
+    read_preamble,
+)
+from pydicom.tag import Tag
+from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from gateway import filemap
-from gateway.errors import DatasetUnreadable
+from gateway.errors import DatasetTooLarge, DatasetUnreadable
 
 PIXEL_DATA = 0x7FE00010
 CHUNK = 1 << 20
@@ -40,6 +58,32 @@ PARALLEL_CHUNK = 4 << 20
 _PIXEL_POOL: ThreadPoolExecutor | None = None
 _PIXEL_POOL_LOCK = threading.Lock()
 EMPTY_SHA256 = hashlib.sha256(b"").digest()
+#: The default cap on a dataset once inflated (``GATEWAY_MAX_INSTANCE_BYTES``).
+MAX_INSTANCE_BYTES = 4 << 30
+#: How deep sequences may nest; real instances stay below 10, pydicom recurses per level.
+MAX_DEPTH = 32
+#: How many element and item headers a dataset may hold. An enhanced multi-frame CT or MR
+#: of thousands of frames has a few hundred thousand; a deflated run of empty elements
+#: would otherwise cost minutes of CPU (and pydicom's parse of them, gigabytes).
+MAX_ELEMENTS = 1_000_000
+#: What read_header asks pydicom for: every other element is skipped, never held.
+HEADER_KEYWORDS = {
+    "sop_class_uid": "SOPClassUID",
+    "sop_instance_uid": "SOPInstanceUID",
+    "study_instance_uid": "StudyInstanceUID",
+    "series_instance_uid": "SeriesInstanceUID",
+    "patient_id": "PatientID",
+    "issuer_of_patient_id": "IssuerOfPatientID",
+    "modality": "Modality",
+    "body_part": "BodyPartExamined",
+}
+# Tags of the items and delimiters that frame sequences and encapsulated values
+ITEM = 0xFFFEE000
+ITEM_END = 0xFFFEE00D
+SEQUENCE_END = 0xFFFEE0DD
+UNDEFINED = 0xFFFFFFFF
+ITEM_TAG = (0xFFFE, 0xE000)
+_LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
 
 
 @dataclass(frozen=True)
@@ -82,21 +126,120 @@ def dataset_offset(stream: BinaryIO) -> tuple[int, UID]:
     return stream.tell(), UID(str(syntax))
 
 
-def read_header(stream: BinaryIO) -> InstanceHeader:
-    """Parse the attributes before Pixel Data; raises DatasetUnreadable if pydicom cannot."""
-    stream.seek(0)
+@dataclass(frozen=True)
+class PlainDataset:
+    """A dataset ready to walk and parse: the stream as received, or its inflated copy.
+
+    ``stream`` holds the dataset from ``offset`` on, encoded in ``syntax``; for a deflated
+    instance (``inflated``) that is the inflated copy, in Explicit VR Little Endian.
+    """
+
+    stream: BinaryIO
+    offset: int
+    syntax: UID
+    inflated: bool
+
+
+@contextlib.contextmanager
+def plain_dataset(
+    stream: BinaryIO, *, limit: int | None = None, scratch: str | os.PathLike[str] | None = None
+) -> Iterator[PlainDataset]:
+    """The dataset of the Part-10 ``stream``, inflated into a temporary file if deflated.
+
+    Parameters
+    ----------
+    stream:
+        The instance as received (seekable).
+    limit:
+        The most bytes the inflated dataset may take (default :data:`MAX_INSTANCE_BYTES`).
+    scratch:
+        The directory of the temporary file (default ``GATEWAY_TMPDIR``, else the system's).
+
+    Raises
+    ------
+    DatasetTooLarge
+        The dataset inflates past ``limit``.
+    DatasetUnreadable
+        The File Meta cannot be read, or the deflated stream is corrupt or truncated.
+    """
+    offset, syntax = dataset_offset(stream)
+    if not syntax.is_deflated:
+        yield PlainDataset(stream, offset, syntax, inflated=False)
+        return
+    folder = scratch if scratch is not None else os.environ.get("GATEWAY_TMPDIR")
+    with tempfile.TemporaryFile(dir=folder) as inflated:
+        inflate(stream, offset, cast(BinaryIO, inflated), limit=limit)
+        yield PlainDataset(cast(BinaryIO, inflated), 0, ExplicitVRLittleEndian, inflated=True)
+
+
+def inflate(stream: BinaryIO, offset: int, sink: BinaryIO, *, limit: int | None = None) -> int:
+    """Inflate the raw deflate stream from ``offset`` into ``sink``, CHUNK bytes at a time.
+
+    Memory stays at a few chunks whatever the ratio: ``decompress`` is asked for at most
+    CHUNK bytes per call, the rest of its input waits in ``unconsumed_tail``.
+
+    Returns
+    -------
+    int
+        How many bytes were written.
+
+    Raises
+    ------
+    DatasetTooLarge
+        More than ``limit`` bytes would come out (nothing past ``limit`` is written).
+    DatasetUnreadable
+        The stream is not valid deflate, or ends before its final block.
+    """
+    cap = MAX_INSTANCE_BYTES if limit is None else limit
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    written = 0
+    stream.seek(offset)
     try:
-        ds = dcmread(stream, stop_before_pixels=True, defer_size=4096)
-        values = {
-            "sop_class_uid": ds.get("SOPClassUID", ""),
-            "sop_instance_uid": ds.get("SOPInstanceUID", ""),
-            "study_instance_uid": ds.get("StudyInstanceUID", ""),
-            "series_instance_uid": ds.get("SeriesInstanceUID", ""),
-            "patient_id": ds.get("PatientID", ""),
-            "issuer_of_patient_id": ds.get("IssuerOfPatientID", ""),
-            "modality": ds.get("Modality", ""),
-            "body_part": ds.get("BodyPartExamined", ""),
-        }
+        while not inflater.eof:
+            data = inflater.unconsumed_tail or stream.read(CHUNK)
+            # with no input left, decompress(b"") still hands out what zlib holds back
+            out = inflater.decompress(data, min(CHUNK, cap - written + 1))
+            if not data and not out:
+                raise DatasetUnreadable("the deflated dataset is truncated")
+            written += len(out)
+            if written > cap:
+                raise DatasetTooLarge(f"the deflated dataset inflates past {cap} bytes", limit=cap)
+            sink.write(out)
+    except zlib.error as exc:
+        raise DatasetUnreadable(f"the deflated dataset does not inflate: {exc}") from exc
+    sink.flush()
+    return written
+
+
+def read_header(
+    stream: BinaryIO, *, limit: int | None = None, scratch: str | os.PathLike[str] | None = None
+) -> InstanceHeader:
+    """Parse the attributes before Pixel Data; raises DatasetUnreadable if pydicom cannot.
+
+    The dataset is walked (:func:`check_nesting`) before pydicom parses it, and a deflated
+    one is parsed from its bounded inflated copy (``limit``, ``scratch``: see
+    :func:`plain_dataset`).
+    """
+    with plain_dataset(stream, limit=limit, scratch=scratch) as plain:
+        check_nesting(plain.stream, plain.offset, plain.syntax)
+        return _parse_header(plain)
+
+
+def checked_header(
+    stream: BinaryIO, *, limit: int | None = None, scratch: str | os.PathLike[str] | None = None
+) -> InstanceHeader:
+    """:func:`check_structure` and :func:`read_header` at once: a deflated dataset is
+    inflated once. The check before a C-STORE is acked."""
+    with plain_dataset(stream, limit=limit, scratch=scratch) as plain:
+        _check_structure(plain)
+        return _parse_header(plain)
+
+
+def _parse_header(plain: PlainDataset) -> InstanceHeader:
+    """The header's attributes, parsed by pydicom once :func:`check_nesting` has passed."""
+    try:
+        ds = _parse(plain, defer_size=4096, keywords=list(HEADER_KEYWORDS.values()))
+        values = {key: ds.get(keyword, "") for key, keyword in HEADER_KEYWORDS.items()}
     except Exception as exc:  # pydicom raises many types on malformed input
         raise DatasetUnreadable(
             f"the dataset cannot be parsed: {type(exc).__name__}: {exc}"
@@ -107,19 +250,288 @@ def read_header(stream: BinaryIO) -> InstanceHeader:
     return header
 
 
-def fingerprint(stream: BinaryIO) -> Fingerprint:
+def _parse(
+    plain: PlainDataset, *, defer_size: int | None, keywords: list[str] | None = None
+) -> Dataset:
+    """pydicom's parse of the attributes before Pixel Data (the caller walked them first),
+    only of ``keywords`` if given."""
+    plain.stream.seek(0)
+    if not plain.inflated:
+        return dcmread(
+            plain.stream, stop_before_pixels=True, defer_size=defer_size, specific_tags=keywords
+        )
+    plain.stream.seek(plain.offset)
+    return read_dataset(
+        plain.stream,
+        is_implicit_VR=False,
+        is_little_endian=True,
+        stop_when=lambda tag, vr, length: tag == PIXEL_DATA,
+        defer_size=defer_size,
+        specific_tags=[Tag(keyword) for keyword in keywords] if keywords else None,
+    )
+
+
+def load_dataset(
+    stream: BinaryIO,
+    *,
+    max_bytes: int,
+    max_elements: int = MAX_ELEMENTS,
+    limit: int | None = None,
+    scratch: str | os.PathLike[str] | None = None,
+) -> Dataset:
+    """Every attribute before Pixel Data, values read, if they take at most ``max_bytes``
+    in at most ``max_elements`` elements and items.
+
+    Raises
+    ------
+    DatasetTooLarge
+        The attributes before Pixel Data take more than ``max_bytes`` or ``max_elements``
+        (or the dataset inflates past ``limit``).
+    DatasetUnreadable
+        The dataset cannot be walked or parsed.
+    """
+    with plain_dataset(stream, limit=limit, scratch=scratch) as plain:
+        check_nesting(plain.stream, plain.offset, plain.syntax, max_elements=max_elements)
+        found = pixel_range(plain.stream, plain.offset, plain.syntax)
+        end = found[0] if found is not None else plain.stream.seek(0, io.SEEK_END)
+        if end - plain.offset > max_bytes:
+            raise DatasetTooLarge(
+                f"the attributes take more than {max_bytes} bytes", limit=max_bytes
+            )
+        try:
+            ds = _parse(plain, defer_size=None)
+            for _ in ds.iterall():  # convert every raw value while the walk's bounds hold
+                pass
+        except Exception as exc:  # pydicom raises many types on malformed input
+            raise DatasetUnreadable(
+                f"the dataset cannot be parsed: {type(exc).__name__}: {exc}"
+            ) from exc
+        return ds
+
+
+def check_nesting(
+    stream: BinaryIO,
+    offset: int,
+    syntax: UID,
+    *,
+    max_depth: int = MAX_DEPTH,
+    max_elements: int = MAX_ELEMENTS,
+) -> None:
+    """Walk every element header, inside sequences too, without reading a value.
+
+    Iterative, so a hostile depth costs no stack. Each defined length must fit inside the
+    item or sequence that holds it and inside the file; sequences nest at most
+    ``max_depth`` deep; an undefined-length sequence, item or value must end (with its
+    delimiter) before the file does. VRs are told apart as pydicom does, so what passes
+    here is what pydicom then parses, within these bounds.
+
+    Raises
+    ------
+    DatasetTooLarge
+        More than ``max_elements`` element and item headers.
+    DatasetUnreadable
+        On the first element that breaks a bound.
+    """
+    try:
+        walker = _Walker(stream, offset, syntax, max_depth, max_elements)
+    except ValueError as exc:
+        raise DatasetUnreadable(f"unknown transfer syntax {syntax}") from exc
+    walker.walk()
+
+
+@dataclass
+class _Level:
+    """An open item (holding elements) or sequence (holding items); ``end`` None: undefined."""
+
+    end: int | None
+    sequence: bool
+
+
+class _Walker:
+    """:func:`check_nesting`'s state: where it is, and the items and sequences still open."""
+
+    def __init__(
+        self, stream: BinaryIO, offset: int, syntax: UID, max_depth: int, max_elements: int
+    ) -> None:
+        self.stream = stream
+        self.implicit = syntax.is_implicit_VR
+        self.endian = "<" if syntax.is_little_endian else ">"
+        self.size = stream.seek(0, io.SEEK_END)
+        self.pos = offset
+        self.max_depth = max_depth
+        self.max_elements = max_elements
+        self.elements_left = max_elements
+        self.levels = [_Level(self.size, sequence=False)]
+        self.depth = 0
+
+    def walk(self) -> None:
+        """Every header from the dataset's start to the end of the data, or raise."""
+        while True:
+            level = self.levels[-1]
+            if level.end is not None and self.pos >= level.end:
+                if self.pos > level.end:
+                    raise DatasetUnreadable("an element runs past the end of its item or sequence")
+                if len(self.levels) == 1:
+                    return
+                self._close()
+                continue
+            self.elements_left -= 1
+            if self.elements_left < 0:
+                raise DatasetTooLarge(f"the dataset has more than {self.max_elements} elements")
+            head = self._read(8)
+            if len(head) < 8:
+                raise DatasetUnreadable(
+                    "the data ends inside an undefined-length sequence or item"
+                    if len(self.levels) > 1
+                    else f"{len(head)} bytes after the last complete element"
+                )
+            group, element = struct.unpack(self.endian + "HH", head[:4])
+            tag = group << 16 | element
+            if level.sequence:
+                self._item(tag, struct.unpack(self.endian + "L", head[4:])[0], level)
+            elif tag == ITEM_END and len(self.levels) > 1:
+                self.pos += 8
+                self._close()
+            else:
+                self._element(tag, head)
+
+    def _read(self, size: int) -> bytes:
+        self.stream.seek(self.pos)
+        return self.stream.read(size)
+
+    def _close(self) -> None:
+        if self.levels.pop().sequence:
+            self.depth -= 1
+
+    def _open(self, end: int | None, *, sequence: bool) -> None:
+        if sequence:
+            self.depth += 1
+            if self.depth > self.max_depth:
+                raise DatasetUnreadable(f"sequences nest more than {self.max_depth} deep")
+        self.levels.append(_Level(end, sequence=sequence))
+
+    def _fits(self, length: int, tag: int) -> int:
+        outer = min(level.end for level in self.levels if level.end is not None)
+        end = self.pos + length
+        if end > outer:
+            raise DatasetUnreadable(
+                f"{_named(tag)} declares {length} bytes, more than the data left"
+            )
+        return end
+
+    def _item(self, tag: int, length: int, level: _Level) -> None:
+        self.pos += 8
+        if tag == SEQUENCE_END:
+            self._close()
+        elif tag != ITEM:
+            raise DatasetUnreadable(f"expected an item in a sequence, found {_named(tag)}")
+        elif length == UNDEFINED:
+            self._open(None, sequence=False)
+        else:
+            self._open(self._fits(length, ITEM), sequence=False)
+
+    def _element(self, tag: int, head: bytes) -> None:
+        vr: bytes | None = None
+        length = struct.unpack(self.endian + "L", head[4:])[0]
+        size = 8
+        if not self.implicit:
+            code = head[4:6]
+            if code in _LONG_VRS:
+                vr, size = code, 12
+                extra = self._read(12)[8:]
+                if len(extra) < 4:
+                    raise DatasetUnreadable("the data ends inside an element header")
+                length = struct.unpack(self.endian + "L", extra)[0]
+            elif b"AA" <= code <= b"ZZ":  # other VRs have a 2-byte length
+                vr = code
+                length = struct.unpack(self.endian + "H", head[6:])[0]
+            # anything else is an implicit VR element inside explicit data, as pydicom reads it
+        self.pos += size
+        if length != UNDEFINED:
+            end = self._fits(length, tag)
+            if vr == b"SQ" or (vr is None and _dictionary_vr(tag) == "SQ"):
+                self._open(end, sequence=True)
+            else:
+                self.pos = end
+        elif vr in (b"SQ", b"UN") or (vr is None and self._undefined_is_sequence(tag)):
+            self._open(None, sequence=True)
+        else:
+            self._skip_to_delimiter(tag)
+
+    def _undefined_is_sequence(self, tag: int) -> bool:
+        """An undefined-length element of unknown VR is a sequence if the dictionary says so,
+        or (private tags) if an item follows: pydicom looks ahead the same way."""
+        vr = _dictionary_vr(tag)
+        if vr is not None:
+            return vr == "SQ"
+        following = self._read(4)
+        return len(following) == 4 and struct.unpack(self.endian + "HH", following) == ITEM_TAG
+
+    def _skip_to_delimiter(self, tag: int) -> None:
+        """Past the Sequence Delimitation Item closing an undefined-length value, as pydicom
+        finds it: through the items of encapsulated pixels, else by searching for it."""
+        position = self.pos
+        while True:
+            self.stream.seek(position)
+            head = self.stream.read(8)
+            if len(head) < 8:
+                break
+            group, element, length = struct.unpack(self.endian + "HHL", head)
+            if (group, element) == (0xFFFE, 0xE0DD):
+                self.pos = position + 8
+                return
+            if (group, element) != ITEM_TAG or position + 8 + length > self.size:
+                break
+            position += 8 + length
+        marker = struct.pack(self.endian + "HH", 0xFFFE, 0xE0DD)
+        position = self.pos
+        self.stream.seek(position)
+        carry = b""
+        while chunk := self.stream.read(CHUNK):
+            window = carry + chunk
+            found = window.find(marker)
+            if found >= 0:
+                self.pos = position - len(carry) + found + 8
+                if self.pos > self.size:
+                    break
+                return
+            carry = window[-3:]
+            position += len(chunk)
+        raise DatasetUnreadable(
+            f"{_named(tag)} has an undefined length and no end before the data ends"
+        )
+
+
+def _named(tag: int) -> str:
+    return "an item" if tag == ITEM else f"element ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return None
+
+
+def fingerprint(
+    stream: BinaryIO, *, limit: int | None = None, scratch: str | os.PathLike[str] | None = None
+) -> Fingerprint:
     """Digest a Part-10 instance read from ``stream`` (seekable), in bounded memory.
 
     The element headers are walked first (seeking over values) to find Pixel Data; then
     the dataset is read once and each chunk feeds both digests. Over a large Pixel Data
     value the pixel digest runs on a second thread beside the dataset digest (hashlib
-    releases the GIL), so one big instance hashes on two cores.
+    releases the GIL), so one big instance hashes on two cores. A deflated dataset is
+    hashed as received; its Pixel Data is found in the bounded inflated copy (``limit``,
+    ``scratch``: see :func:`plain_dataset`).
     """
     offset, syntax = dataset_offset(stream)
     if syntax.is_deflated:
+        with plain_dataset(stream, limit=limit, scratch=scratch) as plain:
+            pixel_digest = _pixel_digest(plain.stream, plain.offset, plain.syntax)
         digest, length, _ = _hash_once(stream, offset, None)
-        pixel_digest = _deflated_pixel_digest(stream, offset)
     else:
+        check_nesting(stream, offset, syntax)
         found = pixel_range(stream, offset, syntax)
         digest, length, pixel = _hash_once(stream, offset, found)
         pixel_digest = EMPTY_SHA256 if pixel is None else pixel
@@ -224,16 +636,24 @@ def pixel_range(stream: BinaryIO, offset: int, syntax: UID) -> tuple[int, int] |
 
 
 def _pixel_digest(stream: BinaryIO, offset: int, syntax: UID) -> bytes:
+    check_nesting(stream, offset, syntax)
     found = pixel_range(stream, offset, syntax)
     return EMPTY_SHA256 if found is None else _hash_range(stream, *found)
 
 
-def check_structure(stream: BinaryIO) -> UID:
-    """Cheap pre-ack check: meta readable and every element fits (no hashing)."""
-    offset, syntax = dataset_offset(stream)
-    if not syntax.is_deflated:
-        pixel_range(stream, offset, syntax)
-    return syntax
+def check_structure(
+    stream: BinaryIO, *, limit: int | None = None, scratch: str | os.PathLike[str] | None = None
+) -> UID:
+    """Cheap pre-ack check: meta readable and every element fits (no hashing), deflated
+    datasets included (their bounded inflated copy is walked). Returns the syntax received."""
+    with plain_dataset(stream, limit=limit, scratch=scratch) as plain:
+        _check_structure(plain)
+    return dataset_offset(stream)[1]
+
+
+def _check_structure(plain: PlainDataset) -> None:
+    check_nesting(plain.stream, plain.offset, plain.syntax)
+    pixel_range(plain.stream, plain.offset, plain.syntax)
 
 
 def _hash_range(stream: BinaryIO, start: int, end: int) -> bytes:
@@ -249,21 +669,6 @@ def _hash_range(stream: BinaryIO, start: int, end: int) -> bytes:
     return sha.digest()
 
 
-def _deflated_pixel_digest(stream: BinaryIO, offset: int) -> bytes:
-    """Deflated Explicit VR Little Endian: inflate to a temp file, then walk it."""
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    stream.seek(offset)
-    with tempfile.TemporaryFile(dir=os.environ.get("GATEWAY_TMPDIR")) as inflated:
-        try:
-            while chunk := stream.read(CHUNK):
-                inflated.write(inflater.decompress(chunk))
-            inflated.write(inflater.flush())
-        except zlib.error as exc:
-            raise DatasetUnreadable(f"the deflated dataset does not inflate: {exc}") from exc
-        inflated.flush()
-        return _pixel_digest(inflated, 0, UID("1.2.840.10008.1.2.1"))
-
-
-def fingerprint_bytes(data: bytes) -> Fingerprint:
-    """Convenience for small in-memory instances (tests, the verify API)."""
-    return fingerprint(io.BytesIO(data))
+def fingerprint_bytes(data: bytes, *, limit: int | None = None) -> Fingerprint:
+    """Convenience for small in-memory instances (tests, the Orthanc plugin)."""
+    return fingerprint(io.BytesIO(data), limit=limit)

@@ -56,7 +56,7 @@ from gateway.errors import (
     StoreUnavailable,
     TransactionPending,
 )
-from gateway.fingerprint import fingerprint, read_header
+from gateway.fingerprint import MAX_INSTANCE_BYTES, fingerprint, read_header
 from gateway.index import Index, PendingBatch, Row
 from gateway.keys import Keyring
 from gateway.seal import seal
@@ -210,6 +210,9 @@ class Pipeline:
     pause:
         Called before each stage and each look for due rows; the listener's
         ``yield_to_acks`` holds the pipeline back while C-STOREs are streaming in.
+    max_instance_bytes:
+        The most bytes a deflated dataset may inflate to (``GATEWAY_MAX_INSTANCE_BYTES``),
+        in a temporary file on the spool's filesystem.
     """
 
     def __init__(
@@ -226,8 +229,10 @@ class Pipeline:
         batcher: Batcher | None = None,
         workers: int = 4,
         pause: Callable[[], None] | None = None,
+        max_instance_bytes: int = MAX_INSTANCE_BYTES,
     ) -> None:
         self.index = index
+        self.max_instance_bytes = max_instance_bytes
         self.spool = spool
         self.store = store
         self.keyring = keyring
@@ -571,8 +576,9 @@ class Pipeline:
         path = self.spool.path_of(row.entry_id)
         try:
             with path.open("rb") as stream:
-                fp = fingerprint(stream)
-                header = read_header(stream)
+                limit, scratch = self.max_instance_bytes, self.spool.incoming
+                fp = fingerprint(stream, limit=limit, scratch=scratch)
+                header = read_header(stream, limit=limit, scratch=scratch)
         except DatasetUnreadable as exc:
             # The listener checked this before acking; reaching here means the spool file
             # changed under us. Keep it and say so: an acked image is never dropped.

@@ -4,8 +4,8 @@ Each handler answers with a DICOM status, never an exception:
 
 =======  ===============================================================
 0x0000   stored: the instance is fsynced in the spool and in the index
-0xA700   out of resources: the spool cannot take it (full, unwritable); the
-         partial file is removed, never acked
+0xA700   out of resources: the spool cannot take it (full, unwritable), or the
+         dataset inflates past GATEWAY_MAX_INSTANCE_BYTES; nothing is kept, never acked
 0xA900   the dataset's SOP Instance/Class UID differs from the request's
 0xC000   cannot understand: hostile UID, unparsable or truncated dataset
 =======  ===============================================================
@@ -47,8 +47,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway import failpoints, tls
 from gateway.allowlist import Network, refusal
-from gateway.errors import DatasetUnreadable, SpoolUnavailable
-from gateway.fingerprint import check_structure, read_header
+from gateway.errors import DatasetTooLarge, DatasetUnreadable, SpoolUnavailable
+from gateway.fingerprint import MAX_INSTANCE_BYTES, checked_header
 from gateway.index import Index
 from gateway.spool import IncomingFile, Spool
 
@@ -107,6 +107,9 @@ class Receiver:
         Called with the index row id after each acked instance (wakes the pipeline).
     commitment:
         The Storage Commitment SCP to answer N-ACTION with, if any.
+    max_instance_bytes:
+        The most bytes a dataset may inflate to (``GATEWAY_MAX_INSTANCE_BYTES``); a deflated
+        dataset is inflated on the spool's filesystem to be checked before the ack.
     """
 
     spool: Spool
@@ -115,6 +118,7 @@ class Receiver:
     allowed_aets: Mapping[str, tuple[Network, ...]] = field(default_factory=dict)
     on_stored: Callable[[int], None] | None = None
     commitment: CommitmentSCP | None = None
+    max_instance_bytes: int = MAX_INSTANCE_BYTES
 
     def __post_init__(self) -> None:
         # pynetdicom creates the file a dataset arrives in with NamedTemporaryFile: make it
@@ -267,10 +271,21 @@ class Receiver:
         if not valid_uid(requested_uid) or not valid_uid(requested_class):
             log.warning("refused C-STORE from %s: invalid UID in the request", calling)
             return status(CANNOT_UNDERSTAND, "invalid SOP Instance or Class UID in request")
+        # A deflated dataset is inflated beside the spool to be checked: within the cap, and
+        # within the room above the spool's reserve, so that a small bomb cannot fill the disk.
+        room = max(self.spool.free_bytes() - self.spool.reserve_bytes, 0)
+        limit = min(self.max_instance_bytes, room)
         try:
             with path.open("rb") as stream:
-                check_structure(stream)
-                header = read_header(stream)
+                header = checked_header(stream, limit=limit, scratch=self.spool.incoming)
+        except DatasetTooLarge as exc:
+            if exc.limit is not None and exc.limit < self.max_instance_bytes:
+                log.error("refused C-STORE %s: no room left to inflate it (%s)", requested_uid, exc)
+                return status(OUT_OF_RESOURCES, "gateway spool is full")
+            # A resource limit of this gateway, not a fault of the encoding: out of resources,
+            # as for a full spool. The comment names the limit so the sender can tell.
+            log.warning("refused C-STORE %s from %s: %s", requested_uid, calling, exc)
+            return status(OUT_OF_RESOURCES, f"refused: {exc}")
         except DatasetUnreadable as exc:
             log.warning("refused C-STORE %s from %s: %s", requested_uid, calling, exc)
             return status(CANNOT_UNDERSTAND, f"dataset cannot be understood: {exc}")

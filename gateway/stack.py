@@ -100,6 +100,7 @@ def build_verifier(
         store=store,
         keyring=load_keyring(settings.keys_dir),
         index=index,
+        max_instance_bytes=settings.max_instance_bytes,
     )
 
 
@@ -158,6 +159,7 @@ class Stack:
                 anchorer=SingleAnchorer(self.ledger),
                 forwarder=PacsForwarder(self.pacs),
                 sealed_dir=s.data_dir / "sealed",
+                max_instance_bytes=s.max_instance_bytes,
                 # GATEWAY_BATCH_MAX=1 anchors one transaction per image (the benchmark's
                 # one-by-one mode); anything more gathers Merkle batches.
                 batcher=BatchAnchorer(
@@ -182,6 +184,7 @@ class Stack:
                 allowed_aets=s.allowed_aets,
                 on_stored=self.pipeline.wake,
                 commitment=self.commitment,
+                max_instance_bytes=s.max_instance_bytes,
             )
             self.pipeline.pause = self.receiver.yield_to_acks  # acks go first (performance.md)
             self.receiver.start(
@@ -223,6 +226,7 @@ class Stack:
                 contract_address=self.ledger.address,
                 from_block=deployment.block_number if deployment is not None else 0,
                 web_viewer=any("WebViewer" in path.name for path in viewers),
+                max_instance_bytes=s.max_instance_bytes,
             ),
             extra_plugins=viewers,
         )

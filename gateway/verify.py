@@ -34,13 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal, cast
 
-from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from gateway import keys
 from gateway.errors import (
+    DatasetTooLarge,
     DatasetUnreadable,
     GatewayError,
     InstanceMissing,
@@ -48,7 +48,13 @@ from gateway.errors import (
     SealError,
     StoreError,
 )
-from gateway.fingerprint import Fingerprint, fingerprint
+from gateway.fingerprint import (
+    MAX_INSTANCE_BYTES,
+    Fingerprint,
+    fingerprint,
+    load_dataset,
+    read_header,
+)
 from gateway.forward import Pacs
 from gateway.index import Index, Row
 from gateway.keys import Keyring
@@ -69,6 +75,9 @@ Tamper = Literal["header_changed", "pixels_changed"]
 # Copies larger than this are hashed from a temporary file rather than from memory.
 SPOOL_IN_MEMORY = 16 << 20
 PENDING_STAGES = ("fingerprint", "seal", "put", "anchor")
+#: The most bytes, and elements, of attributes (before Pixel Data) a diff reads from a file.
+DIFF_MAX_BYTES = 64 << 20
+DIFF_MAX_ELEMENTS = 100_000
 
 EXPLANATIONS: dict[Status, str] = {
     "intact": "The image in the PACS is exactly the image the modality sent, as recorded on the ledger.",
@@ -321,6 +330,9 @@ class Verifier:
         Its claims are checked on chain, never trusted.
     claims:
         Where batch proofs come from; by default the index's.
+    max_instance_bytes:
+        The most bytes a deflated dataset may inflate to (``GATEWAY_MAX_INSTANCE_BYTES``);
+        every copy is parsed within it.
     """
 
     def __init__(
@@ -333,8 +345,10 @@ class Verifier:
         keyring: Keyring | None = None,
         index: Index | None = None,
         claims: ClaimSource | None = None,
+        max_instance_bytes: int = MAX_INSTANCE_BYTES,
     ) -> None:
         self.ledger = ledger
+        self.max_instance_bytes = max_instance_bytes
         self.claims = claims or (index_claims(index) if index is not None else None)
         self.pseudonym_key = pseudonym_key
         self.pacs = pacs
@@ -365,15 +379,16 @@ class Verifier:
 
         Raises
         ------
+        DatasetTooLarge
+            The file's dataset inflates past ``max_instance_bytes``.
         DatasetUnreadable
             The file is not a readable DICOM Part-10 file.
         NotFound
             Its SOP Instance UID was never recorded nor received.
         """
         with path.open("rb") as stream:
-            uid = _sop_instance_uid(stream)
-            stream.seek(0)
-            copy = Copy(fingerprint(stream), path)
+            uid = read_header(stream, limit=self.max_instance_bytes).sop_instance_uid
+            copy = Copy(fingerprint(stream, limit=self.max_instance_bytes), path)
         return self._verdict(uid, copy=copy, orthanc_id=None, show_phi=show_phi)
 
     def study(self, study_instance_uid: str, *, show_phi: bool = False) -> StudyVerdict:
@@ -448,7 +463,7 @@ class Verifier:
             )  # fmt: skip
         sink.flush()
         sink.seek(0)
-        return fingerprint(cast(BinaryIO, sink))
+        return fingerprint(cast(BinaryIO, sink), limit=self.max_instance_bytes)
 
     # -- building a verdict -----------------------------------------------------------------
 
@@ -514,7 +529,9 @@ class Verifier:
                         "the sealed original is unusable too: the image cannot be restored"
                     )
                 elif copy.path is not None and original is not None:
-                    changes = diff(original, copy.path, show_phi=show_phi)
+                    changes = diff(
+                        original, copy.path, show_phi=show_phi, limit=self.max_instance_bytes
+                    )
             if status == "tampered" and self._superseded(record, copy, uid):
                 notes.append("this copy matches an older, superseded version of the image")
         explanation = EXPLANATIONS[status]
@@ -683,7 +700,7 @@ class Verifier:
             sink.flush()
             sink.seek(0)
             try:
-                fp = fingerprint(cast(BinaryIO, sink))
+                fp = fingerprint(cast(BinaryIO, sink), limit=self.max_instance_bytes)
             except DatasetUnreadable:
                 # Unparsable bytes still have a digest, and it is not the recorded one.
                 sink.seek(0)
@@ -700,24 +717,31 @@ def summarise(verdicts: list[Verdict]) -> dict[str, int]:
     return summary
 
 
-def diff(original: Path, copy: Path, *, show_phi: bool) -> list[AttributeChange]:
+def diff(
+    original: Path, copy: Path, *, show_phi: bool, limit: int | None = None
+) -> list[AttributeChange]:
     """Attributes that differ between two Part-10 files, Pixel Data excluded, File Meta excluded.
 
     Nested sequences are walked; a changed item attribute is named by its path, e.g.
-    ``(0008,1140)[0](0008,1155)``.
+    ``(0008,1140)[0](0008,1155)``. Each file is parsed within bounds (a deflated one
+    inflates at most ``limit`` bytes; at most DIFF_MAX_BYTES of attributes are compared).
     """
     try:
-        before = dcmread(original, stop_before_pixels=True)
-        after = dcmread(copy, stop_before_pixels=True)
-    except Exception as exc:  # an unparsable copy is a change in itself
-        return [
-            AttributeChange(
-                "", "", "changed", None, f"unreadable: {type(exc).__name__}", not show_phi
-            )
-        ]
+        before = _attributes(original, limit)
+        after = _attributes(copy, limit)
+    except DatasetUnreadable as exc:  # an unparsable copy is a change in itself
+        reason = "too large to compare" if isinstance(exc, DatasetTooLarge) else "unreadable"
+        return [AttributeChange("", "", "changed", None, reason, not show_phi)]
     changes: list[AttributeChange] = []
     _diff_datasets(before, after, prefix="", show_phi=show_phi, out=changes)
     return changes
+
+
+def _attributes(path: Path, limit: int | None) -> Dataset:
+    with path.open("rb") as stream:
+        return load_dataset(
+            stream, max_bytes=DIFF_MAX_BYTES, max_elements=DIFF_MAX_ELEMENTS, limit=limit
+        )
 
 
 def _diff_datasets(
@@ -767,17 +791,6 @@ def _shown(element: DataElement | None, show_phi: bool) -> str | None:
         return f"<sequence of {len(element.value)} item(s)>"
     text = str(element.value)
     return text if len(text) <= 128 else text[:125] + "..."
-
-
-def _sop_instance_uid(stream: BinaryIO) -> str:
-    try:
-        ds = dcmread(stream, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-    except Exception as exc:  # pydicom raises many types on bad input
-        raise DatasetUnreadable(f"not a readable DICOM file: {type(exc).__name__}") from None
-    uid = str(ds.get("SOPInstanceUID", "") or "")
-    if not uid:
-        raise DatasetUnreadable("the file has no SOP Instance UID")
-    return uid
 
 
 def _raw_fingerprint(stream: BinaryIO) -> Fingerprint:

@@ -11,6 +11,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
+from gateway.fingerprint import MAX_INSTANCE_BYTES
 from gateway.orthanc_plugin.settings import SECTION
 from gateway.procs import PROJECT_ROOT
 
@@ -27,6 +28,7 @@ def plugin_section(
     from_block: int = 0,
     web_viewer: bool = False,
     mirror_interval: float = 2.0,
+    max_instance_bytes: int = MAX_INSTANCE_BYTES,
 ) -> dict[str, Any]:
     """The ``XrayGateway`` section for Orthanc's configuration.
 
@@ -44,6 +46,7 @@ def plugin_section(
         "FromBlock": from_block,
         "WebViewer": web_viewer,
         "MirrorInterval": mirror_interval,
+        "MaxInstanceBytes": max_instance_bytes,
     }
     if chain_url and contract_address:
         section["ChainUrl"] = chain_url

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from gateway.errors import DatasetUnreadable
-from gateway.fingerprint import dataset_offset, fingerprint_bytes, read_header
+from gateway.fingerprint import MAX_INSTANCE_BYTES, dataset_offset, fingerprint_bytes, read_header
 from gateway.orthanc_plugin.catalog import Attachment, Catalog
 from gateway.orthanc_plugin.records import IndexUnavailable, RecordBook
 from gateway.orthanc_plugin.storage import FileArea
@@ -169,6 +169,9 @@ class Guard:
     repeat_after:
         Seconds before the same refusal of the same copy is alerted again: a viewer asks
         for an image several times and one altered copy is one incident.
+    max_instance_bytes:
+        The most bytes a deflated dataset may inflate to while it is parsed (the gateway's
+        ``GATEWAY_MAX_INSTANCE_BYTES``); it is inflated into a temporary file, never in memory.
     """
 
     def __init__(
@@ -181,7 +184,9 @@ class Guard:
         ledger: LedgerView | None = None,
         log: Callable[[str], None] = lambda message: None,
         repeat_after: float = 600.0,
+        max_instance_bytes: int = MAX_INSTANCE_BYTES,
     ) -> None:
+        self.max_instance_bytes = max_instance_bytes
         self.area = area
         self.catalog = catalog
         self.records = records
@@ -226,7 +231,7 @@ class Guard:
     # -- learning at create ----------------------------------------------------------------
 
     def _learn_dicom(self, uuid: str, data: bytes) -> None:
-        header = read_header(io.BytesIO(data))
+        header = read_header(io.BytesIO(data), limit=self.max_instance_bytes)
         digest, syntax = dataset_fingerprint(data)
         attachment = Attachment(
             uuid=uuid,
@@ -246,7 +251,7 @@ class Guard:
         self._after(verdict, attachment.orthanc_id, on="arrival")
 
     def _learn_header_copy(self, uuid: str, data: bytes) -> None:
-        header = read_header(io.BytesIO(data))
+        header = read_header(io.BytesIO(data), limit=self.max_instance_bytes)
         orthanc_id = orthanc_instance_id(
             header.patient_id, header.study_instance_uid,
             header.series_instance_uid, header.sop_instance_uid,
@@ -277,7 +282,7 @@ class Guard:
             return verdict
         if sop is None:
             try:
-                header = read_header(io.BytesIO(data))
+                header = read_header(io.BytesIO(data), limit=self.max_instance_bytes)
             except DatasetUnreadable as exc:
                 verdict = unverifiable("?", f"the stored file cannot be parsed ({exc})")
                 self._after(verdict, orthanc_id, on="read")
@@ -313,13 +318,12 @@ class Guard:
             changed=changed, arrival_digest=arrival_digest, syntax_now=syntax,
         )  # fmt: skip
 
-    @staticmethod
-    def _what_changed(data: bytes, recorded: Version) -> str | None:
+    def _what_changed(self, data: bytes, recorded: Version) -> str | None:
         """``"pixels"`` or ``"header"``, comparing pixel digests (only for refused copies)."""
         if recorded.pixel_digest is None:
             return None
         try:
-            pixel_digest = fingerprint_bytes(data).pixel_digest
+            pixel_digest = fingerprint_bytes(data, limit=self.max_instance_bytes).pixel_digest
         except DatasetUnreadable:
             return None
         return "header" if pixel_digest == recorded.pixel_digest else "pixels"

@@ -77,6 +77,7 @@ class XrayPlugin:
             alerts=Alerts(settings.alerts_path),
             ledger=self.mirror,
             log=orthanc.LogWarning,
+            max_instance_bytes=settings.max_instance_bytes,
         )
 
     # -- registration ----------------------------------------------------------------------

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.fingerprint import MAX_INSTANCE_BYTES
+
 SECTION = "XrayGateway"
 
 
@@ -40,6 +42,7 @@ class PluginSettings:
     web_viewer: bool
     sync_storage: bool
     mirror_interval: float
+    max_instance_bytes: int = MAX_INSTANCE_BYTES
 
     @classmethod
     def from_orthanc(cls, config: dict[str, Any]) -> PluginSettings:
@@ -79,4 +82,5 @@ class PluginSettings:
             web_viewer=bool(section.get("WebViewer", False)),
             sync_storage=bool(config.get("SyncStorageArea", True)),
             mirror_interval=float(section.get("MirrorInterval", 2.0)),
+            max_instance_bytes=int(section.get("MaxInstanceBytes", MAX_INSTANCE_BYTES)),
         )

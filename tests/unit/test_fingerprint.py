@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import itertools
+import struct
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
 import dicom_fixtures
-from gateway.errors import DatasetUnreadable
-from gateway.fingerprint import EMPTY_SHA256, fingerprint, fingerprint_bytes, read_header
+from gateway.errors import DatasetTooLarge, DatasetUnreadable
+from gateway.fingerprint import (
+    EMPTY_SHA256,
+    MAX_DEPTH,
+    MAX_ELEMENTS,
+    check_nesting,
+    check_structure,
+    checked_header,
+    dataset_offset,
+    fingerprint,
+    fingerprint_bytes,
+    load_dataset,
+    read_header,
+)
+from tests import bombs
+from tests.bombs import UNDEFINED
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +126,123 @@ def test_large_pixel_data_hashed_on_two_threads_gives_the_same_digests(tmp_path:
     assert fp.digest == hashlib.sha256(data[fp.dataset_offset :]).digest()
     assert fp.pixel_digest == hashlib.sha256(dcmread(path).PixelData).digest()
     assert fp.dataset_length == len(data) - fp.dataset_offset
+
+
+# -- bounded decoding: what a hostile file may declare ---------------------------------------
+
+
+def _peak_traced(call: Callable[[], object]) -> int:
+    """Peak bytes Python allocated while ``call`` ran (zlib's output buffers included)."""
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(DatasetUnreadable):
+            call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A deflated instance of 256 MiB of zero Pixel Data, about 260 KB as sent."""
+    path = tmp_path_factory.mktemp("bomb") / "bomb.dcm"
+    bombs.deflate_bomb(path, inflated=256 << 20)
+    return path
+
+
+def test_a_deflate_bomb_is_inflated_as_a_stream_not_in_memory(bomb: Path) -> None:
+    assert bomb.stat().st_size < 1 << 20
+    with bomb.open("rb") as stream:
+        assert _peak_traced(lambda: read_header(stream)) < 16 << 20
+        header = read_header(stream)
+        assert _peak_traced(lambda: fingerprint(stream)) < 16 << 20
+        fp = fingerprint(stream)
+    assert header.modality == "CT"
+    assert fp.digest == hashlib.sha256(bomb.read_bytes()[fp.dataset_offset :]).digest()
+    assert fp.pixel_digest == hashlib.sha256(bytes(256 << 20)).digest()
+
+
+@pytest.mark.parametrize("parse", [check_structure, read_header, checked_header, fingerprint])
+def test_a_deflate_bomb_past_the_cap_is_too_large(bomb: Path, parse: Callable[..., object]) -> None:
+    with bomb.open("rb") as stream, pytest.raises(DatasetTooLarge, match="inflates past"):
+        parse(stream, limit=64 << 20)
+
+
+def test_the_check_before_the_ack_inflates_deflated_datasets() -> None:
+    _, good = bombs.deflated(b"")
+    truncated = good[:-4]
+    corrupt = good[:-40] + bytes(b ^ 0x5A for b in good[-40:])
+    _, overrun = bombs.deflated(bombs.element(0x0009, 0x1010, b"OB", 1 << 20) + b"short")
+    with io.BytesIO(good) as stream:
+        assert str(check_structure(stream)) == "1.2.840.10008.1.2.1.99"
+    for data in (truncated, corrupt, overrun):
+        with pytest.raises(DatasetUnreadable):
+            check_structure(io.BytesIO(data))
+
+
+def _in_defined_sequence(content: bytes) -> bytes:
+    """``content`` inside one item of a defined-length sequence that fits the file: the
+    top level looks sound, only a walk into the sequence finds what is wrong."""
+    body = bombs.item(len(content)) + content
+    return bombs.element(0x0040, 0xA730, b"SQ", len(body)) + body
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(bombs.element(0x0008, 0x0104, b"UT", 0xFFFFFFF0) + b"x" * 16, id="4GB-value"),
+        pytest.param(bombs.element(0x0040, 0xA730, b"SQ", UNDEFINED) + bombs.item(), id="no-end"),
+        pytest.param(bombs.element(0x0009, 0x1010, b"OB", UNDEFINED) + b"\x01" * 64, id="no-delim"),
+    ],
+)
+def test_nested_lengths_must_fit_and_undefined_lengths_must_end(content: bytes) -> None:
+    _, data = bombs.instance(_in_defined_sequence(content))
+    for parse in (check_structure, read_header, fingerprint_bytes):
+        with pytest.raises(DatasetUnreadable):
+            parse(io.BytesIO(data)) if parse is not fingerprint_bytes else parse(data)
+
+
+def test_sequences_nest_at_most_32_deep() -> None:
+    _, fine = bombs.instance(bombs.nested(MAX_DEPTH))
+    assert check_structure(io.BytesIO(fine)) and read_header(io.BytesIO(fine))
+    for depth in (MAX_DEPTH + 1, 5000):  # 5000: pydicom alone would hit RecursionError
+        uid, data = bombs.instance(bombs.nested(depth))
+        with pytest.raises(DatasetUnreadable, match="nest more than 32"):
+            check_structure(io.BytesIO(data))
+        with pytest.raises(DatasetUnreadable, match="nest more than 32"):
+            read_header(io.BytesIO(data))
+        _, packed = bombs.deflated(bombs.nested(depth), uid=uid)
+        with pytest.raises(DatasetUnreadable, match="nest more than 32"):
+            fingerprint_bytes(packed)
+
+
+def _many_elements(count: int) -> bytes:
+    """``count`` empty private elements, each with its own tag (pydicom would keep each)."""
+    tags = (
+        (group, element) for group in range(0x0009, 0x0FFF, 2) for element in range(0x1000, 0x10000)
+    )
+    return b"".join(
+        struct.pack("<HH2sH", group, element, b"LO", 0)
+        for group, element in itertools.islice(tags, count)
+    )
+
+
+def test_read_header_holds_only_the_attributes_it_needs() -> None:
+    # pydicom alone keeps every element it reads: 14 MiB for these 50,000 empty ones
+    _, data = bombs.instance(_many_elements(50_000))
+    with io.BytesIO(data) as stream:
+        assert _peak_traced(lambda: read_header(stream)) < 4 << 20
+        assert read_header(stream).modality == "CT"
+
+
+def test_a_dataset_of_more_elements_than_the_cap_is_too_large() -> None:
+    uid, data = bombs.instance(_many_elements(2_000))
+    stream = io.BytesIO(data)
+    offset, syntax = dataset_offset(stream)
+    check_nesting(stream, offset, syntax, max_elements=3_000)
+    with pytest.raises(DatasetTooLarge, match="more than 1000 elements"):
+        check_nesting(stream, offset, syntax, max_elements=1_000)
+    _, packed = bombs.deflated(_many_elements(2_000), uid=uid)
+    with pytest.raises(DatasetTooLarge, match="more than 1000 elements"):
+        load_dataset(io.BytesIO(packed), max_bytes=1 << 20, max_elements=1_000)
+    assert MAX_ELEMENTS >= 500_000  # an enhanced multi-frame of thousands of frames fits

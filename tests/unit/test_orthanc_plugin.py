@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import io
 import sqlite3
+import tracemalloc
 import uuid
 import zlib
 from pathlib import Path
@@ -45,6 +46,7 @@ from gateway.orthanc_plugin.verdict import (
 )
 from gateway.orthanc_plugin.viewer_image import refusal_image, refusal_pixels
 from gateway.procs import PROJECT_ROOT
+from tests import bombs
 
 UID = "1.2.3.4.5"
 A, B, C = b"\xaa" * 32, b"\xbb" * 32, b"\xcc" * 32
@@ -458,3 +460,42 @@ def test_the_refusal_picture_spells_refused_in_the_viewers_format() -> None:
     image = refusal_image()
     assert zlib.decompress(base64.b64decode(image["Orthanc"]["PixelData"])) == bytes(pixels)
     assert image["Orthanc"]["Compression"] == "Deflate" and image["color"] is False
+
+
+def test_a_deflate_bomb_in_orthancs_storage_is_parsed_in_bounded_memory(setup: Setup) -> None:
+    # the plugin parses every file Orthanc stores or reads: never by inflating it in memory
+    bomb = setup.tmp / "bomb.dcm"
+    bombs.deflate_bomb(bomb, inflated=256 << 20)
+    data = bomb.read_bytes()
+    tracemalloc.start()
+    try:
+        name = setup.store(bomb)
+        served = setup.guard.read(name, DICOM)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert served == data
+    assert [a.kind for a in setup.alerts.recent()] == ["unregistered"]
+    assert peak < 16 << 20
+
+
+def test_the_gateways_instance_cap_reaches_the_plugin_and_bounds_its_parse(
+    setup: Setup, tmp_path: Path
+) -> None:
+    section = plugin_section(data_dir=tmp_path, max_instance_bytes=64 << 20)
+    settings = PluginSettings.from_orthanc(
+        {"StorageDirectory": str(tmp_path / "storage"), "XrayGateway": section}
+    )
+    assert settings.max_instance_bytes == 64 << 20
+    guard = Guard(
+        area=FileArea(tmp_path / "capped", sync=False),
+        catalog=Catalog(tmp_path / "capped.sqlite"),
+        records=RecordBook(setup.tmp / "index.sqlite"),
+        alerts=setup.alerts,
+        log=setup.logged.append,
+        max_instance_bytes=settings.max_instance_bytes,
+    )
+    bomb = tmp_path / "bomb.dcm"
+    bombs.deflate_bomb(bomb, inflated=256 << 20)
+    guard.create(str(uuid.uuid4()), DICOM, bomb.read_bytes())
+    assert any(f"inflates past {64 << 20} bytes" in line for line in setup.logged)

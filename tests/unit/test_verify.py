@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from gateway.verify import (
     diff,
     summarise,
 )
+from tests import bombs
 
 
 @pytest.fixture
@@ -92,3 +94,25 @@ def test_proofs_and_claims_round_trip() -> None:
     claim = BatchClaim(record_key=bytes([5]) * 32, patient_key=b"p" * 32, digest=b"d" * 32,
                        pixel_digest=b"x" * 32, batch_id=3, proof=proof, version=1)  # fmt: skip
     assert BatchClaim.from_json(claim.to_json()) == claim
+
+
+def test_diff_against_a_deflate_bomb_stays_bounded(ct: Path, tmp_path: Path) -> None:
+    # a tampered copy that inflates to 256 MiB: compared within the cap, never inflated whole
+    copy = tmp_path / "bomb.dcm"
+    bombs.deflate_bomb(copy, inflated=256 << 20)
+    tracemalloc.start()
+    try:
+        (change,) = diff(ct, copy, show_phi=True, limit=64 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (change.change, change.after) == ("changed", "too large to compare")
+    assert peak < 16 << 20
+
+
+def test_diff_refuses_sequences_nested_past_the_cap(ct: Path, tmp_path: Path) -> None:
+    _, data = bombs.instance(bombs.nested(40))
+    copy = tmp_path / "nested.dcm"
+    copy.write_bytes(data)
+    (change,) = diff(ct, copy, show_phi=True)
+    assert (change.change, change.after) == ("changed", "unreadable")
