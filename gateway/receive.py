@@ -22,7 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,12 +37,12 @@ from pynetdicom import (
     evt,
 )
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway import failpoints
 from gateway.errors import DatasetUnreadable, SpoolUnavailable
 from gateway.fingerprint import check_structure, read_header
 from gateway.index import Index
+from gateway.listener import GuardedAssociationServer, ListenerLimits, start_server
 from gateway.spool import IncomingFile, Spool
 
 if TYPE_CHECKING:
@@ -94,6 +94,8 @@ class Receiver:
         Called with the index row id after each acked instance (wakes the pipeline).
     commitment:
         The Storage Commitment SCP to answer N-ACTION with, if any.
+    limits:
+        What one peer may hold of the listener (timeouts, PDU size, associations).
     """
 
     spool: Spool
@@ -102,22 +104,25 @@ class Receiver:
     allowed_aets: tuple[str, ...] = ()
     on_stored: Callable[[int], None] | None = None
     commitment: CommitmentSCP | None = None
+    limits: ListenerLimits = field(default_factory=ListenerLimits)
 
     def __post_init__(self) -> None:
         # pynetdicom creates the file a dataset arrives in with NamedTemporaryFile: make it
         # an IncomingFile on the spool's filesystem, so that accepting it is a rename, not
         # a copy, and a full disk is a refusal rather than an aborted association. (This
         # replaces setting tempfile.tempdir, which moved every temp file of the process.)
-        spool = self.spool
-        setattr(dimse_messages, "NamedTemporaryFile", lambda *_, **__: spool.incoming_file())  # noqa: B010
-        self._server: ThreadedAssociationServer | None = None
+        setattr(dimse_messages, "NamedTemporaryFile", lambda *_, **__: self._incoming_file())  # noqa: B010
+        self._server: GuardedAssociationServer | None = None
         self._lock = threading.Lock()
+        # The files each association is receiving into, removed when it ends (see
+        # discard_partials): any it did not get to file are partial or refused.
+        self._receiving: dict[int, list[IncomingFile]] = {}
         self.responses: Counter[int] = Counter()  # C-STORE responses by status, for /metrics
         self._last_store = -STREAMING_S
 
     def build_ae(self) -> AE:
         ae = AE(ae_title=self.ae_title)
-        ae.maximum_pdu_size = 0  # accept whatever PDU size the modality proposes
+        ae.maximum_pdu_size = self.limits.max_pdu
         ae.require_called_aet = True
         if self.allowed_aets:
             ae.require_calling_aet = list(self.allowed_aets)
@@ -127,7 +132,6 @@ class Receiver:
         ae.add_supported_context(Verification)
         if self.commitment is not None:
             self.commitment.add_contexts(ae)
-        ae.maximum_associations = 32
         return ae
 
     def start(self, *, host: str = "127.0.0.1", port: int = 11112) -> None:
@@ -141,9 +145,13 @@ class Receiver:
         ]
         if self.commitment is not None:
             handlers.append((evt.EVT_N_ACTION, self.commitment.handle_action))
-        server = ae.start_server((host, port), block=False, evt_handlers=handlers)
-        assert server is not None
-        self._server = server
+        self._server = start_server(
+            ae,
+            (host, port),
+            limits=self.limits,
+            evt_handlers=handlers,
+            on_association_end=self.discard_partials,
+        )
 
     @property
     def port(self) -> int:
@@ -159,6 +167,32 @@ class Receiver:
         """C-STORE responses sent so far, by status code."""
         with self._lock:
             return dict(self.responses)
+
+    def _incoming_file(self) -> IncomingFile:
+        """pynetdicom's file for an arriving dataset, noted under its association.
+
+        pynetdicom opens it on the association's DUL thread, which knows its association.
+        """
+        incoming = self.spool.incoming_file()
+        assoc = getattr(threading.current_thread(), "assoc", None)
+        with self._lock:
+            self._receiving.setdefault(id(assoc), []).append(incoming)
+        return incoming
+
+    def discard_partials(self, assoc: object) -> None:
+        """Remove what an association that ended was still receiving or was refused.
+
+        Called once its thread ends, however it ended (release, abort, peer close,
+        timeout, undecodable P-DATA). A filed dataset was renamed into the spool, so
+        removing its incoming name is a no-op.
+        """
+        with self._lock:
+            files = self._receiving.pop(id(assoc), [])
+        left = [f for f in files if Path(f.name).exists()]
+        for incoming in left:
+            incoming.discard()
+        if left:
+            log.warning("association ended mid-dataset: %d partial reception(s) removed", len(left))
 
     def handle_echo(self, event: Any) -> int:
         return SUCCESS

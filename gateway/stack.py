@@ -33,6 +33,7 @@ from gateway.index import Index
 from gateway.keys import init_keys, load_keyring, load_pseudonym_key
 from gateway.ledger.anvil import Anvil
 from gateway.ledger.client import XrayLedger
+from gateway.listener import ListenerLimits
 from gateway.metrics import GatewayCollector, registry_for, render
 from gateway.orthanc import EmbeddedOrthanc, viewer_plugin_libraries
 from gateway.orthanc_plugin import ENTRY_SCRIPT, plugin_section
@@ -177,6 +178,7 @@ class Stack:
                 allowed_aets=tuple(s.allowed_aets),
                 on_stored=self.pipeline.wake,
                 commitment=self.commitment,
+                limits=ListenerLimits.from_settings(s),
             )
             self.pipeline.pause = self.receiver.yield_to_acks  # acks go first (performance.md)
             self.receiver.start(host=s.dicom_host, port=s.dicom_port)
