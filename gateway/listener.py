@@ -275,13 +275,21 @@ class GuardedRequestHandler(RequestHandler):
 
 
 def _restore_acse_timeout(event: Any) -> None:
-    event.assoc.acse_timeout = event.assoc.ae.acse_timeout
+    assoc = event.assoc
+    artim = assoc.dul.artim_timer.timeout
+    assoc.acse_timeout = assoc.ae.acse_timeout  # (its setter sets the ARTIM timer too)
+    # ARTIM bounds how long an aborted connection waits for the peer to close (Sta13):
+    # keep that as short as the negotiation deadline.
+    assoc.dul.artim_timer.timeout = artim
 
 
 class GuardedAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, counting connections per peer address before any thread."""
 
     limits: ListenerLimits = ListenerLimits()
+    # socketserver's default backlog (5) drops the SYNs of a burst of connections, and a
+    # dropped SYN is retried only after a second: a flood would delay every modality.
+    request_queue_size = 256
     on_association_end: Callable[[Association], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
