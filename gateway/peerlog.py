@@ -4,15 +4,21 @@ pynetdicom logs a peer's malformed input with full tracebacks (``LOGGER.exceptio
 and a hostile peer can repeat the same input thousands of times. :class:`PeerLogFilter`
 sits on the log handlers: records from the listener's loggers lose their traceback
 (the exception's type and message stay in the line), and a message already logged in
-the last ``window_s`` seconds is counted instead of written. The next time it is
-written, the line says how many were held back.
+the last ``window_s`` seconds (the same apart from its numbers: lengths, PDU types)
+is counted instead of written. The next time it is written, the line says how many
+were held back.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
+from collections.abc import Callable
+
+#: Numbers in a message (lengths, PDU types, counts) vary from one hostile input to the next.
+_NUMBERS = re.compile(r"0x[0-9A-Fa-f]+|\d+")
 
 #: The loggers whose records describe what a peer sent.
 PEER_LOGGERS = ("pynetdicom", "gateway.listener", "gateway.receive")
@@ -21,10 +27,17 @@ PEER_LOGGERS = ("pynetdicom", "gateway.listener", "gateway.receive")
 class PeerLogFilter(logging.Filter):
     """Strip tracebacks from, and rate-limit identical, records of the peer loggers."""
 
-    def __init__(self, *, window_s: float = 60.0, loggers: tuple[str, ...] = PEER_LOGGERS):
+    def __init__(
+        self,
+        *,
+        window_s: float = 60.0,
+        loggers: tuple[str, ...] = PEER_LOGGERS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.window_s = window_s
         self.loggers = loggers
+        self._clock = clock
         self._lock = threading.Lock()
         # (logger, level, message) -> (when it was last written, how many held back since)
         self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
@@ -41,8 +54,8 @@ class PeerLogFilter(logging.Filter):
                 # pynetdicom's LOGGER.exception(exc): the message is the exception's text
                 record.msg, record.args = f"{type(exc).__name__}: %s", (str(exc),)
         message = record.getMessage()
-        key = (record.name, record.levelno, message)
-        now = time.monotonic()
+        key = (record.name, record.levelno, _NUMBERS.sub("#", message))
+        now = self._clock()
         with self._lock:
             if len(self._seen) > 10_000:  # a peer varying its messages must not grow this
                 self._seen.clear()
