@@ -8,7 +8,8 @@ P-DATA (a C-STORE on a presentation context that was never accepted is a
 ``KeyError``) ends the DUL thread with a traceback. :func:`start_server` starts
 the same server with these holes closed:
 
-- **Negotiation deadline.** Until a whole A-ASSOCIATE-RQ has arrived, every read
+- **Negotiation deadline.** Until a whole A-ASSOCIATE-RQ has arrived (the TLS
+  handshake included, which runs on the connection's thread), every read
   waits at most what is left of ``negotiation_timeout_s`` in total, so a peer
   sending nothing, one byte, or one byte a second is dropped. Afterwards each
   read waits at most ``network_timeout_s``.
@@ -238,6 +239,11 @@ class GuardedRequestHandler(RequestHandler):
     server: GuardedAssociationServer
 
     def handle(self) -> None:
+        context = self.server.ssl_context
+        if context is not None:
+            # The TLS handshake, here on the connection's own thread and under the
+            # negotiation deadline (the socket's timeout), never on the accept thread.
+            self.request = context.wrap_socket(self.request, server_side=True)
         assoc = self._create_association()
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
@@ -303,6 +309,16 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         """Connections being served, by peer address."""
         with self._slots_lock:
             return dict(self._by_host)
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept a connection; its TLS handshake (if any) is left to its own thread.
+
+        pynetdicom wraps the socket here, on the accept thread and with no timeout: one
+        peer that never sends its ClientHello would stop every later connection.
+        """
+        client, address = cast(socket.socket, self.socket).accept()
+        client.settimeout(self.limits.negotiation_timeout_s)
+        return client, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Take a slot for this peer address, or refuse (socketserver closes the socket)."""

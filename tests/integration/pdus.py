@@ -94,7 +94,9 @@ def associate(port: int, *abstract_syntaxes: str) -> socket.socket:
     sock.settimeout(30)
     sock.sendall(associate_rq(*abstract_syntaxes))
     header = read_exact(sock, 6)
-    assert header[:1] == b"\x02", f"association not accepted: {header!r}"
+    if header[:1] != b"\x02":
+        sock.close()
+        raise ConnectionRefusedError(f"association not accepted: {header!r}")
     read_exact(sock, struct.unpack(">L", header[2:])[0])
     return sock
 

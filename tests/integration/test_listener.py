@@ -176,3 +176,78 @@ def test_hostile_p_data_ends_the_association_cleanly_and_leaves_no_file(
     dead = [r for r in caplog.records if "Exception in DUL.run()" in r.getMessage()]
     assert dead == [], "a pynetdicom thread died on the input"
     assert echo(receiver.port)
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_a_peer_silent_in_the_tls_handshake_does_not_hold_the_accept_loop(
+    tmp_path: Path,
+) -> None:
+    import ssl
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    from gateway.listener import start_server
+
+    cert, key = _self_signed(tmp_path)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    ae = AE(ae_title="XRAYGW")
+    ae.add_supported_context(Verification)
+    server = start_server(
+        ae,
+        ("127.0.0.1", free_port()),
+        limits=ListenerLimits(negotiation_timeout_s=600),
+        evt_handlers=[],
+        ssl_context=server_context,
+    )
+    silent = pdus.connect(server.server_address[1])  # connects, never says ClientHello
+    try:
+        client_context = ssl.create_default_context(cafile=str(cert))
+        client = AE(ae_title="TLSSCU")
+        client.connection_timeout = 30  # the handshake: it never ends if nobody accepts
+        client.add_requested_context(Verification)
+        assoc = client.associate(
+            "127.0.0.1", server.server_address[1], ae_title="XRAYGW",
+            tls_args=(client_context, "localhost"),
+        )  # fmt: skip
+        assert assoc.is_established
+        status = assoc.send_c_echo()
+        assoc.release()
+        assert status.Status == 0
+    finally:
+        silent.close()
+        server.shutdown()
