@@ -133,15 +133,17 @@ def test_hostile_inputs_leave_no_file_no_traceback_and_few_log_lines(up: Up) -> 
 def test_memory_returns_to_its_baseline_after_hostile_associations(
     up: Up, record_property: pytest.RecordProperty
 ) -> None:
-    replay(up.dicom_port, 60)  # warm-up: first-use allocations are part of the baseline
-    wait_for(lambda: incoming(up) == [], "warm-up over")
+    # Warm-up: first-use allocations (about 40 MB: pydicom's dictionaries, pynetdicom's
+    # decoders, sqlite's cache) belong to the baseline. Measured with 400 inputs after
+    # the warm-up: before the listener's defences 175 -> 318 MB, still 316 MB 50 s
+    # later; with them 159 -> 165 MB. (glibc's malloc_trim made no difference: 162 MB.)
+    replay(up.dicom_port, 60)
     baseline = rss_mb(up.pid)
     peak = baseline
     for _ in range(8):
         replay(up.dicom_port, 50)
         peak = max(peak, rss_mb(up.pid))
     assert echo(up.dicom_port)
-    settled = rss_mb(up.pid)
     wait_for(lambda: rss_mb(up.pid) < baseline + RSS_SLACK_MB, "RSS back near its baseline")
     settled = rss_mb(up.pid)
     record_property("rss_mb", {"baseline": baseline, "peak": peak, "settled": settled})
