@@ -12,7 +12,7 @@ the same server with these holes closed:
   handshake included, which runs on the connection's thread), every read
   waits at most what is left of ``negotiation_timeout_s`` in total, so a peer
   sending nothing, one byte, or one byte a second is dropped. Afterwards each
-  read waits at most ``network_timeout_s``.
+  PDU header or body must arrive within ``network_timeout_s``.
 - **PDU cap.** A PDU declaring more than ``max_pdu`` bytes is never read: the
   association is aborted (A-ABORT) as soon as its 6-byte header is seen. The
   same value is the maximum PDU length we advertise.
@@ -140,16 +140,18 @@ class GuardedSocket(AssociationSocket):
         return data
 
     def _read(self, nr_bytes: int) -> bytearray:
+        """Read up to ``nr_bytes`` (fewer if the peer closes) before the deadline."""
         sock = cast(socket.socket, self.socket)
+        if self.negotiated:  # a whole read, not each chunk: trickling a byte a minute fails
+            deadline, what = time.monotonic() + self.limits.network_timeout_s, "network"
+        else:
+            deadline, what = self._deadline, "negotiation"
         data = bytearray()
         while len(data) < nr_bytes:
-            if self.negotiated:
-                sock.settimeout(self.limits.network_timeout_s)
-            else:
-                left = self._deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("no whole A-ASSOCIATE-RQ before the negotiation deadline")
-                sock.settimeout(left)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"peer too slow: {what} timeout")
+            sock.settimeout(left)
             chunk = sock.recv(min(nr_bytes - len(data), 65536))
             if not chunk:  # the peer closed: the DUL sees a short PDU
                 break

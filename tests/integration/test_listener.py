@@ -251,3 +251,31 @@ def test_a_peer_silent_in_the_tls_handshake_does_not_hold_the_accept_loop(
     finally:
         silent.close()
         server.shutdown()
+
+
+def test_a_pdu_trickled_a_byte_at_a_time_ends_at_the_network_timeout(tmp_path: Path) -> None:
+    rx = start(tmp_path, network_timeout_s=1)
+    try:
+        sock = pdus.associate(rx.port, pdus.CT)
+        sock.sendall(b"\x04\x00" + (60000).to_bytes(4, "big"))  # a P-DATA of 60,000 bytes...
+        sock.settimeout(0.3)
+        closed = False
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # ...sent a byte at a time, well inside 1 s apart
+            try:
+                sock.sendall(b"\x00")
+                closed = sock.recv(1) == b""
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+            if closed:
+                break
+        sock.close()
+        assert closed, "a trickling peer kept its association past the network timeout"
+        wait_for(lambda: rx._server.connections() == {}, "slot freed")  # type: ignore[union-attr]
+        assert incoming(rx) == []
+        assert echo(rx.port)
+    finally:
+        rx.stop()
+        rx.index.close()
