@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway import __version__
+from gateway import __version__, peerlog
 from gateway.config import Settings, get_settings
 from gateway.errors import ConfigError, GatewayError
 from gateway.ledger.types import UserType
@@ -623,6 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # keep it to warnings so that no patient data reaches the logs.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apiron").setLevel(logging.WARNING)  # one line per Orthanc request
+    peerlog.install()  # a hostile DICOM peer gets concise, rate-limited lines
     handler: Callable[[Settings, argparse.Namespace], int] = args.handler
     try:
         return handler(get_settings(), args)

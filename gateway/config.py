@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     tls_ca: Path | None = None
     allowed_aets: Annotated[dict[str, tuple[Network, ...]], NoDecode] = Field(default_factory=dict)
+    # The DICOM port against hostile peers (gateway/listener.py).
+    max_pdu: int = Field(default=1 << 20, ge=4096, le=1 << 28)
+    max_associations: int = Field(default=32, ge=1, le=1000)
+    max_associations_per_host: int = Field(default=16, ge=1, le=1000)
+    dicom_negotiation_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    dicom_network_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     orthanc_url: str | None = None
     orthanc_http_port: int = Field(default=8042, ge=1, le=65535)
     orthanc_dicom_port: int = Field(default=4242, ge=1, le=65535)
@@ -100,6 +106,14 @@ class Settings(BaseSettings):
         if isinstance(value, dict):
             return {str(aet): _host_port(address) for aet, address in value.items()}
         return value
+
+    @model_validator(mode="after")
+    def _check_association_caps(self) -> Settings:
+        if self.max_associations_per_host > self.max_associations:
+            raise ValueError(
+                "GATEWAY_MAX_ASSOCIATIONS_PER_HOST cannot exceed GATEWAY_MAX_ASSOCIATIONS"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_secrets(self) -> Settings:

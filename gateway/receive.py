@@ -43,13 +43,13 @@ from pynetdicom import (
     evt,
 )
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway import failpoints, tls
 from gateway.allowlist import Network, refusal
 from gateway.errors import DatasetTooLarge, DatasetUnreadable, SpoolUnavailable
 from gateway.fingerprint import MAX_INSTANCE_BYTES, checked_header
 from gateway.index import Index
+from gateway.listener import GuardedAssociationServer, ListenerLimits, start_server
 from gateway.spool import IncomingFile, Spool
 
 if TYPE_CHECKING:
@@ -110,6 +110,8 @@ class Receiver:
     max_instance_bytes:
         The most bytes a dataset may inflate to (``GATEWAY_MAX_INSTANCE_BYTES``); a deflated
         dataset is inflated on the spool's filesystem to be checked before the ack.
+    limits:
+        What one peer may hold of the listener (timeouts, PDU size, associations).
     """
 
     spool: Spool
@@ -119,23 +121,26 @@ class Receiver:
     on_stored: Callable[[int], None] | None = None
     commitment: CommitmentSCP | None = None
     max_instance_bytes: int = MAX_INSTANCE_BYTES
+    limits: ListenerLimits = field(default_factory=ListenerLimits)
 
     def __post_init__(self) -> None:
         # pynetdicom creates the file a dataset arrives in with NamedTemporaryFile: make it
         # an IncomingFile on the spool's filesystem, so that accepting it is a rename, not
         # a copy, and a full disk is a refusal rather than an aborted association. (This
         # replaces setting tempfile.tempdir, which moved every temp file of the process.)
-        spool = self.spool
-        setattr(dimse_messages, "NamedTemporaryFile", lambda *_, **__: spool.incoming_file())  # noqa: B010
-        self._server: ThreadedAssociationServer | None = None  # the plain port's
-        self._tls_server: ThreadedAssociationServer | None = None
+        setattr(dimse_messages, "NamedTemporaryFile", lambda *_, **__: self._incoming_file())  # noqa: B010
+        self._server: GuardedAssociationServer | None = None  # the plain port's
+        self._tls_server: GuardedAssociationServer | None = None
         self._lock = threading.Lock()
+        # The files each association is receiving into, removed when it ends (see
+        # discard_partials): any it did not get to file are partial or refused.
+        self._receiving: dict[int, list[IncomingFile]] = {}
         self.responses: Counter[int] = Counter()  # C-STORE responses by status, for /metrics
         self._last_store = -STREAMING_S
 
     def build_ae(self) -> AE:
         ae = AE(ae_title=self.ae_title)
-        ae.maximum_pdu_size = 0  # accept whatever PDU size the modality proposes
+        ae.maximum_pdu_size = self.limits.max_pdu
         ae.require_called_aet = True
         if self.allowed_aets:
             ae.require_calling_aet = list(self.allowed_aets)
@@ -145,7 +150,6 @@ class Receiver:
         ae.add_supported_context(Verification)
         if self.commitment is not None:
             self.commitment.add_contexts(ae)
-        ae.maximum_associations = 32
         return ae
 
     def start(
@@ -158,7 +162,8 @@ class Receiver:
     ) -> None:
         """Listen in the background: plain DICOM on ``port`` (None: not at all), and DICOM
         TLS on ``tls_port`` when an ``ssl_context`` (:func:`gateway.tls.server_context`) is
-        given. One AE serves both, so both share the association limit."""
+        given. Each port counts its own connections against ``limits``
+        (:class:`gateway.listener.GuardedAssociationServer`)."""
         ae = self.build_ae()
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self.handle_store),
@@ -170,13 +175,21 @@ class Receiver:
         if self.commitment is not None:
             handlers.append((evt.EVT_N_ACTION, self.commitment.handle_action))
         if port is not None:
-            self._server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+            self._server = start_server(
+                ae,
+                (host, port),
+                limits=self.limits,
+                evt_handlers=handlers,
+                on_association_end=self.discard_partials,
+            )
         if ssl_context is not None:
             assert tls_port is not None, "a TLS listener needs its port"
-            self._tls_server = ae.start_server(
+            self._tls_server = start_server(
+                ae,
                 (host, tls_port),
-                block=False,
+                limits=self.limits,
                 evt_handlers=[(evt.EVT_CONN_OPEN, tls.handshake), *handlers],
+                on_association_end=self.discard_partials,
                 ssl_context=ssl_context,
             )
 
@@ -202,6 +215,32 @@ class Receiver:
         """C-STORE responses sent so far, by status code."""
         with self._lock:
             return dict(self.responses)
+
+    def _incoming_file(self) -> IncomingFile:
+        """pynetdicom's file for an arriving dataset, noted under its association.
+
+        pynetdicom opens it on the association's DUL thread, which knows its association.
+        """
+        incoming = self.spool.incoming_file()
+        assoc = getattr(threading.current_thread(), "assoc", None)
+        with self._lock:
+            self._receiving.setdefault(id(assoc), []).append(incoming)
+        return incoming
+
+    def discard_partials(self, assoc: object) -> None:
+        """Remove what an association that ended was still receiving or was refused.
+
+        Called once its thread ends, however it ended (release, abort, peer close,
+        timeout, undecodable P-DATA). A filed dataset was renamed into the spool, so
+        removing its incoming name is a no-op.
+        """
+        with self._lock:
+            files = self._receiving.pop(id(assoc), [])
+        left = [f for f in files if Path(f.name).exists()]
+        for incoming in left:
+            incoming.discard()
+        if left:
+            log.warning("association ended mid-dataset: %d partial reception(s) removed", len(left))
 
     def handle_echo(self, event: Any) -> int:
         return SUCCESS

@@ -34,6 +34,7 @@ from gateway.index import Index
 from gateway.keys import init_keys, load_keyring, load_pseudonym_key
 from gateway.ledger.anvil import Anvil
 from gateway.ledger.client import XrayLedger
+from gateway.listener import ListenerLimits
 from gateway.metrics import GatewayCollector, registry_for, render
 from gateway.orthanc import EmbeddedOrthanc, viewer_plugin_libraries
 from gateway.orthanc_plugin import ENTRY_SCRIPT, plugin_section
@@ -185,6 +186,7 @@ class Stack:
                 on_stored=self.pipeline.wake,
                 commitment=self.commitment,
                 max_instance_bytes=s.max_instance_bytes,
+                limits=ListenerLimits.from_settings(s),
             )
             self.pipeline.pause = self.receiver.yield_to_acks  # acks go first (performance.md)
             self.receiver.start(

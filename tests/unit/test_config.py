@@ -70,3 +70,19 @@ def test_key_files_are_0600_and_never_replaced(tmp_path: Path) -> None:
     path.chmod(0o644)
     with pytest.raises(ConfigError, match="readable by others"):
         read_secret(path)
+
+
+def test_listener_limits_have_safe_defaults_and_a_host_cannot_take_every_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = get_settings()
+    assert settings.max_pdu == 1 << 20
+    assert settings.max_associations_per_host < settings.max_associations
+    monkeypatch.setenv("GATEWAY_MAX_ASSOCIATIONS", "8")
+    monkeypatch.setenv("GATEWAY_MAX_ASSOCIATIONS_PER_HOST", "9")
+    with pytest.raises(ConfigError, match="PER_HOST"):
+        get_settings()
+    monkeypatch.setenv("GATEWAY_MAX_PDU", "0")  # 0 meant "unlimited" to pynetdicom
+    monkeypatch.setenv("GATEWAY_MAX_ASSOCIATIONS_PER_HOST", "4")
+    with pytest.raises(ConfigError, match="max_pdu"):
+        get_settings()

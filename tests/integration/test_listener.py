@@ -1,0 +1,281 @@
+"""The listener against hostile peers on raw sockets: deadlines, caps, clean aborts, nothing left."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import dicom_fixtures
+from gateway.index import Index
+from gateway.listener import ListenerLimits
+from gateway.procs import free_port
+from gateway.receive import Receiver
+from gateway.spool import Spool
+from tests.integration import pdus
+from tests.integration.dicom import echo, storescu
+
+ABORT = b"\x07"
+
+
+def start(tmp_path: Path, **limits: float) -> Receiver:
+    spool = Spool(tmp_path / "spool", reserve_bytes=0)
+    rx = Receiver(
+        spool=spool, index=Index(tmp_path / "index.sqlite"), limits=ListenerLimits(**limits)
+    )  # type: ignore[arg-type]
+    rx.start(port=free_port())
+    return rx
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    rx = start(tmp_path, negotiation_timeout_s=600)  # only what a test does ends a connection
+    yield rx
+    rx.stop()
+    rx.index.close()
+
+
+def wait_for(condition: object, what: str, *, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+def incoming(rx: Receiver) -> list[Path]:
+    return sorted(rx.spool.incoming.iterdir())
+
+
+def test_a_silent_or_slow_peer_is_dropped_at_the_negotiation_deadline(tmp_path: Path) -> None:
+    rx = start(tmp_path, negotiation_timeout_s=1)
+    try:
+        silent = pdus.connect(rx.port)
+        one_byte = pdus.connect(rx.port)
+        one_byte.sendall(b"\x01")
+        partial = pdus.connect(rx.port)
+        partial.sendall(pdus.associate_rq()[:40])  # half an A-ASSOCIATE-RQ, then nothing
+        for sock in (silent, one_byte, partial):
+            pdus.wait_closed(sock)
+            sock.close()
+        wait_for(lambda: rx._server is not None and rx._server.connections() == {}, "slots freed")
+        assert echo(rx.port)
+    finally:
+        rx.stop()
+        rx.index.close()
+
+
+def test_connections_closed_before_their_request_free_their_slots_at_once(
+    tmp_path: Path,
+) -> None:
+    # The deadline is far away: only the peer's close can free these slots.
+    rx = start(tmp_path, negotiation_timeout_s=600, max_associations_per_host=3)
+    try:
+        socks = [pdus.connect(rx.port) for _ in range(3)]
+        for sock in socks:
+            sock.sendall(b"\x01\x00")
+        assert rx._server is not None
+        wait_for(lambda: rx._server.connections() == {"127.0.0.1": 3}, "3 slots taken")  # type: ignore[union-attr]
+        assert not echo(rx.port)  # this address is at its cap
+        for sock in socks:
+            sock.close()
+        wait_for(lambda: rx._server.connections() == {}, "slots freed by the close")  # type: ignore[union-attr]
+        assert echo(rx.port)
+    finally:
+        rx.stop()
+        rx.index.close()
+
+
+def test_stalled_sockets_from_one_address_leave_room_for_another(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    fixture = dicom_fixtures.ct_series(tmp_path / "fixtures", count=1, rows=64, cols=64)
+    stalled: list[socket.socket] = []
+    try:
+        for n in range(200):
+            sock = pdus.connect(receiver.port, source="127.0.0.2")
+            if n % 3 == 1:
+                sock.sendall(b"\x01")
+            elif n % 3 == 2:
+                sock.sendall(pdus.associate_rq()[:40])
+            stalled.append(sock)
+        assert receiver._server is not None
+        held = receiver.limits.max_associations_per_host
+        wait_for(lambda: receiver._server.refused >= 200 - held, "the rest refused")  # type: ignore[union-attr]
+        assert echo(receiver.port)
+        result = storescu(receiver.port, fixture)
+        assert result.returncode == 0, result.stdout
+        assert len(receiver.index.all()) == 1
+    finally:
+        for sock in stalled:
+            sock.close()
+    wait_for(lambda: receiver._server.connections() == {}, "slots freed")  # type: ignore[union-attr]
+    assert echo(receiver.port)
+
+
+def test_a_pdu_longer_than_the_cap_is_refused_unread(tmp_path: Path) -> None:
+    rx = start(tmp_path, max_pdu=65536)
+    try:
+        # A-ASSOCIATE-RQ declaring 4 GiB
+        sock = pdus.connect(rx.port)
+        sock.sendall(b"\x01\x00\xff\xff\xff\xf0" + b"\x00" * 4096)
+        assert pdus.wait_closed(sock).startswith(ABORT)
+        sock.close()
+        # a P-DATA one byte over the cap, on an accepted association
+        sock = pdus.associate(rx.port, pdus.CT)
+        sock.sendall(b"\x04\x00" + (65537).to_bytes(4, "big") + b"\x00" * 4096)
+        assert pdus.wait_closed(sock).startswith(ABORT)
+        sock.close()
+        assert echo(rx.port)
+    finally:
+        rx.stop()
+        rx.index.close()
+
+
+HOSTILE = {
+    # a C-STORE (dataset announced) on context 3, which was never proposed: KeyError in
+    # pynetdicom's decoder after it opened the dataset file
+    "store-on-unaccepted-context": [pdus.p_data(3, 0b11, pdus.store_command())],
+    "garbage-command": [pdus.p_data(1, 0b11, b"\xff\xfe\x00\x10garbage" * 4)],
+    "unknown-pdu-type": [b"\x0a\x00\x00\x00\x00\x04abcd"],
+    "half-a-dataset-then-abort": [
+        pdus.p_data(1, 0b11, pdus.store_command()),
+        pdus.p_data(1, 0b00, b"\x08\x00\x05\x00" * 1000),
+        b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00",
+    ],
+    "half-a-dataset-then-close": [
+        pdus.p_data(1, 0b11, pdus.store_command()),
+        pdus.p_data(1, 0b00, b"\x08\x00\x05\x00" * 1000),
+    ],
+    "dataset-without-command": [pdus.p_data(1, 0b10, b"\x08\x00\x05\x00" * 10)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_p_data_ends_the_association_cleanly_and_leaves_no_file(
+    receiver: Receiver, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="pynetdicom")
+    sock = pdus.associate(receiver.port, pdus.CT)
+    for pdu in HOSTILE[case]:
+        sock.sendall(pdu)
+    if case.endswith("close"):
+        time.sleep(0.2)  # the partial file exists before the close
+        sock.close()
+    else:
+        pdus.wait_abort(sock)
+        sock.close()  # as a peer must once aborted
+    wait_for(lambda: receiver._server.connections() == {}, "association over")  # type: ignore[union-attr]
+    assert incoming(receiver) == []
+    assert receiver.index.all() == []
+    dead = [r for r in caplog.records if "Exception in DUL.run()" in r.getMessage()]
+    assert dead == [], "a pynetdicom thread died on the input"
+    assert echo(receiver.port)
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_a_peer_silent_in_the_tls_handshake_does_not_hold_the_accept_loop(
+    tmp_path: Path,
+) -> None:
+    import ssl
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    from gateway.listener import start_server
+
+    cert, key = _self_signed(tmp_path)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    ae = AE(ae_title="XRAYGW")
+    ae.add_supported_context(Verification)
+    server = start_server(
+        ae,
+        ("127.0.0.1", free_port()),
+        limits=ListenerLimits(negotiation_timeout_s=600),
+        evt_handlers=[],
+        ssl_context=server_context,
+    )
+    silent = pdus.connect(server.server_address[1])  # connects, never says ClientHello
+    try:
+        client_context = ssl.create_default_context(cafile=str(cert))
+        client = AE(ae_title="TLSSCU")
+        client.connection_timeout = 30  # the handshake: it never ends if nobody accepts
+        client.add_requested_context(Verification)
+        assoc = client.associate(
+            "127.0.0.1", server.server_address[1], ae_title="XRAYGW",
+            tls_args=(client_context, "localhost"),
+        )  # fmt: skip
+        assert assoc.is_established
+        status = assoc.send_c_echo()
+        assoc.release()
+        assert status.Status == 0
+    finally:
+        silent.close()
+        server.shutdown()
+
+
+def test_a_pdu_trickled_a_byte_at_a_time_ends_at_the_network_timeout(tmp_path: Path) -> None:
+    rx = start(tmp_path, network_timeout_s=1)
+    try:
+        sock = pdus.associate(rx.port, pdus.CT)
+        sock.sendall(b"\x04\x00" + (60000).to_bytes(4, "big"))  # a P-DATA of 60,000 bytes...
+        sock.settimeout(0.3)
+        closed = False
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # ...sent a byte at a time, well inside 1 s apart
+            try:
+                sock.sendall(b"\x00")
+                closed = sock.recv(1) == b""
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+            if closed:
+                break
+        sock.close()
+        assert closed, "a trickling peer kept its association past the network timeout"
+        wait_for(lambda: rx._server.connections() == {}, "slot freed")  # type: ignore[union-attr]
+        assert incoming(rx) == []
+        assert echo(rx.port)
+    finally:
+        rx.stop()
+        rx.index.close()
