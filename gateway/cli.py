@@ -614,16 +614,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; errors become one-line messages and exit code 1."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # One stderr handler, carrying the peer-log filter: a hostile DICOM peer gets concise,
+    # rate-limited lines. (basicConfig leaves a process that set up its logging alone.)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    stderr.addFilter(peerlog.PeerLogFilter())
+    logging.basicConfig(level=logging.INFO, handlers=[stderr])
     # pynetdicom's INFO and DEBUG output describes associations and, at DEBUG, datasets:
     # keep it to warnings so that no patient data reaches the logs.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apiron").setLevel(logging.WARNING)  # one line per Orthanc request
-    peerlog.install()  # a hostile DICOM peer gets concise, rate-limited lines
     handler: Callable[[Settings, argparse.Namespace], int] = args.handler
     try:
         return handler(get_settings(), args)

@@ -71,10 +71,3 @@ class PeerLogFilter(logging.Filter):
             )
         return True
 
-
-def install(*, window_s: float = 60.0) -> PeerLogFilter:
-    """Put one :class:`PeerLogFilter` on every handler of the root logger."""
-    peer_filter = PeerLogFilter(window_s=window_s)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(peer_filter)
-    return peer_filter
