@@ -39,6 +39,8 @@ from gateway.fuzz.target import (
 from gateway.fuzz.wire import Outcome, StoreClient, run_raw
 
 ECHOSCU = "/usr/bin/echoscu"  # by path: the venv's pynetdicom apps shadow DCMTK's
+#: After the last row settles: time for the stage that settled it to remove its files.
+SETTLE_GRACE_S = 2.0
 #: Input kinds and their shares of the stream.
 KINDS = (("random_bytes", 0.1), ("association", 0.3), ("p_data", 0.3), ("c_store", 0.3))
 
@@ -243,12 +245,12 @@ def _run_inputs(
         if tracebacks or deaths:
             tally.blamed.append({"input": index, "kind": kind, "operators": ops,
                                  "tracebacks": tracebacks, "thread_deaths": deaths})  # fmt: skip
-        if progress is not None:
-            progress(done, len(indexes), tally)
         if done % plan.echo_every == 0 or done == len(indexes):
             _checkpoint(target, tally, done)
-            if dead(watched):
-                return
+        if progress is not None:
+            progress(done, len(indexes), tally)
+        if done % plan.echo_every == 0 and dead(watched):
+            return
 
 
 def _checkpoint(target: Target, tally: Tally, done: int) -> None:
@@ -287,6 +289,8 @@ def _wait_settled(target: Target, crashed: list[int], *, deadline: float) -> boo
     start = time.monotonic()
     while time.monotonic() - start < deadline:
         if all(row["stage"] in SETTLED for row in index_rows(target.data_dir)):
+            # A stage removes its spool or sealed file just after it advances the row.
+            time.sleep(SETTLE_GRACE_S)
             return True
         if crashed:
             return False

@@ -16,6 +16,7 @@ from gateway.fuzz.campaign import Plan, Tally, Target, run_campaign
 
 def fuzz_fresh_gateway(*, plan: Plan, out: Path, work: Path) -> dict[str, Any]:
     """Start ``up`` over a fresh data dir under ``work``, fuzz it, stop it; write ``out``."""
+    work = work.resolve()  # Orthanc runs in its own directory: every path is absolute
     data_dir = work / "gateway"
     shutil.rmtree(data_dir, ignore_errors=True)
     gateway = Gateway(data_dir)
@@ -47,6 +48,8 @@ def fuzz_fresh_gateway(*, plan: Plan, out: Path, work: Path) -> dict[str, Any]:
                            f"failed {tally.echo['failed'] + tally.echo['no_answer']} · "
                            f"acked {len(tally.ledger.acked)}")  # fmt: skip
                 bar.update(task, completed=done, total=total, summary=summary)
+                if done % plan.echo_every == 0 and not console.is_terminal:  # a log, not a bar
+                    console.print(f"{done}/{total} inputs: {summary}")
 
             report = run_campaign(target, plan, workdir=work / "inputs", progress=show)
     finally:
