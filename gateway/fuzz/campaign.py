@@ -31,6 +31,7 @@ from gateway.fuzz.target import (
     held_connections,
     incoming_files,
     index_rows,
+    last_row_id,
     leftover_count,
     leftovers,
     memory_mb,
@@ -68,6 +69,7 @@ class Plan:
     answer_s: float = 1.0
     settle_s: float = 300.0
     only: tuple[int, ...] = ()
+    control: bool = False  # nothing mutated: a check of the harness, which must find nothing
 
     def indexes(self) -> list[int]:
         """The input indexes to run, in order."""
@@ -110,8 +112,11 @@ class Tally:
 class Inputs:
     """The seeded input stream: ``make(i)`` is the same input on every run."""
 
-    def __init__(self, *, seed: int, called: str, sources: list[Source]) -> None:
+    def __init__(
+        self, *, seed: int, called: str, sources: list[Source], control: bool = False
+    ) -> None:
         self.seed, self.called, self.sources = seed, called, sources
+        self.control = control
 
     def kind_of(self, rng: random.Random) -> str:
         roll, total = rng.random(), 0.0
@@ -124,6 +129,8 @@ class Inputs:
     def make(self, index: int) -> tuple[str, Any]:
         rng = random.Random(f"{self.seed}:{index}")
         kind = self.kind_of(rng)
+        if self.control:
+            return self._valid(kind, rng, index)
         if kind == "random_bytes":
             return kind, pdus.random_bytes_input(rng)
         if kind == "association":
@@ -135,6 +142,18 @@ class Inputs:
         if item is None:  # this source cannot be written in the drawn syntax: random bytes
             return "random_bytes", pdus.random_bytes_input(rng)
         return kind, item
+
+    def _valid(self, kind: str, rng: random.Random, index: int) -> tuple[str, Any]:
+        """The control stream: the same kinds, nothing mutated; it must find nothing."""
+        if kind == "c_store":
+            item = store_input(self.sources, rng, seed=self.seed, index=index, mutated=False)
+            if item is not None:
+                return kind, item
+        if kind == "association":
+            return kind, pdus.valid_association_input(called=self.called)
+        uid = instance_uid(self.seed, index)
+        valid = pdus.p_data_input(rng, called=self.called, sop_instance=uid, mutated=False)
+        return "p_data", valid
 
 
 def echo(target: Target) -> tuple[bool, str]:
@@ -160,12 +179,13 @@ def run_campaign(
     """Run the plan against ``target``; returns the report (see ``report`` keys)."""
     workdir.mkdir(parents=True, exist_ok=True)
     sources = corpus(workdir / "fixtures")
-    inputs = Inputs(seed=plan.seed, called=target.ae_title, sources=sources)
+    inputs = Inputs(seed=plan.seed, called=target.ae_title, sources=sources, control=plan.control)
     client = StoreClient(host=target.host, port=target.port, called=target.ae_title,
                          workdir=workdir, hang_s=plan.hang_s)  # fmt: skip
     watched = process_tree(target.pid)
     log = LogWatch(target.log)
     memory_before = memory_mb(target.pid)
+    first_row = last_row_id(target.data_dir)
     tally = Tally()
     started = time.monotonic()
     with warnings.catch_warnings():
@@ -177,7 +197,7 @@ def run_campaign(
     crashed = dead(watched)
     idle = _wait_idle(target, crashed, deadline=plan.hang_s * 2)
     settled = _wait_settled(target, crashed, deadline=plan.settle_s)
-    found = leftovers(target.data_dir, tally.ledger)
+    found = leftovers(target.data_dir, tally.ledger, after_row=first_row)
     return {
         "seed": plan.seed,
         "inputs": sum(tally.kinds.values()),

@@ -186,9 +186,12 @@ _LONG_VRS = frozenset(
 
 
 def store_input(
-    sources: list[Source], rng: random.Random, *, seed: int, index: int
+    sources: list[Source], rng: random.Random, *, seed: int, index: int, mutated: bool = True
 ) -> StoreInput | None:
-    """A C-STORE of a mutated source; None when the source cannot be encoded in its syntax."""
+    """A C-STORE of a mutated source; None when the source cannot be encoded in its syntax.
+
+    ``mutated=False`` sends the source as it is (with its fresh UID): the control stream.
+    """
     source = rng.choice(sources)
     uid = instance_uid(seed, index)
     data = encoded(source, uid)
@@ -197,7 +200,7 @@ def store_input(
     ts = pydicom.uid.UID(source.transfer_syntax)
     ops: list[str] = []
     roll = rng.random()
-    if roll < 0.1:
+    if roll < 0.1 or not mutated:
         ops.append("unmutated")
     elif ts.is_deflated and roll < 0.55:
         # Mutate the inflated dataset, then deflate it again: only a check that inflates
@@ -212,7 +215,7 @@ def store_input(
         fields = [] if ts.is_deflated else element_lengths(data, source.transfer_syntax)
         data, ops = mutate(data, rng, fields=fields, focus=HEADER_FOCUS)
     request_uid = uid
-    if rng.random() < 0.05:
+    if mutated and rng.random() < 0.05:
         request_uid = instance_uid(seed, index, "request")
         ops.append("uid-mismatch")
     sop_class = str(_dataset(source.path).SOPClassUID)

@@ -287,8 +287,19 @@ def small_dataset(sop_instance: str, rng: random.Random) -> Dataset:
     return ds
 
 
-def p_data_input(rng: random.Random, *, called: str, sop_instance: str) -> RawInput:
-    """A valid association (Verification 1, CT 3, SC 5), then mutated P-DATA-TF PDUs."""
+def valid_association_input(*, called: str) -> RawInput:
+    """A valid association, released at once (the control stream)."""
+    rq = associate_rq(calling="FUZZSCU", called=called, requested=valid_contexts())
+    return RawInput(kind="association", associate=rq, release=True, operators=["valid"])
+
+
+def p_data_input(
+    rng: random.Random, *, called: str, sop_instance: str, mutated: bool = True
+) -> RawInput:
+    """A valid association (Verification 1, CT 3, SC 5), then mutated P-DATA-TF PDUs.
+
+    ``mutated=False`` sends the message as it is, then releases (the control stream).
+    """
     from pynetdicom.dsutils import encode
 
     rq = associate_rq(calling="FUZZSCU", called=called, requested=valid_contexts())
@@ -301,7 +312,7 @@ def p_data_input(rng: random.Random, *, called: str, sop_instance: str) -> RawIn
         implicit = rng.random() < 0.5  # context 5 proposes implicit VR, 3 explicit
         data = encode(ds, implicit, True, False)
         assert data is not None
-        if rng.random() < 0.3:
+        if mutated and rng.random() < 0.3:
             data, _ = mutate(data, rng)
         message = store_message(
             5 if implicit else 3,
@@ -312,6 +323,9 @@ def p_data_input(rng: random.Random, *, called: str, sop_instance: str) -> RawIn
         )
         uids = (sop_instance,)
         ops = ["store"]
+    if not mutated:
+        return RawInput(kind="p_data", associate=rq, after=message, release=True, uids=uids,
+                        operators=[*ops, "valid"])  # fmt: skip
     pdus, more = _mutate_message(message, rng)
     release = not more or more[-1] not in ("release-mid-dataset", "abort-mid-dataset")
     return RawInput(kind="p_data", associate=rq, after=pdus, release=release, uids=uids,

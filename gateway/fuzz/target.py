@@ -172,8 +172,16 @@ class Ledger:
     refused: set[str] = field(default_factory=set)
 
 
-def leftovers(data_dir: Path, ledger: Ledger) -> dict[str, Any]:
+def last_row_id(data_dir: Path) -> int:
+    """The highest row id so far (0 for an empty index): rows above it are the campaign's."""
+    return max((int(r["id"]) for r in index_rows(data_dir)), default=0)
+
+
+def leftovers(data_dir: Path, ledger: Ledger, *, after_row: int = 0) -> dict[str, Any]:
     """Everything the gateway keeps that it should not, once idle and settled.
+
+    Rows up to ``after_row`` were there before the campaign: they explain files, but
+    only later rows are held against the fuzzer's ledger.
 
     - ``refused_but_recorded``: a row for a UID the gateway refused (and never acked)
     - ``unknown_rows``: a row for a UID the fuzzer never sent
@@ -187,7 +195,8 @@ def leftovers(data_dir: Path, ledger: Ledger) -> dict[str, Any]:
     - ``orphan_spool_files``: files in ``spool/ready`` without a row, or whose row is done
     - ``orphan_objects``, ``orphan_sealed``: objects or sealed files no row explains
     """
-    rows = index_rows(data_dir)
+    every_row = index_rows(data_dir)
+    rows = [r for r in every_row if int(r["id"]) > after_row]
     by_uid: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_uid.setdefault(row["sop_instance_uid"], []).append(row)
@@ -206,21 +215,21 @@ def leftovers(data_dir: Path, ledger: Ledger) -> dict[str, Any]:
     incoming = incoming_files(data_dir)
     ready_dir = data_dir / "spool" / "ready"
     keep_spool = {
-        r["entry_id"] for r in rows if r["stage"] not in ("committed", "duplicate", "conflict")
+        r["entry_id"] for r in every_row if r["stage"] not in ("committed", "duplicate", "conflict")
     }
     orphan_spool = [
         p.name for p in (sorted(ready_dir.iterdir()) if ready_dir.is_dir() else [])
         if p.stem not in keep_spool
     ]  # fmt: skip
     objects_dir = data_dir / "objects"
-    names = {r["object_name"] for r in rows if r["object_name"]}
+    names = {r["object_name"] for r in every_row if r["object_name"]}
     objects = [p for p in (objects_dir.rglob("*") if objects_dir.is_dir() else []) if p.is_file()]
     orphan_objects = [
         str(p.relative_to(objects_dir)) for p in objects
         if f"{p.parent.name}/{p.name}" not in names
     ]  # fmt: skip
     sealed_dir = data_dir / "sealed"
-    at_put = {r["entry_id"] for r in rows if r["stage"] == "put" or r["parked_stage"] == "put"}
+    at_put = {r["entry_id"] for r in every_row if r["stage"] == "put" or r["parked_stage"] == "put"}
     orphan_sealed = [
         p.name for p in (sorted(sealed_dir.iterdir()) if sealed_dir.is_dir() else [])
         if p.stem not in at_put

@@ -29,9 +29,8 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     gateway.stop()
 
 
-@pytest.fixture(scope="module")
-def report(up: Up, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    target = Target(
+def _target(up: Up) -> Target:
+    return Target(
         host="127.0.0.1",
         port=up.dicom_port,
         ae_title="XRAYGW",
@@ -39,10 +38,33 @@ def report(up: Up, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         data_dir=up.data_dir,
         log=up.data_dir.parent / "up.log",
     )
+
+
+@pytest.fixture(scope="module")
+def report(up: Up, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    target = _target(up)
     work = tmp_path_factory.mktemp("fuzz-work")
     found = run_campaign(target, Plan(seed=SEED, inputs=INPUTS), workdir=work)
     (work / "fuzz-report.json").write_text(json.dumps(found, indent=2, default=str))
     return found
+
+
+def test_the_harness_finds_nothing_in_a_stream_of_valid_inputs(
+    up: Up, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The control: the same kinds, unmutated. Any finding here would be the harness's own."""
+    target = _target(up)
+    found = run_campaign(
+        target, Plan(seed=SEED, inputs=100, control=True), workdir=tmp_path_factory.mktemp("ctl")
+    )
+    problems = _findings(found)
+    assert found["crashes"] == 0 and found["hangs"] == 0, problems
+    assert found["echo_checks"] == {"passed": 1, "failed": 0, "no_answer": 0, "failures": []}
+    assert found["leftover_count"] == 0, problems
+    assert found["log"]["tracebacks"] == 0, problems
+    assert found["acked"] > 20, problems  # valid C-STOREs were stored and seen acked
+    assert found["leftovers"]["acked_rows"] == found["acked"]
+    assert not [s for s in found["statuses"] if "ABORT" in s or "fin" in s or "hang" in s]
 
 
 def _findings(report: dict[str, Any]) -> str:

@@ -124,12 +124,14 @@ def test_a_clean_run_has_no_leftovers_and_in_flight_rows_are_not_counted_as_left
     data_dir, index = _gateway_dir(tmp_path)
     ledger = Ledger(sent={"2.25.1": 0, "2.25.2": 1, "2.25.3": 2}, acked={"2.25.1"},
                     refused={"2.25.3"})  # fmt: skip
+    before = _row(index, data_dir, "1.2.3", "ff66", stage="committed")  # not the campaign's
     _row(index, data_dir, "2.25.1", "aa11", stage="committed")
-    found = leftovers(data_dir, ledger)
+    found = leftovers(data_dir, ledger, after_row=before)
     assert leftover_count(found) == 0, found
+    assert leftovers(data_dir, ledger)["unknown_rows"] == 1  # were it held against the ledger
     ledger.acked.add("2.25.2")
     _row(index, data_dir, "2.25.2", "bb22", stage="anchor")  # acked, still in the pipeline
-    found = leftovers(data_dir, ledger)
+    found = leftovers(data_dir, ledger, after_row=before)
     assert found["unsettled"] == 1 and found["orphan_spool_files"] == 0
     index.close()
 
