@@ -91,6 +91,8 @@ class Tally:
     examples: dict[str, list[int]] = field(default_factory=dict)
     ledger: Ledger = field(default_factory=Ledger)
     blamed: list[dict[str, Any]] = field(default_factory=list)  # inputs followed by tracebacks
+    left_incoming: list[dict[str, Any]] = field(default_factory=list)  # and by incoming files
+    incoming_seen: int = 0
 
     def note(self, index: int, kind: str, outcome: Outcome, seconds: float, ops: list[str]) -> None:
         self.kinds[kind] += 1
@@ -229,6 +231,7 @@ def run_campaign(
         "log": log.counts(),
         "inputs_followed_by_tracebacks": len(tally.blamed),
         "traceback_examples": tally.blamed[:20],
+        "inputs_followed_by_incoming_files": tally.left_incoming[:20],
         "checkpoints": tally.checkpoints,
         "corpus": {"sources": len({s.name for s in sources}), "pairs": len(sources)},
     }
@@ -252,15 +255,22 @@ def _run_inputs(
         t0 = time.monotonic()
         if kind == "c_store":
             tally.ledger.sent[item.request_uid] = index
+            tally.ledger.operators[index] = [item.source, item.transfer_syntax, *item.operators]
             outcome = client.send(item)
             ops = [item.source, item.transfer_syntax, *item.operators]
         else:
             for uid in item.uids:
                 tally.ledger.sent[uid] = index
+                tally.ledger.operators[index] = list(item.operators)
             outcome = run_raw(target.host, target.port, item, answer_s=plan.answer_s,
                               hang_s=plan.hang_s)  # fmt: skip
             ops = list(item.operators)
         tally.note(index, kind, outcome, time.monotonic() - t0, ops)
+        incoming = len(incoming_files(target.data_dir))
+        if incoming > tally.incoming_seen:  # a file stayed behind once its connection ended
+            tally.left_incoming.append({"input": index, "kind": kind, "operators": ops,
+                                        "files": incoming - tally.incoming_seen})  # fmt: skip
+        tally.incoming_seen = incoming
         tracebacks, deaths = log.tail()
         if tracebacks or deaths:
             tally.blamed.append({"input": index, "kind": kind, "operators": ops,

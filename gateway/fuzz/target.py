@@ -170,6 +170,7 @@ class Ledger:
     sent: dict[str, int] = field(default_factory=dict)  # uid -> input index
     acked: set[str] = field(default_factory=set)
     refused: set[str] = field(default_factory=set)
+    operators: dict[int, list[str]] = field(default_factory=dict)  # input index -> what it was
 
 
 def last_row_id(data_dir: Path) -> int:
@@ -239,6 +240,7 @@ def leftovers(data_dir: Path, ledger: Ledger, *, after_row: int = 0) -> dict[str
         return [
             {
                 "input": ledger.sent.get(r["sop_instance_uid"]),
+                "operators": ledger.operators.get(ledger.sent.get(r["sop_instance_uid"], -1)),
                 "row": r["id"],
                 "stage": r["stage"],
                 "parked_stage": r["parked_stage"],
