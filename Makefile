@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := orthanc orthanc-python orthanc-dicomweb orthanc-webviewer dcmtk chromium
 export TCP_NODELAY := 1
 
-.PHONY: up test bench deps apt npm venv contracts contracts-check lint lock clean-var
+.PHONY: up test bench fuzz deps apt npm venv contracts contracts-check lint lock clean-var
 
 up: deps
 	$(VENV)/bin/xray-gateway up
@@ -18,6 +18,11 @@ test: deps
 # Every benchmark part in one run: bench/results.json and bench/results.png (BENCH_ARGS=--quick: tiny).
 bench: deps
 	$(VENV)/bin/xray-gateway bench $(BENCH_ARGS)
+
+# The seeded fuzz campaign over the DICOM port of a fresh `up` (10,000 inputs; FUZZ_ARGS="--inputs N
+# --seed S", or --only I to replay one input): bench/fuzz-report.json, exit 1 on any finding.
+fuzz: deps
+	$(VENV)/bin/xray-gateway fuzz $(FUZZ_ARGS)
 
 deps: apt npm venv
 

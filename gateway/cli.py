@@ -481,6 +481,29 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fuzz(settings: Settings, args: argparse.Namespace) -> int:
+    """The seeded DICOM-port fuzz campaign against a fresh `up`; 1 when it found a problem."""
+    from pathlib import Path
+
+    from gateway.fuzz.campaign import Plan
+    from gateway.fuzz.run import fuzz_fresh_gateway
+
+    logging.getLogger().setLevel(logging.WARNING)  # the progress bar tells the story
+    out = Path(args.out)
+    plan = Plan(seed=args.seed, inputs=args.inputs, echo_every=args.echo_every,
+                hang_s=args.hang_s, only=tuple(args.only or ()))  # fmt: skip
+    report = fuzz_fresh_gateway(
+        plan=plan, out=out, work=Path(args.work) if args.work else out.parent / "work" / "fuzz"
+    )
+    keys = ("inputs", "inputs_per_s", "crashes", "hangs", "echo_checks", "leftover_count",
+            "slowest_input", "rss_mb")  # fmt: skip
+    _print_json({key: report[key] for key in keys} | {"tracebacks": report["log"]["tracebacks"]})
+    print(f"written: {out}", file=sys.stderr)
+    clean = not (report["crashes"] or report["hangs"] or report["echo_checks"]["failed"]
+                 or report["leftover_count"] or report["log"]["tracebacks"])  # fmt: skip
+    return 0 if clean else 1
+
+
 def _cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
     """Re-queue parked rows at the stage they stopped at; a running gateway picks them up."""
     from gateway.index import Index
@@ -596,6 +619,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench", help="where results.json/.png go (default bench)")
     bench.add_argument("--work", help="scratch and generated fixtures (default OUT/work)")
     bench.set_defaults(handler=_cmd_bench)
+
+    fuzz = sub.add_parser(
+        "fuzz", help="seeded fuzz campaign over the DICOM port of a fresh `up` (make fuzz)"
+    )
+    fuzz.add_argument("--seed", type=int, default=1, help="seed of the input stream (default 1)")
+    fuzz.add_argument("--inputs", type=int, default=10_000, help="inputs to send (default 10000)")
+    fuzz.add_argument("--echo-every", type=int, default=100, help="C-ECHO check period")
+    fuzz.add_argument("--hang-s", type=float, default=30.0, help="seconds before a hang")
+    fuzz.add_argument("--only", type=int, nargs="+", metavar="INDEX", help="replay these inputs")
+    fuzz.add_argument("--out", default="bench/fuzz-report.json", help="the JSON report")
+    fuzz.add_argument(
+        "--work", help="scratch: the gateway's data dir and corpus (default bench/work/fuzz)"
+    )
+    fuzz.set_defaults(handler=_cmd_fuzz)
 
     token = sub.add_parser("token", help="API tokens with roles (admin, auditor, clinician)")
     tsub = token.add_subparsers(dest="action", metavar="ACTION", required=True)
