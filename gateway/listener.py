@@ -199,9 +199,32 @@ class GuardedDUL(DULServiceProvider):
     "no request", so it closes the connection at once.
     """
 
+    def _is_transport_event(self) -> bool:
+        """Read the next PDU only once the state machine has acted on the last one.
+
+        pynetdicom reads on while events wait: after an unknown PDU type (Evt19, its body
+        left unread) it would block reading that body as the next header, until the
+        deadline, instead of aborting at once.
+        """
+        if not self.event_queue.empty():
+            return False
+        return bool(super()._is_transport_event())
+
     def run(self) -> None:
         try:
             super().run()
+        except Exception as exc:
+            # pynetdicom's state machine raises on an event its state does not allow, e.g.
+            # a response queued just before the peer's A-ABORT (Evt7/Evt9/Evt14 in Sta13):
+            # the peer's doing, so one line, the connection closed, never a thread traceback.
+            log.warning(
+                "association of %s: upper layer stopped by %s",
+                _peer(self.assoc),
+                type(exc).__name__,
+            )
+            self._kill_thread = True
+            if self.socket is not None:
+                self.socket.close()
         finally:
             self.to_user_queue.put(None)  # type: ignore[arg-type,unused-ignore]
 

@@ -279,3 +279,23 @@ def test_a_pdu_trickled_a_byte_at_a_time_ends_at_the_network_timeout(tmp_path: P
     finally:
         rx.stop()
         rx.index.close()
+
+
+def test_a_request_followed_at_once_by_garbage_never_kills_a_thread(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The A-ASSOCIATE-RQ and an invalid PDU in one write: the DUL aborts (Sta13) while the
+    association thread is still answering the request. pynetdicom's state machine raised
+    InvalidEventError (Evt7 in Sta13) out of the DUL thread, a traceback per input."""
+    deaths: list[str] = []
+    monkeypatch.setattr(
+        "threading.excepthook", lambda args: deaths.append(type(args.exc_value).__name__)
+    )
+    for _ in range(40):
+        sock = pdus.connect(receiver.port)
+        sock.sendall(pdus.associate_rq("1.2.840.10008.1.1") + b"\x7f\x00\x00\x00\x00\x02\x00\x00")
+        assert b"\x07\x00\x00\x00\x00\x04" in pdus.wait_abort(sock)  # an A-ABORT
+        sock.close()  # as a peer does on an A-ABORT
+    wait_for(lambda: not receiver._server.connections(), "every connection ended")  # type: ignore[union-attr]
+    assert deaths == []
+    assert echo(receiver.port)
