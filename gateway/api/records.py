@@ -9,10 +9,12 @@ from web3 import Web3
 
 from gateway.alerts import Alert
 from gateway.api.deps import ReadingAlerts, ReadingRecords, ServicesDep
-from gateway.api.problems import Problem
+from gateway.api.problems import Problem, problem_responses
 from gateway.records import PatientRecords, RecorderRecords
 
-router = APIRouter(prefix="/v1", tags=["records"])
+router = APIRouter(
+    prefix="/v1", tags=["records"], responses=problem_responses(401, 403, 422, 500, 502, 503)
+)
 
 
 @router.get("/patients/{patient_id}/records", response_model=PatientRecords)
