@@ -43,6 +43,7 @@ SERVER_TITLES = {
 }
 
 STATUS_DESCRIPTIONS = {
+    400: "The request is malformed (e.g. an upload cut short)",
     401: "No bearer token, or not a valid one",
     403: "The token's role may not do this",
     404: "No such resource",

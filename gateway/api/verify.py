@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from gateway import keys
 from gateway.api.deps import Restoring, ServicesDep, Uploading, Verifying
@@ -46,7 +47,7 @@ def verify_study(study_instance_uid: Uid, services: ServicesDep, who: Verifying)
 @router.post(
     "/verify",
     response_model=Verdict,
-    responses=problem_responses(404, 413, 429, 507),
+    responses=problem_responses(400, 404, 413, 429, 507),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -103,10 +104,14 @@ def _declared_length(request: Request, limits: Limits) -> int | None:
 
 async def _receive(request: Request, upload: Upload, limits: Limits) -> None:
     """Write the body into ``upload``, counting bytes: past the cap is a 413 however it came."""
-    async for chunk in request.stream():
-        if upload.size + len(chunk) > limits.max_upload_bytes:
-            raise _too_large(limits)
-        upload.write(chunk)
+    try:
+        async for chunk in request.stream():
+            if upload.size + len(chunk) > limits.max_upload_bytes:
+                raise _too_large(limits)
+            upload.write(chunk)
+    except ClientDisconnect:
+        # The caller went away mid-upload: nobody reads this answer, and it is no error of ours.
+        raise Problem(400, "Upload interrupted", "the client closed the connection") from None
 
 
 @router.post(
