@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import (
     ChainUnavailable,
@@ -219,7 +220,36 @@ def install(app: FastAPI) -> None:
             return server_problem(status, request, exc)
         return problem(status, title, str(exc))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # A bug of ours, not the caller's input: the traceback belongs in the log.
-        return server_problem(500, request, exc, traceback=True)
+    app.add_middleware(UnexpectedErrors)
+
+
+class UnexpectedErrors:
+    """Any other exception becomes a 500 problem with an error id, logged once, redacted.
+
+    An ``exception_handler(Exception)`` would answer too, but Starlette re-raises the
+    exception afterwards and uvicorn logs it again, unredacted; this middleware, inside
+    Starlette's outermost one, handles it for good.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:
+                raise  # too late for another answer: uvicorn closes the connection
+            # A bug of ours, not the caller's input: the traceback belongs in the log.
+            response = server_problem(500, Request(scope), exc, traceback=True)
+            await response(scope, receive, send)

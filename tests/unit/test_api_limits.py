@@ -109,6 +109,9 @@ class StandInVerifier:
     def instance(self, uid: str, show_phi: bool = False) -> Any:
         raise PacsUnavailable(f"Orthanc at http://admin:{SECRET}@pacs:8042 could not check")
 
+    def study(self, uid: str, show_phi: bool = False) -> Any:
+        raise RuntimeError(f"a bug of ours while talking to http://admin:{SECRET}@pacs:8042")
+
     def file(self, path: Path, show_phi: bool = False) -> Any:
         self.uploads.append((path, path.stat().st_size))
         raise NotFound("no such instance was ever recorded")
@@ -186,6 +189,28 @@ def test_a_5xx_gives_a_stable_title_and_an_error_id_never_the_exception(
     assert body["instance"] == f"urn:uuid:{body['error_id']}"
     logged = [r.getMessage() for r in caplog.records if body["error_id"] in r.getMessage()]
     assert len(logged) == 1 and "could not check" in logged[0] and SECRET not in logged[0]
+
+
+def test_an_unexpected_exception_is_a_500_problem_logged_once_without_secrets(
+    tmp_path: Path,
+    verifier: StandInVerifier,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    app, token = build(tmp_path, verifier)
+    with serve(app) as client:
+        response = client.get(
+            "/v1/studies/1.2.3/verify", headers={"Authorization": f"Bearer {token}"}
+        )
+    assert response.status_code == 500 and response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["title"] == "Gateway error" and SECRET not in response.text
+    logged = [r.getMessage() + (r.exc_text or "") for r in caplog.records]
+    assert not any(SECRET in text for text in logged)
+    tagged = [text for text in logged if body["error_id"] in text]
+    assert len(tagged) == 1 and "RuntimeError" in tagged[0] and "Traceback" in tagged[0]
+    printed = capfd.readouterr().err  # uvicorn's own loggers write there, not to caplog
+    assert "Exception in ASGI application" not in printed and SECRET not in printed
 
 
 def test_a_second_audit_gets_409_with_the_running_one(
