@@ -23,7 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
+
+import dicom_fixtures
 from gateway.procs import PROJECT_ROOT
+from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env, run
 
 IDENTITIES = ("admin", "auditor", "clinician", "anonymous")
@@ -48,9 +52,45 @@ class IdentityRun:
     errors: list[dict[str, Any]] = field(default_factory=list)
 
 
-def start_stack(data_dir: Path) -> tuple[Up, dict[str, str | None]]:
-    """A real `up` in ``data_dir``, and a bearer token per identity (None: no token)."""
+@dataclass
+class Stack:
+    """A fuzzed `up`: its tokens per identity, and the UIDs of the instances it holds."""
+
+    up: Up
+    tokens: dict[str, str | None]
+    sop_instance_uids: list[str]
+    study_instance_uids: list[str]
+
+
+def start_stack(data_dir: Path, *, instances: int = 3) -> Stack:
+    """A real `up` in ``data_dir`` holding a few committed CT slices, and a token per identity.
+
+    The slices' UIDs are offered to schemathesis (half of the generated path values), so
+    that verdicts, proofs and restores answer 200 and their response schemas are checked.
+    """
     up = Up(gateway_env(data_dir, **UNLIMITED))
+    try:
+        files = dicom_fixtures.ct_series(data_dir.parent / "series", instances, rows=32, cols=32,
+                                         prefix="1.2.826.0.1.3680043.10.1138.12.1.")  # fmt: skip
+        sent = storescu(up.dicom_port, files)
+        if sent.returncode != 0:
+            raise RuntimeError(f"storescu failed: {sent.stdout[-2000:]}")
+        up.wait_done(instances)
+        tokens = _tokens(up)
+    except BaseException:
+        stop_stack(up)
+        raise
+    datasets = [dcmread(path, stop_before_pixels=True) for path in files]
+    return Stack(
+        up=up,
+        tokens=tokens,
+        sop_instance_uids=[str(ds.SOPInstanceUID) for ds in datasets],
+        study_instance_uids=sorted({str(ds.StudyInstanceUID) for ds in datasets}),
+    )
+
+
+def _tokens(up: Up) -> dict[str, str | None]:
+    """A bearer token per identity (None: no token)."""
     tokens: dict[str, str | None] = {
         "admin": (up.data_dir / "api-token").read_text().strip(),
         "anonymous": None,
@@ -60,7 +100,21 @@ def start_stack(data_dir: Path) -> tuple[Up, dict[str, str | None]]:
         if result.returncode != 0:
             raise RuntimeError(f"token create failed: {result.stderr}")
         tokens[role] = result.stdout.strip()
-    return up, tokens
+    return tokens
+
+
+def write_config(stack: Stack, work: Path) -> Path:
+    """``schemathesis.toml`` plus dictionaries of the stack's real UIDs for path parameters."""
+    known = (
+        f"[dictionaries.sop_instance_uids]\nvalues = {json.dumps(stack.sop_instance_uids)}\n"
+        f"[dictionaries.study_instance_uids]\nvalues = {json.dumps(stack.study_instance_uids)}\n"
+        "[parameters]\n"
+        '"path.sop_instance_uid" = { dictionary = "sop_instance_uids", probability = 0.5 }\n'
+        '"path.study_instance_uid" = { dictionary = "study_instance_uids", probability = 0.5 }\n'
+    )
+    config = work / "schemathesis.toml"
+    config.write_text(known + "\n" + (HERE / "schemathesis.toml").read_text())
+    return config
 
 
 def stop_stack(up: Up) -> int:
@@ -72,12 +126,19 @@ def stop_stack(up: Up) -> int:
 
 
 def fuzz_identity(
-    up: Up, identity: str, bearer: str | None, *, max_examples: int, seed: int, work: Path
+    up: Up,
+    identity: str,
+    bearer: str | None,
+    *,
+    config: Path,
+    max_examples: int,
+    seed: int,
+    work: Path,
 ) -> IdentityRun:
     """Run schemathesis as ``identity``; the figures come from its JSON and HAR reports."""
     report, har = work / f"{identity}.json", work / f"{identity}.har"
     command = [
-        SCHEMATHESIS, "--config-file", str(HERE / "schemathesis.toml"), "run",
+        SCHEMATHESIS, "--config-file", str(config), "run",
         f"http://127.0.0.1:{up.api_port}/openapi.json", "--checks", "all",
         "--max-examples", str(max_examples), "--seed", str(seed), "--workers", "1",
         "--report", "json,har", "--report-json-path", str(report), "--report-har-path", str(har),
@@ -123,13 +184,20 @@ def _content_type(response: dict[str, Any]) -> str:
     return ""
 
 
-def fuzz(
-    up: Up, tokens: dict[str, str | None], *, max_examples: int, seed: int, work: Path
-) -> dict[str, Any]:
-    """Every identity in turn against ``up``; the campaign's report."""
+def fuzz(stack: Stack, *, max_examples: int, seed: int, work: Path) -> dict[str, Any]:
+    """Every identity in turn against the stack; the campaign's report."""
     started = time.monotonic()
+    config = write_config(stack, work)
     runs = [
-        fuzz_identity(up, who, tokens[who], max_examples=max_examples, seed=seed, work=work)
+        fuzz_identity(  # each identity alone: their requests never race each other
+            stack.up,
+            who,
+            stack.tokens[who],
+            config=config,
+            max_examples=max_examples,
+            seed=seed,
+            work=work,
+        )
         for who in IDENTITIES
     ]
     return {
@@ -137,6 +205,7 @@ def fuzz(
         "max_examples": max_examples,
         "identities": list(IDENTITIES),
         "operations": max(r.operations for r in runs),
+        "instances_held": len(stack.sop_instance_uids),
         "requests": sum(r.requests for r in runs),
         "server_errors": sum(r.server_errors for r in runs),
         "client_errors_not_problem_json": sum(r.client_errors_not_problem_json for r in runs),
