@@ -223,13 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "fuzz-api.json")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="xray-fuzz-api-") as tmp:
-        up, tokens = start_stack(Path(tmp) / "var")
+        stack = start_stack(Path(tmp) / "var")
         try:
-            report = fuzz(
-                up, tokens, max_examples=args.max_examples, seed=args.seed, work=Path(tmp)
-            )
+            report = fuzz(stack, max_examples=args.max_examples, seed=args.seed, work=Path(tmp))
         finally:
-            stop_stack(up)
+            stop_stack(stack.up)
         if not report["passed"]:
             for identity in IDENTITIES:
                 print((Path(tmp) / f"{identity}.out").read_text()[-4000:], file=sys.stderr)
