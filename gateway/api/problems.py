@@ -153,6 +153,12 @@ def problem(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM)
 
 
+def _route(request: Request) -> str:
+    """The route's template (``/v1/patients/{patient_id}/records``), never the path itself:
+    a path may carry a PatientID, which no log line may."""
+    return str(getattr(request.scope.get("route"), "path", "(no route)"))
+
+
 def server_problem(
     status: int, request: Request, exc: BaseException, *, traceback: bool = False
 ) -> JSONResponse:
@@ -167,7 +173,7 @@ def server_problem(
         cause = redact_text(f"{type(exc).__name__}: {exc}")
     log.log(
         logging.ERROR if traceback else logging.WARNING,
-        "error %s: %s %s -> %d: %s", error_id, request.method, request.url.path, status, cause,
+        "error %s: %s %s -> %d: %s", error_id, request.method, _route(request), status, cause,
     )  # fmt: skip
     title = SERVER_TITLES.get(status, SERVER_TITLES[500])
     return problem(
