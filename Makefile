@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := orthanc orthanc-python orthanc-dicomweb orthanc-webviewer dcmtk chromium
 export TCP_NODELAY := 1
 
-.PHONY: up test bench fuzz deps apt npm venv contracts contracts-check lint lock clean-var
+.PHONY: up test bench fuzz fuzz-api deps apt npm venv contracts contracts-check lint lock clean-var
 
 up: deps
 	$(VENV)/bin/xray-gateway up
@@ -23,6 +23,11 @@ bench: deps
 # --seed S", or --only I to replay one input): bench/fuzz-report.json, exit 1 on any finding.
 fuzz: deps
 	$(VENV)/bin/xray-gateway fuzz $(FUZZ_ARGS)
+
+# schemathesis against a real `up` as admin, auditor, clinician and with no token:
+# bench/fuzz-api.json (FUZZ_API_ARGS="--max-examples 50 --seed 2" to change the campaign).
+fuzz-api: deps
+	$(PY) -m tests.integration.fuzz_api --out bench/fuzz-api.json $(FUZZ_API_ARGS)
 
 deps: apt npm venv
 

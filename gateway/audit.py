@@ -184,6 +184,14 @@ def sweep(
     return AuditReport(summary=summary, findings=findings, ledger_records_without_instance=orphans)
 
 
+class AuditRunning(GatewayError):
+    """A sweep is in progress already; ``audit_id`` is its id."""
+
+    def __init__(self, audit_id: str) -> None:
+        super().__init__(f"audit {audit_id} is running")
+        self.audit_id = audit_id
+
+
 class Audits:
     """Runs sweeps in the background and keeps their state.
 
@@ -221,19 +229,32 @@ class Audits:
             self._db.close()
 
     def start(self, *, requested_by: str) -> str:
-        """Begin a sweep in the background; returns its id."""
+        """Begin a sweep in the background; returns its id.
+
+        Raises
+        ------
+        AuditRunning
+            A sweep is running already (one at a time: each reads the whole archive).
+        """
         audit_id = uuid.uuid4().hex
+        thread = threading.Thread(
+            target=self._run, args=(audit_id,), name=f"audit-{audit_id[:8]}", daemon=True
+        )
         with self._lock:
+            running = self.running()
+            if running is not None:
+                raise AuditRunning(running)
             self._db.execute(
                 "INSERT INTO audits (id, requested_by, state, started_at) VALUES (?, ?, 'running', ?)",
                 (audit_id, requested_by, time.time()),
             )
-        thread = threading.Thread(
-            target=self._run, args=(audit_id,), name=f"audit-{audit_id[:8]}", daemon=True
-        )
-        self._threads[audit_id] = thread
+            self._threads[audit_id] = thread
         thread.start()
         return audit_id
+
+    def running(self) -> str | None:
+        """The id of the sweep in progress, or ``None``."""
+        return next(iter(self._threads), None)
 
     def _set(self, audit_id: str, **values: Any) -> None:
         assignments = ", ".join(f"{name} = ?" for name in values)
@@ -271,7 +292,8 @@ class Audits:
                 audit_id, report.summary["total"], len(report.findings),
             )  # fmt: skip
         finally:
-            self._threads.pop(audit_id, None)
+            with self._lock:
+                self._threads.pop(audit_id, None)
 
     def get(self, audit_id: str) -> AuditState | None:
         with self._lock:

@@ -13,6 +13,7 @@ from gateway.errors import ConfigError, ContractNotDeployed
 from gateway.ledger import UserType, XrayLedger, connect, deploy
 from gateway.ledger.accounts import load_account, load_or_create_account
 from gateway.ledger.anvil import Anvil
+from gateway.redact import redact_url
 
 RECORDER_NAME = "xray-gateway"
 
@@ -117,7 +118,7 @@ def ensure_contract(settings: Settings) -> tuple[XrayLedger, Deployment]:
         )
     except ContractNotDeployed as exc:
         raise ContractNotDeployed(
-            f"{exc}; the chain at {settings.effective_chain_url} has lost the contract recorded in "
+            f"{exc}; the chain at {redact_url(settings.effective_chain_url)} has lost the contract recorded in "
             f"{deployment_path(settings)}. Restore the chain state, or move the data dir aside."
         ) from None
     recorder = recorder_account(settings, create=True)

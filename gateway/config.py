@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     max_instance_bytes: int = Field(default=4 << 30, ge=1 << 20)
     commitment_timeout_s: float = Field(default=600.0, gt=0)
     commitment_peers: Annotated[dict[str, tuple[str, int]], NoDecode] = Field(default_factory=dict)
+    # HTTP API bounds: POST /v1/verify uploads, and the per-token rate of expensive routes.
+    max_upload_bytes: int = Field(default=2 << 30, ge=1)
+    upload_quota_mb: int = Field(default=4096, ge=1)
+    max_concurrent_uploads: int = Field(default=4, ge=1)
+    api_rate_per_minute: float = Field(default=30.0, gt=0)
+    api_rate_burst: int = Field(default=10, ge=1)
 
     @field_validator("ae_title")
     @classmethod
@@ -156,6 +162,11 @@ class Settings(BaseSettings):
     def chain_dir(self) -> Path:
         """Where the embedded anvil keeps its state and the deployment record."""
         return self.data_dir / "chain"
+
+    @cached_property
+    def uploads_dir(self) -> Path:
+        """Where ``POST /v1/verify`` uploads are written while they are checked."""
+        return self.data_dir / "uploads"
 
     @property
     def embedded_chain(self) -> bool:

@@ -25,6 +25,7 @@ from gateway.errors import (
     PacsUnavailable,
 )
 from gateway.fingerprint import Fingerprint, fingerprint
+from gateway.redact import redact_text, redact_url, userinfo
 
 if TYPE_CHECKING:
     from gateway.orthanc import EmbeddedOrthanc
@@ -108,9 +109,11 @@ class Pacs:
     Parameters
     ----------
     url:
-        Base URL of Orthanc's REST API, e.g. ``http://127.0.0.1:8042``.
+        Base URL of Orthanc's REST API, e.g. ``http://127.0.0.1:8042``. Credentials in
+        it (``http://user:pw@host:8042``) are taken out and sent as basic auth, so that
+        no message, log line or stored error carries them.
     user, password:
-        HTTP basic auth credentials, or ``None`` for an Orthanc without auth.
+        HTTP basic auth credentials; ``None`` uses the URL's credentials, if any.
     timeout:
         Seconds to wait for an answer (connecting waits at most 5 s of it).
     """
@@ -118,7 +121,9 @@ class Pacs:
     def __init__(
         self, url: str, *, user: str | None, password: str | None, timeout: float = 30.0
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = redact_url(url).rstrip("/")
+        if user is None and (credentials := userinfo(url)) is not None:
+            user, password = credentials
         auth = HTTPBasicAuth(user, password or "") if user is not None else None
         # Plain http is expected on loopback; anywhere else the library's warning stands.
         client = Orthanc(self.url, auth=auth, warn_insecure=not _is_loopback(self.url))
@@ -275,7 +280,9 @@ class Pacs:
             try:
                 yield from response.iter_content(CHUNK)
             except requests.RequestException as exc:
-                raise PacsUnavailable(f"reading instance {orthanc_id} failed: {exc}") from exc
+                raise PacsUnavailable(
+                    f"reading instance {orthanc_id} failed: {redact_text(str(exc))}"
+                ) from exc
 
     def fetch(self, orthanc_id: str, sink: IO[bytes]) -> int:
         """Copy Orthanc's stored file into ``sink``; returns the number of bytes.
@@ -322,7 +329,9 @@ class Pacs:
                 timeout=(timeout.connection_timeout, timeout.read_timeout),
             )
         except requests.RequestException as exc:
-            raise PacsUnavailable(f"Orthanc at {self.url} could not be read: {exc}") from exc
+            raise PacsUnavailable(
+                f"Orthanc at {self.url} could not be read: {redact_text(str(exc))}"
+            ) from exc
         with contextlib.closing(response):
             if response.status_code == 404:
                 # No plugin (no such route), or no such instance: the plain route tells.
@@ -471,7 +480,7 @@ class Pacs:
         except requests.HTTPError as exc:
             response = exc.response
             status = response.status_code if response is not None else None
-            message = _orthanc_message(response) if response is not None else str(exc)
+            message = redact_text(_orthanc_message(response) if response is not None else str(exc))
             if status == 404 and missing is not None:
                 raise InstanceMissing(f"Orthanc has no instance {missing}", status=status) from None
             if status in REJECTING_STATUSES:
@@ -486,7 +495,8 @@ class Pacs:
             ) from None
         except requests.RequestException as exc:
             raise PacsUnavailable(
-                f"Orthanc at {self.url} could not {what}: {type(exc).__name__}: {exc}"
+                f"Orthanc at {self.url} could not {what}: {type(exc).__name__}: "
+                f"{redact_text(str(exc))}"
             ) from exc
         except ValueError as exc:  # an answer that is not JSON: not Orthanc at that URL
             raise PacsUnavailable(

@@ -19,6 +19,7 @@ from gateway.api import create_app
 from gateway.api.app import Health
 from gateway.api.auth import Tokens, ensure_token
 from gateway.api.deps import Services
+from gateway.api.limits import Limits, RateLimiter, UploadArea
 from gateway.audit import Audits
 from gateway.chain import (
     Deployment,
@@ -41,6 +42,7 @@ from gateway.orthanc_plugin import ENTRY_SCRIPT, plugin_section
 from gateway.pipeline import ForwardOutcome, Pipeline
 from gateway.receive import Receiver
 from gateway.records import RecordViews
+from gateway.redact import redact_url
 from gateway.spool import Spool
 from gateway.store import ObjectStore, open_store
 from gateway.tls import client_context, server_context
@@ -102,6 +104,20 @@ def build_verifier(
         keyring=load_keyring(settings.keys_dir),
         index=index,
         max_instance_bytes=settings.max_instance_bytes,
+    )
+
+
+def api_limits(settings: Settings) -> Limits:
+    """The HTTP API's bounds: upload size, slots and quota (beside the spool's reserve), rates."""
+    return Limits(
+        uploads=UploadArea(
+            settings.uploads_dir,
+            max_concurrent=settings.max_concurrent_uploads,
+            quota_bytes=settings.upload_quota_mb << 20,
+            reserve_bytes=settings.spool_reserve_mb << 20,
+        ),
+        rate=RateLimiter(per_minute=settings.api_rate_per_minute, burst=settings.api_rate_burst),
+        max_upload_bytes=settings.max_upload_bytes,
     )
 
 
@@ -253,6 +269,7 @@ class Stack:
             audits=self.audits,
             alerts=self.alerts,
             records=RecordViews(ledger=ledger, pseudonym_key=pseudonym_key, index=index),
+            limits=api_limits(s),
         )
         health = Health(
             checks={
@@ -312,7 +329,7 @@ class Stack:
     def banner(self) -> str:
         assert self.ledger is not None and self.pacs is not None
         s = self.settings
-        chain = s.effective_chain_url + ("  [embedded anvil]" if self.anvil else "")
+        chain = redact_url(s.effective_chain_url) + ("  [embedded anvil]" if self.anvil else "")
         pacs = (
             f"{self.orthanc.url}  [embedded Orthanc; login in {s.keys_dir.resolve()}/orthanc-http.json]"
             if self.orthanc

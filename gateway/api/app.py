@@ -8,11 +8,29 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 
 from gateway import __version__
 from gateway.api import audits, problems, records, verify
 from gateway.api.auth import ensure_token
 from gateway.api.deps import Services
+from gateway.api.problems import problem_json_only, problem_responses
+
+PROMETHEUS_TEXT = "text/plain"  # the exposition format; its version is a media-type parameter
+
+
+class Liveness(BaseModel):
+    """``/healthz``: the process answers."""
+
+    status: str = Field(description='always "ok"')
+
+
+class Readiness(BaseModel):
+    """``/readyz``: each dependency's check, and the queue depth per pipeline stage."""
+
+    status: str = Field(description='"ready" (200) or "degraded" (503)')
+    checks: dict[str, str] = Field(description='"ok" or "unavailable: <error type>" per part')
+    stages: dict[str, int] | None = Field(None, description="instances per pipeline stage")
 
 
 @dataclass
@@ -64,29 +82,55 @@ def create_app(
     app.include_router(audits.router)
     app.include_router(records.router)
 
-    @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
+    @app.get("/healthz", tags=["health"], response_model=Liveness)
+    def healthz() -> Liveness:
         """Liveness: the process answers. Downstream outages do not make it fail."""
-        return {"status": "ok"}
+        return Liveness(status="ok")
 
-    @app.get("/readyz", tags=["health"])
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "a part is not reachable"}},
+    )
     def readyz() -> JSONResponse:
         """Readiness: chain, object store and PACS reachable; queue depth per stage."""
         ok, results = health.run()
-        body: dict[str, Any] = {"status": "ready" if ok else "degraded", "checks": results}
-        if health.stages is not None:
-            body["stages"] = health.stages()
-        return JSONResponse(body, status_code=200 if ok else 503)
+        body = Readiness(
+            status="ready" if ok else "degraded",
+            checks=results,
+            stages=health.stages() if health.stages is not None else None,
+        )
+        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
     if metrics is not None:
         scrape = metrics
 
-        @app.get("/metrics", tags=["health"])
+        @app.get(
+            "/metrics",
+            tags=["health"],
+            response_class=Response,
+            responses={
+                200: {
+                    "description": "Prometheus text exposition format",
+                    "content": {PROMETHEUS_TEXT: {"schema": {"type": "string"}}},
+                },
+                **problem_responses(500),
+            },
+        )
         def prometheus_metrics() -> Response:
             """Prometheus text format: queues, failures, acks, commitment. No patient data."""
             body, content_type = scrape()
             return Response(body, media_type=content_type)
 
+    plain_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = problem_json_only(plain_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

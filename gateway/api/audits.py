@@ -2,27 +2,55 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Response
+from fastapi import Path as PathParam
 
-from gateway.api.deps import Auditing, ServicesDep
-from gateway.api.problems import Problem
-from gateway.audit import AuditState
+from gateway.api.deps import Auditing, ServicesDep, StartingAudit
+from gateway.api.problems import Problem, problem_responses
+from gateway.audit import AuditRunning, AuditState
 
-router = APIRouter(prefix="/v1/audits", tags=["audits"])
+router = APIRouter(
+    prefix="/v1/audits", tags=["audits"], responses=problem_responses(401, 403, 500, 502, 503)
+)
+
+AuditId = Annotated[str, PathParam(max_length=64, description="an audit's id")]
 
 
-@router.post("", status_code=202, response_model=AuditState)
-def start_audit(services: ServicesDep, who: Auditing, response: Response) -> AuditState:
-    """Start a sweep: PACS vs object store vs ledger. Poll ``Location`` for progress."""
-    audit_id = services.audits.start(requested_by=who.name)
+@router.post(
+    "",
+    status_code=202,
+    response_model=AuditState,
+    responses={
+        202: {"headers": {"Location": {"description": "poll here", "schema": {"type": "string"}}}},
+        **problem_responses(409, 429),
+    },
+)
+def start_audit(services: ServicesDep, who: StartingAudit, response: Response) -> AuditState:
+    """Start a sweep: PACS vs object store vs ledger. Poll ``Location`` for progress.
+
+    One sweep runs at a time: while one runs, the answer is 409 with its URL.
+    """
+    try:
+        audit_id = services.audits.start(requested_by=who.name)
+    except AuditRunning as running:
+        url = f"/v1/audits/{running.audit_id}"
+        raise Problem(
+            409,
+            "An audit is running",
+            f"audit {running.audit_id} is still running; follow it at {url}",
+            headers={"Location": url},
+            audit=url,
+        ) from None
     response.headers["Location"] = f"/v1/audits/{audit_id}"
     state = services.audits.get(audit_id)
     assert state is not None
     return state
 
 
-@router.get("/{audit_id}", response_model=AuditState)
-def get_audit(audit_id: str, services: ServicesDep, who: Auditing) -> AuditState:
+@router.get("/{audit_id}", response_model=AuditState, responses=problem_responses(404, 422))
+def get_audit(audit_id: AuditId, services: ServicesDep, who: Auditing) -> AuditState:
     """Progress while the sweep runs; summary and findings once it is done."""
     state = services.audits.get(audit_id)
     if state is None:

@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.alerts import Alerts
 from gateway.api.auth import Permission, Principal, Tokens
+from gateway.api.limits import Limits, retry_after
 from gateway.api.problems import Problem
 from gateway.audit import Audits
 from gateway.records import RecordViews
@@ -26,6 +27,7 @@ class Services:
     audits: Audits
     alerts: Alerts
     records: RecordViews
+    limits: Limits
 
 
 def get_services(request: Request) -> Services:
@@ -64,8 +66,30 @@ def require(permission: Permission) -> Callable[[Principal], Principal]:
     return check
 
 
+def rate_limited(permission: Permission, group: str) -> Callable[..., Principal]:
+    """``require(permission)``, then one request from the caller's token bucket for ``group``."""
+
+    allowed = Depends(require(permission))
+
+    # A default rather than Annotated: string annotations cannot see this closure's names.
+    def check(services: ServicesDep, principal: Principal = allowed) -> Principal:
+        wait = services.limits.rate.take(principal.name, group)
+        if wait > 0:
+            raise Problem(
+                429,
+                "Too many requests",
+                f"the {group} rate limit of this token is used up; retry later",
+                headers={"Retry-After": retry_after(wait)},
+            )
+        return principal
+
+    return check
+
+
 Verifying = Annotated[Principal, Depends(require("verify"))]
+Uploading = Annotated[Principal, Depends(rate_limited("verify", "upload"))]
+StartingAudit = Annotated[Principal, Depends(rate_limited("audit", "audit"))]
 Auditing = Annotated[Principal, Depends(require("audit"))]
-Restoring = Annotated[Principal, Depends(require("restore"))]
+Restoring = Annotated[Principal, Depends(rate_limited("restore", "restore"))]
 ReadingRecords = Annotated[Principal, Depends(require("records"))]
 ReadingAlerts = Annotated[Principal, Depends(require("alerts"))]

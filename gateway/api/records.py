@@ -9,10 +9,12 @@ from web3 import Web3
 
 from gateway.alerts import Alert
 from gateway.api.deps import ReadingAlerts, ReadingRecords, ServicesDep
-from gateway.api.problems import Problem
+from gateway.api.problems import problem_responses
 from gateway.records import PatientRecords, RecorderRecords
 
-router = APIRouter(prefix="/v1", tags=["records"])
+router = APIRouter(
+    prefix="/v1", tags=["records"], responses=problem_responses(401, 403, 422, 500, 502, 503)
+)
 
 
 @router.get("/patients/{patient_id}/records", response_model=PatientRecords)
@@ -27,12 +29,19 @@ def patient_records(
     return services.records.patient(patient_id, issuer=issuer)
 
 
+Address = Annotated[
+    str,
+    Path(pattern=r"^0x[0-9a-fA-F]{40}$", description="an Ethereum account address (any case)"),
+]
+
+
 @router.get("/recorders/{address}/records", response_model=RecorderRecords)
-def recorder_records(address: str, services: ServicesDep, who: ReadingRecords) -> RecorderRecords:
+def recorder_records(
+    address: Address, services: ServicesDep, who: ReadingRecords
+) -> RecorderRecords:
     """Every record and batch an account (the gateway's recorder, a doctor) wrote."""
-    if not Web3.is_address(address):
-        raise Problem(422, "Invalid address", f"{address!r} is not an Ethereum address")
-    return services.records.recorder(Web3.to_checksum_address(address))
+    # Any case is an address; a mixed-case one need not carry a valid EIP-55 checksum.
+    return services.records.recorder(Web3.to_checksum_address(address.lower()))
 
 
 @router.get("/alerts", response_model=list[Alert], tags=["alerts"])

@@ -2,34 +2,43 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from gateway import keys
-from gateway.api.deps import Restoring, ServicesDep, Verifying
-from gateway.api.problems import Problem
+from gateway.api.deps import Restoring, ServicesDep, Uploading, Verifying
+from gateway.api.limits import Limits, Upload, UploadAreaFull, UploadsBusy
+from gateway.api.problems import Problem, problem_responses
 from gateway.restore import restore
 from gateway.verify import StudyVerdict, Verdict
 
-router = APIRouter(prefix="/v1", tags=["verify"])
+router = APIRouter(
+    prefix="/v1", tags=["verify"], responses=problem_responses(401, 403, 422, 500, 502, 503)
+)
 
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
 Uid = Annotated[str, PathParam(pattern=UID_PATTERN, max_length=64, description="a DICOM UID")]
-MAX_UPLOAD = 4 << 30
+# A client told to wait gets a hint, not a promise: an upload usually lasts seconds.
+UPLOAD_RETRY_AFTER_S = 5
 
 
-@router.get("/instances/{sop_instance_uid}/verify", response_model=Verdict)
+@router.get(
+    "/instances/{sop_instance_uid}/verify", response_model=Verdict, responses=problem_responses(404)
+)
 def verify_instance(sop_instance_uid: Uid, services: ServicesDep, who: Verifying) -> Verdict:
     """The verdict for one instance: Orthanc's copy vs the sealed original vs the ledger."""
     return services.verifier.instance(sop_instance_uid, show_phi=who.may("phi"))
 
 
-@router.get("/studies/{study_instance_uid}/verify", response_model=StudyVerdict)
+@router.get(
+    "/studies/{study_instance_uid}/verify",
+    response_model=StudyVerdict,
+    responses=problem_responses(404),
+)
 def verify_study(study_instance_uid: Uid, services: ServicesDep, who: Verifying) -> StudyVerdict:
     """Every instance of a study, each with its verdict, and how many have each status."""
     return services.verifier.study(study_instance_uid, show_phi=who.may("phi"))
@@ -38,6 +47,7 @@ def verify_study(study_instance_uid: Uid, services: ServicesDep, who: Verifying)
 @router.post(
     "/verify",
     response_model=Verdict,
+    responses=problem_responses(400, 404, 413, 429, 507),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -45,30 +55,76 @@ def verify_study(study_instance_uid: Uid, services: ServicesDep, who: Verifying)
         }
     },
 )
-async def verify_file(request: Request, services: ServicesDep, who: Verifying) -> Verdict:
-    """Is this exact DICOM file (the request body, ``application/dicom``) registered and unaltered?"""
-    with tempfile.NamedTemporaryFile(prefix="xray-upload-", suffix=".dcm") as upload:
-        size = 0
+async def verify_file(request: Request, services: ServicesDep, who: Uploading) -> Verdict:
+    """Is this exact DICOM file (the request body, ``application/dicom``) registered and unaltered?
+
+    Bounded: at most ``GATEWAY_MAX_UPLOAD_BYTES`` (413), ``GATEWAY_MAX_CONCURRENT_UPLOADS``
+    at once (429), a per-token rate (429) and the upload area's quota (507).
+    """
+    limits = services.limits
+    declared = _declared_length(request, limits)
+    try:
+        with limits.uploads.upload() as upload:
+            if declared is not None:
+                upload.reserve(declared)
+            await _receive(request, upload, limits)
+            if upload.size == 0:
+                raise Problem(422, "Empty body", "send the DICOM file as the request body")
+            assert upload.file is not None
+            upload.file.flush()
+            return await run_in_threadpool(
+                services.verifier.file, upload.path, show_phi=who.may("phi")
+            )
+    except UploadsBusy as exc:
+        raise _busy(429, "Too many uploads", f"{exc}; retry later") from None
+    except UploadAreaFull as exc:
+        raise _busy(507, "Upload area full", f"{exc}; retry later") from None
+
+
+def _busy(status: int, title: str, detail: str) -> Problem:
+    return Problem(status, title, detail, headers={"Retry-After": str(UPLOAD_RETRY_AFTER_S)})
+
+
+def _too_large(limits: Limits) -> Problem:
+    return Problem(413, "Too large", f"uploads are limited to {limits.max_upload_bytes} bytes")
+
+
+def _declared_length(request: Request, limits: Limits) -> int | None:
+    """The body's Content-Length, refused at once (413) above the cap; None when streamed."""
+    header = request.headers.get("content-length")
+    if header is None:
+        return None
+    if not header.isdigit():
+        raise Problem(422, "Invalid Content-Length", "Content-Length is not a whole number")
+    length = int(header)
+    if length > limits.max_upload_bytes:
+        raise _too_large(limits)
+    return length
+
+
+async def _receive(request: Request, upload: Upload, limits: Limits) -> None:
+    """Write the body into ``upload``, counting bytes: past the cap is a 413 however it came."""
+    try:
         async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_UPLOAD:
-                raise Problem(413, "Too large", f"uploads are limited to {MAX_UPLOAD} bytes")
+            if upload.size + len(chunk) > limits.max_upload_bytes:
+                raise _too_large(limits)
             upload.write(chunk)
-        if size == 0:
-            raise Problem(422, "Empty body", "send the DICOM file as the request body")
-        upload.flush()
-        return await run_in_threadpool(
-            services.verifier.file, Path(upload.name), show_phi=who.may("phi")
-        )
+    except ClientDisconnect:
+        # The caller went away mid-upload: nobody reads this answer, and it is no error of ours.
+        raise Problem(400, "Upload interrupted", "the client closed the connection") from None
 
 
-@router.post("/instances/{sop_instance_uid}/restore", response_model=Verdict)
+@router.post(
+    "/instances/{sop_instance_uid}/restore",
+    response_model=Verdict,
+    responses=problem_responses(404, 409, 429),
+)
 def restore_instance(sop_instance_uid: Uid, services: ServicesDep, who: Restoring) -> Verdict:
     """Put the verified sealed original back into Orthanc (admin only); returns the new verdict."""
     return restore(services.verifier, sop_instance_uid)
 
 
-@router.get("/instances/{sop_instance_uid}/proof")
+@router.get("/instances/{sop_instance_uid}/proof", responses=problem_responses(404))
 def instance_proof(
     sop_instance_uid: Uid, services: ServicesDep, who: Verifying
 ) -> dict[str, object]:

@@ -24,6 +24,7 @@ from gateway.ledger.types import (
     UserType,
 )
 from gateway.procs import PROJECT_ROOT
+from gateway.redact import redact_url, userinfo
 
 ARTIFACT = PROJECT_ROOT / "contracts" / "out" / "Xray.json"
 ZERO_ADDRESS = "0x" + "00" * 20
@@ -39,10 +40,18 @@ def load_artifact(path: Path = ARTIFACT) -> dict[str, Any]:
 
 
 def connect(url: str, *, timeout: float = 10.0) -> Web3:
-    """A Web3 over HTTP JSON-RPC; raises ChainUnavailable when nobody answers."""
-    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}))
+    """A Web3 over HTTP JSON-RPC; raises ChainUnavailable when nobody answers.
+
+    Credentials in ``url`` (``https://user:pw@node``) are sent as basic auth and kept
+    out of the provider's URL, so no error message can quote them.
+    """
+    request_kwargs: dict[str, Any] = {"timeout": timeout}
+    credentials = userinfo(url)
+    if credentials is not None:
+        request_kwargs["auth"] = credentials
+    w3 = Web3(Web3.HTTPProvider(redact_url(url), request_kwargs=request_kwargs))
     if not w3.is_connected():
-        raise errors.ChainUnavailable(f"no Ethereum JSON-RPC node answers at {url}")
+        raise errors.ChainUnavailable(f"no Ethereum JSON-RPC node answers at {redact_url(url)}")
     return w3
 
 

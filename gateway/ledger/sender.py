@@ -21,6 +21,7 @@ from web3.types import Nonce, RPCEndpoint, TxParams, TxReceipt, Wei
 
 from gateway import errors, failpoints
 from gateway.ledger.types import Anchor
+from gateway.redact import redact_text
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -68,7 +69,9 @@ def translate(decoder: RevertDecoder, call: Callable[[], T]) -> T:
     except ContractLogicError as exc:
         raise decoder.decode(exc.data if isinstance(exc.data, str | bytes) else None) from None
     except (requests.ConnectionError, requests.Timeout, ConnectionError) as exc:
-        raise errors.ChainUnavailable(f"the chain node does not answer: {exc}") from exc
+        raise errors.ChainUnavailable(
+            f"the chain node does not answer: {redact_text(str(exc))}"
+        ) from exc
 
 
 class _Flight:

@@ -37,6 +37,7 @@ from gateway.orthanc_plugin.settings import PluginSettings
 from gateway.orthanc_plugin.storage import FileArea
 from gateway.orthanc_plugin.verdict import SEVERITY, Status, Verdict, worst
 from gateway.orthanc_plugin.viewer_image import refusal_image
+from gateway.redact import redact_url
 
 ORTHANC_ID = r"([0-9a-f]{8}(?:-[0-9a-f]{8}){4})"
 EXPLORER_JS = Path(__file__).with_name("explorer.js")
@@ -103,7 +104,11 @@ class XrayPlugin:
         o.LogWarning(
             "xray-gateway plugin: storage area checks every DICOM read against "
             f"{self.settings.index_path}"
-            + (f" and the ledger at {self.settings.chain_url}" if self.mirror else "")
+            + (
+                f" and the ledger at {redact_url(self.settings.chain_url or '')}"
+                if self.mirror
+                else ""
+            )
         )
 
     def on_change(self, change_type: int, level: int, resource: str) -> None:
