@@ -481,7 +481,17 @@ class _Walker:
                 self.pos = position + 8
                 return
             if (group, element) != ITEM_TAG or position + 8 + length > self.size:
+                if tag == PIXEL_DATA:
+                    # Encapsulated pixels are items, then the delimiter (PS3.5 A.4); a
+                    # search would pass fragments DCMTK, and so Orthanc, cannot parse.
+                    raise DatasetUnreadable(
+                        "the encapsulated Pixel Data holds something other than items "
+                        f"at byte {position}"
+                    )
                 break
+            self.elements_left -= 1
+            if self.elements_left < 0:
+                raise DatasetTooLarge(f"the dataset has more than {self.max_elements} elements")
             position += 8 + length
         marker = struct.pack(self.endian + "HH", 0xFFFE, 0xE0DD)
         position = self.pos

@@ -246,3 +246,21 @@ def test_a_dataset_of_more_elements_than_the_cap_is_too_large() -> None:
     with pytest.raises(DatasetTooLarge, match="more than 1000 elements"):
         load_dataset(io.BytesIO(packed), max_bytes=1 << 20, max_elements=1_000)
     assert MAX_ELEMENTS >= 500_000  # an enhanced multi-frame of thousands of frames fits
+
+
+def _encapsulated(*fragments: bytes, junk: bytes = b"") -> bytes:
+    """Pixel Data of undefined length: an empty offset table, the fragments, ``junk``, the end."""
+    items = bombs.item(0) + b"".join(bombs.item(len(f)) + f for f in fragments)
+    return bombs.element(0x7FE0, 0x0010, b"OB", UNDEFINED) + items + junk + bombs.SEQUENCE_END
+
+
+def test_encapsulated_pixel_data_must_be_items_then_the_delimiter() -> None:
+    """pydicom finds the delimiter by searching, so a fragment whose bytes were shifted
+    passed the check before the ack; DCMTK (and so Orthanc) then refused the file and it
+    was parked after it had been acked. Found by the fuzz campaign (seed 11)."""
+    _, sound = bombs.instance(_encapsulated(b"\xff\xd8\xff\xd9", b"\x00" * 6))
+    check_structure(io.BytesIO(sound))
+    _, shifted = bombs.instance(_encapsulated(b"\xff\xd8\xff\xd9", junk=b"\x12\x34\x56\x78" * 2))
+    for parse in (check_structure, checked_header):
+        with pytest.raises(DatasetUnreadable, match="encapsulated Pixel Data"):
+            parse(io.BytesIO(shifted))
