@@ -190,7 +190,8 @@ def leftovers(data_dir: Path, ledger: Ledger, *, after_row: int = 0) -> dict[str
     - ``acked_then_parked``: an acked row parked at ``failed`` by one of the gateway's own
       stages (fingerprint, seal, put, anchor): acked, yet the gateway cannot file it.
       Rows parked at ``forward`` (the PACS refused the instance) are reported apart as
-      ``parked_by_pacs``: the image is kept and anchored, an operator decides.
+      ``parked_by_pacs``, and are findings too: the check before the ack should have
+      refused what Orthanc cannot file.
     - ``unsettled``: a row still waiting for a stage
     - ``incoming_files``: partial receptions left in ``spool/incoming``
     - ``orphan_spool_files``: files in ``spool/ready`` without a row, or whose row is done
@@ -275,7 +276,7 @@ def leftovers(data_dir: Path, ledger: Ledger, *, after_row: int = 0) -> dict[str
 
 
 def leftover_count(found: dict[str, Any]) -> int:
-    """How many findings :func:`leftovers` reports (parked rows elsewhere are not counted)."""
-    keys = ("refused_but_recorded", "unknown_rows", "acked_then_parked", "unsettled",
+    """How many findings :func:`leftovers` reports."""
+    keys = ("refused_but_recorded", "unknown_rows", "acked_then_parked", "parked_by_pacs", "unsettled",
             "incoming_files", "orphan_spool_files", "orphan_objects", "orphan_sealed")  # fmt: skip
     return sum(int(found[k]) for k in keys) + len(found["acked_but_missing"])
