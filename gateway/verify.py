@@ -374,21 +374,32 @@ class Verifier:
                 sop_instance_uid, copy=copy, orthanc_id=orthanc_id, show_phi=show_phi
             )
 
-    def file(self, path: Path, *, show_phi: bool = False) -> Verdict:
+    def file(
+        self,
+        path: Path,
+        *,
+        show_phi: bool = False,
+        scratch: Path | None = None,
+        limit: int | None = None,
+    ) -> Verdict:
         """Is this exact Part-10 file registered and unaltered?
+
+        A deflated file is inflated into ``scratch`` (default ``GATEWAY_TMPDIR``), to at
+        most ``limit`` bytes and never past ``max_instance_bytes``.
 
         Raises
         ------
         DatasetTooLarge
-            The file's dataset inflates past ``max_instance_bytes``.
+            The file's dataset inflates past ``max_instance_bytes`` (or ``limit``).
         DatasetUnreadable
             The file is not a readable DICOM Part-10 file.
         NotFound
             Its SOP Instance UID was never recorded nor received.
         """
+        cap = self.max_instance_bytes if limit is None else min(limit, self.max_instance_bytes)
         with path.open("rb") as stream:
-            uid = read_header(stream, limit=self.max_instance_bytes).sop_instance_uid
-            copy = Copy(fingerprint(stream, limit=self.max_instance_bytes), path)
+            uid = read_header(stream, limit=cap, scratch=scratch).sop_instance_uid
+            copy = Copy(fingerprint(stream, limit=cap, scratch=scratch), path)
         return self._verdict(uid, copy=copy, orthanc_id=None, show_phi=show_phi)
 
     def study(self, study_instance_uid: str, *, show_phi: bool = False) -> StudyVerdict:

@@ -135,6 +135,16 @@ class UploadArea:
                 self._active -= 1
                 self._held -= upload.reserved
 
+    def room(self) -> int:
+        """Bytes that could still be written now: within the quota and above the reserve.
+
+        What a deflated upload may inflate to while it is checked (its inflated copy is
+        written here too, never to the system's temp folder).
+        """
+        with self._lock:
+            free = shutil.disk_usage(self.root).free - self.reserve_bytes
+            return max(0, min(self.quota_bytes - self._held, free))
+
     def _reserve(self, size: int) -> None:
         with self._lock:
             if self._held + size > self.quota_bytes:

@@ -73,7 +73,11 @@ async def verify_file(request: Request, services: ServicesDep, who: Uploading) -
             assert upload.file is not None
             upload.file.flush()
             return await run_in_threadpool(
-                services.verifier.file, upload.path, show_phi=who.may("phi")
+                services.verifier.file,
+                upload.path,
+                show_phi=who.may("phi"),
+                scratch=limits.uploads.root,
+                limit=limits.uploads.room(),
             )
     except UploadsBusy as exc:
         raise _busy(429, "Too many uploads", f"{exc}; retry later") from None

@@ -103,6 +103,7 @@ class StandInVerifier:
     def __init__(self) -> None:
         self.release = threading.Event()
         self.uploads: list[tuple[Path, int]] = []
+        self.inflation: tuple[Path | None, int] = (None, -1)
         self.pacs = self
         self.ledger = self
 
@@ -112,8 +113,11 @@ class StandInVerifier:
     def study(self, uid: str, show_phi: bool = False) -> Any:
         raise RuntimeError(f"a bug of ours while talking to http://admin:{SECRET}@pacs:8042")
 
-    def file(self, path: Path, show_phi: bool = False) -> Any:
+    def file(
+        self, path: Path, show_phi: bool = False, scratch: Path | None = None, limit: int = -1
+    ) -> Any:
         self.uploads.append((path, path.stat().st_size))
+        self.inflation = (scratch, limit)
         raise NotFound("no such instance was ever recorded")
 
     def find_instances(self, query: dict[str, str]) -> list[tuple[str, str]]:
@@ -305,3 +309,22 @@ def test_a_5xx_log_line_names_the_route_never_a_patient_id_in_the_path(
     ]
     assert "/v1/patients/{patient_id}/records" in line
     assert not any("PID-0042" in r.getMessage() for r in caplog.records)
+
+
+def test_a_deflated_upload_inflates_inside_the_upload_area_within_its_room(
+    tmp_path: Path, verifier: StandInVerifier
+) -> None:
+    """The inflated copy of a deflated upload is written to the upload area, never the
+    system's temp folder, and may take no more than the quota leaves."""
+    area = UploadArea(tmp_path / "up", max_concurrent=2, quota_bytes=1000, reserve_bytes=0)
+    with area.upload() as first:
+        first.write(b"x" * 300)
+        assert area.room() == 700
+    assert area.room() == 1000
+    app, token = build(tmp_path, verifier, quota_bytes=5000, max_upload_bytes=1000)
+    with serve(app) as client:
+        response = client.post(
+            "/v1/verify", headers={"Authorization": f"Bearer {token}"}, content=b"x" * 600
+        )
+    assert response.status_code == 404
+    assert verifier.inflation == (tmp_path / "uploads", 5000 - 600)
