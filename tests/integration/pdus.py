@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from collections.abc import Callable
 
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -113,24 +114,20 @@ def read_exact(sock: socket.socket, count: int) -> bytes:
 
 def wait_closed(sock: socket.socket, *, timeout: float = 60) -> bytes:
     """Read until the peer closes (or resets) the connection; returns everything read."""
-    sock.settimeout(1)
-    data = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            continue
-        except ConnectionResetError:
-            return data
-        if not chunk:
-            return data
-        data += chunk
-    raise AssertionError(f"the gateway kept the connection open {timeout} s; read {data[:64]!r}")
+    return _read_until(sock, lambda data: False, timeout, "the gateway kept the connection open")
 
 
 def wait_abort(sock: socket.socket, *, timeout: float = 60) -> bytes:
     """Read until an A-ABORT arrives or the peer closes; returns everything read."""
+    return _read_until(sock, lambda data: A_ABORT in data, timeout, "no A-ABORT and no close in")
+
+
+A_ABORT = b"\x07\x00\x00\x00\x00\x04"  # PDU type and length of an A-ABORT
+
+
+def _read_until(
+    sock: socket.socket, done: Callable[[bytes], bool], timeout: float, failure: str
+) -> bytes:
     sock.settimeout(1)
     data = b""
     deadline = time.monotonic() + timeout
@@ -142,6 +139,6 @@ def wait_abort(sock: socket.socket, *, timeout: float = 60) -> bytes:
         except ConnectionResetError:
             return data
         data += chunk
-        if not chunk or b"\x07\x00\x00\x00\x00\x04" in data:
+        if not chunk or done(data):
             return data
-    raise AssertionError(f"no A-ABORT and no close in {timeout} s; read {data[:64]!r}")
+    raise AssertionError(f"{failure} {timeout} s; read {data[:64]!r}")

@@ -132,17 +132,6 @@ def test_a_valid_deflated_instance_is_acked_fingerprinted_and_anchored(
     assert row["pixel_digest"] == hashlib.sha256(dcmread(path).PixelData).digest()
 
 
-@pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[Receiver]:
-    spool = Spool(tmp_path / "spool", reserve_bytes=0)
-    index = Index(tmp_path / "index.sqlite")
-    rx = Receiver(spool=spool, index=index)
-    rx.start(port=free_port())
-    yield rx
-    rx.stop()
-    index.close()
-
-
 BROKEN = {
     # each inflates to a header pydicom reads while the rest of the dataset cannot be filed
     "element-past-the-end": bombs.element(0x0009, 0x1010, b"OB", 1 << 20) + b"short",

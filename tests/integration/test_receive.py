@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,17 +22,6 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return dicom_fixtures.generate(tmp_path_factory.mktemp("fixtures"))
-
-
-@pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[Receiver]:
-    spool = Spool(tmp_path / "spool", reserve_bytes=0)
-    index = Index(tmp_path / "index.sqlite")
-    rx = Receiver(spool=spool, index=index)
-    rx.start(port=free_port())
-    yield rx
-    rx.stop()
-    index.close()
 
 
 def test_storescu_sends_every_fixture_and_each_is_durable(

@@ -7,7 +7,6 @@ stack is tested in tests/integration/test_api_hostile.py.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any, cast
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from gateway.alerts import Alerts
@@ -25,8 +23,8 @@ from gateway.api.deps import Services
 from gateway.api.limits import Limits, RateLimiter, UploadArea, UploadAreaFull, UploadsBusy
 from gateway.audit import AuditRunning, Audits
 from gateway.errors import PacsUnavailable
-from gateway.procs import free_port
 from gateway.verify import NotFound
+from tests.serve import serve as serve_url
 
 SECRET = "s3cr3t-pw"
 PROBLEM = "application/problem+json"
@@ -135,19 +133,8 @@ def verifier() -> Iterator[StandInVerifier]:
 @contextmanager
 def serve(app: FastAPI) -> Iterator[httpx.Client]:
     """The app on a real uvicorn on a free loopback port; yields a client for it."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve_url(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield client
 
 
 def build(tmp_path: Path, verifier: StandInVerifier, **limits: Any) -> tuple[FastAPI, str]:

@@ -6,17 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.api.app import Health, create_app
@@ -24,9 +19,9 @@ from gateway.cli import main
 from gateway.commitment import CommitmentSCP
 from gateway.index import Index, error_class
 from gateway.metrics import GatewayCollector, registry_for, render
-from gateway.procs import free_port
 from gateway.receive import Receiver
 from gateway.spool import Spool
+from tests.serve import serve
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 PATIENT_ID = "PID-0042"  # stands for patient data that must never be shown
@@ -39,23 +34,6 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             monkeypatch.delenv(name)
     monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path / "var"))
     return tmp_path / "var"
-
-
-@contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """The app on a real uvicorn server on a free loopback port; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def get(url: str) -> tuple[int, str, str]:

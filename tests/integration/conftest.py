@@ -1,0 +1,25 @@
+"""Fixtures shared by the integration tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.index import Index
+from gateway.procs import free_port
+from gateway.receive import Receiver
+from gateway.spool import Spool
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    """The listener alone, default limits, on a free port, over a spool and index in tmp."""
+    spool = Spool(tmp_path / "spool", reserve_bytes=0)
+    index = Index(tmp_path / "index.sqlite")
+    rx = Receiver(spool=spool, index=index)
+    rx.start(port=free_port())
+    yield rx
+    rx.stop()
+    index.close()
