@@ -45,7 +45,7 @@ from pydicom.filereader import (
 )
 from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
 
 from gateway import filemap
 from gateway.errors import DatasetTooLarge, DatasetUnreadable
@@ -84,6 +84,7 @@ SEQUENCE_END = 0xFFFEE0DD
 UNDEFINED = 0xFFFFFFFF
 ITEM_TAG = (0xFFFE, 0xE000)
 _LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
+_SHORT_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_16)
 
 
 @dataclass(frozen=True)
@@ -431,6 +432,8 @@ class _Walker:
             self._open(self._fits(length, ITEM), sequence=False)
 
     def _element(self, tag: int, head: bytes) -> None:
+        if tag >> 16 == 0xFFFE:  # items and delimiters belong to sequences only
+            raise DatasetUnreadable(f"{_named(tag)} where an element should be")
         vr: bytes | None = None
         length = struct.unpack(self.endian + "L", head[4:])[0]
         size = 8
@@ -442,10 +445,13 @@ class _Walker:
                 if len(extra) < 4:
                     raise DatasetUnreadable("the data ends inside an element header")
                 length = struct.unpack(self.endian + "L", extra)[0]
-            elif b"AA" <= code <= b"ZZ":  # other VRs have a 2-byte length
+            elif code in _SHORT_VRS:
                 vr = code
                 length = struct.unpack(self.endian + "H", head[6:])[0]
-            # anything else is an implicit VR element inside explicit data, as pydicom reads it
+            else:
+                # pydicom reads a 2-byte length (or an implicit element) where DCMTK, and so
+                # Orthanc, assumes a 4-byte one: the two would not see the same dataset.
+                raise DatasetUnreadable(f"{_named(tag)} has no standard VR ({code!r})")
         self.pos += size
         if length != UNDEFINED:
             end = self._fits(length, tag)
@@ -481,18 +487,17 @@ class _Walker:
                 self.pos = position + 8
                 return
             if (group, element) != ITEM_TAG or position + 8 + length > self.size:
-                if tag == PIXEL_DATA:
-                    # Encapsulated pixels are items, then the delimiter (PS3.5 A.4); a
-                    # search would pass fragments DCMTK, and so Orthanc, cannot parse.
-                    raise DatasetUnreadable(
-                        "the encapsulated Pixel Data holds something other than items "
-                        f"at byte {position}"
-                    )
                 break
             self.elements_left -= 1
             if self.elements_left < 0:
                 raise DatasetTooLarge(f"the dataset has more than {self.max_elements} elements")
             position += 8 + length
+        if tag == PIXEL_DATA:
+            # Encapsulated pixels are items, then the delimiter (PS3.5 A.4): a search would
+            # pass fragments, or a delimiter cut short, that DCMTK, and so Orthanc, refuses.
+            raise DatasetUnreadable(
+                f"the encapsulated Pixel Data is not items then its delimiter (byte {position})"
+            )
         marker = struct.pack(self.endian + "HH", 0xFFFE, 0xE0DD)
         position = self.pos
         self.stream.seek(position)

@@ -262,5 +262,34 @@ def test_encapsulated_pixel_data_must_be_items_then_the_delimiter() -> None:
     check_structure(io.BytesIO(sound))
     _, shifted = bombs.instance(_encapsulated(b"\xff\xd8\xff\xd9", junk=b"\x12\x34\x56\x78" * 2))
     for parse in (check_structure, checked_header):
-        with pytest.raises(DatasetUnreadable, match="encapsulated Pixel Data"):
+        with pytest.raises(DatasetUnreadable, match="encapsulated Pixel Data is not items"):
             parse(io.BytesIO(shifted))
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        pytest.param(
+            struct.pack("<HH2sH", 0x0028, 0x0030, b"ES", 8) + b"0.5\\0.5 ",
+            "no standard VR",
+            id="unknown-VR",  # pydicom: a 2-byte length; DCMTK: a 4-byte one
+        ),
+        pytest.param(
+            struct.pack("<HH2sH", 0x0020, 0x000D, b"<\x00", 4) + b"1.2 ",
+            "no standard VR",
+            id="VR-not-letters",  # pydicom: an implicit element; DCMTK: a 2-byte length
+        ),
+        pytest.param(bombs.item(4) + b"abcd", "where an element should be", id="item-at-top"),
+        pytest.param(
+            _encapsulated(b"\xff\xd8\xff\xd9")[: -len(bombs.SEQUENCE_END) + 5],
+            "encapsulated Pixel Data is not items",
+            id="delimiter-cut-short",
+        ),
+    ],
+)
+def test_what_dcmtk_would_refuse_is_refused_before_the_ack(content: bytes, why: str) -> None:
+    """Each was acked in the full fuzz campaign (seed 1), then refused by Orthanc."""
+    _, data = bombs.instance(content)
+    for parse in (check_structure, checked_header):
+        with pytest.raises(DatasetUnreadable, match=why):
+            parse(io.BytesIO(data))
