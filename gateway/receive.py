@@ -211,6 +211,19 @@ class Receiver:
                 server.shutdown()
         self._server = self._tls_server = None
 
+    def connections(self) -> dict[str, int]:
+        """Connections being served now, by peer address, over both ports."""
+        counts: Counter[str] = Counter()
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                counts.update(server.connections())
+        return dict(counts)
+
+    @property
+    def refused_connections(self) -> int:
+        """Connections closed at once because an association cap was reached."""
+        return sum(s.refused for s in (self._server, self._tls_server) if s is not None)
+
     def response_counts(self) -> dict[int, int]:
         """C-STORE responses sent so far, by status code."""
         with self._lock:

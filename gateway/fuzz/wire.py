@@ -17,6 +17,7 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -164,13 +165,17 @@ def _send(sock: socket.socket, chunks: list[bytes], outcome: Outcome) -> bool:
 
 
 def _read_until(
-    sock: socket.socket, reader: _Reader, done: object, seconds: float, *, quiet: bool = False
+    sock: socket.socket,
+    reader: _Reader,
+    done: Callable[[], bool],
+    seconds: float,
+    *,
+    quiet: bool = False,
 ) -> bool:
     """Read until ``done()`` or the connection closes (False) or ``seconds`` pass.
 
     ``quiet``: ``seconds`` counts from the last byte received, not from the start.
     """
-    assert callable(done)
     deadline = time.monotonic() + seconds
     while not done():
         left = deadline - time.monotonic()
