@@ -56,6 +56,8 @@ from pynetdicom.transport import (
 )
 from pynetdicom.utils import make_target
 
+from gateway import tls
+
 if TYPE_CHECKING:
     from gateway.config import Settings
 
@@ -268,7 +270,11 @@ class GuardedRequestHandler(RequestHandler):
         if context is not None:
             # The TLS handshake, here on the connection's own thread and under the
             # negotiation deadline (the socket's timeout), never on the accept thread.
-            self.request = context.wrap_socket(self.request, server_side=True)
+            try:
+                self.request = context.wrap_socket(self.request, server_side=True)
+            except (OSError, ValueError) as exc:  # no or a wrong certificate, silence, plain
+                why = tls.reason(exc).replace("_", " ").lower()  # "certificate verify failed"
+                raise PeerProtocolError(f"TLS handshake failed: {why}") from None
         assoc = self._create_association()
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
@@ -370,7 +376,8 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         try:
             self.finish_request(request, client_address)
         except Exception as exc:
-            log.warning("connection from %s dropped: %s", client_address[0], type(exc).__name__)
+            why = exc if isinstance(exc, PeerProtocolError) else type(exc).__name__
+            log.warning("connection from %s dropped: %s", client_address[0], why)
             self.shutdown_request(request)
             self._release(str(client_address[0]))
 

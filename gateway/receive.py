@@ -44,7 +44,7 @@ from pynetdicom import (
 )
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from gateway import failpoints, tls
+from gateway import failpoints
 from gateway.allowlist import Network, refusal
 from gateway.errors import DatasetTooLarge, DatasetUnreadable, SpoolUnavailable
 from gateway.fingerprint import MAX_INSTANCE_BYTES, checked_header
@@ -188,7 +188,7 @@ class Receiver:
                 ae,
                 (host, tls_port),
                 limits=self.limits,
-                evt_handlers=[(evt.EVT_CONN_OPEN, tls.handshake), *handlers],
+                evt_handlers=handlers,
                 on_association_end=self.discard_partials,
                 ssl_context=ssl_context,
             )

@@ -1,21 +1,18 @@
-"""DICOM TLS: the listener's server context, the client context for reports, the handshake.
+"""DICOM TLS: the listener's server context, the client context for reports.
 
 ``GATEWAY_TLS_CERT`` and ``GATEWAY_TLS_KEY`` (PEM; the key unencrypted and mode 0600) make
 the gateway listen on ``GATEWAY_TLS_PORT`` too. With ``GATEWAY_TLS_CA``, client
 certificates are required and verified against it (mutual TLS). TLS 1.2 at least, with
 Python's default ciphers.
 
-The server context defers the handshake. pynetdicom wraps each accepted socket in its
-accept loop, and a handshake there would let one silent connection stop the TLS port
-from accepting anyone; :func:`handshake` runs it in the connection's own thread instead,
-bounded by a timeout, and a failure is one log line, never a traceback.
+The handshake runs on each connection's own thread, under the listener's negotiation
+deadline (:class:`gateway.listener.GuardedRequestHandler`), never in pynetdicom's accept
+loop, where one silent connection would stop the TLS port from accepting anyone.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import ssl
 import stat
 from pathlib import Path
@@ -25,32 +22,6 @@ from gateway.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: The longest a peer may take over the TLS handshake.
-HANDSHAKE_TIMEOUT_S = 10.0
-
-
-class DeferredHandshakeContext(ssl.SSLContext):
-    """An SSLContext whose server sockets handshake on :func:`handshake`, not when wrapped."""
-
-    def wrap_socket(
-        self,
-        sock: socket.socket,
-        server_side: bool = False,
-        do_handshake_on_connect: bool = True,
-        suppress_ragged_eofs: bool = True,
-        server_hostname: str | bytes | None = None,
-        session: ssl.SSLSession | None = None,
-    ) -> ssl.SSLSocket:
-        return super().wrap_socket(
-            sock,
-            server_side=server_side,
-            do_handshake_on_connect=do_handshake_on_connect and not server_side,
-            suppress_ragged_eofs=suppress_ragged_eofs,
-            server_hostname=server_hostname,
-            session=session,
-        )
-
-
 def server_context(*, cert: Path, key: Path, ca: Path | None = None) -> ssl.SSLContext:
     """The listener's context: our certificate, and client certificates required if ``ca``.
 
@@ -59,7 +30,7 @@ def server_context(*, cert: Path, key: Path, ca: Path | None = None) -> ssl.SSLC
     ConfigError
         The key is readable by others, or a file is missing or not a PEM certificate/key.
     """
-    context = DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     _load_identity(context, cert=cert, key=key)
     if ca is not None:
@@ -87,7 +58,7 @@ def _load_identity(context: ssl.SSLContext, *, cert: Path, key: Path) -> None:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(
             f"cannot load the TLS certificate {cert} with key {key} (GATEWAY_TLS_CERT,"
-            f" GATEWAY_TLS_KEY: PEM files, the key unencrypted and matching): {_reason(exc)}"
+            f" GATEWAY_TLS_KEY: PEM files, the key unencrypted and matching): {reason(exc)}"
         ) from None
 
 
@@ -96,7 +67,7 @@ def _load_ca(context: ssl.SSLContext, ca: Path) -> None:
         context.load_verify_locations(cafile=ca)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(
-            f"cannot load the CA certificates {ca} (GATEWAY_TLS_CA): {_reason(exc)}"
+            f"cannot load the CA certificates {ca} (GATEWAY_TLS_CA): {reason(exc)}"
         ) from None
 
 
@@ -106,7 +77,7 @@ def check_key_file(key: Path) -> None:
         mode = key.stat().st_mode
     except OSError as exc:
         raise ConfigError(
-            f"cannot read the TLS key {key} (GATEWAY_TLS_KEY): {_reason(exc)}"
+            f"cannot read the TLS key {key} (GATEWAY_TLS_KEY): {reason(exc)}"
         ) from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(
@@ -115,37 +86,13 @@ def check_key_file(key: Path) -> None:
         )
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
+    """What went wrong, in a few words (e.g. "CERTIFICATE_VERIFY_FAILED"), never a path."""
     if isinstance(exc, ssl.SSLError):
         return exc.reason or type(exc).__name__
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return type(exc).__name__
-
-
-def handshake(event: Any) -> None:
-    """EVT_CONN_OPEN on the TLS listener: the handshake, in the connection's thread.
-
-    A peer that fails it (no client certificate, one from another CA, plain DICOM on the
-    TLS port, silence) is logged in one line and its socket closed; the association then
-    ends at once instead of waiting out the ACSE timeout for an A-ASSOCIATE-RQ that
-    cannot come, so it does not hold a slot.
-    """
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-    if not isinstance(sock, ssl.SSLSocket):
-        return
-    address = event.address[0] if event.address else "?"
-    previous = sock.gettimeout()
-    try:
-        sock.settimeout(HANDSHAKE_TIMEOUT_S)
-        sock.do_handshake()
-        sock.settimeout(previous)
-    except (OSError, ValueError) as exc:
-        reason = _reason(exc).replace("_", " ").lower()  # e.g. "certificate verify failed"
-        log.warning("TLS handshake with %s failed: %s", address, reason)
-        with contextlib.suppress(OSError):
-            sock.close()
-        event.assoc.acse_timeout = 0
 
 
 def is_tls(assoc: Any) -> bool:
