@@ -183,11 +183,7 @@ class GuardedDIMSE(DIMSEServiceProvider):
                 _peer(self.assoc),
                 type(exc).__name__,
             )
-            message = self.message
-            self.message = None
-            partial = getattr(message, "_data_set_file", None)
-            if partial is not None and hasattr(partial, "discard"):
-                partial.discard()
+            self.message = None  # its partial file goes when the association ends
             # Evt19 (invalid PDU): the state machine sends A-ABORT and closes (AA-8).
             self.assoc.dul.event_queue.put("Evt19")
 

@@ -169,7 +169,6 @@ class Receiver:
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_CONN_OPEN, nodelay),
-            (evt.EVT_CONN_CLOSE, self.handle_close),
             (evt.EVT_REQUESTED, self.handle_requested),
         ]
         if self.commitment is not None:
@@ -274,14 +273,6 @@ class Receiver:
         assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()  # as pynetdicom does after its own rejections: waits for the peer to close
-
-    def handle_close(self, event: Any) -> None:
-        """Remove the partial file of a dataset whose connection closed mid-transfer."""
-        message = getattr(getattr(event.assoc, "dimse", None), "message", None)
-        partial = getattr(message, "_data_set_file", None)
-        if isinstance(partial, IncomingFile):
-            log.warning("association closed mid-dataset: partial reception removed")
-            partial.discard()
 
     def handle_store(self, event: Any) -> Dataset:
         """Make the instance durable, then ack; any refusal is a status with a comment."""
