@@ -142,16 +142,21 @@ class UploadArea:
         written here too, never to the system's temp folder).
         """
         with self._lock:
-            free = shutil.disk_usage(self.root).free - self.reserve_bytes
-            return max(0, min(self.quota_bytes - self._held, free))
+            return max(0, min(self._left()))
 
     def _reserve(self, size: int) -> None:
         with self._lock:
-            if self._held + size > self.quota_bytes:
+            quota_left, disk_left = self._left()
+            if size > quota_left:
                 raise UploadAreaFull("the upload area's quota is used up")
-            if shutil.disk_usage(self.root).free - size < self.reserve_bytes:
+            if size > disk_left:
                 raise UploadAreaFull("the disk is down to the spool's reserve")
             self._held += size
+
+    def _left(self) -> tuple[int, int]:
+        """What the quota leaves, and what the disk has above the reserve (lock held)."""
+        free = shutil.disk_usage(self.root).free - self.reserve_bytes
+        return self.quota_bytes - self._held, free
 
 
 class Upload:
