@@ -540,15 +540,30 @@ def fingerprint(
     hashed as received; its Pixel Data is found in the bounded inflated copy (``limit``,
     ``scratch``: see :func:`plain_dataset`).
     """
-    offset, syntax = dataset_offset(stream)
-    if syntax.is_deflated:
-        with plain_dataset(stream, limit=limit, scratch=scratch) as plain:
-            pixel_digest = _pixel_digest(plain.stream, plain.offset, plain.syntax)
+    with plain_dataset(stream, limit=limit, scratch=scratch) as plain:
+        check_nesting(plain.stream, plain.offset, plain.syntax)
+        return _fingerprint(stream, plain)
+
+
+def fingerprint_and_header(
+    stream: BinaryIO, *, limit: int | None = None, scratch: str | os.PathLike[str] | None = None
+) -> tuple[Fingerprint, InstanceHeader]:
+    """:func:`fingerprint` and :func:`read_header` at once: one inflate, one walk."""
+    with plain_dataset(stream, limit=limit, scratch=scratch) as plain:
+        check_nesting(plain.stream, plain.offset, plain.syntax)
+        return _fingerprint(stream, plain), _parse_header(plain)
+
+
+def _fingerprint(stream: BinaryIO, plain: PlainDataset) -> Fingerprint:
+    """The digests of ``stream`` whose dataset ``plain`` has been walked."""
+    if plain.inflated:
+        offset, syntax = dataset_offset(stream)
+        found = pixel_range(plain.stream, plain.offset, plain.syntax)
+        pixel_digest = EMPTY_SHA256 if found is None else _hash_range(plain.stream, *found)
         digest, length, _ = _hash_once(stream, offset, None)
     else:
-        check_nesting(stream, offset, syntax)
-        found = pixel_range(stream, offset, syntax)
-        digest, length, pixel = _hash_once(stream, offset, found)
+        offset, syntax = plain.offset, plain.syntax
+        digest, length, pixel = _hash_once(stream, offset, pixel_range(stream, offset, syntax))
         pixel_digest = EMPTY_SHA256 if pixel is None else pixel
     return Fingerprint(
         digest=digest,
@@ -648,12 +663,6 @@ def pixel_range(stream: BinaryIO, offset: int, syntax: UID) -> tuple[int, int] |
     if end != size:  # the generator stops quietly on a partial element header
         raise DatasetUnreadable(f"{size - end} bytes after the last complete element")
     return found
-
-
-def _pixel_digest(stream: BinaryIO, offset: int, syntax: UID) -> bytes:
-    check_nesting(stream, offset, syntax)
-    found = pixel_range(stream, offset, syntax)
-    return EMPTY_SHA256 if found is None else _hash_range(stream, *found)
 
 
 def check_structure(

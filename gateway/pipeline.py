@@ -56,7 +56,7 @@ from gateway.errors import (
     StoreUnavailable,
     TransactionPending,
 )
-from gateway.fingerprint import MAX_INSTANCE_BYTES, fingerprint, read_header
+from gateway.fingerprint import MAX_INSTANCE_BYTES, fingerprint_and_header
 from gateway.index import Index, PendingBatch, Row
 from gateway.keys import Keyring
 from gateway.seal import seal
@@ -577,8 +577,7 @@ class Pipeline:
         try:
             with path.open("rb") as stream:
                 limit, scratch = self.max_instance_bytes, self.spool.incoming
-                fp = fingerprint(stream, limit=limit, scratch=scratch)
-                header = read_header(stream, limit=limit, scratch=scratch)
+                fp, header = fingerprint_and_header(stream, limit=limit, scratch=scratch)
         except DatasetUnreadable as exc:
             # The listener checked this before acking; reaching here means the spool file
             # changed under us. Keep it and say so: an acked image is never dropped.

@@ -52,8 +52,8 @@ from gateway.fingerprint import (
     MAX_INSTANCE_BYTES,
     Fingerprint,
     fingerprint,
+    fingerprint_and_header,
     load_dataset,
-    read_header,
 )
 from gateway.forward import Pacs
 from gateway.index import Index, Row
@@ -398,8 +398,8 @@ class Verifier:
         """
         cap = self.max_instance_bytes if limit is None else min(limit, self.max_instance_bytes)
         with path.open("rb") as stream:
-            uid = read_header(stream, limit=cap, scratch=scratch).sop_instance_uid
-            copy = Copy(fingerprint(stream, limit=cap, scratch=scratch), path)
+            fp, header = fingerprint_and_header(stream, limit=cap, scratch=scratch)
+        uid, copy = header.sop_instance_uid, Copy(fp, path)
         return self._verdict(uid, copy=copy, orthanc_id=None, show_phi=show_phi)
 
     def study(self, study_instance_uid: str, *, show_phi: bool = False) -> StudyVerdict:

@@ -26,7 +26,7 @@ from typing import Any
 from eth_account import Account
 
 from gateway import keys
-from gateway.fingerprint import fingerprint, read_header
+from gateway.fingerprint import fingerprint_and_header
 from gateway.ledger import MerkleTree, UserType, XrayLedger, connect, deploy, leaf_hash
 from gateway.ledger.anvil import Anvil
 from gateway.pipeline import AnchorItem
@@ -59,8 +59,7 @@ def seed_anchoring(*, workdir: Path, files: list[Path], say: Progress) -> dict[s
         items = []
         for path in files:
             with path.open("rb") as stream:
-                fp = fingerprint(stream)
-                header = read_header(stream)
+                fp, header = fingerprint_and_header(stream)
             items.append(
                 AnchorItem(
                     record_key=keys.record_key(pseudonym_key, header.sop_instance_uid),

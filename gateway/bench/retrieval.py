@@ -32,7 +32,7 @@ from typing import Any
 import requests
 
 import dicom_fixtures
-from gateway.fingerprint import fingerprint, read_header
+from gateway.fingerprint import fingerprint_and_header
 from gateway.index import Index
 from gateway.orthanc import EmbeddedOrthanc
 from gateway.orthanc_plugin import ENTRY_SCRIPT, plugin_section
@@ -47,8 +47,7 @@ def _record(index_path: Path, files: list[Path]) -> None:
     try:
         for n, path in enumerate(files):
             with path.open("rb") as stream:
-                fp = fingerprint(stream)
-                header = read_header(stream)
+                fp, header = fingerprint_and_header(stream)
             row = index.add_received(
                 entry_id=f"bench-{n}",
                 sop_instance_uid=header.sop_instance_uid,
