@@ -315,11 +315,16 @@ def test_a_new_version_of_a_batched_image_is_recorded_on_its_own_and_wins(
     first, second = rows
     assert (first["version"], second["version"]) == (1, 2)
     assert first["batch_id"] is not None
-    # not batched: one recordImage (the earlier version has no single record to supersede)
+    # not batched: one supersedeBatchedImage, carrying the proof of the batched version 1,
+    # which makes the gateway's recorder the key's owner on chain
     assert second["batch_id"] is None and second["tx_hash"].startswith("0x")
     ledger = ledger_of(stack)
-    (event,) = ledger.events("ImageRecorded", filters={"recordKey": bytes(second["record_key"])})
+    record_key = bytes(second["record_key"])
+    assert ledger.events("ImageRecorded", filters={"recordKey": record_key}) == []
+    (event,) = ledger.events("ImageSuperseded", filters={"recordKey": record_key})
     assert event.args["digest"] == bytes(second["digest"]) and event.tx_hash == second["tx_hash"]
+    assert event.args["previousDigest"] == bytes(first["digest"])
+    assert ledger.owner_of(record_key) == first["recorder"] == second["recorder"]
     assert second["stage"] == "conflict"  # Orthanc keeps version 1 under that UID
 
     with api(stack) as client:
