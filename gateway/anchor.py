@@ -7,9 +7,15 @@ from collections.abc import Sequence
 
 from web3.exceptions import TransactionNotFound
 
-from gateway.errors import LedgerError, TransactionPending, XrayBatchExists, XrayRecordExists
+from gateway.errors import (
+    LedgerError,
+    TransactionPending,
+    XrayBatchExists,
+    XrayRecordExists,
+    XrayUnchangedDigest,
+)
 from gateway.index import Index, PendingBatch
-from gateway.ledger import XrayLedger
+from gateway.ledger import Anchor, BatchedLeaf, XrayLedger
 from gateway.ledger.merkle import MerkleTree, encode_proof, leaf_hash
 from gateway.pipeline import AnchorItem, AnchorResult
 
@@ -22,6 +28,11 @@ class SingleAnchorer:
     Before sending, the record is looked up: if the ledger already holds this digest under
     this key (a crash between send and receipt, or the same bytes from another gateway),
     the existing transaction is the evidence and nothing is sent again.
+
+    The call depends on how the key was anchored before: ``recordImage`` for a new key,
+    ``supersedeImage`` for a key recorded on its own, and ``supersedeBatchedImage`` with
+    the inclusion proof of its first anchoring for a key whose first version was batched
+    (the contract owns a batched key to the batch's recorder only once it is shown).
     """
 
     def __init__(self, ledger: XrayLedger) -> None:
@@ -29,9 +40,9 @@ class SingleAnchorer:
             raise ValueError("the anchorer needs a ledger client with the recorder's account")
         self.ledger = ledger
 
-    def anchor(self, item: AnchorItem) -> AnchorResult:
+    def anchor(self, item: AnchorItem, *, batched: BatchedLeaf | None = None) -> AnchorResult:
+        """Anchor ``item``; ``batched`` is the key's first anchoring, if that was in a batch."""
         image = self.ledger.image_of(item.record_key)
-        send = self.ledger.record_image
         if image is not None:
             existing = self._find(item)
             if existing is not None:
@@ -40,18 +51,10 @@ class SingleAnchorer:
                 raise LedgerError(
                     "the record is retired on the ledger; a new version cannot be anchored"
                 )
-            send = self.ledger.supersede_image
         try:
-            anchor = send(
-                record_key=item.record_key,
-                patient_key=item.patient_key,
-                digest=item.digest,
-                pixel_digest=item.pixel_digest,
-                body_part=item.body_part,
-                modality=item.modality,
-            )
-        except XrayRecordExists as exc:  # gas is estimated against the pending block
-            existing = self._find(item)
+            anchor = self._send(item, recorded=image is not None, batched=batched)
+        except (XrayRecordExists, XrayUnchangedDigest) as exc:  # gas is estimated against
+            existing = self._find(item)  # the pending block: the same version waits there
             if existing is not None:  # mined between the look-up and the send
                 return existing
             raise TransactionPending(
@@ -64,6 +67,20 @@ class SingleAnchorer:
             block_time=anchor.block_time,
             recorder=self.ledger.sender.address,
         )
+
+    def _send(self, item: AnchorItem, *, recorded: bool, batched: BatchedLeaf | None) -> Anchor:
+        """The one transaction that anchors ``item``, by how its key was anchored before."""
+        if batched is not None:
+            return self.ledger.supersede_batched_image(
+                record_key=item.record_key, leaf=batched, patient_key=item.patient_key,
+                digest=item.digest, pixel_digest=item.pixel_digest, body_part=item.body_part,
+                modality=item.modality,
+            )  # fmt: skip
+        send = self.ledger.supersede_image if recorded else self.ledger.record_image
+        return send(
+            record_key=item.record_key, patient_key=item.patient_key, digest=item.digest,
+            pixel_digest=item.pixel_digest, body_part=item.body_part, modality=item.modality,
+        )  # fmt: skip
 
     def confirmed(self, tx_hash: str) -> bool:
         """True when the chain holds ``tx_hash`` and it succeeded (a lost block has no receipt)."""

@@ -23,7 +23,7 @@ translated at the boundary only: into a DICOM status in ``receive``, an HTTP pro
     │   │   └── TransactionPending  sent, still not mined after every re-send: retry later
     │   └── ContractRevert          the contract refused the call; ``.name`` is its custom error
     │       ├── AccessControlUnauthorizedAccount
-    │       ├── XrayNotRecorder, XrayNotCustodian, XrayNotPermissionManager
+    │       ├── XrayNotRecorder, XrayNotOwner, XrayNotPermissionManager, XrayNotOwnDoctor
     │       ├── XrayRecordExists, XrayUnknownRecord, XrayRecordRetired, ...
     │       └── (one subclass per custom error in the contract's ABI)
     ├── SealError                   a sealed object cannot be made or opened
@@ -179,11 +179,21 @@ AccessControlUnauthorizedAccount = _revert(
 AccessControlBadConfirmation = _revert(
     "AccessControlBadConfirmation", "renounceRole was called for another account."
 )
-XrayNotRecorder = _revert("XrayNotRecorder", "The caller is neither a Recorder nor a Doctor.")
-XrayNotCustodian = _revert("XrayNotCustodian", "The caller is neither admin nor Hospital.")
+XrayNotRecorder = _revert("XrayNotRecorder", "The caller does not hold the Recorder role.")
+XrayNotOwner = _revert(
+    "XrayNotOwner", "The caller is neither the record's owner nor the admin: (key, caller, owner)."
+)
 XrayNotPermissionManager = _revert(
     "XrayNotPermissionManager", "The caller may not manage that kind of permission."
 )
+XraySelfManagement = _revert("XraySelfManagement", "A Hospital may not manage its own permissions.")
+XrayHoldsOtherRole = _revert(
+    "XrayHoldsOtherRole", "A Hospital may not make a Doctor of an account holding another role."
+)
+XrayNotOwnDoctor = _revert(
+    "XrayNotOwnDoctor", "The Doctor was not added by this Hospital: (doctor, hospital)."
+)
+XrayInvalidReason = _revert("XrayInvalidReason", "A retirement needs a reason other than None.")
 XrayInvalidUserType = _revert("XrayInvalidUserType", "The user type is not a permission.")
 XrayNoPermission = _revert("XrayNoPermission", "The account holds no permission to remove.")
 XrayZeroValue = _revert("XrayZeroValue", "A key, digest, root or address was zero.")
@@ -206,8 +216,12 @@ REVERTS: dict[str, type[ContractRevert]] = {
         AccessControlUnauthorizedAccount,
         AccessControlBadConfirmation,
         XrayNotRecorder,
-        XrayNotCustodian,
+        XrayNotOwner,
         XrayNotPermissionManager,
+        XraySelfManagement,
+        XrayHoldsOtherRole,
+        XrayNotOwnDoctor,
+        XrayInvalidReason,
         XrayInvalidUserType,
         XrayNoPermission,
         XrayZeroValue,

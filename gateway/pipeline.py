@@ -7,8 +7,9 @@ is configured: there one thread gathers the rows that reached it into Merkle bat
 (``anchor.BatchAnchorer``: one ``recordBatch`` per batch), lands each batch, and moves
 its rows on to ``forward`` all at once, while the pool keeps fingerprinting, sealing,
 storing and forwarding other rows. A new version of an image (same SOP Instance UID,
-other bytes) is anchored on its own (``supersedeImage``, or ``recordImage`` if its
-earlier versions were batched), so that the chain itself knows the image changed.
+other bytes) is anchored on its own (``supersedeImage``, or ``supersedeBatchedImage``
+with the inclusion proof from the index if its first version was batched), so that the
+chain itself knows the image changed, and the key stays the gateway's on chain.
 
 Each stage reads a row of the index, does one idempotent piece of work, and advances the
 row in the same step that records the work's result. A crash between the work and the
@@ -59,6 +60,8 @@ from gateway.errors import (
 from gateway.fingerprint import MAX_INSTANCE_BYTES, fingerprint_and_header
 from gateway.index import Index, PendingBatch, Row
 from gateway.keys import Keyring
+from gateway.ledger.merkle import decode_proof
+from gateway.ledger.types import BatchedLeaf
 from gateway.seal import seal
 from gateway.spool import Spool, fsync_dir
 from gateway.store import ObjectStore
@@ -94,7 +97,9 @@ class AnchorResult:
 class Anchorer(Protocol):
     """The anchor stage for one image: one transaction."""
 
-    def anchor(self, item: AnchorItem) -> AnchorResult: ...
+    def anchor(self, item: AnchorItem, *, batched: BatchedLeaf | None = None) -> AnchorResult:
+        """Anchor ``item``; ``batched`` is its key's first anchoring, when that was a batch."""
+        ...
 
     def confirmed(self, tx_hash: str) -> bool:
         """True when the chain holds ``tx_hash`` as a successful transaction."""
@@ -659,7 +664,7 @@ class Pipeline:
         """Anchor the row's version and record where; ``advance`` moves it on to forward."""
         assert row.record_key and row.patient_key and row.digest and row.pixel_digest
         with self._anchor_lock(row.record_key):
-            result = self.anchorer.anchor(_anchor_item(row))
+            result = self.anchorer.anchor(_anchor_item(row), batched=self._batched_origin(row))
         failpoints.hit("pipeline.after_anchor")
         progress = {"stage": "forward", "attempts": 0, "last_error": None} if advance else {}
         self.index.update(
@@ -673,6 +678,19 @@ class Pipeline:
             proof=result.proof,
             **progress,
         )
+
+    def _batched_origin(self, row: Row) -> BatchedLeaf | None:
+        """The batch leaf (with its proof) that first anchored ``row``'s key, if one did."""
+        assert row.record_key is not None
+        for other in self.index.versions_of(row.record_key, exclude=row.id):
+            if other.batch_id is not None and other.proof is not None:
+                assert other.patient_key and other.digest and other.pixel_digest
+                return BatchedLeaf(
+                    patient_key=other.patient_key, digest=other.digest,
+                    pixel_digest=other.pixel_digest, batch_id=other.batch_id,
+                    proof=decode_proof(other.proof),
+                )  # fmt: skip
+        return None
 
     def _anchor_lock(self, record_key: bytes) -> threading.Lock:
         with self._lock:

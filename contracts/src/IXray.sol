@@ -22,6 +22,19 @@ interface IXray {
         Auditor
     }
 
+    /**
+     * @notice Why an image was retired (a fixed set: free text could carry patient data).
+     * `None` is never a valid reason.
+     */
+    enum RetireReason {
+        None,
+        Withdrawn,
+        WrongPatient,
+        Duplicate,
+        Corrupt,
+        Erased
+    }
+
     /// @notice One version of one image, as returned by {imageOf} and {versionOf}.
     struct ImageVersion {
         /// @notice SHA-256 of the dataset bytes as received, File Meta Information excluded.
@@ -54,8 +67,41 @@ interface IXray {
         address retiredBy;
         /// @notice When it was retired, zero if not retired.
         uint40 retiredAt;
-        /// @notice Why it was retired.
-        string retireReason;
+        /// @notice Why it was retired, `None` if not retired.
+        RetireReason retireReason;
+    }
+
+    /**
+     * @notice An image as one leaf of a batch, with the RFC 6962 inclusion proof that puts it
+     * there: its leaf is sha256(0x00 ‖ recordKey ‖ patientKey ‖ digest ‖ pixelDigest).
+     */
+    struct BatchedLeaf {
+        /// @notice The leaf's patient key.
+        bytes32 patientKey;
+        /// @notice The leaf's dataset digest.
+        bytes32 digest;
+        /// @notice The leaf's Pixel Data digest.
+        bytes32 pixelDigest;
+        /// @notice The batch that anchored the leaf.
+        uint256 batchId;
+        /// @notice The leaf's position in the batch.
+        uint256 index;
+        /// @notice The audit path from the leaf to the batch's root.
+        bytes32[] proof;
+    }
+
+    /// @notice A new version of an image, as written by {supersedeBatchedImage}.
+    struct NewVersion {
+        /// @notice HMAC of the patient's issuer and ID.
+        bytes32 patientKey;
+        /// @notice SHA-256 of the new dataset bytes.
+        bytes32 digest;
+        /// @notice SHA-256 of the new Pixel Data value.
+        bytes32 pixelDigest;
+        /// @notice Examined body part.
+        string bodyPart;
+        /// @notice DICOM Modality.
+        string modality;
     }
 
     /// @notice A Merkle root anchoring many images in one transaction.
@@ -74,12 +120,21 @@ interface IXray {
         uint32 blockNumber;
     }
 
-    /// @notice The caller may not record images: it holds neither the Recorder nor the Doctor role.
+    /// @notice The caller may not write records: it does not hold the Recorder role.
     error XrayNotRecorder(address account);
-    /// @notice The caller may not retire images: it is neither admin nor Hospital.
-    error XrayNotCustodian(address account);
+    /// @notice `account` may not change `recordKey`: it is neither its owner `owner` nor the admin.
+    error XrayNotOwner(bytes32 recordKey, address account, address owner);
     /// @notice The caller may not give or take `userType` permissions.
     error XrayNotPermissionManager(address account, UserType userType);
+    /// @notice A Hospital may not give or take permissions of its own.
+    error XraySelfManagement(address account);
+    /// @notice A Hospital may not make a Doctor of `account`: it holds another role.
+    error XrayHoldsOtherRole(address account);
+    /// @notice Doctor `account` was not added by Hospital `hospital`, which therefore may not
+    /// rename, revoke or remove it.
+    error XrayNotOwnDoctor(address account, address hospital);
+    /// @notice A retirement needs a reason other than `None`.
+    error XrayInvalidReason();
     /// @notice `userType` is not a permission that can be given.
     error XrayInvalidUserType(UserType userType);
     /// @notice `account` holds no permission to remove.
@@ -135,19 +190,25 @@ interface IXray {
     );
     /// @notice A Merkle root of `count` images was anchored as batch `batchId`.
     event BatchAnchored(uint256 indexed batchId, bytes32 indexed root, address indexed recorder, uint32 count);
-    /// @notice An image was retired; its record stays.
-    event ImageRetired(bytes32 indexed recordKey, address indexed by, string reason);
+    /// @notice An image was retired by `by` (its owner or the admin); its record stays.
+    event ImageRetired(bytes32 indexed recordKey, address indexed by, RetireReason reason);
+    /// @notice The batch recorder `to` proved it anchored `recordKey` before `from` wrote or
+    /// claimed it: `to` owns the key again, and a retirement by `from` is void.
+    event OwnershipRestored(bytes32 indexed recordKey, address indexed from, address indexed to);
 
     /**
      * @notice Give or deny `account` the `userType` permission (seed parity).
-     * @dev The admin manages every type; a Hospital manages Doctors.
+     * @dev The admin manages every type. A Hospital manages Doctors only: never itself, never
+     * an account holding another role, and only the doctors it added itself (naming one is
+     * renaming it).
      */
     function setPermission(address account, string calldata name, UserType userType, bool enabled) external;
 
     /// @notice Remove every xray permission of `account` (seed parity: a doctor who resigned).
+    /// @dev The admin removes anyone; a Hospital only a Doctor it added itself.
     function removePermission(address account) external;
 
-    /// @notice Record the first version of an image.
+    /// @notice Record the first version of an image; the caller (a Recorder) becomes its owner.
     function recordImage(
         bytes32 recordKey,
         bytes32 patientKey,
@@ -157,7 +218,8 @@ interface IXray {
         string calldata modality
     ) external;
 
-    /// @notice Record a new version of an image; it links to the current one.
+    /// @notice Record a new version of an image; it links to the current one. Only the
+    /// image's owner (still a Recorder) or the admin.
     function supersedeImage(
         bytes32 recordKey,
         bytes32 patientKey,
@@ -167,25 +229,35 @@ interface IXray {
         string calldata modality
     ) external;
 
-    /// @notice Anchor the Merkle root of `count` images; returns the batch id.
+    /**
+     * @notice Record a new version of an image first anchored in a batch: `leaf` proves the
+     * batched anchoring. Only the batch's recorder (still a Recorder) or the admin.
+     * @dev A key the contract does not know yet becomes owned by the batch's recorder, and
+     * `version` is its first stored version. A key another account wrote directly in or
+     * after the batch's block, or claimed through a later batch (a squatter), returns to
+     * the batch's recorder ({OwnershipRestored}), and a retirement by the squatter is
+     * cleared; a key written directly before the batch keeps its owner.
+     */
+    function supersedeBatchedImage(bytes32 recordKey, BatchedLeaf calldata leaf, NewVersion calldata version)
+        external;
+
+    /// @notice Anchor the Merkle root of `count` images; returns the batch id. Recorders only.
     function recordBatch(bytes32 root, uint32 count) external returns (uint256 batchId);
 
-    /// @notice Retire an image (the seed's Remove); the record stays, marked.
-    function retireImage(bytes32 recordKey, string calldata reason) external;
+    /// @notice Retire an image (the seed's Remove); the record stays, marked. Only the image's
+    /// owner (still a Recorder) or the admin.
+    function retireImage(bytes32 recordKey, RetireReason reason) external;
 
-    /// @notice Retire an image anchored only in batch `batchId`: its leaf
-    /// (sha256(0x00 ‖ recordKey ‖ patientKey ‖ digest ‖ pixelDigest)) must lead to the
-    /// batch's root by the RFC 6962 inclusion `proof` at leaf `index`. The batch stays.
-    function retireBatchedImage(
-        bytes32 recordKey,
-        bytes32 patientKey,
-        bytes32 digest,
-        bytes32 pixelDigest,
-        uint256 batchId,
-        uint256 index,
-        bytes32[] calldata proof,
-        string calldata reason
-    ) external;
+    /**
+     * @notice Retire an image first anchored in a batch, shown by `leaf`; the batch stays.
+     * Only the batch's recorder (still a Recorder) or the admin; ownership as in
+     * {supersedeBatchedImage}.
+     */
+    function retireBatchedImage(bytes32 recordKey, BatchedLeaf calldata leaf, RetireReason reason) external;
+
+    /// @notice The account that owns `recordKey`: the Recorder that first wrote it with
+    /// {recordImage}, or the recorder of the batch whose proof was shown; zero if unknown.
+    function ownerOf(bytes32 recordKey) external view returns (address);
 
     /// @notice The image recorded under `recordKey`.
     function imageOf(bytes32 recordKey) external view returns (Image memory);

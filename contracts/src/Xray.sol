@@ -11,22 +11,35 @@ import {IXray} from "./IXray.sol";
  * doctors, recorders (the gateway's account) and auditors.
  * @dev Access control is OpenZeppelin's {AccessControl}; role changes therefore also emit
  * the standard `RoleGranted`/`RoleRevoked` events beside this contract's own event.
- * Every state change emits exactly one {IXray} event, after the change.
+ * Every state change emits one {IXray} event after the change (a squatter displaced by
+ * {supersedeBatchedImage} or {retireBatchedImage} adds an {OwnershipRestored} before it).
+ *
+ * Trust model: only Recorders write records, and every record key has an owner, the
+ * Recorder that anchored it first. Only the owner or the admin supersedes or retires it.
+ * A batched key is unknown here until its inclusion proof is shown, so the batch's
+ * recorder proves it to reclaim a key that another account wrote directly after the batch.
  */
 contract Xray is IXray, AccessControl {
-    /// @notice Hospitals manage their doctors and may retire images.
+    /// @notice Hospitals manage the doctors they added.
     bytes32 public constant HOSPITAL_ROLE = keccak256("HOSPITAL_ROLE");
-    /// @notice Doctors may record images (the seed's `setXrayhash`).
+    /// @notice Doctors are named in the seed's views; they no longer record images.
     bytes32 public constant DOCTOR_ROLE = keccak256("DOCTOR_ROLE");
     /// @notice Recorders (gateways) record images and anchor batches.
     bytes32 public constant RECORDER_ROLE = keccak256("RECORDER_ROLE");
     /// @notice Auditors read; the role exists so that off-chain services can check it.
     bytes32 public constant AUDITOR_ROLE = keccak256("AUDITOR_ROLE");
 
+    /// @dev One storage slot: who, when and why.
     struct Retirement {
         address by;
         uint40 retiredAt;
-        string reason;
+        RetireReason reason;
+    }
+
+    /// @dev One storage slot: the batch recorder that owns a key, and the batch that proved it.
+    struct Claim {
+        address owner;
+        uint64 batchId;
     }
 
     struct PatientEntry {
@@ -40,6 +53,12 @@ contract Xray is IXray, AccessControl {
     mapping(address account => string) private _names;
     Batch[] private _batches;
     mapping(bytes32 root => uint256) private _batchIds;
+    /// @dev Keys claimed through a batch proof, with the batch that proved them. A key
+    /// without a claim is owned by the recorder of its first stored version, so that
+    /// {recordImage} writes no extra slot.
+    mapping(bytes32 recordKey => Claim) private _claims;
+    /// @dev The Hospital that added each Doctor; zero when the admin did (or none is one).
+    mapping(address doctor => address) private _doctorHospitals;
 
     /// @param admin The account that receives the admin role (the seed's *gov*).
     constructor(address admin) {
@@ -47,25 +66,25 @@ contract Xray is IXray, AccessControl {
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
     }
 
-    /// @dev Reverts with {XrayNotRecorder} unless the caller is a Recorder or a Doctor.
+    /// @dev Reverts with {XrayNotRecorder} unless the caller holds the Recorder role.
     modifier onlyRecorder() {
         address sender = _msgSender();
-        if (!hasRole(RECORDER_ROLE, sender) && !hasRole(DOCTOR_ROLE, sender)) {
-            revert XrayNotRecorder(sender);
-        }
+        if (!hasRole(RECORDER_ROLE, sender)) revert XrayNotRecorder(sender);
         _;
     }
 
     /// @inheritdoc IXray
     function setPermission(address account, string calldata name, UserType userType, bool enabled) external {
         bytes32 role = _roleOf(userType);
-        _checkPermissionManager(userType);
         if (account == address(0)) revert XrayZeroValue();
+        bool byHospital = _checkPermissionManager(account, userType);
+        if (byHospital) _checkHospitalMayName(account, enabled);
         if (bytes(name).length != 0) _names[account] = name;
         if (enabled) {
-            _grantRole(role, account);
+            if (_grantRole(role, account) && byHospital) _doctorHospitals[account] = _msgSender();
         } else {
             _revokeRole(role, account);
+            if (userType == UserType.Doctor) delete _doctorHospitals[account];
         }
         emit PermissionSet(account, name, userType, enabled, _msgSender());
     }
@@ -74,12 +93,13 @@ contract Xray is IXray, AccessControl {
     function removePermission(address account) external {
         UserType highest = _highestUserType(account);
         if (highest == UserType.None) revert XrayNoPermission(account);
-        // A hospital may dismiss a doctor; anyone holding more needs the admin.
-        _checkPermissionManager(highest);
+        // A hospital may dismiss a doctor it added; anyone holding more needs the admin.
+        if (_checkPermissionManager(account, highest)) _checkOwnDoctor(account);
         _revokeRole(HOSPITAL_ROLE, account);
         _revokeRole(DOCTOR_ROLE, account);
         _revokeRole(RECORDER_ROLE, account);
         _revokeRole(AUDITOR_ROLE, account);
+        delete _doctorHospitals[account];
         emit PermissionRemoved(account, _msgSender());
     }
 
@@ -108,16 +128,36 @@ contract Xray is IXray, AccessControl {
         bytes32 pixelDigest,
         string calldata bodyPart,
         string calldata modality
-    ) external onlyRecorder {
+    ) external {
         if (patientKey == bytes32(0) || digest == bytes32(0)) revert XrayZeroValue();
         ImageVersion[] storage versions = _versions[recordKey];
         uint256 count = versions.length;
         if (count == 0) revert XrayUnknownRecord(recordKey);
+        _checkOwnerOrAdmin(recordKey, _ownerOf(recordKey, versions));
         if (_retirements[recordKey].retiredAt != 0) revert XrayRecordRetired(recordKey);
-        bytes32 previousDigest = versions[count - 1].digest;
-        if (previousDigest == digest) revert XrayUnchangedDigest(recordKey, digest);
-        uint32 version = _pushVersion(recordKey, patientKey, digest, pixelDigest, bodyPart, modality);
-        emit ImageSuperseded(recordKey, patientKey, _msgSender(), version, previousDigest, digest, pixelDigest);
+        _supersede(recordKey, versions[count - 1].digest, patientKey, digest, pixelDigest, bodyPart, modality);
+    }
+
+    /// @inheritdoc IXray
+    function supersedeBatchedImage(bytes32 recordKey, BatchedLeaf calldata leaf, NewVersion calldata version)
+        external
+    {
+        if (version.patientKey == bytes32(0) || version.digest == bytes32(0)) revert XrayZeroValue();
+        _claimBatched(recordKey, leaf);
+        if (_retirements[recordKey].retiredAt != 0) revert XrayRecordRetired(recordKey);
+        ImageVersion[] storage versions = _versions[recordKey];
+        uint256 count = versions.length;
+        // the batched leaf is the version a key unknown here supersedes
+        bytes32 previousDigest = count == 0 ? leaf.digest : versions[count - 1].digest;
+        _supersede(
+            recordKey,
+            previousDigest,
+            version.patientKey,
+            version.digest,
+            version.pixelDigest,
+            version.bodyPart,
+            version.modality
+        );
     }
 
     /// @inheritdoc IXray
@@ -141,29 +181,97 @@ contract Xray is IXray, AccessControl {
     }
 
     /// @inheritdoc IXray
-    function retireImage(bytes32 recordKey, string calldata reason) external {
-        _checkCustodian();
-        if (_versions[recordKey].length == 0) revert XrayUnknownRecord(recordKey);
+    function retireImage(bytes32 recordKey, RetireReason reason) external {
+        if (reason == RetireReason.None) revert XrayInvalidReason();
+        ImageVersion[] storage versions = _versions[recordKey];
+        if (versions.length == 0) revert XrayUnknownRecord(recordKey);
+        _checkOwnerOrAdmin(recordKey, _ownerOf(recordKey, versions));
         _retire(recordKey, reason);
     }
 
     /// @inheritdoc IXray
-    function retireBatchedImage(
+    function retireBatchedImage(bytes32 recordKey, BatchedLeaf calldata leaf, RetireReason reason) external {
+        if (reason == RetireReason.None) revert XrayInvalidReason();
+        _claimBatched(recordKey, leaf);
+        _retire(recordKey, reason);
+    }
+
+    /// @inheritdoc IXray
+    function ownerOf(bytes32 recordKey) external view returns (address) {
+        return _ownerOf(recordKey, _versions[recordKey]);
+    }
+
+    /**
+     * @dev Prove `leaf` anchored `recordKey` in its batch, settle the key's owner, and check
+     * that the caller is that owner (still a Recorder) or the admin. The earliest anchoring
+     * owns the key: the proven batch, unless the key was written directly in an earlier
+     * block or claimed through an earlier batch (then the batch's recorder is refused). A
+     * displaced owner's retirement of the key is cleared with it.
+     */
+    function _claimBatched(bytes32 recordKey, BatchedLeaf calldata leaf) private {
+        uint256 batchId = leaf.batchId;
+        if (batchId == 0 || batchId > _batches.length) revert XrayUnknownBatch(batchId);
+        Batch storage batch = _batches[batchId - 1];
+        bytes32 node =
+            sha256(abi.encodePacked(bytes1(0x00), recordKey, leaf.patientKey, leaf.digest, leaf.pixelDigest));
+        if (!_included(node, leaf.index, batch.count, leaf.proof, batch.root)) {
+            revert XrayNotInBatch(recordKey, batchId);
+        }
+        address batchRecorder = batch.recorder;
+        ImageVersion[] storage versions = _versions[recordKey];
+        Claim storage claim = _claims[recordKey];
+        address owner = claim.owner;
+        bool earlier;
+        if (owner != address(0)) {
+            earlier = claim.batchId <= batchId;
+        } else if (versions.length != 0) {
+            owner = versions[0].recorder;
+            earlier = versions[0].blockNumber < batch.blockNumber;
+        }
+        if (owner == batchRecorder || earlier) {
+            _checkOwnerOrAdmin(recordKey, owner);
+            return;
+        }
+        _checkOwnerOrAdmin(recordKey, batchRecorder);
+        _claims[recordKey] = Claim(batchRecorder, uint64(batchId));
+        if (owner != address(0)) {
+            // a retirement by the displaced account was never the owner's: it is void
+            if (_retirements[recordKey].by == owner) delete _retirements[recordKey];
+            emit OwnershipRestored(recordKey, owner, batchRecorder);
+        }
+    }
+
+    /// @dev The owner of `recordKey` (whose stored versions are `versions`), zero if unknown.
+    function _ownerOf(bytes32 recordKey, ImageVersion[] storage versions) private view returns (address) {
+        address owner = _claims[recordKey].owner;
+        if (owner != address(0) || versions.length == 0) return owner;
+        return versions[0].recorder;
+    }
+
+    /**
+     * @dev Revert unless the caller is the admin, or is `owner` and still a Recorder: with
+     * {XrayNotRecorder} for a caller that is no Recorder, {XrayNotOwner} for another Recorder.
+     */
+    function _checkOwnerOrAdmin(bytes32 recordKey, address owner) private view {
+        address sender = _msgSender();
+        if (hasRole(DEFAULT_ADMIN_ROLE, sender)) return;
+        if (!hasRole(RECORDER_ROLE, sender)) revert XrayNotRecorder(sender);
+        if (sender != owner) revert XrayNotOwner(recordKey, sender, owner);
+    }
+
+    /// @dev Append a version that supersedes `previousDigest` and announce it.
+    function _supersede(
         bytes32 recordKey,
+        bytes32 previousDigest,
         bytes32 patientKey,
         bytes32 digest,
         bytes32 pixelDigest,
-        uint256 batchId,
-        uint256 index,
-        bytes32[] calldata proof,
-        string calldata reason
-    ) external {
-        _checkCustodian();
-        if (batchId == 0 || batchId > _batches.length) revert XrayUnknownBatch(batchId);
-        Batch storage batch = _batches[batchId - 1];
-        bytes32 leaf = sha256(abi.encodePacked(bytes1(0x00), recordKey, patientKey, digest, pixelDigest));
-        if (!_included(leaf, index, batch.count, proof, batch.root)) revert XrayNotInBatch(recordKey, batchId);
-        _retire(recordKey, reason);
+        string calldata bodyPart,
+        string calldata modality
+    ) private {
+        if (previousDigest == digest) revert XrayUnchangedDigest(recordKey, digest);
+        uint32 version = _pushVersion(recordKey, patientKey, digest, pixelDigest, bodyPart, modality);
+        emit ImageSuperseded(recordKey, patientKey, _msgSender(), version, previousDigest, digest, pixelDigest);
     }
 
     /// @dev RFC 9162 §2.1.3.2: verify an inclusion proof of `leaf` at `index` in a tree of `size`.
@@ -195,16 +303,8 @@ contract Xray is IXray, AccessControl {
         return sn == 0 && node == root;
     }
 
-    /// @dev Revert unless the caller is a custodian (admin or Hospital): they retire images.
-    function _checkCustodian() private view {
-        address sender = _msgSender();
-        if (!hasRole(DEFAULT_ADMIN_ROLE, sender) && !hasRole(HOSPITAL_ROLE, sender)) {
-            revert XrayNotCustodian(sender);
-        }
-    }
-
     /// @dev Mark `recordKey` retired by the caller; the record (or batch) stays.
-    function _retire(bytes32 recordKey, string calldata reason) private {
+    function _retire(bytes32 recordKey, RetireReason reason) private {
         address sender = _msgSender();
         Retirement storage retirement = _retirements[recordKey];
         if (retirement.retiredAt != 0) revert XrayRecordRetired(recordKey);
@@ -318,11 +418,35 @@ contract Xray is IXray, AccessControl {
         return UserType.None;
     }
 
-    /// @dev The admin manages every permission; a Hospital manages Doctors only.
-    function _checkPermissionManager(UserType userType) private view {
+    /**
+     * @dev The admin manages every permission; a Hospital manages Doctors only, and never
+     * its own. Returns true when the caller acts as a Hospital (not as the admin).
+     */
+    function _checkPermissionManager(address account, UserType userType) private view returns (bool byHospital) {
         address sender = _msgSender();
-        if (hasRole(DEFAULT_ADMIN_ROLE, sender)) return;
-        if (userType == UserType.Doctor && hasRole(HOSPITAL_ROLE, sender)) return;
-        revert XrayNotPermissionManager(sender, userType);
+        if (hasRole(DEFAULT_ADMIN_ROLE, sender)) return false;
+        if (userType != UserType.Doctor || !hasRole(HOSPITAL_ROLE, sender)) {
+            revert XrayNotPermissionManager(sender, userType);
+        }
+        if (account == sender) revert XraySelfManagement(sender);
+        return true;
+    }
+
+    /**
+     * @dev A Hospital names (grants, renames, revokes) only accounts that hold no other role:
+     * its own doctors, or, granting, an account that holds no role at all.
+     */
+    function _checkHospitalMayName(address account, bool enabled) private view {
+        if (
+            hasRole(DEFAULT_ADMIN_ROLE, account) || hasRole(HOSPITAL_ROLE, account)
+                || hasRole(RECORDER_ROLE, account) || hasRole(AUDITOR_ROLE, account)
+        ) revert XrayHoldsOtherRole(account);
+        if (enabled && !hasRole(DOCTOR_ROLE, account)) return;
+        _checkOwnDoctor(account);
+    }
+
+    /// @dev Revert unless the calling Hospital added Doctor `account` itself.
+    function _checkOwnDoctor(address account) private view {
+        if (_doctorHospitals[account] != _msgSender()) revert XrayNotOwnDoctor(account, _msgSender());
     }
 }

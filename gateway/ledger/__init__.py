@@ -2,15 +2,25 @@
 
 from gateway.ledger.client import XrayLedger, connect, deploy, load_artifact
 from gateway.ledger.merkle import InclusionProof, MerkleTree, leaf_hash, verify_inclusion
-from gateway.ledger.types import Anchor, Batch, Image, ImageVersion, UserType
+from gateway.ledger.types import (
+    Anchor,
+    Batch,
+    BatchedLeaf,
+    Image,
+    ImageVersion,
+    RetireReason,
+    UserType,
+)
 
 __all__ = [
     "Anchor",
     "Batch",
+    "BatchedLeaf",
     "Image",
     "ImageVersion",
     "InclusionProof",
     "MerkleTree",
+    "RetireReason",
     "UserType",
     "XrayLedger",
     "connect",

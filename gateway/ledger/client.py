@@ -17,11 +17,14 @@ from gateway.ledger.sender import RevertDecoder, Sender, translate
 from gateway.ledger.types import (
     Anchor,
     Batch,
+    BatchedLeaf,
     Image,
     ImageVersion,
     LedgerEvent,
     Retirement,
+    RetireReason,
     UserType,
+    retire_reason_name,
 )
 from gateway.procs import PROJECT_ROOT
 from gateway.redact import redact_url, userinfo
@@ -166,7 +169,7 @@ class XrayLedger:
         body_part: str,
         modality: str,
     ) -> Anchor:
-        """Record the first version of an image."""
+        """Record the first version of an image; the signing Recorder becomes its owner."""
         fn = self.contract.functions.recordImage(
             record_key, patient_key, digest, pixel_digest, body_part, modality
         )
@@ -182,9 +185,33 @@ class XrayLedger:
         body_part: str,
         modality: str,
     ) -> Anchor:
-        """Record a new version of an already recorded image."""
+        """Record a new version of an already recorded image (its owner or the admin)."""
         fn = self.contract.functions.supersedeImage(
             record_key, patient_key, digest, pixel_digest, body_part, modality
+        )
+        return self._transact(fn)
+
+    def supersede_batched_image(
+        self,
+        *,
+        record_key: bytes,
+        leaf: BatchedLeaf,
+        patient_key: bytes,
+        digest: bytes,
+        pixel_digest: bytes,
+        body_part: str,
+        modality: str,
+    ) -> Anchor:
+        """Record a new version of an image first anchored in a batch, shown by ``leaf``.
+
+        Only the batch's recorder or the admin; a key the contract did not know yet gets
+        its first stored version, and one written meanwhile by another account (after the
+        batch) returns to the batch's recorder.
+        """
+        fn = self.contract.functions.supersedeBatchedImage(
+            record_key,
+            _batched_leaf(leaf),
+            (patient_key, digest, pixel_digest, body_part, modality),
         )
         return self._transact(fn)
 
@@ -195,9 +222,13 @@ class XrayLedger:
         events = self.contract.events.BatchAnchored().process_receipt(receipt)
         return int(events[0]["args"]["batchId"]), anchor
 
-    def retire_image(self, *, record_key: bytes, reason: str) -> Anchor:
-        """Retire an image: the record stays, marked, with who and why."""
-        return self._transact(self.contract.functions.retireImage(record_key, reason))
+    def retire_image(self, *, record_key: bytes, reason: RetireReason | str) -> Anchor:
+        """Retire an image (its owner or the admin): the record stays, marked, with who and why.
+
+        ``reason`` is a :class:`RetireReason` or its lowercase name (``"duplicate"``).
+        """
+        code = int(RetireReason.parse(reason))
+        return self._transact(self.contract.functions.retireImage(record_key, code))
 
     def retire_batched_image(
         self,
@@ -208,13 +239,18 @@ class XrayLedger:
         pixel_digest: bytes,
         batch_id: int,
         proof: InclusionProof,
-        reason: str,
+        reason: RetireReason | str,
     ) -> Anchor:
-        """Retire an image anchored only in a batch; the chain checks its inclusion proof."""
-        fn = self.contract.functions.retireBatchedImage(
-            record_key, patient_key, digest, pixel_digest, batch_id, proof.index,
-            list(proof.path), reason,
+        """Retire an image anchored in a batch; the chain checks its inclusion proof.
+
+        Only the batch's recorder or the admin. ``reason`` as for :meth:`retire_image`.
+        """
+        leaf = BatchedLeaf(
+            patient_key=patient_key, digest=digest, pixel_digest=pixel_digest,
+            batch_id=batch_id, proof=proof,
         )  # fmt: skip
+        code = int(RetireReason.parse(reason))
+        fn = self.contract.functions.retireBatchedImage(record_key, _batched_leaf(leaf), code)
         return self._transact(fn)
 
     def grant_role(self, role: str, account: str) -> Anchor:
@@ -247,6 +283,11 @@ class XrayLedger:
     def name_of(self, account: str) -> str:
         return str(self._call(self.contract.functions.nameOf(Web3.to_checksum_address(account))))
 
+    def owner_of(self, record_key: bytes) -> str | None:
+        """The account that owns ``record_key`` (checksummed), or None if the key is unknown."""
+        owner = str(self._call(self.contract.functions.ownerOf(record_key)))
+        return None if int(owner, 16) == 0 else Web3.to_checksum_address(owner)
+
     def image_of(self, record_key: bytes) -> Image | None:
         """The image under ``record_key``, or None if it was never recorded."""
         try:
@@ -261,18 +302,22 @@ class XrayLedger:
             retired=bool(retired),
             retired_by=retired_by if retired else None,
             retired_at=int(retired_at) if retired else None,
-            retire_reason=str(reason),
+            retire_reason=retire_reason_name(reason),
         )
 
     def retirement_of(self, record_key: bytes) -> Retirement | None:
-        """Whether (and by whom, when, why) the record under ``record_key`` was retired."""
+        """Whether (and by whom, when, why) the record under ``record_key`` was retired.
+
+        The reason is its lowercase name (``"wrong_patient"``).
+        """
         image = self.image_of(record_key)
-        if image is None:  # a batched image has no record; its retirement is an event
-            for event in self.events("ImageRetired", filters={"recordKey": record_key}):
+        if image is None:  # a batched image has no record; its retirement is an event, the
+            # newest one (a squatter's retirement, made void by the owner, comes before it)
+            for event in reversed(self.events("ImageRetired", filters={"recordKey": record_key})):
                 block = self.w3.eth.get_block(event.block_number)
                 return Retirement(
                     by=str(event.args["by"]), at=int(block["timestamp"]),
-                    reason=str(event.args["reason"]),
+                    reason=retire_reason_name(event.args["reason"]),
                 )  # fmt: skip
             return None
         if not image.retired:
@@ -357,6 +402,14 @@ class XrayLedger:
             == artifact["deployedBytecode"][2:],
             "batches": self.batch_count(),
         }
+
+
+def _batched_leaf(leaf: BatchedLeaf) -> tuple[Any, ...]:
+    """The contract's ``BatchedLeaf`` tuple for ``leaf``."""
+    return (
+        leaf.patient_key, leaf.digest, leaf.pixel_digest, leaf.batch_id, leaf.proof.index,
+        list(leaf.proof.path),
+    )  # fmt: skip
 
 
 def _version(raw: Any) -> ImageVersion:

@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass
 from typing import NewType
 
+from gateway.ledger.merkle import InclusionProof
+
 RecordKey = NewType("RecordKey", bytes)
 """HMAC-SHA256(pseudonym key, "sop:" + SOPInstanceUID): names an image without PHI."""
 PatientKey = NewType("PatientKey", bytes)
@@ -22,6 +24,58 @@ class UserType(enum.IntEnum):
     HOSPITAL = 2
     RECORDER = 3
     AUDITOR = 4
+
+
+class RetireReason(enum.IntEnum):
+    """The contract's ``RetireReason``: why an image was retired (a fixed set, never free text).
+
+    Clients name a reason by its lowercase name (``"wrong_patient"``); ``NONE`` is no reason
+    and the contract refuses it.
+    """
+
+    NONE = 0
+    WITHDRAWN = 1
+    WRONG_PATIENT = 2
+    DUPLICATE = 3
+    CORRUPT = 4
+    ERASED = 5
+
+    @property
+    def label(self) -> str:
+        """The reason's lowercase name, ``""`` for ``NONE``."""
+        return "" if self is RetireReason.NONE else self.name.lower()
+
+    @classmethod
+    def parse(cls, value: RetireReason | str) -> RetireReason:
+        """The reason named ``value`` (``"duplicate"``); raises ValueError for any other name."""
+        if isinstance(value, RetireReason):
+            return value
+        try:
+            reason = cls[value.strip().upper()]
+        except KeyError:
+            reason = cls.NONE
+        if reason is cls.NONE:
+            names = ", ".join(r.label for r in cls if r is not cls.NONE)
+            raise ValueError(f"unknown retirement reason {value!r}: use one of {names}")
+        return reason
+
+
+def retire_reason_name(value: object) -> str:
+    """The lowercase name of the contract's ``RetireReason`` value ``value`` (an event's arg)."""
+    if isinstance(value, int) and value in RetireReason._value2member_map_:
+        return RetireReason(value).label
+    return f"unknown reason {value!r}"
+
+
+@dataclass(frozen=True)
+class BatchedLeaf:
+    """An image as one leaf of an anchored batch, with the proof that puts it there."""
+
+    patient_key: bytes
+    digest: bytes
+    pixel_digest: bytes
+    batch_id: int
+    proof: InclusionProof
 
 
 @dataclass(frozen=True)
@@ -59,11 +113,12 @@ class Image:
     retired_by: str | None
     retired_at: int | None
     retire_reason: str
+    """The reason's lowercase name (:class:`RetireReason`), ``""`` if not retired."""
 
 
 @dataclass(frozen=True)
 class Retirement:
-    """Who retired a record, when (block time) and why."""
+    """Who retired a record, when (block time) and why (a :class:`RetireReason` name)."""
 
     by: str
     at: int

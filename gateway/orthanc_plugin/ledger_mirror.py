@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.ledger.merkle import decode_proof, leaf_hash, verify_inclusion
+from gateway.ledger.types import retire_reason_name
 from gateway.orthanc_plugin.verdict import LedgerFacts, Retirement, Version
 
 if TYPE_CHECKING:
@@ -139,7 +140,7 @@ class LedgerMirror:
                 block_time = None
             self._retired[bytes(log["args"]["recordKey"])] = Retirement(
                 by=str(log["args"]["by"]),
-                reason=str(log["args"]["reason"]),
+                reason=retire_reason_name(log["args"]["reason"]),
                 block_number=block,
                 block_time=block_time,
             )

@@ -23,15 +23,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from eth_account import Account
 from pydicom import dcmread
 
 import dicom_fixtures
-from gateway.anchor import BatchAnchorer, leaf_of
+from gateway.anchor import BatchAnchorer, SingleAnchorer, leaf_of
 from gateway.fingerprint import fingerprint_bytes
 from gateway.index import Index
 from gateway.keys import load_pseudonym_key
-from gateway.ledger import UserType, XrayLedger
+from gateway.ledger import BatchedLeaf, MerkleTree, UserType, XrayLedger
 from gateway.ledger.accounts import load_account
+from gateway.ledger.anvil import Anvil
 from gateway.ledger.merkle import decode_proof, leaf_hash, verify_inclusion
 from gateway.pipeline import AnchorItem
 from gateway.verify import BatchClaim, ClaimSource, Verifier
@@ -300,6 +302,37 @@ def test_a_batch_that_landed_before_a_crash_is_not_sent_again(
     assert again == results and xray.batch_count() == 1
 
 
+def test_a_new_version_of_a_batched_key_takes_it_back_from_a_squatter_once(
+    xray: XrayLedger, cast: Cast, anvil: Anvil
+) -> None:
+    recorder = xray.as_account(cast.recorder)
+    items = [_item(i) for i in range(3)]
+    tree = MerkleTree([leaf_of(item) for item in items])
+    batch_id, _ = recorder.record_batch(root=tree.root, count=3)
+    # a rogue Recorder writes a forged digest under the key of batched image 0
+    rogue = Account.create()
+    anvil.fund(rogue.address)
+    xray.set_permission(rogue.address, "rogue", UserType.RECORDER)
+    original = items[0]
+    forged = dataclasses.replace(original, digest=hashlib.sha256(b"forged").digest())
+    xray.as_account(rogue).record_image(**dataclasses.asdict(forged))
+    assert xray.owner_of(original.record_key) == rogue.address
+    # the gateway's version 2, anchored with the proof of version 1's batch
+    leaf = BatchedLeaf(
+        patient_key=original.patient_key, digest=original.digest,
+        pixel_digest=original.pixel_digest, batch_id=batch_id, proof=tree.proof(0),
+    )  # fmt: skip
+    version_2 = dataclasses.replace(original, digest=hashlib.sha256(b"version 2").digest())
+    anchorer = SingleAnchorer(recorder)
+    landed = anchorer.anchor(version_2, batched=leaf)
+    assert xray.owner_of(original.record_key) == cast.recorder.address
+    image = xray.image_of(original.record_key)
+    assert image is not None and image.current.digest == version_2.digest
+    # a crash between send and receipt: run again, nothing is sent, the same evidence
+    assert anchorer.anchor(version_2, batched=leaf) == landed
+    assert xray.image_of(original.record_key) == image
+
+
 def test_a_new_version_of_a_batched_image_is_recorded_on_its_own_and_wins(
     stack: Up, series: list[Path], tmp_path: Path
 ) -> None:
@@ -315,11 +348,16 @@ def test_a_new_version_of_a_batched_image_is_recorded_on_its_own_and_wins(
     first, second = rows
     assert (first["version"], second["version"]) == (1, 2)
     assert first["batch_id"] is not None
-    # not batched: one recordImage (the earlier version has no single record to supersede)
+    # not batched: one supersedeBatchedImage, carrying the proof of the batched version 1,
+    # which makes the gateway's recorder the key's owner on chain
     assert second["batch_id"] is None and second["tx_hash"].startswith("0x")
     ledger = ledger_of(stack)
-    (event,) = ledger.events("ImageRecorded", filters={"recordKey": bytes(second["record_key"])})
+    record_key = bytes(second["record_key"])
+    assert ledger.events("ImageRecorded", filters={"recordKey": record_key}) == []
+    (event,) = ledger.events("ImageSuperseded", filters={"recordKey": record_key})
     assert event.args["digest"] == bytes(second["digest"]) and event.tx_hash == second["tx_hash"]
+    assert event.args["previousDigest"] == bytes(first["digest"])
+    assert ledger.owner_of(record_key) == first["recorder"] == second["recorder"]
     assert second["stage"] == "conflict"  # Orthanc keeps version 1 under that UID
 
     with api(stack) as client:

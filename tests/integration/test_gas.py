@@ -6,6 +6,7 @@ import hashlib
 import json
 
 from gateway.ledger import (
+    BatchedLeaf,
     MerkleTree,
     UserType,
     XrayLedger,
@@ -56,7 +57,7 @@ def test_gas_report(anvil: Anvil, cast: Cast) -> None:
 
     record = recorder.record_image(**image("a"))  # type: ignore[arg-type]
     supersede = recorder.supersede_image(**{**image("a"), "digest": h("digest:a2")})  # type: ignore[arg-type]
-    retire = admin.retire_image(record_key=h("rec:a"), reason="duplicate study")
+    retire = recorder.retire_image(record_key=h("rec:a"), reason="duplicate")
 
     batches: dict[str, dict[str, int | float]] = {}
     for n in (1, 100, 256, 1000):
@@ -74,11 +75,21 @@ def test_gas_report(anvil: Anvil, cast: Cast) -> None:
             leaf=leaves[-1], proof=tree.proof(n - 1), batch_id=batch_id
         )
         batches[str(n)] = {"gas": anchor.gas_used, "gas_per_image": round(anchor.gas_used / n, 1)}
-        if n == 256:  # retiring one member of a full default-size batch (proof checked on chain)
-            retire_batched = admin.retire_batched_image(
+        if n == 256:  # one member of a full default-size batch (proof checked on chain):
+            # retired, and another given a new version (its first stored one)
+            retire_batched = recorder.retire_batched_image(
                 record_key=h("b256:rec:7"), patient_key=h(f"b256:pat:{7 % 13}"),
                 digest=h("b256:dig:7"), pixel_digest=h("b256:pix:7"), batch_id=batch_id,
-                proof=tree.proof(7), reason="duplicate study",
+                proof=tree.proof(7), reason="duplicate",
+            )  # fmt: skip
+            leaf = BatchedLeaf(
+                patient_key=h(f"b256:pat:{8 % 13}"), digest=h("b256:dig:8"),
+                pixel_digest=h("b256:pix:8"), batch_id=batch_id, proof=tree.proof(8),
+            )  # fmt: skip
+            supersede_batched = recorder.supersede_batched_image(
+                record_key=h("b256:rec:8"), leaf=leaf, patient_key=h(f"b256:pat:{8 % 13}"),
+                digest=h("b256:dig:8-v2"), pixel_digest=h("b256:pix:8"), body_part="CHEST",
+                modality="DX",
             )  # fmt: skip
 
     report = {
@@ -90,6 +101,7 @@ def test_gas_report(anvil: Anvil, cast: Cast) -> None:
         "supersedeImage": supersede.gas_used,
         "retireImage": retire.gas_used,
         "retireBatchedImage_256": retire_batched.gas_used,
+        "supersedeBatchedImage_256": supersede_batched.gas_used,
         "recordBatch": batches,
         "gas_per_image": {
             "single": record.gas_used,

@@ -113,12 +113,12 @@ def test_a_record_retired_on_the_ledger_is_served_with_the_reason(
         record_key=bytes(row["record_key"]), patient_key=bytes(row["patient_key"]),
         digest=bytes(row["digest"]), pixel_digest=bytes(row["pixel_digest"]),
         batch_id=row["batch_id"], proof=decode_proof(bytes(row["proof"])),
-        reason="wrong patient, re-sent",
+        reason="wrong_patient",
     )  # fmt: skip
 
     verdict = gateway.wait_integrity(row["orthanc_id"], "retired")
     assert verdict["served"] is True
-    assert "wrong patient, re-sent" in str(verdict["explanation"])
+    assert "wrong_patient" in str(verdict["explanation"])
     served = gateway.get(f"/instances/{row['orthanc_id']}/file")
     assert served.status_code == 200
     assert fingerprint_bytes(served.content).digest == bytes(row["digest"])

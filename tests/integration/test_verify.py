@@ -285,7 +285,7 @@ def test_every_tamper_class_is_detected_audited_and_restored(
             record_key=bytes(row["record_key"]), patient_key=bytes(row["patient_key"]),
             digest=bytes(row["digest"]), pixel_digest=bytes(row["pixel_digest"]),
             batch_id=row["batch_id"], proof=decode_proof(bytes(row["proof"])),
-            reason="wrong patient",
+            reason="wrong_patient",
         )  # fmt: skip
         planted[uid] = ("retired", None)
     # unregistered: posted straight to Orthanc, around the gateway

@@ -367,7 +367,7 @@ def test_the_mirror_confirms_denies_or_waits() -> None:
     logs = {
         "ImageRecorded": [{"blockNumber": 5, "args": {"recordKey": key, "digest": A}}],
         "ImageRetired": [
-            {"blockNumber": 9, "args": {"recordKey": key, "by": "0xAdmin", "reason": "dup"}}
+            {"blockNumber": 9, "args": {"recordKey": key, "by": "0xAdmin", "reason": 3}}
         ],
     }
     chain = SimpleNamespace(
@@ -383,7 +383,7 @@ def test_the_mirror_confirms_denies_or_waits() -> None:
     assert (
         on_chain.on_chain is True
         and on_chain.retired is not None
-        and on_chain.retired.reason == "dup"
+        and on_chain.retired.reason == "duplicate"
     )
     assert mirror.facts(version(B, block=5)).on_chain is False  # the index claims block 5
     assert mirror.facts(version(B, block=11)).on_chain is None  # not that far yet
