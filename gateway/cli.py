@@ -195,6 +195,7 @@ def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
         pseudonym_key=key,
         claims=claims,
         max_instance_bytes=settings.max_instance_bytes,
+        trusted_recorders=settings.trusted_recorders,
     )
     results: list[tuple[str, Any]] = []
     failed = 0
