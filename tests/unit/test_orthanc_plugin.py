@@ -538,6 +538,18 @@ def test_the_section_puts_this_project_and_its_venv_on_orthancs_path(tmp_path: P
     assert "ChainUrl" not in plugin_section(data_dir=tmp_path)
 
 
+def test_the_section_carries_the_trusted_recorders_to_the_plugin(tmp_path: Path) -> None:
+    recorders = frozenset({"0x" + "ab" * 20, "0x" + "cd" * 20})
+    section = plugin_section(data_dir=tmp_path, trusted_recorders=recorders)
+    config = {"StorageDirectory": str(tmp_path / "s"), "XrayGateway": section}
+    assert PluginSettings.from_orthanc(config).trusted_recorders == recorders
+    assert "TrustedRecorders" not in plugin_section(data_dir=tmp_path)
+    with pytest.raises(PluginConfigError, match="TrustedRecorders"):
+        PluginSettings.from_orthanc(
+            {**config, "XrayGateway": {**section, "TrustedRecorders": "0x1"}}
+        )
+
+
 def test_the_refusal_picture_spells_refused_in_the_viewers_format() -> None:
     pixels = refusal_pixels(512, 512)
     assert len(pixels) == 512 * 512 * 2
