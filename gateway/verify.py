@@ -90,6 +90,8 @@ PENDING_STAGES = ("fingerprint", "seal", "put", "anchor")
 #: The most bytes, and elements, of attributes (before Pixel Data) a diff reads from a file.
 DIFF_MAX_BYTES = 64 << 20
 DIFF_MAX_ELEMENTS = 100_000
+#: The ``source`` of the alerts a verifier records.
+ALERT_SOURCE = "verifier"
 
 EXPLANATIONS: dict[Status, str] = {
     "intact": "The image in the PACS is exactly the image the modality sent, as recorded on the ledger.",
@@ -739,11 +741,14 @@ class Verifier:
                     continue
                 self._alerted.add((record_key, account.lower()))
             earlier = self.alerts.recent(sop_instance_uid=uid, kind="foreign_claim", limit=1000)
-            if any(account.lower() in alert.detail.lower() for alert in earlier):
+            if any(
+                alert.source == ALERT_SOURCE and account.lower() in alert.detail.lower()
+                for alert in earlier
+            ):
                 continue
             self.alerts.record(
                 kind="foreign_claim",
-                source="verifier",
+                source=ALERT_SOURCE,
                 sop_instance_uid=uid,
                 detail=(
                     f"{account} wrote {what} under record key {record_key.hex()} at block "

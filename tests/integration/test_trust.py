@@ -22,6 +22,7 @@ import requests
 from eth_account import Account
 from pydicom import dcmread
 
+from gateway.errors import ContractRevert
 from gateway.fingerprint import Fingerprint, fingerprint_bytes
 from gateway.ledger import XrayLedger
 from gateway.ledger.accounts import load_account
@@ -59,6 +60,27 @@ def write_as_rogue(rogue: XrayLedger, row: Any, decoy: Fingerprint, forged: Fing
             digest=fp.digest, pixel_digest=fp.pixel_digest, body_part="CHEST", modality="CT",
         )  # fmt: skip
     return anchor
+
+
+def retire_as_non_owner(admin: XrayLedger, rogue: XrayLedger, row: Any, chain_url: str) -> str:
+    """Retire the row's record key as an account that did not anchor it first; returns who.
+
+    Today's contract lets any Hospital retire any record. Once the owner rule is on chain
+    only the owner or the admin may, and the contract takes the rogue for the owner of
+    its own direct record of the key (the batch's proof was never shown): then the rogue
+    retires it. Either way the key's first anchoring is the gateway's batch.
+    """
+    hospital = Account.create()
+    rpc(chain_url, "anvil_setBalance", [hospital.address, hex(10**24)])
+    admin.set_permission(hospital.address, "another hospital", UserType.HOSPITAL)
+    key = bytes(row["record_key"])
+    try:
+        admin.as_account(hospital).retire_image(record_key=key, reason="withdrawn")
+        return str(hospital.address)
+    except ContractRevert:
+        rogue.retire_image(record_key=key, reason="withdrawn")
+        assert rogue.sender is not None
+        return str(rogue.sender.address)
 
 
 class Plugin:
@@ -180,6 +202,16 @@ def test_a_rogue_recorder_cannot_rewrite_an_image_the_gateway_anchored_in_a_batc
         assert fingerprint_bytes(served.content).digest == bytes(victim["digest"])
         (alert,) = foreign_claims(api, uid, "orthanc-plugin")
         assert rogue_address in alert["detail"].lower()
+
+        # a retirement by an account that is not the owner does not count either
+        retirer = retire_as_non_owner(admin, rogue, victim, chain_url).lower()
+        verdict = api.get(f"/v1/instances/{uid}/verify").json()
+        assert verdict["status"] == "intact", verdict
+        assert verdict["evidence"]["retired_by"] is None
+        assert retirer in [a.lower() for a in verdict["evidence"]["foreign_claims"]]
+        head = int(str(rpc(chain_url, "eth_blockNumber")), 16)
+        seen = plugin.verdict_after(victim["orthanc_id"], head)
+        assert (seen["status"], seen["served"]) == ("intact", True), seen
 
         # the forged file put in Orthanc's storage in place of the original: refused by
         # the plugin, tampered for the API (the rogue's record of its digest does not count)
