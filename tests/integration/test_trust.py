@@ -192,6 +192,16 @@ def test_a_rogue_recorder_cannot_rewrite_an_image_the_gateway_anchored_in_a_batc
         assert [v["status"] for v in said] == ["intact", "tampered"]
         assert said[0]["evidence"]["recorded_digest"] == bytes(victim["digest"]).hex()
         assert [a.lower() for a in said[0]["evidence"]["foreign_claims"]] == [rogue_address]
+        # a configured list replaces the role history: with only an unknown account on
+        # it, nobody's record counts and the original is unregistered
+        listed = run(
+            env, "verify", "--json", "--chain-url", chain_url, "--contract", address,
+            "--pseudonym-key", str(key), "--proofs", f"http://127.0.0.1:{stack.api_port}",
+            "--token-file", str(token_file), "--trusted-recorders", "0x" + "42" * 20,
+            str(original),
+        )  # fmt: skip
+        assert listed.returncode == 3, listed.stderr
+        assert [v["status"] for v in json.loads(listed.stdout)] == ["unregistered"]
 
         # the plugin: still intact and served once its mirror holds the rogue's writes
         plugin = Plugin(stack)
