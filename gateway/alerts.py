@@ -25,7 +25,11 @@ CREATE TABLE IF NOT EXISTS alerts (
 CREATE INDEX IF NOT EXISTS alerts_uid ON alerts (sop_instance_uid);
 """
 
-KINDS = ("tampered", "unregistered", "retired", "missing", "store_corrupt", "error")
+KINDS = (
+    "tampered", "unregistered", "retired", "missing", "store_corrupt", "error",
+    # a version or retirement written by an account that does not own the record (trust.py)
+    "foreign_claim",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -195,6 +195,9 @@ def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
         pseudonym_key=key,
         claims=claims,
         max_instance_bytes=settings.max_instance_bytes,
+        trusted_recorders=_trusted_recorders(args.trusted_recorders)
+        if args.trusted_recorders
+        else settings.trusted_recorders,
     )
     results: list[tuple[str, Any]] = []
     failed = 0
@@ -212,6 +215,15 @@ def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     else:
         Console().print(_verdict_table("xray-gateway verify", results))
     return 0 if failed == 0 else 3
+
+
+def _trusted_recorders(text: str) -> frozenset[str] | None:
+    from gateway.trust import parse_accounts
+
+    try:
+        return parse_accounts(text)
+    except ValueError as exc:
+        raise ConfigError(f"--trusted-recorders: {exc}") from None
 
 
 def _remote_claims(url: str, token_file: str | None) -> Any:
@@ -601,6 +613,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a gateway API to ask for batch proofs (they are checked on chain, not trusted)",
     )
     verify.add_argument("--token-file", help="API token for --proofs")
+    verify.add_argument(
+        "--trusted-recorders",
+        metavar="ADDRESSES",
+        help="only these recorders' records count, comma-separated (default "
+        "GATEWAY_TRUSTED_RECORDERS, else whoever held the Recorder role when it wrote)",
+    )
     verify.add_argument("--json", action="store_true", help="full verdicts as JSON")
     verify.set_defaults(handler=_cmd_verify)
 

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.allowlist import Network, parse_allowed_aets
 from gateway.errors import ConfigError
+from gateway.trust import parse_accounts
 
 # Values that mean "somebody forgot to set this"; a secret equal to one is refused.
 PLACEHOLDERS = frozenset(
@@ -68,6 +69,9 @@ class Settings(BaseSettings):
     anvil_port: int = Field(default=8545, ge=1, le=65535)
     contract_address: str | None = None
     recorder_key_file: Path | None = None
+    # Only these accounts' records count (comma-separated addresses); by default any account
+    # that held the contract's Recorder role when it wrote (gateway/trust.py).
+    trusted_recorders: Annotated[frozenset[str] | None, NoDecode] = None
     admin_key_file: Path | None = None
     batch_max: int = Field(default=256, ge=1, le=100_000)
     batch_window_ms: int = Field(default=200, ge=0)
@@ -95,6 +99,14 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_aets(cls, value: object) -> object:
         return parse_allowed_aets(value)
+
+    @field_validator("trusted_recorders", mode="before")
+    @classmethod
+    def _parse_recorders(cls, value: object) -> object:
+        """``0xabc…,0xdef…``: lowercase addresses; blank means "the Recorder role decides"."""
+        if isinstance(value, (str, list, tuple, set, frozenset)):
+            return parse_accounts(value)
+        return value
 
     @field_validator("commitment_peers", mode="before")
     @classmethod

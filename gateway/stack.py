@@ -93,7 +93,13 @@ def open_object_store(settings: Settings) -> ObjectStore:
 
 
 def build_verifier(
-    settings: Settings, *, ledger: XrayLedger, pacs: Pacs, store: ObjectStore, index: Index
+    settings: Settings,
+    *,
+    ledger: XrayLedger,
+    pacs: Pacs,
+    store: ObjectStore,
+    index: Index,
+    alerts: Alerts | None = None,
 ) -> Verifier:
     """A verifier over every copy: Orthanc, the object store, the ledger (and the index's proofs)."""
     return Verifier(
@@ -104,6 +110,8 @@ def build_verifier(
         keyring=load_keyring(settings.keys_dir),
         index=index,
         max_instance_bytes=settings.max_instance_bytes,
+        trusted_recorders=settings.trusted_recorders,
+        alerts=alerts,
     )
 
 
@@ -245,6 +253,7 @@ class Stack:
                 from_block=deployment.block_number if deployment is not None else 0,
                 web_viewer=any("WebViewer" in path.name for path in viewers),
                 max_instance_bytes=s.max_instance_bytes,
+                trusted_recorders=s.trusted_recorders,
             ),
             extra_plugins=viewers,
         )
@@ -255,9 +264,11 @@ class Stack:
         assert self.index is not None
         ledger, store, pacs, index = self.ledger, self.store, self.pacs, self.index
         s = self.settings
-        verifier = build_verifier(s, ledger=ledger, pacs=pacs, store=store, index=index)
-        pseudonym_key = verifier.pseudonym_key
         self.alerts = Alerts(s.data_dir / "alerts.sqlite")
+        verifier = build_verifier(
+            s, ledger=ledger, pacs=pacs, store=store, index=index, alerts=self.alerts
+        )
+        pseudonym_key = verifier.pseudonym_key
         self.audits = Audits(
             s.data_dir / "audits.sqlite", verifier=verifier, index=index, alerts=self.alerts
         )

@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal, cast
 
@@ -39,6 +39,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from gateway import keys
+from gateway.alerts import Alerts
 from gateway.errors import (
     DatasetTooLarge,
     DatasetUnreadable,
@@ -60,8 +61,18 @@ from gateway.index import Index, Row
 from gateway.keys import Keyring
 from gateway.ledger import XrayLedger
 from gateway.ledger.merkle import InclusionProof, decode_proof, leaf_hash
+from gateway.ledger.roles import RoleHistory
+from gateway.ledger.types import LedgerEvent, retire_reason_name
 from gateway.seal import open_sealed
 from gateway.store import ObjectStore
+from gateway.trust import (
+    Anchoring,
+    Position,
+    Retiring,
+    Ruling,
+    rule,
+    same_account,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +89,8 @@ PENDING_STAGES = ("fingerprint", "seal", "put", "anchor")
 #: The most bytes, and elements, of attributes (before Pixel Data) a diff reads from a file.
 DIFF_MAX_BYTES = 64 << 20
 DIFF_MAX_ELEMENTS = 100_000
+#: The ``source`` of the alerts a verifier records.
+ALERT_SOURCE = "verifier"
 
 EXPLANATIONS: dict[Status, str] = {
     "intact": "The image in the PACS is exactly the image the modality sent, as recorded on the ledger.",
@@ -128,6 +141,8 @@ class Evidence:
     retired_by: str | None = None
     retired_at: int | None = None
     retire_reason: str | None = None
+    #: Accounts whose versions or retirements of this record were ignored: not its owner.
+    foreign_claims: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -197,6 +212,7 @@ class Record:
     retired_by: str | None = None
     retired_at: int | None = None
     retire_reason: str | None = None
+    ignored: tuple[str, ...] = ()  # accounts whose writes under this key do not count
 
     @property
     def retired(self) -> bool:
@@ -333,6 +349,11 @@ class Verifier:
     max_instance_bytes:
         The most bytes a deflated dataset may inflate to (``GATEWAY_MAX_INSTANCE_BYTES``);
         every copy is parsed within it.
+    trusted_recorders:
+        ``GATEWAY_TRUSTED_RECORDERS``: only these accounts' records count. By default,
+        any account that held the Recorder role when it wrote (see :mod:`gateway.trust`).
+    alerts:
+        Where ``foreign_claim`` alerts go (writes by others than a record's owner).
     """
 
     def __init__(
@@ -346,8 +367,14 @@ class Verifier:
         index: Index | None = None,
         claims: ClaimSource | None = None,
         max_instance_bytes: int = MAX_INSTANCE_BYTES,
+        trusted_recorders: frozenset[str] | None = None,
+        alerts: Alerts | None = None,
     ) -> None:
         self.ledger = ledger
+        self.roles = RoleHistory(ledger, configured=trusted_recorders)
+        self.alerts = alerts
+        self._alerted: set[tuple[bytes, str]] = set()
+        self._batch_events: dict[int, LedgerEvent] = {}
         self.max_instance_bytes = max_instance_bytes
         self.claims = claims or (index_claims(index) if index is not None else None)
         self.pseudonym_key = pseudonym_key
@@ -424,35 +451,45 @@ class Verifier:
         return StudyVerdict(study_instance_uid, summarise(verdicts), verdicts)
 
     def record(self, sop_instance_uid: str) -> Record | None:
-        """The newest version of the image the ledger confirms, or ``None``."""
+        """The newest version of the image the ledger confirms by its owner, or ``None``.
+
+        Every write under the record key goes through :func:`gateway.trust.rule`: the owner
+        is the trusted recorder of the earliest anchoring; versions and retirements by
+        anyone but the owner (or the admin) are ignored and alerted as ``foreign_claim``.
+        """
         record_key = keys.record_key(self.pseudonym_key, sop_instance_uid)
-        candidates: list[Record] = []
-        image = self.ledger.image_of(record_key)
-        if image is not None:
-            current = image.current
-            candidates.append(
-                Record(
-                    record_key=record_key,
-                    patient_key=current.patient_key,
-                    digest=current.digest,
-                    pixel_digest=current.pixel_digest,
-                    version=image.versions,
-                    tx_hash=self._tx_of(record_key, current.digest),
-                    block_number=current.block_number,
-                    block_time=current.recorded_at,
-                    recorder=current.recorder,
-                    retired_by=image.retired_by,
-                    retired_at=image.retired_at,
-                    retire_reason=image.retire_reason or None,
-                )
-            )
-        batched = self._batched(record_key, sop_instance_uid)
-        if batched is not None:
-            candidates.append(batched)
-        if not candidates:
+        ruling = self._ruling(record_key, sop_instance_uid)
+        self._alert_foreign(sop_instance_uid, record_key, ruling)
+        newest = ruling.newest
+        if newest is None:
             return None
-        # The newest version wins; a single record and a batch may both hold versions.
-        return max(candidates, key=lambda r: (r.block_number or 0, r.version or 0))
+        record = newest.item
+        retirement = ruling.retirement
+        return replace(
+            record,
+            block_time=record.block_time or self._block_time(record.block_number),
+            retired_by=retirement.account if retirement else None,
+            retired_at=self._block_time(retirement.at.block_number) if retirement else None,
+            retire_reason=retirement.reason if retirement else None,
+            ignored=tuple(
+                sorted(
+                    {a.account for a in ruling.foreign}
+                    | {r.account for r in ruling.ignored_retirements}
+                )
+            ),
+        )
+
+    def _ruling(self, record_key: bytes, uid: str) -> Ruling[Record]:
+        anchorings = [*self._direct(record_key), *self._batched(record_key, uid)]
+        retirements = [
+            Retiring(
+                account=str(event.args["by"]),
+                at=Position(event.block_number, event.log_index),
+                reason=retire_reason_name(event.args["reason"]),
+            )
+            for event in self.ledger.events("ImageRetired", filters={"recordKey": record_key})
+        ]
+        return rule(anchorings, retirements, self.roles.trust())
 
     def original(self, record: Record, sink: IO[bytes]) -> Fingerprint:
         """Open the sealed original of ``record`` into ``sink`` and fingerprint it.
@@ -593,39 +630,45 @@ class Verifier:
             retired_by=record.retired_by,
             retired_at=record.retired_at,
             retire_reason=record.retire_reason,
+            foreign_claims=list(record.ignored),
         )
 
     def _superseded(self, record: Record, copy: Copy | None, uid: str) -> bool:
-        """Whether the copy is an older version the ledger confirms (single or batched)."""
+        """Whether the copy is an older version the ledger confirms, by the record's owner."""
         if copy is None:
             return False
         digest = copy.fingerprint.digest
-        single = record.version is not None and record.version >= 2 and not record.batch
-        if single and any(
-            self.ledger.version_of(record.record_key, v).digest == digest
-            for v in range(1, record.version or 0)
-        ):
-            return True
-        for claim in self.claims(uid) if self.claims is not None else ():
-            if claim.record_key != record.record_key or claim.digest != digest:
-                continue
-            leaf = leaf_hash(
-                record_key=claim.record_key, patient_key=claim.patient_key, digest=claim.digest,
-                pixel_digest=claim.pixel_digest,
-            )  # fmt: skip
-            if self.ledger.verify_batch_member(
-                leaf=leaf, proof=claim.proof, batch_id=claim.batch_id
-            ):
-                return True
-        return False
+        ruling = self._ruling(record.record_key, uid)
+        return any(a.digest == digest != record.digest for a in ruling.accepted)
 
     # -- the ledger -------------------------------------------------------------------------
 
-    def _batched(self, record_key: bytes, uid: str) -> Record | None:
-        """The newest batched version whose claim the chain confirms."""
-        if self.claims is None:
-            return None
-        for claim in self.claims(uid):
+    def _direct(self, record_key: bytes) -> list[Anchoring[Record]]:
+        """Every version written straight under ``record_key`` (``recordImage``/``supersede…``)."""
+        found: list[Anchoring[Record]] = []
+        for name in ("ImageRecorded", "ImageSuperseded"):
+            for event in self.ledger.events(name, filters={"recordKey": record_key}):
+                args = event.args
+                recorder = str(args["recorder"])
+                record = Record(
+                    record_key=record_key,
+                    patient_key=bytes(cast(bytes, args["patientKey"])),
+                    digest=bytes(cast(bytes, args["digest"])),
+                    pixel_digest=bytes(cast(bytes, args["pixelDigest"])),
+                    version=int(cast(int, args.get("version", 1))),
+                    tx_hash=event.tx_hash,
+                    block_number=event.block_number,
+                    block_time=None,
+                    recorder=recorder,
+                )
+                at = Position(event.block_number, event.log_index)
+                found.append(Anchoring(recorder, at, record.digest, batched=False, item=record))
+        return found
+
+    def _batched(self, record_key: bytes, uid: str) -> list[Anchoring[Record]]:
+        """Every batched version whose claim the chain confirms, at its batch's anchoring."""
+        found: list[Anchoring[Record]] = []
+        for claim in self.claims(uid) if self.claims is not None else ():
             if claim.record_key != record_key:
                 continue
             leaf = leaf_hash(
@@ -641,14 +684,14 @@ class Verifier:
                 )  # fmt: skip
                 continue
             batch = self.ledger.batch_of(claim.batch_id)
-            retirement = self.ledger.retirement_of(record_key)
-            return Record(
+            event = self._batch_event(claim.batch_id)
+            record = Record(
                 record_key=record_key,
                 patient_key=claim.patient_key,
                 digest=claim.digest,
                 pixel_digest=claim.pixel_digest,
                 version=claim.version,
-                tx_hash=claim.tx_hash or self._batch_tx(claim.batch_id),
+                tx_hash=event.tx_hash if event else claim.tx_hash,
                 block_number=batch.block_number,
                 block_time=batch.anchored_at,
                 recorder=batch.recorder,
@@ -659,27 +702,59 @@ class Verifier:
                     size=claim.proof.size,
                     proof=[node.hex() for node in claim.proof.path],
                 ),
-                retired_by=retirement.by if retirement else None,
-                retired_at=retirement.at if retirement else None,
-                retire_reason=retirement.reason if retirement else None,
             )
-        return None
+            at = Position(batch.block_number, event.log_index if event else 0)
+            found.append(Anchoring(batch.recorder, at, claim.digest, batched=True, item=record))
+        return found
 
-    def _batch_tx(self, batch_id: int) -> str | None:
+    def _batch_event(self, batch_id: int) -> LedgerEvent | None:
+        """The ``BatchAnchored`` event of ``batch_id`` (kept: a mined batch does not change)."""
+        with self._names_lock:
+            if batch_id in self._batch_events:
+                return self._batch_events[batch_id]
         events = self.ledger.events("BatchAnchored", filters={"batchId": batch_id})
-        return events[0].tx_hash if events else None
+        event = events[0] if events else None
+        if event is not None:
+            with self._names_lock:
+                self._batch_events[batch_id] = event
+        return event
 
-    def _tx_of(self, record_key: bytes, digest: bytes) -> str | None:
-        """The transaction that recorded ``digest``: from the index if it says, else the events."""
-        if self.index is not None:
-            for row in self.index.by_record(record_key, digest):
-                if row.tx_hash:
-                    return row.tx_hash
-        for name in ("ImageRecorded", "ImageSuperseded"):
-            for event in self.ledger.events(name, filters={"recordKey": record_key}):
-                if event.args.get("digest") == digest:
-                    return event.tx_hash
-        return None
+    def _block_time(self, block_number: int | None) -> int | None:
+        if block_number is None:
+            return None
+        return int(self.ledger.w3.eth.get_block(block_number)["timestamp"])
+
+    def _alert_foreign(self, uid: str, record_key: bytes, ruling: Ruling[Record]) -> None:
+        """One ``foreign_claim`` alert per (record key, account) whose writes were ignored."""
+        if self.alerts is None or ruling.owner is None:
+            return
+        writes = [(a.account, a.at, f"a version (digest {a.digest.hex()})") for a in ruling.foreign]
+        writes += [
+            (r.account, r.at, f"a retirement ({r.reason})") for r in ruling.ignored_retirements
+        ]
+        for account, at, what in writes:
+            if same_account(account, ruling.owner):
+                continue  # the owner's own later write (e.g. after losing the role): not foreign
+            with self._names_lock:
+                if (record_key, account.lower()) in self._alerted:
+                    continue
+                self._alerted.add((record_key, account.lower()))
+            earlier = self.alerts.recent(sop_instance_uid=uid, kind="foreign_claim", limit=1000)
+            if any(
+                alert.source == ALERT_SOURCE and account.lower() in alert.detail.lower()
+                for alert in earlier
+            ):
+                continue
+            self.alerts.record(
+                kind="foreign_claim",
+                source=ALERT_SOURCE,
+                sop_instance_uid=uid,
+                detail=(
+                    f"{account} wrote {what} under record key {record_key.hex()} at block "
+                    f"{at.block_number}, but the record belongs to {ruling.owner}, its first "
+                    "trusted recorder: the write is ignored by every verdict"
+                ),
+            )
 
     def _name_of(self, address: str) -> str:
         with self._names_lock:

@@ -29,6 +29,7 @@ def plugin_section(
     web_viewer: bool = False,
     mirror_interval: float = 2.0,
     max_instance_bytes: int = MAX_INSTANCE_BYTES,
+    trusted_recorders: frozenset[str] | None = None,
 ) -> dict[str, Any]:
     """The ``XrayGateway`` section for Orthanc's configuration.
 
@@ -51,4 +52,6 @@ def plugin_section(
     if chain_url and contract_address:
         section["ChainUrl"] = chain_url
         section["ContractAddress"] = contract_address
+    if trusted_recorders:
+        section["TrustedRecorders"] = ",".join(sorted(trusted_recorders))
     return section

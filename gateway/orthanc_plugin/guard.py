@@ -25,7 +25,7 @@ import io
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from gateway.errors import DatasetUnreadable
@@ -75,7 +75,7 @@ class AlertSink(Protocol):
 class LedgerView(Protocol):
     """What the ledger says about a recorded version: :class:`LedgerMirror` in production."""
 
-    def facts(self, version: Version) -> LedgerFacts: ...
+    def facts(self, version: Version, others: Sequence[Version] = ()) -> LedgerFacts: ...
 
 
 # Explicit VR Little Endian VRs with a 2-byte reserved field and a 4-byte length
@@ -309,7 +309,8 @@ class Guard:
         if self.ledger is not None:
             for version in versions:
                 if version.anchored:
-                    facts[version.digest] = self.ledger.facts(version)
+                    facts[version.digest] = self.ledger.facts(version, versions)
+            self._foreign_claims(sop, facts)
         changed = None
         if versions and not any(v.digest == digest for v in versions):
             changed = self._what_changed(data, versions[-1])
@@ -443,6 +444,25 @@ class Guard:
             )  # fmt: skip
         except Exception as exc:  # an alert store problem must not change what is served
             self.log(f"xray-gateway: could not record the alert for {sop}: {exc}")
+
+    def _foreign_claims(self, sop: str, facts: dict[bytes, LedgerFacts]) -> None:
+        """Alert once per account that wrote under the record key without owning it."""
+        accounts = sorted({account for fact in facts.values() for account in fact.foreign})
+        for account in accounts:
+            if not self.catalog.first_notice("foreign_claim", sop, account.lower().encode()):
+                continue
+            detail = (
+                f"{account} wrote a version or a retirement of this record on the ledger, "
+                "but it does not own the record (another recorder anchored it first): the "
+                "write is ignored by every verdict"
+            )
+            self.log(f"xray-gateway: foreign_claim SOP Instance {sop} ({detail})")
+            try:
+                self.alerts.record(
+                    kind="foreign_claim", source=SOURCE, detail=detail, sop_instance_uid=sop
+                )
+            except Exception as exc:  # an alert store problem must not change what is served
+                self.log(f"xray-gateway: could not record the alert for {sop}: {exc}")
 
     def _due(self, kind: str, sop: str, digest: bytes) -> bool:
         now = time.monotonic()

@@ -69,6 +69,7 @@ class XrayPlugin:
                 from_block=settings.from_block,
                 interval=settings.mirror_interval,
                 log=orthanc.LogWarning,
+                trusted_recorders=settings.trusted_recorders,
             )
         self.catalog = Catalog(settings.catalog_path)
         self.guard = Guard(

@@ -9,6 +9,7 @@ an administrator running their own Orthanc writes it by hand::
         "ChainUrl": "http://127.0.0.1:8545",      // optional: without it, no ledger mirror
         "ContractAddress": "0x…",                 // with ChainUrl
         "FromBlock": 0,                           // the contract's deployment block
+        "TrustedRecorders": "0xabc…,0xdef…",      // optional: only these recorders count
         "WebViewer": true                         // the Orthanc Web Viewer plugin is loaded
     }
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.fingerprint import MAX_INSTANCE_BYTES
+from gateway.trust import parse_accounts
 
 SECTION = "XrayGateway"
 
@@ -43,6 +45,8 @@ class PluginSettings:
     sync_storage: bool
     mirror_interval: float
     max_instance_bytes: int = MAX_INSTANCE_BYTES
+    #: Only these recorders' records count; ``None``: whoever held the Recorder role.
+    trusted_recorders: frozenset[str] | None = None
 
     @classmethod
     def from_orthanc(cls, config: dict[str, Any]) -> PluginSettings:
@@ -83,4 +87,15 @@ class PluginSettings:
             sync_storage=bool(config.get("SyncStorageArea", True)),
             mirror_interval=float(section.get("MirrorInterval", 2.0)),
             max_instance_bytes=int(section.get("MaxInstanceBytes", MAX_INSTANCE_BYTES)),
+            trusted_recorders=_accounts(section.get("TrustedRecorders")),
         )
+
+
+def _accounts(value: object) -> frozenset[str] | None:
+    """``TrustedRecorders``: a comma-separated string or a list of addresses."""
+    if value is None or isinstance(value, (str, list)):
+        try:
+            return parse_accounts(value)
+        except ValueError as exc:
+            raise PluginConfigError(f"{SECTION}.TrustedRecorders: {exc}") from None
+    raise PluginConfigError(f"{SECTION}.TrustedRecorders is a string or a list of addresses")

@@ -109,6 +109,8 @@ class LedgerFacts:
     on_chain: bool | None
     synced_block: int | None
     retired: Retirement | None = None
+    #: Accounts whose writes under the record key were ignored: not its owner (trust.py).
+    foreign: tuple[str, ...] = ()
 
 
 UNKNOWN_LEDGER = LedgerFacts(on_chain=None, synced_block=None)

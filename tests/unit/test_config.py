@@ -40,6 +40,16 @@ def test_env_prefix_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not settings.embedded_chain
 
 
+def test_trusted_recorders_are_a_list_of_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert get_settings().trusted_recorders is None  # the Recorder role history decides
+    one, two = "0x" + "Ab" * 20, "0x" + "cd" * 20
+    monkeypatch.setenv("GATEWAY_TRUSTED_RECORDERS", f"{one}, {two},")
+    assert get_settings().trusted_recorders == frozenset({one.lower(), two})
+    monkeypatch.setenv("GATEWAY_TRUSTED_RECORDERS", "0xnot-an-address")
+    with pytest.raises(ConfigError, match="not an Ethereum address"):
+        get_settings()
+
+
 @pytest.mark.parametrize("value", ["change-me", "minioadmin", "", "  Secret "])
 def test_placeholder_secrets_are_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("GATEWAY_S3_SECRET_KEY", value)

@@ -163,7 +163,9 @@ def test_the_fast_meta_walk_agrees_with_pydicom_on_every_fixture(tmp_path: Path)
             compared += 1
         digest, declared = dataset_fingerprint(data)
         # fingerprint()'s digest: SHA-256 of everything after pydicom's File Meta
-        assert (digest, declared) == (hashlib.sha256(data[offset:]).digest(), str(syntax)), path.name
+        assert (digest, declared) == (hashlib.sha256(data[offset:]).digest(), str(syntax)), (
+            path.name
+        )
     assert compared >= 30
 
 
@@ -362,20 +364,48 @@ class FakeEvents:
         return event
 
 
+RECORDER, ADMIN, ROGUE = "0x" + "11" * 20, "0x" + "aa" * 20, "0x" + "bb" * 20
+
+
+def role_id(role: str) -> bytes:
+    return role.encode().ljust(32, b"\x00")
+
+
+def granted(role: str, account: str, block: int = 1) -> dict[str, Any]:
+    args = {"role": role_id(role), "account": account}
+    return {"blockNumber": block, "args": args}
+
+
+def fake_chain(logs: dict[str, list[dict[str, Any]]], head: int = 10) -> SimpleNamespace:
+    """A chain whose RECORDER holds the Recorder role and ADMIN the admin role from block 1."""
+    roles = [granted("recorder", RECORDER), granted("admin", ADMIN)]
+    logs = {**logs, "RoleGranted": roles + logs.get("RoleGranted", [])}
+    for entries in logs.values():
+        for n, entry in enumerate(entries):
+            entry.setdefault("logIndex", n + 1)
+    return SimpleNamespace(
+        w3=SimpleNamespace(
+            eth=SimpleNamespace(block_number=head, get_block=lambda n: {"timestamp": 123})
+        ),
+        contract=SimpleNamespace(events=FakeEvents(logs)),
+        role_id=role_id,
+    )
+
+
+def recorded(key: bytes, digest: bytes, block: int, by: str = RECORDER) -> dict[str, Any]:
+    args = {"recordKey": key, "digest": digest, "recorder": by}
+    return {"blockNumber": block, "args": args}
+
+
 def test_the_mirror_confirms_denies_or_waits() -> None:
     key = b"\x02" * 32
     logs = {
-        "ImageRecorded": [{"blockNumber": 5, "args": {"recordKey": key, "digest": A}}],
+        "ImageRecorded": [recorded(key, A, 5)],
         "ImageRetired": [
-            {"blockNumber": 9, "args": {"recordKey": key, "by": "0xAdmin", "reason": 3}}
+            {"blockNumber": 9, "args": {"recordKey": key, "by": ADMIN, "reason": 3}}
         ],
     }
-    chain = SimpleNamespace(
-        w3=SimpleNamespace(
-            eth=SimpleNamespace(block_number=10, get_block=lambda n: {"timestamp": 123})
-        ),
-        contract=SimpleNamespace(events=FakeEvents(logs)),
-    )
+    chain = fake_chain(logs)
     mirror = LedgerMirror(connect=lambda: chain)  # type: ignore[arg-type,return-value]
     assert mirror.facts(version(A, block=5)).on_chain is None  # not synced yet
     assert mirror.sync() == 10 and mirror.synced_block == 10
@@ -397,11 +427,8 @@ def test_the_mirror_confirms_a_batched_version_only_by_a_proof_that_meets_the_ro
     ]
     tree = MerkleTree(leaves)
     logs = {"BatchAnchored": [{"blockNumber": 5, "args": {"batchId": 1, "root": tree.root,
-                                                           "count": 4}}]}  # fmt: skip
-    chain = SimpleNamespace(
-        w3=SimpleNamespace(eth=SimpleNamespace(block_number=10)),
-        contract=SimpleNamespace(events=FakeEvents(logs)),
-    )
+                                                           "count": 4, "recorder": RECORDER}}]}  # fmt: skip
+    chain = fake_chain(logs)
     mirror = LedgerMirror(connect=lambda: chain)  # type: ignore[arg-type,return-value]
     mirror.sync()
 
@@ -418,6 +445,65 @@ def test_the_mirror_confirms_a_batched_version_only_by_a_proof_that_meets_the_ro
     assert mirror.facts(batched(A, None)).on_chain is False  # no proof to check
     assert mirror.facts(batched(A, b"junk")).on_chain is False
     assert mirror.facts(batched(A, good, batch_id=2)).on_chain is False  # no such batch by block 5
+
+
+def test_the_mirror_ignores_a_rogue_recorders_versions_and_retirements_of_a_batched_key(
+    tmp_path: Path,
+) -> None:
+    """A second Recorder writes a forged digest under a batched key (recordImage, then
+    supersedeImage) and retires it: the batch's recorder anchored the key first and owns it."""
+    key, patient = b"\x02" * 32, b"\x03" * 32
+    leaves = [
+        leaf_hash(record_key=key, patient_key=patient, digest=A, pixel_digest=b"\x01" * 32),
+        b"\x04" * 32,
+    ]
+    tree = MerkleTree(leaves)
+    batch = {"batchId": 1, "root": tree.root, "count": 2, "recorder": RECORDER}
+    retired = {"recordKey": key, "by": ROGUE, "reason": 1}
+    logs = {
+        "RoleGranted": [granted("recorder", ROGUE, block=3)],
+        "BatchAnchored": [{"blockNumber": 5, "args": batch}],
+        "ImageRecorded": [recorded(key, B, 6, by=ROGUE)],
+        "ImageSuperseded": [recorded(key, C, 7, by=ROGUE)],
+        "ImageRetired": [{"blockNumber": 8, "args": retired}],
+    }
+    mirror = LedgerMirror(connect=lambda: fake_chain(logs))  # type: ignore[arg-type,return-value]
+    mirror.sync()
+    gateway = dataclasses.replace(
+        version(A, block=5), tx_hash="0xbatch", batch_id=1, leaf_index=0,
+        patient_key=patient, proof=encode_proof(tree.proof(0)),
+    )  # fmt: skip
+    facts = mirror.facts(gateway)
+    assert (facts.on_chain, facts.retired, facts.foreign) == (True, None, (ROGUE,))
+    # an index row forged to match the rogue's digest is not confirmed by the ledger
+    for forged_digest, block in ((B, 6), (C, 7)):
+        forged = dataclasses.replace(version(forged_digest, block=block), recorder=ROGUE)
+        assert mirror.facts(forged, (gateway,)).on_chain is False
+    # and the guard alerts foreign_claim once per account
+    alerts = Alerts(tmp_path / "alerts.sqlite")
+    guard = Guard(
+        area=FileArea(tmp_path / "storage", sync=False),
+        catalog=Catalog(tmp_path / "catalog.sqlite"),
+        records=SimpleNamespace(versions=lambda sop: (gateway,)),  # type: ignore[arg-type]
+        alerts=alerts,
+        ledger=mirror,
+    )
+    for _ in range(2):
+        verdict = guard._judge("1.2.3", A, SYNTAX, b"", arrival_digest=None)
+        assert verdict.status == "intact"
+    (alert,) = alerts.recent()
+    assert alert.kind == "foreign_claim" and ROGUE in alert.detail
+
+
+def test_the_mirror_honours_a_configured_list_of_trusted_recorders() -> None:
+    key = b"\x02" * 32
+    logs = {"ImageRecorded": [recorded(key, A, 5)]}
+    listed = LedgerMirror(
+        connect=lambda: fake_chain(logs),  # type: ignore[arg-type,return-value]
+        trusted_recorders=frozenset({ROGUE}),
+    )
+    listed.sync()
+    assert listed.facts(version(A, block=5)).on_chain is False  # RECORDER is not on the list
 
 
 # --- settings, section, picture -------------------------------------------------------------
@@ -450,6 +536,18 @@ def test_the_section_puts_this_project_and_its_venv_on_orthancs_path(tmp_path: P
     assert section["DataDir"] == str(tmp_path.resolve())
     assert (section["ChainUrl"], section["ContractAddress"]) == ("http://c:1", "0xabc")
     assert "ChainUrl" not in plugin_section(data_dir=tmp_path)
+
+
+def test_the_section_carries_the_trusted_recorders_to_the_plugin(tmp_path: Path) -> None:
+    recorders = frozenset({"0x" + "ab" * 20, "0x" + "cd" * 20})
+    section = plugin_section(data_dir=tmp_path, trusted_recorders=recorders)
+    config = {"StorageDirectory": str(tmp_path / "s"), "XrayGateway": section}
+    assert PluginSettings.from_orthanc(config).trusted_recorders == recorders
+    assert "TrustedRecorders" not in plugin_section(data_dir=tmp_path)
+    with pytest.raises(PluginConfigError, match="TrustedRecorders"):
+        PluginSettings.from_orthanc(
+            {**config, "XrayGateway": {**section, "TrustedRecorders": "0x1"}}
+        )
 
 
 def test_the_refusal_picture_spells_refused_in_the_viewers_format() -> None:
