@@ -202,7 +202,12 @@ class XrayPlugin:
         statuses: list[Status] = [item["status"] for item in items]
         status = worst(statuses)
         counts = Counter(statuses)
-        headline, explanation = _summary_text(LEVELS[level], status, counts, len(items))
+        unchecked = sum(1 for item in items if not item["served"]) - (
+            counts["tampered"] + counts["missing"]
+        )  # refused under fail-closed
+        headline, explanation = _summary_text(
+            LEVELS[level], status, counts, len(items), unchecked_refused=unchecked
+        )
         return {
             "id": orthanc_id,
             "level": LEVELS[level],
@@ -353,9 +358,17 @@ def _send_status(output: Any, status: int, message: str) -> None:
 
 
 def _summary_text(
-    level: str, status: Status, counts: Counter[Status], total: int
+    level: str, status: Status, counts: Counter[Status], total: int, *, unchecked_refused: int = 0
 ) -> tuple[str, str]:
     refused = counts["tampered"] + counts["missing"]
+    if unchecked_refused:
+        return (
+            f"Refused: {refused + unchecked_refused} of {total} images in this {level} were "
+            "altered, are missing or could not be checked.",
+            "This PACS runs fail-closed: those images are withheld from every viewer and "
+            "download; the others are verified or flagged below. The PACS administrator has "
+            "been alerted.",
+        )
     if refused:
         return (
             f"Refused: {refused} of {total} images in this {level} were altered or are missing.",

@@ -256,7 +256,11 @@ def test_an_unreadable_index_is_refused_fail_closed_and_served_otherwise(
             f"{server.orthanc.url}/instances/{orthanc_id}/file", auth=auth, timeout=60
         )
         verdict = integrity(server.orthanc.url, auth, "instances", orthanc_id)
-    assert verdict["status"] == "unverifiable"
+        parent = requests.get(f"{server.orthanc.url}/instances/{orthanc_id}", auth=auth, timeout=30)
+        series = integrity(server.orthanc.url, auth, "series", parent.json()["ParentSeries"])
+    assert verdict["status"] == "unverifiable" and series["status"] == "unverifiable"
+    assert series["served"] is (not fail_closed)
+    assert str(series["headline"]).startswith("Refused") is fail_closed
     if fail_closed:
         assert reply.status_code >= 400 and study.files[0].read_bytes() not in reply.content
         assert verdict["served"] is False and "Refused" in str(verdict["headline"])
