@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     dicom_negotiation_timeout_s: float = Field(default=5.0, gt=0, le=600)
     dicom_network_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     orthanc_url: str | None = None
+    # The xray plugin's secret for its stored-file route (XrayGateway.StoredFileToken) when
+    # Orthanc is not the embedded one (the embedded one's is generated in keys/).
+    orthanc_stored_file_token: SecretStr | None = None
     orthanc_http_port: int = Field(default=8042, ge=1, le=65535)
     orthanc_dicom_port: int = Field(default=4242, ge=1, le=65535)
     store_url: str | None = None
@@ -135,7 +138,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_secrets(self) -> Settings:
-        for name in ("s3_access_key", "s3_secret_key"):
+        for name in ("s3_access_key", "s3_secret_key", "orthanc_stored_file_token"):
             secret: SecretStr | None = getattr(self, name)
             if secret is not None and secret.get_secret_value().strip().lower() in PLACEHOLDERS:
                 raise ValueError(f"GATEWAY_{name.upper()} is a placeholder; set a real secret")

@@ -44,6 +44,9 @@ REJECTING_STATUSES = frozenset({400, 413, 415, 422})
 # into requests.RetryError and lose Orthanc's error message.
 NO_RETRY = Retry(total=0, raise_on_status=False)
 
+# The header carrying the xray plugin's stored-file secret (checked in orthanc_plugin/host.py).
+STORED_FILE_HEADER = "X-Xray-Stored-File-Token"
+
 # requests asks for gzip by default and Orthanc then compresses the whole file before
 # sending the first byte: 0.8 s for 10 MB on loopback, a read timeout for 400 MB.
 IDENTITY = {"Accept-Encoding": "identity"}
@@ -116,12 +119,22 @@ class Pacs:
         HTTP basic auth credentials; ``None`` uses the URL's credentials, if any.
     timeout:
         Seconds to wait for an answer (connecting waits at most 5 s of it).
+    stored_file_token:
+        The xray plugin's secret for its stored-file route (``XrayGateway.StoredFileToken``),
+        sent only to that route; ``None`` when the gateway does not hold it.
     """
 
     def __init__(
-        self, url: str, *, user: str | None, password: str | None, timeout: float = 30.0
+        self,
+        url: str,
+        *,
+        user: str | None,
+        password: str | None,
+        timeout: float = 30.0,
+        stored_file_token: str | None = None,
     ) -> None:
         self.url = redact_url(url).rstrip("/")
+        self._stored_file_token = stored_file_token
         if user is None and (credentials := userinfo(url)) is not None:
             user, password = credentials
         auth = HTTPBasicAuth(user, password or "") if user is not None else None
@@ -160,7 +173,10 @@ class Pacs:
             A client for ``orthanc.url``.
         """
         user, password = orthanc.credentials
-        return cls(orthanc.url, user=user, password=password, timeout=timeout)
+        return cls(
+            orthanc.url, user=user, password=password, timeout=timeout,
+            stored_file_token=orthanc.stored_file_token,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return f"Pacs({self.url!r})"
@@ -310,21 +326,26 @@ class Pacs:
 
         The plugin guards every read and refuses a tampered file; verdicts need to hash
         and compare exactly that file, so they read it through the plugin's unchecked
-        route (``GET /xray/instances/{id}/stored-file``). Without the plugin, this is
-        :meth:`fetch`.
+        route (``GET /xray/instances/{id}/stored-file``), which answers only the holder of
+        its secret (``stored_file_token``). Without the plugin, this is :meth:`fetch`.
 
         Raises
         ------
         InstanceMissing
             Orthanc has no instance with that id.
+        PacsUnavailable
+            Orthanc cannot be read, or the plugin refused the secret (HTTP 403).
         """
         url = f"{self.url}/xray/instances/{orthanc_id}/stored-file"
         timeout = self._options["timeout_spec"]
+        headers = dict(IDENTITY)
+        if self._stored_file_token is not None:
+            headers[STORED_FILE_HEADER] = self._stored_file_token
         try:
             response = requests.get(
                 url,
                 auth=self._options["auth"],
-                headers=IDENTITY,
+                headers=headers,
                 stream=True,
                 timeout=(timeout.connection_timeout, timeout.read_timeout),
             )
@@ -336,6 +357,13 @@ class Pacs:
             if response.status_code == 404:
                 # No plugin (no such route), or no such instance: the plain route tells.
                 return self.fetch(orthanc_id, sink)
+            if response.status_code == 403:
+                raise PacsUnavailable(
+                    f"the xray plugin in Orthanc at {self.url} refused the stored-file secret: "
+                    "set GATEWAY_ORTHANC_STORED_FILE_TOKEN to the plugin's "
+                    "XrayGateway.StoredFileToken",
+                    status=403,
+                )
             if response.status_code != 200:
                 raise PacsUnavailable(
                     f"Orthanc at {self.url} could not read instance {orthanc_id}: "

@@ -18,6 +18,8 @@ from gateway.procs import Child, port_in_use
 
 HOST = "127.0.0.1"
 CREDENTIALS_FILE = "orthanc-http.json"
+# The secret the gateway sends to the plugin's stored-file route (forward.STORED_FILE_HEADER).
+STORED_FILE_TOKEN_FILE = "orthanc-stored-file.token"
 
 # The exact library, never the plugins folder: Orthanc loads every .so in a folder it is
 # given, and Debian's folder also holds ServeFolders and ModalityWorklists.
@@ -105,6 +107,11 @@ class EmbeddedOrthanc(Child):
     - The user and password are random, generated on first start and kept in
       ``<data_dir>/keys/orthanc-http.json`` (0600), where the gateway and tests read them.
       Orthanc only takes passwords in its config, so that file is 0600 too.
+    - The plugin's ``stored-file`` route (the file as stored, refused or not) answers only
+      the gateway: a random token, generated on first start in
+      ``<data_dir>/keys/orthanc-stored-file.token`` (0600), is written into the
+      ``XrayGateway`` section (``StoredFileToken``) and sent by the gateway in the
+      ``X-Xray-Stored-File-Token`` header. Every other Orthanc user gets 403.
     - Stored files are the received bytes: ``StorageCompression`` off (the dataset digest
       of Orthanc's copy equals the gateway's) and ``OverwriteInstances`` off (a second
       version under the same SOP Instance UID is answered ``AlreadyStored``, never
@@ -115,8 +122,11 @@ class EmbeddedOrthanc(Child):
     - No plugin is loaded unless ``plugin`` (a Python script) is given: then exactly the
       Python plugin library is loaded and runs that script, with ``plugin_config`` as the
       ``XrayGateway`` section; ``extra_plugins`` (the Web Viewer, DICOMweb) load after it.
-      The Web Viewer keeps its cache of decoded images in ``orthanc/webviewer-cache``;
-      DICOMweb answers on ``/dicom-web/`` and WADO-URI on ``/wado``.
+      The Web Viewer keeps its cache of decoded images in ``orthanc/webviewer-cache``,
+      but the plugin answers the viewer's image route itself, from checked reads, so that
+      cache is never served. DICOMweb answers on ``/dicom-web/`` and WADO-URI on ``/wado``,
+      with its metadata cache off (``EnableMetadataCache: false``; the plugin refuses to
+      start with it on).
     - WebDAV is off: it is a second upload path around the gateway.
     - HTTP compression is off: on loopback gzip only costs time, and Orthanc compresses a
       whole file before sending its first byte.
@@ -158,6 +168,7 @@ class EmbeddedOrthanc(Child):
         self.home = data_dir / "orthanc"
         self.config_path = self.home / "orthanc.json"
         self.credentials_path = data_dir / "keys" / CREDENTIALS_FILE
+        self.stored_file_token_path = data_dir / "keys" / STORED_FILE_TOKEN_FILE
         self.http_port = http_port
         self.dicom_port = dicom_port
         self.aet = aet
@@ -194,6 +205,16 @@ class EmbeddedOrthanc(Child):
             return str(stored["user"]), str(stored["password"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{self.credentials_path} is not a user/password file") from exc
+
+    @property
+    def stored_file_token(self) -> str:
+        """The plugin's stored-file secret, created on first use (see the class docstring)."""
+        if not self.stored_file_token_path.exists():
+            write_secret(self.stored_file_token_path, secrets.token_urlsafe(32).encode())
+        token = read_secret(self.stored_file_token_path).decode().strip()
+        if len(token) < 32:
+            raise ConfigError(f"{self.stored_file_token_path} does not hold a token")
+        return token
 
     def config(self) -> dict[str, Any]:
         """The Orthanc configuration this instance runs with.
@@ -243,7 +264,10 @@ class EmbeddedOrthanc(Child):
             config["Plugins"] += [str(path) for path in self.extra_plugins]
             config["PythonScript"] = str(self.plugin.resolve())
             if self.plugin_config:
-                config["XrayGateway"] = self.plugin_config
+                config["XrayGateway"] = {
+                    **self.plugin_config,
+                    "StoredFileToken": self.stored_file_token,
+                }
             names = " ".join(path.name for path in self.extra_plugins)
             if "WebViewer" in names:
                 config["WebViewer"] = {
@@ -257,6 +281,7 @@ class EmbeddedOrthanc(Child):
                     "EnableWado": True,
                     "WadoRoot": "/wado",
                     "Ssl": False,
+                    "EnableMetadataCache": False,
                 }
         else:
             del config["Plugins"]

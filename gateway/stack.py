@@ -69,10 +69,20 @@ class PacsForwarder:
         return ForwardOutcome(orthanc_id=result.orthanc_id, conflict=conflict)
 
 
+def external_pacs(settings: Settings) -> Pacs:
+    """The Orthanc at ``GATEWAY_ORTHANC_URL``, with the plugin's stored-file secret if set."""
+    assert settings.orthanc_url is not None
+    token = settings.orthanc_stored_file_token
+    return Pacs(
+        settings.orthanc_url, user=None, password=None,
+        stored_file_token=token.get_secret_value() if token is not None else None,
+    )  # fmt: skip
+
+
 def open_pacs(settings: Settings) -> Pacs:
     """The configured Orthanc, or the embedded one's URL and login (whether it runs or not)."""
     if settings.orthanc_url is not None:
-        return Pacs(settings.orthanc_url, user=None, password=None)
+        return external_pacs(settings)
     return Pacs.from_embedded(
         EmbeddedOrthanc(
             data_dir=settings.data_dir,
@@ -170,7 +180,7 @@ class Stack:
                 self.orthanc.start()
                 self.pacs = Pacs.from_embedded(self.orthanc)
             else:
-                self.pacs = Pacs(s.orthanc_url, user=None, password=None)
+                self.pacs = external_pacs(s)
             self.store = open_object_store(s)
             self.index = Index(s.data_dir / "index.sqlite")
             spool = self.spool = Spool(s.data_dir / "spool", reserve_bytes=s.spool_reserve_mb << 20)

@@ -30,11 +30,14 @@ def plugin_section(
     mirror_interval: float = 2.0,
     max_instance_bytes: int = MAX_INSTANCE_BYTES,
     trusted_recorders: frozenset[str] | None = None,
+    fail_closed: bool = False,
 ) -> dict[str, Any]:
     """The ``XrayGateway`` section for Orthanc's configuration.
 
     ``SysPath`` is this project's root and the running interpreter's site-packages (the
     venv's), so the script Orthanc runs imports this very code and its dependencies.
+    ``StoredFileToken`` is not set here: :class:`gateway.orthanc.EmbeddedOrthanc` adds the
+    secret from the gateway's key directory when it writes the configuration.
     """
     paths = sysconfig.get_paths()
     sys_path = [str(PROJECT_ROOT)]
@@ -48,6 +51,7 @@ def plugin_section(
         "WebViewer": web_viewer,
         "MirrorInterval": mirror_interval,
         "MaxInstanceBytes": max_instance_bytes,
+        "FailClosed": fail_closed,
     }
     if chain_url and contract_address:
         section["ChainUrl"] = chain_url

@@ -1,40 +1,63 @@
 """The storage area's logic: write what Orthanc creates, check what it reads, explain refusals.
 
-Orthanc calls ``create``/``read``/``remove`` for every attachment; only DICOM files
-(content type 1) and Orthanc's header-only copies of them (type 3, "DICOM until pixel
-data", which Orthanc keeps for a storage area that cannot read ranges) are checked;
-every other attachment passes through.
+Orthanc calls ``create``/``read``/``remove`` for every attachment. What each content type gets:
+
+- 1, the DICOM file: checked on every read (below).
+- 3, "DICOM until pixel data" (Orthanc's header-only copy, kept for a storage area that
+  cannot read ranges): checked against the SHA-256 recorded when Orthanc made it from the
+  full file; refused as well once its instance was found tampered.
+- 2, Orthanc's DICOM-as-JSON (written only by Orthanc before 1.9.1): passes through.
+- user-defined types (>= 1024, which Orthanc 1.10 hands to a storage plugin as 0,
+  "unknown"), among them 4301, the DICOMweb plugin's series metadata cache (DICOMweb >=
+  1.15): always refused, as nothing ties their bytes to a checked file. The metadata cache
+  is turned off (``DicomWeb.EnableMetadataCache: false``, which the plugin's settings
+  require), and the REST routes that read or write such attachments answer 403 (see
+  ``host.py``: Orthanc would serve one it has just written from memory, past this area).
 
 - ``create`` writes the file first (Orthanc must never lose what it was given), then
-  learns which instance it is: SOP Instance UID, Orthanc's id and the dataset digest,
-  kept in the :class:`~gateway.orthanc_plugin.catalog.Catalog`. An instance arriving
-  without a record is alerted as ``unregistered`` right away.
+  learns which instance it is: SOP Instance UID, Orthanc's id and the arrival digest,
+  kept in the :class:`~gateway.orthanc_plugin.catalog.Catalog`. The arrival digest is the
+  dataset digest, or, when even the File Meta cannot be read, the SHA-256 of the whole
+  file (kept in the ``sha256`` column, ``digest`` empty). Identifiers come from pydicom,
+  leniently when the strict parse fails (files made by Orthanc's ``/tools/create-dicom``
+  have no SOP Class UID). An instance arriving without a record is alerted as
+  ``unregistered`` right away.
 - ``read`` hashes the dataset bytes it has just read (the digest of
-  :mod:`gateway.fingerprint`), judges them against the gateway's records
+  :mod:`gateway.fingerprint`), makes sure the file is the instance Orthanc filed under that
+  attachment (its SOP Instance UID and Orthanc id against the catalogue's, or against
+  Orthanc's own record of the attachment), judges the bytes against the gateway's records
   (:mod:`~gateway.orthanc_plugin.verdict`) and raises :class:`Refused` for content that
   must not leave the PACS. Orthanc then fails the request (500 on ``/file``, 415 on
   ``/preview``, a failed sub-operation on C-GET/C-MOVE).
-- A header-only copy (type 3) is checked against the SHA-256 recorded when Orthanc made it
-  from the full file; it is refused as well once its instance was found tampered.
+- Fail-closed (``XrayGateway.FailClosed``): a verdict whose evidence could not be read
+  (``unverifiable``, ``unconfirmed``) is refused and alerted instead of served.
+- Alerts are keyed by the instance: its SOP Instance UID and Orthanc id when known, else
+  the attachment's UUID; never one shared key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
+import pydicom
+
+from gateway.alerts import KINDS
 from gateway.errors import DatasetUnreadable
 from gateway.fingerprint import MAX_INSTANCE_BYTES, dataset_offset, fingerprint_bytes, read_header
 from gateway.orthanc_plugin.catalog import Attachment, Catalog
 from gateway.orthanc_plugin.records import IndexUnavailable, RecordBook
 from gateway.orthanc_plugin.storage import FileArea
 from gateway.orthanc_plugin.verdict import (
+    SERVED,
     LedgerFacts,
+    Status,
     Verdict,
     Version,
     judge,
@@ -44,7 +67,28 @@ from gateway.orthanc_plugin.verdict import (
 
 DICOM = 1  # OrthancPluginContentType_Dicom
 DICOM_UNTIL_PIXEL_DATA = 3  # OrthancPluginContentType_DicomUntilPixelData
+DICOM_AS_JSON = 2  # OrthancPluginContentType_DicomAsJson (Orthanc < 1.9.1 wrote it)
+# The DICOMweb plugin's series metadata cache (>= 1.15): a user-defined type, which
+# Orthanc 1.10 passes to the storage area as 0 (OrthancPluginContentType_Unknown).
+DICOMWEB_METADATA_CACHE = 4301
+UNCHECKABLE = "user-defined (such as DICOMweb's metadata cache, 4301)"
+DEFLATED = "1.2.840.10008.1.2.1.99"
 SOURCE = "orthanc-plugin"
+# Statuses whose evidence could not be read: refused under fail-closed.
+FAIL_CLOSED_REFUSES = frozenset({"unverifiable", "unconfirmed"})
+IDENTITY_TAGS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+def serves(status: str, *, fail_closed: bool) -> bool:
+    """Whether the plugin hands out the bytes of an instance with ``status``.
+
+    The status table's answer (:data:`~gateway.orthanc_plugin.verdict.SERVED`; a status it
+    does not list is refused), except that under fail-closed a verdict whose evidence could
+    not be read (:data:`FAIL_CLOSED_REFUSES`) is refused too.
+    """
+    if fail_closed and status in FAIL_CLOSED_REFUSES:
+        return False
+    return SERVED.get(cast(Status, status), False)
 
 
 class Refused(Exception):
@@ -76,6 +120,10 @@ class LedgerView(Protocol):
     """What the ledger says about a recorded version: :class:`LedgerMirror` in production."""
 
     def facts(self, version: Version, others: Sequence[Version] = ()) -> LedgerFacts: ...
+
+
+# Orthanc's id of an instance -> the UUID of its DICOM attachment (None: no such instance)
+Locate = Callable[[str], "str | None"]
 
 
 # Explicit VR Little Endian VRs with a 2-byte reserved field and a 4-byte length
@@ -149,6 +197,26 @@ def orthanc_instance_id(
     return "-".join(sha[i : i + 8] for i in range(0, 40, 8))
 
 
+def lenient_identity(data: bytes, syntax: str | None) -> tuple[str, str] | None:
+    """SOP Instance UID and Orthanc id from a file the strict parse refuses, or None.
+
+    pydicom reads only the four identifying attributes, forcing past a missing preamble or
+    SOP Class UID. A deflated dataset is not tried: pydicom would inflate it unbounded.
+    """
+    if syntax == DEFLATED:
+        return None
+    try:
+        ds = pydicom.dcmread(
+            io.BytesIO(data), force=True, stop_before_pixels=True, specific_tags=list(IDENTITY_TAGS)
+        )
+        values = [str(ds.get(keyword, "") or "").strip() for keyword in IDENTITY_TAGS]
+    except Exception:  # pydicom raises many types on malformed input
+        return None
+    if not all(values[1:]):
+        return None
+    return values[3], orthanc_instance_id(*values)
+
+
 class Guard:
     """Checks every DICOM read against the gateway's records and the ledger mirror.
 
@@ -172,6 +240,12 @@ class Guard:
     max_instance_bytes:
         The most bytes a deflated dataset may inflate to while it is parsed (the gateway's
         ``GATEWAY_MAX_INSTANCE_BYTES``); it is inflated into a temporary file, never in memory.
+    fail_closed:
+        Refuse (and alert) instead of serving when the evidence cannot be read
+        (``XrayGateway.FailClosed``).
+    locate:
+        Orthanc's own record of which attachment holds an instance (by Orthanc id), asked
+        when the catalogue does not know an attachment; ``None`` when there is no Orthanc.
     """
 
     def __init__(
@@ -185,8 +259,12 @@ class Guard:
         log: Callable[[str], None] = lambda message: None,
         repeat_after: float = 600.0,
         max_instance_bytes: int = MAX_INSTANCE_BYTES,
+        fail_closed: bool = False,
+        locate: Locate | None = None,
     ) -> None:
         self.max_instance_bytes = max_instance_bytes
+        self.fail_closed = fail_closed
+        self.locate = locate
         self.area = area
         self.catalog = catalog
         self.records = records
@@ -215,14 +293,20 @@ class Guard:
 
     def read(self, uuid: str, content_type: int) -> bytes:
         """Read the attachment; raise :class:`Refused` if it must not be served."""
+        if content_type not in (DICOM, DICOM_AS_JSON, DICOM_UNTIL_PIXEL_DATA):
+            raise Refused(self._uncheckable_refused(uuid))
         data = self.area.read(uuid)
         if content_type == DICOM:
             verdict = self.check(uuid, data)
-            if not verdict.served:
+            if not self.serves(verdict):
                 raise Refused(verdict)
         elif content_type == DICOM_UNTIL_PIXEL_DATA:
             self._check_header_copy(uuid, data)
         return data
+
+    def serves(self, verdict: Verdict) -> bool:
+        """Whether ``verdict``'s bytes leave the PACS (:func:`serves` with this guard's mode)."""
+        return serves(verdict.status, fail_closed=self.fail_closed)
 
     def remove(self, uuid: str, content_type: int) -> None:
         self.area.remove(uuid)
@@ -231,24 +315,53 @@ class Guard:
     # -- learning at create ----------------------------------------------------------------
 
     def _learn_dicom(self, uuid: str, data: bytes) -> None:
-        header = read_header(io.BytesIO(data), limit=self.max_instance_bytes)
-        digest, syntax = dataset_fingerprint(data)
-        attachment = Attachment(
-            uuid=uuid,
-            content_type=DICOM,
-            sop_instance_uid=header.sop_instance_uid,
-            orthanc_id=orthanc_instance_id(
-                header.patient_id,
-                header.study_instance_uid,
-                header.series_instance_uid,
-                header.sop_instance_uid,
-            ),
-            sha256=None,
-            digest=digest,
+        """Catalogue the file's identity and arrival digest, even when pydicom cannot parse it.
+
+        Without a dataset digest (no readable File Meta), the SHA-256 of the whole file is
+        the arrival digest, kept in ``sha256`` with ``digest`` empty: any later change to
+        the file is then refused as tampered rather than served as unverifiable.
+        """
+        try:
+            digest: bytes | None
+            digest, syntax = dataset_fingerprint(data)
+        except DatasetUnreadable:
+            digest, syntax = None, ""
+        identity = self._file_identity(data, syntax)
+        sop, orthanc_id = identity if identity is not None else (None, None)
+        self.catalog.put(
+            Attachment(
+                uuid=uuid,
+                content_type=DICOM,
+                sop_instance_uid=sop,
+                orthanc_id=orthanc_id,
+                sha256=hashlib.sha256(data).digest() if digest is None else None,
+                digest=digest,
+            )
         )
-        self.catalog.put(attachment)
-        verdict = self._judge(header.sop_instance_uid, digest, syntax, data, arrival_digest=digest)
-        self._after(verdict, attachment.orthanc_id, on="arrival")
+        if digest is None:
+            self.log(f"xray-gateway: attachment {uuid} has no readable File Meta; its raw "
+                     "SHA-256 is its arrival digest")  # fmt: skip
+            return
+        if sop is None:
+            self.log(f"xray-gateway: attachment {uuid} names no instance; it cannot be "
+                     "looked up in the gateway's records")  # fmt: skip
+            return
+        verdict = self._judge(sop, digest, syntax, data, arrival_digest=digest)
+        self._after(verdict, orthanc_id, uuid=uuid, on="arrival")
+
+    def _file_identity(self, data: bytes, syntax: str | None) -> tuple[str, str] | None:
+        """The SOP Instance UID and Orthanc id the file itself names (None: unreadable)."""
+        try:
+            header = read_header(io.BytesIO(data), limit=self.max_instance_bytes)
+        except DatasetUnreadable as exc:
+            found = lenient_identity(data, syntax)
+            if found is None:
+                self.log(f"xray-gateway: a stored file names no instance: {exc}")
+            return found
+        return header.sop_instance_uid, orthanc_instance_id(
+            header.patient_id, header.study_instance_uid,
+            header.series_instance_uid, header.sop_instance_uid,
+        )  # fmt: skip
 
     def _learn_header_copy(self, uuid: str, data: bytes) -> None:
         header = read_header(io.BytesIO(data), limit=self.max_instance_bytes)
@@ -270,39 +383,144 @@ class Guard:
     # -- checking --------------------------------------------------------------------------
 
     def check(self, uuid: str, data: bytes, *, orthanc_id: str | None = None) -> Verdict:
-        """Judge the DICOM file ``data`` stored as ``uuid`` (and record alerts)."""
+        """Judge the DICOM file ``data`` stored as ``uuid`` (and record alerts).
+
+        ``orthanc_id`` is the instance the caller asked for, when it knows (REST routes):
+        the file must be that instance.
+        """
+        verdict, orthanc_id = self._decide(uuid, data, orthanc_id)
+        verdict = self._under_policy(verdict)
+        self._after(verdict, orthanc_id, uuid=uuid, on="read")
+        return verdict
+
+    def _decide(self, uuid: str, data: bytes, orthanc_id: str | None) -> tuple[Verdict, str | None]:
         attachment = self.catalog.get(uuid)
-        sop = attachment.sop_instance_uid if attachment is not None else None
-        orthanc_id = orthanc_id or (attachment.orthanc_id if attachment is not None else None)
+        known_id = orthanc_id or (attachment.orthanc_id if attachment is not None else None)
+        if attachment is not None and attachment.digest is None and attachment.sha256:
+            # arrival digest of a file without readable File Meta: the whole file's SHA-256
+            raw = hashlib.sha256(data).digest()
+            named_sop = attachment.sop_instance_uid or ""
+            return self._judge(named_sop, raw, "", data, arrival_digest=attachment.sha256), known_id
         try:
             digest, syntax = dataset_fingerprint(data)
         except DatasetUnreadable as exc:
-            verdict = self._unreadable(sop, str(exc))
-            self._after(verdict, orthanc_id, on="read")
-            return verdict
-        if sop is None:
-            try:
-                header = read_header(io.BytesIO(data), limit=self.max_instance_bytes)
-            except DatasetUnreadable as exc:
-                verdict = unverifiable("?", f"the stored file cannot be parsed ({exc})")
-                self._after(verdict, orthanc_id, on="read")
-                return verdict
-            sop = header.sop_instance_uid
-            orthanc_id = orthanc_id or orthanc_instance_id(
-                header.patient_id, header.study_instance_uid,
-                header.series_instance_uid, header.sop_instance_uid,
-            )  # fmt: skip
-            self.catalog.put(Attachment(uuid, DICOM, sop, orthanc_id, None, None))
+            catalogued = attachment.sop_instance_uid if attachment is not None else None
+            return self._unreadable(catalogued, str(exc)), known_id
+        identity = self._identity(uuid, data, syntax, attachment, digest, orthanc_id)
+        if isinstance(identity, Verdict):
+            return identity, known_id
+        sop, known_id = identity
         arrival = attachment.digest if attachment is not None else None
-        verdict = self._judge(sop, digest, syntax, data, arrival_digest=arrival)
-        self._after(verdict, orthanc_id, on="read")
+        return self._judge(sop, digest, syntax, data, arrival_digest=arrival), known_id
+
+    def _identity(
+        self,
+        uuid: str,
+        data: bytes,
+        syntax: str,
+        attachment: Attachment | None,
+        digest: bytes,
+        orthanc_id: str | None,
+    ) -> tuple[str, str | None] | Verdict:
+        """Which instance the file is, or the verdict refusing it as another one.
+
+        The catalogue's identity holds while the dataset is the one catalogued at arrival.
+        Otherwise the file's own SOP Instance UID and Orthanc id must be the catalogue's
+        and the caller's; with no catalogue row, Orthanc's record of which attachment holds
+        that instance must name this one. File B, intact, is never served under A's id.
+        """
+        known_id = orthanc_id or (attachment.orthanc_id if attachment is not None else None)
+        expected_sop = attachment.sop_instance_uid if attachment is not None else None
+        unchanged = attachment is not None and attachment.digest == digest
+        if expected_sop and unchanged and (orthanc_id is None or orthanc_id == known_id):
+            return expected_sop, known_id
+        found = self._file_identity(data, syntax)
+        if found is None:
+            if expected_sop:
+                return expected_sop, known_id  # the digest decides
+            return unverifiable("", "The stored file names no instance it could be checked as")
+        sop, file_id = found
+        if (expected_sop and sop != expected_sop) or (known_id and file_id != known_id):
+            return self._wrong_instance(expected_sop, sop, digest)
+        if known_id is None:
+            holder = self._holder(file_id)
+            if holder is None:
+                return unverifiable(sop, "Orthanc's record of this file cannot be found")
+            if holder != uuid:
+                return self._wrong_instance(None, sop, digest)
+        if attachment is None:
+            self.catalog.put(Attachment(uuid, DICOM, sop, file_id, None, None))
+        return sop, file_id
+
+    def _holder(self, orthanc_id: str) -> str | None:
+        """The UUID of instance ``orthanc_id``'s DICOM file: the catalogue's, else Orthanc's."""
+        row = self.catalog.by_orthanc_id(orthanc_id, DICOM)
+        if row is not None:
+            return row.uuid
+        if self.locate is None:
+            return None
+        try:
+            return self.locate(orthanc_id) or ""  # "" : Orthanc holds no such instance
+        except Exception as exc:  # Orthanc's answer is evidence too; without it, unverifiable
+            self.log(f"xray-gateway: could not ask Orthanc about {orthanc_id}: {exc}")
+            return None
+
+    def _wrong_instance(self, expected_sop: str | None, file_sop: str, digest: bytes) -> Verdict:
+        """Another instance's file in this one's place (possibly another patient's)."""
+        filed = f"SOP Instance {expected_sop}" if expected_sop else "another instance"
+        return Verdict(
+            status="tampered",
+            sop_instance_uid=expected_sop or "",
+            digest_now=digest,
+            recorded=None,
+            headline="Refused: this file is another image than the one filed here.",
+            explanation=(
+                f"The stored file holds SOP Instance {file_sop}, but the PACS filed it as "
+                f"{filed}: an image (possibly of another patient) was put in its place. Do not "
+                "use it; the PACS administrator has been alerted."
+            ),
+            ledger="not consulted",
+            checked_at=time.time(),
+        )
+
+    def _under_policy(self, verdict: Verdict) -> Verdict:
+        """Under fail-closed, say that a verdict without evidence is refused, not shown."""
+        if self.serves(verdict) or verdict.status not in FAIL_CLOSED_REFUSES:
+            return verdict
+        return dataclasses.replace(
+            verdict,
+            headline="Refused: the integrity of this image could not be checked.",
+            explanation=(
+                f"{verdict.explanation.split('. It is shown')[0]}. This PACS runs fail-closed: "
+                "an image whose integrity cannot be confirmed is withheld; the PACS "
+                "administrator has been alerted."
+            ),
+        )
+
+    def _uncheckable_refused(self, uuid: str) -> Verdict:
+        """A user-defined attachment: never served, nothing ties it to a checked file."""
+        verdict = Verdict(
+            status="tampered",
+            sop_instance_uid="",
+            digest_now=None,
+            recorded=None,
+            headline="Refused: an attachment the integrity plugin cannot check.",
+            explanation=(
+                f"Attachment {uuid} is {UNCHECKABLE}: nothing ties its bytes to a checked "
+                "file, and the DICOMweb metadata cache is off, so it is not served; the "
+                "PACS administrator has been alerted."
+            ),
+            ledger="not consulted",
+            checked_at=time.time(),
+        )
+        self._after(verdict, None, uuid=uuid, on="read")
         return verdict
 
     def _judge(
         self, sop: str, digest: bytes, syntax: str, data: bytes, *, arrival_digest: bytes | None
     ) -> Verdict:
         try:
-            versions = self.records.versions(sop)
+            versions = self.records.versions(sop) if sop else ()
         except IndexUnavailable as exc:
             return unverifiable(sop, f"The gateway's records cannot be read ({exc})")
         facts: dict[bytes, LedgerFacts] = {}
@@ -332,7 +550,7 @@ class Guard:
     def _unreadable(self, sop: str | None, reason: str) -> Verdict:
         """A stored DICOM file that no longer parses: it changed since Orthanc accepted it."""
         if sop is None:
-            return unverifiable("?", f"The stored file cannot be parsed ({reason})")
+            return unverifiable("", f"The stored file cannot be parsed ({reason})")
         try:
             versions = self.records.versions(sop)
         except IndexUnavailable as exc:
@@ -373,7 +591,7 @@ class Guard:
                 ledger="not consulted",
                 checked_at=time.time(),
             )
-            self._after(verdict, attachment.orthanc_id, on="read")
+            self._after(verdict, attachment.orthanc_id, uuid=uuid, on="read")
             raise Refused(verdict)
         if last in ("tampered", "missing"):
             raise Refused(
@@ -397,34 +615,37 @@ class Guard:
             data = self.area.read(uuid)
         except FileNotFoundError:
             attachment = self.catalog.get(uuid)
-            sop = attachment.sop_instance_uid if attachment and attachment.sop_instance_uid else "?"
+            sop = attachment.sop_instance_uid if attachment and attachment.sop_instance_uid else ""
             verdict = missing(sop)
-            self._after(verdict, orthanc_id, on="read")
+            self._after(verdict, orthanc_id, uuid=uuid, on="read")
             return verdict
         return self.check(uuid, data, orthanc_id=orthanc_id)
 
     # -- alerts ----------------------------------------------------------------------------
 
-    def _after(self, verdict: Verdict, orthanc_id: str | None, *, on: str) -> None:
+    def _after(self, verdict: Verdict, orthanc_id: str | None, *, uuid: str, on: str) -> None:
+        """Keep the verdict and raise its alert, keyed by the instance (SOP Instance UID,
+        else Orthanc id, else attachment UUID), at most once per incident."""
         sop = verdict.sop_instance_uid
-        if self._statuses.get(sop) != verdict.status:
-            self._statuses[sop] = verdict.status
+        key = sop or orthanc_id or f"attachment {uuid}"
+        if self._statuses.get(key) != verdict.status:
+            self._statuses[key] = verdict.status
             try:
-                self.catalog.set_verdict(sop, verdict.status, verdict.digest_now)
+                self.catalog.set_verdict(key, verdict.status, verdict.digest_now)
             except Exception as exc:
-                self.log(f"xray-gateway: could not keep the verdict of {sop}: {exc}")
+                self.log(f"xray-gateway: could not keep the verdict of {key}: {exc}")
         if verdict.status == "intact" or verdict.status == "pending":
             return
         digest = verdict.digest_now or b""
         if verdict.status in ("unregistered", "retired"):
-            if not self.catalog.first_notice(verdict.status, sop, digest):
+            if not self.catalog.first_notice(verdict.status, key, digest):
                 return
-        elif not self._due(verdict.status, sop, digest):
+        elif not self._due(verdict.status, key, digest):
             return
-        kind = "error" if verdict.status == "unverifiable" else verdict.status
+        kind = "error" if verdict.status not in KINDS else verdict.status
         recorded = verdict.recorded
         detail = (
-            f"{'refused' if not verdict.served else 'served with a warning'} on {on}: "
+            f"{'refused' if not self.serves(verdict) else 'served with a warning'} on {on}: "
             f"{verdict.headline} dataset digest now "
             f"{verdict.digest_now.hex() if verdict.digest_now else 'unknown'}"
         )
@@ -436,14 +657,16 @@ class Guard:
         if verdict.changed:
             detail += f"; {verdict.changed} changed"
         detail += f"; ledger: {verdict.ledger}"
-        self.log(f"xray-gateway: {verdict.status} SOP Instance {sop} ({detail})")
+        if not sop:  # the alert's columns cannot name it: the detail does
+            detail = f"{_named(sop, orthanc_id, uuid)}: {detail}"
+        self.log(f"xray-gateway: {verdict.status} {_named(sop, orthanc_id, uuid)} ({detail})")
         try:
             self.alerts.record(
-                kind=kind, source=SOURCE, detail=detail, sop_instance_uid=sop,
+                kind=kind, source=SOURCE, detail=detail, sop_instance_uid=sop or None,
                 orthanc_id=orthanc_id,
             )  # fmt: skip
         except Exception as exc:  # an alert store problem must not change what is served
-            self.log(f"xray-gateway: could not record the alert for {sop}: {exc}")
+            self.log(f"xray-gateway: could not record the alert for {key}: {exc}")
 
     def _foreign_claims(self, sop: str, facts: dict[bytes, LedgerFacts]) -> None:
         """Alert once per account that wrote under the record key without owning it."""
@@ -473,3 +696,12 @@ class Guard:
                 return False
             self._alerted[key] = now
             return True
+
+
+def _named(sop: str, orthanc_id: str | None, uuid: str) -> str:
+    """How a log line names an instance (UIDs and ids only, never patient data)."""
+    if sop:
+        return f"SOP Instance {sop}"
+    if orthanc_id:
+        return f"instance {orthanc_id}"
+    return f"attachment {uuid}"

@@ -10,23 +10,40 @@ Routes (all behind Orthanc's HTTP authentication, GET only):
     The verdict as JSON, with a radiologist's explanation (Explorer's banner reads these).
 ``/xray/instances/{id}/stored-file``
     The DICOM file exactly as stored, *without* the refusal, for the gateway's verify and
-    audit code to hash and diff a tampered copy. Headers ``X-Xray-Status`` (the verdict)
-    and ``X-Xray-Dataset-Digest`` (hex SHA-256 of the dataset bytes, File Meta excluded).
+    audit code to hash and diff a tampered copy. Only for the gateway: the request must
+    carry the secret ``XrayGateway.StoredFileToken`` in ``X-Xray-Stored-File-Token``;
+    anyone else (any other Orthanc user) gets 403, and so does everyone when no token is
+    configured. Headers ``X-Xray-Status`` (the verdict) and ``X-Xray-Dataset-Digest`` (hex
+    SHA-256 of the dataset bytes, File Meta excluded).
 ``/web-viewer/series/{id}`` (when the Orthanc Web Viewer plugin is loaded)
     Replaces the viewer's series answer (the Python plugin is loaded first, so its route
     wins): each refused slice becomes ``xray-refused-<id>_<frame>``, which the viewer then
     asks from ``/web-viewer/instances/<compression>-xray-refused-…``, answered with a
     "REFUSED" picture (:mod:`~gateway.orthanc_plugin.viewer_image`); the overlay line that
     shows the series description carries the integrity headline.
+``/{level}/{id}/attachments/{name}…`` other than ``dicom`` and ``dicom-until-pixel-data``
+    403, by an incoming-request filter: user-defined attachments (DICOMweb's metadata
+    cache 4301 among them) cannot be checked, and Orthanc serves one it has just written
+    from memory without asking the storage area.
+``/web-viewer/instances/<compression>-{id}_<frame>`` (with the Web Viewer)
+    Replaces the viewer's image answer, which the viewer serves from its own cache of
+    decoded images (files on disk, never checked): the instance is checked, then its frame
+    is decoded by Orthanc through the checking storage area; a refused one gets 403.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
+import io
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pydicom
 
 from gateway.alerts import Alerts
 from gateway.orthanc_plugin.catalog import Catalog
@@ -36,13 +53,22 @@ from gateway.orthanc_plugin.records import RecordBook
 from gateway.orthanc_plugin.settings import PluginSettings
 from gateway.orthanc_plugin.storage import FileArea
 from gateway.orthanc_plugin.verdict import SEVERITY, Status, Verdict, worst
-from gateway.orthanc_plugin.viewer_image import refusal_image
+from gateway.orthanc_plugin.viewer_image import refusal_image, slice_image
 from gateway.redact import redact_url
 
 ORTHANC_ID = r"([0-9a-f]{8}(?:-[0-9a-f]{8}){4})"
 EXPLORER_JS = Path(__file__).with_name("explorer.js")
 LEVELS = {"instances": "instance", "series": "series", "studies": "study"}
 REFUSED_SLICE = "xray-refused-"
+# REST access to an attachment the storage area does not check (see guard.py)
+UNCHECKED_ATTACHMENT = re.compile(
+    r"/(?:patients|studies|series|instances)/[^/]+/attachments/"
+    r"(?!(?:dicom|dicom-until-pixel-data|1|3)(?:/|$))[^/]+"
+)
+STORED_FILE_HEADER = "x-xray-stored-file-token"  # Orthanc passes header names lowercased
+DISPLAY_ATTRIBUTES = (
+    "RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth", "PixelSpacing",
+)  # fmt: skip
 
 
 class NotFound(Exception):
@@ -80,6 +106,8 @@ class XrayPlugin:
             ledger=self.mirror,
             log=orthanc.LogWarning,
             max_instance_bytes=settings.max_instance_bytes,
+            fail_closed=settings.fail_closed,
+            locate=self.orthanc_attachment,
         )
 
     # -- registration ----------------------------------------------------------------------
@@ -87,6 +115,7 @@ class XrayPlugin:
     def register(self) -> None:
         o = self.orthanc
         o.RegisterStorageArea(self.guard.create, self.guard.read, self.guard.remove)
+        o.RegisterIncomingHttpRequestFilter(self.http_filter)
         for level in LEVELS:
             o.RegisterRestCallback(
                 f"/xray/{level}/{ORTHANC_ID}/integrity", self._integrity_route(level)
@@ -97,6 +126,9 @@ class XrayPlugin:
             o.RegisterRestCallback(
                 f"/web-viewer/instances/[a-z0-9]+-{REFUSED_SLICE}{ORTHANC_ID}_[0-9]+",
                 self.web_viewer_refused_slice,
+            )
+            o.RegisterRestCallback(
+                f"/web-viewer/instances/[a-z0-9]+-{ORTHANC_ID}_([0-9]+)", self.web_viewer_image
             )
         o.ExtendOrthancExplorer(EXPLORER_JS.read_text())
         o.RegisterOnChangeCallback(self.on_change)
@@ -112,6 +144,10 @@ class XrayPlugin:
             )
         )
 
+    def http_filter(self, uri: str, **request: Any) -> bool:
+        """Orthanc's incoming-request filter: False (403) for unchecked attachments."""
+        return UNCHECKED_ATTACHMENT.match(uri) is None
+
     def on_change(self, change_type: int, level: int, resource: str) -> None:
         if change_type == self.orthanc.ChangeType.ORTHANC_STOPPED and self.mirror is not None:
             self.mirror.stop()
@@ -123,6 +159,14 @@ class XrayPlugin:
             return json.loads(self.orthanc.RestApiGet(uri))
         except self.orthanc.OrthancException as exc:
             raise NotFound(uri) from exc
+
+    def orthanc_attachment(self, orthanc_id: str) -> str | None:
+        """Orthanc's own record of the UUID of an instance's DICOM file (None: no instance)."""
+        try:
+            info = self._get_json(f"/instances/{orthanc_id}/attachments/dicom/info")
+        except NotFound:
+            return None
+        return str(info["Uuid"])
 
     def attachment_uuid(self, orthanc_id: str) -> str:
         attachment = self.catalog.by_orthanc_id(orthanc_id, DICOM)
@@ -138,7 +182,9 @@ class XrayPlugin:
         """The integrity answer for one instance, series or study."""
         if level == "instances":
             self._get_json(f"/instances/{orthanc_id}")  # 404 for an id Orthanc does not know
-            answer = self.instance_verdict(orthanc_id).as_json()
+            verdict = self.instance_verdict(orthanc_id)
+            answer = verdict.as_json()
+            answer["served"] = self.guard.serves(verdict)
             answer["id"] = orthanc_id
             return answer
         instances = self._get_json(f"/{level}/{orthanc_id}/instances")
@@ -150,14 +196,19 @@ class XrayPlugin:
                     "id": instance["ID"],
                     "instance_number": instance.get("MainDicomTags", {}).get("InstanceNumber"),
                     "status": verdict.status,
-                    "served": verdict.served,
+                    "served": self.guard.serves(verdict),
                     "headline": verdict.headline,
                 }
             )
         statuses: list[Status] = [item["status"] for item in items]
         status = worst(statuses)
         counts = Counter(statuses)
-        headline, explanation = _summary_text(LEVELS[level], status, counts, len(items))
+        unchecked = sum(1 for item in items if not item["served"]) - (
+            counts["tampered"] + counts["missing"]
+        )  # refused under fail-closed
+        headline, explanation = _summary_text(
+            LEVELS[level], status, counts, len(items), unchecked_refused=unchecked
+        )
         return {
             "id": orthanc_id,
             "level": LEVELS[level],
@@ -190,6 +241,9 @@ class XrayPlugin:
         if request.get("method") != "GET":
             output.SendMethodNotAllowed("GET")
             return
+        if not self._holds_stored_file_token(request):
+            _send_status(output, 403, "the stored file is for the xray gateway only")
+            return
         orthanc_id = request["groups"][0]
         try:
             uuid = self.attachment_uuid(orthanc_id)
@@ -207,6 +261,39 @@ class XrayPlugin:
         with contextlib.suppress(Exception):
             output.SetHttpHeader("X-Xray-Dataset-Digest", dataset_digest(data).hex())
         output.AnswerBuffer(data, "application/dicom")
+
+    def _holds_stored_file_token(self, request: dict[str, Any]) -> bool:
+        """True when the request carries the configured stored-file secret."""
+        expected = self.settings.stored_file_token
+        given = (request.get("headers") or {}).get(STORED_FILE_HEADER, "")
+        return bool(expected) and hmac.compare_digest(str(given).encode(), str(expected).encode())
+
+    def web_viewer_image(self, output: Any, uri: str, **request: Any) -> None:
+        """The Web Viewer's image of one frame, from a checked read (never the viewer's cache)."""
+        if request.get("method") != "GET":
+            output.SendMethodNotAllowed("GET")
+            return
+        orthanc_id, frame = request["groups"]
+        try:
+            uuid = self.attachment_uuid(orthanc_id)
+            data = self.guard.area.read(uuid)
+        except (NotFound, FileNotFoundError):
+            _send_status(output, 404, "no such instance in Orthanc")
+            return
+        verdict = self.guard.check(uuid, data, orthanc_id=orthanc_id)
+        if not self.guard.serves(verdict):
+            # refused like every other read; the series answer names the slice
+            # xray-refused-…, whose picture the viewer shows instead
+            _send_status(output, 403, verdict.headline)
+            return
+        try:
+            # decoded by Orthanc, reading through this plugin's checking storage area
+            raw = self.orthanc.RestApiGet(f"/instances/{orthanc_id}/frames/{frame}/numpy?rescale=0")
+        except self.orthanc.OrthancException:
+            _send_status(output, 415, "Orthanc cannot decode this frame")
+            return
+        image = slice_image(np.load(io.BytesIO(raw)), _display_attributes(data))
+        output.AnswerBuffer(json.dumps(image), "application/json")
 
     def web_viewer_series(self, output: Any, uri: str, **request: Any) -> None:
         """The Web Viewer's series answer, without refused instances and with the warning."""
@@ -253,6 +340,18 @@ class XrayPlugin:
         output.AnswerBuffer(json.dumps(refusal_image()), "application/json")
 
 
+def _display_attributes(data: bytes) -> dict[str, Any]:
+    """Rescale, window and spacing attributes of a checked file (empty if unreadable)."""
+    try:
+        ds = pydicom.dcmread(
+            io.BytesIO(data), force=True, stop_before_pixels=True,
+            specific_tags=list(DISPLAY_ATTRIBUTES),
+        )  # fmt: skip
+        return {keyword: ds.get(keyword) for keyword in DISPLAY_ATTRIBUTES}
+    except Exception:  # pydicom raises many types on malformed input; defaults then
+        return {}
+
+
 def _send_status(output: Any, status: int, message: str) -> None:
     """An error status with a one-line body (Orthanc's SDK wants the body's length too)."""
     body = json.dumps({"HttpStatus": status, "Message": message})
@@ -260,9 +359,17 @@ def _send_status(output: Any, status: int, message: str) -> None:
 
 
 def _summary_text(
-    level: str, status: Status, counts: Counter[Status], total: int
+    level: str, status: Status, counts: Counter[Status], total: int, *, unchecked_refused: int = 0
 ) -> tuple[str, str]:
     refused = counts["tampered"] + counts["missing"]
+    if unchecked_refused:
+        return (
+            f"Refused: {refused + unchecked_refused} of {total} images in this {level} were "
+            "altered, are missing or could not be checked.",
+            "This PACS runs fail-closed: those images are withheld from every viewer and "
+            "download; the others are verified or flagged below. The PACS administrator has "
+            "been alerted.",
+        )
     if refused:
         return (
             f"Refused: {refused} of {total} images in this {level} were altered or are missing.",

@@ -10,8 +10,15 @@ an administrator running their own Orthanc writes it by hand::
         "ContractAddress": "0x…",                 // with ChainUrl
         "FromBlock": 0,                           // the contract's deployment block
         "TrustedRecorders": "0xabc…,0xdef…",      // optional: only these recorders count
-        "WebViewer": true                         // the Orthanc Web Viewer plugin is loaded
+        "WebViewer": true,                        // the Orthanc Web Viewer plugin is loaded
+        "FailClosed": true,                       // refuse, not serve, what cannot be checked
+        "StoredFileToken": "…"                    // the gateway's secret for stored-file
     }
+
+``StoredFileToken`` has no default: without it, ``/xray/instances/{id}/stored-file``
+answers 403 to everyone. With the DICOMweb plugin, its metadata cache must be off
+(``"DicomWeb": {"EnableMetadataCache": false}``): it would serve metadata from attachment
+4301 instead of from checked files.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ class PluginSettings:
     max_instance_bytes: int = MAX_INSTANCE_BYTES
     #: Only these recorders' records count; ``None``: whoever held the Recorder role.
     trusted_recorders: frozenset[str] | None = None
+    fail_closed: bool = False
+    stored_file_token: str | None = None
 
     @classmethod
     def from_orthanc(cls, config: dict[str, Any]) -> PluginSettings:
@@ -56,7 +65,8 @@ class PluginSettings:
         ------
         PluginConfigError
             When the section is missing, or a setting would defeat the check: stored files
-            compressed by Orthanc (their bytes would not hash to the recorded digest).
+            compressed by Orthanc (their bytes would not hash to the recorded digest), or
+            DICOMweb's metadata cache on (served from attachment 4301, not checked files).
         """
         section = config.get(SECTION)
         if not isinstance(section, dict) or not section.get("DataDir"):
@@ -66,6 +76,11 @@ class PluginSettings:
         if config.get("StorageCompression", False):
             raise PluginConfigError(
                 "StorageCompression is on: stored files would not hash to the recorded digest"
+            )
+        if _dicomweb_cache_on(config):
+            raise PluginConfigError(
+                'the DICOMweb plugin\'s metadata cache is on: set "DicomWeb": '
+                '{"EnableMetadataCache": false} (it serves attachment 4301, not checked files)'
             )
         data_dir = Path(str(section["DataDir"]))
         storage = Path(str(config.get("StorageDirectory", "OrthancStorage")))
@@ -88,6 +103,8 @@ class PluginSettings:
             mirror_interval=float(section.get("MirrorInterval", 2.0)),
             max_instance_bytes=int(section.get("MaxInstanceBytes", MAX_INSTANCE_BYTES)),
             trusted_recorders=_accounts(section.get("TrustedRecorders")),
+            fail_closed=_flag(section.get("FailClosed", False)),
+            stored_file_token=str(section.get("StoredFileToken") or "") or None,
         )
 
 
@@ -99,3 +116,22 @@ def _accounts(value: object) -> frozenset[str] | None:
         except ValueError as exc:
             raise PluginConfigError(f"{SECTION}.TrustedRecorders: {exc}") from None
     raise PluginConfigError(f"{SECTION}.TrustedRecorders is a string or a list of addresses")
+
+
+def _flag(value: Any) -> bool:
+    """A boolean setting; orthancteam's image passes ``ORTHANC__…`` values as strings."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _dicomweb_cache_on(config: dict[str, Any]) -> bool:
+    """True when the DICOMweb plugin may be loaded with its metadata cache on (its default
+    since DICOMweb 1.15; Debian's 1.7 has none, and ignores the setting)."""
+    plugins = config.get("Plugins", [])
+    names = [str(p).lower() for p in plugins] if isinstance(plugins, list) else []
+    dicomweb = config.get("DicomWeb")
+    if not isinstance(dicomweb, dict) and not any("dicomweb" in name for name in names):
+        return False
+    setting = dicomweb.get("EnableMetadataCache", True) if isinstance(dicomweb, dict) else True
+    return _flag(setting)

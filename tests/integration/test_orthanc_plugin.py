@@ -124,7 +124,7 @@ def test_the_config_loads_the_python_plugin_first_then_the_viewers(tmp_path: Pat
     assert [Path(p).name.split(".")[0] for p in config["Plugins"][1:]] == [
         "libOrthancWebViewer", "libOrthancDicomWeb",
     ]  # fmt: skip
-    assert config["XrayGateway"] == section
+    assert config["XrayGateway"] == {**section, "StoredFileToken": orthanc.stored_file_token}
     assert Path(config["WebViewer"]["CachePath"]).is_relative_to(tmp_path.resolve())
     assert config["DicomWeb"]["Enable"] is True
     assert config["MaximumStorageCacheSize"] == 0
@@ -212,14 +212,20 @@ def test_stored_file_route_returns_the_bytes_as_stored_with_the_verdict(
     pacs: TestOrthanc, auth: tuple[str, str], recorded: tuple[Study, list[str]]
 ) -> None:
     study, ids = recorded
-    intact = get(pacs, auth, f"/xray/instances/{ids[0]}/stored-file")
+    gateway = {"X-Xray-Stored-File-Token": pacs.orthanc.stored_file_token}
+
+    def stored(orthanc_id: str) -> requests.Response:
+        url = f"{pacs.orthanc.url}/xray/instances/{orthanc_id}/stored-file"
+        return requests.get(url, auth=auth, headers=gateway, timeout=60)
+
+    intact = stored(ids[0])
     assert intact.status_code == 200 and intact.content == study.files[0].read_bytes()
     assert intact.headers["X-Xray-Status"] == "intact"
     assert intact.headers["Content-Type"] == "application/dicom"
 
     path = stored_file(pacs.data_dir, pacs.orthanc.url, auth, ids[2])
     flip_pixel_byte(path)
-    tampered = get(pacs, auth, f"/xray/instances/{ids[2]}/stored-file")
+    tampered = stored(ids[2])
     assert tampered.status_code == 200 and tampered.content == path.read_bytes()
     assert tampered.headers["X-Xray-Status"] == "tampered"
     assert (
@@ -233,12 +239,7 @@ def test_stored_file_route_returns_the_bytes_as_stored_with_the_verdict(
         ).status_code
         == 401
     )
-    assert (
-        get(
-            pacs, auth, "/xray/instances/00000000-00000000-00000000-00000000-00000000/stored-file"
-        ).status_code
-        == 404
-    )
+    assert stored("00000000-00000000-00000000-00000000-00000000").status_code == 404
 
 
 def test_a_rendered_image_from_orthancs_cache_is_the_verified_one(

@@ -381,7 +381,9 @@ def _image_config() -> dict[str, Any]:
 
 
 def test_the_plugin_accepts_the_image_configuration_with_compose_environment() -> None:
-    environ = _compose_environment("orthanc", ORTHANC_GATEWAY_PASSWORD="0b1d5e7a")
+    environ = _compose_environment(
+        "orthanc", ORTHANC_GATEWAY_PASSWORD="0b1d5e7a", GATEWAY_ORTHANC_STORED_FILE_TOKEN="s3cr3t"
+    )
     env = entrypoint.plugin_environment(environ, deployment={"address": ADDRESS, "block_number": 7})
 
     settings = PluginSettings.from_orthanc(_orthancteam_merge(_image_config(), env))
@@ -390,6 +392,8 @@ def test_the_plugin_accepts_the_image_configuration_with_compose_environment() -
     assert settings.contract_address == ADDRESS
     assert settings.from_block == 7
     assert settings.web_viewer is True
+    assert settings.fail_closed is True  # docker: refuse what cannot be checked
+    assert settings.stored_file_token == "s3cr3t"
     assert settings.index_path == Path("/var/lib/xray-gateway/index.sqlite")
     assert settings.alerts_path == Path("/var/lib/xray-gateway/alerts.sqlite")
     # Orthanc's files and the plugin's catalog on the orthanc-db volume, as `up` lays them out

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -32,6 +33,7 @@ from gateway.orthanc_plugin.guard import (
     _walk_meta,
     dataset_fingerprint,
     orthanc_instance_id,
+    serves,
 )
 from gateway.orthanc_plugin.ledger_mirror import LedgerMirror
 from gateway.orthanc_plugin.records import RecordBook
@@ -44,7 +46,7 @@ from gateway.orthanc_plugin.verdict import (
     judge,
     worst,
 )
-from gateway.orthanc_plugin.viewer_image import refusal_image, refusal_pixels
+from gateway.orthanc_plugin.viewer_image import refusal_image, refusal_pixels, slice_image
 from gateway.procs import PROJECT_ROOT
 from tests import bombs
 
@@ -291,6 +293,33 @@ def test_other_attachments_pass_through_and_remove_cleans_up(setup: Setup) -> No
     assert not (setup.tmp / "storage" / name[:2]).exists()
 
 
+def test_user_defined_attachments_such_as_the_dicomweb_metadata_cache_are_refused(
+    setup: Setup,
+) -> None:
+    name = str(uuid.uuid4())
+    setup.guard.create(name, 0, b'[{"00100010": "FORGED"}]')  # Orthanc 1.10 passes 4301 as 0
+    with pytest.raises(Refused) as refused:
+        setup.guard.read(name, 0)
+    assert "cannot check" in refused.value.verdict.headline
+    (alert,) = setup.alerts.recent()
+    assert alert.kind == "tampered" and name in alert.detail and alert.sop_instance_uid is None
+
+
+def test_a_file_without_file_meta_gets_a_raw_arrival_digest(setup: Setup) -> None:
+    data = setup.files[0].read_bytes()
+    bare = data[dataset_offset(io.BytesIO(data))[0] :]  # no preamble, no File Meta
+    name = str(uuid.uuid4())
+    setup.guard.create(name, DICOM, bare)
+    row = setup.guard.catalog.get(name)
+    assert row is not None and row.digest is None and row.sha256 == hashlib.sha256(bare).digest()
+    assert setup.guard.read(name, DICOM) == bare  # unchanged: served, as unregistered
+    setup.guard.area.path(name).write_bytes(bare[:-1] + bytes([bare[-1] ^ 1]))
+    with pytest.raises(Refused) as refused:
+        setup.guard.read(name, DICOM)
+    assert refused.value.verdict.status == "tampered"
+    assert "?" not in {a.sop_instance_uid for a in setup.alerts.recent()}
+
+
 def test_a_missing_file_is_reported_missing(setup: Setup) -> None:
     setup.record(setup.files[0])
     name = setup.store(setup.files[0])
@@ -527,6 +556,72 @@ def test_settings_refuse_what_would_defeat_the_check(tmp_path: Path) -> None:
         PluginSettings.from_orthanc(
             {**base, "XrayGateway": {"DataDir": "x", "ChainUrl": "http://c"}}
         )
+
+
+def test_settings_read_fail_closed_and_the_secret_and_refuse_the_dicomweb_cache(
+    tmp_path: Path,
+) -> None:
+    section = {"DataDir": str(tmp_path)}
+    settings = PluginSettings.from_orthanc({"XrayGateway": section})
+    assert (settings.fail_closed, settings.stored_file_token) == (False, None)
+    settings = PluginSettings.from_orthanc(
+        {"XrayGateway": {**section, "FailClosed": "true", "StoredFileToken": "t" * 43}}
+    )  # orthancteam's image passes ORTHANC__… values as strings
+    assert (settings.fail_closed, settings.stored_file_token) == (True, "t" * 43)
+    dicomweb = ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"]
+    for config in (
+        {"Plugins": dicomweb},  # DICOMweb >= 1.15 caches by default
+        {"DicomWeb": {"Enable": True}},
+        {"DicomWeb": {"EnableMetadataCache": True}},
+    ):
+        with pytest.raises(PluginConfigError, match="EnableMetadataCache"):
+            PluginSettings.from_orthanc({"XrayGateway": section, **config})
+    PluginSettings.from_orthanc(
+        {"XrayGateway": section, "Plugins": dicomweb, "DicomWeb": {"EnableMetadataCache": False}}
+    )
+
+
+def test_fail_closed_refuses_what_cannot_be_checked_and_says_so() -> None:
+    assert serves("unverifiable", fail_closed=False) and serves("intact", fail_closed=True)
+    assert not serves("unverifiable", fail_closed=True)
+    assert not serves("unconfirmed", fail_closed=True)
+    assert not serves("tampered", fail_closed=False)
+    assert not serves("no-such-status", fail_closed=False)  # unknown: refused
+
+
+def test_fail_closed_guard_refuses_and_alerts_on_an_unreadable_index(tmp_path: Path) -> None:
+    (path,) = dicom_fixtures.ct_series(tmp_path / "in", count=1, rows=8, cols=8)
+    alerts = Alerts(tmp_path / "alerts.sqlite")
+    guard = Guard(
+        area=FileArea(tmp_path / "storage", sync=False),
+        catalog=Catalog(tmp_path / "catalog.sqlite"),
+        records=RecordBook(tmp_path / "no-such-index.sqlite"),
+        alerts=alerts,
+        fail_closed=True,
+    )
+    name = str(uuid.uuid4())
+    guard.create(name, DICOM, path.read_bytes())
+    with pytest.raises(Refused) as refused:
+        guard.read(name, DICOM)
+    assert refused.value.verdict.status == "unverifiable"
+    assert refused.value.verdict.headline.startswith("Refused")
+    assert {a.kind for a in alerts.recent()} == {"error"}
+    assert all("refused" in a.detail for a in alerts.recent()[:1])
+
+
+def test_a_slice_for_the_viewer_keeps_the_rescaled_values() -> None:
+    raw = np.array([[[-1000], [0]], [[24], [2054]]], dtype=np.int16)
+    image = slice_image(
+        raw, {"RescaleSlope": "1", "RescaleIntercept": "-1024", "WindowCenter": ["40", "50"],
+              "WindowWidth": "400", "PixelSpacing": [0.5, 0.25]},
+    )  # fmt: skip
+    stored = np.frombuffer(zlib.decompress(base64.b64decode(image["Orthanc"]["PixelData"])), "<u2")
+    shown = stored.astype(float) * image["slope"] + image["intercept"]
+    assert shown.tolist() == (raw.ravel().astype(float) - 1024).tolist()
+    assert (image["windowCenter"], image["windowWidth"]) == (40.0, 400.0)
+    assert (image["rowPixelSpacing"], image["columnPixelSpacing"]) == (0.5, 0.25)
+    colour = slice_image(np.zeros((4, 4, 3), dtype=np.uint8), {})
+    assert colour["color"] is True and colour["Orthanc"]["Compression"] == "Jpeg"
 
 
 def test_the_section_puts_this_project_and_its_venv_on_orthancs_path(tmp_path: Path) -> None:
