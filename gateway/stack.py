@@ -20,7 +20,7 @@ from gateway.api.app import Health
 from gateway.api.auth import Tokens, ensure_token
 from gateway.api.deps import Services
 from gateway.api.limits import Limits, RateLimiter, UploadArea
-from gateway.audit import Audits
+from gateway.audit import Audits, PendingWatch, overdue
 from gateway.chain import (
     Deployment,
     deployment_path,
@@ -136,6 +136,7 @@ class Stack:
         self.receiver: Receiver | None = None
         self.alerts: Alerts | None = None
         self.audits: Audits | None = None
+        self.pending_watch: PendingWatch | None = None
         self.spool: Spool | None = None
         self.commitment: CommitmentSCP | None = None
         self.token_path = settings.data_dir / "api-token"
@@ -245,6 +246,7 @@ class Stack:
                 from_block=deployment.block_number if deployment is not None else 0,
                 web_viewer=any("WebViewer" in path.name for path in viewers),
                 max_instance_bytes=s.max_instance_bytes,
+                pending_alert_s=s.pending_alert_s,
             ),
             extra_plugins=viewers,
         )
@@ -261,6 +263,10 @@ class Stack:
         self.audits = Audits(
             s.data_dir / "audits.sqlite", verifier=verifier, index=index, alerts=self.alerts
         )
+        self.pending_watch = PendingWatch(
+            index=index, alerts=self.alerts, after_s=s.pending_alert_s
+        )
+        self.pending_watch.start()
         services = Services(
             verifier=verifier,
             tokens=Tokens(
@@ -281,7 +287,8 @@ class Stack:
         )
         metrics = registry_for(
             GatewayCollector(
-                index=index, receiver=self.receiver, spool=self.spool, commitment=self.commitment
+                index=index, receiver=self.receiver, spool=self.spool, commitment=self.commitment,
+                overdue=lambda: len(overdue(index, older_than=s.pending_alert_s)),
             )
         )
         config = uvicorn.Config(
@@ -304,6 +311,8 @@ class Stack:
                 self._api_thread.join(10)
         if self.receiver is not None:
             self.receiver.stop()
+        if self.pending_watch is not None:
+            self.pending_watch.stop()
         if self.audits is not None:
             self.audits.close()
         if self.alerts is not None:

@@ -29,6 +29,7 @@ def plugin_section(
     web_viewer: bool = False,
     mirror_interval: float = 2.0,
     max_instance_bytes: int = MAX_INSTANCE_BYTES,
+    pending_alert_s: float | None = None,
 ) -> dict[str, Any]:
     """The ``XrayGateway`` section for Orthanc's configuration.
 
@@ -48,6 +49,8 @@ def plugin_section(
         "MirrorInterval": mirror_interval,
         "MaxInstanceBytes": max_instance_bytes,
     }
+    if pending_alert_s is not None:
+        section["PendingAlertSeconds"] = pending_alert_s
     if chain_url and contract_address:
         section["ChainUrl"] = chain_url
         section["ContractAddress"] = contract_address

@@ -34,6 +34,7 @@ from gateway.orthanc_plugin.catalog import Attachment, Catalog
 from gateway.orthanc_plugin.records import IndexUnavailable, RecordBook
 from gateway.orthanc_plugin.storage import FileArea
 from gateway.orthanc_plugin.verdict import (
+    PENDING_ALERT_S,
     LedgerFacts,
     Verdict,
     Version,
@@ -172,6 +173,9 @@ class Guard:
     max_instance_bytes:
         The most bytes a deflated dataset may inflate to while it is parsed (the gateway's
         ``GATEWAY_MAX_INSTANCE_BYTES``); it is inflated into a temporary file, never in memory.
+    pending_alert_s:
+        A received copy not anchored after this many seconds is ``unconfirmed`` and alerted
+        (``GATEWAY_PENDING_ALERT_S``).
     """
 
     def __init__(
@@ -185,8 +189,10 @@ class Guard:
         log: Callable[[str], None] = lambda message: None,
         repeat_after: float = 600.0,
         max_instance_bytes: int = MAX_INSTANCE_BYTES,
+        pending_alert_s: float = PENDING_ALERT_S,
     ) -> None:
         self.max_instance_bytes = max_instance_bytes
+        self.pending_alert_s = pending_alert_s
         self.area = area
         self.catalog = catalog
         self.records = records
@@ -305,8 +311,11 @@ class Guard:
             versions = self.records.versions(sop)
         except IndexUnavailable as exc:
             return unverifiable(sop, f"The gateway's records cannot be read ({exc})")
-        facts: dict[bytes, LedgerFacts] = {}
+        # Without a mirror there are no facts at all (the index's evidence only); with
+        # one, a version it has no facts for is unconfirmed.
+        facts: dict[bytes, LedgerFacts] | None = None
         if self.ledger is not None:
+            facts = {}
             for version in versions:
                 if version.anchored:
                     facts[version.digest] = self.ledger.facts(version)
@@ -316,6 +325,7 @@ class Guard:
         return judge(
             sop_instance_uid=sop, digest_now=digest, versions=versions, ledger=facts,
             changed=changed, arrival_digest=arrival_digest, syntax_now=syntax,
+            pending_alert_s=self.pending_alert_s,
         )  # fmt: skip
 
     def _what_changed(self, data: bytes, recorded: Version) -> str | None:

@@ -79,6 +79,7 @@ class XrayPlugin:
             ledger=self.mirror,
             log=orthanc.LogWarning,
             max_instance_bytes=settings.max_instance_bytes,
+            pending_alert_s=settings.pending_alert_s,
         )
 
     # -- registration ----------------------------------------------------------------------

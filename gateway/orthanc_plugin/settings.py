@@ -9,7 +9,8 @@ an administrator running their own Orthanc writes it by hand::
         "ChainUrl": "http://127.0.0.1:8545",      // optional: without it, no ledger mirror
         "ContractAddress": "0x…",                 // with ChainUrl
         "FromBlock": 0,                           // the contract's deployment block
-        "WebViewer": true                         // the Orthanc Web Viewer plugin is loaded
+        "WebViewer": true,                        // the Orthanc Web Viewer plugin is loaded
+        "PendingAlertSeconds": 900                // received, not anchored after: unconfirmed
     }
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.fingerprint import MAX_INSTANCE_BYTES
+from gateway.orthanc_plugin.verdict import PENDING_ALERT_S
 
 SECTION = "XrayGateway"
 
@@ -43,6 +45,7 @@ class PluginSettings:
     sync_storage: bool
     mirror_interval: float
     max_instance_bytes: int = MAX_INSTANCE_BYTES
+    pending_alert_s: float = PENDING_ALERT_S
 
     @classmethod
     def from_orthanc(cls, config: dict[str, Any]) -> PluginSettings:
@@ -83,4 +86,5 @@ class PluginSettings:
             sync_storage=bool(config.get("SyncStorageArea", True)),
             mirror_interval=float(section.get("MirrorInterval", 2.0)),
             max_instance_bytes=int(section.get("MaxInstanceBytes", MAX_INSTANCE_BYTES)),
+            pending_alert_s=float(section.get("PendingAlertSeconds", PENDING_ALERT_S)),
         )
