@@ -287,7 +287,10 @@ class Stack:
         )
         metrics = registry_for(
             GatewayCollector(
-                index=index, receiver=self.receiver, spool=self.spool, commitment=self.commitment,
+                index=index,
+                receiver=self.receiver,
+                spool=self.spool,
+                commitment=self.commitment,
                 overdue=lambda: len(overdue(index, older_than=s.pending_alert_s)),
             )
         )
