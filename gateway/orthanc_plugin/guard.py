@@ -422,7 +422,7 @@ class Guard:
                 self.catalog.set_verdict(sop, verdict.status, verdict.digest_now)
             except Exception as exc:
                 self.log(f"xray-gateway: could not keep the verdict of {sop}: {exc}")
-        if verdict.status == "intact" or verdict.status == "pending":
+        if verdict.status == "intact" or verdict.status == "pending" or not verdict.alert:
             return
         digest = verdict.digest_now or b""
         if verdict.status in ("unregistered", "retired"):

@@ -116,6 +116,10 @@ class Verdict:
     ledger: str
     changed: str | None = None  # "pixels", "header" or None when unknown / not tampered
     checked_at: float = 0.0
+    #: False for a warning expected to clear by itself: an anchor the mirror has not
+    #: confirmed within ``PendingAlertSeconds`` of its reception (the mirror follows the
+    #: chain a few seconds behind, and the gateway forwards right after anchoring).
+    alert: bool = True
 
     @property
     def served(self) -> bool:
@@ -325,6 +329,9 @@ def judge(
             checked_at=checked_at,
         )
     if facts is not None and facts.on_chain is None:
+        overdue = match.received_at is None or _waited_too_long(
+            match, checked_at, pending_alert_s
+        )
         return Verdict(
             status="unconfirmed",
             sop_instance_uid=sop_instance_uid,
@@ -334,11 +341,12 @@ def judge(
             explanation=(
                 f"Identical to version {match.version} as the xray gateway's records list it "
                 f"({_where(match)}), but {_unconfirmed_reason(match, facts)}: its integrity "
-                "is not vouched for until the ledger confirms it. The PACS administrator has "
-                "been alerted."
+                "is not vouched for until the ledger confirms it."
+                + (" The PACS administrator has been alerted." if overdue else "")
             ),
             ledger=note,
             checked_at=checked_at,
+            alert=overdue,
         )
     if facts is not None and facts.retired is not None:
         when = (

@@ -298,6 +298,7 @@ def mirrored_pacs(site: Site, tmp_path: Path) -> Iterator[TestOrthanc]:
             chain_url=site.anvil.url,
             contract_address=address,
             mirror_interval=0.5,
+            pending_alert_s=1.0,
         ),
     )
     with server:
@@ -334,5 +335,11 @@ def test_the_plugin_never_calls_an_anchor_its_mirror_cannot_confirm_intact(
     assert f"not synced past block {head + 1_000_000}" in str(verdict["explanation"])
     reply = httpx.get(f"{url}/instances/{ids[0]}/file", auth=auth, timeout=60)
     assert reply.status_code == 200  # served with a warning (FailClosed is the plugin part's)
-    kinds = [row["kind"] for row in alerts(tmp_path, sop_instance_uid=study.sop_uids[0])]
-    assert "unconfirmed" in kinds
+
+    # still unconfirmed after PendingAlertSeconds (1 s here): alerted
+    def alerted() -> bool:
+        judged()
+        kinds = [row["kind"] for row in alerts(tmp_path, sop_instance_uid=study.sop_uids[0])]
+        return "unconfirmed" in kinds
+
+    wait_for("an unconfirmed alert", alerted, timeout=60)

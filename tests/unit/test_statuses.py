@@ -133,6 +133,7 @@ def test_the_guard_serves_an_unconfirmed_copy_with_a_warning_and_an_alert(tmp_pa
     index.update(
         row, stage="committed", digest=fp.digest, pixel_digest=fp.pixel_digest, version=1,
         tx_hash="0x" + fp.digest.hex(), block_number=3, transfer_syntax=fp.transfer_syntax,
+        received_at=1_000.0,  # long ago: past PendingAlertSeconds, so alerted
     )  # fmt: skip
     guard = Guard(
         area=FileArea(tmp_path / "storage", sync=False), catalog=Catalog(tmp_path / "c.sqlite"),
@@ -180,3 +181,12 @@ def test_a_parked_row_is_pending_with_its_error() -> None:
 @pytest.mark.parametrize("status", statuses.STATUSES)
 def test_every_status_has_an_explanation_for_auditors(status: statuses.Status) -> None:
     assert len(statuses.EXPLANATIONS[status]) > 40
+
+
+def test_a_fresh_anchor_the_mirror_lags_behind_warns_without_an_alert() -> None:
+    fresh = replace(version(block=30), received_at=1_000.0)
+    facts = {A: LedgerFacts(on_chain=None, synced_block=20)}
+    soon = judge(sop_instance_uid=UID, digest_now=A, versions=(fresh,), ledger=facts, now=1_002.0)
+    assert (soon.status, soon.alert) == ("unconfirmed", False)
+    late = judge(sop_instance_uid=UID, digest_now=A, versions=(fresh,), ledger=facts, now=2_000.0)
+    assert (late.status, late.alert) == ("unconfirmed", True)
