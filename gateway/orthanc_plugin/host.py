@@ -279,6 +279,7 @@ def _summary_text(
         "unregistered": "did not pass through the xray gateway (no record; cannot be verified)",
         "retired": "have a retired ledger record (withdrawn, not altered)",
         "pending": "are not anchored on the ledger yet",
+        "unconfirmed": "have a ledger record that cannot be confirmed yet",
         "unverifiable": "could not be checked",
     }
     parts = [f"{counts[key]} {text}" for key, text in flagged.items() if counts[key]]
