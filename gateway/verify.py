@@ -15,9 +15,9 @@ The statuses, what each means and how bad it is, are listed once in
 * an index row not yet committed (any stage before ``committed``, ``forward`` included,
   or parked at ``failed`` with its error) → ``pending`` with its stage, whatever the
   ledger and the PACS say meanwhile;
-* no ledger record, but the index holds anchor evidence (a transaction, a batch) the chain
-  does not confirm → ``unconfirmed`` with the reason; no evidence → ``unregistered`` if the
-  PACS has it;
+* no ledger record, but a claim of an anchor the chain cannot check (a batch it does not
+  know, a transaction it does not have, a block above its head) → ``unconfirmed`` with the
+  reason; a claim the chain refutes is ignored; then ``unregistered`` if the PACS has it;
 * a retired record → ``retired``; no PACS copy → ``missing``; another digest →
   ``tampered``; a sealed original that is gone or does not open → ``store_corrupt``;
   else ``intact``.
@@ -749,10 +749,13 @@ class Verifier:
         )  # fmt: skip
 
     def _unconfirmed(self, uid: str) -> list[str]:
-        """Why the anchor the gateway's records claim for ``uid`` is not confirmed on chain.
+        """Why the anchor the gateway's records claim for ``uid`` cannot be confirmed on chain.
 
-        Empty when nothing claims an anchor (the instance is then unregistered or unknown).
-        Called only when the ledger holds no record of ``uid`` it can confirm.
+        Called only when the ledger confirms no record of ``uid``. A claim the chain cannot
+        check (a batch it does not know, a transaction it does not have, a block above its
+        head) is unconfirmed; a claim the chain refutes (a proof that misses a known root, a
+        transaction that records something else) is ignored, as :meth:`_batched` does. Empty
+        when nothing unconfirmable is claimed: the instance is then unregistered or unknown.
         """
         record_key = keys.record_key(self.pseudonym_key, uid)
         reasons = [
@@ -760,52 +763,41 @@ class Verifier:
             for claim in (self.claims(uid) if self.claims is not None else ())
             if claim.record_key == record_key
         ]
-        if self.index is None:
-            return reasons
-        head: int | None = None
-        for row in self.index.by_uid(uid):
-            if row.stage in ("duplicate", "rejected") or row.batch_id is not None:
-                continue  # batched rows are claims, above
-            if row.tx_hash is None and row.block_number is None:
-                continue
-            if head is None:
-                head = int(self.ledger.w3.eth.block_number)
-            reasons.append(self._single_unconfirmed(row, head))
-        return reasons
+        if self.index is not None:
+            head: int | None = None
+            for row in self.index.by_uid(uid):
+                if row.stage in ("duplicate", "rejected") or row.batch_id is not None:
+                    continue  # batched rows are claims, above
+                if row.tx_hash is None and row.block_number is None:
+                    continue
+                if head is None:
+                    head = int(self.ledger.w3.eth.block_number)
+                reasons.append(self._single_unconfirmed(row, head))
+        return [reason for reason in reasons if reason is not None]
 
-    def _batch_unconfirmed(self, claim: BatchClaim) -> str:
+    def _batch_unconfirmed(self, claim: BatchClaim) -> str | None:
         try:
-            batch = self.ledger.batch_of(claim.batch_id)
+            self.ledger.batch_of(claim.batch_id)
         except XrayUnknownBatch:
             return f"batch {claim.batch_id} is unknown to the contract"
-        return (
-            f"the inclusion proof does not lead to the root of batch {claim.batch_id} "
-            f"(anchored in block {batch.block_number})"
-        )
+        return None  # a known batch: the proof missed its root, the claim is false
 
-    def _single_unconfirmed(self, row: Row, head: int) -> str:
+    def _single_unconfirmed(self, row: Row, head: int) -> str | None:
         if row.block_number is not None and row.block_number > head:
             return (
                 f"the index records block {row.block_number}, above the chain's head {head}: "
                 "the node has not caught up"
             )
-        if row.tx_hash is None:
-            return f"the index records block {row.block_number} but no transaction"
-        receipt = self._receipt(row.tx_hash)
-        if receipt is None:
+        if row.tx_hash is not None and not self._has_transaction(row.tx_hash):
             return f"transaction {row.tx_hash} is not found on the chain"
-        return (
-            f"transaction {row.tx_hash} (block {receipt}) holds no record of this image "
-            "in this contract"
-        )
+        return None  # the chain has the transaction, and no such record: the claim is false
 
-    def _receipt(self, tx_hash: str) -> int | None:
-        """The block of ``tx_hash``'s receipt, or ``None`` when the node has no such transaction."""
+    def _has_transaction(self, tx_hash: str) -> bool:
         try:
-            receipt = self.ledger.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+            self.ledger.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
         except TransactionNotFound:
-            return None
-        return int(receipt["blockNumber"])
+            return False
+        return True
 
     # -- the PACS copy ----------------------------------------------------------------------
 

@@ -22,9 +22,14 @@ import pytest
 from pydicom import dcmread
 
 import dicom_fixtures
+from gateway import keys
+from gateway.fingerprint import fingerprint_bytes
+from gateway.index import Index
+from gateway.keys import load_pseudonym_key
 from gateway.ledger.accounts import load_or_create_account
 from gateway.ledger.anvil import Anvil
 from gateway.ledger.client import connect, deploy
+from gateway.ledger.merkle import InclusionProof, encode_proof
 from gateway.orthanc_plugin import ENTRY_SCRIPT, plugin_section
 from gateway.procs import free_port
 from tests.integration.dicom import storescu
@@ -279,6 +284,45 @@ def test_during_a_15_s_pacs_outage_200_instances_are_pending_never_missing_then_
     assert study.status_code == 200, study.text
     summary = study.json()["summary"]
     assert summary["intact"] == COUNT and summary["total"] == COUNT, summary
+
+
+def test_an_anchor_the_chain_does_not_confirm_is_unconfirmed_with_its_reason(
+    site: Site,
+) -> None:
+    """Index rows claiming a transaction above the chain's head, and a batch the contract
+    does not know, for copies Orthanc holds: each verdict says which, never intact."""
+    files, uids = series(site, 3, 2)
+    pseudonym_key = load_pseudonym_key(site.up.data_dir / "keys")
+    head = int(connect(site.anvil.url).eth.block_number)
+    store(site.orthanc.orthanc.url, site.orthanc.orthanc.credentials, files)  # around the gateway
+    index = Index(site.up.data_dir / "index.sqlite")
+    try:
+        for n, (path, uid) in enumerate(zip(files, uids, strict=True)):
+            fp = fingerprint_bytes(path.read_bytes())
+            row = index.add_received(
+                entry_id=f"claim-{uid}", sop_instance_uid=uid, sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                calling_aet="CT1", size=path.stat().st_size,
+            )  # fmt: skip
+            claim: dict[str, Any] = {
+                "stage": "committed", "record_key": keys.record_key(pseudonym_key, uid),
+                "patient_key": b"\x05" * 32, "digest": fp.digest, "pixel_digest": fp.pixel_digest,
+                "version": 1,
+            }  # fmt: skip
+            if n == 0:
+                claim |= {"tx_hash": "0x" + "ab" * 32, "block_number": head + 1_000}
+            else:
+                proof = InclusionProof(index=0, size=1, path=())
+                claim |= {"batch_id": 4_242, "leaf_index": 0, "proof": encode_proof(proof)}
+            index.update(row, **claim)
+    finally:
+        index.close()
+    with site.api() as client:
+        above, unknown = (client.get(f"/v1/instances/{uid}/verify").json() for uid in uids)
+    assert above["status"] == "unconfirmed", above  # today: unregistered
+    assert any(f"above the chain's head {head}" in note for note in above["notes"]), above
+    assert unknown["status"] == "unconfirmed", unknown
+    assert any("batch 4242 is unknown to the contract" in n for n in unknown["notes"]), unknown
+    assert above["copies"]["ledger"] == "unconfirmed"
 
 
 # --- the plugin's ledger mirror ---------------------------------------------------------------
