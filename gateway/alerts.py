@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.statuses import ALERT_KINDS
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
     id INTEGER PRIMARY KEY,
@@ -25,11 +27,10 @@ CREATE TABLE IF NOT EXISTS alerts (
 CREATE INDEX IF NOT EXISTS alerts_uid ON alerts (sop_instance_uid);
 """
 
-KINDS = (
-    "tampered", "unregistered", "retired", "missing", "store_corrupt", "error",
-    # a version or retirement written by an account that does not own the record (trust.py)
-    "foreign_claim",
-)  # fmt: skip
+#: What an alert may be about: a status that alerts (gateway/statuses.py), and
+#: ``pending_too_long`` (an instance not committed after ``GATEWAY_PENDING_ALERT_S``) and
+#: ``foreign_claim`` (a version written under a key by someone other than its owner).
+KINDS = (*ALERT_KINDS, "pending_too_long", "foreign_claim")
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,17 @@ ledger records with no instance. Each finding is also written to the alert log.
 
 Audits are kept in ``<data>/audits.sqlite`` with their progress, so ``GET /v1/audits/{id}``
 answers while one runs and after a restart.
+
+Beside the sweeps, :class:`PendingWatch` looks at the index every few seconds and raises
+one ``pending_too_long`` alert per instance still not committed ``GATEWAY_PENDING_ALERT_S``
+after it was received (named by row and record-key prefix, with its stage and age).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -30,8 +35,9 @@ from typing import Any
 
 from gateway.alerts import Alerts
 from gateway.errors import GatewayError
-from gateway.index import Index
-from gateway.verify import STATUSES, NotFound, Verdict, Verifier
+from gateway.index import Index, error_class
+from gateway.statuses import STATUSES, TABLE
+from gateway.verify import PENDING_STAGES, NotFound, Verdict, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +178,11 @@ def sweep(
     summary["total"] = len(verdicts)
     if alerts is not None:
         for finding in findings:
-            if finding.status in ("pending",):
+            kind = TABLE[finding.status].alert if finding.status in TABLE else finding.status
+            if kind is None:
                 continue
             alerts.record(
-                kind=finding.status,
+                kind=kind,
                 source="audit",
                 sop_instance_uid=finding.sop_instance_uid,
                 orthanc_id=finding.orthanc_id,
@@ -320,3 +327,96 @@ class Audits:
         if thread is not None:
             thread.join(timeout)
         return self.get(audit_id)
+
+
+@dataclass(frozen=True)
+class Overdue:
+    """An index row still not committed long after it was received (no patient data)."""
+
+    row_id: int
+    record: str  # a record-key prefix, or the spool entry before fingerprinting
+    stage: str
+    age_s: float
+    error: str | None  # the class of its last error, if it failed
+
+    def detail(self) -> str:
+        said = f"row {self.row_id} ({self.record}) not committed after {self.age_s:.0f} s"
+        said += f", at stage {self.stage}"
+        return said + (f", last error {self.error}" if self.error else "")
+
+
+def overdue(index: Index, *, older_than: float, now: float | None = None) -> list[Overdue]:
+    """Rows the gateway has not finished with (verify.PENDING_STAGES) received before
+    ``now - older_than``, oldest first."""
+    now = time.time() if now is None else now
+    marks = ", ".join("?" for _ in PENDING_STAGES)
+    rows = index.query(
+        "SELECT id, record_key, entry_id, stage, parked_stage, received_at, last_error"
+        f" FROM instances WHERE stage IN ({marks}) AND received_at < ? ORDER BY id",
+        (*PENDING_STAGES, now - older_than),
+    )
+    return [
+        Overdue(
+            row_id=int(row_id),
+            record=f"record {bytes(key).hex()[:12]}" if key else f"entry {str(entry)[:8]}",
+            stage=f"failed (parked at {parked})" if stage == "failed" else str(stage),
+            age_s=round(now - float(received_at), 1),
+            error=error_class(error) if error else None,
+        )
+        for row_id, key, entry, stage, parked, received_at, error in rows
+    ]
+
+
+class PendingWatch:
+    """Raises one ``pending_too_long`` alert per row not committed after ``after_s`` seconds.
+
+    A thread checks the index every ``interval`` seconds (a quarter of ``after_s``, at
+    most 30 s). Rows alerted before a restart are read back from the alert log, so each
+    row is alerted once.
+    """
+
+    KIND = "pending_too_long"
+
+    def __init__(
+        self, *, index: Index, alerts: Alerts, after_s: float, interval: float | None = None
+    ) -> None:
+        self.index = index
+        self.alerts = alerts
+        self.after_s = after_s
+        self.interval = interval if interval is not None else min(30.0, max(0.5, after_s / 4))
+        self._alerted = {
+            int(match.group(1))
+            for alert in alerts.recent(kind=self.KIND, limit=100_000)
+            if (match := re.match(r"row (\d+) ", alert.detail))
+        }
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self, now: float | None = None) -> list[Overdue]:
+        """Alert the rows overdue now and not alerted yet; returns them."""
+        fresh = [
+            row
+            for row in overdue(self.index, older_than=self.after_s, now=now)
+            if row.row_id not in self._alerted
+        ]
+        for row in fresh:
+            self.alerts.record(kind=self.KIND, source="gateway", detail=row.detail())
+            self._alerted.add(row.row_id)
+            log.warning("pending too long: %s", row.detail())
+        return fresh
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pending-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.check()
+            except (GatewayError, sqlite3.Error) as exc:  # retried on the next tick
+                log.error("the pending check failed: %s", exc)

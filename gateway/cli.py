@@ -157,7 +157,7 @@ def _verdict_table(title: str, rows: list[tuple[str, Any]]) -> Any:
     table = Table(title=title)
     for column in ("instance", "status", "detail"):
         table.add_column(column)
-    styles = {"intact": "green", "pending": "yellow", "retired": "yellow"}
+    styles = {"intact": "green", "pending": "yellow", "retired": "yellow", "unconfirmed": "yellow"}
     for name, verdict in rows:
         detail = verdict.tamper or ""
         if verdict.changes:

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # holds the largest real instances (multi-frame tomosynthesis, whole-slide levels).
     max_instance_bytes: int = Field(default=4 << 30, ge=1 << 20)
     commitment_timeout_s: float = Field(default=600.0, gt=0)
+    # An instance received but not committed after this many seconds raises one
+    # `pending_too_long` alert (gateway) and is `unconfirmed` in the plugin if unanchored.
+    pending_alert_s: float = Field(default=900.0, gt=0)
     commitment_peers: Annotated[dict[str, tuple[str, int]], NoDecode] = Field(default_factory=dict)
     # HTTP API bounds: POST /v1/verify uploads, and the per-token rate of expensive routes.
     max_upload_bytes: int = Field(default=2 << 30, ge=1)

@@ -8,6 +8,8 @@ class names, DICOM status codes.
 xray_gateway_instances{stage}                  index rows per stage, terminal ones too
 xray_gateway_queue_depth{stage}                rows with work left, per stage
 xray_gateway_oldest_pending_age_seconds        age of the oldest row with work left
+xray_gateway_pending_too_long_instances        rows not committed ``GATEWAY_PENDING_ALERT_S``
+                                               after they were received (each alerted once)
 xray_gateway_failing_instances{stage,error}    rows with work left whose last attempt failed
 xray_gateway_parked_instances{stage,error}     rows parked at stage ``failed`` (a permanent
                                                reason), by the stage they stopped at
@@ -25,7 +27,7 @@ xray_gateway_commitment_requests_stored{state}  stored: open, ready, reported
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
@@ -53,8 +55,10 @@ class GatewayCollector(Collector):
         receiver: Receiver | None = None,
         spool: Spool | None = None,
         commitment: CommitmentSCP | None = None,
+        overdue: Callable[[], int] | None = None,
     ) -> None:
         self.index = index
+        self.overdue = overdue
         self.receiver = receiver
         self.spool = spool
         self.commitment = commitment
@@ -111,6 +115,12 @@ class GatewayCollector(Collector):
             "Age of the oldest row with work left (0 when none)",
             value=max(0.0, time.time() - oldest.received_at) if oldest else 0.0,
         )
+        if self.overdue is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_pending_too_long_instances",
+                "Rows not committed GATEWAY_PENDING_ALERT_S after they were received",
+                value=self.overdue(),
+            )
         failing = GaugeMetricFamily(
             f"{PREFIX}_failing_instances",
             "Rows with work left whose last attempt failed, by stage and error class",

@@ -20,7 +20,7 @@ from gateway.api.app import Health
 from gateway.api.auth import Tokens, ensure_token
 from gateway.api.deps import Services
 from gateway.api.limits import Limits, RateLimiter, UploadArea
-from gateway.audit import Audits
+from gateway.audit import Audits, PendingWatch, overdue
 from gateway.chain import (
     Deployment,
     deployment_path,
@@ -154,6 +154,7 @@ class Stack:
         self.receiver: Receiver | None = None
         self.alerts: Alerts | None = None
         self.audits: Audits | None = None
+        self.pending_watch: PendingWatch | None = None
         self.spool: Spool | None = None
         self.commitment: CommitmentSCP | None = None
         self.token_path = settings.data_dir / "api-token"
@@ -264,6 +265,7 @@ class Stack:
                 web_viewer=any("WebViewer" in path.name for path in viewers),
                 max_instance_bytes=s.max_instance_bytes,
                 trusted_recorders=s.trusted_recorders,
+                pending_alert_s=s.pending_alert_s,
             ),
             extra_plugins=viewers,
         )
@@ -282,6 +284,10 @@ class Stack:
         self.audits = Audits(
             s.data_dir / "audits.sqlite", verifier=verifier, index=index, alerts=self.alerts
         )
+        self.pending_watch = PendingWatch(
+            index=index, alerts=self.alerts, after_s=s.pending_alert_s
+        )
+        self.pending_watch.start()
         services = Services(
             verifier=verifier,
             tokens=Tokens(
@@ -302,7 +308,11 @@ class Stack:
         )
         metrics = registry_for(
             GatewayCollector(
-                index=index, receiver=self.receiver, spool=self.spool, commitment=self.commitment
+                index=index,
+                receiver=self.receiver,
+                spool=self.spool,
+                commitment=self.commitment,
+                overdue=lambda: len(overdue(index, older_than=s.pending_alert_s)),
             )
         )
         config = uvicorn.Config(
@@ -325,6 +335,8 @@ class Stack:
                 self._api_thread.join(10)
         if self.receiver is not None:
             self.receiver.stop()
+        if self.pending_watch is not None:
+            self.pending_watch.stop()
         if self.audits is not None:
             self.audits.close()
         if self.alerts is not None:

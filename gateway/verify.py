@@ -9,17 +9,18 @@ A verdict is built from three copies of an image:
 * the **PACS copy** in Orthanc, hashed as stored (through the plugin's unchecked route
   when the plugin guards reads, since the point is to look at a tampered copy).
 
-=================  ===========================================================
-status             meaning
-=================  ===========================================================
-``intact``         the PACS copy hashes to the recorded digest, record confirmed
-``tampered``       the PACS copy differs (``header_changed`` / ``pixels_changed``)
-``missing``        recorded on the ledger, gone from the PACS
-``unregistered``   in the PACS, no ledger record (sent around the gateway)
-``pending``        received and spooled, not yet anchored
-``retired``        retired on the ledger
-``store_corrupt``  the sealed original fails to open, is gone, or hashes otherwise
-=================  ===========================================================
+The statuses, what each means and how bad it is, are listed once in
+:mod:`gateway.statuses`. In order of precedence:
+
+* an index row not yet committed (any stage before ``committed``, ``forward`` included,
+  or parked at ``failed`` with its error) → ``pending`` with its stage, whatever the
+  ledger and the PACS say meanwhile;
+* no ledger record, but a claim of an anchor the chain cannot check (a batch it does not
+  know, a transaction it does not have, a block above its head) → ``unconfirmed`` with the
+  reason; a claim the chain refutes is ignored; then ``unregistered`` if the PACS has it;
+* a retired record → ``retired``; no PACS copy → ``missing``; another digest →
+  ``tampered``; a sealed original that is gone or does not open → ``store_corrupt``;
+  else ``intact``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import IO, Any, BinaryIO, Literal, cast
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
+from web3.exceptions import TransactionNotFound
 
 from gateway import keys
 from gateway.alerts import Alerts
@@ -46,8 +48,10 @@ from gateway.errors import (
     GatewayError,
     InstanceMissing,
     ObjectNotFound,
+    PacsUnavailable,
     SealError,
     StoreError,
+    XrayUnknownBatch,
 )
 from gateway.fingerprint import (
     MAX_INSTANCE_BYTES,
@@ -57,13 +61,14 @@ from gateway.fingerprint import (
     load_dataset,
 )
 from gateway.forward import Pacs
-from gateway.index import Index, Row
+from gateway.index import PARKED, STAGES, Index, Row
 from gateway.keys import Keyring
 from gateway.ledger import XrayLedger
 from gateway.ledger.merkle import InclusionProof, decode_proof, leaf_hash
 from gateway.ledger.roles import RoleHistory
 from gateway.ledger.types import LedgerEvent, retire_reason_name
 from gateway.seal import open_sealed
+from gateway.statuses import EXPLANATIONS, STATUSES, Status
 from gateway.store import ObjectStore
 from gateway.trust import (
     Anchoring,
@@ -76,35 +81,18 @@ from gateway.trust import (
 
 log = logging.getLogger(__name__)
 
-Status = Literal[
-    "intact", "tampered", "missing", "unregistered", "pending", "retired", "store_corrupt"
-]
-STATUSES: tuple[Status, ...] = (
-    "intact", "tampered", "missing", "unregistered", "pending", "retired", "store_corrupt",
-)  # fmt: skip
 Tamper = Literal["header_changed", "pixels_changed"]
 # Copies larger than this are hashed from a temporary file rather than from memory.
 SPOOL_IN_MEMORY = 16 << 20
-PENDING_STAGES = ("fingerprint", "seal", "put", "anchor")
+#: Stages of a row the gateway has not finished with: every one before ``committed``
+#: (``forward`` included: anchored, not yet in the PACS), and ``failed`` (parked with its
+#: error until an operator re-queues it; the image is acked and kept, not lost).
+PENDING_STAGES = (*STAGES[: STAGES.index("committed")], PARKED)
 #: The most bytes, and elements, of attributes (before Pixel Data) a diff reads from a file.
 DIFF_MAX_BYTES = 64 << 20
 DIFF_MAX_ELEMENTS = 100_000
 #: The ``source`` of the alerts a verifier records.
 ALERT_SOURCE = "verifier"
-
-EXPLANATIONS: dict[Status, str] = {
-    "intact": "The image in the PACS is exactly the image the modality sent, as recorded on the ledger.",
-    "tampered": "The image in the PACS is not the image the modality sent: it was altered after it "
-    "was recorded. Do not use it for diagnosis; an administrator can restore the original.",
-    "missing": "The image was recorded on the ledger but is no longer in the PACS. "
-    "An administrator can restore it from the sealed original.",
-    "unregistered": "The image is in the PACS but was never recorded by the gateway: it reached the "
-    "PACS by another route, so its integrity cannot be vouched for.",
-    "pending": "The image was received and is safely spooled; it is not yet anchored on the ledger.",
-    "retired": "The record of this image was retired on the ledger; it should no longer be used.",
-    "store_corrupt": "The sealed original in the object store cannot be opened or does not match "
-    "the ledger: the image can no longer be restored from it.",
-}
 
 
 class NotFound(GatewayError):
@@ -163,7 +151,8 @@ class AttributeChange:
 
 @dataclass(frozen=True)
 class Copies:
-    """The state of each copy: ``ok``, ``differs``, ``absent``, ``corrupt`` or ``unchecked``."""
+    """The state of each copy: ``ok``, ``differs``, ``absent``, ``corrupt``, ``unchecked``,
+    or for the ledger also ``retired`` and ``unconfirmed`` (an anchor it does not confirm)."""
 
     pacs: str = "unchecked"
     store: str = "unchecked"
@@ -184,6 +173,8 @@ class Verdict:
     orthanc_id: str | None = None
     notes: list[str] = field(default_factory=list)
     checked_at: float = field(default_factory=time.time)
+    #: For ``pending``: the stage the gateway's work is at (``failed``: parked).
+    stage: str | None = None
 
 
 @dataclass(frozen=True)
@@ -395,11 +386,25 @@ class Verifier:
         NotFound
             Neither the PACS, the index nor the ledger knows the instance.
         """
-        orthanc_id = self.pacs.find(sop_instance_uid) if self.pacs is not None else None
+        # The index first, the PACS after: a row seen pending here may be committed (and
+        # forwarded) by the time the PACS answers, never the other way round, so an image
+        # on its way to the PACS is never found absent from it and called ``missing``.
+        pending = self._pending(sop_instance_uid)
+        try:
+            orthanc_id = self.pacs.find(sop_instance_uid) if self.pacs is not None else None
+        except PacsUnavailable as exc:
+            if pending is None:
+                raise
+            # An outage of the PACS is when images wait at `forward`: say so, not 503.
+            return self._pending_verdict(
+                sop_instance_uid, pending, copy=None, pacs="unchecked",
+                notes=[f"the PACS could not be reached: {exc}"],
+            )  # fmt: skip
         with self._pacs_copy(orthanc_id) as copy:
             return self._verdict(
-                sop_instance_uid, copy=copy, orthanc_id=orthanc_id, show_phi=show_phi
-            )
+                sop_instance_uid, copy=copy, orthanc_id=orthanc_id, show_phi=show_phi,
+                pending=pending,
+            )  # fmt: skip
 
     def file(
         self,
@@ -427,7 +432,9 @@ class Verifier:
         with path.open("rb") as stream:
             fp, header = fingerprint_and_header(stream, limit=cap, scratch=scratch)
         uid, copy = header.sop_instance_uid, Copy(fp, path)
-        return self._verdict(uid, copy=copy, orthanc_id=None, show_phi=show_phi)
+        return self._verdict(
+            uid, copy=copy, orthanc_id=None, show_phi=show_phi, pending=self._pending(uid)
+        )
 
     def study(self, study_instance_uid: str, *, show_phi: bool = False) -> StudyVerdict:
         """Every instance of a study the PACS or the index knows, each with its verdict.
@@ -516,8 +523,16 @@ class Verifier:
     # -- building a verdict -----------------------------------------------------------------
 
     def _verdict(
-        self, uid: str, *, copy: Copy | None, orthanc_id: str | None, show_phi: bool
+        self,
+        uid: str,
+        *,
+        copy: Copy | None,
+        orthanc_id: str | None,
+        show_phi: bool,
+        pending: Row | None,
     ) -> Verdict:
+        if pending is not None:
+            return self._pending_verdict(uid, pending, copy=copy, orthanc_id=orthanc_id)
         record = self.record(uid)
         now = copy.fingerprint if copy is not None else None
         base = Evidence(
@@ -526,13 +541,12 @@ class Verifier:
             pixel_digest_now=now.pixel_digest.hex() if now else None,
         )
         if record is None:
-            pending = self._pending(uid)
-            if pending is not None:
+            reasons = self._unconfirmed(uid)
+            if reasons:
                 return Verdict(
-                    uid, "pending", EXPLANATIONS["pending"], base,
-                    Copies(pacs="ok" if copy else "absent", ledger="absent"),
-                    orthanc_id=orthanc_id,
-                    notes=[f"stage {pending.stage}" + (f": {pending.last_error}" if pending.last_error else "")],
+                    uid, "unconfirmed", EXPLANATIONS["unconfirmed"], base,
+                    Copies(pacs="ok" if copy else "absent", ledger="unconfirmed"),
+                    orthanc_id=orthanc_id, notes=reasons,
                 )  # fmt: skip
             if copy is None:
                 raise NotFound(f"no instance {uid} in the PACS, the gateway's index or the ledger")
@@ -763,12 +777,102 @@ class Verifier:
             return self._names[address]
 
     def _pending(self, uid: str) -> Row | None:
+        """The newest row of ``uid`` the gateway has not finished with (see PENDING_STAGES)."""
         if self.index is None:
             return None
         for row in reversed(self.index.by_uid(uid)):
             if row.stage in PENDING_STAGES:
                 return row
         return None
+
+    def _pending_verdict(
+        self,
+        uid: str,
+        row: Row,
+        *,
+        copy: Copy | None,
+        orthanc_id: str | None = None,
+        pacs: str | None = None,
+        notes: list[str] | None = None,
+    ) -> Verdict:
+        """``pending`` at the row's stage: what the ledger and the PACS hold is not judged yet."""
+        now = copy.fingerprint if copy is not None else None
+        stage = row.parked_stage if row.stage == PARKED else row.stage
+        said = [f"parked at stage {stage}" if row.stage == PARKED else f"stage {stage}"]
+        if row.last_error:
+            said[0] += f": {row.last_error}"
+        if row.stage == PARKED:
+            said.append("an operator must re-queue it (`xray-gateway retry`)")
+        if now is not None and row.digest is not None and now.digest != row.digest:
+            said.append("the PACS holds another copy than the one being processed")
+        evidence = Evidence(
+            record_key=keys.record_key(self.pseudonym_key, uid).hex(),
+            recorded_digest=row.digest.hex() if row.digest else None,
+            recorded_pixel_digest=row.pixel_digest.hex() if row.pixel_digest else None,
+            digest_now=now.digest.hex() if now else None,
+            pixel_digest_now=now.pixel_digest.hex() if now else None,
+            version=row.version,
+            tx_hash=row.tx_hash,
+            block_number=row.block_number,
+            block_time=row.block_time,
+            recorder=row.recorder,
+        )
+        return Verdict(
+            uid, "pending", EXPLANATIONS["pending"], evidence,
+            Copies(pacs=pacs or ("ok" if copy else "absent"), ledger="unchecked"),
+            orthanc_id=orthanc_id, notes=[*said, *(notes or [])], stage=row.stage,
+        )  # fmt: skip
+
+    def _unconfirmed(self, uid: str) -> list[str]:
+        """Why the anchor the gateway's records claim for ``uid`` cannot be confirmed on chain.
+
+        Called only when the ledger confirms no record of ``uid``. A claim the chain cannot
+        check (a batch it does not know, a transaction it does not have, a block above its
+        head) is unconfirmed; a claim the chain refutes (a proof that misses a known root, a
+        transaction that records something else) is ignored, as :meth:`_batched` does. Empty
+        when nothing unconfirmable is claimed: the instance is then unregistered or unknown.
+        """
+        record_key = keys.record_key(self.pseudonym_key, uid)
+        reasons = [
+            self._batch_unconfirmed(claim)
+            for claim in (self.claims(uid) if self.claims is not None else ())
+            if claim.record_key == record_key
+        ]
+        if self.index is not None:
+            head: int | None = None
+            for row in self.index.by_uid(uid):
+                if row.stage in ("duplicate", "rejected") or row.batch_id is not None:
+                    continue  # batched rows are claims, above
+                if row.tx_hash is None and row.block_number is None:
+                    continue
+                if head is None:
+                    head = int(self.ledger.w3.eth.block_number)
+                reasons.append(self._single_unconfirmed(row, head))
+        return [reason for reason in reasons if reason is not None]
+
+    def _batch_unconfirmed(self, claim: BatchClaim) -> str | None:
+        try:
+            self.ledger.batch_of(claim.batch_id)
+        except XrayUnknownBatch:
+            return f"batch {claim.batch_id} is unknown to the contract"
+        return None  # a known batch: the proof missed its root, the claim is false
+
+    def _single_unconfirmed(self, row: Row, head: int) -> str | None:
+        if row.block_number is not None and row.block_number > head:
+            return (
+                f"the index records block {row.block_number}, above the chain's head {head}: "
+                "the node has not caught up"
+            )
+        if row.tx_hash is not None and not self._has_transaction(row.tx_hash):
+            return f"transaction {row.tx_hash} is not found on the chain"
+        return None  # the chain has the transaction, and no such record: the claim is false
+
+    def _has_transaction(self, tx_hash: str) -> bool:
+        try:
+            self.ledger.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        except TransactionNotFound:
+            return False
+        return True
 
     # -- the PACS copy ----------------------------------------------------------------------
 

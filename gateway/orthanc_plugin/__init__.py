@@ -31,6 +31,7 @@ def plugin_section(
     max_instance_bytes: int = MAX_INSTANCE_BYTES,
     trusted_recorders: frozenset[str] | None = None,
     fail_closed: bool = False,
+    pending_alert_s: float | None = None,
 ) -> dict[str, Any]:
     """The ``XrayGateway`` section for Orthanc's configuration.
 
@@ -53,6 +54,8 @@ def plugin_section(
         "MaxInstanceBytes": max_instance_bytes,
         "FailClosed": fail_closed,
     }
+    if pending_alert_s is not None:
+        section["PendingAlertSeconds"] = pending_alert_s
     if chain_url and contract_address:
         section["ChainUrl"] = chain_url
         section["ContractAddress"] = contract_address

@@ -48,13 +48,13 @@ from typing import Protocol, cast
 
 import pydicom
 
-from gateway.alerts import KINDS
 from gateway.errors import DatasetUnreadable
 from gateway.fingerprint import MAX_INSTANCE_BYTES, dataset_offset, fingerprint_bytes, read_header
 from gateway.orthanc_plugin.catalog import Attachment, Catalog
 from gateway.orthanc_plugin.records import IndexUnavailable, RecordBook
 from gateway.orthanc_plugin.storage import FileArea
 from gateway.orthanc_plugin.verdict import (
+    PENDING_ALERT_S,
     SERVED,
     LedgerFacts,
     Status,
@@ -64,6 +64,7 @@ from gateway.orthanc_plugin.verdict import (
     missing,
     unverifiable,
 )
+from gateway.statuses import TABLE
 
 DICOM = 1  # OrthancPluginContentType_Dicom
 DICOM_UNTIL_PIXEL_DATA = 3  # OrthancPluginContentType_DicomUntilPixelData
@@ -246,6 +247,9 @@ class Guard:
     locate:
         Orthanc's own record of which attachment holds an instance (by Orthanc id), asked
         when the catalogue does not know an attachment; ``None`` when there is no Orthanc.
+    pending_alert_s:
+        A received copy not anchored after this many seconds is ``unconfirmed`` and alerted
+        (``GATEWAY_PENDING_ALERT_S``).
     """
 
     def __init__(
@@ -261,10 +265,12 @@ class Guard:
         max_instance_bytes: int = MAX_INSTANCE_BYTES,
         fail_closed: bool = False,
         locate: Locate | None = None,
+        pending_alert_s: float = PENDING_ALERT_S,
     ) -> None:
         self.max_instance_bytes = max_instance_bytes
         self.fail_closed = fail_closed
         self.locate = locate
+        self.pending_alert_s = pending_alert_s
         self.area = area
         self.catalog = catalog
         self.records = records
@@ -523,8 +529,11 @@ class Guard:
             versions = self.records.versions(sop) if sop else ()
         except IndexUnavailable as exc:
             return unverifiable(sop, f"The gateway's records cannot be read ({exc})")
-        facts: dict[bytes, LedgerFacts] = {}
+        # Without a mirror there are no facts at all (the index's evidence only); with
+        # one, a version it has no facts for is unconfirmed.
+        facts: dict[bytes, LedgerFacts] | None = None
         if self.ledger is not None:
+            facts = {}
             for version in versions:
                 if version.anchored:
                     facts[version.digest] = self.ledger.facts(version, versions)
@@ -535,6 +544,7 @@ class Guard:
         return judge(
             sop_instance_uid=sop, digest_now=digest, versions=versions, ledger=facts,
             changed=changed, arrival_digest=arrival_digest, syntax_now=syntax,
+            pending_alert_s=self.pending_alert_s,
         )  # fmt: skip
 
     def _what_changed(self, data: bytes, recorded: Version) -> str | None:
@@ -634,7 +644,7 @@ class Guard:
                 self.catalog.set_verdict(key, verdict.status, verdict.digest_now)
             except Exception as exc:
                 self.log(f"xray-gateway: could not keep the verdict of {key}: {exc}")
-        if verdict.status == "intact" or verdict.status == "pending":
+        if verdict.status == "intact" or verdict.status == "pending" or not verdict.alert:
             return
         digest = verdict.digest_now or b""
         if verdict.status in ("unregistered", "retired"):
@@ -642,7 +652,7 @@ class Guard:
                 return
         elif not self._due(verdict.status, key, digest):
             return
-        kind = "error" if verdict.status not in KINDS else verdict.status
+        kind = TABLE[verdict.status].alert or "error"  # the status table names its alert
         recorded = verdict.recorded
         detail = (
             f"{'refused' if not self.serves(verdict) else 'served with a warning'} on {on}: "

@@ -108,6 +108,7 @@ class XrayPlugin:
             max_instance_bytes=settings.max_instance_bytes,
             fail_closed=settings.fail_closed,
             locate=self.orthanc_attachment,
+            pending_alert_s=settings.pending_alert_s,
         )
 
     # -- registration ----------------------------------------------------------------------
@@ -386,6 +387,7 @@ def _summary_text(
         "unregistered": "did not pass through the xray gateway (no record; cannot be verified)",
         "retired": "have a retired ledger record (withdrawn, not altered)",
         "pending": "are not anchored on the ledger yet",
+        "unconfirmed": "have a ledger record that cannot be confirmed yet",
         "unverifiable": "could not be checked",
     }
     parts = [f"{counts[key]} {text}" for key, text in flagged.items() if counts[key]]

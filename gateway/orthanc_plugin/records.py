@@ -17,7 +17,8 @@ class IndexUnavailable(Exception):
 # rejected reception and has been fingerprinted, oldest first.
 VERSIONS_SQL = (
     "SELECT version, digest, pixel_digest, record_key, tx_hash, block_number, block_time,"
-    " recorder, batch_id, leaf_index, transfer_syntax, patient_key, proof FROM instances"
+    " recorder, batch_id, leaf_index, transfer_syntax, patient_key, proof, received_at"
+    " FROM instances"
     " WHERE sop_instance_uid = ?"
     " AND stage NOT IN ('duplicate', 'rejected') AND digest IS NOT NULL ORDER BY id"
 )
@@ -73,7 +74,9 @@ class RecordBook:
                 transfer_syntax=transfer_syntax,
                 patient_key=bytes(patient_key) if patient_key is not None else None,
                 proof=bytes(proof) if proof is not None else None,
+                received_at=received_at,
             )
             for (version, digest, pixel_digest, record_key, tx_hash, block_number, block_time,
-                 recorder, batch_id, leaf_index, transfer_syntax, patient_key, proof) in rows
+                 recorder, batch_id, leaf_index, transfer_syntax, patient_key, proof,
+                 received_at) in rows
         )  # fmt: skip

@@ -12,7 +12,8 @@ an administrator running their own Orthanc writes it by hand::
         "TrustedRecorders": "0xabc…,0xdef…",      // optional: only these recorders count
         "WebViewer": true,                        // the Orthanc Web Viewer plugin is loaded
         "FailClosed": true,                       // refuse, not serve, what cannot be checked
-        "StoredFileToken": "…"                    // the gateway's secret for stored-file
+        "StoredFileToken": "…",                   // the gateway's secret for stored-file
+        "PendingAlertSeconds": 900                // received, not anchored after: unconfirmed
     }
 
 ``StoredFileToken`` has no default: without it, ``/xray/instances/{id}/stored-file``
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.fingerprint import MAX_INSTANCE_BYTES
+from gateway.orthanc_plugin.verdict import PENDING_ALERT_S
 from gateway.trust import parse_accounts
 
 SECTION = "XrayGateway"
@@ -56,6 +58,7 @@ class PluginSettings:
     trusted_recorders: frozenset[str] | None = None
     fail_closed: bool = False
     stored_file_token: str | None = None
+    pending_alert_s: float = PENDING_ALERT_S
 
     @classmethod
     def from_orthanc(cls, config: dict[str, Any]) -> PluginSettings:
@@ -105,6 +108,7 @@ class PluginSettings:
             trusted_recorders=_accounts(section.get("TrustedRecorders")),
             fail_closed=_flag(section.get("FailClosed", False)),
             stored_file_token=str(section.get("StoredFileToken") or "") or None,
+            pending_alert_s=float(section.get("PendingAlertSeconds", PENDING_ALERT_S)),
         )
 
 

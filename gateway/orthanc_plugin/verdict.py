@@ -1,55 +1,43 @@
 """What the plugin decides about one stored instance, and how it says it to a radiologist (pure).
 
 The plugin compares the dataset digest of Orthanc's copy with the versions the gateway
-recorded for that SOP Instance UID (its index) and, when the ledger mirror has caught up,
-with what the chain holds. Statuses, and whether the bytes are served:
+recorded for that SOP Instance UID (its index) and, when a ledger mirror runs, with what
+the chain holds. The statuses, and whether the bytes are served, are the table of
+:mod:`gateway.statuses`; here is why the plugin gives each:
 
-============== ====== ================================================================
-status         served why
-============== ====== ================================================================
-intact         yes    the digest is a recorded, anchored version
-pending        yes    the gateway received exactly these bytes; not anchored yet
-unregistered   yes    no record: sent around the gateway. Clinical access must not be
-                      lost; the radiologist sees a warning and an alert is recorded
-                      (refused, as tampered, if it changed since it arrived in Orthanc)
-retired        yes    the record was retired on the ledger (withdrawn, not altered):
-                      shown with the reason, and alerted
-tampered       no     the digest matches no version the gateway received, or the index
-                      claims an anchor the ledger does not hold
-missing        no     Orthanc lists the instance but its file is gone from the storage
-unverifiable   yes    the check itself could not run (index unreadable, dataset
-                      unparsable): served with a warning, alerted as ``error``
-============== ====== ================================================================
+============== ================================================================
+status         why
+============== ================================================================
+intact         the digest is a recorded version whose anchor the mirror confirms
+               (without a mirror configured: one the index records as anchored)
+pending        the gateway received exactly these bytes; not anchored yet
+unconfirmed    the index records an anchor the mirror cannot confirm yet (it has
+               not synced past its block, or the batch is unknown to it), or the
+               bytes were received but not anchored after ``PendingAlertSeconds``:
+               served with a warning, alerted
+unregistered   no record: sent around the gateway. Clinical access must not be
+               lost; the radiologist sees a warning and an alert is recorded
+               (refused, as tampered, if it changed since it arrived in Orthanc)
+retired        the record was retired on the ledger (withdrawn, not altered):
+               shown with the reason, and alerted
+tampered       the digest matches no version the gateway received, or the index
+               claims an anchor the ledger does not hold
+missing        Orthanc lists the instance but its file is gone from the storage
+unverifiable   the check itself could not run (index unreadable, dataset
+               unparsable): served with a warning, alerted as ``error``
+============== ================================================================
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-Status = Literal[
-    "intact", "pending", "unregistered", "retired", "tampered", "missing", "unverifiable"
-]
-SERVED: dict[Status, bool] = {
-    "intact": True,
-    "pending": True,
-    "unregistered": True,
-    "retired": True,
-    "tampered": False,
-    "missing": False,
-    "unverifiable": True,
-}
-# Worst first: a series or study takes the status of its worst instance.
-SEVERITY: tuple[Status, ...] = (
-    "tampered",
-    "missing",
-    "unverifiable",
-    "unregistered",
-    "retired",
-    "pending",
-    "intact",
-)
+from gateway.statuses import SERVED, SEVERITY, Status, worst
+
+#: Without ``PendingAlertSeconds``: how long a received version may wait for its anchor.
+PENDING_ALERT_S = 900.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +57,7 @@ class Version:
     transfer_syntax: str | None = None
     patient_key: bytes | None = None
     proof: bytes | None = None  # a batched version's encoded inclusion proof (merkle.py)
+    received_at: float | None = None  # when the gateway acked it (epoch seconds)
 
     @property
     def anchored(self) -> bool:
@@ -129,6 +118,10 @@ class Verdict:
     ledger: str
     changed: str | None = None  # "pixels", "header" or None when unknown / not tampered
     checked_at: float = 0.0
+    #: False for a warning expected to clear by itself: an anchor the mirror has not
+    #: confirmed within ``PendingAlertSeconds`` of its reception (the mirror follows the
+    #: chain a few seconds behind, and the gateway forwards right after anchoring).
+    alert: bool = True
 
     @property
     def served(self) -> bool:
@@ -162,12 +155,33 @@ def _where(version: Version) -> str:
     return f"transaction {_short(version.tx_hash, 14)}, block {version.block_number}"
 
 
-def _ledger_note(version: Version, facts: LedgerFacts) -> str:
+def _ledger_note(version: Version, facts: LedgerFacts | None) -> str:
+    if facts is None:
+        return f"the gateway's index records {_where(version)}; no ledger mirror configured"
     if facts.on_chain:
         return f"confirmed on the ledger ({_where(version)}; mirror at block {facts.synced_block})"
     if facts.on_chain is None:
-        return f"the gateway's index records {_where(version)}; ledger confirmation pending"
+        return (
+            f"the gateway's index records {_where(version)}; {_unconfirmed_reason(version, facts)}"
+        )
     return f"the ledger holds no record of this version ({_where(version)} claimed by the index)"
+
+
+def _unconfirmed_reason(version: Version, facts: LedgerFacts) -> str:
+    """Why the mirror cannot confirm ``version`` yet (``facts.on_chain`` is None)."""
+    if facts.synced_block is None:
+        return "the ledger mirror has not synced yet"
+    if version.block_number is not None and version.block_number > facts.synced_block:
+        return (
+            f"the ledger mirror has not synced past block {version.block_number} "
+            f"(it is at block {facts.synced_block})"
+        )
+    if version.batch_id is not None:
+        return (
+            f"batch {version.batch_id} is unknown to the ledger mirror "
+            f"(synced to block {facts.synced_block})"
+        )
+    return f"the ledger mirror (at block {facts.synced_block}) cannot confirm it"
 
 
 def judge(
@@ -180,6 +194,7 @@ def judge(
     arrival_digest: bytes | None = None,
     syntax_now: str | None = None,
     now: float | None = None,
+    pending_alert_s: float = PENDING_ALERT_S,
 ) -> Verdict:
     """Decide about Orthanc's copy of ``sop_instance_uid`` whose dataset digest is ``digest_now``.
 
@@ -192,7 +207,8 @@ def judge(
     versions:
         The gateway's recorded versions of that UID, oldest first (empty: unregistered).
     ledger:
-        The mirror's facts per recorded digest, if a mirror runs.
+        The mirror's facts per anchored digest when a mirror runs (a version it has no
+        facts for is unconfirmed), or ``None`` without one: the index's evidence only.
     changed:
         For a copy that matches no version: ``"pixels"`` or ``"header"`` when the caller
         compared pixel digests, else ``None``.
@@ -203,9 +219,12 @@ def judge(
         The Transfer Syntax UID the stored file's File Meta declares. The digest leaves the
         File Meta out (every hop rewrites it), but the transfer syntax says how the dataset
         bytes are read: a copy declaring another one than recorded is refused.
+    now:
+        The time of the check (epoch seconds); by default the clock's.
+    pending_alert_s:
+        A received version not anchored after this many seconds is ``unconfirmed``.
     """
     checked_at = time.time() if now is None else now
-    ledger = ledger or {}
     if not versions and arrival_digest is not None and arrival_digest != digest_now:
         return Verdict(
             status="tampered",
@@ -241,6 +260,10 @@ def judge(
     match = next((v for v in reversed(anchored) if v.digest == digest_now), None)
     if match is None:
         received = next((v for v in reversed(versions) if v.digest == digest_now), None)
+        if received is not None and _waited_too_long(received, checked_at, pending_alert_s):
+            return _not_anchored(
+                sop_instance_uid, digest_now, received, pending_alert_s, checked_at
+            )
         if received is not None:
             return Verdict(
                 status="pending",
@@ -271,11 +294,11 @@ def judge(
                 "Do not use it for diagnosis. The PACS administrator has been alerted and "
                 "can restore the recorded original."
             ).replace("  ", " "),
-            ledger=_ledger_note(newest, ledger.get(newest.digest, UNKNOWN_LEDGER)),
+            ledger=_ledger_note(newest, None if ledger is None else ledger.get(newest.digest)),
             changed=changed,
             checked_at=checked_at,
         )
-    facts = ledger.get(match.digest, UNKNOWN_LEDGER)
+    facts = None if ledger is None else ledger.get(match.digest, UNKNOWN_LEDGER)
     note = _ledger_note(match, facts)
     if match.transfer_syntax and syntax_now and syntax_now != match.transfer_syntax:
         return Verdict(
@@ -292,7 +315,7 @@ def judge(
             ledger=note,
             checked_at=checked_at,
         )
-    if facts.on_chain is False:
+    if facts is not None and facts.on_chain is False:
         return Verdict(
             status="tampered",
             sop_instance_uid=sop_instance_uid,
@@ -307,7 +330,27 @@ def judge(
             ledger=note,
             checked_at=checked_at,
         )
-    if facts.retired is not None:
+    if facts is not None and facts.on_chain is None:
+        overdue = match.received_at is None or _waited_too_long(
+            match, checked_at, pending_alert_s
+        )
+        return Verdict(
+            status="unconfirmed",
+            sop_instance_uid=sop_instance_uid,
+            digest_now=digest_now,
+            recorded=match,
+            headline="Warning: this image's ledger record cannot be confirmed yet.",
+            explanation=(
+                f"Identical to version {match.version} as the xray gateway's records list it "
+                f"({_where(match)}), but {_unconfirmed_reason(match, facts)}: its integrity "
+                "is not vouched for until the ledger confirms it."
+                + (" The PACS administrator has been alerted." if overdue else "")
+            ),
+            ledger=note,
+            checked_at=checked_at,
+            alert=overdue,
+        )
+    if facts is not None and facts.retired is not None:
         when = (
             time.strftime("%Y-%m-%d", time.gmtime(facts.retired.block_time))
             if facts.retired.block_time
@@ -346,6 +389,30 @@ def judge(
     )
 
 
+def _waited_too_long(version: Version, now: float, limit: float) -> bool:
+    return version.received_at is not None and now - version.received_at > limit
+
+
+def _not_anchored(
+    sop_instance_uid: str, digest_now: bytes, received: Version, limit: float, now: float
+) -> Verdict:
+    """Received exactly so, but still not anchored after ``limit`` seconds."""
+    return Verdict(
+        status="unconfirmed",
+        sop_instance_uid=sop_instance_uid,
+        digest_now=digest_now,
+        recorded=received,
+        headline="Warning: this image's ledger record was never written.",
+        explanation=(
+            f"This copy is identical to what the gateway received, but it is not anchored "
+            f"after {limit:.0f} s: its integrity is not vouched for. The PACS administrator "
+            "has been alerted."
+        ),
+        ledger=f"not anchored after {limit:.0f} s",
+        checked_at=now,
+    )
+
+
 def unverifiable(sop_instance_uid: str, reason: str, *, now: float | None = None) -> Verdict:
     """The check could not run; the bytes are served with a warning."""
     return Verdict(
@@ -358,14 +425,6 @@ def unverifiable(sop_instance_uid: str, reason: str, *, now: float | None = None
         ledger="not consulted",
         checked_at=time.time() if now is None else now,
     )
-
-
-def worst(statuses: list[Status]) -> Status:
-    """The status a series or study shows: its worst instance's (``intact`` when empty)."""
-    for status in SEVERITY:
-        if status in statuses:
-            return status
-    return "intact"
 
 
 def missing(sop_instance_uid: str, *, now: float | None = None) -> Verdict:
@@ -383,3 +442,20 @@ def missing(sop_instance_uid: str, *, now: float | None = None) -> Verdict:
         ledger="not consulted",
         checked_at=time.time() if now is None else now,
     )
+
+
+__all__ = [
+    "PENDING_ALERT_S",
+    "SERVED",
+    "SEVERITY",
+    "UNKNOWN_LEDGER",
+    "LedgerFacts",
+    "Retirement",
+    "Status",
+    "Verdict",
+    "Version",
+    "judge",
+    "missing",
+    "unverifiable",
+    "worst",
+]

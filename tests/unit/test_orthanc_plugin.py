@@ -78,7 +78,7 @@ def test_a_copy_matching_the_anchored_version_is_intact() -> None:
     verdict = judge(sop_instance_uid=UID, digest_now=A, versions=(version(A),), syntax_now=SYNTAX)
     assert (verdict.status, verdict.served) == ("intact", True)
     assert verdict.recorded is not None and verdict.recorded.digest == A
-    assert "confirmation pending" in verdict.ledger  # no mirror: the index's evidence only
+    assert "no ledger mirror configured" in verdict.ledger  # the index's evidence only
 
 
 def test_a_copy_matching_no_version_is_refused_and_says_what_changed() -> None:
