@@ -107,6 +107,11 @@ def build_verifier(
     )
 
 
+def gateway_alerts(settings: Settings) -> Alerts:
+    """The gateway's alert log, listing the Orthanc plugin's alerts too where they are apart."""
+    return Alerts(settings.alerts_path, plugin_alerts=settings.plugin_alerts_path)
+
+
 def api_limits(settings: Settings) -> Limits:
     """The HTTP API's bounds: upload size, slots and quota (beside the spool's reserve), rates."""
     return Limits(
@@ -165,6 +170,7 @@ class Stack:
                 self.pacs = Pacs(s.orthanc_url, user=None, password=None)
             self.store = open_object_store(s)
             self.index = Index(s.data_dir / "index.sqlite")
+            self.alerts = gateway_alerts(s)
             spool = self.spool = Spool(s.data_dir / "spool", reserve_bytes=s.spool_reserve_mb << 20)
             spool.clear_incoming()  # partial receptions from a crash were never acked
             self.pipeline = Pipeline(
@@ -177,6 +183,7 @@ class Stack:
                 forwarder=PacsForwarder(self.pacs),
                 sealed_dir=s.data_dir / "sealed",
                 max_instance_bytes=s.max_instance_bytes,
+                alerts=self.alerts,
                 # GATEWAY_BATCH_MAX=1 anchors one transaction per image (the benchmark's
                 # one-by-one mode); anything more gathers Merkle batches.
                 batcher=BatchAnchorer(
@@ -245,6 +252,7 @@ class Stack:
                 from_block=deployment.block_number if deployment is not None else 0,
                 web_viewer=any("WebViewer" in path.name for path in viewers),
                 max_instance_bytes=s.max_instance_bytes,
+                alerts_dir=s.plugin_alerts_dir,
             ),
             extra_plugins=viewers,
         )
@@ -257,7 +265,7 @@ class Stack:
         s = self.settings
         verifier = build_verifier(s, ledger=ledger, pacs=pacs, store=store, index=index)
         pseudonym_key = verifier.pseudonym_key
-        self.alerts = Alerts(s.data_dir / "alerts.sqlite")
+        assert self.alerts is not None
         self.audits = Audits(
             s.data_dir / "audits.sqlite", verifier=verifier, index=index, alerts=self.alerts
         )
@@ -306,12 +314,12 @@ class Stack:
             self.receiver.stop()
         if self.audits is not None:
             self.audits.close()
-        if self.alerts is not None:
-            self.alerts.close()
         if self.commitment is not None:
             self.commitment.stop()
         if self.pipeline is not None:
             self.pipeline.stop()
+        if self.alerts is not None:  # after the pipeline: it records spool_swapped alerts
+            self.alerts.close()
         if self.index is not None:
             self.index.close()
         if self.orthanc is not None:

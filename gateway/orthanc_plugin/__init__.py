@@ -29,11 +29,13 @@ def plugin_section(
     web_viewer: bool = False,
     mirror_interval: float = 2.0,
     max_instance_bytes: int = MAX_INSTANCE_BYTES,
+    alerts_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The ``XrayGateway`` section for Orthanc's configuration.
 
     ``SysPath`` is this project's root and the running interpreter's site-packages (the
     venv's), so the script Orthanc runs imports this very code and its dependencies.
+    ``alerts_dir`` (``AlertsDir``) is where the plugin writes its alerts; None: ``data_dir``.
     """
     paths = sysconfig.get_paths()
     sys_path = [str(PROJECT_ROOT)]
@@ -48,6 +50,8 @@ def plugin_section(
         "MirrorInterval": mirror_interval,
         "MaxInstanceBytes": max_instance_bytes,
     }
+    if alerts_dir is not None:
+        section["AlertsDir"] = str(alerts_dir.resolve())
     if chain_url and contract_address:
         section["ChainUrl"] = chain_url
         section["ContractAddress"] = contract_address
