@@ -633,17 +633,20 @@ def _hash_once(
     views = filemap.chunks(stream, size) or _read_chunks(stream, size)
     for view in views:
         lo, hi = max(start - position, 0), min(end - position, len(view))
-        pending: Future[None] | None = None
+        pending: list[Future[None]] = []
         if pixel is not None and lo < hi:
             if pool is not None:
-                pending = pool.submit(pixel.update, view[lo:hi])
+                pending.append(pool.submit(pixel.update, view[lo:hi]))
             else:
                 pixel.update(view[lo:hi])
-        sha.update(view)
         if whole is not None:
-            whole.update(view)
-        if pending is not None:
-            pending.result()
+            if pool is not None:  # a third digest on the pool's other thread
+                pending.append(pool.submit(whole.update, view))
+            else:
+                whole.update(view)
+        sha.update(view)
+        for done in pending:
+            done.result()
         position += len(view)
         length += len(view)
     if pixel is not None and position < end:
