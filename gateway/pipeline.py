@@ -480,9 +480,7 @@ class Pipeline:
         while not self._stop.is_set():
             self._batch_wake.clear()
             wait = 0.25
-            if (
-                not self._reconciled.is_set()
-            ):  # no new batch before the recorded anchors are checked
+            if not self._reconciled.is_set():  # no new batch before the recorded anchors are checked
                 self._batch_wake.wait(wait)
                 continue
             try:
@@ -577,11 +575,7 @@ class Pipeline:
 
     def _chain_down(self, exc: Exception) -> None:
         """The chain did not answer: check the recorded anchors again before the next one."""
-        if (
-            isinstance(exc, ChainUnavailable)
-            and self._reconciled.is_set()
-            and self._thread is not None
-        ):
+        if isinstance(exc, ChainUnavailable) and self._reconciled.is_set() and self._thread is not None:
             log.info("the chain is unreachable: recorded anchors are checked again once it is back")
             self._reconcile_attempts = 0
             self._reconcile_at = time.monotonic()
