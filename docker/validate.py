@@ -21,7 +21,13 @@ Checks:
   bytes as received, no storage cache, the Python plugin loaded first, the plugin's
   ``SysPath`` where the image installs the gateway, the gateway's data volume mounted at
   the plugin's ``DataDir`` (the keys volume not at all), Orthanc's files on a volume, and
-  none of that overridden by ``ORTHANC__*`` variables.
+  none of that overridden by ``ORTHANC__*`` variables;
+- the trust domains stay apart: Orthanc mounts the gateway's data volume read-only, writes
+  its alerts (``XrayGateway.AlertsDir``) to a volume of their own that the gateway mounts
+  read-only at ``GATEWAY_PLUGIN_ALERTS_DIR``, takes the contract address from
+  ``GATEWAY_CONTRACT_ADDRESS`` and never from the gateway's deployment record
+  (``orthanc/entrypoint.py``), and the gateway's umask and data dir give its group (which
+  Orthanc joins to read the index) no write.
 
 Run ``python docker/validate.py``; it exits 1 and lists the problems if any.
 Needs PyYAML.
@@ -44,6 +50,7 @@ SETTINGS_SOURCE = HERE.parent / "gateway" / "config.py"
 GATEWAY_DOCKERFILE = "Dockerfile"
 ORTHANC_DOCKERFILE = "Dockerfile.orthanc"
 ORTHANC_CONFIG = Path("orthanc") / "orthanc.json"
+ORTHANC_ENTRYPOINT = Path("orthanc") / "entrypoint.py"
 
 PLACEHOLDER = "change-me"
 
@@ -60,6 +67,8 @@ GATEWAY_NAME = re.compile(r"\bGATEWAY_[A-Z0-9_]+\b")
 FROM_LINE = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?", re.IGNORECASE)
 GROUPADD_XRAY = re.compile(r"groupadd\b[^\n]*--gid\s+(\d+)\s+xray\b")
 PIP_TARGET = re.compile(r"--target\s+(\S+)")
+UMASK = re.compile(r"\bumask\s+([0-7]{3,4})\b")
+INSTALL_DIR = re.compile(r"install\s+-d\b[^\n]*?-m\s+([0-7]{3,4})\s+(\S+)")
 
 # What a .dockerignore must keep out of a build context: secrets and key material.
 DOCKERIGNORE_REQUIRED = ("**/.env", "**/*.key", "**/keys", "**/api-token", "var")
@@ -77,6 +86,7 @@ ORTHANC_PROTECTED = frozenset(
         "StorageDirectory",
         "IndexDirectory",
         "XrayGateway.DataDir",
+        "XrayGateway.AlertsDir",
         "XrayGateway.SysPath",
         "XrayGateway.WebViewer",
         "XrayGateway.CatalogPath",
@@ -523,6 +533,90 @@ def check_orthanc_plugin(
     return errors
 
 
+def _mount_modes(service: Mapping[str, Any]) -> dict[str, tuple[str, bool]]:
+    """Each mount of a service by target path: its source and whether it is read-only."""
+    mounts: dict[str, tuple[str, bool]] = {}
+    for entry in service.get("volumes") or []:
+        if isinstance(entry, dict):
+            if entry.get("target"):
+                target = str(entry["target"]).rstrip("/")
+                mounts[target] = (str(entry.get("source", "")), bool(entry.get("read_only")))
+            continue
+        parts = str(entry).split(":")
+        if len(parts) >= 2:
+            options = parts[2].split(",") if len(parts) > 2 else []
+            mounts[parts[1].rstrip("/")] = (parts[0], "ro" in options)
+    return mounts
+
+
+def check_trust_domains(
+    compose: dict[str, Any],
+    orthanc_config: Mapping[str, Any],
+    dockerfiles: Mapping[str, str],
+    entrypoint_source: str,
+) -> list[str]:
+    """Report anything that lets the PACS side write the gateway's evidence (module docstring)."""
+    services: dict[str, Any] = compose.get("services") or {}
+    orthanc = [n for n, svc in services.items() if _build_dockerfile(svc) == ORTHANC_DOCKERFILE]
+    gateway = [n for n, svc in services.items() if _build_dockerfile(svc) == GATEWAY_DOCKERFILE]
+    section = orthanc_config.get("XrayGateway")
+    if len(orthanc) != 1 or len(gateway) != 1 or not isinstance(section, dict):
+        return []  # check_orthanc_plugin reports it
+    errors: list[str] = []
+    name = orthanc[0]
+    orthanc_mounts = _mount_modes(services[name])
+    gateway_mounts = _mount_modes(services[gateway[0]])
+    data_dir = str(section.get("DataDir", "")).rstrip("/")
+    data_volume = gateway_mounts.get(data_dir, ("", False))[0]
+    for target, (source, read_only) in orthanc_mounts.items():
+        if source == data_volume and not read_only:
+            errors.append(
+                f"service {name!r} must mount {source!r} read-only ({target}:ro): the plugin "
+                "only reads the gateway's index"
+            )
+    # -- the plugin's alerts: a volume of their own, read-only on the gateway's side
+    alerts_dir = str(section.get("AlertsDir") or "").rstrip("/")
+    gateway_dockerfile = dockerfiles.get(GATEWAY_DOCKERFILE, "")
+    wanted = _dockerfile_env(gateway_dockerfile, "GATEWAY_PLUGIN_ALERTS_DIR")
+    if not alerts_dir or _inside(alerts_dir, data_dir):
+        errors.append(
+            f"{ORTHANC_CONFIG}: XrayGateway.AlertsDir must be set, outside DataDir: the "
+            "plugin's alerts go to a volume of their own"
+        )
+    elif alerts_dir not in orthanc_mounts or orthanc_mounts[alerts_dir][1]:
+        errors.append(f"service {name!r} must mount a writable volume at {alerts_dir} (AlertsDir)")
+    else:
+        volume = orthanc_mounts[alerts_dir][0]
+        if volume == data_volume:
+            errors.append(f"the plugin's alerts volume must not be {data_volume!r}")
+        if wanted is None or gateway_mounts.get(wanted.rstrip("/")) != (volume, True):
+            errors.append(
+                f"service {gateway[0]!r} must mount {volume!r} read-only at its "
+                f"GATEWAY_PLUGIN_ALERTS_DIR ({wanted}), to list the plugin's alerts"
+            )
+    # -- the contract address is pinned, never followed from the gateway's data
+    address = _environment(services[name]).get("ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS", "")
+    if "GATEWAY_CONTRACT_ADDRESS" not in {var for var, _ in interpolations(address)}:
+        errors.append(
+            f"service {name!r}: ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS must come from "
+            "${GATEWAY_CONTRACT_ADDRESS}"
+        )
+    if "contract.json" in entrypoint_source:
+        errors.append(
+            f"{ORTHANC_ENTRYPOINT} must not read the gateway's deployment record "
+            "(chain/contract.json): the contract address is pinned in docker/.env"
+        )
+    # -- nothing of the gateway's is writable by its group (Orthanc is a member)
+    instructions = _instructions(gateway_dockerfile)
+    for mask in UMASK.findall(instructions):
+        if not int(mask, 8) & 0o020:
+            errors.append(f"{GATEWAY_DOCKERFILE}: umask {mask} lets the xray group write")
+    for mode, path in INSTALL_DIR.findall(instructions):
+        if path.rstrip("/\\") == data_dir and int(mode, 8) & 0o020:
+            errors.append(f"{GATEWAY_DOCKERFILE}: {data_dir} is group-writable ({mode})")
+    return errors
+
+
 def dockerfiles_in(directory: Path) -> dict[str, str]:
     """Every ``Dockerfile*`` in ``directory`` (not their .dockerignore files), by name."""
     return {
@@ -565,6 +659,12 @@ def validate(directory: Path = HERE, *, settings_source: Path = SETTINGS_SOURCE)
         *check_env_example(active, gitignore),
         *check_dockerignore(directory, dockerfiles),
         *check_orthanc_plugin(compose, orthanc_config, dockerfiles),
+        *check_trust_domains(
+            compose,
+            orthanc_config,
+            dockerfiles,
+            (directory / ORTHANC_ENTRYPOINT).read_text(encoding="utf-8"),
+        ),
     ]
 
 
@@ -577,7 +677,7 @@ def main(directory: Path = HERE) -> int:
         return 1
     print(
         "docker/: images pinned, variables and settings documented, no inline secrets, "
-        "Orthanc runs the integrity plugin"
+        "Orthanc runs the integrity plugin and cannot write the gateway's evidence"
     )
     return 0
 

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(default=4, ge=1)
     api_rate_per_minute: float = Field(default=30.0, gt=0)
     api_rate_burst: int = Field(default=10, ge=1)
+    # Where the Orthanc plugin writes its alerts.sqlite (XrayGateway.AlertsDir); unset: the
+    # data dir, one file shared with the gateway (embedded). docker: the plugin's own volume,
+    # read-only here, so that Orthanc needs no write access to the gateway's data.
+    plugin_alerts_dir: Path | None = None
 
     @field_validator("ae_title")
     @classmethod
@@ -185,6 +189,16 @@ class Settings(BaseSettings):
     def uploads_dir(self) -> Path:
         """Where ``POST /v1/verify`` uploads are written while they are checked."""
         return self.data_dir / "uploads"
+
+    @property
+    def alerts_path(self) -> Path:
+        """The gateway's own alerts (pipeline, audits)."""
+        return self.data_dir / "alerts.sqlite"
+
+    @property
+    def plugin_alerts_path(self) -> Path:
+        """The Orthanc plugin's alerts: ``alerts.sqlite`` in its alerts dir."""
+        return (self.plugin_alerts_dir or self.data_dir) / "alerts.sqlite"
 
     @property
     def embedded_chain(self) -> bool:

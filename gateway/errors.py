@@ -11,6 +11,8 @@ translated at the boundary only: into a DICOM status in ``receive``, an HTTP pro
     ├── DatasetUnreadable           a received dataset cannot be understood (-> 0xC000-class)
     │   └── DatasetTooLarge         it inflates past GATEWAY_MAX_INSTANCE_BYTES (-> 0xA700)
     ├── SpoolUnavailable            received bytes cannot be made durable (-> 0xA700)
+    ├── SpoolSwapped                a spool file no longer hashes to what was acked: never sealed
+    ├── AlertsUnavailable           the Orthanc plugin's alerts file cannot be read
     ├── KeyringError                the key directory holds no KEK with that id; ``.kek_id``
     ├── ForwardError                anything on the PACS (Orthanc) side; as such, not transient
     │   ├── PacsUnavailable         refused, timed out, 5xx or auth refused: retry later
@@ -111,6 +113,18 @@ class SealKeyMissing(SealError, KeyringError):
 
 class SpoolUnavailable(GatewayError):
     """Received bytes cannot be made durable; the C-STORE must not be acked."""
+
+
+class SpoolSwapped(GatewayError):
+    """A spool file's bytes are not the ones received and acknowledged (changed after the ack).
+
+    The pipeline parks the row at once and raises a ``spool_swapped`` alert; the file is
+    kept as evidence and nothing of it is sealed, anchored or forwarded.
+    """
+
+
+class AlertsUnavailable(GatewayError):
+    """The Orthanc plugin's alerts file exists but cannot be read (API: 503)."""
 
 
 class LedgerError(GatewayError):

@@ -5,6 +5,11 @@ process passes ``<point>`` kill it with SIGKILL, as a power cut or the OOM kille
 no ``finally``, no atexit, no flush. It is read once at import; unset (the only
 production setting) every :func:`hit` is a single comparison.
 
+With ``GATEWAY_FAILPOINT_RELEASE=<file>`` as well, the ``n``-th pass is held instead of
+killed: that thread waits until ``<file>`` exists, then goes on (the rest of the process
+keeps running). A test uses it to act at that exact point, e.g. to change a spool file
+after the ack and before the pipeline reads it.
+
 Points (the code that passes them says where they sit):
 
 ``receive.chunk``
@@ -12,6 +17,8 @@ Points (the code that passes them says where they sit):
 ``receive.before_ack``
     the instance is fsynced in the spool and its index row committed; the C-STORE
     response has not been sent.
+``pipeline.before_fingerprint``
+    acked; the pipeline has not read the spool file yet.
 ``pipeline.before_put``
     acked; the sealed object is not yet in the object store.
 ``pipeline.after_put``
@@ -28,10 +35,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
+from pathlib import Path
 
 POINTS = (
     "receive.chunk",
     "receive.before_ack",
+    "pipeline.before_fingerprint",
     "pipeline.before_put",
     "pipeline.after_put",
     "ledger.after_send",
@@ -52,16 +62,22 @@ def _parse(spec: str) -> tuple[str, int] | None:
 
 
 _ARMED = _parse(os.environ.get("GATEWAY_FAILPOINT", "").strip())
+_RELEASE = os.environ.get("GATEWAY_FAILPOINT_RELEASE", "").strip()
 _lock = threading.Lock()
 _hits = 0
 
 
 def hit(point: str) -> None:
-    """Pass ``point``; if it is the armed one and its count is reached, SIGKILL this process."""
+    """Pass ``point``; if it is the armed one and its count is reached, SIGKILL this process
+    (or hold this thread until the release file exists)."""
     global _hits
     if _ARMED is None or point != _ARMED[0]:
         return
     with _lock:
         _hits += 1
-        if _hits == _ARMED[1]:
+        reached = _hits == _ARMED[1]
+        if reached and not _RELEASE:
             os.kill(os.getpid(), signal.SIGKILL)
+    if reached:
+        while not Path(_RELEASE).exists():
+            time.sleep(0.05)

@@ -89,13 +89,19 @@ _SHORT_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_16)
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """The two digests recorded on the ledger, and the transfer syntax they were taken in."""
+    """The two digests recorded on the ledger, and the transfer syntax they were taken in.
+
+    ``file_sha256`` is the SHA-256 of the whole file (preamble and File Meta included),
+    taken in the same pass: the pipeline compares it with the hash the spool took when
+    the file was received (:class:`gateway.spool.IncomingFile`).
+    """
 
     digest: bytes
     pixel_digest: bytes
     transfer_syntax: str
     dataset_offset: int
     dataset_length: int
+    file_sha256: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -560,10 +566,13 @@ def _fingerprint(stream: BinaryIO, plain: PlainDataset) -> Fingerprint:
         offset, syntax = dataset_offset(stream)
         found = pixel_range(plain.stream, plain.offset, plain.syntax)
         pixel_digest = EMPTY_SHA256 if found is None else _hash_range(plain.stream, *found)
-        digest, length, _ = _hash_once(stream, offset, None)
+        whole = _hash_prefix(stream, offset)
+        digest, length, _ = _hash_once(stream, offset, None, whole=whole)
     else:
         offset, syntax = plain.offset, plain.syntax
-        digest, length, pixel = _hash_once(stream, offset, pixel_range(stream, offset, syntax))
+        whole = _hash_prefix(stream, offset)
+        pixels = pixel_range(stream, offset, syntax)
+        digest, length, pixel = _hash_once(stream, offset, pixels, whole=whole)
         pixel_digest = EMPTY_SHA256 if pixel is None else pixel
     return Fingerprint(
         digest=digest,
@@ -571,7 +580,17 @@ def _fingerprint(stream: BinaryIO, plain: PlainDataset) -> Fingerprint:
         transfer_syntax=str(syntax),
         dataset_offset=offset,
         dataset_length=length,
+        file_sha256=whole.digest(),
     )
+
+
+def _hash_prefix(stream: BinaryIO, offset: int) -> hashlib._Hash:
+    """A SHA-256 fed with the bytes before the dataset (preamble and File Meta)."""
+    stream.seek(0)
+    prefix = stream.read(offset)
+    if len(prefix) != offset:
+        raise DatasetUnreadable("the file ends inside its File Meta Information")
+    return hashlib.sha256(prefix)
 
 
 def _read_chunks(stream: BinaryIO, size: int) -> Iterator[memoryview]:
@@ -588,11 +607,16 @@ def _pixel_hasher() -> ThreadPoolExecutor:
 
 
 def _hash_once(
-    stream: BinaryIO, offset: int, pixels: tuple[int, int] | None
+    stream: BinaryIO,
+    offset: int,
+    pixels: tuple[int, int] | None,
+    *,
+    whole: hashlib._Hash | None = None,
 ) -> tuple[bytes, int, bytes | None]:
     """SHA-256 from ``offset`` to the end and of the ``pixels`` range, in one pass.
 
-    A regular file is read through memory maps (no copy out of the page cache).
+    A regular file is read through memory maps (no copy out of the page cache). ``whole``,
+    if given, is fed the same bytes (the whole file's hash, its prefix already in it).
 
     Returns the dataset digest, the dataset length and the pixel digest (None without a
     range). A range that runs past the end of the stream raises DatasetUnreadable.
@@ -609,15 +633,20 @@ def _hash_once(
     views = filemap.chunks(stream, size) or _read_chunks(stream, size)
     for view in views:
         lo, hi = max(start - position, 0), min(end - position, len(view))
-        pending: Future[None] | None = None
+        pending: list[Future[None]] = []
         if pixel is not None and lo < hi:
             if pool is not None:
-                pending = pool.submit(pixel.update, view[lo:hi])
+                pending.append(pool.submit(pixel.update, view[lo:hi]))
             else:
                 pixel.update(view[lo:hi])
+        if whole is not None:
+            if pool is not None:  # a third digest on the pool's other thread
+                pending.append(pool.submit(whole.update, view))
+            else:
+                whole.update(view)
         sha.update(view)
-        if pending is not None:
-            pending.result()
+        for done in pending:
+            done.result()
         position += len(view)
         length += len(view)
     if pixel is not None and position < end:

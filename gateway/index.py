@@ -5,6 +5,10 @@ next, and a restart resumes from there. A task that kept failing for a permanent
 is parked at stage ``failed`` (``parked_stage`` says where it stopped, ``last_error``
 why; its spool file is kept) until an operator re-queues it (:meth:`Index.requeue`). WAL with ``synchronous=FULL`` makes a committed
 row survive power loss, which the ack relies on.
+
+``spool_sha256`` binds a row to what was acknowledged: the SHA-256 of the spool file as
+it was received, stored in the same commit as the row, compared by the fingerprint stage
+with the bytes it reads (NULL on rows acked before the column existed: not checked).
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ CREATE TABLE IF NOT EXISTS instances (
     conflict TEXT,
     committed_at REAL,
     strikes INTEGER NOT NULL DEFAULT 0,
-    parked_stage TEXT
+    parked_stage TEXT,
+    spool_sha256 BLOB
 );
 CREATE INDEX IF NOT EXISTS instances_due ON instances (stage, next_attempt_at);
 CREATE INDEX IF NOT EXISTS instances_uid ON instances (sop_instance_uid);
@@ -90,6 +95,7 @@ CREATE INDEX IF NOT EXISTS batch_members_row ON batch_members (row_id);
 ADDED_COLUMNS = (
     ("strikes", "INTEGER NOT NULL DEFAULT 0"),
     ("parked_stage", "TEXT"),
+    ("spool_sha256", "BLOB"),
 )
 
 
@@ -139,6 +145,7 @@ class Row:
     committed_at: float | None
     strikes: int = 0  # failures for a permanent reason since the last successful step
     parked_stage: str | None = None  # the stage a ``failed`` row stopped at
+    spool_sha256: bytes | None = None  # the spool file's SHA-256 as received and acked
 
 
 COLUMNS = tuple(f.name for f in fields(Row))
@@ -198,7 +205,7 @@ class Index:
     def _selection(self) -> str:
         """The SELECT list: an older index opened read-only shows added columns' defaults."""
         present = self._present_columns()
-        defaults = {"strikes": "0", "parked_stage": "NULL"}
+        defaults = {"strikes": "0", "parked_stage": "NULL", "spool_sha256": "NULL"}
         return ", ".join(
             name if not present or name in present else f"{defaults[name]} AS {name}"
             for name in COLUMNS
@@ -233,14 +240,21 @@ class Index:
         sop_class_uid: str,
         calling_aet: str,
         size: int,
+        spool_sha256: bytes | None = None,
     ) -> int:
-        """Record a durable received instance; its first task is ``fingerprint``."""
+        """Record a durable received instance; its first task is ``fingerprint``.
+
+        ``spool_sha256`` is the spool file's SHA-256 as it was received: the fingerprint
+        stage refuses a file that no longer hashes to it.
+        """
         with self.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO instances (entry_id, sop_instance_uid, sop_class_uid, calling_aet,"
-                " received_at, size, stage) VALUES (?, ?, ?, ?, ?, ?, 'fingerprint')",
-                (entry_id, sop_instance_uid, sop_class_uid, calling_aet, time.time(), size),
-            )
+                " received_at, size, stage, spool_sha256)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'fingerprint', ?)",
+                (entry_id, sop_instance_uid, sop_class_uid, calling_aet, time.time(), size,
+                 spool_sha256),
+            )  # fmt: skip
             return int(cursor.lastrowid or 0)
 
     def get(self, row_id: int) -> Row:

@@ -33,10 +33,15 @@ failure (the PACS refused the file, the contract reverted, a bug) is retried
 :data:`PERMANENT_ATTEMPTS` times, then the row is parked at stage ``failed`` with its
 reason, logged at ERROR, and waits for ``xray-gateway retry``; its spool file is kept.
 A Merkle batch is failed, retried and parked as a whole, the same way.
+
+A spool file that no longer hashes to what the listener acked (``spool_sha256``: someone
+changed it after the ack) is parked at once, with a ``spool_swapped`` alert: its bytes
+are not the modality's, so they are never sealed, anchored or forwarded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -48,11 +53,13 @@ from pathlib import Path
 from typing import Protocol
 
 from gateway import failpoints, keys
+from gateway.alerts import Alerts
 from gateway.errors import (
     ChainUnavailable,
     DatasetUnreadable,
     GatewayError,
     PacsUnavailable,
+    SpoolSwapped,
     SpoolUnavailable,
     StoreUnavailable,
     TransactionPending,
@@ -218,6 +225,8 @@ class Pipeline:
     max_instance_bytes:
         The most bytes a deflated dataset may inflate to (``GATEWAY_MAX_INSTANCE_BYTES``),
         in a temporary file on the spool's filesystem.
+    alerts:
+        Where a spool file changed after the ack is reported (``spool_swapped``).
     """
 
     def __init__(
@@ -235,8 +244,10 @@ class Pipeline:
         workers: int = 4,
         pause: Callable[[], None] | None = None,
         max_instance_bytes: int = MAX_INSTANCE_BYTES,
+        alerts: Alerts | None = None,
     ) -> None:
         self.index = index
+        self.alerts = alerts
         self.max_instance_bytes = max_instance_bytes
         self.spool = spool
         self.store = store
@@ -434,7 +445,7 @@ class Pipeline:
                 with self._lock:
                     self._held_at.add(row.stage)
                 self._chain_down(exc)
-        elif row.strikes + 1 >= PERMANENT_ATTEMPTS:
+        elif isinstance(exc, SpoolSwapped) or row.strikes + 1 >= PERMANENT_ATTEMPTS:
             log.error(
                 "row %d (%s): %s; parked at stage failed after %d attempts (spool file kept; "
                 "`xray-gateway retry %d` re-queues it)",
@@ -578,6 +589,7 @@ class Pipeline:
     # -- stages ----------------------------------------------------------------------------
 
     def _stage_fingerprint(self, row: Row) -> None:
+        failpoints.hit("pipeline.before_fingerprint")
         path = self.spool.path_of(row.entry_id)
         try:
             with path.open("rb") as stream:
@@ -586,7 +598,12 @@ class Pipeline:
         except DatasetUnreadable as exc:
             # The listener checked this before acking; reaching here means the spool file
             # changed under us. Keep it and say so: an acked image is never dropped.
+            now = _file_sha256(path)
+            if row.spool_sha256 is not None and now != row.spool_sha256:
+                self._swapped(row, f"it no longer parses and its SHA-256 is {now.hex()[:16]}…")
             raise DatasetUnreadable(f"spooled instance no longer parses: {exc}") from exc
+        if row.spool_sha256 is not None and fp.file_sha256 != row.spool_sha256:
+            self._swapped(row, f"its SHA-256 is now {fp.file_sha256.hex()[:16]}…")
         record_key = keys.record_key(self.pseudonym_key, row.sop_instance_uid)
         values = {
             "record_key": record_key,
@@ -614,6 +631,23 @@ class Pipeline:
                 version,
                 record_key.hex()[:12],
             )
+
+    def _swapped(self, row: Row, what: str) -> None:
+        """Refuse a spool file changed after the ack: alert, then park the row (raises)."""
+        assert row.spool_sha256 is not None
+        reason = (
+            f"spool file changed after the ack: {what}, not "
+            f"{row.spool_sha256.hex()[:16]}… as received; not sealed (file kept)"
+        )
+        log.error("row %d (%s): %s", row.id, _short(row), reason)
+        if self.alerts is not None:
+            self.alerts.record(
+                kind="spool_swapped",
+                source="pipeline",
+                sop_instance_uid=row.sop_instance_uid,
+                detail=f"row {row.id}: {reason}",
+            )
+        raise SpoolSwapped(reason)
 
     def _sealed_path(self, row: Row) -> Path:
         return self.sealed_dir / f"{row.entry_id}.seal"
@@ -711,6 +745,12 @@ class Pipeline:
             last_error=None,
         )
         self.spool.discard(row.entry_id)
+
+
+def _file_sha256(path: Path) -> bytes:
+    """SHA-256 of a whole file (only where the fingerprint could not take it)."""
+    with path.open("rb") as stream:
+        return hashlib.file_digest(stream, "sha256").digest()
 
 
 def _anchor_item(row: Row) -> AnchorItem:

@@ -362,6 +362,7 @@ class Receiver:
                 sop_class_uid=requested_class,
                 calling_aet=calling,
                 size=entry.size,
+                spool_sha256=entry.sha256,
             )
         except Exception as exc:  # the index is our durability too: no row, no ack
             log.exception("refused C-STORE %s: index write failed", requested_uid)

@@ -7,6 +7,12 @@ Layout under ``<data dir>/spool``::
 
 Entry ids are random; nothing from the request (UIDs, AE titles) ever becomes a path.
 
+Each entry is bound to what was acknowledged: :class:`IncomingFile` hashes the bytes
+(SHA-256 of the whole file) as they are written, so :meth:`Spool.accept` returns that
+hash without reading the file again. The receiver stores it with the index row at the
+ack, and the fingerprint stage compares it with the bytes it reads: a file changed
+after the ack (by anyone who can write ``ready/``) is refused, never sealed.
+
 A full disk is a refusal, never a partial file: :class:`IncomingFile` checks the room
 left every MiB it writes and turns ``ENOSPC`` into "overflowed" (the partial file is
 removed at once, the rest of the dataset is dropped as it arrives), and the listener
@@ -16,6 +22,7 @@ answers ``0xA700`` for it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -51,6 +58,7 @@ class SpoolEntry:
     entry_id: str
     path: Path
     size: int
+    sha256: bytes  # of the whole file, as it was received
 
 
 class Spool:
@@ -71,6 +79,7 @@ class Spool:
         self.ready = root / "ready"
         self.reserve_bytes = reserve_bytes
         self._overflowed: dict[str, str] = {}
+        self._arriving: dict[str, IncomingFile] = {}
         self._lock = threading.Lock()
         for path in (self.incoming, self.ready):
             path.mkdir(parents=True, exist_ok=True)
@@ -88,7 +97,14 @@ class Spool:
 
     def incoming_file(self) -> IncomingFile:
         """A new file in ``incoming/`` for a dataset that is arriving."""
-        return IncomingFile(self)
+        incoming = IncomingFile(self)
+        with self._lock:
+            self._arriving[incoming.name] = incoming
+        return incoming
+
+    def _forget(self, name: str) -> IncomingFile | None:
+        with self._lock:
+            return self._arriving.pop(name, None)
 
     def overflowed(self, path: Path | str) -> str | None:
         """Why the incoming file at ``path`` was given up (full disk), or None; asks once."""
@@ -102,6 +118,9 @@ class Spool:
     def accept(self, received: Path) -> SpoolEntry:
         """Make a fully received file durable and move it into ``ready/``.
 
+        The entry's ``sha256`` is the one its :class:`IncomingFile` took while the bytes
+        were written; a file that did not arrive through one is read once to hash it.
+
         Raises
         ------
         SpoolUnavailable
@@ -109,18 +128,24 @@ class Spool:
         """
         entry_id = uuid.uuid4().hex
         target = self.ready / f"{entry_id}.dcm"
+        incoming = self._forget(str(received))
         try:
             fd = os.open(received, os.O_RDONLY)
             try:
                 os.fsync(fd)
                 size = os.fstat(fd).st_size
+                if incoming is not None:
+                    sha256 = incoming.sha256()
+                else:
+                    with open(fd, "rb", closefd=False) as stream:
+                        sha256 = hashlib.file_digest(stream, "sha256").digest()
             finally:
                 os.close(fd)
             os.rename(received, target)
             fsync_dir(self.ready)
         except OSError as exc:
             raise SpoolUnavailable(f"cannot make the received instance durable: {exc}") from exc
-        return SpoolEntry(entry_id=entry_id, path=target, size=size)
+        return SpoolEntry(entry_id=entry_id, path=target, size=size, sha256=sha256)
 
     def path_of(self, entry_id: str) -> Path:
         """Where entry ``entry_id`` lives (ids are our own hex, checked anyway)."""
@@ -151,6 +176,9 @@ class IncomingFile:
     dropped, and :meth:`Spool.overflowed` reports it so that the C-STORE is refused with
     ``0xA700``. Letting the error escape instead would abort the association and leave
     the partial file taking up the room.
+
+    Every byte written also feeds a SHA-256 (:meth:`sha256`): the hash of what was
+    received, taken while it was in memory anyway, with no second read before the ack.
     """
 
     def __init__(self, spool: Spool) -> None:
@@ -162,6 +190,7 @@ class IncomingFile:
         self.overflow: str | None = None
         self._unchecked = CHECK_EVERY  # check before the first byte too
         self.written = 0
+        self._sha = hashlib.sha256()
 
     def write(self, data: bytes) -> int:
         if self.overflow is None:
@@ -175,11 +204,16 @@ class IncomingFile:
         if self.overflow is None:
             try:
                 self._file.write(data)
+                self._sha.update(data)
                 self.written += len(data)
                 failpoints.hit("receive.chunk")
             except OSError as exc:
                 self._give_up(f"write failed: {exc.strerror or exc}")
         return len(data)  # a refused dataset is still read off the wire, then dropped
+
+    def sha256(self) -> bytes:
+        """SHA-256 of every byte written so far: the whole file once it is received."""
+        return self._sha.digest()
 
     def flush(self) -> None:
         if self.overflow is None:
@@ -211,3 +245,4 @@ class IncomingFile:
         with contextlib.suppress(OSError):  # its buffer is lost with the file
             self._file.close()
         Path(self.name).unlink(missing_ok=True)
+        self._spool._forget(self.name)

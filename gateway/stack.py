@@ -125,6 +125,11 @@ def build_verifier(
     )
 
 
+def gateway_alerts(settings: Settings) -> Alerts:
+    """The gateway's alert log, listing the Orthanc plugin's alerts too where they are apart."""
+    return Alerts(settings.alerts_path, plugin_alerts=settings.plugin_alerts_path)
+
+
 def api_limits(settings: Settings) -> Limits:
     """The HTTP API's bounds: upload size, slots and quota (beside the spool's reserve), rates."""
     return Limits(
@@ -184,6 +189,7 @@ class Stack:
                 self.pacs = external_pacs(s)
             self.store = open_object_store(s)
             self.index = Index(s.data_dir / "index.sqlite")
+            self.alerts = gateway_alerts(s)
             spool = self.spool = Spool(s.data_dir / "spool", reserve_bytes=s.spool_reserve_mb << 20)
             spool.clear_incoming()  # partial receptions from a crash were never acked
             self.pipeline = Pipeline(
@@ -196,6 +202,7 @@ class Stack:
                 forwarder=PacsForwarder(self.pacs),
                 sealed_dir=s.data_dir / "sealed",
                 max_instance_bytes=s.max_instance_bytes,
+                alerts=self.alerts,
                 # GATEWAY_BATCH_MAX=1 anchors one transaction per image (the benchmark's
                 # one-by-one mode); anything more gathers Merkle batches.
                 batcher=BatchAnchorer(
@@ -266,6 +273,7 @@ class Stack:
                 max_instance_bytes=s.max_instance_bytes,
                 trusted_recorders=s.trusted_recorders,
                 pending_alert_s=s.pending_alert_s,
+                alerts_dir=s.plugin_alerts_dir,
             ),
             extra_plugins=viewers,
         )
@@ -276,11 +284,11 @@ class Stack:
         assert self.index is not None
         ledger, store, pacs, index = self.ledger, self.store, self.pacs, self.index
         s = self.settings
-        self.alerts = Alerts(s.data_dir / "alerts.sqlite")
         verifier = build_verifier(
             s, ledger=ledger, pacs=pacs, store=store, index=index, alerts=self.alerts
         )
         pseudonym_key = verifier.pseudonym_key
+        assert self.alerts is not None
         self.audits = Audits(
             s.data_dir / "audits.sqlite", verifier=verifier, index=index, alerts=self.alerts
         )
@@ -339,12 +347,12 @@ class Stack:
             self.pending_watch.stop()
         if self.audits is not None:
             self.audits.close()
-        if self.alerts is not None:
-            self.alerts.close()
         if self.commitment is not None:
             self.commitment.stop()
         if self.pipeline is not None:
             self.pipeline.stop()
+        if self.alerts is not None:  # after the pipeline: it records spool_swapped alerts
+            self.alerts.close()
         if self.index is not None:
             self.index.close()
         if self.orthanc is not None:

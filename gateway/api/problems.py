@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import (
+    AlertsUnavailable,
     ChainUnavailable,
     DatasetUnreadable,
     GatewayError,
@@ -192,7 +193,7 @@ def _status_of(exc: GatewayError) -> tuple[int, str]:
         return 409, "Cannot restore"
     if isinstance(exc, DatasetUnreadable):
         return 422, "Not a readable DICOM file"
-    if isinstance(exc, (PacsUnavailable, ChainUnavailable, StoreUnavailable)):
+    if isinstance(exc, (PacsUnavailable, ChainUnavailable, StoreUnavailable, AlertsUnavailable)):
         return 503, "A downstream part is unavailable"
     if isinstance(exc, LedgerError):
         return 502, "The ledger answered with an error"

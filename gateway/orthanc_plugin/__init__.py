@@ -32,6 +32,7 @@ def plugin_section(
     trusted_recorders: frozenset[str] | None = None,
     fail_closed: bool = False,
     pending_alert_s: float | None = None,
+    alerts_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The ``XrayGateway`` section for Orthanc's configuration.
 
@@ -39,6 +40,7 @@ def plugin_section(
     venv's), so the script Orthanc runs imports this very code and its dependencies.
     ``StoredFileToken`` is not set here: :class:`gateway.orthanc.EmbeddedOrthanc` adds the
     secret from the gateway's key directory when it writes the configuration.
+    ``alerts_dir`` (``AlertsDir``) is where the plugin writes its alerts; None: ``data_dir``.
     """
     paths = sysconfig.get_paths()
     sys_path = [str(PROJECT_ROOT)]
@@ -56,6 +58,8 @@ def plugin_section(
     }
     if pending_alert_s is not None:
         section["PendingAlertSeconds"] = pending_alert_s
+    if alerts_dir is not None:
+        section["AlertsDir"] = str(alerts_dir.resolve())
     if chain_url and contract_address:
         section["ChainUrl"] = chain_url
         section["ContractAddress"] = contract_address

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 from gateway.orthanc_plugin.verdict import Version
 
@@ -30,6 +31,11 @@ class RecordBook:
     The index is opened read-only (``mode=ro``): the plugin never writes the gateway's
     records. Each Orthanc thread gets its own connection (sqlite3 connections are not
     shared across threads); WAL lets these readers run beside the gateway's writer.
+
+    In docker the gateway's volume is mounted read-only and its files are not writable by
+    Orthanc: SQLite then reads a WAL index only while the gateway has it open (its
+    ``-wal`` and ``-shm`` exist). With the gateway stopped they are gone and the file is
+    complete: it is read as immutable, one query at a time, never cached.
     """
 
     def __init__(self, path: Path, *, timeout: float = 5.0) -> None:
@@ -44,7 +50,7 @@ class RecordBook:
                 raise IndexUnavailable(f"the gateway's index {self.path} does not exist")
             try:
                 db = sqlite3.connect(
-                    f"file:{self.path}?mode=ro", uri=True, timeout=self.timeout,
+                    f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=self.timeout,
                     check_same_thread=True,
                 )  # fmt: skip
             except sqlite3.Error as exc:
@@ -52,10 +58,26 @@ class RecordBook:
             self._local.db = db
         return db
 
+    def _rows(self, sop_instance_uid: str) -> list[tuple[Any, ...]]:
+        try:
+            return list(self._connection().execute(VERSIONS_SQL, (sop_instance_uid,)))
+        except sqlite3.OperationalError:
+            self._local.db = None
+            if self.path.with_name(self.path.name + "-wal").exists():
+                raise
+        # no writer (no -wal): the file is complete; read it as immutable, this once
+        db = sqlite3.connect(
+            f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True, timeout=self.timeout
+        )
+        try:
+            return list(db.execute(VERSIONS_SQL, (sop_instance_uid,)))
+        finally:
+            db.close()
+
     def versions(self, sop_instance_uid: str) -> tuple[Version, ...]:
         """Every recorded version of ``sop_instance_uid``, oldest first; empty if none."""
         try:
-            rows = self._connection().execute(VERSIONS_SQL, (sop_instance_uid,)).fetchall()
+            rows = self._rows(sop_instance_uid)
         except sqlite3.Error as exc:
             self._local.db = None
             raise IndexUnavailable(f"the gateway's index cannot be read: {exc}") from exc

@@ -6,6 +6,7 @@ an administrator running their own Orthanc writes it by hand::
     "XrayGateway": {
         "SysPath": ["/opt/xray-gateway", "/opt/xray-gateway/.venv/lib/python3.11/site-packages"],
         "DataDir": "/var/lib/xray-gateway",
+        "AlertsDir": "/var/lib/xray-alerts",      // optional: where alerts.sqlite goes (DataDir)
         "ChainUrl": "http://127.0.0.1:8545",      // optional: without it, no ledger mirror
         "ContractAddress": "0x…",                 // with ChainUrl
         "FromBlock": 0,                           // the contract's deployment block
@@ -97,7 +98,7 @@ class PluginSettings:
                 str(section.get("CatalogPath") or storage.parent / "xray-attachments.sqlite")
             ),
             index_path=data_dir / "index.sqlite",
-            alerts_path=data_dir / "alerts.sqlite",
+            alerts_path=Path(str(section.get("AlertsDir") or data_dir)) / "alerts.sqlite",
             chain_url=str(chain_url) if chain_url else None,
             contract_address=str(address) if address else None,
             from_block=int(section.get("FromBlock", 0)),

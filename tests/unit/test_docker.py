@@ -58,7 +58,8 @@ def test_deployment_passes_static_checks() -> None:
 
 
 ORTHANC_ENV_ANCHOR = "      ORTHANC__NAME: XRAY-PACS\n"
-ORTHANC_DATA_MOUNT = "      - gateway-data:/var/lib/xray-gateway\n    # The gateway's group"
+ORTHANC_VOLUMES_END = "      - orthanc-alerts:/var/lib/xray-alerts\n    # The gateway's group"
+ORTHANC_DATA_MOUNT = "      - gateway-data:/var/lib/xray-gateway:ro\n      # The plugin's alerts"
 
 
 @pytest.mark.parametrize(
@@ -157,8 +158,8 @@ ORTHANC_DATA_MOUNT = "      - gateway-data:/var/lib/xray-gateway\n    # The gate
         ),
         pytest.param(
             "compose.yaml",
-            ORTHANC_DATA_MOUNT,
-            ORTHANC_DATA_MOUNT.replace("    # The", "    secrets: [plugin_api_token]\n    # The"),
+            ORTHANC_VOLUMES_END,
+            ORTHANC_VOLUMES_END.replace("    # The", "    secrets: [plugin_api_token]\n    # The"),
             "uses secret 'plugin_api_token', never declared",
             id="undeclared-secret",
         ),
@@ -239,7 +240,7 @@ ORTHANC_DATA_MOUNT = "      - gateway-data:/var/lib/xray-gateway\n    # The gate
             "compose.yaml",
             ORTHANC_DATA_MOUNT,
             ORTHANC_DATA_MOUNT.replace(
-                "    # The", "      - gateway-keys:/var/lib/xray-gateway/keys\n    # The"
+                "      # The", "      - gateway-keys:/var/lib/xray-gateway/keys\n      # The"
             ),
             "must not mount 'gateway-keys'",
             id="keys-mounted-into-orthanc",
@@ -264,6 +265,70 @@ ORTHANC_DATA_MOUNT = "      - gateway-data:/var/lib/xray-gateway\n    # The gate
             ORTHANC_ENV_ANCHOR + "      ORTHANC__XRAY_GATEWAY__DATA_DIR: /data\n",
             "ORTHANC__XRAY_GATEWAY__DATA_DIR overrides",
             id="compose-overrides-data-dir",
+        ),
+        # -- separated trust domains: the PACS side cannot write the gateway's evidence
+        pytest.param(
+            "compose.yaml",
+            "      - gateway-data:/var/lib/xray-gateway:ro\n",
+            "      - gateway-data:/var/lib/xray-gateway\n",
+            "must mount 'gateway-data' read-only",
+            id="orthanc-writes-gateway-data",
+        ),
+        pytest.param(
+            "orthanc/orthanc.json",
+            '    "AlertsDir": "/var/lib/xray-alerts",\n',
+            "",
+            "XrayGateway.AlertsDir must be set, outside DataDir",
+            id="plugin-alerts-in-gateway-data",
+        ),
+        pytest.param(
+            "compose.yaml",
+            "      - orthanc-alerts:/var/lib/xray-alerts\n",
+            "      - orthanc-alerts:/var/lib/xray-alerts:ro\n",
+            "must mount a writable volume at /var/lib/xray-alerts",
+            id="plugin-alerts-not-writable",
+        ),
+        pytest.param(
+            "compose.yaml",
+            "      - orthanc-alerts:/var/lib/xray-alerts:ro\n",
+            "      - orthanc-alerts:/var/lib/xray-alerts\n",
+            "must mount 'orthanc-alerts' read-only at its GATEWAY_PLUGIN_ALERTS_DIR",
+            id="gateway-writes-plugin-alerts",
+        ),
+        pytest.param(
+            "compose.yaml",
+            ORTHANC_ENV_ANCHOR,
+            ORTHANC_ENV_ANCHOR + "      ORTHANC__XRAY_GATEWAY__ALERTS_DIR: /var/lib/xray-gateway\n",
+            "ORTHANC__XRAY_GATEWAY__ALERTS_DIR overrides",
+            id="compose-overrides-alerts-dir",
+        ),
+        pytest.param(
+            "compose.yaml",
+            "ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS: ${GATEWAY_CONTRACT_ADDRESS:-}",
+            "ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS: ''",
+            "ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS must come from ${GATEWAY_CONTRACT_ADDRESS}",
+            id="contract-not-pinned",
+        ),
+        pytest.param(
+            "orthanc/entrypoint.py",
+            "def plugin_environment(",
+            'RECORD = "chain/contract.json"\n\n\ndef plugin_environment(',
+            "must not read the gateway's deployment record",
+            id="entrypoint-follows-contract-json",
+        ),
+        pytest.param(
+            "Dockerfile",
+            '"umask 0027 && ',
+            '"umask 0007 && ',
+            "umask 0007 lets the xray group write",
+            id="gateway-files-group-writable",
+        ),
+        pytest.param(
+            "Dockerfile",
+            "-m 2750 /var/lib/xray-gateway",
+            "-m 2770 /var/lib/xray-gateway",
+            "/var/lib/xray-gateway is group-writable (2770)",
+            id="gateway-data-dir-group-writable",
         ),
     ],
 )
@@ -382,9 +447,13 @@ def _image_config() -> dict[str, Any]:
 
 def test_the_plugin_accepts_the_image_configuration_with_compose_environment() -> None:
     environ = _compose_environment(
-        "orthanc", ORTHANC_GATEWAY_PASSWORD="0b1d5e7a", GATEWAY_ORTHANC_STORED_FILE_TOKEN="s3cr3t"
+        "orthanc",
+        ORTHANC_GATEWAY_PASSWORD="0b1d5e7a",
+        GATEWAY_CONTRACT_ADDRESS=ADDRESS,
+        CONTRACT_DEPLOY_BLOCK="7",
+        GATEWAY_ORTHANC_STORED_FILE_TOKEN="s3cr3t",
     )
-    env = entrypoint.plugin_environment(environ, deployment={"address": ADDRESS, "block_number": 7})
+    env = entrypoint.plugin_environment(environ)
 
     settings = PluginSettings.from_orthanc(_orthancteam_merge(_image_config(), env))
 
@@ -395,7 +464,8 @@ def test_the_plugin_accepts_the_image_configuration_with_compose_environment() -
     assert settings.fail_closed is True  # docker: refuse what cannot be checked
     assert settings.stored_file_token == "s3cr3t"
     assert settings.index_path == Path("/var/lib/xray-gateway/index.sqlite")
-    assert settings.alerts_path == Path("/var/lib/xray-gateway/alerts.sqlite")
+    # the alerts on the plugin's own volume, not in the gateway's (read-only) data
+    assert settings.alerts_path == Path("/var/lib/xray-alerts/alerts.sqlite")
     # Orthanc's files and the plugin's catalog on the orthanc-db volume, as `up` lays them out
     assert settings.storage_dir == Path("/var/lib/orthanc/db/storage")
     assert settings.catalog_path == Path("/var/lib/orthanc/db/xray-attachments.sqlite")
@@ -404,7 +474,7 @@ def test_the_plugin_accepts_the_image_configuration_with_compose_environment() -
 def test_the_example_placeholders_keep_orthanc_from_starting() -> None:
     with pytest.raises(entrypoint.StartRefused, match="ORTHANC__REGISTERED_USERS"):
         entrypoint.plugin_environment(
-            _compose_environment("orthanc"), deployment={"address": ADDRESS}
+            _compose_environment("orthanc", GATEWAY_CONTRACT_ADDRESS=ADDRESS)
         )
 
 
@@ -426,54 +496,59 @@ def test_the_image_installs_the_plugin_where_its_configuration_points() -> None:
 CHAIN = {"ORTHANC__XRAY_GATEWAY__CHAIN_URL": "http://chain:8545"}
 
 
-def test_blank_contract_comes_from_the_deployment_record() -> None:
-    environ = {**CHAIN, "ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS": "", "PATH": "/usr/bin"}
+def test_a_blank_contract_is_refused_even_with_a_deployment_record_at_hand(
+    tmp_path: Path,
+) -> None:
+    """Orthanc no longer follows chain/contract.json: whoever can write the gateway's data
+    volume would point the ledger check at a contract of their own."""
+    (tmp_path / "chain").mkdir()
+    (tmp_path / "chain" / "contract.json").write_text(json.dumps({"address": ADDRESS}))
+    environ = {
+        **CHAIN,
+        "ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS": "",
+        "ORTHANC__XRAY_GATEWAY__DATA_DIR": str(tmp_path),
+    }
 
-    env = entrypoint.plugin_environment(
-        environ, deployment={"address": ADDRESS, "block_number": 42}
-    )
+    with pytest.raises(entrypoint.StartRefused, match="GATEWAY_CONTRACT_ADDRESS is blank"):
+        entrypoint.plugin_environment(environ)
+
+
+def test_the_pinned_contract_and_block_are_passed_on() -> None:
+    environ = {
+        **CHAIN,
+        "ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS": f" {ADDRESS} ",
+        "ORTHANC__XRAY_GATEWAY__FROM_BLOCK": "42",
+        "PATH": "/usr/bin",
+    }
+
+    env = entrypoint.plugin_environment(environ)
 
     assert env["ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS"] == ADDRESS
     assert env["ORTHANC__XRAY_GATEWAY__FROM_BLOCK"] == "42"
     assert env["PATH"] == "/usr/bin"
 
 
-def test_configured_contract_wins_and_takes_the_block_only_if_it_is_the_recorded_one() -> None:
-    other = "0x" + "ab" * 20
-    record = {"address": ADDRESS, "block_number": 42}
-
-    mine = entrypoint.plugin_environment(
-        {**CHAIN, "ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS": ADDRESS.lower()}, deployment=record
-    )
-    theirs = entrypoint.plugin_environment(
-        {**CHAIN, "ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS": other}, deployment=record
-    )
-
-    assert mine["ORTHANC__XRAY_GATEWAY__FROM_BLOCK"] == "42"
-    assert theirs["ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS"] == other
-    assert "ORTHANC__XRAY_GATEWAY__FROM_BLOCK" not in theirs
+def test_a_contract_that_is_not_an_address_is_refused() -> None:
+    with pytest.raises(entrypoint.StartRefused, match="not an address"):
+        entrypoint.plugin_environment(
+            {**CHAIN, "ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS": "chain/contract.json"}
+        )
 
 
-def test_a_set_from_block_is_kept_and_empty_plugin_values_are_dropped() -> None:
+def test_empty_plugin_values_are_dropped() -> None:
     environ = {
         **CHAIN,
+        "ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS": ADDRESS,
         "ORTHANC__XRAY_GATEWAY__FROM_BLOCK": "5",
         "ORTHANC__XRAY_GATEWAY__MIRROR_INTERVAL": " ",
         "ORTHANC__NAME": "",
     }
 
-    env = entrypoint.plugin_environment(environ, deployment={"address": ADDRESS})
+    env = entrypoint.plugin_environment(environ)
 
     assert env["ORTHANC__XRAY_GATEWAY__FROM_BLOCK"] == "5"
     assert "ORTHANC__XRAY_GATEWAY__MIRROR_INTERVAL" not in env
     assert env["ORTHANC__NAME"] == ""  # only the plugin's section is cleaned
-
-
-def test_a_chain_without_a_contract_does_not_start() -> None:
-    with pytest.raises(entrypoint.StartRefused, match="contract deploy"):
-        entrypoint.plugin_environment(
-            {**CHAIN, "ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS": ""}, deployment=None
-        )
 
 
 def test_a_placeholder_password_does_not_start() -> None:
@@ -481,36 +556,22 @@ def test_a_placeholder_password_does_not_start() -> None:
 
     with pytest.raises(entrypoint.StartRefused) as refused:
         entrypoint.plugin_environment(
-            {**CHAIN, "ORTHANC__REGISTERED_USERS": users}, deployment={"address": ADDRESS}
+            {
+                **CHAIN,
+                "ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS": ADDRESS,
+                "ORTHANC__REGISTERED_USERS": users,
+            }
         )
 
     assert "ORTHANC__REGISTERED_USERS" in str(refused.value)
     assert users not in str(refused.value)
 
 
-def test_deployment_record_is_read_from_the_data_dir(tmp_path: Path) -> None:
-    assert entrypoint.load_deployment(tmp_path) is None
-    (tmp_path / "chain").mkdir()
-    (tmp_path / "chain" / "contract.json").write_text(
-        json.dumps({"address": ADDRESS, "chain_id": 1, "tx_hash": "0x1", "block_number": 3})
-    )
-
-    assert entrypoint.load_deployment(tmp_path) == {
-        "address": ADDRESS, "chain_id": 1, "tx_hash": "0x1", "block_number": 3,
-    }  # fmt: skip
-    config = {SECTION: {"DataDir": str(tmp_path)}}
-    assert entrypoint.data_dir({}, config) == tmp_path
-    assert entrypoint.data_dir({"ORTHANC__XRAY_GATEWAY__DATA_DIR": "/x"}, config) == Path("/x")
-
-
 @pytest.fixture
 def image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The entrypoint's surroundings in a scratch dir; exec and umask recorded, not done."""
     data = tmp_path / "data"
-    config = tmp_path / "xray-gateway.json"
-    config.write_text(json.dumps({SECTION: {"DataDir": str(data)}}))
     calls: dict[str, Any] = {}
-    monkeypatch.setattr(entrypoint, "CONFIG", config)
     monkeypatch.setattr(entrypoint.os, "umask", lambda mask: calls.setdefault("umask", mask))
 
     def execve(path: str, argv: list[str], env: dict[str, str]) -> None:
@@ -526,11 +587,11 @@ def image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return calls
 
 
-def test_main_hands_over_to_orthancteam_with_the_contract(image: dict[str, Any]) -> None:
-    (image["data"] / "chain").mkdir(parents=True)
-    (image["data"] / "chain" / "contract.json").write_text(
-        json.dumps({"address": ADDRESS, "block_number": 9})
-    )
+def test_main_hands_over_to_orthancteam_with_the_contract(
+    image: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS", ADDRESS)
+    monkeypatch.setenv("ORTHANC__XRAY_GATEWAY__FROM_BLOCK", "9")
 
     with pytest.raises(SystemExit):
         entrypoint.main(["/tmp/orthanc.json"])
@@ -539,12 +600,17 @@ def test_main_hands_over_to_orthancteam_with_the_contract(image: dict[str, Any])
     assert (path, argv) == ("/docker-entrypoint.sh", ["/docker-entrypoint.sh", "/tmp/orthanc.json"])
     assert env["ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS"] == ADDRESS
     assert env["ORTHANC__XRAY_GATEWAY__FROM_BLOCK"] == "9"
-    assert image["umask"] == 0o007
+    assert image["umask"] == 0o027  # nothing Orthanc creates is group-writable
 
 
-def test_main_refuses_before_the_contract_is_deployed(
+def test_main_refuses_without_a_pinned_contract_whatever_the_data_volume_says(
     image: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
+    (image["data"] / "chain").mkdir(parents=True)
+    (image["data"] / "chain" / "contract.json").write_text(
+        json.dumps({"address": ADDRESS, "block_number": 9})
+    )
+
     with pytest.raises(SystemExit) as exited:
         entrypoint.main(["/tmp/orthanc.json"])
 

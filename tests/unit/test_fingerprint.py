@@ -50,6 +50,16 @@ def test_digests_match_an_independent_computation(catalogue: list[Path]) -> None
         assert fp.pixel_digest == hashlib.sha256(ds.PixelData).digest(), path.name
 
 
+def test_the_whole_file_hash_comes_with_the_fingerprint(catalogue: list[Path]) -> None:
+    """What the pipeline compares with the spool's hash at the ack: every byte of the file,
+    deflated ones (hashed as received) included."""
+    for path in catalogue:
+        data = path.read_bytes()
+        with path.open("rb") as stream:
+            fp = fingerprint(stream)
+        assert fp.file_sha256 == hashlib.sha256(data).digest(), path.name
+
+
 def test_rewriting_the_file_meta_keeps_the_digest(catalogue: list[Path], tmp_path: Path) -> None:
     path = catalogue[0]
     ds = dcmread(path)
