@@ -648,7 +648,7 @@ class Verifier:
                 digest=claim.digest,
                 pixel_digest=claim.pixel_digest,
                 version=claim.version,
-                tx_hash=claim.tx_hash or self._batch_tx(claim.batch_id),
+                tx_hash=claim.tx_hash or self._batch_tx(claim.batch_id, batch.block_number),
                 block_number=batch.block_number,
                 block_time=batch.anchored_at,
                 recorder=batch.recorder,
@@ -665,8 +665,14 @@ class Verifier:
             )
         return None
 
-    def _batch_tx(self, batch_id: int) -> str | None:
-        events = self.ledger.events("BatchAnchored", filters={"batchId": batch_id})
+    def _batch_tx(self, batch_id: int, block_number: int) -> str | None:
+        """The transaction that anchored batch ``batch_id``: one log read, of its own block."""
+        events = self.ledger.events(
+            "BatchAnchored",
+            from_block=block_number,
+            to_block=block_number,
+            filters={"batchId": batch_id},
+        )
         return events[0].tx_hash if events else None
 
     def _tx_of(self, record_key: bytes, digest: bytes) -> str | None:
