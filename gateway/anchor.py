@@ -222,7 +222,10 @@ class BatchAnchorer:
                 f"batch {batch_id} on chain holds {on_chain.count} leaves, not {batch.count}"
             )
         events = self.ledger.events(
-            "BatchAnchored", from_block=on_chain.block_number, filters={"batchId": batch_id}
+            "BatchAnchored",
+            from_block=on_chain.block_number,
+            to_block=on_chain.block_number,
+            filters={"batchId": batch_id},
         )
         tx_hash = events[0].tx_hash if events else ""
         return [

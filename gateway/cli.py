@@ -42,10 +42,18 @@ def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_contract_deploy(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.chain import deploy_contract
+    """Deploy once, pin the address in the data dir, and grant the recorder its role."""
+    from gateway.chain import admin_account, deploy_contract, recorder_account
 
     deployment = deploy_contract(settings, admin=args.admin)
-    _print_json(deployment.__dict__)
+    granted = args.admin is None or args.admin.lower() == admin_account(settings).address.lower()
+    _print_json(
+        {
+            **deployment.__dict__,
+            "recorder": recorder_account(settings).address if granted else None,
+            "recorder_granted": granted,
+        }
+    )
     return 0
 
 
@@ -176,7 +184,7 @@ def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from gateway.chain import contract_address
+    from gateway.chain import contract_address, open_ledger
     from gateway.keys import load_key_file, load_pseudonym_key
     from gateway.ledger import XrayLedger
     from gateway.verify import NotFound, Verifier
@@ -186,8 +194,14 @@ def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
         if args.pseudonym_key
         else load_pseudonym_key(settings.keys_dir)
     )
-    ledger = XrayLedger.at(
-        args.chain_url or settings.effective_chain_url, args.contract or contract_address(settings)
+    ledger = (
+        XrayLedger.at(
+            args.chain_url or settings.effective_chain_url,
+            args.contract or contract_address(settings),
+            log_range=settings.chain_log_range,
+        )
+        if args.chain_url or args.contract
+        else open_ledger(settings)  # the pinned contract, read from its deployment block
     )
     claims = _remote_claims(args.proofs, args.token_file) if args.proofs else None
     verifier = Verifier(
@@ -583,7 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     contract = sub.add_parser("contract", help="deploy the xray contract and manage its roles")
     csub = contract.add_subparsers(dest="action", metavar="ACTION", required=True)
-    deploy = csub.add_parser("deploy", help="deploy the contract with the admin key")
+    deploy = csub.add_parser(
+        "deploy", help="deploy the contract once with the admin key, pin it, grant the recorder"
+    )
     deploy.add_argument("--admin", help="address that gets the admin role (default: the deployer)")
     deploy.set_defaults(handler=_cmd_contract_deploy)
     grant = csub.add_parser("grant", help="give an account a role (setPermission)")

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     chain_url: str | None = None
     anvil_port: int = Field(default=8545, ge=1, le=65535)
     contract_address: str | None = None
+    # The most blocks one eth_getLogs may span: Besu refuses wider ranges (5,000 by default).
+    chain_log_range: int = Field(default=5_000, ge=1, le=1_000_000)
     recorder_key_file: Path | None = None
     # Only these accounts' records count (comma-separated addresses); by default any account
     # that held the contract's Recorder role when it wrote (gateway/trust.py).

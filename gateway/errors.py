@@ -21,6 +21,7 @@ translated at the boundary only: into a DICOM status in ``receive``, an HTTP pro
     ├── LedgerError                 anything on the chain side
     │   ├── ChainUnavailable        the JSON-RPC node cannot be reached
     │   ├── ContractNotDeployed     no xray contract at the configured address
+    │   │   └── ContractCodeMismatch  code there, but not contracts/out/Xray.json's
     │   ├── TransactionFailed       mined with status 0, never mined, or refused by the node
     │   │   └── TransactionPending  sent, still not mined after every re-send: retry later
     │   └── ContractRevert          the contract refused the call; ``.name`` is its custom error
@@ -137,6 +138,10 @@ class ChainUnavailable(LedgerError):
 
 class ContractNotDeployed(LedgerError):
     """There is no contract code at the configured address."""
+
+
+class ContractCodeMismatch(ContractNotDeployed):
+    """The runtime code at the pinned address is not the committed artifact's."""
 
 
 class TransactionFailed(LedgerError):

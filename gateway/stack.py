@@ -23,7 +23,6 @@ from gateway.api.limits import Limits, RateLimiter, UploadArea
 from gateway.audit import Audits, PendingWatch, overdue
 from gateway.chain import (
     Deployment,
-    deployment_path,
     ensure_contract,
     recorder_account,
     start_embedded_chain,
@@ -152,6 +151,7 @@ class Stack:
         self.anvil: Anvil | None = None
         self.orthanc: EmbeddedOrthanc | None = None
         self.ledger: XrayLedger | None = None
+        self.deployment: Deployment | None = None
         self.pacs: Pacs | None = None
         self.store: ObjectStore | None = None
         self.index: Index | None = None
@@ -178,8 +178,7 @@ class Stack:
         try:
             if s.embedded_chain:
                 self.anvil = start_embedded_chain(s)
-            admin_ledger, _ = ensure_contract(s)
-            self.ledger = admin_ledger.as_account(recorder_account(s))
+            self.ledger, self.deployment = ensure_contract(s)
             init_keys(s.keys_dir)
             if s.orthanc_url is None:
                 self.orthanc = self._embedded_orthanc()
@@ -257,7 +256,6 @@ class Stack:
         """Orthanc with the integrity plugin as its storage area, and the viewers."""
         s = self.settings
         assert self.ledger is not None
-        deployment = Deployment.load(deployment_path(s))
         viewers = viewer_plugin_libraries()
         return EmbeddedOrthanc(
             data_dir=s.data_dir,
@@ -268,7 +266,8 @@ class Stack:
                 data_dir=s.data_dir,
                 chain_url=s.effective_chain_url,
                 contract_address=self.ledger.address,
-                from_block=deployment.block_number if deployment is not None else 0,
+                from_block=self.ledger.from_block,
+                log_range=s.chain_log_range,
                 web_viewer=any("WebViewer" in path.name for path in viewers),
                 max_instance_bytes=s.max_instance_bytes,
                 trusted_recorders=s.trusted_recorders,

@@ -698,7 +698,7 @@ class Verifier:
                 )  # fmt: skip
                 continue
             batch = self.ledger.batch_of(claim.batch_id)
-            event = self._batch_event(claim.batch_id)
+            event = self._batch_event(claim.batch_id, batch.block_number)
             record = Record(
                 record_key=record_key,
                 patient_key=claim.patient_key,
@@ -721,12 +721,16 @@ class Verifier:
             found.append(Anchoring(batch.recorder, at, claim.digest, batched=True, item=record))
         return found
 
-    def _batch_event(self, batch_id: int) -> LedgerEvent | None:
-        """The ``BatchAnchored`` event of ``batch_id`` (kept: a mined batch does not change)."""
+    def _batch_event(self, batch_id: int, block_number: int) -> LedgerEvent | None:
+        """The ``BatchAnchored`` event of ``batch_id``, read from its own block only (kept: a
+        mined batch does not change)."""
         with self._names_lock:
             if batch_id in self._batch_events:
                 return self._batch_events[batch_id]
-        events = self.ledger.events("BatchAnchored", filters={"batchId": batch_id})
+        events = self.ledger.events(
+            "BatchAnchored", from_block=block_number, to_block=block_number,
+            filters={"batchId": batch_id},
+        )  # fmt: skip
         event = events[0] if events else None
         if event is not None:
             with self._names_lock:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from gateway.redact import redact_url, userinfo
 
 ARTIFACT = PROJECT_ROOT / "contracts" / "out" / "Xray.json"
 ZERO_ADDRESS = "0x" + "00" * 20
+# Besu's default ``--rpc-max-logs-range``: no ``eth_getLogs`` spans more blocks than this.
+DEFAULT_LOG_RANGE = 5_000
 
 
 @cache
@@ -86,6 +88,10 @@ class XrayLedger:
         How the account's :class:`~gateway.ledger.sender.Sender` treats a transaction
         that stays pending: wait this long, then re-send with fees raised by this
         fraction, at most this many times.
+    from_block:
+        The contract's deployment block: no event of it is older, so log reads start here.
+    log_range:
+        The most blocks one ``eth_getLogs`` may span (a node refuses wider ranges).
     """
 
     def __init__(
@@ -97,9 +103,15 @@ class XrayLedger:
         receipt_timeout: float = 60.0,
         max_resends: int = 3,
         fee_bump: float = 0.125,
+        from_block: int = 0,
+        log_range: int = DEFAULT_LOG_RANGE,
     ) -> None:
+        if log_range < 1:
+            raise ValueError("log_range must be at least one block")
         artifact = load_artifact()
         self.w3 = w3
+        self.from_block = from_block
+        self.log_range = log_range
         self.address = Web3.to_checksum_address(address)
         self._decoder = RevertDecoder(artifact["abi"])
         if not translate(self._decoder, lambda: w3.eth.get_code(self.address)):
@@ -122,9 +134,19 @@ class XrayLedger:
         )
 
     @classmethod
-    def at(cls, url: str, address: str, *, account: LocalAccount | None = None) -> XrayLedger:
+    def at(
+        cls,
+        url: str,
+        address: str,
+        *,
+        account: LocalAccount | None = None,
+        from_block: int = 0,
+        log_range: int = DEFAULT_LOG_RANGE,
+    ) -> XrayLedger:
         """Connect to ``url`` and open the contract at ``address``."""
-        return cls(connect(url), address, account=account)
+        return cls(
+            connect(url), address, account=account, from_block=from_block, log_range=log_range
+        )
 
     # -- writes --------------------------------------------------------------------------
 
@@ -142,6 +164,8 @@ class XrayLedger:
             receipt_timeout=self._receipt_timeout,
             max_resends=self._max_resends,
             fee_bump=self._fee_bump,
+            from_block=self.from_block,
+            log_range=self.log_range,
         )
 
     def set_permission(
@@ -370,24 +394,46 @@ class XrayLedger:
         return str(name), str(part), bytes(digest)
 
     def events(
-        self, name: str, *, from_block: int = 0, filters: dict[str, Any] | None = None
+        self,
+        name: str,
+        *,
+        from_block: int = 0,
+        to_block: int | None = None,
+        filters: dict[str, Any] | None = None,
     ) -> list[LedgerEvent]:
-        """The contract's ``name`` events, oldest first, optionally filtered on indexed args."""
+        """The contract's ``name`` events, oldest first, optionally filtered on indexed args.
+
+        The blocks from ``from_block`` (never before the deployment block) to ``to_block``
+        (default: the head) are read in windows of at most :attr:`log_range` blocks, one
+        ``eth_getLogs`` each, so that a node with a log-range limit (Besu) answers.
+        """
         event = getattr(self.contract.events, name)
-        logs = translate(
-            self._decoder,
-            lambda: event().get_logs(from_block=from_block, argument_filters=filters or None),
-        )
-        return [
-            LedgerEvent(
-                name=name,
-                args=dict(log["args"]),
-                tx_hash="0x" + bytes(log["transactionHash"]).hex(),
-                block_number=int(log["blockNumber"]),
-                log_index=int(log["logIndex"]),
+        start = max(from_block, self.from_block)
+        end = to_block if to_block is not None else self._head()
+        found: list[LedgerEvent] = []
+        for low, high in block_windows(start, end, self.log_range):
+            query = partial(
+                event().get_logs, from_block=low, to_block=high, argument_filters=filters or None
             )
-            for log in logs
-        ]
+            found += [
+                LedgerEvent(
+                    name=name,
+                    args=dict(log["args"]),
+                    tx_hash="0x" + bytes(log["transactionHash"]).hex(),
+                    block_number=int(log["blockNumber"]),
+                    log_index=int(log["logIndex"]),
+                )
+                for log in translate(self._decoder, query)
+            ]
+        return found
+
+    def _head(self) -> int:
+        return int(translate(self._decoder, lambda: self.w3.eth.block_number))
+
+    def code_matches_artifact(self) -> bool:
+        """Whether the runtime code at the address is the committed artifact's."""
+        code = bytes(translate(self._decoder, lambda: self.w3.eth.get_code(self.address)))
+        return runtime_code_matches(code, load_artifact()["deployedBytecode"])
 
     def info(self) -> dict[str, Any]:
         """A summary for ``contract info``: address, chain, compiler, counts."""
@@ -398,8 +444,7 @@ class XrayLedger:
             "block": self.w3.eth.block_number,
             "compiler": artifact["compiler"]["version"],
             "sources_hash": artifact["sourcesHash"],
-            "code_matches_artifact": bytes(self.w3.eth.get_code(self.address)).hex()
-            == artifact["deployedBytecode"][2:],
+            "code_matches_artifact": self.code_matches_artifact(),
             "batches": self.batch_count(),
         }
 
@@ -410,6 +455,35 @@ def _batched_leaf(leaf: BatchedLeaf) -> tuple[Any, ...]:
         leaf.patient_key, leaf.digest, leaf.pixel_digest, leaf.batch_id, leaf.proof.index,
         list(leaf.proof.path),
     )  # fmt: skip
+def block_windows(start: int, end: int, size: int) -> list[tuple[int, int]]:
+    """``[start, end]`` cut into inclusive windows of at most ``size`` blocks, in order."""
+    return [(low, min(end, low + size - 1)) for low in range(start, end + 1, size)]
+
+
+def strip_metadata(code: bytes) -> bytes:
+    """Runtime code without solc's CBOR metadata tail (its last two bytes give its length).
+
+    The tail hashes the sources and compiler settings, not what the code does: two
+    builds that differ only there run the same instructions.
+    """
+    if len(code) < 2:
+        return code
+    length = int.from_bytes(code[-2:], "big")
+    body = len(code) - 2 - length
+    # solc's tail is a CBOR map (0xa1..0xb7); anything else is not a metadata tail.
+    if body < 0 or not 0xA1 <= code[body] <= 0xB7:
+        return code
+    return code[:body]
+
+
+def runtime_code_matches(code: bytes, artifact_hex: str) -> bool:
+    """Whether ``code`` (``eth_getCode``) is the artifact's ``deployedBytecode``.
+
+    Compared without the metadata tail. The xray contract has no immutables, so nothing
+    else of the deployed code differs from the artifact's.
+    """
+    expected = bytes.fromhex(artifact_hex.removeprefix("0x"))
+    return bool(code) and strip_metadata(code) == strip_metadata(expected)
 
 
 def _version(raw: Any) -> ImageVersion:

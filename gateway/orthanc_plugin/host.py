@@ -93,6 +93,7 @@ class XrayPlugin:
             self.mirror = LedgerMirror(
                 connect=connect,
                 from_block=settings.from_block,
+                log_range=settings.log_range,
                 interval=settings.mirror_interval,
                 log=orthanc.LogWarning,
                 trusted_recorders=settings.trusted_recorders,

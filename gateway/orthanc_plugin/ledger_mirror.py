@@ -52,8 +52,6 @@ from gateway.trust import (
 if TYPE_CHECKING:
     from gateway.ledger.client import XrayLedger
 
-BLOCKS_PER_QUERY = 5_000
-
 
 class LedgerMirror:
     """Follows the xray contract's events; thread-safe reads, one writer thread.
@@ -65,6 +63,8 @@ class LedgerMirror:
         mirror's thread (importing web3 takes a second: Orthanc's start does not wait).
     from_block:
         The contract's deployment block: no event of it is older.
+    log_range:
+        The most blocks one ``eth_getLogs`` may span (Besu refuses wider ranges).
     interval:
         Seconds between polls.
     log:
@@ -79,6 +79,7 @@ class LedgerMirror:
         *,
         connect: Callable[[], XrayLedger],
         from_block: int = 0,
+        log_range: int = 5_000,
         interval: float = 2.0,
         log: Callable[[str], None] = lambda message: None,
         trusted_recorders: frozenset[str] | None = None,
@@ -86,6 +87,7 @@ class LedgerMirror:
         self._connect = connect
         self._ledger: XrayLedger | None = None
         self._next = from_block
+        self._log_range = log_range
         self.interval = interval
         self.log = log
         self._trusted_recorders = trusted_recorders
@@ -167,7 +169,7 @@ class LedgerMirror:
         head = int(ledger.w3.eth.block_number)
         start = self._next
         while start <= head:
-            end = min(head, start + BLOCKS_PER_QUERY - 1)
+            end = min(head, start + self._log_range - 1)
             self._apply(ledger, start, end)
             self._next = end + 1
             self._synced = end

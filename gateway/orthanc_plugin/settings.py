@@ -11,6 +11,7 @@ an administrator running their own Orthanc writes it by hand::
         "ContractAddress": "0x…",                 // with ChainUrl
         "FromBlock": 0,                           // the contract's deployment block
         "TrustedRecorders": "0xabc…,0xdef…",      // optional: only these recorders count
+        "LogRange": 5000,                         // most blocks per eth_getLogs (Besu's limit)
         "WebViewer": true,                        // the Orthanc Web Viewer plugin is loaded
         "FailClosed": true,                       // refuse, not serve, what cannot be checked
         "StoredFileToken": "…",                   // the gateway's secret for stored-file
@@ -51,6 +52,7 @@ class PluginSettings:
     chain_url: str | None
     contract_address: str | None
     from_block: int
+    log_range: int
     web_viewer: bool
     sync_storage: bool
     mirror_interval: float
@@ -102,6 +104,7 @@ class PluginSettings:
             chain_url=str(chain_url) if chain_url else None,
             contract_address=str(address) if address else None,
             from_block=int(section.get("FromBlock", 0)),
+            log_range=max(1, int(section.get("LogRange", 5_000))),
             web_viewer=bool(section.get("WebViewer", False)),
             sync_storage=bool(config.get("SyncStorageArea", True)),
             mirror_interval=float(section.get("MirrorInterval", 2.0)),
