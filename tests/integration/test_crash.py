@@ -143,6 +143,10 @@ def check_after_restart(up: Up, files: list[Path], answers: dict[str, str]) -> d
         for path in files:
             was_acked = answers.get(str(path)) == "Success"
             found = copies(up, client, ledger, uid_of(path))
+            deadline = time.monotonic() + 120
+            while found.status == "pending" and time.monotonic() < deadline:
+                time.sleep(0.2)  # re-anchored, on its way to the PACS: not final yet
+                found = copies(up, client, ledger, uid_of(path))
             complete = found == Copies("intact", 1, 1, True)
             figures["acked"] += was_acked
             figures["committed"] += complete
