@@ -92,16 +92,15 @@ class SingleAnchorer:
 
     def _find(self, item: AnchorItem) -> AnchorResult | None:
         """The transaction that already recorded ``item.digest`` under its key, if any."""
-        for name in ("ImageRecorded", "ImageSuperseded"):
-            for event in self.ledger.events(name, filters={"recordKey": item.record_key}):
-                if event.args["digest"] == item.digest:
-                    block = self.ledger.w3.eth.get_block(event.block_number)
-                    return AnchorResult(
-                        tx_hash=event.tx_hash,
-                        block_number=event.block_number,
-                        block_time=int(block["timestamp"]),
-                        recorder=str(event.args["recorder"]),
-                    )
+        for event in self.ledger.version_events(item.record_key):
+            if event.args["digest"] == item.digest:
+                block = self.ledger.w3.eth.get_block(event.block_number)
+                return AnchorResult(
+                    tx_hash=event.tx_hash,
+                    block_number=event.block_number,
+                    block_time=int(block["timestamp"]),
+                    recorder=str(event.args["recorder"]),
+                )
         return None
 
 

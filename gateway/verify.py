@@ -494,7 +494,7 @@ class Verifier:
                 at=Position(event.block_number, event.log_index),
                 reason=retire_reason_name(event.args["reason"]),
             )
-            for event in self.ledger.events("ImageRetired", filters={"recordKey": record_key})
+            for event in self.ledger.retirement_events(record_key)
         ]
         return rule(anchorings, retirements, self.roles.trust())
 
@@ -660,23 +660,22 @@ class Verifier:
     def _direct(self, record_key: bytes) -> list[Anchoring[Record]]:
         """Every version written straight under ``record_key`` (``recordImage``/``supersede…``)."""
         found: list[Anchoring[Record]] = []
-        for name in ("ImageRecorded", "ImageSuperseded"):
-            for event in self.ledger.events(name, filters={"recordKey": record_key}):
-                args = event.args
-                recorder = str(args["recorder"])
-                record = Record(
-                    record_key=record_key,
-                    patient_key=bytes(cast(bytes, args["patientKey"])),
-                    digest=bytes(cast(bytes, args["digest"])),
-                    pixel_digest=bytes(cast(bytes, args["pixelDigest"])),
-                    version=int(cast(int, args.get("version", 1))),
-                    tx_hash=event.tx_hash,
-                    block_number=event.block_number,
-                    block_time=None,
-                    recorder=recorder,
-                )
-                at = Position(event.block_number, event.log_index)
-                found.append(Anchoring(recorder, at, record.digest, batched=False, item=record))
+        for event in self.ledger.version_events(record_key):
+            args = event.args
+            recorder = str(args["recorder"])
+            record = Record(
+                record_key=record_key,
+                patient_key=bytes(cast(bytes, args["patientKey"])),
+                digest=bytes(cast(bytes, args["digest"])),
+                pixel_digest=bytes(cast(bytes, args["pixelDigest"])),
+                version=int(cast(int, args.get("version", 1))),
+                tx_hash=event.tx_hash,
+                block_number=event.block_number,
+                block_time=None,
+                recorder=recorder,
+            )
+            at = Position(event.block_number, event.log_index)
+            found.append(Anchoring(recorder, at, record.digest, batched=False, item=record))
         return found
 
     def _batched(self, record_key: bytes, uid: str) -> list[Anchoring[Record]]:

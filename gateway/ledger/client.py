@@ -329,6 +329,46 @@ class XrayLedger:
             retire_reason=retire_reason_name(reason),
         )
 
+    def version_events(self, record_key: bytes) -> list[LedgerEvent]:
+        """The ``ImageRecorded``/``ImageSuperseded`` events of every version stored under
+        ``record_key``, oldest first, whoever wrote them.
+
+        ``versionOf`` says in which block each version was mined, so only those blocks are
+        read (one single-block ``eth_getLogs`` per event name and block), not the chain since
+        the deployment in :attr:`log_range` windows: a verdict costs the same on a chain a
+        year old as on a new one.
+        """
+        image = self.image_of(record_key)
+        if image is None:
+            return []
+        blocks = sorted(
+            {self.version_of(record_key, v).block_number for v in range(1, image.versions + 1)}
+        )
+        found = [
+            event
+            for block in blocks
+            for name in ("ImageRecorded", "ImageSuperseded")
+            for event in self.events(
+                name, from_block=block, to_block=block, filters={"recordKey": record_key}
+            )
+        ]
+        return sorted(found, key=lambda event: (event.block_number, event.log_index))
+
+    def retirement_events(self, record_key: bytes) -> list[LedgerEvent]:
+        """The ``ImageRetired`` events of ``record_key``, oldest first.
+
+        The chain is read only when a retirement can be standing: the key's image says it is
+        retired, or the key has no stored version but an owner (a batched key is retired
+        through its proof, which settles its owner). A key with neither has none that count:
+        a displaced squatter's retirement is cleared with its ownership.
+        """
+        image = self.image_of(record_key)
+        if image is not None and not image.retired:
+            return []
+        if image is None and self.owner_of(record_key) is None:
+            return []
+        return self.events("ImageRetired", filters={"recordKey": record_key})
+
     def retirement_of(self, record_key: bytes) -> Retirement | None:
         """Whether (and by whom, when, why) the record under ``record_key`` was retired.
 
@@ -337,7 +377,7 @@ class XrayLedger:
         image = self.image_of(record_key)
         if image is None:  # a batched image has no record; its retirement is an event, the
             # newest one (a squatter's retirement, made void by the owner, comes before it)
-            for event in reversed(self.events("ImageRetired", filters={"recordKey": record_key})):
+            for event in reversed(self.retirement_events(record_key)):
                 block = self.w3.eth.get_block(event.block_number)
                 return Retirement(
                     by=str(event.args["by"]), at=int(block["timestamp"]),

@@ -3,7 +3,8 @@
 anvil answers ``eth_getLogs`` over any range; Besu refuses one wider than
 ``--rpc-max-logs-range`` (5,000 blocks by default). The relay forwards every request to
 anvil unchanged, except an ``eth_getLogs`` whose range spans more than ``max_range``
-blocks: that one gets Besu's error. ``wide`` counts the refusals.
+blocks: that one gets Besu's error. ``refused`` counts the refusals, and
+``topic_queries`` the ``eth_getLogs`` that filter on one topic (say, a record key).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class LogRangeRelay:
         self.port = free_port()
         self.refused = 0
         self.log_queries = 0
+        self.topic_queries: dict[str, int] = {}
         self._lock = threading.Lock()
         relay = self
 
@@ -66,6 +68,8 @@ class LogRangeRelay:
         if request.get("method") == "eth_getLogs":
             with self._lock:
                 self.log_queries += 1
+                for topic in _topics(request["params"][0]):
+                    self.topic_queries[topic] = self.topic_queries.get(topic, 0) + 1
             span = self._span(request["params"][0])
             if span is not None and span > self.max_range:
                 with self._lock:
@@ -97,3 +101,13 @@ class LogRangeRelay:
         )
         with urllib.request.urlopen(http, timeout=60) as response:
             return json.loads(response.read())
+
+
+def _topics(query: dict[str, Any]) -> set[str]:
+    """Every topic an ``eth_getLogs`` filter names (lowercase hex), at any position."""
+    found: set[str] = set()
+    for topic in query.get("topics") or ():
+        for one in topic if isinstance(topic, list) else [topic]:
+            if isinstance(one, str):
+                found.add(one.lower())
+    return found

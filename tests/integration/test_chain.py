@@ -238,7 +238,6 @@ def _windows(up: Up, relay: LogRangeRelay, chain: Anvil, address: str, tmp_path:
         verdict = api.get(f"/v1/instances/{first['sop_instance_uid']}/verify").json()
         assert verdict["status"] == "intact", verdict
         assert verdict["evidence"]["tx_hash"] == first["tx_hash"]
-
         # a new version, blocks later: the anchorer looks for it in every window first
         _mine(chain, 3 * LOG_RANGE)
         edit_patient_name(study.files[0], "Version^Two")
@@ -246,6 +245,17 @@ def _windows(up: Up, relay: LogRangeRelay, chain: Anvil, address: str, tmp_path:
         assert second["tx_hash"] and second["tx_hash"] != first["tx_hash"], second["last_error"]
         image = XrayLedger.at(chain.url, address).image_of(bytes(first["record_key"]))
         assert image is not None and image.versions == 2
+        # a verdict reads the blocks its record names, not every window since the deployment:
+        # as many log queries under the key after 3 more windows of blocks as before them
+        topic = "0x" + bytes(first["record_key"]).hex()
+        before = relay.topic_queries.get(topic, 0)
+        assert api.get(f"/v1/instances/{second['sop_instance_uid']}/verify").status_code == 200
+        once = relay.topic_queries.get(topic, 0) - before
+        _mine(chain, 3 * LOG_RANGE)
+        assert api.get(f"/v1/instances/{second['sop_instance_uid']}/verify").status_code == 200
+        assert relay.topic_queries.get(topic, 0) - before - once == once, relay.topic_queries
+        assert once > 0  # the blocks of its versions, once per event name and look-up
+
         _mine(chain, 3 * LOG_RANGE)
 
         views = api.get(f"/v1/recorders/{up.value('recorder')}/records").json()
