@@ -28,6 +28,8 @@ def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     stack = Stack(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C stops it even when started with SIGINT ignored (a shell's background job, nohup)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         stack.start()
         print(stack.banner(), flush=True)

@@ -38,16 +38,20 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 class Up:
     """`xray-gateway up` in the background; ``banner`` holds what it printed."""
 
-    def __init__(self, env: dict[str, str], *, timeout: float = 180) -> None:
+    def __init__(
+        self, env: dict[str, str], *, timeout: float = 180, sigint_ignored: bool = False
+    ) -> None:
         self.env = env
         self.data_dir = Path(env["GATEWAY_DATA_DIR"])
         self.dicom_port = int(env["GATEWAY_DICOM_PORT"])
         self.api_port = int(env["GATEWAY_API_PORT"])
         log = self.data_dir.parent / "up.log"
         self.log = log.open("a")
+        # sigint_ignored: started as a shell's background job is (SIGINT set to SIG_IGN)
         self.proc = subprocess.Popen(
-            [EXE, "up"], env=env, stdout=subprocess.PIPE, stderr=self.log, text=True
-        )
+            [EXE, "up"], env=env, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,
+        )  # fmt: skip
         self.banner: list[str] = []
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None

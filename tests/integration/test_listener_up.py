@@ -148,3 +148,13 @@ def test_memory_returns_to_its_baseline_after_hostile_associations(
     settled = rss_mb(up.pid)
     record_property("rss_mb", {"baseline": baseline, "peak": peak, "settled": settled})
     print(f"listener RSS: baseline {baseline:.0f} MB, peak {peak:.0f} MB, settled {settled:.0f} MB")
+
+
+def test_ctrl_c_stops_a_gateway_started_with_sigint_ignored(tmp_path: Path) -> None:
+    """A shell's background job (and nohup) starts with SIGINT ignored; the banner's "Press
+    Ctrl-C to stop" must still hold, or the gateway outlives whoever stops it that way."""
+    up = Up(gateway_env(tmp_path / "var"), sigint_ignored=True)
+    try:
+        assert echo(up.dicom_port)
+    finally:
+        assert up.stop() == 0
