@@ -76,7 +76,12 @@ class Up:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         try:
-            return self.proc.wait(90)
+            try:
+                return self.proc.wait(90)
+            except subprocess.TimeoutExpired:  # Ctrl-C ignored: stop it anyway, then say so
+                self.proc.terminate()
+                self.proc.wait(90)
+                raise AssertionError("up ignored Ctrl-C for 90 s; stopped with SIGTERM") from None
         finally:
             assert self.proc.stdout is not None
             self.proc.stdout.close()
