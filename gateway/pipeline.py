@@ -657,10 +657,14 @@ class Pipeline:
         target = self._sealed_path(row)
         tmp = target.with_suffix(".tmp")
         kek = self.keyring.current
+        sealed = hashlib.sha256()  # what is sealed must be what was acked and fingerprinted
         with self.spool.path_of(row.entry_id).open("rb") as plain, tmp.open("wb") as out:
-            seal(plain, out, record_key=row.record_key, digest=row.digest, kek=kek)
+            seal(plain, out, record_key=row.record_key, digest=row.digest, kek=kek, hasher=sealed)
             out.flush()
             os.fsync(out.fileno())
+        if row.spool_sha256 is not None and sealed.digest() != row.spool_sha256:
+            tmp.unlink(missing_ok=True)
+            self._swapped(row, f"it changed before sealing: {sealed.hexdigest()[:16]}…")
         tmp.rename(target)
         fsync_dir(self.sealed_dir)
         self.index.update(row.id, stage="put", kek_id=kek.kek_id, attempts=0, last_error=None)

@@ -59,7 +59,7 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -78,6 +78,12 @@ from gateway.errors import (
     SealUnsupported,
 )
 from gateway.keys import Kek, Keyring
+
+
+class Hasher(Protocol):
+    """What :func:`seal` feeds the plaintext to, as it seals (``hashlib.sha256()``)."""
+
+    def update(self, data: memoryview, /) -> None: ...
 
 MAGIC = b"XRAYSEAL"
 FORMAT_VERSION = 1
@@ -367,6 +373,7 @@ def seal(
     digest: bytes,
     kek: Kek,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
+    hasher: Hasher | None = None,
 ) -> int:
     """Seal everything ``plaintext`` holds into ``out``.
 
@@ -382,6 +389,9 @@ def seal(
         The KEK that wraps the object's fresh data key.
     segment_size:
         Plaintext bytes per segment.
+    hasher:
+        Also fed every plaintext byte, in the same pass (``hashlib.sha256()``): what was
+        sealed can then be compared with what was expected, without reading it twice.
 
     Returns
     -------
@@ -392,6 +402,8 @@ def seal(
     buffer = memoryview(bytearray(segment_size + TAG_SIZE))
     written = _write(out, _join(sealer._take_header()))
     for view in _segments(plaintext, segment_size):
+        if hasher is not None:
+            hasher.update(view)
         for unit in sealer._cutter.feed(view, borrow=True):
             written += _write(out, sealer._seal_into(unit, final=False, buffer=buffer))
     written += _write(out, sealer._seal_into(sealer._cutter.rest(), final=True, buffer=buffer))

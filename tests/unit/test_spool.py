@@ -12,6 +12,7 @@ import pytest
 import dicom_fixtures
 from gateway.alerts import Alerts
 from gateway.index import SCHEMA, Index, Row
+from gateway.keys import Kek, Keyring
 from gateway.pipeline import Pipeline, Retry
 from gateway.spool import Spool
 
@@ -171,3 +172,41 @@ def test_an_index_from_before_spool_binding_is_upgraded(tmp_path: Path) -> None:
         spool_sha256=b"\x01" * 32,
     )  # fmt: skip
     assert index.get(new).spool_sha256 == b"\x01" * 32
+
+
+class SwapBeforeSeal(Pipeline):
+    """The real fingerprint and seal stages; between them the spool file is swapped."""
+
+    def __init__(self, index: Index, spool: Spool, alerts: Alerts, tmp: Path, swap: bytes) -> None:
+        unused = cast(Any, None)
+        super().__init__(
+            index=index, spool=spool, store=unused, keyring=Keyring.of(Kek("kek-20261205-aaaaaaaa", bytes(range(32)))),
+            pseudonym_key=b"k" * 32, anchorer=unused, forwarder=unused,
+            sealed_dir=tmp / "sealed", workers=1, alerts=alerts,
+        )  # fmt: skip
+        self.swap = swap
+
+    def _stage_seal(self, row: Row) -> None:
+        self.spool.path_of(row.entry_id).write_bytes(self.swap)
+        super()._stage_seal(row)
+
+    def _stage_put(self, row: Row) -> None:
+        raise Retry("the test stops here")
+
+
+def test_a_spool_file_swapped_between_fingerprint_and_seal_is_never_sealed(
+    tmp_path: Path, two_images: list[Path]
+) -> None:
+    index, spool = Index(tmp_path / "index.sqlite"), Spool(tmp_path / "spool", reserve_bytes=0)
+    alerts = Alerts(tmp_path / "alerts.sqlite")
+    pipeline = SwapBeforeSeal(index, spool, alerts, tmp_path, two_images[1].read_bytes())
+    row_id, _ = acked(index, spool, two_images[0])
+
+    pipeline.process(row_id)  # fingerprint: the acked bytes
+    pipeline.process(row_id)  # seal: someone else's
+
+    row = index.get(row_id)
+    assert (row.stage, row.parked_stage) == ("failed", "seal")
+    assert row.last_error is not None and "changed before sealing" in row.last_error
+    assert list((tmp_path / "sealed").iterdir()) == []  # neither the object nor its temporary
+    assert [a.kind for a in alerts.recent()] == ["spool_swapped"]
