@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from gateway import errors
+import dicom_fixtures
+from gateway import errors, keys
+from gateway.fingerprint import fingerprint_and_header
 from gateway.ledger import (
     Anchor,
     BatchedLeaf,
@@ -22,6 +25,7 @@ from gateway.ledger import (
     leaf_hash,
 )
 from gateway.ledger.anvil import Anvil
+from gateway.verify import Verifier
 from tests.conftest import Cast
 
 SEED_DIGEST = bytes.fromhex("16c8a694c91b80f1d97efb91455ab8b3facd6221ea401d740086722d4bad0134")
@@ -715,3 +719,32 @@ def test_a_key_written_directly_before_the_batch_keeps_its_owner(
 
 def _supersede_key(ledger: XrayLedger, record_key: bytes, label: str) -> Anchor:
     return ledger.supersede_image(record_key=record_key, **_new_version(label))
+
+
+def test_a_rival_recorders_refused_attempts_leave_the_firsts_verdict_intact(
+    xray: XrayLedger, accounts: dict[str, LocalAccount], tmp_path: Path
+) -> None:
+    """The issue's check, as a verdict: after the rival's supersede and retire revert, the
+    verifier still finds the owner's version, intact, with the owner as its recorder."""
+    (image,) = dicom_fixtures.ct_series(tmp_path, 1, rows=8, cols=8)
+    pseudonym_key = b"p" * 32
+    with image.open("rb") as stream:
+        fp, header = fingerprint_and_header(stream)
+    record_key = keys.record_key(pseudonym_key, header.sop_instance_uid)
+    xray.as_account(accounts["owner"]).record_image(
+        record_key=record_key, patient_key=key("patient:ken"), digest=fp.digest,
+        pixel_digest=fp.pixel_digest, body_part="CHEST", modality="CT",
+    )  # fmt: skip
+    forger = xray.as_account(accounts["rival"])
+    with pytest.raises(errors.XrayNotOwner):
+        forger.supersede_image(
+            record_key=record_key, patient_key=key("patient:ken"), digest=key("forged"),
+            pixel_digest=key("forged px"), body_part="CHEST", modality="CT",
+        )  # fmt: skip
+    with pytest.raises(errors.XrayNotOwner):
+        forger.retire_image(record_key=record_key, reason="withdrawn")
+
+    verdict = Verifier(ledger=xray, pseudonym_key=pseudonym_key).file(image)
+    assert verdict.status == "intact", verdict
+    assert verdict.evidence.recorder == accounts["owner"].address
+    assert verdict.evidence.version == 1 and verdict.evidence.foreign_claims == []
