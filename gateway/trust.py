@@ -172,7 +172,9 @@ def rule(
         The role history (or configured list).
     """
     ordered = sorted(anchorings, key=lambda a: a.at)
-    owner = next((a.account for a in ordered if trust.recorder(a.account, a.at)), None)
+    # As the contract settles it: within one block a batch comes before a direct write.
+    first = sorted(anchorings, key=lambda a: (a.at.block_number, not a.batched, a.at.log_index))
+    owner = next((a.account for a in first if trust.recorder(a.account, a.at)), None)
     if owner is None:
         return Ruling(owner=None, foreign=tuple(ordered))
     accepted: list[Anchoring[T]] = []

@@ -114,3 +114,11 @@ def test_addresses_and_reasons_parse() -> None:
     with pytest.raises(ValueError, match="not an Ethereum address"):
         parse_accounts("0x1234")
     assert retire_reason_name(2) == "wrong_patient" and "unknown" in retire_reason_name(9)
+
+
+def test_within_one_block_a_batch_owns_the_key_before_a_direct_write() -> None:
+    # The contract keeps a direct owner only if it wrote in an earlier block than the batch
+    # (supersedeBatchedImage displaces it otherwise); the verifiers agree, log order aside.
+    squat, batch = write(ROGUE, 25, 9, log=0), write(GATEWAY, 25, 1, batched=True, log=1)
+    ruling = rule([squat, batch], [], Trust(HISTORY))
+    assert (ruling.owner, ruling.newest, ruling.foreign) == (GATEWAY, batch, (squat,))
