@@ -74,6 +74,8 @@ from gateway.spool import Spool, fsync_dir
 from gateway.store import ObjectStore
 
 log = logging.getLogger(__name__)
+#: Stages past ``forward``: the PACS holds the row, and its spool copy may be gone.
+FORWARDED = ("committed", "conflict")
 
 
 @dataclass(frozen=True)
@@ -367,7 +369,8 @@ class Pipeline:
         oldest first, so that a version is recorded before the one that supersedes it;
         their stage is left as it is (a committed row stays committed). A lost batch is
         re-opened and landed again whole (same members, same root, so the same proofs); its
-        rows pass through ``forward`` again, which Orthanc answers ``AlreadyStored``.
+        rows keep their stage too (a committed row's spool copy is gone: it is not
+        forwarded again).
         """
         lost: list[Row] = []
         checked: dict[str, bool] = {}
@@ -534,7 +537,10 @@ class Pipeline:
             block_number=first.block_number,
             rows={
                 row.id: {
-                    "stage": "forward", "tx_hash": result.tx_hash,
+                    # a re-landed batch (the chain lost it) leaves its forwarded rows as
+                    # they were: their spool copies are gone and Orthanc holds them
+                    "stage": row.stage if row.stage in FORWARDED else "forward",
+                    "tx_hash": result.tx_hash,
                     "block_number": result.block_number, "block_time": result.block_time,
                     "recorder": result.recorder, "batch_id": result.batch_id,
                     "leaf_index": result.leaf_index, "proof": result.proof, "attempts": 0,

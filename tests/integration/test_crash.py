@@ -278,6 +278,8 @@ def test_records_the_chain_lost_are_anchored_again_on_start(
                 break
             time.sleep(0.2)
         figures = check_after_restart(again, slices, {str(p): "Success" for p in slices})
+        # re-anchored, not re-forwarded: their spool copies are gone and Orthanc has them
+        assert {row["stage"] for row in again.rows()} == {"committed"}
     finally:
         assert again.stop() == 0
     said = re.findall(r"the chain no longer holds (\d+) anchored", log.read_bytes()[logged:].decode(errors="replace"))
