@@ -44,7 +44,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_role, evt
 
 from gateway.index import DONE_STAGES, Index, Row
-from gateway.receive import nodelay
+from gateway.listener import nodelay
 from gateway.tls import is_tls
 
 log = logging.getLogger(__name__)

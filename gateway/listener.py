@@ -439,3 +439,19 @@ def _peer(assoc: Association) -> str:
         return str(assoc.requestor.address)
     except Exception:
         return "?"
+
+
+def nodelay(event: Any) -> None:
+    """EVT_CONN_OPEN: TCP_NODELAY on the association's socket, once per connection.
+
+    pynetdicom leaves Nagle's algorithm on (it sets only ``SO_REUSEADDR``), which holds
+    back small PDUs (A-ASSOCIATE-AC, C-STORE and N-ACTION responses, N-EVENT-REPORTs)
+    until the peer's delayed ACK: tens of ms per instance. Bound for accepted and for
+    requested associations alike.
+    """
+    try:
+        sock = event.assoc.dul.socket.socket
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):
+        pass

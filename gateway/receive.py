@@ -22,7 +22,6 @@ association time: A-ASSOCIATE-RJ, rejected-permanent, calling AE title not recog
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import threading
 import time
@@ -49,7 +48,7 @@ from gateway.allowlist import Network, refusal
 from gateway.errors import DatasetTooLarge, DatasetUnreadable, SpoolUnavailable
 from gateway.fingerprint import MAX_INSTANCE_BYTES, checked_header
 from gateway.index import Index
-from gateway.listener import GuardedAssociationServer, ListenerLimits, start_server
+from gateway.listener import GuardedAssociationServer, ListenerLimits, nodelay, start_server
 from gateway.spool import IncomingFile, Spool
 
 if TYPE_CHECKING:
@@ -372,19 +371,3 @@ class Receiver:
             self.on_stored(row_id)
         failpoints.hit("receive.before_ack")
         return status(SUCCESS)
-
-
-def nodelay(event: Any) -> None:
-    """EVT_CONN_OPEN: TCP_NODELAY on the association's socket, once per connection.
-
-    pynetdicom leaves Nagle's algorithm on (it sets only ``SO_REUSEADDR``), which holds
-    back small PDUs (A-ASSOCIATE-AC, C-STORE and N-ACTION responses, N-EVENT-REPORTs)
-    until the peer's delayed ACK: tens of ms per instance. Bound for accepted and for
-    requested associations alike.
-    """
-    try:
-        sock = event.assoc.dul.socket.socket
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (AttributeError, OSError):
-        pass
