@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.alerts import Alerts
-from gateway.errors import GatewayError
+from gateway.errors import AuditRunning, GatewayError, UnknownInstance
 from gateway.index import Index, error_class
 from gateway.statuses import STATUSES, TABLE
-from gateway.verify import PENDING_STAGES, NotFound, Verdict, Verifier
+from gateway.verify import PENDING_STAGES, Verdict, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def sweep(
     def check(uid: str) -> None:
         try:
             verdict = verifier.instance(uid)
-        except NotFound:
+        except UnknownInstance:
             return  # vanished from both the PACS and the index while we swept
         with lock:
             verdicts.append(verdict)
@@ -190,13 +190,6 @@ def sweep(
             )
     return AuditReport(summary=summary, findings=findings, ledger_records_without_instance=orphans)
 
-
-class AuditRunning(GatewayError):
-    """A sweep is in progress already; ``audit_id`` is its id."""
-
-    def __init__(self, audit_id: str) -> None:
-        super().__init__(f"audit {audit_id} is running")
-        self.audit_id = audit_id
 
 
 class Audits:

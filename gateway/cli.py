@@ -187,9 +187,10 @@ def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from gateway.chain import contract_address, open_ledger
+    from gateway.errors import UnknownInstance
     from gateway.keys import load_key_file, load_pseudonym_key
     from gateway.ledger import XrayLedger
-    from gateway.verify import NotFound, Verifier
+    from gateway.verify import Verifier
 
     key = (
         load_key_file(Path(args.pseudonym_key))
@@ -220,7 +221,7 @@ def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     for name in args.files:
         try:
             verdict = verifier.file(Path(name))
-        except NotFound:
+        except UnknownInstance:
             print(f"{name}: unregistered (no record on the ledger)", file=sys.stderr)
             failed += 1
             continue

@@ -33,9 +33,21 @@ translated at the boundary only: into a DICOM status in ``receive``, an HTTP pro
     │   ├── SealCorrupt             not an intact sealed object for this record_key and digest
     │   ├── SealUnsupported         written in a format version this gateway does not read
     │   └── SealKeyMissing          sealed under a KEK the keyring lacks (also a KeyringError)
-    └── StoreError                  anything on the object store side; as such, not transient
-        ├── StoreUnavailable        cannot be reached, timed out, or busy: retry later
-        └── ObjectNotFound          no object under that name
+    ├── StoreError                  anything on the object store side; as such, not transient
+    │   ├── StoreUnavailable        cannot be reached, timed out, or busy: retry later
+    │   └── ObjectNotFound          no object under that name
+    ├── UnknownInstance             not in the PACS, the index nor on the ledger (-> 404)
+    ├── CannotRestore               no verified original to put back (-> 409)
+    ├── MustWait                    a row waits for another (an older version, the anchor check)
+    ├── ChildFailed                 an embedded child process exited early or never got ready
+    ├── UploadsBusy                 every upload slot is taken (-> 429)
+    ├── UploadAreaFull              the upload quota or the disk reserve is reached (-> 507)
+    ├── AuditRunning                a sweep is running already; ``.audit_id`` (-> 409)
+    └── the Orthanc plugin's:
+        ├── PluginConfigError       Orthanc's configuration defeats a check: refuse to start
+        ├── IndexUnavailable        the gateway's index cannot be read
+        ├── OrthancResourceNotFound Orthanc has no such resource
+        └── ReadRefused             an attachment is not served; ``.verdict`` says why
 """
 
 from __future__ import annotations
@@ -299,3 +311,71 @@ class PacsRejected(ForwardError):
 
 class InstanceMissing(ForwardError):
     """Orthanc has no instance with that id (deleted, or never stored)."""
+
+
+# -- verification, restore and the pipeline's own waits ------------------------------------
+
+
+class UnknownInstance(GatewayError):
+    """Nobody has heard of the instance: not in the PACS, the index or on the ledger."""
+
+
+class CannotRestore(GatewayError):
+    """The original cannot be put back (no PACS, no record, retired, or the sealed copy fails)."""
+
+
+class MustWait(GatewayError):
+    """A stage cannot run yet (e.g. an older version of the same image is still in flight):
+    the row is retried like an outage, and logged at INFO."""
+
+
+# -- the Orthanc plugin ---------------------------------------------------------------------
+
+
+class IndexUnavailable(GatewayError):
+    """The plugin cannot read the gateway's index (missing, locked too long, corrupt)."""
+
+
+class OrthancResourceNotFound(GatewayError):
+    """The plugin asked Orthanc for a resource it does not have."""
+
+
+class ReadRefused(GatewayError):
+    """The plugin refuses to serve an attachment: Orthanc fails the read instead.
+
+    ``verdict`` is the plugin's :class:`~gateway.orthanc_plugin.verdict.Verdict` saying why.
+    """
+
+    def __init__(self, verdict: Any) -> None:
+        super().__init__(
+            f"xray-gateway refused SOP Instance {verdict.sop_instance_uid}: {verdict.status}. "
+            f"{verdict.headline}"
+        )
+        self.verdict = verdict
+
+
+# -- processes, uploads, audits and the plugin's configuration -----------------------------
+
+
+class ChildFailed(GatewayError):
+    """A child process exited early or never became ready."""
+
+
+class UploadsBusy(GatewayError):
+    """Every upload slot is taken."""
+
+
+class UploadAreaFull(GatewayError):
+    """Writing more would pass the upload quota or the spool's disk reserve."""
+
+
+class AuditRunning(GatewayError):
+    """A sweep is in progress already; ``audit_id`` is its id."""
+
+    def __init__(self, audit_id: str) -> None:
+        super().__init__(f"audit {audit_id} is running")
+        self.audit_id = audit_id
+
+
+class PluginConfigError(GatewayError):
+    """Orthanc's configuration does not let the plugin guarantee its checks."""

@@ -57,7 +57,7 @@ from gateway.alerts import Alerts
 from gateway.errors import (
     ChainUnavailable,
     DatasetUnreadable,
-    GatewayError,
+    MustWait,
     PacsUnavailable,
     SpoolSwapped,
     SpoolUnavailable,
@@ -163,9 +163,6 @@ class Forwarder(Protocol):
     def forward(self, path: Path, *, digest: bytes) -> ForwardOutcome: ...
 
 
-class Retry(GatewayError):
-    """A stage cannot run yet (e.g. an older version of the same image is still in flight)."""
-
 
 def object_name(record_key: bytes, digest: bytes) -> str:
     """``<hex record_key>/<hex digest>``: no PHI, and a new version never overwrites."""
@@ -179,7 +176,7 @@ PERMANENT_ATTEMPTS = 5
 
 # Unavailable downstreams, waits, and the OS saying "not now" (disk full, connection reset).
 TRANSIENT: tuple[type[BaseException], ...] = (
-    Retry,
+    MustWait,
     StoreUnavailable,
     ChainUnavailable,
     TransactionPending,
@@ -439,12 +436,12 @@ class Pipeline:
         reason = f"{row.stage}: {type(exc).__name__}: {exc}"[:500]
         if is_transient(exc):
             retry_in = backoff(row.attempts, cap=TRANSIENT_CAP_S)
-            level = logging.INFO if isinstance(exc, Retry) else logging.WARNING
+            level = logging.INFO if isinstance(exc, MustWait) else logging.WARNING
             log.log(
                 level, "row %d (%s): %s; retry in %.1f s", row.id, _short(row), reason, retry_in
             )
             self.index.fail(row.id, reason, retry_in=retry_in)
-            if not isinstance(exc, Retry):
+            if not isinstance(exc, MustWait):
                 with self._lock:
                     self._held_at.add(row.stage)
                 self._chain_down(exc)
@@ -699,9 +696,9 @@ class Pipeline:
             if other.id < row.id and other.stage in ("fingerprint", "seal", "put", "anchor")
         ]
         if older:
-            raise Retry(f"waiting for row {older[0].id}, an older version, to be anchored")
+            raise MustWait(f"waiting for row {older[0].id}, an older version, to be anchored")
         if not self._reconciled.is_set():
-            raise Retry("the anchors recorded so far are not checked against the chain yet")
+            raise MustWait("the anchors recorded so far are not checked against the chain yet")
         self._anchor(row, advance=True)
 
     def _anchor(self, row: Row, *, advance: bool) -> None:

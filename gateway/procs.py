@@ -29,16 +29,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from gateway.errors import GatewayError
+from gateway.errors import ChildFailed
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 log = logging.getLogger(__name__)
 
-
-class ChildFailed(GatewayError):
-    """A child process exited early or never became ready."""
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -7,14 +7,11 @@ import logging
 import tempfile
 from pathlib import Path
 
-from gateway.errors import GatewayError, InstanceMissing
-from gateway.verify import NotFound, Verdict, Verifier
+from gateway.errors import CannotRestore, GatewayError, InstanceMissing, UnknownInstance
+from gateway.verify import Verdict, Verifier
 
 log = logging.getLogger(__name__)
 
-
-class CannotRestore(GatewayError):
-    """There is no verified original to restore (unregistered, retired, or the store is corrupt)."""
 
 
 def restore(verifier: Verifier, sop_instance_uid: str) -> Verdict:
@@ -26,7 +23,7 @@ def restore(verifier: Verifier, sop_instance_uid: str) -> Verdict:
 
     Raises
     ------
-    NotFound
+    UnknownInstance
         Nobody knows the instance.
     CannotRestore
         No ledger record, a retired record, or no usable sealed original.
@@ -37,7 +34,7 @@ def restore(verifier: Verifier, sop_instance_uid: str) -> Verdict:
     record = verifier.record(sop_instance_uid)
     if record is None:
         if pacs.find(sop_instance_uid) is None and verifier.index is None:
-            raise NotFound(f"no instance {sop_instance_uid} anywhere")
+            raise UnknownInstance(f"no instance {sop_instance_uid} anywhere")
         raise CannotRestore(
             "the instance has no ledger record: there is no verified original to restore"
         )

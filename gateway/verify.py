@@ -45,12 +45,12 @@ from gateway.alerts import Alerts
 from gateway.errors import (
     DatasetTooLarge,
     DatasetUnreadable,
-    GatewayError,
     InstanceMissing,
     ObjectNotFound,
     PacsUnavailable,
     SealError,
     StoreError,
+    UnknownInstance,
     XrayUnknownBatch,
 )
 from gateway.fingerprint import (
@@ -94,9 +94,6 @@ DIFF_MAX_ELEMENTS = 100_000
 #: The ``source`` of the alerts a verifier records.
 ALERT_SOURCE = "verifier"
 
-
-class NotFound(GatewayError):
-    """Nobody has heard of the instance: not in the PACS, the index or on the ledger."""
 
 
 @dataclass(frozen=True)
@@ -383,7 +380,7 @@ class Verifier:
 
         Raises
         ------
-        NotFound
+        UnknownInstance
             Neither the PACS, the index nor the ledger knows the instance.
         """
         # The index first, the PACS after: a row seen pending here may be committed (and
@@ -425,7 +422,7 @@ class Verifier:
             The file's dataset inflates past ``max_instance_bytes`` (or ``limit``).
         DatasetUnreadable
             The file is not a readable DICOM Part-10 file.
-        NotFound
+        UnknownInstance
             Its SOP Instance UID was never recorded nor received.
         """
         cap = self.max_instance_bytes if limit is None else min(limit, self.max_instance_bytes)
@@ -441,7 +438,7 @@ class Verifier:
 
         Raises
         ------
-        NotFound
+        UnknownInstance
             Neither the PACS nor the index knows the study.
         """
         uids: dict[str, None] = {}
@@ -453,7 +450,7 @@ class Verifier:
                 if row.stage not in ("duplicate", "rejected"):
                     uids[row.sop_instance_uid] = None
         if not uids:
-            raise NotFound(f"no study {study_instance_uid} in the PACS or the gateway's index")
+            raise UnknownInstance(f"no study {study_instance_uid} in the PACS or the gateway's index")
         verdicts = [self.instance(uid, show_phi=show_phi) for uid in uids]
         return StudyVerdict(study_instance_uid, summarise(verdicts), verdicts)
 
@@ -549,7 +546,7 @@ class Verifier:
                     orthanc_id=orthanc_id, notes=reasons,
                 )  # fmt: skip
             if copy is None:
-                raise NotFound(f"no instance {uid} in the PACS, the gateway's index or the ledger")
+                raise UnknownInstance(f"no instance {uid} in the PACS, the gateway's index or the ledger")
             return Verdict(
                 uid, "unregistered", EXPLANATIONS["unregistered"], base,
                 Copies(pacs="ok", ledger="absent"), orthanc_id=orthanc_id,
@@ -1011,7 +1008,6 @@ __all__ = [
     "BatchEvidence",
     "Copies",
     "Evidence",
-    "NotFound",
     "Record",
     "StudyVerdict",
     "Verdict",

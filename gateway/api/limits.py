@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from gateway.errors import UploadAreaFull, UploadsBusy
+
 Clock = Callable[[], float]
 
 
@@ -69,13 +71,6 @@ def retry_after(seconds: float) -> str:
     """A ``Retry-After`` value: whole seconds, at least 1."""
     return str(max(1, math.ceil(seconds)))
 
-
-class UploadsBusy(Exception):
-    """Every upload slot is taken."""
-
-
-class UploadAreaFull(Exception):
-    """Writing more would pass the upload quota or the spool's disk reserve."""
 
 
 class UploadArea:

@@ -21,16 +21,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import (
     AlertsUnavailable,
+    CannotRestore,
     ChainUnavailable,
     DatasetUnreadable,
     GatewayError,
     LedgerError,
     PacsUnavailable,
     StoreUnavailable,
+    UnknownInstance,
 )
 from gateway.redact import redact_text
-from gateway.restore import CannotRestore
-from gateway.verify import NotFound
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def server_problem(
 
 
 def _status_of(exc: GatewayError) -> tuple[int, str]:
-    if isinstance(exc, NotFound):
+    if isinstance(exc, UnknownInstance):
         return 404, "Not found"
     if isinstance(exc, CannotRestore):
         return 409, "Cannot restore"

@@ -11,8 +11,9 @@ from starlette.requests import ClientDisconnect
 
 from gateway import keys
 from gateway.api.deps import Restoring, ServicesDep, Uploading, Verifying
-from gateway.api.limits import Limits, Upload, UploadAreaFull, UploadsBusy
+from gateway.api.limits import Limits, Upload
 from gateway.api.problems import Problem, problem_responses
+from gateway.errors import UploadAreaFull, UploadsBusy
 from gateway.restore import restore
 from gateway.verify import StudyVerdict, Verdict
 

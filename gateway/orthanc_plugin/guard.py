@@ -26,7 +26,7 @@ Orthanc calls ``create``/``read``/``remove`` for every attachment. What each con
   :mod:`gateway.fingerprint`), makes sure the file is the instance Orthanc filed under that
   attachment (its SOP Instance UID and Orthanc id against the catalogue's, or against
   Orthanc's own record of the attachment), judges the bytes against the gateway's records
-  (:mod:`~gateway.orthanc_plugin.verdict`) and raises :class:`Refused` for content that
+  (:mod:`~gateway.orthanc_plugin.verdict`) and raises :class:`~gateway.errors.ReadRefused` for content that
   must not leave the PACS. Orthanc then fails the request (500 on ``/file``, 415 on
   ``/preview``, a failed sub-operation on C-GET/C-MOVE).
 - Fail-closed (``XrayGateway.FailClosed``): a verdict whose evidence could not be read
@@ -48,10 +48,10 @@ from typing import Protocol, cast
 
 import pydicom
 
-from gateway.errors import DatasetUnreadable
+from gateway.errors import DatasetUnreadable, IndexUnavailable, ReadRefused
 from gateway.fingerprint import MAX_INSTANCE_BYTES, dataset_offset, fingerprint_bytes, read_header
 from gateway.orthanc_plugin.catalog import Attachment, Catalog
-from gateway.orthanc_plugin.records import IndexUnavailable, RecordBook
+from gateway.orthanc_plugin.records import RecordBook
 from gateway.orthanc_plugin.storage import FileArea
 from gateway.orthanc_plugin.verdict import (
     PENDING_ALERT_S,
@@ -90,17 +90,6 @@ def serves(status: str, *, fail_closed: bool) -> bool:
     if fail_closed and status in FAIL_CLOSED_REFUSES:
         return False
     return SERVED.get(cast(Status, status), False)
-
-
-class Refused(Exception):
-    """Raised in ``read``: Orthanc fails the request instead of serving these bytes."""
-
-    def __init__(self, verdict: Verdict) -> None:
-        super().__init__(
-            f"xray-gateway refused SOP Instance {verdict.sop_instance_uid}: {verdict.status}. "
-            f"{verdict.headline}"
-        )
-        self.verdict = verdict
 
 
 class AlertSink(Protocol):
@@ -298,14 +287,14 @@ class Guard:
             )
 
     def read(self, uuid: str, content_type: int) -> bytes:
-        """Read the attachment; raise :class:`Refused` if it must not be served."""
+        """Read the attachment; raise :class:`~gateway.errors.ReadRefused` if it must not be served."""
         if content_type not in (DICOM, DICOM_AS_JSON, DICOM_UNTIL_PIXEL_DATA):
-            raise Refused(self._uncheckable_refused(uuid))
+            raise ReadRefused(self._uncheckable_refused(uuid))
         data = self.area.read(uuid)
         if content_type == DICOM:
             verdict = self.check(uuid, data)
             if not self.serves(verdict):
-                raise Refused(verdict)
+                raise ReadRefused(verdict)
         elif content_type == DICOM_UNTIL_PIXEL_DATA:
             self._check_header_copy(uuid, data)
         return data
@@ -602,9 +591,9 @@ class Guard:
                 checked_at=time.time(),
             )
             self._after(verdict, attachment.orthanc_id, uuid=uuid, on="read")
-            raise Refused(verdict)
+            raise ReadRefused(verdict)
         if last in ("tampered", "missing"):
-            raise Refused(
+            raise ReadRefused(
                 Verdict(
                     status="tampered",
                     sop_instance_uid=sop,

@@ -46,6 +46,7 @@ import numpy as np
 import pydicom
 
 from gateway.alerts import Alerts
+from gateway.errors import OrthancResourceNotFound
 from gateway.orthanc_plugin.catalog import Catalog
 from gateway.orthanc_plugin.guard import DICOM, Guard, dataset_digest
 from gateway.orthanc_plugin.ledger_mirror import LedgerMirror
@@ -70,9 +71,6 @@ DISPLAY_ATTRIBUTES = (
     "RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth", "PixelSpacing",
 )  # fmt: skip
 
-
-class NotFound(Exception):
-    """No such resource in Orthanc."""
 
 
 class XrayPlugin:
@@ -160,13 +158,13 @@ class XrayPlugin:
         try:
             return json.loads(self.orthanc.RestApiGet(uri))
         except self.orthanc.OrthancException as exc:
-            raise NotFound(uri) from exc
+            raise OrthancResourceNotFound(uri) from exc
 
     def orthanc_attachment(self, orthanc_id: str) -> str | None:
         """Orthanc's own record of the UUID of an instance's DICOM file (None: no instance)."""
         try:
             info = self._get_json(f"/instances/{orthanc_id}/attachments/dicom/info")
-        except NotFound:
+        except OrthancResourceNotFound:
             return None
         return str(info["Uuid"])
 
@@ -231,7 +229,7 @@ class XrayPlugin:
                 return
             try:
                 answer = self.summary(level, request["groups"][0])
-            except NotFound:
+            except OrthancResourceNotFound:
                 _send_status(output, 404, f"no such {LEVELS[level]} in Orthanc")
                 return
             output.AnswerBuffer(json.dumps(answer, indent=2), "application/json")
@@ -249,7 +247,7 @@ class XrayPlugin:
         orthanc_id = request["groups"][0]
         try:
             uuid = self.attachment_uuid(orthanc_id)
-        except NotFound:
+        except OrthancResourceNotFound:
             _send_status(output, 404, "no such instance in Orthanc")
             return
         try:
@@ -279,7 +277,7 @@ class XrayPlugin:
         try:
             uuid = self.attachment_uuid(orthanc_id)
             data = self.guard.area.read(uuid)
-        except (NotFound, FileNotFoundError):
+        except (OrthancResourceNotFound, FileNotFoundError):
             _send_status(output, 404, "no such instance in Orthanc")
             return
         verdict = self.guard.check(uuid, data, orthanc_id=orthanc_id)
@@ -304,7 +302,7 @@ class XrayPlugin:
             series = self._get_json(f"/series/{series_id}")
             summary = self.summary("series", series_id)
             study = self._get_json(f"/studies/{series['ParentStudy']}")
-        except NotFound:
+        except OrthancResourceNotFound:
             _send_status(output, 404, "no such series in Orthanc")
             return
         refused = {item["id"] for item in summary["instances"] if not item["served"]}
@@ -319,7 +317,7 @@ class XrayPlugin:
                 slices.extend(
                     f"{name(instance_id)}_{frame}" for frame in range(first, first + count)
                 )
-        except NotFound:
+        except OrthancResourceNotFound:
             slices = [f"{name(item['id'])}_0" for item in summary["instances"]]
         description = series.get("MainDicomTags", {}).get("SeriesDescription", "")
         if summary["status"] != "intact":

@@ -7,12 +7,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from gateway.errors import IndexUnavailable
 from gateway.orthanc_plugin.verdict import Version
-
-
-class IndexUnavailable(Exception):
-    """The gateway's index cannot be read (missing, locked too long, corrupt)."""
-
 
 # The versions a copy may legitimately be: every row that was not a duplicate or a
 # rejected reception and has been fingerprinted, oldest first.

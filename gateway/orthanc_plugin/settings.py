@@ -30,15 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.errors import PluginConfigError
 from gateway.fingerprint import MAX_INSTANCE_BYTES
 from gateway.orthanc_plugin.verdict import PENDING_ALERT_S
 from gateway.trust import parse_accounts
 
 SECTION = "XrayGateway"
 
-
-class PluginConfigError(Exception):
-    """Orthanc's configuration does not let the plugin guarantee its checks."""
 
 
 @dataclass(frozen=True)

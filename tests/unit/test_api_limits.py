@@ -20,10 +20,15 @@ from gateway.alerts import Alerts
 from gateway.api.app import Health, create_app
 from gateway.api.auth import Tokens, ensure_token
 from gateway.api.deps import Services
-from gateway.api.limits import Limits, RateLimiter, UploadArea, UploadAreaFull, UploadsBusy
-from gateway.audit import AuditRunning, Audits
-from gateway.errors import PacsUnavailable
-from gateway.verify import NotFound
+from gateway.api.limits import Limits, RateLimiter, UploadArea
+from gateway.audit import Audits
+from gateway.errors import (
+    AuditRunning,
+    PacsUnavailable,
+    UnknownInstance,
+    UploadAreaFull,
+    UploadsBusy,
+)
 from tests.serve import serve as serve_url
 
 SECRET = "s3cr3t-pw"
@@ -116,7 +121,7 @@ class StandInVerifier:
     ) -> Any:
         self.uploads.append((path, path.stat().st_size))
         self.inflation = (scratch, limit)
-        raise NotFound("no such instance was ever recorded")
+        raise UnknownInstance("no such instance was ever recorded")
 
     def find_instances(self, query: dict[str, str]) -> list[tuple[str, str]]:
         self.release.wait(30)

@@ -20,6 +20,7 @@ import pytest
 
 import dicom_fixtures
 from gateway.alerts import Alerts
+from gateway.errors import PluginConfigError, ReadRefused
 from gateway.fingerprint import dataset_offset, fingerprint_bytes, read_header
 from gateway.index import Index
 from gateway.ledger.merkle import MerkleTree, encode_proof, leaf_hash
@@ -29,7 +30,6 @@ from gateway.orthanc_plugin.guard import (
     DICOM,
     DICOM_UNTIL_PIXEL_DATA,
     Guard,
-    Refused,
     _walk_meta,
     dataset_fingerprint,
     orthanc_instance_id,
@@ -37,7 +37,7 @@ from gateway.orthanc_plugin.guard import (
 )
 from gateway.orthanc_plugin.ledger_mirror import LedgerMirror
 from gateway.orthanc_plugin.records import RecordBook
-from gateway.orthanc_plugin.settings import PluginConfigError, PluginSettings
+from gateway.orthanc_plugin.settings import PluginSettings
 from gateway.orthanc_plugin.storage import FileArea
 from gateway.orthanc_plugin.verdict import (
     LedgerFacts,
@@ -242,7 +242,7 @@ def test_read_refuses_a_flipped_byte_and_alerts_once_per_incident(setup: Setup) 
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
     for _ in range(3):
-        with pytest.raises(Refused) as refused:
+        with pytest.raises(ReadRefused) as refused:
             setup.guard.read(name, DICOM)
     assert refused.value.verdict.status == "tampered"
     assert refused.value.verdict.changed == "pixels"
@@ -260,7 +260,7 @@ def test_read_refuses_a_flipped_byte_and_alerts_once_per_incident(setup: Setup) 
     copy = str(uuid.uuid4())
     offset = bytes(data).index(b"\xe0\x7f\x10\x00")
     setup.guard.create(copy, DICOM_UNTIL_PIXEL_DATA, bytes(data[:offset]))
-    with pytest.raises(Refused):
+    with pytest.raises(ReadRefused):
         setup.guard.read(copy, DICOM_UNTIL_PIXEL_DATA)
 
 
@@ -273,7 +273,7 @@ def test_an_edited_header_copy_is_refused(setup: Setup) -> None:
     assert setup.guard.read(copy, DICOM_UNTIL_PIXEL_DATA)
     path = setup.guard.area.path(copy)
     path.write_bytes(path.read_bytes().replace(b"BENCHMARK^CT", b"SOMEONE^ELSE"))
-    with pytest.raises(Refused):
+    with pytest.raises(ReadRefused):
         setup.guard.read(copy, DICOM_UNTIL_PIXEL_DATA)
 
 
@@ -298,7 +298,7 @@ def test_user_defined_attachments_such_as_the_dicomweb_metadata_cache_are_refuse
 ) -> None:
     name = str(uuid.uuid4())
     setup.guard.create(name, 0, b'[{"00100010": "FORGED"}]')  # Orthanc 1.10 passes 4301 as 0
-    with pytest.raises(Refused) as refused:
+    with pytest.raises(ReadRefused) as refused:
         setup.guard.read(name, 0)
     assert "cannot check" in refused.value.verdict.headline
     (alert,) = setup.alerts.recent()
@@ -314,7 +314,7 @@ def test_a_file_without_file_meta_gets_a_raw_arrival_digest(setup: Setup) -> Non
     assert row is not None and row.digest is None and row.sha256 == hashlib.sha256(bare).digest()
     assert setup.guard.read(name, DICOM) == bare  # unchanged: served, as unregistered
     setup.guard.area.path(name).write_bytes(bare[:-1] + bytes([bare[-1] ^ 1]))
-    with pytest.raises(Refused) as refused:
+    with pytest.raises(ReadRefused) as refused:
         setup.guard.read(name, DICOM)
     assert refused.value.verdict.status == "tampered"
     assert "?" not in {a.sop_instance_uid for a in setup.alerts.recent()}
@@ -601,7 +601,7 @@ def test_fail_closed_guard_refuses_and_alerts_on_an_unreadable_index(tmp_path: P
     )
     name = str(uuid.uuid4())
     guard.create(name, DICOM, path.read_bytes())
-    with pytest.raises(Refused) as refused:
+    with pytest.raises(ReadRefused) as refused:
         guard.read(name, DICOM)
     assert refused.value.verdict.status == "unverifiable"
     assert refused.value.verdict.headline.startswith("Refused")

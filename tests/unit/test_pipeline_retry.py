@@ -13,8 +13,8 @@ from gateway.index import Index, Row
 from gateway.pipeline import (
     PERMANENT_ATTEMPTS,
     TRANSIENT_CAP_S,
+    MustWait,
     Pipeline,
-    Retry,
     is_transient,
 )
 
@@ -39,7 +39,7 @@ class Scripted(Pipeline):
         self.index.update(row.id, stage="forward", attempts=0, last_error=None)
 
     def _stage_forward(self, row: Row) -> None:
-        raise Retry("stop here")
+        raise MustWait("stop here")
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def at_anchor(index: Index, n: int) -> int:
 
 
 def test_what_counts_as_transient() -> None:
-    for exc in (StoreUnavailable("x"), ChainUnavailable("x"), Retry("x"), TimeoutError(),
+    for exc in (StoreUnavailable("x"), ChainUnavailable("x"), MustWait("x"), TimeoutError(),
                 OSError(28, "No space left on device")):  # fmt: skip
         assert is_transient(exc), exc
     for exc in (PacsRejected("x"), XrayNotRecorder(), ValueError("bug"), FileNotFoundError()):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.procs import Child, ChildFailed, _started_at
+from gateway.errors import ChildFailed
+from gateway.procs import Child, _started_at
 
 PARENT = """
 import sys, time

@@ -13,7 +13,7 @@ import dicom_fixtures
 from gateway.alerts import Alerts
 from gateway.index import SCHEMA, Index, Row
 from gateway.keys import Kek, Keyring
-from gateway.pipeline import Pipeline, Retry
+from gateway.pipeline import MustWait, Pipeline
 from gateway.spool import Spool
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -78,7 +78,7 @@ class UpToSeal(Pipeline):
 
     def _stage_seal(self, row: Row) -> None:
         self.sealed.append(row.id)
-        raise Retry("the test stops here")
+        raise MustWait("the test stops here")
 
 
 @pytest.fixture
@@ -191,7 +191,7 @@ class SwapBeforeSeal(Pipeline):
         super()._stage_seal(row)
 
     def _stage_put(self, row: Row) -> None:
-        raise Retry("the test stops here")
+        raise MustWait("the test stops here")
 
 
 def test_a_spool_file_swapped_between_fingerprint_and_seal_is_never_sealed(
