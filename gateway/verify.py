@@ -201,6 +201,8 @@ class Record:
     retired_at: int | None = None
     retire_reason: str | None = None
     ignored: tuple[str, ...] = ()  # accounts whose writes under this key do not count
+    # digests of every version that counts (the owner's and the admin's), oldest first
+    counted: tuple[bytes, ...] = ()
 
     @property
     def retired(self) -> bool:
@@ -481,6 +483,7 @@ class Verifier:
                     | {r.account for r in ruling.ignored_retirements}
                 )
             ),
+            counted=tuple(a.digest for a in ruling.accepted),
         )
 
     def _ruling(self, record_key: bytes, uid: str) -> Ruling[Record]:
@@ -591,7 +594,7 @@ class Verifier:
                     changes = diff(
                         original, copy.path, show_phi=show_phi, limit=self.max_instance_bytes
                     )
-            if status == "tampered" and self._superseded(record, copy, uid):
+            if status == "tampered" and self._superseded(record, copy):
                 notes.append("this copy matches an older, superseded version of the image")
         explanation = EXPLANATIONS[status]
         if tamper == "header_changed":
@@ -644,13 +647,12 @@ class Verifier:
             foreign_claims=list(record.ignored),
         )
 
-    def _superseded(self, record: Record, copy: Copy | None, uid: str) -> bool:
+    def _superseded(self, record: Record, copy: Copy | None) -> bool:
         """Whether the copy is an older version the ledger confirms, by the record's owner."""
         if copy is None:
             return False
         digest = copy.fingerprint.digest
-        ruling = self._ruling(record.record_key, uid)
-        return any(a.digest == digest != record.digest for a in ruling.accepted)
+        return digest != record.digest and digest in record.counted
 
     # -- the ledger -------------------------------------------------------------------------
 
