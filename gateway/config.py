@@ -100,6 +100,14 @@ class Settings(BaseSettings):
     # read-only here, so that Orthanc needs no write access to the gateway's data.
     plugin_alerts_dir: Path | None = None
 
+    @field_validator("data_dir", "plugin_alerts_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        """Relative to where the gateway was started, once: the embedded Orthanc runs in
+        ``<data_dir>/orthanc`` and the plugin reads these paths from its configuration, so
+        a relative ``./var`` (the default) would point elsewhere for them."""
+        return value.absolute() if value is not None else None
+
     @field_validator("ae_title")
     @classmethod
     def _check_ae_title(cls, value: str) -> str:

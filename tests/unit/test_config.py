@@ -96,3 +96,15 @@ def test_listener_limits_have_safe_defaults_and_a_host_cannot_take_every_slot(
     monkeypatch.setenv("GATEWAY_MAX_ASSOCIATIONS_PER_HOST", "4")
     with pytest.raises(ConfigError, match="max_pdu"):
         get_settings()
+
+
+def test_a_relative_data_dir_is_taken_from_where_the_gateway_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `make up` runs with the default ./var; Orthanc, started in var/orthanc, and the
+    # plugin, reading paths from Orthanc's configuration, must get them absolute.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GATEWAY_DATA_DIR", raising=False)
+    settings = Settings()
+    assert settings.data_dir == tmp_path / "var"
+    assert Settings(plugin_alerts_dir=Path("alerts")).plugin_alerts_dir == tmp_path / "alerts"
