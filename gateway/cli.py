@@ -12,9 +12,10 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway import __version__, peerlog
+from gateway import __version__
 from gateway.config import Settings, get_settings
 from gateway.errors import ConfigError, GatewayError
+from gateway.ingest import peerlog
 from gateway.ledger.types import UserType
 
 ROLES = {t.name.lower(): t for t in UserType if t is not UserType.NONE}
@@ -45,7 +46,7 @@ def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 def _cmd_contract_deploy(settings: Settings, args: argparse.Namespace) -> int:
     """Deploy once, pin the address in the data dir, and grant the recorder its role."""
-    from gateway.chain import admin_account, deploy_contract, recorder_account
+    from gateway.ledger.bootstrap import admin_account, deploy_contract, recorder_account
 
     deployment = deploy_contract(settings, admin=args.admin)
     granted = args.admin is None or args.admin.lower() == admin_account(settings).address.lower()
@@ -60,7 +61,7 @@ def _cmd_contract_deploy(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_contract_grant(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.chain import admin_account, open_ledger
+    from gateway.ledger.bootstrap import admin_account, open_ledger
 
     ledger = open_ledger(settings, admin_account(settings))
     anchor = ledger.set_permission(args.account, args.name, ROLES[args.role], enabled=True)
@@ -71,7 +72,7 @@ def _cmd_contract_grant(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_contract_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.chain import admin_account, open_ledger
+    from gateway.ledger.bootstrap import admin_account, open_ledger
 
     ledger = open_ledger(settings, admin_account(settings))
     if args.role:
@@ -83,7 +84,7 @@ def _cmd_contract_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_contract_info(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.chain import open_ledger
+    from gateway.ledger.bootstrap import open_ledger
 
     ledger = open_ledger(settings)
     info = ledger.info()
@@ -97,7 +98,7 @@ def _cmd_contract_info(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_init(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.keys import init_keys
+    from gateway.core.keys import init_keys
 
     status = init_keys(settings.keys_dir)
     _print_json(status.__dict__ if hasattr(status, "__dict__") else str(status))
@@ -106,7 +107,7 @@ def _cmd_keys_init(settings: Settings, args: argparse.Namespace) -> int:
 
 def _cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
     """A new current KEK, then every sealed object in a filesystem store re-wrapped to it."""
-    from gateway.keys import load_keyring, rotate_kek
+    from gateway.core.keys import load_keyring, rotate_kek
 
     kek = rotate_kek(settings.keys_dir)
     keyring = load_keyring(settings.keys_dir)
@@ -121,7 +122,7 @@ def _rewrap_store(settings: Settings, *, keyring: Any, kek: Any) -> int:
     """Re-wrap data keys of every object in the store (no image is re-encrypted)."""
     import tempfile
 
-    from gateway.seal import rewrap_header
+    from gateway.core.seal import rewrap_header
     from gateway.stack import Stack
     from gateway.store import open_store
 
@@ -148,8 +149,8 @@ def _rewrap_store(settings: Settings, *, keyring: Any, kek: Any) -> int:
 
 def _local_verifier(settings: Settings) -> Any:
     """A verifier over this gateway's own parts (index, store, Orthanc, ledger), read-only."""
-    from gateway.chain import open_ledger
-    from gateway.index import Index
+    from gateway.index.db import Index
+    from gateway.ledger.bootstrap import open_ledger
     from gateway.stack import build_verifier, open_object_store, open_pacs
 
     return build_verifier(
@@ -186,11 +187,11 @@ def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from gateway.chain import contract_address, open_ledger
+    from gateway.core.keys import load_key_file, load_pseudonym_key
     from gateway.errors import UnknownInstance
-    from gateway.keys import load_key_file, load_pseudonym_key
     from gateway.ledger import XrayLedger
-    from gateway.verify import Verifier
+    from gateway.ledger.bootstrap import contract_address, open_ledger
+    from gateway.trust.verify import Verifier
 
     key = (
         load_key_file(Path(args.pseudonym_key))
@@ -235,7 +236,7 @@ def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _trusted_recorders(text: str) -> frozenset[str] | None:
-    from gateway.trust import parse_accounts
+    from gateway.core.ownership import parse_accounts
 
     try:
         return parse_accounts(text)
@@ -249,7 +250,7 @@ def _remote_claims(url: str, token_file: str | None) -> Any:
 
     import httpx
 
-    from gateway.verify import BatchClaim
+    from gateway.trust.verify import BatchClaim
 
     token = Path(token_file).read_text().strip() if token_file else ""
 
@@ -276,8 +277,8 @@ def _cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
     from rich.table import Table
 
-    from gateway.alerts import Alerts
-    from gateway.audit import sweep
+    from gateway.trust.alerts import Alerts
+    from gateway.trust.audit import sweep
 
     verifier = _local_verifier(settings)
     console = Console(stderr=True)
@@ -324,7 +325,7 @@ def _cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from gateway.restore import restore
+    from gateway.trust.restore import restore
 
     verdict = restore(_local_verifier(settings), args.uid)
     _print_json(
@@ -365,7 +366,7 @@ def status_report(settings: Settings, *, limit: int = 10) -> dict[str, Any]:
     rows are named by a record-key prefix (or their spool entry before fingerprinting)."""
     import time
 
-    from gateway.index import DONE_STAGES, STAGES, Index, Row
+    from gateway.index.db import DONE_STAGES, STAGES, Index, Row
 
     path = settings.data_dir / "index.sqlite"
     try:
@@ -535,7 +536,7 @@ def _cmd_fuzz(settings: Settings, args: argparse.Namespace) -> int:
 
 def _cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
     """Re-queue parked rows at the stage they stopped at; a running gateway picks them up."""
-    from gateway.index import Index
+    from gateway.index.db import Index
 
     if not args.all and not args.rows:
         raise ConfigError("name the rows to re-queue (see `xray-gateway status`), or --all")

@@ -10,9 +10,9 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from gateway.allowlist import Network, parse_allowed_aets
+from gateway.core.allowlist import Network, parse_allowed_aets
+from gateway.core.ownership import parse_accounts
 from gateway.errors import ConfigError
-from gateway.trust import parse_accounts
 
 # Values that mean "somebody forgot to set this"; a secret equal to one is refused.
 PLACEHOLDERS = frozenset(
@@ -35,7 +35,7 @@ class Settings(BaseSettings):
 
     ``allowed_aets`` maps each calling AE title to the addresses or CIDRs it may come
     from: ``CT1=10.0.0.5,MR1=10.0.1.0/24|10.0.2.7,WS1`` or a JSON object (see
-    :mod:`gateway.allowlist`); an AE without addresses may come from anywhere, an empty
+    :mod:`gateway.core.allowlist`); an AE without addresses may come from anywhere, an empty
     list lets every AE in.
     """
 
@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     tls_ca: Path | None = None
     allowed_aets: Annotated[dict[str, tuple[Network, ...]], NoDecode] = Field(default_factory=dict)
-    # The DICOM port against hostile peers (gateway/listener.py).
+    # The DICOM port against hostile peers (gateway/ingest/listener.py).
     max_pdu: int = Field(default=1 << 20, ge=4096, le=1 << 28)
     max_associations: int = Field(default=32, ge=1, le=1000)
     max_associations_per_host: int = Field(default=16, ge=1, le=1000)
@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     chain_log_range: int = Field(default=5_000, ge=1, le=1_000_000)
     recorder_key_file: Path | None = None
     # Only these accounts' records count (comma-separated addresses); by default any account
-    # that held the contract's Recorder role when it wrote (gateway/trust.py).
+    # that held the contract's Recorder role when it wrote (gateway/core/ownership.py).
     trusted_recorders: Annotated[frozenset[str] | None, NoDecode] = None
     admin_key_file: Path | None = None
     batch_max: int = Field(default=256, ge=1, le=100_000)

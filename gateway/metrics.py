@@ -35,12 +35,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
-from gateway.index import DONE_STAGES, STAGES, Index
+from gateway.index.db import DONE_STAGES, STAGES, Index
 
 if TYPE_CHECKING:
-    from gateway.commitment import CommitmentSCP
-    from gateway.receive import Receiver
-    from gateway.spool import Spool
+    from gateway.ingest.commitment import CommitmentSCP
+    from gateway.ingest.receive import Receiver
+    from gateway.ingest.spool import Spool
 
 PREFIX = "xray_gateway"
 

@@ -37,7 +37,6 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 log = logging.getLogger(__name__)
 
 
-
 def port_in_use(host: str, port: int) -> bool:
     """True when something already accepts connections on ``host:port``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -140,11 +139,15 @@ class Child:
                 f"uses the same data dir ({self.pid_path}); stop that one first"
             )
         if stale:
-            log.warning("%s from an earlier run is still alive (pid %d): stopping it", self.name, pid)
+            log.warning(
+                "%s from an earlier run is still alive (pid %d): stopping it", self.name, pid
+            )
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             if not _wait_gone(pid, started, timeout):
-                log.warning("%s (pid %d) ignored SIGTERM for %.0f s: killing it", self.name, pid, timeout)
+                log.warning(
+                    "%s (pid %d) ignored SIGTERM for %.0f s: killing it", self.name, pid, timeout
+                )
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 _wait_gone(pid, started, 10.0)

@@ -13,39 +13,39 @@ from pathlib import Path
 
 import uvicorn
 
-from gateway.alerts import Alerts
-from gateway.anchor import BatchAnchorer, SingleAnchorer
 from gateway.api import create_app
 from gateway.api.app import Health
 from gateway.api.auth import Tokens, ensure_token
 from gateway.api.deps import Services
 from gateway.api.limits import Limits, RateLimiter, UploadArea
-from gateway.audit import Audits, PendingWatch, overdue
-from gateway.chain import (
+from gateway.config import Settings
+from gateway.core.keys import init_keys, load_keyring, load_pseudonym_key
+from gateway.index.db import Index
+from gateway.ingest.anchor import BatchAnchorer, SingleAnchorer
+from gateway.ingest.commitment import CommitmentSCP
+from gateway.ingest.listener import ListenerLimits
+from gateway.ingest.pipeline import ForwardOutcome, Pipeline
+from gateway.ingest.receive import Receiver
+from gateway.ingest.spool import Spool
+from gateway.ingest.tls import client_context, server_context
+from gateway.ledger.anvil import Anvil
+from gateway.ledger.bootstrap import (
     Deployment,
     ensure_contract,
     recorder_account,
     start_embedded_chain,
 )
-from gateway.commitment import CommitmentSCP
-from gateway.config import Settings
-from gateway.forward import Pacs
-from gateway.index import Index
-from gateway.keys import init_keys, load_keyring, load_pseudonym_key
-from gateway.ledger.anvil import Anvil
 from gateway.ledger.client import XrayLedger
-from gateway.listener import ListenerLimits
 from gateway.metrics import GatewayCollector, registry_for, render
-from gateway.orthanc import EmbeddedOrthanc, viewer_plugin_libraries
 from gateway.orthanc_plugin import ENTRY_SCRIPT, plugin_section
-from gateway.pipeline import ForwardOutcome, Pipeline
-from gateway.receive import Receiver
-from gateway.records import RecordViews
+from gateway.pacs.client import Pacs
+from gateway.pacs.embedded import EmbeddedOrthanc, viewer_plugin_libraries
 from gateway.redact import redact_url
-from gateway.spool import Spool
 from gateway.store import ObjectStore, open_store
-from gateway.tls import client_context, server_context
-from gateway.verify import Verifier
+from gateway.trust.alerts import Alerts
+from gateway.trust.audit import Audits, PendingWatch, overdue
+from gateway.trust.verify import Verifier
+from gateway.trust.views import RecordViews
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from fastapi import Path as PathParam
 
 from gateway.api.deps import Auditing, ServicesDep, StartingAudit
 from gateway.api.problems import Problem, problem_responses
-from gateway.audit import AuditState
 from gateway.errors import AuditRunning
+from gateway.trust.audit import AuditState
 
 router = APIRouter(
     prefix="/v1/audits", tags=["audits"], responses=problem_responses(401, 403, 500, 502, 503)

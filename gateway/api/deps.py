@@ -9,13 +9,13 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from gateway.alerts import Alerts
 from gateway.api.auth import Permission, Principal, Tokens
 from gateway.api.limits import Limits, retry_after
 from gateway.api.problems import Problem
-from gateway.audit import Audits
-from gateway.records import RecordViews
-from gateway.verify import Verifier
+from gateway.trust.alerts import Alerts
+from gateway.trust.audit import Audits
+from gateway.trust.verify import Verifier
+from gateway.trust.views import RecordViews
 
 
 @dataclass

@@ -72,7 +72,6 @@ def retry_after(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
-
 class UploadArea:
     """Temporary files for uploads, counted: slots, a byte quota and the disk reserve.
 

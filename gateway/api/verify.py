@@ -9,13 +9,13 @@ from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from gateway import keys
 from gateway.api.deps import Restoring, ServicesDep, Uploading, Verifying
 from gateway.api.limits import Limits, Upload
 from gateway.api.problems import Problem, problem_responses
+from gateway.core import keys
 from gateway.errors import UploadAreaFull, UploadsBusy
-from gateway.restore import restore
-from gateway.verify import StudyVerdict, Verdict
+from gateway.trust.restore import restore
+from gateway.trust.verify import StudyVerdict, Verdict
 
 router = APIRouter(
     prefix="/v1", tags=["verify"], responses=problem_responses(401, 403, 422, 500, 502, 503)

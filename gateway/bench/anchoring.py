@@ -25,11 +25,11 @@ from typing import Any
 
 from eth_account import Account
 
-from gateway import keys
-from gateway.fingerprint import fingerprint_and_header
+from gateway.core import keys
+from gateway.core.fingerprint import fingerprint_and_header
+from gateway.ingest.pipeline import AnchorItem
 from gateway.ledger import MerkleTree, UserType, XrayLedger, connect, deploy, leaf_hash
 from gateway.ledger.anvil import Anvil
-from gateway.pipeline import AnchorItem
 from gateway.procs import free_port
 
 Progress = Callable[[str], None]

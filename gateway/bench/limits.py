@@ -27,9 +27,9 @@ from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.fingerprint import fingerprint
-from gateway.keys import Kek
-from gateway.seal import seal
+from gateway.core.fingerprint import fingerprint
+from gateway.core.keys import Kek
+from gateway.core.seal import seal
 
 CHUNK = 1 << 20
 PASSES = 5

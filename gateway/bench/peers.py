@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from gateway.orthanc import EmbeddedOrthanc
+from gateway.pacs.embedded import EmbeddedOrthanc
 from gateway.procs import free_port
 
 STORESCU = "/usr/bin/storescu"  # by path: the venv's pynetdicom apps shadow DCMTK's

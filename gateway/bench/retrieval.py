@@ -32,10 +32,10 @@ from typing import Any
 import requests
 
 import dicom_fixtures
-from gateway.fingerprint import fingerprint_and_header
-from gateway.index import Index
-from gateway.orthanc import EmbeddedOrthanc
+from gateway.core.fingerprint import fingerprint_and_header
+from gateway.index.db import Index
 from gateway.orthanc_plugin import ENTRY_SCRIPT, plugin_section
+from gateway.pacs.embedded import EmbeddedOrthanc
 from gateway.procs import free_port
 
 Progress = Callable[[str], None]

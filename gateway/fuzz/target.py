@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.index import DONE_STAGES, PARKED
+from gateway.index.db import DONE_STAGES, PARKED
 
 #: Rows that need nothing more from the pipeline.
 SETTLED = frozenset(DONE_STAGES)

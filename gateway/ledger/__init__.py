@@ -1,7 +1,7 @@
 """The xray contract on an Ethereum chain: client, Merkle batching, anvil launcher."""
 
+from gateway.core.merkle import InclusionProof, MerkleTree, leaf_hash, verify_inclusion
 from gateway.ledger.client import XrayLedger, connect, deploy, load_artifact
-from gateway.ledger.merkle import InclusionProof, MerkleTree, leaf_hash, verify_inclusion
 from gateway.ledger.types import (
     Anchor,
     Batch,

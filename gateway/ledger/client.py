@@ -12,7 +12,7 @@ from web3 import Web3
 from web3.contract import Contract
 
 from gateway import errors
-from gateway.ledger.merkle import InclusionProof, verify_inclusion
+from gateway.core.merkle import InclusionProof, verify_inclusion
 from gateway.ledger.sender import RevertDecoder, Sender, translate
 from gateway.ledger.types import (
     Anchor,
@@ -495,6 +495,8 @@ def _batched_leaf(leaf: BatchedLeaf) -> tuple[Any, ...]:
         leaf.patient_key, leaf.digest, leaf.pixel_digest, leaf.batch_id, leaf.proof.index,
         list(leaf.proof.path),
     )  # fmt: skip
+
+
 def block_windows(start: int, end: int, size: int) -> list[tuple[int, int]]:
     """``[start, end]`` cut into inclusive windows of at most ``size`` blocks, in order."""
     return [(low, min(end, low + size - 1)) for low in range(start, end + 1, size)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from gateway.trust import Position, Role, RoleChange, Trust
+from gateway.core.ownership import Position, Role, RoleChange, Trust
 
 if TYPE_CHECKING:
     from gateway.ledger.client import XrayLedger

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import NewType
 
-from gateway.ledger.merkle import InclusionProof
+from gateway.core.merkle import InclusionProof
 
 RecordKey = NewType("RecordKey", bytes)
 """HMAC-SHA256(pseudonym key, "sop:" + SOPInstanceUID): names an image without PHI."""

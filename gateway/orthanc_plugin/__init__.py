@@ -11,7 +11,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-from gateway.fingerprint import MAX_INSTANCE_BYTES
+from gateway.core.fingerprint import MAX_INSTANCE_BYTES
 from gateway.orthanc_plugin.settings import SECTION
 from gateway.procs import PROJECT_ROOT
 
@@ -39,7 +39,7 @@ def plugin_section(
 
     ``SysPath`` is this project's root and the running interpreter's site-packages (the
     venv's), so the script Orthanc runs imports this very code and its dependencies.
-    ``StoredFileToken`` is not set here: :class:`gateway.orthanc.EmbeddedOrthanc` adds the
+    ``StoredFileToken`` is not set here: :class:`gateway.pacs.embedded.EmbeddedOrthanc` adds the
     secret from the gateway's key directory when it writes the configuration.
     ``alerts_dir`` (``AlertsDir``) is where the plugin writes its alerts; None: ``data_dir``.
     """

@@ -23,7 +23,7 @@ Orthanc calls ``create``/``read``/``remove`` for every attachment. What each con
   have no SOP Class UID). An instance arriving without a record is alerted as
   ``unregistered`` right away.
 - ``read`` hashes the dataset bytes it has just read (the digest of
-  :mod:`gateway.fingerprint`), makes sure the file is the instance Orthanc filed under that
+  :mod:`gateway.core.fingerprint`), makes sure the file is the instance Orthanc filed under that
   attachment (its SOP Instance UID and Orthanc id against the catalogue's, or against
   Orthanc's own record of the attachment), judges the bytes against the gateway's records
   (:mod:`~gateway.orthanc_plugin.verdict`) and raises :class:`~gateway.errors.ReadRefused` for content that
@@ -48,10 +48,15 @@ from typing import Protocol, cast
 
 import pydicom
 
+from gateway.core.fingerprint import (
+    MAX_INSTANCE_BYTES,
+    dataset_offset,
+    fingerprint_bytes,
+    read_header,
+)
 from gateway.errors import DatasetUnreadable, IndexUnavailable, ReadRefused
-from gateway.fingerprint import MAX_INSTANCE_BYTES, dataset_offset, fingerprint_bytes, read_header
 from gateway.orthanc_plugin.catalog import Attachment, Catalog
-from gateway.orthanc_plugin.records import RecordBook
+from gateway.orthanc_plugin.evidence import RecordBook
 from gateway.orthanc_plugin.storage import FileArea
 from gateway.orthanc_plugin.verdict import (
     PENDING_ALERT_S,
@@ -64,7 +69,7 @@ from gateway.orthanc_plugin.verdict import (
     missing,
     unverifiable,
 )
-from gateway.statuses import TABLE
+from gateway.trust.verdicts import TABLE
 
 DICOM = 1  # OrthancPluginContentType_Dicom
 DICOM_UNTIL_PIXEL_DATA = 3  # OrthancPluginContentType_DicomUntilPixelData
@@ -93,7 +98,7 @@ def serves(status: str, *, fail_closed: bool) -> bool:
 
 
 class AlertSink(Protocol):
-    """Where alerts go: :class:`gateway.alerts.Alerts` in production."""
+    """Where alerts go: :class:`gateway.trust.alerts.Alerts` in production."""
 
     def record(
         self,
@@ -155,7 +160,7 @@ def _walk_meta(data: bytes) -> tuple[int, str] | None:
 
 
 def dataset_fingerprint(data: bytes) -> tuple[bytes, str]:
-    """SHA-256 of the dataset bytes, File Meta excluded (:func:`gateway.fingerprint.fingerprint`'s
+    """SHA-256 of the dataset bytes, File Meta excluded (:func:`gateway.core.fingerprint.fingerprint`'s
     digest), and the Transfer Syntax UID the File Meta declares.
 
     Raises

@@ -45,17 +45,17 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from gateway.alerts import Alerts
 from gateway.errors import OrthancResourceNotFound
 from gateway.orthanc_plugin.catalog import Catalog
+from gateway.orthanc_plugin.evidence import RecordBook
 from gateway.orthanc_plugin.guard import DICOM, Guard, dataset_digest
 from gateway.orthanc_plugin.ledger_mirror import LedgerMirror
-from gateway.orthanc_plugin.records import RecordBook
 from gateway.orthanc_plugin.settings import PluginSettings
 from gateway.orthanc_plugin.storage import FileArea
 from gateway.orthanc_plugin.verdict import SEVERITY, Status, Verdict, worst
 from gateway.orthanc_plugin.viewer_image import refusal_image, slice_image
 from gateway.redact import redact_url
+from gateway.trust.alerts import Alerts
 
 ORTHANC_ID = r"([0-9a-f]{8}(?:-[0-9a-f]{8}){4})"
 EXPLORER_JS = Path(__file__).with_name("explorer.js")
@@ -70,7 +70,6 @@ STORED_FILE_HEADER = "x-xray-stored-file-token"  # Orthanc passes header names l
 DISPLAY_ATTRIBUTES = (
     "RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth", "PixelSpacing",
 )  # fmt: skip
-
 
 
 class XrayPlugin:

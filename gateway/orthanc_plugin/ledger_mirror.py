@@ -6,7 +6,7 @@ contract's ``ImageRecorded``, ``ImageSuperseded``, ``BatchAnchored``, ``ImageRet
 the number of images) and keeps, in memory, who wrote which version of which record key,
 which batches the chain holds, the retirements and the Recorder/admin role history.
 The check then asks :meth:`LedgerMirror.facts`, which applies the same rule as the
-verify API and the CLI (:func:`gateway.trust.rule`): the owner of a key is the trusted
+verify API and the CLI (:func:`gateway.core.ownership.rule`): the owner of a key is the trusted
 recorder of its earliest anchoring, and only the owner's (or the admin's) versions and
 retirements count:
 
@@ -33,11 +33,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway.ledger.merkle import decode_proof, leaf_hash, verify_inclusion
-from gateway.ledger.roles import role_change
-from gateway.ledger.types import retire_reason_name
-from gateway.orthanc_plugin.verdict import LedgerFacts, Retirement, Version
-from gateway.trust import (
+from gateway.core.merkle import decode_proof, leaf_hash, verify_inclusion
+from gateway.core.ownership import (
     Anchoring,
     Position,
     Retiring,
@@ -48,6 +45,9 @@ from gateway.trust import (
     rule,
     same_account,
 )
+from gateway.ledger.roles import role_change
+from gateway.ledger.types import retire_reason_name
+from gateway.orthanc_plugin.verdict import LedgerFacts, Retirement, Version
 
 if TYPE_CHECKING:
     from gateway.ledger.client import XrayLedger

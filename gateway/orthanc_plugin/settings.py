@@ -30,13 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.core.fingerprint import MAX_INSTANCE_BYTES
+from gateway.core.ownership import parse_accounts
 from gateway.errors import PluginConfigError
-from gateway.fingerprint import MAX_INSTANCE_BYTES
 from gateway.orthanc_plugin.verdict import PENDING_ALERT_S
-from gateway.trust import parse_accounts
 
 SECTION = "XrayGateway"
-
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 The plugin compares the dataset digest of Orthanc's copy with the versions the gateway
 recorded for that SOP Instance UID (its index) and, when a ledger mirror runs, with what
 the chain holds. The statuses, and whether the bytes are served, are the table of
-:mod:`gateway.statuses`; here is why the plugin gives each:
+:mod:`gateway.trust.verdicts`; here is why the plugin gives each:
 
 ============== ================================================================
 status         why
@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.statuses import SERVED, SEVERITY, Status, worst
+from gateway.trust.verdicts import SERVED, SEVERITY, Status, worst
 
 #: Without ``PendingAlertSeconds``: how long a received version may wait for its anchor.
 PENDING_ALERT_S = 900.0
@@ -331,9 +331,7 @@ def judge(
             checked_at=checked_at,
         )
     if facts is not None and facts.on_chain is None:
-        overdue = match.received_at is None or _waited_too_long(
-            match, checked_at, pending_alert_s
-        )
+        overdue = match.received_at is None or _waited_too_long(match, checked_at, pending_alert_s)
         return Verdict(
             status="unconfirmed",
             sop_instance_uid=sop_instance_uid,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.index import Index
+from gateway.index.db import Index
+from gateway.ingest.receive import Receiver
+from gateway.ingest.spool import Spool
 from gateway.procs import free_port
-from gateway.receive import Receiver
-from gateway.spool import Spool
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from gateway.core.merkle import decode_proof, leaf_hash
 from gateway.ledger import XrayLedger
-from gateway.ledger.merkle import decode_proof, leaf_hash
 
 
 def records_of(index_path: Path, ledger: XrayLedger, uid: str, record_key: bytes) -> int:

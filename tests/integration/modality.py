@@ -17,7 +17,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from gateway.commitment import STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE
+from gateway.ingest.commitment import STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE
 from gateway.procs import free_port
 
 

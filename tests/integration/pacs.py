@@ -9,8 +9,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from gateway.forward import Pacs
-from gateway.orthanc import EmbeddedOrthanc
+from gateway.pacs.client import Pacs
+from gateway.pacs.embedded import EmbeddedOrthanc
 from gateway.procs import free_port
 
 

@@ -12,8 +12,8 @@ import requests
 from pydicom import dcmread
 
 import dicom_fixtures
-from gateway.fingerprint import dataset_offset, fingerprint, pixel_range, read_header
-from gateway.index import Index
+from gateway.core.fingerprint import dataset_offset, fingerprint, pixel_range, read_header
+from gateway.index.db import Index
 
 _numbers = itertools.count(1)
 

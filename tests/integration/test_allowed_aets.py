@@ -12,11 +12,11 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 import dicom_fixtures
-from gateway.allowlist import parse_allowed_aets
-from gateway.index import Index
+from gateway.core.allowlist import parse_allowed_aets
+from gateway.index.db import Index
+from gateway.ingest.receive import Receiver
+from gateway.ingest.spool import Spool
 from gateway.procs import free_port
-from gateway.receive import Receiver
-from gateway.spool import Spool
 from tests.integration.dicom import echoscu, storescu
 
 ALLOWED = "CT1=127.0.0.1,CT2=10.0.0.0/8|127.0.0.2,WS1"
@@ -65,7 +65,7 @@ def test_a_known_ae_from_its_own_address_is_served(receiver: Receiver, tmp_path:
 def test_a_known_ae_from_another_address_is_rejected_and_the_log_says_why(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="gateway.receive"):
+    with caplog.at_level(logging.WARNING, logger="gateway.ingest.receive"):
         assert associate(receiver.port, "CT1", source="127.0.0.2") == (
             False,
             CALLING_AE_NOT_RECOGNISED,
@@ -91,7 +91,7 @@ def test_an_unknown_ae_is_rejected_from_anywhere(
 ) -> None:
     files = dicom_fixtures.ct_series(tmp_path / "x", 1, rows=64, cols=64,
                                      prefix="1.2.826.0.1.3680043.10.1012.2.")  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="gateway.receive"):
+    with caplog.at_level(logging.WARNING, logger="gateway.ingest.receive"):
         result = storescu(receiver.port, files, aet="INTRUDER")
         assert result.returncode != 0
         assert "Calling AE Title Not Recognized" in result.stdout + result.stderr

@@ -3,7 +3,7 @@
 Every image's inclusion proof is checked against ``batchOf`` on chain, an image tampered
 inside a batch is caught by the API, the Orthanc plugin and the independent CLI's
 verifier, a forged claim is not believed, and a batch that fails is retried whole and
-anchored once. The last test drives :class:`~gateway.anchor.BatchAnchorer` alone to show
+anchored once. The last test drives :class:`~gateway.ingest.anchor.BatchAnchorer` alone to show
 that a batch whose transaction landed before a crash is not sent again.
 """
 
@@ -27,16 +27,16 @@ from eth_account import Account
 from pydicom import dcmread
 
 import dicom_fixtures
-from gateway.anchor import BatchAnchorer, SingleAnchorer, leaf_of
-from gateway.fingerprint import fingerprint_bytes
-from gateway.index import Index
-from gateway.keys import load_pseudonym_key
+from gateway.core.fingerprint import fingerprint_bytes
+from gateway.core.keys import load_pseudonym_key
+from gateway.core.merkle import decode_proof, leaf_hash, verify_inclusion
+from gateway.index.db import Index
+from gateway.ingest.anchor import BatchAnchorer, SingleAnchorer, leaf_of
+from gateway.ingest.pipeline import AnchorItem
 from gateway.ledger import BatchedLeaf, MerkleTree, UserType, XrayLedger
 from gateway.ledger.accounts import load_account
 from gateway.ledger.anvil import Anvil
-from gateway.ledger.merkle import decode_proof, leaf_hash, verify_inclusion
-from gateway.pipeline import AnchorItem
-from gateway.verify import BatchClaim, ClaimSource, Verifier
+from gateway.trust.verify import BatchClaim, ClaimSource, Verifier
 from tests.conftest import Cast
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env

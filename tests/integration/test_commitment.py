@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydicom import dcmread
 
 import dicom_fixtures
-from gateway.commitment import (
+from gateway.index.db import Index
+from gateway.ingest.commitment import (
     CLASS_INSTANCE_CONFLICT,
     INVALID_ARGUMENT_VALUE,
     MISSING_ATTRIBUTE,
@@ -29,10 +30,9 @@ from gateway.commitment import (
     PROCESSING_FAILURE,
     CommitmentSCP,
 )
-from gateway.index import Index
+from gateway.ingest.receive import Receiver
+from gateway.ingest.spool import Spool
 from gateway.procs import free_port
-from gateway.receive import Receiver
-from gateway.spool import Spool
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env, run
 from tests.integration.modality import Modality

@@ -13,8 +13,9 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 import dicom_fixtures
-from gateway import errors, keys
-from gateway.fingerprint import fingerprint_and_header
+from gateway import errors
+from gateway.core import keys
+from gateway.core.fingerprint import fingerprint_and_header
 from gateway.ledger import (
     Anchor,
     BatchedLeaf,
@@ -25,7 +26,7 @@ from gateway.ledger import (
     leaf_hash,
 )
 from gateway.ledger.anvil import Anvil
-from gateway.verify import Verifier
+from gateway.trust.verify import Verifier
 from tests.conftest import Cast
 
 SEED_DIGEST = bytes.fromhex("16c8a694c91b80f1d97efb91455ab8b3facd6221ea401d740086722d4bad0134")
@@ -102,14 +103,18 @@ def _manager(user_type: UserType) -> Expect:
     return lambda role, who, stage: (errors.XrayNotPermissionManager, (who, user_type))
 
 
-def _recorder(role: str, who: str, stage: Stage) -> tuple[type[errors.ContractRevert], tuple[Any, ...]]:
+def _recorder(
+    role: str, who: str, stage: Stage
+) -> tuple[type[errors.ContractRevert], tuple[Any, ...]]:
     return errors.XrayNotRecorder, (who,)
 
 
 def _owner_of(record_key: bytes) -> Expect:
     """Another Recorder is told who owns the key; an account that is no Recorder, that it is not one."""
 
-    def expect(role: str, who: str, stage: Stage) -> tuple[type[errors.ContractRevert], tuple[Any, ...]]:
+    def expect(
+        role: str, who: str, stage: Stage
+    ) -> tuple[type[errors.ContractRevert], tuple[Any, ...]]:
         if role == "rival":
             return errors.XrayNotOwner, (record_key, who, stage.accounts["owner"].address.lower())
         return errors.XrayNotRecorder, (who,)
@@ -417,7 +422,11 @@ def test_a_retirement_reason_comes_from_the_fixed_set(xray: XrayLedger, cast: Ca
     with pytest.raises(ValueError, match="wrong_patient"):  # free text never leaves the client
         recorder.retire_image(record_key=key("rec:base"), reason="patient asked, see ticket")
     assert [r.label for r in RetireReason][1:] == [
-        "withdrawn", "wrong_patient", "duplicate", "corrupt", "erased"
+        "withdrawn",
+        "wrong_patient",
+        "duplicate",
+        "corrupt",
+        "erased",
     ]
     assert xray.retirement_of(key("rec:base")) is None
 
@@ -604,7 +613,8 @@ def test_a_batched_key_gets_its_first_stored_version_through_its_proof(
                                       **_new_version("x"))  # fmt: skip
     with pytest.raises(errors.XrayUnchangedDigest):
         owner.supersede_batched_image(
-            record_key=b0, leaf=_leaf(members, tree, batch_id, 0),
+            record_key=b0,
+            leaf=_leaf(members, tree, batch_id, 0),
             **{**_new_version("x"), "digest": members[0]["digest"]},
         )
     anchor = owner.supersede_batched_image(

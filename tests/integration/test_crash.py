@@ -31,8 +31,8 @@ import pytest
 from pydicom import dcmread
 
 import dicom_fixtures
-from gateway import keys
-from gateway.keys import load_pseudonym_key
+from gateway.core import keys
+from gateway.core.keys import load_pseudonym_key
 from gateway.ledger import XrayLedger
 from gateway.store.fs import FilesystemStore
 from tests.integration.dicom import DCMTK
@@ -282,8 +282,13 @@ def test_records_the_chain_lost_are_anchored_again_on_start(
         assert {row["stage"] for row in again.rows()} == {"committed"}
     finally:
         assert again.stop() == 0
-    said = re.findall(r"the chain no longer holds (\d+) anchored", log.read_bytes()[logged:].decode(errors="replace"))
+    said = re.findall(
+        r"the chain no longer holds (\d+) anchored",
+        log.read_bytes()[logged:].decode(errors="replace"),
+    )
     assert said == ["3"], said
     assert figures["committed"] == 5 and figures["lost"] == 0 and figures["duplicated"] == 0
-    print(f"\nchain lost {said[0]} of 5 records: anchored again on start; "
-          f"{figures['committed']} intact, duplicated {figures['duplicated']}")
+    print(
+        f"\nchain lost {said[0]} of 5 records: anchored again on start; "
+        f"{figures['committed']} intact, duplicated {figures['duplicated']}"
+    )

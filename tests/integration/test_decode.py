@@ -17,11 +17,11 @@ from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 import dicom_fixtures
-from gateway.fingerprint import dataset_offset
-from gateway.index import Index
+from gateway.core.fingerprint import dataset_offset
+from gateway.index.db import Index
+from gateway.ingest.receive import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, Receiver
+from gateway.ingest.spool import Spool
 from gateway.procs import free_port
-from gateway.receive import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, Receiver
-from gateway.spool import Spool
 from tests import bombs
 from tests.integration.dicom import echo, send_raw, storescu
 from tests.integration.gateway_proc import Up, gateway_env

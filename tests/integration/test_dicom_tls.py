@@ -18,11 +18,11 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 import dicom_fixtures
-from gateway.index import Index
+from gateway.index.db import Index
+from gateway.ingest.receive import Receiver
+from gateway.ingest.spool import Spool
+from gateway.ingest.tls import server_context
 from gateway.procs import free_port
-from gateway.receive import Receiver
-from gateway.spool import Spool
-from gateway.tls import server_context
 from tests.integration.certs import Authority, Identity, authority
 from tests.integration.dicom import echoscu, storescu
 from tests.integration.gateway_proc import Up, gateway_env, run

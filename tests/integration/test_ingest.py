@@ -21,11 +21,11 @@ from pydicom import dcmread
 from pydicom.uid import UID
 
 import dicom_fixtures
-from gateway.fingerprint import fingerprint_bytes
-from gateway.keys import load_keyring, load_pseudonym_key
+from gateway.core.fingerprint import fingerprint_bytes
+from gateway.core.keys import load_keyring, load_pseudonym_key
+from gateway.core.merkle import decode_proof
+from gateway.core.seal import open_sealed
 from gateway.ledger import XrayLedger, leaf_hash
-from gateway.ledger.merkle import decode_proof
-from gateway.seal import open_sealed
 from gateway.store import ObjectStore, open_store
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env
@@ -111,7 +111,7 @@ def stack(
 
 
 def orthanc_client(up: Up):  # type: ignore[no-untyped-def]
-    from gateway.forward import Pacs
+    from gateway.pacs.client import Pacs
 
     creds = json.loads((up.data_dir / "keys" / "orthanc-http.json").read_text())
     return Pacs(

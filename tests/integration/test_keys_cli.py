@@ -7,8 +7,8 @@ import json
 import stat
 from pathlib import Path
 
-from gateway.keys import load_keyring
-from gateway.seal import open_sealed, read_header, seal
+from gateway.core.keys import load_keyring
+from gateway.core.seal import open_sealed, read_header, seal
 from gateway.store import open_store
 from tests.integration.gateway_proc import gateway_env, run
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 import dicom_fixtures
-from gateway.index import Index
-from gateway.listener import ListenerLimits
+from gateway.index.db import Index
+from gateway.ingest.listener import ListenerLimits
+from gateway.ingest.receive import Receiver
+from gateway.ingest.spool import Spool
 from gateway.procs import free_port
-from gateway.receive import Receiver
-from gateway.spool import Spool
 from tests.integration import pdus
 from tests.integration.dicom import echo, storescu
 
@@ -218,7 +218,7 @@ def test_a_peer_silent_in_the_tls_handshake_does_not_hold_the_accept_loop(
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-    from gateway.listener import start_server
+    from gateway.ingest.listener import start_server
 
     cert, key = _self_signed(tmp_path)
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

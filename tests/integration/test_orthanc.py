@@ -17,10 +17,10 @@ import requests
 from pydicom import dcmread
 
 import dicom_fixtures
+from gateway.core.fingerprint import fingerprint, fingerprint_bytes
 from gateway.errors import ConfigError, InstanceMissing, PacsRejected, PacsUnavailable
-from gateway.fingerprint import fingerprint, fingerprint_bytes
-from gateway.forward import Pacs
-from gateway.orthanc import EmbeddedOrthanc, python_plugin_library
+from gateway.pacs.client import Pacs
+from gateway.pacs.embedded import EmbeddedOrthanc, python_plugin_library
 from tests.integration.dicom import DCMTK
 from tests.integration.pacs import TestOrthanc
 
@@ -233,7 +233,7 @@ def test_other_bytes_under_the_same_uid_are_a_conflict(
     assert stored != theirs
 
     first = pacs.store(original, digest=stored)
-    with caplog.at_level(logging.WARNING, logger="gateway.forward"):
+    with caplog.at_level(logging.WARNING, logger="gateway.pacs.client"):
         second = pacs.store(edited, digest=theirs)
 
     assert second.status == "AlreadyStored"

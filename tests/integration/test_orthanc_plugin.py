@@ -20,10 +20,10 @@ import requests
 from PIL import Image
 from pydicom import dcmread
 
+from gateway.core.fingerprint import fingerprint_bytes
 from gateway.errors import ConfigError
-from gateway.fingerprint import fingerprint_bytes
-from gateway.orthanc import EmbeddedOrthanc, python_plugin_library, viewer_plugin_libraries
 from gateway.orthanc_plugin import ENTRY_SCRIPT, plugin_section
+from gateway.pacs.embedded import EmbeddedOrthanc, python_plugin_library, viewer_plugin_libraries
 from gateway.procs import free_port
 from tests.integration import browser
 from tests.integration.dicom import DCMTK

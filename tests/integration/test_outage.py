@@ -28,12 +28,12 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 import dicom_fixtures
-from gateway.commitment import PROCESSING_FAILURE
-from gateway.fingerprint import fingerprint_bytes
-from gateway.forward import Pacs
+from gateway.core.fingerprint import fingerprint_bytes
+from gateway.ingest.commitment import PROCESSING_FAILURE
 from gateway.ledger import XrayLedger
 from gateway.ledger.accounts import load_or_create_account
 from gateway.ledger.anvil import Anvil
+from gateway.pacs.client import Pacs
 from gateway.procs import free_port
 from gateway.store import ObjectStore, open_store
 from tests.integration.dicom import storescu
@@ -372,7 +372,9 @@ def test_a_permanent_failure_parks_rows_until_the_operator_retries(site: Site) -
     assert all(dict(k[1])["stage"] == "anchor" for k in parked_metric)
     assert values[("xray_gateway_instances", (("stage", "failed"),))] == len(uids)
     log = (site.up.data_dir.parent / "up.log").read_text()
-    assert re.search(r"ERROR gateway\.pipeline: (row|anchor: batch) \d+\b.*parked at stage failed", log)
+    assert re.search(
+        r"ERROR gateway\.pipeline: (row|anchor: batch) \d+\b.*parked at stage failed", log
+    )
 
     # Storage Commitment tells the modality these failed
     answer = commitment(site, refs)

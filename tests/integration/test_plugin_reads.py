@@ -22,8 +22,8 @@ import requests
 from pydicom import dcmread
 
 from gateway.errors import PacsUnavailable
-from gateway.orthanc import EmbeddedOrthanc, viewer_plugin_libraries
 from gateway.orthanc_plugin import ENTRY_SCRIPT, plugin_section
+from gateway.pacs.embedded import EmbeddedOrthanc, viewer_plugin_libraries
 from tests.integration.pacs import TestOrthanc
 from tests.integration.plugin_helpers import (
     Study,

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from gateway.fingerprint import fingerprint_bytes
+from gateway.core.fingerprint import fingerprint_bytes
+from gateway.core.merkle import decode_proof
 from gateway.ledger import XrayLedger
 from gateway.ledger.accounts import load_account
-from gateway.ledger.merkle import decode_proof
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env
 from tests.integration.plugin_helpers import alerts, flip_pixel_byte, make_study, stored_file

@@ -10,10 +10,10 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
 import dicom_fixtures
-from gateway.index import Index
+from gateway.index.db import Index
+from gateway.ingest.receive import CANNOT_UNDERSTAND, DATASET_MISMATCH, OUT_OF_RESOURCES, Receiver
+from gateway.ingest.spool import Spool
 from gateway.procs import free_port
-from gateway.receive import CANNOT_UNDERSTAND, DATASET_MISMATCH, OUT_OF_RESOURCES, Receiver
-from gateway.spool import Spool
 from tests.integration.dicom import dcmsend_status, echo, send_raw, storescu
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -72,7 +72,7 @@ def _write_with_meta(tmp_path: Path, name: str, *, meta_uid: str, dataset: bytes
 
 def _dataset_bytes(original: Path) -> bytes:
     data = original.read_bytes()
-    from gateway.fingerprint import fingerprint_bytes
+    from gateway.core.fingerprint import fingerprint_bytes
 
     return data[fingerprint_bytes(data).dataset_offset :]
 

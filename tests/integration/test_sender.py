@@ -26,11 +26,11 @@ from web3 import Web3
 from web3.exceptions import TransactionNotFound
 
 from gateway import errors
-from gateway.anchor import SingleAnchorer
+from gateway.ingest.anchor import SingleAnchorer
+from gateway.ingest.pipeline import AnchorItem, is_transient
 from gateway.ledger import Anchor, UserType, XrayLedger, connect, deploy
 from gateway.ledger.anvil import Anvil, rpc
 from gateway.ledger.sender import RevertDecoder, Sender
-from gateway.pipeline import AnchorItem, is_transient
 from gateway.procs import PROJECT_ROOT, free_port
 from tests.conftest import Cast
 
@@ -145,7 +145,7 @@ def crash_after_send(chain: Chain, labels: list[str]) -> None:
     script = """
 import sys, threading
 from eth_account import Account
-from gateway.anchor import SingleAnchorer
+from gateway.ingest.anchor import SingleAnchorer
 from gateway.ledger import XrayLedger, connect
 from tests.integration.test_sender import item
 url, address, key, *labels = sys.argv[1:]

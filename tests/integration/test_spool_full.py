@@ -24,11 +24,11 @@ import pytest
 from pydicom import dcmread
 
 import dicom_fixtures
-from gateway.fingerprint import fingerprint_bytes
-from gateway.index import Index
+from gateway.core.fingerprint import fingerprint_bytes
+from gateway.index.db import Index
+from gateway.ingest.receive import Receiver
+from gateway.ingest.spool import Spool
 from gateway.procs import free_port
-from gateway.receive import Receiver
-from gateway.spool import Spool
 from tests.integration.dicom import DCMTK, dcmsend_status, storescu
 from tests.integration.gateway_proc import Up, gateway_env
 

@@ -17,7 +17,7 @@ from gateway.errors import ConfigError, StoreError, StoreUnavailable
 from gateway.store import open_store
 from gateway.store.s3 import S3Store
 from tests.integration.s3 import MotoServer, Relay
-from tests.unit.test_store_fs import StoreContract, name_of
+from tests.unit.store.test_fs import StoreContract, name_of
 
 pytestmark = pytest.mark.integration
 

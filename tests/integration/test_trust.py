@@ -22,8 +22,8 @@ import requests
 from eth_account import Account
 from pydicom import dcmread
 
+from gateway.core.fingerprint import Fingerprint, fingerprint_bytes
 from gateway.errors import ContractRevert
-from gateway.fingerprint import Fingerprint, fingerprint_bytes
 from gateway.ledger import XrayLedger
 from gateway.ledger.accounts import load_account
 from gateway.ledger.anvil import rpc

@@ -22,8 +22,8 @@ import pytest
 from pydicom import dcmread
 
 import dicom_fixtures
-from gateway import keys
-from gateway.keys import load_pseudonym_key
+from gateway.core import keys
+from gateway.core.keys import load_pseudonym_key
 from gateway.store.fs import FilesystemStore
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env

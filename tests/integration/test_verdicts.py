@@ -22,14 +22,14 @@ import pytest
 from pydicom import dcmread
 
 import dicom_fixtures
-from gateway import keys
-from gateway.fingerprint import fingerprint_bytes
-from gateway.index import Index
-from gateway.keys import load_pseudonym_key
+from gateway.core import keys
+from gateway.core.fingerprint import fingerprint_bytes
+from gateway.core.keys import load_pseudonym_key
+from gateway.core.merkle import InclusionProof, encode_proof
+from gateway.index.db import Index
 from gateway.ledger.accounts import load_or_create_account
 from gateway.ledger.anvil import Anvil
 from gateway.ledger.client import connect, deploy
-from gateway.ledger.merkle import InclusionProof, encode_proof
 from gateway.orthanc_plugin import ENTRY_SCRIPT, plugin_section
 from gateway.procs import free_port
 from tests.integration.dicom import storescu

@@ -19,11 +19,11 @@ import pytest
 from pydicom import dcmread
 
 import dicom_fixtures
-from gateway.fingerprint import fingerprint_bytes
-from gateway.forward import Pacs
+from gateway.core.fingerprint import fingerprint_bytes
+from gateway.core.merkle import decode_proof
 from gateway.ledger import XrayLedger
 from gateway.ledger.accounts import load_account
-from gateway.ledger.merkle import decode_proof
+from gateway.pacs.client import Pacs
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env, run
 
@@ -57,9 +57,7 @@ def uid_of(path: Path) -> str:
 
 def api(up: Up, token: str | None = None) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(
-        base_url=f"http://127.0.0.1:{up.api_port}", headers=headers, timeout=120
-    )
+    return httpx.Client(base_url=f"http://127.0.0.1:{up.api_port}", headers=headers, timeout=120)
 
 
 def admin_token(up: Up) -> str:
@@ -318,7 +316,9 @@ def test_every_tamper_class_is_detected_audited_and_restored(
         original = admin.post("/v1/verify", content=series[30].read_bytes(),
                               headers={"Content-Type": "application/dicom"})  # fmt: skip
         assert original.json()["status"] == "intact", original.text
-        edited = admin.post("/v1/verify", content=stored_path(stack, orthanc.find(uids[6]) or "").read_bytes())
+        edited = admin.post(
+            "/v1/verify", content=stored_path(stack, orthanc.find(uids[6]) or "").read_bytes()
+        )
         assert (edited.json()["status"], edited.json()["tamper"]) == ("tampered", "header_changed")
         assert admin.post("/v1/verify", content=b"not dicom at all").status_code == 422
 
@@ -327,7 +327,9 @@ def test_every_tamper_class_is_detected_audited_and_restored(
         assert started.status_code == 202, started.text
         state = wait_audit(auditor, started.json()["id"])
         assert state["state"] == "done", state
-        found = {f["sop_instance_uid"]: (f["status"], f["tamper"]) for f in state["report"]["findings"]}
+        found = {
+            f["sop_instance_uid"]: (f["status"], f["tamper"]) for f in state["report"]["findings"]
+        }
         assert found == planted
         summary = state["report"]["summary"]
         assert summary["total"] == COUNT + 5 and summary["intact"] == COUNT - 25

@@ -11,8 +11,8 @@ from typing import ClassVar
 import pytest
 
 from gateway.errors import ChainUnavailable, PacsUnavailable
-from gateway.forward import Pacs
 from gateway.ledger.client import connect
+from gateway.pacs.client import Pacs
 from gateway.procs import free_port
 from gateway.redact import redact_text, redact_url, userinfo
 

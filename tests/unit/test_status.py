@@ -16,11 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.api.app import Health, create_app
 from gateway.cli import main
-from gateway.commitment import CommitmentSCP
-from gateway.index import Index, error_class
+from gateway.index.db import Index, error_class
+from gateway.ingest.commitment import CommitmentSCP
+from gateway.ingest.receive import Receiver
+from gateway.ingest.spool import Spool
 from gateway.metrics import GatewayCollector, registry_for, render
-from gateway.receive import Receiver
-from gateway.spool import Spool
 from tests.serve import serve
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -1,0 +1,727 @@
+"""Fingerprints of a received instance: dataset digest and pixel digest (pure, streaming).
+
+``digest`` is SHA-256 of the dataset bytes exactly as received in the negotiated transfer
+syntax, File Meta Information (group 0002) excluded: every hop rewrites the meta, while
+Orthanc stores the dataset bytes unchanged. ``pixel_digest`` is SHA-256 of the value of
+(7FE0,0010) Pixel Data as received: for native pixels the value field; for encapsulated
+pixels every item (offset table and fragments, with their item headers) up to but not
+including the Sequence Delimitation Item. No Pixel Data gives SHA-256 of zero bytes.
+
+Nothing is decoded: pydicom walks the element headers and seeks over the values.
+
+Every parse is bounded, whoever sent the bytes. A deflated dataset is inflated as a stream
+into a temporary file, at most ``limit`` bytes (:class:`DatasetTooLarge` past it), and only
+that copy is walked and parsed: pydicom itself would inflate it whole, in memory. Before
+pydicom parses anything, :func:`check_nesting` walks every element header, nested ones
+too: each value fits inside its item and the file, sequences nest at most
+``MAX_DEPTH`` deep, and every undefined-length sequence or item ends before the file does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import struct
+import tempfile
+import threading
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO, cast
+
+from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import (
+    _read_file_meta_info,
+    data_element_generator,
+    read_dataset,
+    read_preamble,
+)
+from pydicom.tag import Tag
+from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
+
+from gateway import filemap
+from gateway.errors import DatasetTooLarge, DatasetUnreadable
+
+PIXEL_DATA = 0x7FE00010
+CHUNK = 1 << 20
+# Pixel Data of at least this size is hashed on a second thread, in chunks of this size.
+PARALLEL_PIXELS = 8 << 20
+PARALLEL_CHUNK = 4 << 20
+_PIXEL_POOL: ThreadPoolExecutor | None = None
+_PIXEL_POOL_LOCK = threading.Lock()
+EMPTY_SHA256 = hashlib.sha256(b"").digest()
+#: The default cap on a dataset once inflated (``GATEWAY_MAX_INSTANCE_BYTES``).
+MAX_INSTANCE_BYTES = 4 << 30
+#: How deep sequences may nest; real instances stay below 10, pydicom recurses per level.
+MAX_DEPTH = 32
+#: How many element and item headers a dataset may hold. An enhanced multi-frame CT or MR
+#: of thousands of frames has a few hundred thousand; a deflated run of empty elements
+#: would otherwise cost minutes of CPU (and pydicom's parse of them, gigabytes).
+MAX_ELEMENTS = 1_000_000
+#: What read_header asks pydicom for: every other element is skipped, never held.
+HEADER_KEYWORDS = {
+    "sop_class_uid": "SOPClassUID",
+    "sop_instance_uid": "SOPInstanceUID",
+    "study_instance_uid": "StudyInstanceUID",
+    "series_instance_uid": "SeriesInstanceUID",
+    "patient_id": "PatientID",
+    "issuer_of_patient_id": "IssuerOfPatientID",
+    "modality": "Modality",
+    "body_part": "BodyPartExamined",
+}
+# Tags of the items and delimiters that frame sequences and encapsulated values
+ITEM = 0xFFFEE000
+ITEM_END = 0xFFFEE00D
+SEQUENCE_END = 0xFFFEE0DD
+UNDEFINED = 0xFFFFFFFF
+ITEM_TAG = (0xFFFE, 0xE000)
+_LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
+_SHORT_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_16)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """The two digests recorded on the ledger, and the transfer syntax they were taken in.
+
+    ``file_sha256`` is the SHA-256 of the whole file (preamble and File Meta included),
+    taken in the same pass: the pipeline compares it with the hash the spool took when
+    the file was received (:class:`gateway.ingest.spool.IncomingFile`).
+    """
+
+    digest: bytes
+    pixel_digest: bytes
+    transfer_syntax: str
+    dataset_offset: int
+    dataset_length: int
+    file_sha256: bytes = b""
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The attributes the gateway needs from a dataset. PatientID and issuer are PHI:
+    they only ever leave this object as an HMAC (``patient_key``)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str
+    issuer_of_patient_id: str
+    modality: str
+    body_part: str
+
+
+def dataset_offset(stream: BinaryIO) -> tuple[int, UID]:
+    """Offset of the dataset after the File Meta Information, and the transfer syntax."""
+    stream.seek(0)
+    try:
+        read_preamble(stream, False)
+        meta = _read_file_meta_info(stream)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, NotImplementedError) as exc:
+        raise DatasetUnreadable(f"no readable DICOM File Meta Information: {exc}") from exc
+    syntax = meta.get("TransferSyntaxUID")
+    if not syntax:
+        raise DatasetUnreadable("the File Meta Information has no Transfer Syntax UID")
+    return stream.tell(), UID(str(syntax))
+
+
+@dataclass(frozen=True)
+class PlainDataset:
+    """A dataset ready to walk and parse: the stream as received, or its inflated copy.
+
+    ``stream`` holds the dataset from ``offset`` on, encoded in ``syntax``; for a deflated
+    instance (``inflated``) that is the inflated copy, in Explicit VR Little Endian.
+    """
+
+    stream: BinaryIO
+    offset: int
+    syntax: UID
+    inflated: bool
+
+
+@contextlib.contextmanager
+def plain_dataset(
+    stream: BinaryIO, *, limit: int | None = None, scratch: str | os.PathLike[str] | None = None
+) -> Iterator[PlainDataset]:
+    """The dataset of the Part-10 ``stream``, inflated into a temporary file if deflated.
+
+    Parameters
+    ----------
+    stream:
+        The instance as received (seekable).
+    limit:
+        The most bytes the inflated dataset may take (default :data:`MAX_INSTANCE_BYTES`).
+    scratch:
+        The directory of the temporary file (default ``GATEWAY_TMPDIR``, else the system's).
+
+    Raises
+    ------
+    DatasetTooLarge
+        The dataset inflates past ``limit``.
+    DatasetUnreadable
+        The File Meta cannot be read, or the deflated stream is corrupt or truncated.
+    """
+    offset, syntax = dataset_offset(stream)
+    if not syntax.is_deflated:
+        yield PlainDataset(stream, offset, syntax, inflated=False)
+        return
+    folder = scratch if scratch is not None else os.environ.get("GATEWAY_TMPDIR")
+    with tempfile.TemporaryFile(dir=folder) as inflated:
+        inflate(stream, offset, cast(BinaryIO, inflated), limit=limit)
+        yield PlainDataset(cast(BinaryIO, inflated), 0, ExplicitVRLittleEndian, inflated=True)
+
+
+def inflate(stream: BinaryIO, offset: int, sink: BinaryIO, *, limit: int | None = None) -> int:
+    """Inflate the raw deflate stream from ``offset`` into ``sink``, CHUNK bytes at a time.
+
+    Memory stays at a few chunks whatever the ratio: ``decompress`` is asked for at most
+    CHUNK bytes per call, the rest of its input waits in ``unconsumed_tail``.
+
+    Returns
+    -------
+    int
+        How many bytes were written.
+
+    Raises
+    ------
+    DatasetTooLarge
+        More than ``limit`` bytes would come out (nothing past ``limit`` is written).
+    DatasetUnreadable
+        The stream is not valid deflate, or ends before its final block.
+    """
+    cap = MAX_INSTANCE_BYTES if limit is None else limit
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    written = 0
+    stream.seek(offset)
+    try:
+        while not inflater.eof:
+            data = inflater.unconsumed_tail or stream.read(CHUNK)
+            # with no input left, decompress(b"") still hands out what zlib holds back
+            out = inflater.decompress(data, min(CHUNK, cap - written + 1))
+            if not data and not out:
+                raise DatasetUnreadable("the deflated dataset is truncated")
+            written += len(out)
+            if written > cap:
+                raise DatasetTooLarge(f"the deflated dataset inflates past {cap} bytes", limit=cap)
+            sink.write(out)
+    except zlib.error as exc:
+        raise DatasetUnreadable(f"the deflated dataset does not inflate: {exc}") from exc
+    sink.flush()
+    return written
+
+
+def read_header(
+    stream: BinaryIO, *, limit: int | None = None, scratch: str | os.PathLike[str] | None = None
+) -> InstanceHeader:
+    """Parse the attributes before Pixel Data; raises DatasetUnreadable if pydicom cannot.
+
+    The dataset is walked (:func:`check_nesting`) before pydicom parses it, and a deflated
+    one is parsed from its bounded inflated copy (``limit``, ``scratch``: see
+    :func:`plain_dataset`).
+    """
+    with plain_dataset(stream, limit=limit, scratch=scratch) as plain:
+        check_nesting(plain.stream, plain.offset, plain.syntax)
+        return _parse_header(plain)
+
+
+def checked_header(
+    stream: BinaryIO, *, limit: int | None = None, scratch: str | os.PathLike[str] | None = None
+) -> InstanceHeader:
+    """:func:`check_structure` and :func:`read_header` at once: a deflated dataset is
+    inflated once. The check before a C-STORE is acked."""
+    with plain_dataset(stream, limit=limit, scratch=scratch) as plain:
+        _check_structure(plain)
+        return _parse_header(plain)
+
+
+def _parse_header(plain: PlainDataset) -> InstanceHeader:
+    """The header's attributes, parsed by pydicom once :func:`check_nesting` has passed."""
+    try:
+        ds = _parse(plain, defer_size=4096, keywords=list(HEADER_KEYWORDS.values()))
+        values = {key: ds.get(keyword, "") for key, keyword in HEADER_KEYWORDS.items()}
+    except Exception as exc:  # pydicom raises many types on malformed input
+        raise DatasetUnreadable(
+            f"the dataset cannot be parsed: {type(exc).__name__}: {exc}"
+        ) from exc
+    header = InstanceHeader(**{key: str(value or "").strip() for key, value in values.items()})
+    if not header.sop_instance_uid or not header.sop_class_uid:
+        raise DatasetUnreadable("the dataset has no SOP Class UID or SOP Instance UID")
+    return header
+
+
+def _parse(
+    plain: PlainDataset, *, defer_size: int | None, keywords: list[str] | None = None
+) -> Dataset:
+    """pydicom's parse of the attributes before Pixel Data (the caller walked them first),
+    only of ``keywords`` if given."""
+    plain.stream.seek(0)
+    if not plain.inflated:
+        return dcmread(
+            plain.stream, stop_before_pixels=True, defer_size=defer_size, specific_tags=keywords
+        )
+    plain.stream.seek(plain.offset)
+    return read_dataset(
+        plain.stream,
+        is_implicit_VR=False,
+        is_little_endian=True,
+        stop_when=lambda tag, vr, length: tag == PIXEL_DATA,
+        defer_size=defer_size,
+        specific_tags=[Tag(keyword) for keyword in keywords] if keywords else None,
+    )
+
+
+def load_dataset(
+    stream: BinaryIO,
+    *,
+    max_bytes: int,
+    max_elements: int = MAX_ELEMENTS,
+    limit: int | None = None,
+    scratch: str | os.PathLike[str] | None = None,
+) -> Dataset:
+    """Every attribute before Pixel Data, values read, if they take at most ``max_bytes``
+    in at most ``max_elements`` elements and items.
+
+    Raises
+    ------
+    DatasetTooLarge
+        The attributes before Pixel Data take more than ``max_bytes`` or ``max_elements``
+        (or the dataset inflates past ``limit``).
+    DatasetUnreadable
+        The dataset cannot be walked or parsed.
+    """
+    with plain_dataset(stream, limit=limit, scratch=scratch) as plain:
+        check_nesting(plain.stream, plain.offset, plain.syntax, max_elements=max_elements)
+        found = pixel_range(plain.stream, plain.offset, plain.syntax)
+        end = found[0] if found is not None else plain.stream.seek(0, io.SEEK_END)
+        if end - plain.offset > max_bytes:
+            raise DatasetTooLarge(
+                f"the attributes take more than {max_bytes} bytes", limit=max_bytes
+            )
+        try:
+            ds = _parse(plain, defer_size=None)
+            for _ in ds.iterall():  # convert every raw value while the walk's bounds hold
+                pass
+        except Exception as exc:  # pydicom raises many types on malformed input
+            raise DatasetUnreadable(
+                f"the dataset cannot be parsed: {type(exc).__name__}: {exc}"
+            ) from exc
+        return ds
+
+
+def check_nesting(
+    stream: BinaryIO,
+    offset: int,
+    syntax: UID,
+    *,
+    max_depth: int = MAX_DEPTH,
+    max_elements: int = MAX_ELEMENTS,
+) -> None:
+    """Walk every element header, inside sequences too, without reading a value.
+
+    Iterative, so a hostile depth costs no stack. Each defined length must fit inside the
+    item or sequence that holds it and inside the file; sequences nest at most
+    ``max_depth`` deep; an undefined-length sequence, item or value must end (with its
+    delimiter) before the file does. VRs are told apart as pydicom does, so what passes
+    here is what pydicom then parses, within these bounds.
+
+    Raises
+    ------
+    DatasetTooLarge
+        More than ``max_elements`` element and item headers.
+    DatasetUnreadable
+        On the first element that breaks a bound.
+    """
+    try:
+        walker = _Walker(stream, offset, syntax, max_depth, max_elements)
+    except ValueError as exc:
+        raise DatasetUnreadable(f"unknown transfer syntax {syntax}") from exc
+    walker.walk()
+
+
+@dataclass
+class _Level:
+    """An open item (holding elements) or sequence (holding items); ``end`` None: undefined."""
+
+    end: int | None
+    sequence: bool
+
+
+class _Walker:
+    """:func:`check_nesting`'s state: where it is, and the items and sequences still open."""
+
+    def __init__(
+        self, stream: BinaryIO, offset: int, syntax: UID, max_depth: int, max_elements: int
+    ) -> None:
+        self.stream = stream
+        self.implicit = syntax.is_implicit_VR
+        self.endian = "<" if syntax.is_little_endian else ">"
+        self.size = stream.seek(0, io.SEEK_END)
+        self.pos = offset
+        self.max_depth = max_depth
+        self.max_elements = max_elements
+        self.elements_left = max_elements
+        self.levels = [_Level(self.size, sequence=False)]
+        self.depth = 0
+
+    def walk(self) -> None:
+        """Every header from the dataset's start to the end of the data, or raise."""
+        while True:
+            level = self.levels[-1]
+            if level.end is not None and self.pos >= level.end:
+                if self.pos > level.end:
+                    raise DatasetUnreadable("an element runs past the end of its item or sequence")
+                if len(self.levels) == 1:
+                    return
+                self._close()
+                continue
+            self.elements_left -= 1
+            if self.elements_left < 0:
+                raise DatasetTooLarge(f"the dataset has more than {self.max_elements} elements")
+            head = self._read(8)
+            if len(head) < 8:
+                raise DatasetUnreadable(
+                    "the data ends inside an undefined-length sequence or item"
+                    if len(self.levels) > 1
+                    else f"{len(head)} bytes after the last complete element"
+                )
+            group, element = struct.unpack(self.endian + "HH", head[:4])
+            tag = group << 16 | element
+            if level.sequence:
+                self._item(tag, struct.unpack(self.endian + "L", head[4:])[0], level)
+            elif tag == ITEM_END and len(self.levels) > 1:
+                self.pos += 8
+                self._close()
+            else:
+                self._element(tag, head)
+
+    def _read(self, size: int) -> bytes:
+        self.stream.seek(self.pos)
+        return self.stream.read(size)
+
+    def _close(self) -> None:
+        if self.levels.pop().sequence:
+            self.depth -= 1
+
+    def _open(self, end: int | None, *, sequence: bool) -> None:
+        if sequence:
+            self.depth += 1
+            if self.depth > self.max_depth:
+                raise DatasetUnreadable(f"sequences nest more than {self.max_depth} deep")
+        self.levels.append(_Level(end, sequence=sequence))
+
+    def _fits(self, length: int, tag: int) -> int:
+        outer = min(level.end for level in self.levels if level.end is not None)
+        end = self.pos + length
+        if end > outer:
+            raise DatasetUnreadable(
+                f"{_named(tag)} declares {length} bytes, more than the data left"
+            )
+        return end
+
+    def _item(self, tag: int, length: int, level: _Level) -> None:
+        self.pos += 8
+        if tag == SEQUENCE_END:
+            self._close()
+        elif tag != ITEM:
+            raise DatasetUnreadable(f"expected an item in a sequence, found {_named(tag)}")
+        elif length == UNDEFINED:
+            self._open(None, sequence=False)
+        else:
+            self._open(self._fits(length, ITEM), sequence=False)
+
+    def _element(self, tag: int, head: bytes) -> None:
+        if tag >> 16 == 0xFFFE:  # items and delimiters belong to sequences only
+            raise DatasetUnreadable(f"{_named(tag)} where an element should be")
+        vr: bytes | None = None
+        length = struct.unpack(self.endian + "L", head[4:])[0]
+        size = 8
+        if not self.implicit:
+            code = head[4:6]
+            if code in _LONG_VRS:
+                vr, size = code, 12
+                extra = self._read(12)[8:]
+                if len(extra) < 4:
+                    raise DatasetUnreadable("the data ends inside an element header")
+                length = struct.unpack(self.endian + "L", extra)[0]
+            elif code in _SHORT_VRS:
+                vr = code
+                length = struct.unpack(self.endian + "H", head[6:])[0]
+            else:
+                # pydicom reads a 2-byte length (or an implicit element) where DCMTK, and so
+                # Orthanc, assumes a 4-byte one: the two would not see the same dataset.
+                raise DatasetUnreadable(f"{_named(tag)} has no standard VR ({code!r})")
+        self.pos += size
+        if length != UNDEFINED:
+            end = self._fits(length, tag)
+            if vr == b"SQ" or (vr is None and _dictionary_vr(tag) == "SQ"):
+                self._open(end, sequence=True)
+            else:
+                self.pos = end
+        elif vr in (b"SQ", b"UN") or (vr is None and self._undefined_is_sequence(tag)):
+            self._open(None, sequence=True)
+        else:
+            self._skip_to_delimiter(tag)
+
+    def _undefined_is_sequence(self, tag: int) -> bool:
+        """An undefined-length element of unknown VR is a sequence if the dictionary says so,
+        or (private tags) if an item follows: pydicom looks ahead the same way."""
+        vr = _dictionary_vr(tag)
+        if vr is not None:
+            return vr == "SQ"
+        following = self._read(4)
+        return len(following) == 4 and struct.unpack(self.endian + "HH", following) == ITEM_TAG
+
+    def _skip_to_delimiter(self, tag: int) -> None:
+        """Past the Sequence Delimitation Item closing an undefined-length value, as pydicom
+        finds it: through the items of encapsulated pixels, else by searching for it."""
+        position = self.pos
+        while True:
+            self.stream.seek(position)
+            head = self.stream.read(8)
+            if len(head) < 8:
+                break
+            group, element, length = struct.unpack(self.endian + "HHL", head)
+            if (group, element) == (0xFFFE, 0xE0DD):
+                self.pos = position + 8
+                return
+            if (group, element) != ITEM_TAG or position + 8 + length > self.size:
+                break
+            self.elements_left -= 1
+            if self.elements_left < 0:
+                raise DatasetTooLarge(f"the dataset has more than {self.max_elements} elements")
+            position += 8 + length
+        if tag == PIXEL_DATA:
+            # Encapsulated pixels are items, then the delimiter (PS3.5 A.4): a search would
+            # pass fragments, or a delimiter cut short, that DCMTK, and so Orthanc, refuses.
+            raise DatasetUnreadable(
+                f"the encapsulated Pixel Data is not items then its delimiter (byte {position})"
+            )
+        marker = struct.pack(self.endian + "HH", 0xFFFE, 0xE0DD)
+        position = self.pos
+        self.stream.seek(position)
+        carry = b""
+        while chunk := self.stream.read(CHUNK):
+            window = carry + chunk
+            found = window.find(marker)
+            if found >= 0:
+                self.pos = position - len(carry) + found + 8
+                if self.pos > self.size:
+                    break
+                return
+            carry = window[-3:]
+            position += len(chunk)
+        raise DatasetUnreadable(
+            f"{_named(tag)} has an undefined length and no end before the data ends"
+        )
+
+
+def _named(tag: int) -> str:
+    return "an item" if tag == ITEM else f"element ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return None
+
+
+def fingerprint(
+    stream: BinaryIO, *, limit: int | None = None, scratch: str | os.PathLike[str] | None = None
+) -> Fingerprint:
+    """Digest a Part-10 instance read from ``stream`` (seekable), in bounded memory.
+
+    The element headers are walked first (seeking over values) to find Pixel Data; then
+    the dataset is read once and each chunk feeds both digests. Over a large Pixel Data
+    value the pixel digest runs on a second thread beside the dataset digest (hashlib
+    releases the GIL), so one big instance hashes on two cores. A deflated dataset is
+    hashed as received; its Pixel Data is found in the bounded inflated copy (``limit``,
+    ``scratch``: see :func:`plain_dataset`).
+    """
+    with plain_dataset(stream, limit=limit, scratch=scratch) as plain:
+        check_nesting(plain.stream, plain.offset, plain.syntax)
+        return _fingerprint(stream, plain)
+
+
+def fingerprint_and_header(
+    stream: BinaryIO, *, limit: int | None = None, scratch: str | os.PathLike[str] | None = None
+) -> tuple[Fingerprint, InstanceHeader]:
+    """:func:`fingerprint` and :func:`read_header` at once: one inflate, one walk."""
+    with plain_dataset(stream, limit=limit, scratch=scratch) as plain:
+        check_nesting(plain.stream, plain.offset, plain.syntax)
+        return _fingerprint(stream, plain), _parse_header(plain)
+
+
+def _fingerprint(stream: BinaryIO, plain: PlainDataset) -> Fingerprint:
+    """The digests of ``stream`` whose dataset ``plain`` has been walked."""
+    if plain.inflated:
+        offset, syntax = dataset_offset(stream)
+        found = pixel_range(plain.stream, plain.offset, plain.syntax)
+        pixel_digest = EMPTY_SHA256 if found is None else _hash_range(plain.stream, *found)
+        whole = _hash_prefix(stream, offset)
+        digest, length, _ = _hash_once(stream, offset, None, whole=whole)
+    else:
+        offset, syntax = plain.offset, plain.syntax
+        whole = _hash_prefix(stream, offset)
+        pixels = pixel_range(stream, offset, syntax)
+        digest, length, pixel = _hash_once(stream, offset, pixels, whole=whole)
+        pixel_digest = EMPTY_SHA256 if pixel is None else pixel
+    return Fingerprint(
+        digest=digest,
+        pixel_digest=pixel_digest,
+        transfer_syntax=str(syntax),
+        dataset_offset=offset,
+        dataset_length=length,
+        file_sha256=whole.digest(),
+    )
+
+
+def _hash_prefix(stream: BinaryIO, offset: int) -> hashlib._Hash:
+    """A SHA-256 fed with the bytes before the dataset (preamble and File Meta)."""
+    stream.seek(0)
+    prefix = stream.read(offset)
+    if len(prefix) != offset:
+        raise DatasetUnreadable("the file ends inside its File Meta Information")
+    return hashlib.sha256(prefix)
+
+
+def _read_chunks(stream: BinaryIO, size: int) -> Iterator[memoryview]:
+    while chunk := stream.read(size):
+        yield memoryview(chunk)
+
+
+def _pixel_hasher() -> ThreadPoolExecutor:
+    global _PIXEL_POOL
+    with _PIXEL_POOL_LOCK:
+        if _PIXEL_POOL is None:
+            _PIXEL_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pixel-digest")
+        return _PIXEL_POOL
+
+
+def _hash_once(
+    stream: BinaryIO,
+    offset: int,
+    pixels: tuple[int, int] | None,
+    *,
+    whole: hashlib._Hash | None = None,
+) -> tuple[bytes, int, bytes | None]:
+    """SHA-256 from ``offset`` to the end and of the ``pixels`` range, in one pass.
+
+    A regular file is read through memory maps (no copy out of the page cache). ``whole``,
+    if given, is fed the same bytes (the whole file's hash, its prefix already in it).
+
+    Returns the dataset digest, the dataset length and the pixel digest (None without a
+    range). A range that runs past the end of the stream raises DatasetUnreadable.
+    """
+    sha = hashlib.sha256()
+    pixel = hashlib.sha256() if pixels is not None else None
+    start, end = pixels if pixels is not None else (0, 0)
+    parallel = pixel is not None and end - start >= PARALLEL_PIXELS
+    pool = _pixel_hasher() if parallel else None
+    stream.seek(offset)
+    position = offset
+    length = 0
+    size = PARALLEL_CHUNK if parallel else CHUNK
+    views = filemap.chunks(stream, size) or _read_chunks(stream, size)
+    for view in views:
+        lo, hi = max(start - position, 0), min(end - position, len(view))
+        pending: list[Future[None]] = []
+        if pixel is not None and lo < hi:
+            if pool is not None:
+                pending.append(pool.submit(pixel.update, view[lo:hi]))
+            else:
+                pixel.update(view[lo:hi])
+        if whole is not None:
+            if pool is not None:  # a third digest on the pool's other thread
+                pending.append(pool.submit(whole.update, view))
+            else:
+                whole.update(view)
+        sha.update(view)
+        for done in pending:
+            done.result()
+        position += len(view)
+        length += len(view)
+    if pixel is not None and position < end:
+        raise DatasetUnreadable("the Pixel Data element runs past the end of the file")
+    return sha.digest(), length, pixel.digest() if pixel is not None else None
+
+
+def pixel_range(stream: BinaryIO, offset: int, syntax: UID) -> tuple[int, int] | None:
+    """Where the Pixel Data value lies, walking every top-level element header.
+
+    Raises DatasetUnreadable when an element runs past the end of the stream, which is how
+    a truncated instance shows up: its header parses, its last element does not fit.
+    """
+    size = stream.seek(0, io.SEEK_END)
+    stream.seek(offset)
+    try:
+        implicit = syntax.is_implicit_VR
+        little = syntax.is_little_endian
+    except ValueError as exc:
+        raise DatasetUnreadable(f"unknown transfer syntax {syntax}") from exc
+    found: tuple[int, int] | None = None
+    end = offset
+    try:
+        for element in data_element_generator(stream, implicit, little, defer_size=256):
+            end = stream.tell()  # the generator leaves us just past the element
+            short = (
+                isinstance(element, RawDataElement)
+                and element.length != 0xFFFFFFFF
+                and isinstance(element.value, bytes)
+                and len(element.value) != element.length
+            )
+            if end > size or short:
+                raise DatasetUnreadable(f"element {element.tag} runs past the end of the data")
+            if element.tag == PIXEL_DATA and isinstance(element, RawDataElement):
+                # the Sequence Delimitation Item of encapsulated pixels is framing, not value
+                found = (element.value_tell, end - 8 if element.length == 0xFFFFFFFF else end)
+    except DatasetUnreadable:
+        raise
+    except Exception as exc:  # malformed lengths or tags inside the dataset
+        raise DatasetUnreadable(
+            f"the dataset cannot be walked: {type(exc).__name__}: {exc}"
+        ) from exc
+    if end != size:  # the generator stops quietly on a partial element header
+        raise DatasetUnreadable(f"{size - end} bytes after the last complete element")
+    return found
+
+
+def check_structure(
+    stream: BinaryIO, *, limit: int | None = None, scratch: str | os.PathLike[str] | None = None
+) -> UID:
+    """Cheap pre-ack check: meta readable and every element fits (no hashing), deflated
+    datasets included (their bounded inflated copy is walked). Returns the syntax received."""
+    with plain_dataset(stream, limit=limit, scratch=scratch) as plain:
+        _check_structure(plain)
+    return dataset_offset(stream)[1]
+
+
+def _check_structure(plain: PlainDataset) -> None:
+    check_nesting(plain.stream, plain.offset, plain.syntax)
+    pixel_range(plain.stream, plain.offset, plain.syntax)
+
+
+def _hash_range(stream: BinaryIO, start: int, end: int) -> bytes:
+    sha = hashlib.sha256()
+    stream.seek(start)
+    remaining = end - start
+    while remaining > 0:
+        chunk = stream.read(min(CHUNK, remaining))
+        if not chunk:
+            raise DatasetUnreadable("the Pixel Data element runs past the end of the file")
+        sha.update(chunk)
+        remaining -= len(chunk)
+    return sha.digest()
+
+
+def fingerprint_bytes(data: bytes, *, limit: int | None = None) -> Fingerprint:
+    """Convenience for small in-memory instances (tests, the Orthanc plugin)."""
+    return fingerprint(io.BytesIO(data), limit=limit)

@@ -1,0 +1,1 @@
+"""The index: one row per received instance, its stage and evidence (SQLite)."""

@@ -1,0 +1,1 @@
+"""Orthanc: the REST client every stage and check uses, and the embedded Orthanc `up` runs."""

@@ -1,0 +1,151 @@
+"""Storage Commitment decisions on a real index, the report dataset, the peers setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Settings
+from gateway.errors import ConfigError
+from gateway.index.db import Index
+from gateway.ingest.commitment import (
+    CLASS_INSTANCE_CONFLICT,
+    NO_SUCH_OBJECT_INSTANCE,
+    PROCESSING_FAILURE,
+    SCHEMA,
+    SUCCESS,
+    CommitmentLog,
+    Reference,
+    Report,
+    decide,
+    judge,
+)
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Index:
+    return Index(tmp_path / "index.sqlite")
+
+
+def received(index: Index, uid: str, stage: str, *, sop_class: str = CT) -> int:
+    row_id = index.add_received(
+        entry_id=f"e{uid.replace('.', '')}{len(index.all())}",
+        sop_instance_uid=uid,
+        sop_class_uid=sop_class,
+        calling_aet="CT1",
+        size=10,
+    )
+    index.update(row_id, stage=stage)
+    return row_id
+
+
+def verdict(index: Index, uid: str, sop_class: str = CT) -> int | None:
+    return judge(Reference(sop_class, uid), index.by_uid(uid))
+
+
+def test_only_a_committed_latest_version_is_success(index: Index) -> None:
+    received(index, "1.1", "committed")
+    received(index, "1.2", "forward")
+    received(index, "1.3", "committed")
+    received(index, "1.3", "duplicate")  # the same bytes again: stands for the first
+    received(index, "1.4", "committed")
+    received(index, "1.4", "conflict")  # a new version the PACS holds other bytes for
+    received(index, "1.5", "committed")
+    received(index, "1.5", "seal")  # a new version on its way
+    received(index, "1.6", "rejected")
+    assert verdict(index, "1.1") == SUCCESS
+    assert verdict(index, "1.2") is None
+    assert verdict(index, "1.3") == SUCCESS
+    assert verdict(index, "1.4") == PROCESSING_FAILURE
+    assert verdict(index, "1.5") is None
+    assert verdict(index, "1.6") == PROCESSING_FAILURE
+    assert verdict(index, "9.9") == NO_SUCH_OBJECT_INSTANCE
+    assert verdict(index, "1.1", MR) == CLASS_INSTANCE_CONFLICT
+
+
+def test_decide_waits_for_pending_instances_until_final(index: Index) -> None:
+    received(index, "2.1", "committed")
+    row = received(index, "2.2", "anchor")
+    refs = [Reference(CT, "2.1"), Reference(CT, "2.2"), Reference(CT, "2.3")]
+    assert decide("9.8.7", refs, index, final=False) is None
+    timed_out = decide("9.8.7", refs, index, final=True)
+    assert timed_out is not None and timed_out.event_type == 2
+    assert timed_out.committed == (Reference(CT, "2.1"),)
+    assert dict(timed_out.failed) == {
+        Reference(CT, "2.2"): PROCESSING_FAILURE,
+        Reference(CT, "2.3"): NO_SUCH_OBJECT_INSTANCE,
+    }
+    index.update(row, stage="committed")
+    report = decide("9.8.7", refs[:2], index, final=False)
+    assert report is not None and report.event_type == 1 and not report.failed
+
+
+def test_report_dataset_and_its_stored_form() -> None:
+    report = Report(
+        transaction_uid="1.2.3",
+        committed=(Reference(CT, "4.5"),),
+        failed=((Reference(MR, "4.6"), NO_SUCH_OBJECT_INSTANCE),),
+    )
+    ds = report.dataset()
+    assert ds.TransactionUID == "1.2.3"
+    assert [i.ReferencedSOPInstanceUID for i in ds.ReferencedSOPSequence] == ["4.5"]
+    (failed,) = ds.FailedSOPSequence
+    assert (failed.ReferencedSOPClassUID, failed.FailureReason) == (MR, 0x0112)
+    assert Report.from_json("1.2.3", report.to_json()) == report
+    only_ok = Report("1.2.3", (Reference(CT, "4.5"),), ())
+    assert only_ok.event_type == 1 and "FailedSOPSequence" not in only_ok.dataset()
+
+
+def test_requests_survive_reopening_the_index(tmp_path: Path) -> None:
+    index = Index(tmp_path / "index.sqlite")
+    log = CommitmentLog(index)
+    request_id = log.add(
+        transaction_uid="1.2.3", calling_aet="CT1", refs=[Reference(CT, "5.1")], deadline=1e12
+    )
+    log.failed_delivery(request_id, "peer down", retry_in=0)
+    index.close()
+    again = CommitmentLog(Index(tmp_path / "index.sqlite"))
+    (request,) = again.due(now=2e12)
+    assert (request.id, request.state, request.attempts) == (request_id, "open", 1)
+    assert request.refs == (Reference(CT, "5.1"),)
+    assert again.counts() == {"open": 1}
+
+
+def test_commitment_peers_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_COMMITMENT_PEERS", "CT1=10.0.0.5:104, MR_2=mr.example:11112")
+    assert Settings().commitment_peers == {"CT1": ("10.0.0.5", 104), "MR_2": ("mr.example", 11112)}
+    monkeypatch.setenv("GATEWAY_COMMITMENT_PEERS", '{"CT1": "[::1]:4242"}')
+    assert Settings().commitment_peers == {"CT1": ("::1", 4242)}
+    for bad in ("CT1", "CT1=host", "CT1=host:0", "CT1=host:http"):
+        monkeypatch.setenv("GATEWAY_COMMITMENT_PEERS", bad)
+        with pytest.raises((ValueError, ConfigError)):
+            Settings()
+    monkeypatch.delenv("GATEWAY_COMMITMENT_PEERS")
+    assert Settings().commitment_peers == {}
+
+
+def test_whether_a_request_came_over_tls_is_kept_and_old_indexes_gain_the_column(
+    tmp_path: Path,
+) -> None:
+    """A report after a restart must still go over TLS; rows from before TLS stay plain."""
+    index = Index(tmp_path / "index.sqlite")
+    old_schema = SCHEMA.replace(",\n    tls INTEGER NOT NULL DEFAULT 0", "")
+    assert "tls" not in old_schema
+    with index.transaction() as db:
+        for statement in old_schema.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(
+            "INSERT INTO commitments (transaction_uid, calling_aet, refs, received_at, deadline,"
+            " state) VALUES ('1.2.3', 'CT1', '[]', 0, 0, 'open')"
+        )
+    log = CommitmentLog(index)
+    assert log.get(1).tls is False
+    later = log.add(transaction_uid="1.2.4", calling_aet="CT1", refs=[], deadline=0, tls=True)
+    assert log.get(later).tls is True
+    index.close()
+    assert CommitmentLog(Index(tmp_path / "index.sqlite")).get(later).tls is True
