@@ -51,7 +51,7 @@ STORED_FILE_HEADER = "X-Xray-Stored-File-Token"
 # sending the first byte: 0.8 s for 10 MB on loopback, a read timeout for 400 MB.
 IDENTITY = {"Accept-Encoding": "identity"}
 
-Status = Literal["Success", "AlreadyStored"]
+StoreStatus = Literal["Success", "AlreadyStored"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class ForwardResult:
     """
 
     orthanc_id: str
-    status: Status
+    status: StoreStatus
     conflict: bool
     digest: bytes
     orthanc_digest: bytes | None
