@@ -36,7 +36,7 @@ from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import (
     _read_file_meta_info,
     data_element_generator,
@@ -85,6 +85,15 @@ UNDEFINED = 0xFFFFFFFF
 ITEM_TAG = (0xFFFE, 0xE000)
 _LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
 _SHORT_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_16)
+# What pydicom raises on a File Meta it cannot read (a value of the wrong length, an unknown VR)
+_UNREADABLE_META = (
+    InvalidDicomError,
+    BytesLengthException,
+    EOFError,
+    ValueError,
+    KeyError,
+    NotImplementedError,
+)
 
 
 @dataclass(frozen=True)
@@ -120,14 +129,27 @@ class InstanceHeader:
 
 
 def dataset_offset(stream: BinaryIO) -> tuple[int, UID]:
-    """Offset of the dataset after the File Meta Information, and the transfer syntax."""
+    """Offset of the dataset after the File Meta Information, and the transfer syntax.
+
+    The one definition of where the dataset starts: the File Meta (group 0002, explicit
+    VR little endian) is read element by element until the first element of another
+    group, as pydicom reads it; its group length is not trusted. Every digest of the
+    gateway and of the Orthanc plugin covers the bytes from this offset on.
+
+    Raises
+    ------
+    DatasetUnreadable
+        No DICM prefix, a File Meta element pydicom cannot read (such as an unknown VR),
+        or no Transfer Syntax UID.
+    """
     stream.seek(0)
     try:
         read_preamble(stream, False)
         meta = _read_file_meta_info(stream)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, NotImplementedError) as exc:
+        # pydicom converts a raw element when it is first read: an unknown VR raises here
+        syntax = meta.get("TransferSyntaxUID")
+    except _UNREADABLE_META as exc:
         raise DatasetUnreadable(f"no readable DICOM File Meta Information: {exc}") from exc
-    syntax = meta.get("TransferSyntaxUID")
     if not syntax:
         raise DatasetUnreadable("the File Meta Information has no Transfer Syntax UID")
     return stream.tell(), UID(str(syntax))
@@ -720,6 +742,29 @@ def _hash_range(stream: BinaryIO, start: int, end: int) -> bytes:
         sha.update(chunk)
         remaining -= len(chunk)
     return sha.digest()
+
+
+def dataset_digest(data: bytes) -> tuple[bytes, str]:
+    """:func:`fingerprint`'s ``digest`` and ``transfer_syntax`` of an in-memory Part-10 file,
+    without walking the dataset.
+
+    For a reader that must judge bytes the gateway would refuse to take in: the Orthanc
+    plugin hashes every stored copy it serves, and an altered copy may no longer be a
+    well-formed dataset. Where the dataset starts is :func:`dataset_offset`'s answer, so
+    whenever :func:`fingerprint` accepts a file the two digests are the same.
+
+    Returns
+    -------
+    tuple of (bytes, str)
+        SHA-256 of the bytes after the File Meta, and the Transfer Syntax UID it declares.
+
+    Raises
+    ------
+    DatasetUnreadable
+        When the File Meta cannot be read.
+    """
+    offset, syntax = dataset_offset(io.BytesIO(data))
+    return hashlib.sha256(memoryview(data)[offset:]).digest(), str(syntax)
 
 
 def fingerprint_bytes(data: bytes, *, limit: int | None = None) -> Fingerprint:

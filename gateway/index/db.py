@@ -22,6 +22,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from gateway.index.queries import IS_FINGERPRINTED_VERSION, IS_VERSION
+
 STAGES = ("fingerprint", "seal", "put", "anchor", "forward", "committed")
 DONE_STAGES = ("committed", "duplicate", "rejected", "conflict", "failed")
 PARKED = "failed"  # no automatic work left, but not done: waits for `xray-gateway retry`
@@ -352,7 +354,7 @@ class Index:
         with self.transaction() as db:
             cursor = db.execute(
                 "SELECT id, digest, version FROM instances WHERE record_key = ? AND id != ?"
-                " AND stage NOT IN ('duplicate', 'rejected') AND digest IS NOT NULL ORDER BY id",
+                f" AND {IS_FINGERPRINTED_VERSION} ORDER BY id",
                 (values["record_key"], row_id),
             )
             others = cursor.fetchall()
@@ -372,9 +374,9 @@ class Index:
         return stage, version, duplicate_of
 
     def versions_of(self, record_key: bytes, *, exclude: int | None = None) -> list[Row]:
-        """Every row of this record key that was not a duplicate, oldest first."""
+        """Every version of this record key (:data:`~gateway.index.queries.IS_VERSION`), oldest first."""
         return self._rows(
-            "WHERE record_key = ? AND stage NOT IN ('duplicate', 'rejected') AND id != ? ORDER BY id",
+            f"WHERE record_key = ? AND {IS_VERSION} AND id != ? ORDER BY id",
             (record_key, -1 if exclude is None else exclude),
         )
 
@@ -390,10 +392,9 @@ class Index:
         return self._rows("WHERE record_key = ? ORDER BY id", (record_key,))
 
     def batched(self) -> list[Row]:
-        """Rows anchored through a batch (they carry a batch id and a proof)."""
+        """Versions anchored through a batch (they carry a batch id and a proof)."""
         return self._rows(
-            "WHERE batch_id IS NOT NULL AND proof IS NOT NULL AND stage NOT IN"
-            " ('duplicate', 'rejected') ORDER BY id"
+            f"WHERE batch_id IS NOT NULL AND proof IS NOT NULL AND {IS_VERSION} ORDER BY id"
         )
 
     # -- Merkle batches -------------------------------------------------------------------

@@ -8,16 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import IndexUnavailable
+from gateway.index.queries import IS_FINGERPRINTED_VERSION
 from gateway.orthanc_plugin.verdict import Version
 
-# The versions a copy may legitimately be: every row that was not a duplicate or a
-# rejected reception and has been fingerprinted, oldest first.
+# The versions a copy may legitimately be: the instance's fingerprinted versions (the
+# index's rule, not restated here), oldest first.
 VERSIONS_SQL = (
     "SELECT version, digest, pixel_digest, record_key, tx_hash, block_number, block_time,"
     " recorder, batch_id, leaf_index, transfer_syntax, patient_key, proof, received_at"
     " FROM instances"
-    " WHERE sop_instance_uid = ?"
-    " AND stage NOT IN ('duplicate', 'rejected') AND digest IS NOT NULL ORDER BY id"
+    f" WHERE sop_instance_uid = ? AND {IS_FINGERPRINTED_VERSION} ORDER BY id"
 )
 
 

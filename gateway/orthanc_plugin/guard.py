@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -50,7 +49,7 @@ import pydicom
 
 from gateway.core.fingerprint import (
     MAX_INSTANCE_BYTES,
-    dataset_offset,
+    dataset_digest,
     fingerprint_bytes,
     read_header,
 )
@@ -119,66 +118,6 @@ class LedgerView(Protocol):
 
 # Orthanc's id of an instance -> the UUID of its DICOM attachment (None: no such instance)
 Locate = Callable[[str], "str | None"]
-
-
-# Explicit VR Little Endian VRs with a 2-byte reserved field and a 4-byte length
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
-
-
-def _walk_meta(data: bytes) -> tuple[int, str] | None:
-    """Dataset offset and Transfer Syntax UID, walking the File Meta elements.
-
-    The File Meta is always explicit VR little endian, group 0002, read element by
-    element until the first element of another group, as pydicom reads it (the group
-    length is not trusted). Anything unusual returns None and pydicom decides.
-    """
-    end = len(data)
-    if end < 132 or data[128:132] != b"DICM":
-        return None
-    pos, syntax = 132, None
-    while pos + 8 <= end:
-        group, element = struct.unpack_from("<HH", data, pos)
-        if group != 2:
-            return (pos, syntax) if syntax else None
-        vr = data[pos + 4 : pos + 6]
-        if vr in _LONG_VRS:
-            if pos + 12 > end:
-                return None
-            length, value = struct.unpack_from("<I", data, pos + 8)[0], pos + 12
-        elif vr.isalpha() and vr.isupper():
-            length, value = struct.unpack_from("<H", data, pos + 6)[0], pos + 8
-        else:
-            return None
-        if length == 0xFFFFFFFF or value + length > end:
-            return None
-        if element == 0x0010:
-            syntax = data[value : value + length].rstrip(b"\x00 ").decode("ascii", "replace")
-        pos = value + length
-    return None
-
-
-def dataset_fingerprint(data: bytes) -> tuple[bytes, str]:
-    """SHA-256 of the dataset bytes, File Meta excluded (:func:`gateway.core.fingerprint.fingerprint`'s
-    digest), and the Transfer Syntax UID the File Meta declares.
-
-    Raises
-    ------
-    DatasetUnreadable
-        When the File Meta cannot be read.
-    """
-    walked = _walk_meta(data)
-    if walked is None:
-        offset, uid = dataset_offset(io.BytesIO(data))
-        walked = (offset, str(uid))
-    offset, syntax = walked
-    return hashlib.sha256(memoryview(data)[offset:]).digest(), syntax
-
-
-def dataset_digest(data: bytes) -> bytes:
-    """SHA-256 of the dataset bytes, File Meta excluded."""
-    return dataset_fingerprint(data)[0]
 
 
 def orthanc_instance_id(
@@ -323,7 +262,7 @@ class Guard:
         """
         try:
             digest: bytes | None
-            digest, syntax = dataset_fingerprint(data)
+            digest, syntax = dataset_digest(data)
         except DatasetUnreadable:
             digest, syntax = None, ""
         identity = self._file_identity(data, syntax)
@@ -402,7 +341,7 @@ class Guard:
             named_sop = attachment.sop_instance_uid or ""
             return self._judge(named_sop, raw, "", data, arrival_digest=attachment.sha256), known_id
         try:
-            digest, syntax = dataset_fingerprint(data)
+            digest, syntax = dataset_digest(data)
         except DatasetUnreadable as exc:
             catalogued = attachment.sop_instance_uid if attachment is not None else None
             return self._unreadable(catalogued, str(exc)), known_id

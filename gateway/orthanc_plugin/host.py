@@ -45,10 +45,11 @@ from typing import Any
 import numpy as np
 import pydicom
 
+from gateway.core.fingerprint import dataset_digest
 from gateway.errors import OrthancResourceNotFound
 from gateway.orthanc_plugin.catalog import Catalog
 from gateway.orthanc_plugin.evidence import RecordBook
-from gateway.orthanc_plugin.guard import DICOM, Guard, dataset_digest
+from gateway.orthanc_plugin.guard import DICOM, Guard
 from gateway.orthanc_plugin.ledger_mirror import LedgerMirror
 from gateway.orthanc_plugin.settings import PluginSettings
 from gateway.orthanc_plugin.storage import FileArea
@@ -258,7 +259,7 @@ class XrayPlugin:
         output.SetHttpHeader("X-Xray-Status", verdict.status)
         # not a readable DICOM file any more: no digest header, the status says so
         with contextlib.suppress(Exception):
-            output.SetHttpHeader("X-Xray-Dataset-Digest", dataset_digest(data).hex())
+            output.SetHttpHeader("X-Xray-Dataset-Digest", dataset_digest(data)[0].hex())
         output.AnswerBuffer(data, "application/dicom")
 
     def _holds_stored_file_token(self, request: dict[str, Any]) -> bool:

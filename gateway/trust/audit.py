@@ -35,6 +35,7 @@ from typing import Any
 
 from gateway.errors import AuditRunning, GatewayError, UnknownInstance
 from gateway.index.db import Index, error_class
+from gateway.index.queries import is_version
 from gateway.trust.alerts import Alerts
 from gateway.trust.verdicts import STATUSES, TABLE
 from gateway.trust.verify import PENDING_STAGES, Verdict, Verifier
@@ -112,7 +113,7 @@ def sweep(
     known_keys: set[bytes] = set()
     if index is not None:
         for row in index.all():
-            if row.stage in ("duplicate", "rejected"):
+            if not is_version(row.stage):
                 continue
             uids[row.sop_instance_uid] = None
             if row.record_key:

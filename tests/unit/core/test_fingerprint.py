@@ -11,6 +11,7 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom import dcmread
 
@@ -22,6 +23,7 @@ from gateway.core.fingerprint import (
     check_nesting,
     check_structure,
     checked_header,
+    dataset_digest,
     dataset_offset,
     fingerprint,
     fingerprint_bytes,
@@ -72,6 +74,90 @@ def test_rewriting_the_file_meta_keeps_the_digest(catalogue: list[Path], tmp_pat
     assert first.dataset_offset != second.dataset_offset
     assert first.digest == second.digest
     assert first.pixel_digest == second.pixel_digest
+
+
+# --- the one dataset digest: the gateway's fingerprint and the Orthanc plugin's -------------
+
+PYDICOM_FILES = sorted((Path(pydicom.__file__).parent / "data" / "test_files").rglob("*.dcm"))
+
+
+def test_the_plugins_digest_is_the_gateways_in_every_transfer_syntax(
+    catalogue: list[Path],
+) -> None:
+    """:func:`dataset_digest` (what the plugin hashes on every read) gives
+    :func:`fingerprint`'s digest and syntax wherever the gateway takes a file in; where the
+    gateway refuses the dataset but reads the File Meta, it still hashes from the same offset."""
+    syntaxes: set[str] = set()
+    for path in catalogue + PYDICOM_FILES:
+        data = path.read_bytes()
+        try:
+            fp = fingerprint_bytes(data)
+        except (DatasetUnreadable, DatasetTooLarge):
+            try:
+                offset, syntax = dataset_offset(io.BytesIO(data))
+            except DatasetUnreadable:
+                with pytest.raises(DatasetUnreadable):
+                    dataset_digest(data)
+                continue
+            assert dataset_digest(data) == (hashlib.sha256(data[offset:]).digest(), str(syntax))
+            continue
+        assert dataset_digest(data) == (fp.digest, fp.transfer_syntax), path.name
+        syntaxes.add(fp.transfer_syntax)
+    assert {
+        "1.2.840.10008.1.2",  # implicit VR little endian
+        "1.2.840.10008.1.2.1",  # explicit VR little endian
+        "1.2.840.10008.1.2.2",  # explicit VR big endian
+        "1.2.840.10008.1.2.1.99",  # deflated
+        "1.2.840.10008.1.2.4.50",  # JPEG baseline (encapsulated)
+        "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+        "1.2.840.10008.1.2.5",  # RLE lossless
+    } <= syntaxes
+
+
+@pytest.mark.parametrize("delta", [40, -40, 1 << 20])
+def test_the_dataset_starts_after_the_last_meta_element_whatever_the_group_length_says(
+    catalogue: list[Path], delta: int
+) -> None:
+    """Elements of another group inside a lying (0002,0000) are dataset, not meta."""
+    data = bytearray(catalogue[0].read_bytes())
+    assert data[132:140] == b"\x02\x00\x00\x00UL\x04\x00"
+    data[140:144] = (int.from_bytes(data[140:144], "little") + delta).to_bytes(4, "little")
+    truthful = fingerprint_bytes(catalogue[0].read_bytes())
+    assert dataset_offset(io.BytesIO(bytes(data)))[0] == truthful.dataset_offset
+    assert dataset_digest(bytes(data)) == (truthful.digest, truthful.transfer_syntax)
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        (lambda data: data[128:], "no preamble"),
+        (lambda data: data[:128] + b"DICX" + data[132:], "no DICM prefix"),
+        (
+            lambda data: data.replace(b"\x02\x00\x10\x00UI", b"\x02\x00\x10\x00UU", 1),
+            "unknown VR of the Transfer Syntax UID",
+        ),
+        pytest.param(
+            lambda data: data.replace(b"\x02\x00\x00\x00UL", b"\x02\x00\x00\x00HL", 1),
+            "unknown VR of the group length",
+            # pydicom then tries the File Meta as implicit VR, and says so
+            marks=pytest.mark.filterwarnings("ignore:Expected implicit VR:UserWarning"),
+        ),
+        (lambda data: data.replace(b"\x02\x00\x10\x00", b"\x02\x00\x11\x00", 1), "no syntax"),
+        (lambda data: data[:138] + b"\x03\x00" + data[140:], "a UL of 3 bytes"),
+    ],
+)
+def test_a_file_meta_the_gateway_cannot_read_has_no_dataset_digest(
+    catalogue: list[Path], edit: Callable[[bytes], bytes], why: str
+) -> None:
+    """The plugin then keeps the whole file's SHA-256 (guard.py). An unknown VR, and a
+    value of the wrong length, used to escape :func:`dataset_offset` as pydicom's
+    NotImplementedError and BytesLengthException, not DatasetUnreadable."""
+    data = edit(catalogue[0].read_bytes())
+    assert data != catalogue[0].read_bytes(), why
+    with pytest.raises(DatasetUnreadable):
+        dataset_digest(data)
+    with pytest.raises(DatasetUnreadable):
+        fingerprint_bytes(data)
 
 
 def test_a_header_edit_changes_the_digest_but_not_the_pixel_digest(
