@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydicom import config
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import (
@@ -138,8 +139,12 @@ def status(code: int, comment: str = "") -> Dataset:
 
 
 def valid_uid(value: object) -> bool:
-    """A syntactically valid UID: digits and dots, at most 64 characters."""
-    return isinstance(value, str) and UID(value).is_valid
+    """A syntactically valid UID: digits and dots, at most 64 characters.
+
+    Checked without pydicom's own validation, which would log (and warn) the peer's
+    value once more for every hostile UID.
+    """
+    return isinstance(value, str) and UID(value, validation_mode=config.IGNORE).is_valid
 
 
 @dataclass
