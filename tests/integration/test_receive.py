@@ -5,11 +5,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, evt
 
 import dicom_fixtures
 from gateway.index.db import Index
@@ -262,3 +263,40 @@ def test_a_full_spool_refuses_only_its_own_receivers_instances(
     assert statuses[roomy] == [SUCCESS] * 2
     assert receivers[full].index.all() == []
     assert len(receivers[roomy].index.all()) == 2
+
+
+def test_another_scp_in_the_process_keeps_pynetdicoms_own_files(
+    tmp_path: Path, start_receivers: StartReceivers
+) -> None:
+    (rx,) = start_receivers([0])  # the routing of received datasets is installed
+    (path,) = dicom_fixtures.ct_series(tmp_path / "series", 1, rows=32, cols=32)
+    received: list[tuple[str, Path]] = []
+
+    def handle_store(event: Any) -> int:
+        received.append((str(event.dataset.SOPInstanceUID), Path(event.dataset_path)))
+        return SUCCESS
+
+    scp = AE(ae_title="OTHERSCP")
+    scp.add_supported_context(CT, ExplicitVRLittleEndian)
+    port = free_port()
+    server = scp.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle_store)]
+    )
+    try:
+        scu = AE(ae_title="MODALITY")
+        scu.add_requested_context(CT, ExplicitVRLittleEndian)
+        assoc = scu.associate("127.0.0.1", port, ae_title="OTHERSCP")
+        assert assoc.is_established
+        try:
+            assert assoc.send_c_store(path).Status == SUCCESS
+        finally:
+            assoc.release()
+    finally:
+        server.shutdown()
+
+    ((uid, written),) = received
+    assert uid == _uids([path])[0]
+    assert (
+        rx.spool.incoming not in written.parents and not written.exists()
+    )  # removed by pynetdicom
+    assert rx.index.all() == [] and list(rx.spool.ready.iterdir()) == []
