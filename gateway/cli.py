@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import signal
-import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -106,45 +105,18 @@ def _cmd_keys_init(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
-    """A new current KEK, then every sealed object in a filesystem store re-wrapped to it."""
+    """A new current KEK, then every sealed object in the store re-wrapped to it."""
     from gateway.core.keys import load_keyring, rotate_kek
+    from gateway.stack import open_object_store
+    from gateway.store.rewrap import rewrap_store
 
     kek = rotate_kek(settings.keys_dir)
     keyring = load_keyring(settings.keys_dir)
-    rewrapped = _rewrap_store(settings, keyring=keyring, kek=kek)
+    rewrapped = rewrap_store(open_object_store(settings), keyring=keyring, new_kek=kek)
     _print_json(
         {"current_kek": kek.kek_id, "known_keks": list(keyring.ids), "rewrapped": rewrapped}
     )
     return 0
-
-
-def _rewrap_store(settings: Settings, *, keyring: Any, kek: Any) -> int:
-    """Re-wrap data keys of every object in the store (no image is re-encrypted)."""
-    import tempfile
-
-    from gateway.core.seal import rewrap_header
-    from gateway.stack import Stack
-    from gateway.store import open_store
-
-    store = open_store(
-        Stack(settings).store_url,
-        access_key=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
-        secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
-    )
-    count = 0
-    for name in store.names():
-        with store.open(name) as sealed:
-            header, offset = rewrap_header(sealed, keyring=keyring, new_kek=kek)
-        with tempfile.TemporaryFile() as out, store.open(name) as sealed:
-            out.write(header)
-            sealed.read(offset)
-            while chunk := sealed.read(1 << 20):
-                out.write(chunk)
-            length = out.tell()
-            out.seek(0)
-            store.put(name, out, length=length, replace=True)
-        count += 1
-    return count
 
 
 def _local_verifier(settings: Settings) -> Any:
@@ -361,88 +333,10 @@ def _cmd_token_revoke(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def status_report(settings: Settings, *, limit: int = 10) -> dict[str, Any]:
-    """What ``status`` shows, read from the index without writing to it. No patient data:
-    rows are named by a record-key prefix (or their spool entry before fingerprinting)."""
-    import time
-
-    from gateway.index.db import DONE_STAGES, STAGES, Index, Row
-
-    path = settings.data_dir / "index.sqlite"
-    try:
-        index = Index(path, readonly=True)
-    except (FileNotFoundError, sqlite3.Error) as exc:
-        raise ConfigError(f"cannot read the index at {path}: {exc}") from exc
-    now = time.time()
-
-    def name(row: Row) -> str:
-        return row.record_key.hex()[:12] if row.record_key else f"entry {row.entry_id[:8]}"
-
-    try:
-        counts = index.stage_counts()
-        oldest = index.oldest_pending()
-        failing = index.failing(limit)
-        parked = index.parked(limit)
-        try:
-            commitments = dict(
-                index.query("SELECT state, COUNT(*) FROM commitments GROUP BY state")
-            )
-            undelivered = index.query(
-                "SELECT id, calling_aet, attempts, last_error FROM commitments"
-                " WHERE state = 'ready' AND attempts > 0 ORDER BY id LIMIT ?",
-                (limit,),
-            )
-        except sqlite3.OperationalError:  # an index from before Storage Commitment
-            commitments, undelivered = {}, []
-    finally:
-        index.close()
-    stages = [*STAGES, *(st for st in DONE_STAGES if st not in STAGES)]
-    stages += sorted(set(counts) - set(stages))
-    return {
-        "index": str(path),
-        "stages": {stage: counts.get(stage, 0) for stage in stages},
-        "pending": sum(n for stage, n in counts.items() if stage not in DONE_STAGES),
-        "oldest_pending": None
-        if oldest is None
-        else {
-            "record": name(oldest),
-            "stage": oldest.stage,
-            "age_s": round(now - oldest.received_at, 1),
-            "attempts": oldest.attempts,
-            "last_error": oldest.last_error,
-        },
-        "failing": [
-            {
-                "record": name(row),
-                "stage": row.stage,
-                "attempts": row.attempts,
-                "next_attempt_in_s": round(max(0.0, row.next_attempt_at - now), 1),
-                "last_error": row.last_error,
-            }
-            for row in failing
-        ],
-        "parked": [
-            {
-                "row": row.id,
-                "record": name(row),
-                "stage": row.parked_stage,
-                "attempts": row.attempts,
-                "last_error": row.last_error,
-            }
-            for row in parked
-        ],
-        "commitment_requests": {
-            state: int(commitments.get(state, 0)) for state in ("open", "ready", "reported")
-        },
-        "commitment_undelivered": [
-            {"request": rid, "calling_aet": aet, "attempts": attempts, "last_error": error}
-            for rid, aet, attempts, error in undelivered
-        ],
-    }
-
-
 def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    report = status_report(settings, limit=args.limit)
+    from gateway.ingest.status import status_report
+
+    report = status_report(settings.data_dir / "index.sqlite", limit=args.limit)
     if args.json:
         _print_json(report)
         return 0

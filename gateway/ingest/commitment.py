@@ -37,7 +37,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -227,11 +227,27 @@ def _request(values: tuple[Any, ...]) -> Request:
     return replace(request, tls=bool(values[12]))
 
 
-class CommitmentLog:
-    """The ``commitments`` table in the index database: requests survive a restart."""
+class Undelivered(NamedTuple):
+    """A decided request whose report could not be delivered yet (``xray-gateway status``)."""
 
-    def __init__(self, index: Index) -> None:
+    request: int
+    calling_aet: str
+    attempts: int
+    last_error: str | None
+
+
+class CommitmentLog:
+    """The ``commitments`` table in the index database: requests survive a restart.
+
+    ``readonly=True`` reads an index opened read-only (``xray-gateway status``): the
+    table is neither created nor upgraded, so on an index from before Storage Commitment
+    the queries raise ``sqlite3.OperationalError``.
+    """
+
+    def __init__(self, index: Index, *, readonly: bool = False) -> None:
         self.index = index
+        if readonly:
+            return
         with index.transaction() as db:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
@@ -291,6 +307,15 @@ class CommitmentLog:
         """Requests per state: open, ready (undelivered), reported."""
         rows = self.index.query("SELECT state, COUNT(*) FROM commitments GROUP BY state")
         return {str(state): int(count) for state, count in rows}
+
+    def undelivered(self, limit: int) -> list[Undelivered]:
+        """Decided requests whose report has failed to go out at least once, oldest first."""
+        rows = self.index.query(
+            "SELECT id, calling_aet, attempts, last_error FROM commitments"
+            " WHERE state = 'ready' AND attempts > 0 ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [Undelivered(*values) for values in rows]
 
     def _set(self, request_id: int, **values: Any) -> None:
         assignments = ", ".join(f"{name} = ?" for name in values)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydicom import config
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import (
@@ -71,8 +73,60 @@ STREAMING_S = 0.05
 #: The longest a pipeline stage waits for a stream of C-STOREs to pause.
 MAX_YIELD_S = 0.25
 
-# Write every received dataset to disk as it arrives, never into memory.
-_config.STORE_RECV_CHUNKED_DATASET = True
+
+class SpoolingAE(AE):
+    """An AE whose C-STORE datasets arrive in the files its receiver makes, never in memory.
+
+    Parameters
+    ----------
+    ae_title:
+        Our AE title.
+    dataset_file:
+        Called on the DUL thread of an association of this AE, with that association,
+        for each C-STORE dataset it starts to receive; returns the file (with the part of
+        the ``NamedTemporaryFile`` interface pynetdicom uses) the dataset is written to.
+    """
+
+    def __init__(self, ae_title: str, *, dataset_file: Callable[[Any], IncomingFile]) -> None:
+        super().__init__(ae_title=ae_title)
+        self.dataset_file = dataset_file
+        route_received_datasets()
+
+
+_routing = threading.Lock()
+_routed = False
+
+
+def route_received_datasets() -> None:
+    """Have pynetdicom write each received C-STORE dataset to a file of its own AE's spool.
+
+    pynetdicom 3.0 offers no hook for this at the AE or the association: whether a
+    dataset is written to a file is a module global (``_config.STORE_RECV_CHUNKED_DATASET``),
+    and the file is made by the ``NamedTemporaryFile`` that ``dimse_messages`` imported,
+    called without the association. So this is the one patch of pynetdicom's globals,
+    installed once per process (by every :class:`SpoolingAE`), and it routes: each file
+    comes from the AE of the association being decoded, so that two receivers in one
+    process keep their files apart. Any other AE gets pynetdicom's own temporary file.
+    """
+    global _routed
+    with _routing:
+        if _routed:
+            return
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        setattr(dimse_messages, "NamedTemporaryFile", _dataset_file)  # noqa: B010
+        _routed = True
+
+
+def _dataset_file(*args: Any, **kwargs: Any) -> Any:
+    """The file a C-STORE dataset arrives in, asked of the AE whose association receives it.
+
+    pynetdicom decodes P-DATA on the association's DUL thread, which knows its association.
+    """
+    assoc = getattr(threading.current_thread(), "assoc", None)
+    ae = getattr(assoc, "ae", None)
+    if isinstance(ae, SpoolingAE):
+        return ae.dataset_file(assoc)
+    return tempfile.NamedTemporaryFile(*args, **kwargs)  # pynetdicom closes and removes it
 
 
 def status(code: int, comment: str = "") -> Dataset:
@@ -85,8 +139,12 @@ def status(code: int, comment: str = "") -> Dataset:
 
 
 def valid_uid(value: object) -> bool:
-    """A syntactically valid UID: digits and dots, at most 64 characters."""
-    return isinstance(value, str) and UID(value).is_valid
+    """A syntactically valid UID: digits and dots, at most 64 characters.
+
+    Checked without pydicom's own validation, which would log (and warn) the peer's
+    value once more for every hostile UID.
+    """
+    return isinstance(value, str) and UID(value, validation_mode=config.IGNORE).is_valid
 
 
 @dataclass
@@ -123,11 +181,6 @@ class Receiver:
     limits: ListenerLimits = field(default_factory=ListenerLimits)
 
     def __post_init__(self) -> None:
-        # pynetdicom creates the file a dataset arrives in with NamedTemporaryFile: make it
-        # an IncomingFile on the spool's filesystem, so that accepting it is a rename, not
-        # a copy, and a full disk is a refusal rather than an aborted association. (This
-        # replaces setting tempfile.tempdir, which moved every temp file of the process.)
-        setattr(dimse_messages, "NamedTemporaryFile", lambda *_, **__: self._incoming_file())  # noqa: B010
         self._server: GuardedAssociationServer | None = None  # the plain port's
         self._tls_server: GuardedAssociationServer | None = None
         self._lock = threading.Lock()
@@ -137,8 +190,14 @@ class Receiver:
         self.responses: Counter[int] = Counter()  # C-STORE responses by status, for /metrics
         self._last_store = -STREAMING_S
 
-    def build_ae(self) -> AE:
-        ae = AE(ae_title=self.ae_title)
+    def build_ae(self) -> SpoolingAE:
+        """The AE, configured here and only here: contexts, AE titles, where datasets arrive.
+
+        A dataset arrives in an :class:`~gateway.ingest.spool.IncomingFile` on the spool's
+        filesystem, so that accepting it is a rename, not a copy, and a full disk is a
+        refusal rather than an aborted association.
+        """
+        ae = SpoolingAE(self.ae_title, dataset_file=self._incoming_file)
         ae.maximum_pdu_size = self.limits.max_pdu
         ae.require_called_aet = True
         if self.allowed_aets:
@@ -227,13 +286,9 @@ class Receiver:
         with self._lock:
             return dict(self.responses)
 
-    def _incoming_file(self) -> IncomingFile:
-        """pynetdicom's file for an arriving dataset, noted under its association.
-
-        pynetdicom opens it on the association's DUL thread, which knows its association.
-        """
+    def _incoming_file(self, assoc: object) -> IncomingFile:
+        """pynetdicom's file for a dataset arriving on ``assoc``, noted under it."""
         incoming = self.spool.incoming_file()
-        assoc = getattr(threading.current_thread(), "assoc", None)
         with self._lock:
             self._receiving.setdefault(id(assoc), []).append(incoming)
         return incoming

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, evt
 
 import dicom_fixtures
 from gateway.index.db import Index
-from gateway.ingest.receive import CANNOT_UNDERSTAND, DATASET_MISMATCH, OUT_OF_RESOURCES, Receiver
-from gateway.ingest.spool import Spool
+from gateway.ingest.receive import (
+    CANNOT_UNDERSTAND,
+    DATASET_MISMATCH,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    Receiver,
+)
+from gateway.ingest.spool import IncomingFile, Spool
 from gateway.procs import free_port
 from tests.integration.dicom import dcmsend_status, echo, send_raw, storescu
 
@@ -156,3 +165,138 @@ def test_wrong_called_ae_title_is_rejected(receiver: Receiver, fixtures: list[Pa
     assert result.returncode != 0
     assert "Called AE Title Not Recognized" in result.stderr + result.stdout
     assert receiver.index.all() == []
+
+
+class TallySpool(Spool):
+    """A spool that keeps the incoming files it made, to show whose files pynetdicom used."""
+
+    def __init__(self, root: Path, *, reserve_bytes: int) -> None:
+        super().__init__(root, reserve_bytes=reserve_bytes)
+        self.made: list[str] = []
+
+    def incoming_file(self) -> IncomingFile:
+        incoming = super().incoming_file()
+        self.made.append(incoming.name)
+        return incoming
+
+
+StartReceivers = Callable[[list[int]], list[Receiver]]
+
+
+@pytest.fixture
+def start_receivers(tmp_path: Path) -> Iterator[StartReceivers]:
+    """Start one receiver per reserve, in order, each on its own spool, index and port."""
+    started: list[Receiver] = []
+
+    def start(reserves: list[int]) -> list[Receiver]:
+        for reserve in reserves:
+            n = len(started)
+            spool = TallySpool(tmp_path / f"spool{n}", reserve_bytes=reserve)
+            rx = Receiver(spool=spool, index=Index(tmp_path / f"index{n}.sqlite"))
+            rx.start(port=free_port())
+            started.append(rx)
+        return started[-len(reserves) :]
+
+    yield start
+    for rx in started:
+        rx.stop()
+        rx.index.close()
+
+
+def _send_interleaved(receivers: list[Receiver], batches: list[list[Path]]) -> list[list[int]]:
+    """Open one association to each receiver, both at once, and alternate their C-STOREs."""
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CT, ExplicitVRLittleEndian)
+    assocs = [ae.associate("127.0.0.1", rx.port, ae_title="XRAYGW") for rx in receivers]
+    assert all(a.is_established for a in assocs)
+    statuses: list[list[int]] = [[] for _ in receivers]
+    try:
+        for files in zip(*batches, strict=True):
+            for n, (assoc, path) in enumerate(zip(assocs, files, strict=True)):
+                statuses[n].append(int(assoc.send_c_store(path).Status))
+    finally:
+        for assoc in assocs:
+            assoc.release()
+    return statuses
+
+
+def _uids(paths: list[Path]) -> list[str]:
+    return sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths)
+
+
+def test_two_receivers_in_one_process_keep_their_files_apart(
+    tmp_path: Path, start_receivers: StartReceivers
+) -> None:
+    slices = dicom_fixtures.ct_series(tmp_path / "series", 6, rows=32, cols=32)
+    batches = [slices[0::2], slices[1::2]]
+    receivers = start_receivers([0, 0])
+
+    statuses = _send_interleaved(receivers, batches)
+
+    assert statuses == [[SUCCESS] * 3, [SUCCESS] * 3]
+    for rx, sent in zip(receivers, batches, strict=True):
+        spool = rx.spool
+        assert isinstance(spool, TallySpool)
+        # every dataset this receiver acked arrived in a file of its own spool, none elsewhere
+        assert len(spool.made) == 3
+        assert all(Path(name).parent == spool.incoming for name in spool.made)
+        rows = rx.index.all()
+        assert sorted(r.sop_instance_uid for r in rows) == _uids(sent)
+        assert sorted(p.name for p in spool.ready.iterdir()) == sorted(
+            f"{r.entry_id}.dcm" for r in rows
+        )
+        assert list(spool.incoming.iterdir()) == []
+
+
+@pytest.mark.parametrize("full_first", [True, False], ids=["full-first", "full-last"])
+def test_a_full_spool_refuses_only_its_own_receivers_instances(
+    tmp_path: Path, start_receivers: StartReceivers, full_first: bool
+) -> None:
+    slices = dicom_fixtures.ct_series(tmp_path / "series", 4, rows=32, cols=32)
+    never_room = 1 << 60
+    receivers = start_receivers([never_room, 0] if full_first else [0, never_room])
+
+    statuses = _send_interleaved(receivers, [slices[0::2], slices[1::2]])
+
+    full, roomy = (0, 1) if full_first else (1, 0)
+    assert statuses[full] == [OUT_OF_RESOURCES] * 2
+    assert statuses[roomy] == [SUCCESS] * 2
+    assert receivers[full].index.all() == []
+    assert len(receivers[roomy].index.all()) == 2
+
+
+def test_another_scp_in_the_process_keeps_pynetdicoms_own_files(
+    tmp_path: Path, start_receivers: StartReceivers
+) -> None:
+    (rx,) = start_receivers([0])  # the routing of received datasets is installed
+    (path,) = dicom_fixtures.ct_series(tmp_path / "series", 1, rows=32, cols=32)
+    received: list[tuple[str, Path]] = []
+
+    def handle_store(event: Any) -> int:
+        received.append((str(event.dataset.SOPInstanceUID), Path(event.dataset_path)))
+        return SUCCESS
+
+    scp = AE(ae_title="OTHERSCP")
+    scp.add_supported_context(CT, ExplicitVRLittleEndian)
+    port = free_port()
+    server = scp.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle_store)]
+    )
+    try:
+        scu = AE(ae_title="MODALITY")
+        scu.add_requested_context(CT, ExplicitVRLittleEndian)
+        assoc = scu.associate("127.0.0.1", port, ae_title="OTHERSCP")
+        assert assoc.is_established
+        try:
+            assert assoc.send_c_store(path).Status == SUCCESS
+        finally:
+            assoc.release()
+    finally:
+        server.shutdown()
+
+    ((uid, written),) = received
+    assert uid == _uids([path])[0]
+    assert (
+        rx.spool.incoming not in written.parents and not written.exists()
+    )  # removed by pynetdicom
+    assert rx.index.all() == [] and list(rx.spool.ready.iterdir()) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import sqlite3
 from pathlib import Path
@@ -11,9 +12,10 @@ import pytest
 
 import dicom_fixtures
 from gateway.core.keys import Kek, Keyring
+from gateway.errors import SpoolUnavailable
 from gateway.index.db import SCHEMA, Index, Row
 from gateway.ingest.pipeline import MustWait, Pipeline
-from gateway.ingest.spool import Spool
+from gateway.ingest.spool import CHECK_EVERY, Spool
 from gateway.trust.alerts import Alerts
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -62,6 +64,118 @@ def test_a_discarded_reception_is_forgotten(tmp_path: Path) -> None:
     incoming.discard()
 
     assert spool._forget(incoming.name) is None
+
+
+def test_accepting_moves_the_file_into_ready_under_a_random_id(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", reserve_bytes=0)
+
+    first = spool.accept(receive(spool, b"one"))
+    second = spool.accept(receive(spool, b"two"))
+
+    assert first.path == spool.path_of(first.entry_id) == spool.ready / f"{first.entry_id}.dcm"
+    assert first.entry_id != second.entry_id and first.entry_id.isalnum()
+    assert sorted(spool.ready.iterdir()) == sorted([first.path, second.path])
+    assert list(spool.incoming.iterdir()) == []
+    spool.discard(first.entry_id)  # committed: gone from ready/
+    assert list(spool.ready.iterdir()) == [second.path]
+
+
+def test_a_file_that_cannot_be_made_durable_is_spool_unavailable(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", reserve_bytes=0)
+
+    with pytest.raises(SpoolUnavailable, match="cannot make the received instance durable"):
+        spool.accept(spool.incoming / "never-written.dcm")
+
+
+def test_an_entry_id_never_becomes_another_path(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", reserve_bytes=0)
+    for hostile in ("../index", "a/b", ""):
+        with pytest.raises(ValueError, match="not a spool entry id"):
+            spool.path_of(hostile)
+
+
+def test_room_is_checked_before_the_first_byte(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", reserve_bytes=1 << 60)  # never room
+    incoming = spool.incoming_file()
+
+    assert incoming.write(b"x" * 100) == 100  # read off the wire, then dropped
+    incoming.close()
+
+    assert incoming.overflow is not None and "reserve" in incoming.overflow
+    assert not Path(incoming.name).exists() and incoming.written == 0
+    assert spool.overflowed(incoming.name) == incoming.overflow
+    assert spool.overflowed(incoming.name) is None  # asked once
+
+
+def test_room_running_out_mid_dataset_drops_the_rest(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", reserve_bytes=0)
+    incoming = spool.incoming_file()
+    incoming.write(b"a" * 1000)
+    spool.reserve_bytes = 1 << 60  # the disk fills up while the dataset arrives
+
+    incoming.write(b"b" * (CHECK_EVERY - 1001))  # not yet a MiB since the last check
+    assert incoming.overflow is None and incoming.written == CHECK_EVERY - 1
+    incoming.write(b"c")  # a MiB since the last check: checked again, no room
+
+    assert incoming.overflow is not None and incoming.written == CHECK_EVERY - 1
+    assert not Path(incoming.name).exists()
+    incoming.write(b"d" * 10)
+    incoming.file.flush()
+    incoming.close()
+    assert incoming.written == CHECK_EVERY - 1 and list(spool.incoming.iterdir()) == []
+    assert spool.overflowed(incoming.name) is not None
+
+
+class FullDisk:
+    """A file whose writes fail as on a full disk."""
+
+    def write(self, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_failed_write_gives_the_dataset_up_instead_of_raising(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", reserve_bytes=0)
+    incoming = spool.incoming_file()
+    incoming._file.close()
+    incoming._file = cast(Any, FullDisk())
+
+    assert incoming.write(b"x" * 10) == 10
+
+    assert incoming.overflow == "write failed: No space left on device"
+    assert not Path(incoming.name).exists()
+    assert spool.overflowed(incoming.name) == incoming.overflow
+
+
+def test_a_discarded_reception_drops_later_chunks(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", reserve_bytes=0)
+    incoming = spool.incoming_file()
+    incoming.write(b"partial")
+
+    incoming.discard()
+    incoming.write(b"more")
+
+    assert not Path(incoming.name).exists() and incoming.written == len(b"partial")
+    assert spool.overflowed(incoming.name) is None  # ended by its association, not the disk
+
+
+def test_leftovers_of_a_crash_are_cleared_and_ready_entries_kept(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", reserve_bytes=0)
+    kept = spool.accept(receive(spool, b"acked"))
+    left = spool.incoming_file()
+    left.write(b"never acked")
+    left.close()
+    (spool.incoming / "other.dcm").write_bytes(b"older leftover")
+
+    assert Spool(tmp_path / "spool", reserve_bytes=0).clear_incoming() == 2  # after a restart
+
+    assert list(spool.incoming.iterdir()) == []
+    assert kept.path.read_bytes() == b"acked"
 
 
 class UpToSeal(Pipeline):

@@ -1,0 +1,106 @@
+"""What ``xray-gateway status`` shows: the ingest queue, read from the index without writing.
+
+Rows per stage, the oldest row with work left, the rows failing now, the rows parked at
+stage ``failed``, and the Storage Commitment requests (:class:`CommitmentLog`). No
+patient data: a row is named by a prefix of its record key, or of its spool entry before
+it is fingerprinted.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+from gateway.index.db import DONE_STAGES, STAGES, Index, Row
+from gateway.ingest.commitment import CommitmentLog, Undelivered
+
+#: The commitment request states ``status`` counts, in the order it prints them.
+COMMITMENT_STATES = ("open", "ready", "reported")
+
+
+def status_report(path: Path, *, limit: int = 10, now: float | None = None) -> dict[str, Any]:
+    """The index at ``path`` as ``status`` prints it (and ``status --json`` dumps it).
+
+    Parameters
+    ----------
+    path:
+        The index database; opened read-only, whether or not a gateway has it open.
+    limit:
+        The most failing rows, parked rows and undelivered reports to list.
+    now:
+        The time ages and retry delays are counted from (default: the clock).
+
+    Raises
+    ------
+    ConfigError
+        There is no index at ``path``, or it cannot be read.
+    """
+    try:
+        index = Index(path, readonly=True)
+    except (FileNotFoundError, sqlite3.Error) as exc:
+        raise ConfigError(f"cannot read the index at {path}: {exc}") from exc
+    now = time.time() if now is None else now
+    try:
+        counts = index.stage_counts()
+        oldest = index.oldest_pending()
+        failing = index.failing(limit)
+        parked = index.parked(limit)
+        commitments, undelivered = _commitments(CommitmentLog(index, readonly=True), limit)
+    finally:
+        index.close()
+    stages = [*STAGES, *(st for st in DONE_STAGES if st not in STAGES)]
+    stages += sorted(set(counts) - set(stages))
+    return {
+        "index": str(path),
+        "stages": {stage: counts.get(stage, 0) for stage in stages},
+        "pending": sum(n for stage, n in counts.items() if stage not in DONE_STAGES),
+        "oldest_pending": None if oldest is None else _oldest(oldest, now),
+        "failing": [_failing(row, now) for row in failing],
+        "parked": [_parked(row) for row in parked],
+        "commitment_requests": {state: commitments.get(state, 0) for state in COMMITMENT_STATES},
+        "commitment_undelivered": [item._asdict() for item in undelivered],
+    }
+
+
+def _commitments(log: CommitmentLog, limit: int) -> tuple[dict[str, int], list[Undelivered]]:
+    try:
+        return log.counts(), log.undelivered(limit)
+    except sqlite3.OperationalError:  # an index from before Storage Commitment
+        return {}, []
+
+
+def _name(row: Row) -> str:
+    return row.record_key.hex()[:12] if row.record_key else f"entry {row.entry_id[:8]}"
+
+
+def _oldest(row: Row, now: float) -> dict[str, Any]:
+    return {
+        "record": _name(row),
+        "stage": row.stage,
+        "age_s": round(now - row.received_at, 1),
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+    }
+
+
+def _failing(row: Row, now: float) -> dict[str, Any]:
+    return {
+        "record": _name(row),
+        "stage": row.stage,
+        "attempts": row.attempts,
+        "next_attempt_in_s": round(max(0.0, row.next_attempt_at - now), 1),
+        "last_error": row.last_error,
+    }
+
+
+def _parked(row: Row) -> dict[str, Any]:
+    return {
+        "row": row.id,
+        "record": _name(row),
+        "stage": row.parked_stage,
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+    }
