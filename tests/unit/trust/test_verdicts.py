@@ -1,4 +1,4 @@
-"""The one status table, and what the plugin and the verifier derive from it."""
+"""The one status table, the rules that give its statuses, and what the plugin and the verifier derive from them."""
 
 from __future__ import annotations
 
