@@ -343,7 +343,7 @@ class OrthancResourceNotFound(GatewayError):
 class ReadRefused(GatewayError):
     """The plugin refuses to serve an attachment: Orthanc fails the read instead.
 
-    ``verdict`` is the plugin's :class:`~gateway.orthanc_plugin.verdict.Verdict` saying why.
+    ``verdict`` is the plugin's :class:`~gateway.orthanc_plugin.verdict.ReadVerdict` saying why.
     """
 
     def __init__(self, verdict: Any) -> None:

@@ -61,8 +61,8 @@ from gateway.orthanc_plugin.verdict import (
     PENDING_ALERT_S,
     SERVED,
     LedgerFacts,
+    ReadVerdict,
     Status,
-    Verdict,
     Version,
     judge,
     missing,
@@ -243,7 +243,7 @@ class Guard:
             self._check_header_copy(uuid, data)
         return data
 
-    def serves(self, verdict: Verdict) -> bool:
+    def serves(self, verdict: ReadVerdict) -> bool:
         """Whether ``verdict``'s bytes leave the PACS (:func:`serves` with this guard's mode)."""
         return serves(verdict.status, fail_closed=self.fail_closed)
 
@@ -321,7 +321,7 @@ class Guard:
 
     # -- checking --------------------------------------------------------------------------
 
-    def check(self, uuid: str, data: bytes, *, orthanc_id: str | None = None) -> Verdict:
+    def check(self, uuid: str, data: bytes, *, orthanc_id: str | None = None) -> ReadVerdict:
         """Judge the DICOM file ``data`` stored as ``uuid`` (and record alerts).
 
         ``orthanc_id`` is the instance the caller asked for, when it knows (REST routes):
@@ -332,7 +332,9 @@ class Guard:
         self._after(verdict, orthanc_id, uuid=uuid, on="read")
         return verdict
 
-    def _decide(self, uuid: str, data: bytes, orthanc_id: str | None) -> tuple[Verdict, str | None]:
+    def _decide(
+        self, uuid: str, data: bytes, orthanc_id: str | None
+    ) -> tuple[ReadVerdict, str | None]:
         attachment = self.catalog.get(uuid)
         known_id = orthanc_id or (attachment.orthanc_id if attachment is not None else None)
         if attachment is not None and attachment.digest is None and attachment.sha256:
@@ -346,7 +348,7 @@ class Guard:
             catalogued = attachment.sop_instance_uid if attachment is not None else None
             return self._unreadable(catalogued, str(exc)), known_id
         identity = self._identity(uuid, data, syntax, attachment, digest, orthanc_id)
-        if isinstance(identity, Verdict):
+        if isinstance(identity, ReadVerdict):
             return identity, known_id
         sop, known_id = identity
         arrival = attachment.digest if attachment is not None else None
@@ -360,7 +362,7 @@ class Guard:
         attachment: Attachment | None,
         digest: bytes,
         orthanc_id: str | None,
-    ) -> tuple[str, str | None] | Verdict:
+    ) -> tuple[str, str | None] | ReadVerdict:
         """Which instance the file is, or the verdict refusing it as another one.
 
         The catalogue's identity holds while the dataset is the one catalogued at arrival.
@@ -404,10 +406,12 @@ class Guard:
             self.log(f"xray-gateway: could not ask Orthanc about {orthanc_id}: {exc}")
             return None
 
-    def _wrong_instance(self, expected_sop: str | None, file_sop: str, digest: bytes) -> Verdict:
+    def _wrong_instance(
+        self, expected_sop: str | None, file_sop: str, digest: bytes
+    ) -> ReadVerdict:
         """Another instance's file in this one's place (possibly another patient's)."""
         filed = f"SOP Instance {expected_sop}" if expected_sop else "another instance"
-        return Verdict(
+        return ReadVerdict(
             status="tampered",
             sop_instance_uid=expected_sop or "",
             digest_now=digest,
@@ -422,7 +426,7 @@ class Guard:
             checked_at=time.time(),
         )
 
-    def _under_policy(self, verdict: Verdict) -> Verdict:
+    def _under_policy(self, verdict: ReadVerdict) -> ReadVerdict:
         """Under fail-closed, say that a verdict without evidence is refused, not shown."""
         if self.serves(verdict) or verdict.status not in FAIL_CLOSED_REFUSES:
             return verdict
@@ -436,9 +440,9 @@ class Guard:
             ),
         )
 
-    def _uncheckable_refused(self, uuid: str) -> Verdict:
+    def _uncheckable_refused(self, uuid: str) -> ReadVerdict:
         """A user-defined attachment: never served, nothing ties it to a checked file."""
-        verdict = Verdict(
+        verdict = ReadVerdict(
             status="tampered",
             sop_instance_uid="",
             digest_now=None,
@@ -457,7 +461,7 @@ class Guard:
 
     def _judge(
         self, sop: str, digest: bytes, syntax: str, data: bytes, *, arrival_digest: bytes | None
-    ) -> Verdict:
+    ) -> ReadVerdict:
         try:
             versions = self.records.versions(sop) if sop else ()
         except IndexUnavailable as exc:
@@ -490,7 +494,7 @@ class Guard:
             return None
         return "header" if pixel_digest == recorded.pixel_digest else "pixels"
 
-    def _unreadable(self, sop: str | None, reason: str) -> Verdict:
+    def _unreadable(self, sop: str | None, reason: str) -> ReadVerdict:
         """A stored DICOM file that no longer parses: it changed since Orthanc accepted it."""
         if sop is None:
             return unverifiable("", f"The stored file cannot be parsed ({reason})")
@@ -499,7 +503,7 @@ class Guard:
         except IndexUnavailable as exc:
             return unverifiable(sop, f"The gateway's records cannot be read ({exc})")
         recorded = versions[-1] if versions else None
-        return Verdict(
+        return ReadVerdict(
             status="tampered",
             sop_instance_uid=sop,
             digest_now=None,
@@ -520,7 +524,7 @@ class Guard:
         sop = attachment.sop_instance_uid
         last = self._statuses.get(sop) or (self.catalog.last_verdict(sop) or ("", None))[0]
         if attachment.sha256 is not None and hashlib.sha256(data).digest() != attachment.sha256:
-            verdict = Verdict(
+            verdict = ReadVerdict(
                 status="tampered",
                 sop_instance_uid=sop,
                 digest_now=None,
@@ -538,7 +542,7 @@ class Guard:
             raise ReadRefused(verdict)
         if last in ("tampered", "missing"):
             raise ReadRefused(
-                Verdict(
+                ReadVerdict(
                     status="tampered",
                     sop_instance_uid=sop,
                     digest_now=None,
@@ -552,7 +556,7 @@ class Guard:
 
     # -- inspection for the REST routes ---------------------------------------------------
 
-    def inspect(self, uuid: str, *, orthanc_id: str | None = None) -> Verdict:
+    def inspect(self, uuid: str, *, orthanc_id: str | None = None) -> ReadVerdict:
         """Judge attachment ``uuid`` straight from disk (for explanations; records alerts)."""
         try:
             data = self.area.read(uuid)
@@ -566,7 +570,7 @@ class Guard:
 
     # -- alerts ----------------------------------------------------------------------------
 
-    def _after(self, verdict: Verdict, orthanc_id: str | None, *, uuid: str, on: str) -> None:
+    def _after(self, verdict: ReadVerdict, orthanc_id: str | None, *, uuid: str, on: str) -> None:
         """Keep the verdict and raise its alert, keyed by the instance (SOP Instance UID,
         else Orthanc id, else attachment UUID), at most once per incident."""
         sop = verdict.sop_instance_uid

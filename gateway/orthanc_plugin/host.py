@@ -53,7 +53,7 @@ from gateway.orthanc_plugin.guard import DICOM, Guard
 from gateway.orthanc_plugin.ledger_mirror import LedgerMirror
 from gateway.orthanc_plugin.settings import PluginSettings
 from gateway.orthanc_plugin.storage import FileArea
-from gateway.orthanc_plugin.verdict import SEVERITY, Status, Verdict, worst
+from gateway.orthanc_plugin.verdict import SEVERITY, ReadVerdict, Status, worst
 from gateway.orthanc_plugin.viewer_image import refusal_image, slice_image
 from gateway.redact import redact_url
 from gateway.trust.alerts import Alerts
@@ -175,7 +175,7 @@ class XrayPlugin:
         info = self._get_json(f"/instances/{orthanc_id}/attachments/dicom/info")
         return str(info["Uuid"])
 
-    def instance_verdict(self, orthanc_id: str) -> Verdict:
+    def instance_verdict(self, orthanc_id: str) -> ReadVerdict:
         return self.guard.inspect(self.attachment_uuid(orthanc_id), orthanc_id=orthanc_id)
 
     def summary(self, level: str, orthanc_id: str) -> dict[str, Any]:

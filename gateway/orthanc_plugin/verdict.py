@@ -2,8 +2,12 @@
 
 The plugin compares the dataset digest of Orthanc's copy with the versions the gateway
 recorded for that SOP Instance UID (its index) and, when a ledger mirror runs, with what
-the chain holds. The statuses, and whether the bytes are served, are the table of
-:mod:`gateway.trust.verdicts`; here is why the plugin gives each:
+the chain holds. The statuses, whether the bytes are served, and the rules that decide
+between them are :mod:`gateway.trust.verdicts`' (:func:`~gateway.trust.verdicts.decide`,
+the verifier's too): :func:`judge` gathers the facts (which version the copy is, what the
+mirror says of it) with ``bytes_first`` (an altered copy is refused before a retirement
+is told), asks the rules, and words their reason for a radiologist. Here is why the
+plugin gives each status:
 
 ============== ================================================================
 status         why
@@ -31,10 +35,21 @@ unverifiable   the check itself could not run (index unreadable, dataset
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.trust.verdicts import SERVED, SEVERITY, Status, worst
+from gateway.trust.verdicts import (
+    SERVED,
+    SEVERITY,
+    Anchor,
+    CopyState,
+    Facts,
+    Reason,
+    Status,
+    decide,
+    worst,
+)
 
 #: Without ``PendingAlertSeconds``: how long a received version may wait for its anchor.
 PENDING_ALERT_S = 900.0
@@ -106,8 +121,12 @@ UNKNOWN_LEDGER = LedgerFacts(on_chain=None, synced_block=None)
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """The plugin's decision for one instance, with a radiologist's explanation."""
+class ReadVerdict:
+    """The plugin's decision about serving one stored instance, with a radiologist's explanation.
+
+    ``reason`` is why the shared rules (:func:`gateway.trust.verdicts.decide`) gave the
+    status; ``None`` for the guard's own refusals, made before they are asked.
+    """
 
     status: Status
     sop_instance_uid: str
@@ -122,6 +141,7 @@ class Verdict:
     #: confirmed within ``PendingAlertSeconds`` of its reception (the mirror follows the
     #: chain a few seconds behind, and the gateway forwards right after anchoring).
     alert: bool = True
+    reason: Reason | None = None
 
     @property
     def served(self) -> bool:
@@ -195,8 +215,11 @@ def judge(
     syntax_now: str | None = None,
     now: float | None = None,
     pending_alert_s: float = PENDING_ALERT_S,
-) -> Verdict:
+) -> ReadVerdict:
     """Decide about Orthanc's copy of ``sop_instance_uid`` whose dataset digest is ``digest_now``.
+
+    The decision is :func:`gateway.trust.verdicts.decide`'s, on the facts gathered here
+    (:func:`read_facts`); the words are the plugin's own.
 
     Parameters
     ----------
@@ -224,182 +247,188 @@ def judge(
     pending_alert_s:
         A received version not anchored after this many seconds is ``unconfirmed``.
     """
-    checked_at = time.time() if now is None else now
-    if not versions and arrival_digest is not None and arrival_digest != digest_now:
-        return Verdict(
-            status="tampered",
-            sop_instance_uid=sop_instance_uid,
-            digest_now=digest_now,
-            recorded=None,
-            headline="Refused: this image was altered after it was stored.",
-            explanation=(
-                "This image did not pass through the xray gateway, and its stored copy has "
-                "changed since it arrived in the PACS. Do not use it for diagnosis; the PACS "
-                "administrator has been alerted."
-            ),
-            ledger="no record",
-            checked_at=checked_at,
-        )
-    if not versions:
-        return Verdict(
-            status="unregistered",
-            sop_instance_uid=sop_instance_uid,
-            digest_now=digest_now,
-            recorded=None,
-            headline="Warning: this image did not pass through the xray gateway.",
-            explanation=(
-                "It has no record in the gateway or on the ledger, so its integrity cannot be "
-                "verified. It is shown so that clinical access is not lost; the PACS "
-                "administrator has been alerted."
-            ),
-            ledger="no record",
-            checked_at=checked_at,
-        )
-    anchored = [v for v in versions if v.anchored]
-    newest = anchored[-1] if anchored else versions[-1]
-    match = next((v for v in reversed(anchored) if v.digest == digest_now), None)
-    if match is None:
-        received = next((v for v in reversed(versions) if v.digest == digest_now), None)
-        if received is not None and _waited_too_long(received, checked_at, pending_alert_s):
-            return _not_anchored(
-                sop_instance_uid, digest_now, received, pending_alert_s, checked_at
+    reading = _Reading.of(
+        sop_instance_uid=sop_instance_uid, digest_now=digest_now, versions=versions,
+        ledger=ledger, syntax_now=syntax_now,
+        checked_at=time.time() if now is None else now, pending_alert_s=pending_alert_s,
+    )  # fmt: skip
+    facts = reading.facts(changed=changed, arrival_digest=arrival_digest)
+    reason = decide(facts)
+    assert reason is not None  # only a copy nobody holds is unknown; the plugin holds one
+    return _WORDS[reason](reading, reason)
+
+
+def read_facts(
+    *,
+    digest_now: bytes,
+    versions: tuple[Version, ...],
+    ledger: dict[bytes, LedgerFacts] | None = None,
+    changed: str | None = None,
+    arrival_digest: bytes | None = None,
+    syntax_now: str | None = None,
+    now: float = 0.0,
+    pending_alert_s: float = PENDING_ALERT_S,
+) -> Facts:
+    """The facts :func:`judge` asks the shared rules about (its parameters, without the UID)."""
+    reading = _Reading.of(
+        sop_instance_uid="", digest_now=digest_now, versions=versions, ledger=ledger,
+        syntax_now=syntax_now, checked_at=now, pending_alert_s=pending_alert_s,
+    )  # fmt: skip
+    return reading.facts(changed=changed, arrival_digest=arrival_digest)
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """Which recorded version Orthanc's copy is, and what the mirror says of it."""
+
+    sop_instance_uid: str
+    digest_now: bytes
+    versions: tuple[Version, ...]
+    ledger: dict[bytes, LedgerFacts] | None
+    syntax_now: str | None
+    checked_at: float
+    pending_alert_s: float
+    #: The newest anchored version the copy is, if any.
+    match: Version | None
+    #: Else the newest received version the copy is (not anchored yet).
+    received: Version | None
+    #: The version a copy that is none of them is compared with: the newest anchored one
+    #: (the newest received one when none is anchored).
+    newest: Version | None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        sop_instance_uid: str,
+        digest_now: bytes,
+        versions: tuple[Version, ...],
+        ledger: dict[bytes, LedgerFacts] | None,
+        syntax_now: str | None,
+        checked_at: float,
+        pending_alert_s: float,
+    ) -> _Reading:
+        anchored = [v for v in versions if v.anchored]
+        match = next((v for v in reversed(anchored) if v.digest == digest_now), None)
+        received = None
+        if match is None:
+            received = next((v for v in reversed(versions) if v.digest == digest_now), None)
+        newest = anchored[-1] if anchored else (versions[-1] if versions else None)
+        return cls(
+            sop_instance_uid=sop_instance_uid, digest_now=digest_now, versions=versions,
+            ledger=ledger, syntax_now=syntax_now, checked_at=checked_at,
+            pending_alert_s=pending_alert_s, match=match, received=received, newest=newest,
+        )  # fmt: skip
+
+    @property
+    def mirror(self) -> LedgerFacts | None:
+        """The mirror's facts about the matched version (None: no mirror configured)."""
+        if self.ledger is None or self.match is None:
+            return None
+        return self.ledger.get(self.match.digest, UNKNOWN_LEDGER)
+
+    def facts(self, *, changed: str | None, arrival_digest: bytes | None) -> Facts:
+        arrived_otherwise = arrival_digest is not None and arrival_digest != self.digest_now
+        if self.newest is None:  # no version at all
+            return Facts(
+                anchor=Anchor.NONE, copy=CopyState.UNCOMPARED,
+                changed_since_arrival=arrived_otherwise, bytes_first=True,
+            )  # fmt: skip
+        if self.match is not None:
+            mirror = self.mirror
+            return Facts(
+                anchor=_anchor(mirror),
+                copy=CopyState.REENCODED if self._reencoded(self.match) else CopyState.SAME,
+                retired=mirror is not None and mirror.retired is not None,
+                changed_since_arrival=arrived_otherwise,
+                bytes_first=True,
             )
-        if received is not None:
-            return Verdict(
-                status="pending",
-                sop_instance_uid=sop_instance_uid,
-                digest_now=digest_now,
-                recorded=received,
-                headline="Received by the xray gateway; its ledger record is not written yet.",
-                explanation=(
-                    "This copy is identical to what the gateway received. The ledger record "
-                    "is still being written; the check will then be against the ledger."
-                ),
-                ledger="not anchored yet",
-                checked_at=checked_at,
-            )
-        what = {
-            "pixels": "The pixel data was changed.",
-            "header": "The header (patient or study information) was changed; the pixels are unchanged.",
-        }.get(changed or "", "")
-        return Verdict(
-            status="tampered",
-            sop_instance_uid=sop_instance_uid,
-            digest_now=digest_now,
-            recorded=newest,
-            headline="Refused: this image was altered after it was recorded.",
-            explanation=(
-                f"The copy stored in the PACS does not match the version the xray gateway "
-                f"recorded (version {newest.version}, {_where(newest)}). {what} "
-                "Do not use it for diagnosis. The PACS administrator has been alerted and "
-                "can restore the recorded original."
-            ).replace("  ", " "),
-            ledger=_ledger_note(newest, None if ledger is None else ledger.get(newest.digest)),
-            changed=changed,
-            checked_at=checked_at,
+        if self.received is not None:
+            return Facts(
+                anchor=Anchor.NONE, copy=CopyState.SAME, pending=True,
+                overdue=_waited_too_long(self.received, self.checked_at, self.pending_alert_s),
+                changed_since_arrival=arrived_otherwise, bytes_first=True,
+            )  # fmt: skip
+        newest = (
+            None if self.ledger is None else self.ledger.get(self.newest.digest, UNKNOWN_LEDGER)
         )
-    facts = None if ledger is None else ledger.get(match.digest, UNKNOWN_LEDGER)
-    note = _ledger_note(match, facts)
-    if match.transfer_syntax and syntax_now and syntax_now != match.transfer_syntax:
-        return Verdict(
-            status="tampered",
-            sop_instance_uid=sop_instance_uid,
-            digest_now=digest_now,
-            recorded=match,
-            headline="Refused: this image's stored encoding was changed.",
-            explanation=(
-                f"The stored file declares transfer syntax {syntax_now}, the recorded version "
-                f"{match.transfer_syntax}: its bytes would be read differently. Do not use it; "
-                "the PACS administrator has been alerted."
-            ),
-            ledger=note,
-            checked_at=checked_at,
+        return Facts(
+            anchor=_anchor(newest) if self.newest.anchored else Anchor.NONE,
+            copy=CopyState.DIFFERS,
+            retired=newest is not None and newest.retired is not None,
+            same_pixels={"header": True, "pixels": False}.get(changed or ""),
+            changed_since_arrival=arrived_otherwise,
+            bytes_first=True,
         )
-    if facts is not None and facts.on_chain is False:
-        return Verdict(
-            status="tampered",
-            sop_instance_uid=sop_instance_uid,
-            digest_now=digest_now,
-            recorded=match,
-            headline="Refused: this image's record is not on the ledger.",
-            explanation=(
-                "The gateway's index lists this exact copy, but the ledger holds no such "
-                "record: the copy and the index may both have been changed. Do not use it "
-                "for diagnosis. The PACS administrator has been alerted."
-            ),
-            ledger=note,
-            checked_at=checked_at,
-        )
-    if facts is not None and facts.on_chain is None:
-        overdue = match.received_at is None or _waited_too_long(match, checked_at, pending_alert_s)
-        return Verdict(
-            status="unconfirmed",
-            sop_instance_uid=sop_instance_uid,
-            digest_now=digest_now,
-            recorded=match,
-            headline="Warning: this image's ledger record cannot be confirmed yet.",
-            explanation=(
-                f"Identical to version {match.version} as the xray gateway's records list it "
-                f"({_where(match)}), but {_unconfirmed_reason(match, facts)}: its integrity "
-                "is not vouched for until the ledger confirms it."
-                + (" The PACS administrator has been alerted." if overdue else "")
-            ),
-            ledger=note,
-            checked_at=checked_at,
-            alert=overdue,
-        )
-    if facts is not None and facts.retired is not None:
-        when = (
-            time.strftime("%Y-%m-%d", time.gmtime(facts.retired.block_time))
-            if facts.retired.block_time
-            else f"block {facts.retired.block_number}"
-        )
-        return Verdict(
-            status="retired",
-            sop_instance_uid=sop_instance_uid,
-            digest_now=digest_now,
-            recorded=match,
-            headline="Warning: this image's record was retired on the ledger.",
-            explanation=(
-                f"Retired on {when} by {facts.retired.by}: {facts.retired.reason or 'no reason given'}. "
-                "The image is unaltered but was withdrawn; check before using it."
-            ),
-            ledger=note,
-            checked_at=checked_at,
-        )
-    explanation = (
-        f"Identical to version {match.version} recorded by the xray gateway ({_where(match)})."
-    )
-    if match is not anchored[-1]:
-        explanation += (
-            f" A newer version ({anchored[-1].version}) was recorded since; the PACS still "
-            "holds this one."
-        )
-    return Verdict(
-        status="intact",
-        sop_instance_uid=sop_instance_uid,
-        digest_now=digest_now,
-        recorded=match,
-        headline="Verified: unaltered since it was recorded.",
-        explanation=explanation,
-        ledger=note,
-        checked_at=checked_at,
-    )
+
+    def _reencoded(self, version: Version) -> bool:
+        syntax = version.transfer_syntax
+        return bool(syntax and self.syntax_now and self.syntax_now != syntax)
 
 
-def _waited_too_long(version: Version, now: float, limit: float) -> bool:
-    return version.received_at is not None and now - version.received_at > limit
+def _anchor(facts: LedgerFacts | None) -> Anchor:
+    """What the mirror's facts say of a version's anchor (no mirror: the index's evidence)."""
+    if facts is None:
+        return Anchor.UNCHECKED
+    if facts.on_chain is None:
+        return Anchor.UNCONFIRMED
+    return Anchor.CONFIRMED if facts.on_chain else Anchor.REFUTED
 
 
-def _not_anchored(
-    sop_instance_uid: str, digest_now: bytes, received: Version, limit: float, now: float
-) -> Verdict:
-    """Received exactly so, but still not anchored after ``limit`` seconds."""
-    return Verdict(
-        status="unconfirmed",
-        sop_instance_uid=sop_instance_uid,
-        digest_now=digest_now,
-        recorded=received,
+# -- the words for each decision ---------------------------------------------------------------
+
+
+def _verdict(reading: _Reading, reason: Reason, **said: Any) -> ReadVerdict:
+    """The verdict with the rules' status and reason, and the plugin's words ``said``."""
+    return ReadVerdict(
+        status=reason.status, sop_instance_uid=reading.sop_instance_uid,
+        digest_now=reading.digest_now, checked_at=reading.checked_at, reason=reason, **said,
+    )  # fmt: skip
+
+
+def _changed_since_arrival(reading: _Reading, reason: Reason) -> ReadVerdict:
+    return _verdict(
+        reading, reason, recorded=None,
+        headline="Refused: this image was altered after it was stored.",
+        explanation=(
+            "This image did not pass through the xray gateway, and its stored copy has "
+            "changed since it arrived in the PACS. Do not use it for diagnosis; the PACS "
+            "administrator has been alerted."
+        ),
+        ledger="no record",
+    )  # fmt: skip
+
+
+def _no_record(reading: _Reading, reason: Reason) -> ReadVerdict:
+    return _verdict(
+        reading, reason, recorded=None,
+        headline="Warning: this image did not pass through the xray gateway.",
+        explanation=(
+            "It has no record in the gateway or on the ledger, so its integrity cannot be "
+            "verified. It is shown so that clinical access is not lost; the PACS "
+            "administrator has been alerted."
+        ),
+        ledger="no record",
+    )  # fmt: skip
+
+
+def _in_progress(reading: _Reading, reason: Reason) -> ReadVerdict:
+    return _verdict(
+        reading, reason, recorded=reading.received,
+        headline="Received by the xray gateway; its ledger record is not written yet.",
+        explanation=(
+            "This copy is identical to what the gateway received. The ledger record "
+            "is still being written; the check will then be against the ledger."
+        ),
+        ledger="not anchored yet",
+    )  # fmt: skip
+
+
+def _never_anchored(reading: _Reading, reason: Reason) -> ReadVerdict:
+    """Received exactly so, but still not anchored after ``pending_alert_s`` seconds."""
+    limit = reading.pending_alert_s
+    return _verdict(
+        reading, reason, recorded=reading.received,
         headline="Warning: this image's ledger record was never written.",
         explanation=(
             f"This copy is identical to what the gateway received, but it is not anchored "
@@ -407,13 +436,158 @@ def _not_anchored(
             "has been alerted."
         ),
         ledger=f"not anchored after {limit:.0f} s",
-        checked_at=now,
+    )  # fmt: skip
+
+
+_WHAT_CHANGED = {
+    Reason.PIXELS_CHANGED: ("pixels", "The pixel data was changed."),
+    Reason.HEADER_CHANGED: (
+        "header",
+        "The header (patient or study information) was changed; the pixels are unchanged.",
+    ),
+}
+
+
+def _altered(reading: _Reading, reason: Reason) -> ReadVerdict:
+    newest = reading.newest
+    assert newest is not None  # a copy differs from a recorded version
+    changed, what = _WHAT_CHANGED.get(reason, (None, ""))
+    mirror = None if reading.ledger is None else reading.ledger.get(newest.digest)
+    return _verdict(
+        reading, reason, recorded=newest,
+        headline="Refused: this image was altered after it was recorded.",
+        explanation=(
+            f"The copy stored in the PACS does not match the version the xray gateway "
+            f"recorded (version {newest.version}, {_where(newest)}). {what} "
+            "Do not use it for diagnosis. The PACS administrator has been alerted and "
+            "can restore the recorded original."
+        ).replace("  ", " "),
+        ledger=_ledger_note(newest, mirror),
+        changed=changed,
+    )  # fmt: skip
+
+
+def _matched(reading: _Reading) -> tuple[Version, LedgerFacts | None, str]:
+    """The version the copy is, the mirror's facts about it, and the ledger line."""
+    match = reading.match
+    assert match is not None  # every rule below REENCODED judges a matched version
+    mirror = reading.mirror
+    return match, mirror, _ledger_note(match, mirror)
+
+
+def _reencoded(reading: _Reading, reason: Reason) -> ReadVerdict:
+    match, _, note = _matched(reading)
+    return _verdict(
+        reading, reason, recorded=match,
+        headline="Refused: this image's stored encoding was changed.",
+        explanation=(
+            f"The stored file declares transfer syntax {reading.syntax_now}, the recorded "
+            f"version {match.transfer_syntax}: its bytes would be read differently. Do not "
+            "use it; the PACS administrator has been alerted."
+        ),
+        ledger=note,
+    )  # fmt: skip
+
+
+def _anchor_refuted(reading: _Reading, reason: Reason) -> ReadVerdict:
+    match, _, note = _matched(reading)
+    return _verdict(
+        reading, reason, recorded=match,
+        headline="Refused: this image's record is not on the ledger.",
+        explanation=(
+            "The gateway's index lists this exact copy, but the ledger holds no such "
+            "record: the copy and the index may both have been changed. Do not use it "
+            "for diagnosis. The PACS administrator has been alerted."
+        ),
+        ledger=note,
+    )  # fmt: skip
+
+
+def _anchor_unconfirmed(reading: _Reading, reason: Reason) -> ReadVerdict:
+    match, mirror, note = _matched(reading)
+    assert mirror is not None  # unconfirmed is the mirror's word
+    overdue = match.received_at is None or _waited_too_long(
+        match, reading.checked_at, reading.pending_alert_s
     )
+    return _verdict(
+        reading, reason, recorded=match,
+        headline="Warning: this image's ledger record cannot be confirmed yet.",
+        explanation=(
+            f"Identical to version {match.version} as the xray gateway's records list it "
+            f"({_where(match)}), but {_unconfirmed_reason(match, mirror)}: its integrity "
+            "is not vouched for until the ledger confirms it."
+            + (" The PACS administrator has been alerted." if overdue else "")
+        ),
+        ledger=note,
+        alert=overdue,
+    )  # fmt: skip
 
 
-def unverifiable(sop_instance_uid: str, reason: str, *, now: float | None = None) -> Verdict:
+def _retired(reading: _Reading, reason: Reason) -> ReadVerdict:
+    match, mirror, note = _matched(reading)
+    retired = mirror.retired if mirror is not None else None
+    assert retired is not None  # retired is the mirror's word
+    when = (
+        time.strftime("%Y-%m-%d", time.gmtime(retired.block_time))
+        if retired.block_time
+        else f"block {retired.block_number}"
+    )
+    return _verdict(
+        reading, reason, recorded=match,
+        headline="Warning: this image's record was retired on the ledger.",
+        explanation=(
+            f"Retired on {when} by {retired.by}: {retired.reason or 'no reason given'}. "
+            "The image is unaltered but was withdrawn; check before using it."
+        ),
+        ledger=note,
+    )  # fmt: skip
+
+
+def _verified(reading: _Reading, reason: Reason) -> ReadVerdict:
+    match, _, note = _matched(reading)
+    newest = reading.newest
+    explanation = (
+        f"Identical to version {match.version} recorded by the xray gateway ({_where(match)})."
+    )
+    if newest is not None and match is not newest:
+        explanation += (
+            f" A newer version ({newest.version}) was recorded since; the PACS still "
+            "holds this one."
+        )
+    return _verdict(
+        reading, reason, recorded=match,
+        headline="Verified: unaltered since it was recorded.",
+        explanation=explanation,
+        ledger=note,
+    )  # fmt: skip
+
+
+#: The plugin's words for each reason the rules give on its facts. Its facts never hold a
+#: sealed original (``store_corrupt``) or an absent copy: a file gone from Orthanc's
+#: storage is :func:`missing`, decided by the guard before the rules are asked.
+_WORDS: dict[Reason, Callable[[_Reading, Reason], ReadVerdict]] = {
+    Reason.CHANGED_SINCE_ARRIVAL: _changed_since_arrival,
+    Reason.NO_RECORD: _no_record,
+    Reason.IN_PROGRESS: _in_progress,
+    Reason.NEVER_ANCHORED: _never_anchored,
+    Reason.ALTERED: _altered,
+    Reason.HEADER_CHANGED: _altered,
+    Reason.PIXELS_CHANGED: _altered,
+    Reason.REENCODED: _reencoded,
+    Reason.ANCHOR_REFUTED: _anchor_refuted,
+    Reason.ANCHOR_UNCONFIRMED: _anchor_unconfirmed,
+    Reason.RETIRED: _retired,
+    Reason.VERIFIED: _verified,
+}
+
+
+def _waited_too_long(version: Version, now: float, limit: float) -> bool:
+    return version.received_at is not None and now - version.received_at > limit
+
+
+def unverifiable(sop_instance_uid: str, reason: str, *, now: float | None = None) -> ReadVerdict:
     """The check could not run; the bytes are served with a warning."""
-    return Verdict(
+    return ReadVerdict(
         status="unverifiable",
         sop_instance_uid=sop_instance_uid,
         digest_now=None,
@@ -425,9 +599,9 @@ def unverifiable(sop_instance_uid: str, reason: str, *, now: float | None = None
     )
 
 
-def missing(sop_instance_uid: str, *, now: float | None = None) -> Verdict:
+def missing(sop_instance_uid: str, *, now: float | None = None) -> ReadVerdict:
     """Orthanc lists the instance but the file is gone from its storage."""
-    return Verdict(
+    return ReadVerdict(
         status="missing",
         sop_instance_uid=sop_instance_uid,
         digest_now=None,
@@ -448,12 +622,13 @@ __all__ = [
     "SEVERITY",
     "UNKNOWN_LEDGER",
     "LedgerFacts",
+    "ReadVerdict",
     "Retirement",
     "Status",
-    "Verdict",
     "Version",
     "judge",
     "missing",
+    "read_facts",
     "unverifiable",
     "worst",
 ]

@@ -1,9 +1,12 @@
-"""The integrity statuses: one table shared by the verify API, the CLI, audits and the plugin (pure).
+"""The integrity statuses and the rules that give them: one verdict model for the verify API, the CLI, audits and the plugin (pure).
 
 Every verdict the gateway or its Orthanc plugin gives has one of these statuses. The
 table says what each means (for an auditor), whether the plugin serves the bytes of a
 copy with that status, how bad it is (a study shows its worst instance's status) and
-which alert it raises.
+which alert it raises. :func:`decide` says which status a copy has: each caller gathers
+its :class:`Facts` (the verifier from the ledger, the object store and the PACS; the
+plugin from the gateway's index and its ledger mirror) and words the :class:`Reason`
+it gets back for its own readers.
 
 ================  ======  =====  ================  ============================================
 status            served  rank   alert kind        meaning
@@ -26,6 +29,7 @@ refuses what it cannot vouch for.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Literal, get_args
 
 Status = Literal[
@@ -166,6 +170,194 @@ def worst(statuses: list[Status]) -> Status:
     return min(statuses, key=lambda name: TABLE[name].rank, default="intact")
 
 
+# -- the decision rules ----------------------------------------------------------------------
+
+
+class Anchor(Enum):
+    """What the ledger says of the recorded version a copy is judged against."""
+
+    CONFIRMED = "confirmed"
+    """The ledger holds it, written by the record's owner."""
+    UNCHECKED = "unchecked"
+    """No ledger is consulted: the index's evidence stands alone (the plugin without a mirror)."""
+    UNCONFIRMED = "unconfirmed"
+    """Claimed, but the ledger cannot confirm it yet (a block above its head, a batch or a
+    transaction it does not know)."""
+    REFUTED = "refuted"
+    """Claimed, but the ledger, synced past it, holds no such record by the owner."""
+    NONE = "none"
+    """Nothing anchored and nothing claimed that counts: no record to judge against."""
+
+
+class CopyState(Enum):
+    """The PACS copy against the recorded version."""
+
+    ABSENT = "absent"
+    """There is no copy."""
+    UNCOMPARED = "uncompared"
+    """A copy, but no recorded version to compare it with (goes with Anchor NONE or UNCONFIRMED)."""
+    SAME = "same"
+    """The recorded version's dataset bytes, read the recorded way."""
+    REENCODED = "reencoded"
+    """The recorded dataset bytes under another declared transfer syntax: read differently."""
+    DIFFERS = "differs"
+    """Another dataset than the recorded version's."""
+
+
+class Original(Enum):
+    """The sealed original in the object store."""
+
+    OK = "ok"
+    UNCHECKED = "unchecked"
+    """Not opened: no store (the plugin, the CLI on files) or the store could not be read."""
+    UNUSABLE = "unusable"
+    """Gone, does not open, or opens to another digest."""
+
+
+class Reason(Enum):
+    """Why :func:`decide` gave its status; each caller words it for its readers.
+
+    Each reason belongs to one status (:attr:`status`). ``unverifiable`` has none: it is
+    given when the facts cannot be gathered, before the rules are asked.
+    """
+
+    IN_PROGRESS = ("in_progress", "pending")
+    """The gateway has not finished with the version (not anchored, or not forwarded, yet)."""
+    NEVER_ANCHORED = ("never_anchored", "unconfirmed")
+    """Received exactly so, but still not anchored after the plugin's limit."""
+    ANCHOR_UNCONFIRMED = ("anchor_unconfirmed", "unconfirmed")
+    """The records claim an anchor the ledger cannot confirm yet."""
+    ANCHOR_REFUTED = ("anchor_refuted", "tampered")
+    """The records claim an anchor the ledger refutes: the records were changed too."""
+    HEADER_CHANGED = ("header_changed", "tampered")
+    """Another dataset, with the recorded pixel data: header attributes were edited."""
+    PIXELS_CHANGED = ("pixels_changed", "tampered")
+    """Another dataset, with other pixel data."""
+    ALTERED = ("altered", "tampered")
+    """Another dataset; whether its pixels changed is not known."""
+    REENCODED = ("reencoded", "tampered")
+    """The recorded dataset bytes declared under another transfer syntax."""
+    CHANGED_SINCE_ARRIVAL = ("changed_since_arrival", "tampered")
+    """No record, and the copy changed since the PACS stored it."""
+    NO_RECORD = ("no_record", "unregistered")
+    """A copy with no record: it reached the PACS around the gateway."""
+    RETIRED = ("retired", "retired")
+    """The record was retired on the ledger."""
+    GONE = ("gone", "missing")
+    """Recorded, but the PACS holds no copy."""
+    ORIGINAL_UNUSABLE = ("original_unusable", "store_corrupt")
+    """The copy is the recorded version, but its sealed original is unusable."""
+    VERIFIED = ("verified", "intact")
+    """The copy is the recorded, anchored version."""
+
+    @property
+    def code(self) -> str:
+        """The reason as logs and tests spell it."""
+        return self.value[0]
+
+    @property
+    def status(self) -> Status:
+        """The status this reason gives."""
+        return self.value[1]
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a caller found about one instance, reduced to what decides its status.
+
+    Attributes
+    ----------
+    anchor:
+        What the ledger says of the recorded version the copy is judged against.
+    copy:
+        The PACS copy against that version.
+    pending:
+        The gateway has not finished with the version (the verifier: an index row before
+        ``committed``, or parked; the plugin: the copy is a version received, not anchored).
+    overdue:
+        Pending longer than the plugin's ``PendingAlertSeconds``: then ``unconfirmed``.
+        The verifier leaves it false: its pending watch alerts a late row instead.
+    retired:
+        The record was retired on the ledger (by its owner or the admin).
+    original:
+        The sealed original; the plugin has none to open and leaves it ``UNCHECKED``.
+    same_pixels:
+        For a copy that ``DIFFERS``: whether its pixel data is the recorded one (``None``:
+        not known).
+    changed_since_arrival:
+        The copy's digest is not the one the PACS stored it with (the plugin; the verifier
+        has no arrival digest).
+    bytes_first:
+        Judge what is wrong with the bytes before the record's standing. The plugin, which
+        decides whether the bytes are served, refuses an altered copy of a retired record
+        (``tampered``); the verifier, reporting the ledger's standing, calls a retired
+        record ``retired`` whatever its copy holds.
+    """
+
+    anchor: Anchor
+    copy: CopyState
+    pending: bool = False
+    overdue: bool = False
+    retired: bool = False
+    original: Original = Original.UNCHECKED
+    same_pixels: bool | None = None
+    changed_since_arrival: bool = False
+    bytes_first: bool = False
+
+
+def decide(facts: Facts) -> Reason | None:
+    """The status of one copy, and why (``reason.status``); ``None`` when nothing knows it.
+
+    In order of precedence:
+
+    1. pending: ``pending`` (``unconfirmed`` once overdue), whatever else holds;
+    2. with ``bytes_first``, a copy that differs: ``tampered``;
+    3. a copy under another transfer syntax, or an anchor the ledger refutes: ``tampered``;
+    4. an anchor the ledger cannot confirm: ``unconfirmed``, never ``intact``;
+    5. no record: ``tampered`` if the copy changed since it arrived, else ``unregistered``
+       (``None`` without a copy);
+    6. a retired record: ``retired``;
+    7. no copy: ``missing``; another dataset: ``tampered``;
+    8. an unusable sealed original: ``store_corrupt``; else ``intact``.
+    """
+    if facts.pending:
+        return Reason.NEVER_ANCHORED if facts.overdue else Reason.IN_PROGRESS
+    if facts.bytes_first and facts.copy is CopyState.DIFFERS:
+        return _altered(facts.same_pixels)
+    if facts.copy is CopyState.REENCODED:
+        return Reason.REENCODED
+    if facts.anchor is Anchor.REFUTED:
+        return Reason.ANCHOR_REFUTED
+    if facts.anchor is Anchor.UNCONFIRMED:
+        return Reason.ANCHOR_UNCONFIRMED
+    if facts.anchor is Anchor.NONE:
+        return _unrecorded(facts)
+    if facts.retired:
+        return Reason.RETIRED
+    if facts.copy is CopyState.ABSENT:
+        return Reason.GONE
+    if facts.copy is CopyState.DIFFERS:
+        return _altered(facts.same_pixels)
+    if facts.original is Original.UNUSABLE:
+        return Reason.ORIGINAL_UNUSABLE
+    return Reason.VERIFIED
+
+
+def _altered(same_pixels: bool | None) -> Reason:
+    if same_pixels is None:
+        return Reason.ALTERED
+    return Reason.HEADER_CHANGED if same_pixels else Reason.PIXELS_CHANGED
+
+
+def _unrecorded(facts: Facts) -> Reason | None:
+    """No record to judge against: the copy reached the PACS around the gateway, if at all."""
+    if facts.copy is CopyState.ABSENT:
+        return None
+    if facts.changed_since_arrival:
+        return Reason.CHANGED_SINCE_ARRIVAL
+    return Reason.NO_RECORD
+
+
 __all__ = [
     "ALERT_KINDS",
     "EXPLANATIONS",
@@ -173,7 +365,13 @@ __all__ = [
     "SEVERITY",
     "STATUSES",
     "TABLE",
+    "Anchor",
+    "CopyState",
+    "Facts",
+    "Original",
+    "Reason",
     "Status",
     "StatusInfo",
+    "decide",
     "worst",
 ]

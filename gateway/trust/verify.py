@@ -9,8 +9,9 @@ A verdict is built from three copies of an image:
 * the **PACS copy** in Orthanc, hashed as stored (through the plugin's unchecked route
   when the plugin guards reads, since the point is to look at a tampered copy).
 
-The statuses, what each means and how bad it is, are listed once in
-:mod:`gateway.trust.verdicts`. In order of precedence:
+The statuses, what each means and how bad it is, and the rules that give them
+(:func:`~gateway.trust.verdicts.decide`, the plugin's too) are in
+:mod:`gateway.trust.verdicts`; the verifier gathers the facts. In order of precedence:
 
 * an index row not yet committed (any stage before ``committed``, ``forward`` included,
   or parked at ``failed`` with its error) → ``pending`` with its stage, whatever the
@@ -77,7 +78,17 @@ from gateway.ledger.types import LedgerEvent, retire_reason_name
 from gateway.pacs.client import Pacs
 from gateway.store import ObjectStore
 from gateway.trust.alerts import Alerts
-from gateway.trust.verdicts import EXPLANATIONS, STATUSES, Status
+from gateway.trust.verdicts import (
+    EXPLANATIONS,
+    STATUSES,
+    Anchor,
+    CopyState,
+    Facts,
+    Original,
+    Reason,
+    Status,
+    decide,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +104,18 @@ DIFF_MAX_BYTES = 64 << 20
 DIFF_MAX_ELEMENTS = 100_000
 #: The ``source`` of the alerts a verifier records.
 ALERT_SOURCE = "verifier"
+#: How the rules' facts and reasons read in a verdict's ``copies`` and ``tamper``.
+_PACS_STATE = {CopyState.ABSENT: "absent", CopyState.SAME: "ok", CopyState.DIFFERS: "differs"}
+_ORIGINAL = {
+    "ok": Original.OK,
+    "unchecked": Original.UNCHECKED,
+    "absent": Original.UNUSABLE,
+    "corrupt": Original.UNUSABLE,
+}
+_TAMPER: dict[Reason, Tamper] = {
+    Reason.HEADER_CHANGED: "header_changed",
+    Reason.PIXELS_CHANGED: "pixels_changed",
+}
 
 
 @dataclass(frozen=True)
@@ -532,6 +555,9 @@ class Verifier:
         show_phi: bool,
         pending: Row | None,
     ) -> Verdict:
+        """Gather the facts of ``uid`` and word what :func:`~gateway.trust.verdicts.decide` makes
+        of them. Each step reads only what the rules still need: a pending row decides
+        alone (the ledger is not read), a retired record before its copies are opened."""
         if pending is not None:
             return self._pending_verdict(uid, pending, copy=copy, orthanc_id=orthanc_id)
         record = self.record(uid)
@@ -543,22 +569,38 @@ class Verifier:
         )
         if record is None:
             reasons = self._unconfirmed(uid)
-            if reasons:
-                return Verdict(
-                    uid, "unconfirmed", EXPLANATIONS["unconfirmed"], base,
-                    Copies(pacs="ok" if copy else "absent", ledger="unconfirmed"),
-                    orthanc_id=orthanc_id, notes=reasons,
-                )  # fmt: skip
-            if copy is None:
+            unrecorded = decide(
+                Facts(
+                    anchor=Anchor.UNCONFIRMED if reasons else Anchor.NONE,
+                    copy=CopyState.ABSENT if copy is None else CopyState.UNCOMPARED,
+                )
+            )
+            if unrecorded is None:
                 raise UnknownInstance(
                     f"no instance {uid} in the PACS, the gateway's index or the ledger"
                 )
             return Verdict(
-                uid, "unregistered", EXPLANATIONS["unregistered"], base,
-                Copies(pacs="ok", ledger="absent"), orthanc_id=orthanc_id,
+                uid, unrecorded.status, EXPLANATIONS[unrecorded.status], base,
+                Copies(pacs="ok" if copy else "absent",
+                       ledger="unconfirmed" if reasons else "absent"),
+                orthanc_id=orthanc_id, notes=reasons,
             )  # fmt: skip
         evidence = self._evidence(record, now)
-        if record.retired:
+        if copy is None:
+            pacs_state = CopyState.ABSENT
+        elif copy.fingerprint.digest == record.digest:
+            pacs_state = CopyState.SAME
+        else:
+            pacs_state = CopyState.DIFFERS
+        facts = Facts(
+            anchor=Anchor.CONFIRMED, copy=pacs_state, retired=record.retired,
+            same_pixels=(
+                copy.fingerprint.pixel_digest == record.pixel_digest
+                if copy is not None and pacs_state is CopyState.DIFFERS
+                else None
+            ),
+        )  # fmt: skip
+        if decide(facts) is Reason.RETIRED:
             return Verdict(
                 uid, "retired", EXPLANATIONS["retired"], evidence,
                 Copies(pacs="ok" if copy else "absent", ledger="retired"),
@@ -568,27 +610,13 @@ class Verifier:
         notes: list[str] = []
         with _scratch() as original_sink:
             store_state, original = self._check_store(record, original_sink, notes)
-            if copy is None:
-                pacs_state = "absent"
-            elif copy.fingerprint.digest == record.digest:
-                pacs_state = "ok"
-            else:
-                pacs_state = "differs"
-            copies = Copies(pacs=pacs_state, store=store_state, ledger="ok")
-            if pacs_state == "absent":
-                status: Status = "missing"
-            elif pacs_state == "differs":
-                status = "tampered"
-            elif store_state in ("absent", "corrupt"):
-                status = "store_corrupt"
-            else:
-                status = "intact"
-            tamper: Tamper | None = None
+            reason = decide(replace(facts, original=_ORIGINAL[store_state]))
+            assert reason is not None  # a record is known
+            copies = Copies(pacs=_PACS_STATE[pacs_state], store=store_state, ledger="ok")
+            tamper = _TAMPER.get(reason)
             changes: list[AttributeChange] = []
-            if status == "tampered":
+            if tamper is not None:
                 assert copy is not None
-                same_pixels = copy.fingerprint.pixel_digest == record.pixel_digest
-                tamper = "header_changed" if same_pixels else "pixels_changed"
                 if store_state in ("absent", "corrupt"):
                     notes.append(
                         "the sealed original is unusable too: the image cannot be restored"
@@ -597,15 +625,15 @@ class Verifier:
                     changes = diff(
                         original, copy.path, show_phi=show_phi, limit=self.max_instance_bytes
                     )
-            if status == "tampered" and self._superseded(record, copy):
+            if tamper is not None and self._superseded(record, copy):
                 notes.append("this copy matches an older, superseded version of the image")
-        explanation = EXPLANATIONS[status]
+        explanation = EXPLANATIONS[reason.status]
         if tamper == "header_changed":
             explanation += " The pixel data is unchanged; attributes of the header were edited."
         elif tamper == "pixels_changed":
             explanation += " The pixel data itself was changed."
         return Verdict(
-            uid, status, explanation, evidence, copies, tamper=tamper, changes=changes,
+            uid, reason.status, explanation, evidence, copies, tamper=tamper, changes=changes,
             orthanc_id=orthanc_id, notes=notes,
         )  # fmt: skip
 
@@ -800,7 +828,8 @@ class Verifier:
         pacs: str | None = None,
         notes: list[str] | None = None,
     ) -> Verdict:
-        """``pending`` at the row's stage: what the ledger and the PACS hold is not judged yet."""
+        """``pending`` at the row's stage (:attr:`~gateway.trust.verdicts.Reason.IN_PROGRESS`,
+        first of the rules): what the ledger and the PACS hold is not judged yet."""
         now = copy.fingerprint if copy is not None else None
         stage = row.parked_stage if row.stage == PARKED else row.stage
         said = [f"parked at stage {stage}" if row.stage == PARKED else f"stage {stage}"]

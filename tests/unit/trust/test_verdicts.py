@@ -1,8 +1,9 @@
-"""The one status table, and what the plugin and the verifier derive from it."""
+"""The one status table, the rules that give its statuses, and what the plugin and the verifier derive from them."""
 
 from __future__ import annotations
 
 import io
+import itertools
 import re
 import uuid
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from typing import get_args
 import pytest
 
 import dicom_fixtures
+from gateway.core import ownership
 from gateway.core.fingerprint import fingerprint_bytes, read_header
 from gateway.index.db import Index
 from gateway.orthanc_plugin import verdict as plugin
@@ -192,3 +194,219 @@ def test_a_fresh_anchor_the_mirror_lags_behind_warns_without_an_alert() -> None:
     assert (soon.status, soon.alert) == ("unconfirmed", False)
     late = judge(sop_instance_uid=UID, digest_now=A, versions=(fresh,), ledger=facts, now=2_000.0)
     assert (late.status, late.alert) == ("unconfirmed", True)
+
+
+# --- the rules: one row per status ----------------------------------------------------------
+
+V = statuses  # the rules live beside the table
+CONFIRMED, SAME = V.Anchor.CONFIRMED, V.CopyState.SAME
+ROWS: list[tuple[V.Facts, V.Reason | None]] = [
+    (V.Facts(CONFIRMED, SAME, original=V.Original.OK), V.Reason.VERIFIED),
+    (V.Facts(V.Anchor.UNCHECKED, SAME), V.Reason.VERIFIED),  # the plugin without a mirror
+    (V.Facts(CONFIRMED, V.CopyState.DIFFERS, same_pixels=True), V.Reason.HEADER_CHANGED),
+    (V.Facts(CONFIRMED, V.CopyState.DIFFERS, same_pixels=False), V.Reason.PIXELS_CHANGED),
+    (V.Facts(CONFIRMED, V.CopyState.DIFFERS), V.Reason.ALTERED),
+    (V.Facts(CONFIRMED, V.CopyState.REENCODED), V.Reason.REENCODED),
+    (V.Facts(V.Anchor.REFUTED, SAME), V.Reason.ANCHOR_REFUTED),
+    (
+        V.Facts(V.Anchor.NONE, V.CopyState.UNCOMPARED, changed_since_arrival=True),
+        V.Reason.CHANGED_SINCE_ARRIVAL,
+    ),
+    (V.Facts(CONFIRMED, V.CopyState.ABSENT), V.Reason.GONE),
+    (V.Facts(CONFIRMED, SAME, original=V.Original.UNUSABLE), V.Reason.ORIGINAL_UNUSABLE),
+    (V.Facts(V.Anchor.UNCONFIRMED, V.CopyState.UNCOMPARED), V.Reason.ANCHOR_UNCONFIRMED),
+    (V.Facts(V.Anchor.NONE, SAME, pending=True, overdue=True), V.Reason.NEVER_ANCHORED),
+    (V.Facts(V.Anchor.NONE, V.CopyState.UNCOMPARED), V.Reason.NO_RECORD),
+    (V.Facts(CONFIRMED, SAME, retired=True), V.Reason.RETIRED),
+    (V.Facts(V.Anchor.NONE, SAME, pending=True), V.Reason.IN_PROGRESS),
+    (V.Facts(V.Anchor.NONE, V.CopyState.ABSENT), None),  # nothing knows the instance
+]
+
+
+@pytest.mark.parametrize(("facts", "reason"), ROWS)
+def test_each_status_row_follows_from_its_facts(
+    facts: statuses.Facts, reason: statuses.Reason | None
+) -> None:
+    assert statuses.decide(facts) is reason
+
+
+def test_every_reason_and_every_status_but_unverifiable_is_reached() -> None:
+    reached = {reason for _, reason in ROWS if reason is not None}
+    assert reached == set(statuses.Reason)
+    assert {reason.status for reason in reached} == set(statuses.STATUSES) - {"unverifiable"}
+    assert len({reason.code for reason in statuses.Reason}) == len(statuses.Reason)
+
+
+def every_facts(**fixed: object) -> list[statuses.Facts]:
+    """Every combination of facts (about 7,000), with the ``fixed`` ones held."""
+    choices: dict[str, Sequence[object]] = {
+        "anchor": list(V.Anchor), "copy": list(V.CopyState), "pending": (False, True),
+        "overdue": (False, True), "retired": (False, True), "original": list(V.Original),
+        "same_pixels": (None, False, True), "changed_since_arrival": (False, True),
+        "bytes_first": (False, True),
+    }  # fmt: skip
+    choices.update({name: (value,) for name, value in fixed.items()})
+    return [
+        V.Facts(**dict(zip(choices, values, strict=True)))  # type: ignore[arg-type]
+        for values in itertools.product(*choices.values())
+    ]
+
+
+# --- the rules: precedence ------------------------------------------------------------------
+
+
+def test_pending_beats_every_other_fact() -> None:
+    # what lets the verifier skip the ledger and the PACS for a pending row
+    for facts in every_facts(pending=True):
+        expected = V.Reason.NEVER_ANCHORED if facts.overdue else V.Reason.IN_PROGRESS
+        assert V.decide(facts) is expected, facts
+
+
+def test_pending_beats_missing_and_unknown() -> None:
+    # the verifier: a row on its way to the PACS is not yet in it
+    assert V.decide(V.Facts(CONFIRMED, V.CopyState.ABSENT, pending=True)) is V.Reason.IN_PROGRESS
+    assert V.decide(V.Facts(V.Anchor.NONE, V.CopyState.ABSENT, pending=True)) is (
+        V.Reason.IN_PROGRESS
+    )
+
+
+def test_retired_beats_tampered_and_missing_for_the_verifier_not_for_the_plugin() -> None:
+    for copy in (V.CopyState.DIFFERS, V.CopyState.ABSENT):
+        assert V.decide(V.Facts(CONFIRMED, copy, retired=True)) is V.Reason.RETIRED
+    altered = V.Facts(CONFIRMED, V.CopyState.DIFFERS, retired=True, same_pixels=False)
+    assert V.decide(replace(altered, bytes_first=True)) is V.Reason.PIXELS_CHANGED
+    assert V.decide(V.Facts(CONFIRMED, SAME, retired=True, bytes_first=True)) is V.Reason.RETIRED
+
+
+def test_an_unconfirmed_or_refuted_anchor_is_never_intact() -> None:
+    for anchor in (V.Anchor.UNCONFIRMED, V.Anchor.REFUTED):
+        reasons = {V.decide(facts) for facts in every_facts(anchor=anchor)}
+        assert V.Reason.VERIFIED not in reasons
+        assert None not in reasons  # an unconfirmed claim is never "unknown" either
+    for bytes_first in (False, True):
+        best = V.Facts(V.Anchor.UNCONFIRMED, SAME, original=V.Original.OK, bytes_first=bytes_first)
+        assert V.decide(best) is V.Reason.ANCHOR_UNCONFIRMED
+
+
+def test_an_unconfirmed_claim_beats_unregistered_and_retired() -> None:
+    assert V.decide(V.Facts(V.Anchor.UNCONFIRMED, V.CopyState.ABSENT)) is (
+        V.Reason.ANCHOR_UNCONFIRMED
+    )
+    assert V.decide(V.Facts(V.Anchor.UNCONFIRMED, SAME, retired=True, bytes_first=True)) is (
+        V.Reason.ANCHOR_UNCONFIRMED
+    )
+
+
+def test_store_corrupt_only_for_a_copy_that_is_the_recorded_version() -> None:
+    unusable = V.Original.UNUSABLE
+    assert V.decide(V.Facts(CONFIRMED, SAME, original=unusable)) is V.Reason.ORIGINAL_UNUSABLE
+    assert V.decide(V.Facts(CONFIRMED, V.CopyState.ABSENT, original=unusable)) is V.Reason.GONE
+    differs = V.Facts(CONFIRMED, V.CopyState.DIFFERS, original=unusable, same_pixels=True)
+    assert V.decide(differs) is V.Reason.HEADER_CHANGED
+    assert V.decide(V.Facts(CONFIRMED, SAME, original=unusable, retired=True)) is V.Reason.RETIRED
+    # an original that was not opened says nothing against the copy
+    assert V.decide(V.Facts(CONFIRMED, SAME, original=V.Original.UNCHECKED)) is V.Reason.VERIFIED
+
+
+def test_another_transfer_syntax_beats_the_ledgers_word() -> None:
+    for anchor, retired in ((V.Anchor.REFUTED, False), (V.Anchor.UNCONFIRMED, False),
+                            (CONFIRMED, True)):  # fmt: skip
+        facts = V.Facts(anchor, V.CopyState.REENCODED, retired=retired, bytes_first=True)
+        assert V.decide(facts) is V.Reason.REENCODED
+
+
+def test_a_change_since_arrival_counts_only_without_a_record() -> None:
+    for anchor in (CONFIRMED, V.Anchor.UNCHECKED):
+        assert V.decide(V.Facts(anchor, SAME, changed_since_arrival=True)) is V.Reason.VERIFIED
+
+
+def test_foreign_versions_and_retirements_are_ignored() -> None:
+    owner, rogue = "0x" + "11" * 20, "0x" + "66" * 20
+    ruling = ownership.rule(
+        [
+            ownership.Anchoring(owner, ownership.Position(1), A, batched=False, item=None),
+            ownership.Anchoring(rogue, ownership.Position(2), B, batched=False, item=None),
+        ],
+        [ownership.Retiring(rogue, ownership.Position(3), "wrong patient")],
+        ownership.Trust(configured=frozenset({owner})),
+    )
+    assert ruling.newest is not None and ruling.newest.digest == A and ruling.retirement is None
+    # the rogue's version is no record: a copy of it differs from the owner's version
+    gathered = V.Facts(CONFIRMED, V.CopyState.DIFFERS, retired=ruling.retirement is not None)
+    assert V.decide(gathered) is V.Reason.ALTERED
+    # and the plugin: a mirror that saw a foreign write still confirms the owner's version
+    facts = {A: LedgerFacts(on_chain=True, synced_block=20, foreign=(rogue,))}
+    verdict = judge(sop_instance_uid=UID, digest_now=A, versions=(version(),), ledger=facts)
+    assert (verdict.status, verdict.reason) == ("intact", V.Reason.VERIFIED)
+
+
+# --- the plugin and the verifier agree ------------------------------------------------------
+
+B = b"\xbb" * 32
+MIRROR = {A: LedgerFacts(on_chain=True, synced_block=20)}
+RETIRED = {A: LedgerFacts(True, 20, plugin.Retirement("0xAdmin", "wrong patient", 15, None))}
+#: A case both see: what the plugin is given, and the facts the Verifier gathers for it
+#: (a ledger record, the PACS copy, a sealed original that opens).
+SHARED: dict[str, tuple[dict[str, object], statuses.Facts]] = {
+    "intact": (
+        {"digest_now": A, "versions": (version(),), "ledger": MIRROR},
+        V.Facts(CONFIRMED, SAME, original=V.Original.OK),
+    ),
+    "header edited": (
+        {"digest_now": B, "versions": (version(),), "ledger": MIRROR, "changed": "header"},
+        V.Facts(CONFIRMED, V.CopyState.DIFFERS, original=V.Original.OK, same_pixels=True),
+    ),
+    "pixels edited": (
+        {"digest_now": B, "versions": (version(),), "ledger": MIRROR, "changed": "pixels"},
+        V.Facts(CONFIRMED, V.CopyState.DIFFERS, original=V.Original.OK, same_pixels=False),
+    ),
+    "retired, unaltered": (
+        {"digest_now": A, "versions": (version(),), "ledger": RETIRED},
+        V.Facts(CONFIRMED, SAME, retired=True, original=V.Original.OK),
+    ),
+    "no record": (
+        {"digest_now": A, "versions": ()},
+        V.Facts(V.Anchor.NONE, V.CopyState.UNCOMPARED),
+    ),
+    "received, not anchored": (
+        {"digest_now": A, "versions": (version(anchored=False),)},
+        V.Facts(V.Anchor.NONE, SAME, pending=True),
+    ),
+    "anchor the ledger cannot confirm": (
+        {
+            "digest_now": A,
+            "versions": (version(block=30),),
+            "ledger": {A: LedgerFacts(on_chain=None, synced_block=20)},
+        },
+        V.Facts(V.Anchor.UNCONFIRMED, V.CopyState.UNCOMPARED),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", SHARED)
+def test_the_plugins_judge_and_the_verifiers_rules_agree(case: str) -> None:
+    given, verifier = SHARED[case]
+    verdict = judge(sop_instance_uid=UID, now=1_000.0, **given)  # type: ignore[arg-type]
+    assert verdict.reason is V.decide(verifier)
+    assert verdict.reason is not None and verdict.status == verdict.reason.status
+    assert verdict.served == statuses.SERVED[verdict.status]
+
+
+def test_where_they_differ_on_purpose_a_fact_says_so() -> None:
+    # an altered copy of a retired record: refused by the plugin, "retired" for an auditor
+    given = {"digest_now": B, "versions": (version(),), "ledger": RETIRED, "changed": "pixels"}
+    facts = plugin.read_facts(**given)  # type: ignore[arg-type]
+    assert facts.bytes_first and facts.retired
+    assert judge(sop_instance_uid=UID, **given).status == "tampered"  # type: ignore[arg-type]
+    assert V.decide(replace(facts, bytes_first=False)) is V.Reason.RETIRED
+    # the plugin opens no sealed original: store_corrupt is the verifier's alone
+    assert facts.original is V.Original.UNCHECKED
+
+
+def test_the_plugin_words_every_reason_its_facts_lead_to() -> None:
+    reachable = {
+        V.decide(facts)
+        for facts in every_facts(bytes_first=True, original=V.Original.UNCHECKED)
+        if facts.copy is not V.CopyState.ABSENT  # a file gone is the guard's `missing`
+    }
+    assert reachable == set(plugin._WORDS)
