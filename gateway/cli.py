@@ -163,6 +163,7 @@ def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.errors import UnknownInstance
     from gateway.ledger import XrayLedger
     from gateway.ledger.bootstrap import contract_address, open_ledger
+    from gateway.trust.claims import api_claims
     from gateway.trust.verify import Verifier
 
     key = (
@@ -179,7 +180,10 @@ def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
         if args.chain_url or args.contract
         else open_ledger(settings)  # the pinned contract, read from its deployment block
     )
-    claims = _remote_claims(args.proofs, args.token_file) if args.proofs else None
+    claims = None
+    if args.proofs:  # batch proofs from a gateway's API, each checked against the chain
+        token = Path(args.token_file).read_text().strip() if args.token_file else ""
+        claims = api_claims(args.proofs, token=token)
     verifier = Verifier(
         ledger=ledger,
         pseudonym_key=key,
@@ -214,31 +218,6 @@ def _trusted_recorders(text: str) -> frozenset[str] | None:
         return parse_accounts(text)
     except ValueError as exc:
         raise ConfigError(f"--trusted-recorders: {exc}") from None
-
-
-def _remote_claims(url: str, token_file: str | None) -> Any:
-    """Batch claims from a gateway's API; the verifier checks each against the chain."""
-    from pathlib import Path
-
-    import httpx
-
-    from gateway.trust.verify import BatchClaim
-
-    token = Path(token_file).read_text().strip() if token_file else ""
-
-    def claims(uid: str) -> list[BatchClaim]:
-        reply = httpx.get(
-            f"{url.rstrip('/')}/v1/instances/{uid}/proof",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=30,
-        )
-        if reply.status_code == 404:
-            return []
-        if reply.status_code != 200:
-            raise ConfigError(f"{url} answered {reply.status_code} for the proof of {uid}")
-        return [BatchClaim.from_json(reply.json())]
-
-    return claims
 
 
 def _cmd_audit(settings: Settings, args: argparse.Namespace) -> int:

@@ -104,6 +104,48 @@ def verify_inclusion(*, leaf: bytes, proof: InclusionProof, root: bytes) -> bool
     return sn == 0 and node == root
 
 
+def in_batch(*, leaf: bytes, proof: InclusionProof, root: bytes, count: int) -> bool:
+    """The proven-batch-member rule: ``proof`` leads from ``leaf`` to the ``root`` of a
+    batch of exactly ``count`` leaves. Never raises on bad input.
+
+    The root alone does not commit to the tree's size (a proof for another size may
+    reach it), so the leaf count the ledger holds for the batch must match the proof's.
+    """
+    return proof.size == count and verify_inclusion(leaf=leaf, proof=proof, root=root)
+
+
+def claimed_in_batch(
+    *,
+    record_key: bytes | None,
+    patient_key: bytes | None,
+    digest: bytes | None,
+    pixel_digest: bytes | None,
+    proof: InclusionProof | bytes | None,
+    root: bytes,
+    count: int,
+) -> bool:
+    """Whether a claimed image is a proven member of the batch of ``root`` and ``count``.
+
+    The leaf is hashed from the claimed fields, then :func:`in_batch` decides. ``proof`` is
+    an :class:`InclusionProof` or its encoded form (:func:`encode_proof`, as the index keeps
+    it). Never raises on bad input: a missing field, a field that is not 32 bytes or a
+    malformed proof proves nothing and gives ``False``.
+    """
+    if record_key is None or patient_key is None or digest is None or pixel_digest is None:
+        return False
+    if proof is None:
+        return False
+    try:
+        leaf = leaf_hash(
+            record_key=record_key, patient_key=patient_key, digest=digest,
+            pixel_digest=pixel_digest,
+        )  # fmt: skip
+        inclusion = decode_proof(proof) if isinstance(proof, bytes) else proof
+    except ValueError:
+        return False
+    return in_batch(leaf=leaf, proof=inclusion, root=root, count=count)
+
+
 def encode_proof(proof: InclusionProof) -> bytes:
     """Serialise a proof for the index: index and size (8 bytes each, big-endian), then the path."""
     return proof.index.to_bytes(8, "big") + proof.size.to_bytes(8, "big") + b"".join(proof.path)

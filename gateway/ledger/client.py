@@ -10,9 +10,10 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
+from web3.exceptions import TransactionNotFound
 
 from gateway import errors
-from gateway.core.merkle import InclusionProof, verify_inclusion
+from gateway.core.merkle import InclusionProof, in_batch
 from gateway.ledger.sender import RevertDecoder, Sender, translate
 from gateway.ledger.types import (
     Anchor,
@@ -33,6 +34,13 @@ ARTIFACT = PROJECT_ROOT / "contracts" / "out" / "Xray.json"
 ZERO_ADDRESS = "0x" + "00" * 20
 # Besu's default ``--rpc-max-logs-range``: no ``eth_getLogs`` spans more blocks than this.
 DEFAULT_LOG_RANGE = 5_000
+
+
+def role_id(role: str) -> bytes:
+    """The contract's bytes32 id of ``admin``, ``hospital``, ``doctor``, ``recorder`` or ``auditor``."""
+    if role == "admin":
+        return b"\x00" * 32  # OpenZeppelin's DEFAULT_ADMIN_ROLE
+    return bytes(Web3.keccak(text=f"{role.upper()}_ROLE"))
 
 
 @cache
@@ -291,9 +299,7 @@ class XrayLedger:
 
     def role_id(self, role: str) -> bytes:
         """The bytes32 id of ``admin``, ``hospital``, ``doctor``, ``recorder`` or ``auditor``."""
-        if role == "admin":
-            return b"\x00" * 32
-        return bytes(Web3.keccak(text=f"{role.upper()}_ROLE"))
+        return role_id(role)
 
     def has_role(self, role: str, account: str) -> bool:
         fn = self.contract.functions.hasRole(self.role_id(role), Web3.to_checksum_address(account))
@@ -378,9 +384,8 @@ class XrayLedger:
         if image is None:  # a batched image has no record; its retirement is an event, the
             # newest one (a squatter's retirement, made void by the owner, comes before it)
             for event in reversed(self.retirement_events(record_key)):
-                block = self.w3.eth.get_block(event.block_number)
                 return Retirement(
-                    by=str(event.args["by"]), at=int(block["timestamp"]),
+                    by=str(event.args["by"]), at=self.block_time(event.block_number),
                     reason=retire_reason_name(event.args["reason"]),
                 )  # fmt: skip
             return None
@@ -415,14 +420,12 @@ class XrayLedger:
         return int(self._call(self.contract.functions.batchCount()))
 
     def verify_batch_member(self, *, leaf: bytes, proof: InclusionProof, batch_id: int) -> bool:
-        """True when ``leaf`` is in batch ``batch_id`` by ``proof`` (and the sizes agree)."""
+        """True when ``leaf`` is in batch ``batch_id`` by ``proof`` (:func:`gateway.core.merkle.in_batch`)."""
         try:
             batch = self.batch_of(batch_id)
         except errors.XrayUnknownBatch:
             return False
-        return proof.size == batch.count and verify_inclusion(
-            leaf=leaf, proof=proof, root=batch.root
-        )
+        return in_batch(leaf=leaf, proof=proof, root=batch.root, count=batch.count)
 
     def xrayhash_count(self, patient_key: bytes) -> int:
         """Seed parity: how many image versions ``patient_key`` has."""
@@ -449,7 +452,7 @@ class XrayLedger:
         """
         event = getattr(self.contract.events, name)
         start = max(from_block, self.from_block)
-        end = to_block if to_block is not None else self._head()
+        end = to_block if to_block is not None else self.head_block()
         found: list[LedgerEvent] = []
         for low, high in block_windows(start, end, self.log_range):
             query = partial(
@@ -467,8 +470,27 @@ class XrayLedger:
             ]
         return found
 
-    def _head(self) -> int:
+    # -- the chain under the contract ------------------------------------------------------
+
+    def head_block(self) -> int:
+        """The number of the chain's newest block."""
         return int(translate(self._decoder, lambda: self.w3.eth.block_number))
+
+    def block_time(self, block_number: int) -> int:
+        """The timestamp (epoch seconds) of block ``block_number``."""
+        block = translate(self._decoder, lambda: self.w3.eth.get_block(block_number))
+        return int(block["timestamp"])
+
+    def has_transaction(self, tx_hash: str) -> bool:
+        """Whether the chain holds a mined transaction ``tx_hash`` (it has a receipt)."""
+        try:
+            translate(
+                self._decoder,
+                lambda: self.w3.eth.get_transaction_receipt(tx_hash),  # type: ignore[arg-type]
+            )
+        except TransactionNotFound:
+            return False
+        return True
 
     def code_matches_artifact(self) -> bool:
         """Whether the runtime code at the address is the committed artifact's."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.core.ownership import Position, Role, RoleChange, Trust
 
 if TYPE_CHECKING:
-    from gateway.ledger.client import XrayLedger
+    from gateway.ledger.base import LedgerReader
 
 ROLE_EVENTS = ("RoleGranted", "RoleRevoked")
 
@@ -39,7 +39,7 @@ class RoleHistory:
         trusted recorders, whatever the role history says.
     """
 
-    def __init__(self, ledger: XrayLedger, *, configured: frozenset[str] | None = None) -> None:
+    def __init__(self, ledger: LedgerReader, *, configured: frozenset[str] | None = None) -> None:
         self.ledger = ledger
         self.configured = configured
         self._ids: dict[bytes, Role] = {
@@ -54,7 +54,7 @@ class RoleHistory:
     def trust(self) -> Trust:
         """Who was trusted when, up to the chain's current head."""
         with self._lock:
-            head = int(self.ledger.w3.eth.block_number)
+            head = self.ledger.head_block()
             if head >= self._next:
                 for name in ROLE_EVENTS:
                     for event in self.ledger.events(name, from_block=self._next):

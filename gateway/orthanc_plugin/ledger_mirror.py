@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway.core.merkle import decode_proof, leaf_hash, verify_inclusion
+from gateway.core.merkle import claimed_in_batch
 from gateway.core.ownership import (
     Anchoring,
     Position,
@@ -271,20 +271,10 @@ def _foreign(ruling: Ruling[None]) -> tuple[str, ...]:
 
 def _member(version: Version, root: bytes, count: int) -> bool:
     """Whether the version's proof leads from its leaf to ``root`` in a tree of ``count``."""
-    record_key, patient_key, pixels, encoded = (
-        version.record_key, version.patient_key, version.pixel_digest, version.proof,
+    return claimed_in_batch(
+        record_key=version.record_key, patient_key=version.patient_key, digest=version.digest,
+        pixel_digest=version.pixel_digest, proof=version.proof, root=root, count=count,
     )  # fmt: skip
-    if record_key is None or patient_key is None or pixels is None or encoded is None:
-        return False
-    try:
-        leaf = leaf_hash(
-            record_key=record_key, patient_key=patient_key, digest=version.digest,
-            pixel_digest=pixels,
-        )  # fmt: skip
-        proof = decode_proof(encoded)
-    except ValueError:
-        return False
-    return proof.size == count and verify_inclusion(leaf=leaf, proof=proof, root=root)
 
 
 def wait_synced(mirror: LedgerMirror, block: int, *, timeout: float = 30.0) -> bool:

@@ -22,6 +22,13 @@ The statuses, what each means and how bad it is, and the rules that give them
 * a retired record → ``retired``; no PACS copy → ``missing``; another digest →
   ``tampered``; a sealed original that is gone or does not open → ``store_corrupt``;
   else ``intact``.
+
+This module gathers the facts; the batch claims it checks are in :mod:`gateway.trust.claims`
+and the attribute diff of a tampered copy in :mod:`gateway.trust.diff`. The :class:`Verifier`
+reads the outside through small interfaces (:class:`~gateway.pacs.base.PacsArchive`,
+:class:`~gateway.ledger.base.LedgerReader`, :class:`~gateway.index.base.IndexRows`), so
+that unit tests drive it through in-memory stand-ins (:mod:`gateway.pacs.memory`,
+:mod:`gateway.ledger.memory`) while integration tests use Orthanc, anvil and the index.
 """
 
 from __future__ import annotations
@@ -31,15 +38,10 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Literal, cast
-
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
-from pydicom.tag import Tag
-from web3.exceptions import TransactionNotFound
+from typing import IO, BinaryIO, Literal, cast
 
 from gateway.core import keys
 from gateway.core.fingerprint import (
@@ -47,10 +49,9 @@ from gateway.core.fingerprint import (
     Fingerprint,
     fingerprint,
     fingerprint_and_header,
-    load_dataset,
 )
 from gateway.core.keys import Keyring
-from gateway.core.merkle import InclusionProof, decode_proof, leaf_hash
+from gateway.core.merkle import InclusionProof
 from gateway.core.ownership import (
     Anchoring,
     Position,
@@ -61,7 +62,6 @@ from gateway.core.ownership import (
 )
 from gateway.core.seal import open_sealed
 from gateway.errors import (
-    DatasetTooLarge,
     DatasetUnreadable,
     InstanceMissing,
     ObjectNotFound,
@@ -71,13 +71,16 @@ from gateway.errors import (
     UnknownInstance,
     XrayUnknownBatch,
 )
-from gateway.index.db import PARKED, STAGES, Index, Row
-from gateway.ledger import XrayLedger
+from gateway.index.base import IndexRows
+from gateway.index.db import PARKED, STAGES, Row
+from gateway.ledger.base import LedgerReader
 from gateway.ledger.roles import RoleHistory
 from gateway.ledger.types import LedgerEvent, retire_reason_name
-from gateway.pacs.client import Pacs
+from gateway.pacs.base import PacsArchive
 from gateway.store import ObjectStore
 from gateway.trust.alerts import Alerts
+from gateway.trust.claims import BatchClaim, ClaimSource, index_claims, proving_batch
+from gateway.trust.diff import AttributeChange, diff
 from gateway.trust.verdicts import (
     EXPLANATIONS,
     STATUSES,
@@ -99,9 +102,6 @@ SPOOL_IN_MEMORY = 16 << 20
 #: (``forward`` included: anchored, not yet in the PACS), and ``failed`` (parked with its
 #: error until an operator re-queues it; the image is acked and kept, not lost).
 PENDING_STAGES = (*STAGES[: STAGES.index("committed")], PARKED)
-#: The most bytes, and elements, of attributes (before Pixel Data) a diff reads from a file.
-DIFF_MAX_BYTES = 64 << 20
-DIFF_MAX_ELEMENTS = 100_000
 #: The ``source`` of the alerts a verifier records.
 ALERT_SOURCE = "verifier"
 #: How the rules' facts and reasons read in a verdict's ``copies`` and ``tamper``.
@@ -150,22 +150,6 @@ class Evidence:
     retire_reason: str | None = None
     #: Accounts whose versions or retirements of this record were ignored: not its owner.
     foreign_claims: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class AttributeChange:
-    """One attribute that differs between the sealed original and the copy checked.
-
-    ``before``/``after`` hold values only for roles allowed to see patient data;
-    otherwise they are ``None`` and ``redacted`` is true.
-    """
-
-    tag: str
-    keyword: str
-    change: Literal["changed", "added", "removed"]
-    before: str | None = None
-    after: str | None = None
-    redacted: bool = False
 
 
 @dataclass(frozen=True)
@@ -251,88 +235,6 @@ class Record:
 
 
 @dataclass(frozen=True)
-class BatchClaim:
-    """What someone says about a batched image; believed only once its proof meets the chain.
-
-    The index makes these claims inside the gateway; an auditor's CLI may take them from
-    the gateway's API (``GET /v1/instances/{uid}/proof``) without trusting it, because the
-    proof either leads to a root anchored on chain or it does not.
-    """
-
-    record_key: bytes
-    patient_key: bytes
-    digest: bytes
-    pixel_digest: bytes
-    batch_id: int
-    proof: InclusionProof
-    version: int | None = None
-    tx_hash: str | None = None
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "record_key": self.record_key.hex(),
-            "patient_key": self.patient_key.hex(),
-            "digest": self.digest.hex(),
-            "pixel_digest": self.pixel_digest.hex(),
-            "batch_id": self.batch_id,
-            "leaf_index": self.proof.index,
-            "size": self.proof.size,
-            "proof": [node.hex() for node in self.proof.path],
-            "version": self.version,
-            "tx_hash": self.tx_hash,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> BatchClaim:
-        """Parse :meth:`to_json`'s form; raises ValueError/KeyError/TypeError on bad input."""
-        return cls(
-            record_key=bytes.fromhex(data["record_key"]),
-            patient_key=bytes.fromhex(data["patient_key"]),
-            digest=bytes.fromhex(data["digest"]),
-            pixel_digest=bytes.fromhex(data["pixel_digest"]),
-            batch_id=int(data["batch_id"]),
-            proof=InclusionProof(
-                index=int(data["leaf_index"]),
-                size=int(data["size"]),
-                path=tuple(bytes.fromhex(node) for node in data["proof"]),
-            ),
-            version=data.get("version"),
-            tx_hash=data.get("tx_hash"),
-        )
-
-
-ClaimSource = Callable[[str], list[BatchClaim]]
-"""Batch claims for a SOP Instance UID, newest first."""
-
-
-def index_claims(index: Index) -> ClaimSource:
-    """The claims the gateway's index makes (its rows with a batch id and a proof)."""
-
-    def claims(uid: str) -> list[BatchClaim]:
-        found = []
-        for row in reversed(index.by_uid(uid)):
-            if row.batch_id is None or row.proof is None or row.stage in ("duplicate", "rejected"):
-                continue
-            if not (row.record_key and row.patient_key and row.digest and row.pixel_digest):
-                continue
-            found.append(
-                BatchClaim(
-                    record_key=row.record_key,
-                    patient_key=row.patient_key,
-                    digest=row.digest,
-                    pixel_digest=row.pixel_digest,
-                    batch_id=row.batch_id,
-                    proof=decode_proof(row.proof),
-                    version=row.version,
-                    tx_hash=row.tx_hash,
-                )
-            )
-        return found
-
-    return claims
-
-
-@dataclass(frozen=True)
 class Copy:
     """A copy that was hashed: its digests and, if kept, where its bytes are."""
 
@@ -371,12 +273,12 @@ class Verifier:
     def __init__(
         self,
         *,
-        ledger: XrayLedger,
+        ledger: LedgerReader,
         pseudonym_key: bytes,
-        pacs: Pacs | None = None,
+        pacs: PacsArchive | None = None,
         store: ObjectStore | None = None,
         keyring: Keyring | None = None,
-        index: Index | None = None,
+        index: IndexRows | None = None,
         claims: ClaimSource | None = None,
         max_instance_bytes: int = MAX_INSTANCE_BYTES,
         trusted_recorders: frozenset[str] | None = None,
@@ -714,19 +616,13 @@ class Verifier:
         for claim in self.claims(uid) if self.claims is not None else ():
             if claim.record_key != record_key:
                 continue
-            leaf = leaf_hash(
-                record_key=record_key, patient_key=claim.patient_key, digest=claim.digest,
-                pixel_digest=claim.pixel_digest,
-            )  # fmt: skip
-            if not self.ledger.verify_batch_member(
-                leaf=leaf, proof=claim.proof, batch_id=claim.batch_id
-            ):
+            batch = proving_batch(self.ledger, claim)
+            if batch is None:
                 log.warning(
                     "a claim puts record %s in batch %d, but its proof does not lead to that "
                     "batch's root", record_key.hex()[:12], claim.batch_id,
                 )  # fmt: skip
                 continue
-            batch = self.ledger.batch_of(claim.batch_id)
             event = self._batch_event(claim.batch_id, batch.block_number)
             record = Record(
                 record_key=record_key,
@@ -769,7 +665,7 @@ class Verifier:
     def _block_time(self, block_number: int | None) -> int | None:
         if block_number is None:
             return None
-        return int(self.ledger.w3.eth.get_block(block_number)["timestamp"])
+        return self.ledger.block_time(block_number)
 
     def _alert_foreign(self, uid: str, record_key: bytes, ruling: Ruling[Record]) -> None:
         """One ``foreign_claim`` alert per (record key, account) whose writes were ignored."""
@@ -880,7 +776,7 @@ class Verifier:
                 if row.tx_hash is None and row.block_number is None:
                     continue
                 if head is None:
-                    head = int(self.ledger.w3.eth.block_number)
+                    head = self.ledger.head_block()
                 reasons.append(self._single_unconfirmed(row, head))
         return [reason for reason in reasons if reason is not None]
 
@@ -902,11 +798,7 @@ class Verifier:
         return None  # the chain has the transaction, and no such record: the claim is false
 
     def _has_transaction(self, tx_hash: str) -> bool:
-        try:
-            self.ledger.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
-        except TransactionNotFound:
-            return False
-        return True
+        return self.ledger.has_transaction(tx_hash)
 
     # -- the PACS copy ----------------------------------------------------------------------
 
@@ -941,82 +833,6 @@ def summarise(verdicts: list[Verdict]) -> dict[str, int]:
     return summary
 
 
-def diff(
-    original: Path, copy: Path, *, show_phi: bool, limit: int | None = None
-) -> list[AttributeChange]:
-    """Attributes that differ between two Part-10 files, Pixel Data excluded, File Meta excluded.
-
-    Nested sequences are walked; a changed item attribute is named by its path, e.g.
-    ``(0008,1140)[0](0008,1155)``. Each file is parsed within bounds (a deflated one
-    inflates at most ``limit`` bytes; at most DIFF_MAX_BYTES of attributes are compared).
-    """
-    try:
-        before = _attributes(original, limit)
-        after = _attributes(copy, limit)
-    except DatasetUnreadable as exc:  # an unparsable copy is a change in itself
-        reason = "too large to compare" if isinstance(exc, DatasetTooLarge) else "unreadable"
-        return [AttributeChange("", "", "changed", None, reason, not show_phi)]
-    changes: list[AttributeChange] = []
-    _diff_datasets(before, after, prefix="", show_phi=show_phi, out=changes)
-    return changes
-
-
-def _attributes(path: Path, limit: int | None) -> Dataset:
-    with path.open("rb") as stream:
-        return load_dataset(
-            stream, max_bytes=DIFF_MAX_BYTES, max_elements=DIFF_MAX_ELEMENTS, limit=limit
-        )
-
-
-def _diff_datasets(
-    before: Dataset, after: Dataset, *, prefix: str, show_phi: bool, out: list[AttributeChange]
-) -> None:
-    tags = sorted(set(before.keys()) | set(after.keys()))
-    for tag in tags:
-        if Tag(tag).group == 0x0002:
-            continue
-        old = before.get(tag)
-        new = after.get(tag)
-        name = f"{prefix}({Tag(tag).group:04X},{Tag(tag).element:04X})"
-        keyword = (old or new).keyword if (old or new) is not None else ""
-        if old is None or new is None:
-            out.append(
-                AttributeChange(
-                    name,
-                    keyword,
-                    "added" if old is None else "removed",
-                    _shown(old, show_phi),
-                    _shown(new, show_phi),
-                    not show_phi,
-                )
-            )
-            continue
-        if old.VR == "SQ" and new.VR == "SQ" and len(old.value) == len(new.value):
-            for i, (a, b) in enumerate(zip(old.value, new.value, strict=True)):
-                _diff_datasets(a, b, prefix=f"{name}[{i}]", show_phi=show_phi, out=out)
-            continue
-        if old.value != new.value or old.VR != new.VR:
-            out.append(
-                AttributeChange(
-                    name,
-                    keyword,
-                    "changed",
-                    _shown(old, show_phi),
-                    _shown(new, show_phi),
-                    not show_phi,
-                )
-            )
-
-
-def _shown(element: DataElement | None, show_phi: bool) -> str | None:
-    if element is None or not show_phi:
-        return None
-    if element.VR == "SQ":
-        return f"<sequence of {len(element.value)} item(s)>"
-    text = str(element.value)
-    return text if len(text) <= 128 else text[:125] + "..."
-
-
 def _raw_fingerprint(stream: BinaryIO) -> Fingerprint:
     import hashlib
 
@@ -1038,7 +854,6 @@ def _scratch() -> Iterator[IO[bytes]]:
 __all__ = [
     "EXPLANATIONS",
     "STATUSES",
-    "AttributeChange",
     "BatchEvidence",
     "Copies",
     "Evidence",
@@ -1046,6 +861,5 @@ __all__ = [
     "StudyVerdict",
     "Verdict",
     "Verifier",
-    "diff",
     "summarise",
 ]

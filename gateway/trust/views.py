@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.core import keys
-from gateway.core.merkle import decode_proof, leaf_hash
 from gateway.index.db import Index
 from gateway.ledger import XrayLedger
+from gateway.trust.claims import claim_of, proving_batch
 
 
 @dataclass(frozen=True)
@@ -119,23 +119,17 @@ class RecordViews:
         for row in self.index.batched():
             if patient_key is not None and row.patient_key != patient_key:
                 continue
-            assert row.record_key and row.patient_key and row.digest and row.pixel_digest
-            assert row.batch_id is not None and row.proof is not None
-            leaf = leaf_hash(
-                record_key=row.record_key, patient_key=row.patient_key, digest=row.digest,
-                pixel_digest=row.pixel_digest,
-            )  # fmt: skip
-            proof = decode_proof(row.proof)
-            if not self.ledger.verify_batch_member(leaf=leaf, proof=proof, batch_id=row.batch_id):
+            claim = claim_of(row)
+            batch = proving_batch(self.ledger, claim) if claim is not None else None
+            if claim is None or batch is None:
                 continue  # the index claims what the chain does not hold: not a ledger record
-            batch = self.ledger.batch_of(row.batch_id)
             if recorder is not None and batch.recorder.lower() != recorder.lower():
                 continue
             found.append(
                 LedgerRecord(
-                    record_key=row.record_key.hex(),
-                    digest=row.digest.hex(),
-                    pixel_digest=row.pixel_digest.hex(),
+                    record_key=claim.record_key.hex(),
+                    digest=claim.digest.hex(),
+                    pixel_digest=claim.pixel_digest.hex(),
                     version=row.version or 1,
                     recorder=batch.recorder,
                     recorder_name=self._name(batch.recorder),
@@ -144,7 +138,7 @@ class RecordViews:
                     body_part=row.body_part,
                     modality=row.modality,
                     sop_instance_uid=row.sop_instance_uid,
-                    batch_id=row.batch_id,
+                    batch_id=claim.batch_id,
                 )
             )
         return found

@@ -36,7 +36,8 @@ from gateway.ingest.pipeline import AnchorItem
 from gateway.ledger import BatchedLeaf, MerkleTree, UserType, XrayLedger
 from gateway.ledger.accounts import load_account
 from gateway.ledger.anvil import Anvil
-from gateway.trust.verify import BatchClaim, ClaimSource, Verifier
+from gateway.trust.claims import BatchClaim, ClaimSource
+from gateway.trust.verify import Verifier
 from tests.conftest import Cast
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env

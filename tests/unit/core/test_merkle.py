@@ -11,6 +11,9 @@ from hypothesis import strategies as st
 from gateway.core.merkle import (
     InclusionProof,
     MerkleTree,
+    claimed_in_batch,
+    encode_proof,
+    in_batch,
     leaf_hash,
     node_hash,
     verify_inclusion,
@@ -130,3 +133,51 @@ def test_random_sizes_match_rfc6962_and_verify(size: int, data: st.DataObject) -
         assert not verify_inclusion(leaf=leaves[other], proof=proof, root=tree.root)
         moved = InclusionProof(index=other, size=size, path=proof.path)
         assert not verify_inclusion(leaf=leaves[index], proof=moved, root=tree.root)
+
+
+def test_a_batch_member_needs_the_batch_count_not_only_the_root() -> None:
+    leaves = _leaves(4)
+    tree = MerkleTree(leaves)
+    proof = tree.proof(0)
+    assert in_batch(leaf=leaves[0], proof=proof, root=tree.root, count=4)
+    # the same path, claimed for a 3-leaf tree, still reaches the 4-leaf root...
+    shrunk = InclusionProof(index=0, size=3, path=proof.path)
+    assert verify_inclusion(leaf=leaves[0], proof=shrunk, root=tree.root)
+    # ...but the batch the ledger holds has 4 leaves: not a member
+    assert not in_batch(leaf=leaves[0], proof=shrunk, root=tree.root, count=4)
+    assert not in_batch(leaf=leaves[1], proof=proof, root=tree.root, count=4)
+
+
+def _claimed(i: int) -> dict[str, bytes]:
+    return {
+        "record_key": hashlib.sha256(b"r%d" % i).digest(),
+        "patient_key": hashlib.sha256(b"p%d" % (i % 7)).digest(),
+        "digest": hashlib.sha256(b"d%d" % i).digest(),
+        "pixel_digest": hashlib.sha256(b"x%d" % i).digest(),
+    }
+
+
+def test_a_claimed_image_is_a_member_by_its_fields_and_proof_encoded_or_not() -> None:
+    tree = MerkleTree(_leaves(5))
+    proof = tree.proof(3)
+    batch = {"root": tree.root, "count": 5}
+    assert claimed_in_batch(**_claimed(3), proof=proof, **batch)
+    assert claimed_in_batch(**_claimed(3), proof=encode_proof(proof), **batch)
+    # any claimed field changed: another leaf, not a member
+    for name in ("record_key", "patient_key", "digest", "pixel_digest"):
+        fields = _claimed(3) | {name: hashlib.sha256(b"forged").digest()}
+        assert not claimed_in_batch(**fields, proof=proof, **batch), name
+    assert not claimed_in_batch(**_claimed(2), proof=proof, **batch)
+    assert not claimed_in_batch(**_claimed(3), proof=proof, root=tree.root, count=6)
+
+
+def test_a_malformed_claim_proves_nothing_and_raises_nothing() -> None:
+    tree = MerkleTree(_leaves(5))
+    proof = tree.proof(3)
+    batch = {"root": tree.root, "count": 5}
+    for name in ("record_key", "patient_key", "digest", "pixel_digest"):
+        assert not claimed_in_batch(**(_claimed(3) | {name: None}), proof=proof, **batch)
+        assert not claimed_in_batch(**(_claimed(3) | {name: b"short"}), proof=proof, **batch)
+    assert not claimed_in_batch(**_claimed(3), proof=None, **batch)
+    assert not claimed_in_batch(**_claimed(3), proof=encode_proof(proof)[:-1], **batch)
+    assert not claimed_in_batch(**_claimed(3), proof=b"", **batch)

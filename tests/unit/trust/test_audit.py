@@ -1,0 +1,52 @@
+"""An audit sweep through the stand-ins: every instance the PACS or the index knows is
+verified, and every ledger record no instance accounts for is a finding."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.trust.audit import sweep
+from tests.unit.trust.world import GATEWAY, World
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    world = World(tmp_path)
+    yield world
+    world.close()
+
+
+def test_a_sweep_reports_what_is_not_intact_and_records_nobody_accounts_for(
+    world: World,
+) -> None:
+    intact, tampered, outsider, waiting = world.images(4)
+    world.commit(intact)
+    row = world.commit(tampered)
+    world.pacs.overwrite(row.orthanc_id or "", b"not the image")
+    world.pacs.store(outsider.path, digest=outsider.fingerprint.digest)
+    world.index.update(world.receive(waiting), stage="put", **world.facts(waiting))
+    orphan = world.images(1)[0]  # recorded by this gateway once, its index since lost
+    world.ledger.record_image(
+        recorder=GATEWAY, record_key=orphan.record_key, patient_key=orphan.patient_key,
+        digest=orphan.fingerprint.digest, pixel_digest=orphan.fingerprint.pixel_digest,
+    )  # fmt: skip
+    progress: list[tuple[int, int]] = []
+    report = sweep(
+        world.verifier(), index=world.index, alerts=world.alerts,
+        progress=lambda done, total: progress.append((done, total)), workers=2,
+    )  # fmt: skip
+    assert (report.summary["total"], report.summary["intact"]) == (4, 1)
+    found = {(f.status, f.sop_instance_uid) for f in report.findings}
+    assert found == {
+        ("tampered", tampered.uid), ("unregistered", outsider.uid), ("pending", waiting.uid),
+        ("missing", None),
+    }  # fmt: skip
+    assert report.ledger_records_without_instance == 1
+    (lost,) = [f for f in report.findings if f.sop_instance_uid is None]
+    assert lost.record_key == orphan.record_key.hex()
+    assert progress[0] == (0, 4) and progress[-1] == (4, 4)
+    kinds = {(a.kind, a.sop_instance_uid) for a in world.alerts.recent(kind=None)}
+    assert ("tampered", tampered.uid) in kinds and ("unregistered", outsider.uid) in kinds
