@@ -19,6 +19,7 @@ from gateway.core.merkle import InclusionProof, claimed_in_batch, decode_proof
 from gateway.errors import ConfigError, XrayUnknownBatch
 from gateway.index.base import IndexRows
 from gateway.index.db import Row
+from gateway.index.queries import is_version
 from gateway.ledger.base import LedgerReader
 from gateway.ledger.types import Batch
 
@@ -88,7 +89,7 @@ def claim_of(row: Row) -> BatchClaim | None:
     instance) with a batch id, an inclusion proof and its leaf fields. Raises ValueError
     when its proof is malformed.
     """
-    if row.batch_id is None or row.proof is None or row.stage in ("duplicate", "rejected"):
+    if row.batch_id is None or row.proof is None or not is_version(row.stage):
         return None
     if not (row.record_key and row.patient_key and row.digest and row.pixel_digest):
         return None

@@ -73,6 +73,7 @@ from gateway.errors import (
 )
 from gateway.index.base import IndexRows
 from gateway.index.db import PARKED, STAGES, Row
+from gateway.index.queries import is_version
 from gateway.ledger.base import LedgerReader
 from gateway.ledger.roles import RoleHistory
 from gateway.ledger.types import LedgerEvent, retire_reason_name
@@ -373,7 +374,7 @@ class Verifier:
                 uids[uid] = None
         if self.index is not None:
             for row in self.index.by_study(study_instance_uid):
-                if row.stage not in ("duplicate", "rejected"):
+                if is_version(row.stage):
                     uids[row.sop_instance_uid] = None
         if not uids:
             raise UnknownInstance(
@@ -771,7 +772,7 @@ class Verifier:
         if self.index is not None:
             head: int | None = None
             for row in self.index.by_uid(uid):
-                if row.stage in ("duplicate", "rejected") or row.batch_id is not None:
+                if not is_version(row.stage) or row.batch_id is not None:
                     continue  # batched rows are claims, above
                 if row.tx_hash is None and row.block_number is None:
                     continue
