@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := orthanc orthanc-python orthanc-dicomweb orthanc-webviewer dcmtk chromium
+APT_PACKAGES := orthanc orthanc-python orthanc-dicomweb orthanc-webviewer orthanc-postgresql postgresql dcmtk chromium
 export TCP_NODELAY := 1
 
 .PHONY: up test bench fuzz fuzz-api deps apt npm venv contracts contracts-check lint lock clean-var

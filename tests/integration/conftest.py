@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from gateway.index.db import Index
 from gateway.ingest.receive import Receiver
 from gateway.ingest.spool import Spool
 from gateway.procs import free_port
+from tests.integration.postgres import PostgresCluster
 
 
 @pytest.fixture
@@ -23,3 +25,15 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
     yield rx
     rx.stop()
     index.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One PostgreSQL cluster for the session (Debian's server, a temp dir, a free port).
+
+    Not under pytest's tmp dir: that is private to root, and the server runs as postgres.
+    Each test takes its own database with ``postgres.create_database()``.
+    """
+    cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="xray-pg-"))).start()
+    yield cluster
+    cluster.stop()
