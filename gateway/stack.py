@@ -24,9 +24,10 @@ from gateway.index.db import Index
 from gateway.ingest.anchor import BatchAnchorer, SingleAnchorer
 from gateway.ingest.commitment import CommitmentSCP
 from gateway.ingest.listener import ListenerLimits
-from gateway.ingest.pipeline import ForwardOutcome, Pipeline
+from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.receive import Receiver
 from gateway.ingest.spool import Spool
+from gateway.ingest.stages import ForwardOutcome
 from gateway.ingest.tls import client_context, server_context
 from gateway.ledger.anvil import Anvil
 from gateway.ledger.bootstrap import (
