@@ -30,10 +30,10 @@ unavailable (object store, chain node, PACS: refused, timed out, 5xx) or a row t
 wait for another (both an :class:`~gateway.errors.Unavailable`) is retried for as long
 as it takes, with backoff capped at :data:`TRANSIENT_CAP_S`, and shown as failing; when
 any row gets through a stage, the rows waiting at that stage for such a reason are due
-at once, so a backlog drains as soon as its downstream is back. Any other
-failure (the PACS refused the file, the contract reverted, a bug) is retried
-:data:`PERMANENT_ATTEMPTS` times, then the row is parked at stage ``failed`` with its
-reason, logged at ERROR, and waits for ``xray-gateway retry``; its spool file is kept.
+at once, so a backlog drains as soon as its downstream is back. Any other failure (the
+PACS refused the file, the contract reverted, a bug) is retried :data:`PERMANENT_ATTEMPTS`
+times, then the row is parked at stage ``failed`` with its reason, logged at ERROR, and
+waits for ``xray-gateway retry``; its spool file is kept.
 A Merkle batch is failed, retried and parked as a whole, the same way.
 
 A spool file that no longer hashes to what the listener acked (``spool_sha256``: someone
