@@ -1,4 +1,4 @@
-"""The forward stage on the Orthanc client: the pipeline's ``Forwarder`` over ``pacs.client.Pacs``."""
+"""The forward stage on the Orthanc client: the pipeline's Forwarder over pacs.client.Pacs."""
 
 from __future__ import annotations
 

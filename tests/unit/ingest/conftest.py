@@ -1,4 +1,4 @@
-"""A pipeline on its real index and spool, with in-memory stand-ins for the store, ledger and PACS."""
+"""A pipeline on its real index and spool, with in-memory stand-ins for store, ledger and PACS."""
 
 from __future__ import annotations
 
