@@ -4,26 +4,33 @@ Every error the gateway raises on purpose derives from :class:`GatewayError`, an
 translated at the boundary only: into a DICOM status in ``receive``, an HTTP problem in
 ``api/`` and a one-line message in the CLI.
 
+The tree also says what is worth waiting for. An :class:`Unavailable` (marked ``*`` below)
+means "not now": something the work depends on is out (the spool's disk, the chain, the
+PACS, the object store) or the work waits for other work. :func:`is_transient` reads it,
+and the pipeline retries such a failure for as long as it takes; any other failure is
+permanent, retried a few times and then parked.
+
 ::
 
     GatewayError
+    ├── Unavailable               * not now (an outage, a wait): retried for as long as it takes
     ├── ConfigError                 settings missing, malformed or placeholder
     ├── DatasetUnreadable           a received dataset cannot be understood (-> 0xC000-class)
     │   └── DatasetTooLarge         it inflates past GATEWAY_MAX_INSTANCE_BYTES (-> 0xA700)
-    ├── SpoolUnavailable            received bytes cannot be made durable (-> 0xA700)
+    ├── SpoolUnavailable          * received bytes cannot be made durable (-> 0xA700)
     ├── SpoolSwapped                a spool file no longer hashes to what was acked: never sealed
     ├── AlertsUnavailable           the Orthanc plugin's alerts file cannot be read
     ├── KeyringError                the key directory holds no KEK with that id; ``.kek_id``
     ├── ForwardError                anything on the PACS (Orthanc) side; as such, not transient
-    │   ├── PacsUnavailable         refused, timed out, 5xx or auth refused: retry later
+    │   ├── PacsUnavailable       * refused, timed out, 5xx or auth refused: retry later
     │   ├── PacsRejected            Orthanc refused the file itself (e.g. unparsable): permanent
     │   └── InstanceMissing         Orthanc has no instance with that id
     ├── LedgerError                 anything on the chain side
-    │   ├── ChainUnavailable        the JSON-RPC node cannot be reached
+    │   ├── ChainUnavailable      * the JSON-RPC node cannot be reached
     │   ├── ContractNotDeployed     no xray contract at the configured address
     │   │   └── ContractCodeMismatch  code there, but not contracts/out/Xray.json's
     │   ├── TransactionFailed       mined with status 0, never mined, or refused by the node
-    │   │   └── TransactionPending  sent, still not mined after every re-send: retry later
+    │   │   └── TransactionPending * sent, still not mined after every re-send: retry later
     │   └── ContractRevert          the contract refused the call; ``.name`` is its custom error
     │       ├── AccessControlUnauthorizedAccount
     │       ├── XrayNotRecorder, XrayNotOwner, XrayNotPermissionManager, XrayNotOwnDoctor
@@ -34,11 +41,11 @@ translated at the boundary only: into a DICOM status in ``receive``, an HTTP pro
     │   ├── SealUnsupported         written in a format version this gateway does not read
     │   └── SealKeyMissing          sealed under a KEK the keyring lacks (also a KeyringError)
     ├── StoreError                  anything on the object store side; as such, not transient
-    │   ├── StoreUnavailable        cannot be reached, timed out, or busy: retry later
+    │   ├── StoreUnavailable      * cannot be reached, timed out, or busy: retry later
     │   └── ObjectNotFound          no object under that name
     ├── UnknownInstance             not in the PACS, the index nor on the ledger (-> 404)
     ├── CannotRestore               no verified original to put back (-> 409)
-    ├── MustWait                    a row waits for another (an older version, the anchor check)
+    ├── MustWait                  * a row waits for another (an older version, the anchor check)
     ├── ChildFailed                 an embedded child process exited early or never got ready
     ├── UploadsBusy                 every upload slot is taken (-> 429)
     ├── UploadAreaFull              the upload quota or the disk reserve is reached (-> 507)
@@ -57,6 +64,28 @@ from typing import Any
 
 class GatewayError(Exception):
     """Root of every error the gateway raises on purpose."""
+
+
+class Unavailable(GatewayError):
+    """Not now: something the work depends on is out, or the work waits for other work.
+
+    Nothing is wrong with what was asked, so the pipeline retries it for as long as it
+    takes (:func:`is_transient`). Each subclass is also in the tree of its area
+    (``StoreUnavailable`` is a :class:`StoreError`), so either ``except`` sees it.
+    """
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure is worth retrying for as long as it takes.
+
+    An :class:`Unavailable`, and the OS saying "not now" on our own side: a timeout, a
+    connection reset, ENOSPC or EIO on our disk. A missing file or a refused permission
+    needs a person, and so does every other error.
+    """
+    if isinstance(exc, Unavailable):
+        return True
+    # TimeoutError and ConnectionError are OSErrors too.
+    return isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, PermissionError))
 
 
 class ConfigError(GatewayError):
@@ -124,7 +153,7 @@ class SealKeyMissing(SealError, KeyringError):
     """
 
 
-class SpoolUnavailable(GatewayError):
+class SpoolUnavailable(Unavailable):
     """Received bytes cannot be made durable; the C-STORE must not be acked."""
 
 
@@ -144,7 +173,7 @@ class LedgerError(GatewayError):
     """Something went wrong talking to the xray contract."""
 
 
-class ChainUnavailable(LedgerError):
+class ChainUnavailable(LedgerError, Unavailable):
     """The chain's JSON-RPC endpoint cannot be reached."""
 
 
@@ -164,7 +193,7 @@ class TransactionFailed(LedgerError):
         self.tx_hash = tx_hash
 
 
-class TransactionPending(TransactionFailed):
+class TransactionPending(TransactionFailed, Unavailable):
     """Sent and not mined yet, re-sends included: the chain is slow, not the call wrong.
 
     It may still be mined, so a retry looks the record up before sending again; the
@@ -274,7 +303,7 @@ class StoreError(GatewayError):
     """Anything on the object store side; of its subclasses only StoreUnavailable is transient."""
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailable(StoreError, Unavailable):
     """The object store cannot be reached, timed out, or is busy: retry later."""
 
 
@@ -296,7 +325,7 @@ class ForwardError(GatewayError):
         self.status = status
 
 
-class PacsUnavailable(ForwardError):
+class PacsUnavailable(ForwardError, Unavailable):
     """Orthanc cannot be reached, timed out, failed (5xx) or refused our credentials.
 
     Retry later: nothing about the instance itself is wrong. A refused login counts as
@@ -324,7 +353,7 @@ class CannotRestore(GatewayError):
     """The original cannot be put back (no PACS, no record, retired, or the sealed copy fails)."""
 
 
-class MustWait(GatewayError):
+class MustWait(Unavailable):
     """A stage cannot run yet (e.g. an older version of the same image is still in flight):
     the row is retried like an outage, and logged at INFO."""
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from pathlib import Path
 
 import uvicorn
 
@@ -23,8 +22,9 @@ from gateway.core.keys import init_keys, load_keyring, load_pseudonym_key
 from gateway.index.db import Index
 from gateway.ingest.anchor import BatchAnchorer, SingleAnchorer
 from gateway.ingest.commitment import CommitmentSCP
+from gateway.ingest.forward import PacsForwarder
 from gateway.ingest.listener import ListenerLimits
-from gateway.ingest.pipeline import ForwardOutcome, Pipeline
+from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.receive import Receiver
 from gateway.ingest.spool import Spool
 from gateway.ingest.tls import client_context, server_context
@@ -48,24 +48,6 @@ from gateway.trust.verify import Verifier
 from gateway.trust.views import RecordViews
 
 log = logging.getLogger(__name__)
-
-
-class PacsForwarder:
-    """The pipeline's forward stage on the Orthanc client."""
-
-    def __init__(self, pacs: Pacs) -> None:
-        self.pacs = pacs
-
-    def forward(self, path: Path, *, digest: bytes) -> ForwardOutcome:
-        result = self.pacs.store(path, digest=digest)
-        conflict = None
-        if result.conflict:
-            theirs = result.orthanc_digest.hex()[:16] if result.orthanc_digest else "?"
-            conflict = (
-                f"Orthanc {result.orthanc_id} holds digest {theirs}…, the gateway received "
-                f"{digest.hex()[:16]}… under the same SOP Instance UID"
-            )
-        return ForwardOutcome(orthanc_id=result.orthanc_id, conflict=conflict)
 
 
 def external_pacs(settings: Settings) -> Pacs:

@@ -27,7 +27,7 @@ from eth_account import Account
 
 from gateway.core import keys
 from gateway.core.fingerprint import fingerprint_and_header
-from gateway.ingest.pipeline import AnchorItem
+from gateway.ingest.stages import AnchorItem
 from gateway.ledger import MerkleTree, UserType, XrayLedger, connect, deploy, leaf_hash
 from gateway.ledger.anvil import Anvil
 from gateway.procs import free_port

@@ -349,8 +349,15 @@ class Index:
             )
             return int(cursor.rowcount)
 
-    def claim_fingerprint(self, row_id: int, values: dict[str, Any]) -> tuple[str, int, int | None]:
-        """Atomically decide what a freshly fingerprinted row is: new, new version, or duplicate."""
+    def claim_fingerprint(
+        self, row_id: int, values: dict[str, Any], *, next_stage: str, duplicate_stage: str
+    ) -> tuple[str, int, int | None]:
+        """Atomically decide what a freshly fingerprinted row is: new, new version, or duplicate.
+
+        The row moves to ``next_stage``, or to ``duplicate_stage`` when a row of the same
+        record key holds the same digest (the pipeline's stage table names both). Returns
+        the stage it moved to, its version (0 for a duplicate) and the row it duplicates.
+        """
         with self.transaction() as db:
             cursor = db.execute(
                 "SELECT id, digest, version FROM instances WHERE record_key = ? AND id != ?"
@@ -360,9 +367,9 @@ class Index:
             others = cursor.fetchall()
             same = [other_id for other_id, digest, _ in others if digest == values["digest"]]
             if same:
-                stage, version, duplicate_of = "duplicate", 0, int(same[0])
+                stage, version, duplicate_of = duplicate_stage, 0, int(same[0])
             else:
-                stage = "seal"
+                stage = next_stage
                 version = 1 + max((int(v or 0) for _, _, v in others), default=0)
                 duplicate_of = None
             values = {**values, "stage": stage, "version": version or None, "attempts": 0,

@@ -16,7 +16,7 @@ from gateway.errors import (
     XrayUnchangedDigest,
 )
 from gateway.index.db import Index, PendingBatch
-from gateway.ingest.pipeline import AnchorItem, AnchorResult
+from gateway.ingest.stages import AnchorItem, AnchorResult
 from gateway.ledger import Anchor, BatchedLeaf, XrayLedger
 
 log = logging.getLogger(__name__)

@@ -45,6 +45,7 @@ from pynetdicom import AE, build_role, evt
 
 from gateway.index.db import DONE_STAGES, Index, Row
 from gateway.ingest.listener import nodelay
+from gateway.ingest.retry import backoff
 from gateway.ingest.tls import is_tls
 
 log = logging.getLogger(__name__)
@@ -326,11 +327,6 @@ class CommitmentLog:
             )
 
 
-def backoff(attempts: int) -> float:
-    """Seconds before the next delivery attempt: 1, 2, 4, … capped at five minutes."""
-    return float(min(300.0, 2.0 ** min(attempts, 9)))
-
-
 class CommitmentSCP:
     """Answers N-ACTION on the listener's AE and delivers the reports from a worker thread.
 
@@ -556,7 +552,7 @@ class CommitmentSCP:
                 errors.append(f"{address}: association refused or report not accepted")
             except Exception as exc:
                 errors.append(f"{address}: {type(exc).__name__}: {exc}")
-        retry_in = backoff(request.attempts)
+        retry_in = backoff(request.attempts, base=1.0)  # 1, 2, 4, … capped at five minutes
         self._count("delivery_failures")
         log.error(
             "commitment report %d for %s not delivered (%s); kept, retry in %.0f s",

@@ -1,6 +1,10 @@
-"""The only module that knows the order of the stages after the ack.
+"""The only module that knows the order of the stages after the ack: its table and scheduler.
 
 fingerprint -> seal -> put -> anchor -> forward -> committed
+
+:data:`STAGE_TABLE` says it: each stage, the step that does its work (``stages.py``) and
+the stage a row goes to next. The :class:`Pipeline` runs it: it finds due rows, claims
+them for its workers, runs each row's step, and records failures, retries and parking.
 
 Rows run their stages on a pool of worker threads, except at ``anchor`` when a batcher
 is configured: there one thread gathers the rows that reached it into Merkle batches
@@ -11,11 +15,8 @@ other bytes) is anchored on its own (``supersedeImage``, or ``supersedeBatchedIm
 with the inclusion proof from the index if its first version was batched), so that the
 chain itself knows the image changed, and the key stays the gateway's on chain.
 
-Each stage reads a row of the index, does one idempotent piece of work, and advances the
-row in the same step that records the work's result. A crash between the work and the
-advance repeats the work, which is why every stage is idempotent: the object name is
-content-addressed, the anchor looks the record up on the ledger before sending, and
-Orthanc answers ``AlreadyStored`` to identical bytes.
+Each step reads a row of the index, does one idempotent piece of work, and advances the
+row in the same update that records the work's result (see ``stages.py``).
 
 The index saying "anchored" is only as good as the chain still holding the transaction.
 An embedded anvil killed without its state dump comes back without its last blocks, so
@@ -24,14 +25,15 @@ again every record the chain lost (:meth:`Pipeline.reconcile_anchors`). The same
 runs again whenever the chain was unreachable, before anything new is anchored: a node
 restarted from an older state dump has lost its newest blocks.
 
-Failures are of two kinds (:func:`is_transient`). A downstream that is unavailable (object
-store, chain node, PACS: refused, timed out, 5xx) or a row that must wait for another is
-retried for as long as it takes, with backoff capped at :data:`TRANSIENT_CAP_S`, and shown
-as failing; when any row gets through a stage, the rows waiting at that stage for such a
-reason are due at once, so a backlog drains as soon as its downstream is back. Any other
-failure (the PACS refused the file, the contract reverted, a bug) is retried
-:data:`PERMANENT_ATTEMPTS` times, then the row is parked at stage ``failed`` with its
-reason, logged at ERROR, and waits for ``xray-gateway retry``; its spool file is kept.
+Failures are of two kinds (:func:`gateway.errors.is_transient`). A downstream that is
+unavailable (object store, chain node, PACS: refused, timed out, 5xx) or a row that must
+wait for another (both an :class:`~gateway.errors.Unavailable`) is retried for as long
+as it takes, with backoff capped at :data:`TRANSIENT_CAP_S`, and shown as failing; when
+any row gets through a stage, the rows waiting at that stage for such a reason are due
+at once, so a backlog drains as soon as its downstream is back. Any other failure (the
+PACS refused the file, the contract reverted, a bug) is retried :data:`PERMANENT_ATTEMPTS`
+times, then the row is parked at stage ``failed`` with its reason, logged at ERROR, and
+waits for ``xray-gateway retry``; its spool file is kept.
 A Merkle batch is failed, retried and parked as a whole, the same way.
 
 A spool file that no longer hashes to what the listener acked (``spool_sha256``: someone
@@ -41,79 +43,52 @@ are not the modality's, so they are never sealed, anchored or forwarded.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from gateway import failpoints
-from gateway.core import keys
-from gateway.core.fingerprint import MAX_INSTANCE_BYTES, fingerprint_and_header
+from gateway.core.fingerprint import MAX_INSTANCE_BYTES
 from gateway.core.keys import Keyring
-from gateway.core.merkle import decode_proof
-from gateway.core.seal import seal
-from gateway.errors import (
-    ChainUnavailable,
-    DatasetUnreadable,
-    MustWait,
-    PacsUnavailable,
-    SpoolSwapped,
-    SpoolUnavailable,
-    StoreUnavailable,
-    TransactionPending,
-)
+from gateway.errors import ChainUnavailable, MustWait, SpoolSwapped, is_transient
 from gateway.index.db import Index, PendingBatch, Row
-from gateway.ingest.spool import Spool, fsync_dir
-from gateway.ledger.types import BatchedLeaf
+from gateway.ingest.retry import backoff
+from gateway.ingest.spool import Spool
+from gateway.ingest.stages import (
+    Anchorer,
+    AnchorItem,
+    AnchorResult,
+    Forwarder,
+    Stage,
+    Steps,
+    anchor_item,
+    describe,
+)
 from gateway.store import ObjectStore
 from gateway.trust.alerts import Alerts
 
 log = logging.getLogger(__name__)
-#: Stages past ``forward``: the PACS holds the row, and its spool copy may be gone.
-FORWARDED = ("committed", "conflict")
 
-
-@dataclass(frozen=True)
-class AnchorItem:
-    """What the ledger records for one image version."""
-
-    record_key: bytes
-    patient_key: bytes
-    digest: bytes
-    pixel_digest: bytes
-    body_part: str
-    modality: str
-
-
-@dataclass(frozen=True)
-class AnchorResult:
-    """Where the record landed."""
-
-    tx_hash: str
-    block_number: int
-    block_time: int
-    recorder: str
-    batch_id: int | None = None
-    leaf_index: int | None = None
-    proof: bytes | None = None
-
-
-class Anchorer(Protocol):
-    """The anchor stage for one image: one transaction."""
-
-    def anchor(self, item: AnchorItem, *, batched: BatchedLeaf | None = None) -> AnchorResult:
-        """Anchor ``item``; ``batched`` is its key's first anchoring, when that was a batch."""
-        ...
-
-    def confirmed(self, tx_hash: str) -> bool:
-        """True when the chain holds ``tx_hash`` as a successful transaction."""
-        ...
+#: The order of the stages after the ack, the step that does each one's work, and where a
+#: row goes from each. The names are the index's (``gateway.index.db.STAGES``).
+STAGE_TABLE: tuple[Stage, ...] = (
+    Stage("fingerprint", Steps.fingerprint, next="seal", aside="duplicate"),
+    Stage("seal", Steps.seal, next="put"),
+    Stage("put", Steps.put, next="anchor", back="seal"),
+    Stage("anchor", Steps.anchor, next="forward", batched=True),
+    Stage("forward", Steps.forward, next="committed", aside="conflict"),
+)
+STAGE = {stage.name: stage for stage in STAGE_TABLE}
+#: Where the batch thread takes first versions, when a batcher is configured.
+ANCHOR = next(stage for stage in STAGE_TABLE if stage.batched)
+#: Stages a row is at before it is anchored.
+UNANCHORED = tuple(stage.name for stage in STAGE_TABLE[: STAGE_TABLE.index(ANCHOR) + 1])
+#: Stages past the last one: the PACS holds the row, and its spool copy may be gone.
+FORWARDED = tuple(name for name in (STAGE_TABLE[-1].next, STAGE_TABLE[-1].aside) if name)
 
 
 class Gather(Protocol):
@@ -150,54 +125,10 @@ class Batcher(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class ForwardOutcome:
-    """What the PACS made of an instance."""
-
-    orthanc_id: str
-    conflict: str | None
-
-
-class Forwarder(Protocol):
-    """The forward stage: put the received Part-10 bytes into the PACS."""
-
-    def forward(self, path: Path, *, digest: bytes) -> ForwardOutcome: ...
-
-
-def object_name(record_key: bytes, digest: bytes) -> str:
-    """``<hex record_key>/<hex digest>``: no PHI, and a new version never overwrites."""
-    return f"{record_key.hex()}/{digest.hex()}"
-
-
 TRANSIENT_CAP_S = 60.0
 """Longest wait between two tries of a row whose downstream is unavailable."""
 PERMANENT_ATTEMPTS = 5
 """Tries, for a permanent reason, before a row is parked at stage ``failed``."""
-
-# Unavailable downstreams, waits, and the OS saying "not now" (disk full, connection reset).
-TRANSIENT: tuple[type[BaseException], ...] = (
-    MustWait,
-    StoreUnavailable,
-    ChainUnavailable,
-    TransactionPending,
-    PacsUnavailable,
-    SpoolUnavailable,
-    TimeoutError,
-    ConnectionError,
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether a stage's failure is worth retrying for as long as it takes."""
-    if isinstance(exc, TRANSIENT):
-        return True
-    # ENOSPC, EIO... on our own disk: not the row's fault, room may come back.
-    return isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, PermissionError))
-
-
-def backoff(attempts: int, *, cap: float = 300.0) -> float:
-    """Seconds before the next try: 0.5, 1, 2, … capped at ``cap`` (five minutes)."""
-    return float(min(cap, 0.5 * 2 ** min(attempts, 10)))
 
 
 class Pipeline:
@@ -210,7 +141,7 @@ class Pipeline:
     keyring, pseudonym_key:
         The current KEK seals new objects; the pseudonym key names records and patients.
     anchorer, forwarder:
-        The ledger and PACS stages.
+        The ledger and PACS sides of the anchor and forward stages.
     batcher:
         Gathers rows at the anchor stage into Merkle batches; ``None`` anchors each image
         with ``anchorer`` (``GATEWAY_BATCH_MAX=1``).
@@ -246,31 +177,27 @@ class Pipeline:
         alerts: Alerts | None = None,
     ) -> None:
         self.index = index
-        self.alerts = alerts
-        self.max_instance_bytes = max_instance_bytes
-        self.spool = spool
-        self.store = store
-        self.keyring = keyring
-        self.pseudonym_key = pseudonym_key
         self.anchorer = anchorer
-        self.forwarder = forwarder
         self.batcher = batcher
-        self.sealed_dir = sealed_dir
         self.pause = pause
-        sealed_dir.mkdir(parents=True, exist_ok=True)
+        self._reconciled = threading.Event()  # the anchors recorded before start are checked
+        self._reconciled.set()  # (only start() has any to check: it clears this)
+        self.steps = Steps(
+            index=index, spool=spool, store=store, keyring=keyring, pseudonym_key=pseudonym_key,
+            anchorer=anchorer, forwarder=forwarder, sealed_dir=sealed_dir,
+            anchors_checked=self._reconciled, unanchored=UNANCHORED,
+            max_instance_bytes=max_instance_bytes, alerts=alerts,
+        )  # fmt: skip
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pipeline")
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._inflight: set[int] = set()
         self._lock = threading.Lock()
-        self._anchor_locks: dict[bytes, threading.Lock] = {}
         self._held_at: set[str] = set()  # stages where rows wait for a transient reason
         self._thread: threading.Thread | None = None
         self._batch_thread: threading.Thread | None = None
         self._batch_wake = threading.Event()
         self._batching = False
-        self._reconciled = threading.Event()  # the anchors recorded before start are checked
-        self._reconciled.set()  # (only start() has any to check: it clears this)
         self._reconcile_at = 0.0
         self._reconciler: threading.Thread | None = None
         self._reconcile_attempts = 0
@@ -312,12 +239,14 @@ class Pipeline:
             busy = bool(self._inflight) or self._batching
         return not busy and not self.index.due(limit=1)
 
-    def _batched(self, row: Row) -> bool:
-        """Whether this row's anchor stage is the batcher's: first versions are batched."""
-        return self.batcher is not None and (row.version or 1) == 1
+    def _batched(self, stage: Stage, row: Row) -> bool:
+        """Whether the batch thread runs this row's stage: first versions, with a batcher."""
+        return stage.batched and self.batcher is not None and (row.version or 1) == 1
 
     def _dispatch(self) -> None:
-        stages = ("fingerprint", "seal", "put", "forward") if self.batcher else None
+        pooled = tuple(
+            stage.name for stage in STAGE_TABLE if not (stage.batched and self.batcher)
+        )  # with a batcher, rows at its stage are the batch thread's to hand out
         while not self._stop.is_set():
             self._wake.clear()
             if self.pause is not None:
@@ -331,8 +260,8 @@ class Pipeline:
                     target=self._try_reconcile, name="pipeline-reconcile", daemon=True
                 )
                 self._reconciler.start()
-            for row in self.index.due(limit=256, stages=stages):
-                if row.stage == "anchor" and not self._reconciled.is_set():
+            for row in self.index.due(limit=256, stages=pooled):
+                if row.stage == ANCHOR.name and not self._reconciled.is_set():
                     continue  # no new anchor before the recorded ones are checked
                 self._submit(row.id)
             self._wake.wait(0.25)
@@ -342,7 +271,7 @@ class Pipeline:
             if row_id in self._inflight:
                 return
             self._inflight.add(row_id)
-        self._pool.submit(self._run, row_id)
+        self._pool.submit(self._work, row_id)
 
     def _try_reconcile(self) -> None:
         try:
@@ -394,7 +323,7 @@ class Pipeline:
         relanded: set[str] = set()
         for row in sorted(lost, key=lambda r: r.id):
             if self.batcher is None or row.batch_id is None:
-                self._anchor(self.index.get(row.id), advance=False)
+                self.steps.reanchor(self.index.get(row.id))
                 self.reanchored += 1
             elif row.tx_hash not in relanded:  # a lost batch is sent again whole: same root
                 relanded.add(str(row.tx_hash))
@@ -405,7 +334,7 @@ class Pipeline:
         self._wake.set()
         return len(lost)
 
-    def _run(self, row_id: int) -> None:
+    def _work(self, row_id: int) -> None:
         try:
             self.process(row_id)
         finally:
@@ -414,23 +343,33 @@ class Pipeline:
             self._wake.set()
 
     def process(self, row_id: int) -> str:
-        """Run the row's stages until it is done or a stage must wait; returns its stage."""
+        """Run the row's stages until it is done or a stage must wait; returns that stage."""
         while True:
             row = self.index.get(row_id)
-            step = getattr(self, f"_stage_{row.stage}", None)
-            if step is None:
+            if not self.advance(row):
                 return row.stage
-            if row.stage == "anchor" and self._batched(row):
-                self._batch_wake.set()  # the batch thread takes it from here
-                return row.stage
-            if self.pause is not None:
-                self.pause()
-            try:
-                step(row)
-            except Exception as exc:  # every failure is recorded on the row, with its reason
-                self._failed(row, exc)
-                return row.stage
-            self._succeeded(row)
+
+    def advance(self, row: Row) -> bool:
+        """Run the row's stage once, as the stage table says; True if the next may run now.
+
+        False when the row is done or parked (no stage of the table), when the batch thread
+        takes it from here, or when the step failed (recorded on the row, with its reason).
+        """
+        stage = STAGE.get(row.stage)
+        if stage is None:
+            return False
+        if self._batched(stage, row):
+            self._batch_wake.set()  # the batch thread takes it from here
+            return False
+        if self.pause is not None:
+            self.pause()
+        try:
+            stage.step(self.steps, row, stage)
+        except Exception as exc:  # every failure is recorded on the row, with its reason
+            self._failed(row, exc)
+            return False
+        self._succeeded(row)
+        return True
 
     def _failed(self, row: Row, exc: Exception) -> None:
         reason = f"{row.stage}: {type(exc).__name__}: {exc}"[:500]
@@ -438,7 +377,7 @@ class Pipeline:
             retry_in = backoff(row.attempts, cap=TRANSIENT_CAP_S)
             level = logging.INFO if isinstance(exc, MustWait) else logging.WARNING
             log.log(
-                level, "row %d (%s): %s; retry in %.1f s", row.id, _short(row), reason, retry_in
+                level, "row %d (%s): %s; retry in %.1f s", row.id, describe(row), reason, retry_in
             )
             self.index.fail(row.id, reason, retry_in=retry_in)
             if not isinstance(exc, MustWait):
@@ -449,14 +388,14 @@ class Pipeline:
             log.error(
                 "row %d (%s): %s; parked at stage failed after %d attempts (spool file kept; "
                 "`xray-gateway retry %d` re-queues it)",
-                row.id, _short(row), reason, row.strikes + 1, row.id,
+                row.id, describe(row), reason, row.strikes + 1, row.id,
             )  # fmt: skip
             self.index.park(row.id, reason)
         else:
             retry_in = backoff(row.strikes)
             log.warning(
                 "row %d (%s): %s; attempt %d of %d, retry in %.1f s",
-                row.id, _short(row), reason, row.strikes + 1, PERMANENT_ATTEMPTS, retry_in,
+                row.id, describe(row), reason, row.strikes + 1, PERMANENT_ATTEMPTS, retry_in,
             )  # fmt: skip
             self.index.fail(row.id, reason, retry_in=retry_in, permanent=True)
 
@@ -494,16 +433,16 @@ class Pipeline:
                 self._batching = True
                 for batch in self.index.open_batches():
                     self._land(batch)
-                rows = self.index.due_unbatched("anchor", limit=4 * gatherer.max_size)
+                rows = self.index.due_unbatched(ANCHOR.name, limit=4 * gatherer.max_size)
                 for row in rows:
-                    if not self._batched(row):
+                    if not self._batched(ANCHOR, row):
                         self._submit(row.id)  # a new version: anchored on its own
-                first = [row for row in rows if self._batched(row)]
+                first = [row for row in rows if self._batched(ANCHOR, row)]
                 by_id = {row.id: row for row in first}
                 now = time.monotonic()
                 gatherer.offer([row.id for row in first], now)
                 while not self._stop.is_set() and (chosen := gatherer.take(now)) is not None:
-                    batch = self.batcher.open([(i, _anchor_item(by_id[i])) for i in chosen])
+                    batch = self.batcher.open([(i, anchor_item(by_id[i])) for i in chosen])
                     log.info("batch %d: %d images, root %s", batch.id, batch.count,
                              batch.root.hex()[:12])  # fmt: skip
                     self._land(batch)
@@ -524,7 +463,7 @@ class Pipeline:
         assert self.batcher is not None
         rows = [self.index.get(row_id) for row_id in batch.members]
         try:
-            results = self.batcher.land(batch, [_anchor_item(row) for row in rows])
+            results = self.batcher.land(batch, [anchor_item(row) for row in rows])
         except Exception as exc:  # retried whole: same members, same root
             self._batch_failed(batch, rows, exc)
             return
@@ -538,7 +477,7 @@ class Pipeline:
                 row.id: {
                     # a re-landed batch (the chain lost it) leaves its forwarded rows as
                     # they were: their spool copies are gone and Orthanc holds them
-                    "stage": row.stage if row.stage in FORWARDED else "forward",
+                    "stage": row.stage if row.stage in FORWARDED else ANCHOR.next,
                     "tx_hash": result.tx_hash,
                     "block_number": result.block_number, "block_time": result.block_time,
                     "recorder": result.recorder, "batch_id": result.batch_id,
@@ -594,190 +533,3 @@ class Pipeline:
             self._reconcile_attempts = 0
             self._reconcile_at = time.monotonic()
             self._reconciled.clear()
-
-    # -- stages ----------------------------------------------------------------------------
-
-    def _stage_fingerprint(self, row: Row) -> None:
-        failpoints.hit("pipeline.before_fingerprint")
-        path = self.spool.path_of(row.entry_id)
-        try:
-            with path.open("rb") as stream:
-                limit, scratch = self.max_instance_bytes, self.spool.incoming
-                fp, header = fingerprint_and_header(stream, limit=limit, scratch=scratch)
-        except DatasetUnreadable as exc:
-            # The listener checked this before acking; reaching here means the spool file
-            # changed under us. Keep it and say so: an acked image is never dropped.
-            now = _file_sha256(path)
-            if row.spool_sha256 is not None and now != row.spool_sha256:
-                self._swapped(row, f"it no longer parses and its SHA-256 is {now.hex()[:16]}…")
-            raise DatasetUnreadable(f"spooled instance no longer parses: {exc}") from exc
-        if row.spool_sha256 is not None and fp.file_sha256 != row.spool_sha256:
-            self._swapped(row, f"its SHA-256 is now {fp.file_sha256.hex()[:16]}…")
-        record_key = keys.record_key(self.pseudonym_key, row.sop_instance_uid)
-        values = {
-            "record_key": record_key,
-            "patient_key": keys.patient_key(
-                self.pseudonym_key, header.issuer_of_patient_id, header.patient_id
-            ),
-            "digest": fp.digest,
-            "pixel_digest": fp.pixel_digest,
-            "transfer_syntax": fp.transfer_syntax,
-            "modality": header.modality,
-            "body_part": header.body_part,
-            "study_instance_uid": header.study_instance_uid,
-            "series_instance_uid": header.series_instance_uid,
-            "object_name": object_name(record_key, fp.digest),
-        }
-        stage, version, duplicate_of = self.index.claim_fingerprint(row.id, values)
-        if stage == "duplicate":
-            log.info("row %d is a duplicate of row %s (same UID, same bytes)", row.id, duplicate_of)
-            self.spool.discard(row.entry_id)
-        elif version > 1:
-            log.warning(
-                "row %d: new version %d of record %s (same UID, different bytes); it will "
-                "supersede the previous one",
-                row.id,
-                version,
-                record_key.hex()[:12],
-            )
-
-    def _swapped(self, row: Row, what: str) -> None:
-        """Refuse a spool file changed after the ack: alert, then park the row (raises)."""
-        assert row.spool_sha256 is not None
-        reason = (
-            f"spool file changed after the ack: {what}, not "
-            f"{row.spool_sha256.hex()[:16]}… as received; not sealed (file kept)"
-        )
-        log.error("row %d (%s): %s", row.id, _short(row), reason)
-        if self.alerts is not None:
-            self.alerts.record(
-                kind="spool_swapped",
-                source="pipeline",
-                sop_instance_uid=row.sop_instance_uid,
-                detail=f"row {row.id}: {reason}",
-            )
-        raise SpoolSwapped(reason)
-
-    def _sealed_path(self, row: Row) -> Path:
-        return self.sealed_dir / f"{row.entry_id}.seal"
-
-    def _stage_seal(self, row: Row) -> None:
-        assert row.record_key is not None and row.digest is not None
-        target = self._sealed_path(row)
-        tmp = target.with_suffix(".tmp")
-        kek = self.keyring.current
-        sealed = hashlib.sha256()  # what is sealed must be what was acked and fingerprinted
-        with self.spool.path_of(row.entry_id).open("rb") as plain, tmp.open("wb") as out:
-            seal(plain, out, record_key=row.record_key, digest=row.digest, kek=kek, hasher=sealed)
-            out.flush()
-            os.fsync(out.fileno())
-        if row.spool_sha256 is not None and sealed.digest() != row.spool_sha256:
-            tmp.unlink(missing_ok=True)
-            self._swapped(row, f"it changed before sealing: {sealed.hexdigest()[:16]}…")
-        tmp.rename(target)
-        fsync_dir(self.sealed_dir)
-        self.index.update(row.id, stage="put", kek_id=kek.kek_id, attempts=0, last_error=None)
-
-    def _stage_put(self, row: Row) -> None:
-        assert row.object_name is not None
-        sealed = self._sealed_path(row)
-        if not sealed.exists():
-            if self.store.exists(row.object_name):  # put done, crash before the advance
-                self.index.update(row.id, stage="anchor", attempts=0, last_error=None)
-                return
-            self.index.update(row.id, stage="seal")
-            return
-        failpoints.hit("pipeline.before_put")
-        with sealed.open("rb") as source:
-            self.store.put(row.object_name, source, length=sealed.stat().st_size)
-        failpoints.hit("pipeline.after_put")
-        self.index.update(row.id, stage="anchor", attempts=0, last_error=None)
-        sealed.unlink(missing_ok=True)
-
-    def _stage_anchor(self, row: Row) -> None:
-        assert row.record_key and row.patient_key and row.digest and row.pixel_digest
-        older = [
-            other
-            for other in self.index.versions_of(row.record_key, exclude=row.id)
-            if other.id < row.id and other.stage in ("fingerprint", "seal", "put", "anchor")
-        ]
-        if older:
-            raise MustWait(f"waiting for row {older[0].id}, an older version, to be anchored")
-        if not self._reconciled.is_set():
-            raise MustWait("the anchors recorded so far are not checked against the chain yet")
-        self._anchor(row, advance=True)
-
-    def _anchor(self, row: Row, *, advance: bool) -> None:
-        """Anchor the row's version and record where; ``advance`` moves it on to forward."""
-        assert row.record_key and row.patient_key and row.digest and row.pixel_digest
-        with self._anchor_lock(row.record_key):
-            result = self.anchorer.anchor(_anchor_item(row), batched=self._batched_origin(row))
-        failpoints.hit("pipeline.after_anchor")
-        progress = {"stage": "forward", "attempts": 0, "last_error": None} if advance else {}
-        self.index.update(
-            row.id,
-            tx_hash=result.tx_hash,
-            block_number=result.block_number,
-            block_time=result.block_time,
-            recorder=result.recorder,
-            batch_id=result.batch_id,
-            leaf_index=result.leaf_index,
-            proof=result.proof,
-            **progress,
-        )
-
-    def _batched_origin(self, row: Row) -> BatchedLeaf | None:
-        """The batch leaf (with its proof) that first anchored ``row``'s key, if one did."""
-        assert row.record_key is not None
-        for other in self.index.versions_of(row.record_key, exclude=row.id):
-            if other.batch_id is not None and other.proof is not None:
-                assert other.patient_key and other.digest and other.pixel_digest
-                return BatchedLeaf(
-                    patient_key=other.patient_key, digest=other.digest,
-                    pixel_digest=other.pixel_digest, batch_id=other.batch_id,
-                    proof=decode_proof(other.proof),
-                )  # fmt: skip
-        return None
-
-    def _anchor_lock(self, record_key: bytes) -> threading.Lock:
-        with self._lock:
-            return self._anchor_locks.setdefault(record_key, threading.Lock())
-
-    def _stage_forward(self, row: Row) -> None:
-        assert row.digest is not None
-        outcome = self.forwarder.forward(self.spool.path_of(row.entry_id), digest=row.digest)
-        if outcome.conflict:
-            log.warning("row %d: version conflict in the PACS: %s", row.id, outcome.conflict)
-        self.index.update(
-            row.id,
-            stage="conflict" if outcome.conflict else "committed",
-            orthanc_id=outcome.orthanc_id,
-            conflict=outcome.conflict,
-            committed_at=time.time(),
-            attempts=0,
-            last_error=None,
-        )
-        self.spool.discard(row.entry_id)
-
-
-def _file_sha256(path: Path) -> bytes:
-    """SHA-256 of a whole file (only where the fingerprint could not take it)."""
-    with path.open("rb") as stream:
-        return hashlib.file_digest(stream, "sha256").digest()
-
-
-def _anchor_item(row: Row) -> AnchorItem:
-    assert row.record_key and row.patient_key and row.digest and row.pixel_digest
-    return AnchorItem(
-        record_key=row.record_key,
-        patient_key=row.patient_key,
-        digest=row.digest,
-        pixel_digest=row.pixel_digest,
-        body_part=row.body_part or "",
-        modality=row.modality or "",
-    )
-
-
-def _short(row: Row) -> str:
-    """How a row appears in logs: its record key prefix, never patient data."""
-    return row.record_key.hex()[:12] if row.record_key else f"entry {row.entry_id[:8]}"

@@ -32,7 +32,7 @@ from gateway.core.keys import load_pseudonym_key
 from gateway.core.merkle import decode_proof, leaf_hash, verify_inclusion
 from gateway.index.db import Index
 from gateway.ingest.anchor import BatchAnchorer, SingleAnchorer, leaf_of
-from gateway.ingest.pipeline import AnchorItem
+from gateway.ingest.stages import AnchorItem
 from gateway.ledger import BatchedLeaf, MerkleTree, UserType, XrayLedger
 from gateway.ledger.accounts import load_account
 from gateway.ledger.anvil import Anvil

@@ -373,7 +373,7 @@ def test_a_permanent_failure_parks_rows_until_the_operator_retries(site: Site) -
     assert values[("xray_gateway_instances", (("stage", "failed"),))] == len(uids)
     log = (site.up.data_dir.parent / "up.log").read_text()
     assert re.search(
-        r"ERROR gateway\.pipeline: (row|anchor: batch) \d+\b.*parked at stage failed", log
+        r"ERROR gateway\.ingest\.pipeline: (row|anchor: batch) \d+\b.*parked at stage failed", log
     )
 
     # Storage Commitment tells the modality these failed

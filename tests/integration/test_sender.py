@@ -26,8 +26,9 @@ from web3 import Web3
 from web3.exceptions import TransactionNotFound
 
 from gateway import errors
+from gateway.errors import is_transient
 from gateway.ingest.anchor import SingleAnchorer
-from gateway.ingest.pipeline import AnchorItem, is_transient
+from gateway.ingest.stages import AnchorItem
 from gateway.ledger import Anchor, UserType, XrayLedger, connect, deploy
 from gateway.ledger.anvil import Anvil, rpc
 from gateway.ledger.sender import RevertDecoder, Sender

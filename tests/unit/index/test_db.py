@@ -38,7 +38,10 @@ def received(index: Index, uid: str = "1.2.3", **values: Any) -> int:
 
 def fingerprinted(index: Index, digest: bytes, *, key: bytes = KEY) -> tuple[str, int, int | None]:
     """Claim a freshly received row as fingerprinted with ``digest`` under ``key``."""
-    return index.claim_fingerprint(received(index), {"record_key": key, "digest": digest})
+    values = {"record_key": key, "digest": digest}
+    return index.claim_fingerprint(
+        received(index), values, next_stage="seal", duplicate_stage="duplicate"
+    )
 
 
 # --- rows: received, updated, due ------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from gateway.core.merkle import MerkleTree
 from gateway.index.db import Index
 from gateway.ingest.anchor import Gatherer, leaf_of
-from gateway.ingest.pipeline import AnchorItem
+from gateway.ingest.stages import AnchorItem
 
 
 def test_a_batch_is_cut_at_max_size_before_the_window_ends() -> None:

@@ -1,140 +1,169 @@
-"""Retries on a real index: transient failures retry with a cap, permanent ones park the row."""
+"""The scheduler on its real index, through the stand-ins: the stage table, retries, parking."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
-from typing import Any, cast
 
 import pytest
 
 from gateway.errors import ChainUnavailable, PacsRejected, StoreUnavailable, XrayNotRecorder
-from gateway.index.db import Index, Row
+from gateway.index.db import DONE_STAGES, STAGES, Index
 from gateway.ingest.pipeline import (
+    ANCHOR,
     PERMANENT_ATTEMPTS,
+    STAGE_TABLE,
     TRANSIENT_CAP_S,
-    MustWait,
-    Pipeline,
-    is_transient,
 )
-
-CT = "1.2.840.10008.5.1.4.1.1.2"
-
-
-class Scripted(Pipeline):
-    """The real retry logic around an anchor stage whose outcome the test decides per row."""
-
-    def __init__(self, index: Index, tmp: Path) -> None:
-        unused = cast(Any, None)
-        super().__init__(
-            index=index, spool=unused, store=unused, keyring=unused, pseudonym_key=b"k" * 32,
-            anchorer=unused, forwarder=unused, sealed_dir=tmp / "sealed", workers=1,
-        )  # fmt: skip
-        self.outcome: dict[int, Exception | None] = {}
-
-    def _stage_anchor(self, row: Row) -> None:
-        error = self.outcome.get(row.id)
-        if error is not None:
-            raise error
-        self.index.update(row.id, stage="forward", attempts=0, last_error=None)
-
-    def _stage_forward(self, row: Row) -> None:
-        raise MustWait("stop here")
+from tests.unit.ingest.conftest import CT, Line
 
 
-@pytest.fixture
-def index(tmp_path: Path) -> Index:
-    return Index(tmp_path / "index.sqlite")
+def test_the_stage_table_runs_the_index_stages_in_order() -> None:
+    names = [stage.name for stage in STAGE_TABLE]
+    assert names == list(STAGES[:-1])
+    assert [stage.next for stage in STAGE_TABLE] == list(STAGES[1:])
+    for stage in STAGE_TABLE:
+        assert stage.aside is None or stage.aside in DONE_STAGES, stage
+        assert stage.back is None or names.index(stage.back) < names.index(stage.name), stage
+    assert [stage.name for stage in STAGE_TABLE if stage.batched] == [ANCHOR.name] == ["anchor"]
 
 
-def at_anchor(index: Index, n: int) -> int:
-    row_id = index.add_received(
-        entry_id=f"{n:02d}" + "cd" * 15, sop_instance_uid=f"1.2.3.{n}", sop_class_uid=CT,
-        calling_aet="CT1", size=10,
-    )  # fmt: skip
-    index.update(row_id, stage="anchor", record_key=bytes([n]) * 32)
-    return row_id
+def test_an_image_runs_every_stage_to_committed(line: Line, two_images: list[bytes]) -> None:
+    row_id = line.acked(two_images[0])
+
+    assert line.pipeline.process(row_id) == "committed"
+
+    row = line.index.get(row_id)
+    assert row.object_name is not None and line.store.exists(row.object_name)
+    assert row.record_key is not None and row.digest is not None
+    assert [item.digest for item in line.anchorer.records[row.record_key]] == [row.digest]
+    assert row.tx_hash is not None and line.anchorer.confirmed(row.tx_hash)
+    assert line.forwarder.stored == {row.digest: two_images[0]}
+    assert not line.spool.path_of(row.entry_id).exists()
+    assert list(line.sealed_dir.iterdir()) == []
+    assert (row.attempts, row.strikes, row.last_error) == (0, 0, None)
 
 
-def test_what_counts_as_transient() -> None:
-    for exc in (StoreUnavailable("x"), ChainUnavailable("x"), MustWait("x"), TimeoutError(),
-                OSError(28, "No space left on device")):  # fmt: skip
-        assert is_transient(exc), exc
-    for exc in (PacsRejected("x"), XrayNotRecorder(), ValueError("bug"), FileNotFoundError()):
-        assert not is_transient(exc), exc
-
-
-def test_a_permanent_failure_parks_the_row_after_bounded_attempts(
-    index: Index, tmp_path: Path
-) -> None:
-    pipeline = Scripted(index, tmp_path)
-    row_id = at_anchor(index, 1)
-    pipeline.outcome[row_id] = XrayNotRecorder()
+def test_a_permanent_failure_parks_the_row_after_bounded_attempts(line: Line) -> None:
+    row_id = line.at_anchor(1)
+    record_key = line.index.get(row_id).record_key
+    assert record_key is not None
+    line.anchorer.failures[record_key] = XrayNotRecorder()
     for attempt in range(1, PERMANENT_ATTEMPTS):
-        assert pipeline.process(row_id) == "anchor"
-        row = index.get(row_id)
+        assert line.pipeline.process(row_id) == "anchor"
+        row = line.index.get(row_id)
         assert (row.stage, row.strikes, row.attempts) == ("anchor", attempt, attempt)
-    pipeline.process(row_id)
-    row = index.get(row_id)
+    line.pipeline.process(row_id)
+    row = line.index.get(row_id)
     assert (row.stage, row.parked_stage) == ("failed", "anchor")
     assert row.last_error is not None and "XrayNotRecorder" in row.last_error
-    assert not index.due() and index.parked_counts() == {("anchor", "XrayNotRecorder"): 1}
-    assert index.oldest_pending() is None and not index.failing()
-    assert pipeline.process(row_id) == "failed"  # no stage runs for a parked row
+    assert not line.index.due() and line.index.parked_counts() == {("anchor", "XrayNotRecorder"): 1}
+    assert line.index.oldest_pending() is None and not line.index.failing()
+    assert line.pipeline.process(row_id) == "failed"  # no stage runs for a parked row
+    assert line.spool.path_of(row.entry_id).exists()  # kept for `xray-gateway retry`
 
-    pipeline.outcome[row_id] = None
-    assert index.requeue([row_id + 1]) == []
-    assert index.requeue([row_id]) == [row_id]
-    row = index.get(row_id)
+    del line.anchorer.failures[record_key]
+    assert line.index.requeue([row_id + 1]) == []
+    assert line.index.requeue([row_id]) == [row_id]
+    row = line.index.get(row_id)
     assert (row.stage, row.parked_stage, row.attempts, row.strikes) == ("anchor", None, 0, 0)
-    assert [r.id for r in index.due()] == [row_id]
-    assert pipeline.process(row_id) == "forward"
+    assert [r.id for r in line.index.due()] == [row_id]
+    assert line.pipeline.process(row_id) == "committed"
 
 
-def test_transient_failures_are_retried_for_as_long_as_it_takes(
-    index: Index, tmp_path: Path
-) -> None:
-    pipeline = Scripted(index, tmp_path)
-    row_id = at_anchor(index, 2)
-    pipeline.outcome[row_id] = ChainUnavailable("connection refused")
+def test_transient_failures_are_retried_for_as_long_as_it_takes(line: Line) -> None:
+    row_id = line.at_anchor(2)
+    line.anchorer.failures[bytes([2]) * 32] = ChainUnavailable("connection refused")
     for _ in range(3 * PERMANENT_ATTEMPTS):
-        pipeline.process(row_id)
-    row = index.get(row_id)
+        line.pipeline.process(row_id)
+    row = line.index.get(row_id)
     assert (row.stage, row.strikes, row.attempts) == ("anchor", 0, 3 * PERMANENT_ATTEMPTS)
-    assert row.next_attempt_at - time.time() <= TRANSIENT_CAP_S
-    assert [r.id for r in index.failing()] == [row_id]
+    # the backoff doubled up to its cap: 0.5 s * 2**14 is far past it
+    assert TRANSIENT_CAP_S - 5 < row.next_attempt_at - time.time() <= TRANSIENT_CAP_S
+    assert [r.id for r in line.index.failing()] == [row_id]
+
+    del line.anchorer.failures[bytes([2]) * 32]
+    assert line.pipeline.process(row_id) == "committed"
 
 
-def test_a_success_makes_the_stage_backlog_due_at_once(index: Index, tmp_path: Path) -> None:
-    pipeline = Scripted(index, tmp_path)
-    first, waiting, broken = at_anchor(index, 3), at_anchor(index, 4), at_anchor(index, 5)
-    pipeline.outcome = {
-        first: ChainUnavailable("down"),
-        waiting: ChainUnavailable("down"),
-        broken: PacsRejected("refused"),
-    }
+def test_a_store_outage_holds_rows_at_put_until_it_is_back(
+    line: Line, two_images: list[bytes]
+) -> None:
+    row_id = line.acked(two_images[0])
+    line.store.outage = StoreUnavailable("connection refused")
+    for _ in range(PERMANENT_ATTEMPTS + 1):
+        assert line.pipeline.process(row_id) == "put"
+    row = line.index.get(row_id)
+    assert (row.strikes, row.attempts) == (0, PERMANENT_ATTEMPTS + 1)
+    assert row.last_error is not None and row.last_error.startswith("put: StoreUnavailable")
+
+    line.store.outage = None
+    assert line.pipeline.process(row_id) == "committed"
+
+
+def test_a_success_makes_the_stage_backlog_due_at_once(line: Line) -> None:
+    first, waiting, broken = line.at_anchor(3), line.at_anchor(4), line.at_anchor(5)
+    down = ChainUnavailable("down")
+    line.anchorer.failures = {bytes([3]) * 32: down, bytes([4]) * 32: down}
+    line.anchorer.failures[bytes([5]) * 32] = PacsRejected("refused")
     for _ in range(8):
         for row_id in (first, waiting, broken):
-            if index.get(row_id).stage == "anchor":
-                pipeline.process(row_id)
-    assert index.get(waiting).next_attempt_at > time.time() + 10
-    pipeline.outcome[first] = None  # the chain is back
-    assert pipeline.process(first) == "forward"
-    assert index.get(waiting).next_attempt_at == 0
-    assert [r.id for r in index.due()] == [waiting]
-    assert index.get(broken).stage == "failed"  # not woken: its reason is its own
+            if line.index.get(row_id).stage == "anchor":
+                line.pipeline.process(row_id)
+    assert line.index.get(waiting).next_attempt_at > time.time() + 10
+    del line.anchorer.failures[bytes([3]) * 32]  # the chain is back
+    assert line.pipeline.process(first) == "committed"
+    assert line.index.get(waiting).next_attempt_at == 0
+    assert [r.id for r in line.index.due()] == [waiting]
+    assert line.index.get(broken).stage == "failed"  # not woken: its reason is its own
 
 
-def test_a_success_clears_the_strikes(index: Index, tmp_path: Path) -> None:
-    pipeline = Scripted(index, tmp_path)
-    row_id = at_anchor(index, 6)
-    pipeline.outcome[row_id] = PacsRejected("flaky")
+def test_a_success_clears_the_strikes(line: Line) -> None:
+    row_id = line.at_anchor(6)
+    line.anchorer.failures[bytes([6]) * 32] = PacsRejected("flaky")
     for _ in range(PERMANENT_ATTEMPTS - 1):
-        pipeline.process(row_id)
-    pipeline.outcome[row_id] = None
-    pipeline.process(row_id)
-    row = index.get(row_id)
-    assert (row.stage, row.strikes) == ("forward", 0)
+        line.pipeline.process(row_id)
+    assert line.index.get(row_id).strikes == PERMANENT_ATTEMPTS - 1
+    del line.anchorer.failures[bytes([6]) * 32]
+    line.forwarder.failure = PacsRejected("refused once")
+    line.pipeline.process(row_id)
+    row = line.index.get(row_id)
+    assert (row.stage, row.strikes) == ("forward", 1)  # counted again from zero at forward
+
+
+def test_a_newer_version_waits_for_the_older_one_without_a_strike(
+    line: Line, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = b"v" * 32
+    older, newer = line.at_anchor(7, record_key=key), line.at_anchor(8, record_key=key)
+    line.index.update(older, stage="put")  # not anchored yet
+    with caplog.at_level(logging.INFO, logger="gateway.ingest.pipeline"):
+        assert line.pipeline.process(newer) == "anchor"
+    row = line.index.get(newer)
+    assert (row.strikes, row.attempts) == (0, 1)
+    assert row.last_error is not None and f"waiting for row {older}" in row.last_error
+    assert [r.levelno for r in caplog.records] == [logging.INFO]  # a wait, not an outage
+
+    line.index.update(older, stage="anchor")
+    assert line.pipeline.process(older) == "committed"
+    assert line.pipeline.process(newer) == "committed"
+    assert len(line.anchorer.records[key]) == 2
+
+
+def test_a_record_the_chain_lost_is_anchored_again_where_it_stands(line: Line) -> None:
+    row_id = line.at_anchor(9)
+    assert line.pipeline.process(row_id) == "committed"
+    lost = line.index.get(row_id).tx_hash
+    assert lost is not None
+    line.anchorer.lose(lost)
+
+    assert line.pipeline.reconcile_anchors() == 1
+
+    row = line.index.get(row_id)
+    assert row.stage == "committed" and row.tx_hash not in (None, lost)
+    assert row.tx_hash is not None and line.anchorer.confirmed(row.tx_hash)
+    assert line.pipeline.reconcile_anchors() == 0
 
 
 def test_an_index_from_before_parking_is_upgraded(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The spool binds each file to what was acked: hashed as written, checked at the fingerprint."""
+"""The spool binds each file to what was acked: hashed as written (checked: test_stages.py)."""
 
 from __future__ import annotations
 
@@ -10,21 +10,11 @@ from typing import Any, cast
 
 import pytest
 
-import dicom_fixtures
-from gateway.core.keys import Kek, Keyring
 from gateway.errors import SpoolUnavailable
-from gateway.index.db import SCHEMA, Index, Row
-from gateway.ingest.pipeline import MustWait, Pipeline
+from gateway.index.db import SCHEMA, Index
 from gateway.ingest.spool import CHECK_EVERY, Spool
-from gateway.trust.alerts import Alerts
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
-
-
-@pytest.fixture(scope="module")
-def two_images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Two CT slices of one series: the acked one and the one swapped in for it."""
-    return dicom_fixtures.ct_series(tmp_path_factory.mktemp("swap"), 2, rows=32, cols=32)
 
 
 def receive(spool: Spool, data: bytes, *, chunk: int = 1000) -> Path:
@@ -178,90 +168,6 @@ def test_leftovers_of_a_crash_are_cleared_and_ready_entries_kept(tmp_path: Path)
     assert kept.path.read_bytes() == b"acked"
 
 
-class UpToSeal(Pipeline):
-    """The real fingerprint stage (and failure handling); the test stops at seal."""
-
-    def __init__(self, index: Index, spool: Spool, alerts: Alerts, tmp: Path) -> None:
-        unused = cast(Any, None)
-        super().__init__(
-            index=index, spool=spool, store=unused, keyring=unused, pseudonym_key=b"k" * 32,
-            anchorer=unused, forwarder=unused, sealed_dir=tmp / "sealed", workers=1,
-            alerts=alerts,
-        )  # fmt: skip
-        self.sealed: list[int] = []
-
-    def _stage_seal(self, row: Row) -> None:
-        self.sealed.append(row.id)
-        raise MustWait("the test stops here")
-
-
-@pytest.fixture
-def parts(tmp_path: Path) -> tuple[Index, Spool, Alerts, UpToSeal]:
-    index = Index(tmp_path / "index.sqlite")
-    spool = Spool(tmp_path / "spool", reserve_bytes=0)
-    alerts = Alerts(tmp_path / "alerts.sqlite")
-    return index, spool, alerts, UpToSeal(index, spool, alerts, tmp_path)
-
-
-def acked(index: Index, spool: Spool, image: Path) -> tuple[int, Path]:
-    """Receive ``image`` and file its row as the listener does at the ack."""
-    entry = spool.accept(receive(spool, image.read_bytes()))
-    row_id = index.add_received(
-        entry_id=entry.entry_id, sop_instance_uid=f"1.2.3.{entry.entry_id[:6]}",
-        sop_class_uid=CT, calling_aet="CT1", size=entry.size, spool_sha256=entry.sha256,
-    )  # fmt: skip
-    return row_id, entry.path
-
-
-def test_a_spool_file_swapped_after_the_ack_is_refused_never_sealed(
-    parts: tuple[Index, Spool, Alerts, UpToSeal], two_images: list[Path]
-) -> None:
-    index, spool, alerts, pipeline = parts
-    row_id, path = acked(index, spool, two_images[0])
-    path.write_bytes(two_images[1].read_bytes())  # a valid image, just not the acked one
-
-    pipeline.process(row_id)
-
-    row = index.get(row_id)
-    assert (row.stage, row.parked_stage) == ("failed", "fingerprint")  # at once, no retries
-    assert row.last_error is not None and "changed after the ack" in row.last_error
-    assert row.digest is None and pipeline.sealed == []
-    assert path.read_bytes() == two_images[1].read_bytes()  # kept as evidence
-    (alert,) = alerts.recent()
-    assert (alert.kind, alert.source, alert.sop_instance_uid) == (
-        "spool_swapped", "pipeline", row.sop_instance_uid,
-    )  # fmt: skip
-    # re-queued by an operator, it is refused again
-    assert index.requeue([row_id]) == [row_id]
-    pipeline.process(row_id)
-    assert index.get(row_id).stage == "failed" and pipeline.sealed == []
-
-
-def test_a_swapped_file_that_no_longer_parses_is_refused_too(
-    parts: tuple[Index, Spool, Alerts, UpToSeal], two_images: list[Path]
-) -> None:
-    index, spool, alerts, pipeline = parts
-    row_id, path = acked(index, spool, two_images[0])
-    path.write_bytes(b"not DICOM at all")
-
-    pipeline.process(row_id)
-
-    assert index.get(row_id).stage == "failed"
-    assert [a.kind for a in alerts.recent()] == ["spool_swapped"]
-
-
-def test_an_unchanged_spool_file_goes_on_to_be_sealed(
-    parts: tuple[Index, Spool, Alerts, UpToSeal], two_images: list[Path]
-) -> None:
-    index, spool, alerts, pipeline = parts
-    row_id, _ = acked(index, spool, two_images[0])
-
-    pipeline.process(row_id)
-
-    assert index.get(row_id).stage == "seal" and pipeline.sealed == [row_id]
-    assert alerts.recent() == []
-
-
 def test_an_index_from_before_spool_binding_is_upgraded(tmp_path: Path) -> None:
     old = SCHEMA.replace(",\n    spool_sha256 BLOB", "")
     assert "spool_sha256" not in old
@@ -286,41 +192,3 @@ def test_an_index_from_before_spool_binding_is_upgraded(tmp_path: Path) -> None:
         spool_sha256=b"\x01" * 32,
     )  # fmt: skip
     assert index.get(new).spool_sha256 == b"\x01" * 32
-
-
-class SwapBeforeSeal(Pipeline):
-    """The real fingerprint and seal stages; between them the spool file is swapped."""
-
-    def __init__(self, index: Index, spool: Spool, alerts: Alerts, tmp: Path, swap: bytes) -> None:
-        unused = cast(Any, None)
-        super().__init__(
-            index=index, spool=spool, store=unused, keyring=Keyring.of(Kek("kek-20261205-aaaaaaaa", bytes(range(32)))),
-            pseudonym_key=b"k" * 32, anchorer=unused, forwarder=unused,
-            sealed_dir=tmp / "sealed", workers=1, alerts=alerts,
-        )  # fmt: skip
-        self.swap = swap
-
-    def _stage_seal(self, row: Row) -> None:
-        self.spool.path_of(row.entry_id).write_bytes(self.swap)
-        super()._stage_seal(row)
-
-    def _stage_put(self, row: Row) -> None:
-        raise MustWait("the test stops here")
-
-
-def test_a_spool_file_swapped_between_fingerprint_and_seal_is_never_sealed(
-    tmp_path: Path, two_images: list[Path]
-) -> None:
-    index, spool = Index(tmp_path / "index.sqlite"), Spool(tmp_path / "spool", reserve_bytes=0)
-    alerts = Alerts(tmp_path / "alerts.sqlite")
-    pipeline = SwapBeforeSeal(index, spool, alerts, tmp_path, two_images[1].read_bytes())
-    row_id, _ = acked(index, spool, two_images[0])
-
-    pipeline.process(row_id)  # fingerprint: the acked bytes
-    pipeline.process(row_id)  # seal: someone else's
-
-    row = index.get(row_id)
-    assert (row.stage, row.parked_stage) == ("failed", "seal")
-    assert row.last_error is not None and "changed before sealing" in row.last_error
-    assert list((tmp_path / "sealed").iterdir()) == []  # neither the object nor its temporary
-    assert [a.kind for a in alerts.recent()] == ["spool_swapped"]
