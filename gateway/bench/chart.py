@@ -8,7 +8,7 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class Target:
+class Goal:
     """A target from DESIGN.md's performance table: ``value <= limit`` or ``value >= limit``."""
 
     key: str
@@ -27,16 +27,16 @@ class Target:
 
 
 TARGETS = (
-    Target("ingest_ack_ratio", "ack time ÷ Orthanc direct (CT)", 1.0, at_most=True),
-    Target("commit_ratio", "commit time ÷ Orthanc direct (CT)", 1.5, at_most=True),
-    Target("anchor_images_per_s", "anchoring, images/s (batched)", 100.0, at_most=False),
-    Target("gas_per_image_batched", "gas per image (batched)", 1000.0, at_most=True),
-    Target("seed_workload_s", "seed workload end to end, s (seed: 56.8)", 56.8, at_most=True),
-    Target("retrieval_overhead_pct", "retrieval overhead, viewer path, %", 3.0, at_most=True),
-    Target("raw_retrieval_overhead_pct", "retrieval overhead, raw files, %", 50.0, at_most=True),
-    Target("rss_mb_1gb_instance", "peak RSS receiving 1 GB, MB", 300.0, at_most=True),
-    Target("sha256_fraction_of_limit", "hashing ÷ single-core SHA-256", 0.5, at_most=False),
-    Target("seal_fraction_of_limit", "sealing ÷ single-core AES-GCM", 0.5, at_most=False),
+    Goal("ingest_ack_ratio", "ack time ÷ Orthanc direct (CT)", 1.0, at_most=True),
+    Goal("commit_ratio", "commit time ÷ Orthanc direct (CT)", 1.5, at_most=True),
+    Goal("anchor_images_per_s", "anchoring, images/s (batched)", 100.0, at_most=False),
+    Goal("gas_per_image_batched", "gas per image (batched)", 1000.0, at_most=True),
+    Goal("seed_workload_s", "seed workload end to end, s (seed: 56.8)", 56.8, at_most=True),
+    Goal("retrieval_overhead_pct", "retrieval overhead, viewer path, %", 3.0, at_most=True),
+    Goal("raw_retrieval_overhead_pct", "retrieval overhead, raw files, %", 50.0, at_most=True),
+    Goal("rss_mb_1gb_instance", "peak RSS receiving 1 GB, MB", 300.0, at_most=True),
+    Goal("sha256_fraction_of_limit", "hashing ÷ single-core SHA-256", 0.5, at_most=False),
+    Goal("seal_fraction_of_limit", "sealing ÷ single-core AES-GCM", 0.5, at_most=False),
 )
 
 

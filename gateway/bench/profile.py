@@ -27,7 +27,7 @@ from gateway.bench.peers import Gateway, storescu
 PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 
 
-def summarise(collapsed: Path, *, top: int = 12) -> str:
+def hot_frames(collapsed: Path, *, top: int = 12) -> str:
     """Per thread: samples, the hottest leaf frames and the hottest gateway frames."""
     leaves: dict[str, Counter[str]] = defaultdict(Counter)
     ours: dict[str, Counter[str]] = defaultdict(Counter)
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             spy.wait(10)
         gateway.stop()
     print(f"{len(files)} slices: ack {ack:.3f} s, commit {commit:.3f} s (under py-spy)")
-    print(summarise(collapsed))
+    print(hot_frames(collapsed))
     return 0
 
 

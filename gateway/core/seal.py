@@ -457,7 +457,7 @@ def open_sealed(
     return written + _write(out, opener.finish())
 
 
-def read_header(sealed: BinaryIO) -> SealHeader:
+def read_seal_header(sealed: BinaryIO) -> SealHeader:
     """Read the header from the start of ``sealed``, leaving it at segment 0.
 
     Raises
@@ -498,7 +498,7 @@ def rewrap_header(sealed: BinaryIO, *, keyring: Keyring, new_kek: Kek) -> tuple[
     SealKeyMissing
         The keyring lacks the KEK the header names.
     """
-    old = read_header(sealed)
+    old = read_seal_header(sealed)
     return _rewrapped(old, keyring=keyring, new_kek=new_kek).to_bytes(), old.size
 
 
@@ -525,7 +525,7 @@ def rewrap_file(path: Path, *, keyring: Keyring, new_kek: Kek) -> SealHeader:
         The object's header after the call.
     """
     with path.open("rb") as src:
-        old = read_header(src)
+        old = read_seal_header(src)
         if old.kek_id == new_kek.kek_id:
             return old
         new = _rewrapped(old, keyring=keyring, new_kek=new_kek)

@@ -154,7 +154,7 @@ def _item(ref: Reference) -> Dataset:
     return item
 
 
-def judge(ref: Reference, rows: list[Row]) -> int | None:
+def instance_result(ref: Reference, rows: list[Row]) -> int | None:
     """Where one instance stands: ``SUCCESS``, a failure reason, or None (still on its way).
 
     ``rows`` are the index rows with the reference's SOP Instance UID. Success needs a
@@ -185,7 +185,7 @@ def decide(
     committed: list[Reference] = []
     failed: list[tuple[Reference, int]] = []
     for ref in refs:
-        verdict = judge(ref, index.by_uid(ref.sop_instance_uid))
+        verdict = instance_result(ref, index.by_uid(ref.sop_instance_uid))
         if verdict is None:
             if not final:
                 return None

@@ -47,7 +47,7 @@ from gateway.core.ownership import (
 )
 from gateway.ledger.roles import role_change
 from gateway.ledger.types import retire_reason_name
-from gateway.orthanc_plugin.verdict import LedgerFacts, Retirement, Version
+from gateway.orthanc_plugin.verdict import LedgerFacts, RetirementFacts, Version
 
 if TYPE_CHECKING:
     from gateway.ledger.client import XrayLedger
@@ -149,13 +149,13 @@ class LedgerMirror:
         retirements = [retiring for retiring, _ in self._retired.get(record_key, ())]
         return rule(anchorings, retirements, self._trust)
 
-    def _retirement(self, record_key: bytes, ruling: Ruling[None]) -> Retirement | None:
+    def _retirement(self, record_key: bytes, ruling: Ruling[None]) -> RetirementFacts | None:
         counted = ruling.retirement
         if counted is None:
             return None
         for retiring, block_time in self._retired.get(record_key, ()):
             if retiring == counted:
-                return Retirement(
+                return RetirementFacts(
                     by=retiring.account, reason=retiring.reason,
                     block_number=retiring.at.block_number, block_time=block_time,
                 )  # fmt: skip

@@ -42,7 +42,7 @@ from typing import Any
 from gateway.trust.verdicts import (
     SERVED,
     SEVERITY,
-    Anchor,
+    AnchorState,
     CopyState,
     Facts,
     Reason,
@@ -93,7 +93,7 @@ class Version:
 
 
 @dataclass(frozen=True)
-class Retirement:
+class RetirementFacts:
     """An ``ImageRetired`` event seen on the chain."""
 
     by: str
@@ -112,7 +112,7 @@ class LedgerFacts:
 
     on_chain: bool | None
     synced_block: int | None
-    retired: Retirement | None = None
+    retired: RetirementFacts | None = None
     #: Accounts whose writes under the record key were ignored: not its owner (trust.py).
     foreign: tuple[str, ...] = ()
 
@@ -331,7 +331,7 @@ class _Reading:
         arrived_otherwise = arrival_digest is not None and arrival_digest != self.digest_now
         if self.newest is None:  # no version at all
             return Facts(
-                anchor=Anchor.NONE, copy=CopyState.UNCOMPARED,
+                anchor=AnchorState.NONE, copy=CopyState.UNCOMPARED,
                 changed_since_arrival=arrived_otherwise, bytes_first=True,
             )  # fmt: skip
         if self.match is not None:
@@ -345,7 +345,7 @@ class _Reading:
             )
         if self.received is not None:
             return Facts(
-                anchor=Anchor.NONE, copy=CopyState.SAME, pending=True,
+                anchor=AnchorState.NONE, copy=CopyState.SAME, pending=True,
                 overdue=_waited_too_long(self.received, self.checked_at, self.pending_alert_s),
                 changed_since_arrival=arrived_otherwise, bytes_first=True,
             )  # fmt: skip
@@ -353,7 +353,7 @@ class _Reading:
             None if self.ledger is None else self.ledger.get(self.newest.digest, UNKNOWN_LEDGER)
         )
         return Facts(
-            anchor=_anchor(newest) if self.newest.anchored else Anchor.NONE,
+            anchor=_anchor(newest) if self.newest.anchored else AnchorState.NONE,
             copy=CopyState.DIFFERS,
             retired=newest is not None and newest.retired is not None,
             same_pixels={"header": True, "pixels": False}.get(changed or ""),
@@ -366,13 +366,13 @@ class _Reading:
         return bool(syntax and self.syntax_now and self.syntax_now != syntax)
 
 
-def _anchor(facts: LedgerFacts | None) -> Anchor:
+def _anchor(facts: LedgerFacts | None) -> AnchorState:
     """What the mirror's facts say of a version's anchor (no mirror: the index's evidence)."""
     if facts is None:
-        return Anchor.UNCHECKED
+        return AnchorState.UNCHECKED
     if facts.on_chain is None:
-        return Anchor.UNCONFIRMED
-    return Anchor.CONFIRMED if facts.on_chain else Anchor.REFUTED
+        return AnchorState.UNCONFIRMED
+    return AnchorState.CONFIRMED if facts.on_chain else AnchorState.REFUTED
 
 
 # -- the words for each decision ---------------------------------------------------------------
@@ -623,7 +623,7 @@ __all__ = [
     "UNKNOWN_LEDGER",
     "LedgerFacts",
     "ReadVerdict",
-    "Retirement",
+    "RetirementFacts",
     "Status",
     "Version",
     "judge",

@@ -173,7 +173,7 @@ def worst(statuses: list[Status]) -> Status:
 # -- the decision rules ----------------------------------------------------------------------
 
 
-class Anchor(Enum):
+class AnchorState(Enum):
     """What the ledger says of the recorded version a copy is judged against."""
 
     CONFIRMED = "confirmed"
@@ -195,7 +195,7 @@ class CopyState(Enum):
     ABSENT = "absent"
     """There is no copy."""
     UNCOMPARED = "uncompared"
-    """A copy, but no recorded version to compare it with (goes with Anchor NONE or UNCONFIRMED)."""
+    """A copy, but no recorded version to compare it with (goes with AnchorState NONE or UNCONFIRMED)."""
     SAME = "same"
     """The recorded version's dataset bytes, read the recorded way."""
     REENCODED = "reencoded"
@@ -294,7 +294,7 @@ class Facts:
         record ``retired`` whatever its copy holds.
     """
 
-    anchor: Anchor
+    anchor: AnchorState
     copy: CopyState
     pending: bool = False
     overdue: bool = False
@@ -326,11 +326,11 @@ def decide(facts: Facts) -> Reason | None:
         return _altered(facts.same_pixels)
     if facts.copy is CopyState.REENCODED:
         return Reason.REENCODED
-    if facts.anchor is Anchor.REFUTED:
+    if facts.anchor is AnchorState.REFUTED:
         return Reason.ANCHOR_REFUTED
-    if facts.anchor is Anchor.UNCONFIRMED:
+    if facts.anchor is AnchorState.UNCONFIRMED:
         return Reason.ANCHOR_UNCONFIRMED
-    if facts.anchor is Anchor.NONE:
+    if facts.anchor is AnchorState.NONE:
         return _unrecorded(facts)
     if facts.retired:
         return Reason.RETIRED
@@ -365,7 +365,7 @@ __all__ = [
     "SEVERITY",
     "STATUSES",
     "TABLE",
-    "Anchor",
+    "AnchorState",
     "CopyState",
     "Facts",
     "Original",

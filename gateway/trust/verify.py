@@ -85,7 +85,7 @@ from gateway.trust.diff import AttributeChange, diff
 from gateway.trust.verdicts import (
     EXPLANATIONS,
     STATUSES,
-    Anchor,
+    AnchorState,
     CopyState,
     Facts,
     Original,
@@ -474,7 +474,7 @@ class Verifier:
             reasons = self._unconfirmed(uid)
             unrecorded = decide(
                 Facts(
-                    anchor=Anchor.UNCONFIRMED if reasons else Anchor.NONE,
+                    anchor=AnchorState.UNCONFIRMED if reasons else AnchorState.NONE,
                     copy=CopyState.ABSENT if copy is None else CopyState.UNCOMPARED,
                 )
             )
@@ -496,7 +496,7 @@ class Verifier:
         else:
             pacs_state = CopyState.DIFFERS
         facts = Facts(
-            anchor=Anchor.CONFIRMED, copy=pacs_state, retired=record.retired,
+            anchor=AnchorState.CONFIRMED, copy=pacs_state, retired=record.retired,
             same_pixels=(
                 copy.fingerprint.pixel_digest == record.pixel_digest
                 if copy is not None and pacs_state is CopyState.DIFFERS

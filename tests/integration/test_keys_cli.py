@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 from gateway.core.keys import load_keyring
-from gateway.core.seal import open_sealed, read_header, seal
+from gateway.core.seal import open_sealed, read_seal_header, seal
 from gateway.store import open_store
 from tests.integration.gateway_proc import gateway_env, run
 
@@ -40,10 +40,10 @@ def test_keys_init_then_rotate_rewraps_every_object(tmp_path: Path) -> None:
     new = load_keyring(keys_dir)
     with store.open(name) as stream:
         after = stream.read()
-    assert read_header(io.BytesIO(after)).kek_id == report["current_kek"]
+    assert read_seal_header(io.BytesIO(after)).kek_id == report["current_kek"]
     # segments are byte-identical: nothing was re-encrypted
-    before_header = read_header(io.BytesIO(sealed.getvalue())).size
-    after_header = read_header(io.BytesIO(after)).size
+    before_header = read_seal_header(io.BytesIO(sealed.getvalue())).size
+    after_header = read_seal_header(io.BytesIO(after)).size
     assert after[after_header:] == sealed.getvalue()[before_header:]
     out = io.BytesIO()
     open_sealed(io.BytesIO(after), out, record_key=record_key, digest=digest, keyring=new)

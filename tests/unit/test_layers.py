@@ -162,3 +162,21 @@ def test_no_module_imports_from_a_higher_layer() -> None:
     graph = {name: imports(name, path, known) for name, path in known.items()}
     assert "gateway.core.merkle" in graph["gateway.ledger.client"]  # real edges are read
     assert upward(graph) == []
+
+
+#: Classes that may share a name: none today. A name should say one thing in the package.
+SHARED_CLASS_NAMES: set[str] = set()
+
+
+def class_names(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+
+
+def test_no_two_modules_define_a_class_of_the_same_name() -> None:
+    seen: dict[str, list[str]] = {}
+    for name, path in modules().items():
+        for cls in class_names(path):
+            seen.setdefault(cls, []).append(name)
+    shared = {cls: sorted(where) for cls, where in seen.items() if len(where) > 1}
+    assert {cls for cls in shared if cls not in SHARED_CLASS_NAMES} == set(), shared

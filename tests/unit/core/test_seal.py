@@ -23,7 +23,7 @@ from gateway.core.seal import (
     Sealer,
     SealHeader,
     open_sealed,
-    read_header,
+    read_seal_header,
     rewrap_file,
     rewrap_header,
     seal,
@@ -82,7 +82,7 @@ def opened(
 
 def segments(blob: bytes, segment_size: int = SEG) -> tuple[bytes, list[bytes]]:
     """Split a sealed object into its header and its sealed segments."""
-    size = read_header(io.BytesIO(blob)).size
+    size = read_seal_header(io.BytesIO(blob)).size
     body = blob[size:]
     step = segment_size + TAG_SIZE
     return blob[:size], [body[i : i + step] for i in range(0, len(body), step)]
@@ -126,7 +126,7 @@ def test_size_follows_the_format(size: int) -> None:
 def test_default_segment_size_round_trip() -> None:
     plaintext = plaintext_of((1 << 20) * 2 + 3)
     blob = sealed(plaintext, segment_size=1 << 20)
-    assert read_header(io.BytesIO(blob)).segment_size == 1 << 20
+    assert read_seal_header(io.BytesIO(blob)).segment_size == 1 << 20
     assert opened(blob) == plaintext
 
 
@@ -278,7 +278,7 @@ def test_a_flipped_bit_in_any_region_fails(region: str, bit: int) -> None:
 
 def test_every_header_bit_is_protected() -> None:
     blob = sealed(plaintext_of(SEG + 10))
-    size = read_header(io.BytesIO(blob)).size
+    size = read_seal_header(io.BytesIO(blob)).size
     for offset in range(size):
         for bit in range(8):
             with pytest.raises(SealError):
@@ -418,7 +418,7 @@ def test_segment_size_is_bounded(size: int) -> None:
 
 
 def test_header_names_the_kek() -> None:
-    header = read_header(io.BytesIO(sealed(b"x", kek=KEK_B)))
+    header = read_seal_header(io.BytesIO(sealed(b"x", kek=KEK_B)))
     assert isinstance(header, SealHeader)
     assert header.kek_id == KEK_B.kek_id
     assert header.segment_size == SEG
@@ -449,7 +449,7 @@ def test_rewrap_changes_only_the_header(tmp_path: Path) -> None:
     header = rewrap_file(path, keyring=both, new_kek=KEK_B)
     after = path.read_bytes()
     new_header, new_parts = segments(after)
-    assert header.kek_id == KEK_B.kek_id == read_header(io.BytesIO(after)).kek_id
+    assert header.kek_id == KEK_B.kek_id == read_seal_header(io.BytesIO(after)).kek_id
     assert new_parts == old_parts  # not one segment re-encrypted
     assert after == new_header_bytes + before[offset:]
     assert new_header[:20] == old_header[:20]  # magic, version, size, nonce prefix kept
@@ -504,7 +504,7 @@ def test_rotation_through_the_key_directory(tmp_path: Path) -> None:
     assert opened(path.read_bytes(), keyring=keyring) == plaintext  # old KEK still held
 
     rewrap_file(path, keyring=keyring, new_kek=keyring.current)
-    assert read_header(io.BytesIO(path.read_bytes())).kek_id == new.kek_id
+    assert read_seal_header(io.BytesIO(path.read_bytes())).kek_id == new.kek_id
     assert opened(path.read_bytes(), keyring=Keyring.of(new)) == plaintext
 
 

@@ -19,7 +19,7 @@ from gateway.ingest.commitment import (
     Reference,
     Report,
     decide,
-    judge,
+    instance_result,
 )
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -44,7 +44,7 @@ def received(index: Index, uid: str, stage: str, *, sop_class: str = CT) -> int:
 
 
 def verdict(index: Index, uid: str, sop_class: str = CT) -> int | None:
-    return judge(Reference(sop_class, uid), index.by_uid(uid))
+    return instance_result(Reference(sop_class, uid), index.by_uid(uid))
 
 
 def test_only_a_committed_latest_version_is_success(index: Index) -> None:

@@ -37,7 +37,7 @@ from gateway.orthanc_plugin.settings import PluginSettings
 from gateway.orthanc_plugin.storage import FileArea
 from gateway.orthanc_plugin.verdict import (
     LedgerFacts,
-    Retirement,
+    RetirementFacts,
     Version,
     judge,
     worst,
@@ -122,7 +122,7 @@ def test_the_ledger_confirms_refuses_or_retires() -> None:
     assert "not on the ledger" in forged.headline
     retired = judge(
         sop_instance_uid=UID, digest_now=A, versions=versions,
-        ledger={A: LedgerFacts(True, 20, Retirement("0xAdmin", "wrong patient", 15, None))},
+        ledger={A: LedgerFacts(True, 20, RetirementFacts("0xAdmin", "wrong patient", 15, None))},
     )  # fmt: skip
     assert (retired.status, retired.served) == ("retired", True)
     assert "wrong patient" in retired.explanation and "0xAdmin" in retired.explanation

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.keys import Kek, Keyring
-from gateway.core.seal import open_sealed, read_header, seal
+from gateway.core.seal import open_sealed, read_seal_header, seal
 from gateway.errors import SealKeyMissing
 from gateway.store.fs import FilesystemStore
 from gateway.store.rewrap import rewrap_store
@@ -38,9 +38,9 @@ def test_every_object_is_rewrapped_and_its_segments_kept_byte_for_byte(tmp_path:
     for (name, old_bytes), plaintext in zip(before, plaintexts, strict=True):
         with store.open(name) as stream:
             new_bytes = stream.read()
-        new_header = read_header(io.BytesIO(new_bytes))
+        new_header = read_seal_header(io.BytesIO(new_bytes))
         assert new_header.kek_id == NEW.kek_id
-        old_size = read_header(io.BytesIO(old_bytes)).size
+        old_size = read_seal_header(io.BytesIO(old_bytes)).size
         assert new_bytes[new_header.size :] == old_bytes[old_size:]
         out = io.BytesIO()  # the new KEK alone opens it now
         record_key, digest = (bytes.fromhex(part) for part in name.split("/"))

@@ -199,27 +199,27 @@ def test_a_fresh_anchor_the_mirror_lags_behind_warns_without_an_alert() -> None:
 # --- the rules: one row per status ----------------------------------------------------------
 
 V = statuses  # the rules live beside the table
-CONFIRMED, SAME = V.Anchor.CONFIRMED, V.CopyState.SAME
+CONFIRMED, SAME = V.AnchorState.CONFIRMED, V.CopyState.SAME
 ROWS: list[tuple[V.Facts, V.Reason | None]] = [
     (V.Facts(CONFIRMED, SAME, original=V.Original.OK), V.Reason.VERIFIED),
-    (V.Facts(V.Anchor.UNCHECKED, SAME), V.Reason.VERIFIED),  # the plugin without a mirror
+    (V.Facts(V.AnchorState.UNCHECKED, SAME), V.Reason.VERIFIED),  # the plugin without a mirror
     (V.Facts(CONFIRMED, V.CopyState.DIFFERS, same_pixels=True), V.Reason.HEADER_CHANGED),
     (V.Facts(CONFIRMED, V.CopyState.DIFFERS, same_pixels=False), V.Reason.PIXELS_CHANGED),
     (V.Facts(CONFIRMED, V.CopyState.DIFFERS), V.Reason.ALTERED),
     (V.Facts(CONFIRMED, V.CopyState.REENCODED), V.Reason.REENCODED),
-    (V.Facts(V.Anchor.REFUTED, SAME), V.Reason.ANCHOR_REFUTED),
+    (V.Facts(V.AnchorState.REFUTED, SAME), V.Reason.ANCHOR_REFUTED),
     (
-        V.Facts(V.Anchor.NONE, V.CopyState.UNCOMPARED, changed_since_arrival=True),
+        V.Facts(V.AnchorState.NONE, V.CopyState.UNCOMPARED, changed_since_arrival=True),
         V.Reason.CHANGED_SINCE_ARRIVAL,
     ),
     (V.Facts(CONFIRMED, V.CopyState.ABSENT), V.Reason.GONE),
     (V.Facts(CONFIRMED, SAME, original=V.Original.UNUSABLE), V.Reason.ORIGINAL_UNUSABLE),
-    (V.Facts(V.Anchor.UNCONFIRMED, V.CopyState.UNCOMPARED), V.Reason.ANCHOR_UNCONFIRMED),
-    (V.Facts(V.Anchor.NONE, SAME, pending=True, overdue=True), V.Reason.NEVER_ANCHORED),
-    (V.Facts(V.Anchor.NONE, V.CopyState.UNCOMPARED), V.Reason.NO_RECORD),
+    (V.Facts(V.AnchorState.UNCONFIRMED, V.CopyState.UNCOMPARED), V.Reason.ANCHOR_UNCONFIRMED),
+    (V.Facts(V.AnchorState.NONE, SAME, pending=True, overdue=True), V.Reason.NEVER_ANCHORED),
+    (V.Facts(V.AnchorState.NONE, V.CopyState.UNCOMPARED), V.Reason.NO_RECORD),
     (V.Facts(CONFIRMED, SAME, retired=True), V.Reason.RETIRED),
-    (V.Facts(V.Anchor.NONE, SAME, pending=True), V.Reason.IN_PROGRESS),
-    (V.Facts(V.Anchor.NONE, V.CopyState.ABSENT), None),  # nothing knows the instance
+    (V.Facts(V.AnchorState.NONE, SAME, pending=True), V.Reason.IN_PROGRESS),
+    (V.Facts(V.AnchorState.NONE, V.CopyState.ABSENT), None),  # nothing knows the instance
 ]
 
 
@@ -240,7 +240,7 @@ def test_every_reason_and_every_status_but_unverifiable_is_reached() -> None:
 def every_facts(**fixed: object) -> list[statuses.Facts]:
     """Every combination of facts (about 7,000), with the ``fixed`` ones held."""
     choices: dict[str, Sequence[object]] = {
-        "anchor": list(V.Anchor), "copy": list(V.CopyState), "pending": (False, True),
+        "anchor": list(V.AnchorState), "copy": list(V.CopyState), "pending": (False, True),
         "overdue": (False, True), "retired": (False, True), "original": list(V.Original),
         "same_pixels": (None, False, True), "changed_since_arrival": (False, True),
         "bytes_first": (False, True),
@@ -265,7 +265,7 @@ def test_pending_beats_every_other_fact() -> None:
 def test_pending_beats_missing_and_unknown() -> None:
     # the verifier: a row on its way to the PACS is not yet in it
     assert V.decide(V.Facts(CONFIRMED, V.CopyState.ABSENT, pending=True)) is V.Reason.IN_PROGRESS
-    assert V.decide(V.Facts(V.Anchor.NONE, V.CopyState.ABSENT, pending=True)) is (
+    assert V.decide(V.Facts(V.AnchorState.NONE, V.CopyState.ABSENT, pending=True)) is (
         V.Reason.IN_PROGRESS
     )
 
@@ -279,20 +279,22 @@ def test_retired_beats_tampered_and_missing_for_the_verifier_not_for_the_plugin(
 
 
 def test_an_unconfirmed_or_refuted_anchor_is_never_intact() -> None:
-    for anchor in (V.Anchor.UNCONFIRMED, V.Anchor.REFUTED):
+    for anchor in (V.AnchorState.UNCONFIRMED, V.AnchorState.REFUTED):
         reasons = {V.decide(facts) for facts in every_facts(anchor=anchor)}
         assert V.Reason.VERIFIED not in reasons
         assert None not in reasons  # an unconfirmed claim is never "unknown" either
     for bytes_first in (False, True):
-        best = V.Facts(V.Anchor.UNCONFIRMED, SAME, original=V.Original.OK, bytes_first=bytes_first)
+        best = V.Facts(
+            V.AnchorState.UNCONFIRMED, SAME, original=V.Original.OK, bytes_first=bytes_first
+        )
         assert V.decide(best) is V.Reason.ANCHOR_UNCONFIRMED
 
 
 def test_an_unconfirmed_claim_beats_unregistered_and_retired() -> None:
-    assert V.decide(V.Facts(V.Anchor.UNCONFIRMED, V.CopyState.ABSENT)) is (
+    assert V.decide(V.Facts(V.AnchorState.UNCONFIRMED, V.CopyState.ABSENT)) is (
         V.Reason.ANCHOR_UNCONFIRMED
     )
-    assert V.decide(V.Facts(V.Anchor.UNCONFIRMED, SAME, retired=True, bytes_first=True)) is (
+    assert V.decide(V.Facts(V.AnchorState.UNCONFIRMED, SAME, retired=True, bytes_first=True)) is (
         V.Reason.ANCHOR_UNCONFIRMED
     )
 
@@ -309,14 +311,14 @@ def test_store_corrupt_only_for_a_copy_that_is_the_recorded_version() -> None:
 
 
 def test_another_transfer_syntax_beats_the_ledgers_word() -> None:
-    for anchor, retired in ((V.Anchor.REFUTED, False), (V.Anchor.UNCONFIRMED, False),
+    for anchor, retired in ((V.AnchorState.REFUTED, False), (V.AnchorState.UNCONFIRMED, False),
                             (CONFIRMED, True)):  # fmt: skip
         facts = V.Facts(anchor, V.CopyState.REENCODED, retired=retired, bytes_first=True)
         assert V.decide(facts) is V.Reason.REENCODED
 
 
 def test_a_change_since_arrival_counts_only_without_a_record() -> None:
-    for anchor in (CONFIRMED, V.Anchor.UNCHECKED):
+    for anchor in (CONFIRMED, V.AnchorState.UNCHECKED):
         assert V.decide(V.Facts(anchor, SAME, changed_since_arrival=True)) is V.Reason.VERIFIED
 
 
@@ -366,11 +368,11 @@ SHARED: dict[str, tuple[dict[str, object], statuses.Facts]] = {
     ),
     "no record": (
         {"digest_now": A, "versions": ()},
-        V.Facts(V.Anchor.NONE, V.CopyState.UNCOMPARED),
+        V.Facts(V.AnchorState.NONE, V.CopyState.UNCOMPARED),
     ),
     "received, not anchored": (
         {"digest_now": A, "versions": (version(anchored=False),)},
-        V.Facts(V.Anchor.NONE, SAME, pending=True),
+        V.Facts(V.AnchorState.NONE, SAME, pending=True),
     ),
     "anchor the ledger cannot confirm": (
         {
@@ -378,7 +380,7 @@ SHARED: dict[str, tuple[dict[str, object], statuses.Facts]] = {
             "versions": (version(block=30),),
             "ledger": {A: LedgerFacts(on_chain=None, synced_block=20)},
         },
-        V.Facts(V.Anchor.UNCONFIRMED, V.CopyState.UNCOMPARED),
+        V.Facts(V.AnchorState.UNCONFIRMED, V.CopyState.UNCOMPARED),
     ),
 }
 
