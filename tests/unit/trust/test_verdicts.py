@@ -346,7 +346,7 @@ def test_foreign_versions_and_retirements_are_ignored() -> None:
 
 B = b"\xbb" * 32
 MIRROR = {A: LedgerFacts(on_chain=True, synced_block=20)}
-RETIRED = {A: LedgerFacts(True, 20, plugin.Retirement("0xAdmin", "wrong patient", 15, None))}
+RETIRED = {A: LedgerFacts(True, 20, plugin.RetirementFacts("0xAdmin", "wrong patient", 15, None))}
 #: A case both see: what the plugin is given, and the facts the Verifier gathers for it
 #: (a ledger record, the PACS copy, a sealed original that opens).
 SHARED: dict[str, tuple[dict[str, object], statuses.Facts]] = {
