@@ -78,7 +78,30 @@ def grant_evidence_reader(conn: psycopg.Connection[object], role: str) -> None:
     conn.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(name))
 
 
+def prepare_evidence_reader(url: str, role: str) -> None:
+    """Create the view and let ``role`` read it, connected as the index's owner (``url``).
+
+    What docker/compose.yaml's one-shot ``evidence-view`` job runs once the gateway has
+    created its tables: ``python -m gateway.index.evidence_view [role]`` with
+    ``GATEWAY_INDEX_URL`` set.
+    """
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        create_evidence_view(conn)
+        grant_evidence_reader(conn, role)
+
+
 def _one(conn: psycopg.Connection[object], query: str) -> object:
     row = conn.execute(query).fetchone()
     assert row is not None  # a SELECT of one value answers one row
     return row[0]  # type: ignore[index]
+
+
+if __name__ == "__main__":  # docker/compose.yaml's evidence-view job
+    import os
+    import sys
+
+    prepare_evidence_reader(
+        os.environ["GATEWAY_INDEX_URL"], sys.argv[1] if len(sys.argv) > 1 else "xray_evidence"
+    )

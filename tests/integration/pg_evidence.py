@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from gateway.index.db import SCHEMA
-from gateway.index.evidence_view import create_evidence_view, grant_evidence_reader
+from gateway.index.evidence_view import prepare_evidence_reader
 from tests.integration.postgres import PostgresCluster
 
 
@@ -55,9 +55,7 @@ def evidence_reader(cluster: PostgresCluster, url: str) -> str:
     that role's URL."""
     role = f"xray_evidence_{secrets.token_hex(4)}"
     cluster.create_role(role)
-    with psycopg.connect(url, autocommit=True) as db:
-        create_evidence_view(db)
-        grant_evidence_reader(db, role)
+    prepare_evidence_reader(url, role)
     database = url.rsplit("/", 1)[1]
     return cluster.url(database, user=role)
 
