@@ -10,6 +10,7 @@ row, into the gateway's tables in PostgreSQL (``pg_evidence``).
 from __future__ import annotations
 
 import io
+import json
 import statistics
 import time
 import uuid
@@ -32,6 +33,8 @@ from gateway.orthanc_plugin.evidence import PostgresRecordBook, RecordBook
 from gateway.orthanc_plugin.guard import Guard
 from gateway.orthanc_plugin.storage import FileArea
 from gateway.trust.alerts import Alerts
+from tests.integration.dicom import storescu
+from tests.integration.gateway_proc import Up, gateway_env
 from tests.integration.pacs import TestOrthanc
 from tests.integration.pg_evidence import copy_index, evidence_reader, reader_connection
 from tests.integration.plugin_helpers import flip_pixel_byte, integrity, make_study, record
@@ -347,3 +350,66 @@ def test_reads_with_evidence_in_postgresql_and_in_sqlite(cluster: Cluster, tmp_p
         f" evidence in PostgreSQL {pg * 1000:.2f} ms, in SQLite {lite * 1000:.2f} ms"
         f" ({(pg / lite - 1) * 100:+.1f} %)"
     )
+
+
+# --- `up` with its Orthanc on PostgreSQL, and a second node beside it -----------------------
+
+
+def test_up_runs_orthanc_on_postgresql_and_a_second_node_serves_what_it_received(
+    postgres: PostgresCluster, tmp_path: Path
+) -> None:
+    """A real `up` (pipeline, anvil, plugin with its ledger mirror) whose Orthanc keeps its
+    index in PostgreSQL; node b joins that index and storage and reads the same evidence."""
+    orthanc_index = postgres.create_database()
+    up = Up(gateway_env(tmp_path / "var", GATEWAY_ORTHANC_INDEX_URL=orthanc_index))
+    node_b: TestOrthanc | None = None
+    try:
+        study = make_study(tmp_path, count=3)
+        result = storescu(up.dicom_port, study.files)
+        assert result.returncode == 0, result.stdout[-2000:]
+        rows = up.wait_done(3)
+        assert [row["stage"] for row in rows] == ["committed"] * 3
+        log = (up.data_dir / "orthanc" / "orthanc.log").read_text(errors="replace")
+        assert "PostgreSQL" in log and orthanc_index.rsplit("@", 1)[0] not in log
+
+        storage = up.data_dir / "orthanc" / "storage"
+        node_b = TestOrthanc(
+            data_dir=tmp_path / "b",
+            aet="PACSB",
+            plugin=ENTRY_SCRIPT,
+            plugin_config=plugin_section(data_dir=up.data_dir, alerts_dir=tmp_path / "b"),
+            index_url=orthanc_index,
+            storage_dir=storage,
+        ).start()
+        auth = node_b.orthanc.credentials
+        up_auth = tuple(
+            json.loads((up.data_dir / "keys" / "orthanc-http.json").read_text()).values()
+        )
+        up_url = f"http://127.0.0.1:{up.env['GATEWAY_ORTHANC_HTTP_PORT']}"
+        for row in rows:
+            orthanc_id = str(row["orthanc_id"])
+            answer = integrity(node_b.orthanc.url, auth, "instances", orthanc_id)
+            assert answer["status"] == "intact", answer
+            reply = requests.get(
+                f"{node_b.orthanc.url}/instances/{orthanc_id}/file", auth=auth, timeout=60
+            )
+            # the dataset as received (the gateway writes its own File Meta)
+            assert reply.status_code == 200
+            assert fingerprint_bytes(reply.content).digest == bytes(row["digest"])
+
+        tampered = str(rows[0]["orthanc_id"])
+        info = requests.get(
+            f"{node_b.orthanc.url}/instances/{tampered}/attachments/dicom/info", auth=auth,
+            timeout=30,
+        ).json()  # fmt: skip
+        uuid_ = str(info["Uuid"])
+        flip_pixel_byte(storage / uuid_[:2] / uuid_[2:4] / uuid_)
+        for url, credentials in ((up_url, up_auth), (node_b.orthanc.url, auth)):
+            answer = integrity(url, credentials, "instances", tampered)  # type: ignore[arg-type]
+            assert answer["status"] == "tampered" and answer["served"] is False, (url, answer)
+            refused = requests.get(f"{url}/instances/{tampered}/file", auth=credentials, timeout=60)
+            assert refused.status_code != 200, url
+    finally:
+        if node_b is not None:
+            node_b.stop()
+        assert up.stop() == 0
