@@ -1,4 +1,4 @@
-"""The gateway's index as the plugin reads it: read-only, one connection per Orthanc thread.
+"""The gateway's index as the plugin reads it: read-only, from SQLite or PostgreSQL.
 
 Two engines: the SQLite file in the gateway's data dir (:class:`RecordBook`), or the
 gateway's PostgreSQL index through the view made for the plugin, as a role that may only
