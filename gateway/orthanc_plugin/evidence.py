@@ -107,8 +107,9 @@ class PostgresRecordBook:
     One query per look-up, on the index of ``sop_instance_uid``, prepared once per
     connection. Orthanc's threads share a small pool of autocommit, read-only connections
     (``psycopg_pool``; a connection per thread would log in again on each of Orthanc's
-    many HTTP threads, a SCRAM handshake each); a broken one (the server restarted) is
-    dropped and the look-up tried once more. The password never appears in a message:
+    many HTTP threads, a SCRAM handshake each). When the server cut them (a restart, a
+    failover), the broken one is closed, the idle ones are checked, and the look-up is
+    tried once more. The password never appears in a message:
     only the redacted URL does.
     """
 
@@ -153,17 +154,29 @@ class PostgresRecordBook:
         for attempt in (1, 2):
             try:
                 with self._opened().connection() as db:
-                    rows = db.execute(evidence_view.VERSIONS_SQL, (sop_instance_uid,)).fetchall()
+                    try:
+                        rows = db.execute(
+                            evidence_view.VERSIONS_SQL, (sop_instance_uid,)
+                        ).fetchall()
+                    except psycopg.OperationalError:
+                        # cut by the server (restart, failover): libpq may still call it
+                        # idle, and the pool would hand it out again; closed, it is replaced
+                        db.close()
+                        raise
                 return _versions(rows)
             except PoolTimeout as exc:  # no connection could be made in time
                 raise IndexUnavailable(
                     f"the gateway's index at {self.where} cannot be opened: {_first_line(exc)}"
                 ) from None
-            except psycopg.OperationalError as exc:  # the pool drops the broken connection
-                if attempt == 2:
-                    raise IndexUnavailable(
-                        f"the gateway's index at {self.where} cannot be read: {_first_line(exc)}"
-                    ) from None
+            except psycopg.OperationalError as exc:
+                if attempt == 1:
+                    # the server cut every connection, idle ones too: test them all (one
+                    # round trip each, on this error path only) before the second try
+                    self._opened().check()
+                    continue
+                raise IndexUnavailable(
+                    f"the gateway's index at {self.where} cannot be read: {_first_line(exc)}"
+                ) from None
             except psycopg.Error as exc:  # no right on the view, no view: not retried
                 raise IndexUnavailable(
                     f"the gateway's index at {self.where} cannot be read: {_first_line(exc)}"

@@ -118,6 +118,24 @@ def test_the_view_holds_only_what_the_plugin_reads(gateway_db: tuple[str, str]) 
         assert "instances_uid" in plan, plan
 
 
+def test_the_look_up_survives_its_connections_being_cut(gateway_db: tuple[str, str]) -> None:
+    """A PostgreSQL restart or failover cuts the pool's connections: the next read retries."""
+    owner, reader = gateway_db
+    book = PostgresRecordBook(reader)
+    try:
+        assert len(book.versions("1.2.3")) == 1
+        role = reader.split("://", 1)[1].split(":", 1)[0]
+        with psycopg.connect(owner, autocommit=True) as db:
+            cut = db.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = %s",
+                (role,),
+            ).fetchone()
+        assert cut is not None and cut[0] >= 1
+        assert len(book.versions("1.2.3")) == 1
+    finally:
+        book.close()
+
+
 def test_a_wrong_password_is_unavailable_without_the_password_in_the_message(
     gateway_db: tuple[str, str],
 ) -> None:
