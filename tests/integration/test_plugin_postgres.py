@@ -35,6 +35,7 @@ from gateway.orthanc_plugin.storage import FileArea
 from gateway.trust.alerts import Alerts
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env
+from tests.integration.orthanc_nodes import OrthancNodes
 from tests.integration.pacs import TestOrthanc
 from tests.integration.pg_evidence import copy_index, evidence_reader, reader_connection
 from tests.integration.plugin_helpers import flip_pixel_byte, integrity, make_study, record
@@ -222,18 +223,18 @@ def test_versions_and_verdicts_through_the_view_equal_those_through_the_sqlite_f
 
 @dataclass
 class Cluster:
-    """Orthanc nodes on one PostgreSQL index and one storage directory."""
+    """Orthanc nodes on one index and storage, and the gateway's evidence they read."""
 
-    nodes: dict[str, TestOrthanc]
-    storage: Path
+    orthancs: OrthancNodes
     gateway_index: str  # the gateway's database (its owner's URL)
     reader_url: str  # the plugin's role
+    sqlite_index: Path  # the same evidence as the gateway's SQLite file
 
     def auth(self, node: str) -> tuple[str, str]:
-        return self.nodes[node].orthanc.credentials
+        return self.orthancs.auth(node)
 
     def url(self, node: str) -> str:
-        return self.nodes[node].orthanc.url
+        return self.orthancs.url(node)
 
 
 @pytest.fixture(scope="module")
@@ -243,40 +244,35 @@ def cluster(
     """Nodes ``a`` and ``b`` read the evidence through the view; ``sqlite`` (same Orthanc
     index and storage) reads the same evidence from the gateway's SQLite file."""
     root = tmp_path_factory.mktemp("orthanc-pg")
-    storage = root / "shared" / "storage"
     orthanc_index = postgres.create_database()
     gateway_index = postgres.create_database()
     evidence = root / "gateway"
     Index(evidence / "index.sqlite").close()
     copy_index(evidence / "index.sqlite", gateway_index)  # the tables, no rows yet
     reader = evidence_reader(postgres, gateway_index)
-    nodes: dict[str, TestOrthanc] = {}
+    orthancs = OrthancNodes.start(
+        root,
+        orthanc_index=orthanc_index,
+        plugin_configs={
+            "a": plugin_section(data_dir=root / "a", index_url=reader),
+            "b": plugin_section(data_dir=root / "b", index_url=reader),
+            "sqlite": plugin_section(data_dir=evidence, alerts_dir=root / "sqlite"),
+        },
+    )
     try:
-        for name in ("a", "b", "sqlite"):
-            data_dir = root / name if name != "sqlite" else evidence
-            nodes[name] = TestOrthanc(
-                data_dir=data_dir,
-                aet=f"PACS{name.upper()}",
-                plugin=ENTRY_SCRIPT,
-                plugin_config=plugin_section(
-                    data_dir=data_dir, index_url=None if name == "sqlite" else reader
-                ),
-                index_url=orthanc_index,
-                storage_dir=storage,
-            )
-            nodes[name].start()
-        yield Cluster(nodes=nodes, storage=storage, gateway_index=gateway_index, reader_url=reader)
+        yield Cluster(
+            orthancs=orthancs, gateway_index=gateway_index, reader_url=reader,
+            sqlite_index=evidence / "index.sqlite",
+        )  # fmt: skip
     finally:
-        for node in nodes.values():
-            node.stop()
+        orthancs.stop()
 
 
 def recorded_study(cluster: Cluster, tmp_path: Path, *, count: int) -> tuple[list[Path], list[str]]:
     """A study recorded by the gateway (SQLite file and PostgreSQL alike), stored through node a."""
     study = make_study(tmp_path, count=count)
-    sqlite_index = cluster.nodes["sqlite"].data_dir / "index.sqlite"
-    record(sqlite_index, study.files)
-    copy_index(sqlite_index, cluster.gateway_index)
+    record(cluster.sqlite_index, study.files)
+    copy_index(cluster.sqlite_index, cluster.gateway_index)
     ids = []
     for path in study.files:
         reply = requests.post(
@@ -288,23 +284,14 @@ def recorded_study(cluster: Cluster, tmp_path: Path, *, count: int) -> tuple[lis
     return study.files, ids
 
 
-def stored_path(cluster: Cluster, orthanc_id: str) -> Path:
-    info = requests.get(
-        f"{cluster.url('b')}/instances/{orthanc_id}/attachments/dicom/info",
-        auth=cluster.auth("b"), timeout=30,
-    ).json()  # fmt: skip
-    uuid_ = str(info["Uuid"])
-    return cluster.storage / uuid_[:2] / uuid_[2:4] / uuid_
-
-
 def test_the_nodes_run_on_the_postgresql_index(cluster: Cluster) -> None:
-    for node in cluster.nodes.values():
+    for node in cluster.orthancs.nodes.values():
         log = node.log()
         assert "PostgreSQL" in log, log[-2000:]
         assert "xray-gateway plugin: storage area checks every DICOM read" in log
     # the password of the reader role is never logged; its URL is, redacted
     reader_password = cluster.reader_url.split("@", 1)[0].rsplit(":", 1)[1]
-    assert all(reader_password not in node.log() for node in cluster.nodes.values())
+    assert all(reader_password not in node.log() for node in cluster.orthancs.nodes.values())
 
 
 def test_an_instance_stored_through_one_node_is_served_intact_by_another(
@@ -327,7 +314,7 @@ def test_an_instance_stored_through_one_node_is_served_intact_by_another(
 
 def test_a_tampered_file_is_refused_by_every_node(cluster: Cluster, tmp_path: Path) -> None:
     _, ids = recorded_study(cluster, tmp_path, count=2)
-    flip_pixel_byte(stored_path(cluster, ids[0]))
+    flip_pixel_byte(cluster.orthancs.stored_path(ids[0]))
 
     for node in ("a", "b", "sqlite"):
         answer = integrity(cluster.url(node), cluster.auth(node), "instances", ids[0])
