@@ -360,13 +360,37 @@ def test_reads_with_evidence_in_postgresql_and_in_sqlite(cluster: Cluster, tmp_p
 # --- `up` with its Orthanc on PostgreSQL, and a second node beside it -----------------------
 
 
+def until_settled(url: str, auth: tuple[str, str], orthanc_id: str) -> dict[str, object]:
+    """The verdict once it is no longer ``unconfirmed`` (the ledger mirror polls every 2 s),
+    or the last one after a minute."""
+    answer = integrity(url, auth, "instances", orthanc_id)
+    deadline = time.monotonic() + 60
+    while answer["status"] == "unconfirmed" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        answer = integrity(url, auth, "instances", orthanc_id)
+    return answer
+
+
 def test_up_runs_orthanc_on_postgresql_and_a_second_node_serves_what_it_received(
     postgres: PostgresCluster, tmp_path: Path
 ) -> None:
     """A real `up` (pipeline, anvil, plugin with its ledger mirror) whose Orthanc keeps its
-    index in PostgreSQL; node b joins that index and storage and reads the same evidence."""
+    index in PostgreSQL and whose plugin reads the evidence through the view
+    (GATEWAY_PLUGIN_INDEX_URL); node b joins that index and storage and reads the
+    gateway's SQLite file. The gateway's own index is SQLite on this branch: its rows are
+    copied into the PostgreSQL tables the view reads once the pipeline committed them."""
     orthanc_index = postgres.create_database()
-    up = Up(gateway_env(tmp_path / "var", GATEWAY_ORTHANC_INDEX_URL=orthanc_index))
+    gateway_index = postgres.create_database()
+    empty = tmp_path / "empty.sqlite"
+    Index(empty).close()
+    copy_index(empty, gateway_index)
+    reader = evidence_reader(postgres, gateway_index)
+    up = Up(
+        gateway_env(
+            tmp_path / "var", GATEWAY_ORTHANC_INDEX_URL=orthanc_index,
+            GATEWAY_PLUGIN_INDEX_URL=reader,
+        )
+    )  # fmt: skip
     node_b: TestOrthanc | None = None
     try:
         study = make_study(tmp_path, count=3)
@@ -376,6 +400,19 @@ def test_up_runs_orthanc_on_postgresql_and_a_second_node_serves_what_it_received
         assert [row["stage"] for row in rows] == ["committed"] * 3
         log = (up.data_dir / "orthanc" / "orthanc.log").read_text(errors="replace")
         assert "PostgreSQL" in log and orthanc_index.rsplit("@", 1)[0] not in log
+        assert reader.rsplit("@", 1)[0] not in log  # the evidence role's password neither
+        up_auth = tuple(
+            json.loads((up.data_dir / "keys" / "orthanc-http.json").read_text()).values()
+        )
+        up_url = f"http://127.0.0.1:{up.env['GATEWAY_ORTHANC_HTTP_PORT']}"
+        first = str(rows[0]["orthanc_id"])
+        # the view is empty so far: up's plugin reads it, not index.sqlite
+        before = integrity(up_url, up_auth, "instances", first)  # type: ignore[arg-type]
+        assert before["status"] == "unregistered", before
+        copy_index(up.data_dir / "index.sqlite", gateway_index)
+        for row in rows:  # `unconfirmed` until the plugin's ledger mirror has the anchor
+            answer = until_settled(up_url, up_auth, str(row["orthanc_id"]))  # type: ignore[arg-type]
+            assert answer["status"] == "intact", answer
 
         storage = up.data_dir / "orthanc" / "storage"
         node_b = TestOrthanc(
