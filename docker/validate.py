@@ -22,7 +22,15 @@ Checks:
   ``SysPath`` where the image installs the gateway, the gateway's data volume mounted at
   the plugin's ``DataDir`` (the keys volume not at all), Orthanc's files on a volume, and
   none of that overridden by ``ORTHANC__*`` variables;
-- the trust domains stay apart: Orthanc mounts the gateway's data volume read-only, writes
+- several nodes work: two or more Orthanc nodes share one index in PostgreSQL
+  (``EnableIndex``, ``EnableStorage`` false, ``Lock`` false) and one volume at
+  ``StorageDirectory``; two or more gateway nodes share ``GATEWAY_INDEX_URL`` and each has
+  its own data and keys volumes; the plugin's evidence role (``XrayGateway.IndexUrl``,
+  ``ORTHANC__XRAY_GATEWAY__INDEX_URL``) is not the gateway's own; services built from the
+  gateway's Dockerfile with their own ``entrypoint`` are one-shot jobs, not nodes;
+- the trust domains stay apart: with ``IndexUrl`` Orthanc mounts no gateway volume (the
+  evidence comes through PostgreSQL); without it (one gateway node) it mounts the gateway's
+  data volume read-only; it writes
   its alerts (``XrayGateway.AlertsDir``) to a volume of their own that the gateway mounts
   read-only at ``GATEWAY_PLUGIN_ALERTS_DIR``, takes the contract address from
   ``GATEWAY_CONTRACT_ADDRESS`` and never from the gateway's deployment record
@@ -90,9 +98,15 @@ ORTHANC_PROTECTED = frozenset(
         "XrayGateway.SysPath",
         "XrayGateway.WebViewer",
         "XrayGateway.CatalogPath",
+        "PostgreSQL.EnableIndex",
+        "PostgreSQL.EnableStorage",
+        "PostgreSQL.Lock",
     }
 )
 PLUGIN_ENTRY = "gateway/orthanc_plugin/entry.py"
+POSTGRESQL_INDEX_PLUGIN = "/libOrthancPostgreSQLIndex.so"
+INDEX_URL_VARIABLE = "ORTHANC__XRAY_GATEWAY__INDEX_URL"
+URL_USER = re.compile(r"^[a-z][a-z0-9+.-]*://([^/:@\s]+)[:@]", re.IGNORECASE)
 
 
 def _unescape_dollars(text: str) -> str:
@@ -395,6 +409,31 @@ def _build_dockerfile(service: Mapping[str, Any]) -> str | None:
     return "Dockerfile" if build else None
 
 
+def _nodes(compose: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The Orthanc nodes and the gateway nodes: services built from each Dockerfile. A
+    service built from the gateway's Dockerfile with its own ``entrypoint`` is a one-shot
+    job (``evidence-view``), not a node."""
+    services: dict[str, Any] = compose.get("services") or {}
+    orthanc = [n for n, svc in services.items() if _build_dockerfile(svc) == ORTHANC_DOCKERFILE]
+    gateway = [
+        n
+        for n, svc in services.items()
+        if _build_dockerfile(svc) == GATEWAY_DOCKERFILE and not svc.get("entrypoint")
+    ]
+    return orthanc, gateway
+
+
+def _protected(path: str) -> bool:
+    """Whether a configuration path is one the image fixes (orthancteam's names are
+    case-insensitive: ``ORTHANC__POSTGRESQL__LOCK`` is ``PostgreSQL.Lock``)."""
+    return path.lower() in {key.lower() for key in ORTHANC_PROTECTED}
+
+
+def _evidence_url(service: Mapping[str, Any], section: Mapping[str, Any]) -> str:
+    """``XrayGateway.IndexUrl`` of an Orthanc node: from its environment, else the image's."""
+    return _environment(service).get(INDEX_URL_VARIABLE) or str(section.get("IndexUrl") or "")
+
+
 def _volume_mounts(service: Mapping[str, Any]) -> dict[str, str]:
     """Named volumes (and bind sources) of a service, keyed by their target path."""
     mounts: dict[str, str] = {}
@@ -430,18 +469,12 @@ def check_orthanc_plugin(
     as ``gateway/orthanc_plugin`` expects (see the module docstring)."""
     errors: list[str] = []
     services: dict[str, Any] = compose.get("services") or {}
-    orthanc = [
-        name for name, svc in services.items() if _build_dockerfile(svc) == ORTHANC_DOCKERFILE
-    ]
-    gateway = [
-        name for name, svc in services.items() if _build_dockerfile(svc) == GATEWAY_DOCKERFILE
-    ]
-    if len(orthanc) != 1 or len(gateway) != 1:
+    orthanc, gateway = _nodes(compose)
+    if not orthanc or not gateway:
         return [
-            f"expected one service built from {ORTHANC_DOCKERFILE} and one from "
+            f"expected services built from {ORTHANC_DOCKERFILE} and from "
             f"{GATEWAY_DOCKERFILE}; found {orthanc} and {gateway}"
         ]
-    orthanc_service, gateway_service = services[orthanc[0]], services[gateway[0]]
     config = orthanc_config
     where = f"{ORTHANC_CONFIG}"
 
@@ -461,6 +494,10 @@ def check_orthanc_plugin(
     ):
         errors.append(f"{where}: Plugins must list libOrthancPython.so first, by path")
         plugins = []
+    postgresql = config.get("PostgreSQL")
+    pg_index = isinstance(postgresql, dict) and postgresql.get("EnableIndex") is True
+    if pg_index and not any(str(path).endswith(POSTGRESQL_INDEX_PLUGIN) for path in plugins):
+        errors.append(f"{where}: PostgreSQL.EnableIndex without {POSTGRESQL_INDEX_PLUGIN[1:]}")
     section = config.get("XrayGateway")
     if not isinstance(section, dict) or not section.get("DataDir") or not section.get("SysPath"):
         return [*errors, f'{where}: no "XrayGateway" section with DataDir and SysPath']
@@ -492,44 +529,138 @@ def check_orthanc_plugin(
         errors.append(f"group xray must have the same gid in both images; found {gids}")
 
     # -- compose does not override what the image fixes
-    for key in _environment(orthanc_service):
-        if key == "ORTHANC_JSON" or (
-            key.startswith("ORTHANC__") and orthanc_json_path(key) in ORTHANC_PROTECTED
-        ):
-            errors.append(
-                f"service {orthanc[0]!r}: {key} overrides what {where} fixes for the plugin"
-            )
+    for name in orthanc:
+        for key in _environment(services[name]):
+            if key == "ORTHANC_JSON" or (
+                key.startswith("ORTHANC__") and _protected(orthanc_json_path(key))
+            ):
+                errors.append(
+                    f"service {name!r}: {key} overrides what {where} fixes for the plugin"
+                )
 
-    # -- volumes: the gateway's data at DataDir, never its keys; Orthanc's files persisted
+    # -- the evidence: the gateway's index through PostgreSQL (IndexUrl: no gateway volume
+    # at all), or its data volume at DataDir (one gateway node only); never its keys
     gateway_data = _dockerfile_env(dockerfiles.get(GATEWAY_DOCKERFILE, ""), "GATEWAY_DATA_DIR")
-    gateway_mounts = _volume_mounts(gateway_service)
-    orthanc_mounts = _volume_mounts(orthanc_service)
     if gateway_data is None or gateway_data.rstrip("/") != data_dir:
         errors.append(
             f"XrayGateway.DataDir {data_dir} is not the gateway image's GATEWAY_DATA_DIR "
             f"({gateway_data})"
         )
-    else:
-        volume = gateway_mounts.get(data_dir)
-        if volume is None:
-            errors.append(f"service {gateway[0]!r} mounts no volume at {data_dir}")
-        elif orthanc_mounts.get(data_dir) != volume:
+        return errors
+    gateway_volumes = {
+        source
+        for node in gateway
+        for target, source in _volume_mounts(services[node]).items()
+        if _inside(target, data_dir)
+    }
+    for name in orthanc:
+        orthanc_mounts = _volume_mounts(services[name])
+        if _evidence_url(services[name], section):
+            for target, source in orthanc_mounts.items():
+                if source in gateway_volumes:
+                    errors.append(
+                        f"service {name!r} must not mount {source!r} ({target}): with "
+                        "XrayGateway.IndexUrl the plugin reads the evidence through PostgreSQL"
+                    )
+        elif len(gateway) != 1:
             errors.append(
-                f"service {orthanc[0]!r} must mount {volume!r} at {data_dir} (XrayGateway.DataDir)"
+                f"service {name!r}: several gateway nodes share no data volume; set "
+                f"{INDEX_URL_VARIABLE} (the evidence through PostgreSQL)"
             )
-        for target, source in gateway_mounts.items():
-            if (
-                target != data_dir
-                and _inside(target, data_dir)
-                and source in orthanc_mounts.values()
+        else:
+            gateway_mounts = _volume_mounts(services[gateway[0]])
+            volume = gateway_mounts.get(data_dir)
+            if volume is None:
+                errors.append(f"service {gateway[0]!r} mounts no volume at {data_dir}")
+            elif orthanc_mounts.get(data_dir) != volume:
+                errors.append(
+                    f"service {name!r} must mount {volume!r} at {data_dir} (XrayGateway.DataDir)"
+                )
+            for target, source in gateway_mounts.items():
+                if (
+                    target != data_dir
+                    and _inside(target, data_dir)
+                    and source in orthanc_mounts.values()
+                ):
+                    errors.append(f"service {name!r} must not mount {source!r} ({target})")
+        for key in ("StorageDirectory", "IndexDirectory"):
+            path = str(config.get(key, ""))
+            if not path or not any(
+                _inside(path, target) for target in orthanc_mounts if target != data_dir
             ):
-                errors.append(f"service {orthanc[0]!r} must not mount {source!r} ({target})")
-    for key in ("StorageDirectory", "IndexDirectory"):
-        path = str(config.get(key, ""))
-        if not path or not any(
-            _inside(path, target) for target in orthanc_mounts if target != data_dir
+                errors.append(f"{where}: {key} {path!r} is on no volume of service {name!r}")
+    return errors
+
+
+def check_several_nodes(
+    compose: dict[str, Any], orthanc_config: Mapping[str, Any], active: Mapping[str, str]
+) -> list[str]:
+    """Report what would break with several Orthanc or gateway nodes.
+
+    Several Orthanc nodes: one index in PostgreSQL (``EnableIndex``, files not in the
+    database: ``EnableStorage`` false, ``Lock`` false for several writers) and one volume at
+    ``StorageDirectory`` (files and the plugin's catalog). Several gateway nodes: the shared
+    index (``GATEWAY_INDEX_URL``), and each node its own data and keys volumes. The plugin's
+    role (``XrayGateway.IndexUrl``) is never the gateway's own.
+    """
+    errors: list[str] = []
+    services: dict[str, Any] = compose.get("services") or {}
+    orthanc, gateway = _nodes(compose)
+    where = f"{ORTHANC_CONFIG}"
+    if len(orthanc) > 1:
+        postgresql = orthanc_config.get("PostgreSQL")
+        wanted = {"EnableIndex": True, "EnableStorage": False, "Lock": False}
+        if not isinstance(postgresql, dict) or any(
+            postgresql.get(key) is not value for key, value in wanted.items()
         ):
-            errors.append(f"{where}: {key} {path!r} is on no volume of service {orthanc[0]!r}")
+            errors.append(
+                f'{where}: {len(orthanc)} Orthanc nodes need one index: "PostgreSQL": '
+                + json.dumps(wanted)
+            )
+        storage = str(orthanc_config.get("StorageDirectory", ""))
+        shared = set()
+        for name in orthanc:
+            sources = [
+                source
+                for target, source in _volume_mounts(services[name]).items()
+                if _inside(storage, target)
+            ]
+            shared.add(sources[0] if sources else "")
+        if len(shared) != 1 or "" in shared:
+            errors.append(
+                f"the Orthanc nodes {orthanc} must share one volume at StorageDirectory "
+                f"({storage}): files and the plugin's catalog; found {sorted(shared)}"
+            )
+    if len(gateway) > 1:
+        for name in gateway:
+            if "GATEWAY_INDEX_URL" not in _environment(services[name]):
+                errors.append(
+                    f"service {name!r}: several gateway nodes share one index; set "
+                    "GATEWAY_INDEX_URL (PostgreSQL)"
+                )
+        for target in ("/var/lib/xray-gateway", "/var/lib/xray-gateway/keys"):
+            owners: dict[str, list[str]] = {}
+            for name in gateway:
+                source = _volume_mounts(services[name]).get(target)
+                if source:
+                    owners.setdefault(source, []).append(name)
+            for source, names in owners.items():
+                if len(names) > 1:
+                    errors.append(
+                        f"gateway nodes {names} share {source!r} at {target}: each node "
+                        "needs its own (spool, recorder key)"
+                    )
+    gateway_user = URL_USER.match(active.get("GATEWAY_INDEX_URL", ""))
+    for name in orthanc:
+        url = _evidence_url(services[name], orthanc_config.get("XrayGateway") or {})
+        plugin_user = URL_USER.match(url)
+        if url and plugin_user is None:
+            errors.append(f"service {name!r}: {INDEX_URL_VARIABLE} names no PostgreSQL role")
+        elif plugin_user and gateway_user and plugin_user[1] == gateway_user[1]:
+            errors.append(
+                f"service {name!r}: the plugin signs in as {plugin_user[1]!r}, the gateway's "
+                "own role; it must use the read-only evidence role"
+            )
     return errors
 
 
@@ -557,24 +688,12 @@ def check_trust_domains(
 ) -> list[str]:
     """Report anything that lets the PACS side write the gateway's evidence (module docstring)."""
     services: dict[str, Any] = compose.get("services") or {}
-    orthanc = [n for n, svc in services.items() if _build_dockerfile(svc) == ORTHANC_DOCKERFILE]
-    gateway = [n for n, svc in services.items() if _build_dockerfile(svc) == GATEWAY_DOCKERFILE]
+    orthanc, gateway = _nodes(compose)
     section = orthanc_config.get("XrayGateway")
-    if len(orthanc) != 1 or len(gateway) != 1 or not isinstance(section, dict):
+    if not orthanc or not gateway or not isinstance(section, dict):
         return []  # check_orthanc_plugin reports it
     errors: list[str] = []
-    name = orthanc[0]
-    orthanc_mounts = _mount_modes(services[name])
-    gateway_mounts = _mount_modes(services[gateway[0]])
     data_dir = str(section.get("DataDir", "")).rstrip("/")
-    data_volume = gateway_mounts.get(data_dir, ("", False))[0]
-    for target, (source, read_only) in orthanc_mounts.items():
-        if source == data_volume and not read_only:
-            errors.append(
-                f"service {name!r} must mount {source!r} read-only ({target}:ro): the plugin "
-                "only reads the gateway's index"
-            )
-    # -- the plugin's alerts: a volume of their own, read-only on the gateway's side
     alerts_dir = str(section.get("AlertsDir") or "").rstrip("/")
     gateway_dockerfile = dockerfiles.get(GATEWAY_DOCKERFILE, "")
     wanted = _dockerfile_env(gateway_dockerfile, "GATEWAY_PLUGIN_ALERTS_DIR")
@@ -583,24 +702,18 @@ def check_trust_domains(
             f"{ORTHANC_CONFIG}: XrayGateway.AlertsDir must be set, outside DataDir: the "
             "plugin's alerts go to a volume of their own"
         )
-    elif alerts_dir not in orthanc_mounts or orthanc_mounts[alerts_dir][1]:
-        errors.append(f"service {name!r} must mount a writable volume at {alerts_dir} (AlertsDir)")
-    else:
-        volume = orthanc_mounts[alerts_dir][0]
-        if volume == data_volume:
-            errors.append(f"the plugin's alerts volume must not be {data_volume!r}")
-        if wanted is None or gateway_mounts.get(wanted.rstrip("/")) != (volume, True):
-            errors.append(
-                f"service {gateway[0]!r} must mount {volume!r} read-only at its "
-                f"GATEWAY_PLUGIN_ALERTS_DIR ({wanted}), to list the plugin's alerts"
-            )
-    # -- the contract address is pinned, never followed from the gateway's data
-    address = _environment(services[name]).get("ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS", "")
-    if "GATEWAY_CONTRACT_ADDRESS" not in {var for var, _ in interpolations(address)}:
-        errors.append(
-            f"service {name!r}: ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS must come from "
-            "${GATEWAY_CONTRACT_ADDRESS}"
+    for name in orthanc:
+        errors += _orthanc_node_domains(
+            name, services, gateway, data_dir=data_dir, alerts_dir=alerts_dir, wanted=wanted
         )
+    for name in orthanc:
+        # -- the contract address is pinned, never followed from the gateway's data
+        address = _environment(services[name]).get("ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS", "")
+        if "GATEWAY_CONTRACT_ADDRESS" not in {var for var, _ in interpolations(address)}:
+            errors.append(
+                f"service {name!r}: ORTHANC__XRAY_GATEWAY__CONTRACT_ADDRESS must come from "
+                "${GATEWAY_CONTRACT_ADDRESS}"
+            )
     if "contract.json" in entrypoint_source:
         errors.append(
             f"{ORTHANC_ENTRYPOINT} must not read the gateway's deployment record "
@@ -614,6 +727,44 @@ def check_trust_domains(
     for mode, path in INSTALL_DIR.findall(instructions):
         if path.rstrip("/\\") == data_dir and int(mode, 8) & 0o020:
             errors.append(f"{GATEWAY_DOCKERFILE}: {data_dir} is group-writable ({mode})")
+    return errors
+
+
+def _orthanc_node_domains(
+    name: str,
+    services: Mapping[str, Any],
+    gateway: list[str],
+    *,
+    data_dir: str,
+    alerts_dir: str,
+    wanted: str | None,
+) -> list[str]:
+    """One Orthanc node's mounts: the gateway's data read-only if mounted at all, its alerts
+    on a writable volume of their own that every gateway node mounts read-only."""
+    errors: list[str] = []
+    orthanc_mounts = _mount_modes(services[name])
+    data_volumes = {_mount_modes(services[node]).get(data_dir, ("", False))[0] for node in gateway}
+    data_volumes.discard("")
+    for target, (source, read_only) in orthanc_mounts.items():
+        if source in data_volumes and not read_only:
+            errors.append(
+                f"service {name!r} must mount {source!r} read-only ({target}:ro): the plugin "
+                "only reads the gateway's index"
+            )
+    if not alerts_dir or _inside(alerts_dir, data_dir):
+        return errors
+    if alerts_dir not in orthanc_mounts or orthanc_mounts[alerts_dir][1]:
+        errors.append(f"service {name!r} must mount a writable volume at {alerts_dir} (AlertsDir)")
+        return errors
+    volume = orthanc_mounts[alerts_dir][0]
+    if volume in data_volumes:
+        errors.append(f"the plugin's alerts volume must not be {volume!r}")
+    for node in gateway:
+        if wanted is None or _mount_modes(services[node]).get(wanted.rstrip("/")) != (volume, True):
+            errors.append(
+                f"service {node!r} must mount {volume!r} read-only at its "
+                f"GATEWAY_PLUGIN_ALERTS_DIR ({wanted}), to list the plugin's alerts"
+            )
     return errors
 
 
@@ -659,6 +810,7 @@ def validate(directory: Path = HERE, *, settings_source: Path = SETTINGS_SOURCE)
         *check_env_example(active, gitignore),
         *check_dockerignore(directory, dockerfiles),
         *check_orthanc_plugin(compose, orthanc_config, dockerfiles),
+        *check_several_nodes(compose, orthanc_config, active),
         *check_trust_domains(
             compose,
             orthanc_config,

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     # Orthanc is not the embedded one (the embedded one's is generated in keys/).
     orthanc_stored_file_token: SecretStr | None = None
     orthanc_http_port: int = Field(default=8042, ge=1, le=65535)
+    # The embedded Orthanc's own index on PostgreSQL (orthanc-postgresql), a postgresql://
+    # URL; unset: Orthanc's SQLite index in <data_dir>/orthanc. Holds a password.
+    orthanc_index_url: SecretStr | None = None
+    # The embedded plugin reads the gateway's PostgreSQL index through the view made for it,
+    # as this role (gateway/index/evidence_view.py); unset: <data_dir>/index.sqlite.
+    plugin_index_url: SecretStr | None = None
     orthanc_dicom_port: int = Field(default=4242, ge=1, le=65535)
     store_url: str | None = None
     s3_access_key: SecretStr | None = None
@@ -155,6 +161,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_secrets(self) -> Settings:
+        for name in ("orthanc_index_url", "plugin_index_url"):
+            url: SecretStr | None = getattr(self, name)
+            if url is not None and not url.get_secret_value().startswith(
+                ("postgresql://", "postgres://")
+            ):
+                raise ValueError(f"GATEWAY_{name.upper()} must be a postgresql:// URL")
         for name in ("s3_access_key", "s3_secret_key", "orthanc_stored_file_token"):
             secret: SecretStr | None = getattr(self, name)
             if secret is not None and secret.get_secret_value().strip().lower() in PLACEHOLDERS:

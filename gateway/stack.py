@@ -11,6 +11,7 @@ import ssl
 import threading
 
 import uvicorn
+from pydantic import SecretStr
 
 from gateway.api import create_app
 from gateway.api.app import Health
@@ -255,8 +256,10 @@ class Stack:
                 trusted_recorders=s.trusted_recorders,
                 pending_alert_s=s.pending_alert_s,
                 alerts_dir=s.plugin_alerts_dir,
+                index_url=_secret(s.plugin_index_url),
             ),
             extra_plugins=viewers,
+            index_url=_secret(s.orthanc_index_url),
         )
 
     def _start_api(self) -> None:
@@ -392,3 +395,8 @@ class Stack:
             f"client certificates required, CA {s.tls_ca}" if s.tls_ca else "no client certificates"
         )
         return [f"  DICOM TLS       {s.ae_title}@{s.dicom_host}:{s.tls_port}  ({clients})"]
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    """A secret setting's value, or None when unset."""
+    return value.get_secret_value() if value is not None else None

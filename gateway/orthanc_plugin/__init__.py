@@ -34,6 +34,7 @@ def plugin_section(
     fail_closed: bool = False,
     pending_alert_s: float | None = None,
     alerts_dir: Path | None = None,
+    index_url: str | None = None,
 ) -> dict[str, Any]:
     """The ``XrayGateway`` section for Orthanc's configuration.
 
@@ -42,6 +43,8 @@ def plugin_section(
     ``StoredFileToken`` is not set here: :class:`gateway.pacs.embedded.EmbeddedOrthanc` adds the
     secret from the gateway's key directory when it writes the configuration.
     ``alerts_dir`` (``AlertsDir``) is where the plugin writes its alerts; None: ``data_dir``.
+    ``index_url`` (``IndexUrl``): the gateway's index on PostgreSQL, read through the view
+    made for the plugin as its read-only role; None: ``<data_dir>/index.sqlite``.
     """
     paths = sysconfig.get_paths()
     sys_path = [str(PROJECT_ROOT)]
@@ -62,6 +65,8 @@ def plugin_section(
         section["PendingAlertSeconds"] = pending_alert_s
     if alerts_dir is not None:
         section["AlertsDir"] = str(alerts_dir.resolve())
+    if index_url:
+        section["IndexUrl"] = index_url
     if chain_url and contract_address:
         section["ChainUrl"] = chain_url
         section["ContractAddress"] = contract_address

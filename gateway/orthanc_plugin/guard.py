@@ -55,7 +55,7 @@ from gateway.core.fingerprint import (
 )
 from gateway.errors import DatasetUnreadable, IndexUnavailable, ReadRefused
 from gateway.orthanc_plugin.catalog import Attachment, Catalog
-from gateway.orthanc_plugin.evidence import RecordBook
+from gateway.orthanc_plugin.evidence import Records
 from gateway.orthanc_plugin.storage import FileArea
 from gateway.orthanc_plugin.verdict import (
     PENDING_ALERT_S,
@@ -161,7 +161,7 @@ class Guard:
     catalog:
         The plugin's attachment catalogue.
     records:
-        The gateway's index, read-only.
+        The gateway's index, read-only (the SQLite file, or PostgreSQL through its view).
     alerts:
         Where refusals and warnings are recorded.
     ledger:
@@ -190,7 +190,7 @@ class Guard:
         *,
         area: FileArea,
         catalog: Catalog,
-        records: RecordBook,
+        records: Records,
         alerts: AlertSink,
         ledger: LedgerView | None = None,
         log: Callable[[str], None] = lambda message: None,

@@ -48,7 +48,7 @@ import pydicom
 from gateway.core.fingerprint import dataset_digest
 from gateway.errors import OrthancResourceNotFound
 from gateway.orthanc_plugin.catalog import Catalog
-from gateway.orthanc_plugin.evidence import RecordBook
+from gateway.orthanc_plugin.evidence import PostgresRecordBook, RecordBook, Records
 from gateway.orthanc_plugin.guard import DICOM, Guard
 from gateway.orthanc_plugin.ledger_mirror import LedgerMirror
 from gateway.orthanc_plugin.settings import PluginSettings
@@ -97,10 +97,17 @@ class XrayPlugin:
                 trusted_recorders=settings.trusted_recorders,
             )
         self.catalog = Catalog(settings.catalog_path)
+        self.records: Records
+        if settings.index_url:
+            self.records = PostgresRecordBook(settings.index_url)
+            self.evidence_source = self.records.where
+        else:
+            self.records = RecordBook(settings.index_path)
+            self.evidence_source = str(settings.index_path)
         self.guard = Guard(
             area=FileArea(settings.storage_dir, sync=settings.sync_storage),
             catalog=self.catalog,
-            records=RecordBook(settings.index_path),
+            records=self.records,
             alerts=Alerts(settings.alerts_path),
             ledger=self.mirror,
             log=orthanc.LogWarning,
@@ -136,7 +143,7 @@ class XrayPlugin:
             self.mirror.start()
         o.LogWarning(
             "xray-gateway plugin: storage area checks every DICOM read against "
-            f"{self.settings.index_path}"
+            f"{self.evidence_source}"
             + (
                 f" and the ledger at {redact_url(self.settings.chain_url or '')}"
                 if self.mirror
@@ -149,8 +156,12 @@ class XrayPlugin:
         return UNCHECKED_ATTACHMENT.match(uri) is None
 
     def on_change(self, change_type: int, level: int, resource: str) -> None:
-        if change_type == self.orthanc.ChangeType.ORTHANC_STOPPED and self.mirror is not None:
+        if change_type != self.orthanc.ChangeType.ORTHANC_STOPPED:
+            return
+        if self.mirror is not None:
             self.mirror.stop()
+        if isinstance(self.records, PostgresRecordBook):
+            self.records.close()
 
     # -- lookups ---------------------------------------------------------------------------
 

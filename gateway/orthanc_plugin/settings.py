@@ -6,6 +6,8 @@ an administrator running their own Orthanc writes it by hand::
     "XrayGateway": {
         "SysPath": ["/opt/xray-gateway", "/opt/xray-gateway/.venv/lib/python3.11/site-packages"],
         "DataDir": "/var/lib/xray-gateway",
+        "IndexUrl": "postgresql://xray_evidence:…@db/xray",  // optional: the gateway's index on
+                                                  // PostgreSQL, read through its view (below)
         "AlertsDir": "/var/lib/xray-alerts",      // optional: where alerts.sqlite goes (DataDir)
         "ChainUrl": "http://127.0.0.1:8545",      // optional: without it, no ledger mirror
         "ContractAddress": "0x…",                 // with ChainUrl
@@ -17,6 +19,10 @@ an administrator running their own Orthanc writes it by hand::
         "StoredFileToken": "…",                   // the gateway's secret for stored-file
         "PendingAlertSeconds": 900                // received, not anchored after: unconfirmed
     }
+
+``IndexUrl`` (optional): the gateway's index is on PostgreSQL; the plugin reads the
+view made for it (:mod:`gateway.index.evidence_view`) as a role that may only read that
+view, instead of ``<DataDir>/index.sqlite``. Its password is never logged.
 
 ``StoredFileToken`` has no default: without it, ``/xray/instances/{id}/stored-file``
 answers 403 to everyone. With the DICOMweb plugin, its metadata cache must be off
@@ -59,6 +65,8 @@ class PluginSettings:
     fail_closed: bool = False
     stored_file_token: str | None = None
     pending_alert_s: float = PENDING_ALERT_S
+    #: The gateway's PostgreSQL index (read through its view), or None: ``index_path``.
+    index_url: str | None = None
 
     @classmethod
     def from_orthanc(cls, config: dict[str, Any]) -> PluginSettings:
@@ -110,7 +118,17 @@ class PluginSettings:
             fail_closed=_flag(section.get("FailClosed", False)),
             stored_file_token=str(section.get("StoredFileToken") or "") or None,
             pending_alert_s=float(section.get("PendingAlertSeconds", PENDING_ALERT_S)),
+            index_url=_index_url(section.get("IndexUrl")),
         )
+
+
+def _index_url(value: object) -> str | None:
+    """``IndexUrl``: a ``postgresql://`` URL, or nothing (the SQLite file in DataDir)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.startswith(("postgresql://", "postgres://")):
+        raise PluginConfigError(f"{SECTION}.IndexUrl must be a postgresql:// URL")
+    return value
 
 
 def _accounts(value: object) -> frozenset[str] | None:

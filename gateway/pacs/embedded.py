@@ -39,6 +39,13 @@ DICOMWEB_CANDIDATES = (
     Path("/usr/lib/orthanc/libOrthancDicomWeb.so.1.7"),
 )
 
+# Orthanc's own index on PostgreSQL (Debian package ``orthanc-postgresql``); never the
+# storage plugin: the integrity plugin is the storage area, files stay on disk.
+POSTGRESQL_INDEX_CANDIDATES = (
+    Path("/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"),
+    Path("/usr/lib/orthanc/libOrthancPostgreSQLIndex.so.4.0"),
+)
+
 # Keys the gateway's guarantees rest on; ``extra_config`` may not override them.
 PROTECTED_KEYS = frozenset(
     {
@@ -58,6 +65,7 @@ PROTECTED_KEYS = frozenset(
         "XrayGateway",
         "WebViewer",
         "DicomWeb",
+        "PostgreSQL",
     }
 )
 
@@ -81,6 +89,16 @@ def viewer_plugin_libraries() -> list[Path]:
         if existing is not None:
             found.append(existing)
     return found
+
+
+def postgresql_index_library() -> Path:
+    """Path of the PostgreSQL index plugin (Debian package ``orthanc-postgresql``)."""
+    for candidate in POSTGRESQL_INDEX_CANDIDATES:
+        if candidate.exists():
+            return candidate
+    raise ConfigError(
+        "the Orthanc PostgreSQL plugin is not installed: apt-get install orthanc-postgresql"
+    )
 
 
 def python_plugin_library() -> Path:
@@ -130,6 +148,13 @@ class EmbeddedOrthanc(Child):
     - WebDAV is off: it is a second upload path around the gateway.
     - HTTP compression is off: on loopback gzip only costs time, and Orthanc compresses a
       whole file before sending its first byte.
+    - With ``index_url`` Orthanc keeps its own index in PostgreSQL (``orthanc-postgresql``
+      4.0, loaded first): ``EnableIndex`` on, ``EnableStorage`` off (files stay in the
+      storage directory, where the integrity plugin is the storage area), ``Lock`` off so
+      that several Orthanc nodes share the one index (the plugin's multi-writer mode since
+      4.0, on Orthanc ≥ 1.9.2). Those nodes also share ``storage_dir`` and, beside it,
+      the plugin's attachment catalogue (``xray-attachments.sqlite``): a node reads files
+      another node stored, and knows their arrival digests.
 
     Parameters
     ----------
@@ -145,6 +170,12 @@ class EmbeddedOrthanc(Child):
         Further plugin libraries (with ``plugin`` only), e.g. :func:`viewer_plugin_libraries`.
     extra_config:
         Further config keys (e.g. ``DicomModalities``); may not override the keys above.
+    index_url:
+        A ``postgresql://`` URL for Orthanc's own index (not the gateway's), or ``None``
+        for Orthanc's SQLite index in ``orthanc/index``.
+    storage_dir:
+        Where Orthanc keeps its files (shared by several nodes), or ``None`` for
+        ``orthanc/storage``.
     """
 
     def __init__(
@@ -158,6 +189,8 @@ class EmbeddedOrthanc(Child):
         plugin_config: dict[str, Any] | None = None,
         extra_plugins: Sequence[Path] = (),
         extra_config: dict[str, Any] | None = None,
+        index_url: str | None = None,
+        storage_dir: Path | None = None,
     ) -> None:
         if plugin is None and (plugin_config or extra_plugins):
             raise ConfigError("plugin_config and extra_plugins need the plugin script")
@@ -176,6 +209,10 @@ class EmbeddedOrthanc(Child):
         self.plugin_config = dict(plugin_config or {})
         self.extra_plugins = list(extra_plugins)
         self.extra_config = dict(extra_config or {})
+        if index_url is not None and not index_url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("Orthanc's index URL must be a postgresql:// URL")
+        self.index_url = index_url
+        self.storage_dir = storage_dir if storage_dir is not None else self.home / "storage"
         argv = [orthanc_binary(), str(self.config_path)]
         super().__init__(
             "orthanc",
@@ -227,7 +264,7 @@ class EmbeddedOrthanc(Child):
         user, password = self.credentials
         config: dict[str, Any] = {
             "Name": f"xray-gateway PACS ({self.aet})",
-            "StorageDirectory": str((self.home / "storage").resolve()),
+            "StorageDirectory": str(self.storage_dir.resolve()),
             "IndexDirectory": str((self.home / "index").resolve()),
             "StorageCompression": False,
             "MaximumStorageCacheSize": 0,
@@ -259,8 +296,20 @@ class EmbeddedOrthanc(Child):
             "Plugins": [],
         }
         config.update(self.extra_config)
+        if self.index_url is not None:
+            config["Plugins"] = [str(postgresql_index_library())]
+            config["PostgreSQL"] = {
+                "EnableIndex": True,
+                "EnableStorage": False,
+                "ConnectionUri": self.index_url,
+                "Lock": False,
+                "EnableSsl": False,
+                "MaximumConnectionRetries": 10,
+                "ConnectionRetryInterval": 1,
+                "IndexConnectionsCount": 4,
+            }
         if self.plugin is not None:
-            config["Plugins"] = [str(python_plugin_library())]
+            config["Plugins"] += [str(python_plugin_library())]
             config["Plugins"] += [str(path) for path in self.extra_plugins]
             config["PythonScript"] = str(self.plugin.resolve())
             if self.plugin_config:
@@ -283,7 +332,7 @@ class EmbeddedOrthanc(Child):
                     "Ssl": False,
                     "EnableMetadataCache": False,
                 }
-        else:
+        if not config["Plugins"]:
             del config["Plugins"]
         return config
 

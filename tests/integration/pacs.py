@@ -33,6 +33,9 @@ class TestOrthanc:
         extra_plugins: Sequence[Path] = (),
         extra_config: dict[str, Any] | None = None,
         timeout: float = 30.0,
+        index_url: str | None = None,
+        storage_dir: Path | None = None,
+        aet: str = "TESTPACS",
     ) -> None:
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="xray-orthanc-"))
@@ -40,11 +43,13 @@ class TestOrthanc:
             data_dir=self.data_dir,
             http_port=free_port(),
             dicom_port=free_port(),
-            aet="TESTPACS",
+            aet=aet,
             plugin=plugin,
             plugin_config=plugin_config,
             extra_plugins=extra_plugins,
             extra_config=extra_config,
+            index_url=index_url,
+            storage_dir=storage_dir,
         )
         self.timeout = timeout
         self.pacs = Pacs.from_embedded(self.orthanc, timeout=timeout)

@@ -108,3 +108,19 @@ def test_a_relative_data_dir_is_taken_from_where_the_gateway_starts(
     settings = Settings()
     assert settings.data_dir == tmp_path / "var"
     assert Settings(plugin_alerts_dir=Path("alerts")).plugin_alerts_dir == tmp_path / "alerts"
+
+
+def test_postgresql_urls_for_orthanc_and_the_plugin_are_secret_and_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = "postgresql://orthanc:hunter2-pw@db:5432/orthanc"
+    monkeypatch.setenv("GATEWAY_ORTHANC_INDEX_URL", url)
+    monkeypatch.setenv("GATEWAY_PLUGIN_INDEX_URL", url.replace("orthanc", "xray_evidence"))
+    settings = Settings()
+    assert settings.orthanc_index_url is not None
+    assert settings.orthanc_index_url.get_secret_value() == url
+    assert "hunter2-pw" not in repr(settings) and "hunter2-pw" not in str(settings)
+
+    monkeypatch.setenv("GATEWAY_PLUGIN_INDEX_URL", "sqlite:///var/index.sqlite")
+    with pytest.raises(ValueError, match="GATEWAY_PLUGIN_INDEX_URL must be a postgresql://"):
+        Settings()

@@ -58,8 +58,12 @@ def test_deployment_passes_static_checks() -> None:
 
 
 ORTHANC_ENV_ANCHOR = "      ORTHANC__NAME: XRAY-PACS\n"
-ORTHANC_VOLUMES_END = "      - orthanc-alerts:/var/lib/xray-alerts\n    # The gateway's group"
-ORTHANC_DATA_MOUNT = "      - gateway-data:/var/lib/xray-gateway:ro\n      # The plugin's alerts"
+ORTHANC_VOLUMES_END = "      - orthanc-alerts:/var/lib/xray-alerts\n    networks:"
+ORTHANC_ALERTS_MOUNT = "      - orthanc-alerts:/var/lib/xray-alerts\n"
+EVIDENCE_URL = (
+    "      ORTHANC__XRAY_GATEWAY__INDEX_URL: postgresql://xray_evidence:"
+    "${EVIDENCE_DB_PASSWORD:?set EVIDENCE_DB_PASSWORD in docker/.env}@postgres:5432/xray\n"
+)
 
 
 @pytest.mark.parametrize(
@@ -159,7 +163,9 @@ ORTHANC_DATA_MOUNT = "      - gateway-data:/var/lib/xray-gateway:ro\n      # The
         pytest.param(
             "compose.yaml",
             ORTHANC_VOLUMES_END,
-            ORTHANC_VOLUMES_END.replace("    # The", "    secrets: [plugin_api_token]\n    # The"),
+            ORTHANC_VOLUMES_END.replace(
+                "    networks:", "    secrets: [plugin_api_token]\n    networks:"
+            ),
             "uses secret 'plugin_api_token', never declared",
             id="undeclared-secret",
         ),
@@ -202,11 +208,20 @@ ORTHANC_DATA_MOUNT = "      - gateway-data:/var/lib/xray-gateway:ro\n      # The
         pytest.param(
             "orthanc/orthanc.json",
             '"/usr/share/orthanc/plugins/libOrthancPython.so",\n'
+            '    "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so",\n'
             '    "/usr/share/orthanc/plugins/libOrthancWebViewer.so",',
             '"/usr/share/orthanc/plugins/libOrthancWebViewer.so",\n'
+            '    "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so",\n'
             '    "/usr/share/orthanc/plugins/libOrthancPython.so",',
             "libOrthancPython.so first",
             id="web-viewer-before-python",
+        ),
+        pytest.param(
+            "orthanc/orthanc.json",
+            '    "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so",\n',
+            "",
+            "PostgreSQL.EnableIndex without libOrthancPostgreSQLIndex.so",
+            id="postgresql-index-plugin-not-loaded",
         ),
         pytest.param(
             "orthanc/orthanc.json",
@@ -231,19 +246,76 @@ ORTHANC_DATA_MOUNT = "      - gateway-data:/var/lib/xray-gateway:ro\n      # The
         ),
         pytest.param(
             "compose.yaml",
-            ORTHANC_DATA_MOUNT,
-            "    # The gateway's group",
-            "must mount 'gateway-data' at /var/lib/xray-gateway",
-            id="plugin-without-gateway-data",
+            EVIDENCE_URL,
+            "",
+            "several gateway nodes share no data volume; set ORTHANC__XRAY_GATEWAY__INDEX_URL",
+            id="plugin-without-evidence",
         ),
         pytest.param(
             "compose.yaml",
-            ORTHANC_DATA_MOUNT,
-            ORTHANC_DATA_MOUNT.replace(
-                "      # The", "      - gateway-keys:/var/lib/xray-gateway/keys\n      # The"
-            ),
+            ORTHANC_ALERTS_MOUNT,
+            ORTHANC_ALERTS_MOUNT + "      - gateway-keys:/var/lib/xray-gateway/keys:ro\n",
             "must not mount 'gateway-keys'",
             id="keys-mounted-into-orthanc",
+        ),
+        pytest.param(
+            "compose.yaml",
+            ORTHANC_ALERTS_MOUNT,
+            ORTHANC_ALERTS_MOUNT + "      - gateway-data:/var/lib/xray-gateway:ro\n",
+            "with XrayGateway.IndexUrl the plugin reads the evidence through PostgreSQL",
+            id="gateway-data-mounted-beside-the-evidence-role",
+        ),
+        pytest.param(
+            "compose.yaml",
+            EVIDENCE_URL,
+            EVIDENCE_URL.replace("xray_evidence:${EVIDENCE_DB", "xray_gateway:${INDEX_DB"),
+            "the gateway's own role; it must use the read-only evidence role",
+            id="plugin-signs-in-as-the-gateway",
+        ),
+        pytest.param(
+            "orthanc/orthanc.json",
+            '"Lock": false',
+            '"Lock": true',
+            "2 Orthanc nodes need one index",
+            id="orthanc-index-locked-by-one-node",
+        ),
+        pytest.param(
+            "orthanc/orthanc.json",
+            '"EnableStorage": false',
+            '"EnableStorage": true',
+            "2 Orthanc nodes need one index",
+            id="orthanc-files-in-the-database",
+        ),
+        pytest.param(
+            "compose.yaml",
+            "  orthanc-2: *orthanc-node\n",
+            "  orthanc-2:\n    <<: *orthanc-node\n    volumes:\n"
+            "      - orthanc-2-db:/var/lib/orthanc/db\n"
+            "      - orthanc-alerts:/var/lib/xray-alerts\n",
+            "must share one volume at StorageDirectory",
+            id="orthanc-nodes-with-their-own-storage",
+        ),
+        pytest.param(
+            "compose.yaml",
+            "      - gateway-2-keys:/var/lib/xray-gateway/keys\n",
+            "      - gateway-keys:/var/lib/xray-gateway/keys\n",
+            "share 'gateway-keys' at /var/lib/xray-gateway/keys",
+            id="gateway-nodes-share-keys",
+        ),
+        pytest.param(
+            "compose.yaml",
+            "      GATEWAY_INDEX_URL: ${GATEWAY_INDEX_URL:?set GATEWAY_INDEX_URL in docker/.env}\n"
+            "      GATEWAY_ALLOWED_AETS",
+            "      GATEWAY_ALLOWED_AETS",
+            "several gateway nodes share one index; set GATEWAY_INDEX_URL",
+            id="gateway-nodes-without-the-shared-index",
+        ),
+        pytest.param(
+            "compose.yaml",
+            ORTHANC_ENV_ANCHOR,
+            ORTHANC_ENV_ANCHOR + '      ORTHANC__POSTGRESQL__LOCK: "true"\n',
+            "ORTHANC__POSTGRESQL__LOCK overrides",
+            id="compose-overrides-the-index-lock",
         ),
         pytest.param(
             "compose.yaml",
@@ -269,8 +341,8 @@ ORTHANC_DATA_MOUNT = "      - gateway-data:/var/lib/xray-gateway:ro\n      # The
         # -- separated trust domains: the PACS side cannot write the gateway's evidence
         pytest.param(
             "compose.yaml",
-            "      - gateway-data:/var/lib/xray-gateway:ro\n",
-            "      - gateway-data:/var/lib/xray-gateway\n",
+            ORTHANC_ALERTS_MOUNT,
+            ORTHANC_ALERTS_MOUNT + "      - gateway-data:/var/lib/xray-gateway\n",
             "must mount 'gateway-data' read-only",
             id="orthanc-writes-gateway-data",
         ),
@@ -452,6 +524,8 @@ def test_the_plugin_accepts_the_image_configuration_with_compose_environment() -
         GATEWAY_CONTRACT_ADDRESS=ADDRESS,
         CONTRACT_DEPLOY_BLOCK="7",
         GATEWAY_ORTHANC_STORED_FILE_TOKEN="s3cr3t",
+        EVIDENCE_DB_PASSWORD="e71d",
+        ORTHANC_DB_PASSWORD="0d7a",
     )
     env = entrypoint.plugin_environment(environ)
 
@@ -463,7 +537,8 @@ def test_the_plugin_accepts_the_image_configuration_with_compose_environment() -
     assert settings.web_viewer is True
     assert settings.fail_closed is True  # docker: refuse what cannot be checked
     assert settings.stored_file_token == "s3cr3t"
-    assert settings.index_path == Path("/var/lib/xray-gateway/index.sqlite")
+    # the evidence through the view, as the read-only role; no gateway volume mounted
+    assert settings.index_url == "postgresql://xray_evidence:e71d@postgres:5432/xray"
     # the alerts on the plugin's own volume, not in the gateway's (read-only) data
     assert settings.alerts_path == Path("/var/lib/xray-alerts/alerts.sqlite")
     # Orthanc's files and the plugin's catalog on the orthanc-db volume, as `up` lays them out

@@ -679,3 +679,13 @@ def test_the_gateways_instance_cap_reaches_the_plugin_and_bounds_its_parse(
     bombs.deflate_bomb(bomb, inflated=256 << 20)
     guard.create(str(uuid.uuid4()), DICOM, bomb.read_bytes())
     assert any(f"inflates past {64 << 20} bytes" in line for line in setup.logged)
+
+
+def test_settings_read_the_index_url_and_refuse_another_scheme(tmp_path: Path) -> None:
+    section = {"DataDir": str(tmp_path)}
+    assert PluginSettings.from_orthanc({"XrayGateway": section}).index_url is None
+    url = "postgresql://xray_evidence:pw@db:5432/xray"
+    settings = PluginSettings.from_orthanc({"XrayGateway": {**section, "IndexUrl": url}})
+    assert settings.index_url == url
+    with pytest.raises(PluginConfigError, match="IndexUrl"):
+        PluginSettings.from_orthanc({"XrayGateway": {**section, "IndexUrl": "file:/x.sqlite"}})

@@ -1,0 +1,107 @@
+"""The Orthanc plugin's read-only path into the gateway's PostgreSQL index: a view and its role.
+
+The plugin judges a stored copy by the versions the gateway recorded for its SOP Instance
+UID. On PostgreSQL it reads them through :data:`VIEW`, a view of ``instances`` holding
+only what :mod:`gateway.orthanc_plugin.evidence` reads: the UID it looks up, the order
+of the rows, each version's digests, keys (HMAC pseudonyms, not patient data) and anchor
+evidence, and only the rows that are fingerprinted versions (the index's rule,
+:data:`~gateway.index.queries.IS_FINGERPRINTED_VERSION`). No spool, object or error
+column, no calling AE, no study or series UID.
+
+The reader role gets ``SELECT`` on the view and nothing else: the view runs with its
+owner's rights (PostgreSQL's default), so the role reads through it without any right on
+``instances``. ``security_barrier`` keeps a reader's own functions from seeing rows the
+view filters out. The look-up is one indexed query (``instances_uid``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.index.queries import IS_FINGERPRINTED_VERSION
+
+if TYPE_CHECKING:
+    import psycopg
+
+#: The view's name (in the schema of ``instances``, ``public`` unless the search path says).
+VIEW = "xray_plugin_evidence"
+
+#: The view's columns: ``seq`` orders a UID's versions (the row id), the rest as stored.
+COLUMNS = (
+    "seq", "sop_instance_uid", "version", "digest", "pixel_digest", "record_key", "tx_hash",
+    "block_number", "block_time", "recorder", "batch_id", "leaf_index", "transfer_syntax",
+    "patient_key", "proof", "received_at",
+)  # fmt: skip
+
+#: What the plugin reads per copy: every version of one UID, oldest first.
+VERSIONS_SQL = (
+    "SELECT version, digest, pixel_digest, record_key, tx_hash, block_number, block_time,"
+    " recorder, batch_id, leaf_index, transfer_syntax, patient_key, proof, received_at"
+    f" FROM {VIEW} WHERE sop_instance_uid = %s ORDER BY seq"
+)
+
+_SOURCE = ", ".join("id AS seq" if name == "seq" else name for name in COLUMNS)
+CREATE_VIEW = (
+    f"CREATE OR REPLACE VIEW {VIEW} WITH (security_barrier = true) AS"
+    f" SELECT {_SOURCE} FROM instances WHERE {IS_FINGERPRINTED_VERSION}"
+)
+
+
+def create_evidence_view(conn: psycopg.Connection[object]) -> None:
+    """Create (or replace) :data:`VIEW` over ``instances``; run by the index's owner.
+
+    Idempotent: the index's migrations may run it on every start. The caller commits
+    (or runs in autocommit).
+    """
+    conn.execute(CREATE_VIEW)
+
+
+def grant_evidence_reader(conn: psycopg.Connection[object], role: str) -> None:
+    """Let ``role`` read :data:`VIEW` and nothing else the gateway owns.
+
+    ``role`` must exist (a login role made by the administrator, with its own password).
+    Whatever it was granted on ``instances``, ``batches`` and ``batch_members`` is revoked;
+    its sessions start read-only. Idempotent.
+    """
+    from psycopg import sql
+
+    name = sql.Identifier(role)
+    conn.execute(
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+            sql.Identifier(str(_one(conn, "SELECT current_schema()"))), name
+        )
+    )
+    for table in ("instances", "batches", "batch_members"):
+        conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(sql.Identifier(table), name))
+    conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(sql.Identifier(VIEW), name))
+    conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(VIEW), name))
+    conn.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(name))
+
+
+def prepare_evidence_reader(url: str, role: str) -> None:
+    """Create the view and let ``role`` read it, connected as the index's owner (``url``).
+
+    What docker/compose.yaml's one-shot ``evidence-view`` job runs once the gateway has
+    created its tables: ``python -m gateway.index.evidence_view [role]`` with
+    ``GATEWAY_INDEX_URL`` set.
+    """
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        create_evidence_view(conn)
+        grant_evidence_reader(conn, role)
+
+
+def _one(conn: psycopg.Connection[object], query: str) -> object:
+    row = conn.execute(query).fetchone()
+    assert row is not None  # a SELECT of one value answers one row
+    return row[0]  # type: ignore[index]
+
+
+if __name__ == "__main__":  # docker/compose.yaml's evidence-view job
+    import os
+    import sys
+
+    prepare_evidence_reader(
+        os.environ["GATEWAY_INDEX_URL"], sys.argv[1] if len(sys.argv) > 1 else "xray_evidence"
+    )
