@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     orthanc_http_port: int = Field(default=8042, ge=1, le=65535)
     orthanc_dicom_port: int = Field(default=4242, ge=1, le=65535)
     store_url: str | None = None
+    # The index database: unset, a SQLite file in data_dir; postgresql://user:pw@host/db,
+    # PostgreSQL (gateway/index/engine.py). A secret: it may hold a password.
+    index_url: SecretStr | None = None
     s3_access_key: SecretStr | None = None
     s3_secret_key: SecretStr | None = None
     chain_url: str | None = None
@@ -159,6 +162,9 @@ class Settings(BaseSettings):
             secret: SecretStr | None = getattr(self, name)
             if secret is not None and secret.get_secret_value().strip().lower() in PLACEHOLDERS:
                 raise ValueError(f"GATEWAY_{name.upper()} is a placeholder; set a real secret")
+        url = self.index_url.get_secret_value() if self.index_url is not None else None
+        if url is not None and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("GATEWAY_INDEX_URL must be a postgresql:// URL (unset: SQLite)")
         s3 = bool(self.store_url and self.store_url.startswith(("s3://", "s3+https://")))
         if s3 and (self.s3_access_key is None or self.s3_secret_key is None):
             raise ValueError(
@@ -209,6 +215,13 @@ class Settings(BaseSettings):
     def plugin_alerts_path(self) -> Path:
         """The Orthanc plugin's alerts: ``alerts.sqlite`` in its alerts dir."""
         return (self.plugin_alerts_dir or self.data_dir) / "alerts.sqlite"
+
+    @property
+    def index_location(self) -> Path | str:
+        """The index: ``GATEWAY_INDEX_URL``, or ``index.sqlite`` in the data dir."""
+        if self.index_url is None:
+            return self.data_dir / "index.sqlite"
+        return self.index_url.get_secret_value()
 
     @property
     def embedded_chain(self) -> bool:

@@ -176,6 +176,9 @@ class Stack:
         server_tls, client_tls = self._tls_contexts()
         s.data_dir.mkdir(parents=True, exist_ok=True)
         try:
+            # The index first: a schema newer than this code's, or a PostgreSQL index that
+            # cannot be reached, stops `up` before anything is started.
+            self.index = Index(s.index_location)
             if s.embedded_chain:
                 self.anvil = start_embedded_chain(s)
             self.ledger, self.deployment = ensure_contract(s)
@@ -187,7 +190,6 @@ class Stack:
             else:
                 self.pacs = external_pacs(s)
             self.store = open_object_store(s)
-            self.index = Index(s.data_dir / "index.sqlite")
             self.alerts = gateway_alerts(s)
             spool = self.spool = Spool(s.data_dir / "spool", reserve_bytes=s.spool_reserve_mb << 20)
             spool.clear_incoming()  # partial receptions from a crash were never acked

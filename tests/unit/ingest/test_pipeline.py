@@ -138,22 +138,10 @@ def test_a_success_clears_the_strikes(index: Index, tmp_path: Path) -> None:
 
 
 def test_an_index_from_before_parking_is_upgraded(tmp_path: Path) -> None:
-    import sqlite3
+    from tests.unit.index.test_db import legacy_index
 
-    from gateway.index.db import SCHEMA
-
-    old = SCHEMA.replace(",\n    strikes INTEGER NOT NULL DEFAULT 0,\n    parked_stage TEXT", "")
-    assert "strikes" not in old
     path = tmp_path / "index.sqlite"
-    db = sqlite3.connect(path)
-    db.executescript(old)
-    db.execute(
-        "INSERT INTO instances (entry_id, sop_instance_uid, sop_class_uid, received_at, size,"
-        " stage) VALUES ('e1', '1.2.3', ?, 0, 1, 'anchor')",
-        (CT,),
-    )
-    db.commit()
-    db.close()
+    legacy_index(path, 1)  # before strikes and parked_stage
     readonly = Index(path, readonly=True)  # `status` on an index not yet upgraded
     assert readonly.all()[0].strikes == 0 and readonly.parked() == []
     readonly.close()
