@@ -129,6 +129,13 @@ class Index:
         except BaseException:
             self._db.close()
             raise
+        # PostgreSQL: the ack's insert has a session of its own, so that a C-STORE never
+        # waits behind the pipeline's transactions (round trips under the index lock).
+        # SQLite keeps one connection: its writers take one lock whatever the connection.
+        self._ack_lock = threading.Lock()
+        self._ack: Connection | None = None
+        if self.engine == "postgresql" and not readonly:
+            self._ack = connect(location)
 
     @property
     def engine(self) -> str:
@@ -147,6 +154,9 @@ class Index:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        with self._ack_lock:
+            if self._ack is not None:
+                self._ack.close()
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -180,8 +190,9 @@ class Index:
         ``spool_sha256`` is the spool file's SHA-256 as it was received: the fingerprint
         stage refuses a file that no longer hashes to it.
         """
-        with self._lock:  # one statement: its own transaction on both engines, one round trip
-            (row_id,) = self._db.execute(
+        db, lock = (self._db, self._lock) if self._ack is None else (self._ack, self._ack_lock)
+        with lock:  # one statement: its own transaction on both engines, one round trip
+            (row_id,) = db.execute(
                 "INSERT INTO instances (entry_id, sop_instance_uid, sop_class_uid, calling_aet,"
                 " received_at, size, stage, spool_sha256)"
                 " VALUES (?, ?, ?, ?, ?, ?, 'fingerprint', ?) RETURNING id",

@@ -152,6 +152,10 @@ def pg_placeholders(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+def _is_read(sql: str) -> bool:
+    return sql.lstrip()[:6].upper() == "SELECT"
+
+
 class PostgresConnection:
     """PostgreSQL through psycopg 3, in autocommit mode: one statement is one transaction,
     and :meth:`begin` opens a longer one explicitly.
@@ -165,6 +169,7 @@ class PostgresConnection:
     def __init__(self, url: str, *, readonly: bool = False) -> None:
         self._url = url
         self._readonly = readonly
+        self._in_transaction = False
         self._db = self._connect()
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -189,19 +194,35 @@ class PostgresConnection:
         return self._db
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        return self._live().execute(pg_placeholders(sql), tuple(params))
+        try:
+            return self._live().execute(pg_placeholders(sql), tuple(params))
+        except psycopg.OperationalError:
+            # A read outside a transaction on a session the server dropped (a restart) is
+            # run once more on a new one; a write is not: whether it ran is unknown, and
+            # its caller decides (the C-STORE is refused, a stage is retried).
+            if self._in_transaction or not self._db.broken or not _is_read(sql):
+                raise
+            return self._live().execute(pg_placeholders(sql), tuple(params))
 
     def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
         with self._live().cursor() as cursor:
             cursor.executemany(pg_placeholders(sql), list(params))
 
     def begin(self) -> None:
-        self._live().execute("BEGIN")
+        try:
+            self._live().execute("BEGIN")
+        except psycopg.OperationalError:
+            if not self._db.broken:
+                raise
+            self._live().execute("BEGIN")  # nothing ran on the dropped session: a new one
+        self._in_transaction = True
 
     def commit(self) -> None:
+        self._in_transaction = False
         self._db.execute("COMMIT")
 
     def rollback(self) -> None:
+        self._in_transaction = False
         if not (self._db.closed or self._db.broken):
             self._db.execute("ROLLBACK")
 

@@ -15,8 +15,9 @@ from gateway.cli import main
 from gateway.errors import IndexUnavailable
 from gateway.index.backup import pg_environment, pg_tool
 from gateway.index.db import Index
+from gateway.index.engine import DATABASE_ERRORS
 from gateway.ingest.status import status_report
-from tests.integration.postgres import PostgresCluster
+from tests.integration.postgres import BIN, PostgresCluster
 from tests.unit.index.test_db import KEY, IndexContract, received
 
 pytestmark = pytest.mark.integration
@@ -107,3 +108,30 @@ def test_status_and_backup_on_postgres_never_show_the_password(
     copy = Index(pg_restore(postgres, tmp_path / "index.dump"))
     assert sorted(r.stage for r in copy.all()) == ["committed", "seal"]
     copy.close()
+
+
+def restart(postgres: PostgresCluster) -> None:
+    """Restart the session's server (fast: every session is cut), on its own data dir."""
+    postgres._run(
+        [str(BIN / "pg_ctl"), "-D", str(postgres.data), "-l", str(postgres.root / "server.log"),
+         "-m", "fast", "-w", "restart"]
+    )  # fmt: skip
+
+
+def test_a_restarted_server_is_reconnected_to_and_the_statement_caught_by_it_fails(
+    postgres: PostgresCluster,
+) -> None:
+    url = postgres.create_database()
+    index = Index(url)
+    before = received(index, "1.1")
+    restart(postgres)
+    with pytest.raises(DATABASE_ERRORS):  # the C-STORE that met the restart: refused, not acked
+        received(index, "1.2")
+    after = received(index, "1.3")
+    # a read on the pipeline's session, also cut by the restart, is run again on a new one
+    assert [(r.id, r.sop_instance_uid) for r in index.all()] == [(before, "1.1"), (after, "1.3")]
+    # and so is a transaction's BEGIN (nothing ran yet): the pipeline's next step goes through
+    restart(postgres)
+    index.update(after, stage="seal")
+    assert index.get(after).stage == "seal"
+    index.close()
