@@ -14,9 +14,12 @@ import pytest
 from pydicom import dcmread
 
 import dicom_fixtures
+from gateway.index import schema
+from gateway.index.db import Index
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env, run
 from tests.integration.postgres import PostgresCluster
+from tests.unit.index.test_db import set_version
 
 pytestmark = pytest.mark.integration
 
@@ -89,3 +92,24 @@ def test_the_embedded_orthanc_plugin_checks_reads_against_the_postgres_index(
     finally:
         db.close()
     assert not [d for d in said if "could not be checked" in d], said
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_up_refuses_an_index_written_by_a_newer_gateway_before_starting_anything(
+    postgres: PostgresCluster, tmp_path: Path, engine: str
+) -> None:
+    data_dir = tmp_path / "var"
+    location: Path | str = data_dir / "index.sqlite"
+    if engine == "postgresql":
+        location = postgres.create_database()
+    data_dir.mkdir()
+    Index(location).close()
+    set_version(location, schema.LATEST + 1)
+    env = gateway_env(data_dir)
+    if isinstance(location, str):
+        env["GATEWAY_INDEX_URL"] = location
+    refused = run(env, "up")
+    assert refused.returncode == 1
+    assert f"schema version {schema.LATEST + 1}" in refused.stderr
+    assert "upgrade the gateway" in refused.stderr and postgres.password not in refused.stderr
+    assert not (data_dir / "chain").exists() and not (data_dir / "orthanc").exists()

@@ -108,3 +108,18 @@ def test_a_relative_data_dir_is_taken_from_where_the_gateway_starts(
     settings = Settings()
     assert settings.data_dir == tmp_path / "var"
     assert Settings(plugin_alerts_dir=Path("alerts")).plugin_alerts_dir == tmp_path / "alerts"
+
+
+def test_the_index_url_selects_postgres_and_is_kept_secret(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path))
+    assert Settings().index_location == tmp_path / "index.sqlite"  # unset: SQLite
+    url = "postgresql://xray:s3cret-pw@db.example:5432/xray"
+    monkeypatch.setenv("GATEWAY_INDEX_URL", url)
+    settings = Settings()
+    assert settings.index_location == url
+    assert "s3cret-pw" not in repr(settings) and "s3cret-pw" not in str(settings)
+    monkeypatch.setenv("GATEWAY_INDEX_URL", "mysql://xray:pw@db/xray")
+    with pytest.raises(ValueError, match="postgresql://"):
+        Settings()
