@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from gateway.errors import IndexUnavailable
 from gateway.index import schema
 from gateway.index.engine import Connection, connect, describe
 from gateway.index.queries import IS_FINGERPRINTED_VERSION, IS_VERSION
@@ -123,6 +124,8 @@ class Index:
         try:
             if readonly:
                 schema.check(schema.version(self._db), self.where)
+                if not self._db.columns("instances"):  # an empty database: no gateway yet
+                    raise IndexUnavailable(f"no index at {self.where} (no instances table)")
             else:
                 schema.migrate(self._db, where=self.where)
             self._select = self._selection()

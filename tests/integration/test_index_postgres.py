@@ -3,6 +3,7 @@ server has (two connections deciding at once, a password in the URL, pg_dump).""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import threading
@@ -135,3 +136,27 @@ def test_a_restarted_server_is_reconnected_to_and_the_statement_caught_by_it_fai
     index.update(after, stage="seal")
     assert index.get(after).stage == "seal"
     index.close()
+
+
+def test_two_connections_never_put_one_row_in_two_open_batches(postgres: PostgresCluster) -> None:
+    url = postgres.create_database()
+    indexes = [Index(url), Index(url)]
+    rows = [received(indexes[0], f"1.{i}", stage="anchor") for i in range(20)]
+    start = threading.Barrier(len(indexes))
+    opened: list[tuple[int, ...]] = []
+
+    def batch(n: int, index: Index) -> None:
+        start.wait()
+        for i, row_id in enumerate(rows):
+            with contextlib.suppress(ValueError):  # in an open batch: the other session won
+                opened.append(index.open_batch(root=bytes([n, i]) * 16, members=[row_id]).members)
+
+    threads = [threading.Thread(target=batch, args=(n, ix)) for n, ix in enumerate(indexes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(opened) == [(row_id,) for row_id in rows]
+    assert len(indexes[1].open_batches(due_only=False)) == len(rows)
+    for index in indexes:
+        index.close()

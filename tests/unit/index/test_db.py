@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import BackupFailed, IndexSchemaTooNew
+from gateway.errors import BackupFailed, IndexSchemaTooNew, IndexUnavailable
 from gateway.index import schema
 from gateway.index.backup import backup
 from gateway.index.db import STAGES, Index, error_class
@@ -380,6 +380,15 @@ class IndexContract:
                 Index(location, readonly=readonly)
         db = connect(location)  # nothing was changed, nor downgraded
         assert schema.version(db) == schema.LATEST + 1
+        db.close()
+
+    def test_an_empty_database_is_not_an_index_read_only(self, location: Path | str) -> None:
+        if isinstance(location, Path):
+            sqlite3.connect(location).close()  # an empty file
+        with pytest.raises(IndexUnavailable, match="no index"):
+            Index(location, readonly=True)
+        db = connect(location)  # and nothing was created in it
+        assert db.columns("instances") == set() and db.columns("schema_version") == set()
         db.close()
 
     # --- Storage Commitment's table, in the same database -------------------------------------
