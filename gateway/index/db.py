@@ -121,6 +121,11 @@ class Index:
         #: ``location`` as messages may show it (no password).
         self.where = describe(location)
         self._db: Connection = connect(location, readonly=readonly)
+        # PostgreSQL: the ack's insert has a session of its own, so that a C-STORE never
+        # waits behind the pipeline's transactions (round trips under the index lock).
+        # SQLite keeps one connection: its writers take one lock whatever the connection.
+        self._ack_lock = threading.Lock()
+        self._ack: Connection | None = None
         try:
             if readonly:
                 schema.check(schema.version(self._db), self.where)
@@ -128,17 +133,12 @@ class Index:
                     raise IndexUnavailable(f"no index at {self.where} (no instances table)")
             else:
                 schema.migrate(self._db, where=self.where)
+                if self._db.engine == "postgresql":
+                    self._ack = connect(location)
             self._select = self._selection()
         except BaseException:
             self._db.close()
             raise
-        # PostgreSQL: the ack's insert has a session of its own, so that a C-STORE never
-        # waits behind the pipeline's transactions (round trips under the index lock).
-        # SQLite keeps one connection: its writers take one lock whatever the connection.
-        self._ack_lock = threading.Lock()
-        self._ack: Connection | None = None
-        if self.engine == "postgresql" and not readonly:
-            self._ack = connect(location)
 
     @property
     def engine(self) -> str:
