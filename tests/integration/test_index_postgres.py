@@ -92,22 +92,27 @@ def test_status_and_backup_on_postgres_never_show_the_password(
     index = Index(url)
     received(index, "1.1", stage="committed")
     received(index, "1.2", stage="seal")
+    index.park(received(index, "1.3", stage="put"), "put: StoreUnavailable: down")
     index.close()
     report = status_report(url)
-    assert report["stages"]["committed"] == 1 and report["pending"] == 1
+    assert report["stages"]["committed"] == 1 and report["pending"] == 1  # parked: not pending
+    assert [p["stage"] for p in report["parked"]] == ["put"]
     assert postgres.password not in report["index"] and "127.0.0.1" in report["index"]
 
     monkeypatch.setenv("GATEWAY_INDEX_URL", url)
     monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path / "data"))
+    assert main(["retry", "--all"]) == 0  # back at put, where it stopped
     assert main(["status", "--json"]) == 0
     out, err = capsys.readouterr()
-    assert json.loads(out)["pending"] == 1 and postgres.password not in out + err
+    shown = json.loads(out[out.index("{") :])
+    assert shown["parked"] == [] and shown["stages"]["put"] == 1
+    assert postgres.password not in out + err
     assert main(["backup", str(tmp_path / "index.dump")]) == 0
     assert main(["backup", str(tmp_path / "index.dump")]) == 1  # never overwritten
     out, err = capsys.readouterr()
     assert postgres.password not in out + err and "exists" in err
     copy = Index(pg_restore(postgres, tmp_path / "index.dump"))
-    assert sorted(r.stage for r in copy.all()) == ["committed", "seal"]
+    assert sorted(r.stage for r in copy.all()) == ["committed", "put", "seal"]
     copy.close()
 
 
