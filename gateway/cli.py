@@ -130,7 +130,7 @@ def _local_verifier(settings: Settings) -> Any:
         ledger=open_ledger(settings),
         pacs=open_pacs(settings),
         store=open_object_store(settings),
-        index=Index(settings.data_dir / "index.sqlite"),
+        index=Index(settings.index_location),
     )
 
 
@@ -315,7 +315,7 @@ def _cmd_token_revoke(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.ingest.status import status_report
 
-    report = status_report(settings.data_dir / "index.sqlite", limit=args.limit)
+    report = status_report(settings.index_location, limit=args.limit)
     if args.json:
         _print_json(report)
         return 0
@@ -407,16 +407,31 @@ def _cmd_fuzz(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if clean else 1
 
 
+def _cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
+    """A consistent copy of the index (VACUUM INTO for SQLite, pg_dump for PostgreSQL)."""
+    from pathlib import Path
+
+    from gateway.index.backup import backup
+    from gateway.index.engine import describe
+
+    dest = Path(args.dest)
+    size = backup(settings.index_location, dest)
+    print(f"index {describe(settings.index_location)} copied to {dest} ({size} bytes)")
+    return 0
+
+
 def _cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
     """Re-queue parked rows at the stage they stopped at; a running gateway picks them up."""
+    from pathlib import Path
+
     from gateway.index.db import Index
 
     if not args.all and not args.rows:
         raise ConfigError("name the rows to re-queue (see `xray-gateway status`), or --all")
-    path = settings.data_dir / "index.sqlite"
-    if not path.is_file():
-        raise ConfigError(f"no index at {path}")
-    index = Index(path)
+    location = settings.index_location
+    if isinstance(location, Path) and not location.is_file():
+        raise ConfigError(f"no index at {location}")
+    index = Index(location)
     try:
         requeued = index.requeue(None if args.all else list(args.rows))
     finally:
@@ -457,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--limit", type=int, default=10, help="failures to show (default 10)")
     status.set_defaults(handler=_cmd_status)
+
+    backup = sub.add_parser(
+        "backup", help="a consistent copy of the index (SQLite: VACUUM INTO; PostgreSQL: pg_dump)"
+    )
+    backup.add_argument("dest", metavar="DEST", help="the new file (never overwritten)")
+    backup.set_defaults(handler=_cmd_backup)
 
     retry = sub.add_parser(
         "retry", help="re-queue rows parked at stage failed (after their cause is fixed)"

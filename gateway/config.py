@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     plugin_index_url: SecretStr | None = None
     orthanc_dicom_port: int = Field(default=4242, ge=1, le=65535)
     store_url: str | None = None
+    # The index database: unset, a SQLite file in data_dir; postgresql://user:pw@host/db,
+    # PostgreSQL (gateway/index/engine.py). A secret: it may hold a password.
+    index_url: SecretStr | None = None
     s3_access_key: SecretStr | None = None
     s3_secret_key: SecretStr | None = None
     chain_url: str | None = None
@@ -161,12 +164,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_secrets(self) -> Settings:
-        for name in ("orthanc_index_url", "plugin_index_url"):
+        for name in ("index_url", "orthanc_index_url", "plugin_index_url"):
             url: SecretStr | None = getattr(self, name)
             if url is not None and not url.get_secret_value().startswith(
                 ("postgresql://", "postgres://")
             ):
-                raise ValueError(f"GATEWAY_{name.upper()} must be a postgresql:// URL")
+                unset = " (unset: SQLite)" if name == "index_url" else ""
+                raise ValueError(f"GATEWAY_{name.upper()} must be a postgresql:// URL{unset}")
         for name in ("s3_access_key", "s3_secret_key", "orthanc_stored_file_token"):
             secret: SecretStr | None = getattr(self, name)
             if secret is not None and secret.get_secret_value().strip().lower() in PLACEHOLDERS:
@@ -221,6 +225,13 @@ class Settings(BaseSettings):
     def plugin_alerts_path(self) -> Path:
         """The Orthanc plugin's alerts: ``alerts.sqlite`` in its alerts dir."""
         return (self.plugin_alerts_dir or self.data_dir) / "alerts.sqlite"
+
+    @property
+    def index_location(self) -> Path | str:
+        """The index: ``GATEWAY_INDEX_URL``, or ``index.sqlite`` in the data dir."""
+        if self.index_url is None:
+            return self.data_dir / "index.sqlite"
+        return self.index_url.get_secret_value()
 
     @property
     def embedded_chain(self) -> bool:

@@ -15,6 +15,8 @@ permanent, retried a few times and then parked.
     GatewayError
     ├── Unavailable               * not now (an outage, a wait): retried for as long as it takes
     ├── ConfigError                 settings missing, malformed or placeholder
+    │   └── IndexSchemaTooNew       the index was written by a newer gateway: refuse to run
+    ├── BackupFailed                `xray-gateway backup` could not take its copy
     ├── DatasetUnreadable           a received dataset cannot be understood (-> 0xC000-class)
     │   └── DatasetTooLarge         it inflates past GATEWAY_MAX_INSTANCE_BYTES (-> 0xA700)
     ├── SpoolUnavailable          * received bytes cannot be made durable (-> 0xA700)
@@ -52,7 +54,7 @@ permanent, retried a few times and then parked.
     ├── AuditRunning                a sweep is running already; ``.audit_id`` (-> 409)
     └── the Orthanc plugin's:
         ├── PluginConfigError       Orthanc's configuration defeats a check: refuse to start
-        ├── IndexUnavailable        the gateway's index cannot be read
+        ├── IndexUnavailable        the gateway's index cannot be read (or connected to)
         ├── OrthancResourceNotFound Orthanc has no such resource
         └── ReadRefused             an attachment is not served; ``.verdict`` says why
 """
@@ -90,6 +92,18 @@ def is_transient(exc: BaseException) -> bool:
 
 class ConfigError(GatewayError):
     """A setting is missing, malformed, or still a placeholder."""
+
+
+class IndexSchemaTooNew(ConfigError):
+    """The index's schema version is above what this code knows: a newer gateway wrote it.
+
+    Running on it could misread or overwrite columns this code does not know, so the
+    gateway refuses to start (and ``status`` to read) until it is upgraded.
+    """
+
+
+class BackupFailed(GatewayError):
+    """``xray-gateway backup`` could not take a consistent copy of the index."""
 
 
 class DatasetUnreadable(GatewayError):
@@ -362,7 +376,8 @@ class MustWait(Unavailable):
 
 
 class IndexUnavailable(GatewayError):
-    """The plugin cannot read the gateway's index (missing, locked too long, corrupt)."""
+    """The gateway's index cannot be read: missing, locked too long, corrupt, or (on
+    PostgreSQL) its server cannot be connected to. Raised by the plugin and the index."""
 
 
 class OrthancResourceNotFound(GatewayError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+from urllib.parse import unquote, urlsplit
 
 import uvicorn
 from pydantic import SecretStr
@@ -20,7 +21,9 @@ from gateway.api.deps import Services
 from gateway.api.limits import Limits, RateLimiter, UploadArea
 from gateway.config import Settings
 from gateway.core.keys import init_keys, load_keyring, load_pseudonym_key
+from gateway.errors import ConfigError
 from gateway.index.db import Index
+from gateway.index.evidence_view import prepare_evidence_reader
 from gateway.ingest.anchor import BatchAnchorer, SingleAnchorer
 from gateway.ingest.commitment import CommitmentSCP
 from gateway.ingest.forward import PacsForwarder
@@ -153,12 +156,36 @@ class Stack:
     def store_url(self) -> str:
         return self.settings.store_url or f"file://{(self.settings.data_dir / 'objects').resolve()}"
 
+    def _open_evidence_to_the_plugin(self) -> None:
+        """On a PostgreSQL index with ``GATEWAY_PLUGIN_INDEX_URL`` set: (re)create the plugin's
+        view and let the role that URL names read it, and nothing else (the role itself, with
+        its password, is the operator's: the gateway's role need not create roles)."""
+        s = self.settings
+        if s.index_url is None or s.plugin_index_url is None:
+            return
+        reader = urlsplit(s.plugin_index_url.get_secret_value()).username
+        if not reader:
+            raise ConfigError("GATEWAY_PLUGIN_INDEX_URL names no role (postgresql://ROLE:…@…)")
+        import psycopg
+
+        try:
+            prepare_evidence_reader(s.index_url.get_secret_value(), unquote(reader))
+        except psycopg.Error as exc:  # e.g. the role does not exist yet
+            raise ConfigError(
+                f"cannot let role {unquote(reader)!r} read the plugin's evidence view: "
+                f"{type(exc).__name__}: {str(exc).strip()}"
+            ) from None
+
     def start(self) -> None:
         s = self.settings
         # A bad certificate or key stops `up` before anything is started.
         server_tls, client_tls = self._tls_contexts()
         s.data_dir.mkdir(parents=True, exist_ok=True)
         try:
+            # The index first: a schema newer than this code's, or a PostgreSQL index that
+            # cannot be reached, stops `up` before anything is started.
+            self.index = Index(s.index_location)
+            self._open_evidence_to_the_plugin()
             if s.embedded_chain:
                 self.anvil = start_embedded_chain(s)
             self.ledger, self.deployment = ensure_contract(s)
@@ -170,7 +197,6 @@ class Stack:
             else:
                 self.pacs = external_pacs(s)
             self.store = open_object_store(s)
-            self.index = Index(s.data_dir / "index.sqlite")
             self.alerts = gateway_alerts(s)
             spool = self.spool = Spool(s.data_dir / "spool", reserve_bytes=s.spool_reserve_mb << 20)
             spool.clear_incoming()  # partial receptions from a crash were never acked

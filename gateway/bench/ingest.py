@@ -9,11 +9,16 @@ integrity plugin) over a fresh data dir. ``ack`` is storescu's wall time (every 
 answered); ``commit`` runs from storescu's start until the last instance's row is
 ``committed`` (sealed and stored, anchored, in Orthanc), from the rows' ``committed_at``.
 The seed paper's 100 chest images then go through the same gateway end to end.
+
+``postgres_ack_ratio``: the same CT series into one more fresh gateway whose index is on
+PostgreSQL (a throwaway cluster, :mod:`gateway.bench.postgres`), its ack time ÷ the
+SQLite gateway's.
 """
 
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +27,7 @@ from typing import Any
 from pydicom import dcmread
 
 from gateway.bench.peers import Gateway, direct_orthanc, storescu
+from gateway.bench.postgres import PostgresCluster
 from gateway.ledger.anvil import rpc
 
 Progress = Callable[[str], None]
@@ -112,3 +118,29 @@ def through_gateway(
         if code not in (0, None):
             say(f"the gateway exited with code {code}")
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def through_gateway_on_postgres(
+    *, workdir: Path, files: list[Path], say: Progress
+) -> dict[str, Any]:
+    """The CT series through a fresh gateway whose index is on a fresh PostgreSQL cluster."""
+    data_dir = workdir / "gateway-postgres"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    say("starting PostgreSQL (a throwaway cluster on a free port)")
+    # Not under workdir: the server runs as the postgres user, which needs its own dir.
+    cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="xray-bench-pg-"))).start()
+    try:
+        say("starting xray-gateway up with its index on PostgreSQL")
+        gateway = Gateway(data_dir, index_url=cluster.create_database())
+        gateway.start()
+        try:
+            say(f"storescu → gateway on PostgreSQL: {len(files)} CT files, then waiting for commit")
+            sent = _send(gateway, files)
+            return {"ct_ack_s": sent["ack_s"], "ct_commit_s": sent["commit_s"]}
+        finally:
+            code = gateway.stop()
+            if code not in (0, None):
+                say(f"the gateway exited with code {code}")
+            shutil.rmtree(data_dir, ignore_errors=True)
+    finally:
+        cluster.stop()

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from gateway.index.db import Index
 from gateway.pacs.embedded import EmbeddedOrthanc
 from gateway.procs import free_port
 
@@ -67,10 +67,12 @@ class Gateway:
 
     ``GATEWAY_BATCH_MAX`` and ``GATEWAY_BATCH_WINDOW_MS`` pass through from the
     environment, so that the anchor stage runs as the deployment configures it.
+    ``index_url`` puts the index on PostgreSQL (``GATEWAY_INDEX_URL``); unset, SQLite.
     """
 
     data_dir: Path
     startup_timeout: float = 300.0
+    index_url: str | None = None
 
     def __post_init__(self) -> None:
         keep = ("GATEWAY_BATCH_MAX", "GATEWAY_BATCH_WINDOW_MS")
@@ -86,6 +88,8 @@ class Gateway:
             GATEWAY_ORTHANC_DICOM_PORT=str(free_port()),
             TCP_NODELAY="1",
         )
+        if self.index_url is not None:
+            env["GATEWAY_INDEX_URL"] = self.index_url
         self.env = env
         self.ae_title = "XRAYGW"
         self.proc: subprocess.Popen[str] | None = None
@@ -143,13 +147,12 @@ class Gateway:
         return code
 
     def rows(self) -> list[dict[str, Any]]:
-        """The index's rows (read-only, while the gateway runs)."""
-        db = sqlite3.connect(f"file:{self.data_dir / 'index.sqlite'}?mode=ro", uri=True, timeout=30)
-        db.row_factory = sqlite3.Row
+        """The index's rows (read-only, while the gateway runs), on either engine."""
+        index = Index(self.index_url or self.data_dir / "index.sqlite", readonly=True)
         try:
-            return [dict(row) for row in db.execute("SELECT * FROM instances ORDER BY id")]
+            return [asdict(row) for row in index.all()]
         finally:
-            db.close()
+            index.close()
 
     def wait_done(
         self, sop_uids: set[str], *, timeout: float = 3600.0, poll: float = 0.25

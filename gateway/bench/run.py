@@ -23,7 +23,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from gateway.bench.anchoring import seed_anchoring
 from gateway.bench.chart import TARGETS, write_chart
-from gateway.bench.ingest import orthanc_direct, through_gateway
+from gateway.bench.ingest import orthanc_direct, through_gateway, through_gateway_on_postgres
 from gateway.bench.limits import machine_limits
 from gateway.bench.memory import large_instance_rss
 from gateway.bench.retrieval import retrieval_overhead
@@ -33,6 +33,7 @@ from gateway.bench.workload import Workload, prepare
 KEYS = (
     "ingest_ack_ratio",
     "commit_ratio",
+    "postgres_ack_ratio",
     "anchor_images_per_s",
     "gas_per_image_batched",
     "gas_per_image_single",
@@ -68,6 +69,7 @@ def headline(raw: dict[str, Any]) -> dict[str, Any]:
         "commit_ratio": round(gateway["ct_commit_s"] / direct["ct_s"], 3),
         "ingest_ack_ratio_dx": round(gateway["dx_ack_s"] / direct["dx_s"], 3),
         "commit_ratio_dx": round(gateway["dx_commit_s"] / direct["dx_s"], 3),
+        "postgres_ack_ratio": round(raw["gateway_postgres"]["ct_ack_s"] / gateway["ct_ack_s"], 3),
         "anchor_images_per_s": seed["anchor_images_per_s_batched"],
         "gas_per_image_batched": seed["gas_per_image_batched"],
         "gas_per_image_single": seed["gas_per_image_single"],
@@ -98,7 +100,7 @@ def run_bench(
     columns = (SpinnerColumn(), TextColumn("[bold]{task.fields[part]}[/] {task.description}"),
                BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())  # fmt: skip
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("generating fixtures", total=7, part="data")
+        task = progress.add_task("generating fixtures", total=8, part="data")
 
         def stage(part: str) -> Callable[[str], None]:
             def say(message: str) -> None:
@@ -125,6 +127,12 @@ def run_bench(
         g = raw["gateway"]
         done("2/6 gateway", f"CT ack {g['ct_ack_s']} s, commit {g['ct_commit_s']} s; DX ack "
              f"{g['dx_ack_s']} s, commit {g['dx_commit_s']} s; seed end to end {g['seed_workload_s']} s")  # fmt: skip
+
+        raw["gateway_postgres"] = through_gateway_on_postgres(
+            workdir=work, files=files.ct, say=stage("2/6")
+        )
+        p = raw["gateway_postgres"]
+        done("2/6 gateway on PostgreSQL", f"CT ack {p['ct_ack_s']} s, commit {p['ct_commit_s']} s")
 
         raw["seed_anchoring"] = seed_anchoring(workdir=work, files=files.seed, say=stage("3/6"))
         s = raw["seed_anchoring"]

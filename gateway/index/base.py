@@ -1,5 +1,5 @@
-"""What the gateway's checks read from the index: one small interface, met by the SQLite
-index (:class:`gateway.index.db.Index`) and by whatever index replaces it."""
+"""What the gateway's checks read from the index: one small interface, met by the index
+(:class:`gateway.index.db.Index`, on SQLite or PostgreSQL) and by in-memory stand-ins."""
 
 from __future__ import annotations
 
@@ -34,4 +34,4 @@ class IndexRows(Protocol):
 if TYPE_CHECKING:
 
     def _meets_the_interface(index: Index) -> IndexRows:
-        return index  # mypy --strict holds the SQLite index to the interface
+        return index  # mypy --strict holds the index to the interface

@@ -1,10 +1,15 @@
-"""The local index (SQLite in the data dir): one row per received instance, its stage and evidence.
+"""The index: one row per received instance, its stage and evidence; SQLite or PostgreSQL.
+
+The database is a SQLite file in the data dir (the embedded default) or PostgreSQL
+(``GATEWAY_INDEX_URL``), through :mod:`gateway.index.engine`; its schema is the numbered
+steps of :mod:`gateway.index.schema`, run when the index is opened.
 
 Every stage after the ack is a persisted task: a row's ``stage`` says what must happen
 next, and a restart resumes from there. A task that kept failing for a permanent reason
 is parked at stage ``failed`` (``parked_stage`` says where it stopped, ``last_error``
-why; its spool file is kept) until an operator re-queues it (:meth:`Index.requeue`). WAL with ``synchronous=FULL`` makes a committed
-row survive power loss, which the ack relies on.
+why; its spool file is kept) until an operator re-queues it (:meth:`Index.requeue`). A
+committed row survives power loss (SQLite: WAL with ``synchronous=FULL``; PostgreSQL:
+``synchronous_commit``), which the ack relies on.
 
 ``spool_sha256`` binds a row to what was acknowledged: the SHA-256 of the spool file as
 it was received, stored in the same commit as the row, compared by the fingerprint stage
@@ -13,7 +18,6 @@ with the bytes it reads (NULL on rows acked before the column existed: not check
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -22,84 +26,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from gateway.errors import IndexUnavailable
+from gateway.index import schema
+from gateway.index.engine import Connection, connect, describe
 from gateway.index.queries import IS_FINGERPRINTED_VERSION, IS_VERSION
 
 STAGES = ("fingerprint", "seal", "put", "anchor", "forward", "committed")
 DONE_STAGES = ("committed", "duplicate", "rejected", "conflict", "failed")
 PARKED = "failed"  # no automatic work left, but not done: waits for `xray-gateway retry`
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS instances (
-    id INTEGER PRIMARY KEY,
-    entry_id TEXT NOT NULL UNIQUE,
-    sop_instance_uid TEXT NOT NULL,
-    sop_class_uid TEXT NOT NULL,
-    calling_aet TEXT NOT NULL DEFAULT '',
-    received_at REAL NOT NULL,
-    size INTEGER NOT NULL,
-    stage TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL DEFAULT 0,
-    last_error TEXT,
-    study_instance_uid TEXT,
-    series_instance_uid TEXT,
-    record_key BLOB,
-    patient_key BLOB,
-    digest BLOB,
-    pixel_digest BLOB,
-    transfer_syntax TEXT,
-    modality TEXT,
-    body_part TEXT,
-    version INTEGER,
-    kek_id TEXT,
-    object_name TEXT,
-    tx_hash TEXT,
-    block_number INTEGER,
-    block_time INTEGER,
-    recorder TEXT,
-    batch_id INTEGER,
-    leaf_index INTEGER,
-    proof BLOB,
-    orthanc_id TEXT,
-    conflict TEXT,
-    committed_at REAL,
-    strikes INTEGER NOT NULL DEFAULT 0,
-    parked_stage TEXT,
-    spool_sha256 BLOB
-);
-CREATE INDEX IF NOT EXISTS instances_due ON instances (stage, next_attempt_at);
-CREATE INDEX IF NOT EXISTS instances_uid ON instances (sop_instance_uid);
-CREATE INDEX IF NOT EXISTS instances_key ON instances (record_key, digest);
-CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
-CREATE TABLE IF NOT EXISTS batches (
-    id INTEGER PRIMARY KEY,
-    root BLOB NOT NULL UNIQUE,
-    count INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    state TEXT NOT NULL DEFAULT 'open',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL DEFAULT 0,
-    last_error TEXT,
-    batch_id INTEGER,
-    tx_hash TEXT,
-    block_number INTEGER
-);
-CREATE TABLE IF NOT EXISTS batch_members (
-    batch INTEGER NOT NULL REFERENCES batches (id),
-    leaf_index INTEGER NOT NULL,
-    row_id INTEGER NOT NULL REFERENCES instances (id),
-    PRIMARY KEY (batch, leaf_index)
-);
-CREATE INDEX IF NOT EXISTS batch_members_row ON batch_members (row_id);
-"""
-
-# Columns added after the first schema: (name, declaration), added to an older index on open.
-ADDED_COLUMNS = (
-    ("strikes", "INTEGER NOT NULL DEFAULT 0"),
-    ("parked_stage", "TEXT"),
-    ("spool_sha256", "BLOB"),
-)
-
 
 # Parks rows (stage ``failed``, the stage they were at kept); parameters: PARKED, error.
 _PARK = (
@@ -172,42 +106,49 @@ class PendingBatch:
 class Index:
     """Thread-safe access to the index database.
 
+    ``location`` is a SQLite file (a path) or a ``postgresql://`` URL. Opening runs the
+    schema's missing steps (:func:`gateway.index.schema.migrate`) and refuses a schema
+    newer than this code's (:class:`~gateway.errors.IndexSchemaTooNew`).
+
     ``readonly=True`` opens an existing index without writing to it (``xray-gateway
-    status``), whether or not a gateway has it open at the same time.
+    status``), whether or not a gateway has it open at the same time; an older schema is
+    read as it is (added columns show their defaults).
     """
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, location: Path | str, *, readonly: bool = False) -> None:
         self._lock = threading.RLock()
-        if readonly:
-            if not path.is_file():
-                raise FileNotFoundError(f"no index at {path}")
-            self._db = sqlite3.connect(
-                f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
-                isolation_level=None,
-            )  # fmt: skip
-            self._db.execute("PRAGMA busy_timeout = 5000")
+        self.location = location
+        #: ``location`` as messages may show it (no password).
+        self.where = describe(location)
+        self._db: Connection = connect(location, readonly=readonly)
+        # PostgreSQL: the ack's insert has a session of its own, so that a C-STORE never
+        # waits behind the pipeline's transactions (round trips under the index lock).
+        # SQLite keeps one connection: its writers take one lock whatever the connection.
+        self._ack_lock = threading.Lock()
+        self._ack: Connection | None = None
+        try:
+            if readonly:
+                schema.check(schema.version(self._db), self.where)
+                if not self._db.columns("instances"):  # an empty database: no gateway yet
+                    raise IndexUnavailable(f"no index at {self.where} (no instances table)")
+            else:
+                schema.migrate(self._db, where=self.where)
+                if self._db.engine == "postgresql":
+                    self._ack = connect(location)
             self._select = self._selection()
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-            present = self._present_columns()
-            for name, declaration in ADDED_COLUMNS:
-                if present and name not in present:
-                    self._db.execute(f"ALTER TABLE instances ADD COLUMN {name} {declaration}")
-        self._select = self._selection()
+        except BaseException:
+            self._db.close()
+            raise
 
-    def _present_columns(self) -> set[str]:
-        with self._lock:
-            return {str(r[1]) for r in self._db.execute("PRAGMA table_info(instances)")}
+    @property
+    def engine(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._db.engine
 
     def _selection(self) -> str:
         """The SELECT list: an older index opened read-only shows added columns' defaults."""
-        present = self._present_columns()
-        defaults = {"strikes": "0", "parked_stage": "NULL", "spool_sha256": "NULL"}
+        present = self._db.columns("instances")
+        defaults = schema.added_columns("instances")
         return ", ".join(
             name if not present or name in present else f"{defaults[name]} AS {name}"
             for name in COLUMNS
@@ -216,18 +157,21 @@ class Index:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        with self._ack_lock:
+            if self._ack is not None:
+                self._ack.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """An IMMEDIATE transaction under the index lock."""
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction under the index lock (SQLite: ``BEGIN IMMEDIATE``)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.begin()
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.rollback()
                 raise
-            self._db.execute("COMMIT")
+            self._db.commit()
 
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
         with self._lock:
@@ -249,15 +193,16 @@ class Index:
         ``spool_sha256`` is the spool file's SHA-256 as it was received: the fingerprint
         stage refuses a file that no longer hashes to it.
         """
-        with self.transaction() as db:
-            cursor = db.execute(
+        db, lock = (self._db, self._lock) if self._ack is None else (self._ack, self._ack_lock)
+        with lock:  # one statement: its own transaction on both engines, one round trip
+            (row_id,) = db.execute(
                 "INSERT INTO instances (entry_id, sop_instance_uid, sop_class_uid, calling_aet,"
                 " received_at, size, stage, spool_sha256)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'fingerprint', ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, 'fingerprint', ?) RETURNING id",
                 (entry_id, sop_instance_uid, sop_class_uid, calling_aet, time.time(), size,
                  spool_sha256),
-            )  # fmt: skip
-            return int(cursor.lastrowid or 0)
+            ).fetchone()  # fmt: skip
+            return int(row_id)
 
     def get(self, row_id: int) -> Row:
         (row,) = self._rows("WHERE id = ?", (row_id,))
@@ -359,6 +304,7 @@ class Index:
         the stage it moved to, its version (0 for a duplicate) and the row it duplicates.
         """
         with self.transaction() as db:
+            db.serialize(values["record_key"])  # two claims of one record never interleave
             cursor = db.execute(
                 "SELECT id, digest, version FROM instances WHERE record_key = ? AND id != ?"
                 f" AND {IS_FINGERPRINTED_VERSION} ORDER BY id",
@@ -424,6 +370,7 @@ class Index:
             A member already belongs to an open batch (it would be anchored twice).
         """
         with self.transaction() as db:
+            db.serialize(b"batch_members")  # the check and the insert, one writer at a time
             marks = ", ".join("?" for _ in members)
             taken = db.execute(
                 f"SELECT m.row_id FROM batch_members m JOIN batches b ON b.id = m.batch"
@@ -432,16 +379,15 @@ class Index:
             ).fetchall()
             if taken:
                 raise ValueError(f"rows {[r for (r,) in taken]} are already in an open batch")
-            cursor = db.execute(
-                "INSERT INTO batches (root, count, created_at) VALUES (?, ?, ?)",
+            (batch,) = db.execute(
+                "INSERT INTO batches (root, count, created_at) VALUES (?, ?, ?) RETURNING id",
                 (root, len(members), time.time()),
-            )
-            batch = int(cursor.lastrowid or 0)
+            ).fetchone()
             db.executemany(
                 "INSERT INTO batch_members (batch, leaf_index, row_id) VALUES (?, ?, ?)",
                 [(batch, i, row_id) for i, row_id in enumerate(members)],
             )
-        return PendingBatch(batch, root, len(members), tuple(members), 0, None)
+        return PendingBatch(int(batch), root, len(members), tuple(members), 0, None)
 
     def open_batches(
         self, *, now: float | None = None, due_only: bool = True
@@ -580,7 +526,10 @@ class Index:
     # -- what `status` and /metrics show ----------------------------------------------------
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Run a read-only statement (for modules that keep their own table here)."""
+        """Run a read-only statement (for modules that keep their own table here).
+
+        Written in SQLite's spelling with ``?`` placeholders; it runs on either engine.
+        """
         with self._lock:
             return [tuple(values) for values in self._db.execute(sql, params).fetchall()]
 

@@ -71,25 +71,7 @@ CLASS_INSTANCE_CONFLICT = 0x0119
 MISSING_ATTRIBUTE = 0x0120
 NO_SUCH_ACTION = 0x0123
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS commitments (
-    id INTEGER PRIMARY KEY,
-    transaction_uid TEXT NOT NULL,
-    calling_aet TEXT NOT NULL,
-    refs TEXT NOT NULL,
-    received_at REAL NOT NULL,
-    deadline REAL NOT NULL,
-    state TEXT NOT NULL,
-    event_type INTEGER,
-    report TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL DEFAULT 0,
-    last_error TEXT,
-    reported_at REAL,
-    tls INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS commitments_due ON commitments (state, next_attempt_at);
-"""
+# The ``commitments`` table is part of the index's schema (gateway/index/schema.py).
 # state: 'open' (waiting for its instances), 'ready' (report decided, not yet delivered),
 # 'reported' (the modality answered the N-EVENT-REPORT)
 
@@ -240,29 +222,22 @@ class Undelivered(NamedTuple):
 class CommitmentLog:
     """The ``commitments`` table in the index database: requests survive a restart.
 
-    ``readonly=True`` reads an index opened read-only (``xray-gateway status``): the
-    table is neither created nor upgraded, so on an index from before Storage Commitment
-    the queries raise ``sqlite3.OperationalError``.
+    The table is made by the index's schema steps when the index is opened.
+    ``readonly=True`` reads an index opened read-only (``xray-gateway status``): on an
+    index from before Storage Commitment the queries raise one of
+    :data:`~gateway.index.engine.DATABASE_ERRORS`.
     """
 
     def __init__(self, index: Index, *, readonly: bool = False) -> None:
         self.index = index
-        if readonly:
-            return
-        with index.transaction() as db:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(commitments)")}
-            if "tls" not in columns:  # an index from before DICOM TLS
-                db.execute("ALTER TABLE commitments ADD COLUMN tls INTEGER NOT NULL DEFAULT 0")
+        self.readonly = readonly
 
     def add(self, *, transaction_uid: str, calling_aet: str, refs: list[Reference],
             deadline: float, tls: bool = False) -> int:  # fmt: skip
         with self.index.transaction() as db:
-            cursor = db.execute(
+            (request_id,) = db.execute(
                 "INSERT INTO commitments (transaction_uid, calling_aet, refs, received_at,"
-                " deadline, state, tls) VALUES (?, ?, ?, ?, ?, 'open', ?)",
+                " deadline, state, tls) VALUES (?, ?, ?, ?, ?, 'open', ?) RETURNING id",
                 (
                     transaction_uid,
                     calling_aet,
@@ -271,8 +246,8 @@ class CommitmentLog:
                     deadline,
                     int(tls),
                 ),
-            )
-            return int(cursor.lastrowid or 0)
+            ).fetchone()
+            return int(request_id)
 
     def get(self, request_id: int) -> Request:
         (values,) = self.index.query(

@@ -8,26 +8,32 @@ it is fingerprinted.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, IndexSchemaTooNew, IndexUnavailable
 from gateway.index.db import DONE_STAGES, STAGES, Index, Row
+from gateway.index.engine import DATABASE_ERRORS, describe
 from gateway.ingest.commitment import CommitmentLog, Undelivered
+
+# What opening or reading an index may raise when it is missing or cannot be read.
+_UNREADABLE: tuple[type[Exception], ...] = (FileNotFoundError, IndexUnavailable, *DATABASE_ERRORS)
 
 #: The commitment request states ``status`` counts, in the order it prints them.
 COMMITMENT_STATES = ("open", "ready", "reported")
 
 
-def status_report(path: Path, *, limit: int = 10, now: float | None = None) -> dict[str, Any]:
+def status_report(
+    location: Path | str, *, limit: int = 10, now: float | None = None
+) -> dict[str, Any]:
     """The index at ``path`` as ``status`` prints it (and ``status --json`` dumps it).
 
     Parameters
     ----------
-    path:
-        The index database; opened read-only, whether or not a gateway has it open.
+    location:
+        The index database (a SQLite file or a ``postgresql://`` URL); opened read-only,
+        whether or not a gateway has it open. Shown without its password.
     limit:
         The most failing rows, parked rows and undelivered reports to list.
     now:
@@ -36,12 +42,17 @@ def status_report(path: Path, *, limit: int = 10, now: float | None = None) -> d
     Raises
     ------
     ConfigError
-        There is no index at ``path``, or it cannot be read.
+        There is no index at ``location``, or it cannot be read.
+    IndexSchemaTooNew
+        A newer gateway wrote the index.
     """
+    where = describe(location)
     try:
-        index = Index(path, readonly=True)
-    except (FileNotFoundError, sqlite3.Error) as exc:
-        raise ConfigError(f"cannot read the index at {path}: {exc}") from exc
+        index = Index(location, readonly=True)
+    except IndexSchemaTooNew:
+        raise
+    except _UNREADABLE as exc:
+        raise ConfigError(f"cannot read the index at {where}: {exc}") from None
     now = time.time() if now is None else now
     try:
         counts = index.stage_counts()
@@ -54,7 +65,7 @@ def status_report(path: Path, *, limit: int = 10, now: float | None = None) -> d
     stages = [*STAGES, *(st for st in DONE_STAGES if st not in STAGES)]
     stages += sorted(set(counts) - set(stages))
     return {
-        "index": str(path),
+        "index": where,
         "stages": {stage: counts.get(stage, 0) for stage in stages},
         "pending": sum(n for stage, n in counts.items() if stage not in DONE_STAGES),
         "oldest_pending": None if oldest is None else _oldest(oldest, now),
@@ -68,7 +79,7 @@ def status_report(path: Path, *, limit: int = 10, now: float | None = None) -> d
 def _commitments(log: CommitmentLog, limit: int) -> tuple[dict[str, int], list[Undelivered]]:
     try:
         return log.counts(), log.undelivered(limit)
-    except sqlite3.OperationalError:  # an index from before Storage Commitment
+    except DATABASE_ERRORS:  # an index from before Storage Commitment
         return {}, []
 
 

@@ -35,10 +35,14 @@ from typing import Any
 
 from gateway.errors import AuditRunning, GatewayError, UnknownInstance
 from gateway.index.db import Index, error_class
+from gateway.index.engine import DATABASE_ERRORS
 from gateway.index.queries import is_version
 from gateway.trust.alerts import Alerts
 from gateway.trust.verdicts import STATUSES, TABLE
 from gateway.trust.verify import PENDING_STAGES, Verdict, Verifier
+
+# What a pending check may fail with and try again on its next tick (either index engine).
+_RETRIED: tuple[type[Exception], ...] = (GatewayError, *DATABASE_ERRORS)
 
 log = logging.getLogger(__name__)
 
@@ -411,5 +415,5 @@ class PendingWatch:
         while not self._stop.wait(self.interval):
             try:
                 self.check()
-            except (GatewayError, sqlite3.Error) as exc:  # retried on the next tick
+            except _RETRIED as exc:  # retried on the next tick
                 log.error("the pending check failed: %s", exc)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from gateway.procs import free_port
 
@@ -94,7 +95,14 @@ class Up:
         raise KeyError(label)
 
     def rows(self) -> list[sqlite3.Row]:
-        """The gateway's index, read-only."""
+        """The gateway's index, read-only (PostgreSQL's rows read by column name alike)."""
+        if "GATEWAY_INDEX_URL" in self.env:
+            import psycopg
+            from psycopg.rows import dict_row
+
+            with psycopg.connect(self.env["GATEWAY_INDEX_URL"], row_factory=dict_row) as pg:
+                found: list[Any] = pg.execute("SELECT * FROM instances ORDER BY id").fetchall()
+                return found
         db = sqlite3.connect(f"file:{self.data_dir / 'index.sqlite'}?mode=ro", uri=True)
         db.row_factory = sqlite3.Row
         try:

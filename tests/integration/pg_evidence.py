@@ -1,14 +1,13 @@
 """The gateway's index in PostgreSQL for the plugin tests: its tables, rows copied from an
 SQLite index the tests recorded, the plugin's view and its read-only role.
 
-The tables come from the SQLite schema (``gateway/index/db.py`` ``SCHEMA``) with
-PostgreSQL's types, the same names and columns: what the gateway's own port of the index
-creates. Rows keep their ids, so the order of versions is the same on both engines.
+The tables are the gateway's own: opening :class:`gateway.index.db.Index` on the URL runs
+the schema's steps on PostgreSQL. Rows keep their ids, so the order of versions is the
+same on both engines.
 """
 
 from __future__ import annotations
 
-import re
 import secrets
 import sqlite3
 from pathlib import Path
@@ -16,22 +15,15 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from gateway.index.db import SCHEMA
+from gateway.index.db import Index
 from gateway.index.evidence_view import prepare_evidence_reader
 from tests.integration.postgres import PostgresCluster
-
-
-def postgres_schema() -> str:
-    """``SCHEMA`` in PostgreSQL's types: BLOB is BYTEA, REAL is DOUBLE PRECISION, INTEGER BIGINT."""
-    schema = SCHEMA.replace("INTEGER PRIMARY KEY", "BIGINT PRIMARY KEY")
-    schema = re.sub(r"\bBLOB\b", "BYTEA", schema)
-    schema = re.sub(r"\bREAL\b", "DOUBLE PRECISION", schema)
-    return re.sub(r"\bINTEGER\b", "BIGINT", schema)
 
 
 def copy_index(sqlite_path: Path, url: str) -> int:
     """Create the tables in ``url`` (if absent) and copy the ``instances`` rows it lacks
     (by id: the same rows with the same ids on both engines); the count copied."""
+    Index(url).close()  # the gateway's schema steps, on PostgreSQL
     source = sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True)
     try:
         cursor = source.execute("SELECT * FROM instances ORDER BY id")
@@ -43,10 +35,8 @@ def copy_index(sqlite_path: Path, url: str) -> int:
         sql.SQL(", ").join(map(sql.Identifier, columns)),
         sql.SQL(", ").join(sql.Placeholder() * len(columns)),
     )
-    with psycopg.connect(url) as db:
-        db.execute(postgres_schema())  # type: ignore[arg-type]  # the schema is ours
-        with db.cursor() as cur:
-            cur.executemany(insert, rows)
+    with psycopg.connect(url) as db, db.cursor() as cur:
+        cur.executemany(insert, rows)
     return len(rows)
 
 

@@ -38,6 +38,7 @@ def test_quick_bench_writes_every_key_and_the_chart(tmp_path: Path) -> None:
     assert set(raw) == {
         "orthanc_direct",
         "gateway",
+        "gateway_postgres",
         "seed_anchoring",
         "retrieval",
         "memory",

@@ -124,3 +124,18 @@ def test_postgresql_urls_for_orthanc_and_the_plugin_are_secret_and_checked(
     monkeypatch.setenv("GATEWAY_PLUGIN_INDEX_URL", "sqlite:///var/index.sqlite")
     with pytest.raises(ValueError, match="GATEWAY_PLUGIN_INDEX_URL must be a postgresql://"):
         Settings()
+
+
+def test_the_index_url_selects_postgres_and_is_kept_secret(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path))
+    assert Settings().index_location == tmp_path / "index.sqlite"  # unset: SQLite
+    url = "postgresql://xray:s3cret-pw@db.example:5432/xray"
+    monkeypatch.setenv("GATEWAY_INDEX_URL", url)
+    settings = Settings()
+    assert settings.index_location == url
+    assert "s3cret-pw" not in repr(settings) and "s3cret-pw" not in str(settings)
+    monkeypatch.setenv("GATEWAY_INDEX_URL", "mysql://xray:pw@db/xray")
+    with pytest.raises(ValueError, match="postgresql://"):
+        Settings()

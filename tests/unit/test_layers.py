@@ -103,7 +103,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "core": {"foundation"},  # pure rules: digest, seal, merkle, keys, ownership, allowlist
     "config": {"foundation", "core"},
     "store": {"foundation", "core", "config"},  # object store backends
-    "index": {"foundation", "core", "config"},  # the SQLite index
+    "index": {"foundation", "core", "config"},  # the index: SQLite or PostgreSQL
     "ledger": {"foundation", "core", "config"},  # the xray contract and its chain
     "pacs": {"foundation", "core", "config"},  # Orthanc: REST client, embedded server
     "trust": BELOW_TRUST,  # verdicts, verify, audit, restore, views, alerts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,6 @@ from gateway.ingest.commitment import (
     CLASS_INSTANCE_CONFLICT,
     NO_SUCH_OBJECT_INSTANCE,
     PROCESSING_FAILURE,
-    SCHEMA,
     SUCCESS,
     CommitmentLog,
     Reference,
@@ -21,6 +21,7 @@ from gateway.ingest.commitment import (
     decide,
     instance_result,
 )
+from tests.unit.index.test_db import legacy_index
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -132,17 +133,17 @@ def test_whether_a_request_came_over_tls_is_kept_and_old_indexes_gain_the_column
     tmp_path: Path,
 ) -> None:
     """A report after a restart must still go over TLS; rows from before TLS stay plain."""
-    index = Index(tmp_path / "index.sqlite")
-    old_schema = SCHEMA.replace(",\n    tls INTEGER NOT NULL DEFAULT 0", "")
-    assert "tls" not in old_schema
-    with index.transaction() as db:
-        for statement in old_schema.split(";"):
-            if statement.strip():
-                db.execute(statement)
-        db.execute(
-            "INSERT INTO commitments (transaction_uid, calling_aet, refs, received_at, deadline,"
-            " state) VALUES ('1.2.3', 'CT1', '[]', 0, 0, 'open')"
-        )
+    path = tmp_path / "index.sqlite"
+    legacy_index(path, 5)  # the commitments table as it was before DICOM TLS
+    db = sqlite3.connect(path)
+    assert "tls" not in {r[1] for r in db.execute("PRAGMA table_info(commitments)")}
+    db.execute(
+        "INSERT INTO commitments (transaction_uid, calling_aet, refs, received_at, deadline,"
+        " state) VALUES ('1.2.3', 'CT1', '[]', 0, 0, 'open')"
+    )
+    db.commit()
+    db.close()
+    index = Index(path)
     log = CommitmentLog(index)
     assert log.get(1).tls is False
     later = log.add(transaction_uid="1.2.4", calling_aet="CT1", refs=[], deadline=0, tls=True)

@@ -16,7 +16,7 @@ from gateway.ingest.pipeline import (
     STAGE_TABLE,
     TRANSIENT_CAP_S,
 )
-from tests.unit.ingest.conftest import CT, Line
+from tests.unit.ingest.conftest import Line
 
 
 def test_the_stage_table_runs_the_index_stages_in_order() -> None:
@@ -167,22 +167,10 @@ def test_a_record_the_chain_lost_is_anchored_again_where_it_stands(line: Line) -
 
 
 def test_an_index_from_before_parking_is_upgraded(tmp_path: Path) -> None:
-    import sqlite3
+    from tests.unit.index.test_db import legacy_index
 
-    from gateway.index.db import SCHEMA
-
-    old = SCHEMA.replace(",\n    strikes INTEGER NOT NULL DEFAULT 0,\n    parked_stage TEXT", "")
-    assert "strikes" not in old
     path = tmp_path / "index.sqlite"
-    db = sqlite3.connect(path)
-    db.executescript(old)
-    db.execute(
-        "INSERT INTO instances (entry_id, sop_instance_uid, sop_class_uid, received_at, size,"
-        " stage) VALUES ('e1', '1.2.3', ?, 0, 1, 'anchor')",
-        (CT,),
-    )
-    db.commit()
-    db.close()
+    legacy_index(path, 1)  # before strikes and parked_stage
     readonly = Index(path, readonly=True)  # `status` on an index not yet upgraded
     assert readonly.all()[0].strikes == 0 and readonly.parked() == []
     readonly.close()

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import sqlite3
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 from gateway.errors import SpoolUnavailable
-from gateway.index.db import SCHEMA, Index
+from gateway.index.db import Index
 from gateway.ingest.spool import CHECK_EVERY, Spool
+from tests.unit.index.test_db import legacy_index
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -169,18 +169,8 @@ def test_leftovers_of_a_crash_are_cleared_and_ready_entries_kept(tmp_path: Path)
 
 
 def test_an_index_from_before_spool_binding_is_upgraded(tmp_path: Path) -> None:
-    old = SCHEMA.replace(",\n    spool_sha256 BLOB", "")
-    assert "spool_sha256" not in old
     path = tmp_path / "index.sqlite"
-    db = sqlite3.connect(path)
-    db.executescript(old)
-    db.execute(
-        "INSERT INTO instances (entry_id, sop_instance_uid, sop_class_uid, received_at, size,"
-        " stage) VALUES ('e1', '1.2.3', ?, 0, 1, 'fingerprint')",
-        (CT,),
-    )
-    db.commit()
-    db.close()
+    legacy_index(path, 3)  # before spool_sha256
 
     readonly = Index(path, readonly=True)  # `status` on an index not yet upgraded
     assert readonly.all()[0].spool_sha256 is None

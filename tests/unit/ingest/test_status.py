@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, IndexSchemaTooNew
+from gateway.index import schema
 from gateway.index.db import Index
 from gateway.ingest.commitment import CommitmentLog, Reference, Report
 from gateway.ingest.status import status_report
+from tests.unit.index.test_db import legacy_index, set_version
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -44,13 +46,13 @@ def test_commitment_requests_are_counted_and_undelivered_reports_listed(tmp_path
 
 
 def test_an_index_from_before_storage_commitment_shows_no_requests(tmp_path: Path) -> None:
-    Index(tmp_path / "index.sqlite").close()  # no commitments table
+    legacy_index(tmp_path / "index.sqlite", 4)  # no commitments table, one row at anchor
 
     shown = status_report(tmp_path / "index.sqlite")
 
     assert shown["commitment_requests"] == {"open": 0, "ready": 0, "reported": 0}
     assert shown["commitment_undelivered"] == []
-    assert shown["pending"] == 0 and shown["oldest_pending"] is None
+    assert shown["pending"] == 1 and shown["stages"]["anchor"] == 1
 
 
 def test_ages_and_retry_delays_count_from_now(tmp_path: Path) -> None:
@@ -74,3 +76,11 @@ def test_a_missing_index_is_a_config_error_and_is_not_created(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="cannot read the index"):
         status_report(tmp_path / "index.sqlite")
     assert not (tmp_path / "index.sqlite").exists()
+
+
+def test_an_index_written_by_a_newer_gateway_is_refused_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    Index(path).close()
+    set_version(path, schema.LATEST + 1)
+    with pytest.raises(IndexSchemaTooNew, match="upgrade the gateway"):
+        status_report(path)

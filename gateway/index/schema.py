@@ -1,0 +1,202 @@
+"""The index's schema as numbered steps, run on open; a newer schema than the code's is refused.
+
+``schema_version`` holds one number: how many of :data:`STEPS` the database has had. An
+index made before the table existed (version 0) gets every step; each step is
+idempotent (``IF NOT EXISTS``, a column added only when absent), so an index that
+already had a later table or column is upgraded without harm. Steps are only ever
+appended: a released step is never edited.
+
+A database whose version is above ``len(STEPS)`` was written by a newer gateway: opening
+it raises :class:`~gateway.errors.IndexSchemaTooNew` rather than run on rows this code
+does not understand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.errors import IndexSchemaTooNew
+from gateway.index.engine import Connection
+
+
+@dataclass(frozen=True)
+class Create:
+    """``CREATE … IF NOT EXISTS`` statements (SQLite's spelling; translated for PostgreSQL)."""
+
+    sql: str
+
+
+@dataclass(frozen=True)
+class AddColumn:
+    """A column added to an existing table, unless it is there already."""
+
+    table: str
+    name: str
+    declaration: str
+
+
+Step = Create | AddColumn
+
+_INSTANCES = """
+CREATE TABLE IF NOT EXISTS instances (
+    id INTEGER PRIMARY KEY,
+    entry_id TEXT NOT NULL UNIQUE,
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    calling_aet TEXT NOT NULL DEFAULT '',
+    received_at REAL NOT NULL,
+    size INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    study_instance_uid TEXT,
+    series_instance_uid TEXT,
+    record_key BLOB,
+    patient_key BLOB,
+    digest BLOB,
+    pixel_digest BLOB,
+    transfer_syntax TEXT,
+    modality TEXT,
+    body_part TEXT,
+    version INTEGER,
+    kek_id TEXT,
+    object_name TEXT,
+    tx_hash TEXT,
+    block_number INTEGER,
+    block_time INTEGER,
+    recorder TEXT,
+    batch_id INTEGER,
+    leaf_index INTEGER,
+    proof BLOB,
+    orthanc_id TEXT,
+    conflict TEXT,
+    committed_at REAL
+);
+CREATE INDEX IF NOT EXISTS instances_due ON instances (stage, next_attempt_at);
+CREATE INDEX IF NOT EXISTS instances_uid ON instances (sop_instance_uid);
+CREATE INDEX IF NOT EXISTS instances_key ON instances (record_key, digest);
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY,
+    root BLOB NOT NULL UNIQUE,
+    count INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'open',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    batch_id INTEGER,
+    tx_hash TEXT,
+    block_number INTEGER
+);
+CREATE TABLE IF NOT EXISTS batch_members (
+    batch INTEGER NOT NULL REFERENCES batches (id),
+    leaf_index INTEGER NOT NULL,
+    row_id INTEGER NOT NULL REFERENCES instances (id),
+    PRIMARY KEY (batch, leaf_index)
+);
+CREATE INDEX IF NOT EXISTS batch_members_row ON batch_members (row_id);
+"""
+
+# Storage Commitment requests (gateway/ingest/commitment.py), kept beside the rows.
+# state: 'open' (waiting for its instances), 'ready' (report decided, not yet delivered),
+# 'reported' (the modality answered the N-EVENT-REPORT)
+_COMMITMENTS = """
+CREATE TABLE IF NOT EXISTS commitments (
+    id INTEGER PRIMARY KEY,
+    transaction_uid TEXT NOT NULL,
+    calling_aet TEXT NOT NULL,
+    refs TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    deadline REAL NOT NULL,
+    state TEXT NOT NULL,
+    event_type INTEGER,
+    report TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    reported_at REAL
+);
+CREATE INDEX IF NOT EXISTS commitments_due ON commitments (state, next_attempt_at);
+"""
+
+#: Every step, in order; the schema's version is how many of them a database has had.
+STEPS: tuple[Step, ...] = (
+    Create(_INSTANCES),  # 1: rows, batches, batch members
+    AddColumn("instances", "strikes", "INTEGER NOT NULL DEFAULT 0"),  # 2
+    AddColumn("instances", "parked_stage", "TEXT"),  # 3
+    AddColumn("instances", "spool_sha256", "BLOB"),  # 4
+    Create(_COMMITMENTS),  # 5: Storage Commitment requests
+    AddColumn("commitments", "tls", "INTEGER NOT NULL DEFAULT 0"),  # 6
+)
+
+#: The version this code writes and reads.
+LATEST = len(STEPS)
+
+_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+
+
+def added_columns(table: str) -> dict[str, str]:
+    """Columns of ``table`` that steps added after it was created, with the value an older
+    database's row reads as (``0`` for ``NOT NULL DEFAULT 0``, else ``NULL``)."""
+    return {
+        step.name: "0" if "DEFAULT 0" in step.declaration else "NULL"
+        for step in STEPS
+        if isinstance(step, AddColumn) and step.table == table
+    }
+
+
+def version(db: Connection) -> int:
+    """The schema version of the database (0: older than ``schema_version``, or empty)."""
+    if not db.columns("schema_version"):
+        return 0
+    row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def check(found: int, where: str) -> None:
+    """Refuse a schema newer than this code's."""
+    if found > LATEST:
+        raise IndexSchemaTooNew(
+            f"the index at {where} has schema version {found}; this gateway knows up to"
+            f" {LATEST}: upgrade the gateway (it will not run on a newer schema)"
+        )
+
+
+def migrate(db: Connection, *, where: str, to: int = LATEST) -> int:
+    """Run the steps the database lacks, up to version ``to``, in one transaction.
+
+    Returns the version found before. Two gateways opening one database at once run the
+    steps once: the second waits for the first's transaction, then finds nothing to do.
+
+    Raises
+    ------
+    IndexSchemaTooNew
+        The database's version is above :data:`LATEST`.
+    """
+    db.begin()
+    try:
+        db.serialize(b"schema_version")
+        db.execute(db.ddl(_VERSION_TABLE))
+        found = version(db)
+        check(found, where)
+        for step in STEPS[found:to]:
+            _run(db, step)
+        if to > found:
+            db.execute("DELETE FROM schema_version")
+            db.execute("INSERT INTO schema_version (version) VALUES (?)", (to,))
+    except BaseException:
+        db.rollback()
+        raise
+    db.commit()
+    return found
+
+
+def _run(db: Connection, step: Step) -> None:
+    if isinstance(step, Create):
+        for statement in step.sql.split(";"):
+            if statement.strip():
+                db.execute(db.ddl(statement))
+    elif step.name not in db.columns(step.table):
+        db.execute(db.ddl(f"ALTER TABLE {step.table} ADD COLUMN {step.name} {step.declaration}"))
