@@ -65,15 +65,16 @@ def peak_rss_mb(pid: int) -> float:
 class Gateway:
     """``xray-gateway up`` in a child process, on free ports, over a fresh data dir.
 
-    ``GATEWAY_BATCH_MAX`` and ``GATEWAY_BATCH_WINDOW_MS`` pass through from the
-    environment, so that the anchor stage runs as the deployment configures it.
+    ``GATEWAY_BATCH_MAX``, ``GATEWAY_BATCH_WINDOW_MS`` and ``GATEWAY_ANCHOR_MAX_DELAY_MS``
+    pass through from the environment, so that the anchor stage runs as the deployment
+    configures it.
     """
 
     data_dir: Path
     startup_timeout: float = 300.0
 
     def __post_init__(self) -> None:
-        keep = ("GATEWAY_BATCH_MAX", "GATEWAY_BATCH_WINDOW_MS")
+        keep = ("GATEWAY_BATCH_MAX", "GATEWAY_BATCH_WINDOW_MS", "GATEWAY_ANCHOR_MAX_DELAY_MS")
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_") or k in keep}
         self.dicom_port = free_port()
         self.anvil_port = free_port()

@@ -1,4 +1,4 @@
-"""The batching logic: when a batch is cut (size, window), and what the index keeps of it."""
+"""The batching logic: when a batch is cut (size, latency limit, quiet end), and what the index keeps."""
 
 from __future__ import annotations
 
@@ -12,44 +12,84 @@ from gateway.ingest.anchor import Gatherer, leaf_of
 from gateway.ingest.stages import AnchorItem
 
 
-def test_a_batch_is_cut_at_max_size_before_the_window_ends() -> None:
-    gather = Gatherer(max_size=3, window_s=10.0)
+def test_a_batch_is_cut_at_max_size_before_any_time_runs_out() -> None:
+    gather = Gatherer(max_size=3, quiet_s=10.0, max_delay_s=10.0)
     gather.offer([1, 2], now=0.0)
-    assert gather.take(now=0.1) is None  # two of three, window not over
-    gather.offer([1, 2, 3, 4, 5, 6, 7], now=0.2)
+    assert gather.take(now=0.1) is None  # two of three, nothing has run out
+    gather.offer([1, 2, 3, 4, 5, 6, 7], now=0.2, streaming=True)
     assert gather.take(now=0.2) == [1, 2, 3]
     assert gather.take(now=0.2) == [4, 5, 6]
-    assert gather.take(now=0.2) is None  # 7 waits for company or for its window
+    assert gather.take(now=0.2) is None  # 7 waits for company or for its time
     assert len(gather) == 1
 
 
-def test_a_partial_batch_is_cut_when_its_oldest_member_has_waited_the_window() -> None:
-    gather = Gatherer(max_size=256, window_s=0.2)
-    gather.offer([10], now=5.0)
-    gather.offer([10, 11, 12], now=5.15)  # later arrivals do not restart the window
-    assert gather.take(now=5.19) is None
-    assert gather.wait_s(now=5.19) == pytest.approx(0.01)
-    assert gather.take(now=5.2) == [10, 11, 12]
-    assert gather.wait_s(now=5.2) is None and gather.take(now=9.0) is None
+def test_a_batch_keeps_filling_while_images_are_on_their_way() -> None:
+    """The seed workload's shape: rows reach the anchor stage one by one, 50 ms apart,
+    for 1.5 s; a fixed 200 ms window would cut eight batches, the adaptive one cuts one."""
+    gather = Gatherer(max_size=256, quiet_s=0.2, max_delay_s=2.0)
+    arrived: list[int] = []
+    for i in range(30):
+        now = 10.0 + 0.05 * i
+        arrived.append(i)
+        gather.offer(arrived, now, streaming=i < 29)  # the 30th is the last on its way
+        assert gather.take(now) is None  # none has waited 2 s, more are coming
+        if i == 28:  # between two arrivals, with more on the way: no quiet end
+            assert gather.wait_s(now) == pytest.approx(2.0 - 0.05 * 28)
+    last = 10.0 + 0.05 * 29
+    assert gather.wait_s(last) == pytest.approx(0.2)  # stream over: the quiet window
+    assert gather.take(last + 0.19) is None
+    assert gather.take(last + 0.21) == list(range(30))  # one batch of all thirty
+    assert gather.take(last + 5.0) is None and gather.wait_s(last + 5.0) is None
+
+
+def test_the_latency_limit_cuts_a_batch_while_images_still_stream_in() -> None:
+    gather = Gatherer(max_size=256, quiet_s=0.2, max_delay_s=2.0)
+    gather.offer([1], now=0.0, streaming=True)
+    gather.offer([1, 2, 3], now=1.5, streaming=True)  # later arrivals do not restart it
+    assert gather.take(now=1.99) is None
+    assert gather.wait_s(now=1.99) == pytest.approx(0.01)
+    assert gather.take(now=2.0) == [1, 2, 3]  # the oldest has waited the limit
+    gather.offer([4], now=2.1, streaming=True)  # the next batch is timed from its own oldest
+    assert gather.take(now=4.09) is None
+    assert gather.take(now=4.1) == [4]
+
+
+def test_a_quiet_end_waits_for_the_last_arrival_not_the_first() -> None:
+    gather = Gatherer(max_size=256, quiet_s=0.2, max_delay_s=2.0)
+    gather.offer([1], now=0.0)  # nothing on its way: cut 0.2 s on, unless another joins
+    gather.offer([1, 2], now=0.15)  # one more joined: quiet again from here
+    assert gather.take(now=0.3) is None
+    assert gather.take(now=0.36) == [1, 2]
 
 
 def test_rows_no_longer_offered_are_forgotten_and_order_is_kept() -> None:
-    gather = Gatherer(max_size=10, window_s=1.0)
+    gather = Gatherer(max_size=10, quiet_s=1.0, max_delay_s=1.0)
     gather.offer([3, 1, 2], now=0.0)
     gather.offer([3, 2], now=0.5)  # row 1 left the anchor stage (e.g. taken elsewhere)
     assert gather.take(now=1.0) == [3, 2]
 
 
-def test_window_zero_cuts_at_once_and_max_one_is_one_by_one() -> None:
-    assert Gatherer(max_size=50, window_s=0.0).take(now=0.0) is None
-    at_once = Gatherer(max_size=50, window_s=0.0)
-    at_once.offer([1, 2], now=0.0)
+def test_a_limit_at_or_below_the_quiet_window_is_a_fixed_window() -> None:
+    fixed = Gatherer(max_size=256, quiet_s=0.2, max_delay_s=0.2)
+    fixed.offer([1], now=0.0, streaming=True)
+    fixed.offer([1, 2], now=0.15, streaming=True)
+    assert fixed.take(now=0.19) is None
+    assert fixed.take(now=0.2) == [1, 2]  # streaming or not: 0.2 s after the oldest
+    fixed.offer([3], now=0.3)
+    fixed.offer([3, 4], now=0.45)
+    assert fixed.take(now=0.5) == [3, 4]  # not 0.2 s after the newest
+
+
+def test_no_wait_cuts_at_once_and_max_one_is_one_by_one() -> None:
+    assert Gatherer(max_size=50, quiet_s=0.0, max_delay_s=0.0).take(now=0.0) is None
+    at_once = Gatherer(max_size=50, quiet_s=0.2, max_delay_s=0.0)
+    at_once.offer([1, 2], now=0.0, streaming=True)
     assert at_once.take(now=0.0) == [1, 2]
-    single = Gatherer(max_size=1, window_s=60.0)
+    single = Gatherer(max_size=1, quiet_s=60.0, max_delay_s=60.0)
     single.offer([1, 2], now=0.0)
     assert (single.take(now=0.0), single.take(now=0.0)) == ([1], [2])
     with pytest.raises(ValueError):
-        Gatherer(max_size=0, window_s=1.0)
+        Gatherer(max_size=0, quiet_s=1.0, max_delay_s=1.0)
 
 
 def _item(i: int) -> AnchorItem:
