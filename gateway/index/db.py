@@ -65,7 +65,8 @@ CREATE TABLE IF NOT EXISTS instances (
     committed_at REAL,
     strikes INTEGER NOT NULL DEFAULT 0,
     parked_stage TEXT,
-    spool_sha256 BLOB
+    spool_sha256 BLOB,
+    anchored_at REAL
 );
 CREATE INDEX IF NOT EXISTS instances_due ON instances (stage, next_attempt_at);
 CREATE INDEX IF NOT EXISTS instances_uid ON instances (sop_instance_uid);
@@ -98,6 +99,7 @@ ADDED_COLUMNS = (
     ("strikes", "INTEGER NOT NULL DEFAULT 0"),
     ("parked_stage", "TEXT"),
     ("spool_sha256", "BLOB"),
+    ("anchored_at", "REAL"),
 )
 
 
@@ -148,6 +150,7 @@ class Row:
     strikes: int = 0  # failures for a permanent reason since the last successful step
     parked_stage: str | None = None  # the stage a ``failed`` row stopped at
     spool_sha256: bytes | None = None  # the spool file's SHA-256 as received and acked
+    anchored_at: float | None = None  # when the gateway had the anchor's receipt (wall clock)
 
 
 COLUMNS = tuple(f.name for f in fields(Row))
@@ -207,7 +210,9 @@ class Index:
     def _selection(self) -> str:
         """The SELECT list: an older index opened read-only shows added columns' defaults."""
         present = self._present_columns()
-        defaults = {"strikes": "0", "parked_stage": "NULL", "spool_sha256": "NULL"}
+        defaults = {
+            "strikes": "0", "parked_stage": "NULL", "spool_sha256": "NULL", "anchored_at": "NULL",
+        }  # fmt: skip
         return ", ".join(
             name if not present or name in present else f"{defaults[name]} AS {name}"
             for name in COLUMNS

@@ -475,6 +475,7 @@ class Pipeline:
         failpoints.hit("pipeline.after_anchor")
         first = results[0]
         assert first.batch_id is not None
+        anchored_at = time.time()
         self.index.close_batch(
             batch.id, batch_id=first.batch_id, tx_hash=first.tx_hash,
             block_number=first.block_number,
@@ -486,7 +487,8 @@ class Pipeline:
                     "tx_hash": result.tx_hash,
                     "block_number": result.block_number, "block_time": result.block_time,
                     "recorder": result.recorder, "batch_id": result.batch_id,
-                    "leaf_index": result.leaf_index, "proof": result.proof, "attempts": 0,
+                    "leaf_index": result.leaf_index, "proof": result.proof,
+                    "anchored_at": anchored_at, "attempts": 0,
                     "strikes": 0, "last_error": None, "next_attempt_at": 0,
                 }
                 for row, result in zip(rows, results, strict=True)

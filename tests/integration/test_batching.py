@@ -125,6 +125,8 @@ def test_every_image_of_a_1000_image_run_has_a_proof_that_meets_the_chain(stack:
         batch = on_chain[row["batch_id"]]
         assert proof.index == row["leaf_index"] and proof.size == batch.count
         assert verify_inclusion(leaf=leaf, proof=proof, root=batch.root), row["id"]
+        # when the gateway had the receipt: after the ack, before the row moved on
+        assert row["received_at"] <= row["anchored_at"] <= row["committed_at"], row["id"]
     # one transaction per batch, none per image, and every batch the gateway made landed once
     assert ledger.events("ImageRecorded") == []
     events = ledger.events("BatchAnchored")
