@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
+from gateway.core.keys import Kek, Keyring
 from gateway.core.merkle import MerkleTree
-from gateway.index.db import Index
+from gateway.index.db import Index, PendingBatch
 from gateway.ingest.anchor import Gatherer, leaf_of
-from gateway.ingest.stages import AnchorItem
+from gateway.ingest.pipeline import Pipeline
+from gateway.ingest.stages import AnchorItem, AnchorResult
+from gateway.store.memory import MemoryStore
+from tests.unit.ingest.conftest import Line
 
 
 def test_a_batch_is_cut_at_max_size_before_any_time_runs_out() -> None:
@@ -138,3 +146,101 @@ def test_an_open_batch_survives_a_restart_and_holds_its_rows(tmp_path: Path) -> 
     ]  # fmt: skip
     # rows of a landed batch are free again only in the sense of no longer being at anchor
     assert [r.id for r in reopened.due_unbatched("anchor", limit=10)] == ids[3:]
+
+
+# -- the batch thread's side: is anything on its way? ------------------------------------
+
+
+class _HeldStore(MemoryStore):
+    """A store whose puts wait until the test lets them through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def put(self, name: str, source: BinaryIO, *, length: int, replace: bool = False) -> None:
+        self.entered.set()
+        self.release.wait(60)
+        super().put(name, source, length=length, replace=replace)
+
+
+class _Watched(Gatherer):
+    """The real cutting rule, with every decision kept: (rows offered, streaming, cut)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_size=256, quiet_s=0.0, max_delay_s=600.0)
+        self.decisions: list[tuple[list[int], bool, list[int] | None]] = []
+        self.decided = threading.Condition()
+        self._offered: tuple[list[int], bool] = ([], False)
+
+    def offer(self, row_ids: Sequence[int], now: float, *, streaming: bool = False) -> None:
+        super().offer(row_ids, now, streaming=streaming)
+        self._offered = (list(row_ids), streaming)
+
+    def take(self, now: float) -> list[int] | None:
+        cut = super().take(now)
+        with self.decided:
+            self.decisions.append((*self._offered, cut))
+            self.decided.notify_all()
+        return cut
+
+
+class _MemoryBatcher:
+    """Batches persisted in the real index, landed on a made-up chain."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+        self.gather = _Watched()
+        self.landed: list[tuple[int, ...]] = []
+
+    def gatherer(self) -> Gatherer:
+        return self.gather
+
+    def open(self, members: Sequence[tuple[int, AnchorItem]]) -> PendingBatch:
+        tree = MerkleTree([leaf_of(item) for _, item in members])
+        return self.index.open_batch(root=tree.root, members=[row_id for row_id, _ in members])
+
+    def land(self, batch: PendingBatch, items: Sequence[AnchorItem]) -> list[AnchorResult]:
+        self.landed.append(batch.members)
+        n = len(self.landed)
+        return [
+            AnchorResult(tx_hash=f"0x{n:064x}", block_number=n, block_time=n, recorder="0x1",
+                         batch_id=n, leaf_index=i, proof=b"")
+            for i in range(len(items))
+        ]  # fmt: skip
+
+
+def test_the_batch_thread_waits_for_an_image_still_on_its_way(
+    line: Line, two_images: list[bytes], tmp_path: Path
+) -> None:
+    """Three rows wait at the anchor stage while a fourth is held in ``put``: with no quiet
+    window, a batch thread blind to the fourth would cut three and then one."""
+    waiting = [line.at_anchor(n) for n in (1, 2, 3)]
+    on_its_way = line.acked(two_images[0])
+    store = _HeldStore()
+    batcher = _MemoryBatcher(line.index)
+    pipeline = Pipeline(
+        index=line.index, spool=line.spool, store=store,
+        keyring=Keyring.of(Kek("kek-20261205-aaaaaaaa", bytes(range(32)))),
+        pseudonym_key=b"k" * 32, anchorer=line.anchorer, forwarder=line.forwarder,
+        sealed_dir=tmp_path / "sealed-batch", workers=1, batcher=batcher,
+    )  # fmt: skip
+    pipeline.start()
+    try:
+        assert store.entered.wait(60)  # the fourth row is in put, and stays there
+        with batcher.gather.decided:
+            assert batcher.gather.decided.wait_for(
+                lambda: any(offered == waiting for offered, _, _ in batcher.gather.decisions), 60
+            )
+            first = next(d for d in batcher.gather.decisions if d[0] == waiting)
+        assert first == (waiting, True, None)  # streaming: no cut
+        store.release.set()
+        deadline = time.monotonic() + 60
+        while not pipeline.idle() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        store.release.set()
+        pipeline.stop()
+    assert batcher.landed == [(*waiting, on_its_way)]  # one batch of four
+    assert [line.index.get(i).stage for i in (*waiting, on_its_way)] == ["committed"] * 4
