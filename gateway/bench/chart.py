@@ -31,6 +31,13 @@ TARGETS = (
     Target("commit_ratio", "commit time ÷ Orthanc direct (CT)", 1.5, at_most=True),
     Target("anchor_images_per_s", "anchoring, images/s (batched)", 100.0, at_most=False),
     Target("gas_per_image_batched", "gas per image (batched)", 1000.0, at_most=True),
+    Target(
+        "gas_per_image_pipeline", "gas per image, seed workload through up", 2500.0, at_most=True
+    ),
+    Target("anchor_latency_p95_s", "ack → anchor receipt, p95, s (seed)", 3.0, at_most=True),
+    Target(
+        "parallel_ingest_ratio", "8 associations: images/s ÷ Orthanc direct", 1.0, at_most=False
+    ),
     Target("seed_workload_s", "seed workload end to end, s (seed: 56.8)", 56.8, at_most=True),
     Target("retrieval_overhead_pct", "retrieval overhead, viewer path, %", 3.0, at_most=True),
     Target("raw_retrieval_overhead_pct", "retrieval overhead, raw files, %", 50.0, at_most=True),
