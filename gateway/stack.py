@@ -214,7 +214,11 @@ class Stack:
                 # GATEWAY_BATCH_MAX=1 anchors one transaction per image (the benchmark's
                 # one-by-one mode); anything more gathers Merkle batches.
                 batcher=BatchAnchorer(
-                    self.ledger, self.index, max_size=s.batch_max, window_ms=s.batch_window_ms
+                    self.ledger,
+                    self.index,
+                    max_size=s.batch_max,
+                    window_ms=s.batch_window_ms,
+                    max_delay_ms=s.anchor_max_delay_ms,
                 )
                 if s.batch_max > 1
                 else None,

@@ -13,10 +13,21 @@ The seed paper's 100 chest images then go through the same gateway end to end.
 ``postgres_ack_ratio``: the same CT series into one more fresh gateway whose index is on
 PostgreSQL (a throwaway cluster, :mod:`gateway.bench.postgres`), its ack time ÷ the
 SQLite gateway's.
+
+How the pipeline anchored each workload (``*_anchoring``): the distinct transactions of
+its rows and the sum of their receipts' ``gasUsed`` per image (``gas_per_image_pipeline``
+is the seed workload's), and the latency from each row's ack (``received_at``) to the
+gateway having its anchor's receipt (``anchored_at``, the same wall clock; block times
+are whole seconds): 50th and 95th percentile by nearest rank, and the longest
+(``anchor_latency_p95_s`` is the seed workload's).
+
+Concurrent associations (:mod:`gateway.bench.parallel`): a copy of the CT series with
+its own UIDs over 8 storescu at once, into Orthanc direct and into the gateway.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import time
@@ -26,6 +37,7 @@ from typing import Any
 
 from pydicom import dcmread
 
+from gateway.bench.parallel import WAYS, storescu_parallel
 from gateway.bench.peers import Gateway, direct_orthanc, storescu
 from gateway.bench.postgres import PostgresCluster
 from gateway.ledger.anvil import rpc
@@ -37,10 +49,17 @@ def sop_uids(files: list[Path]) -> set[str]:
     return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile of ``values`` by nearest rank (a value that was measured)."""
+    ranked = sorted(values)
+    return ranked[max(0, math.ceil(q / 100 * len(ranked)) - 1)]
+
+
 def orthanc_direct(
-    *, workdir: Path, workloads: dict[str, list[Path]], say: Progress
+    *, workdir: Path, workloads: dict[str, list[Path]], parallel: list[Path], say: Progress
 ) -> dict[str, Any]:
-    """storescu of each workload into one freshly started plain Orthanc."""
+    """storescu of each workload into one freshly started plain Orthanc, then ``parallel``
+    over concurrent associations."""
     data_dir = workdir / "orthanc-direct"
     shutil.rmtree(data_dir, ignore_errors=True)
     orthanc = direct_orthanc(data_dir)
@@ -50,6 +69,10 @@ def orthanc_direct(
         for name, files in workloads.items():
             say(f"storescu → Orthanc: {len(files)} {name} files")
             out[f"{name}_s"] = round(storescu(orthanc.dicom_port, files, called=orthanc.aet), 4)
+        say(f"storescu → Orthanc: {len(parallel)} CT files over {WAYS} associations at once")
+        out["parallel_s"] = round(
+            storescu_parallel(orthanc.dicom_port, parallel, called=orthanc.aet), 4
+        )
         return out
     finally:
         orthanc.stop()
@@ -66,18 +89,25 @@ def _anchor_summary(gateway: Gateway, rows: list[dict[str, Any]]) -> dict[str, A
         assert isinstance(receipt, dict)
         gas += int(receipt["gasUsed"], 16)
     batched = sum(1 for r in committed if r["batch_id"] is not None)
+    latency = [r["anchored_at"] - r["received_at"] for r in committed if r["anchored_at"]]
     return {
         "anchor_mode": "batched" if batched else "single",
         "images": len(committed),
         "transactions": len(txs),
         "gas_per_image": round(gas / len(committed), 1) if committed else None,
+        "latency_p50_s": round(percentile(latency, 50), 3) if latency else None,
+        "latency_p95_s": round(percentile(latency, 95), 3) if latency else None,
+        "latency_max_s": round(max(latency), 3) if latency else None,
     }
 
 
-def _send(gateway: Gateway, files: list[Path]) -> dict[str, Any]:
+def _send(gateway: Gateway, files: list[Path], *, ways: int = 1) -> dict[str, Any]:
     uids = sop_uids(files)
     started = time.time()
-    ack = storescu(gateway.dicom_port, files, called=gateway.ae_title)
+    if ways == 1:
+        ack = storescu(gateway.dicom_port, files, called=gateway.ae_title)
+    else:
+        ack = storescu_parallel(gateway.dicom_port, files, called=gateway.ae_title, ways=ways)
     rows = gateway.wait_done(uids)
     committed = [r["committed_at"] for r in rows if r["committed_at"] is not None]
     stages = sorted({r["stage"] for r in rows})
@@ -91,9 +121,15 @@ def _send(gateway: Gateway, files: list[Path]) -> dict[str, Any]:
 
 
 def through_gateway(
-    *, workdir: Path, workloads: dict[str, list[Path]], seed: list[Path], say: Progress
+    *,
+    workdir: Path,
+    workloads: dict[str, list[Path]],
+    parallel: list[Path],
+    seed: list[Path],
+    say: Progress,
 ) -> dict[str, Any]:
-    """The same workloads, then the seed workload, through one fresh gateway."""
+    """The same workloads, ``parallel`` over concurrent associations, then the seed
+    workload, through one fresh gateway."""
     data_dir = workdir / "gateway-ingest"
     shutil.rmtree(data_dir, ignore_errors=True)
     say("starting xray-gateway up (anvil, contract, Orthanc with the plugin)")
@@ -107,6 +143,11 @@ def through_gateway(
             out[f"{name}_ack_s"] = sent["ack_s"]
             out[f"{name}_commit_s"] = sent["commit_s"]
             out[f"{name}_anchoring"] = _anchor_summary(gateway, sent["rows"])
+        say(f"storescu → gateway: {len(parallel)} CT files over {WAYS} associations, then waiting")
+        sent = _send(gateway, parallel, ways=WAYS)
+        out["parallel_ack_s"] = sent["ack_s"]
+        out["parallel_commit_s"] = sent["commit_s"]
+        out["parallel_anchoring"] = _anchor_summary(gateway, sent["rows"])
         say(f"seed workload: {len(seed)} chest images end to end through the gateway")
         sent = _send(gateway, seed)
         out["seed_ack_s"] = sent["ack_s"]

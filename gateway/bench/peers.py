@@ -65,8 +65,9 @@ def peak_rss_mb(pid: int) -> float:
 class Gateway:
     """``xray-gateway up`` in a child process, on free ports, over a fresh data dir.
 
-    ``GATEWAY_BATCH_MAX`` and ``GATEWAY_BATCH_WINDOW_MS`` pass through from the
-    environment, so that the anchor stage runs as the deployment configures it.
+    ``GATEWAY_BATCH_MAX``, ``GATEWAY_BATCH_WINDOW_MS`` and ``GATEWAY_ANCHOR_MAX_DELAY_MS``
+    pass through from the environment, so that the anchor stage runs as the deployment
+    configures it.
     ``index_url`` puts the index on PostgreSQL (``GATEWAY_INDEX_URL``); unset, SQLite.
     """
 
@@ -75,7 +76,7 @@ class Gateway:
     index_url: str | None = None
 
     def __post_init__(self) -> None:
-        keep = ("GATEWAY_BATCH_MAX", "GATEWAY_BATCH_WINDOW_MS")
+        keep = ("GATEWAY_BATCH_MAX", "GATEWAY_BATCH_WINDOW_MS", "GATEWAY_ANCHOR_MAX_DELAY_MS")
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_") or k in keep}
         self.dicom_port = free_port()
         self.anvil_port = free_port()

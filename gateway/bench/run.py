@@ -37,6 +37,9 @@ KEYS = (
     "anchor_images_per_s",
     "gas_per_image_batched",
     "gas_per_image_single",
+    "gas_per_image_pipeline",
+    "anchor_latency_p95_s",
+    "parallel_ingest_ratio",
     "seed_workload_s",
     "retrieval_overhead_pct",
     "raw_retrieval_overhead_pct",
@@ -73,6 +76,10 @@ def headline(raw: dict[str, Any]) -> dict[str, Any]:
         "anchor_images_per_s": seed["anchor_images_per_s_batched"],
         "gas_per_image_batched": seed["gas_per_image_batched"],
         "gas_per_image_single": seed["gas_per_image_single"],
+        "gas_per_image_pipeline": gateway["seed_anchoring"]["gas_per_image"],
+        "anchor_latency_p95_s": gateway["seed_anchoring"]["latency_p95_s"],
+        # images/s through the gateway ÷ Orthanc direct's, for the same images
+        "parallel_ingest_ratio": round(direct["parallel_s"] / gateway["parallel_ack_s"], 3),
         "seed_workload_s": gateway["seed_workload_s"],
         "retrieval_overhead_pct": raw["retrieval"]["retrieval_overhead_pct"],
         "raw_retrieval_overhead_pct": raw["retrieval"]["raw_retrieval_overhead_pct"],
@@ -117,16 +124,22 @@ def run_bench(
              f"{files.large.stat().st_size / 1e6:.0f} MB multi-frame in {work / 'data'}")  # fmt: skip
         workloads = {"ct": files.ct, "dx": files.dx}
 
-        raw["orthanc_direct"] = orthanc_direct(workdir=work, workloads=workloads, say=stage("1/6"))
+        raw["orthanc_direct"] = orthanc_direct(
+            workdir=work, workloads=workloads, parallel=files.parallel, say=stage("1/6")
+        )
         d = raw["orthanc_direct"]
-        done("1/6 Orthanc direct", f"CT {d['ct_s']} s, DX {d['dx_s']} s")
+        done("1/6 Orthanc direct", f"CT {d['ct_s']} s, DX {d['dx_s']} s, CT over 8 "
+             f"associations {d['parallel_s']} s")  # fmt: skip
 
         raw["gateway"] = through_gateway(
-            workdir=work, workloads=workloads, seed=files.seed, say=stage("2/6")
-        )
-        g = raw["gateway"]
+            workdir=work, workloads=workloads, parallel=files.parallel, seed=files.seed,
+            say=stage("2/6"),
+        )  # fmt: skip
+        g, a = raw["gateway"], raw["gateway"]["seed_anchoring"]
         done("2/6 gateway", f"CT ack {g['ct_ack_s']} s, commit {g['ct_commit_s']} s; DX ack "
-             f"{g['dx_ack_s']} s, commit {g['dx_commit_s']} s; seed end to end {g['seed_workload_s']} s")  # fmt: skip
+             f"{g['dx_ack_s']} s, commit {g['dx_commit_s']} s; CT over 8 associations ack "
+             f"{g['parallel_ack_s']} s; seed end to end {g['seed_workload_s']} s in "
+             f"{a['transactions']} transactions, ack to anchor p95 {a['latency_p95_s']} s")  # fmt: skip
 
         raw["gateway_postgres"] = through_gateway_on_postgres(
             workdir=work, files=files.ct, say=stage("2/6")

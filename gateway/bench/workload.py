@@ -27,6 +27,7 @@ class Workload:
     dx_rows: int = 2500
     dx_cols: int = 2000
     seed_images: int = 100
+    parallel_slices: int = 200  # the CT series again (own UIDs), over 8 associations
     retrieval_slices: int = 200
     retrieval_repetitions: int = 3
     large_bytes: int = 1_000_000_000
@@ -45,6 +46,7 @@ QUICK = Workload(
     dx_rows=250,
     dx_cols=200,
     seed_images=4,
+    parallel_slices=16,
     retrieval_slices=3,
     retrieval_repetitions=1,
     large_bytes=4 << 20,
@@ -54,6 +56,9 @@ QUICK = Workload(
 # The seed workload's chest images are their own study, apart from the 20 DX images.
 SEED_STUDY_UID = make_uid(1, 301)
 SEED_PREFIX = make_uid(4, 301) + "."
+# The CT series sent over concurrent associations: a study of its own, unseen by either side.
+PARALLEL_STUDY_UID = make_uid(1, 302)
+PARALLEL_PREFIX = make_uid(4, 302) + "."
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class Files:
     dx: list[Path]
     seed: list[Path]
     large: Path
+    parallel: list[Path]
 
 
 def _cached(
@@ -113,4 +119,16 @@ def prepare(work: Path, workload: Workload) -> Files:
         {"bytes": w.large_bytes},
         lambda d: [dicom_fixtures.large_multiframe(d / "large.dcm", target_bytes=w.large_bytes)],
     )
-    return Files(ct=ct, dx=dx, seed=seed, large=large)
+    parallel = _cached(
+        data / f"ct-parallel-{w.parallel_slices}x{w.ct_matrix}",
+        {"count": w.parallel_slices, "matrix": w.ct_matrix, "study": PARALLEL_STUDY_UID},
+        lambda d: dicom_fixtures.ct_series(
+            d,
+            count=w.parallel_slices,
+            rows=w.ct_matrix,
+            cols=w.ct_matrix,
+            study_uid=PARALLEL_STUDY_UID,
+            prefix=PARALLEL_PREFIX,
+        ),
+    )
+    return Files(ct=ct, dx=dx, seed=seed, large=large, parallel=parallel)

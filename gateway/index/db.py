@@ -82,6 +82,7 @@ class Row:
     strikes: int = 0  # failures for a permanent reason since the last successful step
     parked_stage: str | None = None  # the stage a ``failed`` row stopped at
     spool_sha256: bytes | None = None  # the spool file's SHA-256 as received and acked
+    anchored_at: float | None = None  # when the gateway had the anchor's receipt (wall clock)
 
 
 COLUMNS = tuple(f.name for f in fields(Row))

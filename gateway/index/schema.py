@@ -129,6 +129,7 @@ STEPS: tuple[Step, ...] = (
     AddColumn("instances", "spool_sha256", "BLOB"),  # 4
     Create(_COMMITMENTS),  # 5: Storage Commitment requests
     AddColumn("commitments", "tls", "INTEGER NOT NULL DEFAULT 0"),  # 6
+    AddColumn("instances", "anchored_at", "REAL"),  # 7: when the anchor's receipt came
 )
 
 #: The version this code writes and reads.

@@ -105,23 +105,38 @@ class SingleAnchorer:
 
 
 class Gatherer:
-    """When to cut a batch: ``max_size`` members, or ``window_s`` after the oldest arrived (pure).
+    """When to cut a batch (pure): it keeps filling while images stream in, up to a limit.
 
     :meth:`offer` is given, each time round, the rows that may join a batch now (oldest
-    first); a row is timed from the first offer that held it, and a row no longer offered
-    is forgotten. :meth:`take` cuts a batch when one is due.
+    first) and whether more rows are on their way to the anchor stage (received, not yet
+    fingerprinted, sealed or stored); a row is timed from the first offer that held it,
+    and a row no longer offered is forgotten. :meth:`take` cuts a batch when one is due:
+
+    - ``max_size`` rows wait (``GATEWAY_BATCH_MAX``); or
+    - the oldest has waited ``max_delay_s`` (the latency limit,
+      ``GATEWAY_ANCHOR_MAX_DELAY_MS``), however many are still on their way; or
+    - the stream has ended: nothing is on its way and no row joined for ``quiet_s``
+      (``GATEWAY_BATCH_WINDOW_MS``), which leaves room for the next image of a modality
+      that pauses between studies.
+
+    With ``max_delay_s`` at or below ``quiet_s`` the window is fixed: a batch is cut
+    ``max_delay_s`` after its oldest row arrived, whatever streams in.
     """
 
-    def __init__(self, *, max_size: int, window_s: float) -> None:
+    def __init__(self, *, max_size: int, quiet_s: float, max_delay_s: float) -> None:
         if max_size < 1:
             raise ValueError("a batch holds at least one image")
         self.max_size = max_size
-        self.window_s = max(0.0, window_s)
+        self.quiet_s = max(0.0, quiet_s)
+        self.max_delay_s = max(0.0, max_delay_s)
         self._since: dict[int, float] = {}
+        self._streaming = False
 
-    def offer(self, row_ids: Sequence[int], now: float) -> None:
+    def offer(self, row_ids: Sequence[int], now: float, *, streaming: bool = False) -> None:
+        """The rows that may join a batch now, oldest first; ``streaming``: more are coming."""
         since = self._since
         self._since = {row_id: since.get(row_id, now) for row_id in row_ids}
+        self._streaming = streaming
 
     def __len__(self) -> int:
         return len(self._since)
@@ -130,8 +145,7 @@ class Gatherer:
         """The next batch's row ids in leaf order, or None if none is due yet."""
         if not self._since:
             return None
-        oldest = min(self._since.values())
-        if len(self._since) < self.max_size and now - oldest < self.window_s:
+        if len(self._since) < self.max_size and now < self._due_at():
             return None
         chosen = list(self._since)[: self.max_size]
         for row_id in chosen:
@@ -139,10 +153,18 @@ class Gatherer:
         return chosen
 
     def wait_s(self, now: float) -> float | None:
-        """Seconds until the window of the oldest waiting row runs out (None: nobody waits)."""
+        """Seconds until a batch is due by time (None: nobody waits)."""
         if not self._since:
             return None
-        return max(0.0, min(self._since.values()) + self.window_s - now)
+        return max(0.0, self._due_at() - now)
+
+    def _due_at(self) -> float:
+        """When the waiting rows make a batch unless more join: the limit, or the quiet end."""
+        times = self._since.values()
+        due = min(times) + self.max_delay_s
+        if not self._streaming:
+            due = min(due, max(times) + self.quiet_s)
+        return due
 
 
 def leaf_of(item: AnchorItem) -> bytes:
@@ -167,22 +189,28 @@ class BatchAnchorer:
         The contract, with the recorder's account.
     index:
         Where open batches are persisted.
-    max_size, window_ms:
-        A batch is cut at ``max_size`` images or ``window_ms`` after its oldest image
-        reached the anchor stage, whichever comes first.
+    max_size, window_ms, max_delay_ms:
+        When a batch is cut (:class:`Gatherer`): at ``max_size`` images; ``max_delay_ms``
+        after its oldest image reached the anchor stage; or once no image is on its way
+        and none joined for ``window_ms``. ``max_delay_ms`` None: ``window_ms``, a fixed
+        window.
     """
 
-    def __init__(self, ledger: XrayLedger, index: Index, *, max_size: int, window_ms: int) -> None:
+    def __init__(
+        self, ledger: XrayLedger, index: Index, *, max_size: int, window_ms: int,
+        max_delay_ms: int | None = None,
+    ) -> None:  # fmt: skip
         if ledger.sender is None:
             raise ValueError("the anchorer needs a ledger client with the recorder's account")
         self.ledger = ledger
         self.index = index
         self.max_size = max_size
-        self.window_s = window_ms / 1000.0
+        self.quiet_s = window_ms / 1000.0
+        self.max_delay_s = (window_ms if max_delay_ms is None else max_delay_ms) / 1000.0
 
     def gatherer(self) -> Gatherer:
-        """The size/window policy the batch thread cuts batches by."""
-        return Gatherer(max_size=self.max_size, window_s=self.window_s)
+        """The size and time policy the batch thread cuts batches by."""
+        return Gatherer(max_size=self.max_size, quiet_s=self.quiet_s, max_delay_s=self.max_delay_s)
 
     def open(self, members: Sequence[tuple[int, AnchorItem]]) -> PendingBatch:
         """Build the tree over ``members`` (row id, item) and persist the batch."""

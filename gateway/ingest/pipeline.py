@@ -87,6 +87,8 @@ STAGE = {stage.name: stage for stage in STAGE_TABLE}
 ANCHOR = next(stage for stage in STAGE_TABLE if stage.batched)
 #: Stages a row is at before it is anchored.
 UNANCHORED = tuple(stage.name for stage in STAGE_TABLE[: STAGE_TABLE.index(ANCHOR) + 1])
+#: Stages a row passes on its way to the anchor stage.
+ON_THE_WAY = UNANCHORED[:-1]
 #: Stages past the last one: the PACS holds the row, and its spool copy may be gone.
 FORWARDED = tuple(name for name in (STAGE_TABLE[-1].next, STAGE_TABLE[-1].aside) if name)
 
@@ -96,8 +98,8 @@ class Gather(Protocol):
 
     max_size: int
 
-    def offer(self, row_ids: Sequence[int], now: float) -> None:
-        """The rows that may join a batch now, oldest first."""
+    def offer(self, row_ids: Sequence[int], now: float, *, streaming: bool = False) -> None:
+        """The rows that may join a batch now, oldest first; ``streaming``: more are coming."""
         ...
 
     def take(self, now: float) -> list[int] | None:
@@ -105,7 +107,7 @@ class Gather(Protocol):
         ...
 
     def wait_s(self, now: float) -> float | None:
-        """Seconds until a batch is due by its window (None: nothing waits)."""
+        """Seconds until a batch is due by time (None: nothing waits)."""
         ...
 
 
@@ -113,7 +115,7 @@ class Batcher(Protocol):
     """The anchor stage for many images: persisted Merkle batches, one transaction each."""
 
     def gatherer(self) -> Gather:
-        """A fresh window/size policy for the batch thread."""
+        """A fresh size and time policy for the batch thread."""
         ...
 
     def open(self, members: Sequence[tuple[int, AnchorItem]]) -> PendingBatch:
@@ -440,7 +442,10 @@ class Pipeline:
                 first = [row for row in rows if self._batched(ANCHOR, row)]
                 by_id = {row.id: row for row in first}
                 now = time.monotonic()
-                gatherer.offer([row.id for row in first], now)
+                # a batch keeps filling while rows are on their way to it (bounded by the
+                # gatherer's latency limit); rows waiting out a backoff are not on their way
+                streaming = bool(first) and bool(self.index.due(limit=1, stages=ON_THE_WAY))
+                gatherer.offer([row.id for row in first], now, streaming=streaming)
                 while not self._stop.is_set() and (chosen := gatherer.take(now)) is not None:
                     batch = self.batcher.open([(i, anchor_item(by_id[i])) for i in chosen])
                     log.info("batch %d: %d images, root %s", batch.id, batch.count,
@@ -470,6 +475,7 @@ class Pipeline:
         failpoints.hit("pipeline.after_anchor")
         first = results[0]
         assert first.batch_id is not None
+        anchored_at = time.time()
         self.index.close_batch(
             batch.id, batch_id=first.batch_id, tx_hash=first.tx_hash,
             block_number=first.block_number,
@@ -481,7 +487,8 @@ class Pipeline:
                     "tx_hash": result.tx_hash,
                     "block_number": result.block_number, "block_time": result.block_time,
                     "recorder": result.recorder, "batch_id": result.batch_id,
-                    "leaf_index": result.leaf_index, "proof": result.proof, "attempts": 0,
+                    "leaf_index": result.leaf_index, "proof": result.proof,
+                    "anchored_at": anchored_at, "attempts": 0,
                     "strikes": 0, "last_error": None, "next_attempt_at": 0,
                 }
                 for row, result in zip(rows, results, strict=True)

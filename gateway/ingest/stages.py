@@ -329,6 +329,7 @@ class Steps:
             "batch_id": result.batch_id,
             "leaf_index": result.leaf_index,
             "proof": result.proof,
+            "anchored_at": time.time(),
         }
 
     def _batched_origin(self, row: Row) -> BatchedLeaf | None:

@@ -57,13 +57,14 @@ def series(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, series: list[Path]) -> Iterator[Up]:
-    # A window long enough that batches are cut by size: at this machine's ingest rate the
-    # default 200 ms window would cut batches of a few dozen images.
+    # Windows long enough that batches are cut by size: at this machine's ingest rate the
+    # default 2 s latency limit could cut a batch before 256 images reached it.
     up = Up(
         gateway_env(
             tmp_path_factory.mktemp("batching") / "var",
             GATEWAY_BATCH_MAX="256",
             GATEWAY_BATCH_WINDOW_MS="10000",
+            GATEWAY_ANCHOR_MAX_DELAY_MS="10000",
         )
     )
     try:
@@ -124,6 +125,8 @@ def test_every_image_of_a_1000_image_run_has_a_proof_that_meets_the_chain(stack:
         batch = on_chain[row["batch_id"]]
         assert proof.index == row["leaf_index"] and proof.size == batch.count
         assert verify_inclusion(leaf=leaf, proof=proof, root=batch.root), row["id"]
+        # when the gateway had the receipt: after the ack, before the row moved on
+        assert row["received_at"] <= row["anchored_at"] <= row["committed_at"], row["id"]
     # one transaction per batch, none per image, and every batch the gateway made landed once
     assert ledger.events("ImageRecorded") == []
     events = ledger.events("BatchAnchored")

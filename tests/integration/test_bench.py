@@ -50,6 +50,21 @@ def test_quick_bench_writes_every_key_and_the_chart(tmp_path: Path) -> None:
     assert seed["batch_proofs_verified"] == seed["images"]
     assert raw["gateway"]["seed_anchoring"]["images"] == seed["images"]
     assert raw["gateway"]["ct_anchoring"]["images"] == results["workload"]["ct_slices"]
+    # the pipeline's own anchoring of the seed: every image in a batch, from real receipts,
+    # each anchored after its ack
+    piped = raw["gateway"]["seed_anchoring"]
+    assert piped["anchor_mode"] == "batched"
+    assert 1 <= piped["transactions"] <= piped["images"]
+    assert results["gas_per_image_pipeline"] == piped["gas_per_image"]
+    # a recordBatch costs the same whatever its count: the pipeline's batches cost at
+    # least the bench's one batch of every seed image, per image
+    assert results["gas_per_image_pipeline"] >= seed["gas_per_image_batched"] * 0.99
+    assert 0 < piped["latency_p50_s"] <= results["anchor_latency_p95_s"] <= piped["latency_max_s"]
+    # the CT copy over 8 associations: every slice acked and committed on both sides
+    parallel = raw["gateway"]["parallel_anchoring"]
+    assert parallel["images"] == results["workload"]["parallel_slices"]
+    assert raw["orthanc_direct"]["parallel_s"] > 0 and raw["gateway"]["parallel_ack_s"] > 0
+    assert results["parallel_ingest_ratio"] > 0
     png = (out / "results.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
     # the printed summary is the headline keys

@@ -39,6 +39,7 @@ def test_an_image_runs_every_stage_to_committed(line: Line, two_images: list[byt
     assert row.record_key is not None and row.digest is not None
     assert [item.digest for item in line.anchorer.records[row.record_key]] == [row.digest]
     assert row.tx_hash is not None and line.anchorer.confirmed(row.tx_hash)
+    assert row.anchored_at is not None and row.received_at <= row.anchored_at <= time.time()
     assert line.forwarder.stored == {row.digest: two_images[0]}
     assert not line.spool.path_of(row.entry_id).exists()
     assert list(line.sealed_dir.iterdir()) == []
