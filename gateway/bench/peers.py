@@ -66,14 +66,18 @@ class Gateway:
     """``xray-gateway up`` in a child process, on free ports, over a fresh data dir.
 
     ``GATEWAY_BATCH_MAX`` and ``GATEWAY_BATCH_WINDOW_MS`` pass through from the
-    environment, so that the anchor stage runs as the deployment configures it.
+    environment, so that the anchor stage runs as the deployment configures it, and
+    ``GATEWAY_WORKERS``, ``GATEWAY_INPROCESS_PIPELINE`` (worker processes or threads).
     """
 
     data_dir: Path
     startup_timeout: float = 300.0
 
     def __post_init__(self) -> None:
-        keep = ("GATEWAY_BATCH_MAX", "GATEWAY_BATCH_WINDOW_MS")
+        keep = (
+            "GATEWAY_BATCH_MAX", "GATEWAY_BATCH_WINDOW_MS", "GATEWAY_WORKERS",
+            "GATEWAY_INPROCESS_PIPELINE",
+        )  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_") or k in keep}
         self.dicom_port = free_port()
         self.anvil_port = free_port()

@@ -48,7 +48,9 @@ def test_a_worker_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             rows = up.rows()
-            if any(r["stage"] not in ("fingerprint", "committed") for r in rows):
+            if len(rows) >= 30 and any(
+                r["stage"] not in ("fingerprint", "committed") for r in rows
+            ):
                 break
             time.sleep(0.02)
         streaming = sender.poll() is None
