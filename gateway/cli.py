@@ -371,6 +371,8 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                 f"  {row['row']:>6} {row['record']:<14} {row['stage'] or '?':<12} "
                 f"{row['attempts']:>8}  {row['last_error'] or ''}"
             )
+    held = ", ".join(f"{worker} {n}" for worker, n in sorted(report["claims"].items()))
+    print(f"held by workers: {held or 'none'}")
     commitments = report["commitment_requests"]
     print(
         f"storage commitment: {commitments['open']} open, {commitments['ready']} undelivered, "
