@@ -16,6 +16,7 @@ import logging
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from gateway.api.deps import Services
 from gateway.api.limits import Limits, RateLimiter, UploadArea
 from gateway.config import Settings
 from gateway.core.keys import init_keys, load_keyring, load_pseudonym_key
+from gateway.errors import ChildFailed
 from gateway.index.db import Index
 from gateway.ingest.anchor import BatchAnchorer, SingleAnchorer
 from gateway.ingest.commitment import CommitmentSCP
@@ -60,6 +62,9 @@ from gateway.trust.verify import Verifier
 from gateway.trust.views import RecordViews
 
 log = logging.getLogger(__name__)
+
+RESTART_PAUSE_S = 5.0
+"""How long `up` waits before starting again a worker process that failed to start."""
 
 
 def external_pacs(settings: Settings) -> Pacs:
@@ -252,6 +257,7 @@ class Stack:
         self._api: uvicorn.Server | None = None
         self._api_thread: threading.Thread | None = None
         self.workers: list[Child] = []
+        self._restart_at: dict[str, float] = {}  # a worker that failed to start waits
         self.doorbell: SocketDoorbell | None = None
 
     @property
@@ -347,10 +353,17 @@ class Stack:
         """Start again, under the same id, every worker process that died (main thread only:
         a child's parent-death signal follows the thread that started it)."""
         for child in self.workers:
-            if child.process is not None and not child.running:
-                code = child.process.returncode
-                log.warning("%s exited (code %s): starting it again", child.name, code)
+            if child.process is None or child.running:
+                continue
+            if time.monotonic() < self._restart_at.get(child.name, 0.0):
+                continue
+            code = child.process.returncode
+            log.warning("%s exited (code %s): starting it again", child.name, code)
+            try:
                 self._start_worker(child, first=False)
+            except ChildFailed as exc:  # e.g. the index or the chain refuses it: try again
+                self._restart_at[child.name] = time.monotonic() + RESTART_PAUSE_S
+                log.error("%s: %s; next try in %.0f s", child.name, exc, RESTART_PAUSE_S)
 
     def _tls_contexts(self) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
         """The DICOM TLS listener's context, and the one for reports sent on new
