@@ -219,6 +219,7 @@ class WorkerNode:
             )  # fmt: skip
             self.pipeline.start()
             self.bell = Bell(run_dir(s), self.worker, self.pipeline.wake)
+            self.pipeline.pause = self.bell.yield_to_acks  # acks first, across processes
         except BaseException:
             self.stop()
             raise

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from gateway.ingest.receive import MAX_YIELD_S, STREAMING_S
+
 log = logging.getLogger(__name__)
 
 PREFIX, SUFFIX = "worker-", ".sock"
@@ -79,6 +81,7 @@ class Bell:
         self._sock.bind(str(self.path))
         self._sock.settimeout(0.5)
         self._on_ring = on_ring
+        self.last_ring = 0.0  # time.monotonic() of the latest wake-up (one per ack)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wakeup", daemon=True)
         self._thread.start()
@@ -96,7 +99,21 @@ class Bell:
                 while self._sock.recv(64):
                     pass
             self._sock.settimeout(0.5)
+            self.last_ring = time.monotonic()
             self._on_ring()
+
+    def yield_to_acks(self) -> None:
+        """Hold the caller (a pipeline stage) back while the listener acks back to back, at
+        most ``MAX_YIELD_S``: a ring came less than ``STREAMING_S`` ago. The same rule as
+        the listener's own ``Receiver.yield_to_acks``, across processes: on few cores
+        the worker's CPU and its index writes slow the acks."""
+        deadline = time.monotonic() + MAX_YIELD_S
+        while True:
+            now = time.monotonic()
+            quiet = self.last_ring + STREAMING_S
+            if now >= quiet or now >= deadline:
+                return
+            time.sleep(min(quiet, deadline) - now)
 
     def close(self) -> None:
         self._stop.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from gateway.ingest.wakeup import Bell, SocketDoorbell
@@ -48,8 +49,20 @@ def test_a_worker_started_again_under_its_id_takes_its_socket_back(tmp_path: Pat
     second = Bell(run, "w1", woken.set)
     doorbell = SocketDoorbell(run)
     try:
+        assert second.last_ring == 0.0
         doorbell.ring()
         assert woken.wait(10)
+        assert second.last_ring > 0.0  # what yield_to_acks looks at
     finally:
         doorbell.close()
         second.close()
+
+
+def test_a_workers_wait_for_a_stream_of_acks_is_bounded(tmp_path: Path) -> None:
+    bell = Bell(tmp_path / "run", "w1", lambda: None)
+    try:
+        bell.yield_to_acks()  # no ring yet: nothing to wait for
+        bell.last_ring = time.monotonic() + 3600  # acks ringing for ever: it still returns
+        bell.yield_to_acks()  # (after MAX_YIELD_S: commits advance during a long stream)
+    finally:
+        bell.close()
