@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -34,12 +35,31 @@ def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         stack.start()
         print(stack.banner(), flush=True)
         while not stop.wait(0.5):
-            pass
+            stack.supervise()  # a dead worker process starts again under its id
     except KeyboardInterrupt:
         pass
     finally:
         print("xray-gateway: stopping…", file=sys.stderr, flush=True)
         stack.stop()
+    return 0
+
+
+def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.stack import WorkerNode
+
+    node = WorkerNode(settings, worker=args.id, anchors=not args.no_anchor)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        node.start()
+        print(f"xray-gateway worker {args.id} is up", flush=True)
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.stop()
     return 0
 
 
@@ -351,6 +371,8 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                 f"  {row['row']:>6} {row['record']:<14} {row['stage'] or '?':<12} "
                 f"{row['attempts']:>8}  {row['last_error'] or ''}"
             )
+    held = ", ".join(f"{worker} {n}" for worker, n in sorted(report["claims"].items()))
+    print(f"held by workers: {held or 'none'}")
     commitments = report["commitment_requests"]
     print(
         f"storage commitment: {commitments['open']} open, {commitments['ready']} undelivered, "
@@ -465,6 +487,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="start nothing embedded: use GATEWAY_CHAIN_URL (production, see docker/)",
     )
     up.set_defaults(handler=_cmd_up)
+
+    worker = sub.add_parser(
+        "worker", help="run the pipeline alone in this process (claims rows in the index)"
+    )
+    worker.add_argument(
+        "--id", default=f"worker-{socket.gethostname()}",
+        help="this worker's id among running workers (the same id after a restart frees "
+        "what it held at once); default: worker-<hostname>",
+    )  # fmt: skip
+    worker.add_argument(
+        "--no-anchor", action="store_true",
+        help="leave the anchor stage to another worker (one process per recorder key anchors)",
+    )  # fmt: skip
+    worker.set_defaults(handler=_cmd_worker)
 
     status = sub.add_parser(
         "status", help="queue depth per stage, oldest pending item, recent failures"

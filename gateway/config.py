@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     batch_max: int = Field(default=256, ge=1, le=100_000)
     batch_window_ms: int = Field(default=200, ge=0)
     anchor_max_delay_ms: int = Field(default=2000, ge=0, le=3_600_000)
+    # Worker processes `up` starts for the pipeline (each with its own GIL; 0: none, run
+    # `xray-gateway worker` yourself). Claims on rows last GATEWAY_WORKER_LEASE_S, renewed
+    # while the worker lives; a dead worker's rows return to the queue when it runs out.
+    workers: int = Field(default=1, ge=0, le=64)
+    worker_lease_s: float = Field(default=30.0, gt=0)
+    # The pipeline on threads inside `up`'s own process, as before #14 (for comparison).
+    inprocess_pipeline: bool = False
     spool_reserve_mb: int = Field(default=256, ge=0)
     # The most bytes one instance's dataset may take once inflated (deflate bombs): 4 GiB
     # holds the largest real instances (multi-frame tomosynthesis, whole-slide levels).

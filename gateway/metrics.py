@@ -138,6 +138,14 @@ class GatewayCollector(Collector):
         for (stage, error), count in sorted(self.index.parked_counts().items()):
             parked.add_metric([stage, error], count)
         yield parked
+        claims = GaugeMetricFamily(
+            f"{PREFIX}_claimed_instances",
+            "Rows a worker process holds now (a live lease), by worker id",
+            labels=["worker"],
+        )
+        for worker, count in sorted(self.index.claim_counts().items()):
+            claims.add_metric([worker], count)
+        yield claims
 
     def _commitment(self, scp: CommitmentSCP) -> Iterator[Metric]:
         counters = scp.counts()

@@ -104,12 +104,16 @@ class Child:
         ready: Callable[[], bool],
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        inherit_output: bool = False,
     ) -> None:
+        # inherit_output: the child's stderr is ours (a gateway's own worker processes: one
+        # log), its stdout discarded; log_path then only places the pid file
         self.name = name
+        self.inherit_output = inherit_output
         self.argv = list(argv)
         self.log_path = log_path
         self._ready = ready
-        self._env = env
+        self.env = env
         self._cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
         self.pid_path = log_path.with_name(f"{name}.pid")
@@ -158,13 +162,13 @@ class Child:
         """Start the process and wait until its probe says it is ready."""
         self.stop_stale()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log_file:
+        with open(os.devnull if self.inherit_output else self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 self.argv,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
+                stdout=subprocess.DEVNULL if self.inherit_output else log_file,
+                stderr=None if self.inherit_output else subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **(self._env or {})},
+                env={**os.environ, **(self.env or {})},
                 cwd=self._cwd,
                 start_new_session=True,  # Ctrl-C goes to us; we stop children in order
                 preexec_fn=_die_with_parent(),  # prctl must run in the child, after fork

@@ -1,14 +1,24 @@
 """``xray-gateway up``: every part started in order under the data dir, stopped in reverse.
 
 chain (anvil) -> contract -> keys -> PACS (Orthanc) -> object store -> index/spool ->
-pipeline -> Storage Commitment SCP -> DICOM listener -> HTTP API (with /metrics)
+worker processes (the pipeline) -> Storage Commitment SCP -> DICOM listener -> HTTP API
+
+The pipeline runs in ``GATEWAY_WORKERS`` worker processes (:class:`WorkerNode`, the
+``xray-gateway worker`` command), children of ``up`` that die with it and that ``up``
+starts again when one dies; the listener rings them after each ack (``ingest/wakeup``).
+The first anchors (one process sends the recorder's transactions); the others run every
+other stage. ``GATEWAY_INPROCESS_PIPELINE`` keeps the pipeline on threads in ``up``.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import uvicorn
@@ -21,7 +31,7 @@ from gateway.api.deps import Services
 from gateway.api.limits import Limits, RateLimiter, UploadArea
 from gateway.config import Settings
 from gateway.core.keys import init_keys, load_keyring, load_pseudonym_key
-from gateway.errors import ConfigError
+from gateway.errors import ChildFailed, ConfigError
 from gateway.index.db import Index
 from gateway.index.evidence_view import prepare_evidence_reader
 from gateway.ingest.anchor import BatchAnchorer, SingleAnchorer
@@ -32,10 +42,12 @@ from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.receive import Receiver
 from gateway.ingest.spool import Spool
 from gateway.ingest.tls import client_context, server_context
+from gateway.ingest.wakeup import Bell, SocketDoorbell, socket_path
 from gateway.ledger.anvil import Anvil
 from gateway.ledger.bootstrap import (
     Deployment,
     ensure_contract,
+    open_ledger,
     recorder_account,
     start_embedded_chain,
 )
@@ -44,6 +56,7 @@ from gateway.metrics import GatewayCollector, registry_for, render
 from gateway.orthanc_plugin import ENTRY_SCRIPT, plugin_section
 from gateway.pacs.client import Pacs
 from gateway.pacs.embedded import EmbeddedOrthanc, viewer_plugin_libraries
+from gateway.procs import Child
 from gateway.redact import redact_url
 from gateway.store import ObjectStore, open_store
 from gateway.trust.alerts import Alerts
@@ -52,6 +65,9 @@ from gateway.trust.verify import Verifier
 from gateway.trust.views import RecordViews
 
 log = logging.getLogger(__name__)
+
+RESTART_PAUSE_S = 5.0
+"""How long `up` waits before starting again a worker process that failed to start."""
 
 
 def external_pacs(settings: Settings) -> Pacs:
@@ -129,6 +145,105 @@ def api_limits(settings: Settings) -> Limits:
     )
 
 
+def run_dir(settings: Settings) -> Path:
+    """Where the worker processes' wake-up sockets and pid files are."""
+    return settings.data_dir / "run"
+
+
+def build_pipeline(
+    settings: Settings,
+    *,
+    index: Index,
+    spool: Spool,
+    store: ObjectStore,
+    ledger: XrayLedger,
+    pacs: Pacs,
+    alerts: Alerts,
+    worker: str,
+    anchors: bool = True,
+    poll_s: float = 0.25,
+) -> Pipeline:
+    """The pipeline over the configured parts, claiming rows in the index as ``worker``."""
+    s = settings
+    return Pipeline(
+        index=index,
+        spool=spool,
+        store=store,
+        keyring=load_keyring(s.keys_dir),
+        pseudonym_key=load_pseudonym_key(s.keys_dir),
+        anchorer=SingleAnchorer(ledger),
+        forwarder=PacsForwarder(pacs),
+        sealed_dir=s.data_dir / "sealed",
+        max_instance_bytes=s.max_instance_bytes,
+        alerts=alerts,
+        # GATEWAY_BATCH_MAX=1 anchors one transaction per image (the benchmark's
+        # one-by-one mode); anything more gathers Merkle batches.
+        batcher=BatchAnchorer(
+            ledger,
+            index,
+            max_size=s.batch_max,
+            window_ms=s.batch_window_ms,
+            max_delay_ms=s.anchor_max_delay_ms,
+        )
+        if s.batch_max > 1
+        else None,
+        worker=worker,
+        lease_s=s.worker_lease_s,
+        poll_s=poll_s,
+        anchors=anchors,
+    )
+
+
+class WorkerNode:
+    """One worker process: the pipeline alone, with the store, ledger and PACS it needs.
+
+    It claims rows in the index as ``worker`` (an id unique among running workers; the
+    same id after a restart frees at once what the dead process held), and wakes when
+    the listener rings its socket in the run dir, or every second to find retries due.
+    """
+
+    POLL_S = 1.0
+
+    def __init__(self, settings: Settings, *, worker: str, anchors: bool = True) -> None:
+        self.settings = settings
+        self.worker = worker
+        self.anchors = anchors
+        self.index: Index | None = None
+        self.alerts: Alerts | None = None
+        self.pipeline: Pipeline | None = None
+        self.bell: Bell | None = None
+
+    def start(self) -> None:
+        s = self.settings
+        try:
+            ledger = open_ledger(s, recorder_account(s))  # `up` or `contract deploy` pinned it
+            self.index = Index(s.data_dir / "index.sqlite")
+            self.alerts = gateway_alerts(s)
+            self.pipeline = build_pipeline(
+                s, index=self.index,
+                spool=Spool(s.data_dir / "spool", reserve_bytes=s.spool_reserve_mb << 20),
+                store=open_object_store(s), ledger=ledger, pacs=open_pacs(s),
+                alerts=self.alerts, worker=self.worker, anchors=self.anchors,
+                poll_s=self.POLL_S,
+            )  # fmt: skip
+            self.pipeline.start()
+            self.bell = Bell(run_dir(s), self.worker, self.pipeline.wake)
+            self.pipeline.pause = self.bell.yield_to_acks  # acks first, across processes
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.bell is not None:
+            self.bell.close()
+        if self.pipeline is not None:
+            self.pipeline.stop()
+        if self.alerts is not None:
+            self.alerts.close()
+        if self.index is not None:
+            self.index.close()
+
+
 class Stack:
     """The running gateway with its embedded parts (unless configured as external)."""
 
@@ -151,6 +266,9 @@ class Stack:
         self.token_path = settings.data_dir / "api-token"
         self._api: uvicorn.Server | None = None
         self._api_thread: threading.Thread | None = None
+        self.workers: list[Child] = []
+        self._restart_at: dict[str, float] = {}  # a worker that failed to start waits
+        self.doorbell: SocketDoorbell | None = None
 
     @property
     def store_url(self) -> str:
@@ -200,30 +318,20 @@ class Stack:
             self.alerts = gateway_alerts(s)
             spool = self.spool = Spool(s.data_dir / "spool", reserve_bytes=s.spool_reserve_mb << 20)
             spool.clear_incoming()  # partial receptions from a crash were never acked
-            self.pipeline = Pipeline(
-                index=self.index,
-                spool=spool,
-                store=self.store,
-                keyring=load_keyring(s.keys_dir),
-                pseudonym_key=load_pseudonym_key(s.keys_dir),
-                anchorer=SingleAnchorer(self.ledger),
-                forwarder=PacsForwarder(self.pacs),
-                sealed_dir=s.data_dir / "sealed",
-                max_instance_bytes=s.max_instance_bytes,
-                alerts=self.alerts,
-                # GATEWAY_BATCH_MAX=1 anchors one transaction per image (the benchmark's
-                # one-by-one mode); anything more gathers Merkle batches.
-                batcher=BatchAnchorer(
-                    self.ledger,
-                    self.index,
-                    max_size=s.batch_max,
-                    window_ms=s.batch_window_ms,
-                    max_delay_ms=s.anchor_max_delay_ms,
-                )
-                if s.batch_max > 1
-                else None,
-            )
-            self.pipeline.start()
+            on_stored: Callable[[int], None]
+            if s.inprocess_pipeline:
+                self.pipeline = build_pipeline(
+                    s, index=self.index, spool=spool, store=self.store, ledger=self.ledger,
+                    pacs=self.pacs, alerts=self.alerts, worker="up",
+                )  # fmt: skip
+                self.pipeline.start()
+                on_stored = self.pipeline.wake
+            else:
+                doorbell = self.doorbell = SocketDoorbell(run_dir(s))
+                on_stored = lambda _row: doorbell.ring()  # noqa: E731
+                for n in range(1, s.workers + 1):
+                    self.workers.append(self._worker(n))
+                    self._start_worker(self.workers[-1], first=True)
             self.commitment = CommitmentSCP(
                 index=self.index,
                 ae_title=s.ae_title,
@@ -237,12 +345,13 @@ class Stack:
                 index=self.index,
                 ae_title=s.ae_title,
                 allowed_aets=s.allowed_aets,
-                on_stored=self.pipeline.wake,
+                on_stored=on_stored,
                 commitment=self.commitment,
                 max_instance_bytes=s.max_instance_bytes,
                 limits=ListenerLimits.from_settings(s),
             )
-            self.pipeline.pause = self.receiver.yield_to_acks  # acks go first (performance.md)
+            if self.pipeline is not None:  # acks go first (performance.md)
+                self.pipeline.pause = self.receiver.yield_to_acks
             self.receiver.start(
                 host=s.dicom_host,
                 port=s.dicom_port if s.plain_dicom else None,
@@ -253,6 +362,41 @@ class Stack:
         except BaseException:
             self.stop()
             raise
+
+    def _worker(self, n: int) -> Child:
+        """Worker process ``n`` (id ``up-<n>``); the first one anchors."""
+        worker = f"up-{n}"
+        argv = [sys.executable, "-m", "gateway", "worker", "--id", worker]
+        if n > 1:
+            argv.append("--no-anchor")
+        bell = socket_path(run_dir(self.settings), worker)
+        return Child(
+            f"worker-{worker}", argv, log_path=run_dir(self.settings) / f"worker-{worker}.log",
+            ready=bell.exists, inherit_output=True,
+        )  # fmt: skip
+
+    def _start_worker(self, child: Child, *, first: bool) -> None:
+        bell = socket_path(run_dir(self.settings), child.argv[child.argv.index("--id") + 1])
+        bell.unlink(missing_ok=True)  # a killed worker's socket: not ready until it binds anew
+        # a failpoint is one crash: a worker started again runs without it
+        child.env = None if first else {"GATEWAY_FAILPOINT": ""}
+        child.start(timeout=120)
+
+    def supervise(self) -> None:
+        """Start again, under the same id, every worker process that died (main thread only:
+        a child's parent-death signal follows the thread that started it)."""
+        for child in self.workers:
+            if child.process is None or child.running:
+                continue
+            if time.monotonic() < self._restart_at.get(child.name, 0.0):
+                continue
+            code = child.process.returncode
+            log.warning("%s exited (code %s): starting it again", child.name, code)
+            try:
+                self._start_worker(child, first=False)
+            except ChildFailed as exc:  # e.g. the index or the chain refuses it: try again
+                self._restart_at[child.name] = time.monotonic() + RESTART_PAUSE_S
+                log.error("%s: %s; next try in %.0f s", child.name, exc, RESTART_PAUSE_S)
 
     def _tls_contexts(self) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
         """The DICOM TLS listener's context, and the one for reports sent on new
@@ -365,6 +509,10 @@ class Stack:
             self.commitment.stop()
         if self.pipeline is not None:
             self.pipeline.stop()
+        for child in reversed(self.workers):  # a batch being sent finishes, or is resumed later
+            child.stop(timeout=90)
+        if self.doorbell is not None:
+            self.doorbell.close()
         if self.alerts is not None:  # after the pipeline: it records spool_swapped alerts
             self.alerts.close()
         if self.index is not None:

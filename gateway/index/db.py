@@ -583,6 +583,129 @@ class Index:
                 counts[key] = counts.get(key, 0) + int(count)
             return counts
 
+    # -- claims: which worker process works a row, for how long -----------------------------
+    #
+    # A worker claims due rows in one IMMEDIATE transaction (on PostgreSQL the same select
+    # would be ``FOR UPDATE SKIP LOCKED``), renews its claims while it lives, and drops a
+    # row's claim when the row waits or is done. A dead worker's claims run out after the
+    # lease, or at once when a worker starts again under the same id.
+
+    _FREE = "(claimed_by IS NULL OR claim_until <= ?)"
+
+    def claim_due(
+        self, worker: str, *, stages: tuple[str, ...], limit: int, lease_s: float,
+        now: float | None = None,
+    ) -> list[Row]:  # fmt: skip
+        """Claim up to ``limit`` due rows at ``stages`` that no live claim holds, oldest first."""
+        if limit <= 0 or not stages:
+            return []
+        now = time.time() if now is None else now
+        marks = ", ".join("?" for _ in stages)
+        with self.transaction() as db:
+            db.serialize(CLAIMS)  # no two claimers pick the same rows
+            ids = [int(r[0]) for r in db.execute(
+                f"SELECT id FROM instances WHERE stage IN ({marks}) AND next_attempt_at <= ?"
+                f" AND {self._FREE} ORDER BY id LIMIT ?",
+                (*stages, now, now, limit),
+            )]  # fmt: skip
+            return self._mark_claimed(db, worker, ids, now + lease_s)
+
+    def claim_unbatched(
+        self, worker: str, stage: str, *, limit: int, lease_s: float, now: float | None = None
+    ) -> list[Row]:
+        """Claim the due rows at ``stage`` that no open batch holds, no other worker's live
+        claim holds (this worker's own are renewed), oldest first: the rows one batch thread
+        may cut a batch from, so that no two cut batches from the same rows."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            db.serialize(CLAIMS)  # no two claimers pick the same rows
+            ids = [int(r[0]) for r in db.execute(
+                "SELECT id FROM instances WHERE stage = ? AND next_attempt_at <= ?"
+                f" AND ({self._FREE} OR claimed_by = ?) AND id NOT IN (SELECT m.row_id FROM"
+                " batch_members m JOIN batches b ON b.id = m.batch WHERE b.state = 'open')"
+                " ORDER BY id LIMIT ?",
+                (stage, now, now, worker, limit),
+            )]  # fmt: skip
+            return self._mark_claimed(db, worker, ids, now + lease_s)
+
+    def claim_batch(
+        self, worker: str, batch: int, *, lease_s: float, now: float | None = None
+    ) -> bool:
+        """Claim every member of an open batch, unless another worker's live claim holds one."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            db.serialize(CLAIMS)  # no two claimers pick the same rows
+            ids = [int(r[0]) for r in db.execute(
+                "SELECT row_id FROM batch_members WHERE batch = ?", (batch,)
+            )]  # fmt: skip
+            marks = ", ".join("?" for _ in ids)
+            held = db.execute(
+                f"SELECT COUNT(*) FROM instances WHERE id IN ({marks}) AND claimed_by != ?"
+                " AND claim_until > ?",
+                (*ids, worker, now),
+            ).fetchone()[0]
+            if held:
+                return False
+            self._mark_claimed(db, worker, ids, now + lease_s)
+            return True
+
+    def _mark_claimed(self, db: Connection, worker: str, ids: list[int], until: float) -> list[Row]:
+        if not ids:
+            return []
+        marks = ", ".join("?" for _ in ids)
+        db.execute(
+            f"UPDATE instances SET claimed_by = ?, claim_until = ? WHERE id IN ({marks})",
+            (worker, until, *ids),
+        )
+        return self._rows(f"WHERE id IN ({marks}) ORDER BY id", tuple(ids))
+
+    def unclaim(self, worker: str, row_ids: list[int] | tuple[int, ...]) -> None:
+        """Drop this worker's claims on these rows (they wait, or are done)."""
+        if not row_ids:
+            return
+        marks = ", ".join("?" for _ in row_ids)
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE instances SET claimed_by = NULL, claim_until = 0"
+                f" WHERE claimed_by = ? AND id IN ({marks})",
+                (worker, *row_ids),
+            )
+
+    def renew_claims(self, worker: str, *, lease_s: float) -> int:
+        """Extend every claim this worker holds by the lease; returns how many."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE instances SET claim_until = ? WHERE claimed_by = ?",
+                (time.time() + lease_s, worker),
+            )
+            return int(cursor.rowcount)
+
+    def release_claims(self, worker: str) -> int:
+        """Drop every claim of ``worker`` (it starts again: what it held is due at once)."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE instances SET claimed_by = NULL, claim_until = 0 WHERE claimed_by = ?",
+                (worker,),
+            )
+            return int(cursor.rowcount)
+
+    def claim_counts(self, *, now: float | None = None) -> dict[str, int]:
+        """Live claims per worker (none on an index from before worker processes)."""
+        with self._lock:
+            if "claimed_by" not in self._db.columns("instances"):
+                return {}
+            cursor = self._db.execute(
+                "SELECT claimed_by, COUNT(*) FROM instances WHERE claimed_by IS NOT NULL"
+                " AND claim_until > ? GROUP BY claimed_by",
+                (time.time() if now is None else now,),
+            )
+            return {str(worker): int(count) for worker, count in cursor.fetchall()}
+
+
+#: The advisory-lock key every claim transaction takes: on PostgreSQL, claims by several
+#: processes are serialized as SQLite's ``BEGIN IMMEDIATE`` serializes them.
+CLAIMS = b"xray-gateway:claims"
+
 
 def error_class(last_error: str | None) -> str:
     """The exception class in a ``last_error`` (``"<stage>: <Class>: <message>"``)."""

@@ -107,7 +107,8 @@ class SqliteConnection:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout = 5000")
+        # several processes write (listener, workers): wait for the write lock, never fail fast
+        self._db.execute("PRAGMA busy_timeout = 60000")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         return self._db.execute(sql, tuple(params))

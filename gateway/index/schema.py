@@ -130,6 +130,9 @@ STEPS: tuple[Step, ...] = (
     Create(_COMMITMENTS),  # 5: Storage Commitment requests
     AddColumn("commitments", "tls", "INTEGER NOT NULL DEFAULT 0"),  # 6
     AddColumn("instances", "anchored_at", "REAL"),  # 7: when the anchor's receipt came
+    # 8, 9: the worker process that holds the row (its id) and until when (epoch seconds)
+    AddColumn("instances", "claimed_by", "TEXT"),
+    AddColumn("instances", "claim_until", "REAL NOT NULL DEFAULT 0"),
 )
 
 #: The version this code writes and reads.

@@ -394,6 +394,16 @@ class GuardedAssociationServer(ThreadedAssociationServer):
                 self._by_host.pop(host, None)
 
 
+class SharedPortServer(GuardedAssociationServer):
+    """The guarded server on a port that other processes listen on too (``SO_REUSEPORT``):
+    the kernel spreads new connections over every socket bound to it, so each listener
+    process takes its share with its own GIL. The association caps are per process."""
+
+    def server_bind(self) -> None:
+        cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 def start_server(
     ae: AE,
     address: tuple[str, int],
@@ -402,12 +412,14 @@ def start_server(
     evt_handlers: list[Any],
     on_association_end: Callable[[Association], None] | None = None,
     ssl_context: Any = None,
+    shared_port: bool = False,
 ) -> GuardedAssociationServer:
     """``AE.start_server(address, block=False, ...)`` with the guarded server.
 
     The AE's ``maximum_pdu_size`` becomes ``limits.max_pdu``; its
     ``maximum_associations`` is set above the caps counted here (pynetdicom counts
     an association until its thread ends, a little after its connection).
+    ``shared_port`` binds with ``SO_REUSEPORT`` (:class:`SharedPortServer`).
     """
     ae.maximum_pdu_size = limits.max_pdu
     ae.maximum_associations = 2 * limits.max_associations
@@ -418,7 +430,7 @@ def start_server(
             address,
             evt_handlers=evt_handlers,
             ssl_context=ssl_context,
-            server_class=GuardedAssociationServer,
+            server_class=SharedPortServer if shared_port else GuardedAssociationServer,
         ),
     )
     server.limits = limits

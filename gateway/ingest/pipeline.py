@@ -6,6 +6,12 @@ fingerprint -> seal -> put -> anchor -> forward -> committed
 the stage a row goes to next. The :class:`Pipeline` runs it: it finds due rows, claims
 them for its workers, runs each row's step, and records failures, retries and parking.
 
+The pipeline claims the rows it works in the index (``claimed_by``, ``claim_until``: a
+lease it renews while it lives, dropped when a row waits or is done), so that several
+pipelines, each in its own worker process (``xray-gateway worker``), share one index and
+never work the same row at once; a dead worker's rows return to the queue when its lease
+runs out, or at once when it starts again under the same id.
+
 Rows run their stages on a pool of worker threads, except at ``anchor`` when a batcher
 is configured: there one thread gathers the rows that reached it into Merkle batches
 (``anchor.BatchAnchorer``: one ``recordBatch`` per batch), lands each batch, and moves
@@ -159,6 +165,17 @@ class Pipeline:
         in a temporary file on the spool's filesystem.
     alerts:
         Where a spool file changed after the ack is reported (``spool_swapped``).
+    worker:
+        This pipeline's id in the index's claims (unique among running pipelines; the
+        same id after a restart frees what it held at once).
+    lease_s:
+        How long a claim lasts unless renewed (renewed every third of it while alive).
+    poll_s:
+        The longest wait between two looks for due rows when nothing wakes the pipeline.
+    anchors:
+        Whether this pipeline anchors (the anchor stage, the batch thread, the check of
+        the recorded anchors). One pipeline per recorder key does: the ledger's nonces are
+        handed out in one process. The others leave rows at ``anchor`` to it.
     """
 
     def __init__(
@@ -177,8 +194,17 @@ class Pipeline:
         pause: Callable[[], None] | None = None,
         max_instance_bytes: int = MAX_INSTANCE_BYTES,
         alerts: Alerts | None = None,
+        worker: str = "local",
+        lease_s: float = 30.0,
+        poll_s: float = 0.25,
+        anchors: bool = True,
     ) -> None:
         self.index = index
+        self.worker = worker
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self.workers = workers
+        self.anchors = anchors
         self.anchorer = anchorer
         self.batcher = batcher
         self.pause = pause
@@ -203,17 +229,24 @@ class Pipeline:
         self._reconcile_at = 0.0
         self._reconciler: threading.Thread | None = None
         self._reconcile_attempts = 0
+        self._renewer: threading.Thread | None = None
         self.reanchored = 0  # records the chain had lost, anchored again since start
 
     # -- running ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._reconciled.clear()
+        released = self.index.release_claims(self.worker)  # this id's earlier life held them
+        if released:
+            log.info("worker %s starts again: %d rows it held are due now", self.worker, released)
+        if self.anchors:
+            self._reconciled.clear()
+        self._renewer = threading.Thread(target=self._renew, name="pipeline-lease", daemon=True)
+        self._renewer.start()
         self._thread = threading.Thread(
             target=self._dispatch, name="pipeline-dispatch", daemon=True
         )
         self._thread.start()
-        if self.batcher is not None:
+        if self.batcher is not None and self.anchors:
             self._batch_thread = threading.Thread(
                 target=self._gather, name="pipeline-batch", daemon=True
             )
@@ -230,6 +263,17 @@ class Pipeline:
         if self._reconciler is not None:
             self._reconciler.join(30)  # a re-anchor under way finishes, or runs again at start
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._renewer is not None:
+            self._renewer.join(10)
+        self.index.release_claims(self.worker)  # rows gathered for a batch not yet cut
+
+    def _renew(self) -> None:
+        """Keep this worker's claims alive while it runs (a dead worker's run out)."""
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                self.index.renew_claims(self.worker, lease_s=self.lease_s)
+            except Exception:  # the index is busy or failing: the next renewal may do
+                log.exception("renewing worker %s's claims failed", self.worker)
 
     def wake(self, row_id: int | None = None) -> None:
         """Something new is due (called by the listener after each ack)."""
@@ -247,7 +291,9 @@ class Pipeline:
 
     def _dispatch(self) -> None:
         pooled = tuple(
-            stage.name for stage in STAGE_TABLE if not (stage.batched and self.batcher)
+            stage.name
+            for stage in STAGE_TABLE
+            if not (stage.batched and (self.batcher or not self.anchors))
         )  # with a batcher, rows at its stage are the batch thread's to hand out
         while not self._stop.is_set():
             self._wake.clear()
@@ -262,11 +308,17 @@ class Pipeline:
                     target=self._try_reconcile, name="pipeline-reconcile", daemon=True
                 )
                 self._reconciler.start()
-            for row in self.index.due(limit=256, stages=pooled):
-                if row.stage == ANCHOR.name and not self._reconciled.is_set():
-                    continue  # no new anchor before the recorded ones are checked
+            # no new anchor before the recorded ones are checked
+            stages = tuple(
+                name for name in pooled if name != ANCHOR.name or self._reconciled.is_set()
+            )
+            with self._lock:
+                room = self.workers - len(self._inflight)
+            for row in self.index.claim_due(
+                self.worker, stages=stages, limit=room, lease_s=self.lease_s
+            ):
                 self._submit(row.id)
-            self._wake.wait(0.25)
+            self._wake.wait(self.poll_s)
 
     def _submit(self, row_id: int) -> None:
         with self._lock:
@@ -330,8 +382,9 @@ class Pipeline:
             elif row.tx_hash not in relanded:  # a lost batch is sent again whole: same root
                 relanded.add(str(row.tx_hash))
                 for batch in self.index.reopen_batches(str(row.tx_hash)):
-                    self._land(batch)
-                    self.reanchored += batch.count
+                    if self.index.claim_batch(self.worker, batch.id, lease_s=self.lease_s):
+                        self._land(batch)  # else another worker's batch thread lands it
+                        self.reanchored += batch.count
         self._reconciled.set()
         self._wake.set()
         return len(lost)
@@ -340,9 +393,12 @@ class Pipeline:
         try:
             self.process(row_id)
         finally:
-            with self._lock:
-                self._inflight.discard(row_id)
-            self._wake.set()
+            try:
+                self.index.unclaim(self.worker, [row_id])  # it waits, or it is done
+            finally:
+                with self._lock:
+                    self._inflight.discard(row_id)
+                self._wake.set()
 
     def process(self, row_id: int) -> str:
         """Run the row's stages until it is done or a stage must wait; returns that stage."""
@@ -363,6 +419,8 @@ class Pipeline:
         if self._batched(stage, row):
             self._batch_wake.set()  # the batch thread takes it from here
             return False
+        if stage is ANCHOR and not self.anchors:
+            return False  # the anchoring pipeline takes it from here
         if self.pause is not None:
             self.pause()
         try:
@@ -434,8 +492,11 @@ class Pipeline:
             try:
                 self._batching = True
                 for batch in self.index.open_batches():
-                    self._land(batch)
-                rows = self.index.due_unbatched(ANCHOR.name, limit=4 * gatherer.max_size)
+                    if self.index.claim_batch(self.worker, batch.id, lease_s=self.lease_s):
+                        self._land(batch)  # else another worker is landing it
+                rows = self.index.claim_unbatched(
+                    self.worker, ANCHOR.name, limit=4 * gatherer.max_size, lease_s=self.lease_s
+                )
                 for row in rows:
                     if not self._batched(ANCHOR, row):
                         self._submit(row.id)  # a new version: anchored on its own
@@ -465,6 +526,12 @@ class Pipeline:
 
     def _land(self, batch: PendingBatch) -> None:
         """Anchor one persisted batch and move its rows on, or note why it must wait."""
+        try:
+            self._land_claimed(batch)
+        finally:
+            self.index.unclaim(self.worker, batch.members)
+
+    def _land_claimed(self, batch: PendingBatch) -> None:
         assert self.batcher is not None
         rows = [self.index.get(row_id) for row_id in batch.members]
         try:
@@ -533,6 +600,7 @@ class Pipeline:
         """The chain did not answer: check the recorded anchors again before the next one."""
         if (
             isinstance(exc, ChainUnavailable)
+            and self.anchors
             and self._reconciled.is_set()
             and self._thread is not None
         ):

@@ -217,11 +217,13 @@ class Receiver:
         port: int | None = 11112,
         tls_port: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        shared_port: bool = False,
     ) -> None:
         """Listen in the background: plain DICOM on ``port`` (None: not at all), and DICOM
         TLS on ``tls_port`` when an ``ssl_context`` (:func:`gateway.ingest.tls.server_context`) is
         given. Each port counts its own connections against ``limits``
-        (:class:`gateway.ingest.listener.GuardedAssociationServer`)."""
+        (:class:`gateway.ingest.listener.GuardedAssociationServer`). ``shared_port``: other
+        listener processes may bind the same ports (``SO_REUSEPORT``)."""
         ae = self.build_ae()
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self.handle_store),
@@ -238,6 +240,7 @@ class Receiver:
                 limits=self.limits,
                 evt_handlers=handlers,
                 on_association_end=self.discard_partials,
+                shared_port=shared_port,
             )
         if ssl_context is not None:
             assert tls_port is not None, "a TLS listener needs its port"
@@ -248,6 +251,7 @@ class Receiver:
                 evt_handlers=handlers,
                 on_association_end=self.discard_partials,
                 ssl_context=ssl_context,
+                shared_port=shared_port,
             )
 
     @property

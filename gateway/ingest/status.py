@@ -1,7 +1,7 @@
 """What ``xray-gateway status`` shows: the ingest queue, read from the index without writing.
 
 Rows per stage, the oldest row with work left, the rows failing now, the rows parked at
-stage ``failed``, and the Storage Commitment requests (:class:`CommitmentLog`). No
+stage ``failed``, the rows each worker process holds, and the Storage Commitment requests (:class:`CommitmentLog`). No
 patient data: a row is named by a prefix of its record key, or of its spool entry before
 it is fingerprinted.
 """
@@ -60,6 +60,7 @@ def status_report(
         failing = index.failing(limit)
         parked = index.parked(limit)
         commitments, undelivered = _commitments(CommitmentLog(index, readonly=True), limit)
+        claims = index.claim_counts(now=now)
     finally:
         index.close()
     stages = [*STAGES, *(st for st in DONE_STAGES if st not in STAGES)]
@@ -71,6 +72,7 @@ def status_report(
         "oldest_pending": None if oldest is None else _oldest(oldest, now),
         "failing": [_failing(row, now) for row in failing],
         "parked": [_parked(row) for row in parked],
+        "claims": claims,  # rows each worker process holds now (live leases)
         "commitment_requests": {state: commitments.get(state, 0) for state in COMMITMENT_STATES},
         "commitment_undelivered": [item._asdict() for item in undelivered],
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -124,3 +125,23 @@ class Up:
             (r["id"], r["stage"], r["last_error"]) for r in rows if r["stage"] != "committed"
         ]
         raise AssertionError(f"{len(rows)}/{count} rows, still pending: {pending[:10]}")
+
+    @property
+    def log_path(self) -> Path:
+        """Where ``up`` and its worker processes log (stderr)."""
+        return self.data_dir.parent / "up.log"
+
+    def wait_logged(self, text: str, *, timeout: float = 300) -> None:
+        """Wait until ``up`` (or one of its worker processes) logged ``text``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.log.flush()
+            if text in self.log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"never logged: {text!r}")
+
+    def worker_pid(self, worker: str = "up-1") -> int:
+        """The pid of one of ``up``'s worker processes (its pid file)."""
+        path = self.data_dir / "run" / f"worker-{worker}.pid"
+        return int(json.loads(path.read_text())["pid"])

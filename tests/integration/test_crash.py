@@ -1,9 +1,11 @@
-"""Crashes: `xray-gateway up` SIGKILLed at each point of the ingest path, then restarted.
+"""Crashes: the gateway's processes SIGKILLed at each point of the ingest path, then restarted.
 
-Each crash test arms one failpoint (``GATEWAY_FAILPOINT``, :mod:`gateway.failpoints`),
-sends a small series with DCMTK's storescu, sees the gateway die by SIGKILL, sees its
-children (anvil, Orthanc) stop by themselves, and restarts it without the failpoint on
-the same data dir and the same ports. Once the backlog has drained, every instance
+Each crash test arms one failpoint (``GATEWAY_FAILPOINT``, :mod:`gateway.failpoints`) and
+sends a small series with DCMTK's storescu. At a ``receive.*`` point `xray-gateway up`
+(the listener) dies by SIGKILL, its children (anvil, Orthanc, the worker processes) stop
+by themselves, and the test restarts it without the failpoint on the same data dir and
+the same ports. At a ``pipeline.*`` point the worker process that passed it dies; `up`
+lives on and starts it again under the same id, without the failpoint. Once the backlog has drained, every instance
 storescu saw acked is ``intact`` (verify API), with exactly one object in the store,
 exactly one ledger record and a copy in Orthanc; an instance never acked is either
 absent everywhere or complete in the same way.
@@ -188,6 +190,19 @@ def test_a_crash_at_each_point_loses_and_duplicates_nothing(
     state = up.data_dir / "chain" / "anvil-state.json"
     sender = send(up.dicom_port, files)
     output, _ = sender.communicate(timeout=300)
+    if crash.point.startswith("pipeline."):  # a worker died; `up` starts it again
+        answers = acked(output)
+        try:
+            up.wait_logged("worker-up-1 exited (code -9): starting it again")
+            assert up.proc.poll() is None  # the listener lived on
+            up.wait_done(sum(a == "Success" for a in answers.values()), timeout=300)
+            figures = check_after_restart(up, files, answers)
+        finally:
+            assert up.stop() == 0
+        print(f"\ncrash at {crash.point}:{crash.hits} (worker): {figures}")
+        assert figures["lost"] == 0 and figures["duplicated"] == 0
+        assert figures["acked"] == len(files)  # the listener never stopped acking
+        return
     assert up.proc.wait(300) == -signal.SIGKILL, "the failpoint never fired"
     up.stop()
     wait_gone(children)  # they got SIGTERM when the gateway died: nothing holds the ports

@@ -291,3 +291,31 @@ def test_a_request_followed_at_once_by_garbage_never_kills_a_thread(receiver: Re
         sock.close()  # as a peer does on an A-ABORT
     wait_for(lambda: not receiver.connections(), "every connection ended")
     assert echo(receiver.port)
+
+
+def test_listeners_sharing_one_port_each_serve_it_into_one_index(tmp_path: Path) -> None:
+    """Two listeners on one port (SO_REUSEPORT, as several listener processes bind it):
+    every instance acked once into the one index; either alone still serves the port."""
+    port = free_port()
+    index = Index(tmp_path / "index.sqlite")
+    spool = Spool(tmp_path / "spool", reserve_bytes=0)
+    listeners = [
+        Receiver(spool=spool, index=index, limits=ListenerLimits())  # type: ignore[arg-type]
+        for _ in range(2)
+    ]
+    files = dicom_fixtures.ct_series(tmp_path / "series", 16, rows=16, cols=16)
+    try:
+        for rx in listeners:
+            rx.start(port=port, shared_port=True)
+        with pytest.raises(OSError):  # a listener that does not share is refused the port
+            Receiver(spool=spool, index=index).start(port=port)  # type: ignore[arg-type]
+        for start in range(0, 16, 2):  # eight associations: the kernel spreads them
+            assert storescu(port, files[start : start + 2]).returncode == 0
+        assert len(index.all()) == 16
+        listeners[0].stop()
+        assert storescu(port, files[:1]).returncode == 0  # the other one takes it
+        assert len(index.all()) == 17
+    finally:
+        for rx in listeners:
+            rx.stop()
+        index.close()

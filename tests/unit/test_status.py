@@ -133,6 +133,7 @@ def test_status_reads_an_index_nobody_has_open(data_dir: Path) -> None:
 def test_metrics_exposition(tmp_path: Path) -> None:
     index = Index(tmp_path / "index.sqlite")
     fill(index)
+    index.claim_due("up-1", stages=("anchor",), limit=1, lease_s=60)
     spool = Spool(tmp_path / "spool", reserve_bytes=1 << 20)
     receiver = Receiver(spool=spool, index=index)
     receiver.responses.update({0x0000: 5, 0xA700: 2})
@@ -168,6 +169,7 @@ def test_metrics_exposition(tmp_path: Path) -> None:
     assert samples[("xray_gateway_commitment_delivery_failures_total", ())] == 4
     assert samples[("xray_gateway_spool_reserve_bytes", ())] == 1 << 20
     assert samples[("xray_gateway_spool_free_bytes", ())] > 0
+    assert samples[("xray_gateway_claimed_instances", (("worker", "up-1"),))] == 1
     assert "1.2.3." not in text  # no UIDs, no patient data in labels
     with serve(create_app(health=Health())) as url:  # no metrics callable: no route
         assert get(f"{url}/metrics")[0] == 404

@@ -84,3 +84,16 @@ def test_an_index_written_by_a_newer_gateway_is_refused_not_read(tmp_path: Path)
     set_version(path, schema.LATEST + 1)
     with pytest.raises(IndexSchemaTooNew, match="upgrade the gateway"):
         status_report(path)
+
+
+def test_the_rows_each_worker_holds_are_shown(tmp_path: Path) -> None:
+    index = Index(tmp_path / "index.sqlite")
+    for n in range(3):
+        index.add_received(
+            entry_id=f"e{n}", sop_instance_uid=f"1.2.{n}", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            calling_aet="CT1", size=1,
+        )  # fmt: skip
+    index.claim_due("up-1", stages=("fingerprint",), limit=2, lease_s=60)
+    index.claim_due("gone", stages=("fingerprint",), limit=1, lease_s=-1)  # lease run out
+    assert status_report(tmp_path / "index.sqlite")["claims"] == {"up-1": 2}
+    index.close()

@@ -1,0 +1,68 @@
+"""Wake-ups over Unix datagram sockets: the listener rings, each worker's bell answers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from gateway.ingest.wakeup import Bell, SocketDoorbell
+
+
+def test_a_ring_wakes_every_worker_and_many_rings_fold_into_few(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    woken = {name: threading.Event() for name in ("w1", "w2")}
+    counts = {name: 0 for name in woken}
+
+    def on_ring(name: str) -> None:
+        counts[name] += 1
+        woken[name].set()
+
+    bells = [Bell(run, name, lambda name=name: on_ring(name)) for name in woken]  # type: ignore[misc]
+    doorbell = SocketDoorbell(run)
+    try:
+        for _ in range(500):
+            doorbell.ring()
+        assert all(event.wait(10) for event in woken.values())
+    finally:
+        doorbell.close()
+        for bell in bells:
+            bell.close()
+    assert all(1 <= count <= 500 for count in counts.values())
+    assert not list(run.iterdir())  # each bell removed its socket
+
+
+def test_ringing_with_no_worker_or_a_dead_ones_socket_does_not_fail(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "worker-gone.sock").touch()  # left by a SIGKILLed worker: not a socket any more
+    doorbell = SocketDoorbell(run)
+    doorbell.ring()
+    doorbell.close()
+
+
+def test_a_worker_started_again_under_its_id_takes_its_socket_back(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    woken = threading.Event()
+    first = Bell(run, "w1", lambda: None)
+    first._sock.close()  # as after SIGKILL: the path stays behind
+    second = Bell(run, "w1", woken.set)
+    doorbell = SocketDoorbell(run)
+    try:
+        assert second.last_ring == 0.0
+        doorbell.ring()
+        assert woken.wait(10)
+        assert second.last_ring > 0.0  # what yield_to_acks looks at
+    finally:
+        doorbell.close()
+        second.close()
+
+
+def test_a_workers_wait_for_a_stream_of_acks_is_bounded(tmp_path: Path) -> None:
+    bell = Bell(tmp_path / "run", "w1", lambda: None)
+    try:
+        bell.yield_to_acks()  # no ring yet: nothing to wait for
+        bell.last_ring = time.monotonic() + 3600  # acks ringing for ever: it still returns
+        bell.yield_to_acks()  # (after MAX_YIELD_S: commits advance during a long stream)
+    finally:
+        bell.close()
