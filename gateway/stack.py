@@ -42,7 +42,14 @@ from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.receive import Receiver
 from gateway.ingest.spool import Spool
 from gateway.ingest.tls import client_context, server_context
-from gateway.ingest.wakeup import Bell, SocketDoorbell, socket_path
+from gateway.ingest.wakeup import (
+    Bell,
+    Doorbell,
+    NotifyBell,
+    NotifyDoorbell,
+    SocketDoorbell,
+    ready_path,
+)
 from gateway.ledger.anvil import Anvil
 from gateway.ledger.bootstrap import (
     Deployment,
@@ -211,13 +218,13 @@ class WorkerNode:
         self.index: Index | None = None
         self.alerts: Alerts | None = None
         self.pipeline: Pipeline | None = None
-        self.bell: Bell | None = None
+        self.bell: Bell | NotifyBell | None = None
 
     def start(self) -> None:
         s = self.settings
         try:
             ledger = open_ledger(s, recorder_account(s))  # `up` or `contract deploy` pinned it
-            self.index = Index(s.data_dir / "index.sqlite")
+            self.index = Index(s.index_location)
             self.alerts = gateway_alerts(s)
             self.pipeline = build_pipeline(
                 s, index=self.index,
@@ -227,7 +234,13 @@ class WorkerNode:
                 poll_s=self.POLL_S,
             )  # fmt: skip
             self.pipeline.start()
-            self.bell = Bell(run_dir(s), self.worker, self.pipeline.wake)
+            if s.index_url is not None:  # LISTEN: woken by a listener on any machine
+                self.bell = NotifyBell(
+                    s.index_url.get_secret_value(), self.pipeline.wake,
+                    ready=ready_path(run_dir(s), self.worker, notify=True),
+                )  # fmt: skip
+            else:
+                self.bell = Bell(run_dir(s), self.worker, self.pipeline.wake)
             self.pipeline.pause = self.bell.yield_to_acks  # acks first, across processes
         except BaseException:
             self.stop()
@@ -268,7 +281,7 @@ class Stack:
         self._api_thread: threading.Thread | None = None
         self.workers: list[Child] = []
         self._restart_at: dict[str, float] = {}  # a worker that failed to start waits
-        self.doorbell: SocketDoorbell | None = None
+        self.doorbell: Doorbell | None = None
 
     @property
     def store_url(self) -> str:
@@ -327,7 +340,10 @@ class Stack:
                 self.pipeline.start()
                 on_stored = self.pipeline.wake
             else:
-                doorbell = self.doorbell = SocketDoorbell(run_dir(s))
+                doorbell = self.doorbell = (
+                    SocketDoorbell(run_dir(s)) if s.index_url is None
+                    else NotifyDoorbell(s.index_url.get_secret_value())
+                )  # fmt: skip
                 on_stored = lambda _row: doorbell.ring()  # noqa: E731
                 for n in range(1, s.workers + 1):
                     self.workers.append(self._worker(n))
@@ -369,15 +385,21 @@ class Stack:
         argv = [sys.executable, "-m", "gateway", "worker", "--id", worker]
         if n > 1:
             argv.append("--no-anchor")
-        bell = socket_path(run_dir(self.settings), worker)
+        bell = self._bell_ready(worker)
         return Child(
             f"worker-{worker}", argv, log_path=run_dir(self.settings) / f"worker-{worker}.log",
             ready=bell.exists, inherit_output=True,
         )  # fmt: skip
 
+    def _bell_ready(self, worker: str) -> Path:
+        """What shows ``worker``'s bell is up (its socket, or its sign that it listens)."""
+        return ready_path(
+            run_dir(self.settings), worker, notify=self.settings.index_url is not None
+        )
+
     def _start_worker(self, child: Child, *, first: bool) -> None:
-        bell = socket_path(run_dir(self.settings), child.argv[child.argv.index("--id") + 1])
-        bell.unlink(missing_ok=True)  # a killed worker's socket: not ready until it binds anew
+        bell = self._bell_ready(child.argv[child.argv.index("--id") + 1])
+        bell.unlink(missing_ok=True)  # a killed worker's bell: not ready until it is up anew
         # a failpoint is one crash: a worker started again runs without it
         child.env = None if first else {"GATEWAY_FAILPOINT": ""}
         child.start(timeout=120)

@@ -28,7 +28,7 @@ from typing import Any
 
 from gateway.errors import IndexUnavailable
 from gateway.index import schema
-from gateway.index.engine import Connection, connect, describe
+from gateway.index.engine import LOCK_BUSY_ERRORS, Connection, connect, describe
 from gateway.index.queries import IS_FINGERPRINTED_VERSION, IS_VERSION
 
 STAGES = ("fingerprint", "seal", "put", "anchor", "forward", "committed")
@@ -585,10 +585,16 @@ class Index:
 
     # -- claims: which worker process works a row, for how long -----------------------------
     #
-    # A worker claims due rows in one IMMEDIATE transaction (on PostgreSQL the same select
-    # would be ``FOR UPDATE SKIP LOCKED``), renews its claims while it lives, and drops a
-    # row's claim when the row waits or is done. A dead worker's claims run out after the
-    # lease, or at once when a worker starts again under the same id.
+    # A worker claims due rows in one transaction, renews its claims while it lives, and
+    # drops a row's claim when the row waits or is done. A dead worker's claims run out
+    # after the lease, or at once when a worker starts again under the same id.
+    #
+    # Claimers never queue behind each other on PostgreSQL: a claim's SELECT takes row
+    # locks ``FOR UPDATE SKIP LOCKED``, so a row another claimer is taking right now is
+    # passed over (and once that claimer commits, its claim excludes the row anyway). On
+    # SQLite the claim transaction is ``BEGIN IMMEDIATE``: one claimer at a time. No claim
+    # waits for a row lock, so claims cannot deadlock with ``renew_claims`` or
+    # ``unclaim``, which update many rows in no particular order.
 
     _FREE = "(claimed_by IS NULL OR claim_until <= ?)"
 
@@ -602,10 +608,9 @@ class Index:
         now = time.time() if now is None else now
         marks = ", ".join("?" for _ in stages)
         with self.transaction() as db:
-            db.serialize(CLAIMS)  # no two claimers pick the same rows
             ids = [int(r[0]) for r in db.execute(
                 f"SELECT id FROM instances WHERE stage IN ({marks}) AND next_attempt_at <= ?"
-                f" AND {self._FREE} ORDER BY id LIMIT ?",
+                f" AND {self._FREE} ORDER BY id LIMIT ?{db.row_lock('skip')}",
                 (*stages, now, now, limit),
             )]  # fmt: skip
             return self._mark_claimed(db, worker, ids, now + lease_s)
@@ -618,12 +623,11 @@ class Index:
         may cut a batch from, so that no two cut batches from the same rows."""
         now = time.time() if now is None else now
         with self.transaction() as db:
-            db.serialize(CLAIMS)  # no two claimers pick the same rows
             ids = [int(r[0]) for r in db.execute(
                 "SELECT id FROM instances WHERE stage = ? AND next_attempt_at <= ?"
                 f" AND ({self._FREE} OR claimed_by = ?) AND id NOT IN (SELECT m.row_id FROM"
                 " batch_members m JOIN batches b ON b.id = m.batch WHERE b.state = 'open')"
-                " ORDER BY id LIMIT ?",
+                f" ORDER BY id LIMIT ?{db.row_lock('skip')}",
                 (stage, now, now, worker, limit),
             )]  # fmt: skip
             return self._mark_claimed(db, worker, ids, now + lease_s)
@@ -631,23 +635,33 @@ class Index:
     def claim_batch(
         self, worker: str, batch: int, *, lease_s: float, now: float | None = None
     ) -> bool:
-        """Claim every member of an open batch, unless another worker's live claim holds one."""
+        """Claim every member of an open batch, unless another worker's live claim holds one.
+
+        All or nothing: on PostgreSQL the members are locked ``FOR UPDATE NOWAIT``, and a
+        member another transaction has locked (another claimer at this batch) makes the
+        claim fail at once rather than wait; the batch is tried again at its next turn.
+        """
         now = time.time() if now is None else now
-        with self.transaction() as db:
-            db.serialize(CLAIMS)  # no two claimers pick the same rows
-            ids = [int(r[0]) for r in db.execute(
-                "SELECT row_id FROM batch_members WHERE batch = ?", (batch,)
-            )]  # fmt: skip
-            marks = ", ".join("?" for _ in ids)
-            held = db.execute(
-                f"SELECT COUNT(*) FROM instances WHERE id IN ({marks}) AND claimed_by != ?"
-                " AND claim_until > ?",
-                (*ids, worker, now),
-            ).fetchone()[0]
-            if held:
-                return False
-            self._mark_claimed(db, worker, ids, now + lease_s)
-            return True
+        try:
+            with self.transaction() as db:
+                ids = [int(r[0]) for r in db.execute(
+                    "SELECT row_id FROM batch_members WHERE batch = ?", (batch,)
+                )]  # fmt: skip
+                marks = ", ".join("?" for _ in ids)
+                held = [
+                    claimed_by for claimed_by, until in db.execute(
+                        f"SELECT claimed_by, claim_until FROM instances WHERE id IN ({marks})"
+                        f" ORDER BY id{db.row_lock('nowait')}",
+                        tuple(ids),
+                    )
+                    if claimed_by is not None and claimed_by != worker and until > now
+                ]  # fmt: skip
+                if held:
+                    return False
+                self._mark_claimed(db, worker, ids, now + lease_s)
+                return True
+        except LOCK_BUSY_ERRORS:  # another claimer holds a member right now
+            return False
 
     def _mark_claimed(self, db: Connection, worker: str, ids: list[int], until: float) -> list[Row]:
         if not ids:
@@ -700,11 +714,6 @@ class Index:
                 (time.time() if now is None else now,),
             )
             return {str(worker): int(count) for worker, count in cursor.fetchall()}
-
-
-#: The advisory-lock key every claim transaction takes: on PostgreSQL, claims by several
-#: processes are serialized as SQLite's ``BEGIN IMMEDIATE`` serializes them.
-CLAIMS = b"xray-gateway:claims"
 
 
 def error_class(last_error: str | None) -> str:

@@ -3,8 +3,10 @@
 The index's SQL is written once, in SQLite's spelling with ``?`` placeholders; the
 PostgreSQL connection translates what differs (placeholders, column types) and supplies
 what each engine does its own way: the write transaction (``BEGIN IMMEDIATE`` vs a plain
-``BEGIN`` with row locks), the columns of a table, an advisory lock for decisions that
-must not race across processes, and the errors an engine raises.
+``BEGIN`` with row locks), the row-lock clause of a claim's ``SELECT`` (``FOR UPDATE SKIP
+LOCKED`` on PostgreSQL, nothing on SQLite, whose one writer already excludes the others),
+the columns of a table, an advisory lock for decisions that must not race across
+processes, and the errors an engine raises.
 
 Why thin backends on :mod:`sqlite3` and :mod:`psycopg` rather than SQLAlchemy Core: the
 ack waits for ``add_received``, one statement, and a thin backend adds nothing to it
@@ -19,7 +21,7 @@ import sqlite3
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import psycopg
 
@@ -28,10 +30,18 @@ from gateway.redact import redact_text, redact_url
 
 #: Every error an engine raises for a statement (what callers that read may catch).
 DATABASE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
+#: A row lock asked for with ``NOWAIT`` is held by another transaction (PostgreSQL only:
+#: SQLite's one writer never meets another's row lock).
+LOCK_BUSY_ERRORS: tuple[type[Exception], ...] = (psycopg.errors.LockNotAvailable,)
 #: A constraint refused a write (a second row for one spool entry, say).
 INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, psycopg.IntegrityError)
 
 _SCHEMES = ("postgresql://", "postgres://")
+
+RowLock = Literal["skip", "nowait"]
+"""How a claim's ``SELECT`` locks what it reads: ``skip`` passes over rows another
+transaction has locked (they are being claimed), ``nowait`` fails at once on one
+(:data:`LOCK_BUSY_ERRORS`) instead of queueing behind it."""
 
 
 def is_postgres(location: Path | str) -> bool:
@@ -76,6 +86,11 @@ class Connection(Protocol):
 
     def serialize(self, key: bytes) -> None:
         """Inside a transaction: wait for any other writer deciding on ``key`` to commit."""
+        ...
+
+    def row_lock(self, how: RowLock) -> str:
+        """The clause ending a ``SELECT`` that locks the rows it returns ("" where the
+        transaction itself already excludes every other writer)."""
         ...
 
     def ddl(self, sql: str) -> str:
@@ -127,6 +142,9 @@ class SqliteConnection:
 
     def serialize(self, key: bytes) -> None:
         """Nothing to do: ``BEGIN IMMEDIATE`` already holds the database's one write lock."""
+
+    def row_lock(self, how: RowLock) -> str:
+        return ""  # SQLite has no row locks: ``BEGIN IMMEDIATE`` makes the claimer the one writer
 
     def ddl(self, sql: str) -> str:
         return sql
@@ -231,6 +249,9 @@ class PostgresConnection:
         # A transaction-scoped advisory lock: another process deciding on the same key
         # (the same record, the same batch table) waits until this transaction ends.
         self._db.execute("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(key),))
+
+    def row_lock(self, how: RowLock) -> str:
+        return {"skip": " FOR UPDATE SKIP LOCKED", "nowait": " FOR UPDATE NOWAIT"}[how]
 
     def ddl(self, sql: str) -> str:
         for pattern, replacement in _PG_TYPES:
