@@ -202,6 +202,7 @@ class NotifyDoorbell:
                     db.close()
                 db = None
                 self._stop.wait(RECONNECT_S)
+                self._rung.set()  # the ring is sent again on a new session, not dropped
         if db is not None:
             db.close()
 
