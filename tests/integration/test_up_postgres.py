@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from pydicom import dcmread
 
 import dicom_fixtures
 from gateway.index import schema
 from gateway.index.db import Index
+from gateway.ingest.wakeup import CHANNEL
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env, run
 from tests.integration.postgres import PostgresCluster
@@ -32,6 +34,7 @@ class Stack:
     up: Up
     series: list[Path]
     postgres: PostgresCluster
+    url: str  # the index's database, as the superuser
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,7 @@ def stack(postgres: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -
         assert sent.returncode == 0, sent.stdout[-2000:]
         rows = up.wait_done(COUNT)
         assert sorted(r["stage"] for r in rows) == ["committed"] * COUNT
-        yield Stack(up, series, postgres)
+        yield Stack(up, series, postgres, url)
     finally:
         assert up.stop() == 0
     assert postgres.password not in (root / "up.log").read_text()
@@ -96,6 +99,21 @@ def test_the_embedded_orthanc_plugin_checks_reads_against_the_postgres_index(
     finally:
         db.close()
     assert not [d for d in said if "could not be checked" in d], said
+
+
+def test_up_on_postgres_rings_its_workers_with_notify(stack: Stack) -> None:
+    """The listener's doorbell sent NOTIFY on the index's database and the worker LISTENs
+    there (what wakes workers on other hosts), with no wake-up socket beside them."""
+    run_dir = stack.up.data_dir / "run"
+    assert (run_dir / "worker-up-1.listening").exists()
+    assert not list(run_dir.glob("*.sock"))
+    with psycopg.connect(stack.url, autocommit=True) as db:
+        sessions = db.execute(
+            "SELECT query FROM pg_stat_activity WHERE datname = current_database()"
+            " AND query IN (%s, %s) ORDER BY query",
+            (f"LISTEN {CHANNEL}", f"NOTIFY {CHANNEL}"),
+        ).fetchall()
+    assert [q for (q,) in sessions] == [f"LISTEN {CHANNEL}", f"NOTIFY {CHANNEL}"]
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
