@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from gateway.index.db import Index
+from gateway.index.engine import connect
 from tests.unit.index.test_db import received
 
 POOLED = ("fingerprint", "seal", "put", "forward")
@@ -188,3 +189,12 @@ class TestSqliteClaims(ClaimsContract):
     @pytest.fixture
     def location(self, tmp_path: Path) -> Path:
         return tmp_path / "index.sqlite"
+
+
+def test_sqlite_claims_need_no_row_lock_clause(tmp_path: Path) -> None:
+    """SQLite has no ``FOR UPDATE``: its ``BEGIN IMMEDIATE`` makes the claimer the one writer."""
+    db = connect(tmp_path / "index.sqlite")
+    try:
+        assert db.row_lock("skip") == db.row_lock("nowait") == ""
+    finally:
+        db.close()

@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from gateway.ingest.wakeup import Bell, SocketDoorbell
+from gateway.ingest.wakeup import Bell, SocketDoorbell, ready_path, socket_path
 
 
 def test_a_ring_wakes_every_worker_and_many_rings_fold_into_few(tmp_path: Path) -> None:
@@ -64,5 +64,21 @@ def test_a_workers_wait_for_a_stream_of_acks_is_bounded(tmp_path: Path) -> None:
         bell.yield_to_acks()  # no ring yet: nothing to wait for
         bell.last_ring = time.monotonic() + 3600  # acks ringing for ever: it still returns
         bell.yield_to_acks()  # (after MAX_YIELD_S: commits advance during a long stream)
+    finally:
+        bell.close()
+
+
+def test_a_bell_shows_it_is_up_by_its_socket_or_by_its_sign_that_it_listens(
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    assert ready_path(run, "up-1", notify=False) == socket_path(run, "up-1")
+    sign = ready_path(run, "up-1", notify=True)
+    assert sign.parent == run and sign.name == "worker-up-1.listening"
+    bell = Bell(run, "up-1", lambda: None)
+    try:
+        assert ready_path(run, "up-1", notify=False).exists()  # what `up` waits for
+        # the sign is no socket: a socket doorbell on the same run dir never rings it
+        assert sign not in set(run.glob("worker-*.sock"))
     finally:
         bell.close()
