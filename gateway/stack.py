@@ -153,7 +153,7 @@ def api_limits(settings: Settings) -> Limits:
 
 
 def run_dir(settings: Settings) -> Path:
-    """Where the worker processes' wake-up sockets and pid files are."""
+    """Where the worker processes' wake-up sockets (or listening signs) and pid files are."""
     return settings.data_dir / "run"
 
 
@@ -206,7 +206,8 @@ class WorkerNode:
 
     It claims rows in the index as ``worker`` (an id unique among running workers; the
     same id after a restart frees at once what the dead process held), and wakes when
-    the listener rings its socket in the run dir, or every second to find retries due.
+    the listener rings its socket in the run dir (on a PostgreSQL index: a NOTIFY from a
+    listener on any host), or every second to find retries due.
     """
 
     POLL_S = 1.0

@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from gateway.core.merkle import decode_proof, leaf_hash
+from gateway.index.engine import connect
 from gateway.ledger import XrayLedger
 
 
-def records_of(index_path: Path, ledger: XrayLedger, uid: str, record_key: bytes) -> int:
+def records_of(index_path: Path | str, ledger: XrayLedger, uid: str, record_key: bytes) -> int:
     """``ImageRecorded``/``ImageSuperseded`` events for ``record_key``, plus every batch on
     chain whose root one of the UID's index rows is proven (leaf and proof) to be under.
 
     Batches are found through the index's persisted batches (``batch_members``), each checked
     on chain by its root (``batchIdOf``) and, where the row kept its proof, by the proof:
-    a row that joined two batches that both landed counts twice.
+    a row that joined two batches that both landed counts twice. ``index_path`` is the
+    index's SQLite file or its ``postgresql://`` URL.
     """
     events = sum(
         len(ledger.events(name, filters={"recordKey": record_key}))
         for name in ("ImageRecorded", "ImageSuperseded")
     )
-    db = sqlite3.connect(f"file:{index_path}?mode=ro", uri=True)
+    db = connect(index_path, readonly=True)
     try:
         found = db.execute(
             "SELECT DISTINCT b.root, i.patient_key, i.digest, i.pixel_digest, i.batch_id, i.proof"

@@ -132,7 +132,9 @@ def copies(up: Up, client: httpx.Client, ledger: XrayLedger, uid: str) -> Copies
     return Copies(
         status=reply.json()["status"] if reply.status_code == 200 else "absent",
         objects=len(list(store.names(record_key.hex()))),
-        records=records_of(up.data_dir / "index.sqlite", ledger, uid, record_key),
+        records=records_of(
+            up.env.get("GATEWAY_INDEX_URL") or up.data_dir / "index.sqlite", ledger, uid, record_key
+        ),
         in_pacs=pacs(up).find(uid) is not None,
     )
 

@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 import dicom_fixtures
 from gateway.core import keys
 from gateway.core.keys import load_pseudonym_key
@@ -38,9 +40,17 @@ def series(tmp: Path, count: int, prefix: str) -> list[Path]:
     )
 
 
-def test_a_worker_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_worker_killed_mid_stream_loses_and_duplicates_nothing(
+    tmp_path: Path, request: pytest.FixtureRequest, engine: str
+) -> None:
+    """On PostgreSQL the worker claims with SKIP LOCKED and is woken by NOTIFY; the one
+    started again listens anew."""
     files = series(tmp_path, 100, "1.2.826.0.1.3680043.10.1138.14.2.")
-    up = Up(gateway_env(tmp_path / "var"))
+    extra = {}
+    if engine == "postgresql":
+        extra["GATEWAY_INDEX_URL"] = request.getfixturevalue("postgres").create_database()
+    up = Up(gateway_env(tmp_path / "var", **extra))
     try:
         worker = up.worker_pid()
         sender = send(up.dicom_port, files)
@@ -64,7 +74,7 @@ def test_a_worker_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path)
         figures = check_after_restart(up, files, answers)
     finally:
         assert up.stop() == 0
-    print(f"\nworker SIGKILLed mid-stream ({len(working)} rows at work): {figures}")
+    print(f"\n{engine}: worker SIGKILLed mid-stream ({len(working)} rows at work): {figures}")
     assert streaming and working, "the kill came after the stream or before any work"
     assert figures["acked"] == len(files) == figures["committed"]  # the listener never stopped
     assert figures["lost"] == 0 and figures["duplicated"] == 0
