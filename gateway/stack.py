@@ -31,9 +31,11 @@ from gateway.api.deps import Services
 from gateway.api.limits import Limits, RateLimiter, UploadArea
 from gateway.config import Settings
 from gateway.core.keys import init_keys, load_keyring, load_pseudonym_key
+from gateway.core.nodes import worker_id
 from gateway.errors import ChildFailed, ConfigError
 from gateway.index.db import Index
 from gateway.index.evidence_view import prepare_evidence_reader
+from gateway.index.keycheck import check_shared_keys
 from gateway.ingest.anchor import BatchAnchorer, SingleAnchorer
 from gateway.ingest.commitment import CommitmentSCP
 from gateway.ingest.forward import PacsForwarder
@@ -197,9 +199,11 @@ def build_pipeline(
 class WorkerNode:
     """One worker process: the pipeline alone, with the store, ledger and PACS it needs.
 
-    It claims rows in the index as ``worker`` (an id unique among running workers; the
-    same id after a restart frees at once what the dead process held), and wakes when
-    the listener rings its socket in the run dir, or every second to find retries due.
+    It claims rows in the index as ``<node>/<worker>`` (``worker`` is unique among this
+    node's running workers, and the node id among the nodes sharing the index; the same
+    id after a restart frees at once what the dead process held, and never another
+    node's claims), and wakes when the listener rings its socket ``worker`` in the run
+    dir, or every second to find retries due.
     """
 
     POLL_S = 1.0
@@ -217,13 +221,13 @@ class WorkerNode:
         s = self.settings
         try:
             ledger = open_ledger(s, recorder_account(s))  # `up` or `contract deploy` pinned it
-            self.index = Index(s.data_dir / "index.sqlite")
+            self.index = Index(s.index_location)  # GATEWAY_INDEX_URL, as `up` reads it
             self.alerts = gateway_alerts(s)
             self.pipeline = build_pipeline(
                 s, index=self.index,
                 spool=Spool(s.data_dir / "spool", reserve_bytes=s.spool_reserve_mb << 20),
                 store=open_object_store(s), ledger=ledger, pacs=open_pacs(s),
-                alerts=self.alerts, worker=self.worker, anchors=self.anchors,
+                alerts=self.alerts, worker=worker_id(s.node, self.worker), anchors=self.anchors,
                 poll_s=self.POLL_S,
             )  # fmt: skip
             self.pipeline.start()
@@ -308,6 +312,12 @@ class Stack:
                 self.anvil = start_embedded_chain(s)
             self.ledger, self.deployment = ensure_contract(s)
             init_keys(s.keys_dir)
+            # A node joining a shared index must name and seal as the others do.
+            check_shared_keys(
+                self.index,
+                pseudonym_key=load_pseudonym_key(s.keys_dir),
+                keyring=load_keyring(s.keys_dir),
+            )
             if s.orthanc_url is None:
                 self.orthanc = self._embedded_orthanc()
                 self.orthanc.start()
@@ -322,7 +332,7 @@ class Stack:
             if s.inprocess_pipeline:
                 self.pipeline = build_pipeline(
                     s, index=self.index, spool=spool, store=self.store, ledger=self.ledger,
-                    pacs=self.pacs, alerts=self.alerts, worker="up",
+                    pacs=self.pacs, alerts=self.alerts, worker=worker_id(s.node, "up"),
                 )  # fmt: skip
                 self.pipeline.start()
                 on_stored = self.pipeline.wake
@@ -338,6 +348,7 @@ class Stack:
                 peers=s.commitment_peers,
                 timeout_s=s.commitment_timeout_s,
                 ssl_context=client_tls,
+                node=s.node,
             )
             self.commitment.start()
             self.receiver = Receiver(
@@ -479,6 +490,7 @@ class Stack:
                 spool=self.spool,
                 commitment=self.commitment,
                 overdue=lambda: len(overdue(index, older_than=s.pending_alert_s)),
+                node=s.node,
             )
         )
         config = uvicorn.Config(
@@ -550,6 +562,7 @@ class Stack:
             f"  chain           {chain}",
             f"  xray contract   {self.ledger.address}",
             f"  recorder        {recorder_account(s).address}",
+            f"  node            {s.node}",
             f"  data dir        {s.data_dir.resolve()}",
             "Press Ctrl-C to stop.",
         ]
