@@ -308,16 +308,17 @@ class Stack:
             # cannot be reached, stops `up` before anything is started.
             self.index = Index(s.index_location)
             self._open_evidence_to_the_plugin()
-            if s.embedded_chain:
-                self.anvil = start_embedded_chain(s)
-            self.ledger, self.deployment = ensure_contract(s)
             init_keys(s.keys_dir)
-            # A node joining a shared index must name and seal as the others do.
+            # A node joining a shared index must name and seal as the others do: refused
+            # before anything is started.
             check_shared_keys(
                 self.index,
                 pseudonym_key=load_pseudonym_key(s.keys_dir),
                 keyring=load_keyring(s.keys_dir),
             )
+            if s.embedded_chain:
+                self.anvil = start_embedded_chain(s)
+            self.ledger, self.deployment = ensure_contract(s)
             if s.orthanc_url is None:
                 self.orthanc = self._embedded_orthanc()
                 self.orthanc.start()
