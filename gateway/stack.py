@@ -361,6 +361,7 @@ class Stack:
                 commitment=self.commitment,
                 max_instance_bytes=s.max_instance_bytes,
                 limits=ListenerLimits.from_settings(s),
+                node=s.node,
             )
             if self.pipeline is not None:  # acks go first (performance.md)
                 self.pipeline.pause = self.receiver.yield_to_acks

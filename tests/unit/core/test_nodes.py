@@ -57,3 +57,25 @@ def test_a_restarted_worker_frees_its_own_claims_never_another_nodes(tmp_path: P
     assert index.release_claims(east) == 2  # east's up-1 starts again
     assert index.claim_counts() == {west: 2}
     index.close()
+
+
+def test_a_row_before_put_is_worked_only_by_the_node_that_received_it(tmp_path: Path) -> None:
+    """The spool is per node: another node's workers must not take a row it cannot read,
+    but may anchor one (the anchor stage reads no local file)."""
+    index = Index(tmp_path / "index.sqlite")
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    east_row = index.add_received(entry_id="e1", sop_instance_uid="1.2.1", sop_class_uid=ct,
+                                  calling_aet="CT1", size=1, received_by="east")  # fmt: skip
+    old_row = index.add_received(entry_id="e2", sop_instance_uid="1.2.2", sop_class_uid=ct,
+                                 calling_aet="CT1", size=1)  # fmt: skip
+    west = worker_id("west", "up-1")
+    taken = index.claim_due(west, stages=("fingerprint",), limit=10, lease_s=60)
+    assert [r.id for r in taken] == [old_row]  # a row from before node ids: anyone's
+    east = worker_id("east", "up-1")
+    taken = index.claim_due(east, stages=("fingerprint",), limit=10, lease_s=60)
+    assert [r.id for r in taken] == [east_row]
+    index.unclaim(east, [east_row])
+    index.update(east_row, stage="anchor")
+    taken = index.claim_due(west, stages=("anchor",), limit=10, lease_s=60)
+    assert [r.id for r in taken] == [east_row]
+    index.close()
