@@ -375,12 +375,13 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     print(f"held by workers: {held or 'none'}")
     if report["nodes"]:
         print(
-            f"  {'node':<32} {'held':>6} {'commitment open':>16} {'undelivered':>12} {'reported':>9}"
+            f"  {'node':<32} {'waiting':>8} {'held':>6} {'commitment open':>16} "
+            f"{'undelivered':>12} {'reported':>9}"
         )
         for name, node in report["nodes"].items():
             requests = node["commitment_requests"]
             print(
-                f"  {name or '(before node ids)':<32} {node['claims']:>6} "
+                f"  {name or '(before node ids)':<32} {node['waiting']:>8} {node['claims']:>6} "
                 f"{requests['open']:>16} {requests['ready']:>12} {requests['reported']:>9}"
             )
     commitments = report["commitment_requests"]

@@ -527,6 +527,16 @@ class Index:
             cursor = self._db.execute("SELECT stage, COUNT(*) FROM instances GROUP BY stage")
             return {str(stage): int(count) for stage, count in cursor.fetchall()}
 
+    def waiting_per_node(self) -> dict[str, int]:
+        """Rows with work left before ``anchor``, per node that received them (``""``: rows
+        from before node ids): only that node can work them (its spool holds the bytes)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "SELECT COALESCE(received_by, ''), COUNT(*) FROM instances"
+                " WHERE stage IN ('fingerprint', 'seal', 'put', 'forward') GROUP BY received_by"
+            )
+            return {str(node): int(count) for node, count in cursor.fetchall()}
+
     # -- what `status` and /metrics show ----------------------------------------------------
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

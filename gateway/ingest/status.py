@@ -64,6 +64,7 @@ def status_report(
         commitments, undelivered = _commitments(CommitmentLog(index, readonly=True), limit)
         claims = index.claim_counts(now=now)
         per_node = _per_node_commitments(CommitmentLog(index, readonly=True))
+        waiting = _waiting_per_node(index)
     finally:
         index.close()
     stages = [*STAGES, *(st for st in DONE_STAGES if st not in STAGES)]
@@ -78,22 +79,24 @@ def status_report(
         "claims": claims,  # rows each worker process holds now (live leases)
         "commitment_requests": {state: commitments.get(state, 0) for state in COMMITMENT_STATES},
         "commitment_undelivered": [item._asdict() for item in undelivered],
-        "nodes": nodes_report(claims, per_node),
+        "nodes": nodes_report(claims, per_node, waiting),
     }
 
 
 def nodes_report(
-    claims: dict[str, int], commitments: dict[str, dict[str, int]]
+    claims: dict[str, int],
+    commitments: dict[str, dict[str, int]],
+    waiting: dict[str, int] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Per gateway node sharing the index: the rows its workers hold (per worker, by its
-    id on the node) and its Storage Commitment requests per state. A node shows once one
-    of its workers holds a row or it received a request; ``""`` is claims or requests
-    from before node ids."""
+    """Per gateway node sharing the index: the rows only it can work (``waiting``: received
+    by it, not yet sealed, stored or forwarded), the rows its workers hold (per worker, by
+    its id on the node) and its Storage Commitment requests per state. A node shows once
+    it has any of these; ``""`` is rows, claims or requests from before node ids."""
     nodes: dict[str, dict[str, Any]] = {}
 
     def node(name: str) -> dict[str, Any]:
         return nodes.setdefault(name, {
-            "claims": 0, "workers": {},
+            "waiting": 0, "claims": 0, "workers": {},
             "commitment_requests": dict.fromkeys(COMMITMENT_STATES, 0),
         })  # fmt: skip
 
@@ -103,7 +106,16 @@ def nodes_report(
         entry["workers"][worker.rpartition(SEPARATOR)[2]] = count
     for name, states in commitments.items():
         node(name)["commitment_requests"].update(states)
+    for name, count in (waiting or {}).items():
+        node(name)["waiting"] = count
     return dict(sorted(nodes.items()))
+
+
+def _waiting_per_node(index: Index) -> dict[str, int]:
+    try:
+        return index.waiting_per_node()
+    except DATABASE_ERRORS:  # an index from before node ids
+        return {}
 
 
 def _per_node_commitments(log: CommitmentLog) -> dict[str, dict[str, int]]:

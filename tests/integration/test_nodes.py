@@ -289,6 +289,7 @@ def test_two_nodes_one_killed_mid_stream_lose_and_duplicate_nothing(cluster: Clu
     assert shown.returncode == 0, shown.stderr
     report_json = json.loads(shown.stdout)
     assert report_json["nodes"]["gw-a"]["commitment_requests"]["reported"] == 1
+    assert all(node["waiting"] == 0 for node in report_json["nodes"].values())  # drained
     assert report_json["stages"]["committed"] >= 2 * PER_NODE
 
     figures = {
