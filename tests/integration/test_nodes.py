@@ -46,7 +46,7 @@ ACCESS, SECRET = "xray-nodes-access", "xray-nodes-secret-0123456789"
 BUCKET = "xray-originals"
 # 2 x 40 by default; the 2 x 200: XRAY_NODES_PER_NODE=200 (a longer run, same test)
 PER_NODE = int(os.environ.get("XRAY_NODES_PER_NODE", "40"))
-KILL_AFTER = 3  # rows of the killed node's series in the index before the SIGKILL
+KILL_AFTER = max(3, PER_NODE // 10)  # rows of the killed node's series before the SIGKILL
 UID_PREFIX = "1.2.826.0.1.3680043.10.1414."
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
