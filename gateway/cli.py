@@ -504,8 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--id", default=f"worker-{socket.gethostname()}",
-        help="this worker's id among running workers (the same id after a restart frees "
-        "what it held at once); default: worker-<hostname>",
+        help="this worker's id among this node's running workers (the same id after a "
+        "restart frees what it held at once; claims read <GATEWAY_NODE_ID>/<id>); "
+        "default: worker-<hostname>",
     )  # fmt: skip
     worker.add_argument(
         "--no-anchor", action="store_true",
