@@ -373,6 +373,17 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             )
     held = ", ".join(f"{worker} {n}" for worker, n in sorted(report["claims"].items()))
     print(f"held by workers: {held or 'none'}")
+    if report["nodes"]:
+        print(
+            f"  {'node':<32} {'waiting':>8} {'held':>6} {'commitment open':>16} "
+            f"{'undelivered':>12} {'reported':>9}"
+        )
+        for name, node in report["nodes"].items():
+            requests = node["commitment_requests"]
+            print(
+                f"  {name or '(before node ids)':<32} {node['waiting']:>8} {node['claims']:>6} "
+                f"{requests['open']:>16} {requests['ready']:>12} {requests['reported']:>9}"
+            )
     commitments = report["commitment_requests"]
     print(
         f"storage commitment: {commitments['open']} open, {commitments['ready']} undelivered, "
@@ -493,8 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--id", default=f"worker-{socket.gethostname()}",
-        help="this worker's id among running workers (the same id after a restart frees "
-        "what it held at once); default: worker-<hostname>",
+        help="this worker's id among this node's running workers (the same id after a "
+        "restart frees what it held at once; claims read <GATEWAY_NODE_ID>/<id>); "
+        "default: worker-<hostname>",
     )  # fmt: skip
     worker.add_argument(
         "--no-anchor", action="store_true",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.core.allowlist import Network, parse_allowed_aets
+from gateway.core.nodes import default_node_id
 from gateway.core.ownership import parse_accounts
 from gateway.errors import ConfigError
 
@@ -97,6 +99,10 @@ class Settings(BaseSettings):
     # `xray-gateway worker` yourself). Claims on rows last GATEWAY_WORKER_LEASE_S, renewed
     # while the worker lives; a dead worker's rows return to the queue when it runs out.
     workers: int = Field(default=1, ge=0, le=64)
+    # This gateway node's name among the nodes sharing one index (docs/scale-out.md): it
+    # qualifies every worker id (``<node>/<worker>``) and owns the Storage Commitment
+    # requests this node received. Unset: derived from the host name and the data dir.
+    node_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
     worker_lease_s: float = Field(default=30.0, gt=0)
     # The pipeline on threads inside `up`'s own process, as before #14 (for comparison).
     inprocess_pipeline: bool = False
@@ -139,6 +145,12 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_aets(cls, value: object) -> object:
         return parse_allowed_aets(value)
+
+    @field_validator("node_id", mode="before")
+    @classmethod
+    def _blank_node_id(cls, value: object) -> object:
+        """``GATEWAY_NODE_ID=`` (blank, as in .env.example) means "derive it"."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("trusted_recorders", mode="before")
     @classmethod
@@ -236,6 +248,14 @@ class Settings(BaseSettings):
     def plugin_alerts_path(self) -> Path:
         """The Orthanc plugin's alerts: ``alerts.sqlite`` in its alerts dir."""
         return (self.plugin_alerts_dir or self.data_dir) / "alerts.sqlite"
+
+    @property
+    def node(self) -> str:
+        """``GATEWAY_NODE_ID``, or ``<host>-<6 hex of the data dir's absolute path>``: stable
+        across restarts of one node, apart for two nodes on one host (two data dirs)."""
+        if self.node_id is not None:
+            return self.node_id
+        return default_node_id(socket.gethostname(), self.data_dir)
 
     @property
     def index_location(self) -> Path | str:

@@ -15,7 +15,8 @@ permanent, retried a few times and then parked.
     GatewayError
     ├── Unavailable               * not now (an outage, a wait): retried for as long as it takes
     ├── ConfigError                 settings missing, malformed or placeholder
-    │   └── IndexSchemaTooNew       the index was written by a newer gateway: refuse to run
+    │   ├── IndexSchemaTooNew       the index was written by a newer gateway: refuse to run
+    │   └── KeysDiffer              this node's pseudonym key or KEKs are not the index's rows'
     ├── BackupFailed                `xray-gateway backup` could not take its copy
     ├── DatasetUnreadable           a received dataset cannot be understood (-> 0xC000-class)
     │   └── DatasetTooLarge         it inflates past GATEWAY_MAX_INSTANCE_BYTES (-> 0xA700)
@@ -99,6 +100,15 @@ class IndexSchemaTooNew(ConfigError):
 
     Running on it could misread or overwrite columns this code does not know, so the
     gateway refuses to start (and ``status`` to read) until it is upgraded.
+    """
+
+
+class KeysDiffer(ConfigError):
+    """This node's pseudonym key or KEKs are not the ones the shared index's rows were
+    written with: another node's keys dir must be copied here (docs/scale-out.md).
+
+    Running on would name images with other record keys (the same image twice on the
+    ledger under two names) or seal with a key the other nodes cannot open.
     """
 
 

@@ -35,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
+from gateway.core.nodes import node_of
 from gateway.index.db import DONE_STAGES, STAGES, Index
 
 if TYPE_CHECKING:
@@ -56,14 +57,25 @@ class GatewayCollector(Collector):
         spool: Spool | None = None,
         commitment: CommitmentSCP | None = None,
         overdue: Callable[[], int] | None = None,
+        node: str | None = None,
     ) -> None:
         self.index = index
+        self.node = node
         self.overdue = overdue
         self.receiver = receiver
         self.spool = spool
         self.commitment = commitment
 
     def collect(self) -> Iterator[Metric]:
+        if self.node is not None:
+            info = GaugeMetricFamily(
+                f"{PREFIX}_node",
+                "The gateway node answering (1); its own counters (C-STORE responses, "
+                "spool, commitment reports) are this node's, the index's gauges every node's",
+                labels=["node"],
+            )
+            info.add_metric([self.node], 1)
+            yield info
         yield from self._index()
         if self.receiver is not None:
             responses = CounterMetricFamily(
@@ -140,11 +152,12 @@ class GatewayCollector(Collector):
         yield parked
         claims = GaugeMetricFamily(
             f"{PREFIX}_claimed_instances",
-            "Rows a worker process holds now (a live lease), by worker id",
-            labels=["worker"],
+            "Rows a worker process holds now (a live lease), by gateway node and worker id "
+            "(every node's: the index is shared)",
+            labels=["node", "worker"],
         )
         for worker, count in sorted(self.index.claim_counts().items()):
-            claims.add_metric([worker], count)
+            claims.add_metric([node_of(worker), worker], count)
         yield claims
 
     def _commitment(self, scp: CommitmentSCP) -> Iterator[Metric]:

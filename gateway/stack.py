@@ -31,9 +31,11 @@ from gateway.api.deps import Services
 from gateway.api.limits import Limits, RateLimiter, UploadArea
 from gateway.config import Settings
 from gateway.core.keys import init_keys, load_keyring, load_pseudonym_key
+from gateway.core.nodes import worker_id
 from gateway.errors import ChildFailed, ConfigError
 from gateway.index.db import Index
 from gateway.index.evidence_view import prepare_evidence_reader
+from gateway.index.keycheck import check_shared_keys
 from gateway.ingest.anchor import BatchAnchorer, SingleAnchorer
 from gateway.ingest.commitment import CommitmentSCP
 from gateway.ingest.forward import PacsForwarder
@@ -204,10 +206,12 @@ def build_pipeline(
 class WorkerNode:
     """One worker process: the pipeline alone, with the store, ledger and PACS it needs.
 
-    It claims rows in the index as ``worker`` (an id unique among running workers; the
-    same id after a restart frees at once what the dead process held), and wakes when
-    the listener rings its socket in the run dir (on a PostgreSQL index: a NOTIFY from a
-    listener on any host), or every second to find retries due.
+    It claims rows in the index as ``<node>/<worker>`` (``worker`` is unique among this
+    node's running workers, and the node id among the nodes sharing the index; the same
+    id after a restart frees at once what the dead process held, and never another
+    node's claims), and wakes when the listener rings its socket in the run dir (on a
+    PostgreSQL index: a NOTIFY from a listener on any host), or every second to find
+    retries due.
     """
 
     POLL_S = 1.0
@@ -225,13 +229,13 @@ class WorkerNode:
         s = self.settings
         try:
             ledger = open_ledger(s, recorder_account(s))  # `up` or `contract deploy` pinned it
-            self.index = Index(s.index_location)
+            self.index = Index(s.index_location)  # GATEWAY_INDEX_URL, as `up` reads it
             self.alerts = gateway_alerts(s)
             self.pipeline = build_pipeline(
                 s, index=self.index,
                 spool=Spool(s.data_dir / "spool", reserve_bytes=s.spool_reserve_mb << 20),
                 store=open_object_store(s), ledger=ledger, pacs=open_pacs(s),
-                alerts=self.alerts, worker=self.worker, anchors=self.anchors,
+                alerts=self.alerts, worker=worker_id(s.node, self.worker), anchors=self.anchors,
                 poll_s=self.POLL_S,
             )  # fmt: skip
             self.pipeline.start()
@@ -318,10 +322,17 @@ class Stack:
             # cannot be reached, stops `up` before anything is started.
             self.index = Index(s.index_location)
             self._open_evidence_to_the_plugin()
+            init_keys(s.keys_dir)
+            # A node joining a shared index must name and seal as the others do: refused
+            # before anything is started.
+            check_shared_keys(
+                self.index,
+                pseudonym_key=load_pseudonym_key(s.keys_dir),
+                keyring=load_keyring(s.keys_dir),
+            )
             if s.embedded_chain:
                 self.anvil = start_embedded_chain(s)
             self.ledger, self.deployment = ensure_contract(s)
-            init_keys(s.keys_dir)
             if s.orthanc_url is None:
                 self.orthanc = self._embedded_orthanc()
                 self.orthanc.start()
@@ -336,7 +347,7 @@ class Stack:
             if s.inprocess_pipeline:
                 self.pipeline = build_pipeline(
                     s, index=self.index, spool=spool, store=self.store, ledger=self.ledger,
-                    pacs=self.pacs, alerts=self.alerts, worker="up",
+                    pacs=self.pacs, alerts=self.alerts, worker=worker_id(s.node, "up"),
                 )  # fmt: skip
                 self.pipeline.start()
                 on_stored = self.pipeline.wake
@@ -355,6 +366,7 @@ class Stack:
                 peers=s.commitment_peers,
                 timeout_s=s.commitment_timeout_s,
                 ssl_context=client_tls,
+                node=s.node,
             )
             self.commitment.start()
             self.receiver = Receiver(
@@ -366,6 +378,7 @@ class Stack:
                 commitment=self.commitment,
                 max_instance_bytes=s.max_instance_bytes,
                 limits=ListenerLimits.from_settings(s),
+                node=s.node,
             )
             if self.pipeline is not None:  # acks go first (performance.md)
                 self.pipeline.pause = self.receiver.yield_to_acks
@@ -502,6 +515,7 @@ class Stack:
                 spool=self.spool,
                 commitment=self.commitment,
                 overdue=lambda: len(overdue(index, older_than=s.pending_alert_s)),
+                node=s.node,
             )
         )
         config = uvicorn.Config(
@@ -573,6 +587,7 @@ class Stack:
             f"  chain           {chain}",
             f"  xray contract   {self.ledger.address}",
             f"  recorder        {recorder_account(s).address}",
+            f"  node            {s.node}",
             f"  data dir        {s.data_dir.resolve()}",
             "Press Ctrl-C to stop.",
         ]

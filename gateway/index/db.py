@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from gateway.core.nodes import node_of
 from gateway.errors import IndexUnavailable
 from gateway.index import schema
 from gateway.index.engine import LOCK_BUSY_ERRORS, Connection, connect, describe
@@ -188,20 +189,22 @@ class Index:
         calling_aet: str,
         size: int,
         spool_sha256: bytes | None = None,
+        received_by: str | None = None,
     ) -> int:
         """Record a durable received instance; its first task is ``fingerprint``.
 
         ``spool_sha256`` is the spool file's SHA-256 as it was received: the fingerprint
-        stage refuses a file that no longer hashes to it.
+        stage refuses a file that no longer hashes to it. ``received_by`` is the gateway
+        node whose spool holds it: only that node's workers claim it, except to anchor.
         """
         db, lock = (self._db, self._lock) if self._ack is None else (self._ack, self._ack_lock)
         with lock:  # one statement: its own transaction on both engines, one round trip
             (row_id,) = db.execute(
                 "INSERT INTO instances (entry_id, sop_instance_uid, sop_class_uid, calling_aet,"
-                " received_at, size, stage, spool_sha256)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'fingerprint', ?) RETURNING id",
+                " received_at, size, stage, spool_sha256, received_by)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'fingerprint', ?, ?) RETURNING id",
                 (entry_id, sop_instance_uid, sop_class_uid, calling_aet, time.time(), size,
-                 spool_sha256),
+                 spool_sha256, received_by),
             ).fetchone()  # fmt: skip
             return int(row_id)
 
@@ -524,6 +527,16 @@ class Index:
             cursor = self._db.execute("SELECT stage, COUNT(*) FROM instances GROUP BY stage")
             return {str(stage): int(count) for stage, count in cursor.fetchall()}
 
+    def waiting_per_node(self) -> dict[str, int]:
+        """Rows with work left before ``anchor``, per node that received them (``""``: rows
+        from before node ids): only that node can work them (its spool holds the bytes)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "SELECT COALESCE(received_by, ''), COUNT(*) FROM instances"
+                " WHERE stage IN ('fingerprint', 'seal', 'put', 'forward') GROUP BY received_by"
+            )
+            return {str(node): int(count) for node, count in cursor.fetchall()}
+
     # -- what `status` and /metrics show ----------------------------------------------------
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -602,7 +615,12 @@ class Index:
         self, worker: str, *, stages: tuple[str, ...], limit: int, lease_s: float,
         now: float | None = None,
     ) -> list[Row]:  # fmt: skip
-        """Claim up to ``limit`` due rows at ``stages`` that no live claim holds, oldest first."""
+        """Claim up to ``limit`` due rows at ``stages`` that no live claim holds, oldest first.
+
+        Only rows the worker's node received (``<node>/…``, :mod:`gateway.core.nodes`), or
+        that no node is named for, or at ``anchor`` (which needs no local file): the other
+        stages read the receiving node's spool and sealed dir.
+        """
         if limit <= 0 or not stages:
             return []
         now = time.time() if now is None else now
@@ -610,8 +628,9 @@ class Index:
         with self.transaction() as db:
             ids = [int(r[0]) for r in db.execute(
                 f"SELECT id FROM instances WHERE stage IN ({marks}) AND next_attempt_at <= ?"
-                f" AND {self._FREE} ORDER BY id LIMIT ?{db.row_lock('skip')}",
-                (*stages, now, now, limit),
+                f" AND {self._FREE} AND (received_by IS NULL OR received_by = ?"
+                f" OR stage = 'anchor') ORDER BY id LIMIT ?{db.row_lock('skip')}",
+                (*stages, now, now, node_of(worker), limit),
             )]  # fmt: skip
             return self._mark_claimed(db, worker, ids, now + lease_s)
 

@@ -133,6 +133,10 @@ STEPS: tuple[Step, ...] = (
     # 8, 9: the worker process that holds the row (its id) and until when (epoch seconds)
     AddColumn("instances", "claimed_by", "TEXT"),
     AddColumn("instances", "claim_until", "REAL NOT NULL DEFAULT 0"),
+    # 10: the gateway node that received a Storage Commitment request: it alone reports it
+    AddColumn("commitments", "node", "TEXT"),
+    # 11: the gateway node that received the row: its spool (and sealed dir) hold the bytes
+    AddColumn("instances", "received_by", "TEXT"),
 )
 
 #: The version this code writes and reads.

@@ -228,8 +228,9 @@ class CommitmentLog:
     :data:`~gateway.index.engine.DATABASE_ERRORS`.
     """
 
-    def __init__(self, index: Index, *, readonly: bool = False) -> None:
+    def __init__(self, index: Index, *, node: str = "", readonly: bool = False) -> None:
         self.index = index
+        self.node = node  # the gateway node whose requests these are (``GATEWAY_NODE_ID``)
         self.readonly = readonly
 
     def add(self, *, transaction_uid: str, calling_aet: str, refs: list[Reference],
@@ -237,7 +238,7 @@ class CommitmentLog:
         with self.index.transaction() as db:
             (request_id,) = db.execute(
                 "INSERT INTO commitments (transaction_uid, calling_aet, refs, received_at,"
-                " deadline, state, tls) VALUES (?, ?, ?, ?, ?, 'open', ?) RETURNING id",
+                " deadline, state, tls, node) VALUES (?, ?, ?, ?, ?, 'open', ?, ?) RETURNING id",
                 (
                     transaction_uid,
                     calling_aet,
@@ -245,6 +246,7 @@ class CommitmentLog:
                     time.time(),
                     deadline,
                     int(tls),
+                    self.node,
                 ),
             ).fetchone()
             return int(request_id)
@@ -256,13 +258,25 @@ class CommitmentLog:
         return _request(values)
 
     def due(self, now: float) -> list[Request]:
-        """Open requests and undelivered reports whose next try has come, oldest first."""
+        """This node's open requests and undelivered reports whose next try has come,
+        oldest first. A request is the node's that received the N-ACTION, so one
+        N-EVENT-REPORT goes out whichever node received the images."""
         rows = self.index.query(
             f"SELECT {_REQUEST_COLUMNS} FROM commitments WHERE state IN ('open', 'ready')"
-            " AND next_attempt_at <= ? ORDER BY id",
-            (now,),
+            " AND node = ? AND next_attempt_at <= ? ORDER BY id",
+            (self.node, now),
         )
         return [_request(values) for values in rows]
+
+    def adopt_unowned(self) -> int:
+        """Make this node the owner of requests from before node ids (one UPDATE: the
+        first node to start after the upgrade takes them all); returns how many."""
+        with self.index.transaction() as db:
+            cursor = db.execute(
+                "UPDATE commitments SET node = ? WHERE node IS NULL AND state != 'reported'",
+                (self.node,),
+            )
+            return max(int(cursor.rowcount), 0)
 
     def decided(self, request_id: int, report: Report) -> None:
         self._set(request_id, state="ready", event_type=report.event_type,
@@ -280,9 +294,19 @@ class CommitmentLog:
             )
 
     def counts(self) -> dict[str, int]:
-        """Requests per state: open, ready (undelivered), reported."""
+        """Requests per state: open, ready (undelivered), reported (every node's)."""
         rows = self.index.query("SELECT state, COUNT(*) FROM commitments GROUP BY state")
         return {str(state): int(count) for state, count in rows}
+
+    def counts_per_node(self) -> dict[str, dict[str, int]]:
+        """Requests per owning node, then per state (``""``: not yet adopted by a node)."""
+        rows = self.index.query(
+            "SELECT COALESCE(node, ''), state, COUNT(*) FROM commitments GROUP BY node, state"
+        )
+        found: dict[str, dict[str, int]] = {}
+        for node, state, count in rows:
+            found.setdefault(str(node), {})[str(state)] = int(count)
+        return found
 
     def undelivered(self, limit: int) -> list[Undelivered]:
         """Decided requests whose report has failed to go out at least once, oldest first."""
@@ -317,6 +341,8 @@ class CommitmentSCP:
         How long to wait for received instances to be committed before failing them.
     poll_s:
         How often open requests are looked at again.
+    node:
+        This gateway node's id: it reports the requests it received, and only those.
     ssl_context:
         The client context (:func:`gateway.ingest.tls.client_context`) for reports to requests
         that came over TLS; None when the gateway has no DICOM TLS.
@@ -332,9 +358,10 @@ class CommitmentSCP:
         poll_s: float = 0.5,
         network_timeout_s: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        node: str = "",
     ) -> None:
         self.index = index
-        self.log = CommitmentLog(index)
+        self.log = CommitmentLog(index, node=node)
         self.ae_title = ae_title
         self.peers = dict(peers)
         self.timeout_s = timeout_s
@@ -440,6 +467,7 @@ class CommitmentSCP:
     # -- the worker ------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.log.adopt_unowned()
         self._thread = threading.Thread(target=self._run, name="commitment", daemon=True)
         self._thread.start()
 

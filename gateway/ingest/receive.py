@@ -169,6 +169,8 @@ class Receiver:
         dataset is inflated on the spool's filesystem to be checked before the ack.
     limits:
         What one peer may hold of the listener (timeouts, PDU size, associations).
+    node:
+        This gateway node's id, recorded on each row: its spool holds the bytes.
     """
 
     spool: Spool
@@ -179,6 +181,7 @@ class Receiver:
     commitment: CommitmentSCP | None = None
     max_instance_bytes: int = MAX_INSTANCE_BYTES
     limits: ListenerLimits = field(default_factory=ListenerLimits)
+    node: str | None = None
 
     def __post_init__(self) -> None:
         self._server: GuardedAssociationServer | None = None  # the plain port's
@@ -421,6 +424,7 @@ class Receiver:
                 calling_aet=calling,
                 size=entry.size,
                 spool_sha256=entry.sha256,
+                received_by=self.node,
             )
         except Exception as exc:  # the index is our durability too: no row, no ack
             log.exception("refused C-STORE %s: index write failed", requested_uid)

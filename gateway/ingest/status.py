@@ -1,7 +1,8 @@
 """What ``xray-gateway status`` shows: the ingest queue, read from the index without writing.
 
 Rows per stage, the oldest row with work left, the rows failing now, the rows parked at
-stage ``failed``, the rows each worker process holds, and the Storage Commitment requests (:class:`CommitmentLog`). No
+stage ``failed``, the rows each worker process holds, and the Storage Commitment requests
+(:class:`CommitmentLog`), for the whole index and per gateway node. No
 patient data: a row is named by a prefix of its record key, or of its spool entry before
 it is fingerprinted.
 """
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.core.nodes import SEPARATOR, node_of
 from gateway.errors import ConfigError, IndexSchemaTooNew, IndexUnavailable
 from gateway.index.db import DONE_STAGES, STAGES, Index, Row
 from gateway.index.engine import DATABASE_ERRORS, describe
@@ -61,6 +63,8 @@ def status_report(
         parked = index.parked(limit)
         commitments, undelivered = _commitments(CommitmentLog(index, readonly=True), limit)
         claims = index.claim_counts(now=now)
+        per_node = _per_node_commitments(CommitmentLog(index, readonly=True))
+        waiting = _waiting_per_node(index)
     finally:
         index.close()
     stages = [*STAGES, *(st for st in DONE_STAGES if st not in STAGES)]
@@ -75,7 +79,50 @@ def status_report(
         "claims": claims,  # rows each worker process holds now (live leases)
         "commitment_requests": {state: commitments.get(state, 0) for state in COMMITMENT_STATES},
         "commitment_undelivered": [item._asdict() for item in undelivered],
+        "nodes": nodes_report(claims, per_node, waiting),
     }
+
+
+def nodes_report(
+    claims: dict[str, int],
+    commitments: dict[str, dict[str, int]],
+    waiting: dict[str, int] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Per gateway node sharing the index: the rows only it can work (``waiting``: received
+    by it, not yet sealed, stored or forwarded), the rows its workers hold (per worker, by
+    its id on the node) and its Storage Commitment requests per state. A node shows once
+    it has any of these; ``""`` is rows, claims or requests from before node ids."""
+    nodes: dict[str, dict[str, Any]] = {}
+
+    def node(name: str) -> dict[str, Any]:
+        return nodes.setdefault(name, {
+            "waiting": 0, "claims": 0, "workers": {},
+            "commitment_requests": dict.fromkeys(COMMITMENT_STATES, 0),
+        })  # fmt: skip
+
+    for worker, count in claims.items():
+        entry = node(node_of(worker))
+        entry["claims"] += count
+        entry["workers"][worker.rpartition(SEPARATOR)[2]] = count
+    for name, states in commitments.items():
+        node(name)["commitment_requests"].update(states)
+    for name, count in (waiting or {}).items():
+        node(name)["waiting"] = count
+    return dict(sorted(nodes.items()))
+
+
+def _waiting_per_node(index: Index) -> dict[str, int]:
+    try:
+        return index.waiting_per_node()
+    except DATABASE_ERRORS:  # an index from before node ids
+        return {}
+
+
+def _per_node_commitments(log: CommitmentLog) -> dict[str, dict[str, int]]:
+    try:
+        return log.counts_per_node()
+    except DATABASE_ERRORS:  # an index from before node ids
+        return {}
 
 
 def _commitments(log: CommitmentLog, limit: int) -> tuple[dict[str, int], list[Undelivered]]:

@@ -133,14 +133,14 @@ def test_status_reads_an_index_nobody_has_open(data_dir: Path) -> None:
 def test_metrics_exposition(tmp_path: Path) -> None:
     index = Index(tmp_path / "index.sqlite")
     fill(index)
-    index.claim_due("up-1", stages=("anchor",), limit=1, lease_s=60)
+    index.claim_due("node-a/up-1", stages=("anchor",), limit=1, lease_s=60)
     spool = Spool(tmp_path / "spool", reserve_bytes=1 << 20)
     receiver = Receiver(spool=spool, index=index)
     receiver.responses.update({0x0000: 5, 0xA700: 2})
     scp = CommitmentSCP(index=index, ae_title="XRAYGW", peers={})
     scp.counters.update({"accepted": 3, "reported_event_type_2": 1, "delivery_failures": 4})
     registry = registry_for(
-        GatewayCollector(index=index, receiver=receiver, spool=spool, commitment=scp)
+        GatewayCollector(index=index, receiver=receiver, spool=spool, commitment=scp, node="node-b")
     )
     with serve(create_app(health=Health(), metrics=lambda: render(registry))) as url:
         status, content_type, text = get(f"{url}/metrics")
@@ -169,7 +169,10 @@ def test_metrics_exposition(tmp_path: Path) -> None:
     assert samples[("xray_gateway_commitment_delivery_failures_total", ())] == 4
     assert samples[("xray_gateway_spool_reserve_bytes", ())] == 1 << 20
     assert samples[("xray_gateway_spool_free_bytes", ())] > 0
-    assert samples[("xray_gateway_claimed_instances", (("worker", "up-1"),))] == 1
+    # every node's claims (the index is shared), labelled by node; the answering node apart
+    claimed = ("xray_gateway_claimed_instances", (("node", "node-a"), ("worker", "node-a/up-1")))
+    assert samples[claimed] == 1
+    assert samples[("xray_gateway_node", (("node", "node-b"),))] == 1
     assert "1.2.3." not in text  # no UIDs, no patient data in labels
     with serve(create_app(health=Health())) as url:  # no metrics callable: no route
         assert get(f"{url}/metrics")[0] == 404

@@ -150,3 +150,38 @@ def test_whether_a_request_came_over_tls_is_kept_and_old_indexes_gain_the_column
     assert log.get(later).tls is True
     index.close()
     assert CommitmentLog(Index(tmp_path / "index.sqlite")).get(later).tls is True
+
+
+def test_each_node_reports_only_the_requests_it_received(index: Index) -> None:
+    """One index, two nodes: each request is due at the node that received its N-ACTION,
+    while the instances it names count as committed whichever node received them."""
+    received(index, "7.1", "committed")  # say, received and worked by the other node
+    east, west = CommitmentLog(index, node="east"), CommitmentLog(index, node="west")
+    mine = east.add(transaction_uid="1.2.7", calling_aet="CT1",
+                    refs=[Reference(CT, "7.1")], deadline=1e12)  # fmt: skip
+    theirs = west.add(transaction_uid="1.2.8", calling_aet="CT1", refs=[], deadline=1e12)
+    assert [r.id for r in east.due(now=1.0)] == [mine]
+    assert [r.id for r in west.due(now=1.0)] == [theirs]
+    (request,) = east.due(now=1.0)
+    report = decide(request.transaction_uid, list(request.refs), index, final=False)
+    assert report is not None and report.committed == (Reference(CT, "7.1"),)
+
+
+def test_requests_from_before_nodes_are_adopted_by_one_node(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    legacy_index(path, 9)  # commitments without an owner
+    db = sqlite3.connect(path)
+    db.executemany(
+        "INSERT INTO commitments (transaction_uid, calling_aet, refs, received_at, deadline,"
+        " state) VALUES (?, 'CT1', '[]', 0, 0, ?)",
+        [("1.2.1", "open"), ("1.2.2", "ready"), ("1.2.3", "reported")],
+    )
+    db.commit()
+    db.close()
+    index = Index(path)
+    east, west = CommitmentLog(index, node="east"), CommitmentLog(index, node="west")
+    assert east.adopt_unowned() == 2  # the first to start takes the ones not yet reported
+    assert west.adopt_unowned() == 0
+    assert [r.transaction_uid for r in east.due(now=1.0)] == ["1.2.1", "1.2.2"]
+    assert west.due(now=1.0) == []
+    index.close()

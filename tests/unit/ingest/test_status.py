@@ -97,3 +97,32 @@ def test_the_rows_each_worker_holds_are_shown(tmp_path: Path) -> None:
     index.claim_due("gone", stages=("fingerprint",), limit=1, lease_s=-1)  # lease run out
     assert status_report(tmp_path / "index.sqlite")["claims"] == {"up-1": 2}
     index.close()
+
+
+def test_status_shows_each_node_its_workers_claims_and_commitment_requests(
+    tmp_path: Path,
+) -> None:
+    index = Index(tmp_path / "index.sqlite")
+    for n in range(3):
+        index.add_received(
+            entry_id=f"e{n}", sop_instance_uid=f"1.2.{n}", sop_class_uid=CT, calling_aet="CT1",
+            size=1, received_by="east" if n < 2 else "west",
+        )  # fmt: skip
+    index.claim_due("east/up-1", stages=("fingerprint",), limit=2, lease_s=60)
+    index.claim_due("west/up-1", stages=("fingerprint",), limit=1, lease_s=60)
+    request(CommitmentLog(index, node="west"), 1)
+    delivered = request(CommitmentLog(index, node="east"), 2)
+    CommitmentLog(index, node="east").decided(delivered, Report("1.2.9.2", (), ()))
+    CommitmentLog(index, node="east").delivered(delivered)
+
+    shown = status_report(tmp_path / "index.sqlite")
+
+    assert shown["claims"] == {"east/up-1": 2, "west/up-1": 1}
+    assert shown["nodes"] == {
+        "east": {"waiting": 2, "claims": 2, "workers": {"up-1": 2},
+                 "commitment_requests": {"open": 0, "ready": 0, "reported": 1}},
+        "west": {"waiting": 1, "claims": 1, "workers": {"up-1": 1},
+                 "commitment_requests": {"open": 1, "ready": 0, "reported": 0}},
+    }  # fmt: skip
+    assert shown["commitment_requests"] == {"open": 1, "ready": 0, "reported": 1}  # cluster
+    index.close()
