@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -64,11 +65,23 @@ def ready_path(run_dir: Path, worker: str, *, notify: bool) -> Path:
     return run_dir / f"{PREFIX}{worker}{LISTENING}" if notify else socket_path(run_dir, worker)
 
 
+def _through_dir(fd: int, name: str) -> str:
+    """``name`` in the directory open as ``fd``, as a short path: a socket address holds at
+    most 107 bytes, and a data dir (a test's temp dir) may be deeper than that."""
+    return f"/proc/self/fd/{fd}/{name}"
+
+
+def _open_dir(path: Path) -> int:
+    path.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_PATH | os.O_DIRECTORY)
+
+
 class SocketDoorbell:
     """Rings every worker socket in ``run_dir``; never blocks, never raises."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
+        self._dir = _open_dir(run_dir)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
         self._targets: list[str] = []
@@ -78,7 +91,9 @@ class SocketDoorbell:
     def _current(self) -> list[str]:
         now = time.monotonic()
         if now - self._scanned >= RESCAN_S:
-            self._targets = [str(p) for p in self.run_dir.glob(f"{PREFIX}*{SUFFIX}")]
+            self._targets = [
+                _through_dir(self._dir, p.name) for p in self.run_dir.glob(f"{PREFIX}*{SUFFIX}")
+            ]
             self._scanned = now
         return self._targets
 
@@ -91,6 +106,7 @@ class SocketDoorbell:
 
     def close(self) -> None:
         self._sock.close()
+        os.close(self._dir)
 
 
 class _Bell:
@@ -125,11 +141,14 @@ class Bell(_Bell):
 
     def __init__(self, run_dir: Path, worker: str, on_ring: Callable[[], None]) -> None:
         super().__init__(on_ring)
-        run_dir.mkdir(parents=True, exist_ok=True)
         self.path = socket_path(run_dir, worker)
         self.path.unlink(missing_ok=True)  # the same worker id, started again
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(self.path))
+        directory = _open_dir(run_dir)
+        try:
+            self._sock.bind(_through_dir(directory, self.path.name))
+        finally:
+            os.close(directory)
         self._sock.settimeout(0.5)
         self._thread = threading.Thread(target=self._run, name="wakeup", daemon=True)
         self._thread.start()

@@ -82,3 +82,18 @@ def test_a_bell_shows_it_is_up_by_its_socket_or_by_its_sign_that_it_listens(
         assert sign not in set(run.glob("worker-*.sock"))
     finally:
         bell.close()
+
+
+def test_a_run_dir_deeper_than_a_socket_address_still_rings(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / "run"  # the socket path alone: > 107 bytes
+    assert len(str(socket_path(deep, "up-1"))) > 107
+    rang = threading.Event()
+    bell = Bell(deep, "up-1", rang.set)
+    doorbell = SocketDoorbell(deep)
+    try:
+        assert socket_path(deep, "up-1").exists()  # the ready sign: the socket in run_dir
+        doorbell.ring()
+        assert rang.wait(30)
+    finally:
+        doorbell.close()
+        bell.close()
