@@ -147,6 +147,19 @@ def valid_uid(value: object) -> bool:
     return isinstance(value, str) and UID(value, validation_mode=config.IGNORE).is_valid
 
 
+def wait_while_streaming(last: Callable[[], float]) -> None:
+    """Sleep while the latest ack (``last()``, time.monotonic()) is under ``STREAMING_S``
+    old, at most ``MAX_YIELD_S``: acks first, for the listener's own pipeline and for
+    worker processes alike."""
+    deadline = time.monotonic() + MAX_YIELD_S
+    while True:
+        now = time.monotonic()
+        quiet = last() + STREAMING_S
+        if now >= quiet or now >= deadline:
+            return
+        time.sleep(min(quiet, deadline) - now)
+
+
 @dataclass
 class Receiver:
     """The gateway's Storage SCP.
@@ -352,13 +365,7 @@ class Receiver:
         back to back lets the modality finish first; the bound keeps commits advancing
         during a long stream.
         """
-        deadline = time.monotonic() + MAX_YIELD_S
-        while True:
-            now = time.monotonic()
-            quiet = self._last_store + STREAMING_S
-            if now >= quiet or now >= deadline:
-                return
-            time.sleep(min(quiet, deadline) - now)
+        wait_while_streaming(lambda: self._last_store)
 
     def _store(self, event: Any) -> Dataset:
         request = event.request

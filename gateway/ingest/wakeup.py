@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import psycopg
 
-from gateway.ingest.receive import MAX_YIELD_S, STREAMING_S
+from gateway.ingest.receive import wait_while_streaming
 from gateway.redact import redact_text
 
 log = logging.getLogger(__name__)
@@ -126,13 +126,7 @@ class _Bell:
         most ``MAX_YIELD_S``: a ring came less than ``STREAMING_S`` ago. The same rule as
         the listener's own ``Receiver.yield_to_acks``, across processes: on few cores
         the worker's CPU and its index writes slow the acks."""
-        deadline = time.monotonic() + MAX_YIELD_S
-        while True:
-            now = time.monotonic()
-            quiet = self.last_ring + STREAMING_S
-            if now >= quiet or now >= deadline:
-                return
-            time.sleep(min(quiet, deadline) - now)
+        wait_while_streaming(lambda: self.last_ring)
 
 
 class Bell(_Bell):
