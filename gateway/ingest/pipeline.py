@@ -451,6 +451,7 @@ class Pipeline:
                 row.id, describe(row), reason, row.strikes + 1, row.id,
             )  # fmt: skip
             self.index.park(row.id, reason)
+            self._alert_parked(row.sop_instance_uid, f"row {row.id}: {reason}")
         else:
             retry_in = backoff(row.strikes)
             log.warning(
@@ -458,6 +459,13 @@ class Pipeline:
                 row.id, describe(row), reason, row.strikes + 1, PERMANENT_ATTEMPTS, retry_in,
             )  # fmt: skip
             self.index.fail(row.id, reason, retry_in=retry_in, permanent=True)
+
+    def _alert_parked(self, sop_instance_uid: str, detail: str) -> None:
+        """A row stopped at stage ``failed`` waits for an operator: tell one (alert ``parked``)."""
+        if self.steps.alerts is not None:
+            self.steps.alerts.record(
+                kind="parked", source="pipeline", sop_instance_uid=sop_instance_uid, detail=detail
+            )
 
     def _succeeded(self, row: Row) -> None:
         if row.strikes:
@@ -588,6 +596,8 @@ class Pipeline:
                 "kept; `xray-gateway retry --all` re-queues them)", reason, batch.count, strikes,
             )  # fmt: skip
             self.index.abandon_batch(batch.id, reason)
+            for row in rows:
+                self._alert_parked(row.sop_instance_uid, f"row {row.id}: {reason}")
             return
         retry_in = backoff(strikes - 1)
         log.warning(

@@ -42,10 +42,12 @@ def test_a_spool_file_swapped_after_the_ack_is_refused_never_sealed(
     assert row.last_error is not None and "changed after the ack" in row.last_error
     assert row.digest is None and list(line.sealed_dir.iterdir()) == []
     assert path.read_bytes() == two_images[1]  # kept as evidence
-    (alert,) = line.alerts.recent()
+    parked, alert = line.alerts.recent()  # newest first: the row parked, then why
     assert (alert.kind, alert.source, alert.sop_instance_uid) == (
         "spool_swapped", "pipeline", row.sop_instance_uid,
     )  # fmt: skip
+    assert (parked.kind, parked.sop_instance_uid) == ("parked", row.sop_instance_uid)
+    assert f"row {row_id}: fingerprint: SpoolSwapped" in parked.detail
     # re-queued by an operator, it is refused again
     assert line.index.requeue([row_id]) == [row_id]
     assert line.pipeline.process(row_id) == "fingerprint"
@@ -59,7 +61,7 @@ def test_a_swapped_file_that_no_longer_parses_is_refused_too(
     line.spool.path_of(line.index.get(row_id).entry_id).write_bytes(b"not DICOM at all")
 
     assert advance(line, row_id) == "failed"
-    assert [a.kind for a in line.alerts.recent()] == ["spool_swapped"]
+    assert [a.kind for a in line.alerts.recent()] == ["parked", "spool_swapped"]
 
 
 def test_a_spool_file_swapped_between_fingerprint_and_seal_is_never_sealed(
@@ -75,7 +77,7 @@ def test_a_spool_file_swapped_between_fingerprint_and_seal_is_never_sealed(
     assert row.parked_stage == "seal"
     assert row.last_error is not None and "changed before sealing" in row.last_error
     assert list(line.sealed_dir.iterdir()) == []  # neither the object nor its temporary
-    assert [a.kind for a in line.alerts.recent()] == ["spool_swapped"]
+    assert [a.kind for a in line.alerts.recent()] == ["parked", "spool_swapped"]
 
 
 def test_the_same_bytes_under_the_same_uid_are_set_aside_as_a_duplicate(
