@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.errors import AlertsUnavailable
 from gateway.trust.verdicts import ALERT_KINDS
@@ -38,9 +39,10 @@ CREATE INDEX IF NOT EXISTS alerts_uid ON alerts (sop_instance_uid);
 
 #: What an alert may be about: a status that alerts (gateway/trust/verdicts.py), and
 #: ``pending_too_long`` (an instance not committed after ``GATEWAY_PENDING_ALERT_S``) and
-#: ``foreign_claim`` (a version written under a key by someone other than its owner), and
-#: ``spool_swapped`` (a spool file that changed between the ack and the fingerprint stage).
-KINDS = (*ALERT_KINDS, "pending_too_long", "foreign_claim", "spool_swapped")
+#: ``foreign_claim`` (a version written under a key by someone other than its owner),
+#: ``spool_swapped`` (a spool file that changed between the ack and the fingerprint stage),
+#: and ``parked`` (a row the pipeline stopped retrying: stage ``failed``).
+KINDS = (*ALERT_KINDS, "pending_too_long", "foreign_claim", "spool_swapped", "parked")
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,41 @@ class Alerts:
             found.sort(key=lambda alert: alert.at, reverse=True)
         return found[:limit]
 
+    def counts(self) -> dict[str, int]:
+        """Alerts recorded so far per kind, the plugin's included (``/metrics``).
+
+        Raises
+        ------
+        AlertsUnavailable
+            The plugin's alerts file exists but cannot be read.
+        """
+        with self._lock:
+            rows = self._db.execute(_COUNT).fetchall()
+        counts = {str(kind): int(n) for kind, n in rows}
+        if self.plugin_alerts is not None:
+            for kind, n in read_only_rows(self.plugin_alerts, _COUNT, ()):
+                counts[str(kind)] = counts.get(str(kind), 0) + int(n)
+        return counts
+
+
+_COUNT = "SELECT kind, COUNT(*) FROM alerts GROUP BY kind"
+
+
+def alerts_after(path: Path, after_id: int, *, limit: int) -> list[Alert]:
+    """Up to ``limit`` alerts of the log at ``path`` with an id above ``after_id``, oldest
+    first, read as another writer's file (:func:`read_only_alerts`).
+
+    Ids only grow: SQLite hands them out under its one write lock, so an alert committed
+    later never has a smaller id than one already read.
+    """
+    return read_only_alerts(path, "WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
+
+
+def last_alert_id(path: Path) -> int:
+    """The highest alert id of the log at ``path`` (0: none, or no file yet)."""
+    rows = read_only_rows(path, "SELECT MAX(id) FROM alerts", ())
+    return int(rows[0][0] or 0) if rows else 0
+
 
 def read_only_alerts(path: Path, clause: str, params: tuple[object, ...]) -> list[Alert]:
     """Alerts from another writer's file (the plugin's), opened read-only for this one query.
@@ -144,21 +181,26 @@ def read_only_alerts(path: Path, clause: str, params: tuple[object, ...]) -> lis
     read-only mount with the writer stopped they are gone, and the file is then complete,
     so it is read as immutable.
     """
+    return [Alert(*values) for values in read_only_rows(path, f"{_SELECT} {clause}", params)]
+
+
+def read_only_rows(path: Path, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+    """The rows of one query on another writer's alerts file (see :func:`read_only_alerts`)."""
     if not path.is_file():
         return []
     uri = path.resolve().as_uri()
     try:
         try:
             with _connection(f"{uri}?mode=ro") as db:
-                rows = db.execute(f"{_SELECT} {clause}", params).fetchall()
+                rows = db.execute(sql, params).fetchall()
         except sqlite3.OperationalError:
             if path.with_name(path.name + "-wal").exists():
                 raise
             with _connection(f"{uri}?mode=ro&immutable=1") as db:
-                rows = db.execute(f"{_SELECT} {clause}", params).fetchall()
+                rows = db.execute(sql, params).fetchall()
     except sqlite3.Error as exc:
         raise AlertsUnavailable(f"the Orthanc plugin's alerts cannot be read: {exc}") from exc
-    return [Alert(*values) for values in rows]
+    return [tuple(values) for values in rows]
 
 
 @contextlib.contextmanager
