@@ -21,6 +21,14 @@ xray_gateway_commitment_requests_total{result} N-ACTIONs accepted / refused
 xray_gateway_commitment_reports_total{event_type}  N-EVENT-REPORTs delivered
 xray_gateway_commitment_delivery_failures_total    failed delivery attempts
 xray_gateway_commitment_requests_stored{state}  stored: open, ready, reported
+xray_gateway_alerts_total{kind}                alerts recorded, by kind (the gateway's and
+                                               the Orthanc plugin's logs, read at scrape)
+xray_gateway_ack_latency_seconds               histogram: a dataset's first bytes -> its
+                                               C-STORE success response (this listener)
+xray_gateway_commit_latency_seconds            histogram: received (acked) -> anchored on the
+                                               chain, from the index (every node's rows)
+xray_gateway_notify_events{target,state}       the alerts' outbox: events per webhook/syslog
+                                               target, pending or delivered
 =============================================  =========================================
 """
 
@@ -31,12 +39,19 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
+from gateway.core.latency import COMMIT_BOUNDS, Histogram, cumulative
 from gateway.core.nodes import node_of
 from gateway.index.db import DONE_STAGES, STAGES, Index
+from gateway.trust.alerts import KINDS
 
 if TYPE_CHECKING:
     from gateway.ingest.commitment import CommitmentSCP
@@ -58,8 +73,12 @@ class GatewayCollector(Collector):
         commitment: CommitmentSCP | None = None,
         overdue: Callable[[], int] | None = None,
         node: str | None = None,
+        alerts: Callable[[], dict[str, int]] | None = None,
+        outbox: Callable[[], dict[tuple[str, str], int]] | None = None,
     ) -> None:
         self.index = index
+        self.alerts = alerts
+        self.outbox = outbox
         self.node = node
         self.overdue = overdue
         self.receiver = receiver
@@ -84,6 +103,22 @@ class GatewayCollector(Collector):
             for code, count in sorted(self.receiver.response_counts().items()):
                 responses.add_metric([f"0x{code:04X}"], count)
             yield responses
+            yield histogram(
+                f"{PREFIX}_ack_latency_seconds",
+                "C-STORE ack latency: a dataset's first bytes to its success response",
+                self.receiver.ack_latency.snapshot(),
+            )
+        if self.alerts is not None:
+            yield from self._alerts(self.alerts)
+        if self.outbox is not None:
+            events = GaugeMetricFamily(
+                f"{PREFIX}_notify_events",
+                "The alerts' outbox: events per target (webhook:<id>, syslog) and state",
+                labels=["target", "state"],
+            )
+            for (target, state), count in sorted(self.outbox().items()):
+                events.add_metric([target, state], count)
+            yield events
         if self.spool is not None:
             yield GaugeMetricFamily(
                 f"{PREFIX}_spool_free_bytes",
@@ -159,6 +194,38 @@ class GatewayCollector(Collector):
         for worker, count in sorted(self.index.claim_counts().items()):
             claims.add_metric([node_of(worker), worker], count)
         yield claims
+        yield histogram(
+            f"{PREFIX}_commit_latency_seconds",
+            "Commit latency: received (acked) to anchored on the chain, every anchored row",
+            self._commit_latency(),
+        )
+
+    def _alerts(self, counts: Callable[[], dict[str, int]]) -> Iterator[Metric]:
+        alerts = CounterMetricFamily(
+            f"{PREFIX}_alerts",
+            "Integrity alerts recorded, by kind (the gateway's and the Orthanc plugin's)",
+            labels=["kind"],
+        )
+        found = counts()
+        for kind in sorted(set(KINDS) | set(found)):
+            alerts.add_metric([kind], found.get(kind, 0))
+        yield alerts
+
+    def _commit_latency(self) -> Histogram:
+        """Received -> anchored, over every anchored row: one pass over the index, so that
+        the histogram is every worker's and node's and survives restarts."""
+        spans = ", ".join(
+            "SUM(CASE WHEN anchored_at - received_at <= ? THEN 1 ELSE 0 END)" for _ in COMMIT_BOUNDS
+        )
+        (row,) = self.index.query(
+            f"SELECT {spans}, COUNT(*), SUM(anchored_at - received_at) FROM instances"
+            " WHERE anchored_at IS NOT NULL",
+            COMMIT_BOUNDS,
+        )
+        below = [int(n or 0) for n in row[: len(COMMIT_BOUNDS)]]
+        count, total = int(row[-2] or 0), float(row[-1] or 0.0)
+        per_bucket = [b - a for a, b in zip([0, *below], [*below, count], strict=True)]
+        return cumulative(COMMIT_BOUNDS, per_bucket, total)
 
     def _commitment(self, scp: CommitmentSCP) -> Iterator[Metric]:
         counters = scp.counts()
@@ -192,6 +259,16 @@ class GatewayCollector(Collector):
         for state in ("open", "ready", "reported"):
             stored.add_metric([state], states.get(state, 0))
         yield stored
+
+
+def histogram(name: str, documentation: str, snapshot: Histogram) -> HistogramMetricFamily:
+    """A Prometheus histogram from a :class:`~gateway.core.latency.Histogram`."""
+    return HistogramMetricFamily(
+        name,
+        documentation,
+        buckets=[("+Inf" if le == float("inf") else repr(le), n) for le, n in snapshot.buckets],
+        sum_value=snapshot.total,
+    )
 
 
 def registry_for(collector: Collector) -> CollectorRegistry:

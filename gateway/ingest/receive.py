@@ -48,6 +48,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from gateway import failpoints
 from gateway.core.allowlist import Network, refusal
 from gateway.core.fingerprint import MAX_INSTANCE_BYTES, checked_header
+from gateway.core.latency import ACK_BOUNDS, Latencies
 from gateway.errors import DatasetTooLarge, DatasetUnreadable, SpoolUnavailable
 from gateway.index.db import Index
 from gateway.ingest.listener import GuardedAssociationServer, ListenerLimits, nodelay, start_server
@@ -204,6 +205,9 @@ class Receiver:
         # discard_partials): any it did not get to file are partial or refused.
         self._receiving: dict[int, list[IncomingFile]] = {}
         self.responses: Counter[int] = Counter()  # C-STORE responses by status, for /metrics
+        # ack latency (first bytes of a dataset -> success response), for /metrics
+        self.ack_latency = Latencies(ACK_BOUNDS)
+        self._started: dict[str, float] = {}  # incoming file name -> when its bytes began
         self._last_store = -STREAMING_S
 
     def build_ae(self) -> SpoolingAE:
@@ -310,6 +314,7 @@ class Receiver:
         """pynetdicom's file for a dataset arriving on ``assoc``, noted under it."""
         incoming = self.spool.incoming_file()
         with self._lock:
+            self._started[str(incoming.name)] = time.monotonic()
             self._receiving.setdefault(id(assoc), []).append(incoming)
         return incoming
 
@@ -322,6 +327,8 @@ class Receiver:
         """
         with self._lock:
             files = self._receiving.pop(id(assoc), [])
+            for incoming in files:
+                self._started.pop(str(incoming.name), None)
         left = [f for f in files if Path(f.name).exists()]
         for incoming in left:
             incoming.discard()
@@ -353,6 +360,9 @@ class Receiver:
         response = self._store(event)
         with self._lock:
             self.responses[int(response.Status)] += 1
+            started = self._started.pop(str(event.dataset_path), None)
+        if started is not None and int(response.Status) == SUCCESS:
+            self.ack_latency.observe(time.monotonic() - started)
         self._last_store = time.monotonic()
         return response
 
