@@ -125,6 +125,15 @@ class Settings(BaseSettings):
     # data dir, one file shared with the gateway (embedded). docker: the plugin's own volume,
     # read-only here, so that Orthanc needs no write access to the gateway's data.
     plugin_alerts_dir: Path | None = None
+    # Alerts that reach people (gateway/notify/): each alert is POSTed as a signed JSON
+    # event (Standard Webhooks) to every URL here (comma-separated), with the HMAC secret
+    # read from a 0600 file (no default), and sent to syslog (udp://, tcp:// or tls://
+    # host:port) as an RFC 5424 message holding an IHE ATNA AuditMessage.
+    webhook_urls: Annotated[tuple[str, ...], NoDecode] = ()
+    webhook_secret_file: Path | None = None
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    syslog_url: str | None = Field(default=None, pattern=r"^(udp|tcp|tls)://[^\s/:]+:\d{1,5}$")
+    syslog_ca_file: Path | None = None
 
     @field_validator("data_dir", "plugin_alerts_dir")
     @classmethod
@@ -145,6 +154,25 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_aets(cls, value: object) -> object:
         return parse_allowed_aets(value)
+
+    @field_validator("webhook_urls", mode="before")
+    @classmethod
+    def _parse_webhook_urls(cls, value: object) -> object:
+        """``https://a/hook,https://b/hook``: http(s) URLs; blank means none."""
+        if isinstance(value, str):
+            value = tuple(part.strip() for part in value.split(",") if part.strip())
+        if isinstance(value, (list, tuple)):
+            for url in value:
+                if not str(url).startswith(("http://", "https://")):
+                    raise ValueError("GATEWAY_WEBHOOK_URLS holds http:// or https:// URLs")
+            return tuple(str(url) for url in value)
+        return value
+
+    @field_validator("syslog_url", "webhook_secret_file", "syslog_ca_file", mode="before")
+    @classmethod
+    def _blank_notify_setting(cls, value: object) -> object:
+        """``GATEWAY_SYSLOG_URL=`` and the files blank (as in .env.example) mean unset."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("node_id", mode="before")
     @classmethod
@@ -204,6 +232,10 @@ class Settings(BaseSettings):
                 "GATEWAY_STORE_URL is s3://: set GATEWAY_S3_ACCESS_KEY and GATEWAY_S3_SECRET_KEY"
             )
         self._check_tls()
+        if self.webhook_urls and self.webhook_secret_file is None:
+            raise ValueError("GATEWAY_WEBHOOK_URLS needs GATEWAY_WEBHOOK_SECRET_FILE (0600)")
+        if self.syslog_ca_file is not None and not (self.syslog_url or "").startswith("tls://"):
+            raise ValueError("GATEWAY_SYSLOG_CA_FILE needs a tls:// GATEWAY_SYSLOG_URL")
         return self
 
     def _check_tls(self) -> None:

@@ -23,6 +23,8 @@ permanent, retried a few times and then parked.
     ├── SpoolUnavailable          * received bytes cannot be made durable (-> 0xA700)
     ├── SpoolSwapped                a spool file no longer hashes to what was acked: never sealed
     ├── AlertsUnavailable           the Orthanc plugin's alerts file cannot be read
+    ├── DeliveryFailed              a webhook endpoint or the syslog receiver did not take an
+    │                               event (refused, non-2xx, timed out): retried with backoff
     ├── KeyringError                the key directory holds no KEK with that id; ``.kek_id``
     ├── ForwardError                anything on the PACS (Orthanc) side; as such, not transient
     │   ├── PacsUnavailable       * refused, timed out, 5xx or auth refused: retry later
@@ -191,6 +193,14 @@ class SpoolSwapped(GatewayError):
 
 class AlertsUnavailable(GatewayError):
     """The Orthanc plugin's alerts file exists but cannot be read (API: 503)."""
+
+
+class DeliveryFailed(GatewayError):
+    """A webhook endpoint or the syslog receiver did not take an event.
+
+    The outbox (:mod:`gateway.notify.outbox`) keeps the event and tries again with
+    backoff; the message names the target by its id and host only (never a secret).
+    """
 
 
 class LedgerError(GatewayError):

@@ -62,6 +62,9 @@ from gateway.ledger.bootstrap import (
 )
 from gateway.ledger.client import XrayLedger
 from gateway.metrics import GatewayCollector, registry_for, render
+from gateway.notify.notifier import Notifier
+from gateway.notify.senders import AlertTarget, SyslogSender, WebhookSender
+from gateway.notify.signing import load_secret
 from gateway.orthanc_plugin import ENTRY_SCRIPT, plugin_section
 from gateway.pacs.client import Pacs
 from gateway.pacs.embedded import EmbeddedOrthanc, viewer_plugin_libraries
@@ -138,6 +141,39 @@ def build_verifier(
 def gateway_alerts(settings: Settings) -> Alerts:
     """The gateway's alert log, listing the Orthanc plugin's alerts too where they are apart."""
     return Alerts(settings.alerts_path, plugin_alerts=settings.plugin_alerts_path)
+
+
+def build_notifier(settings: Settings, index: Index) -> Notifier | None:
+    """Webhooks and syslog for every alert, if any is configured (None: neither is).
+
+    Raises
+    ------
+    ConfigError
+        The webhook secret file is missing, readable by others, or not a usable secret.
+    """
+    s = settings
+    senders: list[AlertTarget] = []
+    if s.webhook_urls:
+        assert s.webhook_secret_file is not None  # Settings requires it with URLs
+        secret = load_secret(s.webhook_secret_file)
+        senders += [
+            WebhookSender(url, secret=secret, timeout_s=s.webhook_timeout_s)
+            for url in s.webhook_urls
+        ]
+    if s.syslog_url is not None:
+        senders.append(
+            SyslogSender(
+                s.syslog_url, node=s.node, timeout_s=s.webhook_timeout_s, ca_file=s.syslog_ca_file
+            )
+        )
+    if not senders:
+        return None
+    logs = {"gateway": s.alerts_path}
+    if s.plugin_alerts_path != s.alerts_path:
+        logs["plugin"] = s.plugin_alerts_path
+    return Notifier(
+        index=index, senders=senders, logs=logs, node=s.node, timeout_s=s.webhook_timeout_s
+    )
 
 
 def api_limits(settings: Settings) -> Limits:
@@ -287,6 +323,7 @@ class Stack:
         self.workers: list[Child] = []
         self._restart_at: dict[str, float] = {}  # a worker that failed to start waits
         self.doorbell: Doorbell | None = None
+        self.notifier: Notifier | None = None
 
     @property
     def store_url(self) -> str:
@@ -341,6 +378,9 @@ class Stack:
                 self.pacs = external_pacs(s)
             self.store = open_object_store(s)
             self.alerts = gateway_alerts(s)
+            self.notifier = build_notifier(s, self.index)
+            if self.notifier is not None:
+                self.notifier.start()
             spool = self.spool = Spool(s.data_dir / "spool", reserve_bytes=s.spool_reserve_mb << 20)
             spool.clear_incoming()  # partial receptions from a crash were never acked
             on_stored: Callable[[int], None]
@@ -516,6 +556,8 @@ class Stack:
                 commitment=self.commitment,
                 overdue=lambda: len(overdue(index, older_than=s.pending_alert_s)),
                 node=s.node,
+                alerts=self.alerts.counts,
+                outbox=self.notifier.outbox.counts if self.notifier is not None else None,
             )
         )
         config = uvicorn.Config(
@@ -550,6 +592,8 @@ class Stack:
             child.stop(timeout=90)
         if self.doorbell is not None:
             self.doorbell.close()
+        if self.notifier is not None:  # what it was sending stays pending in the outbox
+            self.notifier.stop()
         if self.alerts is not None:  # after the pipeline: it records spool_swapped alerts
             self.alerts.close()
         if self.index is not None:

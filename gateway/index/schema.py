@@ -121,6 +121,34 @@ CREATE TABLE IF NOT EXISTS commitments (
 CREATE INDEX IF NOT EXISTS commitments_due ON commitments (state, next_attempt_at);
 """
 
+# Alerts that reach people (part "notify", gateway/notify/outbox.py): one outbox row per
+# (event, target); state 'pending' until the target took it (a 2xx, a syslog send), then
+# 'delivered'. A row is claimed (claimed_by, claim_until) while a node sends it. The marks
+# are each alert log's high-water mark: the last alert id enqueued from it.
+_NOTIFY = """
+CREATE TABLE IF NOT EXISTS notify_outbox (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    claimed_by TEXT,
+    claim_until REAL NOT NULL DEFAULT 0,
+    delivered_at REAL,
+    UNIQUE (event_id, target)
+);
+CREATE INDEX IF NOT EXISTS notify_outbox_due ON notify_outbox (target, state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS notify_marks (
+    source TEXT PRIMARY KEY,
+    last_id INTEGER NOT NULL
+);
+"""
+
 #: Every step, in order; the schema's version is how many of them a database has had.
 STEPS: tuple[Step, ...] = (
     Create(_INSTANCES),  # 1: rows, batches, batch members
@@ -137,6 +165,8 @@ STEPS: tuple[Step, ...] = (
     AddColumn("commitments", "node", "TEXT"),
     # 11: the gateway node that received the row: its spool (and sealed dir) hold the bytes
     AddColumn("instances", "received_by", "TEXT"),
+    # notify: 12: the alerts' outbox (webhooks, syslog) and each alert log's high-water mark
+    Create(_NOTIFY),
 )
 
 #: The version this code writes and reads.

@@ -1,0 +1,147 @@
+"""The alerts' outbox in the index: events wait there until each target took them.
+
+One row per (event, target), unique, so enqueueing is idempotent. States:
+
+``pending``
+    not yet taken by the target; due at ``next_attempt_at``. A node sending it holds a
+    claim (``claimed_by``, ``claim_until``): other nodes pass it over until the claim is
+    dropped or runs out (its holder died).
+``delivered``
+    the target took it: a 2xx from a webhook, a syslog message written. Marked only
+    after that, so a gateway that dies mid-delivery sends it again (at least once); the
+    event's stable id lets the receiver drop the second copy.
+
+Events are enqueued from the alert logs (the gateway's and the Orthanc plugin's), each
+read past its high-water mark (``notify_marks``), the mark moved in the same index
+transaction as the rows are inserted: an alert is enqueued once, or again with the same
+id after a crash, which the unique key absorbs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.index.db import Index
+from gateway.notify.events import Event, event_of
+from gateway.trust.alerts import alerts_after, last_alert_id
+
+PENDING = "pending"
+DELIVERED = "delivered"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """An outbox row this node now sends."""
+
+    row_id: int
+    event: Event
+    attempts: int
+
+
+class Outbox:
+    """Enqueue, claim and settle events for ``targets`` (sender ids), on one index."""
+
+    def __init__(self, index: Index, *, node: str, targets: tuple[str, ...]) -> None:
+        self.index = index
+        self.node = node
+        self.targets = targets
+
+    def enqueue(self, log: str, path: Path, *, limit: int = 500) -> int:
+        """Enqueue the alerts of ``log`` (at ``path``) past its mark; returns how many.
+
+        A log seen for the first time starts at its last alert: events are for alerts
+        recorded once notifications are on, not for an archive's history.
+        """
+        source = f"{self.node}/{log}"
+        with self.index.transaction() as db:
+            db.serialize(f"notify_marks:{source}".encode())
+            found = db.execute(
+                "SELECT last_id FROM notify_marks WHERE source = ?", (source,)
+            ).fetchone()
+            if found is None:
+                mark, alerts = last_alert_id(path), []
+            else:
+                alerts = alerts_after(path, int(found[0]), limit=limit)
+                mark = max((alert.id for alert in alerts), default=int(found[0]))
+            now = time.time()
+            for alert in alerts:
+                event = event_of(alert, node=self.node, log=log)
+                for target in self.targets:
+                    db.execute(
+                        "INSERT INTO notify_outbox (event_id, target, kind, body, created_at)"
+                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id, target) DO NOTHING",
+                        (event.id, target, event.kind, event.body.decode(), now),
+                    )
+            db.execute(
+                "INSERT INTO notify_marks (source, last_id) VALUES (?, ?)"
+                " ON CONFLICT (source) DO UPDATE SET last_id = excluded.last_id",
+                (source, mark),
+            )
+        return len(alerts)
+
+    def claim(self, target: str, worker: str, *, limit: int, lease_s: float) -> list[Claimed]:
+        """Claim up to ``limit`` due events for ``target`` that no live claim holds, oldest
+        first (PostgreSQL: ``SKIP LOCKED``, so two nodes never take the same row)."""
+        now = time.time()
+        with self.index.transaction() as db:
+            ids = [int(r[0]) for r in db.execute(
+                "SELECT id FROM notify_outbox WHERE target = ? AND state = ?"
+                " AND next_attempt_at <= ? AND (claimed_by IS NULL OR claim_until <= ?)"
+                f" ORDER BY id LIMIT ?{db.row_lock('skip')}",
+                (target, PENDING, now, now, limit),
+            )]  # fmt: skip
+            if not ids:
+                return []
+            marks = ", ".join("?" for _ in ids)
+            db.execute(
+                f"UPDATE notify_outbox SET claimed_by = ?, claim_until = ? WHERE id IN ({marks})",
+                (worker, now + lease_s, *ids),
+            )
+            rows = db.execute(
+                "SELECT id, event_id, kind, body, attempts FROM notify_outbox"
+                f" WHERE id IN ({marks}) ORDER BY id",
+                tuple(ids),
+            ).fetchall()
+        return [
+            Claimed(
+                int(r[0]), Event(id=str(r[1]), kind=str(r[2]), body=str(r[3]).encode()), int(r[4])
+            )
+            for r in rows
+        ]
+
+    def delivered(self, row_id: int, worker: str) -> None:
+        """The target took the event: never sent again."""
+        with self.index.transaction() as db:
+            db.execute(
+                "UPDATE notify_outbox SET state = ?, delivered_at = ?, last_error = NULL,"
+                " claimed_by = NULL, claim_until = 0 WHERE id = ? AND claimed_by = ?",
+                (DELIVERED, time.time(), row_id, worker),
+            )
+
+    def failed(self, row_id: int, worker: str, error: str, *, retry_in: float) -> None:
+        """The target did not take it: due again in ``retry_in`` seconds."""
+        with self.index.transaction() as db:
+            db.execute(
+                "UPDATE notify_outbox SET attempts = attempts + 1, next_attempt_at = ?,"
+                " last_error = ?, claimed_by = NULL, claim_until = 0"
+                " WHERE id = ? AND claimed_by = ?",
+                (time.time() + retry_in, error[:500], row_id, worker),
+            )
+
+    def release_claims(self, worker: str) -> int:
+        """Drop every claim of ``worker`` (it starts again: what it held is due at once)."""
+        with self.index.transaction() as db:
+            cursor = db.execute(
+                "UPDATE notify_outbox SET claimed_by = NULL, claim_until = 0 WHERE claimed_by = ?",
+                (worker,),
+            )
+            return int(cursor.rowcount)
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Outbox rows per (target, state)."""
+        rows = self.index.query(
+            "SELECT target, state, COUNT(*) FROM notify_outbox GROUP BY target, state"
+        )
+        return {(str(target), str(state)): int(n) for target, state, n in rows}
