@@ -365,7 +365,8 @@ def check_env_example(active: dict[str, str], gitignore: str) -> list[str]:
     """Report real-looking secrets in .env.example, or .env not git-ignored."""
     errors: list[str] = []
     for name, value in active.items():
-        if SECRET_NAME.search(name) and PLACEHOLDER not in value:
+        # *_FILE names carry a path to a secret, never the secret itself
+        if SECRET_NAME.search(name) and not name.endswith("_FILE") and PLACEHOLDER not in value:
             errors.append(f".env.example: {name} must hold the placeholder {PLACEHOLDER!r}")
         for match in URL_PASSWORD.finditer(value):
             if PLACEHOLDER not in match[1]:
