@@ -42,7 +42,7 @@ class Notifier:
         self.senders = list(senders)
         self.logs = logs
         self.worker = worker_id(node, "notify")
-        self.outbox = Outbox(index, node=node, targets=tuple(s.target for s in self.senders))
+        self.outbox = Outbox(index, targets=tuple(s.target for s in self.senders))
         self.poll_s = poll_s
         self.batch = batch
         # a claim outlives the slowest round of sends it covers
@@ -55,6 +55,10 @@ class Notifier:
         released = self.outbox.release_claims(self.worker)
         if released:
             log.info("notify: %d events this node was sending are due again", released)
+        try:  # the logs' marks now, before anything else starts recording alerts
+            self.enqueue_once()
+        except _LOOP_ERRORS as exc:
+            log.warning("notify: alerts not enqueued at start: %s", _safe(exc))
         self._spawn("notify-enqueue", self._enqueue_loop)
         for sender in self.senders:
             self._spawn(f"notify-{sender.target}", lambda s=sender: self._send_loop(s))

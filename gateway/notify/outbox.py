@@ -12,9 +12,14 @@ One row per (event, target), unique, so enqueueing is idempotent. States:
     event's stable id lets the receiver drop the second copy.
 
 Events are enqueued from the alert logs (the gateway's and the Orthanc plugin's), each
-read past its high-water mark (``notify_marks``), the mark moved in the same index
-transaction as the rows are inserted: an alert is enqueued once, or again with the same
-id after a crash, which the unique key absorbs.
+read past its high-water mark (``notify_marks``, keyed by the log's name
+:func:`~gateway.notify.events.source_of`, so that every node reading one log shares its
+mark), the mark moved in the same index transaction as the rows are inserted: an alert
+is enqueued once, or again with the same id after a crash, which the unique key absorbs.
+
+A log with no mark yet starts at its end (events are for alerts recorded once
+notifications are on, not for an archive's history), unless this process saw it empty
+or absent before: then its first alerts are new, and it starts at its beginning.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.index.db import Index
-from gateway.notify.events import Event, event_of
-from gateway.trust.alerts import alerts_after, last_alert_id
+from gateway.notify.events import Event, event_of, source_of
+from gateway.trust.alerts import alerts_after, last_alert_id, log_identity
 
 PENDING = "pending"
 DELIVERED = "delivered"
@@ -43,31 +48,32 @@ class Claimed:
 class Outbox:
     """Enqueue, claim and settle events for ``targets`` (sender ids), on one index."""
 
-    def __init__(self, index: Index, *, node: str, targets: tuple[str, ...]) -> None:
+    def __init__(self, index: Index, *, targets: tuple[str, ...]) -> None:
         self.index = index
-        self.node = node
         self.targets = targets
+        self._seen_empty: set[str] = set()  # logs this process saw with no alert yet
 
     def enqueue(self, log: str, path: Path, *, limit: int = 500) -> int:
-        """Enqueue the alerts of ``log`` (at ``path``) past its mark; returns how many.
-
-        A log seen for the first time starts at its last alert: events are for alerts
-        recorded once notifications are on, not for an archive's history.
-        """
-        source = f"{self.node}/{log}"
+        """Enqueue the alerts of ``log`` (at ``path``) past its mark; returns how many."""
+        identity = log_identity(path)
+        if identity is None:
+            self._seen_empty.add(log)
+            return 0
+        source = source_of(log, identity)
         with self.index.transaction() as db:
             db.serialize(f"notify_marks:{source}".encode())
             found = db.execute(
                 "SELECT last_id FROM notify_marks WHERE source = ?", (source,)
             ).fetchone()
-            if found is None:
+            if found is None and log not in self._seen_empty:
                 mark, alerts = last_alert_id(path), []
             else:
-                alerts = alerts_after(path, int(found[0]), limit=limit)
-                mark = max((alert.id for alert in alerts), default=int(found[0]))
+                after = int(found[0]) if found is not None else 0
+                alerts = alerts_after(path, after, limit=limit)
+                mark = max((alert.id for alert in alerts), default=after)
             now = time.time()
             for alert in alerts:
-                event = event_of(alert, node=self.node, log=log)
+                event = event_of(alert, log=log, identity=identity)
                 for target in self.targets:
                     db.execute(
                         "INSERT INTO notify_outbox (event_id, target, kind, body, created_at)"

@@ -13,6 +13,7 @@ gateway's :class:`Alerts` then lists both, merged newest first.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import sqlite3
 import threading
 import time
@@ -165,6 +166,18 @@ def alerts_after(path: Path, after_id: int, *, limit: int) -> list[Alert]:
     later never has a smaller id than one already read.
     """
     return read_only_alerts(path, "WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
+
+
+def log_identity(path: Path) -> str | None:
+    """12 hex naming the alert log at ``path`` wherever it is read from (None: no alert
+    yet): a digest of its first alert, which an append-only log never changes. Two
+    gateway nodes reading one plugin log (a shared volume) name it alike; two logs differ.
+    """
+    rows = read_only_rows(path, "SELECT id, at, kind, detail FROM alerts ORDER BY id LIMIT 1", ())
+    if not rows:
+        return None
+    first_id, at, kind, detail = rows[0]
+    return hashlib.sha256(f"{first_id}|{at!r}|{kind}|{detail}".encode()).hexdigest()[:12]
 
 
 def last_alert_id(path: Path) -> int:

@@ -36,7 +36,7 @@ from gateway.notify import atna, signing
 from gateway.notify.notifier import Notifier
 from gateway.notify.outbox import Outbox
 from gateway.notify.senders import SyslogSender
-from gateway.trust.alerts import Alerts
+from gateway.trust.alerts import Alerts, log_identity
 from tests.integration.certs import authority
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env
@@ -190,11 +190,12 @@ def test_webhook_events_are_processed_exactly_once_across_a_sigkill(
     assert all(
         d.body == first_life[0].body for d in deliveries if d.headers["webhook-id"] == held_id
     )
-    node = receiver.processed[held_id]["data"]["node"]
     by_kind = {p["data"]["kind"]: (msg_id, p) for msg_id, p in receiver.processed.items()}
-    assert by_kind["spool_swapped"][0].startswith(f"xray_{node}_gateway_")
-    assert by_kind["parked"][0].startswith(f"xray_{node}_gateway_")
-    assert by_kind["tampered"][0].startswith(f"xray_{node}_plugin_")  # the plugin's own file
+    gateway_log = log_identity(tmp_path / "var" / "alerts.sqlite")
+    plugin_log = log_identity(plugin_alerts / "alerts.sqlite")  # the plugin's own file
+    assert by_kind["spool_swapped"][0].startswith(f"xray_gateway-{gateway_log}_")
+    assert by_kind["parked"][0].startswith(f"xray_gateway-{gateway_log}_")
+    assert by_kind["tampered"][0].startswith(f"xray_plugin-{plugin_log}_")
     assert by_kind["parked"][1]["data"]["sop_instance_uid"] == swapped
     assert by_kind["tampered"][1]["data"]["sop_instance_uid"] == victim
     patient = str(dcmread(slices[2], stop_before_pixels=True).PatientName)
@@ -265,13 +266,13 @@ def test_two_nodes_never_claim_the_same_event_on_postgresql(
     alerts = Alerts(tmp_path / "alerts.sqlite")
     first, second = Index(url), Index(url)  # two nodes' connections to one index
     try:
-        a = Outbox(first, node="node-a", targets=("syslog",))
-        b = Outbox(second, node="node-a", targets=("syslog",))
+        a = Outbox(first, targets=("syslog",))
+        b = Outbox(second, targets=("syslog",))
         a.enqueue("gateway", alerts.path)
         for n in range(20):
             alerts.record(kind="missing", source="audit", detail="d", sop_instance_uid=f"1.{n}")
         assert a.enqueue("gateway", alerts.path) == 20
-        assert b.enqueue("gateway", alerts.path) == 0  # the mark is shared: enqueued once
+        assert b.enqueue("gateway", alerts.path) == 0  # the log's mark is shared: enqueued once
         taken_a = {c.event.id for c in a.claim("syslog", "node-a/notify", limit=12, lease_s=30)}
         taken_b = {c.event.id for c in b.claim("syslog", "node-b/notify", limit=12, lease_s=30)}
         assert len(taken_a) == 12 and len(taken_b) == 8 and not taken_a & taken_b

@@ -24,7 +24,7 @@ def alert(kind: str, *, uid: str | None = UID) -> Alert:
 
 
 def test_a_tampered_alert_is_a_critical_ATNA_security_alert() -> None:
-    event = event_of(alert("tampered"), node="node-a", log="plugin")
+    event = event_of(alert("tampered"), log="plugin", identity="0123456789ab")
     message = atna.syslog_message(
         event, host="gw.example", node="node-a", pid=42, now=1_800_000_001.0
     )
@@ -38,7 +38,7 @@ def test_a_tampered_alert_is_a_critical_ATNA_security_alert() -> None:
         b"42",
         b"IHE+RFC-3881",
     )
-    assert found["sd"] == b'[xray@32473 event="xray_node-a_plugin_7" kind="tampered"]'
+    assert found["sd"] == b'[xray@32473 event="xray_plugin-0123456789ab_7" kind="tampered"]'
     assert found["msg"].startswith(atna.BOM)
     root = ET.fromstring(found["msg"][len(atna.BOM) :])
     assert root.tag == "AuditMessage"
@@ -66,7 +66,7 @@ def test_a_tampered_alert_is_a_critical_ATNA_security_alert() -> None:
 
 
 def test_other_kinds_are_warnings_and_an_alert_without_an_instance_names_none() -> None:
-    event = event_of(alert("pending_too_long", uid=None), node="n", log="gateway")
+    event = event_of(alert("pending_too_long", uid=None), log="gateway", identity="a")
     message = atna.syslog_message(event, host="h", node="n", pid=1, now=0.0)
     found = HEADER.match(message)
     assert found is not None and int(found["pri"]) == 84
@@ -77,7 +77,7 @@ def test_other_kinds_are_warnings_and_an_alert_without_an_instance_names_none() 
 
 def test_no_patient_attribute_is_ever_written() -> None:
     xml = atna.audit_message(
-        event_of(alert("missing"), node="n", log="gateway"), host="h", node="n", pid=1
+        event_of(alert("missing"), log="gateway", identity="a"), host="h", node="n", pid=1
     )
     for name in ("PatientName", "PatientID", "PatientBirthDate", "ParticipantObjectName"):
         assert name.encode() not in xml

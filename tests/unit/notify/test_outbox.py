@@ -13,7 +13,7 @@ from gateway.index.db import Index
 from gateway.notify.events import Event
 from gateway.notify.notifier import Notifier
 from gateway.notify.outbox import Outbox
-from gateway.trust.alerts import Alerts
+from gateway.trust.alerts import Alerts, log_identity
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def test_enqueue_starts_at_the_logs_end_then_takes_each_alert_once(
 ) -> None:
     alerts = Alerts(tmp_path / "alerts.sqlite")
     record(alerts, uid="1.1")  # history before notifications were on: not sent
-    outbox = Outbox(index, node="n", targets=("webhook:a", "syslog"))
+    outbox = Outbox(index, targets=("webhook:a", "syslog"))
     assert outbox.enqueue("gateway", alerts.path) == 0
     first = record(alerts, uid="1.2")
     record(alerts, kind="parked", uid="1.3")
@@ -38,23 +38,38 @@ def test_enqueue_starts_at_the_logs_end_then_takes_each_alert_once(
     assert outbox.enqueue("gateway", alerts.path) == 0  # past the mark now
     assert outbox.counts() == {("webhook:a", "pending"): 2, ("syslog", "pending"): 2}
     (claimed, _) = outbox.claim("webhook:a", "n/notify", limit=10, lease_s=30)
-    assert claimed.event.id == f"xray_n_gateway_{first}"
+    assert claimed.event.id == f"xray_gateway-{log_identity(alerts.path)}_{first}"
     assert json.loads(claimed.event.body)["data"]["sop_instance_uid"] == "1.2"
 
 
 def test_a_log_that_does_not_exist_yet_starts_at_zero(index: Index, tmp_path: Path) -> None:
-    outbox = Outbox(index, node="n", targets=("syslog",))
+    outbox = Outbox(index, targets=("syslog",))
     assert outbox.enqueue("plugin", tmp_path / "plugin" / "alerts.sqlite") == 0
     alerts = Alerts(tmp_path / "plugin" / "alerts.sqlite")
     record(alerts)
     assert outbox.enqueue("plugin", alerts.path) == 1
 
 
+def test_two_nodes_reading_one_shared_log_enqueue_each_alert_once(
+    index: Index, tmp_path: Path
+) -> None:
+    shared = Alerts(tmp_path / "plugin" / "alerts.sqlite")  # one volume, two gateway nodes
+    one, two = Outbox(index, targets=("syslog",)), Outbox(index, targets=("syslog",))
+    one.enqueue("plugin", shared.path), two.enqueue("plugin", shared.path)
+    record(shared)
+    record(shared)
+    assert one.enqueue("plugin", shared.path) + two.enqueue("plugin", shared.path) == 2
+    other = Alerts(tmp_path / "other" / "alerts.sqlite")  # another log: another name
+    other.record(kind="tampered", source="plugin", detail="d")
+    assert log_identity(other.path) not in (None, log_identity(shared.path))
+    assert index.query("SELECT COUNT(*) FROM notify_outbox") == [(2,)]
+
+
 def test_a_claimed_event_is_not_claimed_again_until_released_or_expired(
     index: Index, tmp_path: Path
 ) -> None:
     alerts = Alerts(tmp_path / "alerts.sqlite")
-    outbox = Outbox(index, node="n", targets=("syslog",))
+    outbox = Outbox(index, targets=("syslog",))
     outbox.enqueue("gateway", alerts.path)
     record(alerts)
     outbox.enqueue("gateway", alerts.path)
@@ -94,7 +109,8 @@ def test_a_refusing_target_never_holds_back_another(index: Index, tmp_path: Path
     ids = [record(alerts, uid=f"1.{n}") for n in range(3)]
     assert notifier.enqueue_once() == 3
     assert notifier.send_due(bad) == 3 and notifier.send_due(good) == 3
-    assert [e.id for e in good.got] == [f"xray_n_gateway_{i}" for i in ids]
+    name = log_identity(alerts.path)
+    assert [e.id for e in good.got] == [f"xray_gateway-{name}_{i}" for i in ids]
     states = dict(((t, s), n) for (t, s), n in notifier.outbox.counts().items())
     assert states == {("webhook:good", "delivered"): 3, ("webhook:bad", "pending"): 3}
     assert notifier.send_due(good) == 0 and notifier.send_due(bad) == 0  # backing off
