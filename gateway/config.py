@@ -41,7 +41,11 @@ class Settings(BaseSettings):
     list lets every AE in.
     """
 
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+    # hide_input_in_errors: a refused value (a webhook URL with its token, an index URL
+    # with its password) never reaches the message.
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", extra="ignore", hide_input_in_errors=True
+    )
 
     data_dir: Path = Path("var")
     ae_title: str = "XRAYGW"
