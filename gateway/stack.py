@@ -143,8 +143,11 @@ def gateway_alerts(settings: Settings) -> Alerts:
     return Alerts(settings.alerts_path, plugin_alerts=settings.plugin_alerts_path)
 
 
-def build_notifier(settings: Settings, index: Index) -> Notifier | None:
+def build_notifier(settings: Settings) -> Notifier | None:
     """Webhooks and syslog for every alert, if any is configured (None: neither is).
+
+    The notifier gets an index connection of its own, so that its transactions never hold
+    the lock of the one the listener's acks write through (closed by :meth:`Stack.stop`).
 
     Raises
     ------
@@ -172,8 +175,9 @@ def build_notifier(settings: Settings, index: Index) -> Notifier | None:
     if s.plugin_alerts_path != s.alerts_path:
         logs["plugin"] = s.plugin_alerts_path
     return Notifier(
-        index=index, senders=senders, logs=logs, node=s.node, timeout_s=s.webhook_timeout_s
-    )
+        index=Index(s.index_location), senders=senders, logs=logs, node=s.node,
+        timeout_s=s.webhook_timeout_s,
+    )  # fmt: skip
 
 
 def api_limits(settings: Settings) -> Limits:
@@ -378,7 +382,7 @@ class Stack:
                 self.pacs = external_pacs(s)
             self.store = open_object_store(s)
             self.alerts = gateway_alerts(s)
-            self.notifier = build_notifier(s, self.index)
+            self.notifier = build_notifier(s)
             if self.notifier is not None:
                 self.notifier.start()
             spool = self.spool = Spool(s.data_dir / "spool", reserve_bytes=s.spool_reserve_mb << 20)
@@ -594,6 +598,7 @@ class Stack:
             self.doorbell.close()
         if self.notifier is not None:  # what it was sending stays pending in the outbox
             self.notifier.stop()
+            self.notifier.outbox.index.close()
         if self.alerts is not None:  # after the pipeline: it records spool_swapped alerts
             self.alerts.close()
         if self.index is not None:

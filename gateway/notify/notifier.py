@@ -10,9 +10,10 @@ event is due again after :func:`gateway.ingest.retry.backoff` (1 s, doubling, at
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.core.nodes import worker_id
@@ -61,10 +62,10 @@ class Notifier:
             log.warning("notify: alerts not enqueued at start: %s", _safe(exc))
         self._spawn("notify-enqueue", self._enqueue_loop)
         for sender in self.senders:
-            self._spawn(f"notify-{sender.target}", lambda s=sender: self._send_loop(s))
+            self._spawn(f"notify-{sender.target}", functools.partial(self._send_loop, sender))
 
-    def _spawn(self, name: str, target: object) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
 

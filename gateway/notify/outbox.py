@@ -60,6 +60,9 @@ class Outbox:
             self._seen_empty.add(log)
             return 0
         source = source_of(log, identity)
+        marked = self.index.query("SELECT last_id FROM notify_marks WHERE source = ?", (source,))
+        if marked and not alerts_after(path, int(marked[0][0]), limit=1):
+            return 0  # nothing new: no write transaction (the ack's inserts share the lock)
         with self.index.transaction() as db:
             db.serialize(f"notify_marks:{source}".encode())
             found = db.execute(
@@ -91,12 +94,16 @@ class Outbox:
         """Claim up to ``limit`` due events for ``target`` that no live claim holds, oldest
         first (PostgreSQL: ``SKIP LOCKED``, so two nodes never take the same row)."""
         now = time.time()
+        due = (
+            "SELECT id FROM notify_outbox WHERE target = ? AND state = ?"
+            " AND next_attempt_at <= ? AND (claimed_by IS NULL OR claim_until <= ?)"
+            " ORDER BY id LIMIT ?"
+        )
+        if not self.index.query(due, (target, PENDING, now, now, 1)):
+            return []  # nothing due: no write transaction
         with self.index.transaction() as db:
             ids = [int(r[0]) for r in db.execute(
-                "SELECT id FROM notify_outbox WHERE target = ? AND state = ?"
-                " AND next_attempt_at <= ? AND (claimed_by IS NULL OR claim_until <= ?)"
-                f" ORDER BY id LIMIT ?{db.row_lock('skip')}",
-                (target, PENDING, now, now, limit),
+                f"{due}{db.row_lock('skip')}", (target, PENDING, now, now, limit)
             )]  # fmt: skip
             if not ids:
                 return []
