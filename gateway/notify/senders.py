@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import socket
 import ssl
 import threading
@@ -124,6 +125,8 @@ class SyslogSender:
             sock.sendto(message, self._address)
 
     def _stream(self) -> socket.socket:
+        if self._socket is not None and _closed_by_peer(self._socket):
+            self._drop()  # a write to it would "succeed" and the message be lost
         if self._socket is None:
             sock = socket.create_connection(self._address, timeout=self._timeout_s)
             if self._tls is not None:
@@ -143,6 +146,14 @@ class SyslogSender:
     def close(self) -> None:
         with self._lock:
             self._drop()
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether a kept syslog connection was closed by the receiver. A receiver never
+    writes (RFC 5425 has no answers), so anything to read means its end: EOF, a TLS
+    close_notify, or a reset."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -90,7 +90,9 @@ class WebhookReceiver:
 class SyslogServer:
     """Collects syslog messages (without framing) over ``udp``, ``tcp`` or ``tls``."""
 
-    def __init__(self, scheme: str, *, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, scheme: str, *, tls: ssl.SSLContext | None = None, one_per_connection: bool = False
+    ) -> None:
         self.scheme = scheme
         self.port = free_port()
         self.messages: list[bytes] = []
@@ -116,6 +118,8 @@ class SyslogServer:
                 def handle(self) -> None:
                     while frame := read_octet_counted(self.rfile):
                         collect(frame)
+                        if one_per_connection:  # as a receiver that drops idle clients
+                            return
 
                 def finish(self) -> None:
                     super().finish()
