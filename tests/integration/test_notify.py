@@ -123,6 +123,8 @@ def test_webhook_events_are_processed_exactly_once_across_a_sigkill(
         GATEWAY_SYSLOG_URL=syslog.url,
         GATEWAY_SYSLOG_CA_FILE=str(ca_file),
         GATEWAY_PLUGIN_ALERTS_DIR=str(plugin_alerts),
+        # the held delivery must still be open when the kill comes, however slow the machine
+        GATEWAY_WEBHOOK_TIMEOUT_S="60",
     )
     held = {
         "GATEWAY_FAILPOINT": "pipeline.before_fingerprint",
