@@ -50,6 +50,7 @@ from prometheus_client.registry import Collector
 
 from gateway.core.latency import COMMIT_BOUNDS, Histogram, cumulative
 from gateway.core.nodes import node_of
+from gateway.errors import AlertsUnavailable
 from gateway.index.db import DONE_STAGES, STAGES, Index
 from gateway.trust.alerts import KINDS
 
@@ -206,7 +207,10 @@ class GatewayCollector(Collector):
             "Integrity alerts recorded, by kind (the gateway's and the Orthanc plugin's)",
             labels=["kind"],
         )
-        found = counts()
+        try:
+            found = counts()
+        except AlertsUnavailable:  # the plugin's file unreadable: the rest is still scraped
+            return
         for kind in sorted(set(KINDS) | set(found)):
             alerts.add_metric([kind], found.get(kind, 0))
         yield alerts

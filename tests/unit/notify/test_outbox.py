@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,10 @@ from gateway.trust.alerts import Alerts, log_identity
 
 
 @pytest.fixture
-def index(tmp_path: Path) -> Index:
-    return Index(tmp_path / "index.sqlite")
+def index(tmp_path: Path) -> Iterator[Index]:
+    opened = Index(tmp_path / "index.sqlite")
+    yield opened
+    opened.close()
 
 
 def record(alerts: Alerts, kind: str = "tampered", uid: str = "1.2.3") -> int:
