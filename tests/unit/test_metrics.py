@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.core.latency import ACK_BOUNDS, Latencies
