@@ -121,6 +121,15 @@ CREATE TABLE IF NOT EXISTS commitments (
 CREATE INDEX IF NOT EXISTS commitments_due ON commitments (state, next_attempt_at);
 """
 
+# The receipts part: the append-only log's leaves, the contract's batches in id order
+# (gateway/trust/tlog.py), read once from the chain and kept for every node.
+_LOG_LEAVES = """
+CREATE TABLE IF NOT EXISTS log_leaves (
+    batch_id INTEGER NOT NULL PRIMARY KEY,
+    root BLOB NOT NULL
+)
+"""
+
 #: Every step, in order; the schema's version is how many of them a database has had.
 STEPS: tuple[Step, ...] = (
     Create(_INSTANCES),  # 1: rows, batches, batch members
@@ -137,6 +146,8 @@ STEPS: tuple[Step, ...] = (
     AddColumn("commitments", "node", "TEXT"),
     # 11: the gateway node that received the row: its spool (and sealed dir) hold the bytes
     AddColumn("instances", "received_by", "TEXT"),
+    # 12 (receipts part): the append-only log's leaves, one per batch on the contract
+    Create(_LOG_LEAVES),
 )
 
 #: The version this code writes and reads.
