@@ -613,7 +613,7 @@ def _cmd_log_key(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.trust.tlog import default_origin
 
     origin = settings.log_origin
-    if origin is None:
+    if not origin:
         ledger = open_ledger(settings)
         origin = default_origin(ledger.chain_id(), ledger.address)
     print(verifier_of(load_log_key(settings.keys_dir), origin).vkey())

@@ -84,7 +84,7 @@ def test_the_root_of_every_prefix_is_the_reference_root(size: int) -> None:
 
 
 def test_the_empty_log_has_the_root_of_nothing() -> None:
-    assert EMPTY_ROOT == root(0)
+    assert root(0) == EMPTY_ROOT
 
 
 @pytest.mark.parametrize(("leaf", "size", "path"), INCLUSION)
