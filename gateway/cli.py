@@ -520,29 +520,39 @@ def _read_log_key(path: str | None) -> Any:
 
 
 def _cmd_verify_receipt(args: argparse.Namespace) -> int:
-    """Check one file against its receipt offline; then, with ``--chain``, on the chain."""
+    """Check each FILE against its receipt offline (``--receipt`` once per file, in order);
+    with ``--chain``, on the chain too. The exit code is the first failing file's."""
     from pathlib import Path
 
-    from gateway.core.receipt import check_receipt, load_receipt
+    if len(args.files) != len(args.receipt):
+        raise ConfigError("verify --receipt R FILE: give one --receipt per file, in order")
+    key = _read_log_key(args.log_key) if args.log_key else None
+    codes = [
+        _verify_one_receipt(Path(receipt), Path(file), key, args)
+        for receipt, file in zip(args.receipt, args.files, strict=True)
+    ]
+    return next((code for code in codes if code), EXIT_VERIFIED)
 
-    if len(args.files) != 1:
-        raise ConfigError("verify --receipt R FILE checks one file against one receipt")
-    file = Path(args.files[0])
+
+def _verify_one_receipt(receipt_path: Any, file: Any, key: Any, args: argparse.Namespace) -> int:
+    from gateway.core.receipt import UNPROVEN, check_receipt, load_receipt
+
     if not file.is_file():
         raise ConfigError(f"{file} is not a file")
     try:
-        receipt = load_receipt(Path(args.receipt))
+        receipt = load_receipt(receipt_path)
     except OSError as exc:
-        raise ConfigError(f"cannot read the receipt {args.receipt}: {exc.strerror}") from None
-    key = _read_log_key(args.log_key) if receipt.anchoring == "batch" else None
+        raise ConfigError(f"cannot read the receipt {receipt_path}: {exc.strerror}") from None
+    if receipt.anchoring == "batch" and key is None:
+        raise ConfigError("--log-key KEYFILE is required: the log's vkey you were handed")
     checks = check_receipt(receipt, file, key)
-    if args.chain and all(c.ok or c.kind == "unproven" for c in checks):
+    if args.chain and all(c.ok or c.kind == UNPROVEN for c in checks):
         from gateway.ledger import XrayLedger
         from gateway.trust.receipts import chain_checks
 
-        offline = [c for c in checks if c.kind != "unproven"]
+        offline = [c for c in checks if c.kind != UNPROVEN]
         checks = [*offline, *chain_checks(receipt, XrayLedger.at(args.chain, receipt.contract))]
-    _print_checks(f"{file.name} against {Path(args.receipt).name}", checks, as_json=args.json)
+    _print_checks(f"{file.name} against {receipt_path.name}", checks, as_json=args.json)
     return _exit_code(checks)
 
 
@@ -728,7 +738,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--receipt",
         metavar="R",
-        help="check FILE against this receipt offline (no gateway; exit codes in the README)",
+        action="append",
+        help="check FILE against receipt R offline, no gateway (once per FILE, in order; "
+        "exit codes in docs/receipts.md)",
     )
     verify.add_argument(
         "--log-key", metavar="KEYFILE", help="the log's vkey (xray-gateway log-key)"

@@ -92,7 +92,7 @@ def sign_note(text: str, *, name: str, private_key: Ed25519PrivateKey) -> str:
 
 def parse_vkey(vkey: str) -> NoteVerifier:
     """Parse a vkey (``name+hex id+base64 key``); raises CheckpointInvalid on a bad one."""
-    parts = vkey.strip().split("+")
+    parts = vkey.strip().split("+", 2)  # the base64 key may hold a "+" itself
     if len(parts) != 3:
         raise CheckpointInvalid("a log key (vkey) is name+keyid+key")
     name, id_hex, encoded = parts

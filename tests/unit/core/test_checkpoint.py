@@ -129,3 +129,9 @@ def test_an_origin_with_a_space_or_plus_is_refused() -> None:
         verifier_of(Ed25519PrivateKey.generate(), "a b")
     with pytest.raises(ConfigError):
         verifier_of(Ed25519PrivateKey.generate(), "a+b")
+
+
+def test_a_vkey_whose_base64_holds_a_plus_is_read() -> None:
+    # transparency-dev/formats' note test key: the base64 of its key holds a '+'
+    verifier = parse_vkey("TEST+7997405c+AQcC+FTVKf0jlTdHDY3rbevmnKxxPjigCXlVtGe6RIr6")
+    assert verifier.name == "TEST" and len(verifier.public_key) == 32
