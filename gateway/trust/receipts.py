@@ -16,7 +16,7 @@ from gateway.core.checkpoint import parse_checkpoint
 from gateway.core.merkle import InclusionProof
 from gateway.core.receipt import CHAIN, BatchPart, Check, LogPart, Receipt
 from gateway.core.tlog import log_leaf_hash, tree_root
-from gateway.errors import LedgerError, XrayUnknownBatch
+from gateway.errors import ChainUnavailable, LedgerError, XrayUnknownBatch
 from gateway.ledger.client import XrayLedger
 from gateway.trust.tlog import BatchLog
 from gateway.trust.verify import Record, Verifier
@@ -100,8 +100,10 @@ def chain_checks(receipt: Receipt, ledger: XrayLedger) -> list[Check]:
         if receipt.batch is None:
             return [*checks, _single_record(receipt, ledger)]
         return [*checks, _batch_root(receipt, ledger), _log_root(receipt, ledger)]
+    except ChainUnavailable:
+        raise  # not an answer from the chain: the CLI says it could not run (exit 1)
     except LedgerError as exc:
-        return [Check("chain", False, f"the chain cannot be read: {exc}", CHAIN)]
+        return [Check("chain", False, f"the chain refused a read: {exc}", CHAIN)]
 
 
 def _contract(ledger: XrayLedger) -> Check:
