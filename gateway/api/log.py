@@ -38,33 +38,34 @@ async def checkpoint(services: ServicesDep, who: Verifying) -> PlainTextResponse
     return PlainTextResponse(note, media_type="text/plain; charset=utf-8")
 
 
-@router.get("/consistency", responses=problem_responses(400))
+@router.get("/consistency", responses=problem_responses(404))
 async def consistency(
     first: Size, second: Size, services: ServicesDep, who: Verifying
 ) -> dict[str, object]:
     """The RFC 6962 §2.1.2 proof that the log of ``first`` batches is a prefix of the log of
-    ``second`` (hex nodes)."""
+    ``second`` (hex nodes); 404 unless ``first <= second <=`` the log's size."""
     log = _log(services)
     try:
         proof = await run_in_threadpool(log.consistency, first, second)
     except ValueError as exc:
-        raise Problem(400, "No such proof", str(exc)) from None
+        raise Problem(404, "No such proof", str(exc)) from None
     return {"first": first, "second": second, "proof": [node.hex() for node in proof]}
 
 
-@router.get("/inclusion", responses=problem_responses(400))
+@router.get("/inclusion", responses=problem_responses(404))
 async def inclusion(
     batch: Annotated[int, Query(ge=1, description="a batch id on the contract")],
     size: Size,
     services: ServicesDep,
     who: Verifying,
 ) -> dict[str, object]:
-    """The proof that batch ``batch`` is leaf ``batch - 1`` of the log of ``size`` batches."""
+    """The proof that batch ``batch`` is leaf ``batch - 1`` of the log of ``size`` batches;
+    404 unless ``batch <= size <=`` the log's size."""
     log = _log(services)
     try:
         proof = await run_in_threadpool(log.inclusion, batch, size)
     except ValueError as exc:
-        raise Problem(400, "No such proof", str(exc)) from None
+        raise Problem(404, "No such proof", str(exc)) from None
     return {
         "batch": batch,
         "leaf_index": proof.index,
