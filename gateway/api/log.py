@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import ServicesDep, Verifying
@@ -27,15 +27,20 @@ def _log(services: ServicesDep) -> BatchLog:
 
 @router.get(
     "/checkpoint",
-    response_class=PlainTextResponse,
-    responses={200: {"content": {"text/plain": {}}, "description": "a C2SP signed checkpoint"}},
+    response_class=Response,
+    responses={
+        200: {
+            "description": "a C2SP tlog-checkpoint in a C2SP signed-note",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
 )
-async def checkpoint(services: ServicesDep, who: Verifying) -> PlainTextResponse:
+async def checkpoint(services: ServicesDep, who: Verifying) -> Response:
     """The log's newest checkpoint (C2SP ``tlog-checkpoint``: origin, size, base64 root) as a
     C2SP ``signed-note``, signed by the gateway's log key (``xray-gateway log-key``)."""
     log = _log(services)
     _, note = await run_in_threadpool(log.checkpoint)
-    return PlainTextResponse(note, media_type="text/plain; charset=utf-8")
+    return Response(note, media_type="text/plain; charset=utf-8")
 
 
 @router.get("/consistency", responses=problem_responses(404))
