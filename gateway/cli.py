@@ -10,13 +10,19 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from gateway import __version__
 from gateway.config import Settings, get_settings
 from gateway.errors import ConfigError, GatewayError
 from gateway.ingest import peerlog
 from gateway.ledger.types import UserType
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from gateway.core.checkpoint import NoteVerifier
+    from gateway.core.receipt import Check
 
 ROLES = {t.name.lower(): t for t in UserType if t is not UserType.NONE}
 
@@ -485,7 +491,7 @@ def _cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
 EXIT_VERIFIED, EXIT_FILE, EXIT_PROOF, EXIT_CHAIN, EXIT_UNPROVEN = 0, 3, 4, 5, 6
 
 
-def _exit_code(checks: Sequence[Any]) -> int:
+def _exit_code(checks: Sequence[Check]) -> int:
     """The exit code of the first failing check's kind (0 when all held)."""
     from gateway.core.receipt import CHAIN, FILE, UNPROVEN
 
@@ -494,7 +500,7 @@ def _exit_code(checks: Sequence[Any]) -> int:
     return codes.get(failed[0].kind, EXIT_PROOF) if failed else EXIT_VERIFIED
 
 
-def _print_checks(title: str, checks: Sequence[Any], *, as_json: bool) -> None:
+def _print_checks(title: str, checks: Sequence[Check], *, as_json: bool) -> None:
     if as_json:
         _print_json({"title": title, "checks": [vars(check) for check in checks]})
         return
@@ -505,7 +511,7 @@ def _print_checks(title: str, checks: Sequence[Any], *, as_json: bool) -> None:
     print(f"{title}: {verdict}")
 
 
-def _read_log_key(path: str | None) -> Any:
+def _read_log_key(path: str | None) -> NoteVerifier:
     """The auditor's copy of the log key (a vkey file, ``xray-gateway log-key`` > FILE)."""
     from pathlib import Path
 
@@ -534,7 +540,9 @@ def _cmd_verify_receipt(args: argparse.Namespace) -> int:
     return next((code for code in codes if code), EXIT_VERIFIED)
 
 
-def _verify_one_receipt(receipt_path: Any, file: Any, key: Any, args: argparse.Namespace) -> int:
+def _verify_one_receipt(
+    receipt_path: Path, file: Path, key: NoteVerifier | None, args: argparse.Namespace
+) -> int:
     from gateway.core.receipt import UNPROVEN, check_receipt, load_receipt
 
     if not file.is_file():
