@@ -126,3 +126,31 @@ def test_a_receipt_passes_the_chain_checks_and_each_contradiction_fails(
     # a checkpoint signed by the log key over a log the contract does not hold
     forged = Checkpoint(origin=log.origin, size=log.sync(), root=h("not the chain's log"))
     assert failing(replace(receipt, checkpoint=sign(forged, key))) == ["log root"]
+
+
+def test_a_single_record_receipt_names_its_transaction_and_the_chain_proves_it(
+    recorder: XrayLedger, index: Index
+) -> None:
+    fields = {
+        "record_key": h("s1"),
+        "patient_key": h("p"),
+        "digest": h("ds1"),
+        "pixel_digest": h("xs1"),
+    }
+    anchor = recorder.record_image(**fields, body_part="CHEST", modality="CR")
+    record = Record(
+        **fields, version=1, tx_hash=anchor.tx_hash, block_number=anchor.block_number,
+        block_time=None, recorder=None,
+    )  # fmt: skip
+    log = new_log(recorder, index, Ed25519PrivateKey.generate())
+    receipt = build_receipt(record, chain=recorder, log=log)
+    assert receipt is not None
+    data = receipt.to_json()
+    assert data["anchoring"] == "single" and data["batch"] is None and data["checkpoint"] is None
+    assert data["transaction"]["block_number"] == anchor.block_number
+    reader = XrayLedger.at(recorder.w3.provider.endpoint_uri, receipt.contract)  # type: ignore[attr-defined]
+    assert [(c.name, c.ok) for c in chain_checks(receipt, reader)] == [
+        ("contract", True), ("chain id", True), ("transaction", True), ("record", True),
+    ]  # fmt: skip
+    other = replace(receipt, digest=h("another file"))
+    assert [c.name for c in chain_checks(other, reader) if not c.ok] == ["record"]
