@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := orthanc orthanc-python orthanc-dicomweb orthanc-webviewer orthanc-postgresql postgresql dcmtk chromium
 export TCP_NODELAY := 1
 
-.PHONY: up test bench fuzz fuzz-api deps apt npm venv contracts contracts-check lint lock clean-var
+.PHONY: up test test-receipts bench fuzz fuzz-api deps apt npm venv contracts contracts-check lint lock clean-var
 
 up: deps
 	$(VENV)/bin/xray-gateway up
@@ -14,6 +14,10 @@ test: deps
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; \
 	exit $$rc
+
+# Receipts and the log at full size: two checkpoints 1,000 images apart (make test runs 200).
+test-receipts: deps
+	XRAY_RECEIPTS_IMAGES=1000 $(PY) -m pytest tests/integration/test_receipts.py -s $(PYTEST_ARGS)
 
 # Every benchmark part in one run: bench/results.json and bench/results.png (BENCH_ARGS=--quick: tiny).
 bench: deps

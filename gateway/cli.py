@@ -10,13 +10,19 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from gateway import __version__
 from gateway.config import Settings, get_settings
 from gateway.errors import ConfigError, GatewayError
 from gateway.ingest import peerlog
 from gateway.ledger.types import UserType
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from gateway.core.checkpoint import NoteVerifier
+    from gateway.core.receipt import Check
 
 ROLES = {t.name.lower(): t for t in UserType if t is not UserType.NONE}
 
@@ -174,6 +180,8 @@ def _verdict_table(title: str, rows: list[tuple[str, Any]]) -> Any:
 
 def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
     """Verify files against the ledger alone: chain URL, contract address, pseudonym key."""
+    if args.receipt:
+        return _cmd_verify_receipt(args)
     from dataclasses import asdict
     from pathlib import Path
 
@@ -477,6 +485,159 @@ def _cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# -- receipts and the append-only log (the receipts part) -----------------------------------
+
+#: ``verify --receipt`` and ``log-consistency`` exit codes (README "Checking a receipt").
+EXIT_VERIFIED, EXIT_FILE, EXIT_PROOF, EXIT_CHAIN, EXIT_UNPROVEN = 0, 3, 4, 5, 6
+
+
+def _exit_code(checks: Sequence[Check]) -> int:
+    """The exit code of the first failing check's kind (0 when all held)."""
+    from gateway.core.receipt import CHAIN, FILE, UNPROVEN
+
+    codes = {FILE: EXIT_FILE, CHAIN: EXIT_CHAIN, UNPROVEN: EXIT_UNPROVEN}
+    failed = [check for check in checks if not check.ok]
+    return codes.get(failed[0].kind, EXIT_PROOF) if failed else EXIT_VERIFIED
+
+
+def _print_checks(title: str, checks: Sequence[Check], *, as_json: bool) -> None:
+    if as_json:
+        _print_json({"title": title, "checks": [vars(check) for check in checks]})
+        return
+    for check in checks:
+        print(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    failed = [check for check in checks if not check.ok]
+    verdict = "VERIFIED" if not failed else f"NOT VERIFIED ({failed[0].name})"
+    print(f"{title}: {verdict}")
+
+
+def _read_log_key(path: str | None) -> NoteVerifier:
+    """The auditor's copy of the log key (a vkey file, ``xray-gateway log-key`` > FILE)."""
+    from pathlib import Path
+
+    from gateway.core.checkpoint import parse_vkey
+
+    if not path:
+        raise ConfigError("--log-key KEYFILE is required: the log's vkey you were handed")
+    try:
+        return parse_vkey(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the log key {path}: {exc.strerror}") from None
+
+
+def _cmd_verify_receipt(args: argparse.Namespace) -> int:
+    """Check each FILE against its receipt offline (``--receipt`` once per file, in order);
+    with ``--chain``, on the chain too. The exit code is the first failing file's."""
+    from pathlib import Path
+
+    if len(args.files) != len(args.receipt):
+        raise ConfigError("verify --receipt R FILE: give one --receipt per file, in order")
+    key = _read_log_key(args.log_key) if args.log_key else None
+    codes = [
+        _verify_one_receipt(Path(receipt), Path(file), key, args)
+        for receipt, file in zip(args.receipt, args.files, strict=True)
+    ]
+    return next((code for code in codes if code), EXIT_VERIFIED)
+
+
+def _verify_one_receipt(
+    receipt_path: Path, file: Path, key: NoteVerifier | None, args: argparse.Namespace
+) -> int:
+    from gateway.core.receipt import UNPROVEN, check_receipt, load_receipt
+
+    if not file.is_file():
+        raise ConfigError(f"{file} is not a file")
+    try:
+        receipt = load_receipt(receipt_path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the receipt {receipt_path}: {exc.strerror}") from None
+    if receipt.anchoring == "batch" and key is None:
+        raise ConfigError("--log-key KEYFILE is required: the log's vkey you were handed")
+    checks = check_receipt(receipt, file, key)
+    if args.chain and all(c.ok or c.kind == UNPROVEN for c in checks):
+        from gateway.ledger import XrayLedger
+        from gateway.trust.receipts import chain_checks
+
+        offline = [c for c in checks if c.kind != UNPROVEN]
+        checks = [*offline, *chain_checks(receipt, XrayLedger.at(args.chain, receipt.contract))]
+    _print_checks(f"{file.name} against {receipt_path.name}", checks, as_json=args.json)
+    return _exit_code(checks)
+
+
+def _cmd_log_consistency(args: argparse.Namespace) -> int:
+    """Check that the log at the NEW checkpoint still begins with the log at the OLD one."""
+    from pathlib import Path
+
+    from gateway.core.checkpoint import parse_checkpoint
+    from gateway.core.receipt import check_consistency
+
+    key = _read_log_key(args.log_key)
+    try:
+        old, new = Path(args.old).read_text(), Path(args.new).read_text()
+        if args.proof:
+            proof_json = json.loads(Path(args.proof).read_text())
+        else:
+            sizes = [parse_checkpoint(n[: n.rindex("\n\n") + 1]).size for n in (old, new)]
+            proof_json = _api_get(args, f"/v1/log/consistency?first={sizes[0]}&second={sizes[1]}")
+        proof = tuple(bytes.fromhex(node) for node in proof_json["proof"])
+    except OSError as exc:
+        raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"not a consistency proof or checkpoint: {exc}") from None
+    checks = check_consistency(old_note=old, new_note=new, proof=proof, log_key=key)
+    _print_checks("log consistency", checks, as_json=args.json)
+    return _exit_code(checks)
+
+
+def _api_get(args: argparse.Namespace, path: str, settings: Settings | None = None) -> Any:
+    """GET ``path`` from the gateway's API (``--url``, ``--token-file``) as JSON."""
+    from pathlib import Path
+
+    import httpx
+
+    url = args.url or f"http://127.0.0.1:{(settings or get_settings()).api_port}"
+    token_file = Path(args.token_file) if args.token_file else get_settings().data_dir / "api-token"
+    try:
+        token = token_file.read_text().strip()
+        reply = httpx.get(
+            f"{url.rstrip('/')}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=60
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot read the API token {token_file}: {exc}") from None
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"cannot reach the gateway at {url}: {exc}") from None
+    if reply.status_code != 200:
+        raise ConfigError(f"{url}{path} answered {reply.status_code}: {reply.text[:200]}")
+    return reply.json()
+
+
+def _cmd_receipt(settings: Settings, args: argparse.Namespace) -> int:
+    """Fetch an instance's receipt from the running gateway and write it to ``-o FILE``."""
+    from pathlib import Path
+
+    receipt = _api_get(args, f"/v1/instances/{args.uid}/receipt", settings)
+    text = json.dumps(receipt, indent=2) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+    return 0
+
+
+def _cmd_log_key(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the log's verifier key (vkey): hand it to auditors for ``--log-key``."""
+    from gateway.core.checkpoint import load_log_key, verifier_of
+    from gateway.ledger.bootstrap import open_ledger
+    from gateway.trust.tlog import default_origin
+
+    origin = settings.log_origin
+    if not origin:
+        ledger = open_ledger(settings)
+        origin = default_origin(ledger.chain_id(), ledger.address)
+    print(verifier_of(load_log_key(settings.keys_dir), origin).vkey())
+    return 0
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
@@ -582,7 +743,47 @@ def build_parser() -> argparse.ArgumentParser:
         "GATEWAY_TRUSTED_RECORDERS, else whoever held the Recorder role when it wrote)",
     )
     verify.add_argument("--json", action="store_true", help="full verdicts as JSON")
-    verify.set_defaults(handler=_cmd_verify)
+    verify.add_argument(
+        "--receipt",
+        metavar="R",
+        action="append",
+        help="check FILE against receipt R offline, no gateway (once per FILE, in order; "
+        "exit codes in docs/receipts.md)",
+    )
+    verify.add_argument(
+        "--log-key", metavar="KEYFILE", help="the log's vkey (xray-gateway log-key)"
+    )
+    verify.add_argument(
+        "--chain", metavar="URL", help="with --receipt: also check it on this JSON-RPC node"
+    )
+    verify.set_defaults(handler=_cmd_verify, offline=lambda args: bool(args.receipt))
+
+    receipt = sub.add_parser("receipt", help="write an instance's receipt (xray-receipt/1)")
+    receipt.add_argument("uid", help="SOP Instance UID")
+    receipt.add_argument("-o", "--output", default="-", metavar="FILE", help="default: stdout")
+    receipt.add_argument("--url", help="the gateway's API (default: this host's)")
+    receipt.add_argument("--token-file", help="API token (default: the data dir's api-token)")
+    receipt.set_defaults(handler=_cmd_receipt)
+
+    log_key = sub.add_parser("log-key", help="print the log's verifier key (vkey) for auditors")
+    log_key.set_defaults(handler=_cmd_log_key)
+
+    consistency = sub.add_parser(
+        "log-consistency", help="check that the log at NEW still begins with the log at OLD"
+    )
+    consistency.add_argument("old", metavar="OLD", help="the older signed checkpoint (a file)")
+    consistency.add_argument("new", metavar="NEW", help="the newer signed checkpoint (a file)")
+    consistency.add_argument("--log-key", metavar="KEYFILE", help="the log's vkey")
+    source = consistency.add_mutually_exclusive_group()
+    source.add_argument(
+        "--proof", metavar="FILE", help="the proof (GET /v1/log/consistency's JSON)"
+    )
+    source.add_argument("--url", help="ask this gateway's API for the proof")
+    consistency.add_argument("--token-file", help="API token for --url")
+    consistency.add_argument("--json", action="store_true", help="the checks as JSON")
+    consistency.set_defaults(
+        handler=lambda _s, a: _cmd_log_consistency(a), offline=lambda args: bool(args.proof)
+    )
 
     audit = sub.add_parser("audit", help="sweep the archive: Orthanc vs object store vs ledger")
     audit.add_argument("--json", action="store_true", help="the report as JSON")
@@ -642,7 +843,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apiron").setLevel(logging.WARNING)  # one line per Orthanc request
     handler: Callable[[Settings, argparse.Namespace], int] = args.handler
+    offline: Callable[[argparse.Namespace], bool] = getattr(args, "offline", lambda _a: False)
     try:
+        if offline(args):  # an auditor's check needs no gateway, not even its settings
+            return handler(cast(Settings, None), args)
         return handler(get_settings(), args)
     except GatewayError as exc:
         print(f"xray-gateway: error: {exc}", file=sys.stderr)

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     chain_url: str | None = None
     anvil_port: int = Field(default=8545, ge=1, le=65535)
     contract_address: str | None = None
+    # The append-only log's origin (the first line of its signed checkpoints and the name of
+    # its key); unset: xray-gateway/<chain id>/<contract address>. No spaces nor '+'.
+    log_origin: str | None = Field(default=None, pattern=r"^[^\s+]*$")
     # The most blocks one eth_getLogs may span: Besu refuses wider ranges (5,000 by default).
     chain_log_range: int = Field(default=5_000, ge=1, le=1_000_000)
     recorder_key_file: Path | None = None

@@ -55,6 +55,9 @@ permanent, retried a few times and then parked.
     ├── UploadsBusy                 every upload slot is taken (-> 429)
     ├── UploadAreaFull              the upload quota or the disk reserve is reached (-> 507)
     ├── AuditRunning                a sweep is running already; ``.audit_id`` (-> 409)
+    ├── ReceiptError                a receipt or a log proof does not hold (receipts part)
+    │   ├── ReceiptMalformed        not an ``xray-receipt/1`` document
+    │   └── CheckpointInvalid       a checkpoint note is malformed or not signed by the log key
     └── the Orthanc plugin's:
         ├── PluginConfigError       Orthanc's configuration defeats a check: refuse to start
         ├── IndexUnavailable        the gateway's index cannot be read (or connected to)
@@ -439,6 +442,21 @@ class AuditRunning(GatewayError):
     def __init__(self, audit_id: str) -> None:
         super().__init__(f"audit {audit_id} is running")
         self.audit_id = audit_id
+
+
+# -- receipts and the log's checkpoints (the receipts part) ---------------------------------
+
+
+class ReceiptError(GatewayError):
+    """A receipt, a checkpoint or a log proof does not hold."""
+
+
+class ReceiptMalformed(ReceiptError):
+    """The document is not an ``xray-receipt/1`` receipt (a field missing or of a wrong type)."""
+
+
+class CheckpointInvalid(ReceiptError):
+    """A checkpoint note is malformed, or carries no valid signature by the log key."""
 
 
 class PluginConfigError(GatewayError):

@@ -30,6 +30,7 @@ from gateway.api.auth import Tokens, ensure_token
 from gateway.api.deps import Services
 from gateway.api.limits import Limits, RateLimiter, UploadArea
 from gateway.config import Settings
+from gateway.core.checkpoint import init_log_key, load_log_key
 from gateway.core.keys import init_keys, load_keyring, load_pseudonym_key
 from gateway.core.nodes import worker_id
 from gateway.errors import ChildFailed, ConfigError
@@ -73,6 +74,8 @@ from gateway.redact import redact_url
 from gateway.store import ObjectStore, open_store
 from gateway.trust.alerts import Alerts
 from gateway.trust.audit import Audits, PendingWatch, overdue
+from gateway.trust.receipts import Receipts
+from gateway.trust.tlog import BatchLog, default_origin
 from gateway.trust.verify import Verifier
 from gateway.trust.views import RecordViews
 
@@ -136,6 +139,13 @@ def build_verifier(
         trusted_recorders=settings.trusted_recorders,
         alerts=alerts,
     )
+
+
+def batch_log(settings: Settings, ledger: XrayLedger, index: Index) -> BatchLog:
+    """The append-only log over the contract's batches, signing as GATEWAY_LOG_ORIGIN (by
+    default one origin per chain and contract) with the log key in the keys dir."""
+    origin = settings.log_origin or default_origin(ledger.chain_id(), ledger.address)
+    return BatchLog(chain=ledger, index=index, key=load_log_key(settings.keys_dir), origin=origin)
 
 
 def gateway_alerts(settings: Settings) -> Alerts:
@@ -364,6 +374,7 @@ class Stack:
             self.index = Index(s.index_location)
             self._open_evidence_to_the_plugin()
             init_keys(s.keys_dir)
+            init_log_key(s.keys_dir)  # signs the append-only log's checkpoints (receipts)
             # A node joining a shared index must name and seal as the others do: refused
             # before anything is started.
             check_shared_keys(
@@ -543,6 +554,7 @@ class Stack:
             alerts=self.alerts,
             records=RecordViews(ledger=ledger, pseudonym_key=pseudonym_key, index=index),
             limits=api_limits(s),
+            receipts=Receipts(verifier=verifier, chain=ledger, log=batch_log(s, ledger, index)),
         )
         health = Health(
             checks={

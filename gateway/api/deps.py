@@ -14,6 +14,7 @@ from gateway.api.limits import Limits, retry_after
 from gateway.api.problems import Problem
 from gateway.trust.alerts import Alerts
 from gateway.trust.audit import Audits
+from gateway.trust.receipts import Receipts
 from gateway.trust.verify import Verifier
 from gateway.trust.views import RecordViews
 
@@ -28,6 +29,7 @@ class Services:
     alerts: Alerts
     records: RecordViews
     limits: Limits
+    receipts: Receipts | None = None  # receipts and the append-only log (None: not offered)
 
 
 def get_services(request: Request) -> Services:

@@ -143,3 +143,22 @@ def instance_proof(
         key = keys.record_key(services.verifier.pseudonym_key, sop_instance_uid).hex()[:12]
         raise Problem(404, "No batch proof", f"record {key}… is not anchored through a batch")
     return claim.to_json()
+
+
+@router.get("/instances/{sop_instance_uid}/receipt", responses=problem_responses(404))
+def instance_receipt(
+    sop_instance_uid: Uid, services: ServicesDep, who: Verifying
+) -> dict[str, object]:
+    """The instance's receipt (``xray-receipt/1``): everything that proves its anchoring,
+    for ``xray-gateway verify --receipt R FILE`` to check offline. No patient data.
+
+    A batched image's receipt carries its batch proof, the batch's place in the
+    append-only log and the signed checkpoint; a single record's names its transaction only.
+    """
+    if services.receipts is None:
+        raise Problem(503, "Not ready", "receipts are not offered by this gateway")
+    receipt = services.receipts.of(sop_instance_uid)
+    if receipt is None:
+        key = keys.record_key(services.verifier.pseudonym_key, sop_instance_uid).hex()[:12]
+        raise Problem(404, "No receipt", f"record {key}… is not anchored on the ledger")
+    return receipt.to_json()

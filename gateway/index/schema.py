@@ -149,6 +149,15 @@ CREATE TABLE IF NOT EXISTS notify_marks (
 );
 """
 
+# The receipts part: the append-only log's leaves, the contract's batches in id order
+# (gateway/trust/tlog.py), read once from the chain and kept for every node.
+_LOG_LEAVES = """
+CREATE TABLE IF NOT EXISTS log_leaves (
+    batch_id INTEGER NOT NULL PRIMARY KEY,
+    root BLOB NOT NULL
+)
+"""
+
 #: Every step, in order; the schema's version is how many of them a database has had.
 STEPS: tuple[Step, ...] = (
     Create(_INSTANCES),  # 1: rows, batches, batch members
@@ -167,6 +176,8 @@ STEPS: tuple[Step, ...] = (
     AddColumn("instances", "received_by", "TEXT"),
     # notify: 12: the alerts' outbox (webhooks, syslog) and each alert log's high-water mark
     Create(_NOTIFY),
+    # 13 (receipts part): the append-only log's leaves, one per batch on the contract
+    Create(_LOG_LEAVES),
 )
 
 #: The version this code writes and reads.

@@ -481,6 +481,32 @@ class XrayLedger:
         block = translate(self._decoder, lambda: self.w3.eth.get_block(block_number))
         return int(block["timestamp"])
 
+    def chain_id(self) -> int:
+        """The chain's id (EIP-155), as a receipt names it."""
+        return int(translate(self._decoder, lambda: self.w3.eth.chain_id))
+
+    def transaction_block(self, tx_hash: str) -> tuple[int, str]:
+        """(number, hash) of the block that mined ``tx_hash``.
+
+        Raises
+        ------
+        TransactionFailed
+            The chain holds no mined transaction ``tx_hash``.
+        """
+        try:
+            receipt = translate(
+                self._decoder,
+                lambda: self.w3.eth.get_transaction_receipt(tx_hash),  # type: ignore[arg-type]
+            )
+        except TransactionNotFound:
+            raise errors.TransactionFailed("no such mined transaction", tx_hash=tx_hash) from None
+        return int(receipt["blockNumber"]), "0x" + bytes(receipt["blockHash"]).hex()
+
+    def block_hash(self, block_number: int) -> str:
+        """The hash of block ``block_number`` on the chain as it stands."""
+        block = translate(self._decoder, lambda: self.w3.eth.get_block(block_number))
+        return "0x" + bytes(block["hash"]).hex()
+
     def has_transaction(self, tx_hash: str) -> bool:
         """Whether the chain holds a mined transaction ``tx_hash`` (it has a receipt)."""
         try:

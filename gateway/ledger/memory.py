@@ -133,6 +133,10 @@ class MemoryLedger:
         stand, a saving of chain calls; the ownership rule ignores the others anyway)."""
         return self.events("ImageRetired", filters={"recordKey": record_key})
 
+    def batch_count(self) -> int:
+        """How many batches are anchored (ids 1..count)."""
+        return len(self._batches)
+
     def batch_of(self, batch_id: int) -> Batch:
         try:
             return self._batches[batch_id]

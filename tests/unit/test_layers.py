@@ -189,3 +189,36 @@ def test_no_two_modules_define_a_class_of_the_same_name() -> None:
             seen.setdefault(cls, []).append(name)
     shared = {cls: sorted(where) for cls, where in seen.items() if len(where) > 1}
     assert {cls for cls in shared if cls not in SHARED_CLASS_NAMES} == set(), shared
+
+
+def reachable(start: str, graph: dict[str, set[str]]) -> set[str]:
+    """Every module ``start`` imports, directly or through others."""
+    seen, todo = {start}, [start]
+    while todo:
+        for other in graph[todo.pop()] - seen:
+            seen.add(other)
+            todo.append(other)
+    return seen
+
+
+def test_the_offline_receipt_verifier_needs_only_the_pure_floors() -> None:
+    """An auditor's copy of ``verify --receipt`` needs core and the foundation, no gateway:
+    no config, index, ledger, trust nor stack, read statically (every import) and seen at
+    run time in a fresh interpreter (no pydantic settings, web3, FastAPI nor database)."""
+    import subprocess
+    import sys
+
+    known = modules()
+    graph = {name: imports(name, path, known) for name, path in known.items()}
+    needs = {unit_of(module) for module in reachable("gateway.core.receipt", graph)}
+    assert needs == {"core", "foundation"}
+    assert "gateway.core.fingerprint" in reachable("gateway.core.receipt", graph)
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, gateway.core.receipt; print(' '.join(sys.modules))"],
+        check=True, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    gateway_modules = {m for m in loaded if m.startswith("gateway.")}
+    assert {unit_of(m) for m in gateway_modules} == {"core", "foundation"}
+    for heavy in ("pydantic_settings", "web3", "fastapi", "psycopg", "sqlite3", "httpx"):
+        assert heavy not in loaded
