@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 import uuid
 from dataclasses import dataclass
 from traceback import format_exception
@@ -217,18 +218,19 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def problem_json_only(schema: dict[str, Any]) -> dict[str, Any]:
-    """Drop the ``application/json`` twin FastAPI adds beside each problem+json response.
+    """Drop the twin FastAPI adds beside each problem+json response.
 
     A ``model`` in ``responses=`` is what puts ``ProblemDetails`` into the components,
-    and FastAPI then declares it under the route's own media type too; error answers are
-    only ever sent as problem+json, so the schema says only that.
+    and FastAPI then declares it under the route's own media type too (``application/json``,
+    or ``text/html`` for a page); error answers are only ever sent as problem+json, so the
+    schema says only that.
     """
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
             for response in operation.get("responses", {}).values():
                 content = response.get("content", {})
                 if PROBLEM in content:
-                    content.pop("application/json", None)
+                    response["content"] = {PROBLEM: content[PROBLEM]}
     return schema
 
 
@@ -295,6 +297,16 @@ def server_problem(
     )
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the API schema declares at this path: Starlette's 405 names only the
+    first matching route's, and ``GET`` and ``POST /v1/audits`` are two routes."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), request.url.path):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods)
+
+
 def _type_of(exc: GatewayError) -> ProblemType:
     if isinstance(exc, (UnknownInstance, UnknownAlert)):
         return NOT_FOUND
@@ -319,6 +331,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
         kind = HTTP_TYPES.get(exc.status_code, HTTP_ERROR)
         return problem(kind, str(exc.detail), status=exc.status_code, headers=headers)
 

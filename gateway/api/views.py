@@ -64,7 +64,7 @@ class RecorderRecordsPage(Page[LedgerRecord]):
     roles: list[str]
 
 
-@router.post("/patients/key", response_model=PatientKey)
+@router.post("/patients/key", response_model=PatientKey, responses=problem_responses(400))
 def patient_key(
     patient: PatientIdentity, services: ServicesDep, who: SeeingPatientData
 ) -> PatientKey:

@@ -104,7 +104,9 @@ def test_errors_of_every_layer_carry_their_documented_type(
         assert (answer.status_code, body["type"], body["title"]) == (
             kind.status, kind.uri, kind.title,
         ), slug  # fmt: skip
-    unrouted = None
     with serve(app) as client:
         unrouted = client.get("/no/such/route")
+        options = client.options("/v1/audits")
     assert unrouted.json()["type"] == "/problems/not-found"
+    # two routes share the path: 405 names the methods of both
+    assert options.status_code == 405 and options.headers["allow"] == "GET, POST"
