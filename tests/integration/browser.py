@@ -77,7 +77,8 @@ class CutOff:
     origin: str
     left: list[str] = field(default_factory=list)
 
-    def _route(self, route: Route) -> None:
+    def route(self, route: Route) -> None:
+        """Let a request to :attr:`origin` through; abort and record any other."""
         url = route.request.url
         if origin_of(url) == origin_of(self.origin):
             route.continue_()
@@ -134,7 +135,7 @@ class OfflineBrowser:
         )
         try:
             cut = CutOff(page=context.new_page(), origin=origin)
-            context.route("**/*", cut._route)
+            context.route("**/*", cut.route)
             yield cut
         finally:
             context.close()
