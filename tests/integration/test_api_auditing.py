@@ -45,6 +45,19 @@ def test_swagger_ui_renders_with_the_network_cut(
     assert cut.left == []
 
 
+def test_the_cut_records_and_stops_a_request_to_another_origin(
+    stack: Up, offline_browser: OfflineBrowser
+) -> None:
+    """The recorder the two docs tests rely on: a request elsewhere fails and is listed."""
+    with offline_browser.page(origin(stack)) as cut:
+        cut.page.goto("/healthz")
+        failed = cut.page.evaluate(
+            "fetch('https://cdn.jsdelivr.net/npm/x.js').then(() => false, () => true)"
+        )
+    assert failed is True
+    assert cut.left == ["https://cdn.jsdelivr.net/npm/x.js"]
+
+
 def test_redoc_renders_with_the_network_cut(stack: Up, offline_browser: OfflineBrowser) -> None:
     with offline_browser.page(origin(stack)) as cut:
         cut.page.goto("/redoc")
