@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import ServicesDep, Verifying
-from gateway.api.problems import Problem, problem_responses
+from gateway.api.problems import NO_SUCH_PROOF, NOT_READY, Problem, problem_responses
 from gateway.trust.tlog import BatchLog
 
 router = APIRouter(
@@ -21,7 +21,7 @@ Size = Annotated[int, Query(ge=1, description="a tree size (number of batches)")
 
 def _log(services: ServicesDep) -> BatchLog:
     if services.receipts is None:
-        raise Problem(503, "Not ready", "the append-only log is not offered by this gateway")
+        raise Problem(NOT_READY, "the append-only log is not offered by this gateway")
     return services.receipts.log
 
 
@@ -53,7 +53,7 @@ async def consistency(
     try:
         proof = await run_in_threadpool(log.consistency, first, second)
     except ValueError as exc:
-        raise Problem(404, "No such proof", str(exc)) from None
+        raise Problem(NO_SUCH_PROOF, str(exc)) from None
     return {"first": first, "second": second, "proof": [node.hex() for node in proof]}
 
 
@@ -70,7 +70,7 @@ async def inclusion(
     try:
         proof = await run_in_threadpool(log.inclusion, batch, size)
     except ValueError as exc:
-        raise Problem(404, "No such proof", str(exc)) from None
+        raise Problem(NO_SUCH_PROOF, str(exc)) from None
     return {
         "batch": batch,
         "leaf_index": proof.index,

@@ -185,20 +185,39 @@ def test_tokens_and_roles(stack: Up, series: list[Path]) -> None:
         assert client.get(f"/v1/instances/{uid}/verify").status_code == 401
 
 
+def every_page(client: httpx.Client, url: str, **params: str) -> tuple[dict[str, Any], int]:
+    """The first page of a list with the items of all its pages, following ``Link``; and
+    how many pages there were."""
+    first = reply = client.get(url, params=params)
+    body = first.json()
+    pages = 1
+    while "link" in reply.headers:
+        reply = client.get(reply.headers["link"].split(">")[0].lstrip("<"))
+        body["items"] += reply.json()["items"]
+        pages += 1
+    return body, pages
+
+
 def test_ledger_views_per_patient_and_per_recorder(stack: Up, series: list[Path]) -> None:
     ds = dcmread(series[0], stop_before_pixels=True)
+    identity = {"patient_id": ds.PatientID, "issuer": ds.IssuerOfPatientID}
     with api(stack, admin_token(stack)) as client:
-        patient = client.get(
-            f"/v1/patients/{ds.PatientID}/records", params={"issuer": ds.IssuerOfPatientID}
-        ).json()
-        nobody = client.get("/v1/patients/NOBODY-42/records").json()
-        recorder = client.get(f"/v1/recorders/{stack.value('recorder')}/records").json()
-    uids = {r["sop_instance_uid"] for r in patient["records"]}
+        key = client.post("/v1/patients/key", json=identity).json()["patient_key"]
+        nobody_key = client.post("/v1/patients/key", json={"patient_id": "NOBODY-42"}).json()
+        patient, pages = every_page(client, "/v1/patients/records", patient_key=key, limit="50")
+        nobody = client.get("/v1/patients/records", params=nobody_key).json()
+        recorder, _ = every_page(client, f"/v1/recorders/{stack.value('recorder')}/records")
+        batches, _ = every_page(client, f"/v1/recorders/{stack.value('recorder')}/batches")
+    assert pages == -(-len(patient["items"]) // 50) > 1  # every page full but the last
+    assert len({r["record_key"] for r in patient["items"]}) == len(patient["items"])
+    uids = {r["sop_instance_uid"] for r in patient["items"]}
     assert {uid_of(p) for p in series} <= uids
-    assert patient["xrayhash_count"] + sum(1 for r in patient["records"] if r["batch_id"]) >= COUNT
-    assert nobody["records"] == [] and nobody["xrayhash_count"] == 0
+    assert patient["xrayhash_count"] + sum(1 for r in patient["items"] if r["batch_id"]) >= COUNT
+    assert nobody["items"] == [] and nobody["xrayhash_count"] == 0
     assert recorder["name"] == "xray-gateway" and "recorder" in recorder["roles"]
-    assert len(recorder["records"]) >= COUNT
+    assert len(recorder["items"]) >= COUNT
+    in_batches = {r["batch_id"] for r in recorder["items"] if r["batch_id"] is not None}
+    assert in_batches <= {b["batch_id"] for b in batches["items"]}
 
 
 def orthanc_reads(up: Up, path: Path, orthanc: Pacs) -> dict[str, httpx.Response]:
@@ -334,7 +353,7 @@ def test_every_tamper_class_is_detected_audited_and_restored(
         summary = state["report"]["summary"]
         assert summary["total"] == COUNT + 5 and summary["intact"] == COUNT - 25
         assert state["done"] == state["total"] == COUNT + 5
-        assert admin.get("/v1/alerts", params={"kind": "tampered"}).json()
+        assert admin.get("/v1/alerts", params={"kind": "tampered"}).json()["items"]
 
         # a radiologist's REST or DICOMweb GET of a tampered instance gets an error, not bytes
         for uid in uids[0:1] + uids[5:6]:
