@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.errors import AccessJournalUnavailable
 
@@ -139,7 +140,7 @@ def read_after(path: Path, after: int, *, limit: int = 5000) -> list[JournalEntr
     ]
 
 
-def _read(uri: str, query: str, params: tuple[int, int]) -> list[tuple[object, ...]]:
+def _read(uri: str, query: str, params: tuple[int, int]) -> list[Any]:
     db = sqlite3.connect(uri, uri=True, timeout=10)
     try:
         return list(db.execute(query, params).fetchall())

@@ -49,6 +49,9 @@ from gateway.trust.access_journal import read_after
 
 log = logging.getLogger(__name__)
 
+# What a round of the loop may fail with and try again on its next round (either engine).
+_RETRIED: tuple[type[Exception], ...] = (GatewayError, *DATABASE_ERRORS)
+
 PLUGIN_SOURCE = "orthanc-plugin"
 
 
@@ -382,5 +385,5 @@ class TrailLoop:
         while not self._stop.wait(self.poll_s):
             try:
                 self.tick()
-            except (GatewayError, *DATABASE_ERRORS) as exc:
+            except _RETRIED as exc:
                 log.warning("access trail: %s", exc)
