@@ -4,7 +4,6 @@ audit's check finding deleted, edited and vanished entries."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,8 +48,15 @@ class Writer:
 
 
 @pytest.fixture
-def index(tmp_path: Path) -> Iterator[Index]:
-    db = Index(tmp_path / "index.sqlite")
+def location(tmp_path: Path) -> Path | str:
+    """The index's database: SQLite here; tests/integration/test_trail_postgres.py runs the
+    same tests on PostgreSQL."""
+    return tmp_path / "index.sqlite"
+
+
+@pytest.fixture
+def index(location: Path | str) -> Iterator[Index]:
+    db = Index(location)
     yield db
     db.close()
 
@@ -152,8 +158,7 @@ def test_the_audit_finds_a_deleted_an_edited_and_a_vanished_batch(
 ) -> None:
     trail, ledger = _anchored_trail(index, tmp_path)
     assert check_trail(trail, ledger) == (3, [])
-    raw = sqlite3.connect(tmp_path / "index.sqlite")
-    with raw:
+    with index.transaction() as raw:
         raw.execute("DELETE FROM access_log WHERE batch = 1 AND leaf_index = 3")
         raw.execute("UPDATE access_log SET who = 'mallory' WHERE batch = 2 AND leaf_index = 0")
     checked, findings = check_trail(trail, ledger)
@@ -161,10 +166,9 @@ def test_the_audit_finds_a_deleted_an_edited_and_a_vanished_batch(
     assert [(f.batch_id, f.problem, f.leaf_indexes) for f in findings] == [
         (1, "deleted", (3,)), (2, "edited", ()),
     ]  # fmt: skip
-    with raw:  # the third batch, entries and all
+    with index.transaction() as raw:  # the third batch, entries and all
         raw.execute("DELETE FROM access_log WHERE batch = 3")
         raw.execute("DELETE FROM access_batches WHERE id = 3")
-    raw.close()
     _, findings = check_trail(trail, ledger)
     assert [(f.batch_id, f.problem) for f in findings] == [
         (1, "deleted"), (2, "edited"), (3, "batch_missing"),
