@@ -54,15 +54,15 @@ class Trail:
     def access(self, **query: Any) -> list[dict[str, Any]]:
         """Every entry of a query, page by page through the cursor."""
         found: list[dict[str, Any]] = []
-        after = 0
+        cursor: dict[str, str] = {}
         while True:
-            reply = self.api_get("/v1/access", **query, after=after, limit=40)
+            reply = self.api_get("/v1/access", **query, **cursor, limit=40)
             reply.raise_for_status()
             page = reply.json()
-            found += page["entries"]
-            if page["next"] is None:
+            found += page["items"]
+            if page["next_cursor"] is None:
                 return found
-            after = page["next"]
+            cursor = {"cursor": page["next_cursor"]}
 
 
 @pytest.fixture(scope="module")
@@ -200,5 +200,5 @@ def test_reads_are_anchored_queryable_provable_and_a_deleted_entry_is_audited(
     assert found[0]["notes"] == [f"access batch {victim['batch_id']}: deleted"]
     assert f"leaf indexes {victim['proof']['index']})" in found[0]["explanation"]
     assert state["report"]["summary"]["trail_batches_checked"] >= len(batches)
-    alerts = trail.api_get("/v1/alerts", kind="trail_tampered").json()
+    alerts = trail.api_get("/v1/alerts", kind="trail_tampered").json()["items"]
     assert len(alerts) == 1 and alerts[0]["source"] == "audit"

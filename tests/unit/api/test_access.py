@@ -42,16 +42,20 @@ def test_auditors_page_through_a_study_and_a_reader_clinicians_are_refused(
             assert get(auditor).status_code == 422
             assert get(auditor, study="1.2", user="alice").status_code == 422
             seen: list[dict[str, object]] = []
-            after = 0
+            cursor: dict[str, str | int] = {}
             while True:
-                page = get(auditor, study="1.2", limit=3, after=after).json()
-                seen += page["entries"]
-                if page["next"] is None:
+                reply = get(auditor, study="1.2", limit=3, **cursor)
+                page = reply.json()
+                seen += page["items"]
+                if page["next_cursor"] is None:
+                    assert "Link" not in reply.headers
                     break
-                after = page["next"]
+                assert page["next_cursor"] in reply.headers["Link"]
+                cursor = {"cursor": page["next_cursor"]}
+            assert get(auditor, study="1.2", cursor="bm90LWEtY3Vyc29y").status_code == 422
             assert [e["sop_instance_uid"] for e in seen] == [f"1.2.{i}" for i in range(7)]
             assert all(e["anchored"] is False and e["proof"] is None for e in seen)
-            assert len(get(admin, user="alice").json()["entries"]) == 7
-            assert get(admin, user="nobody").json() == {"entries": [], "next": None}
+            assert len(get(admin, user="alice").json()["items"]) == 7
+            assert get(admin, user="nobody").json() == {"items": [], "next_cursor": None}
     finally:
         index.close()
