@@ -25,6 +25,7 @@ permanent, retried a few times and then parked.
     ├── AlertsUnavailable           the Orthanc plugin's alerts file cannot be read
     ├── DeliveryFailed              a webhook endpoint or the syslog receiver did not take an
     │                               event (refused, non-2xx, timed out): retried with backoff
+    ├── AccessJournalUnavailable    the Orthanc plugin's access journal cannot be read
     ├── KeyringError                the key directory holds no KEK with that id; ``.kek_id``
     ├── ForwardError                anything on the PACS (Orthanc) side; as such, not transient
     │   ├── PacsUnavailable       * refused, timed out, 5xx or auth refused: retry later
@@ -207,6 +208,10 @@ class DeliveryFailed(GatewayError):
     """
 
 
+class AccessJournalUnavailable(GatewayError):
+    """The Orthanc plugin's access journal exists but cannot be read (the import waits)."""
+
+
 class LedgerError(GatewayError):
     """Something went wrong talking to the xray contract."""
 
@@ -303,6 +308,9 @@ XrayUnknownVersion = _revert("XrayUnknownVersion", "No such version of the recor
 XrayEmptyBatch = _revert("XrayEmptyBatch", "A batch must hold at least one image.")
 XrayBatchExists = _revert("XrayBatchExists", "The Merkle root is already anchored.")
 XrayUnknownBatch = _revert("XrayUnknownBatch", "No batch has that id.")
+XrayNotImageBatch = _revert(
+    "XrayNotImageBatch", "The batch anchors access-trail entries: it proves no image."
+)
 XrayNotInBatch = _revert(
     "XrayNotInBatch", "The inclusion proof does not lead to that batch's root."
 )
@@ -331,6 +339,7 @@ REVERTS: dict[str, type[ContractRevert]] = {
         XrayEmptyBatch,
         XrayBatchExists,
         XrayUnknownBatch,
+        XrayNotImageBatch,
         XrayNotInBatch,
         XrayIndexOutOfRange,
     )

@@ -62,8 +62,12 @@ AlertKey = tuple[float, Origin, int]
 #: ``pending_too_long`` (an instance not committed after ``GATEWAY_PENDING_ALERT_S``) and
 #: ``foreign_claim`` (a version written under a key by someone other than its owner),
 #: ``spool_swapped`` (a spool file that changed between the ack and the fingerprint stage),
-#: and ``parked`` (a row the pipeline stopped retrying: stage ``failed``).
-KINDS = (*ALERT_KINDS, "pending_too_long", "foreign_claim", "spool_swapped", "parked")
+#: ``parked`` (a row the pipeline stopped retrying: stage ``failed``), and
+#: ``trail_tampered`` (an access-trail entry deleted or edited after it was anchored).
+KINDS = (
+    *ALERT_KINDS, "pending_too_long", "foreign_claim", "spool_swapped", "parked",
+    "trail_tampered",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
