@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := orthanc orthanc-python orthanc-dicomweb orthanc-webviewer orthanc-postgresql postgresql dcmtk chromium
 export TCP_NODELAY := 1
 
-.PHONY: up test bench fuzz fuzz-api deps apt npm venv contracts contracts-check lint lock clean-var
+.PHONY: up test bench fuzz fuzz-api deps apt npm venv vendor contracts contracts-check lint lock clean-var
 
 up: deps
 	$(VENV)/bin/xray-gateway up
@@ -42,7 +42,8 @@ apt:
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-# npm: solcjs, OpenZeppelin and anvil into ./node_modules, exactly as package-lock.json pins them.
+# npm: solcjs, OpenZeppelin, anvil and the browser assets (swagger-ui-dist, redoc) into
+# ./node_modules, exactly as package-lock.json pins them.
 npm: node_modules/.installed
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
@@ -55,6 +56,11 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
 	@touch $@
+
+# Copy the browser assets gateway/api/assets.py VENDORED names from the pinned npm packages
+# into gateway/api/static/vendor/ (committed; tests/unit/test_assets.py checks they match).
+vendor: npm venv
+	$(PY) -c 'import sys; from gateway.api.assets import main; main(sys.argv[1:])' node_modules
 
 # Recompile the contract with solcjs into the committed artifact.
 contracts: npm

@@ -1,4 +1,4 @@
-"""The FastAPI application: health, readiness, and the /v1 routers (OpenAPI at /docs)."""
+"""The FastAPI application: health, readiness, and the /v1 routers (OpenAPI at /docs and /redoc)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from gateway import __version__
-from gateway.api import audits, problems, verify, views
+from gateway.api import assets, audits, problems, verify, views
 from gateway.api.auth import ensure_token
 from gateway.api.deps import Services
 from gateway.api.problems import problem_json_only, problem_responses
@@ -75,7 +75,10 @@ def create_app(
         version=__version__,
         description="Integrity of every DICOM image, anchored on the xray contract. "
         "Every /v1 route needs a bearer token; its role decides what it may do.",
+        docs_url=None,  # assets.install serves /docs and /redoc from local files, not a CDN
+        redoc_url=None,
     )
+    assets.install(app, openapi_url=app.openapi_url or "/openapi.json")
     app.state.services = services
     problems.install(app)
     app.include_router(verify.router)

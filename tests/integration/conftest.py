@@ -12,6 +12,7 @@ from gateway.index.db import Index
 from gateway.ingest.receive import Receiver
 from gateway.ingest.spool import Spool
 from gateway.procs import free_port
+from tests.integration.browser import OfflineBrowser
 from tests.integration.postgres import PostgresCluster
 
 
@@ -37,3 +38,12 @@ def postgres() -> Iterator[PostgresCluster]:
     cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="xray-pg-"))).start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def offline_browser() -> Iterator[OfflineBrowser]:
+    """Debian's headless Chromium under Playwright, one for the session; each test takes
+    ``offline_browser.page(origin)``: a fresh context that reaches only ``origin``."""
+    browser = OfflineBrowser()
+    yield browser
+    browser.close()
