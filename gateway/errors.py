@@ -47,6 +47,7 @@ permanent, retried a few times and then parked.
     │   ├── StoreUnavailable      * cannot be reached, timed out, or busy: retry later
     │   └── ObjectNotFound          no object under that name
     ├── UnknownInstance             not in the PACS, the index nor on the ledger (-> 404)
+    ├── UnknownAlert                no alert with that id in either alerts file (-> 404)
     ├── CannotRestore               no verified original to put back (-> 409)
     ├── MustWait                  * a row waits for another (an older version, the anchor check)
     ├── ChildFailed                 an embedded child process exited early or never got ready
@@ -371,6 +372,10 @@ class InstanceMissing(ForwardError):
 
 class UnknownInstance(GatewayError):
     """Nobody has heard of the instance: not in the PACS, the index or on the ledger."""
+
+
+class UnknownAlert(GatewayError):
+    """No alert with that id, in the gateway's alerts file nor in the plugin's (-> 404)."""
 
 
 class CannotRestore(GatewayError):

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from gateway import __version__
-from gateway.api import assets, audits, problems, verify, views
+from gateway.api import alerts, assets, audits, problems, verify, views
 from gateway.api.auth import ensure_token
 from gateway.api.deps import Services
 from gateway.api.problems import problem_json_only, problem_responses
@@ -84,6 +84,7 @@ def create_app(
     app.include_router(verify.router)
     app.include_router(audits.router)
     app.include_router(views.router)
+    app.include_router(alerts.router)
 
     @app.get("/healthz", tags=["health"], response_model=Liveness)
     def healthz() -> Liveness:

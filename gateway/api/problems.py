@@ -28,6 +28,7 @@ from gateway.errors import (
     LedgerError,
     PacsUnavailable,
     StoreUnavailable,
+    UnknownAlert,
     UnknownInstance,
 )
 from gateway.redact import redact_text
@@ -187,7 +188,7 @@ def server_problem(
 
 
 def _status_of(exc: GatewayError) -> tuple[int, str]:
-    if isinstance(exc, UnknownInstance):
+    if isinstance(exc, (UnknownInstance, UnknownAlert)):
         return 404, "Not found"
     if isinstance(exc, CannotRestore):
         return 409, "Cannot restore"

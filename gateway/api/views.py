@@ -1,4 +1,4 @@
-"""Ledger views (the seed's per-patient and per-doctor records) and the integrity alerts."""
+"""Ledger views: the seed's per-patient and per-doctor records."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from web3 import Web3
 
-from gateway.api.deps import ReadingAlerts, ReadingRecords, ServicesDep
+from gateway.api.deps import ReadingRecords, ServicesDep
 from gateway.api.problems import problem_responses
-from gateway.trust.alerts import Alert
 from gateway.trust.views import PatientRecords, RecorderRecords
 
 router = APIRouter(
@@ -42,15 +41,3 @@ def recorder_records(
     """Every record and batch an account (the gateway's recorder, a doctor) wrote."""
     # Any case is an address; a mixed-case one need not carry a valid EIP-55 checksum.
     return services.records.recorder(Web3.to_checksum_address(address.lower()))
-
-
-@router.get("/alerts", response_model=list[Alert], tags=["alerts"])
-def alerts(
-    services: ServicesDep,
-    who: ReadingAlerts,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    sop_instance_uid: str | None = None,
-    kind: str | None = None,
-) -> list[Alert]:
-    """Integrity alerts, newest first: refusals inside Orthanc and audit findings."""
-    return services.alerts.recent(limit=limit, sop_instance_uid=sop_instance_uid, kind=kind)

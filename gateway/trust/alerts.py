@@ -8,6 +8,12 @@ The gateway writes ``<data dir>/alerts.sqlite``. The Orthanc plugin writes its o
 dir (one file, shared), in docker a volume of its own that the gateway mounts read-only
 (``GATEWAY_PLUGIN_ALERTS_DIR``), so that Orthanc cannot write the gateway's files. The
 gateway's :class:`Alerts` then lists both, merged newest first.
+
+An alert is acknowledged (who, when) in the gateway's own file, table ``alert_acks``,
+never in the plugin's, which the gateway only reads. The two files number their alerts
+independently, so an alert listed by the gateway is named by the file it came from and
+its row: ``gateway-12``, ``plugin-4`` (:class:`ListedAlert`). Pages are cut by keyset:
+newest first by ``(at, origin, id)``, the last key of a page starting the next one.
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal, get_args
 
-from gateway.errors import AlertsUnavailable
+from gateway.errors import AlertsUnavailable, UnknownAlert
 from gateway.trust.verdicts import ALERT_KINDS
 
 SCHEMA = """
@@ -34,7 +41,21 @@ CREATE TABLE IF NOT EXISTS alerts (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_uid ON alerts (sop_instance_uid);
+CREATE TABLE IF NOT EXISTS alert_acks (
+    alert TEXT PRIMARY KEY,
+    acknowledged_by TEXT NOT NULL,
+    acknowledged_at REAL NOT NULL
+);
 """
+
+#: Which file an alert was read from: the gateway's own (on the embedded stack the plugin
+#: writes there too), or the plugin's own file (docker: another volume, read-only here).
+Origin = Literal["gateway", "plugin"]
+ORIGINS: tuple[Origin, ...] = get_args(Origin)
+ALERT_ID_PATTERN = r"^(gateway|plugin)-[0-9]{1,18}$"
+
+#: Where a page of alerts stops: ``(at, origin, row id)`` of its last alert.
+AlertKey = tuple[float, Origin, int]
 
 #: What an alert may be about: a status that alerts (gateway/trust/verdicts.py), and
 #: ``pending_too_long`` (an instance not committed after ``GATEWAY_PENDING_ALERT_S``) and
@@ -56,6 +77,54 @@ class Alert:
     detail: str
 
 
+@dataclass(frozen=True)
+class ListedAlert:
+    """An alert as the API and the console list it: named across both files, with its ack."""
+
+    id: str  # "<origin>-<row id>": "gateway-12", "plugin-4"
+    at: float
+    kind: str
+    source: str
+    sop_instance_uid: str | None
+    orthanc_id: str | None
+    detail: str
+    acknowledged_by: str | None = None
+    acknowledged_at: float | None = None
+
+    @property
+    def key(self) -> AlertKey:
+        origin, row = split_alert_id(self.id)
+        return (self.at, origin, row)
+
+
+@dataclass(frozen=True)
+class AlertPage:
+    """One page of alerts, newest first; ``next`` is where the following page starts."""
+
+    items: list[ListedAlert]
+    next: AlertKey | None
+
+
+def alert_id(origin: str, row: int) -> str:
+    """The id the API names an alert by: its file and its row there."""
+    return f"{origin}-{row}"
+
+
+def split_alert_id(value: str) -> tuple[Origin, int]:
+    """``("gateway", 12)`` from ``"gateway-12"``.
+
+    Raises
+    ------
+    UnknownAlert
+        ``value`` is not the id of an alert of either file.
+    """
+    origin, _, row = value.partition("-")
+    for known in ORIGINS:
+        if origin == known and row.isdigit() and len(row) <= 18:
+            return known, int(row)
+    raise UnknownAlert(f"no alert {value!r}")
+
+
 _SELECT = "SELECT id, at, kind, source, sop_instance_uid, orthanc_id, detail FROM alerts"
 
 
@@ -73,6 +142,34 @@ def _filter(
         params.append(kind)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     return f"{clause} ORDER BY id DESC LIMIT ?", (*params, limit)
+
+
+def _page_filter(
+    origin: str, *, after: AlertKey | None, sop_instance_uid: str | None, kind: str | None
+) -> tuple[str, tuple[object, ...]]:
+    """WHERE and ORDER of one file's part of a page: the rows after ``after`` in the
+    ``(at, origin, id)`` descending order, this file's origin fixed."""
+    where: list[str] = []
+    params: list[object] = []
+    if after is not None:
+        at, after_origin, row = after
+        if origin < after_origin:  # this file sorts after the cursor's at the same time
+            where.append("at <= ?")
+            params.append(at)
+        elif origin > after_origin:
+            where.append("at < ?")
+            params.append(at)
+        else:
+            where.append("(at < ? OR (at = ? AND id < ?))")
+            params += [at, at, row]
+    if sop_instance_uid is not None:
+        where.append("sop_instance_uid = ?")
+        params.append(sop_instance_uid)
+    if kind is not None:
+        where.append("kind = ?")
+        params.append(kind)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    return f"{clause} ORDER BY at DESC, id DESC LIMIT ?", tuple(params)
 
 
 class Alerts:
@@ -134,6 +231,114 @@ class Alerts:
             found += read_only_alerts(self.plugin_alerts, clause, params)
             found.sort(key=lambda alert: alert.at, reverse=True)
         return found[:limit]
+
+    def page(
+        self,
+        *,
+        limit: int = 100,
+        after: AlertKey | None = None,
+        sop_instance_uid: str | None = None,
+        kind: str | None = None,
+    ) -> AlertPage:
+        """Up to ``limit`` alerts after ``after``, newest first, each with its ack.
+
+        Raises
+        ------
+        AlertsUnavailable
+            The plugin's alerts file exists but cannot be read.
+        """
+        found: list[ListedAlert] = []
+        sources = [("gateway", None)] + (
+            [("plugin", self.plugin_alerts)] if self.plugin_alerts is not None else []
+        )
+        for origin, path in sources:
+            clause, params = _page_filter(
+                origin, after=after, sop_instance_uid=sop_instance_uid, kind=kind
+            )
+            # one more than asked: whether a next page exists
+            params = (*params, limit + 1)
+            if path is None:
+                with self._lock:
+                    alerts = [Alert(*v) for v in self._db.execute(f"{_SELECT} {clause}", params)]
+            else:
+                alerts = read_only_alerts(path, clause, params)
+            found += [_listed(origin, alert) for alert in alerts]
+        found.sort(key=lambda alert: alert.key, reverse=True)
+        more = len(found) > limit
+        items = self._with_acks(found[:limit])
+        return AlertPage(items=items, next=items[-1].key if more and items else None)
+
+    def get(self, alert: str) -> ListedAlert:
+        """The alert named ``alert`` (``gateway-12``), with its ack.
+
+        Raises
+        ------
+        UnknownAlert
+            No such alert in either file.
+        AlertsUnavailable
+            The plugin's alerts file exists but cannot be read.
+        """
+        origin, row = split_alert_id(alert)
+        clause, params = "WHERE id = ?", (row,)
+        if origin == "gateway":
+            with self._lock:
+                rows = [Alert(*v) for v in self._db.execute(f"{_SELECT} {clause}", params)]
+        elif self.plugin_alerts is not None:
+            rows = read_only_alerts(self.plugin_alerts, clause, params)
+        else:
+            rows = []
+        if not rows:
+            raise UnknownAlert(f"no alert {alert}")
+        return self._with_acks([_listed(origin, rows[0])])[0]
+
+    def acknowledge(self, alert: str, *, by: str) -> ListedAlert:
+        """Record that ``by`` has seen ``alert``; the first acknowledgement stands.
+
+        Raises
+        ------
+        UnknownAlert
+            No such alert in either file.
+        """
+        self.get(alert)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO alert_acks (alert, acknowledged_by, acknowledged_at)"
+                " VALUES (?, ?, ?) ON CONFLICT (alert) DO NOTHING",
+                (alert, by, time.time()),
+            )
+        return self.get(alert)
+
+    def _with_acks(self, alerts: list[ListedAlert]) -> list[ListedAlert]:
+        if not alerts:
+            return alerts
+        marks = ", ".join("?" for _ in alerts)
+        with self._lock:
+            acks = {
+                alert: (by, at)
+                for alert, by, at in self._db.execute(
+                    "SELECT alert, acknowledged_by, acknowledged_at FROM alert_acks"
+                    f" WHERE alert IN ({marks})",
+                    [alert.id for alert in alerts],
+                )
+            }
+        return [
+            replace(alert, acknowledged_by=acks[alert.id][0], acknowledged_at=acks[alert.id][1])
+            if alert.id in acks
+            else alert
+            for alert in alerts
+        ]
+
+
+def _listed(origin: str, alert: Alert) -> ListedAlert:
+    return ListedAlert(
+        id=alert_id(origin, alert.id),
+        at=alert.at,
+        kind=alert.kind,
+        source=alert.source,
+        sop_instance_uid=alert.sop_instance_uid,
+        orthanc_id=alert.orthanc_id,
+        detail=alert.detail,
+    )
 
 
 def read_only_alerts(path: Path, clause: str, params: tuple[object, ...]) -> list[Alert]:

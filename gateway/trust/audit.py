@@ -11,7 +11,8 @@ instance the gateway knows. Findings are every verdict that is not ``intact``, p
 ledger records with no instance. Each finding is also written to the alert log.
 
 Audits are kept in ``<data>/audits.sqlite`` with their progress, so ``GET /v1/audits/{id}``
-answers while one runs and after a restart.
+answers while one runs and after a restart. :meth:`Audits.page` lists past audits newest
+first (``GET /v1/audits``), :meth:`Audits.findings` one audit's findings a page at a time.
 
 Beside the sweeps, :class:`PendingWatch` looks at the index every few seconds and raises
 one ``pending_too_long`` alert per instance still not committed ``GATEWAY_PENDING_ALERT_S``
@@ -99,6 +100,48 @@ class AuditState:
     done: int
     report: AuditReport | None
     error: str | None
+
+
+#: Where a page of audits stops: ``(started_at, id)`` of its last audit.
+AuditKey = tuple[float, str]
+
+
+@dataclass(frozen=True)
+class PastAudit:
+    """An audit as the list shows it: its state and counts, without the findings."""
+
+    id: str
+    requested_by: str
+    state: str
+    started_at: float
+    finished_at: float | None
+    total: int
+    done: int
+    summary: dict[str, int] | None
+    findings: int | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class AuditsPage:
+    """One page of audits, newest first; ``next`` is where the following page starts."""
+
+    items: list[PastAudit]
+    next: AuditKey | None
+
+
+@dataclass(frozen=True)
+class FindingsPage:
+    """One page of an audit's findings (in the report's order: by SOP Instance UID).
+
+    ``next``: how many findings come before the following page, or ``None``.
+    """
+
+    audit_id: str
+    state: str
+    total: int
+    items: list[Finding]
+    next: int | None
 
 
 def sweep(
@@ -319,6 +362,53 @@ class Audits:
                 ledger_records_without_instance=raw["ledger_records_without_instance"],
             )
         return AuditState(*row[:7], report=report, error=row[8])  # type: ignore[misc]
+
+    def page(self, *, limit: int = 50, after: AuditKey | None = None) -> AuditsPage:
+        """Up to ``limit`` audits started before ``after``, newest first."""
+        where = "WHERE started_at < ? OR (started_at = ? AND id < ?)" if after else ""
+        params: tuple[object, ...] = (after[0], after[0], after[1]) if after else ()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, requested_by, state, started_at, finished_at, total, done,"
+                " json_extract(report, '$.summary'), json_array_length(report, '$.findings'),"
+                f" error FROM audits {where} ORDER BY started_at DESC, id DESC LIMIT ?",
+                (*params, limit + 1),
+            ).fetchall()
+        items = [
+            PastAudit(
+                id=row[0],
+                requested_by=row[1],
+                state=row[2],
+                started_at=row[3],
+                finished_at=row[4],
+                total=row[5],
+                done=row[6],
+                summary=json.loads(row[7]) if row[7] is not None else None,
+                findings=row[8],
+                error=row[9],
+            )
+            for row in rows[:limit]
+        ]
+        more = len(rows) > limit
+        return AuditsPage(items=items, next=(items[-1].started_at, items[-1].id) if more else None)
+
+    def findings(self, audit_id: str, *, limit: int = 100, after: int = 0) -> FindingsPage | None:
+        """Findings ``after`` .. ``after + limit`` of a finished audit; ``None``: no such audit.
+
+        While the audit runs (or when it failed) the page is empty.
+        """
+        state = self.get(audit_id)
+        if state is None:
+            return None
+        found = state.report.findings if state.report is not None else []
+        end = after + limit
+        return FindingsPage(
+            audit_id=audit_id,
+            state=state.state,
+            total=len(found),
+            items=found[after:end],
+            next=end if end < len(found) else None,
+        )
 
     def wait(self, audit_id: str, timeout: float) -> AuditState | None:
         """Block until the audit finishes (tests and the CLI); returns its state."""

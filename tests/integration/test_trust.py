@@ -113,7 +113,7 @@ def foreign_claims(api: httpx.Client, uid: str, source: str, *, timeout: float =
     found: list[Any] = []
     while time.monotonic() < deadline:
         reply = api.get("/v1/alerts", params={"sop_instance_uid": uid, "kind": "foreign_claim"})
-        found = [a for a in reply.json() if a["source"] == source]
+        found = [a for a in reply.json()["items"] if a["source"] == source]
         if found:
             return found
         time.sleep(0.5)

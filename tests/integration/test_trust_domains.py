@@ -111,7 +111,7 @@ def test_a_spool_file_swapped_after_the_ack_is_refused_and_never_sealed(
     with api(up, admin_token(up)) as client:
         alerts = client.get("/v1/alerts", params={"kind": "spool_swapped"})
         assert alerts.status_code == 200, alerts.text
-        (alert,) = alerts.json()
+        (alert,) = alerts.json()["items"]
         assert alert["sop_instance_uid"] == uid and alert["source"] == "pipeline"
         verdict = client.get(f"/v1/instances/{uid}/verify")
         assert verdict.status_code != 200 or verdict.json()["status"] != "intact"

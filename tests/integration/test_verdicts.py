@@ -155,7 +155,9 @@ def test_an_image_waiting_for_a_stopped_pacs_is_pending_and_alerted_not_missing(
 
             # still waiting after GATEWAY_PENDING_ALERT_S: one alert per row, no UID in it
             def alerted() -> list[dict[str, Any]]:
-                found = client.get("/v1/alerts", params={"kind": "pending_too_long"}).json()
+                found = client.get("/v1/alerts", params={"kind": "pending_too_long"}).json()[
+                    "items"
+                ]
                 return [a for a in found if "at stage forward" in a["detail"]]
 
             wait_for("pending_too_long alerts", lambda: len(alerted()) >= 3, timeout=120)
@@ -169,10 +171,10 @@ def test_an_image_waiting_for_a_stopped_pacs_is_pending_and_alerted_not_missing(
     with site.api() as client:
         for uid in uids:
             assert client.get(f"/v1/instances/{uid}/verify").json()["status"] == "intact"
-        count = len(client.get("/v1/alerts", params={"kind": "pending_too_long"}).json())
+        count = len(client.get("/v1/alerts", params={"kind": "pending_too_long"}).json()["items"])
     time.sleep(PENDING_ALERT_S)  # the watch ticks again: committed rows are not re-alerted
     with site.api() as client:
-        again = client.get("/v1/alerts", params={"kind": "pending_too_long"}).json()
+        again = client.get("/v1/alerts", params={"kind": "pending_too_long"}).json()["items"]
     assert len(again) == count
     assert metric(site, "xray_gateway_pending_too_long_instances") == 0
 

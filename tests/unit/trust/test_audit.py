@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.trust.audit import sweep
+from gateway.trust.audit import Audits, sweep
 from tests.unit.trust.world import GATEWAY, World
 
 
@@ -50,3 +50,32 @@ def test_a_sweep_reports_what_is_not_intact_and_records_nobody_accounts_for(
     assert progress[0] == (0, 4) and progress[-1] == (4, 4)
     kinds = {(a.kind, a.sop_instance_uid) for a in world.alerts.recent(kind=None)}
     assert ("tampered", tampered.uid) in kinds and ("unregistered", outsider.uid) in kinds
+
+
+def test_past_audits_are_listed_newest_first_and_findings_read_a_page_at_a_time(
+    world: World, tmp_path: Path
+) -> None:
+    outsiders = world.images(5)
+    for image in outsiders:  # in the PACS, never received: five findings
+        world.pacs.store(image.path, digest=image.fingerprint.digest)
+    audits = Audits(tmp_path / "audits.sqlite", verifier=world.verifier(), index=world.index,
+                    alerts=None)  # fmt: skip
+    started = []
+    for who in ("ann", "bob", "cyd"):
+        started.append(audits.start(requested_by=who))
+        state = audits.wait(started[-1], 60)
+        assert state is not None and state.state == "done"
+
+    first = audits.page(limit=2)
+    rest = audits.page(limit=2, after=first.next)
+
+    assert [a.requested_by for a in first.items + rest.items] == ["cyd", "bob", "ann"]
+    assert rest.next is None
+    assert first.items[0].summary is not None and first.items[0].summary["unregistered"] == 5
+    assert first.items[0].findings == 5
+    pages = [audits.findings(started[0], limit=2, after=n) for n in (0, 2, 4)]
+    assert [p.next for p in pages if p is not None] == [2, 4, None]
+    uids = [f.sop_instance_uid for p in pages if p is not None for f in p.items]
+    assert uids == sorted(image.uid for image in outsiders)
+    assert audits.findings("no-such-audit") is None
+    audits.close()
