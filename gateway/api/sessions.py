@@ -116,7 +116,7 @@ class Sessions:
         if not cookie:
             return None
         try:
-            value = self._signer.loads(cookie, max_age=self.lifetime_s)
+            value = self._signer.loads(cookie, max_age=int(self.lifetime_s) + 1)
         except BadSignature:  # a forged, altered or expired signature
             return None
         return value if isinstance(value, str) else None
