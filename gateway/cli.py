@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -397,6 +398,35 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_access(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.core.keys import load_pseudonym_key
+    from gateway.index.db import Index
+    from gateway.trust.trail import Trail
+
+    index = Index(settings.index_location, readonly=True)
+    try:
+        trail = Trail(index, pseudonym_key=load_pseudonym_key(settings.keys_dir))
+        entries, after = [], 0
+        while page := trail.entries(study=args.study, who=args.user, after=after, limit=500):
+            entries += page
+            after = page[-1].entry.id
+    finally:
+        index.close()
+    if args.json:
+        _print_json([entry.as_json() for entry in entries])
+        return 0
+    print(f"{'entry':>7} {'when (UTC)':<19} {'who':<24} {'route':<16} {'verdict':<12} batch")
+    for proven in entries:
+        e = proven.entry
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.at))
+        batch = f"{proven.batch_id} (tx {proven.tx_hash})" if proven.batch_id else "not yet"
+        verdict = e.verdict + ("" if e.served else " refused")
+        print(f"{e.id:>7} {when:<19} {e.who[:24]:<24} {e.route:<16} {verdict:<12} {batch}")
+        print(f"        {e.sop_instance_uid or '(no instance)'}")
+    print(f"{len(entries)} entries; `--json` gives each with its leaf inputs and proof")
+    return 0
+
+
 def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     """Every part of the benchmark; the headline numbers are printed, the rest is in the JSON."""
     from pathlib import Path
@@ -520,6 +550,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--limit", type=int, default=10, help="failures to show (default 10)")
     status.set_defaults(handler=_cmd_status)
+
+    access = sub.add_parser(
+        "access", help="the access trail: who read a study, or what a reader read (with proofs)"
+    )
+    which = access.add_mutually_exclusive_group(required=True)
+    which.add_argument("--study", metavar="UID", help="who read this Study Instance UID")
+    which.add_argument("--user", metavar="NAME", help="what this reader (user, token) read")
+    access.add_argument("--json", action="store_true", help="each entry with its proof")
+    access.set_defaults(handler=_cmd_access)
 
     backup = sub.add_parser(
         "backup", help="a consistent copy of the index (SQLite: VACUUM INTO; PostgreSQL: pg_dump)"

@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     batch_max: int = Field(default=256, ge=1, le=100_000)
     batch_window_ms: int = Field(default=200, ge=0)
     anchor_max_delay_ms: int = Field(default=2000, ge=0, le=3_600_000)
+    # The access trail (gateway/trust/trail.py): a batch of read entries is cut at
+    # trail_batch_max entries, or once the oldest unbatched entry has waited trail_window_s.
+    trail_batch_max: int = Field(default=1024, ge=1, le=100_000)
+    trail_window_s: float = Field(default=10.0, ge=0, le=86_400)
     # Worker processes `up` starts for the pipeline (each with its own GIL; 0: none, run
     # `xray-gateway worker` yourself). Claims on rows last GATEWAY_WORKER_LEASE_S, renewed
     # while the worker lives; a dead worker's rows return to the queue when it runs out.
@@ -253,6 +257,11 @@ class Settings(BaseSettings):
     def plugin_alerts_path(self) -> Path:
         """The Orthanc plugin's alerts: ``alerts.sqlite`` in its alerts dir."""
         return (self.plugin_alerts_dir or self.data_dir) / "alerts.sqlite"
+
+    @property
+    def plugin_access_journal_path(self) -> Path:
+        """The Orthanc plugin's access journal: ``access.sqlite`` in its alerts dir."""
+        return (self.plugin_alerts_dir or self.data_dir) / "access.sqlite"
 
     @property
     def node(self) -> str:

@@ -23,6 +23,7 @@ permanent, retried a few times and then parked.
     ├── SpoolUnavailable          * received bytes cannot be made durable (-> 0xA700)
     ├── SpoolSwapped                a spool file no longer hashes to what was acked: never sealed
     ├── AlertsUnavailable           the Orthanc plugin's alerts file cannot be read
+    ├── AccessJournalUnavailable    the Orthanc plugin's access journal cannot be read
     ├── KeyringError                the key directory holds no KEK with that id; ``.kek_id``
     ├── ForwardError                anything on the PACS (Orthanc) side; as such, not transient
     │   ├── PacsUnavailable       * refused, timed out, 5xx or auth refused: retry later
@@ -194,6 +195,10 @@ class AlertsUnavailable(GatewayError):
     """The Orthanc plugin's alerts file exists but cannot be read (API: 503)."""
 
 
+class AccessJournalUnavailable(GatewayError):
+    """The Orthanc plugin's access journal exists but cannot be read (the import waits)."""
+
+
 class LedgerError(GatewayError):
     """Something went wrong talking to the xray contract."""
 
@@ -290,6 +295,9 @@ XrayUnknownVersion = _revert("XrayUnknownVersion", "No such version of the recor
 XrayEmptyBatch = _revert("XrayEmptyBatch", "A batch must hold at least one image.")
 XrayBatchExists = _revert("XrayBatchExists", "The Merkle root is already anchored.")
 XrayUnknownBatch = _revert("XrayUnknownBatch", "No batch has that id.")
+XrayNotImageBatch = _revert(
+    "XrayNotImageBatch", "The batch anchors access-trail entries: it proves no image."
+)
 XrayNotInBatch = _revert(
     "XrayNotInBatch", "The inclusion proof does not lead to that batch's root."
 )
@@ -318,6 +326,7 @@ REVERTS: dict[str, type[ContractRevert]] = {
         XrayEmptyBatch,
         XrayBatchExists,
         XrayUnknownBatch,
+        XrayNotImageBatch,
         XrayNotInBatch,
         XrayIndexOutOfRange,
     )

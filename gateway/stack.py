@@ -72,6 +72,7 @@ from gateway.redact import redact_url
 from gateway.store import ObjectStore, open_store
 from gateway.trust.alerts import Alerts
 from gateway.trust.audit import Audits, PendingWatch, overdue
+from gateway.trust.trail import PLUGIN_SOURCE, Trail, TrailLoop
 from gateway.trust.verify import Verifier
 from gateway.trust.views import RecordViews
 
@@ -205,6 +206,21 @@ def build_pipeline(
     )
 
 
+def trail_loop(
+    settings: Settings, index: Index, *, ledger: XrayLedger | None, journal: bool, worker: str
+) -> TrailLoop:
+    """The access trail's loop: import this node's plugin journal (``journal``), and cut and
+    anchor trail batches with ``ledger`` (the process that anchors images: one account's
+    nonces come from one process)."""
+    s = settings
+    return TrailLoop(
+        Trail(index, pseudonym_key=load_pseudonym_key(s.keys_dir)),
+        journal=(s.plugin_access_journal_path, f"{PLUGIN_SOURCE}:{s.node}") if journal else None,
+        ledger=ledger, worker=worker_id(s.node, f"{worker}/trail"),
+        max_entries=s.trail_batch_max, window_s=s.trail_window_s,
+    )  # fmt: skip
+
+
 class WorkerNode:
     """One worker process: the pipeline alone, with the store, ledger and PACS it needs.
 
@@ -226,6 +242,7 @@ class WorkerNode:
         self.alerts: Alerts | None = None
         self.pipeline: Pipeline | None = None
         self.bell: Bell | NotifyBell | None = None
+        self.trail_loop: TrailLoop | None = None
 
     def start(self) -> None:
         s = self.settings
@@ -249,11 +266,18 @@ class WorkerNode:
             else:
                 self.bell = Bell(run_dir(s), self.worker, self.pipeline.wake)
             self.pipeline.pause = self.bell.yield_to_acks  # acks first, across processes
+            if self.anchors:  # the recorder's one sender: trail batches go out from here too
+                self.trail_loop = trail_loop(
+                    s, self.index, ledger=ledger, journal=False, worker=self.worker
+                )
+                self.trail_loop.start()
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
+        if self.trail_loop is not None:
+            self.trail_loop.stop()
         if self.bell is not None:
             self.bell.close()
         if self.pipeline is not None:
@@ -289,6 +313,7 @@ class Stack:
         self.workers: list[Child] = []
         self._restart_at: dict[str, float] = {}  # a worker that failed to start waits
         self.doorbell: Doorbell | None = None
+        self.trail_loop: TrailLoop | None = None
 
     @property
     def store_url(self) -> str:
@@ -391,6 +416,13 @@ class Stack:
                 ssl_context=server_tls,
             )
             self._start_api()
+            # the plugin's journal is imported here; with the pipeline in this process,
+            # trail batches are anchored here too (else by the anchoring worker)
+            self.trail_loop = trail_loop(
+                s, self.index, ledger=self.ledger if s.inprocess_pipeline else None,
+                journal=True, worker="up",
+            )  # fmt: skip
+            self.trail_loop.start()
         except BaseException:
             self.stop()
             raise
@@ -501,6 +533,7 @@ class Stack:
             alerts=self.alerts,
             records=RecordViews(ledger=ledger, pseudonym_key=pseudonym_key, index=index),
             limits=api_limits(s),
+            trail=Trail(index, pseudonym_key=pseudonym_key),
         )
         health = Health(
             checks={
@@ -556,6 +589,8 @@ class Stack:
                 self._api_thread.join(10)
         if self.receiver is not None:
             self.receiver.stop()
+        if self.trail_loop is not None:
+            self.trail_loop.stop()
         if self.pending_watch is not None:
             self.pending_watch.stop()
         if self.audits is not None:

@@ -35,6 +35,18 @@ interface IXray {
         Erased
     }
 
+    /**
+     * @notice What a batch anchors. Every batch, of either kind, takes the next id of the one
+     * sequence {batchCount} counts and {batchOf} reads; {batchKindOf} tells them apart.
+     * `Image`: images (leaf as in {BatchedLeaf}); `Access`: entries of the gateway's access
+     * trail (who read which image, when, and the verdict served), whose leaves hold only
+     * pseudonymous keys. An access batch never proves an image.
+     */
+    enum BatchKind {
+        Image,
+        Access
+    }
+
     /// @notice One version of one image, as returned by {imageOf} and {versionOf}.
     struct ImageVersion {
         /// @notice SHA-256 of the dataset bytes as received, File Meta Information excluded.
@@ -157,6 +169,8 @@ interface IXray {
     error XrayBatchExists(bytes32 root, uint256 batchId);
     /// @notice No batch has id `batchId`.
     error XrayUnknownBatch(uint256 batchId);
+    /// @notice Batch `batchId` anchors access-trail entries, not images: it proves no image.
+    error XrayNotImageBatch(uint256 batchId);
     /// @notice The inclusion proof does not put `recordKey`'s leaf in batch `batchId`.
     error XrayNotInBatch(bytes32 recordKey, uint256 batchId);
     /// @notice `index` is past the `count` images recorded for `patientKey`.
@@ -190,6 +204,11 @@ interface IXray {
     );
     /// @notice A Merkle root of `count` images was anchored as batch `batchId`.
     event BatchAnchored(uint256 indexed batchId, bytes32 indexed root, address indexed recorder, uint32 count);
+    /// @notice A Merkle root of `count` access-trail entries was anchored as batch `batchId`
+    /// (the same id sequence as {BatchAnchored}; image feeds need not read this event).
+    event AccessBatchAnchored(
+        uint256 indexed batchId, bytes32 indexed root, address indexed recorder, uint32 count
+    );
     /// @notice An image was retired by `by` (its owner or the admin); its record stays.
     event ImageRetired(bytes32 indexed recordKey, address indexed by, RetireReason reason);
     /// @notice The batch recorder `to` proved it anchored `recordKey` before `from` wrote or
@@ -244,6 +263,10 @@ interface IXray {
     /// @notice Anchor the Merkle root of `count` images; returns the batch id. Recorders only.
     function recordBatch(bytes32 root, uint32 count) external returns (uint256 batchId);
 
+    /// @notice Anchor the Merkle root of `count` access-trail entries as a batch of kind
+    /// `Access`; returns the batch id (the next of the one sequence). Recorders only.
+    function recordAccessBatch(bytes32 root, uint32 count) external returns (uint256 batchId);
+
     /// @notice Retire an image (the seed's Remove); the record stays, marked. Only the image's
     /// owner (still a Recorder) or the admin.
     function retireImage(bytes32 recordKey, RetireReason reason) external;
@@ -267,6 +290,9 @@ interface IXray {
 
     /// @notice The batch with id `batchId`.
     function batchOf(uint256 batchId) external view returns (Batch memory);
+
+    /// @notice What batch `batchId` anchors: images or access-trail entries.
+    function batchKindOf(uint256 batchId) external view returns (BatchKind);
 
     /// @notice The id of the batch that anchored `root`, zero if none.
     function batchIdOf(bytes32 root) external view returns (uint256);

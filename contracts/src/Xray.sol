@@ -53,6 +53,9 @@ contract Xray is IXray, AccessControl {
     mapping(address account => string) private _names;
     Batch[] private _batches;
     mapping(bytes32 root => uint256) private _batchIds;
+    /// @dev The kind of each batch that is not an image batch: an image batch writes no
+    /// extra slot, so that {recordBatch} costs what it did before access batches existed.
+    mapping(uint256 batchId => BatchKind) private _batchKinds;
     /// @dev Keys claimed through a batch proof, with the batch that proved them. A key
     /// without a claim is owned by the recorder of its first stored version, so that
     /// {recordImage} writes no extra slot.
@@ -162,6 +165,19 @@ contract Xray is IXray, AccessControl {
 
     /// @inheritdoc IXray
     function recordBatch(bytes32 root, uint32 count) external onlyRecorder returns (uint256 batchId) {
+        batchId = _pushBatch(root, count);
+        emit BatchAnchored(batchId, root, _msgSender(), count);
+    }
+
+    /// @inheritdoc IXray
+    function recordAccessBatch(bytes32 root, uint32 count) external onlyRecorder returns (uint256 batchId) {
+        batchId = _pushBatch(root, count);
+        _batchKinds[batchId] = BatchKind.Access;
+        emit AccessBatchAnchored(batchId, root, _msgSender(), count);
+    }
+
+    /// @dev Append a batch of `count` leaves under `root` to the one sequence of batches.
+    function _pushBatch(bytes32 root, uint32 count) private returns (uint256 batchId) {
         if (root == bytes32(0)) revert XrayZeroValue();
         if (count == 0) revert XrayEmptyBatch();
         uint256 existing = _batchIds[root];
@@ -177,7 +193,6 @@ contract Xray is IXray, AccessControl {
         );
         batchId = _batches.length;
         _batchIds[root] = batchId;
-        emit BatchAnchored(batchId, root, _msgSender(), count);
     }
 
     /// @inheritdoc IXray
@@ -211,6 +226,7 @@ contract Xray is IXray, AccessControl {
     function _claimBatched(bytes32 recordKey, BatchedLeaf calldata leaf) private {
         uint256 batchId = leaf.batchId;
         if (batchId == 0 || batchId > _batches.length) revert XrayUnknownBatch(batchId);
+        if (_batchKinds[batchId] != BatchKind.Image) revert XrayNotImageBatch(batchId);
         Batch storage batch = _batches[batchId - 1];
         bytes32 node =
             sha256(abi.encodePacked(bytes1(0x00), recordKey, leaf.patientKey, leaf.digest, leaf.pixelDigest));
@@ -339,6 +355,12 @@ contract Xray is IXray, AccessControl {
     function batchOf(uint256 batchId) external view returns (Batch memory) {
         if (batchId == 0 || batchId > _batches.length) revert XrayUnknownBatch(batchId);
         return _batches[batchId - 1];
+    }
+
+    /// @inheritdoc IXray
+    function batchKindOf(uint256 batchId) external view returns (BatchKind) {
+        if (batchId == 0 || batchId > _batches.length) revert XrayUnknownBatch(batchId);
+        return _batchKinds[batchId];
     }
 
     /// @inheritdoc IXray

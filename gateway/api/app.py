@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from gateway import __version__
-from gateway.api import alerts, assets, audits, problems, verify, views
+from gateway.api import access, alerts, assets, audits, problems, verify, views
 from gateway.api.auth import ensure_token
 from gateway.api.console import Console, mount
 from gateway.api.deps import Services
@@ -89,6 +89,7 @@ def create_app(
     app.include_router(audits.router)
     app.include_router(views.router)
     app.include_router(alerts.router)
+    app.include_router(access.router)
     if console is not None:
         mount(app, console)
 

@@ -14,6 +14,7 @@ from gateway.api.limits import Limits, retry_after
 from gateway.api.problems import Problem
 from gateway.trust.alerts import Alerts
 from gateway.trust.audit import Audits
+from gateway.trust.trail import Trail
 from gateway.trust.verify import Verifier
 from gateway.trust.views import RecordViews
 
@@ -28,6 +29,19 @@ class Services:
     alerts: Alerts
     records: RecordViews
     limits: Limits
+    #: The access trail (reads through the API are written to it; ``GET /v1/access``).
+    trail: Trail | None = None
+
+    def read_by(
+        self, who: Principal, *, route: str, verdict: str, served: bool = True,
+        sop_instance_uid: str | None = None, study_instance_uid: str | None = None,
+    ) -> None:  # fmt: skip
+        """Write a read made through the API to the access trail (by the token's name)."""
+        if self.trail is not None:
+            self.trail.record(
+                who=who.name, who_kind="token", route=route, verdict=verdict, served=served,
+                sop_instance_uid=sop_instance_uid, study_instance_uid=study_instance_uid,
+            )  # fmt: skip
 
 
 def get_services(request: Request) -> Services:

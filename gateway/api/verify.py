@@ -32,7 +32,11 @@ UPLOAD_RETRY_AFTER_S = 5
 )
 def verify_instance(sop_instance_uid: Uid, services: ServicesDep, who: Verifying) -> Verdict:
     """The verdict for one instance: Orthanc's copy vs the sealed original vs the ledger."""
-    return services.verifier.instance(sop_instance_uid, show_phi=who.may("phi"))
+    verdict = services.verifier.instance(sop_instance_uid, show_phi=who.may("phi"))
+    services.read_by(
+        who, route="api:verify", verdict=verdict.status, sop_instance_uid=sop_instance_uid
+    )
+    return verdict
 
 
 @router.get(
@@ -42,7 +46,13 @@ def verify_instance(sop_instance_uid: Uid, services: ServicesDep, who: Verifying
 )
 def verify_study(study_instance_uid: Uid, services: ServicesDep, who: Verifying) -> StudyVerdict:
     """Every instance of a study, each with its verdict, and how many have each status."""
-    return services.verifier.study(study_instance_uid, show_phi=who.may("phi"))
+    answer = services.verifier.study(study_instance_uid, show_phi=who.may("phi"))
+    for verdict in answer.instances:
+        services.read_by(
+            who, route="api:verify-study", verdict=verdict.status,
+            sop_instance_uid=verdict.sop_instance_uid, study_instance_uid=study_instance_uid,
+        )  # fmt: skip
+    return answer
 
 
 @router.post(
@@ -126,7 +136,11 @@ async def _receive(request: Request, upload: Upload, limits: Limits) -> None:
 )
 def restore_instance(sop_instance_uid: Uid, services: ServicesDep, who: Restoring) -> Verdict:
     """Put the verified sealed original back into Orthanc (admin only); returns the new verdict."""
-    return restore(services.verifier, sop_instance_uid)
+    verdict = restore(services.verifier, sop_instance_uid)
+    services.read_by(
+        who, route="api:restore", verdict=verdict.status, sop_instance_uid=sop_instance_uid
+    )
+    return verdict
 
 
 @router.get("/instances/{sop_instance_uid}/proof", responses=problem_responses(404))

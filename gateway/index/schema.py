@@ -121,6 +121,47 @@ CREATE TABLE IF NOT EXISTS commitments (
 CREATE INDEX IF NOT EXISTS commitments_due ON commitments (state, next_attempt_at);
 """
 
+# The access trail (part "trail", issue #15; gateway/index/access.py): every image read,
+# imported from the Orthanc plugin's journal (source 'orthanc-plugin:<node>', source_seq
+# its journal id: the high-water mark) or written by the API (source 'api', no seq), and
+# the Merkle batches that anchor them (a batch of kind Access on the contract).
+_ACCESS_LOG = """
+CREATE TABLE IF NOT EXISTS access_log (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    source_seq INTEGER,
+    at REAL NOT NULL,
+    who TEXT NOT NULL,
+    who_kind TEXT NOT NULL,
+    route TEXT NOT NULL,
+    sop_instance_uid TEXT,
+    study_instance_uid TEXT,
+    verdict TEXT NOT NULL,
+    served INTEGER NOT NULL,
+    batch INTEGER,
+    leaf_index INTEGER,
+    UNIQUE (source, source_seq)
+);
+CREATE INDEX IF NOT EXISTS access_log_study ON access_log (study_instance_uid, id);
+CREATE INDEX IF NOT EXISTS access_log_who ON access_log (who, id);
+CREATE INDEX IF NOT EXISTS access_log_batch ON access_log (batch, leaf_index);
+CREATE TABLE IF NOT EXISTS access_batches (
+    id INTEGER PRIMARY KEY,
+    root BLOB NOT NULL UNIQUE,
+    count INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'open',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    claimed_by TEXT,
+    claim_until REAL NOT NULL DEFAULT 0,
+    batch_id INTEGER,
+    tx_hash TEXT,
+    block_number INTEGER
+)
+"""
+
 #: Every step, in order; the schema's version is how many of them a database has had.
 STEPS: tuple[Step, ...] = (
     Create(_INSTANCES),  # 1: rows, batches, batch members
@@ -137,6 +178,8 @@ STEPS: tuple[Step, ...] = (
     AddColumn("commitments", "node", "TEXT"),
     # 11: the gateway node that received the row: its spool (and sealed dir) hold the bytes
     AddColumn("instances", "received_by", "TEXT"),
+    # -- part "trail" (issue #15): keep these together; the lead renumbers at merge --
+    Create(_ACCESS_LOG),  # 12: the access trail and its batches
 )
 
 #: The version this code writes and reads.

@@ -39,6 +39,10 @@ class LedgerReader(Protocol):
         """The anchored batch ``batch_id``; :class:`~gateway.errors.XrayUnknownBatch` if none."""
         ...
 
+    def batch_kind_of(self, batch_id: int) -> str:
+        """What batch ``batch_id`` anchors: ``"image"`` or ``"access"`` (the access trail)."""
+        ...
+
     def name_of(self, account: str) -> str:
         """The name the account was given with its permission (``""`` when none)."""
         ...

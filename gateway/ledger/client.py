@@ -16,6 +16,7 @@ from gateway import errors
 from gateway.core.merkle import InclusionProof, in_batch
 from gateway.ledger.sender import RevertDecoder, Sender, translate
 from gateway.ledger.types import (
+    BATCH_KINDS,
     Anchor,
     Batch,
     BatchedLeaf,
@@ -254,6 +255,14 @@ class XrayLedger:
         events = self.contract.events.BatchAnchored().process_receipt(receipt)
         return int(events[0]["args"]["batchId"]), anchor
 
+    def record_access_batch(self, *, root: bytes, count: int) -> tuple[int, Anchor]:
+        """Anchor a Merkle root of ``count`` access-trail entries (a batch of kind ``Access``,
+        in the same id sequence as image batches); returns the batch id and the anchor."""
+        anchor = self._transact(self.contract.functions.recordAccessBatch(root, count))
+        receipt = self.w3.eth.get_transaction_receipt(anchor.tx_hash)  # type: ignore[arg-type]
+        events = self.contract.events.AccessBatchAnchored().process_receipt(receipt)
+        return int(events[0]["args"]["batchId"]), anchor
+
     def retire_image(self, *, record_key: bytes, reason: RetireReason | str) -> Anchor:
         """Retire an image (its owner or the admin): the record stays, marked, with who and why.
 
@@ -411,6 +420,10 @@ class XrayLedger:
             anchored_at=int(anchored_at),
             block_number=int(block_number),
         )
+
+    def batch_kind_of(self, batch_id: int) -> str:
+        """``"image"`` or ``"access"``: what batch ``batch_id`` anchors."""
+        return BATCH_KINDS[int(self._call(self.contract.functions.batchKindOf(batch_id)))]
 
     def batch_id_of(self, root: bytes) -> int:
         """The id of the batch that anchored ``root``, or 0."""

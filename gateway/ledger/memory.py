@@ -29,6 +29,7 @@ class MemoryLedger:
     def __init__(self) -> None:
         self._log: list[LedgerEvent] = []
         self._batches: dict[int, Batch] = {}
+        self._access_batches: set[int] = set()
         self._names: dict[str, str] = {}
         self._head = 0
 
@@ -91,6 +92,19 @@ class MemoryLedger:
         )  # fmt: skip
         return self._batches[batch_id]
 
+    def record_access_batch(self, *, recorder: str, root: bytes, count: int) -> Batch:
+        """``AccessBatchAnchored``: a root of ``count`` access-trail entries, the next batch id."""
+        batch_id = len(self._batches) + 1
+        event = self._emit(
+            "AccessBatchAnchored", batchId=batch_id, root=root, recorder=recorder, count=count
+        )
+        self._batches[batch_id] = Batch(
+            batch_id=batch_id, root=root, count=count, recorder=recorder,
+            anchored_at=self.block_time(event.block_number), block_number=event.block_number,
+        )  # fmt: skip
+        self._access_batches.add(batch_id)
+        return self._batches[batch_id]
+
     def retire_image(self, *, by: str, record_key: bytes, reason: str) -> LedgerEvent:
         """``ImageRetired`` with the reason's lowercase name (``"wrong_patient"``)."""
         code = int(RetireReason[reason.upper()])
@@ -138,6 +152,10 @@ class MemoryLedger:
             return self._batches[batch_id]
         except KeyError:
             raise XrayUnknownBatch((batch_id,)) from None
+
+    def batch_kind_of(self, batch_id: int) -> str:
+        self.batch_of(batch_id)
+        return "access" if batch_id in self._access_batches else "image"
 
     def name_of(self, account: str) -> str:
         return self._names.get(account.lower(), "")

@@ -125,6 +125,10 @@ class Retirement:
     reason: str
 
 
+#: The contract's ``BatchKind``, by value: what a batch anchors (images, or access-trail entries).
+BATCH_KINDS = ("image", "access")
+
+
 @dataclass(frozen=True)
 class Batch:
     """A Merkle root anchored with ``recordBatch``."""

@@ -118,6 +118,8 @@ class LedgerView(Protocol):
 
 # Orthanc's id of an instance -> the UUID of its DICOM attachment (None: no such instance)
 Locate = Callable[[str], "str | None"]
+# Told of every checked read of a DICOM file: its attachment UUID, the verdict, whether served
+OnRead = Callable[[str, ReadVerdict, bool], None]
 
 
 def orthanc_instance_id(
@@ -183,6 +185,9 @@ class Guard:
     pending_alert_s:
         A received copy not anchored after this many seconds is ``unconfirmed`` and alerted
         (``GATEWAY_PENDING_ALERT_S``).
+    on_read:
+        Told of every read of a DICOM file, served or refused (the access trail's journal);
+        its failure never changes what is served.
     """
 
     def __init__(
@@ -199,7 +204,9 @@ class Guard:
         fail_closed: bool = False,
         locate: Locate | None = None,
         pending_alert_s: float = PENDING_ALERT_S,
+        on_read: OnRead | None = None,
     ) -> None:
+        self.on_read = on_read
         self.max_instance_bytes = max_instance_bytes
         self.fail_closed = fail_closed
         self.locate = locate
@@ -237,11 +244,22 @@ class Guard:
         data = self.area.read(uuid)
         if content_type == DICOM:
             verdict = self.check(uuid, data)
-            if not self.serves(verdict):
+            served = self.serves(verdict)
+            self.tell_read(uuid, verdict, served)
+            if not served:
                 raise ReadRefused(verdict)
         elif content_type == DICOM_UNTIL_PIXEL_DATA:
             self._check_header_copy(uuid, data)
         return data
+
+    def tell_read(self, uuid: str, verdict: ReadVerdict, served: bool) -> None:
+        """Tell ``on_read`` of a read (a journal problem is logged, the read goes on)."""
+        if self.on_read is None:
+            return
+        try:
+            self.on_read(uuid, verdict, served)
+        except Exception as exc:  # the trail must not change what is served
+            self.log(f"xray-gateway: could not journal a read of attachment {uuid}: {exc}")
 
     def serves(self, verdict: ReadVerdict) -> bool:
         """Whether ``verdict``'s bytes leave the PACS (:func:`serves` with this guard's mode)."""

@@ -51,11 +51,13 @@ from gateway.orthanc_plugin.catalog import Catalog
 from gateway.orthanc_plugin.evidence import PostgresRecordBook, RecordBook, Records
 from gateway.orthanc_plugin.guard import DICOM, Guard
 from gateway.orthanc_plugin.ledger_mirror import LedgerMirror
+from gateway.orthanc_plugin.readers import Readers
 from gateway.orthanc_plugin.settings import PluginSettings
 from gateway.orthanc_plugin.storage import FileArea
 from gateway.orthanc_plugin.verdict import SEVERITY, ReadVerdict, Status, worst
 from gateway.orthanc_plugin.viewer_image import refusal_image, slice_image
 from gateway.redact import redact_url
+from gateway.trust.access_journal import AccessJournal
 from gateway.trust.alerts import Alerts
 
 ORTHANC_ID = r"([0-9a-f]{8}(?:-[0-9a-f]{8}){4})"
@@ -104,6 +106,8 @@ class XrayPlugin:
         else:
             self.records = RecordBook(settings.index_path)
             self.evidence_source = str(settings.index_path)
+        self.readers = Readers()
+        self.journal = AccessJournal(settings.access_journal_path)
         self.guard = Guard(
             area=FileArea(settings.storage_dir, sync=settings.sync_storage),
             catalog=self.catalog,
@@ -115,6 +119,7 @@ class XrayPlugin:
             fail_closed=settings.fail_closed,
             locate=self.orthanc_attachment,
             pending_alert_s=settings.pending_alert_s,
+            on_read=self.journal_read,
         )
 
     # -- registration ----------------------------------------------------------------------
@@ -152,14 +157,32 @@ class XrayPlugin:
         )
 
     def http_filter(self, uri: str, **request: Any) -> bool:
-        """Orthanc's incoming-request filter: False (403) for unchecked attachments."""
+        """Orthanc's incoming-request filter: False (403) for unchecked attachments.
+
+        It also notes who makes the request, for the access journal (``readers.py``).
+        """
+        self.readers.begin(uri, request)
         return UNCHECKED_ATTACHMENT.match(uri) is None
+
+    def journal_read(self, uuid: str, verdict: ReadVerdict, served: bool) -> None:
+        """Append a read of a DICOM file to the access journal (once per request and instance)."""
+        sop = verdict.sop_instance_uid or None
+        reader = self.readers.first_read(sop or uuid)
+        if reader is None:
+            return
+        who, who_kind, route = reader
+        attachment = self.catalog.get(uuid)
+        self.journal.append(
+            who=who, who_kind=who_kind, route=route, verdict=verdict.status, served=served,
+            sop_instance_uid=sop, orthanc_id=attachment.orthanc_id if attachment else None,
+        )  # fmt: skip
 
     def on_change(self, change_type: int, level: int, resource: str) -> None:
         if change_type != self.orthanc.ChangeType.ORTHANC_STOPPED:
             return
         if self.mirror is not None:
             self.mirror.stop()
+        self.journal.close()
         if isinstance(self.records, PostgresRecordBook):
             self.records.close()
 
@@ -292,6 +315,8 @@ class XrayPlugin:
             _send_status(output, 404, "no such instance in Orthanc")
             return
         verdict = self.guard.check(uuid, data, orthanc_id=orthanc_id)
+        # journaled here, refused or not; Orthanc's decode below is the same access
+        self.guard.tell_read(uuid, verdict, self.guard.serves(verdict))
         if not self.guard.serves(verdict):
             # refused like every other read; the series answer names the slice
             # xray-refused-…, whose picture the viewer shows instead

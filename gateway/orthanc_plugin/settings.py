@@ -8,7 +8,8 @@ an administrator running their own Orthanc writes it by hand::
         "DataDir": "/var/lib/xray-gateway",
         "IndexUrl": "postgresql://xray_evidence:…@db/xray",  // optional: the gateway's index on
                                                   // PostgreSQL, read through its view (below)
-        "AlertsDir": "/var/lib/xray-alerts",      // optional: where alerts.sqlite goes (DataDir)
+        "AlertsDir": "/var/lib/xray-alerts",      // optional: where alerts.sqlite and the
+                                                  // access journal access.sqlite go (DataDir)
         "ChainUrl": "http://127.0.0.1:8545",      // optional: without it, no ledger mirror
         "ContractAddress": "0x…",                 // with ChainUrl
         "FromBlock": 0,                           // the contract's deployment block
@@ -67,6 +68,11 @@ class PluginSettings:
     pending_alert_s: float = PENDING_ALERT_S
     #: The gateway's PostgreSQL index (read through its view), or None: ``index_path``.
     index_url: str | None = None
+
+    @property
+    def access_journal_path(self) -> Path:
+        """The access journal (``access.sqlite``), beside the alerts in ``AlertsDir``."""
+        return self.alerts_path.with_name("access.sqlite")
 
     @classmethod
     def from_orthanc(cls, config: dict[str, Any]) -> PluginSettings:

@@ -60,8 +60,9 @@ AlertKey = tuple[float, Origin, int]
 #: What an alert may be about: a status that alerts (gateway/trust/verdicts.py), and
 #: ``pending_too_long`` (an instance not committed after ``GATEWAY_PENDING_ALERT_S``) and
 #: ``foreign_claim`` (a version written under a key by someone other than its owner), and
-#: ``spool_swapped`` (a spool file that changed between the ack and the fingerprint stage).
-KINDS = (*ALERT_KINDS, "pending_too_long", "foreign_claim", "spool_swapped")
+#: ``spool_swapped`` (a spool file that changed between the ack and the fingerprint stage),
+#: and ``trail_tampered`` (an access-trail entry deleted or edited after it was anchored).
+KINDS = (*ALERT_KINDS, "pending_too_long", "foreign_claim", "spool_swapped", "trail_tampered")
 
 
 @dataclass(frozen=True)

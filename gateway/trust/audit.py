@@ -9,6 +9,9 @@ builds the verdict of each, and then looks the other way round: every record the
 ledger holds (``ImageRecorded`` events, batch members in the index) must belong to an
 instance the gateway knows. Findings are every verdict that is not ``intact``, plus
 ledger records with no instance. Each finding is also written to the alert log.
+The access trail is swept too (:func:`gateway.trust.trail.check_trail`): every anchored
+trail batch is recomputed from the entries the index holds; a deleted or edited entry is a
+``trail_tampered`` finding and alert.
 
 Audits are kept in ``<data>/audits.sqlite`` with their progress, so ``GET /v1/audits/{id}``
 answers while one runs and after a restart. :meth:`Audits.page` lists past audits newest
@@ -40,6 +43,7 @@ from gateway.index.db import Index, error_class
 from gateway.index.engine import DATABASE_ERRORS
 from gateway.index.queries import is_version
 from gateway.trust.alerts import Alerts
+from gateway.trust.trail import Trail, check_trail
 from gateway.trust.verdicts import STATUSES, TABLE
 from gateway.trust.verify import PENDING_STAGES, Verdict, Verifier
 
@@ -222,10 +226,27 @@ def sweep(
                             record_key=key.hex(),
                         )
                     )
+    trail_batches = 0
+    if index is not None:
+        trail_batches, trail_findings = check_trail(
+            Trail(index, pseudonym_key=verifier.pseudonym_key), verifier.ledger
+        )
+        findings.extend(
+            Finding(
+                status="trail_tampered",
+                sop_instance_uid=None,
+                orthanc_id=None,
+                tamper=None,
+                explanation=found.explanation,
+                notes=[f"access batch {found.batch_id}: {found.problem}"],
+            )
+            for found in trail_findings
+        )
     summary: dict[str, int] = dict.fromkeys(STATUSES, 0)
     for verdict in verdicts:
         summary[verdict.status] += 1
     summary["total"] = len(verdicts)
+    summary["trail_batches_checked"] = trail_batches
     if alerts is not None:
         for finding in findings:
             kind = TABLE[finding.status].alert if finding.status in TABLE else finding.status

@@ -155,6 +155,10 @@ CALLS: dict[str, tuple[Call, str, set[str], Expect]] = {
         lambda led, st, lbl: led.record_batch(root=key("root:" + lbl), count=3)[1],
         "rival", {"owner", "rival"}, _recorder,
     ),
+    "recordAccessBatch": (
+        lambda led, st, lbl: led.record_access_batch(root=key("access:" + lbl), count=3)[1],
+        "rival", {"owner", "rival"}, _recorder,
+    ),
     "supersedeImage": (_supersede, "owner", OWNER_CALLS, _owner_of(key("rec:base"))),
     "supersedeBatchedImage": (
         _supersede_batched, "owner", OWNER_CALLS, _owner_of(key("rec:b0")),
@@ -540,6 +544,38 @@ def test_a_batch_root_is_anchored_once(xray: XrayLedger, cast: Cast) -> None:
     assert (batch.root, batch.count, batch.recorder) == (key("root-a"), 5, cast.recorder.address)
     with pytest.raises(errors.XrayUnknownBatch):
         xray.batch_of(2)
+
+
+def test_access_batches_share_the_batch_sequence_and_prove_no_image(
+    xray: XrayLedger, cast: Cast
+) -> None:
+    """Image and access batches take ids from one sequence, each with a kind a reader can
+    see; an access batch's root is never accepted as proof of an image."""
+    recorder = xray.as_account(cast.recorder)
+    first, _, _ = _batch_of_three(recorder)
+    # an access batch whose tree holds a leaf shaped exactly like an image's
+    members = [
+        {"record_key": key(f"rec:a{i}"), "patient_key": key("patient:ann"),
+         "digest": key(f"digest:a{i}"), "pixel_digest": key(f"pixels:a{i}")}
+        for i in range(2)
+    ]  # fmt: skip
+    tree = MerkleTree([leaf_hash(**m) for m in members])
+    access_id, anchor = recorder.record_access_batch(root=tree.root, count=2)
+    third, _ = recorder.record_batch(root=key("root-after-access"), count=4)
+    assert (first, access_id, third) == (1, 2, 3)
+    assert xray.batch_count() == 3
+    assert [xray.batch_kind_of(i) for i in (1, 2, 3)] == ["image", "access", "image"]
+    assert xray.batch_of(access_id).root == tree.root and xray.batch_of(access_id).count == 2
+    (event,) = xray.events("AccessBatchAnchored")
+    assert (event.args["batchId"], event.tx_hash) == (access_id, anchor.tx_hash)
+    assert [e.args["batchId"] for e in xray.events("BatchAnchored")] == [1, 3]  # image feeds
+    with pytest.raises(errors.XrayNotImageBatch):
+        recorder.retire_batched_image(**members[0], batch_id=access_id, proof=tree.proof(0),
+                                      reason="duplicate")  # fmt: skip
+    with pytest.raises(errors.XrayBatchExists):
+        recorder.record_access_batch(root=tree.root, count=2)
+    with pytest.raises(errors.XrayUnknownBatch):
+        xray.batch_kind_of(4)
 
 
 def _batch_of_three(recorder: XrayLedger) -> tuple[int, MerkleTree, list[dict[str, bytes]]]:

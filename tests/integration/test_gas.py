@@ -92,6 +92,14 @@ def test_gas_report(anvil: Anvil, cast: Cast) -> None:
                 modality="DX",
             )  # fmt: skip
 
+    # the access trail: one root for N read entries, a batch of kind Access
+    access: dict[str, dict[str, int | float]] = {}
+    for n in (100, 1024):
+        tree = MerkleTree(_batch_leaves(n, f"access{n}"))
+        batch_id, anchor = recorder.record_access_batch(root=tree.root, count=n)
+        assert admin.batch_kind_of(batch_id) == "access"
+        access[str(n)] = {"gas": anchor.gas_used, "gas_per_entry": round(anchor.gas_used / n, 1)}
+
     report = {
         "note": "Gas measured on anvil by tests/integration/test_gas.py; "
         "recordBatch anchors one RFC 6962 root for N images.",
@@ -103,6 +111,7 @@ def test_gas_report(anvil: Anvil, cast: Cast) -> None:
         "retireBatchedImage_256": retire_batched.gas_used,
         "supersedeBatchedImage_256": supersede_batched.gas_used,
         "recordBatch": batches,
+        "recordAccessBatch": access,
         "gas_per_image": {
             "single": record.gas_used,
             "batched_100": batches["100"]["gas_per_image"],
@@ -114,3 +123,6 @@ def test_gas_report(anvil: Anvil, cast: Cast) -> None:
     GAS_REPORT.write_text(json.dumps(report, indent=2) + "\n")
     assert float(batches["1000"]["gas_per_image"]) < record.gas_used / 100
     assert float(batches["256"]["gas_per_image"]) < 1000  # GATEWAY_BATCH_MAX's default
+    # an access batch costs one more slot (its kind) than an image batch, never per entry
+    assert access["1024"]["gas"] == access["100"]["gas"]
+    assert float(access["100"]["gas_per_entry"]) < 1500

@@ -39,6 +39,7 @@ class Writer(Protocol):
     def record(self, label: str) -> None: ...
     def supersede(self, label: str) -> None: ...
     def batch(self, root: bytes, count: int) -> None: ...
+    def access_batch(self, root: bytes, count: int) -> None: ...
     def retire(self, label: str, reason: str) -> None: ...
 
 
@@ -61,6 +62,9 @@ class ChainWriter:
 
     def batch(self, root: bytes, count: int) -> None:
         self.ledger.record_batch(root=root, count=count)
+
+    def access_batch(self, root: bytes, count: int) -> None:
+        self.ledger.record_access_batch(root=root, count=count)
 
     def retire(self, label: str, reason: str) -> None:
         self.ledger.retire_image(record_key=h(label), reason=reason)
@@ -86,6 +90,9 @@ class MemoryWriter:
 
     def batch(self, root: bytes, count: int) -> None:
         self.ledger.record_batch(recorder=self.recorder, root=root, count=count)
+
+    def access_batch(self, root: bytes, count: int) -> None:
+        self.ledger.record_access_batch(recorder=self.recorder, root=root, count=count)
 
     def retire(self, label: str, reason: str) -> None:
         self.ledger.retire_image(by=self.recorder, record_key=h(label), reason=reason)
@@ -157,6 +164,22 @@ def test_batches_blocks_and_transactions(chain: tuple[LedgerReader, Writer]) -> 
     assert reader.block_time(batch.block_number) >= reader.block_time(batch.block_number - 1)
     assert reader.has_transaction(anchored.tx_hash)
     assert not reader.has_transaction("0x" + "ee" * 32)
+
+
+def test_access_batches_take_the_next_id_with_their_kind(
+    chain: tuple[LedgerReader, Writer],
+) -> None:
+    reader, writer = chain
+    scenario(writer)
+    writer.access_batch(h("access-root"), 5)
+    writer.batch(h("root-2"), 2)
+    assert [reader.batch_kind_of(i) for i in (1, 2, 3)] == ["image", "access", "image"]
+    (anchored,) = reader.events("AccessBatchAnchored")
+    assert (anchored.args["batchId"], anchored.args["count"]) == (2, 5)
+    assert reader.batch_of(2).root == h("access-root")
+    assert [e.args["batchId"] for e in reader.events("BatchAnchored")] == [1, 3]
+    with pytest.raises(XrayUnknownBatch):
+        reader.batch_kind_of(4)
 
 
 def test_roles_and_names(chain: tuple[LedgerReader, Writer]) -> None:
