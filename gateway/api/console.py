@@ -16,7 +16,12 @@ page                   what
                        its evidence, the viewer link and the attribute diff
 ``/console/audits``    start one, live progress, findings (filter, CSV), past audits
 ``/console/alerts``    alerts, newest first, paginated, acknowledgeable
+``/console/trail``     the access trail: who read a study, what a reader read, each
+                       entry with its inclusion proof, checked against the chain
 =====================  ============================================================
+
+A verdict shown on a page is a read, written to the access trail as the ``/v1`` routes
+write theirs (routes ``console:instance``, ``console:study``).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from gateway.errors import (
 from gateway.index.db import PARKED, STAGES, Index
 from gateway.trust.alerts import Alerts
 from gateway.trust.audit import AuditState, Finding, PastAudit
+from gateway.trust.trail import ProvenEntry, proof_holds
 from gateway.trust.verdicts import EXPLANATIONS, STATUSES
 from gateway.trust.verify import Verdict
 
@@ -126,6 +132,7 @@ NAV = {
     "audits.html": "audits",
     "audit.html": "audits",
     "alerts.html": "alerts",
+    "trail.html": "trail",
 }
 
 
@@ -144,6 +151,7 @@ def _page(
             "who": principal,
             "may": (lambda p: principal is not None and principal.may(p)),
             "nav": NAV.get(template),
+            "trail_enabled": getattr(_services(request), "trail", None) is not None,
         }
         | context,
         status_code=status_code,
@@ -348,6 +356,11 @@ def study(request: Request, study_uid: str) -> Response:
         found = services.verifier.study(study_uid, show_phi=session.principal.may("phi"))
     except GatewayError as exc:
         return _gateway_error(request, session, exc)
+    for verdict in found.instances:
+        services.read_by(
+            session.principal, route="console:study", verdict=verdict.status,
+            sop_instance_uid=verdict.sop_instance_uid, study_instance_uid=study_uid,
+        )  # fmt: skip
     return _page(request, "study.html", session, study=found, statuses=STATUSES)
 
 
@@ -366,6 +379,10 @@ def instance(request: Request, sop_uid: str) -> Response:
         verdict = services.verifier.instance(sop_uid, show_phi=session.principal.may("phi"))
     except GatewayError as exc:
         return _gateway_error(request, session, exc)
+    services.read_by(
+        session.principal, route="console:instance", verdict=verdict.status,
+        sop_instance_uid=sop_uid,
+    )  # fmt: skip
     return _page(
         request,
         "instance.html",
@@ -561,6 +578,60 @@ async def acknowledge(request: Request, alert_id: str) -> Response:
         "/console/alerts" + (f"?{urlencode({'cursor': cursor})}" if cursor else ""),
         status_code=303,
     )
+
+
+# -- access trail ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckedEntry:
+    """A trail entry and whether its inclusion proof leads to the access batch on chain."""
+
+    proven: ProvenEntry
+    on_chain: bool
+
+
+@router.get("/trail", response_class=HTMLResponse)
+def trail(request: Request, by: str = "study", q: str = "", after: int = 0) -> Response:
+    """Who read a study, or what a reader read: oldest first, each entry with its proof."""
+    session = _session(request)
+    if session is None:
+        return _to_login(request)
+    services = _services(request)
+    if services is None or not session.principal.may("audit"):
+        return _forbidden(request, session, "audit")
+    if services.trail is None:
+        return _error(request, session, 503, "No access trail", "This gateway keeps none.")
+    q = q.strip()
+    context: dict[str, Any] = {"by": by, "q": q, "entries": None, "next_after": None}
+    if not q:
+        return _page(request, "trail.html", session, error=None, **context)
+    error = _trail_query_error(by, q)
+    if error is not None or after < 0:
+        return _page(request, "trail.html", session, 422, error=error or "Bad page.", **context)
+    found = services.trail.entries(
+        study=q if by == "study" else None, who=q if by == "user" else None,
+        after=after, limit=PAGE,
+    )  # fmt: skip
+    try:
+        checked = [CheckedEntry(e, proof_holds(e, services.verifier.ledger)) for e in found]
+    except GatewayError as exc:
+        return _gateway_error(request, session, exc)
+    context |= {
+        "entries": checked,
+        "next_after": found[-1].entry.id if len(found) == PAGE else None,
+    }
+    return _page(request, "trail.html", session, error=None, **context)
+
+
+def _trail_query_error(by: str, q: str) -> str | None:
+    if by == "study" and (not UID.match(q) or len(q) > 64):
+        return "A Study Instance UID is digits and dots, at most 64 characters."
+    if by == "user" and len(q) > 200:
+        return "A reader's name is at most 200 characters."
+    if by not in ("study", "user"):
+        return "Search the trail by study or by reader."
+    return None
 
 
 def principal_label(principal: Principal) -> str:

@@ -28,6 +28,7 @@ from gateway.api.deps import Services
 from gateway.api.limits import Limits, RateLimiter, UploadArea
 from gateway.api.sessions import SESSION_COOKIE, Sessions, ensure_session_key
 from gateway.trust.audit import Audits, Finding
+from gateway.trust.trail import Trail
 from tests.serve import serve
 from tests.unit.trust.world import Image, World
 
@@ -63,11 +64,12 @@ def site(tmp_path: Path) -> Iterator[Site]:
     for role in cast(list[Role], ["auditor", "clinician"]):
         issued[role] = tokens.issue(name=f"{role}-1", role=role)
     verifier = world.verifier()
+    trail = Trail(world.index, pseudonym_key=world.pseudonym_key)
     audits = Audits(tmp_path / "audits.sqlite", verifier=verifier, index=world.index,
                     alerts=world.alerts)  # fmt: skip
     services = Services(
         verifier=verifier, tokens=tokens, audits=audits, alerts=world.alerts,
-        records=cast(Any, None),
+        records=cast(Any, None), trail=trail,
         limits=Limits(
             uploads=UploadArea(tmp_path / "up", max_concurrent=1, quota_bytes=1 << 20,
                                reserve_bytes=0),
@@ -318,3 +320,29 @@ def test_past_audits_come_a_page_at_a_time(site: Site) -> None:
     progress = client.get(f"{audit_id}/progress")
     assert progress.headers.get("hx-refresh") == "true"  # done: the page reloads with findings
     assert "hx-trigger" not in progress.text
+
+
+# -- access trail ---------------------------------------------------------------------------
+
+
+def test_what_the_console_shows_is_a_read_in_the_access_trail(site: Site) -> None:
+    images = site.world.images(2)
+    site.world.commit_batch(images)
+    clinician = site.client("clinician")
+    clinician.get(f"/console/instances/{images[0].uid}")
+    clinician.get(f"/console/studies/{images[0].header.study_instance_uid}")
+    assert 'href="/console/trail"' not in clinician.get("/console").text
+    assert clinician.get("/console/trail").status_code == 403
+    auditor = site.client("auditor")
+    assert 'href="/console/trail"' in auditor.get("/console").text
+    by_user = auditor.get("/console/trail", params={"by": "user", "q": "clinician-1"}).text
+    routes = re.findall(r"<td>(console:\w+)</td>", by_user)
+    assert routes == ["console:instance", "console:study", "console:study"]
+    assert by_user.count('data-anchored="no"') == 3  # not yet batched: no proof to show
+    study = images[0].header.study_instance_uid
+    by_study = auditor.get("/console/trail", params={"by": "study", "q": study}).text
+    assert by_study.count("<tr data-entry=") == 3  # every read of an instance of the study
+    empty = auditor.get("/console/trail", params={"by": "user", "q": "nobody"}).text
+    assert 'id="no-entries"' in empty
+    bad = auditor.get("/console/trail", params={"by": "study", "q": "not-a-uid"})
+    assert bad.status_code == 422 and 'role="alert"' in bad.text

@@ -13,6 +13,6 @@ document.addEventListener("DOMContentLoaded", function () {
         { label: "anchored", data: series.anchored, backgroundColor: "#1a7f37" }
       ]
     },
-    options: { animation: false, scales: { y: { beginAtZero: true, ticks: { precision: 0 } } } }
+    options: { animation: false, maintainAspectRatio: false, scales: { y: { beginAtZero: true, ticks: { precision: 0 } } } }
   });
 });
