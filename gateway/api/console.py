@@ -459,6 +459,14 @@ def _audit_or_error(
     return session, services, state
 
 
+def finding_statuses(state: AuditState) -> list[str]:
+    """What the findings filter offers: every status but ``intact``, then any other kind a
+    finding has (e.g. the access trail's ``trail_tampered``)."""
+    offered = [status for status in STATUSES if status != "intact"]
+    found = state.report.findings if state.report is not None else []
+    return offered + sorted({f.status for f in found} - set(offered))
+
+
 def filter_findings(state: AuditState, status: str | None) -> list[Finding]:
     """The findings of a finished audit, of one status or all."""
     findings = state.report.findings if state.report is not None else []
@@ -479,7 +487,7 @@ def audit(request: Request, audit_id: str, status: str | None = None) -> Respons
         audit=state,
         status=status or "",
         findings=filter_findings(state, status),
-        statuses=[s for s in STATUSES if s != "intact"],
+        statuses=finding_statuses(state),
     )
 
 

@@ -23,11 +23,17 @@ from pydicom import dcmread
 
 from gateway.api.app import Health, create_app
 from gateway.api.auth import Role, Tokens, ensure_token
-from gateway.api.console import CHART_BUCKET_S, Console, activity_chart, findings_csv
+from gateway.api.console import (
+    CHART_BUCKET_S,
+    Console,
+    activity_chart,
+    finding_statuses,
+    findings_csv,
+)
 from gateway.api.deps import Services
 from gateway.api.limits import Limits, RateLimiter, UploadArea
 from gateway.api.sessions import SESSION_COOKIE, Sessions, ensure_session_key
-from gateway.trust.audit import Audits, Finding
+from gateway.trust.audit import AuditReport, Audits, AuditState, Finding
 from gateway.trust.trail import Trail
 from tests.serve import serve
 from tests.unit.trust.world import Image, World
@@ -278,6 +284,14 @@ def test_findings_export_as_csv_a_spreadsheet_cannot_run() -> None:
     assert rows[0][:2] == ["status", "sop_instance_uid"]
     assert rows[1][:4] == ["tampered", "1.2.3", "abc", "header_changed"]
     assert rows[2][-1].startswith("'=")
+
+
+def test_the_findings_filter_offers_every_status_found() -> None:
+    trail = Finding("trail_tampered", None, None, None, "an access entry was deleted")
+    report = AuditReport(summary={}, findings=[trail], ledger_records_without_instance=0)
+    state = AuditState("a", "me", "done", 0.0, 1.0, 1, 1, report, None)
+    offered = finding_statuses(state)
+    assert offered[-1] == "trail_tampered" and "tampered" in offered and "intact" not in offered
 
 
 def test_the_chart_has_every_bucket_of_the_day(site: Site) -> None:
