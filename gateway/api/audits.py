@@ -11,7 +11,7 @@ from pydantic import NonNegativeInt
 
 from gateway.api.deps import Auditing, ServicesDep, StartingAudit
 from gateway.api.pages import LINK_HEADER, CursorParam, Limit, Page, Pager
-from gateway.api.problems import Problem, problem_responses
+from gateway.api.problems import AUDIT_RUNNING, NOT_FOUND, Problem, problem_responses
 from gateway.errors import AuditRunning
 from gateway.trust.audit import AuditKey, AuditState, Finding, PastAudit
 
@@ -58,8 +58,7 @@ def start_audit(services: ServicesDep, who: StartingAudit, response: Response) -
     except AuditRunning as running:
         url = f"/v1/audits/{running.audit_id}"
         raise Problem(
-            409,
-            "An audit is running",
+            AUDIT_RUNNING,
             f"audit {running.audit_id} is still running; follow it at {url}",
             headers={"Location": url},
             audit=url,
@@ -75,7 +74,7 @@ def get_audit(audit_id: AuditId, services: ServicesDep, who: Auditing) -> AuditS
     """Progress while the sweep runs; summary and findings once it is done."""
     state = services.audits.get(audit_id)
     if state is None:
-        raise Problem(404, "Not found", f"no audit {audit_id}")
+        raise Problem(NOT_FOUND, f"no audit {audit_id}")
     return state
 
 
@@ -98,5 +97,5 @@ def audit_findings(
     after = FINDINGS.decode(cursor)
     found = services.audits.findings(audit_id, limit=limit, after=after or 0)
     if found is None:
-        raise Problem(404, "Not found", f"no audit {audit_id}")
+        raise Problem(NOT_FOUND, f"no audit {audit_id}")
     return FINDINGS.page(request, response, found.items, found.next)

@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.api.auth import Permission, Principal, Tokens
 from gateway.api.limits import Limits, retry_after
-from gateway.api.problems import Problem
+from gateway.api.problems import FORBIDDEN, NOT_READY, RATE_LIMITED, UNAUTHORIZED, Problem
 from gateway.trust.alerts import Alerts
 from gateway.trust.audit import Audits
 from gateway.trust.trail import Trail
@@ -47,7 +47,7 @@ class Services:
 def get_services(request: Request) -> Services:
     services: Services | None = getattr(request.app.state, "services", None)
     if services is None:
-        raise Problem(503, "Not ready", "the verification services are not configured")
+        raise Problem(NOT_READY, "the verification services are not configured")
     return services
 
 
@@ -62,10 +62,10 @@ def get_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Problem(401, "Unauthorized", "a bearer token is required", headers=CHALLENGE)
+        raise Problem(UNAUTHORIZED, "a bearer token is required", headers=CHALLENGE)
     principal = services.tokens.authenticate(credentials.credentials)
     if principal is None:
-        raise Problem(401, "Unauthorized", "the token is not valid", headers=CHALLENGE)
+        raise Problem(UNAUTHORIZED, "the token is not valid", headers=CHALLENGE)
     return principal
 
 
@@ -74,7 +74,7 @@ def require(permission: Permission) -> Callable[[Principal], Principal]:
 
     def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if not principal.may(permission):
-            raise Problem(403, "Forbidden", f"the {principal.role} role may not {permission}")
+            raise Problem(FORBIDDEN, f"the {principal.role} role may not {permission}")
         return principal
 
     return check
@@ -90,8 +90,7 @@ def rate_limited(permission: Permission, group: str) -> Callable[..., Principal]
         wait = services.limits.rate.take(principal.name, group)
         if wait > 0:
             raise Problem(
-                429,
-                "Too many requests",
+                RATE_LIMITED,
                 f"the {group} rate limit of this token is used up; retry later",
                 headers={"Retry-After": retry_after(wait)},
             )
@@ -107,3 +106,4 @@ Auditing = Annotated[Principal, Depends(require("audit"))]
 Restoring = Annotated[Principal, Depends(rate_limited("restore", "restore"))]
 ReadingRecords = Annotated[Principal, Depends(require("records"))]
 ReadingAlerts = Annotated[Principal, Depends(require("alerts"))]
+SeeingPatientData = Annotated[Principal, Depends(require("phi"))]

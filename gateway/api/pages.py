@@ -17,12 +17,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query, Request, Response
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from gateway.api.problems import Problem
+from gateway.api.problems import INVALID_CURSOR, Problem
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -103,21 +104,36 @@ class Pager(Generic[Key]):
             return self._key.validate_python(raw.get("k"), strict=False)
         except (binascii.Error, UnicodeDecodeError, ValueError, ValidationError):
             raise Problem(
-                422,
-                "Invalid cursor",
+                INVALID_CURSOR,
                 f"the cursor is not one this list ({self.name}) gave out; "
                 "start again without a cursor",
                 errors=[{"loc": ["query", "cursor"], "msg": "not a cursor of this list"}],
             ) from None
 
+    def next_cursor(self, request: Request, response: Response, next_key: Key | None) -> str | None:
+        """The cursor of the page after ``next_key``, also set as the ``Link`` header."""
+        if next_key is None:
+            return None
+        cursor = self.encode(next_key)
+        response.headers["Link"] = f'<{next_url(request, cursor)}>; rel="next"'
+        return cursor
+
     def page(
         self, request: Request, response: Response, items: list[Item], next_key: Key | None
     ) -> Page[Item]:
         """The answer: ``items``, the cursor after them, and the ``Link`` to the next page."""
-        cursor = self.encode(next_key) if next_key is not None else None
-        if cursor is not None:
-            response.headers["Link"] = f'<{next_url(request, cursor)}>; rel="next"'
-        return Page(items=items, next_cursor=cursor)
+        return Page(items=items, next_cursor=self.next_cursor(request, response, next_key))
+
+
+def slice_after(
+    items: Sequence[Item], key: Callable[[Item], Any], *, after: Any, limit: int
+) -> tuple[list[Item], Any]:
+    """A page of a list already sorted by ``key`` (ascending): the first ``limit`` items
+    whose key is past ``after`` (all, for ``None``), and the key the next page starts
+    after (``None``: this is the last page). For the lists built in memory (ledger views)."""
+    rest = [item for item in items if after is None or key(item) > after]
+    page = rest[:limit]
+    return page, key(page[-1]) if len(rest) > limit else None
 
 
 def next_url(request: Request, cursor: str) -> str:

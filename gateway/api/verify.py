@@ -11,7 +11,18 @@ from starlette.requests import ClientDisconnect
 
 from gateway.api.deps import Restoring, ServicesDep, Uploading, Verifying
 from gateway.api.limits import Limits, Upload
-from gateway.api.problems import Problem, problem_responses
+from gateway.api.problems import (
+    EMPTY_BODY,
+    INVALID_CONTENT_LENGTH,
+    NO_BATCH_PROOF,
+    TOO_LARGE,
+    TOO_MANY_UPLOADS,
+    UPLOAD_AREA_FULL,
+    UPLOAD_INTERRUPTED,
+    Problem,
+    ProblemType,
+    problem_responses,
+)
 from gateway.core import keys
 from gateway.errors import UploadAreaFull, UploadsBusy
 from gateway.trust.restore import restore
@@ -80,7 +91,7 @@ async def verify_file(request: Request, services: ServicesDep, who: Uploading) -
                 upload.reserve(declared)
             await _receive(request, upload, limits)
             if upload.size == 0:
-                raise Problem(422, "Empty body", "send the DICOM file as the request body")
+                raise Problem(EMPTY_BODY, "send the DICOM file as the request body")
             assert upload.file is not None
             upload.file.flush()
             return await run_in_threadpool(
@@ -91,17 +102,17 @@ async def verify_file(request: Request, services: ServicesDep, who: Uploading) -
                 limit=limits.uploads.room(),
             )
     except UploadsBusy as exc:
-        raise _busy(429, "Too many uploads", f"{exc}; retry later") from None
+        raise _busy(TOO_MANY_UPLOADS, f"{exc}; retry later") from None
     except UploadAreaFull as exc:
-        raise _busy(507, "Upload area full", f"{exc}; retry later") from None
+        raise _busy(UPLOAD_AREA_FULL, f"{exc}; retry later") from None
 
 
-def _busy(status: int, title: str, detail: str) -> Problem:
-    return Problem(status, title, detail, headers={"Retry-After": str(UPLOAD_RETRY_AFTER_S)})
+def _busy(kind: ProblemType, detail: str) -> Problem:
+    return Problem(kind, detail, headers={"Retry-After": str(UPLOAD_RETRY_AFTER_S)})
 
 
 def _too_large(limits: Limits) -> Problem:
-    return Problem(413, "Too large", f"uploads are limited to {limits.max_upload_bytes} bytes")
+    return Problem(TOO_LARGE, f"uploads are limited to {limits.max_upload_bytes} bytes")
 
 
 def _declared_length(request: Request, limits: Limits) -> int | None:
@@ -110,7 +121,7 @@ def _declared_length(request: Request, limits: Limits) -> int | None:
     if header is None:
         return None
     if not header.isdigit():
-        raise Problem(422, "Invalid Content-Length", "Content-Length is not a whole number")
+        raise Problem(INVALID_CONTENT_LENGTH, "Content-Length is not a whole number")
     length = int(header)
     if length > limits.max_upload_bytes:
         raise _too_large(limits)
@@ -126,7 +137,7 @@ async def _receive(request: Request, upload: Upload, limits: Limits) -> None:
             upload.write(chunk)
     except ClientDisconnect:
         # The caller went away mid-upload: nobody reads this answer, and it is no error of ours.
-        raise Problem(400, "Upload interrupted", "the client closed the connection") from None
+        raise Problem(UPLOAD_INTERRUPTED, "the client closed the connection") from None
 
 
 @router.post(
@@ -155,5 +166,5 @@ def instance_proof(
     claim = record.claim() if record is not None else None
     if claim is None:
         key = keys.record_key(services.verifier.pseudonym_key, sop_instance_uid).hex()[:12]
-        raise Problem(404, "No batch proof", f"record {key}… is not anchored through a batch")
+        raise Problem(NO_BATCH_PROOF, f"record {key}… is not anchored through a batch")
     return claim.to_json()

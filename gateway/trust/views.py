@@ -3,8 +3,9 @@
 Both are served from the contract's events (``ImageRecorded``, ``ImageSuperseded``,
 ``BatchAnchored``). Batched images have no per-image event: their membership comes from
 the index's inclusion proofs, each checked against the batch root on chain before it is
-listed. The patient is named on chain only by ``patient_key``; the caller's PatientID is
-turned into that key here and goes no further.
+listed. The patient is named on chain only by ``patient_key``; a caller allowed patient
+data turns a PatientID into that key here (:meth:`RecordViews.patient_key`), and the
+views are asked by key, so that no PatientID travels in a URL.
 """
 
 from __future__ import annotations
@@ -143,9 +144,12 @@ class RecordViews:
             )
         return found
 
-    def patient(self, patient_id: str, *, issuer: str = "") -> PatientRecords:
-        """Every record of the patient ``patient_id`` (issued by ``issuer``)."""
-        patient_key = keys.patient_key(self.pseudonym_key, issuer, patient_id)
+    def patient_key(self, patient_id: str, *, issuer: str = "") -> bytes:
+        """The pseudonymous key the ledger names the patient ``patient_id`` (of ``issuer``) by."""
+        return keys.patient_key(self.pseudonym_key, issuer, patient_id)
+
+    def patient(self, patient_key: bytes) -> PatientRecords:
+        """Every record of the patient named on chain by ``patient_key``."""
         records = self._from_events({"patientKey": patient_key})
         records += self._from_batches(patient_key=patient_key, recorder=None)
         records.sort(key=lambda r: (r.block_number, r.record_key))

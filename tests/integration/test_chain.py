@@ -259,7 +259,7 @@ def _windows(up: Up, relay: LogRangeRelay, chain: Anvil, address: str, tmp_path:
         _mine(chain, 3 * LOG_RANGE)
 
         views = api.get(f"/v1/recorders/{up.value('recorder')}/records").json()
-        assert {r["tx_hash"] for r in views["records"]} == {first["tx_hash"], second["tx_hash"]}
+        assert {r["tx_hash"] for r in views["items"]} == {first["tx_hash"], second["tx_hash"]}
         started = api.post("/v1/audits")
         assert started.status_code == 202, started.text
         audit = _wait(lambda: _finished(api, started.json()["id"]), timeout=300)

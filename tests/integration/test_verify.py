@@ -187,18 +187,22 @@ def test_tokens_and_roles(stack: Up, series: list[Path]) -> None:
 
 def test_ledger_views_per_patient_and_per_recorder(stack: Up, series: list[Path]) -> None:
     ds = dcmread(series[0], stop_before_pixels=True)
+    identity = {"patient_id": ds.PatientID, "issuer": ds.IssuerOfPatientID}
     with api(stack, admin_token(stack)) as client:
-        patient = client.get(
-            f"/v1/patients/{ds.PatientID}/records", params={"issuer": ds.IssuerOfPatientID}
-        ).json()
-        nobody = client.get("/v1/patients/NOBODY-42/records").json()
+        key = client.post("/v1/patients/key", json=identity).json()["patient_key"]
+        nobody_key = client.post("/v1/patients/key", json={"patient_id": "NOBODY-42"}).json()
+        patient = client.get("/v1/patients/records", params={"patient_key": key}).json()
+        nobody = client.get("/v1/patients/records", params=nobody_key).json()
         recorder = client.get(f"/v1/recorders/{stack.value('recorder')}/records").json()
-    uids = {r["sop_instance_uid"] for r in patient["records"]}
+        batches = client.get(f"/v1/recorders/{stack.value('recorder')}/batches").json()
+    uids = {r["sop_instance_uid"] for r in patient["items"]}
     assert {uid_of(p) for p in series} <= uids
-    assert patient["xrayhash_count"] + sum(1 for r in patient["records"] if r["batch_id"]) >= COUNT
-    assert nobody["records"] == [] and nobody["xrayhash_count"] == 0
+    assert patient["xrayhash_count"] + sum(1 for r in patient["items"] if r["batch_id"]) >= COUNT
+    assert nobody["items"] == [] and nobody["xrayhash_count"] == 0
     assert recorder["name"] == "xray-gateway" and "recorder" in recorder["roles"]
-    assert len(recorder["records"]) >= COUNT
+    assert len(recorder["items"]) >= COUNT
+    in_batches = {r["batch_id"] for r in recorder["items"] if r["batch_id"] is not None}
+    assert in_batches <= {b["batch_id"] for b in batches["items"]}
 
 
 def orthanc_reads(up: Up, path: Path, orthanc: Pacs) -> dict[str, httpx.Response]:

@@ -287,19 +287,21 @@ def test_an_upload_past_the_quota_is_507_with_retry_after(
     assert list((tmp_path / "uploads").iterdir()) == []
 
 
-def test_a_5xx_log_line_names_the_route_never_a_patient_id_in_the_path(
+def test_a_5xx_log_line_names_the_route_never_the_patient_id_of_the_body(
     tmp_path: Path, verifier: StandInVerifier, caplog: pytest.LogCaptureFixture
 ) -> None:
     app, token = build(tmp_path, verifier)  # no record views: the route fails unexpectedly
     with serve(app) as client:
-        response = client.get(
-            "/v1/patients/PID-0042/records", headers={"Authorization": f"Bearer {token}"}
+        response = client.post(
+            "/v1/patients/key",
+            json={"patient_id": "PID-0042"},
+            headers={"Authorization": f"Bearer {token}"},
         )
     assert response.status_code == 500
     [line] = [
         r.getMessage() for r in caplog.records if response.json()["error_id"] in r.getMessage()
     ]
-    assert "/v1/patients/{patient_id}/records" in line
+    assert "/v1/patients/key" in line
     assert not any("PID-0042" in r.getMessage() for r in caplog.records)
 
 
