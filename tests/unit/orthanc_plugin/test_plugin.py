@@ -689,3 +689,29 @@ def test_settings_read_the_index_url_and_refuse_another_scheme(tmp_path: Path) -
     assert settings.index_url == url
     with pytest.raises(PluginConfigError, match="IndexUrl"):
         PluginSettings.from_orthanc({"XrayGateway": {**section, "IndexUrl": "file:/x.sqlite"}})
+
+
+def test_every_read_served_or_refused_is_told_and_a_failing_journal_changes_nothing(
+    setup: Setup,
+) -> None:
+    told: list[tuple[str, str, bool]] = []
+    setup.guard.on_read = lambda uuid, verdict, served: told.append((uuid, verdict.status, served))
+    setup.record(setup.files[0])
+    name = setup.store(setup.files[0])
+    assert told == []  # arrival is no read
+    setup.guard.read(name, DICOM)
+    path = setup.guard.area.path(name)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ReadRefused):
+        setup.guard.read(name, DICOM)
+    assert told == [(name, "intact", True), (name, "tampered", False)]
+
+    def broken(uuid: str, verdict: object, served: bool) -> None:
+        raise OSError("disk full")
+
+    setup.guard.on_read = broken
+    path.write_bytes(setup.files[0].read_bytes())
+    assert setup.guard.read(name, DICOM) == setup.files[0].read_bytes()
+    assert any("could not journal a read" in line for line in setup.logged)
