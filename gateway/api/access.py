@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from gateway.api.deps import Auditing, ServicesDep
-from gateway.api.problems import Problem, problem_responses
+from gateway.api.problems import INVALID_REQUEST, NOT_READY, Problem, problem_responses
 from gateway.api.verify import UID_PATTERN
 
 router = APIRouter(
@@ -35,10 +35,10 @@ def access_trail(
     transaction and inclusion proof once anchored. ``next`` is the cursor of the next page
     (an opaque entry id: pass it as ``after``), null on the last page."""
     if (study is None) == (user is None):
-        raise Problem(422, "Bad query", "give exactly one of `study` and `user`")
+        raise Problem(INVALID_REQUEST, "give exactly one of `study` and `user`")
     trail = services.trail
     if trail is None:
-        raise Problem(503, "Not ready", "the access trail is not configured")
+        raise Problem(NOT_READY, "the access trail is not configured")
     entries = trail.entries(study=study, who=user, after=after, limit=limit)
     return {
         "entries": [entry.as_json() for entry in entries],

@@ -415,7 +415,7 @@ def audits(request: Request, cursor: str | None = None) -> Response:
     try:
         page = services.audits.page(limit=PAGE, after=AUDITS.decode(cursor))
     except Problem as invalid:
-        return _error(request, session, invalid.status, invalid.title, invalid.detail)
+        return _error(request, session, invalid.kind.status, invalid.kind.title, invalid.detail)
     return _page(
         request,
         "audits.html",
@@ -552,7 +552,7 @@ def alerts(request: Request, cursor: str | None = None) -> Response:
     try:
         page = services.alerts.page(limit=PAGE, after=ALERTS.decode(cursor))
     except Problem as invalid:
-        return _error(request, session, invalid.status, invalid.title, invalid.detail)
+        return _error(request, session, invalid.kind.status, invalid.kind.title, invalid.detail)
     except GatewayError as exc:
         return _gateway_error(request, session, exc)
     return _page(
