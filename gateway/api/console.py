@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -95,7 +95,7 @@ class Console:
     viewer_url: str | None = None
 
 
-def mount(app: Any, console: Console) -> None:
+def mount(app: FastAPI, console: Console) -> None:
     """Serve the console's pages on ``app`` (its assets are under ``/static/``, api/assets.py)."""
     app.state.console = console
     app.include_router(router)

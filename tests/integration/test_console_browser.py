@@ -43,7 +43,7 @@ EDITED_NAME = "Edited^Behind^Our^Back"
 
 
 @dataclass
-class Console:
+class ConsoleStack:
     up: Up
     origin: str
     tokens: dict[str, str]
@@ -68,7 +68,7 @@ def shot(page: Page, name: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
     root = tmp_path_factory.mktemp("console")
     release = root / "release-audit"
     env = gateway_env(
@@ -96,7 +96,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         edit_patient_name(
             stored_file(up.data_dir, orthanc, auth, victim["orthanc_id"]), EDITED_NAME
         )
-        yield Console(
+        yield ConsoleStack(
             up, f"http://127.0.0.1:{up.api_port}", tokens, study, victim["sop_instance_uid"],
             release, orthanc, auth, [row["orthanc_id"] for row in rows],
         )  # fmt: skip
@@ -124,7 +124,7 @@ def nav_links(page: Page) -> list[str]:
 
 
 def test_each_role_logs_in_by_keyboard_and_sees_its_own_links(
-    console: Console, offline_browser: OfflineBrowser
+    console: ConsoleStack, offline_browser: OfflineBrowser
 ) -> None:
     seen = {}
     for role in ("admin", "auditor", "clinician"):
@@ -152,7 +152,7 @@ def test_each_role_logs_in_by_keyboard_and_sees_its_own_links(
 
 
 def test_a_wrong_token_is_told_and_the_clinician_is_kept_out_of_audits(
-    console: Console, offline_browser: OfflineBrowser
+    console: ConsoleStack, offline_browser: OfflineBrowser
 ) -> None:
     with offline_browser.page(console.origin) as cut:
         cut.page.goto("/console/login")
@@ -185,7 +185,7 @@ def search_by_keyboard(page: Page, *, kind_label: str, text: str) -> None:
 
 
 def test_the_auditor_finds_the_tampered_instance_by_keyboard_and_sees_no_values(
-    console: Console, offline_browser: OfflineBrowser
+    console: ConsoleStack, offline_browser: OfflineBrowser
 ) -> None:
     with offline_browser.page(console.origin) as cut:
         page = cut.page
@@ -213,7 +213,7 @@ def test_the_auditor_finds_the_tampered_instance_by_keyboard_and_sees_no_values(
 
 
 def test_the_clinician_sees_the_values_and_searches_by_accession_number(
-    console: Console, offline_browser: OfflineBrowser
+    console: ConsoleStack, offline_browser: OfflineBrowser
 ) -> None:
     with offline_browser.page(console.origin) as cut:
         page = cut.page
@@ -238,7 +238,7 @@ def test_the_clinician_sees_the_values_and_searches_by_accession_number(
 
 
 def test_an_audit_shows_live_progress_then_findings_to_filter_and_export(
-    console: Console, offline_browser: OfflineBrowser
+    console: ConsoleStack, offline_browser: OfflineBrowser
 ) -> None:
     with offline_browser.page(console.origin) as cut:
         page = cut.page
@@ -276,7 +276,7 @@ def test_an_audit_shows_live_progress_then_findings_to_filter_and_export(
 
 
 def test_the_overview_counts_verdicts_queue_and_alerts_and_charts_the_day(
-    console: Console, offline_browser: OfflineBrowser
+    console: ConsoleStack, offline_browser: OfflineBrowser
 ) -> None:
     with offline_browser.page(console.origin) as cut:
         page = cut.page
@@ -300,7 +300,7 @@ def test_the_overview_counts_verdicts_queue_and_alerts_and_charts_the_day(
 
 
 def test_alerts_are_listed_and_acknowledged_with_who_and_when(
-    console: Console, offline_browser: OfflineBrowser
+    console: ConsoleStack, offline_browser: OfflineBrowser
 ) -> None:
     with offline_browser.page(console.origin) as cut:
         page = cut.page
@@ -320,7 +320,7 @@ def test_alerts_are_listed_and_acknowledged_with_who_and_when(
 # -- access trail ---------------------------------------------------------------------------
 
 
-def wait_confirmed(console: Console, orthanc_id: str) -> None:
+def wait_confirmed(console: ConsoleStack, orthanc_id: str) -> None:
     """Until the plugin's ledger mirror has seen the instance's anchor (or its tamper)."""
     deadline = time.monotonic() + 60
     answer: dict[str, object] = {}
@@ -333,7 +333,7 @@ def wait_confirmed(console: Console, orthanc_id: str) -> None:
 
 
 def test_the_access_trail_shows_who_read_the_study_each_proof_checked_on_chain(
-    console: Console, offline_browser: OfflineBrowser
+    console: ConsoleStack, offline_browser: OfflineBrowser
 ) -> None:
     for orthanc_id in console.orthanc_ids:
         wait_confirmed(console, orthanc_id)
