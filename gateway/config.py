@@ -132,6 +132,11 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(default=4, ge=1)
     api_rate_per_minute: float = Field(default=30.0, gt=0)
     api_rate_burst: int = Field(default=10, ge=1)
+    # The web console (/console, part 5 of #15): how long a login lasts, and the Orthanc
+    # address its "open in the viewer" links point a browser at (unset: the embedded
+    # Orthanc's own address, or none for an external one).
+    console_session_s: float = Field(default=8 * 3600.0, ge=60)
+    console_viewer_url: str | None = None
     # Where the Orthanc plugin writes its alerts.sqlite (XrayGateway.AlertsDir); unset: the
     # data dir, one file shared with the gateway (embedded). docker: the plugin's own volume,
     # read-only here, so that Orthanc needs no write access to the gateway's data.

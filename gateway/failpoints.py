@@ -28,6 +28,9 @@ Points (the code that passes them says where they sit):
 ``pipeline.after_anchor``
     the record (or the Merkle batch) is on the ledger; its rows have not moved on to
     ``forward``, so a restart finds the batch open and asks ``batchIdOf(root)``.
+``audit.before_verdict``
+    an audit sweep is about to verify one instance (held with a release file, it keeps
+    an audit running: the console's browser test shows its live progress).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ POINTS = (
     "pipeline.after_put",
     "ledger.after_send",
     "pipeline.after_anchor",
+    "audit.before_verdict",
 )
 
 

@@ -27,8 +27,10 @@ from pydantic import SecretStr
 from gateway.api import create_app
 from gateway.api.app import Health
 from gateway.api.auth import Tokens, ensure_token
+from gateway.api.console import Console
 from gateway.api.deps import Services
 from gateway.api.limits import Limits, RateLimiter, UploadArea
+from gateway.api.sessions import Sessions, ensure_session_key
 from gateway.config import Settings
 from gateway.core.checkpoint import init_log_key, load_log_key
 from gateway.core.keys import init_keys, load_keyring, load_pseudonym_key
@@ -610,7 +612,12 @@ class Stack:
             )
         )
         config = uvicorn.Config(
-            create_app(health=health, services=services, metrics=lambda: render(metrics)),
+            create_app(
+                health=health,
+                services=services,
+                metrics=lambda: render(metrics),
+                console=self._console(services.tokens),
+            ),
             host=self.settings.api_host,
             port=self.settings.api_port,
             log_level="warning",
@@ -620,6 +627,17 @@ class Stack:
         self._api_thread.start()
         while not self._api.started and self._api_thread.is_alive():
             threading.Event().wait(0.05)
+
+    def _console(self, tokens: Tokens) -> Console:
+        """The web console: sessions signed with the data dir's key, the index, the viewer."""
+        s = self.settings
+        viewer = s.console_viewer_url or (self.orthanc.url if self.orthanc is not None else None)
+        sessions = Sessions(
+            key=ensure_session_key(s.keys_dir / "console-session.key"),
+            lifetime_s=s.console_session_s,
+            still_valid=tokens.still_valid,
+        )
+        return Console(sessions=sessions, index=self.index, viewer_url=viewer)
 
     def stop(self) -> None:
         """Stop in reverse order: no new work first, then the workers, then the children."""

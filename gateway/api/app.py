@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from gateway import __version__
 from gateway.api import access, alerts, assets, audits, log, problems, verify, views
 from gateway.api.auth import ensure_token
+from gateway.api.console import Console, mount
 from gateway.api.deps import Services
 from gateway.api.problems import problem_json_only, problem_responses
 
@@ -58,6 +59,7 @@ def create_app(
     health: Health,
     services: Services | None = None,
     metrics: Callable[[], tuple[bytes, str]] | None = None,
+    console: Console | None = None,
 ) -> FastAPI:
     """The application.
 
@@ -69,6 +71,8 @@ def create_app(
         What the ``/v1`` routes work with; without them those routes answer 503.
     metrics:
         What ``/metrics`` serves: (body, content type).
+    console:
+        The web console's sessions and index; without it ``/console`` is not served.
     """
     app = FastAPI(
         title="xray-gateway",
@@ -87,6 +91,8 @@ def create_app(
     app.include_router(log.router)
     app.include_router(alerts.router)
     app.include_router(access.router)
+    if console is not None:
+        mount(app, console)
 
     @app.get("/healthz", tags=["health"], response_model=Liveness)
     def healthz() -> Liveness:
@@ -140,4 +146,4 @@ def create_app(
     return app
 
 
-__all__ = ["Health", "create_app", "ensure_token"]
+__all__ = ["Console", "Health", "create_app", "ensure_token"]

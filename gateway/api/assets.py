@@ -53,6 +53,9 @@ VENDORED: dict[str, tuple[str, ...]] = {
         "NOTICE",
     ),
     "redoc": ("bundles/redoc.standalone.js", "bundles/redoc.standalone.js.LICENSE.txt", "LICENSE"),
+    # The console (gateway/api/console.py): htmx for its live parts, Chart.js for its chart.
+    "htmx.org": ("dist/htmx.min.js", "LICENSE"),
+    "chart.js": ("dist/chart.umd.min.js", "LICENSE.md"),
 }
 
 

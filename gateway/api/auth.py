@@ -116,6 +116,12 @@ class Tokens:
         """``(name, role)`` of every issued token (the admin token is not listed)."""
         return [(entry["name"], entry["role"]) for entry in self._issued()]
 
+    def still_valid(self, principal: Principal) -> bool:
+        """Whether ``principal``'s token still exists with its role (not revoked or re-issued)."""
+        if principal == Principal("admin", "admin"):
+            return self.admin_token_file.exists()
+        return (principal.name, principal.role) in self.list()
+
     def authenticate(self, token: str) -> Principal | None:
         """The principal ``token`` belongs to, or ``None``; comparisons are constant-time."""
         found: Principal | None = None

@@ -547,6 +547,26 @@ class Index:
         with self._lock:
             return [tuple(values) for values in self._db.execute(sql, params).fetchall()]
 
+    def activity(self, *, since: float, bucket_s: int) -> list[tuple[int, int, int]]:
+        """Images received and anchored per ``bucket_s`` seconds since ``since`` (the console's
+        chart): ``(bucket start, received, anchored)``, oldest first, empty buckets left out.
+
+        Bucketed in SQL on whole seconds, rounded down: a cast rounds on PostgreSQL and
+        truncates on SQLite, so the CASE takes one off where the cast went up; integer
+        division is then the same on both engines.
+        """
+        counts: dict[int, list[int]] = {}
+        for column, slot in (("received_at", 0), ("anchored_at", 1)):
+            whole = f"CAST({column} AS BIGINT)"
+            second = f"(CASE WHEN {whole} > {column} THEN {whole} - 1 ELSE {whole} END)"
+            for start, count in self.query(
+                f"SELECT ({second} / ?) * ?, COUNT(*) FROM instances"
+                f" WHERE {column} >= ? GROUP BY 1",
+                (bucket_s, bucket_s, since),
+            ):
+                counts.setdefault(int(start), [0, 0])[slot] += int(count)
+        return [(start, counts[start][0], counts[start][1]) for start in sorted(counts)]
+
     def oldest_pending(self) -> Row | None:
         """The row with work left that was received first."""
         rows = self._rows(

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway import failpoints
 from gateway.errors import AuditRunning, GatewayError, UnknownInstance
 from gateway.index.db import Index, error_class
 from gateway.index.engine import DATABASE_ERRORS
@@ -177,6 +178,7 @@ def sweep(
     lock = threading.Lock()
 
     def check(uid: str) -> None:
+        failpoints.hit("audit.before_verdict")
         try:
             verdict = verifier.instance(uid)
         except UnknownInstance:

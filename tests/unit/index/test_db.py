@@ -83,6 +83,16 @@ class IndexContract:
         yield index
         index.close()
 
+    # --- the console's chart (part 5 of #15) ------------------------------------------------------
+
+    def test_activity_counts_received_and_anchored_rows_per_bucket(self, index: Index) -> None:
+        base = 1_800_000_000  # a multiple of the 600 s bucket
+        for received_at, anchored_at in ((base + 10, base + 20), (base + 599.9, base + 650),
+                                         (base + 700, None), (base - 5, None)):  # fmt: skip
+            index.update(received(index), received_at=received_at, anchored_at=anchored_at)
+        assert index.activity(since=base, bucket_s=600) == [(base, 2, 1), (base + 600, 1, 1)]
+        assert index.activity(since=base + 10_000, bucket_s=600) == []
+
     # --- rows: received, updated, due ------------------------------------------------------------
 
     def test_a_received_row_waits_at_fingerprint_with_its_spool_hash(self, index: Index) -> None:
