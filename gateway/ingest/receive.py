@@ -184,6 +184,9 @@ class Receiver:
         What one peer may hold of the listener (timeouts, PDU size, associations).
     node:
         This gateway node's id, recorded on each row: its spool holds the bytes.
+    on_response:
+        Called with each C-STORE response's status (``up`` counts them in the metrics
+        that add up over its listener processes).
     """
 
     spool: Spool
@@ -195,6 +198,7 @@ class Receiver:
     max_instance_bytes: int = MAX_INSTANCE_BYTES
     limits: ListenerLimits = field(default_factory=ListenerLimits)
     node: str | None = None
+    on_response: Callable[[int], None] | None = None
 
     def __post_init__(self) -> None:
         self._server: GuardedAssociationServer | None = None  # the plain port's
@@ -354,6 +358,8 @@ class Receiver:
         with self._lock:
             self.responses[int(response.Status)] += 1
         self._last_store = time.monotonic()
+        if self.on_response is not None:
+            self.on_response(int(response.Status))
         return response
 
     def yield_to_acks(self) -> None:
