@@ -29,7 +29,8 @@ def _share_metrics_over_processes(settings: Settings) -> None:
     ``<data dir>/run/metrics``. Set before prometheus_client is first imported (nothing
     this module imports at the top imports it; tests/unit/test_metrics.py holds it so),
     and inherited by the children."""
-    directory = settings.data_dir / "run" / "metrics"  # gateway.stack.metrics_dir
+    # in the run dir (gateway.stack.run_dir), which this module may not import yet
+    directory = settings.data_dir / "run" / "metrics"
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)

@@ -173,11 +173,6 @@ def run_dir(settings: Settings) -> Path:
     return settings.data_dir / "run"
 
 
-def metrics_dir(settings: Settings) -> Path:
-    """Where ``up``'s processes write their metrics (``PROMETHEUS_MULTIPROC_DIR``)."""
-    return run_dir(settings) / "metrics"
-
-
 def listener_ready(settings: Settings, listener: str) -> Path:
     """The sign a listener process leaves once its ports accept."""
     return run_dir(settings) / f"listener-{listener}.ready"
