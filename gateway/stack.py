@@ -751,12 +751,11 @@ class Stack:
             else "external Orthanc (GATEWAY_ORTHANC_URL)"
         )
         plain = f"{s.ae_title}@{s.dicom_host}:{s.dicom_port}" if s.plain_dicom else "off"
-        if s.listeners > 1:
-            plain += f"  ({s.listeners} listener processes)"
         lines = [
             "xray-gateway is up",
             f"  DICOM           {plain}",
             *self._tls_banner(),
+            *self._listeners_banner(),
             f"  HTTP API        http://{s.api_host}:{s.api_port}  (OpenAPI: /docs; /healthz, /readyz, /metrics)",
             f"  API token       {self._token_shown()}",
             f"  PACS (Orthanc)  {pacs}",
@@ -779,6 +778,12 @@ class Stack:
                 " by the integrity plugin; alerts in alerts.sqlite)",
             )
         return "\n".join(lines)
+
+    def _listeners_banner(self) -> list[str]:
+        s = self.settings
+        if s.listeners == 1:
+            return []
+        return [f"  listeners       {s.listeners} processes on the DICOM port(s) (SO_REUSEPORT)"]
 
     def _tls_banner(self) -> list[str]:
         s = self.settings
