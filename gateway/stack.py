@@ -457,11 +457,7 @@ class Stack:
         s = self.settings
         # A bad certificate or key stops `up` before anything is started.
         server_tls, client_tls = tls_contexts(s)
-        if s.listeners > 1 and s.inprocess_pipeline:
-            raise ConfigError(
-                "GATEWAY_LISTENERS above 1 needs the pipeline in worker processes "
-                "(unset GATEWAY_INPROCESS_PIPELINE)"
-            )
+        self._check_listeners()
         s.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             # The index first: a schema newer than this code's, or a PostgreSQL index that
@@ -536,15 +532,26 @@ class Stack:
             ssl_context=server_tls,
         )
 
-    def _start_listeners(self) -> None:
-        """``GATEWAY_LISTENERS`` listener processes on the one DICOM port. ``SO_REUSEPORT``
-        would let them share a port with another gateway too: a port already taken stops
-        ``up`` instead."""
+    def _check_listeners(self) -> None:
+        """Refuse, before anything starts, what several listener processes cannot do: share
+        a DICOM port something already listens on (``SO_REUSEPORT`` would let a second
+        gateway share it silently), or pause an in-process pipeline for their acks."""
         s = self.settings
+        if s.listeners == 1:
+            return
+        if s.inprocess_pipeline:
+            raise ConfigError(
+                "GATEWAY_LISTENERS above 1 needs the pipeline in worker processes "
+                "(unset GATEWAY_INPROCESS_PIPELINE)"
+            )
         ports = [p for p in (s.dicom_port if s.plain_dicom else None, s.tls_port) if p]
         taken = [port for port in ports if port_in_use(s.dicom_host, port)]
         if taken:
             raise ConfigError(f"DICOM port {taken[0]} is already in use on {s.dicom_host}")
+
+    def _start_listeners(self) -> None:
+        """``GATEWAY_LISTENERS`` listener processes on the one DICOM port."""
+        s = self.settings
         for n in range(1, s.listeners + 1):
             listener = f"listen-{n}"
             ready = self._ready[f"listener-{listener}"] = listener_ready(s, listener)
