@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 import signal
 import socket
 import sys
@@ -28,7 +30,21 @@ if TYPE_CHECKING:
 ROLES = {t.name.lower(): t for t in UserType if t is not UserType.NONE}
 
 
+def _share_metrics_over_processes(settings: Settings) -> None:
+    """``up``'s ``/metrics`` adds up what every process of it counted (its listener and
+    worker processes, itself): prometheus_client's multiprocess mode, in an emptied
+    ``<data dir>/run/metrics``. Set before prometheus_client is first imported (nothing
+    this module imports at the top imports it; tests/unit/test_metrics.py holds it so),
+    and inherited by the children."""
+    # in the run dir (gateway.stack.run_dir), which this module may not import yet
+    directory = settings.data_dir / "run" / "metrics"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+
 def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    _share_metrics_over_processes(settings)
     from gateway.stack import Stack
 
     if args.external and settings.embedded_chain:
@@ -61,6 +77,25 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     try:
         node.start()
         print(f"xray-gateway worker {args.id} is up", flush=True)
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.stop()
+    return 0
+
+
+def _cmd_listener(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.stack import ListenerNode
+
+    node = ListenerNode(settings, listener=args.id)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        node.start()
+        print(f"xray-gateway listener {args.id} is up", flush=True)
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:
@@ -704,6 +739,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave the anchor stage to another worker (one process per recorder key anchors)",
     )  # fmt: skip
     worker.set_defaults(handler=_cmd_worker)
+
+    listener = sub.add_parser(
+        "listener",
+        help="one DICOM listener process on the shared DICOM port (up starts GATEWAY_LISTENERS)",
+    )
+    listener.add_argument(
+        "--id", required=True,
+        help="this listener's id among the node's listener processes (listen-N); it owns the "
+        "Storage Commitment requests it receives as <GATEWAY_NODE_ID>/<id>",
+    )  # fmt: skip
+    listener.set_defaults(handler=_cmd_listener)
 
     status = sub.add_parser(
         "status", help="queue depth per stage, oldest pending item, recent failures"

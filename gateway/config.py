@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     # `xray-gateway worker` yourself). Claims on rows last GATEWAY_WORKER_LEASE_S, renewed
     # while the worker lives; a dead worker's rows return to the queue when it runs out.
     workers: int = Field(default=1, ge=0, le=64)
+    # DICOM listener processes `up` starts on the one DICOM port (SO_REUSEPORT: the kernel
+    # spreads associations over them, each with its own GIL). 1: the listener runs in
+    # `up`'s own process, as before; more: each is an `xray-gateway listener` child,
+    # started again under its id when it dies (docs/scale-out.md).
+    listeners: int = Field(default=1, ge=1, le=64)
     # This gateway node's name among the nodes sharing one index (docs/scale-out.md): it
     # qualifies every worker id (``<node>/<worker>``) and owns the Storage Commitment
     # requests this node received. Unset: derived from the host name and the data dir.

@@ -24,21 +24,35 @@ xray_gateway_commitment_requests_stored{state}  stored: open, ready, reported
 xray_gateway_alerts_total{kind}                alerts recorded, by kind (the gateway's and
                                                the Orthanc plugin's logs, read at scrape)
 xray_gateway_ack_latency_seconds               histogram: a dataset's first bytes -> its
-                                               C-STORE success response (this listener)
+                                               C-STORE success response (every listener)
 xray_gateway_commit_latency_seconds            histogram: received (acked) -> anchored on the
                                                chain, from the index (every node's rows)
 xray_gateway_notify_events{target,state}       the alerts' outbox: events per webhook/syslog
                                                target, pending or delivered
 =============================================  =========================================
+
+Two kinds of metric. Gauges read at scrape time (the index's rows, the spool's room) come
+from :class:`GatewayCollector` in the process that answers ``/metrics``. Counts kept as
+events happen (C-STORE responses, commitment requests and reports) are prometheus_client
+*instruments* on :data:`INSTRUMENTS`, and may happen in any of ``up``'s processes: its
+listener processes (``GATEWAY_LISTENERS``), its workers, itself. ``up`` sets
+``PROMETHEUS_MULTIPROC_DIR`` (``<data dir>/run/metrics``, emptied on start) before
+prometheus_client is imported and its children inherit it, so every process writes its
+instruments there and :func:`registry_for` adds them up over processes
+(prometheus_client's multiprocess mode). A new instrument declared on
+:data:`INSTRUMENTS` is summed the same way with nothing more to do; a gauge instrument
+needs a ``multiprocess_mode`` (``livesum``: the live processes' sum), and ``up`` marks a
+dead child's live gauges gone (:func:`forget_process`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -48,18 +62,78 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
-from gateway.core.latency import COMMIT_BOUNDS, Histogram, cumulative
+from gateway.core.latency import ACK_BOUNDS, COMMIT_BOUNDS, cumulative
+from gateway.core.latency import Histogram as Buckets
 from gateway.core.nodes import node_of
 from gateway.errors import AlertsUnavailable
 from gateway.index.db import DONE_STAGES, STAGES, Index
 from gateway.trust.alerts import KINDS
 
 if TYPE_CHECKING:
-    from gateway.ingest.commitment import CommitmentSCP
+    from gateway.ingest.commitment import CommitmentLog, CommitmentSCP
     from gateway.ingest.receive import Receiver
     from gateway.ingest.spool import Spool
 
 PREFIX = "xray_gateway"
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+"""The environment variable that puts prometheus_client in multiprocess mode; it must be
+set before prometheus_client is first imported (``xray-gateway up`` sets it)."""
+
+INSTRUMENTS = CollectorRegistry(auto_describe=True)
+"""The counters, histograms and gauges updated as events happen, in whichever process."""
+
+CSTORE_RESPONSES = Counter(
+    f"{PREFIX}_cstore_responses", "C-STORE responses sent, by status", ["status"],
+    registry=INSTRUMENTS,
+)  # fmt: skip
+COMMITMENT_REQUESTS = Counter(
+    f"{PREFIX}_commitment_requests", "Storage Commitment N-ACTIONs", ["result"],
+    registry=INSTRUMENTS,
+)  # fmt: skip
+COMMITMENT_REPORTS = Counter(
+    f"{PREFIX}_commitment_reports",
+    "N-EVENT-REPORTs delivered (1: all committed, 2: some failed)", ["event_type"],
+    registry=INSTRUMENTS,
+)  # fmt: skip
+COMMITMENT_DELIVERY_FAILURES = Counter(
+    f"{PREFIX}_commitment_delivery_failures",
+    "Failed N-EVENT-REPORT delivery attempts (each is retried)",
+    registry=INSTRUMENTS,
+)
+ACK_LATENCY = Histogram(
+    f"{PREFIX}_ack_latency_seconds",
+    "C-STORE ack latency: a dataset's first bytes to its success response",
+    buckets=ACK_BOUNDS, registry=INSTRUMENTS,
+)  # fmt: skip
+
+
+def observe_ack(seconds: float) -> None:
+    """One C-STORE acked ``seconds`` after its first bytes (``Receiver`` ``on_ack``)."""
+    ACK_LATENCY.observe(seconds)
+
+
+def count_cstore_response(status: int) -> None:
+    """One C-STORE response sent (:class:`~gateway.ingest.receive.Receiver` ``on_response``)."""
+    CSTORE_RESPONSES.labels(f"0x{status:04X}").inc()
+
+
+def count_commitment(name: str) -> None:
+    """One commitment counter bumped (:class:`~gateway.ingest.commitment.CommitmentSCP`
+    ``on_count``): accepted, refused, reported_event_type_N, delivery_failures."""
+    if name in ("accepted", "refused"):
+        COMMITMENT_REQUESTS.labels(name).inc()
+    elif name.startswith("reported_event_type_"):
+        COMMITMENT_REPORTS.labels(name.removeprefix("reported_event_type_")).inc()
+    elif name == "delivery_failures":
+        COMMITMENT_DELIVERY_FAILURES.inc()
+
+
+def forget_process(pid: int) -> None:
+    """A child process of ``up`` died: its live gauges stop counting (its counters stay)."""
+    directory = os.environ.get(MULTIPROCESS_DIR)
+    if directory:
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 class GatewayCollector(Collector):
@@ -72,12 +146,17 @@ class GatewayCollector(Collector):
         receiver: Receiver | None = None,
         spool: Spool | None = None,
         commitment: CommitmentSCP | None = None,
-        overdue: Callable[[], int] | None = None,
-        node: str | None = None,
+        commitment_log: CommitmentLog | None = None,
         alerts: Callable[[], dict[str, int]] | None = None,
         outbox: Callable[[], dict[tuple[str, str], int]] | None = None,
+        overdue: Callable[[], int] | None = None,
+        node: str | None = None,
     ) -> None:
+        # receiver, commitment: their own counts, read here (one process); without them
+        # the counts are the instruments (registry_for), and commitment_log the stored
+        # requests alone
         self.index = index
+        self.commitment_log = commitment_log
         self.alerts = alerts
         self.outbox = outbox
         self.node = node
@@ -104,11 +183,6 @@ class GatewayCollector(Collector):
             for code, count in sorted(self.receiver.response_counts().items()):
                 responses.add_metric([f"0x{code:04X}"], count)
             yield responses
-            yield histogram(
-                f"{PREFIX}_ack_latency_seconds",
-                "C-STORE ack latency: a dataset's first bytes to its success response",
-                self.receiver.ack_latency.snapshot(),
-            )
         if self.alerts is not None:
             yield from self._alerts(self.alerts)
         if self.outbox is not None:
@@ -133,6 +207,8 @@ class GatewayCollector(Collector):
             )
         if self.commitment is not None:
             yield from self._commitment(self.commitment)
+        elif self.commitment_log is not None:
+            yield self._stored_requests(self.commitment_log)
 
     def _index(self) -> Iterator[Metric]:
         counts = self.index.stage_counts()
@@ -215,7 +291,7 @@ class GatewayCollector(Collector):
             alerts.add_metric([kind], found.get(kind, 0))
         yield alerts
 
-    def _commit_latency(self) -> Histogram:
+    def _commit_latency(self) -> Buckets:
         """Received -> anchored, over every anchored row: one pass over the index, so that
         the histogram is every worker's and node's and survives restarts."""
         spans = ", ".join(
@@ -254,18 +330,21 @@ class GatewayCollector(Collector):
             "Failed N-EVENT-REPORT delivery attempts (each is retried)",
             value=counters.get("delivery_failures", 0),
         )
+        yield self._stored_requests(scp.log)
+
+    def _stored_requests(self, log: CommitmentLog) -> Metric:
         stored = GaugeMetricFamily(
             f"{PREFIX}_commitment_requests_stored",
             "Stored commitment requests: open (waiting), ready (undelivered), reported",
             labels=["state"],
         )
-        states = scp.log.counts()
+        states = log.counts()
         for state in ("open", "ready", "reported"):
             stored.add_metric([state], states.get(state, 0))
-        yield stored
+        return stored
 
 
-def histogram(name: str, documentation: str, snapshot: Histogram) -> HistogramMetricFamily:
+def histogram(name: str, documentation: str, snapshot: Buckets) -> HistogramMetricFamily:
     """A Prometheus histogram from a :class:`~gateway.core.latency.Histogram`."""
     return HistogramMetricFamily(
         name,
@@ -275,10 +354,25 @@ def histogram(name: str, documentation: str, snapshot: Histogram) -> HistogramMe
     )
 
 
-def registry_for(collector: Collector) -> CollectorRegistry:
-    """A registry of its own (not the process-wide default) holding ``collector``."""
+class _Instruments(Collector):
+    """This process's :data:`INSTRUMENTS` (no multiprocess directory: one process)."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from INSTRUMENTS.collect()
+
+
+def registry_for(collector: Collector, *, instruments: bool = False) -> CollectorRegistry:
+    """A registry of its own (not the process-wide default) holding ``collector`` and, with
+    ``instruments``, the instruments: added up over every process that wrote them to
+    ``PROMETHEUS_MULTIPROC_DIR`` when it is set, this process's own otherwise."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    if instruments:
+        directory = os.environ.get(MULTIPROCESS_DIR)
+        if directory:
+            multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        else:
+            registry.register(_Instruments())
     return registry
 
 

@@ -8,6 +8,10 @@ The pipeline runs in ``GATEWAY_WORKERS`` worker processes (:class:`WorkerNode`, 
 starts again when one dies; the listener rings them after each ack (``ingest/wakeup``).
 The first anchors (one process sends the recorder's transactions); the others run every
 other stage. ``GATEWAY_INPROCESS_PIPELINE`` keeps the pipeline on threads in ``up``.
+
+With ``GATEWAY_LISTENERS`` above 1 the DICOM listener leaves ``up``'s process too: that
+many :class:`ListenerNode` processes (``xray-gateway listener``) accept on the one DICOM
+port (``SO_REUSEPORT``), supervised as the workers are.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from gateway.index.db import Index
 from gateway.index.evidence_view import prepare_evidence_reader
 from gateway.index.keycheck import check_shared_keys
 from gateway.ingest.anchor import BatchAnchorer, SingleAnchorer
-from gateway.ingest.commitment import CommitmentSCP
+from gateway.ingest.commitment import CommitmentLog, CommitmentSCP
 from gateway.ingest.forward import PacsForwarder
 from gateway.ingest.listener import ListenerLimits
 from gateway.ingest.pipeline import Pipeline
@@ -64,14 +68,22 @@ from gateway.ledger.bootstrap import (
     start_embedded_chain,
 )
 from gateway.ledger.client import XrayLedger
-from gateway.metrics import GatewayCollector, registry_for, render
+from gateway.metrics import (
+    GatewayCollector,
+    count_commitment,
+    count_cstore_response,
+    forget_process,
+    observe_ack,
+    registry_for,
+    render,
+)
 from gateway.notify.notifier import Notifier
 from gateway.notify.senders import AlertTarget, SyslogSender, WebhookSender
 from gateway.notify.signing import load_secret
 from gateway.orthanc_plugin import ENTRY_SCRIPT, plugin_section
 from gateway.pacs.client import Pacs
 from gateway.pacs.embedded import EmbeddedOrthanc, viewer_plugin_libraries
-from gateway.procs import Child
+from gateway.procs import Child, port_in_use
 from gateway.redact import redact_url
 from gateway.store import ObjectStore, open_store
 from gateway.trust.alerts import Alerts
@@ -86,6 +98,9 @@ log = logging.getLogger(__name__)
 
 RESTART_PAUSE_S = 5.0
 """How long `up` waits before starting again a worker process that failed to start."""
+
+MAX_LISTENERS = 64
+"""The most listener processes ``GATEWAY_LISTENERS`` may ask for (config.py's bound)."""
 
 
 def external_pacs(settings: Settings) -> Pacs:
@@ -210,6 +225,72 @@ def api_limits(settings: Settings) -> Limits:
 def run_dir(settings: Settings) -> Path:
     """Where the worker processes' wake-up sockets (or listening signs) and pid files are."""
     return settings.data_dir / "run"
+
+
+def listener_ready(settings: Settings, listener: str) -> Path:
+    """The sign a listener process leaves once its ports accept."""
+    return run_dir(settings) / f"listener-{listener}.ready"
+
+
+def tls_contexts(settings: Settings) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """The DICOM TLS listener's context, and the one for reports sent on new associations
+    (None, None without GATEWAY_TLS_CERT)."""
+    s = settings
+    if s.tls_cert is None or s.tls_key is None:
+        return None, None
+    return (
+        server_context(cert=s.tls_cert, key=s.tls_key, ca=s.tls_ca),
+        client_context(cert=s.tls_cert, key=s.tls_key, ca=s.tls_ca),
+    )
+
+
+def worker_doorbell(settings: Settings) -> Doorbell:
+    """What a listener rings after each ack: every worker socket in the run dir, or a
+    NOTIFY on a PostgreSQL index (workers on any host)."""
+    if settings.index_url is None:
+        return SocketDoorbell(run_dir(settings))
+    return NotifyDoorbell(settings.index_url.get_secret_value())
+
+
+def build_receiver(
+    settings: Settings,
+    *,
+    index: Index,
+    spool: Spool,
+    commitment: CommitmentSCP,
+    on_stored: Callable[[int], None],
+) -> Receiver:
+    """The Storage SCP over the configured limits and allowlist, counting its responses."""
+    s = settings
+    return Receiver(
+        spool=spool,
+        index=index,
+        ae_title=s.ae_title,
+        allowed_aets=s.allowed_aets,
+        on_stored=on_stored,
+        commitment=commitment,
+        max_instance_bytes=s.max_instance_bytes,
+        limits=ListenerLimits.from_settings(s),
+        node=s.node,
+        on_response=count_cstore_response,
+        on_ack=observe_ack,
+    )
+
+
+def build_commitment(
+    settings: Settings, *, index: Index, owner: str, client_tls: ssl.SSLContext | None
+) -> CommitmentSCP:
+    """The Storage Commitment SCP reporting the requests ``owner`` receives."""
+    s = settings
+    return CommitmentSCP(
+        index=index,
+        ae_title=s.ae_title,
+        peers=s.commitment_peers,
+        timeout_s=s.commitment_timeout_s,
+        ssl_context=client_tls,
+        node=owner,
+        on_count=count_commitment,
+    )
 
 
 def build_pipeline(
@@ -338,6 +419,66 @@ class WorkerNode:
             self.index.close()
 
 
+class ListenerNode:
+    """One listener process (``GATEWAY_LISTENERS`` above 1): the node's DICOM ports, shared
+    with its other listener processes (``SO_REUSEPORT``: the kernel hands each new
+    association to one of them), each with its own GIL.
+
+    It writes into the one index and the node's spool (arriving in an ``incoming``
+    directory of its own, cleared when it starts), rings the workers after each ack, and
+    applies the same limits, allowlist, TLS and peer log as ``up``'s own listener. It
+    answers Storage Commitment for the requests it received: it owns them as
+    ``<node>/<listener>``, so a listener started again under its id reports what it had.
+    """
+
+    def __init__(self, settings: Settings, *, listener: str) -> None:
+        self.settings = settings
+        self.listener = listener
+        self.index: Index | None = None
+        self.doorbell: Doorbell | None = None
+        self.commitment: CommitmentSCP | None = None
+        self.receiver: Receiver | None = None
+
+    def start(self) -> None:
+        s = self.settings
+        server_tls, client_tls = tls_contexts(s)
+        try:
+            index = self.index = Index(s.index_location)
+            spool = Spool(
+                s.data_dir / "spool", reserve_bytes=s.spool_reserve_mb << 20,
+                incoming=f"incoming-{self.listener}",
+            )  # fmt: skip
+            spool.clear_incoming()  # what it was receiving when it died was never acked
+            doorbell = self.doorbell = worker_doorbell(s)
+            self.commitment = build_commitment(
+                s, index=index, owner=worker_id(s.node, self.listener), client_tls=client_tls
+            )
+            self.commitment.start()
+            self.receiver = build_receiver(
+                s, index=index, spool=spool, commitment=self.commitment,
+                on_stored=lambda _row: doorbell.ring(),
+            )  # fmt: skip
+            self.receiver.start(
+                host=s.dicom_host, port=s.dicom_port if s.plain_dicom else None,
+                tls_port=s.tls_port, ssl_context=server_tls, shared_port=True,
+            )  # fmt: skip
+            listener_ready(s, self.listener).touch()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        listener_ready(self.settings, self.listener).unlink(missing_ok=True)
+        if self.receiver is not None:
+            self.receiver.stop()
+        if self.commitment is not None:
+            self.commitment.stop()
+        if self.doorbell is not None:
+            self.doorbell.close()
+        if self.index is not None:
+            self.index.close()
+
+
 class Stack:
     """The running gateway with its embedded parts (unless configured as external)."""
 
@@ -361,6 +502,8 @@ class Stack:
         self._api: uvicorn.Server | None = None
         self._api_thread: threading.Thread | None = None
         self.workers: list[Child] = []
+        self.listeners: list[Child] = []  # GATEWAY_LISTENERS above 1
+        self._ready: dict[str, Path] = {}  # child name -> what shows it is up
         self._restart_at: dict[str, float] = {}  # a worker that failed to start waits
         self.doorbell: Doorbell | None = None
         self.notifier: Notifier | None = None
@@ -393,7 +536,8 @@ class Stack:
     def start(self) -> None:
         s = self.settings
         # A bad certificate or key stops `up` before anything is started.
-        server_tls, client_tls = self._tls_contexts()
+        server_tls, client_tls = tls_contexts(s)
+        self._check_listeners()
         s.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             # The index first: a schema newer than this code's, or a PostgreSQL index that
@@ -434,42 +578,16 @@ class Stack:
                 self.pipeline.start()
                 on_stored = self.pipeline.wake
             else:
-                doorbell = self.doorbell = (
-                    SocketDoorbell(run_dir(s)) if s.index_url is None
-                    else NotifyDoorbell(s.index_url.get_secret_value())
-                )  # fmt: skip
+                doorbell = self.doorbell = worker_doorbell(s)
                 on_stored = lambda _row: doorbell.ring()  # noqa: E731
                 for n in range(1, s.workers + 1):
                     self.workers.append(self._worker(n))
-                    self._start_worker(self.workers[-1], first=True)
-            self.commitment = CommitmentSCP(
-                index=self.index,
-                ae_title=s.ae_title,
-                peers=s.commitment_peers,
-                timeout_s=s.commitment_timeout_s,
-                ssl_context=client_tls,
-                node=s.node,
-            )
-            self.commitment.start()
-            self.receiver = Receiver(
-                spool=spool,
-                index=self.index,
-                ae_title=s.ae_title,
-                allowed_aets=s.allowed_aets,
-                on_stored=on_stored,
-                commitment=self.commitment,
-                max_instance_bytes=s.max_instance_bytes,
-                limits=ListenerLimits.from_settings(s),
-                node=s.node,
-            )
-            if self.pipeline is not None:  # acks go first (performance.md)
-                self.pipeline.pause = self.receiver.yield_to_acks
-            self.receiver.start(
-                host=s.dicom_host,
-                port=s.dicom_port if s.plain_dicom else None,
-                tls_port=s.tls_port,
-                ssl_context=server_tls,
-            )
+                    self._start_child(self.workers[-1], first=True)
+            self._hand_over_commitments()
+            if s.listeners > 1:
+                self._start_listeners()
+            else:
+                self._start_own_listener(on_stored, server_tls, client_tls)
             self._start_api()
             # the plugin's journal is imported here; with the pipeline in this process,
             # trail batches are anchored here too (else by the anchoring worker)
@@ -482,13 +600,84 @@ class Stack:
             self.stop()
             raise
 
+    def _start_own_listener(
+        self,
+        on_stored: Callable[[int], None],
+        server_tls: ssl.SSLContext | None,
+        client_tls: ssl.SSLContext | None,
+    ) -> None:
+        """The listener in ``up``'s own process (``GATEWAY_LISTENERS=1``)."""
+        s = self.settings
+        assert self.index is not None and self.spool is not None
+        self.commitment = build_commitment(s, index=self.index, owner=s.node, client_tls=client_tls)
+        self.commitment.start()
+        self.receiver = build_receiver(
+            s, index=self.index, spool=self.spool, commitment=self.commitment, on_stored=on_stored
+        )
+        if self.pipeline is not None:  # acks go first (performance.md)
+            self.pipeline.pause = self.receiver.yield_to_acks
+        self.receiver.start(
+            host=s.dicom_host,
+            port=s.dicom_port if s.plain_dicom else None,
+            tls_port=s.tls_port,
+            ssl_context=server_tls,
+        )
+
+    def _check_listeners(self) -> None:
+        """Refuse, before anything starts, what several listener processes cannot do: share
+        a DICOM port something already listens on (``SO_REUSEPORT`` would let a second
+        gateway share it silently), or pause an in-process pipeline for their acks."""
+        s = self.settings
+        if s.listeners == 1:
+            return
+        if s.inprocess_pipeline:
+            raise ConfigError(
+                "GATEWAY_LISTENERS above 1 needs the pipeline in worker processes "
+                "(unset GATEWAY_INPROCESS_PIPELINE)"
+            )
+        ports = [p for p in (s.dicom_port if s.plain_dicom else None, s.tls_port) if p]
+        taken = [port for port in ports if port_in_use(s.dicom_host, port)]
+        if taken:
+            raise ConfigError(f"DICOM port {taken[0]} is already in use on {s.dicom_host}")
+
+    def _start_listeners(self) -> None:
+        """``GATEWAY_LISTENERS`` listener processes on the one DICOM port."""
+        s = self.settings
+        for n in range(1, s.listeners + 1):
+            listener = f"listen-{n}"
+            ready = self._ready[f"listener-{listener}"] = listener_ready(s, listener)
+            child = Child(
+                f"listener-{listener}",
+                [sys.executable, "-m", "gateway", "listener", "--id", listener],
+                log_path=run_dir(s) / f"listener-{listener}.log",
+                ready=ready.exists,
+                inherit_output=True,
+            )
+            self.listeners.append(child)
+            self._start_child(child, first=True)
+
+    def _hand_over_commitments(self) -> None:
+        """Storage Commitment requests not yet reported go to a listener that will run:
+        with listener processes, the first takes ``up``'s own and those of listeners
+        beyond ``GATEWAY_LISTENERS``; with none, ``up`` takes every listener's."""
+        s = self.settings
+        assert self.index is not None
+        if s.listeners > 1:
+            gone = [
+                worker_id(s.node, f"listen-{n}") for n in range(s.listeners + 1, MAX_LISTENERS + 1)
+            ]
+            first = CommitmentLog(self.index, node=worker_id(s.node, "listen-1"))
+            first.hand_over([s.node, *gone])
+        else:
+            CommitmentLog(self.index, node=s.node).hand_over(prefix=worker_id(s.node, "listen-"))
+
     def _worker(self, n: int) -> Child:
         """Worker process ``n`` (id ``up-<n>``); the first one anchors."""
         worker = f"up-{n}"
         argv = [sys.executable, "-m", "gateway", "worker", "--id", worker]
         if n > 1:
             argv.append("--no-anchor")
-        bell = self._bell_ready(worker)
+        bell = self._ready[f"worker-{worker}"] = self._bell_ready(worker)
         return Child(
             f"worker-{worker}", argv, log_path=run_dir(self.settings) / f"worker-{worker}.log",
             ready=bell.exists, inherit_output=True,
@@ -500,39 +689,32 @@ class Stack:
             run_dir(self.settings), worker, notify=self.settings.index_url is not None
         )
 
-    def _start_worker(self, child: Child, *, first: bool) -> None:
-        bell = self._bell_ready(child.argv[child.argv.index("--id") + 1])
-        bell.unlink(missing_ok=True)  # a killed worker's bell: not ready until it is up anew
-        # a failpoint is one crash: a worker started again runs without it
+    def _start_child(self, child: Child, *, first: bool) -> None:
+        """Start a worker or listener process and wait until it shows it is up."""
+        # a killed child's sign (socket, ready file): not ready until it is up anew
+        self._ready[child.name].unlink(missing_ok=True)
+        # a failpoint is one crash: a child started again runs without it
         child.env = None if first else {"GATEWAY_FAILPOINT": ""}
         child.start(timeout=120)
 
     def supervise(self) -> None:
-        """Start again, under the same id, every worker process that died (main thread only:
-        a child's parent-death signal follows the thread that started it)."""
-        for child in self.workers:
+        """Start again, under the same id, every worker or listener process that died (main
+        thread only: a child's parent-death signal follows the thread that started it)."""
+        for child in (*self.workers, *self.listeners):
             if child.process is None or child.running:
                 continue
             if time.monotonic() < self._restart_at.get(child.name, 0.0):
                 continue
             code = child.process.returncode
+            if child.name not in self._restart_at:  # once per death, not per retry
+                forget_process(child.process.pid)
             log.warning("%s exited (code %s): starting it again", child.name, code)
             try:
-                self._start_worker(child, first=False)
+                self._start_child(child, first=False)
+                self._restart_at.pop(child.name, None)
             except ChildFailed as exc:  # e.g. the index or the chain refuses it: try again
                 self._restart_at[child.name] = time.monotonic() + RESTART_PAUSE_S
                 log.error("%s: %s; next try in %.0f s", child.name, exc, RESTART_PAUSE_S)
-
-    def _tls_contexts(self) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
-        """The DICOM TLS listener's context, and the one for reports sent on new
-        associations (None, None without GATEWAY_TLS_CERT)."""
-        s = self.settings
-        if s.tls_cert is None or s.tls_key is None:
-            return None, None
-        return (
-            server_context(cert=s.tls_cert, key=s.tls_key, ca=s.tls_ca),
-            client_context(cert=s.tls_cert, key=s.tls_key, ca=s.tls_ca),
-        )
 
     def _embedded_orthanc(self) -> EmbeddedOrthanc:
         """Orthanc with the integrity plugin as its storage area, and the viewers."""
@@ -602,14 +784,14 @@ class Stack:
         metrics = registry_for(
             GatewayCollector(
                 index=index,
-                receiver=self.receiver,
                 spool=self.spool,
-                commitment=self.commitment,
+                commitment_log=CommitmentLog(index, node=s.node),
                 overdue=lambda: len(overdue(index, older_than=s.pending_alert_s)),
                 node=s.node,
                 alerts=self.alerts.counts,
                 outbox=self.notifier.outbox.counts if self.notifier is not None else None,
-            )
+            ),
+            instruments=True,  # C-STORE responses, ack latency, commitment counts: all processes
         )
         config = uvicorn.Config(
             create_app(
@@ -645,6 +827,8 @@ class Stack:
             self._api.should_exit = True
             if self._api_thread is not None:
                 self._api_thread.join(10)
+        for child in reversed(self.listeners):  # no new associations, theirs end
+            child.stop(timeout=30)
         if self.receiver is not None:
             self.receiver.stop()
         if self.trail_loop is not None:
@@ -694,6 +878,7 @@ class Stack:
             "xray-gateway is up",
             f"  DICOM           {plain}",
             *self._tls_banner(),
+            *self._listeners_banner(),
             f"  HTTP API        http://{s.api_host}:{s.api_port}  (OpenAPI: /docs; /healthz, /readyz, /metrics)",
             f"  API token       {self._token_shown()}",
             f"  PACS (Orthanc)  {pacs}",
@@ -716,6 +901,12 @@ class Stack:
                 " by the integrity plugin; alerts in alerts.sqlite)",
             )
         return "\n".join(lines)
+
+    def _listeners_banner(self) -> list[str]:
+        s = self.settings
+        if s.listeners == 1:
+            return []
+        return [f"  listeners       {s.listeners} processes on the DICOM port(s) (SO_REUSEPORT)"]
 
     def _tls_banner(self) -> list[str]:
         s = self.settings

@@ -17,6 +17,11 @@ slice (which one goes first alternates too), so the machine's load hits both ali
 
 Both Orthancs are restarted for each repetition; medians over repetitions (raw: over every
 pass); overhead = with / without - 1.
+
+:func:`retrieval_overhead_on_postgres` runs the same with the gateway's index on a
+throwaway PostgreSQL cluster: the plugin then reads the evidence as a role that may only
+``SELECT`` the view made for it (:mod:`gateway.index.evidence_view`), the read-only path
+of several Orthanc nodes, and no ``index.sqlite`` is in the plugin's data dir.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +38,10 @@ from typing import Any
 import requests
 
 import dicom_fixtures
+from gateway.bench.postgres import PostgresCluster
 from gateway.core.fingerprint import fingerprint_and_header
 from gateway.index.db import Index
+from gateway.index.evidence_view import prepare_evidence_reader
 from gateway.orthanc_plugin import ENTRY_SCRIPT, plugin_section
 from gateway.pacs.embedded import EmbeddedOrthanc
 from gateway.procs import free_port
@@ -41,9 +49,13 @@ from gateway.procs import free_port
 Progress = Callable[[str], None]
 
 
-def _record(index_path: Path, files: list[Path]) -> None:
+#: The plugin's read-only role on the bench's PostgreSQL index.
+READER_ROLE = "xray_bench_evidence"
+
+
+def _record(index_location: Path | str, files: list[Path]) -> None:
     """Index rows as the gateway writes them once an instance is anchored."""
-    index = Index(index_path)
+    index = Index(index_location)
     try:
         for n, path in enumerate(files):
             with path.open("rb") as stream:
@@ -70,14 +82,14 @@ def _record(index_path: Path, files: list[Path]) -> None:
         index.close()
 
 
-def _orthanc(data_dir: Path, *, plugin: bool) -> EmbeddedOrthanc:
+def _orthanc(data_dir: Path, *, plugin: bool, reader_url: str | None = None) -> EmbeddedOrthanc:
     return EmbeddedOrthanc(
         data_dir=data_dir,
         http_port=free_port(),
         dicom_port=free_port(),
         aet="BENCHPACS",
         plugin=ENTRY_SCRIPT if plugin else None,
-        plugin_config=plugin_section(data_dir=data_dir) if plugin else None,
+        plugin_config=plugin_section(data_dir=data_dir, index_url=reader_url) if plugin else None,
     )
 
 
@@ -102,7 +114,13 @@ def _pct(with_plugin: float, without: float) -> float:
 
 
 def retrieval_overhead(
-    *, workdir: Path, slices: int = 200, progress: Progress | None = None, repetitions: int = 3
+    *,
+    workdir: Path,
+    slices: int = 200,
+    progress: Progress | None = None,
+    repetitions: int = 3,
+    index_url: str | None = None,
+    reader_url: str | None = None,
 ) -> dict[str, Any]:
     """Measure the plugin's added latency on the viewer path and on raw files.
 
@@ -116,6 +134,10 @@ def retrieval_overhead(
         Called with a one-line message as the benchmark advances.
     repetitions:
         Restarts of the pair of Orthancs; medians are reported.
+    index_url, reader_url:
+        The gateway's index on PostgreSQL (its owner's URL, where the rows are written)
+        and the plugin's read-only role on its evidence view; None: ``index.sqlite`` in
+        the plugin's data dir.
 
     Returns
     -------
@@ -132,14 +154,14 @@ def retrieval_overhead(
     try:
         say(f"writing {slices} CT slices")
         files = dicom_fixtures.ct_series(root / "slices", count=slices)
-        _record(data_dir / "index.sqlite", files)
+        _record(index_url or data_dir / "index.sqlite", files)
         start = time.perf_counter()
         for path in files:
             hashlib.sha256(path.read_bytes()).digest()
         sha256_s = time.perf_counter() - start
 
         say("storing the study through the plugin")
-        orthanc = _orthanc(data_dir, plugin=True)
+        orthanc = _orthanc(data_dir, plugin=True, reader_url=reader_url)
         orthanc.start()
         try:
             session = _session(orthanc)
@@ -160,7 +182,7 @@ def retrieval_overhead(
         for rep in range(repetitions):
             say(f"repetition {rep + 1}/{repetitions}: both Orthancs (re)started")
             servers = {
-                "with": _orthanc(data_dir, plugin=True),
+                "with": _orthanc(data_dir, plugin=True, reader_url=reader_url),
                 "without": _orthanc(twin, plugin=False),
             }
             try:
@@ -217,15 +239,63 @@ def retrieval_overhead(
         shutil.rmtree(root, ignore_errors=True)
 
 
+def retrieval_overhead_on_postgres(
+    *, workdir: Path, slices: int = 200, progress: Progress | None = None, repetitions: int = 3
+) -> dict[str, Any]:
+    """:func:`retrieval_overhead` with the plugin reading a PostgreSQL index through its
+    read-only role and view; a throwaway cluster on a free port, stopped at the end."""
+    say = progress or (lambda message: None)
+    say("starting PostgreSQL (a throwaway cluster on a free port)")
+    # Not under workdir: the server runs as the postgres user, which needs its own dir.
+    cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="xray-bench-pg-"))).start()
+    try:
+        index_url = cluster.create_database()
+        Index(index_url).close()  # the gateway's tables, then the plugin's view over them
+        cluster.create_role(READER_ROLE)
+        prepare_evidence_reader(index_url, READER_ROLE)
+        database = index_url.rsplit("/", 1)[1]
+        result = retrieval_overhead(
+            workdir=workdir, slices=slices, progress=progress, repetitions=repetitions,
+            index_url=index_url, reader_url=cluster.url(database, user=READER_ROLE),
+        )  # fmt: skip
+        return {
+            **result,
+            "index": "postgresql, read through the plugin's view",
+            "evidence_lookups": _uid_lookups(index_url),
+        }
+    finally:
+        cluster.stop()
+
+
+def _uid_lookups(url: str, *, wait_s: float = 10.0) -> int:
+    """How many look-ups by SOP Instance UID the index served (PostgreSQL's statistics):
+    the plugin's reads through its view, since recording the rows looks up none. A
+    server process flushes its counts when its client (Orthanc, stopped) goes: wait for
+    them a little."""
+    import psycopg
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        with psycopg.connect(url) as db:
+            row = db.execute(
+                "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'instances_uid'"
+            ).fetchone()
+        count = int(row[0]) if row and row[0] is not None else 0
+        if count or time.monotonic() >= deadline:
+            return count
+        time.sleep(0.2)
+
+
 if __name__ == "__main__":
     import json
     import sys
-    import tempfile
 
+    measure = retrieval_overhead_on_postgres if "--postgres" in sys.argv else retrieval_overhead
+    counts = [arg for arg in sys.argv[1:] if not arg.startswith("--")]
     with tempfile.TemporaryDirectory(prefix="xray-bench-") as tmp:
-        result = retrieval_overhead(
+        result = measure(
             workdir=Path(tmp),
-            slices=int(sys.argv[1]) if len(sys.argv) > 1 else 200,
+            slices=int(counts[0]) if counts else 200,
             progress=lambda message: print(message, file=sys.stderr),
         )
     print(json.dumps(result, indent=2))

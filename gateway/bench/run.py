@@ -26,7 +26,7 @@ from gateway.bench.chart import TARGETS, write_chart
 from gateway.bench.ingest import orthanc_direct, through_gateway, through_gateway_on_postgres
 from gateway.bench.limits import machine_limits
 from gateway.bench.memory import large_instance_rss
-from gateway.bench.retrieval import retrieval_overhead
+from gateway.bench.retrieval import retrieval_overhead, retrieval_overhead_on_postgres
 from gateway.bench.workload import Workload, prepare
 
 #: Every headline key of ``results.json``.
@@ -43,6 +43,7 @@ KEYS = (
     "seed_workload_s",
     "retrieval_overhead_pct",
     "raw_retrieval_overhead_pct",
+    "raw_retrieval_overhead_pct_postgres",
     "rss_mb_1gb_instance",
     "sha256_fraction_of_limit",
     "seal_fraction_of_limit",
@@ -83,6 +84,9 @@ def headline(raw: dict[str, Any]) -> dict[str, Any]:
         "seed_workload_s": gateway["seed_workload_s"],
         "retrieval_overhead_pct": raw["retrieval"]["retrieval_overhead_pct"],
         "raw_retrieval_overhead_pct": raw["retrieval"]["raw_retrieval_overhead_pct"],
+        "raw_retrieval_overhead_pct_postgres": raw["retrieval_postgres"][
+            "raw_retrieval_overhead_pct"
+        ],
         "rss_mb_1gb_instance": raw["memory"]["rss_mb_peak"],
         "sha256_fraction_of_limit": raw["limits"]["sha256_fraction_of_limit"],
         "seal_fraction_of_limit": raw["limits"]["seal_fraction_of_limit"],
@@ -107,7 +111,7 @@ def run_bench(
     columns = (SpinnerColumn(), TextColumn("[bold]{task.fields[part]}[/] {task.description}"),
                BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())  # fmt: skip
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("generating fixtures", total=8, part="data")
+        task = progress.add_task("generating fixtures", total=9, part="data")
 
         def stage(part: str) -> Callable[[str], None]:
             def say(message: str) -> None:
@@ -161,6 +165,16 @@ def run_bench(
         r = raw["retrieval"]
         done("4/6 retrieval", f"viewer {r['retrieval_overhead_pct']} %, raw "
              f"{r['raw_retrieval_overhead_pct']} %")  # fmt: skip
+
+        raw["retrieval_postgres"] = retrieval_overhead_on_postgres(
+            workdir=work,
+            slices=workload.retrieval_slices,
+            repetitions=workload.retrieval_repetitions,
+            progress=stage("4/6"),
+        )
+        r = raw["retrieval_postgres"]
+        done("4/6 retrieval, plugin on PostgreSQL", f"viewer {r['retrieval_overhead_pct']} %, "
+             f"raw {r['raw_retrieval_overhead_pct']} %")  # fmt: skip
 
         raw["memory"] = large_instance_rss(workdir=work, large=files.large, say=stage("5/6"))
         done("5/6 memory", f"peak RSS {raw['memory']['rss_mb_peak']} MB")

@@ -1,13 +1,12 @@
-"""Durations counted into fixed histogram buckets, thread-safe, for ``/metrics`` (pure).
+"""Latency histogram buckets for ``/metrics`` (pure).
 
-The listener observes each C-STORE's ack latency here (from the dataset's first bytes
-to the success response); the collector renders a snapshot as a Prometheus histogram.
+The bucket bounds of the ack latency (a prometheus_client histogram summed over the
+listener processes, gateway/metrics.py) and of the commit latency, which the collector
+counts from the index at scrape time into a :class:`Histogram`.
 """
 
 from __future__ import annotations
 
-import bisect
-import threading
 from dataclasses import dataclass
 
 #: Upper bounds (seconds) for the ack: receive start -> C-STORE success sent.
@@ -27,27 +26,6 @@ class Histogram:
     buckets: tuple[tuple[float, int], ...]
     count: int
     total: float
-
-
-class Latencies:
-    """Observations counted per bucket of ``bounds`` (ascending upper bounds, seconds)."""
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self._counts = [0] * (len(bounds) + 1)  # the last: above every bound
-        self._sum = 0.0
-        self._lock = threading.Lock()
-
-    def observe(self, seconds: float) -> None:
-        slot = bisect.bisect_left(self.bounds, seconds)
-        with self._lock:
-            self._counts[slot] += 1
-            self._sum += seconds
-
-    def snapshot(self) -> Histogram:
-        with self._lock:
-            counts, total = list(self._counts), self._sum
-        return cumulative(self.bounds, counts, total)
 
 
 def cumulative(bounds: tuple[float, ...], counts: list[int], total: float) -> Histogram:

@@ -633,24 +633,26 @@ class Index:
 
     def claim_due(
         self, worker: str, *, stages: tuple[str, ...], limit: int, lease_s: float,
-        now: float | None = None,
+        anywhere: tuple[str, ...] = (), now: float | None = None,
     ) -> list[Row]:  # fmt: skip
         """Claim up to ``limit`` due rows at ``stages`` that no live claim holds, oldest first.
 
         Only rows the worker's node received (``<node>/…``, :mod:`gateway.core.nodes`), or
-        that no node is named for, or at ``anchor`` (which needs no local file): the other
-        stages read the receiving node's spool and sealed dir.
+        that no node is named for, or at one of the stages ``anywhere`` (the pipeline's
+        stage table says which need no local file: the others read the receiving node's
+        spool and sealed dir).
         """
         if limit <= 0 or not stages:
             return []
         now = time.time() if now is None else now
         marks = ", ".join("?" for _ in stages)
+        free_stages = ", ".join("?" for _ in anywhere) or "NULL"
         with self.transaction() as db:
             ids = [int(r[0]) for r in db.execute(
                 f"SELECT id FROM instances WHERE stage IN ({marks}) AND next_attempt_at <= ?"
                 f" AND {self._FREE} AND (received_by IS NULL OR received_by = ?"
-                f" OR stage = 'anchor') ORDER BY id LIMIT ?{db.row_lock('skip')}",
-                (*stages, now, now, node_of(worker), limit),
+                f" OR stage IN ({free_stages})) ORDER BY id LIMIT ?{db.row_lock('skip')}",
+                (*stages, now, now, node_of(worker), *anywhere, limit),
             )]  # fmt: skip
             return self._mark_claimed(db, worker, ids, now + lease_s)
 

@@ -35,7 +35,7 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -43,6 +43,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_role, evt
 
+from gateway.core.nodes import SEPARATOR
 from gateway.index.db import DONE_STAGES, Index, Row
 from gateway.ingest.listener import nodelay
 from gateway.ingest.retry import backoff
@@ -278,6 +279,26 @@ class CommitmentLog:
             )
             return max(int(cursor.rowcount), 0)
 
+    def hand_over(self, owners: Sequence[str] = (), *, prefix: str | None = None) -> int:
+        """Make this owner (a node, or one listener process of it) deliver the requests not
+        yet reported that ``owners`` hold, or any owner whose id starts with ``prefix``:
+        ``up`` calls it before its listeners start, when their number changed. Returns
+        how many."""
+        tests = [f"node IN ({', '.join('?' for _ in owners)})"] if owners else []
+        values: list[Any] = [*owners]
+        if prefix:
+            tests.append("substr(node, 1, ?) = ?")
+            values += [len(prefix), prefix]
+        if not tests:
+            return 0
+        with self.index.transaction() as db:
+            cursor = db.execute(
+                "UPDATE commitments SET node = ? WHERE state != 'reported' AND node != ?"
+                f" AND ({' OR '.join(tests)})",
+                (self.node, self.node, *values),
+            )
+            return max(int(cursor.rowcount), 0)
+
     def decided(self, request_id: int, report: Report) -> None:
         self._set(request_id, state="ready", event_type=report.event_type,
                   report=report.to_json())  # fmt: skip
@@ -299,13 +320,15 @@ class CommitmentLog:
         return {str(state): int(count) for state, count in rows}
 
     def counts_per_node(self) -> dict[str, dict[str, int]]:
-        """Requests per owning node, then per state (``""``: not yet adopted by a node)."""
+        """Requests per owning node, then per state (``""``: not yet adopted by a node); a
+        request one of a node's listener processes owns (``<node>/listen-N``) is the node's."""
         rows = self.index.query(
             "SELECT COALESCE(node, ''), state, COUNT(*) FROM commitments GROUP BY node, state"
         )
         found: dict[str, dict[str, int]] = {}
-        for node, state, count in rows:
-            found.setdefault(str(node), {})[str(state)] = int(count)
+        for owner, state, count in rows:
+            states = found.setdefault(str(owner).partition(SEPARATOR)[0], {})
+            states[str(state)] = states.get(str(state), 0) + int(count)
         return found
 
     def undelivered(self, limit: int) -> list[Undelivered]:
@@ -346,6 +369,10 @@ class CommitmentSCP:
     ssl_context:
         The client context (:func:`gateway.ingest.tls.client_context`) for reports to requests
         that came over TLS; None when the gateway has no DICOM TLS.
+    on_count:
+        Called with the name of each counter bumped (accepted, refused,
+        reported_event_type_N, delivery_failures): ``up`` adds them up over its listener
+        processes in ``/metrics``.
     """
 
     def __init__(
@@ -359,8 +386,10 @@ class CommitmentSCP:
         network_timeout_s: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
         node: str = "",
+        on_count: Callable[[str], None] | None = None,
     ) -> None:
         self.index = index
+        self.on_count = on_count
         self.log = CommitmentLog(index, node=node)
         self.ae_title = ae_title
         self.peers = dict(peers)
@@ -442,6 +471,8 @@ class CommitmentSCP:
     def _count(self, name: str) -> None:
         with self._lock:
             self.counters[name] += 1
+        if self.on_count is not None:
+            self.on_count(name)
 
     def counts(self) -> dict[str, int]:
         """A snapshot of the counters (accepted, refused, reported_event_type_N, …)."""

@@ -85,7 +85,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
     Stage("fingerprint", Steps.fingerprint, next="seal", aside="duplicate"),
     Stage("seal", Steps.seal, next="put"),
     Stage("put", Steps.put, next="anchor", back="seal"),
-    Stage("anchor", Steps.anchor, next="forward", batched=True),
+    Stage("anchor", Steps.anchor, next="forward", batched=True, anywhere=True),
     Stage("forward", Steps.forward, next="committed", aside="conflict"),
 )
 STAGE = {stage.name: stage for stage in STAGE_TABLE}
@@ -95,6 +95,8 @@ ANCHOR = next(stage for stage in STAGE_TABLE if stage.batched)
 UNANCHORED = tuple(stage.name for stage in STAGE_TABLE[: STAGE_TABLE.index(ANCHOR) + 1])
 #: Stages a row passes on its way to the anchor stage.
 ON_THE_WAY = UNANCHORED[:-1]
+#: Stages any node may work: the rest read the receiving node's spool or sealed dir.
+ANYWHERE = tuple(stage.name for stage in STAGE_TABLE if stage.anywhere)
 #: Stages past the last one: the PACS holds the row, and its spool copy may be gone.
 FORWARDED = tuple(name for name in (STAGE_TABLE[-1].next, STAGE_TABLE[-1].aside) if name)
 
@@ -315,7 +317,7 @@ class Pipeline:
             with self._lock:
                 room = self.workers - len(self._inflight)
             for row in self.index.claim_due(
-                self.worker, stages=stages, limit=room, lease_s=self.lease_s
+                self.worker, stages=stages, anywhere=ANYWHERE, limit=room, lease_s=self.lease_s
             ):
                 self._submit(row.id)
             self._wake.wait(self.poll_s)

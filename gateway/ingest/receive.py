@@ -48,7 +48,6 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from gateway import failpoints
 from gateway.core.allowlist import Network, refusal
 from gateway.core.fingerprint import MAX_INSTANCE_BYTES, checked_header
-from gateway.core.latency import ACK_BOUNDS, Latencies
 from gateway.errors import DatasetTooLarge, DatasetUnreadable, SpoolUnavailable
 from gateway.index.db import Index
 from gateway.ingest.listener import GuardedAssociationServer, ListenerLimits, nodelay, start_server
@@ -185,6 +184,12 @@ class Receiver:
         What one peer may hold of the listener (timeouts, PDU size, associations).
     node:
         This gateway node's id, recorded on each row: its spool holds the bytes.
+    on_response:
+        Called with each C-STORE response's status (``up`` counts them in the metrics
+        that add up over its listener processes).
+    on_ack:
+        Called with each successful C-STORE's ack latency in seconds, from its dataset's
+        first bytes to the success response (``up``'s ack latency histogram).
     """
 
     spool: Spool
@@ -196,6 +201,8 @@ class Receiver:
     max_instance_bytes: int = MAX_INSTANCE_BYTES
     limits: ListenerLimits = field(default_factory=ListenerLimits)
     node: str | None = None
+    on_response: Callable[[int], None] | None = None
+    on_ack: Callable[[float], None] | None = None
 
     def __post_init__(self) -> None:
         self._server: GuardedAssociationServer | None = None  # the plain port's
@@ -205,8 +212,6 @@ class Receiver:
         # discard_partials): any it did not get to file are partial or refused.
         self._receiving: dict[int, list[IncomingFile]] = {}
         self.responses: Counter[int] = Counter()  # C-STORE responses by status, for /metrics
-        # ack latency (first bytes of a dataset -> success response), for /metrics
-        self.ack_latency = Latencies(ACK_BOUNDS)
         self._started: dict[str, float] = {}  # incoming file name -> when its bytes began
         self._last_store = -STREAMING_S
 
@@ -361,9 +366,11 @@ class Receiver:
         with self._lock:
             self.responses[int(response.Status)] += 1
             started = self._started.pop(str(event.dataset_path), None)
-        if started is not None and int(response.Status) == SUCCESS:
-            self.ack_latency.observe(time.monotonic() - started)
+        if started is not None and int(response.Status) == SUCCESS and self.on_ack is not None:
+            self.on_ack(time.monotonic() - started)
         self._last_store = time.monotonic()
+        if self.on_response is not None:
+            self.on_response(int(response.Status))
         return response
 
     def yield_to_acks(self) -> None:

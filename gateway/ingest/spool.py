@@ -71,11 +71,16 @@ class Spool:
     reserve_bytes:
         Free space to keep on the spool's filesystem; below it new instances are refused
         (``0xA700``) rather than risking a partial write.
+    incoming:
+        The directory (under ``root``) datasets arrive in: one per listener process, so
+        that a listener started again clears its own partial receptions and no other's.
     """
 
-    def __init__(self, root: Path, *, reserve_bytes: int = 256 << 20) -> None:
+    def __init__(
+        self, root: Path, *, reserve_bytes: int = 256 << 20, incoming: str = "incoming"
+    ) -> None:
         self.root = root
-        self.incoming = root / "incoming"
+        self.incoming = root / incoming
         self.ready = root / "ready"
         self.reserve_bytes = reserve_bytes
         self._overflowed: dict[str, str] = {}

@@ -117,6 +117,9 @@ class Stage:
         Where the step sends a row whose earlier stage's work was lost.
     batched:
         With a batcher, first versions wait here for the batch thread, not for the pool.
+    anywhere:
+        Its step reads no file of the receiving node's (spool, sealed dir): a row here may
+        be worked by any gateway node sharing the index.
     """
 
     name: str
@@ -125,6 +128,7 @@ class Stage:
     aside: str | None = None
     back: str | None = None
     batched: bool = False
+    anywhere: bool = False
 
 
 # -- the steps ---------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ def test_quick_bench_writes_every_key_and_the_chart(tmp_path: Path) -> None:
         "gateway_postgres",
         "seed_anchoring",
         "retrieval",
+        "retrieval_postgres",
         "memory",
         "limits",
     }

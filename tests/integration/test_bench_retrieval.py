@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.bench.retrieval import retrieval_overhead
+from gateway.bench.retrieval import retrieval_overhead, retrieval_overhead_on_postgres
 
 pytestmark = pytest.mark.integration
 
@@ -26,3 +26,20 @@ def test_retrieval_overhead_reports_both_paths(tmp_path: Path) -> None:
     assert len(result["runs_s"]["raw_with"]) == 3 and len(result["runs_s"]["viewer_without"]) == 1
     assert result["slices"] == 3 and messages
     assert not (tmp_path / "retrieval").exists()  # it cleans up after itself
+
+
+def test_retrieval_overhead_with_the_plugin_reading_postgresql_through_its_view(
+    tmp_path: Path,
+) -> None:
+    """The plugin judged every read with evidence it looked up in PostgreSQL through its
+    read-only role: at least one look-up by UID per raw read (3 slices, 4 passes)."""
+    messages: list[str] = []
+    result = retrieval_overhead_on_postgres(
+        workdir=tmp_path, slices=3, progress=messages.append, repetitions=1
+    )
+    assert isinstance(result["raw_retrieval_overhead_pct"], float)
+    assert result["raw_with_plugin_s"] > 0 and result["raw_without_plugin_s"] > 0
+    assert result["index"].startswith("postgresql")
+    assert result["evidence_lookups"] >= 3 * 4, result["evidence_lookups"]
+    assert any("PostgreSQL" in message for message in messages)
+    assert not (tmp_path / "retrieval").exists()

@@ -74,9 +74,13 @@ class Site:
     tmp: Path
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Site]:
-    """`up` with DICOM TLS only (plain port off), mutual TLS, and an allow-list."""
+@pytest.fixture(scope="module", params=["1", "2"], ids=["one-listener", "two-listeners"])
+def site(
+    tmp_path_factory: pytest.TempPathFactory, pki: Pki, request: pytest.FixtureRequest
+) -> Iterator[Site]:
+    """`up` with DICOM TLS only (plain port off), mutual TLS, and an allow-list; in `up`'s
+    own process, then in two listener processes sharing the TLS port (GATEWAY_LISTENERS):
+    TLS, the allow-list, the peer log and Storage Commitment whichever accepts."""
     tmp = tmp_path_factory.mktemp("tls")
     tls_port = free_port()
     with Modality("CT1", ssl_context=pki.modality_server()) as ct1:
@@ -89,6 +93,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Site]:
             GATEWAY_PLAIN_DICOM="false",
             GATEWAY_ALLOWED_AETS="CT1=127.0.0.1,ECHOSCU,FARAWAY=10.9.9.0/24",
             GATEWAY_COMMITMENT_PEERS=f"CT1=127.0.0.1:{ct1.scp_port}",
+            GATEWAY_LISTENERS=request.param,
         )
         state = Site(up=Up(env), tls_port=tls_port, ct1=ct1, pki=pki, tmp=tmp)
         try:

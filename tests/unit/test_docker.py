@@ -692,3 +692,35 @@ def test_main_refuses_without_a_pinned_contract_whatever_the_data_volume_says(
     assert exited.value.code == 1
     assert "exec" not in image
     assert "contract deploy" in capsys.readouterr().err
+
+
+def test_the_second_nodes_key_job_copies_the_shared_keys_once_and_never_the_recorder_key(
+    tmp_path: Path,
+) -> None:
+    """The ``gateway-2-keys`` job's script, run on two directories standing for the volumes."""
+    compose = yaml.safe_load((Path(__file__).parents[2] / "docker" / "compose.yaml").read_text())
+    job = compose["services"]["gateway-2-keys"]
+    assert job["depends_on"] == {"gateway": {"condition": "service_healthy"}}
+    gate = compose["services"]["gateway-2"]["depends_on"]["gateway-2-keys"]
+    assert gate == {"condition": "service_completed_successfully"}
+    source, target = tmp_path / "gateway-keys", tmp_path / "gateway-2-keys"
+    (source / "kek").mkdir(parents=True)
+    target.mkdir()
+    for name, text in [("pseudonym.key", "p"), ("admin.key", "a"), ("recorder.key", "r"),
+                       ("kek/k1", "1"), ("kek/current", "k1")]:  # fmt: skip
+        (source / name).write_text(text)
+        (source / name).chmod(0o600)
+    (target / "recorder.key").write_text("its own")
+    script = (
+        job["entrypoint"][2]
+        .replace("/var/lib/xray-gateway/keys-of-gateway", str(source))
+        .replace("/var/lib/xray-gateway/keys", str(target))
+    )
+    exec(compile(script, "gateway-2-keys", "exec"), {})
+    (source / "pseudonym.key").write_text("changed")
+    exec(compile(script, "gateway-2-keys", "exec"), {})  # again: what is there is kept
+    copied = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    assert copied == ["admin.key", "kek/current", "kek/k1", "pseudonym.key", "recorder.key"]
+    assert (target / "pseudonym.key").read_text() == "p"
+    assert (target / "recorder.key").read_text() == "its own"
+    assert all((target / name).stat().st_mode & 0o077 == 0 for name in copied[:4])

@@ -1,86 +1,81 @@
-"""The collector's alert, latency and outbox families, read from a SQLite index."""
+"""``/metrics`` adds up the instruments of every process of ``up`` (multiprocess mode).
+
+Each process is a real interpreter here: prometheus_client chooses where its values live
+when it is first imported, so the only honest test of the sum is several processes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.core.latency import ACK_BOUNDS, Latencies
-from gateway.errors import AlertsUnavailable
+COUNT = """
+import sys
+from prometheus_client import Histogram
+from gateway import metrics
+for status in sys.argv[1:]:
+    metrics.count_cstore_response(int(status, 16))
+metrics.count_commitment("accepted")
+metrics.observe_ack(0.02)  # one ack latency per process, in the 0.025 bucket
+# an instrument another part declares on INSTRUMENTS is summed the same way
+Histogram("xray_gateway_test_seconds", "a test histogram", registry=metrics.INSTRUMENTS).observe(0.2)
+"""
+
+RENDER = """
+import sys
+from gateway import metrics
 from gateway.index.db import Index
-from gateway.metrics import GatewayCollector, histogram, registry_for, render
+registry = metrics.registry_for(
+    metrics.GatewayCollector(index=Index(sys.argv[1])), instruments=True
+)
+sys.stdout.write(metrics.render(registry)[0].decode())
+"""
 
 
-def scrape(collector: GatewayCollector) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    text = render(registry_for(collector))[0].decode()
-    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return found
-
-
-def anchored(index: Index, n: int, *, after_s: float) -> None:
-    row = index.add_received(
-        entry_id=f"e{n}", sop_instance_uid=f"1.2.{n}", sop_class_uid="1.2", calling_aet="CT", size=1
+def python(code: str, *args: str, env: dict[str, str]) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=60
     )
-    received = index.get(row).received_at
-    index.update(row, anchored_at=received + after_s, stage="committed")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
-@pytest.fixture
-def index(tmp_path: Path) -> Iterator[Index]:
-    opened = Index(tmp_path / "index.sqlite")
-    yield opened
-    opened.close()
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
-def test_commit_latency_is_counted_per_bucket_over_anchored_rows(index: Index) -> None:
-    for n, after_s in enumerate((0.3, 4.0, 4.5, 7200.0)):
-        anchored(index, n, after_s=after_s)
-    index.add_received(
-        entry_id="w", sop_instance_uid="1.9", sop_class_uid="1.2", calling_aet="CT", size=1
-    )
-    found = scrape(GatewayCollector(index=index))
-    buckets = found["xray_gateway_commit_latency_seconds_bucket"]
-    assert buckets[(("le", "0.5"),)] == 1
-    assert buckets[(("le", "2.0"),)] == 1 and buckets[(("le", "5.0"),)] == 3
-    assert buckets[(("le", "3600.0"),)] == 3 and buckets[(("le", "+Inf"),)] == 4
-    assert found["xray_gateway_commit_latency_seconds_count"][()] == 4  # the waiting row: not yet
-    assert abs(found["xray_gateway_commit_latency_seconds_sum"][()] - 7208.8) < 1e-6
+def test_counts_from_several_processes_add_up(tmp_path: Path) -> None:
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared)}
+    python(COUNT, "0x0000", "0x0000", "0xA700", env=env)  # one listener process
+    python(COUNT, "0x0000", env=env)  # another, since exited
+    found = samples(python(RENDER, str(tmp_path / "index.sqlite"), env=env))
+    assert found[("xray_gateway_cstore_responses_total", (("status", "0x0000"),))] == 3
+    assert found[("xray_gateway_cstore_responses_total", (("status", "0xA700"),))] == 1
+    assert found[("xray_gateway_commitment_requests_total", (("result", "accepted"),))] == 2
+    assert found[("xray_gateway_test_seconds_count", ())] == 2
+    assert found[("xray_gateway_ack_latency_seconds_count", ())] == 2
+    assert found[("xray_gateway_ack_latency_seconds_bucket", (("le", "0.01"),))] == 0
+    assert found[("xray_gateway_ack_latency_seconds_bucket", (("le", "0.025"),))] == 2
+    assert found[("xray_gateway_instances", (("stage", "committed"),))] == 0  # the collector
 
 
-def test_alerts_by_kind_and_the_outbox_and_an_unreadable_plugin_file(index: Index) -> None:
-    collector = GatewayCollector(
-        index=index,
-        alerts=lambda: {"tampered": 2, "parked": 1},
-        outbox=lambda: {("syslog", "delivered"): 3, ("webhook:ab", "pending"): 1},
-    )
-    found = scrape(collector)
-    alerts = found["xray_gateway_alerts_total"]
-    assert alerts[(("kind", "tampered"),)] == 2 and alerts[(("kind", "parked"),)] == 1
-    assert alerts[(("kind", "missing"),)] == 0  # every kind, so that rate() starts at zero
-    events = found["xray_gateway_notify_events"]
-    assert events[(("state", "pending"), ("target", "webhook:ab"))] == 1
-
-    def unreadable() -> dict[str, int]:
-        raise AlertsUnavailable("the Orthanc plugin's alerts cannot be read")
-
-    collector.alerts = unreadable
-    found = scrape(collector)
-    assert "xray_gateway_alerts_total" not in found and "xray_gateway_queue_depth" in found
+def test_without_the_directory_a_process_shows_its_own_counts(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    code = COUNT + RENDER.replace("sys.argv[1]", repr(str(tmp_path / "index.sqlite")))
+    found = samples(python(code, "0x0000", env=env))
+    assert found[("xray_gateway_cstore_responses_total", (("status", "0x0000"),))] == 1
 
 
-def test_a_latency_histogram_is_cumulative() -> None:
-    latencies = Latencies(ACK_BOUNDS)
-    for seconds in (0.001, 0.02, 0.02, 100.0):
-        latencies.observe(seconds)
-    family = histogram("x_seconds", "x", latencies.snapshot())
-    samples = {(s.name, s.labels.get("le")): s.value for s in family.samples}
-    assert samples[("x_seconds_bucket", "0.005")] == 1
-    assert samples[("x_seconds_bucket", "0.025")] == 3
-    assert samples[("x_seconds_bucket", "60.0")] == 3
-    assert samples[("x_seconds_bucket", "+Inf")] == 4 and samples[("x_seconds_count", None)] == 4
+def test_the_command_line_does_not_import_prometheus_client_before_up_sets_its_directory() -> None:
+    code = "import sys, gateway.cli; print('prometheus_client' in sys.modules)"
+    assert python(code, env=dict(os.environ)).strip() == "False"

@@ -18,7 +18,7 @@ import pytest
 
 from gateway.index.db import Index
 from gateway.index.engine import connect
-from tests.unit.index.test_db import received
+from tests.unit.index.test_db import CT, received
 
 POOLED = ("fingerprint", "seal", "put", "forward")
 PROCESSES = 3
@@ -134,6 +134,30 @@ class ClaimsContract:
         received(index, "1.2", next_attempt_at=time.time() + 3600)
         received(index, "1.3", stage="committed")
         assert index.claim_due("w1", stages=POOLED, limit=5, lease_s=30) == []
+
+    def test_another_nodes_rows_are_claimed_only_at_the_stages_any_node_may_work(
+        self, index: Index
+    ) -> None:
+        theirs = [
+            index.add_received(
+                entry_id=f"b-{n}",
+                sop_instance_uid=f"1.{n}",
+                sop_class_uid=CT,
+                calling_aet="CT1",
+                size=10,
+                received_by="node-b",
+            )
+            for n in range(2)
+        ]
+        index.update(theirs[1], stage="anchor")
+        stages = (*POOLED, "anchor")
+        claim = index.claim_due
+        assert claim("node-a/up-1", stages=stages, limit=5, lease_s=30) == []
+        taken = claim("node-a/up-1", stages=stages, anywhere=("anchor",), limit=5, lease_s=30)
+        assert [r.id for r in taken] == [theirs[1]]
+        assert [r.id for r in claim("node-b/up-1", stages=stages, limit=5, lease_s=30)] == [
+            theirs[0]
+        ]
 
     def test_one_batch_thread_holds_the_rows_it_may_cut_a_batch_from(self, index: Index) -> None:
         rows = [received(index, f"1.{n}", stage="anchor") for n in range(3)]

@@ -185,3 +185,33 @@ def test_requests_from_before_nodes_are_adopted_by_one_node(tmp_path: Path) -> N
     assert [r.transaction_uid for r in east.due(now=1.0)] == ["1.2.1", "1.2.2"]
     assert west.due(now=1.0) == []
     index.close()
+
+
+def _request(log: CommitmentLog, transaction: str) -> int:
+    return log.add(
+        transaction_uid=transaction, calling_aet="CT1", refs=[Reference(CT, "1.1")],
+        deadline=0.0,
+    )  # fmt: skip
+
+
+def test_requests_go_to_the_listener_that_will_run_and_count_as_their_nodes(
+    index: Index,
+) -> None:
+    """`up` hands a request to a listener process that runs (when their number changed);
+    status still counts a listener's requests as its node's."""
+    own = _request(CommitmentLog(index, node="node-a"), "2.1")
+    third = _request(CommitmentLog(index, node="node-a/listen-3"), "2.2")
+    other_node = _request(CommitmentLog(index, node="node-b"), "2.3")
+    reported = _request(CommitmentLog(index, node="node-a/listen-4"), "2.4")
+    CommitmentLog(index).delivered(reported)
+
+    first = CommitmentLog(index, node="node-a/listen-1")
+    assert first.hand_over(["node-a", "node-a/listen-3", "node-a/listen-4"]) == 2
+    assert [r.id for r in first.due(now=1e12)] == [own, third]
+    assert [r.id for r in CommitmentLog(index, node="node-b").due(now=1e12)] == [other_node]
+
+    back = CommitmentLog(index, node="node-a")  # one listener again: `up`'s own takes all
+    assert back.hand_over(prefix="node-a/listen-") == 2
+    assert [r.id for r in back.due(now=1e12)] == [own, third]
+    assert back.hand_over(prefix="node-a/listen-") == 0
+    assert back.counts_per_node() == {"node-a": {"open": 2, "reported": 1}, "node-b": {"open": 1}}
