@@ -3,8 +3,9 @@
 `up` (anvil, Orthanc, the plugin) takes a first study of 50 CT slices from DCMTK's
 storescu; their 50 receipts are written (the first with ``xray-gateway receipt``, the
 others from the same route) beside the log's checkpoint. Then more images arrive in one
-association and a second checkpoint is taken: 200 in ``make test`` (about a minute),
-1,000 in ``make test-receipts`` (``XRAY_RECEIPTS_IMAGES=1000``, about two minutes). The auditor's side runs as subprocesses of the CLI: ``log-consistency`` between
+association and a second checkpoint is taken: 1,000 images later, as the issue asks
+(about two minutes; ``XRAY_RECEIPTS_IMAGES`` sets another count). The auditor's side
+runs as subprocesses of the CLI: ``log-consistency`` between
 the two checkpoints (and a forged proof), ``verify --receipt … --chain`` while the chain
 runs, then, with the gateway stopped, ``verify --receipt`` on all 50 files at once and on
 a tampered file, a tampered receipt and a wrong log key.
@@ -34,7 +35,7 @@ from tests.integration.plugin_helpers import flip_pixel_byte
 pytestmark = pytest.mark.integration
 
 FIRST = 50
-LATER = int(os.environ.get("XRAY_RECEIPTS_IMAGES", "200"))
+LATER = int(os.environ.get("XRAY_RECEIPTS_IMAGES", "1000"))
 
 
 @dataclass
