@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from gateway.core.checkpoint import NoteVerifier
     from gateway.core.receipt import Check
+    from gateway.stack import ListenerNode, WorkerNode
 
 ROLES = {t.name.lower(): t for t in UserType if t is not UserType.NONE}
 
@@ -70,32 +71,25 @@ def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.stack import WorkerNode
 
-    node = WorkerNode(settings, worker=args.id, anchors=not args.no_anchor)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        node.start()
-        print(f"xray-gateway worker {args.id} is up", flush=True)
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.stop()
-    return 0
+    return _run_child(
+        WorkerNode(settings, worker=args.id, anchors=not args.no_anchor), f"worker {args.id}"
+    )
 
 
 def _cmd_listener(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.stack import ListenerNode
 
-    node = ListenerNode(settings, listener=args.id)
+    return _run_child(ListenerNode(settings, listener=args.id), f"listener {args.id}")
+
+
+def _run_child(node: WorkerNode | ListenerNode, name: str) -> int:
+    """Run one of ``up``'s child processes until SIGTERM (``up`` stops it) or Ctrl-C."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         node.start()
-        print(f"xray-gateway listener {args.id} is up", flush=True)
+        print(f"xray-gateway {name} is up", flush=True)
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:
