@@ -141,3 +141,12 @@ def patient_key_of_study(index: Index, study_instance_uid: str) -> bytes | None:
         (study_instance_uid,),
     )
     return bytes(found[0][0]) if found else None
+
+
+def all_studies(index: Index) -> list[str]:
+    """Every Study UID the index's rows carry, sorted."""
+    found = index.query(
+        "SELECT DISTINCT study_instance_uid FROM instances"
+        " WHERE study_instance_uid IS NOT NULL ORDER BY study_instance_uid"
+    )
+    return [str(r[0]) for r in found]

@@ -143,16 +143,18 @@ class Grants:
         return found
 
     def listed(
-        self, *, patient_id: str | None = None, issuer: str = "",
-        study_instance_uid: str | None = None, grantee: str | None = None,
-        after: int = 0, limit: int = 100,
+        self, *, patient_key: bytes | None = None, study_instance_uid: str | None = None,
+        grantee: str | None = None, after: int = 0, limit: int = 100,
     ) -> list[GrantRow]:  # fmt: skip
-        """Grants by id: of a patient (its study grants too), of a study, or of a grantee."""
-        patient = keys.patient_key(self.pseudonym_key, issuer, patient_id) if patient_id else None
+        """Grants by id: of a patient key (its study grants too), a study, or a grantee."""
         return rows.listed(
-            self.index, patient_key=patient, study_instance_uid=study_instance_uid,
+            self.index, patient_key=patient_key, study_instance_uid=study_instance_uid,
             grantee=grantee, after=after, limit=limit,
         )  # fmt: skip
+
+    def patient_key(self, patient_id: str, issuer: str = "") -> bytes:
+        """The key a patient's grants are listed under."""
+        return keys.patient_key(self.pseudonym_key, issuer, patient_id)
 
     def check(self, grantee: str, study_instance_uid: str) -> GrantRow:
         """The standing grant that lets token holder ``grantee`` read the study.
@@ -178,6 +180,10 @@ class Grants:
     def studies(self, grantee: str) -> list[str]:
         """The Study UIDs the grantee's standing grants cover."""
         return rows.granted_studies(self.index, grantee, now=self.clock())
+
+    def all_studies(self) -> list[str]:
+        """Every Study UID the index holds, sorted (the listing for roles that verify)."""
+        return rows.all_studies(self.index)
 
     def study_of(self, sop_instance_uid: str) -> str | None:
         """The study an instance belongs to, by the index's rows."""
