@@ -116,7 +116,7 @@ def make_grant(body: NewGrant, services: ServicesDep, who: Granting) -> GrantOut
 
 @router.delete("/{grant_id}", response_model=GrantOut, responses=problem_responses(404))
 def revoke_grant(
-    grant_id: Annotated[int, PathParam(ge=1)], services: ServicesDep, who: Granting
+    grant_id: Annotated[int, PathParam(ge=1, le=2**53)], services: ServicesDep, who: Granting
 ) -> GrantOut:
     """Revoke a grant now (admin); on the chain (``AccessRevoked``) when this answers."""
     grants = _grants(services)
