@@ -135,6 +135,8 @@ def _owners_grant(led: XrayLedger, st: Stage, label: str) -> int:
         expires_at=FAR_FUTURE,
     )  # fmt: skip
     return grant_id
+
+
 CALLS: dict[str, tuple[Call, str, set[str], Expect]] = {
     "setPermission(doctor)": (
         lambda led, st, lbl: led.set_permission(Account.create().address, "Dr.X", UserType.DOCTOR),
