@@ -18,9 +18,8 @@ NOW = 1_800_000_000.0
 PATIENT, OTHER_PATIENT = b"p" * 32, b"q" * 32
 
 
-@pytest.fixture
-def index(tmp_path: Path) -> Index:
-    index = Index(tmp_path / "index.sqlite")
+def populate(index: Index) -> Index:
+    """Three studies: two of one patient, one of another."""
     for n, (study, patient) in enumerate([("1.2.1", PATIENT), ("1.2.2", PATIENT),
                                           ("1.2.3", OTHER_PATIENT)]):  # fmt: skip
         row = index.add_received(
@@ -29,6 +28,11 @@ def index(tmp_path: Path) -> Index:
         )  # fmt: skip
         index.update(row, study_instance_uid=study, patient_key=patient)
     return index
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Index:
+    return populate(Index(tmp_path / "index.sqlite"))
 
 
 def _grant(
