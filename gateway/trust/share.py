@@ -55,7 +55,8 @@ class _Pipe(io.RawIOBase):
 
 
 def study_uids(verifier: Verifier, study_instance_uid: str) -> list[str]:
-    """The SOP Instance UIDs of a study, as the PACS and the index know them."""
+    """The SOP Instance UIDs of a study, as the PACS and the index know them, sorted (so
+    that a study's zip lists its files in one order)."""
     uids: dict[str, None] = {}
     if verifier.pacs is not None:
         uids.update(dict.fromkeys(verifier.pacs.study_instance_uids(study_instance_uid)))
@@ -65,7 +66,7 @@ def study_uids(verifier: Verifier, study_instance_uid: str) -> list[str]:
                 uids[row.sop_instance_uid] = None
     if not uids:
         raise UnknownInstance("no such study in the PACS or the gateway's index")
-    return list(uids)
+    return sorted(uids)
 
 
 def study_zip(
