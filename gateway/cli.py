@@ -370,6 +370,80 @@ def _cmd_token_revoke(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _grants(settings: Settings, *, write: bool) -> Any:
+    """The grants over the local index; ``write``: sending as the gateway's recorder."""
+    from gateway.core.keys import load_pseudonym_key
+    from gateway.index.db import Index
+    from gateway.ledger.bootstrap import open_ledger, recorder_account
+    from gateway.trust.grants import Grants
+
+    ledger = open_ledger(settings, recorder_account(settings)) if write else None
+    return Grants(
+        index=Index(settings.index_location, readonly=not write),
+        ledger=ledger,
+        pseudonym_key=load_pseudonym_key(settings.keys_dir),
+    )
+
+
+def _grant_json(grant: Any) -> dict[str, Any]:
+    from gateway.api.grants import GrantOut
+
+    return GrantOut.of(grant, now=time.time()).model_dump(mode="json")
+
+
+def _cmd_grant(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from gateway.core.access import is_account
+
+    until = datetime.fromisoformat(args.until)
+    if until.tzinfo is None:
+        raise ConfigError("--until needs a time zone, e.g. 2026-12-31T18:00:00Z")
+    grants = _grants(settings, write=True)
+    try:
+        grant = grants.grant(
+            to=args.to, until=until.timestamp(), by="cli", study_instance_uid=args.study,
+            patient_id=args.patient, issuer=args.issuer,
+        )  # fmt: skip
+    except ValueError as invalid:
+        raise ConfigError(str(invalid)) from None
+    finally:
+        grants.index.close()
+    answer = _grant_json(grant)
+    tokens = _tokens(settings)
+    if not is_account(args.to) and args.to not in {name for name, _ in tokens.list()}:
+        answer["token"] = tokens.issue(name=args.to, role="grantee")
+        print(f"(the token is shown once: {args.to} has the grantee role)", file=sys.stderr)
+    _print_json(answer)
+    return 0
+
+
+def _cmd_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    grants = _grants(settings, write=True)
+    try:
+        _print_json(_grant_json(grants.revoke(args.grant_id, by="cli")))
+    finally:
+        grants.index.close()
+    return 0
+
+
+def _cmd_grants_list(settings: Settings, args: argparse.Namespace) -> int:
+    grants = _grants(settings, write=False)
+    try:
+        patient = grants.patient_key(args.patient, args.issuer) if args.patient else None
+        found, after = [], 0
+        while page := grants.listed(
+            patient_key=patient, study_instance_uid=args.study, grantee=args.to, after=after,
+            limit=500,
+        ):  # fmt: skip
+            found += page
+            after = page[-1].id
+    finally:
+        grants.index.close()
+    _print_json([_grant_json(grant) for grant in found])
+    return 0
+
+
 def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.ingest.status import status_report
 
@@ -894,11 +968,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fuzz.set_defaults(handler=_cmd_fuzz)
 
-    token = sub.add_parser("token", help="API tokens with roles (admin, auditor, clinician)")
+    grant = sub.add_parser(
+        "grant", help="grant read access to a study or a patient's studies until an expiry"
+    )
+    subject = grant.add_mutually_exclusive_group(required=True)
+    subject.add_argument("--study", metavar="UID", help="one study (Study Instance UID)")
+    subject.add_argument("--patient", metavar="ID", help="every study of this PatientID")
+    grant.add_argument("--issuer", default="", help="IssuerOfPatientID (with --patient)")
+    grant.add_argument(
+        "--to", required=True, metavar="NAME|ADDRESS",
+        help="a named grantee (a grantee token is issued if it has none) or an account 0x…",
+    )  # fmt: skip
+    grant.add_argument("--until", required=True, metavar="ISO8601", help="the expiry")
+    grant.set_defaults(handler=_cmd_grant)
+    revoke_grant = sub.add_parser("revoke", help="revoke a grant now (on chain)")
+    revoke_grant.add_argument("grant_id", type=int, metavar="GRANT_ID")
+    revoke_grant.set_defaults(handler=_cmd_revoke)
+    grants = sub.add_parser("grants", help="list grants, by patient, study or grantee")
+    grants_of = grants.add_mutually_exclusive_group(required=True)
+    grants_of.add_argument("--patient", metavar="ID", help="a patient's (study grants too)")
+    grants_of.add_argument("--study", metavar="UID")
+    grants_of.add_argument("--to", metavar="NAME|ADDRESS", help="a grantee's")
+    grants.add_argument("--issuer", default="", help="IssuerOfPatientID (with --patient)")
+    grants.set_defaults(handler=_cmd_grants_list)
+
+    token = sub.add_parser(
+        "token", help="API tokens with roles (admin, auditor, clinician, grantee)"
+    )
     tsub = token.add_subparsers(dest="action", metavar="ACTION", required=True)
     tcreate = tsub.add_parser("create", help="issue a token (printed once)")
     tcreate.add_argument("--name", required=True)
-    tcreate.add_argument("--role", choices=["admin", "auditor", "clinician"], required=True)
+    tcreate.add_argument(
+        "--role", choices=["admin", "auditor", "clinician", "grantee"], required=True
+    )
     tcreate.set_defaults(handler=_cmd_token_create)
     tlist = tsub.add_parser("list", help="names and roles of issued tokens")
     tlist.set_defaults(handler=_cmd_token_list)

@@ -57,6 +57,9 @@ permanent, retried a few times and then parked.
     ├── UploadsBusy                 every upload slot is taken (-> 429)
     ├── UploadAreaFull              the upload quota or the disk reserve is reached (-> 507)
     ├── AuditRunning                a sweep is running already; ``.audit_id`` (-> 409)
+    ├── AccessDenied                a grantee reads what no standing grant covers (-> 403);
+    │   │                           ``.reason``: ``not-granted``, ``grant-expired``, ``grant-revoked``
+    ├── UnknownGrant                no grant with that id in the index (-> 404)
     ├── ReceiptError                a receipt or a log proof does not hold (receipts part)
     │   ├── ReceiptMalformed        not an ``xray-receipt/1`` document
     │   └── CheckpointInvalid       a checkpoint note is malformed or not signed by the log key
@@ -315,6 +318,13 @@ XrayNotInBatch = _revert(
     "XrayNotInBatch", "The inclusion proof does not lead to that batch's root."
 )
 XrayIndexOutOfRange = _revert("XrayIndexOutOfRange", "Index past the patient's records.")
+# grants (issue #16)
+XrayNotGranter = _revert(
+    "XrayNotGranter", "The caller may not grant (no Hospital, Doctor or Recorder) or revoke."
+)
+XrayGrantExpiry = _revert("XrayGrantExpiry", "A grant's expiry must be in the future.")
+XrayUnknownGrant = _revert("XrayUnknownGrant", "No grant has that id.")
+XrayGrantRevoked = _revert("XrayGrantRevoked", "The grant is already revoked.")
 
 REVERTS: dict[str, type[ContractRevert]] = {
     cls.name: cls
@@ -342,6 +352,10 @@ REVERTS: dict[str, type[ContractRevert]] = {
         XrayNotImageBatch,
         XrayNotInBatch,
         XrayIndexOutOfRange,
+        XrayNotGranter,
+        XrayGrantExpiry,
+        XrayUnknownGrant,
+        XrayGrantRevoked,
     )
 }
 
@@ -475,3 +489,22 @@ class CheckpointInvalid(ReceiptError):
 
 class PluginConfigError(GatewayError):
     """Orthanc's configuration does not let the plugin guarantee its checks."""
+
+
+class AccessDenied(GatewayError):
+    """A grantee asked for a study no standing grant of theirs covers.
+
+    Attributes
+    ----------
+    reason:
+        ``not-granted`` (no grant ever covered it), ``grant-expired`` (the newest grant
+        that covered it expired) or ``grant-revoked`` (it was revoked).
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class UnknownGrant(GatewayError):
+    """The index holds no grant with that id."""

@@ -88,6 +88,7 @@ from gateway.redact import redact_url
 from gateway.store import ObjectStore, open_store
 from gateway.trust.alerts import Alerts
 from gateway.trust.audit import Audits, PendingWatch, overdue
+from gateway.trust.grants import Grants
 from gateway.trust.receipts import Receipts
 from gateway.trust.tlog import BatchLog, default_origin
 from gateway.trust.trail import PLUGIN_SOURCE, Trail, TrailLoop
@@ -772,6 +773,8 @@ class Stack:
             limits=api_limits(s),
             receipts=Receipts(verifier=verifier, chain=ledger, log=batch_log(s, ledger, index)),
             trail=Trail(index, pseudonym_key=pseudonym_key),
+            # the API's grants are written with the recorder's key (`self.ledger`)
+            grants=Grants(index=index, ledger=ledger, pseudonym_key=pseudonym_key),
         )
         health = Health(
             checks={

@@ -311,4 +311,76 @@ interface IXray {
         external
         view
         returns (string memory recorderName, string memory bodyPart, bytes32 digest);
+
+    // -- grants (issue #16): read access to one study or all of a patient's, until an expiry --
+
+    /**
+     * @notice A grant of read access, as returned by {grantOf}. Only pseudonymous keys:
+     * the grantee is an account (its address, left-padded) or the keyed hash of a token
+     * holder's name, never the name.
+     */
+    struct AccessGrant {
+        /// @notice Who may read: a padded address, or HMAC of the token grantee's name.
+        bytes32 grantee;
+        /// @notice HMAC of the patient's issuer and ID.
+        bytes32 patientKey;
+        /// @notice HMAC of the Study Instance UID; zero: every study of the patient.
+        bytes32 studyKey;
+        /// @notice Account that granted.
+        address granter;
+        /// @notice Block timestamp after which the grant no longer holds.
+        uint40 expiresAt;
+        /// @notice Block timestamp of the grant.
+        uint40 grantedAt;
+        /// @notice Account that revoked it, zero while it stands.
+        address revokedBy;
+        /// @notice When it was revoked, zero while it stands.
+        uint40 revokedAt;
+    }
+
+    /// @notice The caller may not grant or revoke: not the admin, a Hospital, a Doctor or a
+    /// Recorder (granting), nor the granter or the admin (revoking).
+    error XrayNotGranter(address account);
+    /// @notice The expiry is not in the future.
+    error XrayGrantExpiry(uint40 expiresAt);
+    /// @notice No grant has id `grantId`.
+    error XrayUnknownGrant(uint256 grantId);
+    /// @notice Grant `grantId` is already revoked.
+    error XrayGrantRevoked(uint256 grantId);
+
+    /// @notice Read access to `studyKey` (zero: every study of `patientKey`) for `grantee`
+    /// until `expiresAt`, given by `granter`.
+    event AccessGranted(
+        uint256 indexed grantId,
+        bytes32 indexed grantee,
+        bytes32 indexed patientKey,
+        bytes32 studyKey,
+        uint40 expiresAt,
+        address granter
+    );
+    /// @notice Grant `grantId` revoked by `by`.
+    event AccessRevoked(uint256 indexed grantId, address indexed by);
+
+    /**
+     * @notice Grant `grantee` read access to study `studyKey` of patient `patientKey` (all
+     * of the patient's studies when `studyKey` is zero) until `expiresAt`. Only the admin,
+     * a Hospital, a Doctor or a Recorder (the gateway writing the grants its API makes).
+     * @return grantId The grant's id, from 1.
+     */
+    function grantAccess(bytes32 grantee, bytes32 patientKey, bytes32 studyKey, uint40 expiresAt)
+        external
+        returns (uint256 grantId);
+
+    /// @notice Revoke grant `grantId` now; only its granter or the admin.
+    function revokeAccess(uint256 grantId) external;
+
+    /// @notice Grant `grantId`.
+    function grantOf(uint256 grantId) external view returns (AccessGrant memory);
+
+    /// @notice The ids of the grants on `key`: a patient key lists every grant of that
+    /// patient (study grants too), a study key the grants of that study.
+    function grantsOf(bytes32 key) external view returns (uint256[] memory);
+
+    /// @notice Number of grants made so far; ids run from 1 to this.
+    function grantCount() external view returns (uint256);
 }

@@ -471,4 +471,71 @@ contract Xray is IXray, AccessControl {
     function _checkOwnDoctor(address account) private view {
         if (_doctorHospitals[account] != _msgSender()) revert XrayNotOwnDoctor(account, _msgSender());
     }
+
+    // -- grants (issue #16) ----------------------------------------------------------------
+
+    AccessGrant[] private _grants;
+    mapping(bytes32 key => uint256[]) private _grantsByKey;
+
+    /// @inheritdoc IXray
+    function grantAccess(bytes32 grantee, bytes32 patientKey, bytes32 studyKey, uint40 expiresAt)
+        external
+        returns (uint256 grantId)
+    {
+        address sender = _msgSender();
+        UserType held = _highestUserType(sender);
+        if (!hasRole(DEFAULT_ADMIN_ROLE, sender) && (held == UserType.None || held == UserType.Auditor)) {
+            revert XrayNotGranter(sender);
+        }
+        if (grantee == bytes32(0) || patientKey == bytes32(0)) revert XrayZeroValue();
+        if (expiresAt <= block.timestamp) revert XrayGrantExpiry(expiresAt);
+        _grants.push(
+            AccessGrant({
+                grantee: grantee,
+                patientKey: patientKey,
+                studyKey: studyKey,
+                granter: sender,
+                expiresAt: expiresAt,
+                grantedAt: uint40(block.timestamp),
+                revokedBy: address(0),
+                revokedAt: 0
+            })
+        );
+        grantId = _grants.length;
+        _grantsByKey[patientKey].push(grantId);
+        if (studyKey != bytes32(0)) _grantsByKey[studyKey].push(grantId);
+        emit AccessGranted(grantId, grantee, patientKey, studyKey, expiresAt, sender);
+    }
+
+    /// @inheritdoc IXray
+    function revokeAccess(uint256 grantId) external {
+        AccessGrant storage grant = _grantAt(grantId);
+        address sender = _msgSender();
+        if (grant.granter != sender && !hasRole(DEFAULT_ADMIN_ROLE, sender)) revert XrayNotGranter(sender);
+        if (grant.revokedBy != address(0)) revert XrayGrantRevoked(grantId);
+        grant.revokedBy = sender;
+        grant.revokedAt = uint40(block.timestamp);
+        emit AccessRevoked(grantId, sender);
+    }
+
+    /// @inheritdoc IXray
+    function grantOf(uint256 grantId) external view returns (AccessGrant memory) {
+        return _grantAt(grantId);
+    }
+
+    /// @inheritdoc IXray
+    function grantsOf(bytes32 key) external view returns (uint256[] memory) {
+        return _grantsByKey[key];
+    }
+
+    /// @inheritdoc IXray
+    function grantCount() external view returns (uint256) {
+        return _grants.length;
+    }
+
+    /// @dev Grant `grantId`, or revert with {XrayUnknownGrant}.
+    function _grantAt(uint256 grantId) private view returns (AccessGrant storage) {
+        if (grantId == 0 || grantId > _grants.length) revert XrayUnknownGrant(grantId);
+        return _grants[grantId - 1];
+    }
 }

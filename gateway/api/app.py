@@ -11,7 +11,18 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from gateway import __version__
-from gateway.api import access, alerts, assets, audits, log, problems, verify, views
+from gateway.api import (
+    access,
+    alerts,
+    assets,
+    audits,
+    grants,
+    log,
+    problems,
+    studies,
+    verify,
+    views,
+)
 from gateway.api.auth import ensure_token
 from gateway.api.console import Console, mount
 from gateway.api.deps import Services
@@ -91,6 +102,8 @@ def create_app(
     app.include_router(log.router)
     app.include_router(alerts.router)
     app.include_router(access.router)
+    app.include_router(grants.router)
+    app.include_router(studies.router)
     if console is not None:
         mount(app, console)
 

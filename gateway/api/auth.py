@@ -6,7 +6,12 @@ role           may
 ``admin``      everything: verify, audit, restore, ledger views, attribute values
 ``auditor``    verify, audit, ledger views, alerts; attribute values are redacted
 ``clinician``  verify and alerts, with attribute values (a radiologist's workstation)
+``grantee``    only the studies a standing grant gives it (``xray-gateway grant``): their
+               verdicts, the study listing, the console's viewer and the DICOM zip;
+               403 ``not-granted``/``grant-expired``/``grant-revoked`` for anything else
 =============  =====================================================================
+
+Only the admin manages grants (``grant``).
 
 The admin token lives in ``<data>/api-token`` (0600, created by ``up``). Other tokens
 are issued with ``xray-gateway token create``; only their SHA-256 is kept, in
@@ -26,14 +31,16 @@ from typing import Literal
 from gateway.errors import ConfigError
 from gateway.keyfiles import read_secret, replace_secret, write_secret
 
-Role = Literal["admin", "auditor", "clinician"]
-ROLES: tuple[Role, ...] = ("admin", "auditor", "clinician")
-Permission = Literal["verify", "audit", "restore", "records", "alerts", "phi"]
+Role = Literal["admin", "auditor", "clinician", "grantee"]
+ROLES: tuple[Role, ...] = ("admin", "auditor", "clinician", "grantee")
+#: ``granted``: reads of the studies a grant covers, checked per study (api/grants.py).
+Permission = Literal["verify", "audit", "restore", "records", "alerts", "phi", "grant", "granted"]
 
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
-    "admin": frozenset({"verify", "audit", "restore", "records", "alerts", "phi"}),
+    "admin": frozenset({"verify", "audit", "restore", "records", "alerts", "phi", "grant"}),
     "auditor": frozenset({"verify", "audit", "records", "alerts"}),
     "clinician": frozenset({"verify", "alerts", "phi"}),
+    "grantee": frozenset({"granted"}),
 }
 
 

@@ -18,7 +18,12 @@ page                   what
 ``/console/alerts``    alerts, newest first, paginated, acknowledgeable
 ``/console/trail``     the access trail: who read a study, what a reader read, each
                        entry with its inclusion proof, checked against the chain
+``/console/studies/…/  the read-only viewer of a study (a grantee's, under a standing
+view``                 grant): verdicts, images Orthanc renders fetched by the gateway
+                       (never a link to Orthanc), and the checked DICOM zip
 =====================  ============================================================
+
+A grantee's overview lists the studies its standing grants cover, nothing else.
 
 A verdict shown on a page is a read, written to the access trail as the ``/v1`` routes
 write theirs (routes ``console:instance``, ``console:study``).
@@ -37,7 +42,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 
 from gateway.api.alerts import ALERTS
@@ -45,9 +50,10 @@ from gateway.api.assets import vendored_url
 from gateway.api.audits import AUDITS
 from gateway.api.auth import Permission, Principal
 from gateway.api.deps import Services
-from gateway.api.problems import Problem
+from gateway.api.problems import DENIALS, Problem
 from gateway.api.sessions import SESSION_COOKIE, Session, Sessions, same_origin
 from gateway.errors import (
+    AccessDenied,
     AuditRunning,
     GatewayError,
     Unavailable,
@@ -55,8 +61,10 @@ from gateway.errors import (
     UnknownInstance,
 )
 from gateway.index.db import PARKED, STAGES, Index
+from gateway.pacs.client import Pacs
 from gateway.trust.alerts import Alerts
 from gateway.trust.audit import AuditState, Finding, PastAudit
+from gateway.trust.share import study_uids, study_zip
 from gateway.trust.trail import ProvenEntry, proof_holds
 from gateway.trust.verdicts import EXPLANATIONS, STATUSES
 from gateway.trust.verify import Verdict
@@ -133,6 +141,8 @@ NAV = {
     "audit.html": "audits",
     "alerts.html": "alerts",
     "trail.html": "trail",
+    "granted.html": "overview",
+    "viewer.html": "overview",
 }
 
 
@@ -263,6 +273,10 @@ def overview(request: Request) -> Response:
     if session is None:
         return _to_login(request)
     services, index, now = _services(request), _console(request).index, time.time()
+    if not session.principal.may("verify") and session.principal.may("granted"):
+        grants = services.grants if services is not None else None
+        studies = grants.studies(session.principal.name) if grants is not None else []
+        return _page(request, "granted.html", session, studies=studies)
     stages = index.stage_counts() if index is not None else {}
     alerts_24h = None
     if services is not None and session.principal.may("alerts"):
@@ -398,6 +412,108 @@ def viewer_link(viewer_url: str | None, verdict: Verdict) -> str | None:
     if viewer_url is None or verdict.orthanc_id is None:
         return None
     return f"{viewer_url.rstrip('/')}/app/explorer.html#instance?uuid={verdict.orthanc_id}"
+
+
+# -- the read-only viewer (grantees) ----------------------------------------------------------
+
+
+def _study_reader(
+    request: Request, study_uid: str, *, route: str
+) -> tuple[Session, Services] | Response:
+    """The session and services when the session may read the study (a grantee under a
+    standing grant, or a role that verifies); else the page that says why not."""
+    session = _session(request)
+    if session is None:
+        return _to_login(request)
+    services = _services(request)
+    principal = session.principal
+    if services is None or not (principal.may("verify") or principal.may("granted")):
+        return _forbidden(request, session, "verify")
+    if not UID.match(study_uid) or len(study_uid) > 64:
+        return _error(request, session, 422, "Not a UID", "A Study UID is digits and dots.")
+    try:
+        services.allow_study(principal, study_uid, route=route)
+    except AccessDenied as denied:
+        kind = DENIALS[denied.reason]
+        page = _error(request, session, 403, kind.title, f"{denied}. {kind.meaning}")
+        page.headers["X-Problem-Type"] = kind.uri
+        return page
+    return session, services
+
+
+@router.get("/studies/{study_uid}/view", response_class=HTMLResponse)
+def viewer(request: Request, study_uid: str) -> Response:
+    """A study, read only: each instance's verdict and, when intact, its rendered image."""
+    found = _study_reader(request, study_uid, route="console:view")
+    if isinstance(found, Response):
+        return found
+    session, services = found
+    try:
+        verdicts = services.verifier.study(study_uid, show_phi=session.principal.may("phi"))
+    except GatewayError as exc:
+        return _gateway_error(request, session, exc)
+    for verdict in verdicts.instances:
+        services.read_by(
+            session.principal, route="console:view", verdict=verdict.status,
+            sop_instance_uid=verdict.sop_instance_uid, study_instance_uid=study_uid,
+        )  # fmt: skip
+    return _page(request, "viewer.html", session, study=verdicts)
+
+
+@router.get("/studies/{study_uid}/instances/{sop_uid}/preview")
+def preview(request: Request, study_uid: str, sop_uid: str) -> Response:
+    """Orthanc's rendering of one intact instance of the study, fetched by the gateway."""
+    found = _study_reader(request, study_uid, route="console:preview")
+    if isinstance(found, Response):
+        return found
+    session, services = found
+    pacs = services.verifier.pacs
+    if not UID.match(sop_uid) or len(sop_uid) > 64 or not isinstance(pacs, Pacs):
+        return _error(request, session, 404, "Not found", "No such image here.")
+    try:
+        if sop_uid not in study_uids(services.verifier, study_uid):
+            return _error(request, session, 404, "Not found", "No such image in this study.")
+        verdict = services.verifier.instance(sop_uid)
+        orthanc_id = verdict.orthanc_id
+        if verdict.status != "intact" or orthanc_id is None:
+            services.read_by(
+                session.principal, route="console:preview", verdict=verdict.status,
+                served=False, sop_instance_uid=sop_uid, study_instance_uid=study_uid,
+            )  # fmt: skip
+            return _error(request, session, 409, "Not shown", verdict.explanation)
+        png = pacs.preview(orthanc_id)
+    except GatewayError as exc:
+        return _gateway_error(request, session, exc)
+    services.read_by(
+        session.principal, route="console:preview", verdict=verdict.status,
+        sop_instance_uid=sop_uid, study_instance_uid=study_uid,
+    )  # fmt: skip
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/studies/{study_uid}/download")
+def download(request: Request, study_uid: str) -> Response:
+    """The study as a DICOM zip, checked file by file (as ``GET /v1/studies/…/download``)."""
+    found = _study_reader(request, study_uid, route="console:download")
+    if isinstance(found, Response):
+        return found
+    session, services = found
+    try:
+        uids = study_uids(services.verifier, study_uid)
+    except GatewayError as exc:
+        return _gateway_error(request, session, exc)
+    return StreamingResponse(
+        study_zip(
+            services.verifier, uids,
+            on_file=lambda o: services.read_by(
+                session.principal, route="console:download", verdict=o.status,
+                served=o.included, sop_instance_uid=o.sop_instance_uid,
+                study_instance_uid=study_uid,
+            ),
+        ),
+        media_type="application/zip",
+        headers={"Content-Disposition": 'attachment; filename="study.zip"', "Cache-Control": "no-store"},
+    )  # fmt: skip
 
 
 # -- audits ----------------------------------------------------------------------------------

@@ -12,8 +12,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from gateway.api.auth import Permission, Principal, Tokens
 from gateway.api.limits import Limits, retry_after
 from gateway.api.problems import FORBIDDEN, NOT_READY, RATE_LIMITED, UNAUTHORIZED, Problem
+from gateway.errors import AccessDenied
 from gateway.trust.alerts import Alerts
 from gateway.trust.audit import Audits
+from gateway.trust.grants import Grants
 from gateway.trust.receipts import Receipts
 from gateway.trust.trail import Trail
 from gateway.trust.verify import Verifier
@@ -33,6 +35,8 @@ class Services:
     receipts: Receipts | None = None  # receipts and the append-only log (None: not offered)
     #: The access trail (reads through the API are written to it; ``GET /v1/access``).
     trail: Trail | None = None
+    #: Grants of read access (``/v1/grants``; enforced for grantee tokens).
+    grants: Grants | None = None
 
     def read_by(
         self, who: Principal, *, route: str, verdict: str, served: bool = True,
@@ -44,6 +48,41 @@ class Services:
                 who=who.name, who_kind="token", route=route, verdict=verdict, served=served,
                 sop_instance_uid=sop_instance_uid, study_instance_uid=study_instance_uid,
             )  # fmt: skip
+
+    def allow_study(self, who: Principal, study_instance_uid: str, *, route: str) -> None:
+        """Let ``who`` read the study: any role that may verify; a grantee only under a
+        standing grant. A refusal is written to the access trail, then raised.
+
+        Raises
+        ------
+        AccessDenied
+            A grantee with no standing grant on the study (``.reason`` says why).
+        """
+        if who.may("verify"):
+            return
+        try:
+            if not who.may("granted") or self.grants is None:
+                raise AccessDenied("this token reads no studies", reason="not-granted")
+            self.grants.check(who.name, study_instance_uid)
+        except AccessDenied as denied:
+            self.read_by(
+                who, route=route, verdict=denied.reason, served=False,
+                study_instance_uid=study_instance_uid,
+            )  # fmt: skip
+            raise
+
+    def allow_instance(self, who: Principal, sop_instance_uid: str, *, route: str) -> None:
+        """:meth:`allow_study` for the study the index files the instance under."""
+        if who.may("verify"):
+            return
+        study = self.grants.study_of(sop_instance_uid) if self.grants is not None else None
+        if study is None:
+            self.read_by(
+                who, route=route, verdict="not-granted", served=False,
+                sop_instance_uid=sop_instance_uid,
+            )  # fmt: skip
+            raise AccessDenied("no grant covers this instance", reason="not-granted")
+        self.allow_study(who, study, route=route)
 
 
 def get_services(request: Request) -> Services:
@@ -82,6 +121,17 @@ def require(permission: Permission) -> Callable[[Principal], Principal]:
     return check
 
 
+def require_any(*permissions: Permission) -> Callable[[Principal], Principal]:
+    """A dependency that lets through roles holding any of ``permissions``."""
+
+    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if not any(principal.may(p) for p in permissions):
+            raise Problem(FORBIDDEN, f"the {principal.role} role may not {permissions[0]}")
+        return principal
+
+    return check
+
+
 def rate_limited(permission: Permission, group: str) -> Callable[..., Principal]:
     """``require(permission)``, then one request from the caller's token bucket for ``group``."""
 
@@ -109,3 +159,6 @@ Restoring = Annotated[Principal, Depends(rate_limited("restore", "restore"))]
 ReadingRecords = Annotated[Principal, Depends(require("records"))]
 ReadingAlerts = Annotated[Principal, Depends(require("alerts"))]
 SeeingPatientData = Annotated[Principal, Depends(require("phi"))]
+#: Roles that verify, or grantees (each study then checked by ``Services.allow_study``).
+ReadingStudies = Annotated[Principal, Depends(require_any("verify", "granted"))]
+Granting = Annotated[Principal, Depends(require("grant"))]

@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import (
+    AccessDenied,
     AlertsUnavailable,
     CannotRestore,
     ChainUnavailable,
@@ -38,6 +39,7 @@ from gateway.errors import (
     PacsUnavailable,
     StoreUnavailable,
     UnknownAlert,
+    UnknownGrant,
     UnknownInstance,
 )
 from gateway.redact import redact_text
@@ -69,8 +71,17 @@ UNAUTHORIZED = ProblemType("unauthorized", 401, "Unauthorized",
     "No bearer token, or not a valid one (revoked, mistyped). Send `Authorization: Bearer "
     "<token>`; `xray-gateway token create` issues one.")
 FORBIDDEN = ProblemType("forbidden", 403, "Forbidden",
-    "The token's role may not do this (roles: admin, auditor, clinician). Ask for a token "
+    "The token's role may not do this (roles: admin, auditor, clinician, grantee). Ask for a token "
     "of a role that may.")
+NOT_GRANTED = ProblemType("not-granted", 403, "Not granted",
+    "This grantee token holds no grant for the study asked for: a grantee reads only the "
+    "studies granted to it (`xray-gateway grant`).")
+GRANT_EXPIRED = ProblemType("grant-expired", 403, "Grant expired",
+    "The grant that let this token read the study has expired. Ask the granter for a new one.")
+GRANT_REVOKED = ProblemType("grant-revoked", 403, "Grant revoked",
+    "The grant that let this token read the study was revoked (its revocation is on chain).")
+NO_SUCH_GRANT = ProblemType("no-such-grant", 404, "No such grant",
+    "The index holds no grant with that id.")
 NOT_FOUND = ProblemType("not-found", 404, "Not found",
     "No such resource: no instance, audit or alert with that id, or no such route.")
 NO_BATCH_PROOF = ProblemType("no-batch-proof", 404, "No batch proof",
@@ -135,10 +146,17 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         NO_SUCH_PROOF, METHOD_NOT_ALLOWED, CANNOT_RESTORE, AUDIT_RUNNING, TOO_LARGE, INVALID_REQUEST,
         INVALID_CURSOR, EMPTY_BODY, INVALID_CONTENT_LENGTH, NOT_DICOM, TOO_MANY_UPLOADS,
         RATE_LIMITED, GATEWAY_FAILED, LEDGER_ERROR, UNAVAILABLE, NOT_READY, UPLOAD_AREA_FULL,
-        HTTP_ERROR,
+        HTTP_ERROR, NOT_GRANTED, GRANT_EXPIRED, GRANT_REVOKED, NO_SUCH_GRANT,
     )
 }  # fmt: skip
 
+
+#: A grantee's refusals (:class:`~gateway.errors.AccessDenied`), by reason.
+DENIALS = {
+    "not-granted": NOT_GRANTED,
+    "grant-expired": GRANT_EXPIRED,
+    "grant-revoked": GRANT_REVOKED,
+}
 
 # Types of 5xx answers: stable titles, so that a client or an alert may match on them.
 SERVER_TYPES = {500: GATEWAY_FAILED, 502: LEDGER_ERROR, 503: UNAVAILABLE}
@@ -318,6 +336,10 @@ def _type_of(exc: GatewayError) -> ProblemType:
         return NOT_FOUND
     if isinstance(exc, CannotRestore):
         return CANNOT_RESTORE
+    if isinstance(exc, AccessDenied):
+        return DENIALS[exc.reason]
+    if isinstance(exc, UnknownGrant):
+        return NO_SUCH_GRANT
     if isinstance(exc, DatasetUnreadable):
         return NOT_DICOM
     if isinstance(exc, (PacsUnavailable, ChainUnavailable, StoreUnavailable, AlertsUnavailable)):

@@ -9,7 +9,7 @@ from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from gateway.api.deps import Restoring, ServicesDep, Uploading, Verifying
+from gateway.api.deps import ReadingStudies, Restoring, ServicesDep, Uploading, Verifying
 from gateway.api.limits import Limits, Upload
 from gateway.api.problems import (
     EMPTY_BODY,
@@ -43,8 +43,12 @@ UPLOAD_RETRY_AFTER_S = 5
 @router.get(
     "/instances/{sop_instance_uid}/verify", response_model=Verdict, responses=problem_responses(404)
 )
-def verify_instance(sop_instance_uid: Uid, services: ServicesDep, who: Verifying) -> Verdict:
-    """The verdict for one instance: Orthanc's copy vs the sealed original vs the ledger."""
+def verify_instance(sop_instance_uid: Uid, services: ServicesDep, who: ReadingStudies) -> Verdict:
+    """The verdict for one instance: Orthanc's copy vs the sealed original vs the ledger.
+
+    A grantee token: only an instance of a study a standing grant covers (else 403).
+    """
+    services.allow_instance(who, sop_instance_uid, route="api:verify")
     verdict = services.verifier.instance(sop_instance_uid, show_phi=who.may("phi"))
     services.read_by(
         who, route="api:verify", verdict=verdict.status, sop_instance_uid=sop_instance_uid
@@ -57,8 +61,14 @@ def verify_instance(sop_instance_uid: Uid, services: ServicesDep, who: Verifying
     response_model=StudyVerdict,
     responses=problem_responses(404),
 )
-def verify_study(study_instance_uid: Uid, services: ServicesDep, who: Verifying) -> StudyVerdict:
-    """Every instance of a study, each with its verdict, and how many have each status."""
+def verify_study(
+    study_instance_uid: Uid, services: ServicesDep, who: ReadingStudies
+) -> StudyVerdict:
+    """Every instance of a study, each with its verdict, and how many have each status.
+
+    A grantee token: only a study a standing grant covers (else 403).
+    """
+    services.allow_study(who, study_instance_uid, route="api:verify-study")
     answer = services.verifier.study(study_instance_uid, show_phi=who.may("phi"))
     for verdict in answer.instances:
         services.read_by(

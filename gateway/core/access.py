@@ -92,3 +92,21 @@ class AccessLeaf:
             "verdict": self.verdict,
             "served": self.served,
         }
+
+
+def grantee_key(pseudonym_key: bytes, grantee: str) -> bytes:
+    """The grantee of a grant as the chain names it: an account's address left-padded to
+    32 bytes, or for a token holder the reader key of its token (:func:`who_key`), so that
+    the trail's entries and the grants name a token holder alike, and never by name."""
+    if is_account(grantee):
+        return bytes(12) + bytes.fromhex(grantee[2:])
+    return who_key(pseudonym_key, "token", grantee)
+
+
+def is_account(grantee: str) -> bool:
+    """Whether ``grantee`` is an account address (``0x`` and 40 hex digits)."""
+    return (
+        len(grantee) == 42
+        and grantee[:2] == "0x"
+        and all(c in "0123456789abcdefABCDEF" for c in grantee[2:])
+    )

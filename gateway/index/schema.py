@@ -199,6 +199,31 @@ CREATE TABLE IF NOT EXISTS access_batches (
 )
 """
 
+# The grants part (issue #16): one row per grant the gateway wrote to the chain; ``id`` is
+# the chain's grant id. Names and UIDs stay here; the chain holds their keys only.
+_GRANTS = """
+CREATE TABLE IF NOT EXISTS grants (
+    id INTEGER PRIMARY KEY,
+    grantee TEXT NOT NULL,
+    grantee_kind TEXT NOT NULL,
+    grantee_key BLOB NOT NULL,
+    patient_key BLOB NOT NULL,
+    study_instance_uid TEXT,
+    study_key BLOB,
+    expires_at REAL NOT NULL,
+    granted_at REAL NOT NULL,
+    granted_by TEXT NOT NULL,
+    tx_hash TEXT NOT NULL,
+    block_number INTEGER NOT NULL,
+    revoked_at REAL,
+    revoked_by TEXT,
+    revoke_tx TEXT
+);
+CREATE INDEX IF NOT EXISTS grants_grantee ON grants (grantee, id);
+CREATE INDEX IF NOT EXISTS grants_patient ON grants (patient_key, id);
+CREATE INDEX IF NOT EXISTS grants_study ON grants (study_instance_uid, id)
+"""
+
 #: Every step, in order; the schema's version is how many of them a database has had.
 STEPS: tuple[Step, ...] = (
     Create(_INSTANCES),  # 1: rows, batches, batch members
@@ -221,6 +246,8 @@ STEPS: tuple[Step, ...] = (
     Create(_LOG_LEAVES),
     # 14 (trail part): the access trail and its batches
     Create(_ACCESS_LOG),
+    # 15 (grants part): grants of read access, as written to the chain (which is the record)
+    Create(_GRANTS),
 )
 
 #: The version this code writes and reads.

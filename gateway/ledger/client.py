@@ -17,9 +17,11 @@ from gateway.core.merkle import InclusionProof, in_batch
 from gateway.ledger.sender import RevertDecoder, Sender, translate
 from gateway.ledger.types import (
     BATCH_KINDS,
+    ZERO_KEY,
     Anchor,
     Batch,
     BatchedLeaf,
+    Grant,
     Image,
     ImageVersion,
     LedgerEvent,
@@ -294,6 +296,24 @@ class XrayLedger:
         fn = self.contract.functions.retireBatchedImage(record_key, _batched_leaf(leaf), code)
         return self._transact(fn)
 
+    def grant_access(
+        self, *, grantee: bytes, patient_key: bytes, study_key: bytes | None, expires_at: int
+    ) -> tuple[int, Anchor]:
+        """Grant ``grantee`` read access to one study (``study_key``) or every study of
+        ``patient_key`` (``study_key`` None) until ``expires_at`` (epoch seconds); returns
+        the grant id and the anchor. Admin, Hospital, Doctor or Recorder only."""
+        call = self.contract.functions.grantAccess(
+            grantee, patient_key, study_key or ZERO_KEY, expires_at
+        )
+        anchor = self._transact(call)
+        receipt = self.w3.eth.get_transaction_receipt(anchor.tx_hash)  # type: ignore[arg-type]
+        events = self.contract.events.AccessGranted().process_receipt(receipt)
+        return int(events[0]["args"]["grantId"]), anchor
+
+    def revoke_access(self, grant_id: int) -> Anchor:
+        """Revoke grant ``grant_id`` now (its granter or the admin)."""
+        return self._transact(self.contract.functions.revokeAccess(grant_id))
+
     def grant_role(self, role: str, account: str) -> Anchor:
         """OpenZeppelin's raw ``grantRole`` (for the admin role itself)."""
         fn = self.contract.functions.grantRole(
@@ -439,6 +459,27 @@ class XrayLedger:
         except errors.XrayUnknownBatch:
             return False
         return in_batch(leaf=leaf, proof=proof, root=batch.root, count=batch.count)
+
+    def grant_of(self, grant_id: int) -> Grant:
+        """Grant ``grant_id`` as the chain holds it."""
+        raw = self._call(self.contract.functions.grantOf(grant_id))
+        grantee, patient_key, study_key, granter, expires, granted, revoked_by, revoked_at = raw
+        revoked = int(revoked_at) != 0
+        return Grant(
+            grant_id=grant_id,
+            grantee=bytes(grantee),
+            patient_key=bytes(patient_key),
+            study_key=bytes(study_key) if bytes(study_key) != ZERO_KEY else None,
+            granter=str(granter),
+            expires_at=int(expires),
+            granted_at=int(granted),
+            revoked_by=str(revoked_by) if revoked else None,
+            revoked_at=int(revoked_at) if revoked else None,
+        )
+
+    def grants_of(self, key: bytes) -> list[int]:
+        """The ids of the grants on a patient key (all of them) or a study key."""
+        return [int(i) for i in self._call(self.contract.functions.grantsOf(key))]
 
     def xrayhash_count(self, patient_key: bytes) -> int:
         """Seed parity: how many image versions ``patient_key`` has."""

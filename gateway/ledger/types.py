@@ -150,3 +150,23 @@ class LedgerEvent:
     tx_hash: str
     block_number: int
     log_index: int
+
+
+ZERO_KEY = bytes(32)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A grant of read access as the contract holds it (``grantOf``): keys only, no names."""
+
+    grant_id: int
+    grantee: bytes
+    patient_key: bytes
+    #: ``None``: every study of the patient.
+    study_key: bytes | None
+    granter: str
+    expires_at: int
+    granted_at: int
+    #: ``None`` while the grant stands.
+    revoked_by: str | None
+    revoked_at: int | None

@@ -400,6 +400,39 @@ class Pacs:
             if not isinstance(batch, list) or len(batch) < page:
                 return found
 
+    def preview(self, orthanc_id: str) -> bytes:
+        """Orthanc's rendered PNG of the instance (``GET /instances/{id}/preview``), for the
+        console's viewer: the xray plugin checks the read, so an altered file renders not.
+
+        Raises
+        ------
+        InstanceMissing
+            Orthanc has no such instance.
+        PacsUnavailable
+            Orthanc cannot be read, or refused to render it (the plugin's refusal included).
+        """
+        timeout = self._options["timeout_spec"]
+        try:
+            response = requests.get(
+                f"{self.url}/instances/{orthanc_id}/preview",
+                auth=self._options["auth"],
+                headers={"Accept": "image/png"},
+                timeout=(timeout.connection_timeout, timeout.read_timeout),
+            )
+        except requests.RequestException as exc:
+            raise PacsUnavailable(
+                f"Orthanc at {self.url} could not render: {redact_text(str(exc))}"
+            ) from exc
+        if response.status_code == 404:
+            raise InstanceMissing(f"Orthanc has no instance {orthanc_id}", status=404)
+        if response.status_code != 200:
+            raise PacsUnavailable(
+                f"Orthanc at {self.url} did not render instance {orthanc_id}: "
+                f"{_orthanc_message(response)} (HTTP {response.status_code})",
+                status=response.status_code,
+            )
+        return response.content
+
     def study_instance_uids(self, study_instance_uid: str) -> list[str]:
         """SOP Instance UIDs of every instance Orthanc holds in a study."""
         return [uid for _, uid in self.find_instances({"StudyInstanceUID": study_instance_uid})]

@@ -123,6 +123,20 @@ def _owner_of(record_key: bytes) -> Expect:
 
 
 OWNER_CALLS = {"admin", "owner"}
+#: Who may grant read access: the admin, Hospitals, Doctors and Recorders (not Auditors).
+GRANTERS = {"admin", "hospital", "doctor", "owner", "rival"}
+FAR_FUTURE = 2**39
+
+
+def _owners_grant(led: XrayLedger, st: Stage, label: str) -> int:
+    """A fresh grant made by the owner (a Recorder), for another account to try to revoke."""
+    grant_id, _ = led.as_account(st.accounts["owner"]).grant_access(
+        grantee=key("who:" + label), patient_key=key("pat:" + label), study_key=None,
+        expires_at=FAR_FUTURE,
+    )  # fmt: skip
+    return grant_id
+
+
 CALLS: dict[str, tuple[Call, str, set[str], Expect]] = {
     "setPermission(doctor)": (
         lambda led, st, lbl: led.set_permission(Account.create().address, "Dr.X", UserType.DOCTOR),
@@ -170,6 +184,17 @@ CALLS: dict[str, tuple[Call, str, set[str], Expect]] = {
     "retireBatchedImage": (
         lambda led, st, lbl: _retire_batched(led, st, "duplicate"),
         "owner", OWNER_CALLS, _owner_of(key("rec:b0")),
+    ),
+    "grantAccess": (
+        lambda led, st, lbl: led.grant_access(
+            grantee=key("who:" + lbl), patient_key=key("pat:" + lbl), study_key=key("study:" + lbl),
+            expires_at=FAR_FUTURE,
+        )[1],
+        "doctor", GRANTERS, lambda role, who, st: (errors.XrayNotGranter, (who,)),
+    ),
+    "revokeAccess": (
+        lambda led, st, lbl: led.revoke_access(_owners_grant(led, st, lbl)),
+        "owner", {"admin", "owner"}, lambda role, who, st: (errors.XrayNotGranter, (who,)),
     ),
     "grantRole": (
         lambda led, st, lbl: led.grant_role("recorder", st.accounts["stranger"].address),
@@ -794,3 +819,38 @@ def test_a_rival_recorders_refused_attempts_leave_the_firsts_verdict_intact(
     assert verdict.status == "intact", verdict
     assert verdict.evidence.recorder == accounts["owner"].address
     assert verdict.evidence.version == 1 and verdict.evidence.foreign_claims == []
+
+
+def test_a_grant_is_kept_with_keys_listed_under_its_patient_and_study_and_revoked_once(
+    xray: XrayLedger, accounts: dict[str, LocalAccount]
+) -> None:
+    doctor = xray.as_account(accounts["doctor"])
+    now = xray.block_time(xray.head_block())
+    with pytest.raises(errors.XrayGrantExpiry):
+        doctor.grant_access(grantee=key("g"), patient_key=key("p"), study_key=None, expires_at=now)
+    with pytest.raises(errors.XrayZeroValue):
+        doctor.grant_access(
+            grantee=bytes(32), patient_key=key("p"), study_key=None, expires_at=FAR_FUTURE
+        )
+    study_grant, _ = doctor.grant_access(
+        grantee=key("g"), patient_key=key("p"), study_key=key("s"), expires_at=FAR_FUTURE
+    )
+    patient_grant, _ = doctor.grant_access(
+        grantee=key("g"), patient_key=key("p"), study_key=None, expires_at=FAR_FUTURE
+    )
+    assert xray.grants_of(key("p")) == [study_grant, patient_grant]
+    assert xray.grants_of(key("s")) == [study_grant]
+    kept = xray.grant_of(study_grant)
+    assert (kept.grantee, kept.patient_key, kept.study_key, kept.expires_at) == (
+        key("g"), key("p"), key("s"), FAR_FUTURE,
+    )  # fmt: skip
+    assert kept.granter == accounts["doctor"].address and kept.revoked_by is None
+    assert xray.grant_of(patient_grant).study_key is None
+    xray.revoke_access(study_grant)  # the admin may revoke another's grant
+    assert xray.grant_of(study_grant).revoked_by == xray.sender.address  # type: ignore[union-attr]
+    with pytest.raises(errors.XrayGrantRevoked):
+        doctor.revoke_access(study_grant)
+    with pytest.raises(errors.XrayUnknownGrant):
+        doctor.revoke_access(99)
+    (revocation,) = xray.events("AccessRevoked")
+    assert revocation.args["grantId"] == study_grant

@@ -100,6 +100,15 @@ def test_gas_report(anvil: Anvil, cast: Cast) -> None:
         assert admin.batch_kind_of(batch_id) == "access"
         access[str(n)] = {"gas": anchor.gas_used, "gas_per_entry": round(anchor.gas_used / n, 1)}
 
+    # grants (issue #16): one study for a token grantee, then revoked
+    grant_id, grant = recorder.grant_access(
+        grantee=h("who:token:dr"), patient_key=h("patient:a"), study_key=h("study:a"),
+        expires_at=admin.block_time(admin.head_block()) + 7 * 86400,
+    )  # fmt: skip
+    revoke_grant = recorder.revoke_access(grant_id)
+    assert admin.grant_of(grant_id).revoked_by == cast.recorder.address
+    assert admin.grants_of(h("patient:a")) == admin.grants_of(h("study:a")) == [grant_id]
+
     report = {
         "note": "Gas measured on anvil by tests/integration/test_gas.py; "
         "recordBatch anchors one RFC 6962 root for N images.",
@@ -112,6 +121,8 @@ def test_gas_report(anvil: Anvil, cast: Cast) -> None:
         "supersedeBatchedImage_256": supersede_batched.gas_used,
         "recordBatch": batches,
         "recordAccessBatch": access,
+        "grantAccess": grant.gas_used,
+        "revokeAccess": revoke_grant.gas_used,
         "gas_per_image": {
             "single": record.gas_used,
             "batched_100": batches["100"]["gas_per_image"],

@@ -1,0 +1,195 @@
+"""Grants of read access with an expiry: written to the chain, kept in the index, enforced.
+
+A grant gives one grantee — a named token holder, or an outside clinician's account
+address — read access to one study or to every study of one patient, until an expiry
+time; it can be revoked at any time. The chain is the record: each grant and each
+revocation is an event of the xray contract (``AccessGranted``/``AccessRevoked``) with
+keys only (grantee key, patient key, study key, expiry, granter). The index keeps the
+same grant with its names and UIDs, written once the transaction is mined; the API's
+enforcement reads the index (no chain round trip per request) and :meth:`Grants.check`
+says why a read is refused: ``not-granted``, ``grant-expired`` or ``grant-revoked``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from gateway.core import keys
+from gateway.core.access import grantee_key, is_account, study_key
+from gateway.errors import (
+    AccessDenied,
+    TransactionFailed,
+    TransactionPending,
+    UnknownGrant,
+    UnknownInstance,
+)
+from gateway.index import grants as rows
+from gateway.index.db import Index
+from gateway.index.grants import GrantRow
+from gateway.ledger.client import XrayLedger
+from gateway.ledger.types import Anchor
+
+T = TypeVar("T")
+
+
+class Grants:
+    """Make, revoke, list and check grants.
+
+    Parameters
+    ----------
+    index:
+        The index (``grants`` and the instances' study UIDs and patient keys).
+    ledger:
+        The contract, writing as the gateway's recorder; ``None``: read-only (checks only).
+    pseudonym_key:
+        The site's pseudonym key: grantee, patient and study keys.
+    clock:
+        Epoch seconds now (a test may pass its own).
+    """
+
+    def __init__(
+        self,
+        *,
+        index: Index,
+        ledger: XrayLedger | None,
+        pseudonym_key: bytes,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.index = index
+        self.ledger = ledger
+        self.pseudonym_key = pseudonym_key
+        self.clock = clock
+
+    def grant(
+        self,
+        *,
+        to: str,
+        until: float,
+        by: str,
+        study_instance_uid: str | None = None,
+        patient_id: str | None = None,
+        issuer: str = "",
+    ) -> GrantRow:
+        """Grant ``to`` read access to a study or to every study of a patient until ``until``.
+
+        Raises
+        ------
+        ValueError
+            Neither or both of a study and a patient, or an expiry not in the future.
+        UnknownInstance
+            The index holds no instance of that study.
+        """
+        if (study_instance_uid is None) == (patient_id is None):
+            raise ValueError("grant one study or one patient's studies")
+        expires = int(until)
+        if expires <= self.clock():
+            raise ValueError("the expiry must be in the future")
+        if study_instance_uid is not None:
+            patient = rows.patient_key_of_study(self.index, study_instance_uid)
+            if patient is None:
+                raise UnknownInstance("no fingerprinted instance of that study in the index")
+            study: bytes | None = study_key(self.pseudonym_key, study_instance_uid)
+        else:
+            assert patient_id is not None
+            patient, study = keys.patient_key(self.pseudonym_key, issuer, patient_id), None
+        grantee = grantee_key(self.pseudonym_key, to)
+        grant_id, anchor = self._send(
+            lambda ledger: ledger.grant_access(
+                grantee=grantee, patient_key=patient, study_key=study, expires_at=expires
+            )
+        )
+        row = GrantRow(
+            id=grant_id, grantee=to, grantee_kind="account" if is_account(to) else "token",
+            grantee_key=grantee, patient_key=patient, study_instance_uid=study_instance_uid,
+            study_key=study, expires_at=float(expires), granted_at=float(anchor.block_time),
+            granted_by=by, tx_hash=anchor.tx_hash, block_number=anchor.block_number,
+            revoked_at=None, revoked_by=None, revoke_tx=None,
+        )  # fmt: skip
+        rows.add(self.index, row)
+        return row
+
+    def revoke(self, grant_id: int, *, by: str) -> GrantRow:
+        """Revoke grant ``grant_id`` on the chain, then in the index; a revoked one is kept."""
+        found = rows.get(self.index, grant_id)
+        if found is None:
+            raise UnknownGrant(f"no grant {grant_id}")
+        if found.revoked_at is None:
+            _, anchor = self._send(lambda ledger: (None, ledger.revoke_access(grant_id)))
+            rows.revoke(
+                self.index, grant_id, at=float(anchor.block_time), by=by, tx_hash=anchor.tx_hash
+            )
+        revoked = rows.get(self.index, grant_id)
+        assert revoked is not None
+        return revoked
+
+    def _send(self, write: Callable[[XrayLedger], tuple[T, Anchor]]) -> tuple[T, Anchor]:
+        """One write; a send the node refused (e.g. a nonce another process of this recorder
+        took meanwhile: the sender heals its nonces) is tried once more."""
+        if self.ledger is None:
+            raise TransactionFailed("this gateway writes no grants: it has no recorder account")
+        try:
+            return write(self.ledger)
+        except TransactionPending:
+            raise
+        except TransactionFailed:
+            return write(self.ledger)
+
+    def get(self, grant_id: int) -> GrantRow:
+        found = rows.get(self.index, grant_id)
+        if found is None:
+            raise UnknownGrant(f"no grant {grant_id}")
+        return found
+
+    def listed(
+        self, *, patient_key: bytes | None = None, study_instance_uid: str | None = None,
+        grantee: str | None = None, after: int = 0, limit: int = 100,
+    ) -> list[GrantRow]:  # fmt: skip
+        """Grants by id: of a patient key (its study grants too), a study, or a grantee."""
+        return rows.listed(
+            self.index, patient_key=patient_key, study_instance_uid=study_instance_uid,
+            grantee=grantee, after=after, limit=limit,
+        )  # fmt: skip
+
+    def patient_key(self, patient_id: str, issuer: str = "") -> bytes:
+        """The key a patient's grants are listed under."""
+        return keys.patient_key(self.pseudonym_key, issuer, patient_id)
+
+    def check(self, grantee: str, study_instance_uid: str) -> GrantRow:
+        """The standing grant that lets token holder ``grantee`` read the study.
+
+        Raises
+        ------
+        AccessDenied
+            None stands: ``.reason`` is ``grant-revoked`` or ``grant-expired`` after the
+            newest covering grant, else ``not-granted``.
+        """
+        now = self.clock()
+        covering = rows.covering(self.index, grantee, study_instance_uid)
+        standing = [g for g in covering if g.state(now) == "active"]
+        if standing:
+            return max(standing, key=lambda g: g.expires_at)
+        if not covering:
+            raise AccessDenied("no grant covers this study", reason="not-granted")
+        newest = covering[-1]
+        if newest.state(now) == "revoked":
+            raise AccessDenied(f"grant {newest.id} was revoked", reason="grant-revoked")
+        raise AccessDenied(f"grant {newest.id} expired", reason="grant-expired")
+
+    def studies(self, grantee: str) -> list[str]:
+        """The Study UIDs the grantee's standing grants cover."""
+        return rows.granted_studies(self.index, grantee, now=self.clock())
+
+    def all_studies(self) -> list[str]:
+        """Every Study UID the index holds, sorted (the listing for roles that verify)."""
+        return rows.all_studies(self.index)
+
+    def study_of(self, sop_instance_uid: str) -> str | None:
+        """The study an instance belongs to, by the index's rows."""
+        found = self.index.query(
+            "SELECT study_instance_uid FROM instances WHERE sop_instance_uid = ?"
+            " AND study_instance_uid IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (sop_instance_uid,),
+        )
+        return str(found[0][0]) if found else None
