@@ -180,6 +180,28 @@ def _forbidden(request: Request, session: Session, permission: Permission) -> HT
     return _error(request, session, 403, "Not allowed", detail)
 
 
+@dataclass(frozen=True)
+class Visit:
+    """Who is on a page, and what the pages work with."""
+
+    session: Session
+    services: Services
+
+
+def _enter(request: Request, permission: Permission, *, posted: bool = False) -> Visit | Response:
+    """The visit, or the page to answer instead: the login (no session), a refusal of a
+    POST from elsewhere (``posted``), or of a role that may not (``permission``)."""
+    session = _session(request)
+    if session is None:
+        return _to_login(request)
+    if posted and not same_origin(request):
+        return _error(request, session, 403, "Refused", "The request did not come from here.")
+    services = _services(request)
+    if services is None or not session.principal.may(permission):
+        return _forbidden(request, session, permission)
+    return Visit(session, services)
+
+
 def _gateway_error(request: Request, session: Session, exc: GatewayError) -> HTMLResponse:
     """A page for an error of a part behind the console; a 5xx never quotes the exception."""
     if isinstance(exc, (UnknownInstance, UnknownAlert)):
@@ -358,12 +380,10 @@ def _accession_search(request: Request, session: Session, q: str) -> Response:
 @router.get("/studies/{study_uid}", response_class=HTMLResponse)
 def study(request: Request, study_uid: str) -> Response:
     """Every instance of a study with its verdict."""
-    session = _session(request)
-    if session is None:
-        return _to_login(request)
-    services = _services(request)
-    if services is None or not session.principal.may("verify"):
-        return _forbidden(request, session, "verify")
+    visit = _enter(request, "verify")
+    if isinstance(visit, Response):
+        return visit
+    session, services = visit.session, visit.services
     if not UID.match(study_uid) or len(study_uid) > 64:
         return _error(request, session, 422, "Not a UID", "A Study UID is digits and dots.")
     try:
@@ -381,12 +401,10 @@ def study(request: Request, study_uid: str) -> Response:
 @router.get("/instances/{sop_uid}", response_class=HTMLResponse)
 def instance(request: Request, sop_uid: str) -> Response:
     """One verdict with its evidence, the viewer link and, for a tampered copy, the diff."""
-    session = _session(request)
-    if session is None:
-        return _to_login(request)
-    services = _services(request)
-    if services is None or not session.principal.may("verify"):
-        return _forbidden(request, session, "verify")
+    visit = _enter(request, "verify")
+    if isinstance(visit, Response):
+        return visit
+    session, services = visit.session, visit.services
     if not UID.match(sop_uid) or len(sop_uid) > 64:
         return _error(request, session, 422, "Not a UID", "A SOP Instance UID is digits and dots.")
     try:
@@ -522,12 +540,10 @@ def download(request: Request, study_uid: str) -> Response:
 @router.get("/audits", response_class=HTMLResponse)
 def audits(request: Request, cursor: str | None = None) -> Response:
     """Start an audit; past audits, newest first, a page at a time."""
-    session = _session(request)
-    if session is None:
-        return _to_login(request)
-    services = _services(request)
-    if services is None or not session.principal.may("audit"):
-        return _forbidden(request, session, "audit")
+    visit = _enter(request, "audit")
+    if isinstance(visit, Response):
+        return visit
+    session, services = visit.session, visit.services
     try:
         page = services.audits.page(limit=PAGE, after=AUDITS.decode(cursor))
     except Problem as invalid:
@@ -545,14 +561,10 @@ def audits(request: Request, cursor: str | None = None) -> Response:
 @router.post("/audits")
 def start_audit(request: Request) -> Response:
     """Start a sweep and follow it."""
-    session = _session(request)
-    if session is None:
-        return _to_login(request)
-    if not same_origin(request):
-        return _error(request, session, 403, "Refused", "The request did not come from here.")
-    services = _services(request)
-    if services is None or not session.principal.may("audit"):
-        return _forbidden(request, session, "audit")
+    visit = _enter(request, "audit", posted=True)
+    if isinstance(visit, Response):
+        return visit
+    session, services = visit.session, visit.services
     try:
         audit_id = services.audits.start(requested_by=session.principal.name)
     except AuditRunning as running:
@@ -563,12 +575,10 @@ def start_audit(request: Request) -> Response:
 def _audit_or_error(
     request: Request, audit_id: str
 ) -> tuple[Session, Services, AuditState] | Response:
-    session = _session(request)
-    if session is None:
-        return _to_login(request)
-    services = _services(request)
-    if services is None or not session.principal.may("audit"):
-        return _forbidden(request, session, "audit")
+    visit = _enter(request, "audit")
+    if isinstance(visit, Response):
+        return visit
+    session, services = visit.session, visit.services
     state = services.audits.get(audit_id) if len(audit_id) <= 64 else None
     if state is None:
         return _error(request, session, 404, "Not found", f"There is no audit {audit_id}.")
@@ -659,12 +669,10 @@ def _cell(value: object) -> str:
 @router.get("/alerts", response_class=HTMLResponse)
 def alerts(request: Request, cursor: str | None = None) -> Response:
     """Alerts, newest first, a page at a time, each with its acknowledgement."""
-    session = _session(request)
-    if session is None:
-        return _to_login(request)
-    services = _services(request)
-    if services is None or not session.principal.may("alerts"):
-        return _forbidden(request, session, "alerts")
+    visit = _enter(request, "alerts")
+    if isinstance(visit, Response):
+        return visit
+    session, services = visit.session, visit.services
     try:
         page = services.alerts.page(limit=PAGE, after=ALERTS.decode(cursor))
     except Problem as invalid:
@@ -684,14 +692,10 @@ def alerts(request: Request, cursor: str | None = None) -> Response:
 @router.post("/alerts/{alert_id}/ack")
 async def acknowledge(request: Request, alert_id: str) -> Response:
     """Acknowledge an alert in the name of the session's principal."""
-    session = _session(request)
-    if session is None:
-        return _to_login(request)
-    if not same_origin(request):
-        return _error(request, session, 403, "Refused", "The request did not come from here.")
-    services = _services(request)
-    if services is None or not session.principal.may("alerts"):
-        return _forbidden(request, session, "alerts")
+    visit = _enter(request, "alerts", posted=True)
+    if isinstance(visit, Response):
+        return visit
+    session, services = visit.session, visit.services
     form = await _form(request)
     try:
         services.alerts.acknowledge(alert_id, by=session.principal.name)
@@ -718,12 +722,10 @@ class CheckedEntry:
 @router.get("/trail", response_class=HTMLResponse)
 def trail(request: Request, by: str = "study", q: str = "", after: int = 0) -> Response:
     """Who read a study, or what a reader read: oldest first, each entry with its proof."""
-    session = _session(request)
-    if session is None:
-        return _to_login(request)
-    services = _services(request)
-    if services is None or not session.principal.may("audit"):
-        return _forbidden(request, session, "audit")
+    visit = _enter(request, "audit")
+    if isinstance(visit, Response):
+        return visit
+    session, services = visit.session, visit.services
     if services.trail is None:
         return _error(request, session, 503, "No access trail", "This gateway keeps none.")
     q = q.strip()
