@@ -86,7 +86,6 @@ from gateway import filemap
 from gateway.core.keys import Kek, Keyring, StudyKey
 from gateway.errors import (
     KeyringError,
-    KeyShredded,
     SealCorrupt,
     SealError,
     SealKeyMissing,
