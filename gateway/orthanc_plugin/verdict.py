@@ -340,6 +340,7 @@ class _Reading:
                 anchor=_anchor(mirror),
                 copy=CopyState.REENCODED if self._reencoded(self.match) else CopyState.SAME,
                 retired=mirror is not None and mirror.retired is not None,
+                erased=_erased(mirror),
                 changed_since_arrival=arrived_otherwise,
                 bytes_first=True,
             )
@@ -356,6 +357,7 @@ class _Reading:
             anchor=_anchor(newest) if self.newest.anchored else AnchorState.NONE,
             copy=CopyState.DIFFERS,
             retired=newest is not None and newest.retired is not None,
+            erased=_erased(newest),
             same_pixels={"header": True, "pixels": False}.get(changed or ""),
             changed_since_arrival=arrived_otherwise,
             bytes_first=True,
@@ -543,6 +545,24 @@ def _retired(reading: _Reading, reason: Reason) -> ReadVerdict:
     )  # fmt: skip
 
 
+def _erased(facts: LedgerFacts | None) -> bool:
+    """Whether the mirror saw the version's record retired with reason ``erased``."""
+    return facts is not None and facts.retired is not None and facts.retired.reason == "erased"
+
+
+def _erased_copy(reading: _Reading, reason: Reason) -> ReadVerdict:
+    return _verdict(
+        reading, reason, recorded=reading.match,
+        headline="Refused: this image was erased on request.",
+        explanation=(
+            "Its record was retired on the ledger with reason erased and its sealed original "
+            "crypto-shredded; this copy reappeared and must not be used. The PACS "
+            "administrator has been alerted."
+        ),
+        ledger="retired: erased",
+    )  # fmt: skip
+
+
 def _verified(reading: _Reading, reason: Reason) -> ReadVerdict:
     match, _, note = _matched(reading)
     newest = reading.newest
@@ -577,6 +597,7 @@ _WORDS: dict[Reason, Callable[[_Reading, Reason], ReadVerdict]] = {
     Reason.ANCHOR_REFUTED: _anchor_refuted,
     Reason.ANCHOR_UNCONFIRMED: _anchor_unconfirmed,
     Reason.RETIRED: _retired,
+    Reason.ERASED_COPY: _erased_copy,
     Reason.VERIFIED: _verified,
 }
 

@@ -497,12 +497,22 @@ class Verifier:
             pacs_state = CopyState.DIFFERS
         facts = Facts(
             anchor=AnchorState.CONFIRMED, copy=pacs_state, retired=record.retired,
+            erased=record.retired and record.retire_reason == "erased",
             same_pixels=(
                 copy.fingerprint.pixel_digest == record.pixel_digest
                 if copy is not None and pacs_state is CopyState.DIFFERS
                 else None
             ),
         )  # fmt: skip
+        if facts.erased:
+            # Nothing to open: the sealed original was deleted and its study key destroyed.
+            return Verdict(
+                uid, "erased", EXPLANATIONS["erased"], evidence,
+                Copies(pacs="ok" if copy else "absent", store="absent", ledger="retired"),
+                orthanc_id=orthanc_id,
+                notes=[f"erased: retired by {record.retired_by} with reason erased"]
+                + (["a copy of the erased image is in the PACS"] if copy else []),
+            )  # fmt: skip
         if decide(facts) is Reason.RETIRED:
             return Verdict(
                 uid, "retired", EXPLANATIONS["retired"], evidence,
