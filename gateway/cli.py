@@ -132,17 +132,26 @@ def _cmd_keys_init(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
-    """A new current KEK, then every sealed object in the store re-wrapped to it."""
+    """A new current KEK, then every study key and every v1 sealed object re-wrapped to it
+    (v2 objects are under their study key and stay as they are)."""
     from gateway.core.keys import load_keyring, rotate_kek
+    from gateway.index.db import Index
+    from gateway.index.erasure import StudyKeys
     from gateway.stack import open_object_store
     from gateway.store.rewrap import rewrap_store
 
     kek = rotate_kek(settings.keys_dir)
     keyring = load_keyring(settings.keys_dir)
+    index = Index(settings.index_location)
+    try:
+        study_keys = StudyKeys(index, keyring).rewrap(kek)
+    finally:
+        index.close()
     rewrapped = rewrap_store(open_object_store(settings), keyring=keyring, new_kek=kek)
     _print_json(
-        {"current_kek": kek.kek_id, "known_keks": list(keyring.ids), "rewrapped": rewrapped}
-    )
+        {"current_kek": kek.kek_id, "known_keks": list(keyring.ids), "rewrapped": rewrapped,
+         "study_keys_rewrapped": study_keys}
+    )  # fmt: skip
     return 0
 
 

@@ -35,6 +35,7 @@ from gateway.core.keys import init_keys, load_keyring, load_pseudonym_key
 from gateway.core.nodes import worker_id
 from gateway.errors import ChildFailed, ConfigError
 from gateway.index.db import Index
+from gateway.index.erasure import StudyKeys
 from gateway.index.evidence_view import prepare_evidence_reader
 from gateway.index.keycheck import check_shared_keys
 from gateway.ingest.anchor import BatchAnchorer, SingleAnchorer
@@ -135,6 +136,7 @@ def build_verifier(
         pacs=pacs,
         store=store,
         keyring=load_keyring(settings.keys_dir),
+        study_keys=StudyKeys(index, load_keyring(settings.keys_dir)),
         index=index,
         max_instance_bytes=settings.max_instance_bytes,
         trusted_recorders=settings.trusted_recorders,

@@ -33,7 +33,8 @@ from gateway.index.engine import LOCK_BUSY_ERRORS, Connection, connect, describe
 from gateway.index.queries import IS_FINGERPRINTED_VERSION, IS_VERSION
 
 STAGES = ("fingerprint", "seal", "put", "anchor", "forward", "committed")
-DONE_STAGES = ("committed", "duplicate", "rejected", "conflict", "failed")
+# ``erased``: a version erased on request (gateway/trust/erasure.py); its evidence is kept.
+DONE_STAGES = ("committed", "duplicate", "rejected", "conflict", "failed", "erased")
 PARKED = "failed"  # no automatic work left, but not done: waits for `xray-gateway retry`
 
 # Parks rows (stage ``failed``, the stage they were at kept); parameters: PARKED, error.
@@ -546,6 +547,11 @@ class Index:
         """
         with self._lock:
             return [tuple(values) for values in self._db.execute(sql, params).fetchall()]
+
+    def maintain(self, sql: str) -> None:
+        """Run a maintenance statement outside any transaction: a PRAGMA, VACUUM (erasure)."""
+        with self._lock:
+            self._db.execute(sql)
 
     def oldest_pending(self) -> Row | None:
         """The row with work left that was received first."""

@@ -199,6 +199,39 @@ CREATE TABLE IF NOT EXISTS access_batches (
 )
 """
 
+# The erasure part (issue #16; gateway/index/erasure.py): each study's key (seal format v2)
+# under its pseudonymous reference, wrapped under a KEK (NULL once destroyed); the erasure
+# log (plans by hash, pseudonymous keys only); the studies the retention job listed.
+_ERASURE = """
+CREATE TABLE IF NOT EXISTS study_keys (
+    study_ref BLOB NOT NULL PRIMARY KEY,
+    key_id TEXT NOT NULL UNIQUE,
+    kek_id TEXT NOT NULL,
+    wrapped_key BLOB,
+    created_at REAL NOT NULL,
+    destroyed_at REAL
+);
+CREATE TABLE IF NOT EXISTS erasures (
+    id INTEGER PRIMARY KEY,
+    plan_hash TEXT NOT NULL UNIQUE,
+    reason TEXT NOT NULL,
+    asked_by TEXT NOT NULL,
+    planned_at REAL NOT NULL,
+    state TEXT NOT NULL,
+    confirmed_by TEXT,
+    confirmed_at REAL,
+    done_at REAL,
+    plan TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS retention_due (
+    study_instance_uid TEXT NOT NULL PRIMARY KEY,
+    modality TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    due_at REAL NOT NULL,
+    listed_at REAL NOT NULL
+)
+"""
+
 #: Every step, in order; the schema's version is how many of them a database has had.
 STEPS: tuple[Step, ...] = (
     Create(_INSTANCES),  # 1: rows, batches, batch members
@@ -221,6 +254,8 @@ STEPS: tuple[Step, ...] = (
     Create(_LOG_LEAVES),
     # 14 (trail part): the access trail and its batches
     Create(_ACCESS_LOG),
+    # 15 (erasure part): study keys, the erasure log, the retention list
+    Create(_ERASURE),
 )
 
 #: The version this code writes and reads.
