@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from gateway import __version__
-from gateway.api import access, alerts, assets, audits, log, problems, verify, views
+from gateway.api import access, alerts, assets, audits, erasures, log, problems, verify, views
 from gateway.api.auth import ensure_token
 from gateway.api.deps import Services
 from gateway.api.problems import problem_json_only, problem_responses
@@ -87,6 +87,7 @@ def create_app(
     app.include_router(log.router)
     app.include_router(alerts.router)
     app.include_router(access.router)
+    app.include_router(erasures.router)
 
     @app.get("/healthz", tags=["health"], response_model=Liveness)
     def healthz() -> Liveness:

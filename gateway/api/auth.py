@@ -3,7 +3,7 @@
 =============  =====================================================================
 role           may
 =============  =====================================================================
-``admin``      everything: verify, audit, restore, ledger views, attribute values
+``admin``      everything: verify, audit, restore, ledger views, attribute values, erase
 ``auditor``    verify, audit, ledger views, alerts; attribute values are redacted
 ``clinician``  verify and alerts, with attribute values (a radiologist's workstation)
 =============  =====================================================================
@@ -28,10 +28,10 @@ from gateway.keyfiles import read_secret, replace_secret, write_secret
 
 Role = Literal["admin", "auditor", "clinician"]
 ROLES: tuple[Role, ...] = ("admin", "auditor", "clinician")
-Permission = Literal["verify", "audit", "restore", "records", "alerts", "phi"]
+Permission = Literal["verify", "audit", "restore", "records", "alerts", "phi", "erase"]
 
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
-    "admin": frozenset({"verify", "audit", "restore", "records", "alerts", "phi"}),
+    "admin": frozenset({"verify", "audit", "restore", "records", "alerts", "phi", "erase"}),
     "auditor": frozenset({"verify", "audit", "records", "alerts"}),
     "clinician": frozenset({"verify", "alerts", "phi"}),
 }

@@ -14,6 +14,7 @@ from gateway.api.limits import Limits, retry_after
 from gateway.api.problems import FORBIDDEN, NOT_READY, RATE_LIMITED, UNAUTHORIZED, Problem
 from gateway.trust.alerts import Alerts
 from gateway.trust.audit import Audits
+from gateway.trust.erasure import Eraser
 from gateway.trust.receipts import Receipts
 from gateway.trust.trail import Trail
 from gateway.trust.verify import Verifier
@@ -33,6 +34,8 @@ class Services:
     receipts: Receipts | None = None  # receipts and the append-only log (None: not offered)
     #: The access trail (reads through the API are written to it; ``GET /v1/access``).
     trail: Trail | None = None
+    #: Erasure and the retention list (admin only; None: not offered).
+    eraser: Eraser | None = None
 
     def read_by(
         self, who: Principal, *, route: str, verdict: str, served: bool = True,
@@ -109,3 +112,4 @@ Restoring = Annotated[Principal, Depends(rate_limited("restore", "restore"))]
 ReadingRecords = Annotated[Principal, Depends(require("records"))]
 ReadingAlerts = Annotated[Principal, Depends(require("alerts"))]
 SeeingPatientData = Annotated[Principal, Depends(require("phi"))]
+Erasing = Annotated[Principal, Depends(require("erase"))]
