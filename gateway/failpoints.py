@@ -28,6 +28,9 @@ Points (the code that passes them says where they sit):
 ``pipeline.after_anchor``
     the record (or the Merkle batch) is on the ledger; its rows have not moved on to
     ``forward``, so a restart finds the batch open and asks ``batchIdOf(root)``.
+``erasure.after_shred``, ``erasure.after_delete``, ``erasure.after_retire``
+    an erasure's confirmation destroyed the study keys; deleted the copies (objects,
+    spool, Orthanc); retired the records on chain. Confirming again finishes it.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ POINTS = (
     "pipeline.after_put",
     "ledger.after_send",
     "pipeline.after_anchor",
+    "erasure.after_shred",
+    "erasure.after_delete",
+    "erasure.after_retire",
 )
 
 
