@@ -174,6 +174,14 @@ def test_erasure_end_to_end(stack: Up, files: dict[str, list[Path]]) -> None:
             assert phi not in planned.text
         # nothing went yet
         assert all(store.exists(name) for name in kept_copies)
+        # admin only: an auditor may not even list
+        auditor = run(stack.env, "token", "create", "--role", "auditor", "--name", "erase-audit")
+        reply = httpx.post(
+            f"http://127.0.0.1:{stack.api_port}/v1/erasures",
+            json={"study_instance_uid": ERASED, "reason": "gdpr_art17"},
+            headers={"Authorization": f"Bearer {auditor.stdout.strip()}"},
+        )
+        assert reply.status_code == 403
         # a wrong hash, or another reason, is refused
         wrong = client.post(f"/v1/erasures/{'0' * 64}/confirm", json={"reason": "gdpr_art17"})
         assert wrong.status_code == 409 and wrong.json()["type"].endswith("erasure-changed")
@@ -259,6 +267,15 @@ def test_erasure_end_to_end(stack: Up, files: dict[str, list[Path]]) -> None:
         assert retirement is not None and retirement.reason == "erased", row["id"]
         assert row["stage"] == "erased"
     assert all(chain.retirement_of(bytes(r["record_key"])) is None for r in rows_of(stack, KEPT))
+    # gas of the erasure on chain: one retirement per image (its proof for a batched one)
+    txs = {
+        event.tx_hash
+        for row in rows_of(stack, ERASED)
+        for event in chain.events("ImageRetired", filters={"recordKey": bytes(row["record_key"])})
+    }
+    gas = [int(chain.w3.eth.get_transaction_receipt(tx)["gasUsed"]) for tx in txs]  # type: ignore[arg-type]
+    assert len(gas) == COUNT + 1
+    FIGURES.update(gas_per_study=sum(gas), gas_per_image=round(sum(gas) / len(gas)))
 
     # -- a copy that reappears ------------------------------------------------------------
     resent = storescu(stack.dicom_port, files[ERASED][:1], extra=("-v",))
