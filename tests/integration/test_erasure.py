@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 from pydicom import dcmread
 
 import dicom_fixtures
+from gateway.bench.postgres import PostgresCluster
 from gateway.core import keys
 from gateway.core.keys import StudyKey, load_keyring, load_pseudonym_key
 from gateway.core.seal import STUDY_KEY_VERSION, open_sealed, read_seal_header
@@ -35,6 +37,7 @@ from gateway.pacs.client import Pacs
 from gateway.store import ObjectStore, open_store
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env, run
+from tests.integration.s3 import MotoServer
 
 pytestmark = pytest.mark.integration
 
@@ -57,9 +60,31 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
     return {ERASED: study_files(tmp, ERASED, COUNT + 1), KEPT: study_files(tmp, KEPT, COUNT)}
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, files: dict[str, list[Path]]) -> Iterator[Up]:
-    up = Up(gateway_env(tmp_path_factory.mktemp("erasure") / "var"))
+@pytest.fixture(scope="module", params=["fs-sqlite", "s3-postgres"])
+def stack(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    files: dict[str, list[Path]],
+) -> Iterator[Up]:
+    """`up` on the filesystem store and SQLite; and on moto's S3 and PostgreSQL, where
+    objects are deleted through S3 and the study key destroyed in PostgreSQL (VACUUM)."""
+    root = tmp_path_factory.mktemp(f"erasure-{request.param}")
+    extra: dict[str, str] = {}
+    moto: MotoServer | None = None
+    if request.param == "s3-postgres":
+        postgres: PostgresCluster = request.getfixturevalue("postgres")
+        moto = MotoServer(log_dir=root)
+        moto.start()
+        url = postgres.create_database()
+        reader = f"xray_evidence_{secrets.token_hex(4)}"
+        postgres.create_role(reader)
+        extra = {
+            "GATEWAY_STORE_URL": f"s3://{moto.endpoint}/xray-erasure",
+            "GATEWAY_S3_ACCESS_KEY": "moto-access", "GATEWAY_S3_SECRET_KEY": "moto-secret-key",
+            "GATEWAY_INDEX_URL": url,
+            "GATEWAY_PLUGIN_INDEX_URL": postgres.url(url.rsplit("/", 1)[1], user=reader),
+        }  # fmt: skip
+    up = Up(gateway_env(root / "var", **extra))
     try:
         sent = storescu(up.dicom_port, files[ERASED][:COUNT] + files[KEPT])
         assert sent.returncode == 0, sent.stdout[-2000:]
@@ -67,6 +92,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, files: dict[str, list[Path]]
         yield up
     finally:
         assert up.stop() == 0
+        if moto is not None:
+            moto.stop()
 
 
 def api(up: Up) -> httpx.Client:
@@ -93,7 +120,15 @@ def ledger(up: Up) -> XrayLedger:
 
 
 def object_store(up: Up) -> ObjectStore:
-    return open_store(f"file://{up.data_dir / 'objects'}", access_key=None, secret_key=None)
+    url = up.env.get("GATEWAY_STORE_URL") or f"file://{up.data_dir / 'objects'}"
+    return open_store(
+        url, access_key=up.env.get("GATEWAY_S3_ACCESS_KEY"),
+        secret_key=up.env.get("GATEWAY_S3_SECRET_KEY"),
+    )  # fmt: skip
+
+
+def index_location(up: Up) -> Path | str:
+    return up.env.get("GATEWAY_INDEX_URL") or up.data_dir / "index.sqlite"
 
 
 def sealed_bytes(up: Up, name: str) -> bytes:
@@ -133,7 +168,7 @@ class Only:
 
 def test_new_images_are_sealed_under_their_study_s_key(stack: Up) -> None:
     pseudonym_key = load_pseudonym_key(stack.data_dir / "keys")
-    index = Index(stack.data_dir / "index.sqlite", readonly=True)
+    index = Index(index_location(stack), readonly=True)
     try:
         key_ids = {
             study: index.query(
@@ -239,7 +274,7 @@ def test_erasure_end_to_end(stack: Up, files: dict[str, list[Path]]) -> None:
 
     # the study key is destroyed; the kept sealed bytes open with no key the gateway holds
     keyring = load_keyring(stack.data_dir / "keys")
-    index = Index(stack.data_dir / "index.sqlite")
+    index = Index(index_location(stack))
     try:
         table = index.query("SELECT key_id, wrapped_key, destroyed_at FROM study_keys")
         study_keys = StudyKeys(index, keyring)
