@@ -209,6 +209,19 @@ class Index:
             ).fetchone()  # fmt: skip
             return int(row_id)
 
+    def was_erased(self, sop_instance_uid: str) -> bool:
+        """Whether an image with that UID was erased (the listener's check before the ack).
+
+        On the ack's own session, as :meth:`add_received`: a C-STORE never waits behind
+        the pipeline's transactions."""
+        db, lock = (self._db, self._lock) if self._ack is None else (self._ack, self._ack_lock)
+        with lock:
+            found = db.execute(
+                "SELECT 1 FROM instances WHERE sop_instance_uid = ? AND stage = 'erased' LIMIT 1",
+                (sop_instance_uid,),
+            ).fetchone()
+            return found is not None
+
     def get(self, row_id: int) -> Row:
         (row,) = self._rows("WHERE id = ?", (row_id,))
         return row

@@ -61,17 +61,20 @@ class StudyKeys:
         KeyShredded
             The study was erased: nothing new is sealed under it.
         """
-        fresh = new_study_key()
-        kek = self.keyring.current
-        with self.index.transaction() as db:
-            db.execute(
-                "INSERT INTO study_keys (study_ref, key_id, kek_id, wrapped_key, created_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (study_ref) DO NOTHING",
-                (ref, fresh.key_id, kek.kek_id, aes_key_wrap(kek.key, fresh.key), time.time()),
-            )
-        ((key_id, kek_id, wrapped),) = self.index.query(
-            "SELECT key_id, kek_id, wrapped_key FROM study_keys WHERE study_ref = ?", (ref,)
-        )
+        select = "SELECT key_id, kek_id, wrapped_key FROM study_keys WHERE study_ref = ?"
+        found = self.index.query(select, (ref,))
+        if not found:  # the study's first image: a write only then
+            fresh = new_study_key()
+            kek = self.keyring.current
+            with self.index.transaction() as db:
+                db.execute(
+                    "INSERT INTO study_keys (study_ref, key_id, kek_id, wrapped_key, created_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (study_ref) DO NOTHING",
+                    (ref, fresh.key_id, kek.kek_id, aes_key_wrap(kek.key, fresh.key),
+                     time.time()),
+                )  # fmt: skip
+            found = self.index.query(select, (ref,))
+        ((key_id, kek_id, wrapped),) = found
         return self._opened(str(key_id), kek_id, wrapped), str(kek_id)
 
     def study_key(self, key_id: str) -> StudyKey:
@@ -173,16 +176,6 @@ def erased_digest(index: Index, digest: bytes) -> bool:
     """Whether ``digest`` is the dataset digest of an erased image (a copy come back)."""
     return bool(
         index.query("SELECT 1 FROM instances WHERE stage = 'erased' AND digest = ?", (digest,))
-    )
-
-
-def erased_uid(index: Index, sop_instance_uid: str) -> bool:
-    """Whether the image with that SOP Instance UID was erased (refused at the listener)."""
-    return bool(
-        index.query(
-            "SELECT 1 FROM instances WHERE stage = 'erased' AND sop_instance_uid = ?",
-            (sop_instance_uid,),
-        )
     )
 
 

@@ -52,7 +52,6 @@ from gateway.core.fingerprint import MAX_INSTANCE_BYTES, checked_header
 from gateway.core.latency import ACK_BOUNDS, Latencies
 from gateway.errors import DatasetTooLarge, DatasetUnreadable, SpoolUnavailable
 from gateway.index.db import Index
-from gateway.index.erasure import erased_uid
 from gateway.ingest.listener import GuardedAssociationServer, ListenerLimits, nodelay, start_server
 from gateway.ingest.spool import IncomingFile, Spool
 
@@ -428,7 +427,7 @@ class Receiver:
             # Type 1 in every image IOD; the PACS cannot file an instance without them.
             log.warning("refused C-STORE %s from %s: no Study/Series UID", requested_uid, calling)
             return status(DATASET_MISMATCH, "missing or invalid Study/Series Instance UID")
-        if erased_uid(self.index, requested_uid):
+        if self.index.was_erased(requested_uid):
             log.warning("refused C-STORE from %s: an erased image sent again", calling)
             return status(NOT_AUTHORIZED, "refused: this image was erased on request")
         if not self.spool.has_room():

@@ -35,15 +35,13 @@ from typing import Any, Protocol
 
 from gateway import failpoints
 from gateway.core import keys
-from gateway.core.merkle import decode_proof
+from gateway.core.merkle import InclusionProof, decode_proof
 from gateway.errors import ErasureChanged, ErasureNotFound, InstanceMissing
 from gateway.index import erasure as log_
 from gateway.index.db import Index, Row
 from gateway.index.erasure import StudyKeys, vacuum_study_keys
 from gateway.index.queries import is_version
-from gateway.ledger.client import XrayLedger
-from gateway.ledger.types import RetireReason
-from gateway.pacs.client import Pacs
+from gateway.ledger.types import Anchor, Retirement, RetireReason
 from gateway.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -56,6 +54,27 @@ class SpoolFiles(Protocol):
     """Where received bytes wait (:class:`gateway.ingest.spool.Spool`)."""
 
     def path_of(self, entry_id: str) -> Path: ...
+
+
+class PacsCopies(Protocol):
+    """The PACS as erasure uses it (:class:`gateway.pacs.client.Pacs`)."""
+
+    def find(self, sop_instance_uid: str) -> str | None: ...
+
+    def delete(self, orthanc_id: str) -> None: ...
+
+
+class Retirements(Protocol):
+    """The contract as erasure uses it (:class:`gateway.ledger.client.XrayLedger`)."""
+
+    def retirement_of(self, record_key: bytes) -> Retirement | None: ...
+
+    def retire_image(self, *, record_key: bytes, reason: RetireReason | str) -> Anchor: ...
+
+    def retire_batched_image(
+        self, *, record_key: bytes, patient_key: bytes, digest: bytes, pixel_digest: bytes,
+        batch_id: int, proof: InclusionProof, reason: RetireReason | str,
+    ) -> Anchor: ...  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -124,8 +143,8 @@ class Eraser:
 
     index: Index
     store: ObjectStore
-    pacs: Pacs
-    ledger: XrayLedger
+    pacs: PacsCopies
+    ledger: Retirements
     study_keys: StudyKeys
     pseudonym_key: bytes
     spool: SpoolFiles
