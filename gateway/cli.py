@@ -155,6 +155,27 @@ def _cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keys_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    """Seal v1 objects again under their study's key (format v2), so they can be erased."""
+    from gateway.core.keys import load_keyring, load_pseudonym_key
+    from gateway.index.db import Index
+    from gateway.index.erasure import StudyKeys
+    from gateway.stack import open_object_store
+    from gateway.trust.erasure import upgrade_to_v2
+
+    index = Index(settings.index_location)
+    try:
+        moved = upgrade_to_v2(
+            index, open_object_store(settings),
+            study_keys=StudyKeys(index, load_keyring(settings.keys_dir)),
+            pseudonym_key=load_pseudonym_key(settings.keys_dir),
+        )  # fmt: skip
+    finally:
+        index.close()
+    _print_json({"moved_to_v2": moved})
+    return 0
+
+
 def _local_verifier(settings: Settings) -> Any:
     """A verifier over this gateway's own parts (index, store, Orthanc, ledger), read-only."""
     from gateway.index.db import Index
@@ -796,6 +817,10 @@ def build_parser() -> argparse.ArgumentParser:
     kinit.set_defaults(handler=_cmd_keys_init)
     krotate = ksub.add_parser("rotate", help="new KEK; re-wrap every object's data key")
     krotate.set_defaults(handler=_cmd_keys_rotate)
+    kupgrade = ksub.add_parser(
+        "upgrade", help="seal v1 objects again under their study's key (v2: erasable)"
+    )
+    kupgrade.set_defaults(handler=_cmd_keys_upgrade)
 
     contract = sub.add_parser("contract", help="deploy the xray contract and manage its roles")
     csub = contract.add_subparsers(dest="action", metavar="ACTION", required=True)

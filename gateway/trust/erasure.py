@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,8 @@ from typing import Any, Protocol
 from gateway import failpoints
 from gateway.core import keys
 from gateway.core.merkle import InclusionProof, decode_proof
-from gateway.errors import ErasureChanged, ErasureNotFound, InstanceMissing
+from gateway.core.seal import STUDY_KEY_VERSION, read_seal_header, reseal_v2
+from gateway.errors import ErasureChanged, ErasureNotFound, InstanceMissing, KeyShredded
 from gateway.index import erasure as log_
 from gateway.index.db import Index, Row
 from gateway.index.erasure import StudyKeys, vacuum_study_keys
@@ -326,3 +328,41 @@ class Eraser:
             )  # fmt: skip
         elif row.tx_hash is not None:
             self.ledger.retire_image(record_key=row.record_key, reason=RetireReason.ERASED)
+
+
+def upgrade_to_v2(
+    index: Index, store: ObjectStore, *, study_keys: StudyKeys, pseudonym_key: bytes
+) -> int:
+    """Seal every v1 object of a known study again under its study key (format v2), so that
+    images stored before erasure existed can be erased too; returns how many moved.
+
+    Each object is opened and sealed anew into a temporary file, then put in place of the
+    old one (``replace=True``); an object already v2, or of a study that was erased, is
+    left alone. Run again after a failure, it carries on.
+    """
+    moved = 0
+    rows = index.query(
+        "SELECT object_name, study_instance_uid FROM instances"
+        " WHERE object_name IS NOT NULL AND study_instance_uid IS NOT NULL AND stage != 'erased'"
+    )
+    for name, study in rows:
+        if not store.exists(str(name)):
+            continue
+        with store.open(str(name)) as sealed:
+            if read_seal_header(sealed).version == STUDY_KEY_VERSION:
+                continue
+        try:
+            key, _ = study_keys.for_study(keys.study_ref(pseudonym_key, str(study)))
+        except KeyShredded:
+            continue
+        record_key, digest = (bytes.fromhex(part) for part in str(name).split("/"))
+        with tempfile.TemporaryFile() as out, store.open(str(name)) as sealed:
+            reseal_v2(
+                sealed, out, record_key=record_key, digest=digest,
+                keyring=study_keys.keyring, study_key=key,
+            )  # fmt: skip
+            length = out.tell()
+            out.seek(0)
+            store.put(str(name), out, length=length, replace=True)
+        moved += 1
+    return moved

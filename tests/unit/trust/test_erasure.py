@@ -192,3 +192,29 @@ def test_by_patient_every_study_of_the_patient(site: Site) -> None:
         site.eraser.plan(reason="patient_request", asked_by="admin", patient=("", "NOBODY"))
     with pytest.raises(ValueError):
         site.eraser.plan(reason="because", asked_by="admin", study=STUDY)
+
+
+def test_v1_objects_move_to_their_study_s_key(site: Site) -> None:
+    from gateway.core.seal import STUDY_KEY_VERSION, open_sealed, read_seal_header
+    from gateway.trust.erasure import upgrade_to_v2
+
+    uid = committed(site, STUDY, 1)
+    ((name,),) = site.index.query(
+        "SELECT object_name FROM instances WHERE sop_instance_uid = ?", (uid,)
+    )
+    record_key, digest = (bytes.fromhex(part) for part in name.split("/"))
+    old = io.BytesIO()  # an object sealed before study keys: v1, under the KEK
+    seal(io.BytesIO(b"old pixels"), old, record_key=record_key, digest=digest, kek=KEYRING.current)
+    site.store.put(name, io.BytesIO(old.getvalue()), length=len(old.getvalue()), replace=True)
+    upgrade = dict(study_keys=site.eraser.study_keys, pseudonym_key=PSEUDONYM)
+    assert upgrade_to_v2(site.index, site.store, **upgrade) == 1  # type: ignore[arg-type]
+    with site.store.open(name) as stream:
+        moved = stream.read()
+    assert read_seal_header(io.BytesIO(moved)).version == STUDY_KEY_VERSION
+    plain = io.BytesIO()
+    open_sealed(
+        io.BytesIO(moved), plain, record_key=record_key, digest=digest, keyring=KEYRING,
+        study_keys=site.eraser.study_keys,
+    )  # fmt: skip
+    assert plain.getvalue() == b"old pixels"
+    assert upgrade_to_v2(site.index, site.store, **upgrade) == 0  # type: ignore[arg-type]
