@@ -73,6 +73,7 @@ class Version:
     patient_key: bytes | None = None
     proof: bytes | None = None  # a batched version's encoded inclusion proof (merkle.py)
     received_at: float | None = None  # when the gateway acked it (epoch seconds)
+    erased: bool = False  # erased on request (the index's stage): known before the mirror
 
     @property
     def anchored(self) -> bool:
@@ -340,7 +341,7 @@ class _Reading:
                 anchor=_anchor(mirror),
                 copy=CopyState.REENCODED if self._reencoded(self.match) else CopyState.SAME,
                 retired=mirror is not None and mirror.retired is not None,
-                erased=_erased(mirror),
+                erased=self.match.erased or _erased(mirror),
                 changed_since_arrival=arrived_otherwise,
                 bytes_first=True,
             )
@@ -357,7 +358,7 @@ class _Reading:
             anchor=_anchor(newest) if self.newest.anchored else AnchorState.NONE,
             copy=CopyState.DIFFERS,
             retired=newest is not None and newest.retired is not None,
-            erased=_erased(newest),
+            erased=self.newest.erased or _erased(newest),
             same_pixels={"header": True, "pixels": False}.get(changed or ""),
             changed_since_arrival=arrived_otherwise,
             bytes_first=True,

@@ -435,3 +435,13 @@ def test_the_plugin_words_every_reason_its_facts_lead_to() -> None:
         if facts.copy is not V.CopyState.ABSENT  # a file gone is the guard's `missing`
     }
     assert reachable == set(plugin._WORDS)
+
+
+def test_the_plugin_knows_an_erasure_from_the_index_before_its_mirror() -> None:
+    # the mirror has not read the retirement yet; the index's row says erased already
+    erased = replace(version(), erased=True)
+    verdict = judge(sop_instance_uid=UID, digest_now=A, versions=(erased,), ledger=MIRROR, now=1.0)
+    assert verdict.status == "erased" and not verdict.served
+    assert judge(
+        sop_instance_uid=UID, digest_now=A, versions=(version(),), ledger=MIRROR
+    ).status == ("intact")
