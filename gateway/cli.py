@@ -161,17 +161,47 @@ def _cmd_keys_init(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
-    """A new current KEK, then every sealed object in the store re-wrapped to it."""
+    """A new current KEK, then every study key and every v1 sealed object re-wrapped to it
+    (v2 objects are under their study key and stay as they are)."""
     from gateway.core.keys import load_keyring, rotate_kek
+    from gateway.index.db import Index
+    from gateway.index.erasure import StudyKeys
     from gateway.stack import open_object_store
     from gateway.store.rewrap import rewrap_store
 
     kek = rotate_kek(settings.keys_dir)
     keyring = load_keyring(settings.keys_dir)
+    index = Index(settings.index_location)
+    try:
+        study_keys = StudyKeys(index, keyring).rewrap(kek)
+    finally:
+        index.close()
     rewrapped = rewrap_store(open_object_store(settings), keyring=keyring, new_kek=kek)
     _print_json(
-        {"current_kek": kek.kek_id, "known_keks": list(keyring.ids), "rewrapped": rewrapped}
-    )
+        {"current_kek": kek.kek_id, "known_keks": list(keyring.ids), "rewrapped": rewrapped,
+         "study_keys_rewrapped": study_keys}
+    )  # fmt: skip
+    return 0
+
+
+def _cmd_keys_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    """Seal v1 objects again under their study's key (format v2), so they can be erased."""
+    from gateway.core.keys import load_keyring, load_pseudonym_key
+    from gateway.index.db import Index
+    from gateway.index.erasure import StudyKeys
+    from gateway.stack import open_object_store
+    from gateway.trust.erasure import upgrade_to_v2
+
+    index = Index(settings.index_location)
+    try:
+        moved = upgrade_to_v2(
+            index, open_object_store(settings),
+            study_keys=StudyKeys(index, load_keyring(settings.keys_dir)),
+            pseudonym_key=load_pseudonym_key(settings.keys_dir),
+        )  # fmt: skip
+    finally:
+        index.close()
+    _print_json({"moved_to_v2": moved})
     return 0
 
 
@@ -341,6 +371,53 @@ def _cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
         {"sop_instance_uid": args.uid, "status": verdict.status, "verdict": asdict(verdict)}
     )
     return 0 if verdict.status == "intact" else 3
+
+
+def _cmd_erase(settings: Settings, args: argparse.Namespace) -> int:
+    """Two steps: without ``--confirm`` a dry run lists what would go and prints its hash;
+    with ``--confirm HASH`` (and the same reason) it is erased."""
+    import getpass
+
+    from gateway.index.db import Index
+    from gateway.ledger.bootstrap import open_ledger, recorder_account
+    from gateway.stack import build_eraser
+
+    who = f"cli:{getpass.getuser()}"
+    index = Index(settings.index_location)
+    try:
+        ledger = open_ledger(settings, recorder_account(settings))
+        eraser = build_eraser(settings, ledger=ledger, index=index)
+        if args.confirm:
+            done = eraser.confirm(args.confirm, reason=args.reason, confirmed_by=who)
+            _print_json({"erased": True, **done.public()})
+            return 0
+        patient = (args.issuer, args.patient) if args.patient is not None else None
+        plan = eraser.plan(reason=args.reason, asked_by=who, study=args.study, patient=patient)
+        _print_json({"dry_run": True, **plan.public()})
+        print(
+            f"nothing erased yet: confirm with `xray-gateway erase --confirm {plan.plan_hash} "
+            f"--reason {args.reason}`",
+            file=sys.stderr,
+        )
+        return 0
+    finally:
+        index.close()
+
+
+def _cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
+    """The studies the retention job listed as past their modality's retention period."""
+    from gateway.index.db import Index
+    from gateway.index.erasure import retention_due
+    from gateway.trust.retention import list_due
+
+    index = Index(settings.index_location)
+    try:
+        if args.now:
+            list_due(index, settings.retention)
+        _print_json([vars(item) for item in retention_due(index)])
+    finally:
+        index.close()
+    return 0
 
 
 def _tokens(settings: Settings) -> Any:
@@ -854,6 +931,10 @@ def build_parser() -> argparse.ArgumentParser:
     kinit.set_defaults(handler=_cmd_keys_init)
     krotate = ksub.add_parser("rotate", help="new KEK; re-wrap every object's data key")
     krotate.set_defaults(handler=_cmd_keys_rotate)
+    kupgrade = ksub.add_parser(
+        "upgrade", help="seal v1 objects again under their study's key (v2: erasable)"
+    )
+    kupgrade.set_defaults(handler=_cmd_keys_upgrade)
 
     contract = sub.add_parser("contract", help="deploy the xray contract and manage its roles")
     csub = contract.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -945,6 +1026,28 @@ def build_parser() -> argparse.ArgumentParser:
     restore = sub.add_parser("restore", help="put the verified original back into Orthanc")
     restore.add_argument("uid", help="SOP Instance UID")
     restore.set_defaults(handler=_cmd_restore)
+
+    erase = sub.add_parser(
+        "erase", help="erase a study or a patient's studies (crypto-shredding), in two steps"
+    )
+    what = erase.add_mutually_exclusive_group(required=True)
+    what.add_argument("--study", help="Study Instance UID (dry run)")
+    what.add_argument("--patient", help="Patient ID: every study of the patient (dry run)")
+    what.add_argument("--confirm", metavar="HASH", help="erase what the dry run with HASH listed")
+    erase.add_argument("--issuer", default="", help="Issuer of Patient ID, with --patient")
+    erase.add_argument(
+        "--reason", required=True, help="why: gdpr_art17, patient_request, retention_expired, "
+        "legal_order or wrong_patient (the same for the dry run and its confirmation)",
+    )  # fmt: skip
+    erase.set_defaults(handler=_cmd_erase)
+
+    retention = sub.add_parser(
+        "retention", help="studies past their modality's retention period (GATEWAY_RETENTION)"
+    )
+    retention.add_argument(
+        "--now", action="store_true", help="list them now rather than show the job's last list"
+    )
+    retention.set_defaults(handler=_cmd_retention)
 
     bench = sub.add_parser(
         "bench", help="measure against Orthanc direct and the design's targets (make bench)"

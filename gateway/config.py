@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from functools import cached_property
 from pathlib import Path
@@ -155,6 +156,22 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
     syslog_url: str | None = Field(default=None, pattern=r"^(udp|tcp|tls)://[^\s/:]+:\d{1,5}$")
     syslog_ca_file: Path | None = None
+    # Retention (erasure part, issue #16): a period per modality, ``CT=10y,MR=10y,CR=5y``
+    # (``y`` years of 365.25 days, ``m`` months of 30.44, ``d`` days); studies of a modality
+    # not listed are kept. A job of `up` lists the studies past it once a day inside the
+    # off-hours window ``HH:MM-HH:MM`` (UTC; may wrap midnight) for an admin; it erases nothing.
+    retention: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    retention_window: Annotated[tuple[int, int], NoDecode] = (2 * 60, 5 * 60)
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _parse_retention(cls, value: object) -> object:
+        return parse_retention(value) if isinstance(value, str) else value
+
+    @field_validator("retention_window", mode="before")
+    @classmethod
+    def _parse_retention_window(cls, value: object) -> object:
+        return parse_window(value) if isinstance(value, str) else value
 
     @field_validator("data_dir", "plugin_alerts_dir")
     @classmethod
@@ -339,6 +356,53 @@ class Settings(BaseSettings):
     @property
     def effective_admin_key_file(self) -> Path:
         return self.admin_key_file or self.keys_dir / "admin.key"
+
+
+_DAYS_PER = {"y": 365.25, "m": 30.44, "d": 1.0}
+_RETENTION_ITEM = re.compile(r"^([A-Za-z0-9]{1,16})=(\d{1,4})([ymdYMD])$")
+_WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_retention(value: str) -> dict[str, float]:
+    """``CT=10y,MR=10y,CR=5y`` -> ``{"CT": 3652.5, ...}``: each modality's period in days.
+
+    Raises
+    ------
+    ValueError
+        An item that is not ``MODALITY=<n><y|m|d>``, a period of zero, or a modality twice.
+    """
+    periods: dict[str, float] = {}
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        found = _RETENTION_ITEM.match(item.replace(" ", ""))
+        if found is None or int(found[2]) == 0:
+            raise ValueError(
+                f"GATEWAY_RETENTION item {item!r} is not MODALITY=<n>y|m|d (e.g. CT=10y)"
+            )
+        modality = found[1].upper()
+        if modality in periods:
+            raise ValueError(f"GATEWAY_RETENTION names {modality} twice")
+        periods[modality] = int(found[2]) * _DAYS_PER[found[3].lower()]
+    return periods
+
+
+def parse_window(value: str) -> tuple[int, int]:
+    """``01:30-05:00`` -> ``(90, 300)``: minutes after midnight UTC, start and end.
+
+    Raises
+    ------
+    ValueError
+        Not ``HH:MM-HH:MM``, or an empty window (start equals end).
+    """
+    found = _WINDOW.match(value.strip())
+    if found is None:
+        raise ValueError(f"GATEWAY_RETENTION_WINDOW {value!r} is not HH:MM-HH:MM (UTC)")
+    start = int(found[1]) * 60 + int(found[2])
+    end = int(found[3]) * 60 + int(found[4])
+    if start == end:
+        raise ValueError("GATEWAY_RETENTION_WINDOW is empty: its start is its end")
+    return start, end
 
 
 def _host_port(address: object) -> object:

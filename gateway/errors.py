@@ -45,7 +45,8 @@ permanent, retried a few times and then parked.
     ├── SealError                   a sealed object cannot be made or opened
     │   ├── SealCorrupt             not an intact sealed object for this record_key and digest
     │   ├── SealUnsupported         written in a format version this gateway does not read
-    │   └── SealKeyMissing          sealed under a KEK the keyring lacks (also a KeyringError)
+    │   ├── SealKeyMissing          sealed under a KEK the keyring lacks (also a KeyringError)
+    │   └── KeyShredded             sealed under a study key that erasure destroyed (erasure part)
     ├── StoreError                  anything on the object store side; as such, not transient
     │   ├── StoreUnavailable      * cannot be reached, timed out, or busy: retry later
     │   └── ObjectNotFound          no object under that name
@@ -60,6 +61,9 @@ permanent, retried a few times and then parked.
     ├── AccessDenied                a grantee reads what no standing grant covers (-> 403);
     │   │                           ``.reason``: ``not-granted``, ``grant-expired``, ``grant-revoked``
     ├── UnknownGrant                no grant with that id in the index (-> 404)
+    ├── ErasureError                an erasure cannot be planned or carried out (erasure part)
+    │   ├── ErasureNotFound         nothing to erase for that study or patient (-> 404)
+    │   └── ErasureChanged          the confirmation's hash is not the set as it is now (-> 409)
     ├── ReceiptError                a receipt or a log proof does not hold (receipts part)
     │   ├── ReceiptMalformed        not an ``xray-receipt/1`` document
     │   └── CheckpointInvalid       a checkpoint note is malformed or not signed by the log key
@@ -185,6 +189,23 @@ class SealKeyMissing(SealError, KeyringError):
     Both a :class:`SealError` (the object cannot be opened) and a :class:`KeyringError`
     (the fix is in the key directory, not in the object), so either ``except`` sees it.
     """
+
+
+class KeyShredded(SealError):
+    """The object is sealed under a study key that an erasure destroyed (crypto-shredding).
+
+    Nothing can open it any more, by design: the data key is wrapped under the study key
+    alone, and the study key is gone.
+
+    Attributes
+    ----------
+    key_id:
+        The destroyed study key's id (pseudonymous).
+    """
+
+    def __init__(self, message: str, *, key_id: str) -> None:
+        super().__init__(message)
+        self.key_id = key_id
 
 
 class SpoolUnavailable(Unavailable):
@@ -508,3 +529,19 @@ class AccessDenied(GatewayError):
 
 class UnknownGrant(GatewayError):
     """The index holds no grant with that id."""
+
+
+class ErasureError(GatewayError):
+    """An erasure cannot be planned or carried out (``xray-gateway erase``, ``/v1/erasures``)."""
+
+
+class ErasureNotFound(ErasureError):
+    """The study or patient asked for has nothing the gateway could erase."""
+
+
+class ErasureChanged(ErasureError):
+    """A confirmation names a dry run whose set is not the set as it is now.
+
+    Either the hash is not one a dry run returned, the reason differs, or instances were
+    added or removed since: run the dry run again and confirm what it lists.
+    """

@@ -31,6 +31,9 @@ Points (the code that passes them says where they sit):
 ``audit.before_verdict``
     an audit sweep is about to verify one instance (held with a release file, it keeps
     an audit running: the console's browser test shows its live progress).
+``erasure.after_shred``, ``erasure.after_delete``, ``erasure.after_retire``
+    an erasure's confirmation destroyed the study keys; deleted the copies (objects,
+    spool, Orthanc); retired the records on chain. Confirming again finishes it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ POINTS = (
     "ledger.after_send",
     "pipeline.after_anchor",
     "audit.before_verdict",
+    "erasure.after_shred",
+    "erasure.after_delete",
+    "erasure.after_retire",
 )
 
 

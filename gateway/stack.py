@@ -41,6 +41,7 @@ from gateway.core.keys import init_keys, load_keyring, load_pseudonym_key
 from gateway.core.nodes import worker_id
 from gateway.errors import ChildFailed, ConfigError
 from gateway.index.db import Index
+from gateway.index.erasure import StudyKeys
 from gateway.index.evidence_view import prepare_evidence_reader
 from gateway.index.keycheck import check_shared_keys
 from gateway.ingest.anchor import BatchAnchorer, SingleAnchorer
@@ -88,8 +89,10 @@ from gateway.redact import redact_url
 from gateway.store import ObjectStore, open_store
 from gateway.trust.alerts import Alerts
 from gateway.trust.audit import Audits, PendingWatch, overdue
+from gateway.trust.erasure import Eraser
 from gateway.trust.grants import Grants
 from gateway.trust.receipts import Receipts
+from gateway.trust.retention import RetentionJob
 from gateway.trust.tlog import BatchLog, default_origin
 from gateway.trust.trail import PLUGIN_SOURCE, Trail, TrailLoop
 from gateway.trust.verify import Verifier
@@ -153,11 +156,29 @@ def build_verifier(
         pacs=pacs,
         store=store,
         keyring=load_keyring(settings.keys_dir),
+        study_keys=StudyKeys(index, load_keyring(settings.keys_dir)),
         index=index,
         max_instance_bytes=settings.max_instance_bytes,
         trusted_recorders=settings.trusted_recorders,
         alerts=alerts,
     )
+
+
+def build_eraser(settings: Settings, *, ledger: XrayLedger, index: Index) -> Eraser:
+    """Erasure over this node's parts; ``ledger`` writes as the records' owner (the recorder)."""
+    keyring = load_keyring(settings.keys_dir)
+    pseudonym_key = load_pseudonym_key(settings.keys_dir)
+    trail = Trail(index, pseudonym_key=pseudonym_key)
+
+    def record(who: str, who_kind: str, route: str) -> None:
+        trail.record(who=who, who_kind=who_kind, route=route, verdict="erased", served=False)
+
+    return Eraser(
+        index=index, store=open_object_store(settings), pacs=open_pacs(settings), ledger=ledger,
+        study_keys=StudyKeys(index, keyring), pseudonym_key=pseudonym_key,
+        spool=Spool(settings.data_dir / "spool", reserve_bytes=settings.spool_reserve_mb << 20),
+        sealed_dir=settings.data_dir / "sealed", trail=record,
+    )  # fmt: skip
 
 
 def batch_log(settings: Settings, ledger: XrayLedger, index: Index) -> BatchLog:
@@ -497,6 +518,7 @@ class Stack:
         self.alerts: Alerts | None = None
         self.audits: Audits | None = None
         self.pending_watch: PendingWatch | None = None
+        self.retention: RetentionJob | None = None
         self.spool: Spool | None = None
         self.commitment: CommitmentSCP | None = None
         self.token_path = settings.data_dir / "api-token"
@@ -762,6 +784,9 @@ class Stack:
             index=index, alerts=self.alerts, after_s=s.pending_alert_s
         )
         self.pending_watch.start()
+        # Off-hours, once a day: the studies past retention, listed for an admin (no erasing).
+        self.retention = RetentionJob(index, periods=s.retention, window=s.retention_window)
+        self.retention.start()
         services = Services(
             verifier=verifier,
             tokens=Tokens(
@@ -775,6 +800,7 @@ class Stack:
             trail=Trail(index, pseudonym_key=pseudonym_key),
             # the API's grants are written with the recorder's key (`self.ledger`)
             grants=Grants(index=index, ledger=ledger, pseudonym_key=pseudonym_key),
+            eraser=build_eraser(s, ledger=ledger, index=index),
         )
         health = Health(
             checks={
@@ -838,6 +864,8 @@ class Stack:
             self.trail_loop.stop()
         if self.pending_watch is not None:
             self.pending_watch.stop()
+        if self.retention is not None:
+            self.retention.stop()
         if self.audits is not None:
             self.audits.close()
         if self.commitment is not None:

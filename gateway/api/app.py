@@ -16,6 +16,7 @@ from gateway.api import (
     alerts,
     assets,
     audits,
+    erasures,
     grants,
     log,
     problems,
@@ -106,6 +107,7 @@ def create_app(
     app.include_router(studies.router)
     if console is not None:
         mount(app, console)
+    app.include_router(erasures.router)
 
     @app.get("/healthz", tags=["health"], response_model=Liveness)
     def healthz() -> Liveness:

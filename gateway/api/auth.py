@@ -3,7 +3,7 @@
 =============  =====================================================================
 role           may
 =============  =====================================================================
-``admin``      everything: verify, audit, restore, ledger views, attribute values
+``admin``      everything: verify, audit, restore, ledger views, attribute values, erase
 ``auditor``    verify, audit, ledger views, alerts; attribute values are redacted
 ``clinician``  verify and alerts, with attribute values (a radiologist's workstation)
 ``grantee``    only the studies a standing grant gives it (``xray-gateway grant``): their
@@ -34,10 +34,14 @@ from gateway.keyfiles import read_secret, replace_secret, write_secret
 Role = Literal["admin", "auditor", "clinician", "grantee"]
 ROLES: tuple[Role, ...] = ("admin", "auditor", "clinician", "grantee")
 #: ``granted``: reads of the studies a grant covers, checked per study (api/grants.py).
-Permission = Literal["verify", "audit", "restore", "records", "alerts", "phi", "grant", "granted"]
+Permission = Literal[
+    "verify", "audit", "restore", "records", "alerts", "phi", "grant", "granted", "erase"
+]
 
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
-    "admin": frozenset({"verify", "audit", "restore", "records", "alerts", "phi", "grant"}),
+    "admin": frozenset(
+        {"verify", "audit", "restore", "records", "alerts", "phi", "grant", "erase"}
+    ),
     "auditor": frozenset({"verify", "audit", "records", "alerts"}),
     "clinician": frozenset({"verify", "alerts", "phi"}),
     "grantee": frozenset({"granted"}),

@@ -15,6 +15,7 @@ from gateway.api.problems import FORBIDDEN, NOT_READY, RATE_LIMITED, UNAUTHORIZE
 from gateway.errors import AccessDenied
 from gateway.trust.alerts import Alerts
 from gateway.trust.audit import Audits
+from gateway.trust.erasure import Eraser
 from gateway.trust.grants import Grants
 from gateway.trust.receipts import Receipts
 from gateway.trust.trail import Trail
@@ -37,6 +38,8 @@ class Services:
     trail: Trail | None = None
     #: Grants of read access (``/v1/grants``; enforced for grantee tokens).
     grants: Grants | None = None
+    #: Erasure and the retention list (admin only; None: not offered).
+    eraser: Eraser | None = None
 
     def read_by(
         self, who: Principal, *, route: str, verdict: str, served: bool = True,
@@ -162,3 +165,4 @@ SeeingPatientData = Annotated[Principal, Depends(require("phi"))]
 #: Roles that verify, or grantees (each study then checked by ``Services.allow_study``).
 ReadingStudies = Annotated[Principal, Depends(require_any("verify", "granted"))]
 Granting = Annotated[Principal, Depends(require("grant"))]
+Erasing = Annotated[Principal, Depends(require("erase"))]

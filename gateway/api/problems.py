@@ -34,6 +34,8 @@ from gateway.errors import (
     CannotRestore,
     ChainUnavailable,
     DatasetUnreadable,
+    ErasureChanged,
+    ErasureNotFound,
     GatewayError,
     LedgerError,
     PacsUnavailable,
@@ -98,6 +100,10 @@ METHOD_NOT_ALLOWED = ProblemType("method-not-allowed", 405, "Method not allowed"
 CANNOT_RESTORE = ProblemType("cannot-restore", 409, "Cannot restore",
     "There is no verified original to put back into the PACS (never sealed, or its sealed "
     "copy does not match the ledger).")
+ERASURE_CHANGED = ProblemType("erasure-changed", 409, "Erasure set changed",
+    "The confirmation does not match a dry run as the set is now: the hash is unknown, the "
+    "reason differs, or images arrived or went since. Run the dry run again and confirm "
+    "its hash.")
 AUDIT_RUNNING = ProblemType("audit-running", 409, "An audit is running",
     "One sweep runs at a time. Follow the running one at the URL in `Location` (and the "
     "`audit` member), or try again once it is done.")
@@ -143,7 +149,7 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     kind.slug: kind
     for kind in (
         UPLOAD_INTERRUPTED, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, NO_BATCH_PROOF, NO_RECEIPT,
-        NO_SUCH_PROOF, METHOD_NOT_ALLOWED, CANNOT_RESTORE, AUDIT_RUNNING, TOO_LARGE, INVALID_REQUEST,
+        NO_SUCH_PROOF, METHOD_NOT_ALLOWED, CANNOT_RESTORE, ERASURE_CHANGED, AUDIT_RUNNING, TOO_LARGE, INVALID_REQUEST,
         INVALID_CURSOR, EMPTY_BODY, INVALID_CONTENT_LENGTH, NOT_DICOM, TOO_MANY_UPLOADS,
         RATE_LIMITED, GATEWAY_FAILED, LEDGER_ERROR, UNAVAILABLE, NOT_READY, UPLOAD_AREA_FULL,
         HTTP_ERROR, NOT_GRANTED, GRANT_EXPIRED, GRANT_REVOKED, NO_SUCH_GRANT,
@@ -332,8 +338,10 @@ def allowed_methods(request: Request) -> list[str]:
 
 
 def _type_of(exc: GatewayError) -> ProblemType:
-    if isinstance(exc, (UnknownInstance, UnknownAlert)):
+    if isinstance(exc, (UnknownInstance, UnknownAlert, ErasureNotFound)):
         return NOT_FOUND
+    if isinstance(exc, ErasureChanged):
+        return ERASURE_CHANGED
     if isinstance(exc, CannotRestore):
         return CANNOT_RESTORE
     if isinstance(exc, AccessDenied):

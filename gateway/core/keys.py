@@ -30,6 +30,7 @@ CURRENT_FILE = "current"
 # A KEK id becomes a file name and travels in every sealed header as ASCII, so it is kept
 # to characters that are safe in both; no leading dot, so it never hides among temp files.
 _KEK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+_STUDY_KEY_ID = re.compile(r"study-[0-9a-f]{16}")
 # DICOM pads string values to even length with a trailing space (UI: a trailing NUL).
 _DICOM_PADDING = " \x00"
 
@@ -54,6 +55,36 @@ class Kek:
             raise ValueError(f"KEK id {self.kek_id!r} is not 1-255 of [A-Za-z0-9._-]")
         if len(self.key) != KEY_SIZE:
             raise ValueError(f"KEK {self.kek_id} must be {KEY_SIZE} bytes, not {len(self.key)}")
+
+
+@dataclass(frozen=True)
+class StudyKey:
+    """A study's own key: wraps the data keys of that study's sealed objects (format v2).
+
+    It is kept wrapped under a KEK in the index, and destroying it is what erasure
+    does: every object of the study then stays sealed for good (crypto-shredding).
+
+    Attributes
+    ----------
+    key_id:
+        ``study-`` and 16 random hex digits: names it in sealed headers; no UID in it.
+    key:
+        32 bytes of AES-256 key; kept out of ``repr``.
+    """
+
+    key_id: str
+    key: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not _STUDY_KEY_ID.fullmatch(self.key_id):
+            raise ValueError(f"study key id {self.key_id!r} is not study-<16 hex digits>")
+        if len(self.key) != KEY_SIZE:
+            raise ValueError(f"study key must be {KEY_SIZE} bytes, not {len(self.key)}")
+
+
+def new_study_key() -> StudyKey:
+    """A fresh random study key with a fresh random id."""
+    return StudyKey(f"study-{secrets.token_hex(8)}", _random_key())
 
 
 @dataclass(frozen=True)
@@ -303,6 +334,23 @@ def patient_key(pseudonym_key: bytes, issuer: str, patient_id: str) -> bytes:
     """
     message = b"patient:" + _unpad(issuer).encode("utf-8") + b"|"
     return _hmac(pseudonym_key, message + _unpad(patient_id).encode("utf-8"))
+
+
+def study_ref(pseudonym_key: bytes, study_instance_uid: str) -> bytes:
+    """Name a study without PHI: HMAC-SHA256(pseudonym key, ``"study:" + StudyInstanceUID``).
+
+    What the index files a study's key under, so the key table holds no UID in the clear.
+    Padding is stripped as in :func:`record_key`.
+
+    Raises
+    ------
+    ValueError
+        The UID is empty once padding is stripped.
+    """
+    uid = _unpad(study_instance_uid)
+    if not uid:
+        raise ValueError("Study Instance UID is empty")
+    return _hmac(pseudonym_key, b"study:" + uid.encode("utf-8"))
 
 
 def _hmac(key: bytes, message: bytes) -> bytes:

@@ -43,6 +43,17 @@ Why this resists tampering:
   re-encrypting a single segment. They are still protected: RFC 3394 unwrapping checks
   its own integrity value, and a data key swapped in from another object fails every tag.
 
+Format, version 2 (erasure by crypto-shredding): the same bytes with version 0x02, where the
+key id names a *study key* (``study-`` and 16 hex digits, :class:`~gateway.core.keys.StudyKey`)
+and the data key is wrapped under that study key instead of a KEK. The study key itself is
+kept in the index, wrapped under a KEK; destroying it (erasure) leaves every object of the
+study unopenable with any key the gateway holds, including copies kept elsewhere, which a
+v1 header (KEK-wrapped, openable forever) cannot promise. KEK rotation re-wraps the study
+keys in the index and leaves v2 objects untouched. Opening a v2 object asks a
+:class:`StudyKeySource` for the study key; a destroyed one raises
+:class:`~gateway.errors.KeyShredded`. The version byte is in the associated data, so a v1
+object becomes v2 only by sealing it again (:func:`reseal_v2`).
+
 Opening authenticates each segment before returning its plaintext, but the segments
 before a failing one have already been handed out. Callers write opened plaintext to a
 temporary file and discard it on any :class:`~gateway.errors.SealError`.
@@ -51,11 +62,13 @@ temporary file and discard it on any :class:`~gateway.errors.SealError`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import secrets
 import shutil
 import stat
 import struct
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +83,7 @@ from cryptography.hazmat.primitives.keywrap import (
 )
 
 from gateway import filemap
-from gateway.core.keys import Kek, Keyring
+from gateway.core.keys import Kek, Keyring, StudyKey
 from gateway.errors import (
     KeyringError,
     SealCorrupt,
@@ -86,8 +99,27 @@ class Hasher(Protocol):
     def update(self, data: memoryview, /) -> None: ...
 
 
+class StudyKeySource(Protocol):
+    """Where a v2 object's study key comes from (the index's study key table)."""
+
+    def study_key(self, key_id: str) -> StudyKey:
+        """Return the study key ``key_id``.
+
+        Raises
+        ------
+        KeyShredded
+            An erasure destroyed it.
+        SealKeyMissing
+            No such study key is known.
+        """
+        ...
+
+
 MAGIC = b"XRAYSEAL"
 FORMAT_VERSION = 1
+#: The version whose data key is wrapped under a destroyable study key.
+STUDY_KEY_VERSION = 2
+SUPPORTED_VERSIONS = (FORMAT_VERSION, STUDY_KEY_VERSION)
 DEFAULT_SEGMENT_SIZE = 1 << 20
 MAX_SEGMENT_SIZE = 1 << 26
 NONCE_PREFIX_SIZE = 7
@@ -118,9 +150,9 @@ class SealHeader:
     nonce_prefix:
         The object's random 7-byte nonce prefix.
     kek_id:
-        The KEK that wraps the data key.
+        The key that wraps the data key: a KEK (version 1) or a study key (version 2).
     wrapped_key:
-        The data key, AES-key-wrapped under that KEK (40 bytes).
+        The data key, AES-key-wrapped under that key (40 bytes).
     version:
         The format version.
     """
@@ -161,7 +193,8 @@ class Sealer:
     record_key, digest:
         The object's name (32 bytes each); opening needs the same two.
     kek:
-        The KEK that wraps the fresh data key (normally ``keyring.current``).
+        The key that wraps the fresh data key: a study key (format version 2, erasable)
+        or a KEK (version 1, ``keyring.current``).
     segment_size:
         Plaintext bytes per segment.
     """
@@ -171,7 +204,7 @@ class Sealer:
         *,
         record_key: bytes,
         digest: bytes,
-        kek: Kek,
+        kek: Kek | StudyKey,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
     ) -> None:
         if not 1 <= segment_size <= MAX_SEGMENT_SIZE:
@@ -180,8 +213,9 @@ class Sealer:
         self.header = SealHeader(
             segment_size=segment_size,
             nonce_prefix=secrets.token_bytes(NONCE_PREFIX_SIZE),
-            kek_id=kek.kek_id,
+            kek_id=_wrapping_key_id(kek),
             wrapped_key=aes_key_wrap(kek.key, data_key),
+            version=STUDY_KEY_VERSION if isinstance(kek, StudyKey) else FORMAT_VERSION,
         )
         self._aad = self.header.associated_data(record_key=record_key, digest=digest)
         self._aead = AESGCM(data_key)
@@ -257,14 +291,24 @@ class Opener:
     record_key, digest:
         The name the object must have been sealed under.
     keyring:
-        Must hold the KEK the header names.
+        Must hold the KEK a version 1 header names.
+    study_keys:
+        Gives the study key a version 2 header names.
     """
 
-    def __init__(self, *, record_key: bytes, digest: bytes, keyring: Keyring) -> None:
+    def __init__(
+        self,
+        *,
+        record_key: bytes,
+        digest: bytes,
+        keyring: Keyring,
+        study_keys: StudyKeySource | None = None,
+    ) -> None:
         _check_name(record_key=record_key, digest=digest)
         self._record_key = record_key
         self._digest = digest
         self._keyring = keyring
+        self._study_keys = study_keys
         self.header: SealHeader | None = None
         self._head = bytearray()
         self._aad = b""
@@ -280,6 +324,8 @@ class Opener:
         ------
         SealCorrupt, SealUnsupported, SealKeyMissing
             The header or a segment is not intact, or its KEK is missing.
+        KeyShredded
+            Its study key was destroyed by an erasure.
         """
         return self._update(*_view(chunk))
 
@@ -339,7 +385,7 @@ class Opener:
         if len(self._head) < need:
             return view
         header = _parse_header(self._head)
-        self._aead = AESGCM(_unwrap(header, self._keyring))
+        self._aead = AESGCM(_unwrap(header, self._keyring, self._study_keys))
         self._aad = header.associated_data(record_key=self._record_key, digest=self._digest)
         self.header = header
         self._cutter = _Cutter(header.segment_size + TAG_SIZE)
@@ -372,7 +418,7 @@ def seal(
     *,
     record_key: bytes,
     digest: bytes,
-    kek: Kek,
+    kek: Kek | StudyKey,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
     hasher: Hasher | None = None,
 ) -> int:
@@ -387,7 +433,8 @@ def seal(
     record_key, digest:
         The object's name (32 bytes each); opening needs the same two.
     kek:
-        The KEK that wraps the object's fresh data key.
+        The key that wraps the object's fresh data key: a study key (version 2) or a
+        KEK (version 1).
     segment_size:
         Plaintext bytes per segment.
     hasher:
@@ -413,7 +460,13 @@ def seal(
 
 
 def open_sealed(
-    sealed: BinaryIO, out: BinaryIO, *, record_key: bytes, digest: bytes, keyring: Keyring
+    sealed: BinaryIO,
+    out: BinaryIO,
+    *,
+    record_key: bytes,
+    digest: bytes,
+    keyring: Keyring,
+    study_keys: StudyKeySource | None = None,
 ) -> int:
     """Authenticate and decrypt a sealed object from ``sealed`` into ``out``.
 
@@ -430,7 +483,9 @@ def open_sealed(
     record_key, digest:
         The name the object must have been sealed under.
     keyring:
-        Must hold the KEK the header names.
+        Must hold the KEK a version 1 header names.
+    study_keys:
+        Gives the study key a version 2 header names.
 
     Returns
     -------
@@ -444,9 +499,12 @@ def open_sealed(
     SealUnsupported
         A format version this gateway does not read.
     SealKeyMissing
-        The header names a KEK the keyring lacks (also a ``KeyringError``).
+        The header names a KEK the keyring lacks (also a ``KeyringError``), or a study
+        key that ``study_keys`` does not know (or is not given).
+    KeyShredded
+        The header names a study key that an erasure destroyed.
     """
-    opener = Opener(record_key=record_key, digest=digest, keyring=keyring)
+    opener = Opener(record_key=record_key, digest=digest, keyring=keyring, study_keys=study_keys)
     # Feeding the exact header first keeps every later read aligned to a sealed segment,
     # which the opener then decrypts straight from the read buffer.
     opener.update(_read_header_bytes(sealed))
@@ -473,7 +531,8 @@ def read_seal_header(sealed: BinaryIO) -> SealHeader:
 def rewrap_header(sealed: BinaryIO, *, keyring: Keyring, new_kek: Kek) -> tuple[bytes, int]:
     """Re-wrap an object's data key under ``new_kek``, for KEK rotation.
 
-    Only the header changes; the segments stay byte for byte as they are, because
+    A version 2 object's data key is under its study key, not a KEK: its header comes
+    back unchanged (the study keys are re-wrapped in the index instead). Only the header changes; the segments stay byte for byte as they are, because
     their associated data leaves out the KEK id and the wrapped key.
 
     Parameters
@@ -499,6 +558,8 @@ def rewrap_header(sealed: BinaryIO, *, keyring: Keyring, new_kek: Kek) -> tuple[
         The keyring lacks the KEK the header names.
     """
     old = read_seal_header(sealed)
+    if old.version == STUDY_KEY_VERSION:
+        return old.to_bytes(), old.size
     return _rewrapped(old, keyring=keyring, new_kek=new_kek).to_bytes(), old.size
 
 
@@ -526,7 +587,7 @@ def rewrap_file(path: Path, *, keyring: Keyring, new_kek: Kek) -> SealHeader:
     """
     with path.open("rb") as src:
         old = read_seal_header(src)
-        if old.kek_id == new_kek.kek_id:
+        if old.kek_id == new_kek.kek_id or old.version == STUDY_KEY_VERSION:
             return old
         new = _rewrapped(old, keyring=keyring, new_kek=new_kek)
         mode = stat.S_IMODE(os.fstat(src.fileno()).st_mode)
@@ -683,10 +744,10 @@ def _header_length(head: bytes | bytearray) -> int:
     if len(head) < _FIXED.size:
         return _FIXED.size
     _, version, segment_size, _, id_length = _FIXED.unpack_from(head)
-    if version != FORMAT_VERSION:
+    if version not in SUPPORTED_VERSIONS:
         raise SealUnsupported(
             f"sealed object format version {version} is not supported "
-            f"(this gateway reads version {FORMAT_VERSION})"
+            f"(this gateway reads versions {', '.join(map(str, SUPPORTED_VERSIONS))})"
         )
     if not 1 <= segment_size <= MAX_SEGMENT_SIZE:
         raise SealCorrupt(f"segment size {segment_size} is out of range 1..{MAX_SEGMENT_SIZE}")
@@ -730,7 +791,15 @@ def _read_up_to(stream: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _unwrap(header: SealHeader, keyring: Keyring) -> bytes:
+def _wrapping_key_id(key: Kek | StudyKey) -> str:
+    return key.key_id if isinstance(key, StudyKey) else key.kek_id
+
+
+def _unwrap(
+    header: SealHeader, keyring: Keyring, study_keys: StudyKeySource | None = None
+) -> bytes:
+    if header.version == STUDY_KEY_VERSION:
+        return _unwrap_under(header, _study_key(header.kek_id, study_keys).key, "study key")
     try:
         kek = keyring.get(header.kek_id)
     except KeyringError as error:
@@ -739,11 +808,24 @@ def _unwrap(header: SealHeader, keyring: Keyring) -> bytes:
             f"(it holds: {', '.join(keyring.ids)})",
             kek_id=header.kek_id,
         ) from error
+    return _unwrap_under(header, kek.key, "KEK")
+
+
+def _study_key(key_id: str, study_keys: StudyKeySource | None) -> StudyKey:
+    if study_keys is None:
+        raise SealKeyMissing(
+            f"the object is sealed under study key {key_id!r}, and no study keys were given",
+            kek_id=key_id,
+        )
+    return study_keys.study_key(key_id)
+
+
+def _unwrap_under(header: SealHeader, key: bytes, what: str) -> bytes:
     try:
-        data_key = aes_key_unwrap(kek.key, header.wrapped_key)
+        data_key = aes_key_unwrap(key, header.wrapped_key)
     except InvalidUnwrap:
         raise SealCorrupt(
-            f"the data key does not unwrap under KEK {header.kek_id!r}: the header is altered"
+            f"the data key does not unwrap under {what} {header.kek_id!r}: the header is altered"
         ) from None
     if len(data_key) != DATA_KEY_SIZE:
         raise SealCorrupt(f"the wrapped data key is {len(data_key)} bytes, not {DATA_KEY_SIZE}")
@@ -755,3 +837,46 @@ def _rewrapped(header: SealHeader, *, keyring: Keyring, new_kek: Kek) -> SealHea
     return dataclasses.replace(
         header, kek_id=new_kek.kek_id, wrapped_key=aes_key_wrap(new_kek.key, data_key)
     )
+
+
+def reseal_v2(
+    sealed: BinaryIO,
+    out: BinaryIO,
+    *,
+    record_key: bytes,
+    digest: bytes,
+    keyring: Keyring,
+    study_key: StudyKey,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+) -> int:
+    """Seal a version 1 object again under ``study_key`` (version 2), so it can be erased.
+
+    The version byte is in every segment's associated data, so the segments cannot be
+    kept: the object is opened into a private temporary file and sealed anew, and the
+    plaintext read back is checked to be what was opened.
+
+    Returns
+    -------
+    int
+        Sealed bytes written to ``out``.
+
+    Raises
+    ------
+    SealCorrupt, SealUnsupported, SealKeyMissing
+        As :func:`open_sealed`.
+    """
+    opened = hashlib.sha256()
+    with tempfile.TemporaryFile() as plain:
+        open_sealed(sealed, plain, record_key=record_key, digest=digest, keyring=keyring)
+        plain.seek(0)
+        resealed = hashlib.sha256()
+        while chunk := plain.read(DEFAULT_SEGMENT_SIZE):
+            opened.update(chunk)
+        plain.seek(0)
+        written = seal(
+            plain, out, record_key=record_key, digest=digest, kek=study_key,
+            segment_size=segment_size, hasher=resealed,
+        )  # fmt: skip
+    if resealed.digest() != opened.digest():
+        raise SealError("the plaintext changed while it was sealed again")
+    return written

@@ -33,7 +33,8 @@ from gateway.index.engine import LOCK_BUSY_ERRORS, Connection, connect, describe
 from gateway.index.queries import IS_FINGERPRINTED_VERSION, IS_VERSION
 
 STAGES = ("fingerprint", "seal", "put", "anchor", "forward", "committed")
-DONE_STAGES = ("committed", "duplicate", "rejected", "conflict", "failed")
+# ``erased``: a version erased on request (gateway/trust/erasure.py); its evidence is kept.
+DONE_STAGES = ("committed", "duplicate", "rejected", "conflict", "failed", "erased")
 PARKED = "failed"  # no automatic work left, but not done: waits for `xray-gateway retry`
 
 # Parks rows (stage ``failed``, the stage they were at kept); parameters: PARKED, error.
@@ -207,6 +208,19 @@ class Index:
                  spool_sha256, received_by),
             ).fetchone()  # fmt: skip
             return int(row_id)
+
+    def was_erased(self, sop_instance_uid: str) -> bool:
+        """Whether an image with that UID was erased (the listener's check before the ack).
+
+        On the ack's own session, as :meth:`add_received`: a C-STORE never waits behind
+        the pipeline's transactions."""
+        db, lock = (self._db, self._lock) if self._ack is None else (self._ack, self._ack_lock)
+        with lock:
+            found = db.execute(
+                "SELECT 1 FROM instances WHERE sop_instance_uid = ? AND stage = 'erased' LIMIT 1",
+                (sop_instance_uid,),
+            ).fetchone()
+            return found is not None
 
     def get(self, row_id: int) -> Row:
         (row,) = self._rows("WHERE id = ?", (row_id,))
@@ -566,6 +580,11 @@ class Index:
             ):
                 counts.setdefault(int(start), [0, 0])[slot] += int(count)
         return [(start, counts[start][0], counts[start][1]) for start in sorted(counts)]
+
+    def maintain(self, sql: str) -> None:
+        """Run a maintenance statement outside any transaction: a PRAGMA, VACUUM (erasure)."""
+        with self._lock:
+            self._db.execute(sql)
 
     def oldest_pending(self) -> Row | None:
         """The row with work left that was received first."""

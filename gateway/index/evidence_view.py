@@ -30,17 +30,20 @@ VIEW = "xray_plugin_evidence"
 COLUMNS = (
     "seq", "sop_instance_uid", "version", "digest", "pixel_digest", "record_key", "tx_hash",
     "block_number", "block_time", "recorder", "batch_id", "leaf_index", "transfer_syntax",
-    "patient_key", "proof", "received_at",
+    "patient_key", "proof", "received_at", "erased",
 )  # fmt: skip
 
 #: What the plugin reads per copy: every version of one UID, oldest first.
 VERSIONS_SQL = (
     "SELECT version, digest, pixel_digest, record_key, tx_hash, block_number, block_time,"
-    " recorder, batch_id, leaf_index, transfer_syntax, patient_key, proof, received_at"
-    f" FROM {VIEW} WHERE sop_instance_uid = %s ORDER BY seq"
+    " recorder, batch_id, leaf_index, transfer_syntax, patient_key, proof, received_at,"
+    f" erased FROM {VIEW} WHERE sop_instance_uid = %s ORDER BY seq"
 )
 
-_SOURCE = ", ".join("id AS seq" if name == "seq" else name for name in COLUMNS)
+# ``erased`` (erasure part): the row was erased on request, so the plugin knows at once,
+# before its ledger mirror reads the retirement; appended last, as CREATE OR REPLACE wants.
+_EXPRESSIONS = {"seq": "id AS seq", "erased": "(stage = 'erased') AS erased"}
+_SOURCE = ", ".join(_EXPRESSIONS.get(name, name) for name in COLUMNS)
 CREATE_VIEW = (
     f"CREATE OR REPLACE VIEW {VIEW} WITH (security_barrier = true) AS"
     f" SELECT {_SOURCE} FROM instances WHERE {IS_FINGERPRINTED_VERSION}"

@@ -224,6 +224,39 @@ CREATE INDEX IF NOT EXISTS grants_patient ON grants (patient_key, id);
 CREATE INDEX IF NOT EXISTS grants_study ON grants (study_instance_uid, id)
 """
 
+# The erasure part (issue #16; gateway/index/erasure.py): each study's key (seal format v2)
+# under its pseudonymous reference, wrapped under a KEK (NULL once destroyed); the erasure
+# log (plans by hash, pseudonymous keys only); the studies the retention job listed.
+_ERASURE = """
+CREATE TABLE IF NOT EXISTS study_keys (
+    study_ref BLOB NOT NULL PRIMARY KEY,
+    key_id TEXT NOT NULL UNIQUE,
+    kek_id TEXT NOT NULL,
+    wrapped_key BLOB,
+    created_at REAL NOT NULL,
+    destroyed_at REAL
+);
+CREATE TABLE IF NOT EXISTS erasures (
+    id INTEGER PRIMARY KEY,
+    plan_hash TEXT NOT NULL UNIQUE,
+    reason TEXT NOT NULL,
+    asked_by TEXT NOT NULL,
+    planned_at REAL NOT NULL,
+    state TEXT NOT NULL,
+    confirmed_by TEXT,
+    confirmed_at REAL,
+    done_at REAL,
+    plan TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS retention_due (
+    study_instance_uid TEXT NOT NULL PRIMARY KEY,
+    modality TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    due_at REAL NOT NULL,
+    listed_at REAL NOT NULL
+)
+"""
+
 #: Every step, in order; the schema's version is how many of them a database has had.
 STEPS: tuple[Step, ...] = (
     Create(_INSTANCES),  # 1: rows, batches, batch members
@@ -248,6 +281,8 @@ STEPS: tuple[Step, ...] = (
     Create(_ACCESS_LOG),
     # 15 (grants part): grants of read access, as written to the chain (which is the record)
     Create(_GRANTS),
+    # 16 (erasure part): study keys, the erasure log, the retention list
+    Create(_ERASURE),
 )
 
 #: The version this code writes and reads.

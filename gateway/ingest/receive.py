@@ -7,6 +7,7 @@ Each handler answers with a DICOM status, never an exception:
 0xA700   out of resources: the spool cannot take it (full, unwritable), or the
          dataset inflates past GATEWAY_MAX_INSTANCE_BYTES; nothing is kept, never acked
 0xA900   the dataset's SOP Instance/Class UID differs from the request's
+0x0124   refused, not authorized: the image was erased on request (erasure); never kept
 0xC000   cannot understand: hostile UID, unparsable or truncated dataset
 =======  ===============================================================
 
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900
+NOT_AUTHORIZED = 0x0124  # "Refused: Not Authorized" (PS3.7 C.4.2): an erased image
 CANNOT_UNDERSTAND = 0xC000
 
 # A-ASSOCIATE-RJ: rejected-permanent, by the DUL service user, calling AE not recognised.
@@ -432,6 +434,9 @@ class Receiver:
             # Type 1 in every image IOD; the PACS cannot file an instance without them.
             log.warning("refused C-STORE %s from %s: no Study/Series UID", requested_uid, calling)
             return status(DATASET_MISMATCH, "missing or invalid Study/Series Instance UID")
+        if self.index.was_erased(requested_uid):
+            log.warning("refused C-STORE from %s: an erased image sent again", calling)
+            return status(NOT_AUTHORIZED, "refused: this image was erased on request")
         if not self.spool.has_room():
             log.error("refused C-STORE %s: the spool is full", requested_uid)
             return status(OUT_OF_RESOURCES, "gateway spool is full")

@@ -26,11 +26,12 @@ from typing import Any, Protocol
 from gateway import failpoints
 from gateway.core import keys
 from gateway.core.fingerprint import MAX_INSTANCE_BYTES, fingerprint_and_header
-from gateway.core.keys import Keyring
+from gateway.core.keys import Kek, Keyring, StudyKey
 from gateway.core.merkle import decode_proof
 from gateway.core.seal import seal
 from gateway.errors import DatasetUnreadable, MustWait, SpoolSwapped
 from gateway.index.db import Index, Row
+from gateway.index.erasure import StudyKeys, erased_digest
 from gateway.ingest.spool import Spool, fsync_dir
 from gateway.ledger.types import BatchedLeaf
 from gateway.store import ObjectStore
@@ -142,7 +143,8 @@ class Steps:
     index, spool, store:
         The local index, the received-instance spool and the object store.
     keyring, pseudonym_key:
-        The current KEK seals new objects; the pseudonym key names records and patients.
+        The KEKs wrap each study's key (which seals its objects, format v2); the pseudonym
+        key names records, studies and patients.
     anchorer, forwarder:
         The ledger and PACS sides of the anchor and forward stages.
     sealed_dir:
@@ -188,6 +190,7 @@ class Steps:
         self.unanchored = unanchored
         self.max_instance_bytes = max_instance_bytes
         self.alerts = alerts
+        self.study_keys = StudyKeys(index, keyring)
         self._lock = threading.Lock()
         self._anchor_locks: dict[bytes, threading.Lock] = {}
         sealed_dir.mkdir(parents=True, exist_ok=True)
@@ -215,6 +218,9 @@ class Steps:
             raise DatasetUnreadable(f"spooled instance no longer parses: {exc}") from exc
         if row.spool_sha256 is not None and fp.file_sha256 != row.spool_sha256:
             self._swapped(row, f"its SHA-256 is now {fp.file_sha256.hex()[:16]}…")
+        if erased_digest(self.index, fp.digest):
+            self._refuse_erased(row)
+            return
         record_key = keys.record_key(self.pseudonym_key, row.sop_instance_uid)
         values = {
             "record_key": record_key,
@@ -245,6 +251,18 @@ class Steps:
                 record_key.hex()[:12],
             )
 
+    def _refuse_erased(self, row: Row) -> None:
+        """An erased image came back (same dataset digest): never kept, and alerted."""
+        reason = "the image was erased on request; a copy sent again is not kept"
+        log.error("row %d: %s", row.id, reason)
+        if self.alerts is not None:
+            self.alerts.record(
+                kind="erased", source="pipeline", sop_instance_uid=row.sop_instance_uid,
+                detail=f"row {row.id}: {reason}",
+            )  # fmt: skip
+        self.index.update(row.id, stage="rejected", last_error=reason)
+        self.spool.discard(row.entry_id)
+
     def _swapped(self, row: Row, what: str) -> None:
         """Refuse a spool file changed after the ack: alert, then park the row (raises)."""
         assert row.spool_sha256 is not None
@@ -272,10 +290,10 @@ class Steps:
         assert row.record_key is not None and row.digest is not None
         target = self.sealed_path(row)
         tmp = target.with_suffix(".tmp")
-        kek = self.keyring.current
+        key, kek_id = self._sealing_key(row)
         sealed = hashlib.sha256()  # what is sealed must be what was acked and fingerprinted
         with self.spool.path_of(row.entry_id).open("rb") as plain, tmp.open("wb") as out:
-            seal(plain, out, record_key=row.record_key, digest=row.digest, kek=kek, hasher=sealed)
+            seal(plain, out, record_key=row.record_key, digest=row.digest, kek=key, hasher=sealed)
             out.flush()
             os.fsync(out.fileno())
         if row.spool_sha256 is not None and sealed.digest() != row.spool_sha256:
@@ -283,7 +301,15 @@ class Steps:
             self._swapped(row, f"it changed before sealing: {sealed.hexdigest()[:16]}…")
         tmp.rename(target)
         fsync_dir(self.sealed_dir)
-        self._advance(row, stage.next, kek_id=kek.kek_id)
+        self._advance(row, stage.next, kek_id=kek_id)
+
+    def _sealing_key(self, row: Row) -> tuple[Kek | StudyKey, str]:
+        """The study's key (format v2, erasable) and the KEK wrapping it; a row without a
+        study UID (none reach here: the listener refuses them) is sealed under the KEK."""
+        if row.study_instance_uid is None:
+            return self.keyring.current, self.keyring.current.kek_id
+        ref = keys.study_ref(self.pseudonym_key, row.study_instance_uid)
+        return self.study_keys.for_study(ref)
 
     def put(self, row: Row, stage: Stage) -> None:
         assert row.object_name is not None and stage.back is not None

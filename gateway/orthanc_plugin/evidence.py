@@ -23,8 +23,8 @@ from gateway.redact import redact_text, redact_url
 # index's rule, not restated here), oldest first.
 VERSIONS_SQL = (
     "SELECT version, digest, pixel_digest, record_key, tx_hash, block_number, block_time,"
-    " recorder, batch_id, leaf_index, transfer_syntax, patient_key, proof, received_at"
-    " FROM instances"
+    " recorder, batch_id, leaf_index, transfer_syntax, patient_key, proof, received_at,"
+    " erased FROM (SELECT *, stage = 'erased' AS erased FROM instances)"
     f" WHERE sop_instance_uid = ? AND {IS_FINGERPRINTED_VERSION} ORDER BY id"
 )
 
@@ -215,8 +215,9 @@ def _versions(rows: Iterable[Any]) -> tuple[Version, ...]:
             patient_key=bytes(patient_key) if patient_key is not None else None,
             proof=bytes(proof) if proof is not None else None,
             received_at=received_at,
+            erased=bool(erased),
         )
         for (version, digest, pixel_digest, record_key, tx_hash, block_number, block_time,
              recorder, batch_id, leaf_index, transfer_syntax, patient_key, proof,
-             received_at) in rows
+             received_at, erased) in rows
     )  # fmt: skip

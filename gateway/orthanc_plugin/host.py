@@ -397,7 +397,7 @@ def _send_status(output: Any, status: int, message: str) -> None:
 def _summary_text(
     level: str, status: Status, counts: Counter[Status], total: int, *, unchecked_refused: int = 0
 ) -> tuple[str, str]:
-    refused = counts["tampered"] + counts["missing"]
+    refused = counts["tampered"] + counts["missing"] + counts["erased"]
     if unchecked_refused:
         return (
             f"Refused: {refused + unchecked_refused} of {total} images in this {level} were "

@@ -73,6 +73,7 @@ class Version:
     patient_key: bytes | None = None
     proof: bytes | None = None  # a batched version's encoded inclusion proof (merkle.py)
     received_at: float | None = None  # when the gateway acked it (epoch seconds)
+    erased: bool = False  # erased on request (the index's stage): known before the mirror
 
     @property
     def anchored(self) -> bool:
@@ -340,6 +341,7 @@ class _Reading:
                 anchor=_anchor(mirror),
                 copy=CopyState.REENCODED if self._reencoded(self.match) else CopyState.SAME,
                 retired=mirror is not None and mirror.retired is not None,
+                erased=self.match.erased or _erased(mirror),
                 changed_since_arrival=arrived_otherwise,
                 bytes_first=True,
             )
@@ -356,6 +358,7 @@ class _Reading:
             anchor=_anchor(newest) if self.newest.anchored else AnchorState.NONE,
             copy=CopyState.DIFFERS,
             retired=newest is not None and newest.retired is not None,
+            erased=self.newest.erased or _erased(newest),
             same_pixels={"header": True, "pixels": False}.get(changed or ""),
             changed_since_arrival=arrived_otherwise,
             bytes_first=True,
@@ -543,6 +546,24 @@ def _retired(reading: _Reading, reason: Reason) -> ReadVerdict:
     )  # fmt: skip
 
 
+def _erased(facts: LedgerFacts | None) -> bool:
+    """Whether the mirror saw the version's record retired with reason ``erased``."""
+    return facts is not None and facts.retired is not None and facts.retired.reason == "erased"
+
+
+def _erased_copy(reading: _Reading, reason: Reason) -> ReadVerdict:
+    return _verdict(
+        reading, reason, recorded=reading.match,
+        headline="Refused: this image was erased on request.",
+        explanation=(
+            "Its record was retired on the ledger with reason erased and its sealed original "
+            "crypto-shredded; this copy reappeared and must not be used. The PACS "
+            "administrator has been alerted."
+        ),
+        ledger="retired: erased",
+    )  # fmt: skip
+
+
 def _verified(reading: _Reading, reason: Reason) -> ReadVerdict:
     match, _, note = _matched(reading)
     newest = reading.newest
@@ -577,6 +598,7 @@ _WORDS: dict[Reason, Callable[[_Reading, Reason], ReadVerdict]] = {
     Reason.ANCHOR_REFUTED: _anchor_refuted,
     Reason.ANCHOR_UNCONFIRMED: _anchor_unconfirmed,
     Reason.RETIRED: _retired,
+    Reason.ERASED_COPY: _erased_copy,
     Reason.VERIFIED: _verified,
 }
 

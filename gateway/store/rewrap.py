@@ -5,12 +5,15 @@ from __future__ import annotations
 import tempfile
 
 from gateway.core.keys import Kek, Keyring
-from gateway.core.seal import rewrap_header
+from gateway.core.seal import STUDY_KEY_VERSION, read_seal_header, rewrap_header
 from gateway.store.base import CHUNK_SIZE, ObjectStore
 
 
 def rewrap_store(store: ObjectStore, *, keyring: Keyring, new_kek: Kek) -> int:
-    """Re-wrap the data key of every object in ``store`` under ``new_kek``.
+    """Re-wrap the data key of every v1 object in ``store`` under ``new_kek``.
+
+    Objects of format v2 are left alone: their data key is under their study key, which
+    the index keeps wrapped under a KEK (``StudyKeys.rewrap`` re-wraps those).
 
     Each object is replaced by its new header followed by its segments, byte for byte
     (:func:`gateway.core.seal.rewrap_header`); the new object is put together in a
@@ -28,7 +31,7 @@ def rewrap_store(store: ObjectStore, *, keyring: Keyring, new_kek: Kek) -> int:
     Returns
     -------
     int
-        How many objects were re-wrapped.
+        How many (v1) objects were re-wrapped.
 
     Raises
     ------
@@ -38,6 +41,9 @@ def rewrap_store(store: ObjectStore, *, keyring: Keyring, new_kek: Kek) -> int:
     """
     count = 0
     for name in store.names():
+        with store.open(name) as sealed:
+            if read_seal_header(sealed).version == STUDY_KEY_VERSION:
+                continue
         with store.open(name) as sealed:
             header, offset = rewrap_header(sealed, keyring=keyring, new_kek=new_kek)
         with tempfile.TemporaryFile() as out, store.open(name) as sealed:

@@ -194,6 +194,8 @@ def sweep(
     for verdict in sorted(verdicts, key=lambda v: v.sop_instance_uid):
         if verdict.status == "intact":
             continue
+        if verdict.status == "erased" and verdict.copies.pacs == "absent":
+            continue  # erased and gone, as it should be: counted in the summary, no finding
         findings.append(
             Finding(
                 status=verdict.status,

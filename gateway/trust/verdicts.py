@@ -18,8 +18,10 @@ status            served  rank   alert kind        meaning
 ``unverifiable``  yes     4      ``error``         the check itself could not run
 ``unregistered``  yes     5      ``unregistered``  no record: reached the PACS around the gateway
 ``retired``       yes     6      ``retired``       the record was retired on the ledger
-``pending``       yes     7      (none)            received, not yet committed
-``intact``        yes     8      (none)            the copy is the recorded, anchored version
+``erased``        no      7      ``erased``        erased on request (crypto-shredded); the
+                                                   ledger keeps its pseudonymous record
+``pending``       yes     8      (none)            received, not yet committed
+``intact``        yes     9      (none)            the copy is the recorded, anchored version
 ================  ======  =====  ================  ============================================
 
 ``served`` is the plugin's default; under ``XrayGateway.FailClosed`` the plugin also
@@ -40,6 +42,7 @@ Status = Literal[
     "unverifiable",
     "unregistered",
     "retired",
+    "erased",
     "pending",
     "intact",
 ]
@@ -133,18 +136,27 @@ _TABLE = (
         alert="retired",
     ),
     StatusInfo(
+        "erased",
+        "The image was erased on request: its sealed original was crypto-shredded and its "
+        "copies deleted, and its record was retired on the ledger with reason erased. The "
+        "ledger keeps only its pseudonymous key and digest. A copy found anyway must not be used.",
+        served=False,
+        rank=7,
+        alert="erased",
+    ),
+    StatusInfo(
         "pending",
         "The image was received and is safely spooled; the gateway has not finished sealing, "
         "anchoring and forwarding it to the PACS yet.",
         served=True,
-        rank=7,
+        rank=8,
         alert=None,
     ),
     StatusInfo(
         "intact",
         "The image in the PACS is exactly the image the modality sent, as recorded on the ledger.",
         served=True,
-        rank=8,
+        rank=9,
         alert=None,
     ),
 )
@@ -243,6 +255,10 @@ class Reason(Enum):
     """A copy with no record: it reached the PACS around the gateway."""
     RETIRED = ("retired", "retired")
     """The record was retired on the ledger."""
+    ERASED = ("erased", "erased")
+    """The record was retired with reason erased, and no copy is left: as it should be."""
+    ERASED_COPY = ("erased_copy", "erased")
+    """The record was retired with reason erased, yet a copy is there: it reappeared."""
     GONE = ("gone", "missing")
     """Recorded, but the PACS holds no copy."""
     ORIGINAL_UNUSABLE = ("original_unusable", "store_corrupt")
@@ -279,6 +295,8 @@ class Facts:
         The verifier leaves it false: its pending watch alerts a late row instead.
     retired:
         The record was retired on the ledger (by its owner or the admin).
+    erased:
+        The record was retired with reason ``erased``: an erasure crypto-shredded it.
     original:
         The sealed original; the plugin has none to open and leaves it ``UNCHECKED``.
     same_pixels:
@@ -299,6 +317,7 @@ class Facts:
     pending: bool = False
     overdue: bool = False
     retired: bool = False
+    erased: bool = False
     original: Original = Original.UNCHECKED
     same_pixels: bool | None = None
     changed_since_arrival: bool = False
@@ -311,17 +330,21 @@ def decide(facts: Facts) -> Reason | None:
     In order of precedence:
 
     1. pending: ``pending`` (``unconfirmed`` once overdue), whatever else holds;
-    2. with ``bytes_first``, a copy that differs: ``tampered``;
-    3. a copy under another transfer syntax, or an anchor the ledger refutes: ``tampered``;
-    4. an anchor the ledger cannot confirm: ``unconfirmed``, never ``intact``;
-    5. no record: ``tampered`` if the copy changed since it arrived, else ``unregistered``
+    2. an erased record: ``erased``, whatever its copy holds (a copy that is there at all
+       reappeared and is not served, altered or not);
+    3. with ``bytes_first``, a copy that differs: ``tampered``;
+    4. a copy under another transfer syntax, or an anchor the ledger refutes: ``tampered``;
+    5. an anchor the ledger cannot confirm: ``unconfirmed``, never ``intact``;
+    6. no record: ``tampered`` if the copy changed since it arrived, else ``unregistered``
        (``None`` without a copy);
-    6. a retired record: ``retired``;
-    7. no copy: ``missing``; another dataset: ``tampered``;
-    8. an unusable sealed original: ``store_corrupt``; else ``intact``.
+    7. a retired record: ``retired``;
+    8. no copy: ``missing``; another dataset: ``tampered``;
+    9. an unusable sealed original: ``store_corrupt``; else ``intact``.
     """
     if facts.pending:
         return Reason.NEVER_ANCHORED if facts.overdue else Reason.IN_PROGRESS
+    if facts.erased:
+        return Reason.ERASED if facts.copy is CopyState.ABSENT else Reason.ERASED_COPY
     if facts.bytes_first and facts.copy is CopyState.DIFFERS:
         return _altered(facts.same_pixels)
     if facts.copy is CopyState.REENCODED:

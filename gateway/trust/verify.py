@@ -60,7 +60,7 @@ from gateway.core.ownership import (
     rule,
     same_account,
 )
-from gateway.core.seal import open_sealed
+from gateway.core.seal import StudyKeySource, open_sealed
 from gateway.errors import (
     DatasetUnreadable,
     InstanceMissing,
@@ -256,6 +256,8 @@ class Verifier:
         Orthanc; without it no PACS copy is checked (the CLI verifying files).
     store, keyring:
         The object store and the KEKs that open its sealed originals.
+    study_keys:
+        The index's study keys, which open sealed originals of format v2.
     index:
         The gateway's index: where batched images keep their proofs, and what is pending.
         Its claims are checked on chain, never trusted.
@@ -279,6 +281,7 @@ class Verifier:
         pacs: PacsArchive | None = None,
         store: ObjectStore | None = None,
         keyring: Keyring | None = None,
+        study_keys: StudyKeySource | None = None,
         index: IndexRows | None = None,
         claims: ClaimSource | None = None,
         max_instance_bytes: int = MAX_INSTANCE_BYTES,
@@ -296,6 +299,7 @@ class Verifier:
         self.pacs = pacs
         self.store = store
         self.keyring = keyring
+        self.study_keys = study_keys
         self.index = index
         self._names: dict[str, str] = {}
         self._names_lock = threading.Lock()
@@ -441,7 +445,7 @@ class Verifier:
         with self.store.open(name) as sealed:
             open_sealed(
                 sealed, cast(BinaryIO, sink), record_key=record.record_key, digest=record.digest,
-                keyring=self.keyring,
+                keyring=self.keyring, study_keys=self.study_keys,
             )  # fmt: skip
         sink.flush()
         sink.seek(0)
@@ -497,12 +501,22 @@ class Verifier:
             pacs_state = CopyState.DIFFERS
         facts = Facts(
             anchor=AnchorState.CONFIRMED, copy=pacs_state, retired=record.retired,
+            erased=record.retired and record.retire_reason == "erased",
             same_pixels=(
                 copy.fingerprint.pixel_digest == record.pixel_digest
                 if copy is not None and pacs_state is CopyState.DIFFERS
                 else None
             ),
         )  # fmt: skip
+        if facts.erased:
+            # Nothing to open: the sealed original was deleted and its study key destroyed.
+            return Verdict(
+                uid, "erased", EXPLANATIONS["erased"], evidence,
+                Copies(pacs="ok" if copy else "absent", store="absent", ledger="retired"),
+                orthanc_id=orthanc_id,
+                notes=[f"erased: retired by {record.retired_by} with reason erased"]
+                + (["a copy of the erased image is in the PACS"] if copy else []),
+            )  # fmt: skip
         if decide(facts) is Reason.RETIRED:
             return Verdict(
                 uid, "retired", EXPLANATIONS["retired"], evidence,

@@ -139,3 +139,28 @@ def test_the_index_url_selects_postgres_and_is_kept_secret(
     monkeypatch.setenv("GATEWAY_INDEX_URL", "mysql://xray:pw@db/xray")
     with pytest.raises(ValueError, match="postgresql://"):
         Settings()
+
+
+# --- retention (erasure part) ---------------------------------------------------------------
+
+
+def test_retention_is_a_period_per_modality_in_days() -> None:
+    from gateway.config import parse_retention
+
+    assert parse_retention("CT=10y, mr=6m ,CR=30d") == {
+        "CT": 3652.5, "MR": 6 * 30.44, "CR": 30.0,
+    }  # fmt: skip
+    assert parse_retention("") == {}
+    for bad in ("CT=10", "CT=0y", "CT=10y,CT=5y", "CT:10y", "C T=1y=2"):
+        with pytest.raises(ValueError):
+            parse_retention(bad)
+
+
+def test_the_retention_window_is_minutes_after_midnight_utc() -> None:
+    from gateway.config import parse_window
+
+    assert parse_window("01:30-05:00") == (90, 300)
+    assert parse_window("23:00-04:00") == (1380, 240)  # wraps midnight
+    for bad in ("1:30-5:00", "02:00-02:00", "25:00-01:00", "night"):
+        with pytest.raises(ValueError):
+            parse_window(bad)

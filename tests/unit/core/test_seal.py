@@ -292,8 +292,8 @@ def test_bad_magic_says_so() -> None:
 
 def test_unknown_version_is_unsupported() -> None:
     blob = bytearray(sealed(b"x"))
-    blob[8] = 2
-    with pytest.raises(SealUnsupported, match="version 2"):
+    blob[8] = 3  # 1 is KEK-wrapped, 2 study-key-wrapped (test_seal_study.py)
+    with pytest.raises(SealUnsupported, match="version 3"):
         opened(bytes(blob))
 
 

@@ -57,7 +57,7 @@ def test_every_status_is_in_the_one_table_and_everyone_uses_it() -> None:
     names = set(get_args(statuses.Status))
     assert names == {
         "intact", "tampered", "missing", "unregistered", "pending", "unconfirmed", "retired",
-        "store_corrupt", "unverifiable",
+        "store_corrupt", "unverifiable", "erased",
     }  # fmt: skip
     assert set(statuses.TABLE) == names
     assert [statuses.TABLE[s].rank for s in statuses.SEVERITY] == list(range(len(names)))
@@ -218,6 +218,8 @@ ROWS: list[tuple[V.Facts, V.Reason | None]] = [
     (V.Facts(V.AnchorState.NONE, SAME, pending=True, overdue=True), V.Reason.NEVER_ANCHORED),
     (V.Facts(V.AnchorState.NONE, V.CopyState.UNCOMPARED), V.Reason.NO_RECORD),
     (V.Facts(CONFIRMED, SAME, retired=True), V.Reason.RETIRED),
+    (V.Facts(CONFIRMED, V.CopyState.ABSENT, retired=True, erased=True), V.Reason.ERASED),
+    (V.Facts(CONFIRMED, SAME, retired=True, erased=True), V.Reason.ERASED_COPY),
     (V.Facts(V.AnchorState.NONE, SAME, pending=True), V.Reason.IN_PROGRESS),
     (V.Facts(V.AnchorState.NONE, V.CopyState.ABSENT), None),  # nothing knows the instance
 ]
@@ -241,7 +243,8 @@ def every_facts(**fixed: object) -> list[statuses.Facts]:
     """Every combination of facts (about 7,000), with the ``fixed`` ones held."""
     choices: dict[str, Sequence[object]] = {
         "anchor": list(V.AnchorState), "copy": list(V.CopyState), "pending": (False, True),
-        "overdue": (False, True), "retired": (False, True), "original": list(V.Original),
+        "overdue": (False, True), "retired": (False, True), "erased": (False, True),
+        "original": list(V.Original),
         "same_pixels": (None, False, True), "changed_since_arrival": (False, True),
         "bytes_first": (False, True),
     }  # fmt: skip
@@ -276,6 +279,21 @@ def test_retired_beats_tampered_and_missing_for_the_verifier_not_for_the_plugin(
     altered = V.Facts(CONFIRMED, V.CopyState.DIFFERS, retired=True, same_pixels=False)
     assert V.decide(replace(altered, bytes_first=True)) is V.Reason.PIXELS_CHANGED
     assert V.decide(V.Facts(CONFIRMED, SAME, retired=True, bytes_first=True)) is V.Reason.RETIRED
+
+
+def test_erased_beats_every_fact_but_pending() -> None:
+    # an erased record is never called missing (no copy is what erasure leaves) nor
+    # tampered, retired or intact: a copy that is there at all reappeared
+    for facts in every_facts(erased=True, pending=False):
+        expected = V.Reason.ERASED if facts.copy is V.CopyState.ABSENT else V.Reason.ERASED_COPY
+        assert V.decide(facts) is expected, facts
+    for facts in every_facts(erased=True, pending=True):
+        assert V.decide(facts) in (V.Reason.IN_PROGRESS, V.Reason.NEVER_ANCHORED), facts
+
+
+def test_an_erased_copy_is_never_served() -> None:
+    assert not statuses.SERVED["erased"]
+    assert statuses.TABLE["erased"].alert == "erased"
 
 
 def test_an_unconfirmed_or_refuted_anchor_is_never_intact() -> None:
@@ -349,7 +367,12 @@ MIRROR = {A: LedgerFacts(on_chain=True, synced_block=20)}
 RETIRED = {A: LedgerFacts(True, 20, plugin.RetirementFacts("0xAdmin", "wrong patient", 15, None))}
 #: A case both see: what the plugin is given, and the facts the Verifier gathers for it
 #: (a ledger record, the PACS copy, a sealed original that opens).
+ERASED = {A: LedgerFacts(True, 20, plugin.RetirementFacts("0xAdmin", "erased", 15, None))}
 SHARED: dict[str, tuple[dict[str, object], statuses.Facts]] = {
+    "an erased image's copy reappears": (
+        {"digest_now": A, "versions": (version(),), "ledger": ERASED},
+        V.Facts(CONFIRMED, SAME, retired=True, erased=True, original=V.Original.OK),
+    ),
     "intact": (
         {"digest_now": A, "versions": (version(),), "ledger": MIRROR},
         V.Facts(CONFIRMED, SAME, original=V.Original.OK),
@@ -412,3 +435,13 @@ def test_the_plugin_words_every_reason_its_facts_lead_to() -> None:
         if facts.copy is not V.CopyState.ABSENT  # a file gone is the guard's `missing`
     }
     assert reachable == set(plugin._WORDS)
+
+
+def test_the_plugin_knows_an_erasure_from_the_index_before_its_mirror() -> None:
+    # the mirror has not read the retirement yet; the index's row says erased already
+    erased = replace(version(), erased=True)
+    verdict = judge(sop_instance_uid=UID, digest_now=A, versions=(erased,), ledger=MIRROR, now=1.0)
+    assert verdict.status == "erased" and not verdict.served
+    assert judge(
+        sop_instance_uid=UID, digest_now=A, versions=(version(),), ledger=MIRROR
+    ).status == ("intact")

@@ -1,0 +1,368 @@
+"""Erasure by crypto-shredding, in two steps: a dry run lists what would go, a confirmation
+carrying its hash erases it; the ledger keeps only pseudonymous keys and digests.
+
+A plan names every version the index holds of the studies asked for (by Study Instance
+UID, or every study of a patient), and what is left of each: the sealed object, the spool
+and sealed-stage copies, the PACS copy, the chain record. Its hash covers the *set* (the
+studies, and each version's record key and digest), not the progress: a confirmation is
+refused if the set changed since the dry run (an image arrived, or a version was
+removed), and running the same confirmation again after a crash finishes the job.
+
+The steps, each skipping what is done already, in the order that never leaves an erased
+study looking intact:
+
+1. the study keys are destroyed (crypto-shredding: every sealed copy, kept anywhere, is
+   now unopenable; the verifier says the original is unusable);
+2. the sealed objects, the sealed-stage files and the spool copies are deleted;
+3. the instances are deleted from the PACS;
+4. each record is retired on chain with reason ``erased`` (``retireBatchedImage`` with its
+   proof for a batched one), unless it is already;
+5. the index rows move to stage ``erased`` (their evidence kept: verify and audit say
+   ``erased``, and a copy that reappears is recognised by its digest);
+6. the erasure log says ``done``, and the access trail records who confirmed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway import failpoints
+from gateway.core import keys
+from gateway.core.merkle import InclusionProof, decode_proof
+from gateway.core.seal import STUDY_KEY_VERSION, read_seal_header, reseal_v2
+from gateway.errors import ErasureChanged, ErasureNotFound, InstanceMissing, KeyShredded
+from gateway.index import erasure as log_
+from gateway.index.db import Index, Row
+from gateway.index.erasure import StudyKeys, vacuum_study_keys
+from gateway.index.queries import is_version
+from gateway.ledger.types import Anchor, Retirement, RetireReason
+from gateway.store.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+#: Why an erasure is asked for: a fixed set, so that the log and the trail carry no free text.
+REASONS = ("gdpr_art17", "patient_request", "retention_expired", "legal_order", "wrong_patient")
+
+
+class SpoolFiles(Protocol):
+    """Where received bytes wait (:class:`gateway.ingest.spool.Spool`)."""
+
+    def path_of(self, entry_id: str) -> Path: ...
+
+
+class PacsCopies(Protocol):
+    """The PACS as erasure uses it (:class:`gateway.pacs.client.Pacs`)."""
+
+    def find(self, sop_instance_uid: str) -> str | None: ...
+
+    def delete(self, orthanc_id: str) -> None: ...
+
+
+class Retirements(Protocol):
+    """The contract as erasure uses it (:class:`gateway.ledger.client.XrayLedger`)."""
+
+    def retirement_of(self, record_key: bytes) -> Retirement | None: ...
+
+    def retire_image(self, *, record_key: bytes, reason: RetireReason | str) -> Anchor: ...
+
+    def retire_batched_image(
+        self, *, record_key: bytes, patient_key: bytes, digest: bytes, pixel_digest: bytes,
+        batch_id: int, proof: InclusionProof, reason: RetireReason | str,
+    ) -> Anchor: ...  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PlannedInstance:
+    """One version to erase, and what is left of it (pseudonymous keys only)."""
+
+    record_key: str
+    digest: str
+    study: str
+    object: bool
+    spool: bool
+    pacs: bool
+    chain: str  # "direct", "batch <id>", "none" (never anchored), "retired: <reason>"
+
+
+@dataclass(frozen=True)
+class ErasureSet:
+    """What an erasure would remove, and the hash a confirmation must carry.
+
+    ``studies`` are pseudonymous study references (hex), ``study_keys`` their key ids;
+    nothing here is a UID or a patient identifier, so a plan may be logged.
+    """
+
+    plan_hash: str
+    reason: str
+    studies: tuple[str, ...]
+    study_keys: tuple[str, ...]
+    instances: tuple[PlannedInstance, ...]
+    rows: tuple[Row, ...] = field(repr=False, compare=False)
+    uids: tuple[str, ...] = field(repr=False, compare=False)
+
+    def public(self) -> dict[str, Any]:
+        """The plan as the CLI and the API show it, and the log keeps it."""
+        return {
+            "hash": self.plan_hash,
+            "reason": self.reason,
+            "studies": list(self.studies),
+            "study_keys": list(self.study_keys),
+            "instances": [vars(i) for i in self.instances],
+            "counts": {
+                "instances": len(self.instances),
+                "objects": sum(i.object for i in self.instances),
+                "spool_copies": sum(i.spool for i in self.instances),
+                "pacs_copies": sum(i.pacs for i in self.instances),
+                "chain_records": sum(i.chain != "none" for i in self.instances),
+            },
+        }
+
+
+@dataclass
+class Eraser:
+    """Plans and carries out erasures over the gateway's parts.
+
+    Parameters
+    ----------
+    index, store, pacs, ledger:
+        The index (rows, study keys, the log), the object store, Orthanc, and the xray
+        contract writing as the records' owner (the recorder) or the admin.
+    keyring, pseudonym_key:
+        Open the study keys; name studies, patients and records.
+    spool, sealed_dir:
+        Where received bytes and sealed-but-not-stored objects wait on this node.
+    trail:
+        Records the confirmation in the access trail: ``(who, who_kind, route)``.
+    """
+
+    index: Index
+    store: ObjectStore
+    pacs: PacsCopies
+    ledger: Retirements
+    study_keys: StudyKeys
+    pseudonym_key: bytes
+    spool: SpoolFiles
+    sealed_dir: Path
+    trail: Callable[[str, str, str], None] | None = None
+
+    # -- step 1: the dry run -------------------------------------------------------------
+
+    def plan(
+        self,
+        *,
+        reason: str,
+        asked_by: str,
+        study: str | None = None,
+        patient: tuple[str, str] | None = None,
+    ) -> ErasureSet:
+        """List what erasing ``study`` (a UID) or ``patient`` (issuer, ID) would remove,
+        and keep the plan in the erasure log under its hash.
+
+        Raises
+        ------
+        ErasureNotFound
+            The index holds no image of that study or patient.
+        ValueError
+            An unknown reason, or neither or both of ``study`` and ``patient``.
+        """
+        if reason not in REASONS:
+            raise ValueError(f"unknown erasure reason {reason!r}: use one of {', '.join(REASONS)}")
+        if (study is None) == (patient is None):
+            raise ValueError("name either a study or a patient")
+        studies = [study] if study is not None else self._studies_of(*patient)  # type: ignore[misc]
+        made = self._plan(studies, reason)
+        if not made.instances:
+            raise ErasureNotFound("the gateway holds no image of that study or patient")
+        log_.log_plan(
+            self.index, plan_hash=made.plan_hash, reason=reason, asked_by=asked_by,
+            plan=made.public(),
+        )  # fmt: skip
+        if self.trail is not None:
+            self.trail(asked_by, "admin", f"erasure dry run {made.plan_hash[:16]} ({reason})")
+        return made
+
+    def _studies_of(self, issuer: str, patient_id: str) -> list[str]:
+        key = keys.patient_key(self.pseudonym_key, issuer, patient_id)
+        rows = self.index.query(
+            "SELECT DISTINCT study_instance_uid FROM instances"
+            " WHERE patient_key = ? AND study_instance_uid IS NOT NULL",
+            (key,),
+        )
+        return sorted(str(uid) for (uid,) in rows)
+
+    def _plan(self, studies: Sequence[str], reason: str) -> ErasureSet:
+        refs = {uid: keys.study_ref(self.pseudonym_key, uid).hex() for uid in studies}
+        rows = [
+            row
+            for uid in studies
+            for row in self.index.by_study(uid)
+            if is_version(row.stage) and row.record_key is not None and row.digest is not None
+        ]
+        key_ids = self.study_keys.key_ids([bytes.fromhex(ref) for ref in refs.values()])
+        instances = tuple(self._planned(row, refs) for row in rows)
+        members = sorted((i.record_key, i.digest) for i in instances)
+        digest = hashlib.sha256(
+            json.dumps({"studies": sorted(refs.values()), "versions": members}).encode()
+        ).hexdigest()
+        return ErasureSet(
+            plan_hash=digest, reason=reason, studies=tuple(sorted(refs.values())),
+            study_keys=tuple(sorted(key_ids.values())), instances=instances, rows=tuple(rows),
+            uids=tuple(studies),
+        )  # fmt: skip
+
+    def _planned(self, row: Row, refs: dict[str, str]) -> PlannedInstance:
+        assert row.record_key is not None and row.digest is not None
+        return PlannedInstance(
+            record_key=row.record_key.hex(),
+            digest=row.digest.hex(),
+            study=refs[str(row.study_instance_uid)],
+            object=row.object_name is not None and self.store.exists(row.object_name),
+            spool=self._spooled(row),
+            pacs=self.pacs.find(row.sop_instance_uid) is not None,
+            chain=self._chain_state(row),
+        )
+
+    def _spooled(self, row: Row) -> bool:
+        return self.spool.path_of(row.entry_id).exists() or self._sealed_file(row).exists()
+
+    def _sealed_file(self, row: Row) -> Path:
+        return self.sealed_dir / f"{row.entry_id}.seal"
+
+    def _chain_state(self, row: Row) -> str:
+        assert row.record_key is not None
+        retired = self.ledger.retirement_of(row.record_key)
+        if retired is not None:
+            return f"retired: {retired.reason}"
+        if row.batch_id is not None and row.proof is not None:
+            return f"batch {row.batch_id}"
+        return "direct" if row.tx_hash is not None else "none"
+
+    # -- step 2: the confirmation -------------------------------------------------------
+
+    def confirm(self, plan_hash: str, *, reason: str, confirmed_by: str) -> ErasureSet:
+        """Erase what the dry run ``plan_hash`` listed, if the set is still the same.
+
+        Run again after a crash, it finishes what is left (each step skips what is done).
+
+        Raises
+        ------
+        ErasureChanged
+            No dry run made that hash, the reason differs, or the set changed since.
+        """
+        logged = log_.erasure(self.index, plan_hash)
+        if logged is None or logged.reason != reason:
+            raise ErasureChanged(
+                "no dry run with that hash and reason: run the dry run and confirm its hash"
+            )
+        studies = self._uids_of(logged.plan)
+        now = self._plan(studies, reason)
+        if now.plan_hash != plan_hash:
+            raise ErasureChanged(
+                "the set changed since the dry run (images arrived or went): run it again"
+            )
+        log_.mark(self.index, plan_hash, log_.ERASING, by=confirmed_by)
+        self._erase(now)
+        log_.mark(self.index, plan_hash, log_.DONE)
+        if self.trail is not None:
+            self.trail(confirmed_by, "admin", f"erasure {plan_hash[:16]} ({reason})")
+        return now
+
+    def _uids_of(self, plan: dict[str, Any]) -> list[str]:
+        """The study UIDs behind the plan's pseudonymous references (read from the index)."""
+        wanted = set(plan.get("studies", []))
+        rows = self.index.query(
+            "SELECT DISTINCT study_instance_uid FROM instances WHERE study_instance_uid IS NOT NULL"
+        )
+        return sorted(
+            str(uid) for (uid,) in rows
+            if keys.study_ref(self.pseudonym_key, str(uid)).hex() in wanted
+        )  # fmt: skip
+
+    def _erase(self, plan: ErasureSet) -> None:
+        self.study_keys.destroy([bytes.fromhex(ref) for ref in plan.studies])
+        vacuum_study_keys(self.index)
+        failpoints.hit("erasure.after_shred")
+        for row in plan.rows:
+            self._delete_copies(row)
+        failpoints.hit("erasure.after_delete")
+        retired: set[bytes] = set()
+        for row in sorted(plan.rows, key=lambda r: -(r.version or 0)):  # newest version first
+            assert row.record_key is not None
+            if row.record_key not in retired:
+                self._retire(row)
+                retired.add(row.record_key)
+        failpoints.hit("erasure.after_retire")
+        with self.index.transaction() as db:
+            for row in plan.rows:
+                db.execute("UPDATE instances SET stage = 'erased' WHERE id = ?", (row.id,))
+
+    def _delete_copies(self, row: Row) -> None:
+        if row.object_name is not None:
+            self.store.delete(row.object_name)
+        self._sealed_file(row).unlink(missing_ok=True)
+        self.spool.path_of(row.entry_id).unlink(missing_ok=True)
+        orthanc_id = self.pacs.find(row.sop_instance_uid)
+        if orthanc_id is not None:
+            # gone between the two calls is what was wanted
+            with contextlib.suppress(InstanceMissing):
+                self.pacs.delete(orthanc_id)
+
+    def _retire(self, row: Row) -> None:
+        assert row.record_key is not None
+        if self.ledger.retirement_of(row.record_key) is not None:
+            return  # retired already (by a run that crashed after it, or before: kept)
+        if row.batch_id is not None and row.proof is not None:
+            assert row.patient_key and row.digest and row.pixel_digest
+            self.ledger.retire_batched_image(
+                record_key=row.record_key, patient_key=row.patient_key, digest=row.digest,
+                pixel_digest=row.pixel_digest, batch_id=row.batch_id,
+                proof=decode_proof(row.proof), reason=RetireReason.ERASED,
+            )  # fmt: skip
+        elif row.tx_hash is not None:
+            self.ledger.retire_image(record_key=row.record_key, reason=RetireReason.ERASED)
+
+
+def upgrade_to_v2(
+    index: Index, store: ObjectStore, *, study_keys: StudyKeys, pseudonym_key: bytes
+) -> int:
+    """Seal every v1 object of a known study again under its study key (format v2), so that
+    images stored before erasure existed can be erased too; returns how many moved.
+
+    Each object is opened and sealed anew into a temporary file, then put in place of the
+    old one (``replace=True``); an object already v2, or of a study that was erased, is
+    left alone. Run again after a failure, it carries on.
+    """
+    moved = 0
+    rows = index.query(
+        "SELECT object_name, study_instance_uid FROM instances"
+        " WHERE object_name IS NOT NULL AND study_instance_uid IS NOT NULL AND stage != 'erased'"
+    )
+    for name, study in rows:
+        if not store.exists(str(name)):
+            continue
+        with store.open(str(name)) as sealed:
+            if read_seal_header(sealed).version == STUDY_KEY_VERSION:
+                continue
+        try:
+            key, _ = study_keys.for_study(keys.study_ref(pseudonym_key, str(study)))
+        except KeyShredded:
+            continue
+        record_key, digest = (bytes.fromhex(part) for part in str(name).split("/"))
+        with tempfile.TemporaryFile() as out, store.open(str(name)) as sealed:
+            reseal_v2(
+                sealed, out, record_key=record_key, digest=digest,
+                keyring=study_keys.keyring, study_key=key,
+            )  # fmt: skip
+            length = out.tell()
+            out.seek(0)
+            store.put(str(name), out, length=length, replace=True)
+        moved += 1
+    return moved

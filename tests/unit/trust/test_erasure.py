@@ -1,0 +1,220 @@
+"""Erasure's two steps on a real index (SQLite), with stand-ins for the store, PACS and chain."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from gateway.core import keys
+from gateway.core.keys import Kek, Keyring
+from gateway.core.merkle import InclusionProof
+from gateway.core.seal import seal
+from gateway.errors import ErasureChanged, ErasureNotFound, KeyShredded, TransactionFailed
+from gateway.index.db import Index
+from gateway.index.erasure import StudyKeys, erasure
+from gateway.ledger.types import Anchor, Retirement, RetireReason
+from gateway.store.memory import MemoryStore
+from gateway.trust.erasure import Eraser
+
+PSEUDONYM = bytes(range(32))
+KEYRING = Keyring.of(Kek("kek-20261121-aaaaaaaa", bytes(range(32, 64))))
+STUDY, OTHER = "1.2.3.1", "1.2.3.2"
+
+
+@dataclass
+class Chain:
+    """Retirements by record key; ``fail_next`` makes the next retirement fail once."""
+
+    retired: dict[bytes, str] = field(default_factory=dict)
+    batched: list[int] = field(default_factory=list)
+    fail_next: bool = False
+
+    def retirement_of(self, record_key: bytes) -> Retirement | None:
+        reason = self.retired.get(record_key)
+        return None if reason is None else Retirement(by="0xrecorder", at=1, reason=reason)
+
+    def _retire(self, record_key: bytes, reason: RetireReason | str) -> Anchor:
+        if self.fail_next:
+            self.fail_next = False
+            raise TransactionFailed("the node went away")
+        assert record_key not in self.retired  # the contract refuses a second retirement
+        self.retired[record_key] = RetireReason.parse(reason).label
+        return Anchor(tx_hash="0x" + record_key.hex(), block_number=1, block_time=1, gas_used=1)
+
+    def retire_image(self, *, record_key: bytes, reason: RetireReason | str) -> Anchor:
+        return self._retire(record_key, reason)
+
+    def retire_batched_image(
+        self, *, record_key: bytes, patient_key: bytes, digest: bytes, pixel_digest: bytes,
+        batch_id: int, proof: InclusionProof, reason: RetireReason | str,
+    ) -> Anchor:  # fmt: skip
+        self.batched.append(batch_id)
+        return self._retire(record_key, reason)
+
+
+@dataclass
+class Orthanc:
+    ids: dict[str, str] = field(default_factory=dict)
+
+    def find(self, sop_instance_uid: str) -> str | None:
+        return self.ids.get(sop_instance_uid)
+
+    def delete(self, orthanc_id: str) -> None:
+        self.ids = {uid: i for uid, i in self.ids.items() if i != orthanc_id}
+
+
+@dataclass
+class Spool:
+    root: Path
+
+    def path_of(self, entry_id: str) -> Path:
+        return self.root / f"{entry_id}.dcm"
+
+
+@dataclass
+class Site:
+    index: Index
+    store: MemoryStore
+    pacs: Orthanc
+    chain: Chain
+    eraser: Eraser
+    trail: list[tuple[str, str, str]]
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    index = Index(tmp_path / "index.sqlite")
+    store, pacs, chain = MemoryStore(), Orthanc(), Chain()
+    trail: list[tuple[str, str, str]] = []
+    eraser = Eraser(
+        index=index, store=store, pacs=pacs, ledger=chain,
+        study_keys=StudyKeys(index, KEYRING), pseudonym_key=PSEUDONYM,
+        spool=Spool(tmp_path), sealed_dir=tmp_path, trail=lambda *entry: trail.append(entry),
+    )  # fmt: skip
+    yield Site(index, store, pacs, chain, eraser, trail)
+    index.close()
+
+
+def committed(site: Site, study: str, n: int, *, batch: int | None = None) -> str:
+    """A committed image of ``study``, sealed under its study key; returns its UID."""
+    uid = f"{study}.{n}"
+    record_key, digest = keys.record_key(PSEUDONYM, uid), bytes([n]) * 32
+    key, _ = site.eraser.study_keys.for_study(keys.study_ref(PSEUDONYM, study))
+    sealed = io.BytesIO()
+    seal(io.BytesIO(b"pixels"), sealed, record_key=record_key, digest=digest, kek=key)
+    name = f"{record_key.hex()}/{digest.hex()}"
+    site.store.put(name, io.BytesIO(sealed.getvalue()), length=len(sealed.getvalue()))
+    row_id = site.index.add_received(
+        entry_id=f"e{study.replace('.', '')}x{n}", sop_instance_uid=uid,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2", calling_aet="CT1", size=10,
+    )  # fmt: skip
+    site.index.update(
+        row_id, stage="committed", study_instance_uid=study, record_key=record_key,
+        digest=digest, pixel_digest=digest, patient_key=keys.patient_key(PSEUDONYM, "", "P1"),
+        object_name=name, version=1, tx_hash=None if batch else "0xabc", batch_id=batch,
+        proof=bytes(16) if batch else None,
+    )  # fmt: skip
+    site.pacs.ids[uid] = f"orthanc-{n}"
+    return uid
+
+
+def test_the_dry_run_lists_pseudonymous_keys_and_erases_nothing(site: Site) -> None:
+    uids = [committed(site, STUDY, n) for n in (1, 2)]
+    plan = site.eraser.plan(reason="gdpr_art17", asked_by="admin", study=STUDY)
+    shown = repr(plan.public())
+    assert STUDY not in shown and not any(uid in shown for uid in uids)
+    assert plan.public()["counts"] == {
+        "instances": 2, "objects": 2, "spool_copies": 0, "pacs_copies": 2, "chain_records": 2,
+    }  # fmt: skip
+    assert all(site.pacs.find(uid) for uid in uids) and not site.chain.retired
+    logged = erasure(site.index, plan.plan_hash)
+    assert logged is not None and logged.state == "planned" and logged.asked_by == "admin"
+    assert site.trail[-1][0] == "admin" and "dry run" in site.trail[-1][2]
+
+
+def test_a_confirmation_needs_the_same_set_and_reason(site: Site) -> None:
+    committed(site, STUDY, 1)
+    plan = site.eraser.plan(reason="gdpr_art17", asked_by="admin", study=STUDY)
+    with pytest.raises(ErasureChanged):
+        site.eraser.confirm("f" * 64, reason="gdpr_art17", confirmed_by="admin")
+    with pytest.raises(ErasureChanged):
+        site.eraser.confirm(plan.plan_hash, reason="legal_order", confirmed_by="admin")
+    committed(site, STUDY, 2)  # arrived after the dry run
+    with pytest.raises(ErasureChanged):
+        site.eraser.confirm(plan.plan_hash, reason="gdpr_art17", confirmed_by="admin")
+    assert not site.chain.retired and site.store.exists(next(iter(site.store.names())))
+
+
+def test_confirmed_the_study_is_shredded_and_the_other_kept(site: Site) -> None:
+    erased = [committed(site, STUDY, 1), committed(site, STUDY, 2, batch=7)]
+    kept = committed(site, OTHER, 3)
+    plan = site.eraser.plan(reason="gdpr_art17", asked_by="admin", study=STUDY)
+    site.eraser.confirm(plan.plan_hash, reason="gdpr_art17", confirmed_by="dpo")
+    with pytest.raises(KeyShredded):
+        site.eraser.study_keys.for_study(keys.study_ref(PSEUDONYM, STUDY))
+    assert sorted(site.store.names()) == [
+        n for (n,) in site.index.query("SELECT object_name FROM instances WHERE sop_instance_uid = ?", (kept,))
+    ]  # fmt: skip
+    assert [uid for uid in erased if site.pacs.find(uid)] == [] and site.pacs.find(kept)
+    assert sorted(site.chain.retired.values()) == ["erased", "erased"] and site.chain.batched == [7]
+    stages = dict(site.index.query("SELECT sop_instance_uid, stage FROM instances"))
+    assert stages == {erased[0]: "erased", erased[1]: "erased", kept: "committed"}
+    logged = erasure(site.index, plan.plan_hash)
+    assert logged is not None and (logged.state, logged.confirmed_by) == ("done", "dpo")
+    assert site.trail[-1][0] == "dpo"
+
+
+def test_a_failed_confirmation_is_finished_by_confirming_again(site: Site) -> None:
+    committed(site, STUDY, 1)
+    committed(site, STUDY, 2)
+    plan = site.eraser.plan(reason="gdpr_art17", asked_by="admin", study=STUDY)
+    site.chain.fail_next = True
+    with pytest.raises(TransactionFailed):
+        site.eraser.confirm(plan.plan_hash, reason="gdpr_art17", confirmed_by="admin")
+    logged = erasure(site.index, plan.plan_hash)
+    assert logged is not None and logged.state == "erasing"  # the log says it is not done
+    assert not list(site.store.names())  # shredded and deleted before the chain failed
+    again = site.eraser.confirm(plan.plan_hash, reason="gdpr_art17", confirmed_by="admin")
+    assert again.plan_hash == plan.plan_hash
+    assert list(site.chain.retired.values()) == ["erased", "erased"]
+
+
+def test_by_patient_every_study_of_the_patient(site: Site) -> None:
+    committed(site, STUDY, 1)
+    committed(site, OTHER, 2)
+    plan = site.eraser.plan(reason="patient_request", asked_by="admin", patient=("", "P1"))
+    assert len(plan.studies) == 2 and len(plan.instances) == 2
+    with pytest.raises(ErasureNotFound):
+        site.eraser.plan(reason="patient_request", asked_by="admin", patient=("", "NOBODY"))
+    with pytest.raises(ValueError):
+        site.eraser.plan(reason="because", asked_by="admin", study=STUDY)
+
+
+def test_v1_objects_move_to_their_study_s_key(site: Site) -> None:
+    from gateway.core.seal import STUDY_KEY_VERSION, open_sealed, read_seal_header
+    from gateway.trust.erasure import upgrade_to_v2
+
+    uid = committed(site, STUDY, 1)
+    ((name,),) = site.index.query(
+        "SELECT object_name FROM instances WHERE sop_instance_uid = ?", (uid,)
+    )
+    record_key, digest = (bytes.fromhex(part) for part in name.split("/"))
+    old = io.BytesIO()  # an object sealed before study keys: v1, under the KEK
+    seal(io.BytesIO(b"old pixels"), old, record_key=record_key, digest=digest, kek=KEYRING.current)
+    site.store.put(name, io.BytesIO(old.getvalue()), length=len(old.getvalue()), replace=True)
+    upgrade = dict(study_keys=site.eraser.study_keys, pseudonym_key=PSEUDONYM)
+    assert upgrade_to_v2(site.index, site.store, **upgrade) == 1  # type: ignore[arg-type]
+    with site.store.open(name) as stream:
+        moved = stream.read()
+    assert read_seal_header(io.BytesIO(moved)).version == STUDY_KEY_VERSION
+    plain = io.BytesIO()
+    open_sealed(
+        io.BytesIO(moved), plain, record_key=record_key, digest=digest, keyring=KEYRING,
+        study_keys=site.eraser.study_keys,
+    )  # fmt: skip
+    assert plain.getvalue() == b"old pixels"
+    assert upgrade_to_v2(site.index, site.store, **upgrade) == 0  # type: ignore[arg-type]
