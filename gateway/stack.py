@@ -911,6 +911,7 @@ class Stack:
             *self._tls_banner(),
             *self._listeners_banner(),
             f"  HTTP API        http://{s.api_host}:{s.api_port}  (OpenAPI: /docs; /healthz, /readyz, /metrics)",
+            f"  console         http://{s.api_host}:{s.api_port}/console  (log in with an API token)",
             f"  API token       {self._token_shown()}",
             f"  PACS (Orthanc)  {pacs}",
             f"  object store    {self.store_url}",

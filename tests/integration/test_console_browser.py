@@ -126,6 +126,8 @@ def nav_links(page: Page) -> list[str]:
 def test_each_role_logs_in_by_keyboard_and_sees_its_own_links(
     console: ConsoleStack, offline_browser: OfflineBrowser
 ) -> None:
+    # a newcomer finds the console where `up`'s banner says it is
+    assert f"{console.origin}/console  (log in" in "".join(console.up.banner)
     seen = {}
     for role in ("admin", "auditor", "clinician"):
         with offline_browser.page(console.origin) as cut:
