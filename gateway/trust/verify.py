@@ -532,6 +532,7 @@ class Verifier:
             copies = Copies(pacs=_PACS_STATE[pacs_state], store=store_state, ledger="ok")
             tamper = _TAMPER.get(reason)
             changes: list[AttributeChange] = []
+            compared = False  # the copy's attributes read against the sealed original's
             if tamper is not None:
                 assert copy is not None
                 if store_state in ("absent", "corrupt"):
@@ -542,10 +543,21 @@ class Verifier:
                     changes = diff(
                         original, copy.path, show_phi=show_phi, limit=self.max_instance_bytes
                     )
+                    compared = True
             if tamper is not None and self._superseded(record, copy):
                 notes.append("this copy matches an older, superseded version of the image")
         explanation = EXPLANATIONS[reason.status]
-        if tamper == "header_changed":
+        if tamper == "header_changed" and compared and not changes:
+            # the diff read both and found every attribute equal: the bytes differ in their
+            # encoding only (e.g. a sender's toolkit dropped the trailing padding or
+            # rewrote lengths), which says nothing was edited, though the bytes are not
+            # the recorded ones
+            explanation += (
+                " No attribute value differs from the sealed original and the pixel data is"
+                " the same: these bytes encode the recorded dataset differently (a toolkit"
+                " dropped trailing padding or rewrote lengths, say); re-encoded, not edited."
+            )
+        elif tamper == "header_changed":
             explanation += " The pixel data is unchanged; attributes of the header were edited."
         elif tamper == "pixels_changed":
             explanation += " The pixel data itself was changed."

@@ -98,12 +98,28 @@ def test_an_edited_header_is_tampered_with_the_attributes_it_changed(
     world.pacs.overwrite(row.orthanc_id or "", edited(image, tmp_path, PatientName="Other^Body"))
     seen = world.verifier().instance(image.uid, show_phi=True)
     assert (seen.status, seen.tamper) == ("tampered", "header_changed")
+    assert "attributes of the header were edited" in seen.explanation
     assert seen.copies == Copies(pacs="differs", store="ok", ledger="ok")
     (change,) = seen.changes
     assert (change.keyword, change.change, change.after) == ("PatientName", "changed", "Other^Body")
     hidden = world.verifier().instance(image.uid)
     (change,) = hidden.changes
     assert change.redacted and change.before is None and change.after is None
+
+
+def test_bytes_that_only_encode_the_recorded_dataset_differently_are_not_called_edited(
+    world: World,
+) -> None:
+    # DCMTK's storescu drops a file's Data Set Trailing Padding on the wire: the bytes an
+    # auditor holds then carry (FFFC,FFFC) that the recorded ones do not
+    (image,) = world.images(1)
+    row = world.commit(image)
+    padding = b"\xfc\xff\xfc\xff" + b"OB" + b"\x00\x00" + (8).to_bytes(4, "little") + bytes(8)
+    world.pacs.overwrite(row.orthanc_id or "", image.path.read_bytes() + padding)
+    seen = world.verifier().instance(image.uid, show_phi=True)
+    assert (seen.status, seen.tamper, seen.changes) == ("tampered", "header_changed", [])
+    assert "re-encoded, not edited" in seen.explanation
+    assert "attributes of the header were edited" not in seen.explanation
 
 
 def test_changed_pixels_are_tampered_pixels_changed(world: World, tmp_path: Path) -> None:
