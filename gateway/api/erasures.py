@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from gateway.api.deps import Erasing, ServicesDep
 from gateway.api.problems import NOT_READY, Problem, problem_responses
+from gateway.api.verify import UID_PATTERN
 from gateway.index.erasure import retention_due
 from gateway.trust.erasure import Eraser
 
@@ -26,8 +27,8 @@ class ErasureRequest(BaseModel):
     """What to erase: one study (by its UID) or every study of one patient."""
 
     reason: Reason
-    study_instance_uid: str | None = Field(default=None, max_length=64)
-    patient_id: str | None = Field(default=None, max_length=64)
+    study_instance_uid: str | None = Field(default=None, pattern=UID_PATTERN, max_length=64)
+    patient_id: str | None = Field(default=None, min_length=1, max_length=64)
     issuer_of_patient_id: str = Field(default="", max_length=64)
 
     @model_validator(mode="after")
@@ -72,7 +73,8 @@ def _eraser(services: Any) -> Eraser:
     return eraser
 
 
-@router.post("/v1/erasures", response_model=ErasurePlan, responses=problem_responses(404, 422))
+# 400: a body that is not JSON at all (FastAPI answers it before the route runs)
+@router.post("/v1/erasures", response_model=ErasurePlan, responses=problem_responses(400, 404, 422))
 def dry_run(services: ServicesDep, who: Erasing, body: ErasureRequest) -> ErasurePlan:
     """The dry run: what erasing would remove, and the hash to confirm it with. Nothing is
     erased. The study UID or patient ID travels in the body, never in the URL."""
@@ -86,7 +88,7 @@ def dry_run(services: ServicesDep, who: Erasing, body: ErasureRequest) -> Erasur
 @router.post(
     "/v1/erasures/{plan_hash}/confirm",
     response_model=ErasurePlan,
-    responses=problem_responses(409, 422),
+    responses=problem_responses(400, 409, 422),
 )
 def confirm(
     services: ServicesDep, who: Erasing, plan_hash: PlanHash, body: Confirmation

@@ -97,7 +97,8 @@ def _grants(services: ServicesDep) -> Grants:
     return services.grants
 
 
-@router.post("", response_model=GrantOut, status_code=201, responses=problem_responses(404))
+# 400: a body that is not JSON at all (FastAPI answers it before the route runs)
+@router.post("", response_model=GrantOut, status_code=201, responses=problem_responses(400, 404))
 def make_grant(body: NewGrant, services: ServicesDep, who: Granting) -> GrantOut:
     """Grant read access (admin); it is on the chain (``AccessGranted``) when this answers."""
     grants = _grants(services)

@@ -177,6 +177,8 @@ class Eraser:
             raise ValueError(f"unknown erasure reason {reason!r}: use one of {', '.join(REASONS)}")
         if (study is None) == (patient is None):
             raise ValueError("name either a study or a patient")
+        if study is not None and not study.strip():
+            raise ErasureNotFound("an empty Study Instance UID names no study")
         studies = [study] if study is not None else self._studies_of(*patient)  # type: ignore[misc]
         made = self._plan(studies, reason)
         if not made.instances:

@@ -192,6 +192,8 @@ def test_by_patient_every_study_of_the_patient(site: Site) -> None:
         site.eraser.plan(reason="patient_request", asked_by="admin", patient=("", "NOBODY"))
     with pytest.raises(ValueError):
         site.eraser.plan(reason="because", asked_by="admin", study=STUDY)
+    with pytest.raises(ErasureNotFound):  # the API's fuzzing found it a 500 before
+        site.eraser.plan(reason="patient_request", asked_by="admin", study=" ")
 
 
 def test_v1_objects_move_to_their_study_s_key(site: Site) -> None:
