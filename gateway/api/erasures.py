@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field, model_validator
 
 from gateway.api.deps import Erasing, ServicesDep
+from gateway.api.pages import LINK_HEADER, CursorParam, Limit, Page, Pager, slice_after
 from gateway.api.problems import NOT_READY, Problem, problem_responses
 from gateway.api.verify import UID_PATTERN
 from gateway.index.erasure import retention_due
@@ -20,6 +21,8 @@ router = APIRouter(tags=["erasure"], responses=problem_responses(401, 403, 500, 
 Reason = Literal[
     "gdpr_art17", "patient_request", "retention_expired", "legal_order", "wrong_patient"
 ]
+#: Where a page of the retention list stops: the last study's due time and UID.
+RETENTION: Pager[tuple[float, str]] = Pager("retention", tuple[float, str])
 PlanHash = Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}$", description="a dry run's hash")]
 
 
@@ -99,9 +102,24 @@ def confirm(
     return ErasurePlan(dry_run=False, **done.public())
 
 
-@router.get("/v1/retention", response_model=list[RetentionItem])
-def retention(services: ServicesDep, who: Erasing) -> list[RetentionItem]:
+@router.get(
+    "/v1/retention",
+    response_model=Page[RetentionItem],
+    responses={**LINK_HEADER, **problem_responses(422)},
+)
+def retention(
+    services: ServicesDep,
+    who: Erasing,
+    request: Request,
+    response: Response,
+    limit: Limit = 100,
+    cursor: CursorParam = None,
+) -> Page[RetentionItem]:
     """The studies the off-hours retention job last listed as past their modality's
-    period, oldest due first. Nothing is erased automatically."""
-    eraser = _eraser(services)
-    return [RetentionItem(**vars(item)) for item in retention_due(eraser.index)]
+    period, oldest due first, a page at a time. Nothing is erased automatically."""
+    listed = [RetentionItem(**vars(item)) for item in retention_due(_eraser(services).index)]
+    items, next_key = slice_after(
+        listed, lambda item: (item.due_at, item.study_instance_uid),
+        after=RETENTION.decode(cursor), limit=limit,
+    )  # fmt: skip
+    return RETENTION.page(request, response, items, next_key)

@@ -132,3 +132,35 @@ def test_a_cursor_round_trips_its_key_exactly() -> None:
     assert pager.decode(pager.encode(key)) == key
     with pytest.raises(Problem):
         Pager("audits", tuple[float, str]).decode(pager.encode(key))
+
+
+def test_the_retention_list_pages_by_link_oldest_due_first(
+    tmp_path: Path, verifier: StandInVerifier
+) -> None:
+    from types import SimpleNamespace
+
+    from gateway.index.db import Index
+    from gateway.trust.retention import list_due
+
+    app, token = build(tmp_path, verifier)
+    index = Index(tmp_path / "index.sqlite")
+    for n, years in enumerate((12, 15, 11)):
+        row = index.add_received(
+            entry_id=f"e{n}", sop_instance_uid=f"1.2.{n}.1", sop_class_uid="1.2",
+            calling_aet="CT", size=1,
+        )  # fmt: skip
+        index.update(
+            row, stage="committed", modality="CT", study_instance_uid=f"1.2.{n}",
+            received_at=time.time() - years * 365.25 * 86400,
+        )  # fmt: skip
+    list_due(index, {"CT": 10 * 365.25})
+    # the route reads only the eraser's index (erasure itself is tested in trust/)
+    app.state.services.eraser = SimpleNamespace(index=index)
+    with serve(app) as client:
+        client.headers["Authorization"] = f"Bearer {token}"
+        listed, pages = walk(client, "/v1/retention", limit=2)
+        stale = client.get("/v1/retention", params={"cursor": Pager("alerts", int).encode(3)})
+    index.close()
+
+    assert [item["study_instance_uid"] for item in listed] == ["1.2.1", "1.2.0", "1.2.2"]
+    assert pages == 2 and stale.status_code == 422
