@@ -24,7 +24,9 @@ import dicom_fixtures
 from gateway.core.fingerprint import fingerprint_bytes
 from gateway.core.keys import load_keyring, load_pseudonym_key
 from gateway.core.merkle import decode_proof
-from gateway.core.seal import open_sealed
+from gateway.core.seal import STUDY_KEY_VERSION, open_sealed, read_seal_header
+from gateway.index.db import Index
+from gateway.index.erasure import StudyKeys
 from gateway.ledger import XrayLedger, leaf_hash
 from gateway.store import ObjectStore, open_store
 from tests.integration.dicom import storescu
@@ -135,6 +137,9 @@ def test_every_instance_is_sealed_anchored_and_in_orthanc(
     keys_dir = up.data_dir / "keys"
     pseudonym = load_pseudonym_key(keys_dir)
     keyring = load_keyring(keys_dir)
+    # new objects are sealed under their study's key (seal format v2), kept in the index
+    index = Index(up.data_dir / "index.sqlite")
+    study_keys = StudyKeys(index, keyring)
     ledger = XrayLedger.at(
         up.env.get("GATEWAY_CHAIN_URL") or f"http://127.0.0.1:{up.env['GATEWAY_ANVIL_PORT']}",
         up.value("xray contract"),
@@ -169,10 +174,12 @@ def test_every_instance_is_sealed_anchored_and_in_orthanc(
             sealed = sealed_stream.read()
         dataset = orthanc_copy[fingerprint_bytes(orthanc_copy).dataset_offset :]
         assert dataset[-4096:] not in sealed and dataset[:256] not in sealed
+        assert read_seal_header(io.BytesIO(sealed)).version == STUDY_KEY_VERSION, path.name
         plain = io.BytesIO()
         open_sealed(
-            io.BytesIO(sealed), plain, record_key=record_key, digest=received, keyring=keyring
-        )
+            io.BytesIO(sealed), plain, record_key=record_key, digest=received, keyring=keyring,
+            study_keys=study_keys,
+        )  # fmt: skip
         opened = fingerprint_bytes(plain.getvalue())
         assert plain.getvalue()[opened.dataset_offset :] == dataset, path.name
         # the ledger holds digest and pixel digest under the right keys: in a Merkle batch
@@ -199,6 +206,7 @@ def test_every_instance_is_sealed_anchored_and_in_orthanc(
             )  # fmt: skip
             assert image.current.patient_key == patient_key
             assert image.versions == 1
+    index.close()
     # our own fixtures are plain Part-10 that storescu sends unchanged
     fixture_names = {f.name for f in sent_files if "pydicom" not in str(f)}
     assert not fixture_names & set(differs), differs
