@@ -45,6 +45,11 @@ def _share_metrics_over_processes(settings: Settings) -> None:
 
 
 def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.procs import DirLock
+
+    # before anything of the data dir is touched: a second `up` must not empty the first
+    # one's metrics directory on its way to being refused
+    DirLock(settings.data_dir / "run" / "up.lock").acquire()  # held until this process ends
     _share_metrics_over_processes(settings)
     from gateway.stack import Stack
 
