@@ -383,10 +383,16 @@ def _cmd_erase(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.stack import build_eraser
 
     who = f"cli:{getpass.getuser()}"
+    if args.reason is None and not args.status:
+        print("xray-gateway erase: --reason is required", file=sys.stderr)
+        return 2
     index = Index(settings.index_location)
     try:
         ledger = open_ledger(settings, recorder_account(settings))
         eraser = build_eraser(settings, ledger=ledger, index=index)
+        if args.status:
+            _print_json(eraser.status(args.status))
+            return 0
         if args.confirm:
             done = eraser.confirm(args.confirm, reason=args.reason, confirmed_by=who)
             _print_json({"erased": True, **done.public()})
@@ -1034,9 +1040,12 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--study", help="Study Instance UID (dry run)")
     what.add_argument("--patient", help="Patient ID: every study of the patient (dry run)")
     what.add_argument("--confirm", metavar="HASH", help="erase what the dry run with HASH listed")
+    what.add_argument(
+        "--status", metavar="HASH", help="where the erasure stands, and which nodes have shed"
+    )
     erase.add_argument("--issuer", default="", help="Issuer of Patient ID, with --patient")
     erase.add_argument(
-        "--reason", required=True, help="why: gdpr_art17, patient_request, retention_expired, "
+        "--reason", help="why (required but with --status): gdpr_art17, patient_request, retention_expired, "
         "legal_order or wrong_patient (the same for the dry run and its confirmation)",
     )  # fmt: skip
     erase.set_defaults(handler=_cmd_erase)

@@ -63,7 +63,9 @@ permanent, retried a few times and then parked.
     ├── UnknownGrant                no grant with that id in the index (-> 404)
     ├── ErasureError                an erasure cannot be planned or carried out (erasure part)
     │   ├── ErasureNotFound         nothing to erase for that study or patient (-> 404)
-    │   └── ErasureChanged          the confirmation's hash is not the set as it is now (-> 409)
+    │   ├── ErasureChanged          the confirmation's hash is not the set as it is now (-> 409)
+    │   └── ErasureInFlight       * images of the set are still worked by the pipeline: confirm
+    │                               again (-> 503; erasure2 part)
     ├── ReceiptError                a receipt or a log proof does not hold (receipts part)
     │   ├── ReceiptMalformed        not an ``xray-receipt/1`` document
     │   └── CheckpointInvalid       a checkpoint note is malformed or not signed by the log key
@@ -545,3 +547,9 @@ class ErasureChanged(ErasureError):
     Either the hash is not one a dry run returned, the reason differs, or instances were
     added or removed since: run the dry run again and confirm what it lists.
     """
+
+
+class ErasureInFlight(ErasureError, Unavailable):
+    """A confirmation waited, and images of the set are still worked by the pipeline (a step
+    under way, a Merkle batch not landed: an outage holds them). They are named, so the
+    pipeline erases them as they come out; confirming again finishes the erasure."""

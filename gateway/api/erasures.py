@@ -102,6 +102,40 @@ def confirm(
     return ErasurePlan(dry_run=False, **done.public())
 
 
+class NodeShed(BaseModel):
+    """Whether one gateway node has deleted its local copies (spool, sealed dir)."""
+
+    shed: bool
+    shed_at: float | None
+    files: int
+
+
+class ErasureStatus(BaseModel):
+    """An erasure as the log holds it, and which nodes have shed their copies and which not
+    yet (nodes are those that received images of the set, and any that shed)."""
+
+    hash: str
+    reason: str
+    state: str
+    asked_by: str
+    planned_at: float
+    confirmed_by: str | None
+    confirmed_at: float | None
+    done_at: float | None
+    counts: dict[str, int]
+    nodes: dict[str, NodeShed]
+    nodes_not_shed: list[str]
+
+
+@router.get(
+    "/v1/erasures/{plan_hash}", response_model=ErasureStatus, responses=problem_responses(404, 422)
+)
+def status(services: ServicesDep, who: Erasing, plan_hash: PlanHash) -> ErasureStatus:
+    """Where an erasure stands (``planned``, ``erasing``, ``done``), and which gateway
+    nodes have deleted their local copies of its images."""
+    return ErasureStatus(**_eraser(services).status(plan_hash))
+
+
 @router.get(
     "/v1/retention",
     response_model=Page[RetentionItem],
