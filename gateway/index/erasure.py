@@ -33,6 +33,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
+from gateway.core.access import instance_key, study_key
 from gateway.core.keys import Kek, Keyring, StudyKey, new_study_key
 from gateway.errors import KeyringError, KeyShredded, SealCorrupt, SealKeyMissing
 from gateway.index.db import Index
@@ -235,6 +236,36 @@ def take_erased(index: Index, row_id: int, *, stage: str, plan_hash: str | None 
             (plan_hash, row_id, stage),
         )
         return int(cursor.rowcount) > 0
+
+
+def forget_trail_uids(
+    index: Index, *, pseudonym_key: bytes, studies: Sequence[str], sop_uids: Sequence[str]
+) -> int:
+    """Drop the plaintext Study and SOP Instance UIDs from the access trail's entries about
+    ``studies`` (or naming one of ``sop_uids``), keeping in their place the keyed values
+    their leaves were built from: each anchored batch's root stays recomputable, and the
+    proofs still check. Returns how many entries changed. Who read, when, by which route
+    and with which verdict stay as they were (they are not the patient's)."""
+    changed = 0
+    with index.transaction() as db:
+        found = {
+            int(id_): (sop, study)
+            for column, values in (("study_instance_uid", studies), ("sop_instance_uid", sop_uids))
+            for value in values
+            for id_, sop, study in db.execute(
+                f"SELECT id, sop_instance_uid, study_instance_uid FROM access_log"
+                f" WHERE {column} = ?",
+                (value,),
+            ).fetchall()
+        }
+        for id_, (sop, study) in found.items():
+            db.execute(
+                "UPDATE access_log SET leaf_record_key = ?, leaf_study_key = ?,"
+                " sop_instance_uid = NULL, study_instance_uid = NULL WHERE id = ?",
+                (instance_key(pseudonym_key, sop), study_key(pseudonym_key, study), id_),
+            )
+            changed += 1
+    return changed
 
 
 # -- each node's shedding of its local copies -------------------------------------------------

@@ -296,10 +296,14 @@ STEPS: tuple[Step, ...] = (
     Create(_GRANTS),
     # 16 (erasure part): study keys, the erasure log, the retention list
     Create(_ERASURE),
-    # 17, 18 (erasure2 part): the erasure a row is named in (the pipeline erases it at its
+    # 17-20 (erasure2 part, kept together): the erasure a row is named in (the pipeline erases it at its
     # next stage); each node's shedding of its local copies
     AddColumn("instances", "erase_plan", "TEXT"),
     Create(_ERASURE_SHED),
+    # an access entry's keyed leaf inputs, kept when an erasure
+    # drops its plaintext UIDs (the trail's roots stay recomputable)
+    AddColumn("access_log", "leaf_record_key", "BLOB"),
+    AddColumn("access_log", "leaf_study_key", "BLOB"),
 )
 
 #: The version this code writes and reads.

@@ -355,6 +355,10 @@ class Eraser:
         with self.index.transaction() as db:
             for row in rows:
                 db.execute("UPDATE instances SET stage = 'erased' WHERE id = ?", (row.id,))
+        log_.forget_trail_uids(
+            self.index, pseudonym_key=self.pseudonym_key, studies=plan.uids,
+            sop_uids=[row.sop_instance_uid for row in rows],
+        )  # fmt: skip
         log_.record_shed(self.index, plan.plan_hash, node=self.node, files=0)
 
     def _settle(self, plan: ErasureSet) -> None:

@@ -8,6 +8,8 @@ PostgreSQL index, one filesystem object store and one chain (anvil), fed by stor
 - Node a holds one image of a study before the object store (a failpoint held by a release
   file) while the erasure is confirmed: the confirmation waits for it, the pipeline erases
   it instead of anchoring it, and nothing of the study is left or anchored afterwards.
+  The study's reads in the access trail, anchored before, lose their UIDs: the audit
+  rebuilds every access batch's root (no ``trail_tampered``) and the proofs still check.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pytest
 from psycopg.rows import dict_row
 
 import dicom_fixtures
+from gateway.core.merkle import InclusionProof, verify_inclusion
 from gateway.ledger import XrayLedger
 from gateway.ledger.accounts import load_or_create_account
 from gateway.ledger.anvil import Anvil
@@ -93,7 +96,7 @@ def cluster(
             var_a, GATEWAY_NODE_ID="gw-a",
             GATEWAY_ORTHANC_URL=orthanc.orthanc.url.replace("http://", f"http://{user}:{password}@"),
             GATEWAY_FAILPOINT="pipeline.before_put", GATEWAY_FAILPOINT_RELEASE=str(release),
-            **shared,
+            GATEWAY_TRAIL_WINDOW_S="1", **shared,
         )  # fmt: skip
         deployed = run(env_a, "contract", "deploy")
         assert deployed.returncode == 0, deployed.stderr
@@ -142,6 +145,25 @@ def plan(client: httpx.Client, uid: str) -> dict[str, Any]:
     planned = client.post("/v1/erasures", json={"study_instance_uid": uid, "reason": "gdpr_art17"})
     assert planned.status_code == 200, planned.text
     return dict(planned.json())
+
+
+def trail_of(client: httpx.Client) -> list[dict[str, Any]]:
+    """The access trail's entries about the study erased in flight (API reads)."""
+    found = client.get("/v1/access", params={"study": HELD_ON_A, "limit": 1000})
+    assert found.status_code == 200, found.text
+    return [e for e in found.json()["items"] if e["route"].startswith("api")]
+
+
+def wait_audit(client: httpx.Client) -> dict[str, Any]:
+    started = client.post("/v1/audits")
+    assert started.status_code == 202, started.text
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        state = client.get(f"/v1/audits/{started.json()['id']}").json()
+        if state["state"] != "running":
+            return dict(state)
+        time.sleep(0.3)
+    raise AssertionError("the audit never finished")
 
 
 def local_copies(up: Up, entries: list[str]) -> list[str]:
@@ -215,6 +237,13 @@ def test_images_still_in_the_pipeline_are_erased_not_anchored(cluster: Cluster) 
     assert held["tx_hash"] is None and held["claimed_by"] is not None  # a worker is on it
 
     with api(cluster.a) as via_a:
+        # the study is read (the access trail keeps who read it), and the reads anchored
+        read = via_a.get(f"/v1/studies/{HELD_ON_A}/verify")
+        assert read.status_code == 200, read.text
+        wait_for("the study's reads anchored in the access trail",
+                 lambda: bool(trail_of(via_a)) and all(e["anchored"] for e in trail_of(via_a)),
+                 timeout=120)  # fmt: skip
+        reads = trail_of(via_a)
         planned = plan(via_a, HELD_ON_A)
         assert planned["counts"]["instances"] == COUNT
         answer: dict[str, httpx.Response] = {}
@@ -257,3 +286,31 @@ def test_images_still_in_the_pipeline_are_erased_not_anchored(cluster: Cluster) 
         )
         assert found.status_code == 200 and found.json() == [], found.text
     assert local_copies(cluster.a, [str(r["entry_id"]) for r in after]) == []
+
+    # the trail: its plaintext UIDs of the study are gone, its proofs and roots still hold
+    with psycopg.connect(cluster.index_url) as pg:
+        named = pg.execute(
+            "SELECT COUNT(*) FROM access_log WHERE study_instance_uid = %s"
+            " OR sop_instance_uid = ANY(%s)",
+            (HELD_ON_A, uids),
+        ).fetchone()
+    assert named == (0,)
+    with api(cluster.a) as via_a:
+        kept = {e["id"]: e for e in trail_of(via_a)}  # found by the study's keyed value
+        assert set(kept) == {e["id"] for e in reads} and len(kept) >= COUNT - 1
+        for entry in kept.values():
+            assert entry["study_instance_uid"] is None and entry["anchored"]
+            proof = entry["proof"]
+            assert verify_inclusion(
+                leaf=bytes.fromhex(entry["leaf"]),
+                proof=InclusionProof(proof["index"], proof["size"],
+                                     tuple(bytes.fromhex(p) for p in proof["path"])),
+                root=cluster.ledger.batch_of(entry["batch_id"]).root,
+            )  # fmt: skip
+        audit = wait_audit(via_a)
+    assert audit["report"]["summary"]["trail_batches_checked"] >= 1
+    assert [f for f in audit["report"]["findings"] if f["status"] == "trail_tampered"] == []
+    # the sweep meets erased images through their chain records: the two anchored ones
+    # (the held image and node b's were never anchored, and nothing else holds them)
+    assert audit["report"]["summary"]["erased"] == COUNT - 1
+    assert audit["report"]["summary"]["missing"] == 0
