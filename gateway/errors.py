@@ -27,6 +27,8 @@ permanent, retried a few times and then parked.
     │                               event (refused, non-2xx, timed out): retried with backoff
     ├── AccessJournalUnavailable    the Orthanc plugin's access journal cannot be read
     ├── KeyringError                the key directory holds no KEK with that id; ``.kek_id``
+    │   └── OldKeksInUse            `keys rotate --retire-old`: something still under an old
+    │                               KEK, so none is destroyed (erasure2 part)
     ├── ForwardError                anything on the PACS (Orthanc) side; as such, not transient
     │   ├── PacsUnavailable       * refused, timed out, 5xx or auth refused: retry later
     │   ├── PacsRejected            Orthanc refused the file itself (e.g. unparsable): permanent
@@ -166,6 +168,12 @@ class KeyringError(GatewayError):
     def __init__(self, message: str, *, kek_id: str | None = None) -> None:
         super().__init__(message)
         self.kek_id = kek_id
+
+
+class OldKeksInUse(KeyringError):
+    """Old KEKs cannot be destroyed: a live study key or a v1 object is still wrapped under
+    one after ``keys rotate --retire-old`` re-wrapped everything (a gateway node was still
+    running, or the store changed meanwhile). Nothing was destroyed; run it again."""
 
 
 class SealError(GatewayError):

@@ -57,6 +57,7 @@ class ErasurePlan(BaseModel):
     study_keys: list[str]
     instances: list[dict[str, Any]]
     counts: dict[str, int]
+    remedy: str | None = None  # what to run when v1 objects would still open from a copy
 
 
 class RetentionItem(BaseModel):

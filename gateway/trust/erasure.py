@@ -57,6 +57,7 @@ from gateway.errors import (
     ErasureNotFound,
     InstanceMissing,
     KeyShredded,
+    OldKeksInUse,
 )
 from gateway.index import erasure as log_
 from gateway.index.db import Index, Row
@@ -64,6 +65,7 @@ from gateway.index.erasure import StudyKeys, study_shredded, vacuum_study_keys
 from gateway.index.queries import is_version
 from gateway.ledger.types import Anchor, Retirement, RetireReason
 from gateway.store.base import ObjectStore
+from gateway.store.rewrap import rewrap_store
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,16 @@ class Retirements(Protocol):
     ) -> Anchor: ...  # fmt: skip
 
 
+#: What to do about v1 objects: erasure deletes them, but a kept copy opens with the KEK.
+V1_REMEDY = (
+    "some objects are sealed in format v1 (under the KEK, before study keys): erasing deletes"
+    " them, but a copy kept elsewhere still opens with the KEK. Run `xray-gateway keys rotate"
+    " --retire-old` (every node stopped; then delete the old KEK files copied to other nodes):"
+    " it re-seals remaining v1 objects under their study keys, re-wraps every key under a new"
+    " KEK and destroys the old KEKs."
+)
+
+
 @dataclass(frozen=True)
 class PlannedInstance:
     """One version to erase, and what is left of it (pseudonymous keys only)."""
@@ -109,6 +121,7 @@ class PlannedInstance:
     spool: bool
     pacs: bool
     chain: str  # "direct", "batch <id>", "none" (never anchored), "retired: <reason>"
+    sealed_v1: bool = False  # its object is format v1: a kept copy opens with the KEK
 
 
 @dataclass(frozen=True)
@@ -141,7 +154,9 @@ class ErasureSet:
                 "spool_copies": sum(i.spool for i in self.instances),
                 "pacs_copies": sum(i.pacs for i in self.instances),
                 "chain_records": sum(i.chain != "none" for i in self.instances),
+                "v1_objects": sum(i.sealed_v1 for i in self.instances),
             },
+            "remedy": V1_REMEDY if any(i.sealed_v1 for i in self.instances) else None,
         }
 
 
@@ -256,7 +271,14 @@ class Eraser:
             spool=self._spooled(row),
             pacs=self.pacs.find(row.sop_instance_uid) is not None,
             chain=self._chain_state(row),
+            sealed_v1=self._sealed_v1(row),
         )
+
+    def _sealed_v1(self, row: Row) -> bool:
+        if row.object_name is None or not self.store.exists(row.object_name):
+            return False
+        with self.store.open(row.object_name) as sealed:
+            return read_seal_header(sealed).version != STUDY_KEY_VERSION
 
     def _spooled(self, row: Row) -> bool:
         return self.spool.path_of(row.entry_id).exists() or self._sealed_file(row).exists()
@@ -578,3 +600,57 @@ def upgrade_to_v2(
             store.put(str(name), out, length=length, replace=True)
         moved += 1
     return moved
+
+
+@dataclass(frozen=True)
+class RetiredKeks:
+    """What ``keys rotate --retire-old`` did."""
+
+    current_kek: str
+    study_keys_rewrapped: int
+    moved_to_v2: int
+    v1_rewrapped: int
+    destroyed: tuple[str, ...]
+
+
+def retire_old_keks(
+    index: Index, store: ObjectStore, *, keys_dir: Path, pseudonym_key: bytes
+) -> RetiredKeks:
+    """A new KEK, every study key re-wrapped under it, every v1 object of a known study
+    sealed again under its study key (and any v1 object left re-wrapped under the new KEK);
+    then, once nothing names an old KEK, the old KEKs destroyed: a kept copy of a v1 object
+    opens with no key the gateway holds. Run with every gateway node stopped (a running
+    one would wrap new study keys under the KEK it loaded).
+
+    Raises
+    ------
+    OldKeksInUse
+        Something still names an old KEK after the re-wrap: nothing is destroyed.
+    """
+    kek = keys.rotate_kek(keys_dir)
+    keyring = keys.load_keyring(keys_dir)
+    study_keys = StudyKeys(index, keyring)
+    wrapped = study_keys.rewrap(kek)
+    moved = upgrade_to_v2(index, store, study_keys=study_keys, pseudonym_key=pseudonym_key)
+    rewrapped = rewrap_store(store, keyring=keyring, new_kek=kek)
+    _nothing_under_old_keks(index, store, current=kek.kek_id)
+    destroyed = keys.destroy_old_keks(keys_dir, keep=kek.kek_id)
+    log.info("retired KEKs %s: %d v1 objects sealed again under their study keys",
+             ", ".join(destroyed) or "(none)", moved)  # fmt: skip
+    return RetiredKeks(kek.kek_id, wrapped, moved, rewrapped, tuple(destroyed))
+
+
+def _nothing_under_old_keks(index: Index, store: ObjectStore, *, current: str) -> None:
+    """Refuse to destroy old KEKs while a live study key or a v1 object is wrapped under one."""
+    ((left,),) = index.query(
+        "SELECT COUNT(*) FROM study_keys WHERE destroyed_at IS NULL AND kek_id != ?", (current,)
+    )
+    for name in store.names():
+        with store.open(name) as sealed:
+            header = read_seal_header(sealed)
+        left += header.version != STUDY_KEY_VERSION and header.kek_id != current
+    if left:
+        raise OldKeksInUse(
+            f"{left} study keys or v1 objects are still wrapped under an old KEK: none destroyed",
+            kek_id=current,
+        )

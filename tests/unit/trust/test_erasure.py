@@ -129,6 +129,7 @@ def test_the_dry_run_lists_pseudonymous_keys_and_erases_nothing(site: Site) -> N
     assert STUDY not in shown and not any(uid in shown for uid in uids)
     assert plan.public()["counts"] == {
         "instances": 2, "objects": 2, "spool_copies": 0, "pacs_copies": 2, "chain_records": 2,
+        "v1_objects": 0,
     }  # fmt: skip
     assert all(site.pacs.find(uid) for uid in uids) and not site.chain.retired
     logged = erasure(site.index, plan.plan_hash)
@@ -343,3 +344,60 @@ def test_every_node_sheds_its_copies_and_the_status_says_which(site: Site, tmp_p
     # a copy of an erased row left behind anyway (a crash mid-delete) goes at the next sweep
     (node_b / "sealed" / f"{entry_b}.seal").write_bytes(b"left behind")
     assert shedder.sweep() == 1
+
+
+# -- old seals (erasure2) --------------------------------------------------------------------
+
+
+def test_a_kept_v1_copy_opens_with_no_key_once_the_old_keks_are_retired(tmp_path: Path) -> None:
+    from gateway.core.keys import init_keys, load_keyring
+    from gateway.core.seal import STUDY_KEY_VERSION, open_sealed, read_seal_header
+    from gateway.errors import SealError
+    from gateway.store.fs import FilesystemStore
+    from gateway.trust.erasure import retire_old_keks
+
+    keys_dir = tmp_path / "keys"
+    init_keys(keys_dir)
+    old_ring = load_keyring(keys_dir)
+    index = Index(tmp_path / "index.sqlite")
+    store = FilesystemStore(tmp_path / "objects")
+    try:
+        site = Site(index, store, Orthanc(), Chain(), Eraser(  # type: ignore[arg-type]
+            index=index, store=store, pacs=Orthanc(), ledger=Chain(),
+            study_keys=StudyKeys(index, old_ring), pseudonym_key=PSEUDONYM,
+            spool=Spool(tmp_path), sealed_dir=tmp_path,
+        ), [])  # fmt: skip
+        uid = committed(site, STUDY, 1)
+        ((name,),) = index.query("SELECT object_name FROM instances WHERE sop_instance_uid = ?",
+                                 (uid,))  # fmt: skip
+        record_key, digest = (bytes.fromhex(part) for part in name.split("/"))
+        old = io.BytesIO()  # the old seal path: v1, the data key wrapped under the KEK
+        seal(io.BytesIO(b"pixels"), old, record_key=record_key, digest=digest,
+             kek=old_ring.current)  # fmt: skip
+        kept = old.getvalue()  # someone keeps a copy of the v1 object
+        store.put(name, io.BytesIO(kept), length=len(kept), replace=True)
+        committed(site, OTHER, 2)  # another study, v2 already
+        plan = site.eraser.plan(reason="gdpr_art17", asked_by="admin", study=STUDY)
+        assert plan.public()["counts"]["v1_objects"] == 1
+        assert "keys rotate --retire-old" in str(plan.public()["remedy"])
+        opened = dict(record_key=record_key, digest=digest)
+        open_sealed(io.BytesIO(kept), io.BytesIO(), keyring=old_ring, **opened)  # opens today
+
+        done = retire_old_keks(index, store, keys_dir=keys_dir, pseudonym_key=PSEUDONYM)
+        assert done.moved_to_v2 == 1 and done.destroyed == (old_ring.current.kek_id,)
+        assert done.study_keys_rewrapped == 2
+        new_ring = load_keyring(keys_dir)
+        assert list(new_ring.ids) == [done.current_kek]
+        with pytest.raises(SealError):  # the kept v1 copy: its KEK is gone
+            open_sealed(io.BytesIO(kept), io.BytesIO(), keyring=new_ring, **opened)
+        # the stored object is v2 now and opens through its study key under the new KEK
+        with store.open(name) as stream:
+            moved = stream.read()
+        assert read_seal_header(io.BytesIO(moved)).version == STUDY_KEY_VERSION
+        plain = io.BytesIO()
+        open_sealed(io.BytesIO(moved), plain, keyring=new_ring,
+                    study_keys=StudyKeys(index, new_ring), **opened)  # fmt: skip
+        assert plain.getvalue() == b"pixels"
+        assert not (keys_dir / "kek" / f"{old_ring.current.kek_id}.key").exists()
+    finally:
+        index.close()
