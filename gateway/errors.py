@@ -27,6 +27,8 @@ permanent, retried a few times and then parked.
     │                               event (refused, non-2xx, timed out): retried with backoff
     ├── AccessJournalUnavailable    the Orthanc plugin's access journal cannot be read
     ├── KeyringError                the key directory holds no KEK with that id; ``.kek_id``
+    │   └── OldKeksInUse            `keys rotate --retire-old`: something still under an old
+    │                               KEK, so none is destroyed (erasure2 part)
     ├── ForwardError                anything on the PACS (Orthanc) side; as such, not transient
     │   ├── PacsUnavailable       * refused, timed out, 5xx or auth refused: retry later
     │   ├── PacsRejected            Orthanc refused the file itself (e.g. unparsable): permanent
@@ -63,7 +65,9 @@ permanent, retried a few times and then parked.
     ├── UnknownGrant                no grant with that id in the index (-> 404)
     ├── ErasureError                an erasure cannot be planned or carried out (erasure part)
     │   ├── ErasureNotFound         nothing to erase for that study or patient (-> 404)
-    │   └── ErasureChanged          the confirmation's hash is not the set as it is now (-> 409)
+    │   ├── ErasureChanged          the confirmation's hash is not the set as it is now (-> 409)
+    │   └── ErasureInFlight       * images of the set are still worked by the pipeline: confirm
+    │                               again (-> 503; erasure2 part)
     ├── ReceiptError                a receipt or a log proof does not hold (receipts part)
     │   ├── ReceiptMalformed        not an ``xray-receipt/1`` document
     │   └── CheckpointInvalid       a checkpoint note is malformed or not signed by the log key
@@ -164,6 +168,12 @@ class KeyringError(GatewayError):
     def __init__(self, message: str, *, kek_id: str | None = None) -> None:
         super().__init__(message)
         self.kek_id = kek_id
+
+
+class OldKeksInUse(KeyringError):
+    """Old KEKs cannot be destroyed: a live study key or a v1 object is still wrapped under
+    one after ``keys rotate --retire-old`` re-wrapped everything (a gateway node was still
+    running, or the store changed meanwhile). Nothing was destroyed; run it again."""
 
 
 class SealError(GatewayError):
@@ -545,3 +555,9 @@ class ErasureChanged(ErasureError):
     Either the hash is not one a dry run returned, the reason differs, or instances were
     added or removed since: run the dry run again and confirm what it lists.
     """
+
+
+class ErasureInFlight(ErasureError, Unavailable):
+    """A confirmation waited, and images of the set are still worked by the pipeline (a step
+    under way, a Merkle batch not landed: an outage holds them). They are named, so the
+    pipeline erases them as they come out; confirming again finishes the erasure."""

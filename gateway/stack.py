@@ -89,7 +89,7 @@ from gateway.redact import redact_url
 from gateway.store import ObjectStore, open_store
 from gateway.trust.alerts import Alerts
 from gateway.trust.audit import Audits, PendingWatch, overdue
-from gateway.trust.erasure import Eraser
+from gateway.trust.erasure import Eraser, Shedder
 from gateway.trust.grants import Grants
 from gateway.trust.receipts import Receipts
 from gateway.trust.retention import RetentionJob
@@ -177,7 +177,7 @@ def build_eraser(settings: Settings, *, ledger: XrayLedger, index: Index) -> Era
         index=index, store=open_object_store(settings), pacs=open_pacs(settings), ledger=ledger,
         study_keys=StudyKeys(index, keyring), pseudonym_key=pseudonym_key,
         spool=Spool(settings.data_dir / "spool", reserve_bytes=settings.spool_reserve_mb << 20),
-        sealed_dir=settings.data_dir / "sealed", trail=record,
+        sealed_dir=settings.data_dir / "sealed", trail=record, node=settings.node,
     )  # fmt: skip
 
 
@@ -519,6 +519,7 @@ class Stack:
         self.audits: Audits | None = None
         self.pending_watch: PendingWatch | None = None
         self.retention: RetentionJob | None = None
+        self.shedder: Shedder | None = None
         self.spool: Spool | None = None
         self.commitment: CommitmentSCP | None = None
         self.token_path = settings.data_dir / "api-token"
@@ -619,6 +620,9 @@ class Stack:
                 journal=True, worker="up",
             )  # fmt: skip
             self.trail_loop.start()
+            # this node's copies of images erased on any node (erasure2 part)
+            self.shedder = Shedder(self.index, spool, s.data_dir / "sealed", node=s.node)
+            self.shedder.start()
         except BaseException:
             self.stop()
             raise
@@ -866,6 +870,8 @@ class Stack:
             self.pending_watch.stop()
         if self.retention is not None:
             self.retention.stop()
+        if self.shedder is not None:
+            self.shedder.stop()
         if self.audits is not None:
             self.audits.close()
         if self.commitment is not None:

@@ -35,6 +35,7 @@ from gateway.errors import (
     ChainUnavailable,
     DatasetUnreadable,
     ErasureChanged,
+    ErasureInFlight,
     ErasureNotFound,
     GatewayError,
     LedgerError,
@@ -350,7 +351,10 @@ def _type_of(exc: GatewayError) -> ProblemType:
         return NO_SUCH_GRANT
     if isinstance(exc, DatasetUnreadable):
         return NOT_DICOM
-    if isinstance(exc, (PacsUnavailable, ChainUnavailable, StoreUnavailable, AlertsUnavailable)):
+    if isinstance(
+        exc,
+        (PacsUnavailable, ChainUnavailable, StoreUnavailable, AlertsUnavailable, ErasureInFlight),
+    ):
         return UNAVAILABLE
     if isinstance(exc, LedgerError):
         return LEDGER_ERROR

@@ -257,6 +257,19 @@ CREATE TABLE IF NOT EXISTS retention_due (
 )
 """
 
+# The erasure2 part (issue #16; gateway/index/erasure.py): which nodes have shed their
+# local copies (spool, sealed dir) of an erasure's rows, and when; the rows an erasure
+# named get its hash in ``instances.erase_plan`` (the pipeline's check reads it).
+_ERASURE_SHED = """
+CREATE TABLE IF NOT EXISTS erasure_shed (
+    plan_hash TEXT NOT NULL,
+    node TEXT NOT NULL,
+    files INTEGER NOT NULL,
+    shed_at REAL NOT NULL,
+    PRIMARY KEY (plan_hash, node)
+)
+"""
+
 #: Every step, in order; the schema's version is how many of them a database has had.
 STEPS: tuple[Step, ...] = (
     Create(_INSTANCES),  # 1: rows, batches, batch members
@@ -283,6 +296,14 @@ STEPS: tuple[Step, ...] = (
     Create(_GRANTS),
     # 16 (erasure part): study keys, the erasure log, the retention list
     Create(_ERASURE),
+    # 17-20 (erasure2 part, kept together): the erasure a row is named in (the pipeline erases it at its
+    # next stage); each node's shedding of its local copies
+    AddColumn("instances", "erase_plan", "TEXT"),
+    Create(_ERASURE_SHED),
+    # an access entry's keyed leaf inputs, kept when an erasure
+    # drops its plaintext UIDs (the trail's roots stay recomputable)
+    AddColumn("access_log", "leaf_record_key", "BLOB"),
+    AddColumn("access_log", "leaf_study_key", "BLOB"),
 )
 
 #: The version this code writes and reads.
