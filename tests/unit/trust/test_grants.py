@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.core.access import grantee_key, who_key
+from gateway.core.access import grantee_key, study_key, who_key
 from gateway.errors import AccessDenied, UnknownGrant
 from gateway.index import grants as rows
 from gateway.index.db import Index
@@ -40,8 +40,9 @@ def _grant(
     revoked: bool = False, grantee: str = "dr",
 ) -> GrantRow:  # fmt: skip
     return GrantRow(
-        id=grant_id, grantee=grantee, grantee_kind="token", grantee_key=b"g" * 32,
-        patient_key=PATIENT, study_instance_uid=study, study_key=None, expires_at=expires,
+        id=grant_id, grantee=grantee, grantee_kind="token", grantee_key=grantee_key(KEY, grantee),
+        patient_key=PATIENT, study_instance_uid=study,
+        study_key=study_key(KEY, study) if study else None, expires_at=expires,
         granted_at=NOW - 60, granted_by="admin", tx_hash="0x1", block_number=1,
         revoked_at=NOW - 1 if revoked else None, revoked_by="admin" if revoked else None,
         revoke_tx="0x2" if revoked else None,
