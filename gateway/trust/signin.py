@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+from eth_keys.exceptions import BadSignature
 from pydantic import ValidationError
 from siwe import (
     ExpiredMessage,
@@ -220,7 +221,9 @@ class SignIn:
             raise SignInRefused(
                 "the message is past its expiration time, or not valid yet", reason="siwe-expired"
             ) from None
-        except (InvalidSignature, VerificationError, ValueError, TypeError):
+        # A signature that is no point on the curve (all zeros, say) is eth_keys' BadSignature,
+        # which the siwe package lets through.
+        except (InvalidSignature, VerificationError, BadSignature, ValueError, TypeError):
             raise SignInRefused(
                 "the signature is not the named account's", reason="siwe-signature"
             ) from None
