@@ -191,7 +191,10 @@ class SignIn:
             raise SignInRefused(
                 f"the message is for {parsed.domain!r}, not {self.domain!r}", reason="siwe-domain"
             )
-        uri = urlsplit(str(parsed.uri))
+        try:
+            uri = urlsplit(str(parsed.uri))
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            raise SignInRefused("the message's URI is not a URL", reason="siwe-domain") from None
         if f"{uri.scheme}://{uri.netloc}" != self.origin:
             raise SignInRefused(
                 f"the message's URI is not under {self.origin}", reason="siwe-domain"
