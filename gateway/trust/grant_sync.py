@@ -123,22 +123,32 @@ class GrantSync:
         self._study_keys: dict[bytes, str] = {}
 
     def sync(self) -> SyncPass | None:
-        """One pass: the blocks past the cursor up to the confirmed head (None: none new)."""
+        """One pass: import the blocks past the cursor up to the confirmed head (None: none
+        new), then name the studies that standing grants made on chain wait for."""
+        done = self._import()
+        self.name_studies()
+        return done
+
+    def _import(self) -> SyncPass | None:
         read = rows.cursor(self.index, CURSOR)
-        last = self.chain.head_block() - self.confirmations
+        head = self.chain.head_block()
+        last = head - self.confirmations
         first = read.next_block if read is not None else self.chain.from_block
-        reorged = read is not None and self._reorged(read)
-        if reorged:
-            first = max(self.chain.from_block, first - self.reorg_depth)
+        reorged = read is not None and self._reorged(read, head)
+        if reorged:  # read the last reorg_depth blocks again (never past the head)
+            first = max(self.chain.from_block, min(first - self.reorg_depth, last + 1))
             log.warning("grant sync: the chain changed below block %d: reading again", first)
-        if last < first:
+        elif last < first:
             return None
         found = sorted(
             (event for name in EVENTS
              for event in self.chain.events(name, from_block=first, to_block=last)),
             key=lambda e: (e.block_number, e.log_index),
-        )  # fmt: skip
-        undone = self._undo(found, first, last) if reorged else 0
+        ) if last >= first else []  # fmt: skip
+        undone = 0
+        if reorged:  # everything imported from `first` on, up to where the cursor was
+            assert read is not None
+            undone = self._undo(found, first, max(last, read.next_block - 1))
         granted = revoked = 0
         names = self._names() if any(e.name == "AccessGranted" for e in found) else {}
         for event in found:
@@ -149,16 +159,20 @@ class GrantSync:
                     self.index, _number(event.args["grantId"]), at=self._time(event),
                     by=str(event.args["by"]), tx_hash=event.tx_hash, block=event.block_number,
                 )  # fmt: skip
-        moved = rows.move_cursor(
-            self.index, CURSOR, read=read, to=ChainCursor(last + 1, self.chain.block_hash(last))
-        )
-        self.name_studies()
+        after = ChainCursor(last + 1, self._hash(last))
+        moved = rows.move_cursor(self.index, CURSOR, read=read, to=after)
         return SyncPass(first, last, granted, revoked, undone, moved)
 
-    def _reorged(self, read: ChainCursor) -> bool:
-        """Whether the block the cursor last read has another hash now."""
+    def _hash(self, block: int) -> str | None:
+        """The hash of ``block`` (None before the deployment block: nothing to compare)."""
+        return self.chain.block_hash(block) if block >= self.chain.from_block else None
+
+    def _reorged(self, read: ChainCursor, head: int) -> bool:
+        """Whether the block the cursor last read is gone, or has another hash now."""
         if read.last_hash is None or read.next_block <= self.chain.from_block:
             return False
+        if read.next_block - 1 > head:
+            return True
         return self.chain.block_hash(read.next_block - 1) != read.last_hash
 
     def _undo(self, found: list[LedgerEvent], first: int, last: int) -> int:

@@ -217,3 +217,31 @@ def test_blocks_not_yet_confirmed_wait(index: Index) -> None:
     assert sync.sync() is None  # block 1 is the head: not deep enough
     chain.mine()
     assert sync.sync().granted == 1  # type: ignore[union-attr]
+
+
+def test_a_reorg_to_a_shorter_chain_drops_what_is_gone(index: Index) -> None:
+    chain = Chain()
+    kept = chain.grant(_account(OUTSIDER), study=study_key(KEY, "1.2.1"))  # block 1
+    chain.grant(_account(OUTSIDER), study=study_key(KEY, "1.2.2"))  # block 2
+    chain.revoke(kept)  # block 3
+    sync = _sync(chain, index)
+    sync.sync()
+    chain.reorg(2)  # the chain is one block long now
+    done = sync.sync()
+    assert done is not None and (done.first, done.last, done.undone) == (1, 1, 2)
+    assert rows.cursor(index, CURSOR) == ChainCursor(2, chain.block_hash(1))
+    assert _grants(index).check(OUTSIDER, "1.2.1").id == kept
+    assert _reason(index, OUTSIDER, "1.2.2") == "not-granted"
+    assert sync.sync() is None  # nothing changed since
+
+
+def test_studies_are_named_on_a_pass_without_new_blocks(index: Index) -> None:
+    chain = Chain()
+    grant_id = chain.grant(_account(OUTSIDER), study=study_key(KEY, "1.2.9"))
+    sync = _sync(chain, index)
+    sync.sync()
+    row = index.add_received(entry_id="late", sop_instance_uid="1.2.9.1",
+                             sop_class_uid="1.2.840.10008.5.1.4.1.1.2", calling_aet="CT", size=1)  # fmt: skip
+    index.update(row, study_instance_uid="1.2.9", patient_key=PATIENT)
+    assert sync.sync() is None  # no new block, and yet:
+    assert rows.get(index, grant_id).study_instance_uid == "1.2.9"  # type: ignore[union-attr]
