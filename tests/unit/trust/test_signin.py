@@ -161,6 +161,12 @@ def test_what_is_not_an_eip_4361_message_is_malformed(signin: SignIn) -> None:
     key = Account.create()
     assert _refused(signin, "hello", _sign("hello", key)) == "siwe-malformed"
     assert _refused(signin, "x" * 10_000, "0x" + "00" * 65) == "siwe-malformed"
+    assert _refused(signin, "0" * 2000, "0x" + "00" * 65) == "siwe-malformed"
+    long_line = _message(signin, key, statement="s" * 600)
+    assert _refused(signin, long_line, _sign(long_line, key)) == "siwe-malformed"
+    # a long domain never reaches the grammar's parser (its time grows with the input)
+    junk = "0" * 400 + " wants you to sign in with your Ethereum account:\n"
+    assert _refused(signin, junk, "0x" + "00" * 65) == "siwe-domain"
     windows = _message(signin, key).replace("\n", "\r\n")  # a browser's textarea
     assert signin.sign_in(windows, _sign(windows.replace("\r\n", "\n"), key)).address == key.address
 
