@@ -68,7 +68,8 @@ def nonce(services: ServicesDep) -> NonceOut:
     )  # fmt: skip
 
 
-@router.post("", response_model=SessionOut, responses=problem_responses(401, 422, 500, 503))
+# 400: a body that is not JSON at all (FastAPI answers it before the route runs)
+@router.post("", response_model=SessionOut, responses=problem_responses(400, 401, 422, 500, 503))
 def sign_in(body: SignedMessage, services: ServicesDep) -> SessionOut:
     """Trade a signed EIP-4361 message for a bearer session of role ``grantee``.
 

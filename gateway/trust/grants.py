@@ -77,7 +77,8 @@ class Grants:
         Raises
         ------
         ValueError
-            Neither or both of a study and a patient, or an expiry not in the future.
+            Neither or both of a study and a patient, an expiry not in the future, or the
+            zero address as the grantee.
         UnknownInstance
             The index holds no instance of that study.
         """
@@ -95,6 +96,8 @@ class Grants:
             assert patient_id is not None
             patient, study = keys.patient_key(self.pseudonym_key, issuer, patient_id), None
         grantee = grantee_key(self.pseudonym_key, to)
+        if not any(grantee):  # the contract refuses it (XrayZeroValue): say so, as a 422
+            raise ValueError("the grantee may not be the zero address")
         grant_id, anchor = self._send(
             lambda ledger: ledger.grant_access(
                 grantee=grantee, patient_key=patient, study_key=study, expires_at=expires

@@ -105,3 +105,11 @@ def test_the_chain_names_a_grantee_by_key_never_by_name() -> None:
     assert grantee_key(KEY, address) == bytes(12) + bytes.fromhex("ab" * 20)
     assert grantee_key(KEY, "dr") == who_key(KEY, "token", "dr")  # as the access trail does
     assert b"dr" not in grantee_key(KEY, "dr")
+
+
+def test_the_zero_address_is_no_grantee(index: Index) -> None:
+    """The contract refuses it (XrayZeroValue): the grant is refused before any send."""
+    with pytest.raises(ValueError, match="zero address"):
+        _grants(index).grant(
+            to="0x" + "0" * 40, until=NOW + 60, by="admin", study_instance_uid="1.2.1"
+        )
