@@ -124,13 +124,17 @@ def _sign_in(api: str, message: str, signature: str) -> requests.Response:
     )
 
 
-def _imported(stack: ChainGrantStack, grant_id: int) -> dict[str, Any] | None:
-    """The grant as the gateway's index holds it, once the sync imported it."""
+def _imported(
+    stack: ChainGrantStack, grant_id: int, *, once: Callable[[dict[str, Any]], bool] = bool
+) -> dict[str, Any] | None:
+    """The grant as the gateway's index holds it, once the sync imported it (and ``once``
+    holds of it)."""
     listed = requests.get(
         f"{stack.api}/v1/grants", headers={"Authorization": f"Bearer {stack.admin}"},
         params={"limit": 1000}, timeout=30,
     ).json()["items"]  # fmt: skip
-    return next((g for g in listed if g["id"] == grant_id), None)
+    found = next((g for g in listed if g["id"] == grant_id), None)
+    return found if found is not None and once(found) else None
 
 
 def test_a_doctors_grant_on_chain_lets_the_signed_in_account_read_exactly_that_study(
@@ -142,15 +146,14 @@ def test_a_doctors_grant_on_chain_lets_the_signed_in_account_read_exactly_that_s
         grantee=grantee, patient_key=s.patient,
         study_key=study_key(s.pseudonym, s.granted.study_uid), expires_at=int(time.time()) + 3600,
     )  # fmt: skip
-    imported = _until(lambda: _imported(s, grant_id))
+    # the gateway imports it, and names the study it knows by its key (the chain holds keys)
+    imported = _until(
+        lambda: _imported(s, grant_id, once=lambda g: g["study_instance_uid"] is not None)
+    )
+    assert imported["study_instance_uid"] == s.granted.study_uid
     assert imported["grantee"] == s.outsider.address and imported["grantee_kind"] == "account"
     assert imported["granted_by"] == s.doctor.sender.account.address  # type: ignore[union-attr]
     assert (imported["tx_hash"], imported["block_number"]) == (mined.tx_hash, mined.block_number)
-    # the gateway named the study it knows by its key (the chain holds the key only)
-    named = _until(
-        lambda: _imported(s, grant_id) if _imported(s, grant_id)["study_instance_uid"] else None
-    )  # type: ignore[index]
-    assert named["study_instance_uid"] == s.granted.study_uid
 
     # sign in with Ethereum: the outsider's own key signs the gateway's message
     message = _message(s.api, s.outsider.address)
@@ -200,7 +203,7 @@ def test_a_doctors_grant_on_chain_lets_the_signed_in_account_read_exactly_that_s
 
     # the Doctor revokes on chain: the gateway imports it, and the reads are refused
     s.doctor.revoke_access(grant_id)
-    _until(lambda: True if _imported(s, grant_id)["state"] == "revoked" else None)  # type: ignore[index]
+    _until(lambda: _imported(s, grant_id, once=lambda g: g["state"] == "revoked"))
     assert _problem(s.get(f"/v1/studies/{s.granted.study_uid}/verify", token)) == "grant-revoked"
     assert _problem(s.get(f"/v1/instances/{s.granted.sop_uids[1]}/verify", token)) == (
         "grant-revoked"
