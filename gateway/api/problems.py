@@ -142,8 +142,9 @@ TOO_MANY_UPLOADS = ProblemType("too-many-uploads", 429, "Too many uploads",
     "Every upload slot is taken (GATEWAY_MAX_CONCURRENT_UPLOADS). Retry after "
     "`Retry-After` seconds.")
 RATE_LIMITED = ProblemType("rate-limited", 429, "Too many requests",
-    "This token's rate limit for uploads, audits or restores is used up "
-    "(GATEWAY_API_RATE_PER_MINUTE, GATEWAY_API_RATE_BURST). Retry after `Retry-After` seconds.")
+    "This token's rate limit for uploads, audits or restores (on the sign-in routes: this "
+    "address's) is used up (GATEWAY_API_RATE_PER_MINUTE, GATEWAY_API_RATE_BURST). Retry after "
+    "`Retry-After` seconds.")
 GATEWAY_FAILED = ProblemType("gateway-error", 500, "Gateway error",
     "A fault of the gateway's own. The answer's `error_id` names the log line that holds "
     "the cause; report it with that id.")

@@ -225,6 +225,11 @@ def test_a_doctors_grant_on_chain_lets_the_signed_in_account_read_exactly_that_s
     assert ("api:verify-study", "grant-revoked", False, "account") in seen
     assert ("console:view", "grant-revoked", False, "account") in seen
 
+    # nonces are rows in the shared index: an address asking for many is slowed down
+    answers = [requests.get(f"{s.api}/v1/auth/siwe/nonce", timeout=30) for _ in range(12)]
+    assert [a.status_code for a in answers].count(429) >= 1
+    assert int(next(a for a in answers if a.status_code == 429).headers["Retry-After"]) >= 1
+
 
 def test_a_patient_grant_on_chain_for_a_token_key_reaches_the_token_holder(
     stack: ChainGrantStack,
