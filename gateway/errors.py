@@ -63,6 +63,10 @@ permanent, retried a few times and then parked.
     ├── AccessDenied                a grantee reads what no standing grant covers (-> 403);
     │   │                           ``.reason``: ``not-granted``, ``grant-expired``, ``grant-revoked``
     ├── UnknownGrant                no grant with that id in the index (-> 404)
+    ├── SignInRefused               a Sign-In with Ethereum message is refused (-> 401, 422 if
+    │                               malformed); ``.reason``: ``siwe-malformed``,
+    │                               ``siwe-signature``, ``siwe-nonce``, ``siwe-expired``,
+    │                               ``siwe-domain``, ``siwe-chain`` (siwe part)
     ├── ErasureError                an erasure cannot be planned or carried out (erasure part)
     │   ├── ErasureNotFound         nothing to erase for that study or patient (-> 404)
     │   ├── ErasureChanged          the confirmation's hash is not the set as it is now (-> 409)
@@ -539,6 +543,24 @@ class AccessDenied(GatewayError):
 
 class UnknownGrant(GatewayError):
     """The index holds no grant with that id."""
+
+
+class SignInRefused(GatewayError):
+    """A Sign-In with Ethereum (EIP-4361) message, or its signature, is refused.
+
+    Attributes
+    ----------
+    reason:
+        ``siwe-malformed`` (not an EIP-4361 message), ``siwe-signature`` (not signed by the
+        address it names), ``siwe-nonce`` (not a nonce this gateway gave out, used already,
+        or expired), ``siwe-expired`` (issued too long ago, past its expiration time, or
+        not valid yet), ``siwe-domain`` (another domain or URI), ``siwe-chain`` (another
+        chain id).
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ErasureError(GatewayError):

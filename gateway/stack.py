@@ -90,9 +90,11 @@ from gateway.store import ObjectStore, open_store
 from gateway.trust.alerts import Alerts
 from gateway.trust.audit import Audits, PendingWatch, overdue
 from gateway.trust.erasure import Eraser, Shedder
+from gateway.trust.grant_sync import GrantSync, GrantSyncLoop
 from gateway.trust.grants import Grants
 from gateway.trust.receipts import Receipts
 from gateway.trust.retention import RetentionJob
+from gateway.trust.signin import SignIn
 from gateway.trust.tlog import BatchLog, default_origin
 from gateway.trust.trail import PLUGIN_SOURCE, Trail, TrailLoop
 from gateway.trust.verify import Verifier
@@ -374,6 +376,18 @@ def trail_loop(
     )  # fmt: skip
 
 
+def sign_in(settings: Settings, *, index: Index, chain_id: int) -> SignIn:
+    """Sign-In with Ethereum for account grantees: messages must name
+    ``GATEWAY_SIWE_DOMAIN`` (default: the API's own ``host:port``) and a URI under
+    ``GATEWAY_SIWE_ORIGIN`` (default: ``http://`` and that domain), and this chain."""
+    s = settings
+    domain = s.siwe_domain or f"{s.api_host}:{s.api_port}"
+    return SignIn(
+        index=index, domain=domain, origin=s.siwe_origin or f"http://{domain}",
+        chain_id=chain_id, nonce_s=s.siwe_nonce_s, session_s=s.siwe_session_s,
+    )  # fmt: skip
+
+
 class WorkerNode:
     """One worker process: the pipeline alone, with the store, ledger and PACS it needs.
 
@@ -520,6 +534,7 @@ class Stack:
         self.pending_watch: PendingWatch | None = None
         self.retention: RetentionJob | None = None
         self.shedder: Shedder | None = None
+        self.grant_sync: GrantSyncLoop | None = None
         self.spool: Spool | None = None
         self.commitment: CommitmentSCP | None = None
         self.token_path = settings.data_dir / "api-token"
@@ -791,11 +806,22 @@ class Stack:
         # Off-hours, once a day: the studies past retention, listed for an admin (no erasing).
         self.retention = RetentionJob(index, periods=s.retention, window=s.retention_window)
         self.retention.start()
+        tokens = Tokens(
+            admin_token_file=self.token_path, issued_file=s.keys_dir / "api-tokens.json"
+        )
+        # Grants a Hospital or Doctor account made on chain, imported into the index.
+        self.grant_sync = GrantSyncLoop(
+            GrantSync(
+                chain=ledger, index=index, pseudonym_key=pseudonym_key,
+                token_names=lambda: [name for name, _ in tokens.list()],
+                confirmations=s.grant_sync_confirmations, reorg_depth=s.grant_sync_reorg_depth,
+            ),
+            interval=s.grant_sync_s,
+        )  # fmt: skip
+        self.grant_sync.start()
         services = Services(
             verifier=verifier,
-            tokens=Tokens(
-                admin_token_file=self.token_path, issued_file=s.keys_dir / "api-tokens.json"
-            ),
+            tokens=tokens,
             audits=self.audits,
             alerts=self.alerts,
             records=RecordViews(ledger=ledger, pseudonym_key=pseudonym_key, index=index),
@@ -805,6 +831,7 @@ class Stack:
             # the API's grants are written with the recorder's key (`self.ledger`)
             grants=Grants(index=index, ledger=ledger, pseudonym_key=pseudonym_key),
             eraser=build_eraser(s, ledger=ledger, index=index),
+            signin=sign_in(s, index=index, chain_id=ledger.chain_id()),
         )
         health = Health(
             checks={
@@ -831,7 +858,7 @@ class Stack:
                 health=health,
                 services=services,
                 metrics=lambda: render(metrics),
-                console=self._console(services.tokens),
+                console=self._console(services),
             ),
             host=self.settings.api_host,
             port=self.settings.api_port,
@@ -843,14 +870,14 @@ class Stack:
         while not self._api.started and self._api_thread.is_alive():
             threading.Event().wait(0.05)
 
-    def _console(self, tokens: Tokens) -> Console:
+    def _console(self, services: Services) -> Console:
         """The web console: sessions signed with the data dir's key, the index, the viewer."""
         s = self.settings
         viewer = s.console_viewer_url or (self.orthanc.url if self.orthanc is not None else None)
         sessions = Sessions(
             key=ensure_session_key(s.keys_dir / "console-session.key"),
             lifetime_s=s.console_session_s,
-            still_valid=tokens.still_valid,
+            still_valid=services.still_valid,
         )
         return Console(sessions=sessions, index=self.index, viewer_url=viewer)
 
@@ -872,6 +899,8 @@ class Stack:
             self.retention.stop()
         if self.shedder is not None:
             self.shedder.stop()
+        if self.grant_sync is not None:
+            self.grant_sync.stop()
         if self.audits is not None:
             self.audits.close()
         if self.commitment is not None:

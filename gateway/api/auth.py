@@ -11,7 +11,9 @@ role           may
                403 ``not-granted``/``grant-expired``/``grant-revoked`` for anything else
 =============  =====================================================================
 
-Only the admin manages grants (``grant``).
+Only the admin manages grants (``grant``). A grantee may also be an account address that
+signed in with Ethereum (``/v1/auth/siwe``, :mod:`gateway.trust.signin`): its principal is
+named by the address, so no token may be named like one.
 
 The admin token lives in ``<data>/api-token`` (0600, created by ``up``). Other tokens
 are issued with ``xray-gateway token create``; only their SHA-256 is kept, in
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from gateway.core.access import is_account
 from gateway.errors import ConfigError
 from gateway.keyfiles import read_secret, replace_secret, write_secret
 
@@ -106,6 +109,8 @@ class Tokens:
             raise ConfigError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
         if not name or not name.isprintable():
             raise ConfigError("a token needs a printable name")
+        if is_account(name):
+            raise ConfigError("a token may not be named like an account address")
         entries = self._issued()
         if any(entry["name"] == name for entry in entries):
             raise ConfigError(f"a token named {name!r} exists; revoke it first")

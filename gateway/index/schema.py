@@ -270,6 +270,34 @@ CREATE TABLE IF NOT EXISTS erasure_shed (
 )
 """
 
+# The siwe part (issue #16; gateway/index/grants.py, gateway/index/signin.py): where each
+# chain-event follower has read to (the next block, and the hash of the last block read, by
+# which a reorg is seen), the block a grant's revocation was mined in, the grants looked up
+# by their keys (grants made on chain name keys only), and Sign-In with Ethereum's single-use
+# nonces and its sessions (only a token's SHA-256), shared by every node of the index.
+_SIWE = """
+CREATE TABLE IF NOT EXISTS chain_cursors (
+    name TEXT NOT NULL PRIMARY KEY,
+    next_block INTEGER NOT NULL,
+    last_hash TEXT
+);
+CREATE INDEX IF NOT EXISTS grants_grantee_key ON grants (grantee_key, id);
+CREATE INDEX IF NOT EXISTS grants_study_key ON grants (study_key, id);
+CREATE TABLE IF NOT EXISTS siwe_nonces (
+    nonce TEXT NOT NULL PRIMARY KEY,
+    issued_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    used_at REAL
+);
+CREATE TABLE IF NOT EXISTS siwe_sessions (
+    token_sha256 TEXT NOT NULL PRIMARY KEY,
+    address TEXT NOT NULL,
+    issued_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS siwe_sessions_address ON siwe_sessions (address, expires_at)
+"""
+
 #: Every step, in order; the schema's version is how many of them a database has had.
 STEPS: tuple[Step, ...] = (
     Create(_INSTANCES),  # 1: rows, batches, batch members
@@ -304,6 +332,9 @@ STEPS: tuple[Step, ...] = (
     # drops its plaintext UIDs (the trail's roots stay recomputable)
     AddColumn("access_log", "leaf_record_key", "BLOB"),
     AddColumn("access_log", "leaf_study_key", "BLOB"),
+    # 21, 22 (siwe part): grants made on chain imported from a cursor; Sign-In with Ethereum
+    AddColumn("grants", "revoke_block", "INTEGER"),
+    Create(_SIWE),
 )
 
 #: The version this code writes and reads.

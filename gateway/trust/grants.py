@@ -77,7 +77,8 @@ class Grants:
         Raises
         ------
         ValueError
-            Neither or both of a study and a patient, or an expiry not in the future.
+            Neither or both of a study and a patient, an expiry not in the future, or the
+            zero address as the grantee.
         UnknownInstance
             The index holds no instance of that study.
         """
@@ -95,6 +96,8 @@ class Grants:
             assert patient_id is not None
             patient, study = keys.patient_key(self.pseudonym_key, issuer, patient_id), None
         grantee = grantee_key(self.pseudonym_key, to)
+        if not any(grantee):  # the contract refuses it (XrayZeroValue): say so, as a 422
+            raise ValueError("the grantee may not be the zero address")
         grant_id, anchor = self._send(
             lambda ledger: ledger.grant_access(
                 grantee=grantee, patient_key=patient, study_key=study, expires_at=expires
@@ -118,8 +121,9 @@ class Grants:
         if found.revoked_at is None:
             _, anchor = self._send(lambda ledger: (None, ledger.revoke_access(grant_id)))
             rows.revoke(
-                self.index, grant_id, at=float(anchor.block_time), by=by, tx_hash=anchor.tx_hash
-            )
+                self.index, grant_id, at=float(anchor.block_time), by=by,
+                tx_hash=anchor.tx_hash, block=anchor.block_number,
+            )  # fmt: skip
         revoked = rows.get(self.index, grant_id)
         assert revoked is not None
         return revoked
@@ -157,7 +161,10 @@ class Grants:
         return keys.patient_key(self.pseudonym_key, issuer, patient_id)
 
     def check(self, grantee: str, study_instance_uid: str) -> GrantRow:
-        """The standing grant that lets token holder ``grantee`` read the study.
+        """The standing grant that lets ``grantee`` read the study: a token holder's name,
+        or an account's address (signed in with Ethereum). Grants are matched by the keys
+        the chain names (grantee, study, patient), so a grant a Hospital or Doctor account
+        made on chain counts as one the gateway wrote.
 
         Raises
         ------
@@ -166,7 +173,11 @@ class Grants:
             newest covering grant, else ``not-granted``.
         """
         now = self.clock()
-        covering = rows.covering(self.index, grantee, study_instance_uid)
+        covering = rows.covering(
+            self.index, grantee_key=grantee_key(self.pseudonym_key, grantee),
+            study_key=study_key(self.pseudonym_key, study_instance_uid),
+            study_instance_uid=study_instance_uid,
+        )  # fmt: skip
         standing = [g for g in covering if g.state(now) == "active"]
         if standing:
             return max(standing, key=lambda g: g.expires_at)
@@ -178,8 +189,10 @@ class Grants:
         raise AccessDenied(f"grant {newest.id} expired", reason="grant-expired")
 
     def studies(self, grantee: str) -> list[str]:
-        """The Study UIDs the grantee's standing grants cover."""
-        return rows.granted_studies(self.index, grantee, now=self.clock())
+        """The Study UIDs the grantee's standing grants cover (a token name or an address)."""
+        return rows.granted_studies(
+            self.index, grantee_key(self.pseudonym_key, grantee), now=self.clock()
+        )
 
     def all_studies(self) -> list[str]:
         """Every Study UID the index holds, sorted (the listing for roles that verify)."""

@@ -48,3 +48,11 @@ def test_only_admin_restores_and_auditors_see_no_phi() -> None:
     assert [role for role, perms in PERMISSIONS.items() if "restore" in perms] == ["admin"]
     assert "phi" not in PERMISSIONS["auditor"] and "audit" in PERMISSIONS["auditor"]
     assert "audit" not in PERMISSIONS["clinician"] and "phi" in PERMISSIONS["clinician"]
+
+
+def test_no_token_is_named_like_an_account_address(tokens: Tokens) -> None:
+    """An account signed in with Ethereum is named by its address: a token named so would
+    read that account's grants."""
+    with pytest.raises(ConfigError):
+        tokens.issue(name="0x" + "ab" * 20, role="grantee")
+    assert tokens.issue(name="0xab", role="grantee")  # not an address: a name like any
