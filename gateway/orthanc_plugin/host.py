@@ -183,7 +183,7 @@ class XrayPlugin:
         if self.mirror is not None:
             self.mirror.stop()
         self.journal.close()
-        if isinstance(self.records, PostgresRecordBook):
+        if isinstance(self.records, (PostgresRecordBook, RecordBook)):
             self.records.close()
 
     # -- lookups ---------------------------------------------------------------------------
