@@ -23,7 +23,8 @@ Orthanc calls ``create``/``read``/``remove`` for every attachment. What each con
   have no SOP Class UID). An instance arriving without a record is alerted as
   ``unregistered`` right away.
 - ``read`` hashes the dataset bytes it has just read (the digest of
-  :mod:`gateway.core.fingerprint`), makes sure the file is the instance Orthanc filed under that
+  :mod:`gateway.core.fingerprint`; where the File Meta ends is parsed again only when its
+  bytes changed, :mod:`~gateway.orthanc_plugin.meta_memo`), makes sure the file is the instance Orthanc filed under that
   attachment (its SOP Instance UID and Orthanc id against the catalogue's, or against
   Orthanc's own record of the attachment), judges the bytes against the gateway's records
   (:mod:`~gateway.orthanc_plugin.verdict`) and raises :class:`~gateway.errors.ReadRefused` for content that
@@ -47,15 +48,11 @@ from typing import Protocol, cast
 
 import pydicom
 
-from gateway.core.fingerprint import (
-    MAX_INSTANCE_BYTES,
-    dataset_digest,
-    fingerprint_bytes,
-    read_header,
-)
+from gateway.core.fingerprint import MAX_INSTANCE_BYTES, fingerprint_bytes, read_header
 from gateway.errors import DatasetUnreadable, IndexUnavailable, ReadRefused
 from gateway.orthanc_plugin.catalog import Attachment, Catalog
 from gateway.orthanc_plugin.evidence import Records
+from gateway.orthanc_plugin.meta_memo import MetaMemo
 from gateway.orthanc_plugin.storage import FileArea
 from gateway.orthanc_plugin.verdict import (
     PENDING_ALERT_S,
@@ -221,6 +218,7 @@ class Guard:
         self._alerted: dict[tuple[str, str, bytes], float] = {}
         self._statuses: dict[str, str] = {}
         self._lock = threading.Lock()
+        self.meta = MetaMemo()
 
     # -- the storage area callbacks -------------------------------------------------------
 
@@ -268,6 +266,7 @@ class Guard:
     def remove(self, uuid: str, content_type: int) -> None:
         self.area.remove(uuid)
         self.catalog.remove(uuid)
+        self.meta.forget(uuid)
 
     # -- learning at create ----------------------------------------------------------------
 
@@ -280,7 +279,7 @@ class Guard:
         """
         try:
             digest: bytes | None
-            digest, syntax = dataset_digest(data)
+            digest, syntax = self.meta.dataset_digest(uuid, data)
         except DatasetUnreadable:
             digest, syntax = None, ""
         identity = self._file_identity(data, syntax)
@@ -361,7 +360,7 @@ class Guard:
             named_sop = attachment.sop_instance_uid or ""
             return self._judge(named_sop, raw, "", data, arrival_digest=attachment.sha256), known_id
         try:
-            digest, syntax = dataset_digest(data)
+            digest, syntax = self.meta.dataset_digest(uuid, data)
         except DatasetUnreadable as exc:
             catalogued = attachment.sop_instance_uid if attachment is not None else None
             return self._unreadable(catalogued, str(exc)), known_id
