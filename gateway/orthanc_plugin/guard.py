@@ -23,9 +23,9 @@ Orthanc calls ``create``/``read``/``remove`` for every attachment. What each con
   have no SOP Class UID). An instance arriving without a record is alerted as
   ``unregistered`` right away.
 - ``read`` hashes the dataset bytes it has just read (the digest of
-  :mod:`gateway.core.fingerprint`; where the File Meta ends is parsed again only when its
-  bytes changed, :mod:`~gateway.orthanc_plugin.meta_memo`), makes sure the file is the instance Orthanc filed under that
-  attachment (its SOP Instance UID and Orthanc id against the catalogue's, or against
+  :mod:`gateway.core.fingerprint`; where the File Meta ends is parsed again only when
+  its bytes changed, :mod:`~gateway.orthanc_plugin.meta_memo`), makes sure the file is
+  the instance Orthanc filed under that attachment (its SOP Instance UID and Orthanc id against the catalogue's, or against
   Orthanc's own record of the attachment), judges the bytes against the gateway's records
   (:mod:`~gateway.orthanc_plugin.verdict`) and raises :class:`~gateway.errors.ReadRefused` for content that
   must not leave the PACS. Orthanc then fails the request (500 on ``/file``, 415 on
