@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util import Retry
 
 import dicom_fixtures
 from gateway.bench.postgres import PostgresCluster
@@ -118,7 +120,12 @@ def _cpu_s(orthanc: EmbeddedOrthanc) -> float:
 
 
 def _session(orthanc: EmbeddedOrthanc) -> requests.Session:
+    """A keep-alive session to ``orthanc``. A GET whose kept connection Orthanc closed as it
+    was sent (its keep-alive timeout, 1 s, passes between two requests on a loaded machine)
+    is sent once more, on a new connection; an Orthanc that is gone still fails the run."""
     session = requests.Session()
+    retry = Retry(total=1, connect=0, read=1, status=0, allowed_methods=["GET"])
+    session.mount("http://", HTTPAdapter(max_retries=retry))
     session.auth = orthanc.credentials
     session.headers["Accept-Encoding"] = "identity"
     return session
