@@ -16,7 +16,15 @@ slice (which one goes first alternates too), so the machine's load hits both ali
   cache is off: every read reaches the storage area).
 
 Both Orthancs are restarted for each repetition; medians over repetitions (raw: over every
-pass); overhead = with / without - 1.
+pass); overhead = with / without - 1. Each Orthanc's CPU time (user + system, from
+``/proc/<pid>/stat``) over the raw passes, divided by the reads, says what the check costs
+per read whatever the machine's load: ``raw_cpu_ms_per_read_with`` and ``_without``.
+
+With ``floor=True`` a third Orthanc joins the raw passes: Orthanc's Python plugin with a
+storage area and a request filter that check nothing
+(:mod:`gateway.bench.passthrough_plugin`), on a third copy of the files. Its overhead
+(``raw_floor_overhead_pct``) is what calling Python at all costs on this Orthanc: the
+part of the plugin's overhead no cut to the check can remove.
 
 :func:`retrieval_overhead_on_postgres` runs the same with the gateway's index on a
 throwaway PostgreSQL cluster: the plugin then reads the evidence as a role that may only
@@ -27,6 +35,7 @@ of several Orthanc nodes, and no ``index.sqlite`` is in the plugin's data dir.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import statistics
 import tempfile
@@ -36,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util import Retry
 
 import dicom_fixtures
 from gateway.bench.postgres import PostgresCluster
@@ -47,6 +58,9 @@ from gateway.pacs.embedded import EmbeddedOrthanc
 from gateway.procs import free_port
 
 Progress = Callable[[str], None]
+
+#: The do-nothing Python storage area of the ``floor`` measurement.
+PASSTHROUGH_SCRIPT = Path(__file__).resolve().with_name("passthrough_plugin.py")
 
 
 #: The plugin's read-only role on the bench's PostgreSQL index.
@@ -82,19 +96,36 @@ def _record(index_location: Path | str, files: list[Path]) -> None:
         index.close()
 
 
-def _orthanc(data_dir: Path, *, plugin: bool, reader_url: str | None = None) -> EmbeddedOrthanc:
+def _orthanc(
+    data_dir: Path, *, plugin: bool, reader_url: str | None = None, script: Path | None = None
+) -> EmbeddedOrthanc:
+    """Orthanc on ``data_dir``: with the integrity plugin, without any, or running ``script``
+    (the floor's do-nothing storage area) in its Python plugin."""
     return EmbeddedOrthanc(
         data_dir=data_dir,
         http_port=free_port(),
         dicom_port=free_port(),
         aet="BENCHPACS",
-        plugin=ENTRY_SCRIPT if plugin else None,
+        plugin=ENTRY_SCRIPT if plugin else script,
         plugin_config=plugin_section(data_dir=data_dir, index_url=reader_url) if plugin else None,
     )
 
 
+def _cpu_s(orthanc: EmbeddedOrthanc) -> float:
+    """User + system CPU seconds Orthanc's process has used so far (``/proc/<pid>/stat``)."""
+    assert orthanc.process is not None
+    stat = Path(f"/proc/{orthanc.process.pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _session(orthanc: EmbeddedOrthanc) -> requests.Session:
+    """A keep-alive session to ``orthanc``. A GET whose kept connection Orthanc closed as it
+    was sent (its keep-alive timeout, 1 s, passes between two requests on a loaded machine)
+    is sent once more, on a new connection; an Orthanc that is gone still fails the run."""
     session = requests.Session()
+    retry = Retry(total=1, connect=0, read=1, status=0, allowed_methods=["GET"])
+    session.mount("http://", HTTPAdapter(max_retries=retry))
     session.auth = orthanc.credentials
     session.headers["Accept-Encoding"] = "identity"
     return session
@@ -121,6 +152,7 @@ def retrieval_overhead(
     repetitions: int = 3,
     index_url: str | None = None,
     reader_url: str | None = None,
+    floor: bool = False,
 ) -> dict[str, Any]:
     """Measure the plugin's added latency on the viewer path and on raw files.
 
@@ -138,13 +170,16 @@ def retrieval_overhead(
         The gateway's index on PostgreSQL (its owner's URL, where the rows are written)
         and the plugin's read-only role on its evidence view; None: ``index.sqlite`` in
         the plugin's data dir.
+    floor:
+        Also read the raw files through a do-nothing Python storage area (see the module).
 
     Returns
     -------
     dict
         ``retrieval_overhead_pct`` (viewer path), ``raw_retrieval_overhead_pct``, the median
-        seconds of each path with and without the plugin, every run's seconds, and the
-        time SHA-256 takes over the study's files, for reference.
+        seconds of each path with and without the plugin, every run's seconds, each
+        Orthanc's CPU milliseconds per raw read, and the time SHA-256 takes over the
+        study's files, for reference (with ``floor``: the floor's too).
     """
     say = progress or (lambda message: None)
     root = workdir / "retrieval"
@@ -177,14 +212,24 @@ def retrieval_overhead(
 
         twin = root / "var-without-plugin"
         shutil.copytree(data_dir, twin)
+        raw_modes = ["with", "without"]
+        if floor:
+            shutil.copytree(data_dir, root / "var-floor")
+            raw_modes.append("floor")
         viewer: dict[str, list[float]] = {"with": [], "without": []}
-        raw: dict[str, list[float]] = {"with": [], "without": []}
+        raw: dict[str, list[float]] = {mode: [] for mode in raw_modes}
+        cpu: dict[str, float] = dict.fromkeys(raw_modes, 0.0)
+        reads = 0
         for rep in range(repetitions):
-            say(f"repetition {rep + 1}/{repetitions}: both Orthancs (re)started")
+            say(f"repetition {rep + 1}/{repetitions}: the Orthancs (re)started")
             servers = {
                 "with": _orthanc(data_dir, plugin=True, reader_url=reader_url),
                 "without": _orthanc(twin, plugin=False),
             }
+            if floor:
+                servers["floor"] = _orthanc(
+                    root / "var-floor", plugin=False, script=PASSTHROUGH_SCRIPT
+                )
             try:
                 for server in servers.values():
                     server.start()
@@ -201,23 +246,33 @@ def retrieval_overhead(
                     viewer[mode].append(seconds)
                 for mode in servers:  # one untimed pass: connections and OS caches warm
                     _timed(sessions[mode], [bases[mode] + i + "/file" for i in ids])
+                cpu_before = {mode: _cpu_s(server) for mode, server in servers.items()}
                 for rep_pass in range(3):
-                    spent = {"with": 0.0, "without": 0.0}
+                    spent = dict.fromkeys(raw_modes, 0.0)
                     for n, orthanc_id in enumerate(ids):
-                        order = (
-                            ("with", "without") if (n + rep_pass) % 2 == 0 else ("without", "with")
-                        )
-                        for mode in order:
+                        shift = (n + rep_pass) % len(raw_modes)  # each goes first in turn
+                        for mode in raw_modes[shift:] + raw_modes[:shift]:
                             spent[mode] += _timed(
                                 sessions[mode], [f"{bases[mode]}{orthanc_id}/file"]
                             )
                     for mode, seconds in spent.items():
                         raw[mode].append(seconds)
+                reads += 3 * len(ids)
+                for mode, server in servers.items():
+                    cpu[mode] += _cpu_s(server) - cpu_before[mode]
             finally:
                 for server in servers.values():
                     server.stop()
         v_with, v_without = statistics.median(viewer["with"]), statistics.median(viewer["without"])
         r_with, r_without = statistics.median(raw["with"]), statistics.median(raw["without"])
+        floor_keys: dict[str, Any] = {}
+        if floor:
+            r_floor = statistics.median(raw["floor"])
+            floor_keys = {
+                "raw_floor_overhead_pct": _pct(r_floor, r_without),
+                "raw_floor_s": round(r_floor, 4),
+                "raw_cpu_ms_per_read_floor": round(1000 * cpu["floor"] / reads, 3),
+            }
         return {
             "slices": slices,
             "repetitions": repetitions,
@@ -227,12 +282,16 @@ def retrieval_overhead(
             "viewer_without_plugin_s": round(v_without, 4),
             "raw_with_plugin_s": round(r_with, 4),
             "raw_without_plugin_s": round(r_without, 4),
+            "raw_cpu_ms_per_read_with": round(1000 * cpu["with"] / reads, 3),
+            "raw_cpu_ms_per_read_without": round(1000 * cpu["without"] / reads, 3),
+            **floor_keys,
             "sha256_of_study_s": round(sha256_s, 4),
             "runs_s": {
                 "viewer_with": [round(v, 4) for v in viewer["with"]],
                 "viewer_without": [round(v, 4) for v in viewer["without"]],
                 "raw_with": [round(v, 4) for v in raw["with"]],
                 "raw_without": [round(v, 4) for v in raw["without"]],
+                **({"raw_floor": [round(v, 4) for v in raw["floor"]]} if floor else {}),
             },
         }
     finally:
@@ -240,7 +299,12 @@ def retrieval_overhead(
 
 
 def retrieval_overhead_on_postgres(
-    *, workdir: Path, slices: int = 200, progress: Progress | None = None, repetitions: int = 3
+    *,
+    workdir: Path,
+    slices: int = 200,
+    progress: Progress | None = None,
+    repetitions: int = 3,
+    floor: bool = False,
 ) -> dict[str, Any]:
     """:func:`retrieval_overhead` with the plugin reading a PostgreSQL index through its
     read-only role and view; a throwaway cluster on a free port, stopped at the end."""
@@ -256,7 +320,7 @@ def retrieval_overhead_on_postgres(
         database = index_url.rsplit("/", 1)[1]
         result = retrieval_overhead(
             workdir=workdir, slices=slices, progress=progress, repetitions=repetitions,
-            index_url=index_url, reader_url=cluster.url(database, user=READER_ROLE),
+            index_url=index_url, reader_url=cluster.url(database, user=READER_ROLE), floor=floor,
         )  # fmt: skip
         return {
             **result,
@@ -297,5 +361,6 @@ if __name__ == "__main__":
             workdir=Path(tmp),
             slices=int(counts[0]) if counts else 200,
             progress=lambda message: print(message, file=sys.stderr),
+            floor="--floor" in sys.argv,
         )
     print(json.dumps(result, indent=2))

@@ -23,8 +23,9 @@ Orthanc calls ``create``/``read``/``remove`` for every attachment. What each con
   have no SOP Class UID). An instance arriving without a record is alerted as
   ``unregistered`` right away.
 - ``read`` hashes the dataset bytes it has just read (the digest of
-  :mod:`gateway.core.fingerprint`), makes sure the file is the instance Orthanc filed under that
-  attachment (its SOP Instance UID and Orthanc id against the catalogue's, or against
+  :mod:`gateway.core.fingerprint`; where the File Meta ends is parsed again only when
+  its bytes changed, :mod:`~gateway.orthanc_plugin.meta_memo`), makes sure the file is
+  the instance Orthanc filed under that attachment (its SOP Instance UID and Orthanc id against the catalogue's, or against
   Orthanc's own record of the attachment), judges the bytes against the gateway's records
   (:mod:`~gateway.orthanc_plugin.verdict`) and raises :class:`~gateway.errors.ReadRefused` for content that
   must not leave the PACS. Orthanc then fails the request (500 on ``/file``, 415 on
@@ -43,19 +44,16 @@ import io
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol, cast
 
 import pydicom
 
-from gateway.core.fingerprint import (
-    MAX_INSTANCE_BYTES,
-    dataset_digest,
-    fingerprint_bytes,
-    read_header,
-)
+from gateway.core.fingerprint import MAX_INSTANCE_BYTES, fingerprint_bytes, read_header
 from gateway.errors import DatasetUnreadable, IndexUnavailable, ReadRefused
 from gateway.orthanc_plugin.catalog import Attachment, Catalog
 from gateway.orthanc_plugin.evidence import Records
+from gateway.orthanc_plugin.meta_memo import MetaMemo
 from gateway.orthanc_plugin.storage import FileArea
 from gateway.orthanc_plugin.verdict import (
     PENDING_ALERT_S,
@@ -120,6 +118,10 @@ class LedgerView(Protocol):
 Locate = Callable[[str], "str | None"]
 # Told of every checked read of a DICOM file: its attachment UUID, the verdict, whether served
 OnRead = Callable[[str, ReadVerdict, bool], None]
+# The versions of a SOP Instance UID being looked up ahead of the check, on a helper thread
+Lookup = tuple[str, "Future[tuple[Version, ...]]"]
+#: Helper threads of ``look_ahead``: as many as the PostgreSQL record book's connections.
+LOOK_AHEAD_THREADS = 4
 
 
 def orthanc_instance_id(
@@ -188,6 +190,13 @@ class Guard:
     on_read:
         Told of every read of a DICOM file, served or refused (the access trail's journal);
         its failure never changes what is served.
+    look_ahead:
+        Start the evidence look-up of the catalogued instance on a helper thread before
+        the file is read, so that its round trip to an index across the network
+        (PostgreSQL) overlaps the file read and the SHA-256 (both release the GIL). The
+        versions are still read on every read, at its time; only when the file turns out
+        to be another instance is the look-up made again for that one. Off for SQLite,
+        whose look-up (~10 us) costs less than the hand-off.
     """
 
     def __init__(
@@ -205,8 +214,14 @@ class Guard:
         locate: Locate | None = None,
         pending_alert_s: float = PENDING_ALERT_S,
         on_read: OnRead | None = None,
+        look_ahead: bool = False,
     ) -> None:
         self.on_read = on_read
+        self._helpers = (
+            ThreadPoolExecutor(LOOK_AHEAD_THREADS, thread_name_prefix="xray-evidence")
+            if look_ahead
+            else None
+        )
         self.max_instance_bytes = max_instance_bytes
         self.fail_closed = fail_closed
         self.locate = locate
@@ -221,6 +236,7 @@ class Guard:
         self._alerted: dict[tuple[str, str, bytes], float] = {}
         self._statuses: dict[str, str] = {}
         self._lock = threading.Lock()
+        self.meta = MetaMemo()
 
     # -- the storage area callbacks -------------------------------------------------------
 
@@ -241,9 +257,10 @@ class Guard:
         """Read the attachment; raise :class:`~gateway.errors.ReadRefused` if it must not be served."""
         if content_type not in (DICOM, DICOM_AS_JSON, DICOM_UNTIL_PIXEL_DATA):
             raise ReadRefused(self._uncheckable_refused(uuid))
+        early = self._look_up_ahead(uuid) if content_type == DICOM else None
         data = self.area.read(uuid)
         if content_type == DICOM:
-            verdict = self.check(uuid, data)
+            verdict = self.check(uuid, data, early=early)
             served = self.serves(verdict)
             self.tell_read(uuid, verdict, served)
             if not served:
@@ -251,6 +268,24 @@ class Guard:
         elif content_type == DICOM_UNTIL_PIXEL_DATA:
             self._check_header_copy(uuid, data)
         return data
+
+    def _look_up_ahead(self, uuid: str) -> Lookup | None:
+        """Start looking up the catalogued instance's versions (``look_ahead``), or None."""
+        if self._helpers is None:
+            return None
+        attachment = self.catalog.get(uuid)
+        if attachment is None or not attachment.sop_instance_uid:
+            return None
+        sop = attachment.sop_instance_uid
+        try:
+            return sop, self._helpers.submit(self.records.versions, sop)
+        except RuntimeError:  # shut down (Orthanc stopping): looked up in the check
+            return None
+
+    def close(self) -> None:
+        """Stop the look-ahead's helper threads (Orthanc stopping)."""
+        if self._helpers is not None:
+            self._helpers.shutdown(wait=False, cancel_futures=True)
 
     def tell_read(self, uuid: str, verdict: ReadVerdict, served: bool) -> None:
         """Tell ``on_read`` of a read (a journal problem is logged, the read goes on)."""
@@ -268,6 +303,7 @@ class Guard:
     def remove(self, uuid: str, content_type: int) -> None:
         self.area.remove(uuid)
         self.catalog.remove(uuid)
+        self.meta.forget(uuid)
 
     # -- learning at create ----------------------------------------------------------------
 
@@ -280,7 +316,7 @@ class Guard:
         """
         try:
             digest: bytes | None
-            digest, syntax = dataset_digest(data)
+            digest, syntax = self.meta.dataset_digest(uuid, data)
         except DatasetUnreadable:
             digest, syntax = None, ""
         identity = self._file_identity(data, syntax)
@@ -339,19 +375,27 @@ class Guard:
 
     # -- checking --------------------------------------------------------------------------
 
-    def check(self, uuid: str, data: bytes, *, orthanc_id: str | None = None) -> ReadVerdict:
+    def check(
+        self,
+        uuid: str,
+        data: bytes,
+        *,
+        orthanc_id: str | None = None,
+        early: Lookup | None = None,
+    ) -> ReadVerdict:
         """Judge the DICOM file ``data`` stored as ``uuid`` (and record alerts).
 
         ``orthanc_id`` is the instance the caller asked for, when it knows (REST routes):
-        the file must be that instance.
+        the file must be that instance. ``early``: a look-up started before the file was
+        read (``look_ahead``), used if the file is the instance it looks up.
         """
-        verdict, orthanc_id = self._decide(uuid, data, orthanc_id)
+        verdict, orthanc_id = self._decide(uuid, data, orthanc_id, early)
         verdict = self._under_policy(verdict)
         self._after(verdict, orthanc_id, uuid=uuid, on="read")
         return verdict
 
     def _decide(
-        self, uuid: str, data: bytes, orthanc_id: str | None
+        self, uuid: str, data: bytes, orthanc_id: str | None, early: Lookup | None = None
     ) -> tuple[ReadVerdict, str | None]:
         attachment = self.catalog.get(uuid)
         known_id = orthanc_id or (attachment.orthanc_id if attachment is not None else None)
@@ -359,9 +403,12 @@ class Guard:
             # arrival digest of a file without readable File Meta: the whole file's SHA-256
             raw = hashlib.sha256(data).digest()
             named_sop = attachment.sop_instance_uid or ""
-            return self._judge(named_sop, raw, "", data, arrival_digest=attachment.sha256), known_id
+            judged = self._judge(
+                named_sop, raw, "", data, arrival_digest=attachment.sha256, early=early
+            )
+            return judged, known_id
         try:
-            digest, syntax = dataset_digest(data)
+            digest, syntax = self.meta.dataset_digest(uuid, data)
         except DatasetUnreadable as exc:
             catalogued = attachment.sop_instance_uid if attachment is not None else None
             return self._unreadable(catalogued, str(exc)), known_id
@@ -370,7 +417,7 @@ class Guard:
             return identity, known_id
         sop, known_id = identity
         arrival = attachment.digest if attachment is not None else None
-        return self._judge(sop, digest, syntax, data, arrival_digest=arrival), known_id
+        return self._judge(sop, digest, syntax, data, arrival_digest=arrival, early=early), known_id
 
     def _identity(
         self,
@@ -478,10 +525,17 @@ class Guard:
         return verdict
 
     def _judge(
-        self, sop: str, digest: bytes, syntax: str, data: bytes, *, arrival_digest: bytes | None
+        self,
+        sop: str,
+        digest: bytes,
+        syntax: str,
+        data: bytes,
+        *,
+        arrival_digest: bytes | None,
+        early: Lookup | None = None,
     ) -> ReadVerdict:
         try:
-            versions = self.records.versions(sop) if sop else ()
+            versions = self._versions(sop, early)
         except IndexUnavailable as exc:
             return unverifiable(sop, f"The gateway's records cannot be read ({exc})")
         # Without a mirror there are no facts at all (the index's evidence only); with
@@ -501,6 +555,14 @@ class Guard:
             changed=changed, arrival_digest=arrival_digest, syntax_now=syntax,
             pending_alert_s=self.pending_alert_s,
         )  # fmt: skip
+
+    def _versions(self, sop: str, early: Lookup | None) -> tuple[Version, ...]:
+        """The recorded versions of ``sop``: the look-up started ahead if it is of ``sop``."""
+        if not sop:
+            return ()
+        if early is not None and early[0] == sop:
+            return early[1].result()
+        return self.records.versions(sop)
 
     def _what_changed(self, data: bytes, recorded: Version) -> str | None:
         """``"pixels"`` or ``"header"``, comparing pixel digests (only for refused copies)."""

@@ -120,6 +120,7 @@ class XrayPlugin:
             locate=self.orthanc_attachment,
             pending_alert_s=settings.pending_alert_s,
             on_read=self.journal_read,
+            look_ahead=isinstance(self.records, PostgresRecordBook),  # a round trip per read
         )
 
     # -- registration ----------------------------------------------------------------------
@@ -182,8 +183,9 @@ class XrayPlugin:
             return
         if self.mirror is not None:
             self.mirror.stop()
+        self.guard.close()
         self.journal.close()
-        if isinstance(self.records, PostgresRecordBook):
+        if isinstance(self.records, (PostgresRecordBook, RecordBook)):
             self.records.close()
 
     # -- lookups ---------------------------------------------------------------------------
