@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -15,6 +16,7 @@ from urllib.parse import urlparse
 import apiron
 import requests
 from orthanc_rest_client import Orthanc
+from requests.adapters import HTTPAdapter
 from requests.auth import HTTPBasicAuth
 from urllib3.util.retry import Retry
 
@@ -107,7 +109,9 @@ class Pacs:
     refused the file itself: permanent) and :class:`InstanceMissing` (no such id).
 
     Each call opens its own HTTP session (``orthanc-rest-client`` builds one per call),
-    so one ``Pacs`` may be shared between threads.
+    so one ``Pacs`` may be shared between threads; :meth:`store`, the pipeline's forward,
+    keeps one keep-alive session per thread instead, so that a stream of uploads reuses
+    its connections.
 
     Parameters
     ----------
@@ -147,6 +151,7 @@ class Pacs:
             service = getattr(client, name)
             setattr(client, name, type(service)(service.__name__, (service,), {"domain": self.url}))
         self._client = client
+        self._local = threading.local()  # each thread's keep-alive session for store()
         # Given on every call: endpoints called past the client's wrappers get no auth else.
         self._options: dict[str, Any] = {
             "auth": auth,
@@ -207,12 +212,7 @@ class Pacs:
         with path.open("rb") as body:
             # A file object as the body is streamed by requests with a Content-Length
             # from fstat: the instance is never read into memory as a whole.
-            reply = self._call(
-                lambda: self._client.add_instance(
-                    body, headers={"Content-Type": "application/dicom"}, **self._options
-                ),
-                what="store",
-            )
+            reply = self._call(lambda: self._post_instance(body), what="store")
         if not isinstance(reply, dict) or not reply.get("ID"):
             raise PacsRejected(f"Orthanc did not store the file: {str(reply)[:200]}")
         orthanc_id = str(reply["ID"])
@@ -234,6 +234,32 @@ class Pacs:
                 digest.hex()[:16],
             )
         return ForwardResult(orthanc_id, "AlreadyStored", conflict, digest, theirs)
+
+    def _post_instance(self, body: BinaryIO) -> Any:
+        """``POST /instances`` on this thread's keep-alive session; Orthanc's JSON answer."""
+        timeout = self._options["timeout_spec"]
+        response = self._session().post(
+            f"{self.url}/instances/",  # the path orthanc-rest-client posts to
+            data=body,
+            auth=self._options["auth"],
+            headers={"Content-Type": "application/dicom", **IDENTITY},
+            timeout=(timeout.connection_timeout, timeout.read_timeout),
+        )
+        with contextlib.closing(response):
+            response.raise_for_status()
+            return response.json()
+
+    def _session(self) -> requests.Session:
+        """This thread's session (a ``requests.Session`` is not shared between threads),
+        with no hidden retry (``NO_RETRY``: the pipeline retries)."""
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            adapter = HTTPAdapter(max_retries=NO_RETRY)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._local.session = session
+        return session
 
     def find(self, sop_instance_uid: str) -> str | None:
         """Orthanc's id of the instance with this SOP Instance UID (``POST /tools/lookup``).
