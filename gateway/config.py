@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     admin_key_file: Path | None = None
     # Merkle batches (gateway/ingest/anchor.py Gatherer): at most batch_max images; cut once
     # nothing is on its way to the anchor stage and no image joined for batch_window_ms, or
-    # anchor_max_delay_ms after the oldest was acked (the latency limit) while images stream in.
+    # when the oldest has waited anchor_max_delay_ms (the latency limit) while images stream in.
     batch_max: int = Field(default=256, ge=1, le=100_000)
     batch_window_ms: int = Field(default=200, ge=0)
     anchor_max_delay_ms: int = Field(default=2000, ge=0, le=3_600_000)

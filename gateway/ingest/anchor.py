@@ -108,25 +108,19 @@ class Gatherer:
     """When to cut a batch (pure): it keeps filling while images stream in, up to a limit.
 
     :meth:`offer` is given, each time round, the rows that may join a batch now (oldest
-    first), whether more rows are on their way to the anchor stage (received, not yet
-    fingerprinted, sealed or stored) and, if known, when each row was acked; a row is
-    timed from the first offer that held it (and from its ack), and a row no longer offered
-    is forgotten. :meth:`take` cuts a batch when one is due:
+    first) and whether more rows are on their way to the anchor stage (received, not yet
+    fingerprinted, sealed or stored); a row is timed from the first offer that held it,
+    and a row no longer offered is forgotten. :meth:`take` cuts a batch when one is due:
 
     - ``max_size`` rows wait (``GATEWAY_BATCH_MAX``); or
-    - ``max_delay_s`` (the latency limit, ``GATEWAY_ANCHOR_MAX_DELAY_MS``) has passed since
-      the oldest was acked, however many are still on their way: the limit bounds the
-      time from the ack to the anchor, which the modality's Storage Commitment and the
-      auditor wait on, not only the wait at this stage. A row that reached the stage late
-      (the pipeline behind a stream) is still given ``min(quiet_s, max_delay_s)`` for
-      others to join it, so that a late wave of rows is one batch, not one each; or
+    - the oldest has waited ``max_delay_s`` (the latency limit,
+      ``GATEWAY_ANCHOR_MAX_DELAY_MS``), however many are still on their way; or
     - the stream has ended: nothing is on its way and no row joined for ``quiet_s``
       (``GATEWAY_BATCH_WINDOW_MS``), which leaves room for the next image of a modality
       that pauses between studies.
 
     With ``max_delay_s`` at or below ``quiet_s`` the window is fixed: a batch is cut
-    ``max_delay_s`` after its oldest row was acked (arrived, when the ack time is not
-    given), whatever streams in.
+    ``max_delay_s`` after its oldest row arrived, whatever streams in.
     """
 
     def __init__(self, *, max_size: int, quiet_s: float, max_delay_s: float) -> None:
@@ -136,19 +130,12 @@ class Gatherer:
         self.quiet_s = max(0.0, quiet_s)
         self.max_delay_s = max(0.0, max_delay_s)
         self._since: dict[int, float] = {}
-        self._acked: dict[int, float] = {}
         self._streaming = False
 
-    def offer(
-        self, row_ids: Sequence[int], now: float, *, streaming: bool = False,
-        acked: Sequence[float] | None = None,
-    ) -> None:  # fmt: skip
-        """The rows that may join a batch now, oldest first; ``streaming``: more are coming;
-        ``acked``: when each was acked, on ``now``'s clock (unknown: when first offered)."""
+    def offer(self, row_ids: Sequence[int], now: float, *, streaming: bool = False) -> None:
+        """The rows that may join a batch now, oldest first; ``streaming``: more are coming."""
         since = self._since
         self._since = {row_id: since.get(row_id, now) for row_id in row_ids}
-        acked_at = dict(zip(row_ids, acked, strict=True)) if acked is not None else {}
-        self._acked = {row_id: min(acked_at.get(row_id, t), t) for row_id, t in self._since.items()}
         self._streaming = streaming
 
     def __len__(self) -> int:
@@ -163,7 +150,6 @@ class Gatherer:
         chosen = list(self._since)[: self.max_size]
         for row_id in chosen:
             del self._since[row_id]
-            del self._acked[row_id]
         return chosen
 
     def wait_s(self, now: float) -> float | None:
@@ -173,13 +159,9 @@ class Gatherer:
         return max(0.0, self._due_at() - now)
 
     def _due_at(self) -> float:
-        """When the waiting rows make a batch unless more join: the limit (from the oldest
-        ack, after a short wait at this stage), or the quiet end."""
+        """When the waiting rows make a batch unless more join: the limit, or the quiet end."""
         times = self._since.values()
-        due = max(
-            min(self._acked.values()) + self.max_delay_s,
-            min(times) + min(self.quiet_s, self.max_delay_s),
-        )
+        due = min(times) + self.max_delay_s
         if not self._streaming:
             due = min(due, max(times) + self.quiet_s)
         return due

@@ -113,12 +113,8 @@ class Gather(Protocol):
 
     max_size: int
 
-    def offer(
-        self, row_ids: Sequence[int], now: float, *, streaming: bool = False,
-        acked: Sequence[float] | None = None,
-    ) -> None:  # fmt: skip
-        """The rows that may join a batch now, oldest first; ``streaming``: more are coming;
-        ``acked``: when each was acked, on ``now``'s clock."""
+    def offer(self, row_ids: Sequence[int], now: float, *, streaming: bool = False) -> None:
+        """The rows that may join a batch now, oldest first; ``streaming``: more are coming."""
         ...
 
     def take(self, now: float) -> list[int] | None:
@@ -637,10 +633,7 @@ class Pipeline:
                 # a batch keeps filling while rows are on their way to it (bounded by the
                 # gatherer's latency limit); rows waiting out a backoff are not on their way
                 streaming = bool(first) and bool(self.index.due(limit=1, stages=ON_THE_WAY))
-                gatherer.offer(
-                    [row.id for row in first], now, streaming=streaming,
-                    acked=[now - max(0.0, time.time() - row.received_at) for row in first],
-                )  # fmt: skip
+                gatherer.offer([row.id for row in first], now, streaming=streaming)
                 while not self._stop.is_set() and (chosen := gatherer.take(now)) is not None:
                     batch = self.batcher.open([(i, anchor_item(by_id[i])) for i in chosen])
                     log.info("batch %d: %d images, root %s", batch.id, batch.count,

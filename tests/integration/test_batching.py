@@ -56,14 +56,13 @@ def series(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, series: list[Path]) -> Iterator[Up]:
     # Windows long enough that batches are cut by size: at this machine's ingest rate the
-    # default 2 s latency limit could cut a batch before 256 images reached it. The limit
-    # runs from each image's ack, and 1,000 acks take tens of seconds on a loaded machine.
+    # default 2 s latency limit could cut a batch before 256 images reached it.
     up = Up(
         gateway_env(
             tmp_path_factory.mktemp("batching") / "var",
             GATEWAY_BATCH_MAX="256",
             GATEWAY_BATCH_WINDOW_MS="10000",
-            GATEWAY_ANCHOR_MAX_DELAY_MS="120000",
+            GATEWAY_ANCHOR_MAX_DELAY_MS="10000",
         )
     )
     try:

@@ -70,22 +70,6 @@ def test_a_quiet_end_waits_for_the_last_arrival_not_the_first() -> None:
     assert gather.take(now=0.36) == [1, 2]
 
 
-def test_the_latency_limit_runs_from_the_ack_with_a_short_wait_for_late_rows() -> None:
-    gather = Gatherer(max_size=256, quiet_s=0.2, max_delay_s=2.0)
-    # acked at 0.0 and 0.5, reaching the anchor stage at 1.5 (the pipeline was behind)
-    gather.offer([1, 2], now=1.5, streaming=True, acked=[0.0, 0.5])
-    assert gather.take(now=1.99) is None
-    assert gather.take(now=2.0) == [1, 2]  # 2 s after the oldest ack, not after 1.5
-    # acked long ago, arriving now: a short wait lets the rest of their wave join
-    gather.offer([3], now=5.0, streaming=True, acked=[1.0])
-    gather.offer([3, 4, 5], now=5.1, streaming=True, acked=[1.0, 1.1, 1.2])
-    assert gather.take(now=5.19) is None
-    assert gather.take(now=5.2) == [3, 4, 5]
-    # an ack time later than the first offer (clocks apart) never delays the cut
-    gather.offer([6], now=6.0, streaming=True, acked=[7.0])
-    assert gather.take(now=7.99) is None and gather.take(now=8.0) == [6]
-
-
 def test_rows_no_longer_offered_are_forgotten_and_order_is_kept() -> None:
     gather = Gatherer(max_size=10, quiet_s=1.0, max_delay_s=1.0)
     gather.offer([3, 1, 2], now=0.0)
@@ -190,11 +174,8 @@ class _Watched(Gatherer):
         self.decided = threading.Condition()
         self._offered: tuple[list[int], bool] = ([], False)
 
-    def offer(
-        self, row_ids: Sequence[int], now: float, *, streaming: bool = False,
-        acked: Sequence[float] | None = None,
-    ) -> None:  # fmt: skip
-        super().offer(row_ids, now, streaming=streaming, acked=acked)
+    def offer(self, row_ids: Sequence[int], now: float, *, streaming: bool = False) -> None:
+        super().offer(row_ids, now, streaming=streaming)
         self._offered = (list(row_ids), streaming)
 
     def take(self, now: float) -> list[int] | None:
