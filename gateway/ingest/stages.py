@@ -106,10 +106,13 @@ class StepDone:
 
     ``then`` runs only once the move is committed (it is given where the row landed): a
     file the row no longer needs is removed only when the index no longer needs it.
+    ``sync`` is a directory whose entries (a file the step renamed into it) must be
+    durable before the move is recorded: fsynced once for every step of a round.
     """
 
     move: StageMove
     then: Callable[[Landed], None] | None = None
+    sync: Path | None = None
 
 
 Step = Callable[["Steps", Row, "Stage"], StepDone]
@@ -212,10 +215,12 @@ class Steps:
         sealed_dir.mkdir(parents=True, exist_ok=True)
 
     def _advance(
-        self, row: Row, to: str, *, then: Callable[[Landed], None] | None = None, **values: Any
-    ) -> StepDone:
+        self, row: Row, to: str, *, then: Callable[[Landed], None] | None = None,
+        sync: Path | None = None, **values: Any,
+    ) -> StepDone:  # fmt: skip
         """The work's ``values`` and the move to ``to``, as one update of the row."""
-        return StepDone(StageMove(row.id, to, {"attempts": 0, "last_error": None, **values}), then)
+        move = StageMove(row.id, to, {"attempts": 0, "last_error": None, **values})
+        return StepDone(move, then, sync)
 
     def commit(
         self, done: Sequence[StepDone], *, release: tuple[str, Sequence[int]] | None = None
@@ -233,7 +238,10 @@ class Steps:
         """Record these rows' steps in one transaction; where each row landed.
 
         ``release`` (worker, row ids): claims that worker drops in the same transaction.
+        The directories the steps name (``sync``) are fsynced first, each once.
         """
+        for directory in dict.fromkeys(step.sync for step in done if step.sync is not None):
+            fsync_dir(directory)
         return self.index.advance_many([step.move for step in done], release=release)
 
     def after(self, step: StepDone, landed: Landed) -> None:
@@ -350,9 +358,8 @@ class Steps:
         if row.spool_sha256 is not None and sealed.digest() != row.spool_sha256:
             tmp.unlink(missing_ok=True)
             self._swapped(row, f"it changed before sealing: {sealed.hexdigest()[:16]}…")
-        tmp.rename(target)
-        fsync_dir(self.sealed_dir)
-        return self._advance(row, stage.next, kek_id=kek_id)
+        tmp.rename(target)  # its directory is fsynced before the move is recorded
+        return self._advance(row, stage.next, sync=self.sealed_dir, kek_id=kek_id)
 
     def _sealing_key(self, row: Row) -> tuple[Kek | StudyKey, str]:
         """The study's key (format v2, erasable) and the KEK wrapping it; a row without a

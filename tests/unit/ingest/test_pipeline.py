@@ -12,6 +12,7 @@ import pytest
 import dicom_fixtures
 from gateway.errors import ChainUnavailable, PacsRejected, StoreUnavailable, XrayNotRecorder
 from gateway.index.db import DONE_STAGES, STAGES, Index
+from gateway.ingest import stages
 from gateway.ingest.pipeline import (
     ANCHOR,
     PERMANENT_ATTEMPTS,
@@ -239,3 +240,29 @@ def test_a_failing_row_leaves_its_round_and_the_others_go_on(
     assert (stages[1].strikes, stages[1].attempts) == (1, 1)
     assert "PacsRejected" in (stages[1].last_error or "")
     assert line.index.claim_counts() == {}
+
+
+def test_a_round_of_seals_syncs_the_sealed_directory_once_before_its_commit(
+    line: Line, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = dicom_fixtures.ct_series(line.sealed_dir.parent / "ct6", 6, rows=16, cols=16)
+    for n, path in enumerate(images):
+        line.acked(path.read_bytes(), uid=f"1.2.4.{n}")
+    pipeline = line.pipeline
+    held = pipeline._round(pipeline._claim(("fingerprint",), room=64))  # now at seal
+    events: list[str] = []
+    fsync_dir = stages.fsync_dir
+    advance_many = line.index.advance_many
+    monkeypatch.setattr(
+        stages, "fsync_dir", lambda path: (events.append(f"sync {path.name}"), fsync_dir(path))
+    )
+    monkeypatch.setattr(
+        line.index, "advance_many",
+        lambda moves, **kw: (events.append(f"commit {len(moves)}"), advance_many(moves, **kw))[1],
+    )  # fmt: skip
+
+    held = pipeline._round(held)
+
+    assert [row.stage for row in held] == ["put"] * 6
+    assert events == ["sync sealed", "commit 6"]
+    assert len(list(line.sealed_dir.glob("*.seal"))) == 6
