@@ -170,7 +170,7 @@ class Pipeline:
         The most rows the dispatch thread holds: each round steps them all, and records
         their results in one index transaction.
     pause:
-        Called before each stage and each look for due rows; the listener's
+        Called before each round (and each stage of a row run alone); the listener's
         ``yield_to_acks`` holds the pipeline back while C-STOREs are streaming in.
     max_instance_bytes:
         The most bytes a deflated dataset may inflate to (``GATEWAY_MAX_INSTANCE_BYTES``),
