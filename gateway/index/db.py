@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -105,6 +105,37 @@ class PendingBatch:
     members: tuple[int, ...]
     attempts: int
     last_error: str | None
+
+
+@dataclass(frozen=True)
+class StageMove:
+    """One row's finished step, as :meth:`Index.advance_many` records it.
+
+    ``values`` are the columns the step's work sets; ``stage`` is where the row goes. A
+    fingerprint names ``duplicate_stage`` too: the commit decides (as
+    :meth:`Index.claim_fingerprint`) whether the row is new, a new version or a duplicate,
+    and ``values`` then hold at least ``record_key`` and ``digest``.
+    """
+
+    row_id: int
+    stage: str
+    values: Mapping[str, Any]
+    duplicate_stage: str | None = None
+
+    @property
+    def record_key(self) -> bytes:
+        """The key a fingerprint's decision locks (empty for other moves)."""
+        return bytes(self.values.get("record_key") or b"")
+
+
+@dataclass(frozen=True)
+class Landed:
+    """Where a move left its row: the stage, its version (0 unless a new fingerprint
+    decided it) and, for a duplicate, the row it duplicates."""
+
+    stage: str
+    version: int
+    duplicate_of: int | None
 
 
 class Index:
@@ -323,27 +354,62 @@ class Index:
         the stage it moved to, its version (0 for a duplicate) and the row it duplicates.
         """
         with self.transaction() as db:
-            db.serialize(values["record_key"])  # two claims of one record never interleave
-            cursor = db.execute(
-                "SELECT id, digest, version FROM instances WHERE record_key = ? AND id != ?"
-                f" AND {IS_FINGERPRINTED_VERSION} ORDER BY id",
-                (values["record_key"], row_id),
+            return _claim_fingerprint(
+                db, row_id, values, next_stage=next_stage, duplicate_stage=duplicate_stage
             )
-            others = cursor.fetchall()
-            same = [other_id for other_id, digest, _ in others if digest == values["digest"]]
-            if same:
-                stage, version, duplicate_of = duplicate_stage, 0, int(same[0])
-            else:
-                stage = next_stage
-                version = 1 + max((int(v or 0) for _, _, v in others), default=0)
-                duplicate_of = None
-            values = {**values, "stage": stage, "version": version or None, "attempts": 0,
-                      "last_error": None, "next_attempt_at": 0}  # fmt: skip
-            assignments = ", ".join(f"{name} = ?" for name in values)
-            db.execute(
-                f"UPDATE instances SET {assignments} WHERE id = ?", (*values.values(), row_id)
-            )
-        return stage, version, duplicate_of
+
+    # -- stage moves of many rows in one commit (the pipeline's rounds) ----------------------
+
+    def advance_many(
+        self, moves: Sequence[StageMove], *, release: tuple[str, Sequence[int]] | None = None
+    ) -> list[Landed]:
+        """Record many rows' finished steps in one transaction (one commit, one fsync).
+
+        ``release`` (worker, row ids): that worker's claims on those rows are dropped in the
+        same transaction, as :meth:`unclaim` does (the rows are done, or wait).
+
+        Each move sets its row's columns and stage as :meth:`update` would, or, for a move
+        with a ``duplicate_stage`` (a fingerprint), decides new, new version or duplicate
+        as :meth:`claim_fingerprint` does. Returns where each row landed, in ``moves``'
+        order. Fingerprints are decided in record-key order (then row id), so that two
+        claimers taking the same keys' locks never wait for each other in a cycle, and the
+        older of two rows with the same bytes stays the original.
+        """
+        unknown = {name for move in moves for name in move.values} - set(COLUMNS)
+        if unknown:
+            raise KeyError(f"no such index columns: {sorted(unknown)}")
+        order = sorted(
+            range(len(moves)),
+            key=lambda i: (moves[i].duplicate_stage is None, moves[i].record_key, moves[i].row_id),
+        )  # fingerprints first, by key: their locks are taken in one order everywhere
+        landed: dict[int, Landed] = {}
+        with self.transaction() as db:
+            for i in order:
+                move = moves[i]
+                if move.duplicate_stage is not None:
+                    landed[i] = Landed(*_claim_fingerprint(
+                        db, move.row_id, dict(move.values), next_stage=move.stage,
+                        duplicate_stage=move.duplicate_stage,
+                    ))  # fmt: skip
+                    continue
+                values = {**move.values, "stage": move.stage}
+                assignments = ", ".join(f"{name} = ?" for name in values)
+                db.execute(
+                    f"UPDATE instances SET {assignments} WHERE id = ?",
+                    (*values.values(), move.row_id),
+                )
+                landed[i] = Landed(move.stage, 0, None)
+            if release is not None and release[1]:
+                _unclaim(db, release[0], release[1])
+        return [landed[i] for i in range(len(moves))]
+
+    def rows_of(self, row_ids: Sequence[int]) -> list[Row]:
+        """The rows with these ids, in the order given (ids with no row are left out)."""
+        if not row_ids:
+            return []
+        marks = ", ".join("?" for _ in row_ids)
+        found = {row.id: row for row in self._rows(f"WHERE id IN ({marks})", tuple(row_ids))}
+        return [found[row_id] for row_id in row_ids if row_id in found]
 
     def versions_of(self, record_key: bytes, *, exclude: int | None = None) -> list[Row]:
         """Every version of this record key (:data:`~gateway.index.queries.IS_VERSION`), oldest first."""
@@ -738,13 +804,8 @@ class Index:
         """Drop this worker's claims on these rows (they wait, or are done)."""
         if not row_ids:
             return
-        marks = ", ".join("?" for _ in row_ids)
         with self.transaction() as db:
-            db.execute(
-                "UPDATE instances SET claimed_by = NULL, claim_until = 0"
-                f" WHERE claimed_by = ? AND id IN ({marks})",
-                (worker, *row_ids),
-            )
+            _unclaim(db, worker, row_ids)
 
     def renew_claims(self, worker: str, *, lease_s: float) -> int:
         """Extend every claim this worker holds by the lease; returns how many."""
@@ -775,6 +836,41 @@ class Index:
                 (time.time() if now is None else now,),
             )
             return {str(worker): int(count) for worker, count in cursor.fetchall()}
+
+
+def _claim_fingerprint(
+    db: Connection, row_id: int, values: dict[str, Any], *, next_stage: str, duplicate_stage: str
+) -> tuple[str, int, int | None]:
+    """Inside a transaction: :meth:`Index.claim_fingerprint`'s decision and update."""
+    db.serialize(values["record_key"])  # two claims of one record never interleave
+    cursor = db.execute(
+        "SELECT id, digest, version FROM instances WHERE record_key = ? AND id != ?"
+        f" AND {IS_FINGERPRINTED_VERSION} ORDER BY id",
+        (values["record_key"], row_id),
+    )
+    others = cursor.fetchall()
+    same = [other_id for other_id, digest, _ in others if digest == values["digest"]]
+    if same:
+        stage, version, duplicate_of = duplicate_stage, 0, int(same[0])
+    else:
+        stage = next_stage
+        version = 1 + max((int(v or 0) for _, _, v in others), default=0)
+        duplicate_of = None
+    values = {**values, "stage": stage, "version": version or None, "attempts": 0,
+              "last_error": None, "next_attempt_at": 0}  # fmt: skip
+    assignments = ", ".join(f"{name} = ?" for name in values)
+    db.execute(f"UPDATE instances SET {assignments} WHERE id = ?", (*values.values(), row_id))
+    return stage, version, duplicate_of
+
+
+def _unclaim(db: Connection, worker: str, row_ids: Sequence[int]) -> None:
+    """Inside a transaction: drop ``worker``'s claims on these rows."""
+    marks = ", ".join("?" for _ in row_ids)
+    db.execute(
+        f"UPDATE instances SET claimed_by = NULL, claim_until = 0 WHERE claimed_by = ?"
+        f" AND id IN ({marks})",
+        (worker, *row_ids),
+    )
 
 
 def error_class(last_error: str | None) -> str:

@@ -12,17 +12,23 @@ pipelines, each in its own worker process (``xray-gateway worker``), share one i
 never work the same row at once; a dead worker's rows return to the queue when its lease
 runs out, or at once when it starts again under the same id.
 
-Rows run their stages on a pool of worker threads, except at ``anchor`` when a batcher
-is configured: there one thread gathers the rows that reached it into Merkle batches
-(``anchor.BatchAnchorer``: one ``recordBatch`` per batch), lands each batch, and moves
-its rows on to ``forward`` all at once, while the pool keeps fingerprinting, sealing,
-storing and forwarding other rows. A new version of an image (same SOP Instance UID,
+Rows run their stages in rounds, except at ``anchor`` when a batcher is configured. The
+dispatch thread holds up to ``round_rows`` claimed rows; each round runs every held row's
+step at once on a pool of worker threads (fingerprint, seal, put and forward: several
+uploads to the PACS at a time), then records all of their results, and drops the claims
+of the rows that are done or wait, in one index transaction: one commit for many rows
+rather than one per row and stage. Rows newly due join the next round, so a stream of
+images moves through the stages in waves. At ``anchor`` one thread gathers the rows that
+reached it into Merkle batches (``anchor.BatchAnchorer``: one ``recordBatch`` per batch),
+lands each batch, and moves its rows on to ``forward`` all at once, while the rounds go
+on with other rows. A new version of an image (same SOP Instance UID,
 other bytes) is anchored on its own (``supersedeImage``, or ``supersedeBatchedImage``
 with the inclusion proof from the index if its first version was batched), so that the
 chain itself knows the image changed, and the key stays the gateway's on chain.
 
 Each step reads a row of the index, does one idempotent piece of work, and advances the
-row in the same update that records the work's result (see ``stages.py``).
+row in the same update that records the work's result (see ``stages.py``); a crash
+between the work and the round's commit repeats the work.
 
 The index saying "anchored" is only as good as the chain still holding the transaction.
 An embedded anvil killed without its state dump comes back without its last blocks, so
@@ -70,6 +76,7 @@ from gateway.ingest.stages import (
     AnchorResult,
     Forwarder,
     Stage,
+    StepDone,
     Steps,
     anchor_item,
     describe,
@@ -159,9 +166,12 @@ class Pipeline:
     sealed_dir:
         Where sealed objects wait between the seal and put stages.
     workers:
-        Concurrent rows in flight.
+        Threads running rows' steps at once (PACS uploads among them).
+    round_rows:
+        The most rows the dispatch thread holds: each round steps them all, and records
+        their results in one index transaction.
     pause:
-        Called before each stage and each look for due rows; the listener's
+        Called before each round (and each stage of a row run alone); the listener's
         ``yield_to_acks`` holds the pipeline back while C-STOREs are streaming in.
     max_instance_bytes:
         The most bytes a deflated dataset may inflate to (``GATEWAY_MAX_INSTANCE_BYTES``),
@@ -194,6 +204,7 @@ class Pipeline:
         sealed_dir: Path,
         batcher: Batcher | None = None,
         workers: int = 4,
+        round_rows: int = 64,
         pause: Callable[[], None] | None = None,
         max_instance_bytes: int = MAX_INSTANCE_BYTES,
         alerts: Alerts | None = None,
@@ -207,6 +218,7 @@ class Pipeline:
         self.lease_s = lease_s
         self.poll_s = poll_s
         self.workers = workers
+        self.round_rows = round_rows
         self.anchors = anchors
         self.anchorer = anchorer
         self.batcher = batcher
@@ -292,36 +304,141 @@ class Pipeline:
         """Whether the batch thread runs this row's stage: first versions, with a batcher."""
         return stage.batched and self.batcher is not None and (row.version or 1) == 1
 
-    def _dispatch(self) -> None:
-        pooled = tuple(
+    def _pooled(self) -> tuple[str, ...]:
+        """The stages the rounds run: with a batcher, rows at its stage are the batch
+        thread's to hand out; a pipeline that does not anchor leaves them too."""
+        return tuple(
             stage.name
             for stage in STAGE_TABLE
             if not (stage.batched and (self.batcher or not self.anchors))
-        )  # with a batcher, rows at its stage are the batch thread's to hand out
-        while not self._stop.is_set():
-            self._wake.clear()
-            if self.pause is not None:
-                self.pause()
-            if (
-                not self._reconciled.is_set()
-                and time.monotonic() >= self._reconcile_at
-                and not (self._reconciler is not None and self._reconciler.is_alive())
-            ):  # on its own thread: a chain that times out must not hold back the other stages
-                self._reconciler = threading.Thread(
-                    target=self._try_reconcile, name="pipeline-reconcile", daemon=True
+        )
+
+    def _dispatch(self) -> None:
+        pooled = self._pooled()
+        held: list[Row] = []
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()
+                if self.pause is not None:
+                    self.pause()  # once per round: acks first while C-STOREs stream in
+                self._start_reconcile()
+                # no new anchor before the recorded ones are checked
+                stages = tuple(
+                    name for name in pooled if name != ANCHOR.name or self._reconciled.is_set()
                 )
-                self._reconciler.start()
-            # no new anchor before the recorded ones are checked
-            stages = tuple(
-                name for name in pooled if name != ANCHOR.name or self._reconciled.is_set()
-            )
+                held = held + self._claim(stages, room=self.round_rows - len(held))
+                if not held:
+                    self._wake.wait(self.poll_s)
+                    continue
+                try:
+                    held = self._round(held)  # rows went on or joined: no wake-up needed
+                except Exception:  # the index failed between steps: they run again later
+                    log.exception("a round of %d rows failed; retrying in 1 s", len(held))
+                    self._unclaim_quietly([row.id for row in held])
+                    with self._lock:
+                        self._inflight.difference_update(row.id for row in held)
+                    held = []
+                    self._stop.wait(1.0)
+        finally:
             with self._lock:
-                room = self.workers - len(self._inflight)
-            for row in self.index.claim_due(
+                self._inflight.difference_update(row.id for row in held)
+
+    def _start_reconcile(self) -> None:
+        """Check the recorded anchors on a thread of its own when due: a chain that times
+        out must not hold back the other stages."""
+        if (
+            not self._reconciled.is_set()
+            and time.monotonic() >= self._reconcile_at
+            and not (self._reconciler is not None and self._reconciler.is_alive())
+        ):
+            self._reconciler = threading.Thread(
+                target=self._try_reconcile, name="pipeline-reconcile", daemon=True
+            )
+            self._reconciler.start()
+
+    def _claim(self, stages: tuple[str, ...], *, room: int) -> list[Row]:
+        """Claim up to ``room`` due rows for the next round (none if the index fails now)."""
+        try:
+            rows = self.index.claim_due(
                 self.worker, stages=stages, anywhere=ANYWHERE, limit=room, lease_s=self.lease_s
-            ):
-                self._submit(row.id)
-            self._wake.wait(self.poll_s)
+            )
+        except Exception:  # the index is busy or failing: the held rows go on meanwhile
+            log.exception("claiming due rows failed; trying again next round")
+            return []
+        with self._lock:
+            self._inflight.update(row.id for row in rows)
+        return rows
+
+    def _round(self, rows: list[Row]) -> list[Row]:
+        """Run every row's step once, at the same time; record them all in one transaction.
+
+        Returns the rows that go on to another step in the next round. The others (done,
+        parked, failed and waiting for a retry, or at the anchor stage for the batch
+        thread) lose this worker's claim in the same transaction. (A fingerprint found to
+        be a duplicate is known only in the commit: it leaves at the next round.)
+        """
+        stepping = [(row, stage) for row in rows if (stage := self._runnable(row)) is not None]
+        outcomes = list(self._pool.map(lambda pair: self._step(*pair), stepping))
+        stepped = {row.id for row, _ in stepping}
+        leaving = [row.id for row in rows if row.id not in stepped]
+        done: list[StepDone] = []
+        for (row, _), outcome in zip(stepping, outcomes, strict=True):
+            if isinstance(outcome, StepDone):
+                done.append(outcome)
+            else:
+                leaving.append(row.id)
+                self._record_failure(row, outcome)
+        going_on = [d.move.row_id for d in done if self._goes_on(d.move.stage)]
+        leaving += [d.move.row_id for d in done if not self._goes_on(d.move.stage)]
+        try:
+            landed = self.steps.record(done, release=(self.worker, leaving))
+        except Exception:  # the index failed: the work is done again from the rows' stages
+            log.exception("recording a round of %d steps failed; they run again", len(done))
+            self._unclaim_quietly([row.id for row in rows])
+            done, landed, going_on = [], [], []
+        list(self._pool.map(self.steps.after, done, landed))  # file removals, side by side
+        by_id = {row.id: row for row in rows}
+        for d in done:
+            self._succeeded(by_id[d.move.row_id])
+            if d.move.stage == ANCHOR.name:
+                self._batch_wake.set()  # the batch thread takes it from here
+        with self._lock:
+            self._inflight.difference_update(set(by_id) - set(going_on))
+        return self.index.rows_of(going_on)
+
+    def _runnable(self, row: Row) -> Stage | None:
+        """The stage the round runs for ``row`` now, or None if it leaves the round."""
+        stage = STAGE.get(row.stage)
+        if stage is None or self._batched(stage, row) or (stage is ANCHOR and not self.anchors):
+            return None
+        return stage
+
+    def _goes_on(self, stage_name: str) -> bool:
+        """Whether a row that landed at ``stage_name`` takes its next step in a round."""
+        stage = STAGE.get(stage_name)  # None: done; at the anchor stage with a batcher, the
+        # batch thread's (it hands a new version to the pool alone)
+        return stage is not None and not (
+            stage is ANCHOR and (self.batcher is not None or not self.anchors)
+        )
+
+    def _step(self, row: Row, stage: Stage) -> StepDone | Exception:
+        """One row's step in a round (on a pool thread): what to record, or why it failed."""
+        try:
+            return stage.step(self.steps, row, stage)
+        except Exception as exc:  # recorded on the row, with its reason, by the round
+            return exc
+
+    def _record_failure(self, row: Row, exc: Exception) -> None:
+        try:
+            self._failed(row, exc)
+        except Exception:  # the index failed too: the row is tried again as it stands
+            log.exception("row %d: recording its failure failed", row.id)
+
+    def _unclaim_quietly(self, row_ids: list[int]) -> None:
+        try:
+            self.index.unclaim(self.worker, row_ids)
+        except Exception:  # their claims run out with the lease
+            log.exception("dropping this worker's claims failed")
 
     def _submit(self, row_id: int) -> None:
         with self._lock:
@@ -427,7 +544,7 @@ class Pipeline:
         if self.pause is not None:
             self.pause()
         try:
-            stage.step(self.steps, row, stage)
+            self.steps.commit([stage.step(self.steps, row, stage)])
         except Exception as exc:  # every failure is recorded on the row, with its reason
             self._failed(row, exc)
             return False
@@ -545,7 +662,7 @@ class Pipeline:
 
     def _land_claimed(self, batch: PendingBatch) -> None:
         assert self.batcher is not None
-        rows = [self.index.get(row_id) for row_id in batch.members]
+        rows = self.index.rows_of(batch.members)
         try:
             results = self.batcher.land(batch, [anchor_item(row) for row in rows])
         except Exception as exc:  # retried whole: same members, same root

@@ -1,10 +1,13 @@
 """The work of each stage after the ack, on one row; the order is the stage table's (pipeline.py).
 
-Each step reads its row, does one idempotent piece of work, and records the result in the
-same update of the index that moves the row on to the next stage the table names. A crash
-between the work and the update repeats the work, which is why every step is idempotent:
-the object name is content-addressed, the anchor looks the record up on the ledger before
-sending, and Orthanc answers ``AlreadyStored`` to identical bytes.
+Each step reads its row, does one idempotent piece of work, and returns what the index
+must record (a :class:`StepDone`: the work's result and the next stage the table names, in
+one update) with what follows that update (a spool file discarded, a sealed copy removed).
+:meth:`Steps.commit` records many rows' steps in one transaction: the pipeline runs a
+round of rows' steps at once and commits them together. A crash between the work and the
+commit repeats the work, which is why every step is idempotent: the object name is
+content-addressed, the anchor looks the record up on the ledger before sending, and
+Orthanc answers ``AlreadyStored`` to identical bytes.
 
 The outside parts the steps use are small protocols (:class:`Anchorer`,
 :class:`Forwarder`, and the store's ``ObjectStore``); ``gateway/ingest/memory.py`` holds
@@ -18,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,7 +33,7 @@ from gateway.core.keys import Kek, Keyring, StudyKey
 from gateway.core.merkle import decode_proof
 from gateway.core.seal import seal
 from gateway.errors import DatasetUnreadable, MustWait, SpoolSwapped
-from gateway.index.db import Index, Row
+from gateway.index.db import Index, Landed, Row, StageMove
 from gateway.index.erasure import StudyKeys, erased_digest
 from gateway.ingest.spool import Spool, fsync_dir
 from gateway.ledger.types import BatchedLeaf
@@ -96,8 +99,24 @@ class Forwarder(Protocol):
 
 # -- one row of the stage table --------------------------------------------------------------
 
-Step = Callable[["Steps", Row, "Stage"], None]
-"""A stage's work: ``step(steps, row, stage)``; it moves the row to ``stage.next`` when done."""
+
+@dataclass(frozen=True)
+class StepDone:
+    """A step's work on one row, done: what the index records, and what follows the commit.
+
+    ``then`` runs only once the move is committed (it is given where the row landed): a
+    file the row no longer needs is removed only when the index no longer needs it.
+    ``sync`` is a directory whose entries (a file the step renamed into it) must be
+    durable before the move is recorded: fsynced once for every step of a round.
+    """
+
+    move: StageMove
+    then: Callable[[Landed], None] | None = None
+    sync: Path | None = None
+
+
+Step = Callable[["Steps", Row, "Stage"], StepDone]
+"""A stage's work: ``step(steps, row, stage)``; what moves the row on (to ``stage.next``)."""
 
 
 @dataclass(frozen=True)
@@ -195,13 +214,51 @@ class Steps:
         self._anchor_locks: dict[bytes, threading.Lock] = {}
         sealed_dir.mkdir(parents=True, exist_ok=True)
 
-    def _advance(self, row: Row, to: str, **values: Any) -> None:
-        """Record the work's ``values`` and move the row to ``to``, in one update."""
-        self.index.update(row.id, stage=to, attempts=0, last_error=None, **values)
+    def _advance(
+        self, row: Row, to: str, *, then: Callable[[Landed], None] | None = None,
+        sync: Path | None = None, **values: Any,
+    ) -> StepDone:  # fmt: skip
+        """The work's ``values`` and the move to ``to``, as one update of the row."""
+        move = StageMove(row.id, to, {"attempts": 0, "last_error": None, **values})
+        return StepDone(move, then, sync)
+
+    def commit(
+        self, done: Sequence[StepDone], *, release: tuple[str, Sequence[int]] | None = None
+    ) -> list[Landed]:
+        """Record these rows' steps in one transaction (:meth:`record`), then run what
+        follows each (:meth:`after`)."""
+        landed = self.record(done, release=release)
+        for step, where in zip(done, landed, strict=True):
+            self.after(step, where)
+        return landed
+
+    def record(
+        self, done: Sequence[StepDone], *, release: tuple[str, Sequence[int]] | None = None
+    ) -> list[Landed]:
+        """Record these rows' steps in one transaction; where each row landed.
+
+        ``release`` (worker, row ids): claims that worker drops in the same transaction.
+        The directories the steps name (``sync``) are fsynced first, each once.
+        """
+        for directory in dict.fromkeys(step.sync for step in done if step.sync is not None):
+            fsync_dir(directory)
+        return self.index.advance_many([step.move for step in done], release=release)
+
+    def after(self, step: StepDone, landed: Landed) -> None:
+        """What follows a recorded step (removing a file the row no longer needs).
+
+        Best effort: a failure is logged, and the file is left behind, never needed again.
+        """
+        if step.then is None:
+            return
+        try:
+            step.then(landed)
+        except OSError:
+            log.exception("row %d: cleaning up after its step failed", step.move.row_id)
 
     # -- fingerprint: digests and keys of the acked bytes; a new version or a duplicate ------
 
-    def fingerprint(self, row: Row, stage: Stage) -> None:
+    def fingerprint(self, row: Row, stage: Stage) -> StepDone:
         assert stage.aside is not None
         failpoints.hit("pipeline.before_fingerprint")
         path = self.spool.path_of(row.entry_id)
@@ -219,8 +276,7 @@ class Steps:
         if row.spool_sha256 is not None and fp.file_sha256 != row.spool_sha256:
             self._swapped(row, f"its SHA-256 is now {fp.file_sha256.hex()[:16]}…")
         if erased_digest(self.index, fp.digest):
-            self._refuse_erased(row)
-            return
+            return self._refuse_erased(row)
         record_key = keys.record_key(self.pseudonym_key, row.sop_instance_uid)
         values = {
             "record_key": record_key,
@@ -236,22 +292,25 @@ class Steps:
             "series_instance_uid": header.series_instance_uid,
             "object_name": object_name(record_key, fp.digest),
         }
-        landed, version, duplicate_of = self.index.claim_fingerprint(
-            row.id, values, next_stage=stage.next, duplicate_stage=stage.aside
-        )
-        if landed == stage.aside:
-            log.info("row %d is a duplicate of row %s (same UID, same bytes)", row.id, duplicate_of)
+        # new, new version or duplicate: decided in the commit, under the record key's lock
+        move = StageMove(row.id, stage.next, values, duplicate_stage=stage.aside)
+        return StepDone(move, lambda landed: self._fingerprinted(row, landed, stage, record_key))
+
+    def _fingerprinted(self, row: Row, landed: Landed, stage: Stage, record_key: bytes) -> None:
+        """After the commit: a duplicate's spool copy goes; a new version is logged."""
+        if landed.stage == stage.aside:
+            log.info(
+                "row %d is a duplicate of row %s (same UID, same bytes)", row.id,
+                landed.duplicate_of,
+            )  # fmt: skip
             self.spool.discard(row.entry_id)
-        elif version > 1:
+        elif landed.version > 1:
             log.warning(
                 "row %d: new version %d of record %s (same UID, different bytes); it will "
-                "supersede the previous one",
-                row.id,
-                version,
-                record_key.hex()[:12],
-            )
+                "supersede the previous one", row.id, landed.version, record_key.hex()[:12],
+            )  # fmt: skip
 
-    def _refuse_erased(self, row: Row) -> None:
+    def _refuse_erased(self, row: Row) -> StepDone:
         """An erased image came back (same dataset digest): never kept, and alerted."""
         reason = "the image was erased on request; a copy sent again is not kept"
         log.error("row %d: %s", row.id, reason)
@@ -260,8 +319,8 @@ class Steps:
                 kind="erased", source="pipeline", sop_instance_uid=row.sop_instance_uid,
                 detail=f"row {row.id}: {reason}",
             )  # fmt: skip
-        self.index.update(row.id, stage="rejected", last_error=reason)
-        self.spool.discard(row.entry_id)
+        move = StageMove(row.id, "rejected", {"last_error": reason})
+        return StepDone(move, lambda _: self.spool.discard(row.entry_id))
 
     def _swapped(self, row: Row, what: str) -> None:
         """Refuse a spool file changed after the ack: alert, then park the row (raises)."""
@@ -286,7 +345,7 @@ class Steps:
         """Where the row's sealed object waits between the seal and put stages."""
         return self.sealed_dir / f"{row.entry_id}.seal"
 
-    def seal(self, row: Row, stage: Stage) -> None:
+    def seal(self, row: Row, stage: Stage) -> StepDone:
         assert row.record_key is not None and row.digest is not None
         target = self.sealed_path(row)
         tmp = target.with_suffix(".tmp")
@@ -299,9 +358,8 @@ class Steps:
         if row.spool_sha256 is not None and sealed.digest() != row.spool_sha256:
             tmp.unlink(missing_ok=True)
             self._swapped(row, f"it changed before sealing: {sealed.hexdigest()[:16]}…")
-        tmp.rename(target)
-        fsync_dir(self.sealed_dir)
-        self._advance(row, stage.next, kek_id=kek_id)
+        tmp.rename(target)  # its directory is fsynced before the move is recorded
+        return self._advance(row, stage.next, sync=self.sealed_dir, kek_id=kek_id)
 
     def _sealing_key(self, row: Row) -> tuple[Kek | StudyKey, str]:
         """The study's key (format v2, erasable) and the KEK wrapping it; a row without a
@@ -311,25 +369,22 @@ class Steps:
         ref = keys.study_ref(self.pseudonym_key, row.study_instance_uid)
         return self.study_keys.for_study(ref)
 
-    def put(self, row: Row, stage: Stage) -> None:
+    def put(self, row: Row, stage: Stage) -> StepDone:
         assert row.object_name is not None and stage.back is not None
         sealed = self.sealed_path(row)
         if not sealed.exists():
             if self.store.exists(row.object_name):  # put done, crash before the advance
-                self._advance(row, stage.next)
-                return
-            self.index.update(row.id, stage=stage.back)  # the sealed copy is lost: seal again
-            return
+                return self._advance(row, stage.next)
+            return StepDone(StageMove(row.id, stage.back, {}))  # the sealed copy is lost
         failpoints.hit("pipeline.before_put")
         with sealed.open("rb") as source:
             self.store.put(row.object_name, source, length=sealed.stat().st_size)
         failpoints.hit("pipeline.after_put")
-        self._advance(row, stage.next)
-        sealed.unlink(missing_ok=True)
+        return self._advance(row, stage.next, then=lambda _: sealed.unlink(missing_ok=True))
 
     # -- anchor: the record on the ledger --------------------------------------------------------
 
-    def anchor(self, row: Row, stage: Stage) -> None:
+    def anchor(self, row: Row, stage: Stage) -> StepDone:
         assert row.record_key and row.patient_key and row.digest and row.pixel_digest
         older = [
             other
@@ -340,7 +395,7 @@ class Steps:
             raise MustWait(f"waiting for row {older[0].id}, an older version, to be anchored")
         if not self.anchors_checked.is_set():
             raise MustWait("the anchors recorded so far are not checked against the chain yet")
-        self._advance(row, stage.next, **self._anchored(row))
+        return self._advance(row, stage.next, **self._anchored(row))
 
     def reanchor(self, row: Row) -> None:
         """Anchor the row's version again where it stands (the chain lost its transaction)."""
@@ -383,19 +438,19 @@ class Steps:
 
     # -- forward: the PACS -----------------------------------------------------------------------
 
-    def forward(self, row: Row, stage: Stage) -> None:
+    def forward(self, row: Row, stage: Stage) -> StepDone:
         assert row.digest is not None and stage.aside is not None
         outcome = self.forwarder.forward(self.spool.path_of(row.entry_id), digest=row.digest)
         if outcome.conflict:
             log.warning("row %d: version conflict in the PACS: %s", row.id, outcome.conflict)
-        self._advance(
+        return self._advance(
             row,
             stage.aside if outcome.conflict else stage.next,
             orthanc_id=outcome.orthanc_id,
             conflict=outcome.conflict,
             committed_at=time.time(),
+            then=lambda _: self.spool.discard(row.entry_id),
         )
-        self.spool.discard(row.entry_id)
 
 
 def object_name(record_key: bytes, digest: bytes) -> str:

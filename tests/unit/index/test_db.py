@@ -18,7 +18,7 @@ import pytest
 from gateway.errors import BackupFailed, IndexSchemaTooNew, IndexUnavailable
 from gateway.index import schema
 from gateway.index.backup import backup
-from gateway.index.db import STAGES, Index, error_class
+from gateway.index.db import STAGES, Index, Landed, StageMove, error_class
 from gateway.index.engine import DATABASE_ERRORS, INTEGRITY_ERRORS, connect
 from gateway.ingest.commitment import CommitmentLog, Reference, Report
 
@@ -221,6 +221,51 @@ class IndexContract:
         ]  # fmt: skip
         # every row, duplicates and rejected included, by the other look-ups
         assert len(index.by_record_key(KEY)) == 5 and len(index.by_record(KEY, A)) == 3
+
+    # --- a round of the pipeline: many rows' steps in one commit ---------------------------------
+
+    def test_many_moves_and_fingerprints_are_decided_in_one_commit(self, index: Index) -> None:
+        sealed, stored = received(index, "1.1"), received(index, "1.2", stage="put")
+        first, copy, newer = received(index, "2.1"), received(index, "2.2"), received(index, "2.3")
+        index.claim_due("w1", stages=("fingerprint", "put"), limit=10, lease_s=60)
+        moves = [  # the copy before its original, as a round may list them
+            StageMove(copy, "seal", {"record_key": KEY, "digest": A}, duplicate_stage="duplicate"),
+            StageMove(sealed, "seal", {"record_key": OTHER_KEY, "digest": B},
+                      duplicate_stage="duplicate"),
+            StageMove(stored, "anchor", {"attempts": 0, "last_error": None}),
+            StageMove(first, "seal", {"record_key": KEY, "digest": A}, duplicate_stage="duplicate"),
+            StageMove(newer, "seal", {"record_key": KEY, "digest": B}, duplicate_stage="duplicate"),
+        ]  # fmt: skip
+
+        landed = index.advance_many(moves, release=("w1", [stored, copy]))
+
+        assert landed == [
+            Landed("duplicate", 0, first),  # the older row of the same bytes is the original
+            Landed("seal", 1, None),
+            Landed("anchor", 0, None),
+            Landed("seal", 1, None),
+            Landed("seal", 2, None),
+        ]
+        rows = {row.id: row for row in index.all()}
+        assert [rows[i].stage for i in (sealed, stored, first, copy, newer)] == [
+            "seal", "anchor", "seal", "duplicate", "seal",
+        ]  # fmt: skip
+        assert (rows[first].digest, rows[newer].version) == (A, 2)
+        assert index.claim_counts() == {"w1": 3}  # the released two, dropped in the same commit
+
+    def test_a_move_that_cannot_be_recorded_leaves_every_row_as_it_was(self, index: Index) -> None:
+        one, two, three = (received(index, f"1.{n}") for n in (1, 2, 3))
+        with pytest.raises(KeyError):  # a column the schema lacks: refused before the commit
+            index.advance_many([StageMove(one, "seal", {}), StageMove(two, "seal", {"x": 1})])
+        with pytest.raises(KeyError):  # the second fingerprint fails after the first is written
+            index.advance_many([
+                StageMove(one, "seal", {}),
+                StageMove(two, "seal", {"record_key": KEY, "digest": A},
+                          duplicate_stage="duplicate"),
+                StageMove(three, "seal", {"record_key": KEY}, duplicate_stage="duplicate"),
+            ])  # fmt: skip
+        assert [row.stage for row in index.rows_of([three, one, two])] == ["fingerprint"] * 3
+        assert [row.digest for row in index.rows_of([two])] == [None]
 
     def test_batched_rows_are_versions_with_a_batch_and_a_proof(self, index: Index) -> None:
         proven = received(index, "1.1", stage="committed", batch_id=7, proof=b"p")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import dicom_fixtures
 from gateway.errors import ChainUnavailable, PacsRejected, StoreUnavailable, XrayNotRecorder
 from gateway.index.db import DONE_STAGES, STAGES, Index
+from gateway.ingest import stages
 from gateway.ingest.pipeline import (
     ANCHOR,
     PERMANENT_ATTEMPTS,
@@ -179,3 +182,87 @@ def test_an_index_from_before_parking_is_upgraded(tmp_path: Path) -> None:
     assert index.all()[0].parked_stage is None
     index.park(index.all()[0].id, "anchor: ValueError: x")
     assert index.parked()[0].parked_stage == "anchor"
+
+
+def test_a_round_runs_many_rows_steps_and_records_them_in_one_commit(
+    line: Line, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = dicom_fixtures.ct_series(line.sealed_dir.parent / "ct8", 8, rows=16, cols=16)
+    ids = [line.acked(path.read_bytes(), uid=f"1.2.3.{n}") for n, path in enumerate(images)]
+    commits: list[int] = []
+    advance_many = line.index.advance_many
+
+    def counted(moves: Any, **kw: Any) -> Any:
+        commits.append(len(moves))
+        return advance_many(moves, **kw)
+
+    monkeypatch.setattr(line.index, "advance_many", counted)
+    pipeline = line.pipeline
+    held = pipeline._claim(("fingerprint", "seal", "put", "forward"), room=64)
+    assert [row.id for row in held] == ids
+
+    held = pipeline._round(held)  # every fingerprint, then one commit
+
+    assert commits == [8]
+    assert [row.stage for row in held] == ["seal"] * 8
+    assert line.index.claim_counts() == {"local": 8}  # still held: they go on together
+    while held:
+        held = pipeline._round(held)
+    assert commits == [8] * 5  # seal, put, anchor (one by one: no batcher here), forward
+    assert {line.index.get(i).stage for i in ids} == {"committed"}
+    assert line.index.claim_counts() == {}  # dropped in the commit that moved them there
+    assert list(line.sealed_dir.iterdir()) == []  # each sealed copy went once it was stored
+    assert not any(line.spool.path_of(line.index.get(i).entry_id).exists() for i in ids)
+
+
+def test_a_failing_row_leaves_its_round_and_the_others_go_on(
+    line: Line, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [line.at_anchor(n) for n in (1, 2, 3)]
+    line.index.update(ids[1], stage="forward")
+    line.index.update(ids[2], stage="forward")
+    line.index.update(ids[0], stage="forward")
+    refused = line.index.get(ids[1]).digest
+    forward = line.forwarder.forward
+
+    def refusing(path: Path, *, digest: bytes) -> Any:
+        if digest == refused:
+            raise PacsRejected("Orthanc refused the file: not DICOM")
+        return forward(path, digest=digest)
+
+    monkeypatch.setattr(line.forwarder, "forward", refusing)
+    held = line.pipeline._claim(("forward",), room=64)
+
+    assert line.pipeline._round(held) == []
+
+    stages = [line.index.get(i) for i in ids]
+    assert [row.stage for row in stages] == ["committed", "forward", "committed"]
+    assert (stages[1].strikes, stages[1].attempts) == (1, 1)
+    assert "PacsRejected" in (stages[1].last_error or "")
+    assert line.index.claim_counts() == {}
+
+
+def test_a_round_of_seals_syncs_the_sealed_directory_once_before_its_commit(
+    line: Line, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = dicom_fixtures.ct_series(line.sealed_dir.parent / "ct6", 6, rows=16, cols=16)
+    for n, path in enumerate(images):
+        line.acked(path.read_bytes(), uid=f"1.2.4.{n}")
+    pipeline = line.pipeline
+    held = pipeline._round(pipeline._claim(("fingerprint",), room=64))  # now at seal
+    events: list[str] = []
+    fsync_dir = stages.fsync_dir
+    advance_many = line.index.advance_many
+    monkeypatch.setattr(
+        stages, "fsync_dir", lambda path: (events.append(f"sync {path.name}"), fsync_dir(path))
+    )
+    monkeypatch.setattr(
+        line.index, "advance_many",
+        lambda moves, **kw: (events.append(f"commit {len(moves)}"), advance_many(moves, **kw))[1],
+    )  # fmt: skip
+
+    held = pipeline._round(held)
+
+    assert [row.stage for row in held] == ["put"] * 6
+    assert events == ["sync sealed", "commit 6"]
+    assert len(list(line.sealed_dir.glob("*.seal"))) == 6
