@@ -15,10 +15,13 @@ runs out, or at once when it starts again under the same id.
 Rows run their stages in rounds, except at ``anchor`` when a batcher is configured. The
 dispatch thread holds up to ``round_rows`` claimed rows; each round runs every held row's
 step at once on a pool of worker threads (fingerprint, seal, put and forward: several
-uploads to the PACS at a time), then records all of their results, and drops the claims
-of the rows that are done or wait, in one index transaction: one commit for many rows
-rather than one per row and stage. Rows newly due join the next round, so a stream of
-images moves through the stages in waves. At ``anchor`` one thread gathers the rows that
+uploads to the PACS at a time), then records the results of every step that has finished,
+and drops the claims of the rows that are done or wait, in one index transaction: one
+commit for many rows rather than one per row and stage. A step still running (a slow
+upload, a large instance) stays out of that commit and joins a later one: a round waits
+at most :data:`ROUND_WAIT_S` for its slowest row, so one slow row never holds the others
+back. Rows newly due join the next round, so a stream of images moves through the stages
+in waves. At ``anchor`` one thread gathers the rows that
 reached it into Merkle batches (``anchor.BatchAnchorer``: one ``recordBatch`` per batch),
 lands each batch, and moves its rows on to ``forward`` all at once, while the rounds go
 on with other rows. A new version of an image (same SOP Instance UID,
@@ -59,7 +62,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Protocol
 
@@ -143,6 +146,8 @@ class Batcher(Protocol):
         ...
 
 
+ROUND_WAIT_S = 0.25
+"""Longest a round waits for its slowest steps before recording those that finished."""
 TRANSIENT_CAP_S = 60.0
 """Longest wait between two tries of a row whose downstream is unavailable."""
 PERMANENT_ATTEMPTS = 5
@@ -315,7 +320,8 @@ class Pipeline:
 
     def _dispatch(self) -> None:
         pooled = self._pooled()
-        held: list[Row] = []
+        held: list[Row] = []  # claimed, waiting for their next step
+        running: dict[Future[StepDone | Exception], Row] = {}  # steps under way
         try:
             while not self._stop.is_set():
                 self._wake.clear()
@@ -326,12 +332,14 @@ class Pipeline:
                 stages = tuple(
                     name for name in pooled if name != ANCHOR.name or self._reconciled.is_set()
                 )
-                held = held + self._claim(stages, room=self.round_rows - len(held))
-                if not held:
+                room = self.round_rows - len(held) - len(running)
+                held = held + self._claim(stages, room=room)
+                if not held and not running:
                     self._wake.wait(self.poll_s)
                     continue
                 try:
-                    held = self._round(held)  # rows went on or joined: no wake-up needed
+                    # rows went on: no wake-up needed
+                    held = self._round(held, running, wait_s=ROUND_WAIT_S)
                 except Exception:  # the index failed between steps: they run again later
                     log.exception("a round of %d rows failed; retrying in 1 s", len(held))
                     self._unclaim_quietly([row.id for row in held])
@@ -341,7 +349,7 @@ class Pipeline:
                     self._stop.wait(1.0)
         finally:
             with self._lock:
-                self._inflight.difference_update(row.id for row in held)
+                self._inflight.difference_update(row.id for row in [*held, *running.values()])
 
     def _start_reconcile(self) -> None:
         """Check the recorded anchors on a thread of its own when due: a chain that times
@@ -358,6 +366,8 @@ class Pipeline:
 
     def _claim(self, stages: tuple[str, ...], *, room: int) -> list[Row]:
         """Claim up to ``room`` due rows for the next round (none if the index fails now)."""
+        if room <= 0:
+            return []
         try:
             rows = self.index.claim_due(
                 self.worker, stages=stages, anywhere=ANYWHERE, limit=room, lease_s=self.lease_s
@@ -369,20 +379,40 @@ class Pipeline:
             self._inflight.update(row.id for row in rows)
         return rows
 
-    def _round(self, rows: list[Row]) -> list[Row]:
-        """Run every row's step once, at the same time; record them all in one transaction.
+    def _round(
+        self,
+        rows: list[Row],
+        running: dict[Future[StepDone | Exception], Row] | None = None,
+        *,
+        wait_s: float | None = None,
+    ) -> list[Row]:
+        """Start every held row's step; record, in one transaction, every step that has
+        finished within ``wait_s`` (None: wait for all of them).
 
-        Returns the rows that go on to another step in the next round. The others (done,
-        parked, failed and waiting for a retry, or at the anchor stage for the batch
+        ``running`` holds the steps still under way between rounds: a later round records
+        them (the dispatch thread's rounds wait :data:`ROUND_WAIT_S`). Returns the rows that go on to another step in the next round. The others
+        (done, parked, failed and waiting for a retry, or at the anchor stage for the batch
         thread) lose this worker's claim in the same transaction. (A fingerprint found to
         be a duplicate is known only in the commit: it leaves at the next round.)
         """
-        stepping = [(row, stage) for row in rows if (stage := self._runnable(row)) is not None]
-        outcomes = list(self._pool.map(lambda pair: self._step(*pair), stepping))
-        stepped = {row.id for row, _ in stepping}
-        leaving = [row.id for row in rows if row.id not in stepped]
+        running = {} if running is None else running
+        leaving: list[int] = []
+        settled: list[Row] = []  # rows this round records: not runnable now, or finished
+        for row in rows:
+            stage = self._runnable(row)
+            if stage is None:
+                leaving.append(row.id)
+                settled.append(row)
+            else:
+                running[self._pool.submit(self._step, row, stage)] = row
+        finished = wait(running, timeout=wait_s).done if running else set()
+        if running and not finished:  # none done yet: record the first to finish
+            finished = wait(running, return_when=FIRST_COMPLETED).done
         done: list[StepDone] = []
-        for (row, _), outcome in zip(stepping, outcomes, strict=True):
+        for future in finished:
+            row = running.pop(future)
+            settled.append(row)
+            outcome = future.result()
             if isinstance(outcome, StepDone):
                 done.append(outcome)
             else:
@@ -390,14 +420,14 @@ class Pipeline:
                 self._record_failure(row, outcome)
         going_on = [d.move.row_id for d in done if self._goes_on(d.move.stage)]
         leaving += [d.move.row_id for d in done if not self._goes_on(d.move.stage)]
+        by_id = {row.id: row for row in settled}  # the steps still running are not here
         try:
             landed = self.steps.record(done, release=(self.worker, leaving))
         except Exception:  # the index failed: the work is done again from the rows' stages
             log.exception("recording a round of %d steps failed; they run again", len(done))
-            self._unclaim_quietly([row.id for row in rows])
+            self._unclaim_quietly(list(by_id))
             done, landed, going_on = [], [], []
         list(self._pool.map(self.steps.after, done, landed))  # file removals, side by side
-        by_id = {row.id: row for row in rows}
         for d in done:
             self._succeeded(by_id[d.move.row_id])
             if d.move.stage == ANCHOR.name:
@@ -409,7 +439,9 @@ class Pipeline:
     def _runnable(self, row: Row) -> Stage | None:
         """The stage the round runs for ``row`` now, or None if it leaves the round."""
         stage = STAGE.get(row.stage)
-        if stage is None or self._batched(stage, row) or (stage is ANCHOR and not self.anchors):
+        if stage is None or erase_if_named(row, self.steps):  # an erasure named it: no further
+            return None
+        if self._batched(stage, row) or (stage is ANCHOR and not self.anchors):
             return None
         return stage
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -266,3 +268,43 @@ def test_a_round_of_seals_syncs_the_sealed_directory_once_before_its_commit(
     assert [row.stage for row in held] == ["put"] * 6
     assert events == ["sync sealed", "commit 6"]
     assert len(list(line.sealed_dir.glob("*.seal"))) == 6
+
+
+def test_a_slow_step_never_holds_the_rest_of_its_round_back(
+    line: Line, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a hung upload (a large instance, a PACS slow for one file) stays out of the commits
+    # of the others, which go on; it is recorded by a later round once it finishes
+    ids = [line.at_anchor(n) for n in (1, 2, 3)]
+    for row_id in ids:
+        line.index.update(row_id, stage="forward")
+    slow = line.index.get(ids[0]).digest
+    release = threading.Event()
+    forward = line.forwarder.forward
+
+    def hanging(path: Path, *, digest: bytes) -> Any:
+        if digest == slow:
+            assert release.wait(120)
+        return forward(path, digest=digest)
+
+    monkeypatch.setattr(line.forwarder, "forward", hanging)
+    pipeline = line.pipeline
+    pool = ThreadPoolExecutor(3)  # the line's pipeline has one thread: uploads side by side
+    monkeypatch.setattr(pipeline, "_pool", pool)
+    running: dict[Any, Any] = {}
+    held = pipeline._claim(("forward",), room=64)
+    rounds = 0
+    while {line.index.get(i).stage for i in ids[1:]} != {"committed"}:
+        held = pipeline._round(held, running, wait_s=0.05)
+        rounds += 1
+        assert rounds < 1000, "the fast rows never committed"
+    assert line.index.get(ids[0]).stage == "forward"  # still uploading, and still claimed
+    assert [row.id for row in running.values()] == [ids[0]]
+    assert line.index.claim_counts() == {"local": 1}
+
+    release.set()
+    while running:
+        held = pipeline._round(held, running, wait_s=0.05)
+    assert line.index.get(ids[0]).stage == "committed"
+    assert line.index.claim_counts() == {}
+    pool.shutdown()
