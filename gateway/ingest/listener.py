@@ -45,12 +45,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from pynetdicom import AE, evt
+from pydicom.uid import UID
+from pynetdicom import AE, _config, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.service_class import StorageServiceClass, VerificationServiceClass
+from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import (
     AssociationSocket,
     RequestHandler,
@@ -181,7 +185,21 @@ class GuardedSocket(AssociationSocket):
 
 
 class GuardedDIMSE(DIMSEServiceProvider):
-    """A DIMSE provider that turns an undecodable P-DATA into an abort, not a dead thread."""
+    """A DIMSE provider that turns an undecodable P-DATA into an abort, not a dead thread.
+
+    Its messages are sent whole, one at a time (:meth:`send_msg`): a C-STORE response
+    sent by the DUL thread (:meth:`GuardedAssociation.serve_here`) never falls between
+    the fragments of an N-EVENT-REPORT the commitment thread sends on the association.
+    """
+
+    def __init__(self, assoc: GuardedAssociation) -> None:
+        super().__init__(assoc)
+        self._sending = threading.Lock()
+        self.msg_queue = ServingQueue(assoc)
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        with self._sending:
+            super().send_msg(primitive, context_id)
 
     def receive_primitive(self, primitive: Any) -> None:
         try:
@@ -207,6 +225,21 @@ class WakingQueue(queue.Queue[Any]):
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
         self._wake()
+
+
+class ServingQueue(WakingQueue):
+    """The decoded DIMSE messages: a C-STORE or C-ECHO request put by the DUL thread is
+    served right there (:meth:`GuardedAssociation.serve_here`); anything else is queued
+    for the association's reactor, woken by the put."""
+
+    def __init__(self, assoc: GuardedAssociation) -> None:
+        super().__init__(assoc.wake.set)
+        self._assoc = assoc
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        context_id, message = item
+        if not self._assoc.serve_here(context_id, message):
+            super().put(item, block, timeout)
 
 
 class GuardedDUL(DULServiceProvider):
@@ -380,6 +413,51 @@ class GuardedAssociation(Association):
     def kill(self) -> None:
         self.wake.set()
         super().kill()
+
+    def _abort_blocking(self, block: bool = True) -> None:
+        """pynetdicom's abort; never waiting for the DUL to stop when the DUL thread itself
+        aborts (from a request it serves): it would wait for itself."""
+        super()._abort_blocking(block and threading.current_thread() is not self.dul)
+
+    def serve_here(self, context_id: int | None, message: Any) -> bool:
+        """Serve a C-STORE or C-ECHO request on the thread that decoded it, the DUL's.
+
+        pynetdicom hands every decoded request to the association's reactor thread and
+        the response back to the DUL thread: two thread hand-offs per C-STORE, each a
+        wake-up and a wait for the GIL, on the path of every ack. The DUL thread has
+        nothing else to do meanwhile: the peer waits for the response (one operation at
+        a time is negotiated). What ``Association._serve_request`` does, except setting
+        ``_is_paused``, which belongs to the reactor thread. Anything else (responses,
+        N-ACTION, requests on contexts that were not accepted) goes to the reactor.
+
+        Returns
+        -------
+        bool
+            True if the request was served here.
+        """
+        if threading.current_thread() is not self.dul or context_id is None:
+            return False
+        if not isinstance(message, C_STORE | C_ECHO) or not message.is_valid_request:
+            return False
+        context = self._accepted_cx.get(context_id)
+        if context is None or self._sent_release:
+            return False
+        class_uid = cast(UID, message.AffectedSOPClassUID)
+        with contextlib.suppress(KeyError):
+            class_uid = self.acceptor.accepted_common_extended[class_uid][0]
+        if _config.UNRESTRICTED_STORAGE_SERVICE and isinstance(message, C_STORE):
+            class_uid = UID("1.2.840.10008.5.1.4.1.1.1")
+        service = uid_to_service_class(class_uid)
+        if not issubclass(service, StorageServiceClass | VerificationServiceClass):
+            return False
+        self.dimse.cancel_req = {}
+        try:
+            service(self).SCP(message, context)
+        except Exception as exc:  # as pynetdicom's reactor: logged, the association aborted
+            _assoc_log.exception(exc)
+            self.abort()
+        self.dimse.cancel_req = {}
+        return True
 
     def _run_reactor(self) -> None:
         """pynetdicom 3.0's ``Association._run_reactor``, sleeping on :attr:`wake` while
