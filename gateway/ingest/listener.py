@@ -406,7 +406,6 @@ class GuardedAssociation(Association):
         self.wake = threading.Event()
         self.dul = GuardedDUL(self)
         self.dimse = GuardedDIMSE(self)
-        self.dimse.msg_queue = WakingQueue(self.wake.set)
         self.network_timeout = self.network_timeout  # onto the new DUL's idle timer
         self._on_end = on_end
 
@@ -428,7 +427,8 @@ class GuardedAssociation(Association):
         nothing else to do meanwhile: the peer waits for the response (one operation at
         a time is negotiated). What ``Association._serve_request`` does, except setting
         ``_is_paused``, which belongs to the reactor thread. Anything else (responses,
-        N-ACTION, requests on contexts that were not accepted) goes to the reactor.
+        N-ACTION, requests on contexts that were not accepted, a request that came before
+        the association was marked established) goes to the reactor.
 
         Returns
         -------
@@ -436,6 +436,11 @@ class GuardedAssociation(Association):
             True if the request was served here.
         """
         if threading.current_thread() is not self.dul or context_id is None:
+            return False
+        if not self.is_established:
+            # The peer may send as soon as our A-ASSOCIATE-AC is out, before this
+            # association's thread marks it established; pynetdicom's service classes
+            # then skip the response (they read it as aborted). The reactor serves it.
             return False
         if not isinstance(message, C_STORE | C_ECHO) or not message.is_valid_request:
             return False
