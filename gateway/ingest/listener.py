@@ -34,21 +34,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
+import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
-from copy import deepcopy
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from pynetdicom import AE, evt
+from pydicom.uid import UID
+from pynetdicom import AE, _config, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.service_class import StorageServiceClass, VerificationServiceClass
+from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import (
     AssociationSocket,
     RequestHandler,
@@ -62,11 +68,18 @@ if TYPE_CHECKING:
     from gateway.config import Settings
 
 log = logging.getLogger(__name__)
+# pynetdicom's own loggers, for the lines of its loops reproduced here (the peer log
+# filter, gateway/ingest/peerlog.py, knows them by these names).
+_dul_log = logging.getLogger("pynetdicom.dul")
+_assoc_log = logging.getLogger("pynetdicom.association")
 
 #: The PDU type of an A-ASSOCIATE-RQ: once one has been read whole, negotiation is over.
 A_ASSOCIATE_RQ_TYPE = 0x01
 #: A-ABORT reason "invalid-PDU-parameter value" (PS3.8 9.3.8), from the service provider.
 INVALID_PDU_PARAMETER = 0x06
+#: The longest an association's DUL or reactor thread sleeps with nothing to do before it
+#: looks at its timers (ARTIM, network idle) again; work wakes it at once.
+IDLE_CHECK_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -172,7 +185,21 @@ class GuardedSocket(AssociationSocket):
 
 
 class GuardedDIMSE(DIMSEServiceProvider):
-    """A DIMSE provider that turns an undecodable P-DATA into an abort, not a dead thread."""
+    """A DIMSE provider that turns an undecodable P-DATA into an abort, not a dead thread.
+
+    Its messages are sent whole, one at a time (:meth:`send_msg`): a C-STORE response
+    sent by the DUL thread (:meth:`GuardedAssociation.serve_here`) never falls between
+    the fragments of an N-EVENT-REPORT the commitment thread sends on the association.
+    """
+
+    def __init__(self, assoc: GuardedAssociation) -> None:
+        super().__init__(assoc)
+        self._sending = threading.Lock()
+        self.msg_queue = ServingQueue(assoc)
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        with self._sending:
+            super().send_msg(primitive, context_id)
 
     def receive_primitive(self, primitive: Any) -> None:
         try:
@@ -188,14 +215,148 @@ class GuardedDIMSE(DIMSEServiceProvider):
             self.assoc.dul.event_queue.put("Evt19")
 
 
+class WakingQueue(queue.Queue[Any]):
+    """A queue that calls ``wake`` after each put: its reader sleeps until there is work."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake()
+
+
+class ServingQueue(WakingQueue):
+    """The decoded DIMSE messages: a C-STORE or C-ECHO request put by the DUL thread is
+    served right there (:meth:`GuardedAssociation.serve_here`); anything else is queued
+    for the association's reactor, woken by the put."""
+
+    def __init__(self, assoc: GuardedAssociation) -> None:
+        super().__init__(assoc.wake.set)
+        self._assoc = assoc
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        context_id, message = item
+        if not self._assoc.serve_here(context_id, message):
+            super().put(item, block, timeout)
+
+
 class GuardedDUL(DULServiceProvider):
-    """A DUL whose end always wakes the association thread.
+    """A DUL that sleeps until there is work, and whose end always wakes the association.
+
+    pynetdicom 3.0's DUL loop polls: with nothing to do it sleeps 1 ms and looks again
+    at its socket and queues, so each association's DUL wakes a thousand times a second
+    for the GIL, and a response queued for the peer waits up to 1 ms to be sent. Here
+    it waits in ``select`` on its socket and a bell (a socket pair) that every put on
+    its queues rings, at most :data:`IDLE_CHECK_S` (its ARTIM timer's expiry is looked
+    at that often); what the loop does once awake is pynetdicom's own.
 
     An acceptor's association thread waits up to the ACSE timeout for the
     A-ASSOCIATE-RQ. When the DUL ends first (the peer closed, or missed the
     negotiation deadline) nothing would wake it; ``None`` on its queue reads as
     "no request", so it closes the connection at once.
     """
+
+    def __init__(self, assoc: GuardedAssociation) -> None:
+        super().__init__(assoc)
+        self._bell_lock = threading.Lock()
+        self._bell: tuple[socket.socket, socket.socket] | None = socket.socketpair()
+        for end in self._bell:
+            end.setblocking(False)
+        self._rung = False
+        self.event_queue = WakingQueue(self.ring)
+        self.to_provider_queue = WakingQueue(self.ring)
+        self.to_user_queue = WakingQueue(assoc.wake.set)
+
+    def ring(self) -> None:
+        """Wake the DUL thread (from any thread): something was queued for it."""
+        if threading.get_ident() == self.ident:
+            return  # it is awake: it looks at its queues before it sleeps again
+        with self._bell_lock:
+            if self._rung or self._bell is None:
+                return
+            self._rung = True
+            with contextlib.suppress(OSError):  # full: a ring is waiting already
+                self._bell[1].send(b"\0")
+
+    def _wait_for_work(self) -> None:
+        """Sleep until the peer sends, something is queued, or :data:`IDLE_CHECK_S` passed."""
+        if self._kill_thread or not self.event_queue.empty():
+            return
+        if not self.to_provider_queue.empty():
+            return
+        bell = self._bell
+        assert bell is not None, "the bell lives as long as the DUL thread"
+        waiting: list[Any] = [bell[0]]
+        transport = self.socket.socket if self.socket is not None else None
+        if transport is not None and transport.fileno() >= 0:
+            if isinstance(transport, ssl.SSLSocket) and transport.pending():
+                return  # decrypted bytes that select cannot see
+            waiting.append(transport)
+        timeout = min(IDLE_CHECK_S, max(0.0, self.artim_timer.remaining))
+        try:
+            select.select(waiting, [], [], timeout)
+        except (OSError, ValueError):  # the socket closed under us: pynetdicom's own pace
+            time.sleep(self._run_loop_delay)
+        with self._bell_lock:
+            self._rung = False
+            with contextlib.suppress(OSError):
+                while bell[0].recv(64):
+                    pass
+
+    def run_reactor(self) -> None:
+        """pynetdicom 3.0's ``DULServiceProvider.run_reactor``, sleeping in
+        :meth:`_wait_for_work` instead of polling every millisecond."""
+        self._idle_timer.start()
+        sock = cast(AssociationSocket, self.socket)
+        idle = False
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                idle = True
+            if idle:
+                self._wait_for_work()
+            if self._kill_thread:
+                break
+            if self.artim_timer.expired:  # its event goes ahead of any other this loop
+                self.event_queue.put("Evt18")
+            try:
+                # Either send what the state machine queued or read one PDU per loop.
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                _dul_log.error("Exception in DUL.run(), aborting association")
+                _dul_log.exception(exc)
+                # Past the state machine, which the error may have left inconsistent.
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                sock.send(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                idle = True
+                continue
+            self.state_machine.do_action(event)
+            idle = False
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self.ring()
+
+    def stop_dul(self) -> bool:
+        if self.state_machine.current_state == "Sta1":
+            self._kill_thread = True
+            self.ring()  # pynetdicom waits for the thread to end
+        return bool(super().stop_dul())
 
     def _is_transport_event(self) -> bool:
         """Read the next PDU only once the state machine has acted on the last one.
@@ -225,17 +386,144 @@ class GuardedDUL(DULServiceProvider):
                 self.socket.close()
         finally:
             self.to_user_queue.put(None)  # type: ignore[arg-type,unused-ignore]
+            with self._bell_lock:
+                bell, self._bell = self._bell, None
+            if bell is not None:
+                for end in bell:
+                    end.close()
 
 
 class GuardedAssociation(Association):
-    """An acceptor association that reports its end and never dies with a traceback."""
+    """An acceptor association that reports its end and never dies with a traceback.
+
+    Its reactor sleeps until there is work (:attr:`wake`: a DIMSE message decoded, a
+    primitive from the DUL, the end), at most :data:`IDLE_CHECK_S`, where pynetdicom's
+    polls every millisecond: a decoded C-STORE reaches its handler at once.
+    """
 
     def __init__(self, ae: AE, *, on_end: Callable[[GuardedAssociation], None]) -> None:
         super().__init__(ae, MODE_ACCEPTOR)
+        self.wake = threading.Event()
         self.dul = GuardedDUL(self)
         self.dimse = GuardedDIMSE(self)
         self.network_timeout = self.network_timeout  # onto the new DUL's idle timer
         self._on_end = on_end
+
+    def kill(self) -> None:
+        self.wake.set()
+        super().kill()
+
+    def _abort_blocking(self, block: bool = True) -> None:
+        """pynetdicom's abort; never waiting for the DUL to stop when the DUL thread itself
+        aborts (from a request it serves): it would wait for itself."""
+        super()._abort_blocking(block and threading.current_thread() is not self.dul)
+
+    def serve_here(self, context_id: int | None, message: Any) -> bool:
+        """Serve a C-STORE or C-ECHO request on the thread that decoded it, the DUL's.
+
+        pynetdicom hands every decoded request to the association's reactor thread and
+        the response back to the DUL thread: two thread hand-offs per C-STORE, each a
+        wake-up and a wait for the GIL, on the path of every ack. The DUL thread has
+        nothing else to do meanwhile: the peer waits for the response (one operation at
+        a time is negotiated). What ``Association._serve_request`` does, except setting
+        ``_is_paused``, which belongs to the reactor thread. Anything else (responses,
+        N-ACTION, requests on contexts that were not accepted, a request that came before
+        the association was marked established) goes to the reactor.
+
+        Returns
+        -------
+        bool
+            True if the request was served here.
+        """
+        if threading.current_thread() is not self.dul or context_id is None:
+            return False
+        if not self.is_established:
+            # The peer may send as soon as our A-ASSOCIATE-AC is out, before this
+            # association's thread marks it established; pynetdicom's service classes
+            # then skip the response (they read it as aborted). The reactor serves it.
+            return False
+        if not isinstance(message, C_STORE | C_ECHO) or not message.is_valid_request:
+            return False
+        context = self._accepted_cx.get(context_id)
+        if context is None or self._sent_release:
+            return False
+        class_uid = cast(UID, message.AffectedSOPClassUID)
+        with contextlib.suppress(KeyError):
+            class_uid = self.acceptor.accepted_common_extended[class_uid][0]
+        if _config.UNRESTRICTED_STORAGE_SERVICE and isinstance(message, C_STORE):
+            class_uid = UID("1.2.840.10008.5.1.4.1.1.1")
+        service = uid_to_service_class(class_uid)
+        if not issubclass(service, StorageServiceClass | VerificationServiceClass):
+            return False
+        self.dimse.cancel_req = {}
+        try:
+            service(self).SCP(message, context)
+        except Exception as exc:  # as pynetdicom's reactor: logged, the association aborted
+            _assoc_log.exception(exc)
+            self.abort()
+        self.dimse.cancel_req = {}
+        return True
+
+    def _run_reactor(self) -> None:
+        """pynetdicom 3.0's ``Association._run_reactor``, sleeping on :attr:`wake` while
+        nothing came in instead of 1 ms before every look.
+
+        It sleeps marked paused (``_is_paused``), where pynetdicom's sleeps just before:
+        a thread sending on this association (an N-EVENT-REPORT) may take it over then.
+        """
+        self._is_paused = False
+        idle = False
+        while not self._kill:
+            self._is_paused = True
+            if idle:
+                timeout = min(IDLE_CHECK_S, max(0.0, self.dul._idle_timer.remaining))
+                self.wake.wait(timeout)
+                self.wake.clear()  # whatever woke it is looked at below
+            self._reactor_checkpoint.wait()  # a sender holds it paused until done
+            self._is_paused = False
+            context_id, msg = self.dimse.get_msg(block=False)
+            idle = msg is None
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+            if self._reactor_done():
+                return
+
+    def _reactor_done(self) -> bool:
+        """The end checks of pynetdicom's reactor loop: released, aborted, DUL gone, idle."""
+        if self.is_established and self.acse.is_release_requested():
+            self.acse.send_release(is_response=True)
+            _assoc_log.info("Association Released")
+            self.is_released = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_RELEASED, {})
+            self.kill()
+            return True
+        if self.acse.is_aborted():
+            log_msg = "Association Aborted"
+            if self.acse.is_aborted("a-p-abort"):
+                log_msg += " (A-P-ABORT)"
+            _assoc_log.info(log_msg)
+            self.dul.receive_pdu(wait=False)  # EVT_ACSE_RECV fires for its subscribers
+            self.is_aborted = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_ABORTED, {})
+            self.kill()
+            return True
+        if not self.dul.is_alive():
+            self.kill()
+            return True
+        if self.dul.idle_timer_expired():
+            _assoc_log.error("Network timeout reached")
+            if self.network_timeout_response == "A-RELEASE":
+                self._is_paused = True
+                self._reactor_checkpoint.wait()
+                self.release()
+                self._is_paused = False
+            else:
+                self.abort()
+            self.kill()
+            return True
+        return False
 
     def run(self) -> None:
         try:
@@ -293,7 +581,11 @@ class GuardedRequestHandler(RequestHandler):
         assoc.acceptor.address_info = self.local
         assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
         assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
-        assoc.acceptor.supported_contexts = deepcopy(server.contexts)
+        # Shared, not copied: negotiation only reads them (pynetdicom's
+        # negotiate_as_acceptor builds new contexts for the result), and pynetdicom's
+        # deepcopy of every storage context with every transfer syntax took 40-200 ms of
+        # CPU per association, the most of all for several associations at once.
+        assoc.acceptor.supported_contexts = server.contexts
         assoc.requestor.address_info = self.remote
 
         for event, handlers in server._handlers.items():

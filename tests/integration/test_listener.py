@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom.uid import CTImageStorage
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 import dicom_fixtures
 from gateway.index.db import Index
-from gateway.ingest.listener import ListenerLimits
+from gateway.ingest.listener import GuardedAssociationServer, ListenerLimits, start_server
 from gateway.ingest.receive import Receiver
 from gateway.ingest.spool import Spool
 from gateway.procs import free_port
@@ -319,3 +323,55 @@ def test_listeners_sharing_one_port_each_serve_it_into_one_index(tmp_path: Path)
         for rx in listeners:
             rx.stop()
         index.close()
+
+
+def _server(handlers: list[object]) -> tuple[AE, GuardedAssociationServer]:
+    ae = AE("XRAYGW")
+    ae.add_supported_context(Verification)
+    ae.add_supported_context(CTImageStorage, ALL_TRANSFER_SYNTAXES)
+    server = start_server(
+        ae, ("127.0.0.1", free_port()), limits=ListenerLimits(), evt_handlers=handlers
+    )
+    return ae, server
+
+
+def test_requests_are_answered_by_the_thread_that_decoded_them(tmp_path: Path) -> None:
+    """A C-STORE is served by its association's DUL thread (no hand-off to the reactor
+    thread and back): every one after the first, which may come before the association's
+    own thread has marked it established."""
+    served_by: list[bool] = []
+
+    def handle_store(event: evt.Event) -> int:
+        served_by.append(threading.current_thread() is event.assoc.dul)
+        return 0x0000
+
+    fixture = dicom_fixtures.ct_series(tmp_path / "fixtures", count=4, rows=64, cols=64)
+    ae, server = _server([(evt.EVT_C_STORE, handle_store)])
+    try:
+        result = storescu(server.server_address[1], fixture)
+        assert result.returncode == 0, result.stdout
+    finally:
+        ae.shutdown()
+    assert len(served_by) == 4 and all(served_by[1:])
+
+
+def test_a_request_sent_the_moment_the_association_is_accepted_is_answered() -> None:
+    """The peer may send its C-ECHO as soon as the A-ASSOCIATE-AC is out, before the
+    association's thread marks it established; pynetdicom's service classes answer
+    nothing then, so such a request waits for the reactor. Held open here by a slow
+    EVT_ACCEPTED handler (it runs between the AC and 'established')."""
+    served_by: list[bool] = []
+
+    def slow_accept(event: evt.Event) -> None:
+        time.sleep(0.5)
+
+    def handle_echo(event: evt.Event) -> int:
+        served_by.append(threading.current_thread() is event.assoc.dul)
+        return 0x0000
+
+    ae, server = _server([(evt.EVT_ACCEPTED, slow_accept), (evt.EVT_C_ECHO, handle_echo)])
+    try:
+        assert echo(server.server_address[1])
+    finally:
+        ae.shutdown()
+    assert served_by == [False]  # the reactor answered it, once established

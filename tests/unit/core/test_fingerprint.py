@@ -6,20 +6,35 @@ import contextlib
 import hashlib
 import io
 import itertools
+import random
 import struct
 import tracemalloc
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 
 import dicom_fixtures
 from gateway.core.fingerprint import (
+    _HEADER_TAGS,
     EMPTY_SHA256,
     MAX_DEPTH,
     MAX_ELEMENTS,
+    InstanceHeader,
+    _walk_top_level,
+    _walked_header,
     check_nesting,
     check_structure,
     checked_header,
@@ -28,9 +43,11 @@ from gateway.core.fingerprint import (
     fingerprint,
     fingerprint_bytes,
     load_dataset,
+    plain_dataset,
     read_header,
 )
 from gateway.errors import DatasetTooLarge, DatasetUnreadable
+from gateway.fuzz.mutate import mutate
 from tests import bombs
 from tests.bombs import UNDEFINED
 
@@ -389,3 +406,89 @@ def test_what_dcmtk_would_refuse_is_refused_before_the_ack(content: bytes, why: 
     for parse in (check_structure, checked_header):
         with pytest.raises(DatasetUnreadable, match=why):
             parse(io.BytesIO(data))
+
+
+def _pydicoms_answer(data: bytes) -> object:
+    """What the check before the ack answered when pydicom parsed the header: the walk,
+    then ``dcmread(stop_before_pixels=True, specific_tags=...)`` (the type of the error)."""
+    try:
+        with io.BytesIO(data) as stream:
+            check_structure(stream)
+            return read_header(stream)
+    except (DatasetUnreadable, DatasetTooLarge) as exc:
+        return type(exc)
+
+
+def _checked(data: bytes) -> object:
+    try:
+        with io.BytesIO(data) as stream:
+            return checked_header(stream)
+    except (DatasetUnreadable, DatasetTooLarge) as exc:
+        return type(exc)
+
+
+def test_the_check_before_the_ack_reads_the_header_as_pydicom_does(catalogue: list[Path]) -> None:
+    """checked_header keeps the header's elements from its own walk instead of a pydicom
+    parse: over every fixture and 40 seeded mutations of each, the same header or the same
+    refusal."""
+    rng = random.Random(14)
+    compared = agreed_headers = 0
+    for path in catalogue:
+        original = path.read_bytes()
+        for data in [original, *(mutate(original, rng)[0] for _ in range(40))]:
+            expected = _pydicoms_answer(data)
+            assert _checked(data) == expected, path.name
+            compared += 1
+            agreed_headers += isinstance(expected, InstanceHeader)
+    assert compared > 400 and agreed_headers > 100  # the mutations left many readable
+
+
+def test_header_elements_after_the_pixels_are_not_the_header() -> None:
+    """pydicom's parse stops at Pixel Data: a SOP Instance UID after it is no header."""
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.Modality = "CT"
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    write_dataset(out, ds)
+    late_uid = b"1.2.3.4\x00"
+    content = (
+        out.getvalue()
+        + bombs.element(0x7FE0, 0x0010, b"OW", 4) + b"\x00" * 4
+        + bombs.element(0x0008, 0x0018, b"UI", len(late_uid)) + late_uid
+    )  # fmt: skip
+    data = bombs.file_meta("1.2.3.4") + content
+    assert _checked(data) == _pydicoms_answer(data) == DatasetUnreadable
+
+
+@pytest.mark.parametrize("where", ["long value", "implicit data that looks explicit"])
+def test_where_the_walk_could_read_otherwise_pydicom_parses(where: str) -> None:
+    """A header value the walk defers (over 256 bytes), or an implicit VR dataset whose
+    first element's length reads as a VR ("LO"), so that pydicom would switch to explicit
+    VR: checked_header leaves those to pydicom's parse, and answers as it does."""
+    uid = generate_uid()
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = uid
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    out = DicomBytesIO()
+    out.is_little_endian = True
+    out.is_implicit_VR = where != "long value"
+    write_dataset(out, ds)
+    if where == "long value":  # an over-long Patient ID (LO holds 64), written raw
+        content = out.getvalue() + bombs.element(0x0010, 0x0020, b"LO", 300) + b"P" * 300
+        syntax = ExplicitVRLittleEndian
+    else:  # (0008,0001) first, implicit: its length 0x4F4C is b"LO" on the wire
+        content = struct.pack("<HHL", 0x0008, 0x0001, 0x4F4C) + bytes(0x4F4C) + out.getvalue()
+        syntax = ImplicitVRLittleEndian
+    data = bombs.file_meta(uid, syntax) + content
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pydicom's, about what it read
+        expected = _pydicoms_answer(data)
+        assert _checked(data) == expected
+        with io.BytesIO(data) as stream, plain_dataset(stream) as plain:
+            _, kept = _walk_top_level(stream, plain.offset, plain.syntax, keep=_HEADER_TAGS)
+            assert _walked_header(plain, kept) is None  # pydicom's parse answered
+    if where == "long value":
+        assert isinstance(expected, InstanceHeader) and expected.sop_instance_uid == uid
