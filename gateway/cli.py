@@ -476,20 +476,26 @@ def _cmd_grant(settings: Settings, args: argparse.Namespace) -> int:
     until = datetime.fromisoformat(args.until)
     if until.tzinfo is None:
         raise ConfigError("--until needs a time zone, e.g. 2026-12-31T18:00:00Z")
+    tokens, issued = _tokens(settings), None
+    if not is_account(args.to) and tokens.id_of(args.to) is None:
+        issued = tokens.issue(name=args.to, role="grantee")  # the grant binds to its id
     grants = _grants(settings, write=True)
     try:
         grant = grants.grant(
             to=args.to, until=until.timestamp(), by="cli", study_instance_uid=args.study,
-            patient_id=args.patient, issuer=args.issuer,
+            patient_id=args.patient, issuer=args.issuer, token_id=tokens.id_of(args.to),
         )  # fmt: skip
-    except ValueError as invalid:
-        raise ConfigError(str(invalid)) from None
+    except BaseException as failed:
+        if issued is not None:
+            tokens.revoke(args.to)  # no grant: the token issued for it goes too
+        if isinstance(failed, ValueError):
+            raise ConfigError(str(failed)) from None
+        raise
     finally:
         grants.index.close()
     answer = _grant_json(grant)
-    tokens = _tokens(settings)
-    if not is_account(args.to) and args.to not in {name for name, _ in tokens.list()}:
-        answer["token"] = tokens.issue(name=args.to, role="grantee")
+    if issued is not None:
+        answer["token"] = issued
         print(f"(the token is shown once: {args.to} has the grantee role)", file=sys.stderr)
     _print_json(answer)
     return 0

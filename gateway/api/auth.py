@@ -16,6 +16,12 @@ Only the admin manages grants (``grant``).
 The admin token lives in ``<data>/api-token`` (0600, created by ``up``). Other tokens
 are issued with ``xray-gateway token create``; only their SHA-256 is kept, in
 ``<data>/keys/api-tokens.json`` (0600), so the file never holds a usable token.
+
+Each issued token also gets a random ``id`` at issue, kept beside its hash: a grant binds
+to that id, not to the name, so a name revoked and issued again is a new holder that
+inherits none of the old token's grants (nor its console sessions). Compatibility: an
+entry written before ids existed has none; its id is ``name:<name>`` (:func:`token_id`),
+which is what grant rows of that time are matched by (``gateway/index/grants.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from gateway.core.access import LEGACY_ID_PREFIX
 from gateway.errors import ConfigError
 from gateway.keyfiles import read_secret, replace_secret, write_secret
 
@@ -48,15 +55,24 @@ PERMISSIONS: dict[Role, frozenset[Permission]] = {
 }
 
 
+#: The admin token's id (it has no entry in the issued file).
+ADMIN_ID = "admin"
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who a request comes from."""
+    """Who a request comes from: a token's holder by name, role and the token's id."""
 
     name: str
     role: Role
+    token_id: str = ""
 
     def may(self, permission: Permission) -> bool:
         return permission in PERMISSIONS[self.role]
+
+
+#: The holder of the admin token.
+ADMIN = Principal("admin", "admin", ADMIN_ID)
 
 
 def ensure_token(path: Path) -> str:
@@ -68,6 +84,15 @@ def ensure_token(path: Path) -> str:
 
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def token_id(entry: dict[str, str]) -> str:
+    """An issued entry's id; ``name:<name>`` for one issued before ids (module docstring)."""
+    return entry.get("id") or LEGACY_ID_PREFIX + entry["name"]
+
+
+def _new_id() -> str:
+    return "tok-" + secrets.token_hex(16)
 
 
 class Tokens:
@@ -110,7 +135,7 @@ class Tokens:
         if any(entry["name"] == name for entry in entries):
             raise ConfigError(f"a token named {name!r} exists; revoke it first")
         token = secrets.token_urlsafe(32)
-        entries.append({"name": name, "role": role, "sha256": _hash(token)})
+        entries.append({"name": name, "role": role, "id": _new_id(), "sha256": _hash(token)})
         self._save(entries)
         return token
 
@@ -127,11 +152,23 @@ class Tokens:
         """``(name, role)`` of every issued token (the admin token is not listed)."""
         return [(entry["name"], entry["role"]) for entry in self._issued()]
 
+    def id_of(self, name: str) -> str | None:
+        """The id of the token issued to ``name`` now (None: no such token)."""
+        for entry in self._issued():
+            if entry["name"] == name:
+                return token_id(entry)
+        return None
+
     def still_valid(self, principal: Principal) -> bool:
-        """Whether ``principal``'s token still exists with its role (not revoked or re-issued)."""
-        if principal == Principal("admin", "admin"):
+        """Whether ``principal``'s token still exists with its role (not revoked or re-issued:
+        a token issued again under the same name has another id)."""
+        if principal == ADMIN:
             return self.admin_token_file.exists()
-        return (principal.name, principal.role) in self.list()
+        return any(
+            (entry["name"], entry["role"], token_id(entry))
+            == (principal.name, principal.role, principal.token_id)
+            for entry in self._issued()
+        )
 
     def authenticate(self, token: str) -> Principal | None:
         """The principal ``token`` belongs to, or ``None``; comparisons are constant-time."""
@@ -139,9 +176,9 @@ class Tokens:
         if self.admin_token_file.exists():
             admin = read_secret(self.admin_token_file).decode("ascii").strip()
             if hmac.compare_digest(admin.encode(), token.encode()):
-                found = Principal("admin", "admin")
+                found = ADMIN
         digest = _hash(token)
         for entry in self._issued():
             if hmac.compare_digest(entry["sha256"], digest) and entry["role"] in ROLES:
-                found = found or Principal(entry["name"], entry["role"])
+                found = found or Principal(entry["name"], entry["role"], token_id(entry))
         return found

@@ -66,7 +66,7 @@ class Services:
         try:
             if not who.may("granted") or self.grants is None:
                 raise AccessDenied("this token reads no studies", reason="not-granted")
-            self.grants.check(who.name, study_instance_uid)
+            self.grants.check(who.token_id, study_instance_uid)
         except AccessDenied as denied:
             self.read_by(
                 who, route=route, verdict=denied.reason, served=False,

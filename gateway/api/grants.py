@@ -58,6 +58,10 @@ class GrantOut(BaseModel):
     id: int = Field(description="the contract's grant id")
     grantee: str
     grantee_kind: Literal["token", "account"]
+    grantee_id: str = Field(
+        description="what the grant binds: the id of the token issued to the grantee when it "
+        "was made (a token issued again under the name is another grantee), or the address"
+    )
     grantee_key: str = Field(description="the grantee as the chain names it (hex)")
     patient_key: str
     study_instance_uid: str | None = Field(description="null: every study of the patient")
@@ -71,19 +75,23 @@ class GrantOut(BaseModel):
     revoked_at: datetime | None
     revoked_by: str | None
     revoke_tx: str | None
+    replaces: int | None = Field(
+        None, description="the grant this one replaced (extended or narrowed), now revoked"
+    )
 
     @classmethod
     def of(cls, row: GrantRow, *, now: float) -> GrantOut:
         return cls(
             id=row.id, grantee=row.grantee, grantee_kind=row.grantee_kind,  # type: ignore[arg-type]
-            grantee_key=row.grantee_key.hex(), patient_key=row.patient_key.hex(),
+            grantee_id=row.grantee_id, grantee_key=row.grantee_key.hex(),
+            patient_key=row.patient_key.hex(),
             study_instance_uid=row.study_instance_uid,
             study_key=row.study_key.hex() if row.study_key else None,
             expires_at=_utc(row.expires_at), granted_at=_utc(row.granted_at),
             granted_by=row.granted_by, tx_hash=row.tx_hash, block_number=row.block_number,
             state=row.state(now),  # type: ignore[arg-type]
             revoked_at=_utc(row.revoked_at) if row.revoked_at is not None else None,
-            revoked_by=row.revoked_by, revoke_tx=row.revoke_tx,
+            revoked_by=row.revoked_by, revoke_tx=row.revoke_tx, replaces=row.replaces,
         )  # fmt: skip
 
 
@@ -100,13 +108,16 @@ def _grants(services: ServicesDep) -> Grants:
 # 400: a body that is not JSON at all (FastAPI answers it before the route runs)
 @router.post("", response_model=GrantOut, status_code=201, responses=problem_responses(400, 404))
 def make_grant(body: NewGrant, services: ServicesDep, who: Granting) -> GrantOut:
-    """Grant read access (admin); it is on the chain (``AccessGranted``) when this answers."""
+    """Grant read access (admin); it is on the chain (``AccessGranted``) when this answers.
+
+    A token holder's grant binds to the token issued to that name now (422 if there is
+    none): a token issued again under the name later does not inherit it."""
     grants = _grants(services)
     try:
         row = grants.grant(
             to=body.to, until=body.until.timestamp(), by=who.name,
             study_instance_uid=body.study_instance_uid, patient_id=body.patient_id,
-            issuer=body.issuer,
+            issuer=body.issuer, token_id=services.tokens.id_of(body.to),
         )  # fmt: skip
     except ValueError as invalid:
         raise Problem(
@@ -115,10 +126,18 @@ def make_grant(body: NewGrant, services: ServicesDep, who: Granting) -> GrantOut
     return GrantOut.of(row, now=grants.clock())
 
 
+GrantId = Annotated[int, PathParam(ge=1, le=2**53, description="the contract's grant id")]
+
+
+@router.get("/{grant_id}", response_model=GrantOut, responses=problem_responses(404))
+def get_grant(grant_id: GrantId, services: ServicesDep, who: Granting) -> GrantOut:
+    """One grant with its state now (admin)."""
+    grants = _grants(services)
+    return GrantOut.of(grants.get(grant_id), now=grants.clock())
+
+
 @router.delete("/{grant_id}", response_model=GrantOut, responses=problem_responses(404))
-def revoke_grant(
-    grant_id: Annotated[int, PathParam(ge=1, le=2**53)], services: ServicesDep, who: Granting
-) -> GrantOut:
+def revoke_grant(grant_id: GrantId, services: ServicesDep, who: Granting) -> GrantOut:
     """Revoke a grant now (admin); on the chain (``AccessRevoked``) when this answers."""
     grants = _grants(services)
     return GrantOut.of(grants.revoke(grant_id, by=who.name), now=grants.clock())

@@ -54,7 +54,7 @@ def _readable(services: Services, who: Principal) -> list[str]:
         return []
     if who.may("verify"):
         return services.grants.all_studies()
-    return services.grants.studies(who.name)
+    return services.grants.studies(who.token_id)
 
 
 @router.get(

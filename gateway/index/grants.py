@@ -2,6 +2,11 @@
 
 A row is written once its grant is mined (``id`` is the chain's grant id) and marked when
 its revocation is mined; the chain is the record, this table the fast copy the API reads.
+
+A grant binds to its grantee's *id*: a token's random id, or an account's address. Rows
+written before ids existed have ``grantee_id`` NULL and are read as the id such a token
+has (``name:<grantee>``, see ``gateway/api/auth.py``; an account: its address); nothing
+rewrites them.
 """
 
 from __future__ import annotations
@@ -12,11 +17,17 @@ from typing import Any
 
 from gateway.index.db import Index
 
-_COLUMNS = (
+_WRITTEN = (
     "id, grantee, grantee_kind, grantee_key, patient_key, study_instance_uid, study_key,"
     " expires_at, granted_at, granted_by, tx_hash, block_number, revoked_at, revoked_by,"
-    " revoke_tx"
+    " revoke_tx, grantee_id, replaces"
 )
+#: The id a row binds, with the rule for rows from before ids (module docstring).
+GRANTEE_ID = (
+    "COALESCE(grantee_id, CASE WHEN grantee_kind = 'token' THEN 'name:' || grantee"
+    " ELSE grantee END)"
+)
+_COLUMNS = _WRITTEN.replace("grantee_id", GRANTEE_ID)
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,10 @@ class GrantRow:
     revoked_at: float | None
     revoked_by: str | None
     revoke_tx: str | None
+    #: The token's id, or the account's address: what the grant binds.
+    grantee_id: str = ""
+    #: The grant this one replaced (extended or narrowed), revoked once this one was mined.
+    replaces: int | None = None
 
     def state(self, now: float) -> str:
         """``active``, ``revoked`` or ``expired`` at ``now``."""
@@ -48,11 +63,12 @@ class GrantRow:
 
 def _row(values: Sequence[Any]) -> GrantRow:
     (id_, grantee, kind, gkey, pkey, study, skey, expires, granted, by, tx, block,
-     revoked_at, revoked_by, revoke_tx) = values  # fmt: skip
+     revoked_at, revoked_by, revoke_tx, grantee_id, replaces) = values  # fmt: skip
     return GrantRow(
         int(id_), grantee, kind, bytes(gkey), bytes(pkey), study,
         None if skey is None else bytes(skey), float(expires), float(granted), by, tx,
         int(block), None if revoked_at is None else float(revoked_at), revoked_by, revoke_tx,
+        str(grantee_id), None if replaces is None else int(replaces),
     )  # fmt: skip
 
 
@@ -60,12 +76,12 @@ def add(index: Index, grant: GrantRow) -> None:
     """Keep a grant the chain holds now (a second write of the same id changes nothing)."""
     with index.transaction() as db:
         db.execute(
-            f"INSERT INTO grants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT DO NOTHING",
+            f"INSERT INTO grants ({_WRITTEN}) VALUES"
+            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (grant.id, grant.grantee, grant.grantee_kind, grant.grantee_key, grant.patient_key,
              grant.study_instance_uid, grant.study_key, grant.expires_at, grant.granted_at,
              grant.granted_by, grant.tx_hash, grant.block_number, grant.revoked_at,
-             grant.revoked_by, grant.revoke_tx),
+             grant.revoked_by, grant.revoke_tx, grant.grantee_id or None, grant.replaces),
         )  # fmt: skip
 
 
@@ -85,14 +101,15 @@ def get(index: Index, grant_id: int) -> GrantRow | None:
     return _row(found[0]) if found else None
 
 
-def covering(index: Index, grantee: str, study_instance_uid: str) -> list[GrantRow]:
-    """The token grantee's grants that cover the study: on it, or on its patient; oldest first."""
+def covering(index: Index, grantee_id: str, study_instance_uid: str) -> list[GrantRow]:
+    """The grants of the grantee ``grantee_id`` (a token's id) that cover the study: on it,
+    or on its patient; oldest first."""
     found = index.query(
-        f"SELECT {_COLUMNS} FROM grants WHERE grantee = ? AND grantee_kind = 'token'"
+        f"SELECT {_COLUMNS} FROM grants WHERE {GRANTEE_ID} = ?"
         " AND (study_instance_uid = ? OR (study_instance_uid IS NULL AND patient_key IN"
         " (SELECT patient_key FROM instances WHERE study_instance_uid = ?"
         " AND patient_key IS NOT NULL))) ORDER BY id",
-        (grantee, study_instance_uid, study_instance_uid),
+        (grantee_id, study_instance_uid, study_instance_uid),
     )
     return [_row(r) for r in found]
 
@@ -119,16 +136,15 @@ def listed(
     return [_row(r) for r in found]
 
 
-def granted_studies(index: Index, grantee: str, *, now: float) -> list[str]:
-    """The Study UIDs a token grantee's standing grants cover, sorted."""
+def granted_studies(index: Index, grantee_id: str, *, now: float) -> list[str]:
+    """The Study UIDs the standing grants of the grantee ``grantee_id`` cover, sorted."""
     found = index.query(
-        "SELECT DISTINCT i.study_instance_uid FROM instances i JOIN grants g"
+        "SELECT DISTINCT i.study_instance_uid FROM instances i JOIN (SELECT * FROM grants"
+        f" WHERE {GRANTEE_ID} = ? AND revoked_at IS NULL AND expires_at > ?) g"
         " ON (g.study_instance_uid = i.study_instance_uid"
         " OR (g.study_instance_uid IS NULL AND g.patient_key = i.patient_key))"
-        " WHERE g.grantee = ? AND g.grantee_kind = 'token' AND g.revoked_at IS NULL"
-        " AND g.expires_at > ? AND i.study_instance_uid IS NOT NULL"
-        " ORDER BY i.study_instance_uid",
-        (grantee, now),
+        " WHERE i.study_instance_uid IS NOT NULL ORDER BY i.study_instance_uid",
+        (grantee_id, now),
     )
     return [str(r[0]) for r in found]
 

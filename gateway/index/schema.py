@@ -283,6 +283,11 @@ STEPS: tuple[Step, ...] = (
     Create(_GRANTS),
     # 16 (erasure part): study keys, the erasure log, the retention list
     Create(_ERASURE),
+    # grants2 part (keep these together): 17: the id of the token a grant binds (NULL: a row
+    # from before ids, matched as ``name:<grantee>``); 18: the grant a new one replaced
+    # (extended or narrowed)
+    AddColumn("grants", "grantee_id", "TEXT"),
+    AddColumn("grants", "replaces", "INTEGER"),
 )
 
 #: The version this code writes and reads.

@@ -8,6 +8,10 @@ keys only (grantee key, patient key, study key, expiry, granter). The index keep
 same grant with its names and UIDs, written once the transaction is mined; the API's
 enforcement reads the index (no chain round trip per request) and :meth:`Grants.check`
 says why a read is refused: ``not-granted``, ``grant-expired`` or ``grant-revoked``.
+
+A grant to a token holder binds to the *id* of the token issued to that name at the time
+(``gateway/api/auth.py``), and its grantee key on chain is derived from that id: a token
+revoked and issued again under the same name is another grantee, with none of its grants.
 """
 
 from __future__ import annotations
@@ -71,21 +75,27 @@ class Grants:
         study_instance_uid: str | None = None,
         patient_id: str | None = None,
         issuer: str = "",
+        token_id: str | None = None,
     ) -> GrantRow:
         """Grant ``to`` read access to a study or to every study of a patient until ``until``.
+
+        ``to`` is an account address, or a token holder's name whose token's id is
+        ``token_id`` (the grant binds to that token, not to the name).
 
         Raises
         ------
         ValueError
-            Neither or both of a study and a patient, or an expiry not in the future.
+            Neither or both of a study and a patient, an expiry not in the future, or a
+            token holder without ``token_id``.
         UnknownInstance
             The index holds no instance of that study.
         """
         if (study_instance_uid is None) == (patient_id is None):
             raise ValueError("grant one study or one patient's studies")
-        expires = int(until)
-        if expires <= self.clock():
-            raise ValueError("the expiry must be in the future")
+        grantee_id = to.lower() if is_account(to) else token_id
+        if not grantee_id:
+            raise ValueError(f"{to!r} has no token: issue one first (xray-gateway token create)")
+        expires = self._future(until)
         if study_instance_uid is not None:
             patient = rows.patient_key_of_study(self.index, study_instance_uid)
             if patient is None:
@@ -94,7 +104,7 @@ class Grants:
         else:
             assert patient_id is not None
             patient, study = keys.patient_key(self.pseudonym_key, issuer, patient_id), None
-        grantee = grantee_key(self.pseudonym_key, to)
+        grantee = grantee_key(self.pseudonym_key, grantee_id)
         grant_id, anchor = self._send(
             lambda ledger: ledger.grant_access(
                 grantee=grantee, patient_key=patient, study_key=study, expires_at=expires
@@ -105,10 +115,17 @@ class Grants:
             grantee_key=grantee, patient_key=patient, study_instance_uid=study_instance_uid,
             study_key=study, expires_at=float(expires), granted_at=float(anchor.block_time),
             granted_by=by, tx_hash=anchor.tx_hash, block_number=anchor.block_number,
-            revoked_at=None, revoked_by=None, revoke_tx=None,
+            revoked_at=None, revoked_by=None, revoke_tx=None, grantee_id=grantee_id,
         )  # fmt: skip
         rows.add(self.index, row)
         return row
+
+    def _future(self, until: float) -> int:
+        """``until`` in whole seconds, as the chain keeps it; it must be in the future."""
+        expires = int(until)
+        if expires <= self.clock():
+            raise ValueError("the expiry must be in the future")
+        return expires
 
     def revoke(self, grant_id: int, *, by: str) -> GrantRow:
         """Revoke grant ``grant_id`` on the chain, then in the index; a revoked one is kept."""
@@ -156,8 +173,8 @@ class Grants:
         """The key a patient's grants are listed under."""
         return keys.patient_key(self.pseudonym_key, issuer, patient_id)
 
-    def check(self, grantee: str, study_instance_uid: str) -> GrantRow:
-        """The standing grant that lets token holder ``grantee`` read the study.
+    def check(self, grantee_id: str, study_instance_uid: str) -> GrantRow:
+        """The standing grant that lets the grantee ``grantee_id`` (a token's id) read the study.
 
         Raises
         ------
@@ -166,7 +183,7 @@ class Grants:
             newest covering grant, else ``not-granted``.
         """
         now = self.clock()
-        covering = rows.covering(self.index, grantee, study_instance_uid)
+        covering = rows.covering(self.index, grantee_id, study_instance_uid)
         standing = [g for g in covering if g.state(now) == "active"]
         if standing:
             return max(standing, key=lambda g: g.expires_at)
@@ -177,9 +194,9 @@ class Grants:
             raise AccessDenied(f"grant {newest.id} was revoked", reason="grant-revoked")
         raise AccessDenied(f"grant {newest.id} expired", reason="grant-expired")
 
-    def studies(self, grantee: str) -> list[str]:
-        """The Study UIDs the grantee's standing grants cover."""
-        return rows.granted_studies(self.index, grantee, now=self.clock())
+    def studies(self, grantee_id: str) -> list[str]:
+        """The Study UIDs the standing grants of the grantee ``grantee_id`` cover."""
+        return rows.granted_studies(self.index, grantee_id, now=self.clock())
 
     def all_studies(self) -> list[str]:
         """Every Study UID the index holds, sorted (the listing for roles that verify)."""

@@ -20,7 +20,7 @@ import requests
 from playwright.sync_api import Page, expect
 from pydicom import dcmread
 
-from gateway.core.access import study_key, who_key
+from gateway.core.access import grantee_key, study_key
 from gateway.core.keys import load_pseudonym_key, patient_key
 from gateway.ledger import XrayLedger
 from tests.integration.browser import OfflineBrowser
@@ -267,8 +267,11 @@ def test_the_grant_events_are_on_chain_with_keys_only(stack: GrantStack) -> None
     patient = patient_key(pseudonym, stack.patient["IssuerOfPatientID"], stack.patient["PatientID"])
     study = study_key(pseudonym, stack.granted.study_uid)
     first = granted[0].args
+    listed = stack.as_admin("GET", "/v1/grants", params={"grantee": "dr-outside"}).json()
+    token_id = listed["items"][0]["grantee_id"]
+    assert token_id.startswith("tok-")  # the grant binds the token's id, not its name
     assert (first["grantee"], first["patientKey"], first["studyKey"]) == (
-        who_key(pseudonym, "token", "dr-outside"),
+        grantee_key(pseudonym, token_id),
         patient,
         study,
     )
@@ -291,3 +294,34 @@ def test_the_grant_events_are_on_chain_with_keys_only(stack: GrantStack) -> None
         ]
         for blob in blobs:
             assert not any(secret in blob for secret in secrets), event.name
+
+
+def test_a_token_issued_again_under_a_revoked_name_inherits_none_of_its_grants(
+    stack: GrantStack,
+) -> None:
+    old = stack.grantee("dr-reissued")
+    made = stack.as_admin("POST", "/v1/grants", json={
+        "to": "dr-reissued", "study_instance_uid": stack.granted.study_uid,
+        "until": _iso(time.time() + 3600),
+    })  # fmt: skip
+    assert made.status_code == 201, made.text
+    study = f"/v1/studies/{stack.granted.study_uid}/verify"
+    assert stack.get(study, old).status_code == 200
+    revoked = run(stack.up.env, "token", "revoke", "dr-reissued")
+    assert revoked.returncode == 0, revoked.stderr
+    assert stack.get(study, old).status_code == 401  # the old token is gone
+    new = stack.grantee("dr-reissued")  # the same name, another holder
+    assert {k: _problem(r) for k, r in _reads(stack, new).items()} == {
+        "study": "not-granted", "instance": "not-granted", "download": "not-granted",
+        "other": "not-granted",
+    }  # fmt: skip
+    assert stack.get("/v1/studies", new).json()["items"] == []
+    # the grant still stands, for the token it was made to (no longer issued)
+    kept = stack.as_admin("GET", f"/v1/grants/{made.json()['id']}")
+    assert kept.status_code == 200 and kept.json()["state"] == "active"
+    # a grant to a name with no token is refused: it would bind to nobody
+    nobody = stack.as_admin("POST", "/v1/grants", json={
+        "to": "dr-nobody", "study_instance_uid": stack.granted.study_uid,
+        "until": _iso(time.time() + 3600),
+    })  # fmt: skip
+    assert nobody.status_code == 422 and "has no token" in nobody.json()["detail"]

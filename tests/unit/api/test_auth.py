@@ -48,3 +48,25 @@ def test_only_admin_restores_and_auditors_see_no_phi() -> None:
     assert [role for role, perms in PERMISSIONS.items() if "restore" in perms] == ["admin"]
     assert "phi" not in PERMISSIONS["auditor"] and "audit" in PERMISSIONS["auditor"]
     assert "audit" not in PERMISSIONS["clinician"] and "phi" in PERMISSIONS["clinician"]
+
+
+def test_each_issued_token_has_its_own_id_and_a_reissued_name_another(tokens: Tokens) -> None:
+    first = tokens.authenticate(tokens.issue(name="dr", role="grantee"))
+    assert first is not None and first.token_id.startswith("tok-")
+    assert tokens.id_of("dr") == first.token_id and tokens.still_valid(first)
+    assert tokens.revoke("dr")
+    again = tokens.authenticate(tokens.issue(name="dr", role="grantee"))
+    assert again is not None and again.token_id not in ("", first.token_id)
+    # the old token's principal (a console session of it) is no longer valid: another id
+    assert not tokens.still_valid(first) and tokens.still_valid(again)
+    assert tokens.id_of("nobody") is None
+
+
+def test_an_entry_from_before_ids_has_the_legacy_id_of_its_name(tokens: Tokens) -> None:
+    token = tokens.issue(name="old", role="grantee")
+    entries = json.loads(tokens.issued_file.read_text())
+    del entries[0]["id"]  # as written by a gateway from before token ids
+    tokens.issued_file.write_text(json.dumps(entries))
+    principal = tokens.authenticate(token)
+    assert principal is not None and principal.token_id == "name:old"
+    assert tokens.id_of("old") == "name:old" and tokens.still_valid(principal)
