@@ -468,21 +468,50 @@ def _grant_json(grant: Any) -> dict[str, Any]:
     return GrantOut.of(grant, now=time.time()).model_dump(mode="json")
 
 
-def _cmd_grant(settings: Settings, args: argparse.Namespace) -> int:
+def _until(text: str | None) -> float | None:
+    """``--until`` as epoch seconds (it needs a time zone)."""
     from datetime import datetime
 
-    from gateway.core.access import is_account
-
-    until = datetime.fromisoformat(args.until)
+    if text is None:
+        return None
+    until = datetime.fromisoformat(text)
     if until.tzinfo is None:
         raise ConfigError("--until needs a time zone, e.g. 2026-12-31T18:00:00Z")
+    return until.timestamp()
+
+
+def _cmd_grant_extend(settings: Settings, args: argparse.Namespace) -> int:
+    if args.patient is not None or args.to is not None:
+        raise ConfigError("--extend carries a grant on: give --until and/or --study only")
+    grants = _grants(settings, write=True)
+    try:
+        grant = grants.replace(
+            args.extend, by="cli", until=_until(args.until), study_instance_uid=args.study
+        )
+    except ValueError as invalid:
+        raise ConfigError(str(invalid)) from None
+    finally:
+        grants.index.close()
+    _print_json(_grant_json(grant))
+    return 0
+
+
+def _cmd_grant(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.core.access import is_account
+
+    if args.extend is not None:
+        return _cmd_grant_extend(settings, args)
+    if args.to is None or args.until is None or (args.study is None) == (args.patient is None):
+        raise ConfigError("a grant needs --to, --until and one of --study and --patient")
+    until = _until(args.until)
+    assert until is not None
     tokens, issued = _tokens(settings), None
     if not is_account(args.to) and tokens.id_of(args.to) is None:
         issued = tokens.issue(name=args.to, role="grantee")  # the grant binds to its id
     grants = _grants(settings, write=True)
     try:
         grant = grants.grant(
-            to=args.to, until=until.timestamp(), by="cli", study_instance_uid=args.study,
+            to=args.to, until=until, by="cli", study_instance_uid=args.study,
             patient_id=args.patient, issuer=args.issuer, token_id=tokens.id_of(args.to),
         )  # fmt: skip
     except BaseException as failed:
@@ -1080,15 +1109,23 @@ def build_parser() -> argparse.ArgumentParser:
     grant = sub.add_parser(
         "grant", help="grant read access to a study or a patient's studies until an expiry"
     )
-    subject = grant.add_mutually_exclusive_group(required=True)
-    subject.add_argument("--study", metavar="UID", help="one study (Study Instance UID)")
+    subject = grant.add_mutually_exclusive_group()
+    subject.add_argument(
+        "--study", metavar="UID",
+        help="one study (Study Instance UID); with --extend: narrow a patient grant to it",
+    )  # fmt: skip
     subject.add_argument("--patient", metavar="ID", help="every study of this PatientID")
     grant.add_argument("--issuer", default="", help="IssuerOfPatientID (with --patient)")
     grant.add_argument(
-        "--to", required=True, metavar="NAME|ADDRESS",
+        "--to", metavar="NAME|ADDRESS",
         help="a named grantee (a grantee token is issued if it has none) or an account 0x…",
     )  # fmt: skip
-    grant.add_argument("--until", required=True, metavar="ISO8601", help="the expiry")
+    grant.add_argument("--until", metavar="ISO8601", help="the expiry")
+    grant.add_argument(
+        "--extend", type=int, metavar="GRANT_ID",
+        help="carry a standing grant on under --until and/or narrowed to --study: a new "
+        "grant, then the old one revoked",
+    )  # fmt: skip
     grant.set_defaults(handler=_cmd_grant)
     revoke_grant = sub.add_parser("revoke", help="revoke a grant now (on chain)")
     revoke_grant.add_argument("grant_id", type=int, metavar="GRANT_ID")

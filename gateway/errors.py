@@ -61,6 +61,8 @@ permanent, retried a few times and then parked.
     ├── AccessDenied                a grantee reads what no standing grant covers (-> 403);
     │   │                           ``.reason``: ``not-granted``, ``grant-expired``, ``grant-revoked``
     ├── UnknownGrant                no grant with that id in the index (-> 404)
+    ├── GrantNotStanding            extend/narrow a grant that is revoked or expired (-> 409);
+    │                               ``.state`` (grants2 part)
     ├── ErasureError                an erasure cannot be planned or carried out (erasure part)
     │   ├── ErasureNotFound         nothing to erase for that study or patient (-> 404)
     │   └── ErasureChanged          the confirmation's hash is not the set as it is now (-> 409)
@@ -529,6 +531,20 @@ class AccessDenied(GatewayError):
 
 class UnknownGrant(GatewayError):
     """The index holds no grant with that id."""
+
+
+class GrantNotStanding(GatewayError):
+    """A grant to extend or narrow is revoked or expired: there is nothing to carry on.
+
+    Attributes
+    ----------
+    state:
+        ``revoked`` or ``expired``.
+    """
+
+    def __init__(self, message: str, *, state: str) -> None:
+        super().__init__(message)
+        self.state = state
 
 
 class ErasureError(GatewayError):

@@ -1,7 +1,8 @@
 """Grants of read access (admin): make one, revoke one, list them; a grantee's studies.
 
 ``POST /v1/grants`` writes the grant to the chain with the gateway's recorder key and keeps
-it in the index; ``DELETE /v1/grants/{id}`` revokes it on the chain, then in the index;
+it in the index; ``PATCH /v1/grants/{id}`` extends or narrows it (a new grant, then the old
+one revoked); ``DELETE /v1/grants/{id}`` revokes it on the chain, then in the index;
 ``GET /v1/grants`` lists them by patient key, study or grantee (keyset pages by grant id).
 A patient is named in a body only, never in a URL (the list takes the patient *key*,
 ``POST /v1/patients/key``).
@@ -49,6 +50,22 @@ class NewGrant(BaseModel):
     def one_subject(self) -> NewGrant:
         if (self.study_instance_uid is None) == (self.patient_id is None):
             raise ValueError("give exactly one of study_instance_uid and patient_id")
+        return self
+
+
+class GrantChange(BaseModel):
+    """A standing grant carried on: a new expiry, narrowed to one study of its patient, or both."""
+
+    until: AwareDatetime | None = Field(None, description="the new expiry (later or earlier)")
+    study_instance_uid: str | None = Field(
+        None, pattern=UID_PATTERN, max_length=64,
+        description="narrow a patient grant to this one of the patient's studies",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def something(self) -> GrantChange:
+        if self.until is None and self.study_instance_uid is None:
+            raise ValueError("give until, study_instance_uid or both")
         return self
 
 
@@ -134,6 +151,29 @@ def get_grant(grant_id: GrantId, services: ServicesDep, who: Granting) -> GrantO
     """One grant with its state now (admin)."""
     grants = _grants(services)
     return GrantOut.of(grants.get(grant_id), now=grants.clock())
+
+
+# 400: a body that is not JSON at all (FastAPI answers it before the route runs)
+@router.patch("/{grant_id}", response_model=GrantOut, responses=problem_responses(400, 404, 409))
+def change_grant(
+    grant_id: GrantId, body: GrantChange, services: ServicesDep, who: Granting
+) -> GrantOut:
+    """Extend (or shorten) a standing grant, or narrow a patient grant to one study (admin).
+
+    No contract call changes a grant: this makes a new grant on chain (its ``replaces`` is
+    ``grant_id``), then revokes the old one, so the grantee never loses access in between.
+    Answers the new grant; 409 ``grant-not-standing`` for a revoked or expired one."""
+    grants = _grants(services)
+    try:
+        row = grants.replace(
+            grant_id, by=who.name, study_instance_uid=body.study_instance_uid,
+            until=body.until.timestamp() if body.until is not None else None,
+        )  # fmt: skip
+    except ValueError as invalid:
+        raise Problem(
+            INVALID_REQUEST, str(invalid), errors=[{"loc": ["body"], "msg": str(invalid)}]
+        ) from None
+    return GrantOut.of(row, now=grants.clock())
 
 
 @router.delete("/{grant_id}", response_model=GrantOut, responses=problem_responses(404))

@@ -37,6 +37,7 @@ from gateway.errors import (
     ErasureChanged,
     ErasureNotFound,
     GatewayError,
+    GrantNotStanding,
     LedgerError,
     PacsUnavailable,
     StoreUnavailable,
@@ -104,6 +105,8 @@ ERASURE_CHANGED = ProblemType("erasure-changed", 409, "Erasure set changed",
     "The confirmation does not match a dry run as the set is now: the hash is unknown, the "
     "reason differs, or images arrived or went since. Run the dry run again and confirm "
     "its hash.")
+GRANT_NOT_STANDING = ProblemType("grant-not-standing", 409, "Grant not standing",
+    "The grant to extend or narrow is revoked or expired; make a new grant instead.")
 AUDIT_RUNNING = ProblemType("audit-running", 409, "An audit is running",
     "One sweep runs at a time. Follow the running one at the URL in `Location` (and the "
     "`audit` member), or try again once it is done.")
@@ -153,6 +156,7 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         INVALID_CURSOR, EMPTY_BODY, INVALID_CONTENT_LENGTH, NOT_DICOM, TOO_MANY_UPLOADS,
         RATE_LIMITED, GATEWAY_FAILED, LEDGER_ERROR, UNAVAILABLE, NOT_READY, UPLOAD_AREA_FULL,
         HTTP_ERROR, NOT_GRANTED, GRANT_EXPIRED, GRANT_REVOKED, NO_SUCH_GRANT,
+        GRANT_NOT_STANDING,
     )
 }  # fmt: skip
 
@@ -348,6 +352,8 @@ def _type_of(exc: GatewayError) -> ProblemType:
         return DENIALS[exc.reason]
     if isinstance(exc, UnknownGrant):
         return NO_SUCH_GRANT
+    if isinstance(exc, GrantNotStanding):
+        return GRANT_NOT_STANDING
     if isinstance(exc, DatasetUnreadable):
         return NOT_DICOM
     if isinstance(exc, (PacsUnavailable, ChainUnavailable, StoreUnavailable, AlertsUnavailable)):

@@ -12,18 +12,25 @@ says why a read is refused: ``not-granted``, ``grant-expired`` or ``grant-revoke
 A grant to a token holder binds to the *id* of the token issued to that name at the time
 (``gateway/api/auth.py``), and its grantee key on chain is derived from that id: a token
 revoked and issued again under the same name is another grantee, with none of its grants.
+
+A standing grant is extended (or shortened) or narrowed from a patient to one of its
+studies by :meth:`Grants.replace`, with no contract change: a new grant that records the
+one it replaces, then the old one's revocation, in that order, so that the grantee never
+loses access in between.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TypeVar
 
 from gateway.core import keys
 from gateway.core.access import grantee_key, is_account, study_key
 from gateway.errors import (
     AccessDenied,
+    GrantNotStanding,
     TransactionFailed,
     TransactionPending,
     UnknownGrant,
@@ -119,6 +126,61 @@ class Grants:
         )  # fmt: skip
         rows.add(self.index, row)
         return row
+
+    def replace(
+        self, grant_id: int, *, by: str, until: float | None = None,
+        study_instance_uid: str | None = None,
+    ) -> GrantRow:  # fmt: skip
+        """Carry a standing grant on under a new expiry ``until``, or narrowed from a patient
+        grant to one of its studies (or both): grant the new one first, then revoke the old.
+
+        Returns the new grant (its ``replaces`` is ``grant_id``). A crash between the two
+        leaves both standing, the new one already recording what it replaces; revoke the old
+        one again to finish.
+
+        Raises
+        ------
+        UnknownGrant
+            No grant ``grant_id``.
+        GrantNotStanding
+            It is revoked or expired.
+        ValueError
+            Nothing to change, an expiry not in the future, or a study that is not one of the
+            grant's patient's (or another study than a study grant's own).
+        """
+        old = self.get(grant_id)
+        state = old.state(self.clock())
+        if state != "active":
+            raise GrantNotStanding(f"grant {grant_id} is {state}", state=state)
+        if until is None and study_instance_uid is None:
+            raise ValueError("give a new expiry, a study to narrow to, or both")
+        expires = self._future(until if until is not None else old.expires_at)
+        study, study_key_ = self._narrowed(old, study_instance_uid)
+        new_id, anchor = self._send(
+            lambda ledger: ledger.grant_access(
+                grantee=old.grantee_key, patient_key=old.patient_key, study_key=study_key_,
+                expires_at=expires,
+            )
+        )  # fmt: skip
+        row = replace(
+            old, id=new_id, study_instance_uid=study, study_key=study_key_,
+            expires_at=float(expires), granted_at=float(anchor.block_time), granted_by=by,
+            tx_hash=anchor.tx_hash, block_number=anchor.block_number, replaces=old.id,
+        )  # fmt: skip
+        rows.add(self.index, row)
+        self.revoke(old.id, by=by)
+        return self.get(new_id)
+
+    def _narrowed(self, old: GrantRow, study_uid: str | None) -> tuple[str | None, bytes | None]:
+        """The study (and its key) the replacing grant covers: the old grant's, or one study
+        of the old patient grant's patient."""
+        if study_uid is None or study_uid == old.study_instance_uid:
+            return old.study_instance_uid, old.study_key
+        if old.study_instance_uid is not None:
+            raise ValueError("a study grant can only be narrowed to its own study")
+        if rows.patient_key_of_study(self.index, study_uid) != old.patient_key:
+            raise ValueError("that study is not one of the grant's patient's")
+        return study_uid, study_key(self.pseudonym_key, study_uid)
 
     def _future(self, until: float) -> int:
         """``until`` in whole seconds, as the chain keeps it; it must be in the future."""

@@ -325,3 +325,56 @@ def test_a_token_issued_again_under_a_revoked_name_inherits_none_of_its_grants(
         "until": _iso(time.time() + 3600),
     })  # fmt: skip
     assert nobody.status_code == 422 and "has no token" in nobody.json()["detail"]
+
+
+def test_a_grant_is_extended_and_narrowed_by_a_new_grant_then_the_old_ones_revocation(
+    stack: GrantStack,
+) -> None:
+    token = stack.grantee("dr-carried")
+    made = stack.as_admin("POST", "/v1/grants", json={
+        "to": "dr-carried", "patient_id": stack.patient["PatientID"],
+        "issuer": stack.patient["IssuerOfPatientID"], "until": _iso(time.time() + 3600),
+    })  # fmt: skip
+    assert made.status_code == 201, made.text
+    first = made.json()
+    # extend through the API: a new grant replacing the first, which is revoked after it
+    later = time.time() + 7200
+    extended = stack.as_admin("PATCH", f"/v1/grants/{first['id']}", json={"until": _iso(later)})
+    assert extended.status_code == 200, extended.text
+    second = extended.json()
+    assert (second["replaces"], second["state"], second["study_instance_uid"]) == (
+        first["id"], "active", None,
+    )  # fmt: skip
+    assert datetime.fromisoformat(second["expires_at"]).timestamp() == int(later)
+    assert second["grantee_id"] == first["grantee_id"]
+    old = stack.as_admin("GET", f"/v1/grants/{first['id']}").json()
+    assert old["state"] == "revoked"
+    # grant first, then revoke: the new grant was mined in an earlier block than the revocation
+    revoke_block = stack.ledger.w3.eth.get_transaction_receipt(old["revoke_tx"])["blockNumber"]
+    assert second["block_number"] < revoke_block
+    assert stack.ledger.grant_of(second["id"]).revoked_by is None
+    assert stack.get("/v1/studies", token).json()["items"] == sorted(
+        [stack.granted.study_uid, stack.other.study_uid]
+    )
+    # narrow on the command line to the patient's other study
+    narrowed = run(stack.up.env, "grant", "--extend", str(second["id"]),
+                   "--study", stack.other.study_uid)  # fmt: skip
+    assert narrowed.returncode == 0, narrowed.stderr
+    third = json.loads(narrowed.stdout)
+    assert (third["replaces"], third["study_instance_uid"], third["expires_at"]) == (
+        second["id"], stack.other.study_uid, second["expires_at"],
+    )  # fmt: skip
+    assert stack.get(f"/v1/studies/{stack.other.study_uid}/verify", token).status_code == 200
+    assert _problem(stack.get(f"/v1/studies/{stack.granted.study_uid}/verify", token)) == (
+        "grant-revoked"
+    )
+    assert stack.get("/v1/studies", token).json()["items"] == [stack.other.study_uid]
+    # a revoked grant is not carried on; an expiry must be in the future
+    again = stack.as_admin("PATCH", f"/v1/grants/{first['id']}", json={"until": _iso(later)})
+    assert again.status_code == 409 and again.json()["type"].endswith("/grant-not-standing")
+    past = stack.as_admin("PATCH", f"/v1/grants/{third['id']}",
+                          json={"until": _iso(time.time() - 60)})  # fmt: skip
+    assert past.status_code == 422 and "future" in past.json()["detail"]
+    wider = stack.as_admin("PATCH", f"/v1/grants/{third['id']}",
+                           json={"study_instance_uid": stack.granted.study_uid})  # fmt: skip
+    assert wider.status_code == 422, wider.text

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.access import grantee_key, who_key
-from gateway.errors import AccessDenied, UnknownGrant
+from gateway.errors import AccessDenied, GrantNotStanding, UnknownGrant
 from gateway.index import grants as rows
 from gateway.index.db import Index
 from gateway.index.grants import GrantRow
@@ -132,3 +132,32 @@ def test_a_row_from_before_ids_binds_the_legacy_id_of_its_name(index: Index) -> 
 def test_a_token_holders_grant_needs_the_tokens_id(index: Index) -> None:
     with pytest.raises(ValueError, match="has no token"):
         _grants(index).grant(to="dr", until=NOW + 60, by="admin", study_instance_uid="1.2.1")
+
+
+def test_a_grant_is_carried_on_only_while_it_stands_and_only_to_its_patients_study(
+    index: Index,
+) -> None:
+    rows.add(index, _grant(1, revoked=True))
+    rows.add(index, _grant(2, expires=NOW - 1))
+    rows.add(index, _grant(3, study=None))  # a patient grant
+    rows.add(index, _grant(4))  # a study grant on 1.2.1
+    grants = _grants(index)
+    with pytest.raises(GrantNotStanding) as revoked:
+        grants.replace(1, by="admin", until=NOW + 600)
+    with pytest.raises(GrantNotStanding) as expired:
+        grants.replace(2, by="admin", until=NOW + 600)
+    assert (revoked.value.state, expired.value.state) == ("revoked", "expired")
+    with pytest.raises(ValueError, match="in the future"):
+        grants.replace(3, by="admin", until=NOW)
+    with pytest.raises(ValueError, match="give a new expiry"):
+        grants.replace(3, by="admin")
+    with pytest.raises(ValueError, match="not one of the grant's patient's"):
+        grants.replace(3, by="admin", study_instance_uid="1.2.3")
+    with pytest.raises(ValueError, match="only be narrowed to its own study"):
+        grants.replace(4, by="admin", study_instance_uid="1.2.2")
+    with pytest.raises(UnknownGrant):
+        grants.replace(9, by="admin", until=NOW + 600)
+    # each refusal came before any write: no grant was added or revoked
+    assert [(g.id, g.state(NOW)) for g in grants.listed()] == [
+        (1, "revoked"), (2, "expired"), (3, "active"), (4, "active"),
+    ]  # fmt: skip
