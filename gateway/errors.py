@@ -63,6 +63,7 @@ permanent, retried a few times and then parked.
     ├── UnknownGrant                no grant with that id in the index (-> 404)
     ├── GrantNotStanding            extend/narrow a grant that is revoked or expired (-> 409);
     │                               ``.state`` (grants2 part)
+    ├── DicomdirMismatch            a study zip's DICOMDIR would name other paths than its files
     ├── ErasureError                an erasure cannot be planned or carried out (erasure part)
     │   ├── ErasureNotFound         nothing to erase for that study or patient (-> 404)
     │   └── ErasureChanged          the confirmation's hash is not the set as it is now (-> 409)
@@ -545,6 +546,11 @@ class GrantNotStanding(GatewayError):
     def __init__(self, message: str, *, state: str) -> None:
         super().__init__(message)
         self.state = state
+
+
+class DicomdirMismatch(GatewayError):
+    """pydicom wrote a DICOMDIR whose File IDs are not the paths the zip's files were
+    streamed under: the zip is cut short rather than sent with a directory that lies."""
 
 
 class ErasureError(GatewayError):

@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from playwright.sync_api import Page, expect
 from pydicom import dcmread
+from pydicom.fileset import FileSet
 
 from gateway.core.access import grantee_key, study_key
 from gateway.core.keys import load_pseudonym_key, patient_key
 from gateway.ledger import XrayLedger
+from gateway.trust.share import discard
 from tests.integration.browser import OfflineBrowser
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env, run
@@ -229,7 +233,7 @@ def test_a_grant_made_on_the_command_line_expires(stack: GrantStack) -> None:
 
 
 def test_a_patient_grant_downloads_a_zip_of_verified_files_without_the_tampered_one(
-    stack: GrantStack,
+    stack: GrantStack, tmp_path: Path
 ) -> None:
     token = stack.grantee("dr-family")
     made = stack.as_admin("POST", "/v1/grants", json={
@@ -245,18 +249,30 @@ def test_a_patient_grant_downloads_a_zip_of_verified_files_without_the_tampered_
     assert reply.status_code == 200 and reply.headers["content-type"] == "application/zip"
     archive = zipfile.ZipFile(io.BytesIO(reply.content))
     manifest = json.loads(archive.read("MANIFEST.json"))
-    names = sorted(n for n in archive.namelist() if n != "MANIFEST.json")
-    assert names == sorted(f"{uid}.dcm" for uid in stack.granted.sop_uids[1:])
     assert sorted(manifest["included"]) == sorted(stack.granted.sop_uids[1:])
     assert [(e["sop_instance_uid"], e["status"]) for e in manifest["left_out"]] == [
         (stack.tampered_uid, "tampered")
     ]
-    for name in names:  # each file in the zip verifies on its own against the ledger
-        checked = stack.as_admin(
-            "POST", "/v1/verify", data=archive.read(name),
+    names = sorted(n for n in archive.namelist() if n not in ("MANIFEST.json", "DICOMDIR"))
+    assert names == sorted(manifest["files"].values()) and len(names) == SLICES - 1
+    # a CD-viewer style File-set: the DICOMDIR, read with pydicom, lists exactly the
+    # included files, by PS3.10 File IDs, each of which is in the zip and verifies
+    unpacked = tmp_path / "zip"
+    archive.extractall(unpacked)
+    fileset = FileSet(dcmread(unpacked / "DICOMDIR"))
+    listed = {i.SOPInstanceUID: Path(i.path) for i in fileset}
+    discard(fileset)
+    assert sorted(listed) == sorted(stack.granted.sop_uids[1:])
+    for uid, path in listed.items():
+        file_id = path.relative_to(unpacked)
+        assert all(re.fullmatch(r"[A-Z0-9_]{1,8}", part) for part in file_id.parts), file_id
+        assert manifest["files"][uid] == file_id.as_posix()
+        checked = stack.as_admin(  # each file verifies on its own against the ledger
+            "POST", "/v1/verify", data=path.read_bytes(),
             headers={"Authorization": f"Bearer {stack.admin}", "Content-Type": "application/dicom"},
         )  # fmt: skip
-        assert checked.status_code == 200 and checked.json()["status"] == "intact", name
+        assert checked.status_code == 200, checked.text
+        assert (checked.json()["status"], checked.json()["sop_instance_uid"]) == ("intact", uid)
 
 
 def test_the_grant_events_are_on_chain_with_keys_only(stack: GrantStack) -> None:
