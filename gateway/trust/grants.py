@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from typing import TypeVar
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, TypeVar
 
 from gateway.core import keys
 from gateway.core.access import grantee_key, is_account, study_key
@@ -45,6 +45,48 @@ from gateway.ledger.types import Anchor
 T = TypeVar("T")
 
 
+class ChainCalls(Protocol):
+    """The chain-request queue as grants use it (``gateway/ingest/chain_requests.py``)."""
+
+    def call(self, kind: str, payload: dict[str, Any], *, by: str) -> int:
+        """Queue a write, wait until it is mined, and return its result (a grant id)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PendingGrant:
+    """A grant as it is asked for, before the chain gives it an id (keys, names and UIDs;
+    never a PatientID): what a queued ``grant`` request carries."""
+
+    to: str
+    grantee_id: str
+    grantee_key: bytes
+    patient_key: bytes
+    study_instance_uid: str | None
+    study_key: bytes | None
+    expires_at: int
+    by: str
+    replaces: int | None = None
+
+    def payload(self) -> dict[str, Any]:
+        """As JSON (keys in hex)."""
+        return {
+            **asdict(self), "grantee_key": self.grantee_key.hex(),
+            "patient_key": self.patient_key.hex(),
+            "study_key": self.study_key.hex() if self.study_key is not None else None,
+        }  # fmt: skip
+
+    @classmethod
+    def of(cls, payload: dict[str, Any]) -> PendingGrant:
+        """From :meth:`payload`'s JSON."""
+        study_key_ = payload["study_key"]
+        return cls(**{
+            **payload, "grantee_key": bytes.fromhex(payload["grantee_key"]),
+            "patient_key": bytes.fromhex(payload["patient_key"]),
+            "study_key": bytes.fromhex(study_key_) if study_key_ is not None else None,
+        })  # fmt: skip
+
+
 class Grants:
     """Make, revoke, list and check grants.
 
@@ -58,6 +100,11 @@ class Grants:
         The site's pseudonym key: grantee, patient and study keys.
     clock:
         Epoch seconds now (a test may pass its own).
+    queue:
+        Where the API and the CLI send their writes: the chain-request queue the node's
+        anchoring worker sends from (``gateway/ingest/chain_requests.py``), which runs them
+        through a :class:`Grants` of its own with the ``ledger``. ``None``: write with
+        ``ledger`` here (that worker itself, and the in-memory tests).
     """
 
     def __init__(
@@ -67,11 +114,13 @@ class Grants:
         ledger: XrayLedger | None,
         pseudonym_key: bytes,
         clock: Callable[[], float] = time.time,
+        queue: ChainCalls | None = None,
     ) -> None:
         self.index = index
         self.ledger = ledger
         self.pseudonym_key = pseudonym_key
         self.clock = clock
+        self.queue = queue
 
     def grant(
         self,
@@ -111,18 +160,37 @@ class Grants:
         else:
             assert patient_id is not None
             patient, study = keys.patient_key(self.pseudonym_key, issuer, patient_id), None
-        grantee = grantee_key(self.pseudonym_key, grantee_id)
+        return self._granted(
+            PendingGrant(
+                to=to, grantee_id=grantee_id, grantee_key=grantee_key(self.pseudonym_key, grantee_id),
+                patient_key=patient, study_instance_uid=study_instance_uid, study_key=study,
+                expires_at=expires, by=by,
+            )
+        )  # fmt: skip
+
+    def _granted(self, pending: PendingGrant) -> GrantRow:
+        """Write ``pending`` through the queue (then read the row its worker wrote) or here."""
+        if self.queue is None:
+            return self.write_grant(pending)
+        return self.get(self.queue.call("grant", pending.payload(), by=pending.by))
+
+    def write_grant(self, pending: PendingGrant) -> GrantRow:
+        """Send the grant with this process's ledger, then keep its row (it is mined)."""
         grant_id, anchor = self._send(
             lambda ledger: ledger.grant_access(
-                grantee=grantee, patient_key=patient, study_key=study, expires_at=expires
+                grantee=pending.grantee_key, patient_key=pending.patient_key,
+                study_key=pending.study_key, expires_at=pending.expires_at,
             )
-        )
+        )  # fmt: skip
         row = GrantRow(
-            id=grant_id, grantee=to, grantee_kind="account" if is_account(to) else "token",
-            grantee_key=grantee, patient_key=patient, study_instance_uid=study_instance_uid,
-            study_key=study, expires_at=float(expires), granted_at=float(anchor.block_time),
-            granted_by=by, tx_hash=anchor.tx_hash, block_number=anchor.block_number,
-            revoked_at=None, revoked_by=None, revoke_tx=None, grantee_id=grantee_id,
+            id=grant_id, grantee=pending.to,
+            grantee_kind="account" if is_account(pending.to) else "token",
+            grantee_key=pending.grantee_key, patient_key=pending.patient_key,
+            study_instance_uid=pending.study_instance_uid, study_key=pending.study_key,
+            expires_at=float(pending.expires_at), granted_at=float(anchor.block_time),
+            granted_by=pending.by, tx_hash=anchor.tx_hash, block_number=anchor.block_number,
+            revoked_at=None, revoked_by=None, revoke_tx=None, grantee_id=pending.grantee_id,
+            replaces=pending.replaces,
         )  # fmt: skip
         rows.add(self.index, row)
         return row
@@ -156,20 +224,15 @@ class Grants:
             raise ValueError("give a new expiry, a study to narrow to, or both")
         expires = self._future(until if until is not None else old.expires_at)
         study, study_key_ = self._narrowed(old, study_instance_uid)
-        new_id, anchor = self._send(
-            lambda ledger: ledger.grant_access(
-                grantee=old.grantee_key, patient_key=old.patient_key, study_key=study_key_,
-                expires_at=expires,
+        new = self._granted(
+            PendingGrant(
+                to=old.grantee, grantee_id=old.grantee_id, grantee_key=old.grantee_key,
+                patient_key=old.patient_key, study_instance_uid=study, study_key=study_key_,
+                expires_at=expires, by=by, replaces=old.id,
             )
         )  # fmt: skip
-        row = replace(
-            old, id=new_id, study_instance_uid=study, study_key=study_key_,
-            expires_at=float(expires), granted_at=float(anchor.block_time), granted_by=by,
-            tx_hash=anchor.tx_hash, block_number=anchor.block_number, replaces=old.id,
-        )  # fmt: skip
-        rows.add(self.index, row)
         self.revoke(old.id, by=by)
-        return self.get(new_id)
+        return self.get(new.id)
 
     def _narrowed(self, old: GrantRow, study_uid: str | None) -> tuple[str | None, bytes | None]:
         """The study (and its key) the replacing grant covers: the old grant's, or one study
@@ -195,13 +258,15 @@ class Grants:
         if found is None:
             raise UnknownGrant(f"no grant {grant_id}")
         if found.revoked_at is None:
-            _, anchor = self._send(lambda ledger: (None, ledger.revoke_access(grant_id)))
-            rows.revoke(
-                self.index, grant_id, at=float(anchor.block_time), by=by, tx_hash=anchor.tx_hash
-            )
-        revoked = rows.get(self.index, grant_id)
-        assert revoked is not None
-        return revoked
+            if self.queue is not None:
+                self.queue.call("revoke", {"grant_id": grant_id, "by": by}, by=by)
+            else:
+                _, anchor = self._send(lambda ledger: (None, ledger.revoke_access(grant_id)))
+                rows.revoke(
+                    self.index, grant_id, at=float(anchor.block_time), by=by,
+                    tx_hash=anchor.tx_hash,
+                )  # fmt: skip
+        return self.get(grant_id)
 
     def _send(self, write: Callable[[XrayLedger], tuple[T, Anchor]]) -> tuple[T, Anchor]:
         """One write; a send the node refused (e.g. a nonce another process of this recorder
