@@ -146,13 +146,6 @@ def make_grant(body: NewGrant, services: ServicesDep, who: Granting) -> GrantOut
 GrantId = Annotated[int, PathParam(ge=1, le=2**53, description="the contract's grant id")]
 
 
-@router.get("/{grant_id}", response_model=GrantOut, responses=problem_responses(404))
-def get_grant(grant_id: GrantId, services: ServicesDep, who: Granting) -> GrantOut:
-    """One grant with its state now (admin)."""
-    grants = _grants(services)
-    return GrantOut.of(grants.get(grant_id), now=grants.clock())
-
-
 # 400: a body that is not JSON at all (FastAPI answers it before the route runs)
 @router.patch("/{grant_id}", response_model=GrantOut, responses=problem_responses(400, 404, 409))
 def change_grant(
