@@ -46,6 +46,11 @@ def _share_metrics_over_processes(settings: Settings) -> None:
 
 
 def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.procs import DirLock
+
+    # before anything of the data dir is touched: a second `up` must not empty the first
+    # one's metrics directory on its way to being refused
+    DirLock(settings.data_dir / "run" / "up.lock").acquire()  # held until this process ends
     _share_metrics_over_processes(settings)
     from gateway.stack import Stack
 
@@ -164,6 +169,8 @@ def _cmd_keys_init(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
     """A new current KEK, then every study key and every v1 sealed object re-wrapped to it
     (v2 objects are under their study key and stay as they are)."""
+    if args.retire_old:
+        return _keys_retire_old(settings)
     from gateway.core.keys import load_keyring, rotate_kek
     from gateway.index.db import Index
     from gateway.index.erasure import StudyKeys
@@ -182,6 +189,30 @@ def _cmd_keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
         {"current_kek": kek.kek_id, "known_keks": list(keyring.ids), "rewrapped": rewrapped,
          "study_keys_rewrapped": study_keys}
     )  # fmt: skip
+    return 0
+
+
+def _keys_retire_old(settings: Settings) -> int:
+    """``keys rotate --retire-old``: after the rotation, v1 objects sealed again under their
+    study keys, then every old KEK destroyed (no kept copy of a v1 object opens any more)."""
+    from gateway.core.keys import load_pseudonym_key
+    from gateway.index.db import Index
+    from gateway.stack import open_object_store
+    from gateway.trust.erasure import retire_old_keks
+
+    index = Index(settings.index_location)
+    try:
+        done = retire_old_keks(
+            index, open_object_store(settings), keys_dir=settings.keys_dir,
+            pseudonym_key=load_pseudonym_key(settings.keys_dir),
+        )  # fmt: skip
+    finally:
+        index.close()
+    _print_json({**vars(done), "destroyed": list(done.destroyed)})
+    print(
+        "old KEKs destroyed here; delete the same files from every other node's keys/kek",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -384,11 +415,17 @@ def _cmd_erase(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.stack import build_eraser
 
     who = f"cli:{getpass.getuser()}"
+    if args.reason is None and not args.status:
+        print("xray-gateway erase: --reason is required", file=sys.stderr)
+        return 2
     index = Index(settings.index_location)
     try:
         reader = open_ledger(settings, recorder_account(settings))  # reads: the queue sends
         with _chain_queue(settings, index, reader=reader) as chained:
             eraser = build_eraser(settings, ledger=chained, index=index)
+            if args.status:
+                _print_json(eraser.status(args.status))
+                return 0
             if args.confirm:
                 done = eraser.confirm(args.confirm, reason=args.reason, confirmed_by=who)
                 _print_json({"erased": True, **done.public()})
@@ -974,6 +1011,11 @@ def build_parser() -> argparse.ArgumentParser:
     kinit = ksub.add_parser("init", help="create missing keys (0600); never overwrites")
     kinit.set_defaults(handler=_cmd_keys_init)
     krotate = ksub.add_parser("rotate", help="new KEK; re-wrap every object's data key")
+    krotate.add_argument(
+        "--retire-old", action="store_true",
+        help="then seal v1 objects again under their study keys and destroy every old KEK"
+        " (every node stopped): a kept copy of a v1 object no longer opens",
+    )  # fmt: skip
     krotate.set_defaults(handler=_cmd_keys_rotate)
     kupgrade = ksub.add_parser(
         "upgrade", help="seal v1 objects again under their study's key (v2: erasable)"
@@ -1078,9 +1120,12 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--study", help="Study Instance UID (dry run)")
     what.add_argument("--patient", help="Patient ID: every study of the patient (dry run)")
     what.add_argument("--confirm", metavar="HASH", help="erase what the dry run with HASH listed")
+    what.add_argument(
+        "--status", metavar="HASH", help="where the erasure stands, and which nodes have shed"
+    )
     erase.add_argument("--issuer", default="", help="Issuer of Patient ID, with --patient")
     erase.add_argument(
-        "--reason", required=True, help="why: gdpr_art17, patient_request, retention_expired, "
+        "--reason", help="why (required but with --status): gdpr_art17, patient_request, retention_expired, "
         "legal_order or wrong_patient (the same for the dry run and its confirmation)",
     )  # fmt: skip
     erase.set_defaults(handler=_cmd_erase)

@@ -166,6 +166,21 @@ class Settings(BaseSettings):
     # off-hours window ``HH:MM-HH:MM`` (UTC; may wrap midnight) for an admin; it erases nothing.
     retention: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     retention_window: Annotated[tuple[int, int], NoDecode] = (2 * 60, 5 * 60)
+    # Grants made on chain (siwe part, issue #16; gateway/trust/grant_sync.py): `up` imports
+    # AccessGranted/AccessRevoked every grant_sync_s seconds, reading only blocks
+    # grant_sync_confirmations below the head; when the last block read changed (a reorg),
+    # the last grant_sync_reorg_depth blocks are read again and mended.
+    grant_sync_s: float = Field(default=2.0, gt=0, le=3600)
+    grant_sync_confirmations: int = Field(default=0, ge=0, le=10_000)
+    grant_sync_reorg_depth: int = Field(default=64, ge=1, le=100_000)
+    # Sign-In with Ethereum (EIP-4361) for account-address grantees (gateway/trust/signin.py):
+    # the domain (host[:port]) a message must name and its URI's origin (unset: the API's
+    # own host:port over http), how long a nonce may wait for its signed message, and how
+    # long the bearer session it opens lasts.
+    siwe_domain: str | None = Field(default=None, pattern=r"^[^/?#\s]+$")
+    siwe_origin: str | None = Field(default=None, pattern=r"^https?://[^/?#\s]+$")
+    siwe_nonce_s: float = Field(default=300.0, ge=10, le=3600)
+    siwe_session_s: float = Field(default=3600.0, ge=60, le=86_400)
 
     @field_validator("retention", mode="before")
     @classmethod
@@ -214,6 +229,12 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_notify_setting(cls, value: object) -> object:
         """``GATEWAY_SYSLOG_URL=`` and the files blank (as in .env.example) mean unset."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("siwe_domain", "siwe_origin", mode="before")
+    @classmethod
+    def _blank_siwe_setting(cls, value: object) -> object:
+        """``GATEWAY_SIWE_DOMAIN=`` (blank, as in .env.example): the API's own host:port."""
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("node_id", mode="before")

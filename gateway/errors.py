@@ -27,6 +27,8 @@ permanent, retried a few times and then parked.
     │                               event (refused, non-2xx, timed out): retried with backoff
     ├── AccessJournalUnavailable    the Orthanc plugin's access journal cannot be read
     ├── KeyringError                the key directory holds no KEK with that id; ``.kek_id``
+    │   └── OldKeksInUse            `keys rotate --retire-old`: something still under an old
+    │                               KEK, so none is destroyed (erasure2 part)
     ├── ForwardError                anything on the PACS (Orthanc) side; as such, not transient
     │   ├── PacsUnavailable       * refused, timed out, 5xx or auth refused: retry later
     │   ├── PacsRejected            Orthanc refused the file itself (e.g. unparsable): permanent
@@ -67,9 +69,15 @@ permanent, retried a few times and then parked.
     ├── GrantNotStanding            extend/narrow a grant that is revoked or expired (-> 409);
     │                               ``.state`` (grants2 part)
     ├── DicomdirMismatch            a study zip's DICOMDIR would name other paths than its files
+    ├── SignInRefused               a Sign-In with Ethereum message is refused (-> 401, 422 if
+    │                               malformed); ``.reason``: ``siwe-malformed``,
+    │                               ``siwe-signature``, ``siwe-nonce``, ``siwe-expired``,
+    │                               ``siwe-domain``, ``siwe-chain`` (siwe part)
     ├── ErasureError                an erasure cannot be planned or carried out (erasure part)
     │   ├── ErasureNotFound         nothing to erase for that study or patient (-> 404)
-    │   └── ErasureChanged          the confirmation's hash is not the set as it is now (-> 409)
+    │   ├── ErasureChanged          the confirmation's hash is not the set as it is now (-> 409)
+    │   └── ErasureInFlight       * images of the set are still worked by the pipeline: confirm
+    │                               again (-> 503; erasure2 part)
     ├── ReceiptError                a receipt or a log proof does not hold (receipts part)
     │   ├── ReceiptMalformed        not an ``xray-receipt/1`` document
     │   └── CheckpointInvalid       a checkpoint note is malformed or not signed by the log key
@@ -170,6 +178,12 @@ class KeyringError(GatewayError):
     def __init__(self, message: str, *, kek_id: str | None = None) -> None:
         super().__init__(message)
         self.kek_id = kek_id
+
+
+class OldKeksInUse(KeyringError):
+    """Old KEKs cannot be destroyed: a live study key or a v1 object is still wrapped under
+    one after ``keys rotate --retire-old`` re-wrapped everything (a gateway node was still
+    running, or the store changed meanwhile). Nothing was destroyed; run it again."""
 
 
 class SealError(GatewayError):
@@ -580,6 +594,24 @@ class DicomdirMismatch(GatewayError):
     streamed under: the zip is cut short rather than sent with a directory that lies."""
 
 
+class SignInRefused(GatewayError):
+    """A Sign-In with Ethereum (EIP-4361) message, or its signature, is refused.
+
+    Attributes
+    ----------
+    reason:
+        ``siwe-malformed`` (not an EIP-4361 message), ``siwe-signature`` (not signed by the
+        address it names), ``siwe-nonce`` (not a nonce this gateway gave out, used already,
+        or expired), ``siwe-expired`` (issued too long ago, past its expiration time, or
+        not valid yet), ``siwe-domain`` (another domain or URI), ``siwe-chain`` (another
+        chain id).
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class ErasureError(GatewayError):
     """An erasure cannot be planned or carried out (``xray-gateway erase``, ``/v1/erasures``)."""
 
@@ -594,3 +626,9 @@ class ErasureChanged(ErasureError):
     Either the hash is not one a dry run returned, the reason differs, or instances were
     added or removed since: run the dry run again and confirm what it lists.
     """
+
+
+class ErasureInFlight(ErasureError, Unavailable):
+    """A confirmation waited, and images of the set are still worked by the pipeline (a step
+    under way, a Merkle batch not landed: an outage holds them). They are named, so the
+    pipeline erases them as they come out; confirming again finishes the erasure."""

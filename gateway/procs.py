@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import logging
 import os
@@ -29,12 +30,45 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from gateway.errors import ChildFailed
+from gateway.errors import ChildFailed, ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 log = logging.getLogger(__name__)
+
+
+class DirLock:
+    """One ``up`` per data dir: an exclusive ``flock`` on ``path`` held for the process's life.
+
+    The kernel drops the lock when its holder dies, however it dies, so a crashed gateway
+    never leaves a stale lock behind; the file keeps the holder's pid for the message.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise :class:`ConfigError` naming the process that holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(
+                f"another xray-gateway up (pid {holder}) runs on the data dir {self.path.parent.parent}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -90,10 +90,12 @@ from gateway.redact import redact_url
 from gateway.store import ObjectStore, open_store
 from gateway.trust.alerts import Alerts
 from gateway.trust.audit import Audits, PendingWatch, overdue
-from gateway.trust.erasure import Eraser, Retirements
+from gateway.trust.erasure import Eraser, Retirements, Shedder
+from gateway.trust.grant_sync import GrantSync, GrantSyncLoop
 from gateway.trust.grants import Grants
 from gateway.trust.receipts import Receipts
 from gateway.trust.retention import RetentionJob
+from gateway.trust.signin import SignIn
 from gateway.trust.tlog import BatchLog, default_origin
 from gateway.trust.trail import PLUGIN_SOURCE, Trail, TrailLoop
 from gateway.trust.verify import Verifier
@@ -179,7 +181,7 @@ def build_eraser(settings: Settings, *, ledger: Retirements, index: Index) -> Er
         index=index, store=open_object_store(settings), pacs=open_pacs(settings), ledger=ledger,
         study_keys=StudyKeys(index, keyring), pseudonym_key=pseudonym_key,
         spool=Spool(settings.data_dir / "spool", reserve_bytes=settings.spool_reserve_mb << 20),
-        sealed_dir=settings.data_dir / "sealed", trail=record,
+        sealed_dir=settings.data_dir / "sealed", trail=record, node=settings.node,
     )  # fmt: skip
 
 
@@ -397,6 +399,18 @@ def trail_loop(
     )  # fmt: skip
 
 
+def sign_in(settings: Settings, *, index: Index, chain_id: int) -> SignIn:
+    """Sign-In with Ethereum for account grantees: messages must name
+    ``GATEWAY_SIWE_DOMAIN`` (default: the API's own ``host:port``) and a URI under
+    ``GATEWAY_SIWE_ORIGIN`` (default: ``http://`` and that domain), and this chain."""
+    s = settings
+    domain = s.siwe_domain or f"{s.api_host}:{s.api_port}"
+    return SignIn(
+        index=index, domain=domain, origin=s.siwe_origin or f"http://{domain}",
+        chain_id=chain_id, nonce_s=s.siwe_nonce_s, session_s=s.siwe_session_s,
+    )  # fmt: skip
+
+
 class WorkerNode:
     """One worker process: the pipeline alone, with the store, ledger and PACS it needs.
 
@@ -557,6 +571,8 @@ class Stack:
         self.audits: Audits | None = None
         self.pending_watch: PendingWatch | None = None
         self.retention: RetentionJob | None = None
+        self.shedder: Shedder | None = None
+        self.grant_sync: GrantSyncLoop | None = None
         self.spool: Spool | None = None
         self.commitment: CommitmentSCP | None = None
         self.token_path = settings.data_dir / "api-token"
@@ -660,6 +676,9 @@ class Stack:
                 journal=True, worker="up",
             )  # fmt: skip
             self.trail_loop.start()
+            # this node's copies of images erased on any node (erasure2 part)
+            self.shedder = Shedder(self.index, spool, s.data_dir / "sealed", node=s.node)
+            self.shedder.start()
         except BaseException:
             self.stop()
             raise
@@ -829,11 +848,22 @@ class Stack:
         self.retention = RetentionJob(index, periods=s.retention, window=s.retention_window)
         self.retention.start()
         chained = chain_queue(s, index, ring=self._ring_the_sender, reader=ledger)
+        tokens = Tokens(
+            admin_token_file=self.token_path, issued_file=s.keys_dir / "api-tokens.json"
+        )
+        # Grants a Hospital or Doctor account made on chain, imported into the index.
+        self.grant_sync = GrantSyncLoop(
+            GrantSync(
+                chain=ledger, index=index, pseudonym_key=pseudonym_key,
+                token_ids=tokens.ids,
+                confirmations=s.grant_sync_confirmations, reorg_depth=s.grant_sync_reorg_depth,
+            ),
+            interval=s.grant_sync_s,
+        )  # fmt: skip
+        self.grant_sync.start()
         services = Services(
             verifier=verifier,
-            tokens=Tokens(
-                admin_token_file=self.token_path, issued_file=s.keys_dir / "api-tokens.json"
-            ),
+            tokens=tokens,
             audits=self.audits,
             alerts=self.alerts,
             records=RecordViews(ledger=ledger, pseudonym_key=pseudonym_key, index=index),
@@ -844,6 +874,7 @@ class Stack:
             # process, the recorder's one sender (`ingest/chain_requests.py`)
             grants=Grants(index=index, ledger=None, pseudonym_key=pseudonym_key, queue=chained),
             eraser=build_eraser(s, ledger=chained, index=index),
+            signin=sign_in(s, index=index, chain_id=ledger.chain_id()),
         )
         health = Health(
             checks={
@@ -870,7 +901,7 @@ class Stack:
                 health=health,
                 services=services,
                 metrics=lambda: render(metrics),
-                console=self._console(services.tokens),
+                console=self._console(services),
             ),
             host=self.settings.api_host,
             port=self.settings.api_port,
@@ -890,14 +921,14 @@ class Stack:
         elif self.doorbell is not None:
             self.doorbell.ring()
 
-    def _console(self, tokens: Tokens) -> Console:
+    def _console(self, services: Services) -> Console:
         """The web console: sessions signed with the data dir's key, the index, the viewer."""
         s = self.settings
         viewer = s.console_viewer_url or (self.orthanc.url if self.orthanc is not None else None)
         sessions = Sessions(
             key=ensure_session_key(s.keys_dir / "console-session.key"),
             lifetime_s=s.console_session_s,
-            still_valid=tokens.still_valid,
+            still_valid=services.still_valid,
         )
         return Console(sessions=sessions, index=self.index, viewer_url=viewer)
 
@@ -919,6 +950,10 @@ class Stack:
             self.pending_watch.stop()
         if self.retention is not None:
             self.retention.stop()
+        if self.shedder is not None:
+            self.shedder.stop()
+        if self.grant_sync is not None:
+            self.grant_sync.stop()
         if self.audits is not None:
             self.audits.close()
         if self.commitment is not None:

@@ -20,6 +20,7 @@ from gateway.api import (
     grants,
     log,
     problems,
+    signin,
     studies,
     verify,
     views,
@@ -105,6 +106,7 @@ def create_app(
     app.include_router(access.router)
     app.include_router(grants.router)
     app.include_router(studies.router)
+    app.include_router(signin.router)
     if console is not None:
         mount(app, console)
     app.include_router(erasures.router)

@@ -11,7 +11,10 @@ role           may
                403 ``not-granted``/``grant-expired``/``grant-revoked`` for anything else
 =============  =====================================================================
 
-Only the admin manages grants (``grant``).
+Only the admin manages grants (``grant``). A grantee may also be an account address that
+signed in with Ethereum (``/v1/auth/siwe``, :mod:`gateway.trust.signin`): its principal is
+named by the address and has no token id, so its grants are matched by the address's key
+(:attr:`Principal.grantee_id`); no token may be named like an address.
 
 The admin token lives in ``<data>/api-token`` (0600, created by ``up``). Other tokens
 are issued with ``xray-gateway token create``; only their SHA-256 is kept, in
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from gateway.core.access import LEGACY_ID_PREFIX
+from gateway.core.access import LEGACY_ID_PREFIX, is_account
 from gateway.errors import ConfigError
 from gateway.keyfiles import read_secret, replace_secret, write_secret
 
@@ -61,7 +64,8 @@ ADMIN_ID = "admin"
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request comes from: a token's holder by name, role and the token's id."""
+    """Who a request comes from: a token's holder by name, role and the token's id; or an
+    account signed in with Ethereum, named by its address, with no token id."""
 
     name: str
     role: Role
@@ -69,6 +73,20 @@ class Principal:
 
     def may(self, permission: Permission) -> bool:
         return permission in PERMISSIONS[self.role]
+
+    @property
+    def is_account(self) -> bool:
+        """Whether this is an account signed in with Ethereum (no token; named by address)."""
+        return not self.token_id and is_account(self.name)
+
+    @property
+    def grantee_id(self) -> str:
+        """What a grant to this principal binds (its grantee key is derived from it,
+        ``gateway/core/access.py``): the token's id, or the account's address; ``""``
+        for a principal that is neither (it matches no grant)."""
+        if self.token_id:
+            return self.token_id
+        return self.name.lower() if self.is_account else ""
 
 
 #: The holder of the admin token.
@@ -131,6 +149,8 @@ class Tokens:
             raise ConfigError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
         if not name or not name.isprintable():
             raise ConfigError("a token needs a printable name")
+        if is_account(name):
+            raise ConfigError("a token may not be named like an account address")
         entries = self._issued()
         if any(entry["name"] == name for entry in entries):
             raise ConfigError(f"a token named {name!r} exists; revoke it first")
@@ -147,6 +167,10 @@ class Tokens:
             return False
         self._save(kept)
         return True
+
+    def ids(self) -> list[tuple[str, str]]:
+        """``(name, id)`` of every issued token (what the grant sync names token keys by)."""
+        return [(entry["name"], token_id(entry)) for entry in self._issued()]
 
     def list(self) -> list[tuple[str, str]]:
         """``(name, role)`` of every issued token (the admin token is not listed)."""

@@ -56,6 +56,7 @@ from gateway.errors import (
     AccessDenied,
     AuditRunning,
     GatewayError,
+    SignInRefused,
     Unavailable,
     UnknownAlert,
     UnknownInstance,
@@ -65,6 +66,7 @@ from gateway.pacs.client import Pacs
 from gateway.trust.alerts import Alerts
 from gateway.trust.audit import AuditState, Finding, PastAudit
 from gateway.trust.share import study_uids, study_zip
+from gateway.trust.signin import Nonce
 from gateway.trust.trail import ProvenEntry, proof_holds
 from gateway.trust.verdicts import EXPLANATIONS, STATUSES
 from gateway.trust.verify import Verdict
@@ -227,23 +229,38 @@ def _safe_next(target: str | None) -> str:
 
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, next: str | None = None) -> Response:
-    """The login form: one field, the API token."""
-    return _page(request, "login.html", None, next=_safe_next(next), error=None)
+    """The login form: the API token; and Sign-In with Ethereum for an account grantee."""
+    return _login_page(request, next=_safe_next(next), error=None)
 
 
-@router.post("/login", response_class=HTMLResponse)
-async def login(request: Request) -> Response:
-    """Trade a token for a session cookie; the token is not kept."""
-    if not same_origin(request):
-        return _error(request, None, 403, "Refused", "The request did not come from this console.")
-    form = await _form(request)
-    target = _safe_next(form.get("next"))
+def _login_page(
+    request: Request, *, next: str, error: str | None, siwe_error: str | None = None,
+    status: int = 200,
+) -> HTMLResponse:  # fmt: skip
+    """The login page; when the gateway offers Sign-In with Ethereum, with a fresh nonce
+    and the message to sign with it (the account's address left for the signer to fill)."""
     services = _services(request)
-    principal = services.tokens.authenticate(form.get("token", "").strip()) if services else None
-    if principal is None:
-        return _page(
-            request, "login.html", None, 401, next=target, error="That token is not valid."
-        )
+    siwe = services.signin.nonce() if services is not None and services.signin else None
+    return _page(
+        request, "login.html", None, status, next=next, error=error, siwe=siwe,
+        siwe_error=siwe_error,
+        siwe_message=siwe_template(siwe, issued_at=time.time()) if siwe is not None else None,
+    )  # fmt: skip
+
+
+def siwe_template(nonce: Nonce, *, issued_at: float) -> str:
+    """The EIP-4361 message to sign with ``nonce``: ``<your address>`` stands for the
+    account's checksummed address."""
+    issued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(issued_at))
+    return (
+        f"{nonce.domain} wants you to sign in with your Ethereum account:\n<your address>\n\n"
+        f"{nonce.statement}\n\nURI: {nonce.uri}\nVersion: 1\nChain ID: {nonce.chain_id}\n"
+        f"Nonce: {nonce.nonce}\nIssued At: {issued}"
+    )
+
+
+def _logged_in(request: Request, principal: Principal, target: str) -> Response:
+    """A session for ``principal``: the cookie, and on to ``target``."""
     cookie = _console(request).sessions.open(principal)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
@@ -256,6 +273,38 @@ async def login(request: Request) -> Response:
         secure=request.url.scheme == "https",
     )
     return response
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(request: Request) -> Response:
+    """Trade a token for a session cookie; the token is not kept."""
+    if not same_origin(request):
+        return _error(request, None, 403, "Refused", "The request did not come from this console.")
+    form = await _form(request)
+    target = _safe_next(form.get("next"))
+    services = _services(request)
+    principal = services.authenticate(form.get("token", "").strip()) if services else None
+    if principal is None:
+        return _login_page(request, next=target, error="That token is not valid.", status=401)
+    return _logged_in(request, principal, target)
+
+
+@router.post("/login/siwe", response_class=HTMLResponse)
+async def login_siwe(request: Request) -> Response:
+    """Sign in with Ethereum: a pasted EIP-4361 message and its signature; the console's
+    session lasts no longer than the account's (:meth:`Services.still_valid`)."""
+    if not same_origin(request):
+        return _error(request, None, 403, "Refused", "The request did not come from this console.")
+    form = await _form(request)
+    target = _safe_next(form.get("next"))
+    services = _services(request)
+    if services is None or services.signin is None:
+        return _error(request, None, 503, "Not offered", "This gateway offers no Ethereum sign-in.")
+    try:
+        signed = services.signin.sign_in(form.get("message", ""), form.get("signature", ""))
+    except SignInRefused as refused:
+        return _login_page(request, next=target, error=None, siwe_error=str(refused), status=401)
+    return _logged_in(request, Principal(signed.address, "grantee"), target)
 
 
 @router.post("/logout")
@@ -297,7 +346,7 @@ def overview(request: Request) -> Response:
     services, index, now = _services(request), _console(request).index, time.time()
     if not session.principal.may("verify") and session.principal.may("granted"):
         grants = services.grants if services is not None else None
-        studies = grants.studies(session.principal.token_id) if grants is not None else []
+        studies = grants.studies(session.principal.grantee_id) if grants is not None else []
         return _page(request, "granted.html", session, studies=studies)
     stages = index.stage_counts() if index is not None else {}
     alerts_24h = None

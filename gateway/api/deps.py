@@ -18,6 +18,7 @@ from gateway.trust.audit import Audits
 from gateway.trust.erasure import Eraser
 from gateway.trust.grants import Grants
 from gateway.trust.receipts import Receipts
+from gateway.trust.signin import SignIn
 from gateway.trust.trail import Trail
 from gateway.trust.verify import Verifier
 from gateway.trust.views import RecordViews
@@ -40,15 +41,35 @@ class Services:
     grants: Grants | None = None
     #: Erasure and the retention list (admin only; None: not offered).
     eraser: Eraser | None = None
+    #: Sign-In with Ethereum for account-address grantees (None: not offered).
+    signin: SignIn | None = None
+
+    def authenticate(self, token: str) -> Principal | None:
+        """Who a bearer token is: an API token's holder, or the account a Sign-In with
+        Ethereum session was opened for (role ``grantee``, named by its address)."""
+        principal = self.tokens.authenticate(token)
+        if principal is None and self.signin is not None:
+            address = self.signin.authenticate(token)
+            principal = Principal(address, "grantee") if address is not None else None
+        return principal
+
+    def still_valid(self, principal: Principal) -> bool:
+        """Whether a console session's principal still holds its token or its signed-in
+        account session (a revoked token or an ended account session ends the login)."""
+        if principal.is_account:
+            return self.signin is not None and self.signin.signed_in(principal.name)
+        return self.tokens.still_valid(principal)
 
     def read_by(
         self, who: Principal, *, route: str, verdict: str, served: bool = True,
         sop_instance_uid: str | None = None, study_instance_uid: str | None = None,
     ) -> None:  # fmt: skip
-        """Write a read made through the API to the access trail (by the token's name)."""
+        """Write a read made through the API to the access trail: by the token's name, or by
+        the address of an account signed in with Ethereum (kind ``account``)."""
         if self.trail is not None:
             self.trail.record(
-                who=who.name, who_kind="token", route=route, verdict=verdict, served=served,
+                who=who.name, who_kind="account" if who.is_account else "token",
+                route=route, verdict=verdict, served=served,
                 sop_instance_uid=sop_instance_uid, study_instance_uid=study_instance_uid,
             )  # fmt: skip
 
@@ -66,7 +87,7 @@ class Services:
         try:
             if not who.may("granted") or self.grants is None:
                 raise AccessDenied("this token reads no studies", reason="not-granted")
-            self.grants.check(who.token_id, study_instance_uid)
+            self.grants.check(who.grantee_id, study_instance_uid)
         except AccessDenied as denied:
             self.read_by(
                 who, route=route, verdict=denied.reason, served=False,
@@ -107,7 +128,7 @@ def get_principal(
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Problem(UNAUTHORIZED, "a bearer token is required", headers=CHALLENGE)
-    principal = services.tokens.authenticate(credentials.credentials)
+    principal = services.authenticate(credentials.credentials)
     if principal is None:
         raise Problem(UNAUTHORIZED, "the token is not valid", headers=CHALLENGE)
     return principal

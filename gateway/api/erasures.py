@@ -57,6 +57,7 @@ class ErasurePlan(BaseModel):
     study_keys: list[str]
     instances: list[dict[str, Any]]
     counts: dict[str, int]
+    remedy: str | None = None  # what to run when v1 objects would still open from a copy
 
 
 class RetentionItem(BaseModel):
@@ -100,6 +101,40 @@ def confirm(
     or the reason differs. Sent again after a failure, it finishes the erasure."""
     done = _eraser(services).confirm(plan_hash, reason=body.reason, confirmed_by=who.name)
     return ErasurePlan(dry_run=False, **done.public())
+
+
+class NodeShed(BaseModel):
+    """Whether one gateway node has deleted its local copies (spool, sealed dir)."""
+
+    shed: bool
+    shed_at: float | None
+    files: int
+
+
+class ErasureStatus(BaseModel):
+    """An erasure as the log holds it, and which nodes have shed their copies and which not
+    yet (nodes are those that received images of the set, and any that shed)."""
+
+    hash: str
+    reason: str
+    state: str
+    asked_by: str
+    planned_at: float
+    confirmed_by: str | None
+    confirmed_at: float | None
+    done_at: float | None
+    counts: dict[str, int]
+    nodes: dict[str, NodeShed]
+    nodes_not_shed: list[str]
+
+
+@router.get(
+    "/v1/erasures/{plan_hash}", response_model=ErasureStatus, responses=problem_responses(404, 422)
+)
+def status(services: ServicesDep, who: Erasing, plan_hash: PlanHash) -> ErasureStatus:
+    """Where an erasure stands (``planned``, ``erasing``, ``done``), and which gateway
+    nodes have deleted their local copies of its images."""
+    return ErasureStatus(**_eraser(services).status(plan_hash))
 
 
 @router.get(

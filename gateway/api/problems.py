@@ -36,11 +36,13 @@ from gateway.errors import (
     ChainUnavailable,
     DatasetUnreadable,
     ErasureChanged,
+    ErasureInFlight,
     ErasureNotFound,
     GatewayError,
     GrantNotStanding,
     LedgerError,
     PacsUnavailable,
+    SignInRefused,
     StoreUnavailable,
     UnknownAlert,
     UnknownGrant,
@@ -86,6 +88,23 @@ GRANT_REVOKED = ProblemType("grant-revoked", 403, "Grant revoked",
     "The grant that let this token read the study was revoked (its revocation is on chain).")
 NO_SUCH_GRANT = ProblemType("no-such-grant", 404, "No such grant",
     "The index holds no grant with that id.")
+SIWE_MALFORMED = ProblemType("siwe-malformed", 422, "Not a sign-in message",
+    "The message is not an EIP-4361 (Sign-In with Ethereum) message. Build it from "
+    "`GET /v1/auth/siwe/nonce` and sign it as it is.")
+SIWE_SIGNATURE = ProblemType("siwe-signature", 401, "Bad signature",
+    "The signature does not recover to the address the message names (another key signed "
+    "it, or the message was changed after signing).")
+SIWE_NONCE = ProblemType("siwe-nonce", 401, "Nonce not valid",
+    "The message's nonce is not one this gateway gave out, was used already, or expired "
+    "(GATEWAY_SIWE_NONCE_S). Ask `GET /v1/auth/siwe/nonce` for a new one and sign again.")
+SIWE_EXPIRED = ProblemType("siwe-expired", 401, "Sign-in message expired",
+    "The message was issued too long ago or in the future, is past its Expiration Time, "
+    "or before its Not Before. Sign a new one.")
+SIWE_DOMAIN = ProblemType("siwe-domain", 401, "Wrong domain",
+    "The message names another domain or URI than this gateway's (GATEWAY_SIWE_DOMAIN, "
+    "GATEWAY_SIWE_ORIGIN): it was signed for another site.")
+SIWE_CHAIN = ProblemType("siwe-chain", 401, "Wrong chain",
+    "The message names another chain id than the chain this gateway's grants are on.")
 NOT_FOUND = ProblemType("not-found", 404, "Not found",
     "No such resource: no instance, audit or alert with that id, or no such route.")
 NO_BATCH_PROOF = ProblemType("no-batch-proof", 404, "No batch proof",
@@ -128,8 +147,9 @@ TOO_MANY_UPLOADS = ProblemType("too-many-uploads", 429, "Too many uploads",
     "Every upload slot is taken (GATEWAY_MAX_CONCURRENT_UPLOADS). Retry after "
     "`Retry-After` seconds.")
 RATE_LIMITED = ProblemType("rate-limited", 429, "Too many requests",
-    "This token's rate limit for uploads, audits or restores is used up "
-    "(GATEWAY_API_RATE_PER_MINUTE, GATEWAY_API_RATE_BURST). Retry after `Retry-After` seconds.")
+    "This token's rate limit for uploads, audits or restores (on the sign-in routes: this "
+    "address's) is used up (GATEWAY_API_RATE_PER_MINUTE, GATEWAY_API_RATE_BURST). Retry after "
+    "`Retry-After` seconds.")
 GATEWAY_FAILED = ProblemType("gateway-error", 500, "Gateway error",
     "A fault of the gateway's own. The answer's `error_id` names the log line that holds "
     "the cause; report it with that id.")
@@ -162,6 +182,7 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         RATE_LIMITED, GATEWAY_FAILED, LEDGER_ERROR, UNAVAILABLE, NOT_READY, UPLOAD_AREA_FULL,
         HTTP_ERROR, NOT_GRANTED, GRANT_EXPIRED, GRANT_REVOKED, NO_SUCH_GRANT,
         GRANT_NOT_STANDING, CHAIN_REQUEST_PENDING,
+        SIWE_MALFORMED, SIWE_SIGNATURE, SIWE_NONCE, SIWE_EXPIRED, SIWE_DOMAIN, SIWE_CHAIN,
     )
 }  # fmt: skip
 
@@ -171,6 +192,12 @@ DENIALS = {
     "not-granted": NOT_GRANTED,
     "grant-expired": GRANT_EXPIRED,
     "grant-revoked": GRANT_REVOKED,
+}
+
+#: Sign-In with Ethereum's refusals (:class:`~gateway.errors.SignInRefused`), by reason.
+SIGN_IN_REFUSALS = {
+    kind.slug: kind
+    for kind in (SIWE_MALFORMED, SIWE_SIGNATURE, SIWE_NONCE, SIWE_EXPIRED, SIWE_DOMAIN, SIWE_CHAIN)
 }
 
 # Types of 5xx answers: stable titles, so that a client or an alert may match on them.
@@ -364,9 +391,14 @@ def _type_of(exc: GatewayError) -> ProblemType:
         return GRANT_NOT_STANDING
     if isinstance(exc, ChainRequestPending):
         return CHAIN_REQUEST_PENDING
+    if isinstance(exc, SignInRefused):
+        return SIGN_IN_REFUSALS[exc.reason]
     if isinstance(exc, DatasetUnreadable):
         return NOT_DICOM
-    if isinstance(exc, (PacsUnavailable, ChainUnavailable, StoreUnavailable, AlertsUnavailable)):
+    if isinstance(
+        exc,
+        (PacsUnavailable, ChainUnavailable, StoreUnavailable, AlertsUnavailable, ErasureInFlight),
+    ):
         return UNAVAILABLE
     if isinstance(exc, LedgerError):
         return LEDGER_ERROR

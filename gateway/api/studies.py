@@ -54,7 +54,7 @@ def _readable(services: Services, who: Principal) -> list[str]:
         return []
     if who.may("verify"):
         return services.grants.all_studies()
-    return services.grants.studies(who.token_id)
+    return services.grants.studies(who.grantee_id)
 
 
 @router.get(

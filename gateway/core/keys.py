@@ -3,7 +3,8 @@
 Layout of ``keys_dir`` (directories 0700, files 0600, written by :mod:`gateway.keyfiles`)::
 
     pseudonym.key       32 random bytes, hex: keys record_key and patient_key
-    kek/<kek_id>.key    32 random bytes, hex: one key-encryption key per id, never deleted
+    kek/<kek_id>.key    32 random bytes, hex: one key-encryption key per id, deleted only
+                        by ``keys rotate --retire-old`` once nothing is wrapped under it
     kek/current         the id of the KEK that wraps data keys of new objects
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import secrets
 from collections.abc import Mapping
@@ -246,6 +248,28 @@ def rotate_kek(keys_dir: Path, *, today: date | None = None) -> Kek:
     kek = _new_kek(keys_dir, today=today)
     replace_secret(keys_dir / KEK_DIR / CURRENT_FILE, kek.kek_id.encode("ascii") + b"\n")
     return kek
+
+
+def destroy_old_keks(keys_dir: Path, *, keep: str) -> list[str]:
+    """Destroy every KEK but ``keep`` (the current one): each file is overwritten with zeros
+    and fsynced, then removed. Returns the ids destroyed.
+
+    Only for when nothing is wrapped under them any more (``keys rotate --retire-old``
+    checks): a copy of an object sealed under one of them then opens with no key here.
+    """
+    kek_dir = keys_dir / KEK_DIR
+    destroyed = []
+    for path in sorted(kek_dir.glob("*.key")):
+        kek_id = path.name.removesuffix(".key")
+        if kek_id == keep or path.name.startswith("."):
+            continue
+        with path.open("r+b") as stream:
+            stream.write(bytes(path.stat().st_size))
+            stream.flush()
+            os.fsync(stream.fileno())
+        path.unlink()
+        destroyed.append(kek_id)
+    return destroyed
 
 
 def load_keyring(keys_dir: Path) -> Keyring:

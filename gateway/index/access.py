@@ -22,7 +22,7 @@ API_SOURCE = "api"
 
 _ENTRY = (
     "id, source, source_seq, at, who, who_kind, route, sop_instance_uid, study_instance_uid,"
-    " verdict, served, batch, leaf_index"
+    " verdict, served, batch, leaf_index, leaf_record_key, leaf_study_key"
 )
 _BATCH = "id, root, count, state, attempts, last_error, batch_id, tx_hash, block_number"
 
@@ -44,6 +44,9 @@ class AccessRow:
     served: bool
     batch: int | None
     leaf_index: int | None
+    # an erased image's entry keeps its leaf's keys instead of its UIDs (erasure2 part)
+    leaf_record_key: bytes | None = None
+    leaf_study_key: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -77,11 +80,14 @@ class NewEntry:
 
 
 def _entry(values: Sequence[Any]) -> AccessRow:
-    (id_, source, seq, at, who, kind, route, sop, study, verdict, served, batch, leaf) = values
+    (id_, source, seq, at, who, kind, route, sop, study, verdict, served, batch, leaf,
+     record_key, study_key) = values  # fmt: skip
     return AccessRow(
         int(id_), source, None if seq is None else int(seq), float(at), who, kind, route, sop,
         study, verdict, bool(served), None if batch is None else int(batch),
         None if leaf is None else int(leaf),
+        None if record_key is None else bytes(record_key),
+        None if study_key is None else bytes(study_key),
     )  # fmt: skip
 
 
@@ -215,11 +221,21 @@ def batch_entries(index: Index, batch: int) -> list[AccessRow]:
 
 def entries(
     index: Index, *, study: str | None = None, who: str | None = None, after: int = 0,
-    limit: int = 100,
+    limit: int = 100, study_key: bytes | None = None,
 ) -> list[AccessRow]:  # fmt: skip
-    """Entries of one study, or of one reader (by name), oldest first, ids above ``after``."""
+    """Entries of one study, or of one reader (by name), oldest first, ids above ``after``.
+
+    ``study_key`` (the study's keyed leaf input) finds, with ``study``, the entries an
+    erasure left without their UIDs.
+    """
     if (study is None) == (who is None):
         raise ValueError("give exactly one of study and who")
+    if study is not None and study_key is not None:
+        return [_entry(r) for r in index.query(
+            f"SELECT {_ENTRY} FROM access_log WHERE (study_instance_uid = ? OR"
+            " leaf_study_key = ?) AND id > ? ORDER BY id LIMIT ?",
+            (study, study_key, after, limit),
+        )]  # fmt: skip
     column, value = ("study_instance_uid", study) if study is not None else ("who", who)
     return [_entry(r) for r in index.query(
         f"SELECT {_ENTRY} FROM access_log WHERE {column} = ? AND id > ? ORDER BY id LIMIT ?",

@@ -85,6 +85,7 @@ class Row:
     parked_stage: str | None = None  # the stage a ``failed`` row stopped at
     spool_sha256: bytes | None = None  # the spool file's SHA-256 as received and acked
     anchored_at: float | None = None  # when the gateway had the anchor's receipt (wall clock)
+    erase_plan: str | None = None  # the erasure naming it: erased at its next stage (erasure2)
 
 
 COLUMNS = tuple(f.name for f in fields(Row))

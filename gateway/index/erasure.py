@@ -16,6 +16,11 @@ must take effect in, or delete them (docs/architecture.md, "Erasure").
 ``erasures`` is the log: each dry run's plan (pseudonymous keys only) under its hash, who
 asked and why, and its state (``planned``, ``erasing``, ``done``). ``retention_due`` is
 what the off-hours retention job last listed for an admin.
+
+A confirmed erasure names its rows (``instances.erase_plan``): a row still in the
+pipeline is erased at its next stage instead of going on (:func:`take_erased`), and the
+confirmation waits for the rows being worked right now (:func:`in_flight`). Each node
+sheds its own local copies of erased rows and says so in ``erasure_shed``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
+from gateway.core.access import instance_key, study_key
 from gateway.core.keys import Kek, Keyring, StudyKey, new_study_key
 from gateway.errors import KeyringError, KeyShredded, SealCorrupt, SealKeyMissing
 from gateway.index.db import Index
@@ -177,6 +183,162 @@ def erased_digest(index: Index, digest: bytes) -> bool:
     return bool(
         index.query("SELECT 1 FROM instances WHERE stage = 'erased' AND digest = ?", (digest,))
     )
+
+
+def study_shredded(index: Index, ref: bytes) -> bool:
+    """Whether the study ``ref`` names was erased (its key destroyed)."""
+    return bool(
+        index.query(
+            "SELECT 1 FROM study_keys WHERE study_ref = ? AND destroyed_at IS NOT NULL", (ref,)
+        )
+    )
+
+
+# -- rows an erasure names, still in the pipeline ------------------------------------------
+
+#: Stages a row leaves the pipeline at (no step of the pipeline will run on it again).
+_OUT_OF_PIPELINE = ("committed", "duplicate", "rejected", "conflict", "failed", "erased")
+
+
+def name_rows(index: Index, plan_hash: str, row_ids: Sequence[int]) -> None:
+    """Name ``row_ids`` as the erasure ``plan_hash``'s: the pipeline erases each of them at
+    its next stage instead of working it (:func:`take_erased`)."""
+    with index.transaction() as db:
+        for row_id in row_ids:
+            db.execute("UPDATE instances SET erase_plan = ? WHERE id = ?", (plan_hash, row_id))
+
+
+def in_flight(index: Index, row_ids: Sequence[int], *, now: float | None = None) -> list[int]:
+    """Of ``row_ids``, those the pipeline may still move: held by a live claim (a worker is
+    running a step on it) or in a Merkle batch not yet landed (it may still be anchored)."""
+    if not row_ids:
+        return []
+    now = time.time() if now is None else now
+    marks = ", ".join("?" for _ in row_ids)
+    done = ", ".join("?" for _ in _OUT_OF_PIPELINE)
+    rows = index.query(
+        f"SELECT id FROM instances WHERE id IN ({marks}) AND stage NOT IN ({done}) AND"
+        " ((claimed_by IS NOT NULL AND claim_until > ?) OR id IN (SELECT m.row_id FROM"
+        " batch_members m JOIN batches b ON b.id = m.batch WHERE b.state = 'open'))"
+        " ORDER BY id",
+        (*row_ids, *_OUT_OF_PIPELINE, now),
+    )
+    return [int(row_id) for (row_id,) in rows]
+
+
+def take_erased(index: Index, row_id: int, *, stage: str, plan_hash: str | None = None) -> bool:
+    """Move a row from ``stage`` to ``erased`` (and drop its claim), unless it moved on
+    meanwhile; ``plan_hash`` names the erasure if the row had none. True if it moved."""
+    with index.transaction() as db:
+        cursor = db.execute(
+            "UPDATE instances SET stage = 'erased', erase_plan = COALESCE(erase_plan, ?),"
+            " claimed_by = NULL, claim_until = 0 WHERE id = ? AND stage = ?",
+            (plan_hash, row_id, stage),
+        )
+        return int(cursor.rowcount) > 0
+
+
+def forget_trail_uids(
+    index: Index, *, pseudonym_key: bytes, studies: Sequence[str], sop_uids: Sequence[str]
+) -> int:
+    """Drop the plaintext Study and SOP Instance UIDs from the access trail's entries about
+    ``studies`` (or naming one of ``sop_uids``), keeping in their place the keyed values
+    their leaves were built from: each anchored batch's root stays recomputable, and the
+    proofs still check. Returns how many entries changed. Who read, when, by which route
+    and with which verdict stay as they were (they are not the patient's)."""
+    changed = 0
+    with index.transaction() as db:
+        found = {
+            int(id_): (sop, study)
+            for column, values in (("study_instance_uid", studies), ("sop_instance_uid", sop_uids))
+            for value in values
+            for id_, sop, study in db.execute(
+                f"SELECT id, sop_instance_uid, study_instance_uid FROM access_log"
+                f" WHERE {column} = ?",
+                (value,),
+            ).fetchall()
+        }
+        for id_, (sop, study) in found.items():
+            db.execute(
+                "UPDATE access_log SET leaf_record_key = ?, leaf_study_key = ?,"
+                " sop_instance_uid = NULL, study_instance_uid = NULL WHERE id = ?",
+                (instance_key(pseudonym_key, sop), study_key(pseudonym_key, study), id_),
+            )
+            changed += 1
+    return changed
+
+
+# -- each node's shedding of its local copies -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalCopy:
+    """An erased row's files on one node (its spool entry and sealed-stage file)."""
+
+    entry_id: str
+    plan_hash: str | None
+
+
+def erased_entries(index: Index, entry_ids: Sequence[str]) -> list[LocalCopy]:
+    """Of the spool entries ``entry_ids``, those whose row was erased."""
+    found: list[LocalCopy] = []
+    for start in range(0, len(entry_ids), 500):
+        chunk = entry_ids[start : start + 500]
+        marks = ", ".join("?" for _ in chunk)
+        found += [
+            LocalCopy(str(entry_id), None if plan is None else str(plan))
+            for entry_id, plan in index.query(
+                f"SELECT entry_id, erase_plan FROM instances WHERE stage = 'erased'"
+                f" AND entry_id IN ({marks})",
+                tuple(chunk),
+            )
+        ]
+    return found
+
+
+def unshed(index: Index, node: str) -> list[str]:
+    """Confirmed erasures (``erasing`` or ``done``) that ``node`` has not shed yet."""
+    rows = index.query(
+        "SELECT plan_hash FROM erasures WHERE state IN (?, ?) AND plan_hash NOT IN"
+        " (SELECT plan_hash FROM erasure_shed WHERE node = ?) ORDER BY id",
+        (ERASING, DONE, node),
+    )
+    return [str(plan_hash) for (plan_hash,) in rows]
+
+
+def entries_of(index: Index, plan_hash: str, node: str) -> list[str]:
+    """The spool entries of an erasure's rows that ``node`` received."""
+    rows = index.query(
+        "SELECT entry_id, received_by FROM instances WHERE erase_plan = ?", (plan_hash,)
+    )
+    return [str(entry) for entry, by in rows if (by or "") == node]
+
+
+def record_shed(index: Index, plan_hash: str, *, node: str, files: int) -> None:
+    """``node`` holds no local copy of the erasure's rows any more (``files``: how many the
+    sweep that found the erasure done deleted; earlier sweeps may have deleted more)."""
+    with index.transaction() as db:
+        db.execute(
+            "INSERT INTO erasure_shed (plan_hash, node, files, shed_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (plan_hash, node) DO NOTHING",
+            (plan_hash, node, files, time.time()),
+        )
+
+
+def shedding(index: Index, plan_hash: str) -> dict[str, dict[str, Any]]:
+    """Each node that received rows of the erasure, or shed copies of it: whether it has
+    shed them, when, and how many files it deleted (``""``: rows from before node ids)."""
+    nodes: dict[str, dict[str, Any]] = {
+        str(by or ""): {"shed": False, "shed_at": None, "files": 0}
+        for (by,) in index.query(
+            "SELECT DISTINCT received_by FROM instances WHERE erase_plan = ?", (plan_hash,)
+        )
+    }
+    for node, files, at in index.query(
+        "SELECT node, files, shed_at FROM erasure_shed WHERE plan_hash = ?", (plan_hash,)
+    ):
+        nodes[str(node)] = {"shed": True, "shed_at": float(at), "files": int(files)}
+    return nodes
 
 
 # -- the erasure log --------------------------------------------------------------------------

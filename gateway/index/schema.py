@@ -257,6 +257,47 @@ CREATE TABLE IF NOT EXISTS retention_due (
 )
 """
 
+# The erasure2 part (issue #16; gateway/index/erasure.py): which nodes have shed their
+# local copies (spool, sealed dir) of an erasure's rows, and when; the rows an erasure
+# named get its hash in ``instances.erase_plan`` (the pipeline's check reads it).
+_ERASURE_SHED = """
+CREATE TABLE IF NOT EXISTS erasure_shed (
+    plan_hash TEXT NOT NULL,
+    node TEXT NOT NULL,
+    files INTEGER NOT NULL,
+    shed_at REAL NOT NULL,
+    PRIMARY KEY (plan_hash, node)
+)
+"""
+
+# The siwe part (issue #16; gateway/index/grants.py, gateway/index/signin.py): where each
+# chain-event follower has read to (the next block, and the hash of the last block read, by
+# which a reorg is seen), the block a grant's revocation was mined in, the grants looked up
+# by their keys (grants made on chain name keys only), and Sign-In with Ethereum's single-use
+# nonces and its sessions (only a token's SHA-256), shared by every node of the index.
+_SIWE = """
+CREATE TABLE IF NOT EXISTS chain_cursors (
+    name TEXT NOT NULL PRIMARY KEY,
+    next_block INTEGER NOT NULL,
+    last_hash TEXT
+);
+CREATE INDEX IF NOT EXISTS grants_grantee_key ON grants (grantee_key, id);
+CREATE INDEX IF NOT EXISTS grants_study_key ON grants (study_key, id);
+CREATE TABLE IF NOT EXISTS siwe_nonces (
+    nonce TEXT NOT NULL PRIMARY KEY,
+    issued_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    used_at REAL
+);
+CREATE TABLE IF NOT EXISTS siwe_sessions (
+    token_sha256 TEXT NOT NULL PRIMARY KEY,
+    address TEXT NOT NULL,
+    issued_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS siwe_sessions_address ON siwe_sessions (address, expires_at)
+"""
+
 # The grants2 part (issue #16; gateway/index/chain_requests.py): chain writes of the API and
 # the CLI (grants, revocations, erasure's retirements), queued for the node's anchoring
 # worker, the recorder account's one sender; with each one's outcome once it is mined.
@@ -306,12 +347,23 @@ STEPS: tuple[Step, ...] = (
     Create(_GRANTS),
     # 16 (erasure part): study keys, the erasure log, the retention list
     Create(_ERASURE),
-    # grants2 part (keep these together): 17: the id of the token a grant binds (NULL: a row
-    # from before ids, matched as ``name:<grantee>``); 18: the grant a new one replaced
+    # 17-20 (erasure2 part, kept together): the erasure a row is named in (the pipeline erases it at its
+    # next stage); each node's shedding of its local copies
+    AddColumn("instances", "erase_plan", "TEXT"),
+    Create(_ERASURE_SHED),
+    # an access entry's keyed leaf inputs, kept when an erasure
+    # drops its plaintext UIDs (the trail's roots stay recomputable)
+    AddColumn("access_log", "leaf_record_key", "BLOB"),
+    AddColumn("access_log", "leaf_study_key", "BLOB"),
+    # 21, 22 (siwe part): grants made on chain imported from a cursor; Sign-In with Ethereum
+    AddColumn("grants", "revoke_block", "INTEGER"),
+    Create(_SIWE),
+    # grants2 part (keep these together): 23: the id of the token a grant binds (NULL: a row
+    # from before ids, read as ``name:<grantee>``); 24: the grant a new one replaced
     # (extended or narrowed)
     AddColumn("grants", "grantee_id", "TEXT"),
     AddColumn("grants", "replaces", "INTEGER"),
-    # 19: the chain-request queue (the anchoring worker sends the API's and CLI's writes)
+    # 25: the chain-request queue (the anchoring worker sends the API's and CLI's writes)
     Create(_CHAIN_REQUESTS),
 )
 

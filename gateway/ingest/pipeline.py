@@ -76,6 +76,7 @@ from gateway.ingest.stages import (
 )
 from gateway.store import ObjectStore
 from gateway.trust.alerts import Alerts
+from gateway.trust.erasure import erase_if_named
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +417,7 @@ class Pipeline:
         takes it from here, or when the step failed (recorded on the row, with its reason).
         """
         stage = STAGE.get(row.stage)
-        if stage is None:
+        if stage is None or erase_if_named(row, self.steps):  # an erasure named it: no further
             return False
         if self._batched(stage, row):
             self._batch_wake.set()  # the batch thread takes it from here
@@ -507,6 +508,7 @@ class Pipeline:
                 rows = self.index.claim_unbatched(
                     self.worker, ANCHOR.name, limit=4 * gatherer.max_size, lease_s=self.lease_s
                 )
+                rows = [row for row in rows if not erase_if_named(row, self.steps)]
                 for row in rows:
                     if not self._batched(ANCHOR, row):
                         self._submit(row.id)  # a new version: anchored on its own

@@ -20,6 +20,17 @@ study looking intact:
 5. the index rows move to stage ``erased`` (their evidence kept: verify and audit say
    ``erased``, and a copy that reappears is recognised by its digest);
 6. the erasure log says ``done``, and the access trail records who confirmed it.
+
+Images still in the pipeline do not stop a confirmation. Before step 1 the confirmation
+names its rows in the index (``erase_plan``); the pipeline's check at each stage's entry
+(:func:`erase_if_named`) then erases such a row instead of sealing, storing, anchoring or
+forwarding it. The confirmation waits, before step 2, for the rows a worker is running a
+step on right now, or that sit in a Merkle batch not yet landed (they may still be
+anchored, and are then retired in step 4).
+
+Every node sheds its own copies: the node that confirms deletes what it holds, and each
+node's :class:`Shedder` deletes the spool and sealed-stage files of erased rows that it
+holds, then notes in the index that it has shed the erasure (:meth:`Eraser.status`).
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ import hashlib
 import json
 import logging
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,13 +51,21 @@ from gateway import failpoints
 from gateway.core import keys
 from gateway.core.merkle import InclusionProof, decode_proof
 from gateway.core.seal import STUDY_KEY_VERSION, read_seal_header, reseal_v2
-from gateway.errors import ErasureChanged, ErasureNotFound, InstanceMissing, KeyShredded
+from gateway.errors import (
+    ErasureChanged,
+    ErasureInFlight,
+    ErasureNotFound,
+    InstanceMissing,
+    KeyShredded,
+    OldKeksInUse,
+)
 from gateway.index import erasure as log_
 from gateway.index.db import Index, Row
-from gateway.index.erasure import StudyKeys, vacuum_study_keys
+from gateway.index.erasure import StudyKeys, study_shredded, vacuum_study_keys
 from gateway.index.queries import is_version
 from gateway.ledger.types import Anchor, Retirement, RetireReason
 from gateway.store.base import ObjectStore
+from gateway.store.rewrap import rewrap_store
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +100,16 @@ class Retirements(Protocol):
     ) -> Anchor: ...  # fmt: skip
 
 
+#: What to do about v1 objects: erasure deletes them, but a kept copy opens with the KEK.
+V1_REMEDY = (
+    "some objects are sealed in format v1 (under the KEK, before study keys): erasing deletes"
+    " them, but a copy kept elsewhere still opens with the KEK. Run `xray-gateway keys rotate"
+    " --retire-old` (every node stopped; then delete the old KEK files copied to other nodes):"
+    " it re-seals remaining v1 objects under their study keys, re-wraps every key under a new"
+    " KEK and destroys the old KEKs."
+)
+
+
 @dataclass(frozen=True)
 class PlannedInstance:
     """One version to erase, and what is left of it (pseudonymous keys only)."""
@@ -90,6 +121,7 @@ class PlannedInstance:
     spool: bool
     pacs: bool
     chain: str  # "direct", "batch <id>", "none" (never anchored), "retired: <reason>"
+    sealed_v1: bool = False  # its object is format v1: a kept copy opens with the KEK
 
 
 @dataclass(frozen=True)
@@ -122,7 +154,9 @@ class ErasureSet:
                 "spool_copies": sum(i.spool for i in self.instances),
                 "pacs_copies": sum(i.pacs for i in self.instances),
                 "chain_records": sum(i.chain != "none" for i in self.instances),
+                "v1_objects": sum(i.sealed_v1 for i in self.instances),
             },
+            "remedy": V1_REMEDY if any(i.sealed_v1 for i in self.instances) else None,
         }
 
 
@@ -141,6 +175,11 @@ class Eraser:
         Where received bytes and sealed-but-not-stored objects wait on this node.
     trail:
         Records the confirmation in the access trail: ``(who, who_kind, route)``.
+    node:
+        This gateway node's id: a confirmation notes that this node has shed its copies.
+    settle_s:
+        How long a confirmation waits for the set's rows that the pipeline is working
+        right now (then :class:`~gateway.errors.ErasureInFlight`: confirm again).
     """
 
     index: Index
@@ -152,6 +191,8 @@ class Eraser:
     spool: SpoolFiles
     sealed_dir: Path
     trail: Callable[[str, str, str], None] | None = None
+    node: str = ""
+    settle_s: float = 60.0
 
     # -- step 1: the dry run -------------------------------------------------------------
 
@@ -230,7 +271,14 @@ class Eraser:
             spool=self._spooled(row),
             pacs=self.pacs.find(row.sop_instance_uid) is not None,
             chain=self._chain_state(row),
+            sealed_v1=self._sealed_v1(row),
         )
+
+    def _sealed_v1(self, row: Row) -> bool:
+        if row.object_name is None or not self.store.exists(row.object_name):
+            return False
+        with self.store.open(row.object_name) as sealed:
+            return read_seal_header(sealed).version != STUDY_KEY_VERSION
 
     def _spooled(self, row: Row) -> bool:
         return self.spool.path_of(row.entry_id).exists() or self._sealed_file(row).exists()
@@ -277,6 +325,27 @@ class Eraser:
             self.trail(confirmed_by, "admin", f"erasure {plan_hash[:16]} ({reason})")
         return now
 
+    def status(self, plan_hash: str) -> dict[str, Any]:
+        """An erasure as the log holds it, and which nodes have shed their local copies.
+
+        Raises
+        ------
+        ErasureNotFound
+            No dry run made that hash.
+        """
+        logged = log_.erasure(self.index, plan_hash)
+        if logged is None:
+            raise ErasureNotFound("no erasure with that hash")
+        nodes = log_.shedding(self.index, plan_hash)
+        return {
+            "hash": logged.plan_hash, "reason": logged.reason, "state": logged.state,
+            "asked_by": logged.asked_by, "planned_at": logged.planned_at,
+            "confirmed_by": logged.confirmed_by, "confirmed_at": logged.confirmed_at,
+            "done_at": logged.done_at, "counts": logged.plan.get("counts", {}),
+            "nodes": nodes,
+            "nodes_not_shed": sorted(node for node, seen in nodes.items() if not seen["shed"]),
+        }  # fmt: skip
+
     def _uids_of(self, plan: dict[str, Any]) -> list[str]:
         """The study UIDs behind the plan's pseudonymous references (read from the index)."""
         wanted = set(plan.get("studies", []))
@@ -289,22 +358,50 @@ class Eraser:
         )  # fmt: skip
 
     def _erase(self, plan: ErasureSet) -> None:
+        log_.name_rows(self.index, plan.plan_hash, [row.id for row in plan.rows])
         self.study_keys.destroy([bytes.fromhex(ref) for ref in plan.studies])
         vacuum_study_keys(self.index)
         failpoints.hit("erasure.after_shred")
-        for row in plan.rows:
+        self._settle(plan)
+        rows = [self.index.get(row.id) for row in plan.rows]  # as the pipeline left them
+        for row in rows:
             self._delete_copies(row)
         failpoints.hit("erasure.after_delete")
         retired: set[bytes] = set()
-        for row in sorted(plan.rows, key=lambda r: -(r.version or 0)):  # newest version first
+        for row in sorted(rows, key=lambda r: -(r.version or 0)):  # newest version first
             assert row.record_key is not None
             if row.record_key not in retired:
                 self._retire(row)
                 retired.add(row.record_key)
         failpoints.hit("erasure.after_retire")
         with self.index.transaction() as db:
-            for row in plan.rows:
+            for row in rows:
                 db.execute("UPDATE instances SET stage = 'erased' WHERE id = ?", (row.id,))
+        log_.forget_trail_uids(
+            self.index, pseudonym_key=self.pseudonym_key, studies=plan.uids,
+            sop_uids=[row.sop_instance_uid for row in rows],
+        )  # fmt: skip
+        log_.record_shed(self.index, plan.plan_hash, node=self.node, files=0)
+
+    def _settle(self, plan: ErasureSet) -> None:
+        """Wait while the pipeline works rows of the set: a step under way, or a batch not
+        yet landed. Named rows are not worked again (:func:`erase_if_named`).
+
+        Raises
+        ------
+        ErasureInFlight
+            Some are still worked after :attr:`settle_s` (a chain or PACS outage).
+        """
+        ids = [row.id for row in plan.rows]
+        deadline = time.monotonic() + self.settle_s
+        while busy := log_.in_flight(self.index, ids):
+            if time.monotonic() >= deadline:
+                raise ErasureInFlight(
+                    f"{len(busy)} images of the set are still being worked by the pipeline (a"
+                    " step under way, or a batch not landed); they are erased as they come"
+                    " out: confirm again to finish"
+                )
+            time.sleep(0.1)
 
     def _delete_copies(self, row: Row) -> None:
         if row.object_name is not None:
@@ -330,6 +427,141 @@ class Eraser:
             )  # fmt: skip
         elif row.tx_hash is not None:
             self.ledger.retire_image(record_key=row.record_key, reason=RetireReason.ERASED)
+
+
+# -- in the pipeline: a row an erasure named goes no further ----------------------------------
+
+#: The stage right after the fingerprint: the first to use the study's key.
+SEALING = "seal"
+
+
+class PipelineParts(Protocol):
+    """What the pipeline's check needs (:class:`gateway.ingest.stages.Steps` has it)."""
+
+    @property
+    def index(self) -> Index: ...
+
+    @property
+    def store(self) -> ObjectStore: ...
+
+    @property
+    def spool(self) -> SpoolFiles: ...
+
+    @property
+    def sealed_dir(self) -> Path: ...
+
+    @property
+    def pseudonym_key(self) -> bytes: ...
+
+
+def erase_if_named(row: Row, parts: PipelineParts) -> bool:
+    """The pipeline's check before each stage: erase the row instead if an erasure named it
+    (or, about to be sealed, its study was erased meanwhile); True if it was.
+
+    Its spool file, sealed-stage file and stored object (if any) are deleted, then it moves
+    to ``erased``: it is never anchored or forwarded. The check costs nothing for a row no
+    erasure named, except one look-up at the seal stage (a row fingerprinted after its
+    study was erased).
+    """
+    if row.erase_plan is None:
+        if row.stage != SEALING or row.study_instance_uid is None:
+            return False
+        ref = keys.study_ref(parts.pseudonym_key, row.study_instance_uid)
+        if not study_shredded(parts.index, ref):
+            return False
+    parts.spool.path_of(row.entry_id).unlink(missing_ok=True)
+    (parts.sealed_dir / f"{row.entry_id}.seal").unlink(missing_ok=True)
+    (parts.sealed_dir / f"{row.entry_id}.tmp").unlink(missing_ok=True)
+    if row.object_name is not None:
+        parts.store.delete(row.object_name)
+    if log_.take_erased(parts.index, row.id, stage=row.stage):
+        log.info("row %d: erased on request at stage %s, before it was anchored", row.id, row.stage)
+    return True
+
+
+# -- on every node: shed the local copies of erased rows ---------------------------------
+
+
+class SpoolDirs(SpoolFiles, Protocol):
+    """The spool's ``ready/`` directory too (:class:`gateway.ingest.spool.Spool`)."""
+
+    @property
+    def ready(self) -> Path: ...
+
+
+@dataclass
+class Shedder:
+    """Deletes this node's copies (spool and sealed-stage files) of erased rows, and notes
+    in the index, per erasure, that this node has shed it.
+
+    It sweeps at start, when woken, and every ``period_s``: an erasure confirmed on
+    another node is shed here within one period.
+    """
+
+    index: Index
+    spool: SpoolDirs
+    sealed_dir: Path
+    node: str
+    period_s: float = 5.0
+    _wake: threading.Event = field(default_factory=threading.Event, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="erasure-shed", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def wake(self) -> None:
+        """Sweep now (an erasure was confirmed on this node)."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.sweep()
+            except Exception:  # the index is busy or failing: the next sweep may do
+                log.exception("shedding the copies of erased images failed; retrying")
+            self._wake.wait(self.period_s)
+
+    def sweep(self) -> int:
+        """Delete every local copy of an erased row; returns how many files went."""
+        deleted = 0
+        for plan_hash in log_.unshed(self.index, self.node):
+            files = sum(self._delete(entry) for entry in log_.entries_of(
+                self.index, plan_hash, self.node
+            ))  # fmt: skip
+            deleted += files
+            if files:
+                log.info("erasure %s: deleted %d local files", plan_hash[:16], files)
+            entry = log_.erasure(self.index, plan_hash)
+            if entry is not None and entry.state == log_.DONE:
+                log_.record_shed(self.index, plan_hash, node=self.node, files=files)
+                log.info("erasure %s: this node holds no copy of it any more", plan_hash[:16])
+        held = {path.name.split(".")[0] for path in self.spool.ready.glob("*.dcm")}
+        held |= {path.name.split(".")[0] for path in self.sealed_dir.glob("*.*")}
+        for copy in log_.erased_entries(self.index, sorted(held)):
+            deleted += self._delete(copy.entry_id)
+        return deleted
+
+    def _delete(self, entry_id: str) -> int:
+        paths = (
+            self.spool.path_of(entry_id),
+            self.sealed_dir / f"{entry_id}.seal",
+            self.sealed_dir / f"{entry_id}.tmp",
+        )
+        gone = 0
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                gone += 1
+        return gone
 
 
 def upgrade_to_v2(
@@ -368,3 +600,57 @@ def upgrade_to_v2(
             store.put(str(name), out, length=length, replace=True)
         moved += 1
     return moved
+
+
+@dataclass(frozen=True)
+class RetiredKeks:
+    """What ``keys rotate --retire-old`` did."""
+
+    current_kek: str
+    study_keys_rewrapped: int
+    moved_to_v2: int
+    v1_rewrapped: int
+    destroyed: tuple[str, ...]
+
+
+def retire_old_keks(
+    index: Index, store: ObjectStore, *, keys_dir: Path, pseudonym_key: bytes
+) -> RetiredKeks:
+    """A new KEK, every study key re-wrapped under it, every v1 object of a known study
+    sealed again under its study key (and any v1 object left re-wrapped under the new KEK);
+    then, once nothing names an old KEK, the old KEKs destroyed: a kept copy of a v1 object
+    opens with no key the gateway holds. Run with every gateway node stopped (a running
+    one would wrap new study keys under the KEK it loaded).
+
+    Raises
+    ------
+    OldKeksInUse
+        Something still names an old KEK after the re-wrap: nothing is destroyed.
+    """
+    kek = keys.rotate_kek(keys_dir)
+    keyring = keys.load_keyring(keys_dir)
+    study_keys = StudyKeys(index, keyring)
+    wrapped = study_keys.rewrap(kek)
+    moved = upgrade_to_v2(index, store, study_keys=study_keys, pseudonym_key=pseudonym_key)
+    rewrapped = rewrap_store(store, keyring=keyring, new_kek=kek)
+    _nothing_under_old_keks(index, store, current=kek.kek_id)
+    destroyed = keys.destroy_old_keks(keys_dir, keep=kek.kek_id)
+    log.info("retired KEKs %s: %d v1 objects sealed again under their study keys",
+             ", ".join(destroyed) or "(none)", moved)  # fmt: skip
+    return RetiredKeks(kek.kek_id, wrapped, moved, rewrapped, tuple(destroyed))
+
+
+def _nothing_under_old_keks(index: Index, store: ObjectStore, *, current: str) -> None:
+    """Refuse to destroy old KEKs while a live study key or a v1 object is wrapped under one."""
+    ((left,),) = index.query(
+        "SELECT COUNT(*) FROM study_keys WHERE destroyed_at IS NULL AND kek_id != ?", (current,)
+    )
+    for name in store.names():
+        with store.open(name) as sealed:
+            header = read_seal_header(sealed)
+        left += header.version != STUDY_KEY_VERSION and header.kek_id != current
+    if left:
+        raise OldKeksInUse(
+            f"{left} study keys or v1 objects are still wrapped under an old KEK: none destroyed",
+            kek_id=current,
+        )

@@ -141,8 +141,8 @@ class Grants:
         Raises
         ------
         ValueError
-            Neither or both of a study and a patient, an expiry not in the future, or a
-            token holder without ``token_id``.
+            Neither or both of a study and a patient, an expiry not in the future, a
+            token holder without ``token_id``, or the zero address as the grantee.
         UnknownInstance
             The index holds no instance of that study.
         """
@@ -160,11 +160,14 @@ class Grants:
         else:
             assert patient_id is not None
             patient, study = keys.patient_key(self.pseudonym_key, issuer, patient_id), None
+        grantee = grantee_key(self.pseudonym_key, grantee_id)
+        if not any(grantee):  # the contract refuses it (XrayZeroValue): say so, as a 422
+            raise ValueError("the grantee may not be the zero address")
         return self._granted(
             PendingGrant(
-                to=to, grantee_id=grantee_id, grantee_key=grantee_key(self.pseudonym_key, grantee_id),
-                patient_key=patient, study_instance_uid=study_instance_uid, study_key=study,
-                expires_at=expires, by=by,
+                to=to, grantee_id=grantee_id, grantee_key=grantee, patient_key=patient,
+                study_instance_uid=study_instance_uid, study_key=study, expires_at=expires,
+                by=by,
             )
         )  # fmt: skip
 
@@ -264,7 +267,7 @@ class Grants:
                 _, anchor = self._send(lambda ledger: (None, ledger.revoke_access(grant_id)))
                 rows.revoke(
                     self.index, grant_id, at=float(anchor.block_time), by=by,
-                    tx_hash=anchor.tx_hash,
+                    tx_hash=anchor.tx_hash, block=anchor.block_number,
                 )  # fmt: skip
         return self.get(grant_id)
 
@@ -301,7 +304,11 @@ class Grants:
         return keys.patient_key(self.pseudonym_key, issuer, patient_id)
 
     def check(self, grantee_id: str, study_instance_uid: str) -> GrantRow:
-        """The standing grant that lets the grantee ``grantee_id`` (a token's id) read the study.
+        """The standing grant that lets the grantee ``grantee_id`` read the study: a token's
+        id (``tok-…``, or ``name:<name>`` for one issued before ids), or the address of an
+        account signed in with Ethereum (``Principal.grantee_id``). Grants are matched by
+        the keys the chain names (the grantee key derived from that id, study, patient), so
+        a grant a Hospital or Doctor account made on chain counts as one the gateway wrote.
 
         Raises
         ------
@@ -310,7 +317,11 @@ class Grants:
             newest covering grant, else ``not-granted``.
         """
         now = self.clock()
-        covering = rows.covering(self.index, grantee_id, study_instance_uid)
+        covering = [] if not grantee_id else rows.covering(
+            self.index, grantee_key=grantee_key(self.pseudonym_key, grantee_id),
+            study_key=study_key(self.pseudonym_key, study_instance_uid),
+            study_instance_uid=study_instance_uid,
+        )  # fmt: skip
         standing = [g for g in covering if g.state(now) == "active"]
         if standing:
             return max(standing, key=lambda g: g.expires_at)
@@ -322,8 +333,13 @@ class Grants:
         raise AccessDenied(f"grant {newest.id} expired", reason="grant-expired")
 
     def studies(self, grantee_id: str) -> list[str]:
-        """The Study UIDs the standing grants of the grantee ``grantee_id`` cover."""
-        return rows.granted_studies(self.index, grantee_id, now=self.clock())
+        """The Study UIDs the standing grants of the grantee ``grantee_id`` cover (as in
+        :meth:`check`: a token's id or an account's address, matched by its key)."""
+        if not grantee_id:
+            return []
+        return rows.granted_studies(
+            self.index, grantee_key(self.pseudonym_key, grantee_id), now=self.clock()
+        )
 
     def all_studies(self) -> list[str]:
         """Every Study UID the index holds, sorted (the listing for roles that verify)."""

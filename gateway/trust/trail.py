@@ -134,8 +134,9 @@ class Trail:
         return AccessLeaf(
             entry_id=row.id,
             at_ms=round(row.at * 1000),
-            record_key=instance_key(self._key, row.sop_instance_uid),
-            study_key=study_key(self._key, row.study_instance_uid),
+            # an erased study's entries keep these keys, not their UIDs (trust/erasure.py)
+            record_key=row.leaf_record_key or instance_key(self._key, row.sop_instance_uid),
+            study_key=row.leaf_study_key or study_key(self._key, row.study_instance_uid),
             who_key=who_key(self._key, row.who_kind, row.who),
             route=row.route,
             verdict=row.verdict,
@@ -226,7 +227,10 @@ class Trail:
         limit: int = 100,
     ) -> list[ProvenEntry]:  # fmt: skip
         """Entries of one study or one reader, oldest first, each with its proof."""
-        rows = access.entries(self.index, study=study, who=who, after=after, limit=limit)
+        keyed = None if study is None else study_key(self._key, study)  # an erased study's too
+        rows = access.entries(
+            self.index, study=study, who=who, after=after, limit=limit, study_key=keyed
+        )
         trees: dict[int, tuple[TrailBatch, MerkleTree]] = {}
         found = []
         for row in rows:

@@ -1,4 +1,4 @@
-"""Two gateway nodes on one PostgreSQL index, one S3 (moto) and one chain (anvil).
+"""Two gateway nodes and two Orthanc nodes on PostgreSQL, one S3 (moto) and one chain (anvil).
 
 Each node is `xray-gateway up` with a data dir, DICOM port and recorder key of its own
 (granted the Recorder role by the admin); the pseudonym key and the KEKs are copied from
@@ -7,6 +7,12 @@ with storescu; one node is SIGKILLed by pid mid-stream and started again, and wh
 modality had not seen acked is sent again. Every acked instance must end `intact` through
 either node's API, with one row, one sealed object and one ledger record; a Storage
 Commitment request to one node commits what the other received, and is reported once.
+
+Behind them, two Orthanc nodes share one PostgreSQL index (Debian's ``orthanc-postgresql``)
+and one storage directory, each with the integrity plugin reading the gateway's evidence
+as the read-only role of the view made for it; gateway node a forwards to Orthanc a,
+node b to Orthanc b. Every acked instance must be served ``intact`` by both Orthanc nodes'
+REST, and a tampered file refused by both.
 """
 
 from __future__ import annotations
@@ -27,15 +33,19 @@ from psycopg.rows import dict_row
 
 import dicom_fixtures
 from gateway.core.merkle import decode_proof, leaf_hash
+from gateway.index.db import Index
 from gateway.ledger import XrayLedger
 from gateway.ledger.accounts import load_or_create_account
 from gateway.ledger.anvil import Anvil
+from gateway.orthanc_plugin import plugin_section
 from gateway.procs import free_port
 from gateway.store import open_store
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env, run
 from tests.integration.modality import Modality
-from tests.integration.pacs import TestOrthanc
+from tests.integration.orthanc_nodes import OrthancNodes
+from tests.integration.pg_evidence import evidence_reader
+from tests.integration.plugin_helpers import flip_pixel_byte, integrity
 from tests.integration.postgres import PostgresCluster
 from tests.integration.s3 import MotoServer
 from tests.integration.test_outage import Sender, uids_of, wait_for
@@ -59,7 +69,7 @@ class Cluster:
     index_url: str
     anvil: Anvil
     moto: MotoServer
-    orthanc: TestOrthanc
+    orthancs: OrthancNodes
     modality: Modality
     ledger: XrayLedger
     recorders: dict[str, str]  # node -> recorder address
@@ -86,23 +96,42 @@ def cluster(
     tmp = tmp_path_factory.mktemp("nodes")
     anvil = Anvil(state_dir=tmp / "anvil", port=free_port())
     moto = MotoServer(log_dir=tmp / "moto")
-    orthanc = TestOrthanc(data_dir=tmp / "orthanc")
     modality = Modality("CT1")
     index_url = postgres.create_database()
     ups: list[Up] = []
+    orthancs: OrthancNodes | None = None
     made: Cluster | None = None
     try:
         anvil.start()
         moto.start()
-        orthanc.start()
         modality.start_scp()
-        user, password = orthanc.orthanc.credentials
+        # the gateway's tables first (its schema steps, as `up` runs them), then the view
+        # and the read-only role the plugins read the evidence as
+        Index(index_url).close()
+        reader = evidence_reader(postgres, index_url)
+        orthancs = OrthancNodes.start(
+            tmp / "orthanc",
+            orthanc_index=postgres.create_database(),
+            plugin_configs={
+                node: plugin_section(data_dir=tmp / "orthanc" / node, index_url=reader)
+                for node in ("a", "b")
+            },
+        )
+
+        def pacs(node: str) -> dict[str, str]:
+            """What a gateway node needs of its Orthanc: the URL, and the secret of the
+            plugin's stored-file route, which the gateway's own reads present."""
+            user, password = orthancs.auth(node)
+            return dict(
+                GATEWAY_ORTHANC_URL=orthancs.url(node).replace(
+                    "http://", f"http://{user}:{password}@"
+                ),
+                GATEWAY_ORTHANC_STORED_FILE_TOKEN=orthancs.nodes[node].orthanc.stored_file_token,
+            )
+
         shared = dict(
             GATEWAY_INDEX_URL=index_url,
             GATEWAY_CHAIN_URL=anvil.url,
-            GATEWAY_ORTHANC_URL=orthanc.orthanc.url.replace(
-                "http://", f"http://{user}:{password}@"
-            ),
             GATEWAY_STORE_URL=f"s3://{moto.endpoint}/{BUCKET}",
             GATEWAY_S3_ACCESS_KEY=ACCESS,
             GATEWAY_S3_SECRET_KEY=SECRET,
@@ -115,7 +144,8 @@ def cluster(
         recorder_b = load_or_create_account(var_b / "keys" / "recorder.key")
         for account in (admin, recorder_a, recorder_b):
             anvil.fund(account.address)
-        env_a = gateway_env(var_a, GATEWAY_NODE_ID="gw-a", **shared)
+        env_a = gateway_env(var_a, GATEWAY_NODE_ID="gw-a", **pacs("a"),
+                            **shared)  # fmt: skip
         deployed = run(env_a, "contract", "deploy")
         assert deployed.returncode == 0, deployed.stderr
         ups.append(Up(env_a))
@@ -126,11 +156,12 @@ def cluster(
                       "--name", "xray-gateway-b")  # fmt: skip
         assert granted.returncode == 0, granted.stderr
         copy_shared_keys(var_a / "keys", var_b / "keys")
-        env_b = gateway_env(var_b, GATEWAY_CONTRACT_ADDRESS=address, **shared)
+        env_b = gateway_env(var_b, GATEWAY_CONTRACT_ADDRESS=address,
+                            **pacs("b"), **shared)  # fmt: skip
         ups.append(Up(env_b))
         made = Cluster(
             a=ups[0], b=ups[1], env_b=env_b, index_url=index_url, anvil=anvil, moto=moto,
-            orthanc=orthanc, modality=modality, ledger=XrayLedger.at(anvil.url, address),
+            orthancs=orthancs, modality=modality, ledger=XrayLedger.at(anvil.url, address),
             recorders={"a": recorder_a.address.lower(), "b": recorder_b.address.lower()},
             tmp=tmp,
         )  # fmt: skip
@@ -143,7 +174,8 @@ def cluster(
                     assert up.stop() == 0
         finally:
             modality.stop_scp()
-            orthanc.stop()
+            if orthancs is not None:
+                orthancs.stop()
             moto.stop()
             anvil.stop()
 
@@ -202,6 +234,28 @@ def api(up: Up) -> httpx.Client:
     token = (up.data_dir / "api-token").read_text().strip()
     return httpx.Client(base_url=f"http://127.0.0.1:{up.api_port}",
                         headers={"Authorization": f"Bearer {token}"}, timeout=120)  # fmt: skip
+
+
+def orthanc_id(orthancs: OrthancNodes, node: str, uid: str) -> str:
+    """Orthanc's id of the instance with SOP Instance UID ``uid``, as ``node`` finds it."""
+    found = httpx.post(f"{orthancs.url(node)}/tools/lookup", content=uid,
+                       auth=orthancs.auth(node), timeout=60).json()  # fmt: skip
+    (instance,) = [item["ID"] for item in found if item["Type"] == "Instance"]
+    return str(instance)
+
+
+def served_intact_by_both(orthancs: OrthancNodes, uids: list[str]) -> dict[str, int]:
+    """How many of ``uids`` each Orthanc node's REST serves, its plugin saying ``intact``."""
+    served = {"a": 0, "b": 0}
+    for uid in uids:
+        for node in served:
+            instance = orthanc_id(orthancs, node, uid)  # one index: both nodes know it
+            answer = integrity(orthancs.url(node), orthancs.auth(node), "instances", instance)
+            assert answer["status"] == "intact", (node, uid, answer)
+            reply = httpx.get(f"{orthancs.url(node)}/instances/{instance}/file",
+                              auth=orthancs.auth(node), timeout=60)  # fmt: skip
+            served[node] += reply.status_code == 200
+    return served
 
 
 def test_two_nodes_one_killed_mid_stream_lose_and_duplicate_nothing(cluster: Cluster) -> None:
@@ -269,6 +323,10 @@ def test_two_nodes_one_killed_mid_stream_lose_and_duplicate_nothing(cluster: Clu
             verdict = (via_a if n % 2 else via_b).get(f"/v1/instances/{uid}/verify").json()
             assert verdict["status"] == "intact", verdict
 
+    # and through both Orthanc nodes, whichever gateway node forwarded it
+    served = served_intact_by_both(cluster.orthancs, uids_a + uids_b)
+    assert served == {"a": 2 * PER_NODE, "b": 2 * PER_NODE}
+
     # Storage Commitment asked of node a for what node b received: reported once, by a
     code, report = cluster.modality.request(
         cluster.a.dicom_port,
@@ -304,10 +362,21 @@ def test_two_nodes_one_killed_mid_stream_lose_and_duplicate_nothing(cluster: Clu
             name: sum(str(r["recorder"]).lower() == addr for m in versions.values() for r in m)
             for name, addr in cluster.recorders.items()
         },
+        "served_intact_by_orthanc": served,
         "drain_after_kill_s": round(drained_at - killed_at, 1),
         "whole_run_s": round(drained_at - started, 1),
     }
     print(f"\nnodes figures: {json.dumps(figures)}")
+
+    # a file tampered in the shared storage is refused by both Orthanc nodes
+    victim = orthanc_id(cluster.orthancs, "a", uids_a[0])
+    flip_pixel_byte(cluster.orthancs.stored_path(victim))
+    for node in ("a", "b"):
+        url, auth = cluster.orthancs.url(node), cluster.orthancs.auth(node)
+        answer = integrity(url, auth, "instances", victim)
+        assert answer["status"] == "tampered" and answer["served"] is False, (node, answer)
+        refused = httpx.get(f"{url}/instances/{victim}/file", auth=auth, timeout=60)
+        assert refused.status_code != 200, node
 
 
 def test_a_node_with_other_keys_is_refused_before_starting(cluster: Cluster) -> None:

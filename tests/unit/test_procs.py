@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import ChildFailed
-from gateway.procs import Child, _started_at
+from gateway.errors import ChildFailed, ConfigError
+from gateway.procs import Child, DirLock, _started_at
 
 PARENT = """
 import sys, time
@@ -107,3 +107,53 @@ def test_a_recycled_pid_is_left_alone(tmp_path: Path) -> None:
     finally:
         bystander.kill()
         bystander.wait(10)
+
+
+def test_a_second_up_on_one_data_dir_is_refused_before_it_touches_the_first_ones_files(
+    tmp_path: Path,
+) -> None:
+    # the first `up` holds the data dir's lock (here: this test process) and has counters
+    # in the shared metrics directory, which a second `up` used to empty on its way to
+    # being refused by the taken DICOM port
+    first = DirLock(tmp_path / "run" / "up.lock")
+    first.acquire()
+    counters = tmp_path / "run" / "metrics" / "counter_123.db"
+    counters.parent.mkdir(parents=True)
+    counters.write_bytes(b"the first up's counts")
+    env = {**os.environ, "GATEWAY_DATA_DIR": str(tmp_path)}
+    second = subprocess.run(
+        [sys.executable, "-m", "gateway", "up"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert second.returncode != 0
+    assert f"another xray-gateway up (pid {os.getpid()}) runs on the data dir" in second.stderr
+    assert counters.read_bytes() == b"the first up's counts"
+
+    # the lock dies with its holder: nothing stale is left for the next start
+    first.release()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path / "run" / "up.lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=f"pid {holder.pid}"):
+            DirLock(tmp_path / "run" / "up.lock").acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    again = DirLock(tmp_path / "run" / "up.lock")
+    again.acquire()
+    again.release()
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from gateway.procs import DirLock
+DirLock(Path(sys.argv[1])).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""

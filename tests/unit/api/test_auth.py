@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.api.auth import PERMISSIONS, Tokens, ensure_token
+from gateway.api.auth import PERMISSIONS, Principal, Tokens, ensure_token
 from gateway.errors import ConfigError
 
 
@@ -70,3 +70,23 @@ def test_an_entry_from_before_ids_has_the_legacy_id_of_its_name(tokens: Tokens) 
     principal = tokens.authenticate(token)
     assert principal is not None and principal.token_id == "name:old"
     assert tokens.id_of("old") == "name:old" and tokens.still_valid(principal)
+
+
+def test_no_token_is_named_like_an_account_address(tokens: Tokens) -> None:
+    """An account signed in with Ethereum is named by its address: a token named so would
+    read that account's grants."""
+    with pytest.raises(ConfigError):
+        tokens.issue(name="0x" + "ab" * 20, role="grantee")
+    assert tokens.issue(name="0xab", role="grantee")  # not an address: a name like any
+
+
+def test_a_grant_binds_a_tokens_id_or_a_signed_in_accounts_address() -> None:
+    address = "0x" + "AB" * 20
+    assert Principal("dr", "grantee", "tok-1").grantee_id == "tok-1"
+    assert Principal("dr", "grantee", "name:dr").grantee_id == "name:dr"
+    account = Principal(address, "grantee")
+    assert account.is_account and account.grantee_id == address.lower()
+    # a token named like an address before that was refused is still a token, by its id
+    legacy = Principal(address, "grantee", "name:" + address)
+    assert not legacy.is_account and legacy.grantee_id == "name:" + address
+    assert Principal("dr", "grantee").grantee_id == ""

@@ -129,6 +129,7 @@ def test_the_dry_run_lists_pseudonymous_keys_and_erases_nothing(site: Site) -> N
     assert STUDY not in shown and not any(uid in shown for uid in uids)
     assert plan.public()["counts"] == {
         "instances": 2, "objects": 2, "spool_copies": 0, "pacs_copies": 2, "chain_records": 2,
+        "v1_objects": 0,
     }  # fmt: skip
     assert all(site.pacs.find(uid) for uid in uids) and not site.chain.retired
     logged = erasure(site.index, plan.plan_hash)
@@ -220,3 +221,183 @@ def test_v1_objects_move_to_their_study_s_key(site: Site) -> None:
     )  # fmt: skip
     assert plain.getvalue() == b"old pixels"
     assert upgrade_to_v2(site.index, site.store, **upgrade) == 0  # type: ignore[arg-type]
+
+
+# -- images still in the pipeline; copies on every node (erasure2) ----------------------------
+
+
+@dataclass
+class Parts:
+    """What the pipeline's check reads (the pipeline passes its ``Steps``)."""
+
+    index: Index
+    store: MemoryStore
+    spool: Spool
+    sealed_dir: Path
+    pseudonym_key: bytes = PSEUDONYM
+
+
+def in_pipeline(site: Site, study: str, n: int, *, stage: str, node: str = "") -> int:
+    """A fingerprinted image of ``study`` at ``stage``, with its spool and sealed-stage
+    files on disk; returns its row id."""
+    uid = committed(site, study, n)
+    ((row_id, entry),) = site.index.query(
+        "SELECT id, entry_id FROM instances WHERE sop_instance_uid = ?", (uid,)
+    )
+    site.index.update(row_id, stage=stage, tx_hash=None)
+    with site.index.transaction() as db:  # the node whose spool holds it
+        db.execute("UPDATE instances SET received_by = ? WHERE id = ?", (node or None, row_id))
+    del site.pacs.ids[uid]
+    root = site.eraser.sealed_dir
+    (root / f"{entry}.dcm").write_bytes(b"received")
+    (root / f"{entry}.seal").write_bytes(b"sealed")
+    return int(row_id)
+
+
+def files_of(site: Site, row_id: int) -> list[str]:
+    entry = site.index.get(row_id).entry_id
+    return sorted(p.name for p in site.eraser.sealed_dir.glob(f"{entry}.*"))
+
+
+def test_a_confirmation_erases_images_still_before_the_anchor(site: Site) -> None:
+    committed(site, STUDY, 1)
+    waiting = in_pipeline(site, STUDY, 2, stage="put")
+    plan = site.eraser.plan(reason="gdpr_art17", asked_by="admin", study=STUDY)
+    assert plan.public()["counts"]["spool_copies"] == 1
+    site.eraser.confirm(plan.plan_hash, reason="gdpr_art17", confirmed_by="admin")
+    row = site.index.get(waiting)
+    assert (row.stage, row.erase_plan) == ("erased", plan.plan_hash)
+    assert files_of(site, waiting) == [] and not list(site.store.names())
+    assert len(site.chain.retired) == 1  # never anchored: nothing to retire for it
+
+
+def test_the_pipeline_s_check_erases_a_named_row_instead_of_working_it(site: Site) -> None:
+    from gateway.index.erasure import name_rows
+    from gateway.trust.erasure import erase_if_named
+
+    parts = Parts(site.index, site.store, Spool(site.eraser.sealed_dir), site.eraser.sealed_dir)
+    named = in_pipeline(site, STUDY, 1, stage="put")
+    other = in_pipeline(site, OTHER, 2, stage="seal")
+    name_rows(site.index, "ab" * 32, [named])
+    assert not erase_if_named(site.index.get(other), parts)  # not named: worked as ever
+    assert files_of(site, other) != [] and site.index.get(other).stage == "seal"
+    assert erase_if_named(site.index.get(named), parts)
+    assert site.index.get(named).stage == "erased" and files_of(site, named) == []
+    assert not site.store.exists(str(site.index.get(named).object_name))
+    # fingerprinted after its study was erased: the seal stage finds the key destroyed
+    site.eraser.study_keys.destroy([keys.study_ref(PSEUDONYM, OTHER)])
+    assert erase_if_named(site.index.get(other), parts)
+    assert site.index.get(other).stage == "erased" and files_of(site, other) == []
+
+
+def test_a_confirmation_waits_for_the_rows_a_worker_holds(site: Site) -> None:
+    from gateway.errors import ErasureInFlight
+
+    held = in_pipeline(site, STUDY, 1, stage="put")
+    site.index.claim_due("gw-b/worker-1", stages=("put",), limit=10, lease_s=600)
+    plan = site.eraser.plan(reason="gdpr_art17", asked_by="admin", study=STUDY)
+    site.eraser.settle_s = 0.3
+    with pytest.raises(ErasureInFlight):
+        site.eraser.confirm(plan.plan_hash, reason="gdpr_art17", confirmed_by="admin")
+    row = site.index.get(held)
+    assert (row.stage, row.erase_plan) == ("put", plan.plan_hash)  # named, left to its worker
+    logged = erasure(site.index, plan.plan_hash)
+    assert logged is not None and logged.state == "erasing"
+    site.index.unclaim("gw-b/worker-1", [held])  # the step ended
+    site.eraser.confirm(plan.plan_hash, reason="gdpr_art17", confirmed_by="admin")
+    assert site.index.get(held).stage == "erased"
+
+
+def test_every_node_sheds_its_copies_and_the_status_says_which(site: Site, tmp_path: Path) -> None:
+    from gateway.trust.erasure import Shedder
+
+    site.eraser.node = "gw-a"
+    on_a = in_pipeline(site, STUDY, 1, stage="committed", node="gw-a")
+    on_b = in_pipeline(site, STUDY, 2, stage="committed", node="gw-b")
+    node_b = tmp_path / "node-b"
+    (node_b / "ready").mkdir(parents=True)
+    (node_b / "sealed").mkdir()
+    entry_b = site.index.get(on_b).entry_id
+    (node_b / "ready" / f"{entry_b}.dcm").write_bytes(b"received on b")
+    (node_b / "sealed" / f"{entry_b}.seal").write_bytes(b"sealed on b")
+    (site.eraser.sealed_dir / f"{entry_b}.dcm").unlink()  # b's files are on b only
+    (site.eraser.sealed_dir / f"{entry_b}.seal").unlink()
+    plan = site.eraser.plan(reason="gdpr_art17", asked_by="admin", study=STUDY)
+    site.eraser.confirm(plan.plan_hash, reason="gdpr_art17", confirmed_by="admin")
+    assert files_of(site, on_a) == []
+    status = site.eraser.status(plan.plan_hash)
+    assert status["state"] == "done" and status["nodes_not_shed"] == ["gw-b"]
+    assert status["nodes"]["gw-a"]["shed"] and not status["nodes"]["gw-b"]["shed"]
+
+    @dataclass
+    class Ready:
+        ready: Path
+
+        def path_of(self, entry_id: str) -> Path:
+            return self.ready / f"{entry_id}.dcm"
+
+    shedder = Shedder(site.index, Ready(node_b / "ready"), node_b / "sealed", node="gw-b")
+    assert shedder.sweep() == 2
+    assert not list((node_b / "ready").iterdir()) and not list((node_b / "sealed").iterdir())
+    status = site.eraser.status(plan.plan_hash)
+    assert status["nodes_not_shed"] == [] and status["nodes"]["gw-b"]["files"] == 2
+    # a copy of an erased row left behind anyway (a crash mid-delete) goes at the next sweep
+    (node_b / "sealed" / f"{entry_b}.seal").write_bytes(b"left behind")
+    assert shedder.sweep() == 1
+
+
+# -- old seals (erasure2) --------------------------------------------------------------------
+
+
+def test_a_kept_v1_copy_opens_with_no_key_once_the_old_keks_are_retired(tmp_path: Path) -> None:
+    from gateway.core.keys import init_keys, load_keyring
+    from gateway.core.seal import STUDY_KEY_VERSION, open_sealed, read_seal_header
+    from gateway.errors import SealError
+    from gateway.store.fs import FilesystemStore
+    from gateway.trust.erasure import retire_old_keks
+
+    keys_dir = tmp_path / "keys"
+    init_keys(keys_dir)
+    old_ring = load_keyring(keys_dir)
+    index = Index(tmp_path / "index.sqlite")
+    store = FilesystemStore(tmp_path / "objects")
+    try:
+        site = Site(index, store, Orthanc(), Chain(), Eraser(  # type: ignore[arg-type]
+            index=index, store=store, pacs=Orthanc(), ledger=Chain(),
+            study_keys=StudyKeys(index, old_ring), pseudonym_key=PSEUDONYM,
+            spool=Spool(tmp_path), sealed_dir=tmp_path,
+        ), [])  # fmt: skip
+        uid = committed(site, STUDY, 1)
+        ((name,),) = index.query("SELECT object_name FROM instances WHERE sop_instance_uid = ?",
+                                 (uid,))  # fmt: skip
+        record_key, digest = (bytes.fromhex(part) for part in name.split("/"))
+        old = io.BytesIO()  # the old seal path: v1, the data key wrapped under the KEK
+        seal(io.BytesIO(b"pixels"), old, record_key=record_key, digest=digest,
+             kek=old_ring.current)  # fmt: skip
+        kept = old.getvalue()  # someone keeps a copy of the v1 object
+        store.put(name, io.BytesIO(kept), length=len(kept), replace=True)
+        committed(site, OTHER, 2)  # another study, v2 already
+        plan = site.eraser.plan(reason="gdpr_art17", asked_by="admin", study=STUDY)
+        assert plan.public()["counts"]["v1_objects"] == 1
+        assert "keys rotate --retire-old" in str(plan.public()["remedy"])
+        opened = dict(record_key=record_key, digest=digest)
+        open_sealed(io.BytesIO(kept), io.BytesIO(), keyring=old_ring, **opened)  # opens today
+
+        done = retire_old_keks(index, store, keys_dir=keys_dir, pseudonym_key=PSEUDONYM)
+        assert done.moved_to_v2 == 1 and done.destroyed == (old_ring.current.kek_id,)
+        assert done.study_keys_rewrapped == 2
+        new_ring = load_keyring(keys_dir)
+        assert list(new_ring.ids) == [done.current_kek]
+        with pytest.raises(SealError):  # the kept v1 copy: its KEK is gone
+            open_sealed(io.BytesIO(kept), io.BytesIO(), keyring=new_ring, **opened)
+        # the stored object is v2 now and opens through its study key under the new KEK
+        with store.open(name) as stream:
+            moved = stream.read()
+        assert read_seal_header(io.BytesIO(moved)).version == STUDY_KEY_VERSION
+        plain = io.BytesIO()
+        open_sealed(io.BytesIO(moved), plain, keyring=new_ring,
+                    study_keys=StudyKeys(index, new_ring), **opened)  # fmt: skip
+        assert plain.getvalue() == b"pixels"
+        assert not (keys_dir / "kek" / f"{old_ring.current.kek_id}.key").exists()
+    finally:
+        index.close()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.core.access import grantee_key, who_key
+from gateway.core.access import grantee_key, study_key, who_key
 from gateway.errors import AccessDenied, GrantNotStanding, UnknownGrant
 from gateway.index import grants as rows
 from gateway.index.db import Index
@@ -41,8 +41,10 @@ def _grant(
     revoked: bool = False, grantee: str = "dr", grantee_id: str | None = DR,
 ) -> GrantRow:  # fmt: skip
     return GrantRow(
-        id=grant_id, grantee=grantee, grantee_kind="token", grantee_key=b"g" * 32,
-        patient_key=PATIENT, study_instance_uid=study, study_key=None, expires_at=expires,
+        id=grant_id, grantee=grantee, grantee_kind="token",
+        grantee_key=grantee_key(KEY, grantee_id or "name:" + grantee),  # as the grant binds it
+        patient_key=PATIENT, study_instance_uid=study,
+        study_key=study_key(KEY, study) if study else None, expires_at=expires,
         granted_at=NOW - 60, granted_by="admin", tx_hash="0x1", block_number=1,
         revoked_at=NOW - 1 if revoked else None, revoked_by="admin" if revoked else None,
         revoke_tx="0x2" if revoked else None, grantee_id=grantee_id or "",
@@ -161,3 +163,11 @@ def test_a_grant_is_carried_on_only_while_it_stands_and_only_to_its_patients_stu
     assert [(g.id, g.state(NOW)) for g in grants.listed()] == [
         (1, "revoked"), (2, "expired"), (3, "active"), (4, "active"),
     ]  # fmt: skip
+
+
+def test_the_zero_address_is_no_grantee(index: Index) -> None:
+    """The contract refuses it (XrayZeroValue): the grant is refused before any send."""
+    with pytest.raises(ValueError, match="zero address"):
+        _grants(index).grant(
+            to="0x" + "0" * 40, until=NOW + 60, by="admin", study_instance_uid="1.2.1"
+        )

@@ -175,6 +175,27 @@ def test_the_audit_finds_a_deleted_an_edited_and_a_vanished_batch(
     ]  # fmt: skip
 
 
+def test_an_erased_study_s_entries_lose_their_uids_and_their_batches_still_check(
+    index: Index, tmp_path: Path
+) -> None:
+    from gateway.index.erasure import forget_trail_uids
+
+    trail, ledger = _anchored_trail(index, tmp_path)  # 12 reads of study 1.2.3, anchored
+    before = {e.entry.id: e.leaf.hash() for e in trail.entries(study="1.2.3")}
+    changed = forget_trail_uids(index, pseudonym_key=KEY, studies=["1.2.3"], sop_uids=[])
+    assert changed == 12
+    assert index.query(
+        "SELECT COUNT(*) FROM access_log WHERE study_instance_uid IS NOT NULL"
+        " OR sop_instance_uid IS NOT NULL"
+    ) == [(0,)]
+    assert check_trail(trail, ledger) == (3, [])  # every root rebuilds: no trail_tampered
+    after = trail.entries(study="1.2.3")  # still found by the study's key, UIDs gone
+    assert {e.entry.id: e.leaf.hash() for e in after} == before
+    assert all(proof_holds(entry, ledger) for entry in after)
+    assert {e.entry.study_instance_uid for e in after} == {None}
+    assert {e.entry.who for e in after} == {"alice", "bob"}  # the readers stay
+
+
 def test_an_access_leaf_binds_every_field_and_never_equals_an_image_leaf() -> None:
     base = AccessLeaf(
         entry_id=7, at_ms=1_700_000_000_000, record_key=instance_key(KEY, "1.2"),
