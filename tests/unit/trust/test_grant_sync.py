@@ -186,6 +186,24 @@ def test_a_grant_the_gateway_wrote_keeps_its_names_whichever_came_first(index: I
     assert _sync(chain, index).sync() is None and rows.get(index, grant_id) == written
 
 
+def test_importing_a_grant_the_gateway_wrote_first_changes_nothing(index: Index) -> None:
+    """The anchoring worker writes the row once the grant is mined; the sync reading the
+    same event afterwards keeps the gateway's names, grantee id and replaced grant."""
+    chain = Chain()
+    grant_id = chain.grant(grantee_key(KEY, DR), study=study_key(KEY, "1.2.1"))
+    written = GrantRow(
+        id=grant_id, grantee="dr", grantee_kind="token", grantee_key=grantee_key(KEY, DR),
+        patient_key=PATIENT, study_instance_uid="1.2.1", study_key=study_key(KEY, "1.2.1"),
+        expires_at=NOW + 3600, granted_at=NOW - 99, granted_by="admin",
+        tx_hash=chain.blocks[0][0].tx_hash, block_number=1, revoked_at=None, revoked_by=None,
+        revoke_tx=None, grantee_id=DR, replaces=7,
+    )  # fmt: skip
+    rows.add(index, written)
+    done = _sync(chain, index).sync()
+    assert done is not None and done.granted == 0
+    assert rows.get(index, grant_id) == written
+
+
 def test_a_grant_on_a_study_the_index_does_not_know_applies_once_it_arrives(index: Index) -> None:
     chain = Chain()
     grant_id = chain.grant(_account(OUTSIDER), study=study_key(KEY, "1.2.9"))
