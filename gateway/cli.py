@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -12,12 +13,12 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from gateway import __version__
 from gateway.config import Settings, get_settings
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ChainRequestPending, ConfigError, GatewayError
 from gateway.ingest import peerlog
 from gateway.ledger.types import UserType
 
@@ -419,17 +420,18 @@ def _cmd_erase(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     index = Index(settings.index_location)
     try:
-        ledger = open_ledger(settings, recorder_account(settings))
-        eraser = build_eraser(settings, ledger=ledger, index=index)
-        if args.status:
-            _print_json(eraser.status(args.status))
-            return 0
-        if args.confirm:
-            done = eraser.confirm(args.confirm, reason=args.reason, confirmed_by=who)
-            _print_json({"erased": True, **done.public()})
-            return 0
-        patient = (args.issuer, args.patient) if args.patient is not None else None
-        plan = eraser.plan(reason=args.reason, asked_by=who, study=args.study, patient=patient)
+        reader = open_ledger(settings, recorder_account(settings))  # reads: the queue sends
+        with _chain_queue(settings, index, reader=reader) as chained:
+            eraser = build_eraser(settings, ledger=chained, index=index)
+            if args.status:
+                _print_json(eraser.status(args.status))
+                return 0
+            if args.confirm:
+                done = eraser.confirm(args.confirm, reason=args.reason, confirmed_by=who)
+                _print_json({"erased": True, **done.public()})
+                return 0
+            patient = (args.issuer, args.patient) if args.patient is not None else None
+            plan = eraser.plan(reason=args.reason, asked_by=who, study=args.study, patient=patient)
         _print_json({"dry_run": True, **plan.public()})
         print(
             f"nothing erased yet: confirm with `xray-gateway erase --confirm {plan.plan_hash} "
@@ -484,19 +486,36 @@ def _cmd_token_revoke(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _grants(settings: Settings, *, write: bool) -> Any:
-    """The grants over the local index; ``write``: sending as the gateway's recorder."""
+@contextlib.contextmanager
+def _chain_queue(settings: Settings, index: Any, *, reader: Any = None) -> Iterator[Any]:
+    """The chain-request queue of this node: the CLI's chain writes are sent by the node's
+    anchoring worker (``up`` or ``xray-gateway worker``), rung through the workers' bell."""
+    from gateway.stack import chain_queue, worker_doorbell
+
+    doorbell = worker_doorbell(settings)
+    try:
+        yield chain_queue(settings, index, ring=doorbell.ring, reader=reader)
+    finally:
+        doorbell.close()
+
+
+@contextlib.contextmanager
+def _grants(settings: Settings, *, write: bool) -> Iterator[Any]:
+    """The grants over the local index; ``write``: through the chain-request queue."""
     from gateway.core.keys import load_pseudonym_key
     from gateway.index.db import Index
-    from gateway.ledger.bootstrap import open_ledger, recorder_account
     from gateway.trust.grants import Grants
 
-    ledger = open_ledger(settings, recorder_account(settings)) if write else None
-    return Grants(
-        index=Index(settings.index_location, readonly=not write),
-        ledger=ledger,
-        pseudonym_key=load_pseudonym_key(settings.keys_dir),
-    )
+    index = Index(settings.index_location, readonly=not write)
+    try:
+        with contextlib.ExitStack() as stack:
+            queue = stack.enter_context(_chain_queue(settings, index)) if write else None
+            yield Grants(
+                index=index, ledger=None, queue=queue,
+                pseudonym_key=load_pseudonym_key(settings.keys_dir),
+            )  # fmt: skip
+    finally:
+        index.close()
 
 
 def _grant_json(grant: Any) -> dict[str, Any]:
@@ -505,45 +524,72 @@ def _grant_json(grant: Any) -> dict[str, Any]:
     return GrantOut.of(grant, now=time.time()).model_dump(mode="json")
 
 
-def _cmd_grant(settings: Settings, args: argparse.Namespace) -> int:
+def _until(text: str | None) -> float | None:
+    """``--until`` as epoch seconds (it needs a time zone)."""
     from datetime import datetime
 
-    from gateway.core.access import is_account
-
-    until = datetime.fromisoformat(args.until)
+    if text is None:
+        return None
+    until = datetime.fromisoformat(text)
     if until.tzinfo is None:
         raise ConfigError("--until needs a time zone, e.g. 2026-12-31T18:00:00Z")
-    grants = _grants(settings, write=True)
+    return until.timestamp()
+
+
+def _cmd_grant_extend(settings: Settings, args: argparse.Namespace) -> int:
+    if args.patient is not None or args.to is not None:
+        raise ConfigError("--extend carries a grant on: give --until and/or --study only")
+    with _grants(settings, write=True) as grants:
+        try:
+            grant = grants.replace(
+                args.extend, by="cli", until=_until(args.until), study_instance_uid=args.study
+            )
+        except ValueError as invalid:
+            raise ConfigError(str(invalid)) from None
+    _print_json(_grant_json(grant))
+    return 0
+
+
+def _cmd_grant(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.core.access import is_account
+
+    if args.extend is not None:
+        return _cmd_grant_extend(settings, args)
+    if args.to is None or args.until is None or (args.study is None) == (args.patient is None):
+        raise ConfigError("a grant needs --to, --until and one of --study and --patient")
+    until = _until(args.until)
+    assert until is not None
+    tokens, issued = _tokens(settings), None
+    if not is_account(args.to) and tokens.id_of(args.to) is None:
+        issued = tokens.issue(name=args.to, role="grantee")  # the grant binds to its id
     try:
-        grant = grants.grant(
-            to=args.to, until=until.timestamp(), by="cli", study_instance_uid=args.study,
-            patient_id=args.patient, issuer=args.issuer,
-        )  # fmt: skip
-    except ValueError as invalid:
-        raise ConfigError(str(invalid)) from None
-    finally:
-        grants.index.close()
+        with _grants(settings, write=True) as grants:
+            grant = grants.grant(
+                to=args.to, until=until, by="cli", study_instance_uid=args.study,
+                patient_id=args.patient, issuer=args.issuer, token_id=tokens.id_of(args.to),
+            )  # fmt: skip
+    except BaseException as failed:
+        if issued is not None and not isinstance(failed, ChainRequestPending):
+            tokens.revoke(args.to)  # no grant: the token issued for it goes too
+        if isinstance(failed, ValueError):
+            raise ConfigError(str(failed)) from None
+        raise
     answer = _grant_json(grant)
-    tokens = _tokens(settings)
-    if not is_account(args.to) and args.to not in {name for name, _ in tokens.list()}:
-        answer["token"] = tokens.issue(name=args.to, role="grantee")
+    if issued is not None:
+        answer["token"] = issued
         print(f"(the token is shown once: {args.to} has the grantee role)", file=sys.stderr)
     _print_json(answer)
     return 0
 
 
 def _cmd_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    grants = _grants(settings, write=True)
-    try:
+    with _grants(settings, write=True) as grants:
         _print_json(_grant_json(grants.revoke(args.grant_id, by="cli")))
-    finally:
-        grants.index.close()
     return 0
 
 
 def _cmd_grants_list(settings: Settings, args: argparse.Namespace) -> int:
-    grants = _grants(settings, write=False)
-    try:
+    with _grants(settings, write=False) as grants:
         patient = grants.patient_key(args.patient, args.issuer) if args.patient else None
         found, after = [], 0
         while page := grants.listed(
@@ -552,8 +598,6 @@ def _cmd_grants_list(settings: Settings, args: argparse.Namespace) -> int:
         ):  # fmt: skip
             found += page
             after = page[-1].id
-    finally:
-        grants.index.close()
     _print_json([_grant_json(grant) for grant in found])
     return 0
 
@@ -1119,15 +1163,23 @@ def build_parser() -> argparse.ArgumentParser:
     grant = sub.add_parser(
         "grant", help="grant read access to a study or a patient's studies until an expiry"
     )
-    subject = grant.add_mutually_exclusive_group(required=True)
-    subject.add_argument("--study", metavar="UID", help="one study (Study Instance UID)")
+    subject = grant.add_mutually_exclusive_group()
+    subject.add_argument(
+        "--study", metavar="UID",
+        help="one study (Study Instance UID); with --extend: narrow a patient grant to it",
+    )  # fmt: skip
     subject.add_argument("--patient", metavar="ID", help="every study of this PatientID")
     grant.add_argument("--issuer", default="", help="IssuerOfPatientID (with --patient)")
     grant.add_argument(
-        "--to", required=True, metavar="NAME|ADDRESS",
+        "--to", metavar="NAME|ADDRESS",
         help="a named grantee (a grantee token is issued if it has none) or an account 0x…",
     )  # fmt: skip
-    grant.add_argument("--until", required=True, metavar="ISO8601", help="the expiry")
+    grant.add_argument("--until", metavar="ISO8601", help="the expiry")
+    grant.add_argument(
+        "--extend", type=int, metavar="GRANT_ID",
+        help="carry a standing grant on under --until and/or narrowed to --study: a new "
+        "grant, then the old one revoked",
+    )  # fmt: skip
     grant.set_defaults(handler=_cmd_grant)
     revoke_grant = sub.add_parser("revoke", help="revoke a grant now (on chain)")
     revoke_grant.add_argument("grant_id", type=int, metavar="GRANT_ID")

@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     # trail_batch_max entries, or once the oldest unbatched entry has waited trail_window_s.
     trail_batch_max: int = Field(default=1024, ge=1, le=100_000)
     trail_window_s: float = Field(default=10.0, ge=0, le=86_400)
+    # Chain writes of the API and the CLI (grants, revocations, erasure's retirements) are
+    # queued for the node's anchoring worker, the recorder's one sender; a caller waits this
+    # long for the outcome, then gets 503 chain-request-pending (it stays queued).
+    chain_request_wait_s: float = Field(default=30.0, gt=0, le=3600)
     # Worker processes `up` starts for the pipeline (each with its own GIL; 0: none, run
     # `xray-gateway worker` yourself). Claims on rows last GATEWAY_WORKER_LEASE_S, renewed
     # while the worker lives; a dead worker's rows return to the queue when it runs out.

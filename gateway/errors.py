@@ -39,6 +39,9 @@ permanent, retried a few times and then parked.
     │   │   └── ContractCodeMismatch  code there, but not contracts/out/Xray.json's
     │   ├── TransactionFailed       mined with status 0, never mined, or refused by the node
     │   │   └── TransactionPending * sent, still not mined after every re-send: retry later
+    │   ├── ChainRequestFailed      a queued chain write was refused; ``.error_type`` (grants2)
+    │   ├── ChainRequestPending   * a queued chain write is not settled within the wait;
+    │   │                           ``.request_id`` (-> 503; grants2 part)
     │   └── ContractRevert          the contract refused the call; ``.name`` is its custom error
     │       ├── AccessControlUnauthorizedAccount
     │       ├── XrayNotRecorder, XrayNotOwner, XrayNotPermissionManager, XrayNotOwnDoctor
@@ -63,6 +66,9 @@ permanent, retried a few times and then parked.
     ├── AccessDenied                a grantee reads what no standing grant covers (-> 403);
     │   │                           ``.reason``: ``not-granted``, ``grant-expired``, ``grant-revoked``
     ├── UnknownGrant                no grant with that id in the index (-> 404)
+    ├── GrantNotStanding            extend/narrow a grant that is revoked or expired (-> 409);
+    │                               ``.state`` (grants2 part)
+    ├── DicomdirMismatch            a study zip's DICOMDIR would name other paths than its files
     ├── SignInRefused               a Sign-In with Ethereum message is refused (-> 401, 422 if
     │                               malformed); ``.reason``: ``siwe-malformed``,
     │                               ``siwe-signature``, ``siwe-nonce``, ``siwe-expired``,
@@ -256,6 +262,30 @@ class LedgerError(GatewayError):
 
 class ChainUnavailable(LedgerError, Unavailable):
     """The chain's JSON-RPC endpoint cannot be reached."""
+
+
+class ChainRequestFailed(LedgerError):
+    """A chain write queued for the anchoring worker was refused (by the contract, the node,
+    or its worker stopped while sending it).
+
+    Attributes
+    ----------
+    error_type:
+        The name of the error the worker met (``XrayGrantRevoked``, ``Interrupted``, ...).
+    """
+
+    def __init__(self, message: str, *, error_type: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+class ChainRequestPending(LedgerError, Unavailable):
+    """A chain write queued for the anchoring worker is not settled within the wait: it
+    stays queued (or in flight) and its outcome is kept in the index under ``.request_id``."""
+
+    def __init__(self, message: str, *, request_id: int) -> None:
+        super().__init__(message)
+        self.request_id = request_id
 
 
 class ContractNotDeployed(LedgerError):
@@ -543,6 +573,25 @@ class AccessDenied(GatewayError):
 
 class UnknownGrant(GatewayError):
     """The index holds no grant with that id."""
+
+
+class GrantNotStanding(GatewayError):
+    """A grant to extend or narrow is revoked or expired: there is nothing to carry on.
+
+    Attributes
+    ----------
+    state:
+        ``revoked`` or ``expired``.
+    """
+
+    def __init__(self, message: str, *, state: str) -> None:
+        super().__init__(message)
+        self.state = state
+
+
+class DicomdirMismatch(GatewayError):
+    """pydicom wrote a DICOMDIR whose File IDs are not the paths the zip's files were
+    streamed under: the zip is cut short rather than sent with a directory that lies."""
 
 
 class SignInRefused(GatewayError):

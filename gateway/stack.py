@@ -45,6 +45,7 @@ from gateway.index.erasure import StudyKeys
 from gateway.index.evidence_view import prepare_evidence_reader
 from gateway.index.keycheck import check_shared_keys
 from gateway.ingest.anchor import BatchAnchorer, SingleAnchorer
+from gateway.ingest.chain_requests import ChainRequestLoop, QueuedChain
 from gateway.ingest.commitment import CommitmentLog, CommitmentSCP
 from gateway.ingest.forward import PacsForwarder
 from gateway.ingest.listener import ListenerLimits
@@ -89,7 +90,7 @@ from gateway.redact import redact_url
 from gateway.store import ObjectStore, open_store
 from gateway.trust.alerts import Alerts
 from gateway.trust.audit import Audits, PendingWatch, overdue
-from gateway.trust.erasure import Eraser, Shedder
+from gateway.trust.erasure import Eraser, Retirements, Shedder
 from gateway.trust.grant_sync import GrantSync, GrantSyncLoop
 from gateway.trust.grants import Grants
 from gateway.trust.receipts import Receipts
@@ -166,8 +167,9 @@ def build_verifier(
     )
 
 
-def build_eraser(settings: Settings, *, ledger: XrayLedger, index: Index) -> Eraser:
-    """Erasure over this node's parts; ``ledger`` writes as the records' owner (the recorder)."""
+def build_eraser(settings: Settings, *, ledger: Retirements, index: Index) -> Eraser:
+    """Erasure over this node's parts; ``ledger`` writes as the records' owner (the recorder):
+    the chain-request queue its anchoring worker sends from (:func:`chain_queue`)."""
     keyring = load_keyring(settings.keys_dir)
     pseudonym_key = load_pseudonym_key(settings.keys_dir)
     trail = Trail(index, pseudonym_key=pseudonym_key)
@@ -180,6 +182,27 @@ def build_eraser(settings: Settings, *, ledger: XrayLedger, index: Index) -> Era
         study_keys=StudyKeys(index, keyring), pseudonym_key=pseudonym_key,
         spool=Spool(settings.data_dir / "spool", reserve_bytes=settings.spool_reserve_mb << 20),
         sealed_dir=settings.data_dir / "sealed", trail=record, node=settings.node,
+    )  # fmt: skip
+
+
+def chain_queue(
+    settings: Settings, index: Index, *, ring: Callable[[], None], reader: XrayLedger | None
+) -> QueuedChain:
+    """The API's and the CLI's chain writes, queued for this node's anchoring worker."""
+    return QueuedChain(
+        index=index, node=settings.node, ring=ring, reader=reader,
+        wait_s=settings.chain_request_wait_s,
+    )  # fmt: skip
+
+
+def chain_request_loop(
+    settings: Settings, index: Index, *, ledger: XrayLedger, worker: str
+) -> ChainRequestLoop:
+    """The anchoring process's sender of the queued chain writes, with its own ``ledger``."""
+    grants = Grants(index=index, ledger=ledger, pseudonym_key=load_pseudonym_key(settings.keys_dir))
+    return ChainRequestLoop(
+        index=index, ledger=ledger, grants=grants, node=settings.node,
+        worker=worker_id(settings.node, f"{worker}/chain"),
     )  # fmt: skip
 
 
@@ -410,6 +433,14 @@ class WorkerNode:
         self.pipeline: Pipeline | None = None
         self.bell: Bell | NotifyBell | None = None
         self.trail_loop: TrailLoop | None = None
+        self.chain_loop: ChainRequestLoop | None = None
+
+    def _woken(self) -> None:
+        """A ring: new rows for the pipeline, or a queued chain write for the sender."""
+        if self.pipeline is not None:
+            self.pipeline.wake()
+        if self.chain_loop is not None:
+            self.chain_loop.wake()
 
     def start(self) -> None:
         s = self.settings
@@ -425,13 +456,18 @@ class WorkerNode:
                 poll_s=self.POLL_S,
             )  # fmt: skip
             self.pipeline.start()
+            if self.anchors:  # the recorder's one sender: the API's and CLI's writes too
+                self.chain_loop = chain_request_loop(
+                    s, self.index, ledger=ledger, worker=self.worker
+                )
+                self.chain_loop.start()
             if s.index_url is not None:  # LISTEN: woken by a listener on any machine
                 self.bell = NotifyBell(
-                    s.index_url.get_secret_value(), self.pipeline.wake,
+                    s.index_url.get_secret_value(), self._woken,
                     ready=ready_path(run_dir(s), self.worker, notify=True),
                 )  # fmt: skip
             else:
-                self.bell = Bell(run_dir(s), self.worker, self.pipeline.wake)
+                self.bell = Bell(run_dir(s), self.worker, self._woken)
             self.pipeline.pause = self.bell.yield_to_acks  # acks first, across processes
             if self.anchors:  # the recorder's one sender: trail batches go out from here too
                 self.trail_loop = trail_loop(
@@ -447,6 +483,8 @@ class WorkerNode:
             self.trail_loop.stop()
         if self.bell is not None:
             self.bell.close()
+        if self.chain_loop is not None:
+            self.chain_loop.stop()
         if self.pipeline is not None:
             self.pipeline.stop()
         if self.alerts is not None:
@@ -547,6 +585,7 @@ class Stack:
         self.doorbell: Doorbell | None = None
         self.notifier: Notifier | None = None
         self.trail_loop: TrailLoop | None = None
+        self.chain_loop: ChainRequestLoop | None = None  # with the pipeline in this process
 
     @property
     def store_url(self) -> str:
@@ -616,6 +655,8 @@ class Stack:
                 )  # fmt: skip
                 self.pipeline.start()
                 on_stored = self.pipeline.wake
+                self.chain_loop = chain_request_loop(s, self.index, ledger=self.ledger, worker="up")
+                self.chain_loop.start()
             else:
                 doorbell = self.doorbell = worker_doorbell(s)
                 on_stored = lambda _row: doorbell.ring()  # noqa: E731
@@ -806,6 +847,7 @@ class Stack:
         # Off-hours, once a day: the studies past retention, listed for an admin (no erasing).
         self.retention = RetentionJob(index, periods=s.retention, window=s.retention_window)
         self.retention.start()
+        chained = chain_queue(s, index, ring=self._ring_the_sender, reader=ledger)
         tokens = Tokens(
             admin_token_file=self.token_path, issued_file=s.keys_dir / "api-tokens.json"
         )
@@ -813,7 +855,7 @@ class Stack:
         self.grant_sync = GrantSyncLoop(
             GrantSync(
                 chain=ledger, index=index, pseudonym_key=pseudonym_key,
-                token_names=lambda: [name for name, _ in tokens.list()],
+                token_ids=tokens.ids,
                 confirmations=s.grant_sync_confirmations, reorg_depth=s.grant_sync_reorg_depth,
             ),
             interval=s.grant_sync_s,
@@ -828,9 +870,10 @@ class Stack:
             limits=api_limits(s),
             receipts=Receipts(verifier=verifier, chain=ledger, log=batch_log(s, ledger, index)),
             trail=Trail(index, pseudonym_key=pseudonym_key),
-            # the API's grants are written with the recorder's key (`self.ledger`)
-            grants=Grants(index=index, ledger=ledger, pseudonym_key=pseudonym_key),
-            eraser=build_eraser(s, ledger=ledger, index=index),
+            # the API's grants and erasure's retirements are queued for the anchoring
+            # process, the recorder's one sender (`ingest/chain_requests.py`)
+            grants=Grants(index=index, ledger=None, pseudonym_key=pseudonym_key, queue=chained),
+            eraser=build_eraser(s, ledger=chained, index=index),
             signin=sign_in(s, index=index, chain_id=ledger.chain_id()),
         )
         health = Health(
@@ -870,6 +913,14 @@ class Stack:
         while not self._api.started and self._api_thread.is_alive():
             threading.Event().wait(0.05)
 
+    def _ring_the_sender(self) -> None:
+        """Wake the process that sends the recorder's transactions: this one's loop, or the
+        workers (the anchoring one serves the queue)."""
+        if self.chain_loop is not None:
+            self.chain_loop.wake()
+        elif self.doorbell is not None:
+            self.doorbell.ring()
+
     def _console(self, services: Services) -> Console:
         """The web console: sessions signed with the data dir's key, the index, the viewer."""
         s = self.settings
@@ -893,6 +944,8 @@ class Stack:
             self.receiver.stop()
         if self.trail_loop is not None:
             self.trail_loop.stop()
+        if self.chain_loop is not None:
+            self.chain_loop.stop()
         if self.pending_watch is not None:
             self.pending_watch.stop()
         if self.retention is not None:

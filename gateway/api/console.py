@@ -346,7 +346,7 @@ def overview(request: Request) -> Response:
     services, index, now = _services(request), _console(request).index, time.time()
     if not session.principal.may("verify") and session.principal.may("granted"):
         grants = services.grants if services is not None else None
-        studies = grants.studies(session.principal.name) if grants is not None else []
+        studies = grants.studies(session.principal.grantee_id) if grants is not None else []
         return _page(request, "granted.html", session, studies=studies)
     stages = index.stage_counts() if index is not None else {}
     alerts_24h = None

@@ -12,7 +12,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from gateway.api.auth import Permission, Principal, Tokens
 from gateway.api.limits import Limits, retry_after
 from gateway.api.problems import FORBIDDEN, NOT_READY, RATE_LIMITED, UNAUTHORIZED, Problem
-from gateway.core.access import is_account
 from gateway.errors import AccessDenied
 from gateway.trust.alerts import Alerts
 from gateway.trust.audit import Audits
@@ -57,7 +56,7 @@ class Services:
     def still_valid(self, principal: Principal) -> bool:
         """Whether a console session's principal still holds its token or its signed-in
         account session (a revoked token or an ended account session ends the login)."""
-        if is_account(principal.name):
+        if principal.is_account:
             return self.signin is not None and self.signin.signed_in(principal.name)
         return self.tokens.still_valid(principal)
 
@@ -69,7 +68,7 @@ class Services:
         the address of an account signed in with Ethereum (kind ``account``)."""
         if self.trail is not None:
             self.trail.record(
-                who=who.name, who_kind="account" if is_account(who.name) else "token",
+                who=who.name, who_kind="account" if who.is_account else "token",
                 route=route, verdict=verdict, served=served,
                 sop_instance_uid=sop_instance_uid, study_instance_uid=study_instance_uid,
             )  # fmt: skip
@@ -88,7 +87,7 @@ class Services:
         try:
             if not who.may("granted") or self.grants is None:
                 raise AccessDenied("this token reads no studies", reason="not-granted")
-            self.grants.check(who.name, study_instance_uid)
+            self.grants.check(who.grantee_id, study_instance_uid)
         except AccessDenied as denied:
             self.read_by(
                 who, route=route, verdict=denied.reason, served=False,

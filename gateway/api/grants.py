@@ -1,7 +1,8 @@
 """Grants of read access (admin): make one, revoke one, list them; a grantee's studies.
 
 ``POST /v1/grants`` writes the grant to the chain with the gateway's recorder key and keeps
-it in the index; ``DELETE /v1/grants/{id}`` revokes it on the chain, then in the index;
+it in the index; ``PATCH /v1/grants/{id}`` extends or narrows it (a new grant, then the old
+one revoked); ``DELETE /v1/grants/{id}`` revokes it on the chain, then in the index;
 ``GET /v1/grants`` lists them by patient key, study or grantee (keyset pages by grant id).
 A patient is named in a body only, never in a URL (the list takes the patient *key*,
 ``POST /v1/patients/key``).
@@ -52,12 +53,32 @@ class NewGrant(BaseModel):
         return self
 
 
+class GrantChange(BaseModel):
+    """A standing grant carried on: a new expiry, narrowed to one study of its patient, or both."""
+
+    until: AwareDatetime | None = Field(None, description="the new expiry (later or earlier)")
+    study_instance_uid: str | None = Field(
+        None, pattern=UID_PATTERN, max_length=64,
+        description="narrow a patient grant to this one of the patient's studies",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def something(self) -> GrantChange:
+        if self.until is None and self.study_instance_uid is None:
+            raise ValueError("give until, study_instance_uid or both")
+        return self
+
+
 class GrantOut(BaseModel):
     """A grant as the index keeps it, with its state now and where it is on the chain."""
 
     id: int = Field(description="the contract's grant id")
     grantee: str
     grantee_kind: Literal["token", "account"]
+    grantee_id: str = Field(
+        description="what the grant binds: the id of the token issued to the grantee when it "
+        "was made (a token issued again under the name is another grantee), or the address"
+    )
     grantee_key: str = Field(description="the grantee as the chain names it (hex)")
     patient_key: str
     study_instance_uid: str | None = Field(description="null: every study of the patient")
@@ -71,19 +92,23 @@ class GrantOut(BaseModel):
     revoked_at: datetime | None
     revoked_by: str | None
     revoke_tx: str | None
+    replaces: int | None = Field(
+        None, description="the grant this one replaced (extended or narrowed), now revoked"
+    )
 
     @classmethod
     def of(cls, row: GrantRow, *, now: float) -> GrantOut:
         return cls(
             id=row.id, grantee=row.grantee, grantee_kind=row.grantee_kind,  # type: ignore[arg-type]
-            grantee_key=row.grantee_key.hex(), patient_key=row.patient_key.hex(),
+            grantee_id=row.grantee_id, grantee_key=row.grantee_key.hex(),
+            patient_key=row.patient_key.hex(),
             study_instance_uid=row.study_instance_uid,
             study_key=row.study_key.hex() if row.study_key else None,
             expires_at=_utc(row.expires_at), granted_at=_utc(row.granted_at),
             granted_by=row.granted_by, tx_hash=row.tx_hash, block_number=row.block_number,
             state=row.state(now),  # type: ignore[arg-type]
             revoked_at=_utc(row.revoked_at) if row.revoked_at is not None else None,
-            revoked_by=row.revoked_by, revoke_tx=row.revoke_tx,
+            revoked_by=row.revoked_by, revoke_tx=row.revoke_tx, replaces=row.replaces,
         )  # fmt: skip
 
 
@@ -100,13 +125,42 @@ def _grants(services: ServicesDep) -> Grants:
 # 400: a body that is not JSON at all (FastAPI answers it before the route runs)
 @router.post("", response_model=GrantOut, status_code=201, responses=problem_responses(400, 404))
 def make_grant(body: NewGrant, services: ServicesDep, who: Granting) -> GrantOut:
-    """Grant read access (admin); it is on the chain (``AccessGranted``) when this answers."""
+    """Grant read access (admin); it is on the chain (``AccessGranted``) when this answers.
+
+    A token holder's grant binds to the token issued to that name now (422 if there is
+    none): a token issued again under the name later does not inherit it."""
     grants = _grants(services)
     try:
         row = grants.grant(
             to=body.to, until=body.until.timestamp(), by=who.name,
             study_instance_uid=body.study_instance_uid, patient_id=body.patient_id,
-            issuer=body.issuer,
+            issuer=body.issuer, token_id=services.tokens.id_of(body.to),
+        )  # fmt: skip
+    except ValueError as invalid:
+        raise Problem(
+            INVALID_REQUEST, str(invalid), errors=[{"loc": ["body"], "msg": str(invalid)}]
+        ) from None
+    return GrantOut.of(row, now=grants.clock())
+
+
+GrantId = Annotated[int, PathParam(ge=1, le=2**53, description="the contract's grant id")]
+
+
+# 400: a body that is not JSON at all (FastAPI answers it before the route runs)
+@router.patch("/{grant_id}", response_model=GrantOut, responses=problem_responses(400, 404, 409))
+def change_grant(
+    grant_id: GrantId, body: GrantChange, services: ServicesDep, who: Granting
+) -> GrantOut:
+    """Extend (or shorten) a standing grant, or narrow a patient grant to one study (admin).
+
+    No contract call changes a grant: this makes a new grant on chain (its ``replaces`` is
+    ``grant_id``), then revokes the old one, so the grantee never loses access in between.
+    Answers the new grant; 409 ``grant-not-standing`` for a revoked or expired one."""
+    grants = _grants(services)
+    try:
+        row = grants.replace(
+            grant_id, by=who.name, study_instance_uid=body.study_instance_uid,
+            until=body.until.timestamp() if body.until is not None else None,
         )  # fmt: skip
     except ValueError as invalid:
         raise Problem(
@@ -116,9 +170,7 @@ def make_grant(body: NewGrant, services: ServicesDep, who: Granting) -> GrantOut
 
 
 @router.delete("/{grant_id}", response_model=GrantOut, responses=problem_responses(404))
-def revoke_grant(
-    grant_id: Annotated[int, PathParam(ge=1, le=2**53)], services: ServicesDep, who: Granting
-) -> GrantOut:
+def revoke_grant(grant_id: GrantId, services: ServicesDep, who: Granting) -> GrantOut:
     """Revoke a grant now (admin); on the chain (``AccessRevoked``) when this answers."""
     grants = _grants(services)
     return GrantOut.of(grants.revoke(grant_id, by=who.name), now=grants.clock())

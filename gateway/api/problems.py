@@ -32,12 +32,14 @@ from gateway.errors import (
     AccessDenied,
     AlertsUnavailable,
     CannotRestore,
+    ChainRequestPending,
     ChainUnavailable,
     DatasetUnreadable,
     ErasureChanged,
     ErasureInFlight,
     ErasureNotFound,
     GatewayError,
+    GrantNotStanding,
     LedgerError,
     PacsUnavailable,
     SignInRefused,
@@ -123,6 +125,8 @@ ERASURE_CHANGED = ProblemType("erasure-changed", 409, "Erasure set changed",
     "The confirmation does not match a dry run as the set is now: the hash is unknown, the "
     "reason differs, or images arrived or went since. Run the dry run again and confirm "
     "its hash.")
+GRANT_NOT_STANDING = ProblemType("grant-not-standing", 409, "Grant not standing",
+    "The grant to extend or narrow is revoked or expired; make a new grant instead.")
 AUDIT_RUNNING = ProblemType("audit-running", 409, "An audit is running",
     "One sweep runs at a time. Follow the running one at the URL in `Location` (and the "
     "`audit` member), or try again once it is done.")
@@ -155,6 +159,10 @@ LEDGER_ERROR = ProblemType("ledger-error", 502, "The ledger answered with an err
 UNAVAILABLE = ProblemType("unavailable", 503, "A downstream part is unavailable",
     "The chain, the object store, the PACS or the plugin's alerts cannot be reached now. "
     "Retry later; `/readyz` names the part that is down.")
+CHAIN_REQUEST_PENDING = ProblemType("chain-request-pending", 503, "Chain write pending",
+    "The write was queued for the gateway's anchoring worker (the recorder's one sender) and "
+    "is not mined yet, or that worker is not running. It stays queued; its result shows in "
+    "the list it belongs to (e.g. `GET /v1/grants`) once mined. Retry after Retry-After.")
 NOT_READY = ProblemType("not-ready", 503, "Not ready",
     "The gateway's API runs without its services (starting, or a health-only process).")
 UPLOAD_AREA_FULL = ProblemType("upload-area-full", 507, "Upload area full",
@@ -173,6 +181,7 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
         INVALID_CURSOR, EMPTY_BODY, INVALID_CONTENT_LENGTH, NOT_DICOM, TOO_MANY_UPLOADS,
         RATE_LIMITED, GATEWAY_FAILED, LEDGER_ERROR, UNAVAILABLE, NOT_READY, UPLOAD_AREA_FULL,
         HTTP_ERROR, NOT_GRANTED, GRANT_EXPIRED, GRANT_REVOKED, NO_SUCH_GRANT,
+        GRANT_NOT_STANDING, CHAIN_REQUEST_PENDING,
         SIWE_MALFORMED, SIWE_SIGNATURE, SIWE_NONCE, SIWE_EXPIRED, SIWE_DOMAIN, SIWE_CHAIN,
     )
 }  # fmt: skip
@@ -245,6 +254,9 @@ class ProblemDetails(BaseModel):
     error_id: str | None = Field(None, description="5xx: the id to look up in the log")
     errors: list[InvalidParam] | None = Field(None, description="422: why it does not validate")
     audit: str | None = Field(None, description="409 on an audit: the running audit's URL")
+    chain_request: int | None = Field(
+        None, description="503 `chain-request-pending`: the queued chain write's id"
+    )
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -375,6 +387,10 @@ def _type_of(exc: GatewayError) -> ProblemType:
         return DENIALS[exc.reason]
     if isinstance(exc, UnknownGrant):
         return NO_SUCH_GRANT
+    if isinstance(exc, GrantNotStanding):
+        return GRANT_NOT_STANDING
+    if isinstance(exc, ChainRequestPending):
+        return CHAIN_REQUEST_PENDING
     if isinstance(exc, SignInRefused):
         return SIGN_IN_REFUSALS[exc.reason]
     if isinstance(exc, DatasetUnreadable):
@@ -415,6 +431,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def _gateway(request: Request, exc: GatewayError) -> JSONResponse:
         kind = _type_of(exc)
+        if isinstance(exc, ChainRequestPending):  # a clear 503: queued, with its id
+            return problem(
+                kind, str(exc), headers={"Retry-After": "5"}, chain_request=exc.request_id
+            )
         if kind.status >= 500:
             return server_problem(kind.status, request, exc)
         return problem(kind, str(exc))

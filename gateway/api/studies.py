@@ -54,7 +54,7 @@ def _readable(services: Services, who: Principal) -> list[str]:
         return []
     if who.may("verify"):
         return services.grants.all_studies()
-    return services.grants.studies(who.name)
+    return services.grants.studies(who.grantee_id)
 
 
 @router.get(
@@ -62,7 +62,8 @@ def _readable(services: Services, who: Principal) -> list[str]:
     response_class=StreamingResponse,
     responses={
         200: {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
-              "description": "the intact instances and MANIFEST.json"},
+              "description": "a DICOM File-set: the intact instances under their File IDs, "
+                             "their DICOMDIR, and MANIFEST.json"},
         **problem_responses(404),
     },
 )  # fmt: skip
@@ -70,8 +71,9 @@ async def download_study(
     study_instance_uid: StudyUid, services: ServicesDep, who: ReadingStudies
 ) -> StreamingResponse:
     """The study as a zip (streamed): each instance read from the PACS as stored and
-    checked against the ledger on its way out; only ``intact`` ones go in, every other one
-    is named in ``MANIFEST.json`` with its verdict. Each file is a read in the access trail.
+    checked against the ledger on its way out; only ``intact`` ones go in, under their
+    PS3.10 File IDs and listed in a ``DICOMDIR`` (a CD viewer opens it); every other one is
+    named in ``MANIFEST.json`` with its verdict. Each file is a read in the access trail.
     A grantee token: only a study a standing grant covers (else 403)."""
     await run_in_threadpool(services.allow_study, who, study_instance_uid, route="api:download")
     uids = await run_in_threadpool(study_uids, services.verifier, study_instance_uid)

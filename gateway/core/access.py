@@ -94,13 +94,21 @@ class AccessLeaf:
         }
 
 
-def grantee_key(pseudonym_key: bytes, grantee: str) -> bytes:
+#: The id of a token issued before tokens had ids: ``name:`` and its name
+#: (``gateway/api/auth.py``).
+LEGACY_ID_PREFIX = "name:"
+
+
+def grantee_key(pseudonym_key: bytes, grantee_id: str) -> bytes:
     """The grantee of a grant as the chain names it: an account's address left-padded to
-    32 bytes, or for a token holder the reader key of its token (:func:`who_key`), so that
-    the trail's entries and the grants name a token holder alike, and never by name."""
-    if is_account(grantee):
-        return bytes(12) + bytes.fromhex(grantee[2:])
-    return who_key(pseudonym_key, "token", grantee)
+    32 bytes, or for a token holder an HMAC of its token's id (``"who:token-id:" + id``),
+    never its name. A token issued before ids (``name:<name>``) keeps the key its grants
+    had then, the reader key of its name (:func:`who_key`)."""
+    if is_account(grantee_id):
+        return bytes(12) + bytes.fromhex(grantee_id[2:])
+    if grantee_id.startswith(LEGACY_ID_PREFIX):
+        return who_key(pseudonym_key, "token", grantee_id[len(LEGACY_ID_PREFIX) :])
+    return who_key(pseudonym_key, "token-id", grantee_id)
 
 
 def is_account(grantee: str) -> bool:

@@ -7,6 +7,13 @@ from the contract's events (:func:`import_granted`, :func:`import_revoked`: keys
 grants a Hospital or Doctor account made on chain); either way the same grant is one row.
 A grantee and a study are matched by their keys, so a grant made on chain applies to a
 study as soon as the index holds it, whoever wrote the grant.
+
+A grant binds to its grantee's *id*: a token's random id, or an account's address; its
+grantee key is derived from that id (``gateway/core/access.py``), which is how the
+enforcement finds it. Rows written before ids existed have ``grantee_id`` NULL and are
+read as the id such a token has (``name:<grantee>``, see ``gateway/api/auth.py``; an
+account: its address); nothing rewrites them. An imported grant on a token key this
+gateway did not issue has the id ``""`` (it is enforced by its key all the same).
 """
 
 from __future__ import annotations
@@ -17,11 +24,17 @@ from typing import Any
 
 from gateway.index.db import Index
 
-_COLUMNS = (
+_WRITTEN = (
     "id, grantee, grantee_kind, grantee_key, patient_key, study_instance_uid, study_key,"
     " expires_at, granted_at, granted_by, tx_hash, block_number, revoked_at, revoked_by,"
-    " revoke_tx"
+    " revoke_tx, grantee_id, replaces"
 )
+#: The id a row binds, with the rule for rows from before ids (module docstring).
+GRANTEE_ID = (
+    "COALESCE(grantee_id, CASE WHEN grantee_kind = 'token' THEN 'name:' || grantee"
+    " ELSE grantee END)"
+)
+_COLUMNS = _WRITTEN.replace("grantee_id", GRANTEE_ID)
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,10 @@ class GrantRow:
     revoked_at: float | None
     revoked_by: str | None
     revoke_tx: str | None
+    #: The token's id, or the account's address: what the grant binds.
+    grantee_id: str = ""
+    #: The grant this one replaced (extended or narrowed), revoked once this one was mined.
+    replaces: int | None = None
 
     def state(self, now: float) -> str:
         """``active``, ``revoked`` or ``expired`` at ``now``."""
@@ -53,32 +70,44 @@ class GrantRow:
 
 def _row(values: Sequence[Any]) -> GrantRow:
     (id_, grantee, kind, gkey, pkey, study, skey, expires, granted, by, tx, block,
-     revoked_at, revoked_by, revoke_tx) = values  # fmt: skip
+     revoked_at, revoked_by, revoke_tx, grantee_id, replaces) = values  # fmt: skip
     return GrantRow(
         int(id_), grantee, kind, bytes(gkey), bytes(pkey), study,
         None if skey is None else bytes(skey), float(expires), float(granted), by, tx,
         int(block), None if revoked_at is None else float(revoked_at), revoked_by, revoke_tx,
+        str(grantee_id), None if replaces is None else int(replaces),
     )  # fmt: skip
 
 
-_INSERT = f"INSERT INTO grants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT = (
+    f"INSERT INTO grants ({_WRITTEN}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _values(grant: GrantRow, grantee_id: str | None) -> tuple[Any, ...]:
+    return (
+        grant.id, grant.grantee, grant.grantee_kind, grant.grantee_key, grant.patient_key,
+        grant.study_instance_uid, grant.study_key, grant.expires_at, grant.granted_at,
+        grant.granted_by, grant.tx_hash, grant.block_number, grant.revoked_at,
+        grant.revoked_by, grant.revoke_tx, grantee_id, grant.replaces,
+    )  # fmt: skip
 
 
 def add(index: Index, grant: GrantRow) -> None:
     """Keep a grant the gateway wrote and the chain holds now. When the event sync imported
-    it first (same id and transaction), the gateway's names and UIDs replace its keys-only
-    labels; a second write changes nothing."""
+    it first (same id and transaction), the gateway's names, UIDs, grantee id and the grant
+    it replaces take the place of the import's keys-only labels; a second write changes
+    nothing."""
     with index.transaction() as db:
         db.execute(
             f"{_INSERT} ON CONFLICT (id) DO UPDATE SET grantee = excluded.grantee,"
             " granted_by = excluded.granted_by,"
-            " study_instance_uid = COALESCE(excluded.study_instance_uid, grants.study_instance_uid)"
+            " study_instance_uid = COALESCE(excluded.study_instance_uid, grants.study_instance_uid),"
+            " grantee_id = COALESCE(excluded.grantee_id, grants.grantee_id),"
+            " replaces = COALESCE(excluded.replaces, grants.replaces)"
             " WHERE grants.tx_hash = excluded.tx_hash",
-            (grant.id, grant.grantee, grant.grantee_kind, grant.grantee_key, grant.patient_key,
-             grant.study_instance_uid, grant.study_key, grant.expires_at, grant.granted_at,
-             grant.granted_by, grant.tx_hash, grant.block_number, grant.revoked_at,
-             grant.revoked_by, grant.revoke_tx),
-        )  # fmt: skip
+            _values(grant, grant.grantee_id or None),
+        )
 
 
 def revoke(
@@ -140,12 +169,11 @@ def granted_studies(index: Index, grantee_key: bytes, *, now: float) -> list[str
     """The Study UIDs a grantee's standing grants cover, sorted (a study grant from the
     chain counts once :func:`name_study` gave it its UID)."""
     found = index.query(
-        "SELECT DISTINCT i.study_instance_uid FROM instances i JOIN grants g"
+        "SELECT DISTINCT i.study_instance_uid FROM instances i JOIN (SELECT * FROM grants"
+        " WHERE grantee_key = ? AND revoked_at IS NULL AND expires_at > ?) g"
         " ON (g.study_instance_uid = i.study_instance_uid"
         " OR (g.study_key IS NULL AND g.patient_key = i.patient_key))"
-        " WHERE g.grantee_key = ? AND g.revoked_at IS NULL"
-        " AND g.expires_at > ? AND i.study_instance_uid IS NOT NULL"
-        " ORDER BY i.study_instance_uid",
+        " WHERE i.study_instance_uid IS NOT NULL ORDER BY i.study_instance_uid",
         (grantee_key, now),
     )
     return [str(r[0]) for r in found]
@@ -181,13 +209,7 @@ def import_granted(index: Index, grant: GrantRow) -> bool:
     """
     with index.transaction() as db:
         db.execute("DELETE FROM grants WHERE id = ? AND tx_hash <> ?", (grant.id, grant.tx_hash))
-        added = db.execute(
-            f"{_INSERT} ON CONFLICT DO NOTHING",
-            (grant.id, grant.grantee, grant.grantee_kind, grant.grantee_key, grant.patient_key,
-             grant.study_instance_uid, grant.study_key, grant.expires_at, grant.granted_at,
-             grant.granted_by, grant.tx_hash, grant.block_number, grant.revoked_at,
-             grant.revoked_by, grant.revoke_tx),
-        )  # fmt: skip
+        added = db.execute(f"{_INSERT} ON CONFLICT DO NOTHING", _values(grant, grant.grantee_id))
         return added.rowcount > 0
 
 

@@ -298,6 +298,29 @@ CREATE TABLE IF NOT EXISTS siwe_sessions (
 CREATE INDEX IF NOT EXISTS siwe_sessions_address ON siwe_sessions (address, expires_at)
 """
 
+# The grants2 part (issue #16; gateway/index/chain_requests.py): chain writes of the API and
+# the CLI (grants, revocations, erasure's retirements), queued for the node's anchoring
+# worker, the recorder account's one sender; with each one's outcome once it is mined.
+_CHAIN_REQUESTS = """
+CREATE TABLE IF NOT EXISTS chain_requests (
+    id INTEGER PRIMARY KEY,
+    node TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    asked_by TEXT NOT NULL,
+    asked_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued',
+    claimed_by TEXT,
+    done_at REAL,
+    tx_hash TEXT,
+    block_number INTEGER,
+    result INTEGER,
+    error_type TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS chain_requests_queue ON chain_requests (node, state, id)
+"""
+
 #: Every step, in order; the schema's version is how many of them a database has had.
 STEPS: tuple[Step, ...] = (
     Create(_INSTANCES),  # 1: rows, batches, batch members
@@ -335,6 +358,13 @@ STEPS: tuple[Step, ...] = (
     # 21, 22 (siwe part): grants made on chain imported from a cursor; Sign-In with Ethereum
     AddColumn("grants", "revoke_block", "INTEGER"),
     Create(_SIWE),
+    # grants2 part (keep these together): 23: the id of the token a grant binds (NULL: a row
+    # from before ids, read as ``name:<grantee>``); 24: the grant a new one replaced
+    # (extended or narrowed)
+    AddColumn("grants", "grantee_id", "TEXT"),
+    AddColumn("grants", "replaces", "INTEGER"),
+    # 25: the chain-request queue (the anchoring worker sends the API's and CLI's writes)
+    Create(_CHAIN_REQUESTS),
 )
 
 #: The version this code writes and reads.

@@ -8,9 +8,10 @@ writes each one into the ``grants`` table as the gateway's own writes do: a row 
 mined event, keys as the chain names them (grantee, patient, study), the granter's
 address. Enforcement matches grants by key (:meth:`gateway.trust.grants.Grants.check`), so:
 
-- a grantee that is an account address is shown as that address; a token key is shown as
-  the name of the token it is the reader key of, when this gateway issued it, else as
-  ``key:<hex>``; both are enforced alike;
+- a grantee that is an account address is shown as that address (its grantee id); a token
+  key is shown as the name of the token whose id it is derived from (that id is the row's
+  grantee id), when this gateway issued it, else as ``key:<hex>`` with no grantee id; all
+  are enforced alike, by key;
 - a grant on a study or patient key the index does not know yet is kept, and applies as
   soon as an instance of that study or patient arrives (the loop names its study then).
 
@@ -39,7 +40,7 @@ from typing import Protocol
 
 from eth_utils.address import to_checksum_address
 
-from gateway.core.access import study_key, who_key
+from gateway.core.access import grantee_key, study_key
 from gateway.index import grants as rows
 from gateway.index.db import Index
 from gateway.index.grants import ChainCursor, GrantRow
@@ -94,9 +95,10 @@ class GrantSync:
     index:
         The index (``grants``, ``chain_cursors``; instances for study names).
     pseudonym_key:
-        The site's pseudonym key: study keys, and token holders' reader keys.
-    token_names:
-        The names of the tokens this gateway issued (a token key is shown by its name).
+        The site's pseudonym key: study keys, and token holders' grantee keys.
+    token_ids:
+        ``(name, id)`` of the tokens this gateway issued (``Tokens.ids``): a token key is
+        shown by the name of the token whose id it is derived from.
     confirmations:
         Blocks below the head that are not read yet (0: up to the head).
     reorg_depth:
@@ -109,14 +111,14 @@ class GrantSync:
         chain: GrantEvents,
         index: Index,
         pseudonym_key: bytes,
-        token_names: Callable[[], Iterable[str]] = tuple,
+        token_ids: Callable[[], Iterable[tuple[str, str]]] = tuple,
         confirmations: int = 0,
         reorg_depth: int = 64,
     ) -> None:
         self.chain = chain
         self.index = index
         self.pseudonym_key = pseudonym_key
-        self.token_names = token_names
+        self.token_ids = token_ids
         self.confirmations = confirmations
         self.reorg_depth = reorg_depth
         self._studies_read = 0  # instance rows whose Study UID the naming has hashed
@@ -184,18 +186,21 @@ class GrantSync:
             revoked=held("AccessRevoked"),
         )  # fmt: skip
 
-    def _names(self) -> dict[bytes, str]:
-        """Reader key -> token name, for the tokens this gateway issued."""
-        return {who_key(self.pseudonym_key, "token", name): name for name in self.token_names()}
+    def _names(self) -> dict[bytes, tuple[str, str]]:
+        """Grantee key -> ``(name, id)``, for the tokens this gateway issued."""
+        return {
+            grantee_key(self.pseudonym_key, token_id): (name, token_id)
+            for name, token_id in self.token_ids()
+        }
 
     def _time(self, event: LedgerEvent) -> float:
         return float(self.chain.block_time(event.block_number))
 
-    def _grant(self, event: LedgerEvent, names: dict[bytes, str]) -> GrantRow:
+    def _grant(self, event: LedgerEvent, names: dict[bytes, tuple[str, str]]) -> GrantRow:
         """The index row of an ``AccessGranted`` event (keys; names where this gateway knows)."""
         args = event.args
         grantee, study = _key(args["grantee"]), _key(args["studyKey"])
-        kind, shown = grantee_shown(grantee, names)
+        kind, shown, grantee_id = grantee_shown(grantee, names)
         return GrantRow(
             id=_number(args["grantId"]), grantee=shown, grantee_kind=kind, grantee_key=grantee,
             patient_key=_key(args["patientKey"]), study_instance_uid=None,
@@ -203,6 +208,7 @@ class GrantSync:
             expires_at=float(_number(args["expiresAt"])), granted_at=self._time(event),
             granted_by=str(args["granter"]), tx_hash=event.tx_hash,
             block_number=event.block_number, revoked_at=None, revoked_by=None, revoke_tx=None,
+            grantee_id=grantee_id,
         )  # fmt: skip
 
     def name_studies(self, *, now: float | None = None) -> int:
@@ -241,13 +247,16 @@ def _number(value: object) -> int:
     return value
 
 
-def grantee_shown(grantee: bytes, names: dict[bytes, str]) -> tuple[str, str]:
-    """``(kind, label)`` of a grantee key: ``account`` and its checksummed address when it
-    is an address left-padded to 32 bytes, else ``token`` and the token's name (or
-    ``key:<hex>`` for a token this gateway did not issue)."""
+def grantee_shown(grantee: bytes, names: dict[bytes, tuple[str, str]]) -> tuple[str, str, str]:
+    """``(kind, label, grantee id)`` of a grantee key: ``account``, its checksummed address
+    and the address when it is an address left-padded to 32 bytes, else ``token``, the
+    token's name and id (or ``key:<hex>`` and ``""`` for a token this gateway did not
+    issue)."""
     if len(grantee) == 32 and not any(grantee[:12]):
-        return "account", str(to_checksum_address(grantee[12:]))
-    return "token", names.get(grantee, "key:" + grantee.hex())
+        address = str(to_checksum_address(grantee[12:]))
+        return "account", address, address.lower()
+    name, token_id = names.get(grantee, ("key:" + grantee.hex(), ""))
+    return "token", name, token_id
 
 
 class GrantSyncLoop:

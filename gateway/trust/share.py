@@ -6,24 +6,55 @@ record, by its owner); only an ``intact`` file goes into the zip, from the same 
 file, so that what was checked is what is sent. Every other one is left out and named in
 ``MANIFEST.json`` inside the zip with its verdict. The zip is written as a stream (data
 descriptors, no seeking): memory holds one chunk, the disk one instance at a time.
+
+The zip is a DICOM File-set a CD-viewer style workstation opens: a ``DICOMDIR`` at its
+root, built with pydicom's :class:`~pydicom.fileset.FileSet` from the headers of the
+included files only, and each included file under its PS3.10 File ID
+(``PT000000/ST000000/SE000000/IM000000``: upper-case components of at most 8 characters).
+pydicom gives an instance its File ID when it is added (its place in the patient, study,
+series tree, in order of addition, never renumbered), so each file is streamed under its
+File ID at once; the DICOMDIR is written last, and checked to name exactly those paths.
+A header that lacks what a directory record needs (PS3.3 F.5) gets the value
+``dcmmkdir --invent`` would give, in the record only (:data:`INVENTED`); the file itself
+is never changed.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.errors import DatasetUnreadable, GatewayError, InstanceMissing, UnknownInstance
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.fileset import FileSet
+
+from gateway.errors import (
+    DatasetUnreadable,
+    DicomdirMismatch,
+    GatewayError,
+    InstanceMissing,
+    UnknownInstance,
+)
 from gateway.index.queries import is_version
 from gateway.trust.verify import Verifier
 
 MANIFEST = "MANIFEST.json"
+DICOMDIR = "DICOMDIR"
+UNFILED = "UNFILED"  # intact files no DICOMDIR record can be made for
 CHUNK = 1 << 20
+#: What a directory record needs and a header may lack (type 2 in the image, type 1 in
+#: the DICOMDIR), as ``dcmmkdir --invent`` fills it; ``InstanceNumber`` is the file's order.
+INVENTED = {
+    "PatientID": "UNKNOWN", "StudyDate": "19000101", "StudyTime": "000000", "StudyID": "1",
+    "SeriesNumber": 1,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -34,6 +65,51 @@ class ZipEntry:
     status: str
     included: bool
     explanation: str
+    #: Its path in the zip (its File ID in the DICOMDIR); empty when left out.
+    path: str = ""
+
+
+class _Directory:
+    """The zip's DICOMDIR: a pydicom File-set of the included files' headers."""
+
+    def __init__(self) -> None:
+        self.fileset = FileSet()
+        self.fileset.ID = "XRAY_STUDY"
+        self.paths: dict[str, str] = {}
+
+    def place(self, copy: Path) -> str:
+        """Add the instance in ``copy`` and return its File ID as a zip path."""
+        header = dcmread(copy, stop_before_pixels=True)
+        _invent(header, number=len(self.paths) + 1)
+        instance = self.fileset.add(header)
+        path = instance.FileID.replace(os.sep, "/")
+        self.paths[str(header.SOPInstanceUID)] = path
+        return path
+
+    def written(self, scratch: Path | None) -> bytes | None:
+        """The DICOMDIR's bytes (None: no file was included); each record must name the
+        path its file was streamed under."""
+        if not self.paths:
+            return None
+        with tempfile.TemporaryDirectory(prefix="xray-dicomdir-", dir=scratch) as root:
+            self.fileset.write(root)
+            named = {i.SOPInstanceUID: i.FileID.replace(os.sep, "/") for i in self.fileset}
+            if named != self.paths:
+                raise DicomdirMismatch("the DICOMDIR names other paths than the zip's files")
+            return (Path(root) / DICOMDIR).read_bytes()
+
+
+def discard(fileset: FileSet) -> None:
+    """Remove the staging directory every pydicom ``FileSet`` makes (headers of added
+    instances); pydicom leaves it to the garbage collector, with a ResourceWarning."""
+    fileset._stage["t"].cleanup()
+
+
+def _invent(header: Dataset, *, number: int) -> None:
+    """Fill what a directory record needs and the header lacks (module docstring)."""
+    for keyword, value in {**INVENTED, "InstanceNumber": number}.items():
+        if keyword not in header or header[keyword].VM == 0:
+            setattr(header, keyword, value)
 
 
 class _Pipe(io.RawIOBase):
@@ -76,28 +152,60 @@ def study_zip(
     scratch: Path | None = None,
     on_file: Callable[[ZipEntry], None] = lambda outcome: None,
 ) -> Iterator[bytes]:
-    """The zip of the instances ``uids``: the intact ones as ``<SOP Instance UID>.dcm``
-    and ``MANIFEST.json`` (every instance, included or left out, with its verdict).
+    """The zip of the instances ``uids``: the intact ones under their File IDs, the
+    ``DICOMDIR`` that lists them, and ``MANIFEST.json`` (every instance, included with its
+    path or left out with its verdict).
 
     ``on_file`` is told each outcome as it is decided (the access trail writes it).
     """
     pipe = _Pipe()
+    directory = _Directory()
+    try:
+        yield from _stream(verifier, uids, pipe, directory, scratch=scratch, on_file=on_file)
+    finally:
+        discard(directory.fileset)
+
+
+def _stream(
+    verifier: Verifier, uids: list[str], pipe: _Pipe, directory: _Directory, *,
+    scratch: Path | None, on_file: Callable[[ZipEntry], None],
+) -> Iterator[bytes]:  # fmt: skip
     outcomes: list[ZipEntry] = []
     with zipfile.ZipFile(pipe, "w", compression=zipfile.ZIP_STORED) as archive:
         for uid in uids:
             with tempfile.NamedTemporaryFile(prefix="xray-zip-", dir=scratch) as copy:
-                outcome = _check(verifier, uid, copy)
+                outcome = _placed(_check(verifier, uid, copy), directory, Path(copy.name))
                 outcomes.append(outcome)
                 on_file(outcome)
                 if outcome.included:
                     copy.seek(0)
-                    with archive.open(f"{uid}.dcm", "w", force_zip64=True) as member:
+                    with archive.open(outcome.path, "w", force_zip64=True) as member:
                         while chunk := copy.read(CHUNK):
                             member.write(chunk)
                             yield from pipe.drain()
             yield from pipe.drain()
-        archive.writestr(MANIFEST, manifest(outcomes))
+        dicomdir = directory.written(scratch)
+        if dicomdir is not None:
+            archive.writestr(DICOMDIR, dicomdir)
+        archive.writestr(MANIFEST, manifest(outcomes, dicomdir=dicomdir is not None))
     yield from pipe.drain()
+
+
+def _placed(outcome: ZipEntry, directory: _Directory, copy: Path) -> ZipEntry:
+    """An intact file with its File ID. One pydicom cannot file under a directory record
+    still goes in, outside the File-set (``UNFILED/``), and the manifest says so."""
+    if not outcome.included:
+        return outcome
+    uid = outcome.sop_instance_uid
+    try:
+        path = directory.place(copy)
+    except (InvalidDicomError, ValueError, KeyError, AttributeError) as unfiled:
+        return ZipEntry(
+            uid, outcome.status, True,
+            f"{outcome.explanation}; not in the DICOMDIR (no record can be made: {unfiled})",
+            f"{UNFILED}/{uid}.dcm",
+        )  # fmt: skip
+    return ZipEntry(uid, outcome.status, True, outcome.explanation, path)
 
 
 def _check(verifier: Verifier, uid: str, copy: tempfile._TemporaryFileWrapper[bytes]) -> ZipEntry:
@@ -121,12 +229,14 @@ def _check(verifier: Verifier, uid: str, copy: tempfile._TemporaryFileWrapper[by
     return ZipEntry(uid, verdict.status, verdict.status == "intact", verdict.explanation)
 
 
-def manifest(outcomes: list[ZipEntry]) -> str:
+def manifest(outcomes: list[ZipEntry], *, dicomdir: bool = False) -> str:
     """``MANIFEST.json``: the instances in the zip, and those left out with their verdict."""
     return json.dumps(
         {
-            "format": "xray-study-zip/1",
+            "format": "xray-study-zip/2",
             "included": [o.sop_instance_uid for o in outcomes if o.included],
+            "files": {o.sop_instance_uid: o.path for o in outcomes if o.included},
+            "dicomdir": DICOMDIR if dicomdir else None,
             "left_out": [
                 {"sop_instance_uid": o.sop_instance_uid, "status": o.status,
                  "explanation": o.explanation}

@@ -16,6 +16,7 @@ from tests.unit.trust.test_grant_sync import (  # noqa: F401 (collected here too
     test_a_reorg_to_a_shorter_chain_drops_what_is_gone,
     test_a_reorg_undoes_what_the_dropped_blocks_held,
     test_a_token_key_is_shown_by_the_token_name_and_an_unknown_one_by_its_key,
+    test_importing_a_grant_the_gateway_wrote_first_changes_nothing,
     test_importing_again_changes_nothing_after_a_restart_or_on_another_node,
     test_the_cursor_moves_only_from_where_its_pass_read_it,
 )

@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from playwright.sync_api import Page, expect
 from pydicom import dcmread
+from pydicom.fileset import FileSet
 
-from gateway.core.access import study_key, who_key
+from gateway.core.access import grantee_key, study_key
 from gateway.core.keys import load_pseudonym_key, patient_key
 from gateway.ledger import XrayLedger
+from gateway.trust.share import discard
 from tests.integration.browser import OfflineBrowser
 from tests.integration.dicom import storescu
 from tests.integration.gateway_proc import Up, gateway_env, run
@@ -103,6 +107,14 @@ def _problem(reply: requests.Response) -> str:
     assert reply.status_code == 403, (reply.status_code, reply.text[:300])
     assert reply.headers["content-type"].startswith("application/problem+json")
     return str(reply.json()["type"]).rsplit("/", 1)[-1]
+
+
+def _grant(stack: GrantStack, grantee: str, grant_id: int) -> dict[str, Any]:
+    """One grant as the admin's list shows it (a revoked grant is kept, state `revoked`)."""
+    listed = stack.as_admin("GET", "/v1/grants", params={"grantee": grantee, "limit": 1000})
+    assert listed.status_code == 200, listed.text
+    found: dict[str, Any] = next(g for g in listed.json()["items"] if g["id"] == grant_id)
+    return found
 
 
 def _reads(stack: GrantStack, token: str) -> dict[str, requests.Response]:
@@ -229,7 +241,7 @@ def test_a_grant_made_on_the_command_line_expires(stack: GrantStack) -> None:
 
 
 def test_a_patient_grant_downloads_a_zip_of_verified_files_without_the_tampered_one(
-    stack: GrantStack,
+    stack: GrantStack, tmp_path: Path
 ) -> None:
     token = stack.grantee("dr-family")
     made = stack.as_admin("POST", "/v1/grants", json={
@@ -245,18 +257,30 @@ def test_a_patient_grant_downloads_a_zip_of_verified_files_without_the_tampered_
     assert reply.status_code == 200 and reply.headers["content-type"] == "application/zip"
     archive = zipfile.ZipFile(io.BytesIO(reply.content))
     manifest = json.loads(archive.read("MANIFEST.json"))
-    names = sorted(n for n in archive.namelist() if n != "MANIFEST.json")
-    assert names == sorted(f"{uid}.dcm" for uid in stack.granted.sop_uids[1:])
     assert sorted(manifest["included"]) == sorted(stack.granted.sop_uids[1:])
     assert [(e["sop_instance_uid"], e["status"]) for e in manifest["left_out"]] == [
         (stack.tampered_uid, "tampered")
     ]
-    for name in names:  # each file in the zip verifies on its own against the ledger
-        checked = stack.as_admin(
-            "POST", "/v1/verify", data=archive.read(name),
+    names = sorted(n for n in archive.namelist() if n not in ("MANIFEST.json", "DICOMDIR"))
+    assert names == sorted(manifest["files"].values()) and len(names) == SLICES - 1
+    # a CD-viewer style File-set: the DICOMDIR, read with pydicom, lists exactly the
+    # included files, by PS3.10 File IDs, each of which is in the zip and verifies
+    unpacked = tmp_path / "zip"
+    archive.extractall(unpacked)
+    fileset = FileSet(dcmread(unpacked / "DICOMDIR"))
+    listed = {i.SOPInstanceUID: Path(i.path) for i in fileset}
+    discard(fileset)
+    assert sorted(listed) == sorted(stack.granted.sop_uids[1:])
+    for uid, path in listed.items():
+        file_id = path.relative_to(unpacked)
+        assert all(re.fullmatch(r"[A-Z0-9_]{1,8}", part) for part in file_id.parts), file_id
+        assert manifest["files"][uid] == file_id.as_posix()
+        checked = stack.as_admin(  # each file verifies on its own against the ledger
+            "POST", "/v1/verify", data=path.read_bytes(),
             headers={"Authorization": f"Bearer {stack.admin}", "Content-Type": "application/dicom"},
         )  # fmt: skip
-        assert checked.status_code == 200 and checked.json()["status"] == "intact", name
+        assert checked.status_code == 200, checked.text
+        assert (checked.json()["status"], checked.json()["sop_instance_uid"]) == ("intact", uid)
 
 
 def test_the_grant_events_are_on_chain_with_keys_only(stack: GrantStack) -> None:
@@ -267,8 +291,11 @@ def test_the_grant_events_are_on_chain_with_keys_only(stack: GrantStack) -> None
     patient = patient_key(pseudonym, stack.patient["IssuerOfPatientID"], stack.patient["PatientID"])
     study = study_key(pseudonym, stack.granted.study_uid)
     first = granted[0].args
+    listed = stack.as_admin("GET", "/v1/grants", params={"grantee": "dr-outside"}).json()
+    token_id = listed["items"][0]["grantee_id"]
+    assert token_id.startswith("tok-")  # the grant binds the token's id, not its name
     assert (first["grantee"], first["patientKey"], first["studyKey"]) == (
-        who_key(pseudonym, "token", "dr-outside"),
+        grantee_key(pseudonym, token_id),
         patient,
         study,
     )
@@ -291,3 +318,87 @@ def test_the_grant_events_are_on_chain_with_keys_only(stack: GrantStack) -> None
         ]
         for blob in blobs:
             assert not any(secret in blob for secret in secrets), event.name
+
+
+def test_a_token_issued_again_under_a_revoked_name_inherits_none_of_its_grants(
+    stack: GrantStack,
+) -> None:
+    old = stack.grantee("dr-reissued")
+    made = stack.as_admin("POST", "/v1/grants", json={
+        "to": "dr-reissued", "study_instance_uid": stack.granted.study_uid,
+        "until": _iso(time.time() + 3600),
+    })  # fmt: skip
+    assert made.status_code == 201, made.text
+    study = f"/v1/studies/{stack.granted.study_uid}/verify"
+    assert stack.get(study, old).status_code == 200
+    revoked = run(stack.up.env, "token", "revoke", "dr-reissued")
+    assert revoked.returncode == 0, revoked.stderr
+    assert stack.get(study, old).status_code == 401  # the old token is gone
+    new = stack.grantee("dr-reissued")  # the same name, another holder
+    assert {k: _problem(r) for k, r in _reads(stack, new).items()} == {
+        "study": "not-granted", "instance": "not-granted", "download": "not-granted",
+        "other": "not-granted",
+    }  # fmt: skip
+    assert stack.get("/v1/studies", new).json()["items"] == []
+    # the grant still stands, for the token it was made to (no longer issued)
+    kept = _grant(stack, "dr-reissued", made.json()["id"])
+    assert kept["state"] == "active"
+    # a grant to a name with no token is refused: it would bind to nobody
+    nobody = stack.as_admin("POST", "/v1/grants", json={
+        "to": "dr-nobody", "study_instance_uid": stack.granted.study_uid,
+        "until": _iso(time.time() + 3600),
+    })  # fmt: skip
+    assert nobody.status_code == 422 and "has no token" in nobody.json()["detail"]
+
+
+def test_a_grant_is_extended_and_narrowed_by_a_new_grant_then_the_old_ones_revocation(
+    stack: GrantStack,
+) -> None:
+    token = stack.grantee("dr-carried")
+    made = stack.as_admin("POST", "/v1/grants", json={
+        "to": "dr-carried", "patient_id": stack.patient["PatientID"],
+        "issuer": stack.patient["IssuerOfPatientID"], "until": _iso(time.time() + 3600),
+    })  # fmt: skip
+    assert made.status_code == 201, made.text
+    first = made.json()
+    # extend through the API: a new grant replacing the first, which is revoked after it
+    later = time.time() + 7200
+    extended = stack.as_admin("PATCH", f"/v1/grants/{first['id']}", json={"until": _iso(later)})
+    assert extended.status_code == 200, extended.text
+    second = extended.json()
+    assert (second["replaces"], second["state"], second["study_instance_uid"]) == (
+        first["id"], "active", None,
+    )  # fmt: skip
+    assert datetime.fromisoformat(second["expires_at"]).timestamp() == int(later)
+    assert second["grantee_id"] == first["grantee_id"]
+    old = _grant(stack, "dr-carried", first["id"])
+    assert old["state"] == "revoked"
+    # grant first, then revoke: the new grant was mined in an earlier block than the revocation
+    revoke_block = stack.ledger.w3.eth.get_transaction_receipt(old["revoke_tx"])["blockNumber"]
+    assert second["block_number"] < revoke_block
+    assert stack.ledger.grant_of(second["id"]).revoked_by is None
+    assert stack.get("/v1/studies", token).json()["items"] == sorted(
+        [stack.granted.study_uid, stack.other.study_uid]
+    )
+    # narrow on the command line to the patient's other study
+    narrowed = run(stack.up.env, "grant", "--extend", str(second["id"]),
+                   "--study", stack.other.study_uid)  # fmt: skip
+    assert narrowed.returncode == 0, narrowed.stderr
+    third = json.loads(narrowed.stdout)
+    assert (third["replaces"], third["study_instance_uid"], third["expires_at"]) == (
+        second["id"], stack.other.study_uid, second["expires_at"],
+    )  # fmt: skip
+    assert stack.get(f"/v1/studies/{stack.other.study_uid}/verify", token).status_code == 200
+    assert _problem(stack.get(f"/v1/studies/{stack.granted.study_uid}/verify", token)) == (
+        "grant-revoked"
+    )
+    assert stack.get("/v1/studies", token).json()["items"] == [stack.other.study_uid]
+    # a revoked grant is not carried on; an expiry must be in the future
+    again = stack.as_admin("PATCH", f"/v1/grants/{first['id']}", json={"until": _iso(later)})
+    assert again.status_code == 409 and again.json()["type"].endswith("/grant-not-standing")
+    past = stack.as_admin("PATCH", f"/v1/grants/{third['id']}",
+                          json={"until": _iso(time.time() - 60)})  # fmt: skip
+    assert past.status_code == 422 and "future" in past.json()["detail"]
+    wider = stack.as_admin("PATCH", f"/v1/grants/{third['id']}",
+                           json={"study_instance_uid": stack.granted.study_uid})  # fmt: skip
+    assert wider.status_code == 422, wider.text

@@ -23,7 +23,8 @@ from eth_account.signers.local import LocalAccount
 from pydicom import dcmread
 from siwe import SiweMessage
 
-from gateway.core.access import study_key, who_key
+from gateway.api.auth import Tokens
+from gateway.core.access import grantee_key, study_key
 from gateway.core.keys import load_pseudonym_key, patient_key
 from gateway.ledger import XrayLedger
 from tests.integration.dicom import storescu
@@ -234,19 +235,25 @@ def test_a_doctors_grant_on_chain_lets_the_signed_in_account_read_exactly_that_s
 def test_a_patient_grant_on_chain_for_a_token_key_reaches_the_token_holder(
     stack: ChainGrantStack,
 ) -> None:
-    """A grant on chain may name a token holder by its reader key: the gateway shows it
-    under the name of the token it issued, and the token reads every study of the patient."""
+    """A grant on chain may name a token holder by its grantee key, derived from the id of
+    the token issued to it (not its name): the gateway shows it under the name of that
+    token, and the token reads every study of the patient."""
     s = stack
     issued = run(s.up.env, "token", "create", "--name", "dr-token", "--role", "grantee")
     assert issued.returncode == 0, issued.stderr
     token = issued.stdout.strip()
+    keys = s.up.data_dir / "keys"
+    token_id = Tokens(admin_token_file=s.up.data_dir / "api-token",
+                      issued_file=keys / "api-tokens.json").id_of("dr-token")  # fmt: skip
+    assert token_id is not None and token_id.startswith("tok-")
     assert s.get("/v1/studies", token).json()["items"] == []
     grant_id, _ = s.doctor.grant_access(
-        grantee=who_key(s.pseudonym, "token", "dr-token"), patient_key=s.patient,
+        grantee=grantee_key(s.pseudonym, token_id), patient_key=s.patient,
         study_key=None, expires_at=int(time.time()) + 3600,
     )  # fmt: skip
     imported = _until(lambda: _imported(s, grant_id))
     assert (imported["grantee"], imported["grantee_kind"]) == ("dr-token", "token")
+    assert imported["grantee_id"] == token_id
     assert imported["study_instance_uid"] is None and imported["study_key"] is None
     assert s.get("/v1/studies", token).json()["items"] == sorted(
         [s.granted.study_uid, s.other.study_uid]

@@ -16,7 +16,7 @@ from gateway.index.grants import ChainCursor, GrantRow
 from gateway.ledger.types import LedgerEvent
 from gateway.trust.grant_sync import CURSOR, GrantSync
 from gateway.trust.grants import Grants
-from tests.unit.trust.test_grants import KEY, NOW, PATIENT, populate
+from tests.unit.trust.test_grants import DR, KEY, NOW, PATIENT, populate
 
 DOCTOR = "0x" + "d0" * 20
 OUTSIDER = "0xABaBaBaBABabABabAbAbABAbABabababaBaBABaB"  # checksummed (EIP-55)
@@ -82,7 +82,8 @@ def index(tmp_path: Path) -> Index:
 
 
 def _sync(chain: Chain, index: Index, **kwargs: object) -> GrantSync:
-    return GrantSync(chain=chain, index=index, pseudonym_key=KEY, token_names=lambda: ["dr"],
+    tokens = [("dr", DR), ("old", "name:old")]  # "old": issued before tokens had ids
+    return GrantSync(chain=chain, index=index, pseudonym_key=KEY, token_ids=lambda: tokens,
                      **kwargs)  # type: ignore[arg-type]  # fmt: skip
 
 
@@ -108,24 +109,33 @@ def test_a_grant_on_chain_for_an_address_is_imported_and_enforced(index: Index) 
     row = rows.get(index, grant_id)
     assert row is not None
     assert (row.grantee, row.grantee_kind, row.granted_by) == (OUTSIDER, "account", DOCTOR)
+    assert row.grantee_id == OUTSIDER.lower()
     assert (row.study_instance_uid, row.block_number, row.granted_at) == ("1.2.1", 1, NOW - 99)
     assert _grants(index).check(OUTSIDER, "1.2.1").id == grant_id
     assert _grants(index).studies(OUTSIDER) == ["1.2.1"]
     assert _reason(index, OUTSIDER, "1.2.2") == "not-granted"  # the patient's other study
-    assert _reason(index, "dr", "1.2.1") == "not-granted"  # another grantee
+    assert _reason(index, DR, "1.2.1") == "not-granted"  # another grantee
 
 
 def test_a_token_key_is_shown_by_the_token_name_and_an_unknown_one_by_its_key(
     index: Index,
 ) -> None:
+    """A token key is derived from the token's id (grants2): the grant reaches the holder
+    of that token, not whoever holds the name now."""
     chain = Chain()
-    known = chain.grant(who_key(KEY, "token", "dr"))  # every study of the patient
-    unknown = chain.grant(who_key(KEY, "token", "not-ours"))
+    known = chain.grant(grantee_key(KEY, DR))  # every study of the patient
+    legacy = chain.grant(who_key(KEY, "token", "old"), study=study_key(KEY, "1.2.1"))
+    unknown = chain.grant(grantee_key(KEY, "tok-not-ours"))
     _sync(chain, index).sync()
-    assert rows.get(index, known).grantee == "dr"  # type: ignore[union-attr]
-    assert rows.get(index, unknown).grantee == "key:" + who_key(KEY, "token", "not-ours").hex()  # type: ignore[union-attr]
-    assert _grants(index).studies("dr") == ["1.2.1", "1.2.2"]
-    assert _grants(index).check("not-ours", "1.2.2").id == unknown
+    shown = [(g.id, g.grantee, g.grantee_id) for g in rows.listed(index)]
+    assert shown == [
+        (known, "dr", DR), (legacy, "old", "name:old"),
+        (unknown, "key:" + grantee_key(KEY, "tok-not-ours").hex(), ""),
+    ]  # fmt: skip
+    assert _grants(index).studies(DR) == ["1.2.1", "1.2.2"]
+    assert _grants(index).studies("name:dr") == []  # the name's legacy key: another grantee
+    assert _grants(index).check("name:old", "1.2.1").id == legacy
+    assert _grants(index).check("tok-not-ours", "1.2.2").id == unknown
 
 
 def test_importing_again_changes_nothing_after_a_restart_or_on_another_node(index: Index) -> None:
@@ -159,19 +169,39 @@ def test_the_cursor_moves_only_from_where_its_pass_read_it(index: Index) -> None
 
 def test_a_grant_the_gateway_wrote_keeps_its_names_whichever_came_first(index: Index) -> None:
     chain = Chain()
-    grant_id = chain.grant(grantee_key(KEY, "dr"), study=study_key(KEY, "1.2.1"))
+    grant_id = chain.grant(grantee_key(KEY, DR), study=study_key(KEY, "1.2.1"))
     tx = chain.blocks[0][0].tx_hash
     written = GrantRow(
-        id=grant_id, grantee="dr", grantee_kind="token", grantee_key=grantee_key(KEY, "dr"),
+        id=grant_id, grantee="dr", grantee_kind="token", grantee_key=grantee_key(KEY, DR),
         patient_key=PATIENT, study_instance_uid="1.2.1", study_key=study_key(KEY, "1.2.1"),
         expires_at=NOW + 3600, granted_at=NOW - 99, granted_by="admin", tx_hash=tx,
-        block_number=1, revoked_at=None, revoked_by=None, revoke_tx=None,
+        block_number=1, revoked_at=None, revoked_by=None, revoke_tx=None, grantee_id=DR,
+        replaces=7,  # the gateway's own record: the grant this one extended
     )  # fmt: skip
     _sync(chain, index).sync()  # the sync first: keys and the granter's address
     assert rows.get(index, grant_id).granted_by == DOCTOR  # type: ignore[union-attr]
+    assert rows.get(index, grant_id).replaces is None  # type: ignore[union-attr]
     rows.add(index, written)  # then the gateway's own write: its names
     assert rows.get(index, grant_id) == written
     assert _sync(chain, index).sync() is None and rows.get(index, grant_id) == written
+
+
+def test_importing_a_grant_the_gateway_wrote_first_changes_nothing(index: Index) -> None:
+    """The anchoring worker writes the row once the grant is mined; the sync reading the
+    same event afterwards keeps the gateway's names, grantee id and replaced grant."""
+    chain = Chain()
+    grant_id = chain.grant(grantee_key(KEY, DR), study=study_key(KEY, "1.2.1"))
+    written = GrantRow(
+        id=grant_id, grantee="dr", grantee_kind="token", grantee_key=grantee_key(KEY, DR),
+        patient_key=PATIENT, study_instance_uid="1.2.1", study_key=study_key(KEY, "1.2.1"),
+        expires_at=NOW + 3600, granted_at=NOW - 99, granted_by="admin",
+        tx_hash=chain.blocks[0][0].tx_hash, block_number=1, revoked_at=None, revoked_by=None,
+        revoke_tx=None, grantee_id=DR, replaces=7,
+    )  # fmt: skip
+    rows.add(index, written)
+    done = _sync(chain, index).sync()
+    assert done is not None and done.granted == 0
+    assert rows.get(index, grant_id) == written
 
 
 def test_a_grant_on_a_study_the_index_does_not_know_applies_once_it_arrives(index: Index) -> None:
