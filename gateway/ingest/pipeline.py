@@ -62,7 +62,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Protocol
 
@@ -405,9 +405,10 @@ class Pipeline:
                 settled.append(row)
             else:
                 running[self._pool.submit(self._step, row, stage)] = row
+        # a slow step keeps running: the dispatch thread claims and starts new rows meanwhile
         finished = wait(running, timeout=wait_s).done if running else set()
-        if running and not finished:  # none done yet: record the first to finish
-            finished = wait(running, return_when=FIRST_COMPLETED).done
+        if not finished and not leaving:
+            return []  # nothing to record this round
         done: list[StepDone] = []
         for future in finished:
             row = running.pop(future)

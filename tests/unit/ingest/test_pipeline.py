@@ -302,6 +302,19 @@ def test_a_slow_step_never_holds_the_rest_of_its_round_back(
     assert [row.id for row in running.values()] == [ids[0]]
     assert line.index.claim_counts() == {"local": 1}
 
+    # a row due later is claimed, stepped and recorded while the slow one still runs
+    later = line.at_anchor(4)
+    line.index.update(later, stage="forward")
+    held = pipeline._round(held, running, wait_s=0.05)  # nothing new finished: none held
+    assert held == [] and line.index.get(ids[0]).stage == "forward"
+    held = pipeline._claim(("forward",), room=64)
+    assert [row.id for row in held] == [later]
+    while line.index.get(later).stage != "committed":
+        held = pipeline._round(held, running, wait_s=0.05)
+        rounds += 1
+        assert rounds < 2000, "the later row never committed"
+    assert [row.id for row in running.values()] == [ids[0]]
+
     release.set()
     while running:
         held = pipeline._round(held, running, wait_s=0.05)
