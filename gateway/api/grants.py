@@ -137,10 +137,13 @@ def make_grant(body: NewGrant, services: ServicesDep, who: Granting) -> GrantOut
             issuer=body.issuer, token_id=services.tokens.id_of(body.to),
         )  # fmt: skip
     except ValueError as invalid:
-        raise Problem(
-            INVALID_REQUEST, str(invalid), errors=[{"loc": ["body"], "msg": str(invalid)}]
-        ) from None
+        raise _invalid_body(invalid) from None
     return GrantOut.of(row, now=grants.clock())
+
+
+def _invalid_body(invalid: ValueError) -> Problem:
+    """422 ``invalid-request`` for a body the grants refused (expiry, study, patient)."""
+    return Problem(INVALID_REQUEST, str(invalid), errors=[{"loc": ["body"], "msg": str(invalid)}])
 
 
 GrantId = Annotated[int, PathParam(ge=1, le=2**53, description="the contract's grant id")]
@@ -163,9 +166,7 @@ def change_grant(
             until=body.until.timestamp() if body.until is not None else None,
         )  # fmt: skip
     except ValueError as invalid:
-        raise Problem(
-            INVALID_REQUEST, str(invalid), errors=[{"loc": ["body"], "msg": str(invalid)}]
-        ) from None
+        raise _invalid_body(invalid) from None
     return GrantOut.of(row, now=grants.clock())
 
 
