@@ -200,9 +200,10 @@ def chain_request_loop(
 ) -> ChainRequestLoop:
     """The anchoring process's sender of the queued chain writes, with its own ``ledger``."""
     grants = Grants(index=index, ledger=ledger, pseudonym_key=load_pseudonym_key(settings.keys_dir))
+    assert ledger.sender is not None, "the chain-request sender needs the recorder's account"
     return ChainRequestLoop(
         index=index, ledger=ledger, grants=grants, node=settings.node,
-        worker=worker_id(settings.node, f"{worker}/chain"),
+        worker=worker_id(settings.node, f"{worker}/chain"), recorder=ledger.sender.address,
     )  # fmt: skip
 
 

@@ -8,6 +8,11 @@ result, e.g. the grant id) or refused (``failed``: the error's type and message)
 left ``sending`` by a worker that died is marked ``failed`` when the worker starts again,
 never sent twice: whether it reached the chain is for the chain to say (its hash, if any,
 is in the sender's log). The payload holds keys, UIDs and names, never a PatientID.
+
+A request is for a node (``node``: its worker sends grants and revocations asked there), or
+for a recorder account (``recorder``: only that account may send it, e.g. the retirement of
+a record the contract lets only its owner retire). The worker of the node that holds that
+account's key sends it, whichever node queued it.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ INTERRUPTED = "Interrupted"  # the error type of a request its worker died while
 
 _COLUMNS = (
     "id, node, kind, payload, asked_by, asked_at, state, done_at, tx_hash, block_number,"
-    " result, error_type, error"
+    " result, error_type, error, recorder"
 )
+
+#: The requests a worker sends: its node's own, and those for its recorder account.
+_MINE = "((node = ? AND recorder IS NULL) OR recorder = ?)"
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class ChainRequest:
     result: int | None
     error_type: str | None
     error: str | None
+    recorder: str | None = None
 
     @property
     def settled(self) -> bool:
@@ -54,34 +63,48 @@ class ChainRequest:
 
 def _request(values: Sequence[Any]) -> ChainRequest:
     (id_, node, kind, payload, asked_by, asked_at, state, done_at, tx_hash, block, result,
-     error_type, error) = values  # fmt: skip
+     error_type, error, recorder) = values  # fmt: skip
     return ChainRequest(
         int(id_), node, kind, json.loads(payload), asked_by, float(asked_at), state,
         None if done_at is None else float(done_at), tx_hash,
         None if block is None else int(block), None if result is None else int(result),
-        error_type, error,
+        error_type, error, recorder,
     )  # fmt: skip
 
 
-def enqueue(index: Index, *, node: str, kind: str, payload: dict[str, Any], asked_by: str) -> int:
-    """Queue a write for ``node``'s anchoring worker; returns the request's id."""
+def account(address: str | None) -> str | None:
+    """A recorder address as the queue keeps it (lower case), None for none."""
+    return None if address is None else address.lower()
+
+
+def enqueue(
+    index: Index, *, node: str, kind: str, payload: dict[str, Any], asked_by: str,
+    recorder: str | None = None,
+) -> int:  # fmt: skip
+    """Queue a write for ``node``'s anchoring worker, or, given ``recorder``, for the worker
+    that sends with that account; returns the request's id."""
     with index.transaction() as db:
         row = db.execute(
-            "INSERT INTO chain_requests (node, kind, payload, asked_by, asked_at, state)"
-            " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-            (node, kind, json.dumps(payload, sort_keys=True), asked_by, time.time(), QUEUED),
-        ).fetchone()
+            "INSERT INTO chain_requests (node, kind, payload, asked_by, asked_at, state,"
+            " recorder) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (node, kind, json.dumps(payload, sort_keys=True), asked_by, time.time(), QUEUED,
+             account(recorder)),
+        ).fetchone()  # fmt: skip
     return int(row[0])
 
 
-def claim(index: Index, *, node: str, worker: str) -> ChainRequest | None:
-    """The node's oldest queued request, now ``sending`` as ``worker`` (None: none queued).
-    One at a time, in id order: a revocation queued after a grant is sent after it."""
-    due = "SELECT id FROM chain_requests WHERE node = ? AND state = ? ORDER BY id LIMIT 1"
-    if not index.query(due, (node, QUEUED)):
+def claim(
+    index: Index, *, node: str, worker: str, recorder: str | None = None
+) -> ChainRequest | None:
+    """The oldest queued request of the node, or for its ``recorder`` account, now
+    ``sending`` as ``worker`` (None: none queued). One at a time, in id order: a revocation
+    queued after a grant is sent after it."""
+    due = f"SELECT id FROM chain_requests WHERE state = ? AND {_MINE} ORDER BY id LIMIT 1"
+    mine = (QUEUED, node, account(recorder))
+    if not index.query(due, mine):
         return None  # nothing queued: no write transaction
     with index.transaction() as db:
-        found = db.execute(f"{due}{db.row_lock('skip')}", (node, QUEUED)).fetchone()
+        found = db.execute(f"{due}{db.row_lock('skip')}", mine).fetchone()
         if found is None:
             return None
         db.execute(
@@ -94,15 +117,17 @@ def claim(index: Index, *, node: str, worker: str) -> ChainRequest | None:
     return _request(row)
 
 
-def interrupted(index: Index, *, node: str) -> int:
-    """Mark ``failed`` every request of ``node`` left ``sending`` (its worker died); only the
-    node's one anchoring worker calls this, as it starts. Returns how many."""
+def interrupted(index: Index, *, node: str, recorder: str | None = None) -> int:
+    """Mark ``failed`` every request of ``node`` (or for its ``recorder``) left ``sending``
+    (its worker died); only the node's one anchoring worker calls this, as it starts.
+    Returns how many."""
     with index.transaction() as db:
         cursor = db.execute(
             "UPDATE chain_requests SET state = ?, done_at = ?, error_type = ?, error = ?"
-            " WHERE node = ? AND state = ?",
+            f" WHERE state = ? AND {_MINE}",
             (FAILED, time.time(), INTERRUPTED,
-             "the worker sending it stopped: look for its transaction on chain", node, SENDING),
+             "the worker sending it stopped: look for its transaction on chain", SENDING, node,
+             account(recorder)),
         )  # fmt: skip
         return int(cursor.rowcount)
 

@@ -321,6 +321,10 @@ CREATE TABLE IF NOT EXISTS chain_requests (
 CREATE INDEX IF NOT EXISTS chain_requests_queue ON chain_requests (node, state, id)
 """
 
+_CHAIN_REQUESTS_BY_RECORDER = """
+CREATE INDEX IF NOT EXISTS chain_requests_recorder ON chain_requests (recorder, state, id)
+"""
+
 #: Every step, in order; the schema's version is how many of them a database has had.
 STEPS: tuple[Step, ...] = (
     Create(_INSTANCES),  # 1: rows, batches, batch members
@@ -365,6 +369,10 @@ STEPS: tuple[Step, ...] = (
     AddColumn("grants", "replaces", "INTEGER"),
     # 25: the chain-request queue (the anchoring worker sends the API's and CLI's writes)
     Create(_CHAIN_REQUESTS),
+    # 26, 27 (owner routing, keep together): the recorder account a request must be sent by
+    # (an erasure's retirement of a record another node anchored goes to that node's worker)
+    AddColumn("chain_requests", "recorder", "TEXT"),
+    Create(_CHAIN_REQUESTS_BY_RECORDER),
 )
 
 #: The version this code writes and reads.

@@ -18,6 +18,13 @@ sends them through that process's ledger client, the one the pipeline anchors wi
 The index row a request leads to is written by the worker once its transaction is mined (a
 grant's row, a revocation's mark), so a caller that stopped waiting loses nothing: the
 write lands, and shows where it belongs (e.g. ``GET /v1/grants``).
+
+A retirement is queued for the record's owner on chain (``ownerOf``, or the recorder of
+the batch that anchored it when its proof was never shown): the contract lets only that
+account retire it, so the worker holding that account's key sends it, on whichever node
+that is. An erasure confirmed on one node thus retires the records every node anchored;
+while the owner's node is down its retirements wait in the queue (the caller gets
+:class:`~gateway.errors.ChainRequestPending` and confirms again later).
 """
 
 from __future__ import annotations
@@ -69,17 +76,21 @@ class ChainRequestLoop:
         Grants writing with ``ledger`` (no queue): a grant's row once it is mined.
     node, worker:
         The node whose requests it sends, and the claimer's name.
+    recorder:
+        The account ``ledger`` sends with: the requests for it are sent here too, whichever
+        node queued them (None: the node's own requests only).
     """
 
     def __init__(
         self, *, index: Index, ledger: XrayLedger, grants: Grants, node: str, worker: str,
-        poll_s: float = 0.5,
+        recorder: str | None = None, poll_s: float = 0.5,
     ) -> None:  # fmt: skip
         self.index = index
         self.ledger = ledger
         self.grants = grants
         self.node = node
         self.worker = worker
+        self.recorder = recorder
         self.poll_s = poll_s
         self.sent = 0
         self.failed = 0
@@ -95,7 +106,7 @@ class ChainRequestLoop:
 
     def start(self) -> None:
         """Fail what a dead predecessor left in flight, then serve the queue."""
-        left = queue.interrupted(self.index, node=self.node)
+        left = queue.interrupted(self.index, node=self.node, recorder=self.recorder)
         if left:
             log.warning("%d chain request(s) were in flight when the last worker stopped", left)
         self._thread.start()
@@ -122,7 +133,9 @@ class ChainRequestLoop:
 
     def step(self) -> bool:
         """Send the oldest queued request, if any, and settle it; False: none was queued."""
-        request = queue.claim(self.index, node=self.node, worker=self.worker)
+        request = queue.claim(
+            self.index, node=self.node, worker=self.worker, recorder=self.recorder
+        )
         if request is None:
             return False
         try:
@@ -211,8 +224,11 @@ class QueuedChain:
         request = self.settle(kind, payload, by=by)
         return request.result or 0
 
-    def settle(self, kind: str, payload: dict[str, Any], *, by: str) -> queue.ChainRequest:
-        """Queue, ring, and wait (bounded) for the request to be done.
+    def settle(
+        self, kind: str, payload: dict[str, Any], *, by: str, recorder: str | None = None
+    ) -> queue.ChainRequest:
+        """Queue, ring, and wait (bounded) for the request to be done; ``recorder``: only
+        that account may send it (its node's worker does).
 
         Raises
         ------
@@ -222,8 +238,9 @@ class QueuedChain:
             Not settled within ``wait_s``: it stays queued, and its outcome will be kept.
         """
         request_id = queue.enqueue(
-            self.index, node=self.node, kind=kind, payload=payload, asked_by=by
-        )
+            self.index, node=self.node, kind=kind, payload=payload, asked_by=by,
+            recorder=recorder,
+        )  # fmt: skip
         self.ring()
         deadline = time.monotonic() + self.wait_s
         while True:
@@ -231,8 +248,9 @@ class QueuedChain:
             if found is not None and found.settled:
                 break
             if time.monotonic() >= deadline:
+                sender = "this node's" if recorder is None else f"recorder {recorder}'s node's"
                 raise ChainRequestPending(
-                    f"chain request {request_id} ({kind}) is queued for this node's anchoring"
+                    f"chain request {request_id} ({kind}) is queued for {sender} anchoring"
                     f" worker and not mined after {self.wait_s:g} s; it stays queued",
                     request_id=request_id,
                 )
@@ -254,7 +272,8 @@ class QueuedChain:
 
     def retire_image(self, *, record_key: bytes, reason: RetireReason | str) -> Anchor:
         payload = {"record_key": record_key.hex(), "reason": _reason(reason)}
-        return self._anchor(self.settle("retire", payload, by="erasure"))
+        owner = self._owner(record_key)
+        return self._anchor(self.settle("retire", payload, by="erasure", recorder=owner))
 
     def retire_batched_image(
         self, *, record_key: bytes, patient_key: bytes, digest: bytes, pixel_digest: bytes,
@@ -265,7 +284,19 @@ class QueuedChain:
             "digest": digest.hex(), "pixel_digest": pixel_digest.hex(), "batch_id": batch_id,
             "proof": encode_proof(proof).hex(), "reason": _reason(reason),
         }  # fmt: skip
-        return self._anchor(self.settle("retire_batched", payload, by="erasure"))
+        owner = self._owner(record_key, batch_id=batch_id)
+        return self._anchor(self.settle("retire_batched", payload, by="erasure", recorder=owner))
+
+    def _owner(self, record_key: bytes, *, batch_id: int | None = None) -> str | None:
+        """The account the contract lets retire ``record_key``: its owner, or, for a batched
+        record whose proof was never shown, the batch's recorder (None: no chain reader,
+        the node's own worker sends it)."""
+        if self.reader is None:
+            return None
+        owner = self.reader.owner_of(record_key)
+        if owner is None and batch_id is not None:
+            owner = self.reader.batch_of(batch_id).recorder
+        return owner
 
     @staticmethod
     def _anchor(request: queue.ChainRequest) -> Anchor:

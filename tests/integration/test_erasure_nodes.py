@@ -5,6 +5,10 @@ PostgreSQL index, one filesystem object store and one chain (anvil), fed by stor
   and sealed copies on b (never anchored: node a's recorder could not retire a record
   node b's wrote). The erasure is confirmed on node a, which cannot reach b's disk: b's
   own sweep deletes its copies, and the erasure's status says both nodes have shed.
+- Node b, given the object store now, anchors a study with its own recorder while node a
+  is down. The erasure confirmed on node a (back up) retires those records: the contract
+  lets only their owner retire them, so each retirement is queued for the worker that
+  holds node b's recorder key, and node b sends it.
 - Node a holds one image of a study before the object store (a failpoint held by a release
   file) while the erasure is confirmed: the confirmation waits for it, the pipeline erases
   it instead of anchoring it, and nothing of the study is left or anchored afterwards.
@@ -44,7 +48,8 @@ from tests.integration.test_outage import uids_of, wait_for
 pytestmark = pytest.mark.integration
 
 UID_PREFIX = "1.2.826.0.1.3680043.10.1617."
-ON_B, HELD_ON_A = f"{UID_PREFIX}1.0", f"{UID_PREFIX}2.0"  # the two studies erased
+ON_B, HELD_ON_A = f"{UID_PREFIX}1.0", f"{UID_PREFIX}2.0"  # the studies erased
+ANCHORED_BY_B = f"{UID_PREFIX}3.0"
 COUNT = 3  # slices per study
 
 
@@ -58,6 +63,8 @@ class Cluster:
     ledger: XrayLedger
     release: Path  # node a's held put goes on once this file exists
     tmp: Path
+    recorder_b: str  # node b's recorder address
+    ups: list[Up]  # every `up` started, stopped at the end
 
 
 def rows(index_url: str, study: str) -> list[dict[str, Any]]:
@@ -117,7 +124,7 @@ def cluster(
         yield Cluster(
             a=ups[0], b=ups[1], index_url=index_url, store_url=shared["GATEWAY_STORE_URL"],
             orthanc=orthanc, ledger=XrayLedger.at(anvil.url, address), release=release,
-            tmp=tmp,
+            tmp=tmp, recorder_b=recorder_b.address, ups=ups,
         )  # fmt: skip
     finally:
         try:
@@ -220,6 +227,50 @@ def test_an_erasure_confirmed_on_one_node_is_shed_by_every_node(cluster: Cluster
     assert json.loads(shown.stdout)["nodes_not_shed"] == []
 
 
+def test_records_another_node_anchored_are_retired_by_that_nodes_worker(cluster: Cluster) -> None:
+    # node b gets the object store; node a is down while b anchors, so b owns every record
+    assert cluster.b.stop() == 0 and cluster.a.stop() == 0
+    cluster.b = Up({**cluster.b.env, "GATEWAY_STORE_URL": cluster.store_url})
+    cluster.ups.append(cluster.b)
+    files = study(cluster.tmp, ANCHORED_BY_B)
+    sent = storescu(cluster.b.dicom_port, files)
+    assert sent.returncode == 0, sent.stdout[-2000:]
+    wait_for(
+        "node b's study committed",
+        lambda: (
+            [r["stage"] for r in rows(cluster.index_url, ANCHORED_BY_B)] == ["committed"] * COUNT
+        ),
+        timeout=300,
+    )
+    keys = [bytes(r["record_key"]) for r in rows(cluster.index_url, ANCHORED_BY_B)]
+    owners = {cluster.ledger.owner_of(k) for k in keys}
+    batched = [r["batch_id"] for r in rows(cluster.index_url, ANCHORED_BY_B)]
+    assert owners == {cluster.recorder_b} or (
+        owners == {None}
+        and {cluster.ledger.batch_of(b).recorder for b in batched} == {cluster.recorder_b}
+    )
+    cluster.a = Up(cluster.a.env)  # node a back: the erasure is confirmed there
+    cluster.ups.append(cluster.a)
+    with api(cluster.a) as via_a:
+        planned = plan(via_a, ANCHORED_BY_B)
+        done = via_a.post(f"/v1/erasures/{planned['hash']}/confirm", json={"reason": "gdpr_art17"})
+        assert done.status_code == 200, done.text
+    for key in keys:  # retired on chain by node b's recorder, asked for on node a
+        retired = cluster.ledger.retirement_of(key)
+        assert retired is not None and (retired.by, retired.reason) == (
+            cluster.recorder_b,
+            "erased",
+        )
+    with psycopg.connect(cluster.index_url) as pg:
+        sent_by = pg.execute(
+            "SELECT DISTINCT node, recorder, state FROM chain_requests WHERE kind LIKE 'retire%%'"
+            " AND recorder = %s",
+            (cluster.recorder_b.lower(),),
+        ).fetchall()
+    assert sent_by == [("gw-a", cluster.recorder_b.lower(), "done")]
+    assert [r["stage"] for r in rows(cluster.index_url, ANCHORED_BY_B)] == ["erased"] * COUNT
+
+
 def test_images_still_in_the_pipeline_are_erased_not_anchored(cluster: Cluster) -> None:
     # node a alone from here: its recorder anchors (and so owns, and may retire) its images
     assert cluster.b.stop() == 0
@@ -310,7 +361,7 @@ def test_images_still_in_the_pipeline_are_erased_not_anchored(cluster: Cluster) 
         audit = wait_audit(via_a)
     assert audit["report"]["summary"]["trail_batches_checked"] >= 1
     assert [f for f in audit["report"]["findings"] if f["status"] == "trail_tampered"] == []
-    # the sweep meets erased images through their chain records: the two anchored ones
-    # (the held image and node b's were never anchored, and nothing else holds them)
-    assert audit["report"]["summary"]["erased"] == COUNT - 1
+    # the sweep meets erased images through their chain records: the two anchored ones and
+    # node b's study (the held image and node b's first study were never anchored)
+    assert audit["report"]["summary"]["erased"] == COUNT - 1 + COUNT
     assert audit["report"]["summary"]["missing"] == 0

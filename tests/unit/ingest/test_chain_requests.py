@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import pytest
 
+from gateway.core.merkle import InclusionProof
 from gateway.errors import ChainRequestFailed, ChainRequestPending, ChainUnavailable, XrayNotOwner
 from gateway.index import chain_requests as queue
 from gateway.index.db import Index
@@ -17,7 +18,7 @@ from gateway.ledger.client import XrayLedger
 from gateway.ledger.types import Anchor, RetireReason
 from gateway.trust.grants import Grants
 
-KEY_A, KEY_B, KEY_C = b"a" * 32, b"b" * 32, b"c" * 32
+KEY_A, KEY_B, KEY_C, KEY_D = b"a" * 32, b"b" * 32, b"c" * 32, b"d" * 32
 
 
 class _Chain:
@@ -36,6 +37,9 @@ class _Chain:
             raise XrayNotOwner(())
         self.sent.append((record_key, str(reason)))
         return Anchor(f"0x{len(self.sent):064x}", 10 + len(self.sent), 0, 0)
+
+    def retire_batched_image(self, *, record_key: bytes, batch_id: int, **_: Any) -> Anchor:
+        return self.retire_image(record_key=record_key, reason=f"batch {batch_id}")
 
 
 @pytest.fixture
@@ -122,3 +126,72 @@ def test_a_caller_stops_waiting_at_its_bound_and_the_request_stays_queued(index:
     assert request.payload == _retire(KEY_A) and request.asked_by == "erasure"
     assert _loop(index, _Chain()).step()  # the worker, back, still sends it
     assert queue.get(index, request.id).state == queue.DONE  # type: ignore[union-attr]
+
+
+OWNER_B, OWNER_C = "0x" + "B0" * 20, "0x" + "C0" * 20
+
+
+class _Reader:
+    """The contract as read for routing: ``KEY_A`` is owned by ``OWNER_B``; ``KEY_B`` was
+    batched in batch 7 by ``OWNER_C`` and its proof never shown (``ownerOf`` is zero)."""
+
+    def owner_of(self, record_key: bytes) -> str | None:
+        return OWNER_B if record_key == KEY_A else None
+
+    def batch_of(self, batch_id: int) -> Any:
+        assert batch_id == 7
+        return type("Batch", (), {"recorder": OWNER_C})()
+
+
+def test_a_retirement_is_sent_by_the_worker_holding_the_records_owner_key(index: Index) -> None:
+    """An erasure confirmed on n1 retires records n2 and n3 anchored: each retirement waits
+    for the worker that sends with its owner's account, never n1's; n1's own request stays
+    n1's."""
+    reader = cast(XrayLedger, _Reader())
+    caller = QueuedChain(index=index, node="n1", ring=lambda: None, reader=reader, wait_s=0.1)
+    with pytest.raises(ChainRequestPending) as single:
+        caller.retire_image(record_key=KEY_A, reason="erased")
+    assert f"recorder {OWNER_B}'s node" in str(single.value)
+    with pytest.raises(ChainRequestPending) as batched:
+        caller.retire_batched_image(
+            record_key=KEY_B, patient_key=KEY_C, digest=KEY_C, pixel_digest=KEY_C, batch_id=7,
+            proof=InclusionProof(index=0, size=1, path=()), reason="erased",
+        )  # fmt: skip
+    own = queue.enqueue(index, node="n1", kind="retire", payload=_retire(KEY_D), asked_by="a")
+    ids = [single.value.request_id, batched.value.request_id, own]
+    assert [queue.get(index, i).recorder for i in ids] == [  # type: ignore[union-attr]
+        OWNER_B.lower(), OWNER_C.lower(), None,
+    ]  # fmt: skip
+
+    chains = {node: _Chain() for node in ("n1", "n2", "n3")}
+    chains["n3"].down_once = False  # KEY_B's first send goes through here
+    loops = {
+        node: ChainRequestLoop(
+            index=index,
+            ledger=cast(XrayLedger, chains[node]),
+            grants=Grants(index=index, ledger=None, pseudonym_key=bytes(32)),
+            node=node,
+            worker=f"{node}/chain",
+            recorder="0x" + account * 20,
+            poll_s=0.01,
+        )
+        for node, account in (("n1", "A0"), ("n2", "b0"), ("n3", "C0"))
+    }
+    for node in ("n3", "n2", "n1"):
+        assert loops[node].step() and not loops[node].step()  # one request each
+    assert [queue.get(index, i).state for i in ids] == [queue.DONE] * 3  # type: ignore[union-attr]
+    assert chains["n2"].sent == [(KEY_A, "erased")]
+    assert chains["n3"].sent == [(KEY_B, "batch 7")]
+    assert chains["n1"].sent == [(KEY_D, "erased")]
+
+
+def test_a_restarted_worker_fails_only_its_own_requests_left_in_flight(index: Index) -> None:
+    mine = queue.enqueue(index, node="n1", kind="retire", payload=_retire(KEY_A), asked_by="a")
+    routed = queue.enqueue(index, node="n1", kind="retire", payload=_retire(KEY_B), asked_by="a",
+                           recorder=OWNER_B)  # fmt: skip
+    assert queue.claim(index, node="n1", worker="n1/chain", recorder="0x" + "A0" * 20)
+    assert queue.claim(index, node="n2", worker="n2/chain", recorder=OWNER_B)
+    assert queue.interrupted(index, node="n1", recorder="0x" + "A0" * 20) == 1
+    assert [queue.get(index, i).state for i in (mine, routed)] == [  # type: ignore[union-attr]
+        queue.FAILED, queue.SENDING,
+    ]  # fmt: skip
