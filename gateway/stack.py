@@ -876,6 +876,7 @@ class Stack:
             grants=Grants(index=index, ledger=None, pseudonym_key=pseudonym_key, queue=chained),
             eraser=build_eraser(s, ledger=chained, index=index),
             signin=sign_in(s, index=index, chain_id=ledger.chain_id()),
+            chain_queue=chained,
         )
         health = Health(
             checks={

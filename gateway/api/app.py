@@ -16,6 +16,7 @@ from gateway.api import (
     alerts,
     assets,
     audits,
+    chain_requests,
     erasures,
     grants,
     log,
@@ -105,6 +106,7 @@ def create_app(
     app.include_router(alerts.router)
     app.include_router(access.router)
     app.include_router(grants.router)
+    app.include_router(chain_requests.router)
     app.include_router(studies.router)
     app.include_router(signin.router)
     if console is not None:

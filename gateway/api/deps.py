@@ -13,6 +13,7 @@ from gateway.api.auth import Permission, Principal, Tokens
 from gateway.api.limits import Limits, retry_after
 from gateway.api.problems import FORBIDDEN, NOT_READY, RATE_LIMITED, UNAUTHORIZED, Problem
 from gateway.errors import AccessDenied
+from gateway.ingest.chain_requests import QueuedChain
 from gateway.trust.alerts import Alerts
 from gateway.trust.audit import Audits
 from gateway.trust.erasure import Eraser
@@ -43,6 +44,8 @@ class Services:
     eraser: Eraser | None = None
     #: Sign-In with Ethereum for account-address grantees (None: not offered).
     signin: SignIn | None = None
+    #: The chain writes queued for the anchoring workers (``/v1/chain-requests/{id}``).
+    chain_queue: QueuedChain | None = None
 
     def authenticate(self, token: str) -> Principal | None:
         """Who a bearer token is: an API token's holder, or the account a Sign-In with
@@ -187,3 +190,4 @@ SeeingPatientData = Annotated[Principal, Depends(require("phi"))]
 ReadingStudies = Annotated[Principal, Depends(require_any("verify", "granted"))]
 Granting = Annotated[Principal, Depends(require("grant"))]
 Erasing = Annotated[Principal, Depends(require("erase"))]
+ManagingChainWrites = Annotated[Principal, Depends(require_any("grant", "erase"))]

@@ -162,7 +162,8 @@ UNAVAILABLE = ProblemType("unavailable", 503, "A downstream part is unavailable"
 CHAIN_REQUEST_PENDING = ProblemType("chain-request-pending", 503, "Chain write pending",
     "The write was queued for the gateway's anchoring worker (the recorder's one sender) and "
     "is not mined yet, or that worker is not running. It stays queued; its result shows in "
-    "the list it belongs to (e.g. `GET /v1/grants`) once mined. Retry after Retry-After.")
+    "the list it belongs to (e.g. `GET /v1/grants`) once mined, and "
+    "`GET /v1/chain-requests/{id}` shows where it stands. Retry after Retry-After.")
 NOT_READY = ProblemType("not-ready", 503, "Not ready",
     "The gateway's API runs without its services (starting, or a health-only process).")
 UPLOAD_AREA_FULL = ProblemType("upload-area-full", 507, "Upload area full",

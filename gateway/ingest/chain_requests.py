@@ -218,6 +218,10 @@ class QueuedChain:
         self.reader = reader
         self.wait_s = wait_s
 
+    def request(self, request_id: int) -> queue.ChainRequest | None:
+        """A queued write by its id, and its outcome once settled (None: no such id)."""
+        return queue.get(self.index, request_id)
+
     def call(self, kind: str, payload: dict[str, Any], *, by: str) -> int:
         """Queue ``kind`` with ``payload``, wait until it is mined; its result (a grant id,
         or 0 when the call has none)."""
