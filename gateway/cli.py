@@ -197,9 +197,19 @@ def _keys_retire_old(settings: Settings) -> int:
     study keys, then every old KEK destroyed (no kept copy of a v1 object opens any more)."""
     from gateway.core.keys import load_pseudonym_key
     from gateway.index.db import Index
+    from gateway.procs import DirLock
     from gateway.stack import open_object_store
     from gateway.trust.erasure import retire_old_keks
 
+    # a running `up` keeps the KEK it loaded and would wrap new study keys under it: refuse
+    # while this data dir's `up` runs, and keep one from starting until the KEKs are gone
+    lock = DirLock(settings.data_dir / "run" / "up.lock")
+    try:
+        lock.acquire()
+    except ConfigError as running:
+        raise ConfigError(
+            f"{running}: stop it (and every other node) before --retire-old"
+        ) from None
     index = Index(settings.index_location)
     try:
         done = retire_old_keks(
@@ -208,6 +218,7 @@ def _keys_retire_old(settings: Settings) -> int:
         )  # fmt: skip
     finally:
         index.close()
+        lock.release()
     _print_json({**vars(done), "destroyed": list(done.destroyed)})
     print(
         "old KEKs destroyed here; delete the same files from every other node's keys/kek",

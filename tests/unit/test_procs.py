@@ -149,6 +149,27 @@ def test_a_second_up_on_one_data_dir_is_refused_before_it_touches_the_first_ones
     again.release()
 
 
+def test_retiring_the_old_keks_is_refused_while_up_runs_on_the_data_dir(tmp_path: Path) -> None:
+    # a running `up` keeps the KEK it loaded: the old KEKs must not be destroyed under it
+    running = DirLock(tmp_path / "run" / "up.lock")
+    running.acquire()
+    (tmp_path / "keys" / "kek").mkdir(parents=True)
+    kept = tmp_path / "keys" / "kek" / "kek-old.key"
+    kept.write_bytes(b"an old KEK")
+    env = {**os.environ, "GATEWAY_DATA_DIR": str(tmp_path)}
+    try:
+        refused = subprocess.run(
+            [sys.executable, "-m", "gateway", "keys", "rotate", "--retire-old"],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        running.release()
+    assert refused.returncode != 0
+    assert f"up (pid {os.getpid()}) runs on the data dir" in refused.stderr
+    assert "before --retire-old" in refused.stderr and "Traceback" not in refused.stderr
+    assert kept.read_bytes() == b"an old KEK"
+
+
 HOLDER = """
 import sys, time
 from pathlib import Path
