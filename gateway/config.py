@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import socket
@@ -54,6 +55,11 @@ class Settings(BaseSettings):
     dicom_port: int = Field(default=11112, ge=1, le=65535)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
+    #: Reverse proxies whose ``X-Forwarded-For``/``-Proto`` the API believes (addresses or
+    #: CIDRs, comma-separated): the client address they name is the one rate limits, the
+    #: sign-in buckets and logs use. Loopback by default; never ``*`` (any client could
+    #: then name any address and slip its rate limit).
+    api_trusted_proxies: str = "127.0.0.1,::1"
     plain_dicom: bool = True
     tls_port: int = Field(default=2762, ge=1, le=65535)
     tls_cert: Path | None = None
@@ -199,6 +205,20 @@ class Settings(BaseSettings):
         ``<data_dir>/orthanc`` and the plugin reads these paths from its configuration, so
         a relative ``./var`` (the default) would point elsewhere for them."""
         return value.absolute() if value is not None else None
+
+    @field_validator("api_trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an address or CIDR (a proxy is named by where it"
+                    " connects from; '*' is refused)"
+                ) from None
+        return ",".join(entries)
 
     @field_validator("ae_title")
     @classmethod

@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import uvicorn
+from fastapi import FastAPI
 from pydantic import SecretStr
 
 from gateway.api import create_app
@@ -204,6 +205,15 @@ def chain_request_loop(
     return ChainRequestLoop(
         index=index, ledger=ledger, grants=grants, node=settings.node,
         worker=worker_id(settings.node, f"{worker}/chain"), recorder=ledger.sender.address,
+    )  # fmt: skip
+
+
+def api_server_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
+    """How uvicorn serves the API: where, and which proxies' ``X-Forwarded-*`` it believes
+    (``GATEWAY_API_TRUSTED_PROXIES``; none when empty)."""
+    return uvicorn.Config(
+        app, host=settings.api_host, port=settings.api_port, log_level="warning",
+        forwarded_allow_ips=settings.api_trusted_proxies or [],
     )  # fmt: skip
 
 
@@ -898,17 +908,13 @@ class Stack:
             ),
             instruments=True,  # C-STORE responses, ack latency, commitment counts: all processes
         )
-        config = uvicorn.Config(
-            create_app(
-                health=health,
-                services=services,
-                metrics=lambda: render(metrics),
-                console=self._console(services),
-            ),
-            host=self.settings.api_host,
-            port=self.settings.api_port,
-            log_level="warning",
+        app = create_app(
+            health=health,
+            services=services,
+            metrics=lambda: render(metrics),
+            console=self._console(services),
         )
+        config = api_server_config(self.settings, app)
         self._api = uvicorn.Server(config)
         self._api_thread = threading.Thread(target=self._api.run, name="api", daemon=True)
         self._api_thread.start()

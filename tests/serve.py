@@ -14,10 +14,12 @@ from gateway.procs import free_port
 
 
 @contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` until the block ends; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+def serve(app: FastAPI, config: uvicorn.Config | None = None) -> Iterator[str]:
+    """Run ``app`` (as ``config`` says, if given) until the block ends; yields its base URL."""
+    if config is None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")
+    port = config.port
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
