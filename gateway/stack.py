@@ -546,6 +546,7 @@ class ListenerNode:
             self.receiver.start(
                 host=s.dicom_host, port=s.dicom_port if s.plain_dicom else None,
                 tls_port=s.tls_port, ssl_context=server_tls, shared_port=True,
+                slots_dir=run_dir(s) / "slots",
             )  # fmt: skip
             listener_ready(s, self.listener).touch()
         except BaseException:

@@ -20,7 +20,8 @@ the same server with these holes closed:
   accepted, before any thread is started: above ``max_associations_per_host``
   (or ``max_associations`` overall) the connection is closed at once. A slot is
   freed as soon as its connection ends, including one that closed before its
-  A-ASSOCIATE-RQ (pynetdicom would keep it for the whole ACSE timeout).
+  A-ASSOCIATE-RQ (pynetdicom would keep it for the whole ACSE timeout). With several
+  listener processes on one port, the caps count over all of them (``ingest/slots.py``).
 - **Clean aborts.** A P-DATA that cannot be decoded (unknown context, malformed
   command set) aborts the association through the state machine (A-ABORT to the
   peer) instead of killing the DUL thread; an exception in an association
@@ -43,6 +44,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.uid import UID
@@ -63,6 +65,7 @@ from pynetdicom.transport import (
 from pynetdicom.utils import make_target
 
 from gateway.ingest import tls
+from gateway.ingest.slots import SharedSlots
 
 if TYPE_CHECKING:
     from gateway.config import Settings
@@ -612,6 +615,8 @@ class GuardedAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, counting connections per peer address before any thread."""
 
     limits: ListenerLimits = ListenerLimits()
+    #: The node's slots over all its listener processes (None: this process is the one).
+    shared_slots: SharedSlots | None = None
     # socketserver's default backlog (5) drops the SYNs of a burst of connections, and a
     # dropped SYN is retried only after a second: a flood would delay every modality.
     request_queue_size = 256
@@ -620,6 +625,7 @@ class GuardedAssociationServer(ThreadedAssociationServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._slots_lock = threading.Lock()
         self._by_host: dict[str, int] = {}
+        self._held: dict[str, list[tuple[int, int]]] = {}  # shared slots, by peer address
         self.refused = 0  # connections closed at once because a cap was reached
         kwargs["request_handler"] = GuardedRequestHandler
         super().__init__(*args, **kwargs)
@@ -653,8 +659,13 @@ class GuardedAssociationServer(ThreadedAssociationServer):
                     f" reached for {host}"
                 )
             else:
-                self._by_host[host] = mine + 1
-                return True
+                held = self.shared_slots.take(host) if self.shared_slots is not None else None
+                if not isinstance(held, str):
+                    self._by_host[host] = mine + 1
+                    if held is not None:
+                        self._held.setdefault(host, []).append(held)
+                    return True
+                reason = held  # the other listener processes hold the node's slots
             self.refused += 1
         log.warning("refused a connection from %s: %s", host, reason)
         return False
@@ -684,12 +695,19 @@ class GuardedAssociationServer(ThreadedAssociationServer):
                 self._by_host[host] = left
             else:
                 self._by_host.pop(host, None)
+            held = self._held.get(host)
+            if held:
+                SharedSlots.give_back(held.pop())
+                if not held:
+                    del self._held[host]
 
 
 class SharedPortServer(GuardedAssociationServer):
     """The guarded server on a port that other processes listen on too (``SO_REUSEPORT``):
     the kernel spreads new connections over every socket bound to it, so each listener
-    process takes its share with its own GIL. The association caps are per process."""
+    process takes its share with its own GIL. The association caps count over every
+    listener process of the node when :func:`start_server` is given a ``slots_dir``
+    (:class:`~gateway.ingest.slots.SharedSlots`)."""
 
     def server_bind(self) -> None:
         cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -705,13 +723,15 @@ def start_server(
     on_association_end: Callable[[Association], None] | None = None,
     ssl_context: Any = None,
     shared_port: bool = False,
+    slots_dir: Path | None = None,
 ) -> GuardedAssociationServer:
     """``AE.start_server(address, block=False, ...)`` with the guarded server.
 
     The AE's ``maximum_pdu_size`` becomes ``limits.max_pdu``; its
     ``maximum_associations`` is set above the caps counted here (pynetdicom counts
     an association until its thread ends, a little after its connection).
-    ``shared_port`` binds with ``SO_REUSEPORT`` (:class:`SharedPortServer`).
+    ``shared_port`` binds with ``SO_REUSEPORT`` (:class:`SharedPortServer`); with
+    ``slots_dir`` (the node's run dir), the caps count over every process listening there.
     """
     ae.maximum_pdu_size = limits.max_pdu
     ae.maximum_associations = 2 * limits.max_associations
@@ -726,6 +746,11 @@ def start_server(
         ),
     )
     server.limits = limits
+    if slots_dir is not None:
+        server.shared_slots = SharedSlots(
+            slots_dir, port=int(server.server_address[1]), total=limits.max_associations,
+            per_host=limits.max_associations_per_host,
+        )  # fmt: skip
     server.on_association_end = on_association_end
     thread = threading.Thread(
         target=make_target(server.serve_forever),

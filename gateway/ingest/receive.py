@@ -245,12 +245,14 @@ class Receiver:
         tls_port: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
         shared_port: bool = False,
+        slots_dir: Path | None = None,
     ) -> None:
         """Listen in the background: plain DICOM on ``port`` (None: not at all), and DICOM
         TLS on ``tls_port`` when an ``ssl_context`` (:func:`gateway.ingest.tls.server_context`) is
         given. Each port counts its own connections against ``limits``
         (:class:`gateway.ingest.listener.GuardedAssociationServer`). ``shared_port``: other
-        listener processes may bind the same ports (``SO_REUSEPORT``)."""
+        listener processes may bind the same ports (``SO_REUSEPORT``); ``slots_dir``: they
+        count the association caps together there (``ingest/slots.py``)."""
         ae = self.build_ae()
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self.handle_store),
@@ -268,6 +270,7 @@ class Receiver:
                 evt_handlers=handlers,
                 on_association_end=self.discard_partials,
                 shared_port=shared_port,
+                slots_dir=slots_dir,
             )
         if ssl_context is not None:
             assert tls_port is not None, "a TLS listener needs its port"
@@ -279,6 +282,7 @@ class Receiver:
                 on_association_end=self.discard_partials,
                 ssl_context=ssl_context,
                 shared_port=shared_port,
+                slots_dir=slots_dir,
             )
 
     @property

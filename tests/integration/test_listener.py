@@ -94,6 +94,43 @@ def test_connections_closed_before_their_request_free_their_slots_at_once(
         rx.index.close()
 
 
+def test_listener_processes_on_one_port_count_the_caps_together(tmp_path: Path) -> None:
+    """Two listeners on one port (as ``GATEWAY_LISTENERS=2`` runs them: ``SO_REUSEPORT``,
+    the kernel spreading connections) hold at most the node's per-address cap between them,
+    not that many each; closing frees the slots for either."""
+    port, slots = free_port(), tmp_path / "run" / "slots"
+    listeners = []
+    for name in ("listen-1", "listen-2"):
+        rx = Receiver(
+            spool=Spool(tmp_path / name / "spool", reserve_bytes=0),
+            index=Index(tmp_path / name / "index.sqlite"),
+            limits=ListenerLimits(negotiation_timeout_s=600, max_associations_per_host=3),
+        )
+        rx.start(port=port, shared_port=True, slots_dir=slots)
+        listeners.append(rx)
+
+    def held() -> int:
+        return sum(rx.connections().get("127.0.0.1", 0) for rx in listeners)
+
+    def refused() -> int:
+        return sum(rx.refused_connections for rx in listeners)
+
+    try:
+        socks = [pdus.connect(port) for _ in range(8)]
+        for sock in socks:
+            sock.sendall(b"\x01\x00")  # a request begun, never finished: each holds a slot
+        wait_for(lambda: held() + refused() == 8, "every connection taken or refused")
+        assert (held(), refused()) == (3, 5)
+        for sock in socks:
+            sock.close()
+        wait_for(lambda: held() == 0, "slots freed by the close")
+        assert echo(port)
+    finally:
+        for rx in listeners:
+            rx.stop()
+            rx.index.close()
+
+
 def test_stalled_sockets_from_one_address_leave_room_for_another(
     receiver: Receiver, tmp_path: Path
 ) -> None:
