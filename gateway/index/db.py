@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from gateway.core.group_commit import GroupCommit
 from gateway.core.nodes import node_of
 from gateway.errors import IndexUnavailable
 from gateway.index import schema
@@ -161,6 +162,8 @@ class Index:
         # SQLite keeps one connection: its writers take one lock whatever the connection.
         self._ack_lock = threading.Lock()
         self._ack: Connection | None = None
+        # C-STOREs acked together on several associations share one commit.
+        self._acks: GroupCommit[tuple[Any, ...], int] = GroupCommit(self._insert_received)
         try:
             if readonly:
                 schema.check(schema.version(self._db), self.where)
@@ -230,16 +233,42 @@ class Index:
         stage refuses a file that no longer hashes to it. ``received_by`` is the gateway
         node whose spool holds it: only that node's workers claim it, except to anchor.
         """
+        return self._acks.submit(
+            (entry_id, sop_instance_uid, sop_class_uid, calling_aet, time.time(), size,
+             spool_sha256, received_by)
+        )  # fmt: skip
+
+    def _insert_received(self, rows: Sequence[tuple[Any, ...]]) -> list[int]:
+        """Insert the rows :meth:`add_received` was handed together, in one transaction.
+
+        On the ack's own session (PostgreSQL) or the index's connection (SQLite). One row
+        is one statement, its own transaction on both engines (one round trip); several
+        rows share a ``BEGIN``/``COMMIT``: one WAL flush (SQLite) or one commit's wait
+        (PostgreSQL) for them all, which :class:`~gateway.core.group_commit.GroupCommit`
+        returns to each caller only once that commit is done.
+        """
         db, lock = (self._db, self._lock) if self._ack is None else (self._ack, self._ack_lock)
-        with lock:  # one statement: its own transaction on both engines, one round trip
-            (row_id,) = db.execute(
-                "INSERT INTO instances (entry_id, sop_instance_uid, sop_class_uid, calling_aet,"
-                " received_at, size, stage, spool_sha256, received_by)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'fingerprint', ?, ?) RETURNING id",
-                (entry_id, sop_instance_uid, sop_class_uid, calling_aet, time.time(), size,
-                 spool_sha256, received_by),
-            ).fetchone()  # fmt: skip
-            return int(row_id)
+        with lock:
+            if len(rows) == 1:
+                return [self._insert_one(db, rows[0])]
+            db.begin()
+            try:
+                ids = [self._insert_one(db, row) for row in rows]
+            except BaseException:
+                db.rollback()
+                raise
+            db.commit()
+            return ids
+
+    @staticmethod
+    def _insert_one(db: Connection, row: tuple[Any, ...]) -> int:
+        (row_id,) = db.execute(
+            "INSERT INTO instances (entry_id, sop_instance_uid, sop_class_uid, calling_aet,"
+            " received_at, size, stage, spool_sha256, received_by)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'fingerprint', ?, ?) RETURNING id",
+            row,
+        ).fetchone()
+        return int(row_id)
 
     def was_erased(self, sop_instance_uid: str) -> bool:
         """Whether an image with that UID was erased (the listener's check before the ack).

@@ -51,6 +51,7 @@ from gateway.core.allowlist import Network, refusal
 from gateway.core.fingerprint import MAX_INSTANCE_BYTES, checked_header
 from gateway.errors import DatasetTooLarge, DatasetUnreadable, SpoolUnavailable
 from gateway.index.db import Index
+from gateway.ingest import file_meta
 from gateway.ingest.listener import GuardedAssociationServer, ListenerLimits, nodelay, start_server
 from gateway.ingest.spool import IncomingFile, Spool
 
@@ -109,6 +110,10 @@ def route_received_datasets() -> None:
     installed once per process (by every :class:`SpoolingAE`), and it routes: each file
     comes from the AE of the association being decoded, so that two receivers in one
     process keep their files apart. Any other AE gets pynetdicom's own temporary file.
+
+    The same place writes the file's File Meta with :mod:`gateway.ingest.file_meta`'s
+    encoder instead of a pydicom dataset built and written per instance: the same bytes
+    (a unit test compares them), a tenth of the listener's CPU per CT slice less.
     """
     global _routed
     with _routing:
@@ -116,6 +121,8 @@ def route_received_datasets() -> None:
             return
         _config.STORE_RECV_CHUNKED_DATASET = True
         setattr(dimse_messages, "NamedTemporaryFile", _dataset_file)  # noqa: B010
+        setattr(dimse_messages, "create_file_meta", file_meta.create_file_meta)  # noqa: B010
+        setattr(dimse_messages, "write_file_meta_info", file_meta.write_file_meta_info)  # noqa: B010
         _routed = True
 
 

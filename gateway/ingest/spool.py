@@ -29,11 +29,13 @@ import shutil
 import tempfile
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from gateway import failpoints
+from gateway.core.group_commit import GroupCommit
 from gateway.errors import SpoolUnavailable
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,9 @@ class Spool:
         self._overflowed: dict[str, str] = {}
         self._arriving: dict[str, IncomingFile] = {}
         self._lock = threading.Lock()
+        # Renames into ready/ made together (C-STOREs on several associations) share one
+        # directory fsync; each waits for an fsync that began after its own rename.
+        self._ready_syncs: GroupCommit[str, None] = GroupCommit(self._sync_ready)
         for path in (self.incoming, self.ready):
             path.mkdir(parents=True, exist_ok=True)
 
@@ -147,10 +152,15 @@ class Spool:
             finally:
                 os.close(fd)
             os.rename(received, target)
-            fsync_dir(self.ready)
+            self._ready_syncs.submit(entry_id)
         except OSError as exc:
             raise SpoolUnavailable(f"cannot make the received instance durable: {exc}") from exc
         return SpoolEntry(entry_id=entry_id, path=target, size=size, sha256=sha256)
+
+    def _sync_ready(self, entry_ids: Sequence[str]) -> list[None]:
+        """One fsync of ``ready/`` for the entries renamed into it before it began."""
+        fsync_dir(self.ready)
+        return [None] * len(entry_ids)
 
     def path_of(self, entry_id: str) -> Path:
         """Where entry ``entry_id`` lives (ids are our own hex, checked anyway)."""

@@ -300,3 +300,32 @@ def test_another_scp_in_the_process_keeps_pynetdicoms_own_files(
         rx.spool.incoming not in written.parents and not written.exists()
     )  # removed by pynetdicom
     assert rx.index.all() == [] and list(rx.spool.ready.iterdir()) == []
+
+
+def test_eight_associations_at_once_each_ack_has_its_own_durable_file_and_row(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    """8 DCMTK associations of 5 CT slices at once (ack part of #14): the index rows and the
+    spool's directory fsyncs are group-committed, each file's File Meta is written by the
+    direct encoder; every ack has its row, and its file in ready/ with the hash the row
+    recorded and a File Meta pydicom reads as the request's."""
+    import hashlib
+
+    from gateway.bench.parallel import storescu_parallel
+
+    slices = dicom_fixtures.ct_series(tmp_path / "ct", count=40)
+    storescu_parallel(receiver.port, slices, called="XRAYGW", ways=8)  # raises unless all acked
+
+    rows = receiver.index.all()
+    sent = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in slices}
+    assert sorted(r.sop_instance_uid for r in rows) == sorted(sent)
+    for row in rows:
+        spooled = receiver.spool.path_of(row.entry_id)
+        assert hashlib.sha256(spooled.read_bytes()).digest() == row.spool_sha256
+        meta = dcmread(spooled, stop_before_pixels=True).file_meta
+        assert meta.MediaStorageSOPInstanceUID == row.sop_instance_uid
+        assert meta.MediaStorageSOPClassUID == row.sop_class_uid
+    # every row and every rename went through exactly one group commit
+    commits, renames = receiver.index._acks, receiver.spool._ready_syncs
+    assert commits.items == renames.items == 40
+    print(f"40 acks: {commits.writes} index commits, {renames.writes} directory fsyncs")

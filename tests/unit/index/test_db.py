@@ -8,6 +8,7 @@ tests/integration/test_index_postgres.py on a fresh PostgreSQL database per test
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,14 @@ def fingerprinted(index: Index, digest: bytes, *, key: bytes = KEY) -> tuple[str
     return index.claim_fingerprint(
         received(index), values, next_stage="seal", duplicate_stage="duplicate"
     )
+
+
+def until(condition: Any) -> None:
+    """Wait (at most 10 s) until ``condition()`` holds."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.001)
 
 
 def at_version(location: Path | str, version: int) -> None:
@@ -92,6 +101,55 @@ class IndexContract:
             index.update(received(index), received_at=received_at, anchored_at=anchored_at)
         assert index.activity(since=base, bucket_s=600) == [(base, 2, 1), (base + 600, 1, 1)]
         assert index.activity(since=base + 10_000, bucket_s=600) == []
+
+    # --- the ack's insert: group commit (ack part of #14) ---------------------------------------------
+
+    def _receive_together(self, index: Index, entries: list[str]) -> list[tuple[str, object]]:
+        """``add_received`` of ``entries`` on threads of their own while the first commit is
+        held: the first row is committed alone, the others line up and share one commit."""
+        lock = index._ack_lock if index._ack is not None else index._lock
+        results: list[tuple[str, object]] = []
+
+        def receive(entry: str) -> None:
+            try:
+                row_id = index.add_received(
+                    entry_id=entry, sop_instance_uid="1.2.3", sop_class_uid=CT,
+                    calling_aet="CT1", size=10,
+                )  # fmt: skip
+                results.append((entry, row_id))
+            except DATABASE_ERRORS as exc:
+                results.append((entry, exc))
+
+        threads = [threading.Thread(target=receive, args=(entry,)) for entry in entries]
+        with lock:  # the first writer waits here, holding its turn
+            threads[0].start()
+            until(lambda: index._acks.writing)
+            for thread in threads[1:]:
+                thread.start()
+            until(lambda: index._acks.waiting == len(entries) - 1)
+        for thread in threads:
+            thread.join(30)
+        return results
+
+    def test_rows_received_together_share_one_commit_and_each_has_its_own_id(
+        self, index: Index
+    ) -> None:
+        entries = [f"together-{n}" for n in range(6)]
+        ids = self._receive_together(index, entries)
+        assert index._acks.writes == 2  # the first alone, then the five that lined up
+        assert len({row_id for _, row_id in ids}) == 6
+        for entry, row_id in ids:
+            assert isinstance(row_id, int)
+            row = index.get(row_id)
+            assert (row.entry_id, row.stage) == (entry, "fingerprint")
+
+    def test_a_refused_row_in_a_shared_commit_fails_only_its_own_ack(self, index: Index) -> None:
+        # the same spool entry twice (entry_id is unique): one of the two is refused
+        results = self._receive_together(index, ["first", "a", "twice", "b", "twice"])
+        refused = [r for _, r in results if isinstance(r, Exception)]
+        assert len(refused) == 1 and isinstance(refused[0], INTEGRITY_ERRORS)
+        landed = sorted(index.get(r).entry_id for _, r in results if isinstance(r, int))
+        assert landed == ["a", "b", "first", "twice"]
 
     # --- rows: received, updated, due ------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import threading
 from pathlib import Path
 from typing import Any, cast
 
@@ -11,8 +12,9 @@ import pytest
 
 from gateway.errors import SpoolUnavailable
 from gateway.index.db import Index
+from gateway.ingest import spool as spool_module
 from gateway.ingest.spool import CHECK_EVERY, Spool
-from tests.unit.index.test_db import legacy_index
+from tests.unit.index.test_db import legacy_index, until
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -182,3 +184,37 @@ def test_an_index_from_before_spool_binding_is_upgraded(tmp_path: Path) -> None:
         spool_sha256=b"\x01" * 32,
     )  # fmt: skip
     assert index.get(new).spool_sha256 == b"\x01" * 32
+
+
+def test_files_accepted_together_share_one_directory_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each accept returns only after an fsync of ready/ that began after its rename; the
+    renames that land while one runs share the next (ack part of #14)."""
+    spool = Spool(tmp_path / "spool", reserve_bytes=0)
+    gate, synced = threading.Event(), []
+    real_fsync_dir = spool_module.fsync_dir
+
+    def held_fsync_dir(path: Path) -> None:
+        synced.append(sorted(p.name for p in path.iterdir()))  # what this fsync covers
+        gate.wait(10)
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(spool_module, "fsync_dir", held_fsync_dir)
+    files = [receive(spool, bytes([n]) * 100) for n in range(5)]
+    entries: list[str] = []
+    threads = [
+        threading.Thread(target=lambda f=f: entries.append(spool.accept(f).entry_id)) for f in files
+    ]
+    threads[0].start()
+    until(lambda: spool._ready_syncs.writing)
+    for thread in threads[1:]:
+        thread.start()
+    until(lambda: spool._ready_syncs.waiting == 4)
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+
+    assert len(entries) == 5 and spool._ready_syncs.writes == 2
+    # the second fsync began after all five renames: it covers every entry
+    assert synced[1] == sorted(f"{entry}.dcm" for entry in entries)
