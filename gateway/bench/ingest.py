@@ -79,8 +79,30 @@ def orthanc_direct(
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def _anchor_summary(gateway: Gateway, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """How the pipeline's anchor stage recorded ``rows``: mode, transactions, gas per image."""
+def _batch_timeline(rows: list[dict[str, Any]], started: float) -> list[dict[str, Any]]:
+    """Each transaction's images in the order they landed: how many, the first and last
+    ack among them and the receipt, in seconds from ``started`` (storescu's start)."""
+    by_tx: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["tx_hash"] and row["anchored_at"]:
+            by_tx.setdefault(str(row["tx_hash"]), []).append(row)
+    landed = sorted(by_tx.values(), key=lambda members: min(r["anchored_at"] for r in members))
+    return [
+        {
+            "images": len(members),
+            "first_ack_s": round(min(r["received_at"] for r in members) - started, 3),
+            "last_ack_s": round(max(r["received_at"] for r in members) - started, 3),
+            "receipt_s": round(max(r["anchored_at"] for r in members) - started, 3),
+        }
+        for members in landed
+    ]
+
+
+def _anchor_summary(
+    gateway: Gateway, rows: list[dict[str, Any]], started: float | None = None
+) -> dict[str, Any]:
+    """How the pipeline's anchor stage recorded ``rows``: mode, transactions, gas per image,
+    and (given when the workload ``started``) each transaction's place in time."""
     committed = [r for r in rows if r["stage"] == "committed"]
     txs = sorted({str(r["tx_hash"]) for r in committed if r["tx_hash"]})
     gas = 0
@@ -98,6 +120,7 @@ def _anchor_summary(gateway: Gateway, rows: list[dict[str, Any]]) -> dict[str, A
         "latency_p50_s": round(percentile(latency, 50), 3) if latency else None,
         "latency_p95_s": round(percentile(latency, 95), 3) if latency else None,
         "latency_max_s": round(max(latency), 3) if latency else None,
+        **({"timeline": _batch_timeline(committed, started)} if started is not None else {}),
     }
 
 
@@ -117,6 +140,7 @@ def _send(gateway: Gateway, files: list[Path], *, ways: int = 1) -> dict[str, An
         "ack_s": round(ack, 4),
         "commit_s": round(max(committed) - started, 4),
         "rows": rows,
+        "started": started,
     }
 
 
@@ -142,17 +166,17 @@ def through_gateway(
             sent = _send(gateway, files)
             out[f"{name}_ack_s"] = sent["ack_s"]
             out[f"{name}_commit_s"] = sent["commit_s"]
-            out[f"{name}_anchoring"] = _anchor_summary(gateway, sent["rows"])
+            out[f"{name}_anchoring"] = _anchor_summary(gateway, sent["rows"], sent["started"])
         say(f"storescu → gateway: {len(parallel)} CT files over {WAYS} associations, then waiting")
         sent = _send(gateway, parallel, ways=WAYS)
         out["parallel_ack_s"] = sent["ack_s"]
         out["parallel_commit_s"] = sent["commit_s"]
-        out["parallel_anchoring"] = _anchor_summary(gateway, sent["rows"])
+        out["parallel_anchoring"] = _anchor_summary(gateway, sent["rows"], sent["started"])
         say(f"seed workload: {len(seed)} chest images end to end through the gateway")
         sent = _send(gateway, seed)
         out["seed_ack_s"] = sent["ack_s"]
         out["seed_workload_s"] = sent["commit_s"]
-        out["seed_anchoring"] = _anchor_summary(gateway, sent["rows"])
+        out["seed_anchoring"] = _anchor_summary(gateway, sent["rows"], sent["started"])
         return out
     finally:
         code = gateway.stop()

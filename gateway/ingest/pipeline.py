@@ -21,7 +21,10 @@ commit for many rows rather than one per row and stage. A step still running (a 
 upload, a large instance) stays out of that commit and joins a later one: a round waits
 at most :data:`ROUND_WAIT_S` for its slowest row, so one slow row never holds the others
 back. Rows newly due join the next round, so a stream of images moves through the stages
-in waves. At ``anchor`` one thread gathers the rows that
+in waves. Rows on their way to the anchor stage are claimed and started first: while any
+is, at most :data:`FORWARDS_BESIDE_UPSTREAM` forwards run beside them, so that the PACS
+storing earlier images does not slow the rows the next batch waits for. At ``anchor`` one
+thread gathers the rows that
 reached it into Merkle batches (``anchor.BatchAnchorer``: one ``recordBatch`` per batch),
 lands each batch, and moves its rows on to ``forward`` all at once, while the rounds go
 on with other rows. A new version of an image (same SOP Instance UID,
@@ -148,6 +151,8 @@ class Batcher(Protocol):
 
 ROUND_WAIT_S = 0.25
 """Longest a round waits for its slowest steps before recording those that finished."""
+FORWARDS_BESIDE_UPSTREAM = 1
+"""Forward steps in flight at once while rows are on their way to the anchor stage."""
 TRANSIENT_CAP_S = 60.0
 """Longest wait between two tries of a row whose downstream is unavailable."""
 PERMANENT_ATTEMPTS = 5
@@ -332,8 +337,7 @@ class Pipeline:
                 stages = tuple(
                     name for name in pooled if name != ANCHOR.name or self._reconciled.is_set()
                 )
-                room = self.round_rows - len(held) - len(running)
-                held = held + self._claim(stages, room=room)
+                held = held + self._claim_next(stages, held, running)
                 if not held and not running:
                     self._wake.wait(self.poll_s)
                     continue
@@ -363,6 +367,31 @@ class Pipeline:
                 target=self._try_reconcile, name="pipeline-reconcile", daemon=True
             )
             self._reconciler.start()
+
+    def _claim_next(
+        self,
+        stages: tuple[str, ...],
+        held: list[Row],
+        running: dict[Future[StepDone | Exception], Row],
+    ) -> list[Row]:
+        """Claim the next round's new rows: rows on their way to the anchor stage first.
+
+        The forward (a whole image stored by the PACS through its integrity plugin) competes
+        with fingerprint, seal and put for the same cores, and only the commit waits for it;
+        the anchor's latency and the size of a batch wait for the others. So while any row
+        is on its way to the anchor stage, at most :data:`FORWARDS_BESIDE_UPSTREAM` forward
+        steps are in flight (never none: a long stream still commits as it goes).
+        """
+        room = self.round_rows - len(held) - len(running)
+        upstream = tuple(name for name in stages if name in UNANCHORED)
+        downstream = tuple(name for name in stages if name not in UNANCHORED)
+        rows = self._claim(upstream, room=room)
+        room -= len(rows)
+        in_flight = [*held, *running.values(), *rows]
+        if any(row.stage in UNANCHORED for row in in_flight):
+            forwarding = sum(1 for row in in_flight if row.stage not in UNANCHORED)
+            room = min(room, FORWARDS_BESIDE_UPSTREAM - forwarding)
+        return rows + self._claim(downstream, room=room)
 
     def _claim(self, stages: tuple[str, ...], *, room: int) -> list[Row]:
         """Claim up to ``room`` due rows for the next round (none if the index fails now)."""
@@ -398,7 +427,7 @@ class Pipeline:
         running = {} if running is None else running
         leaving: list[int] = []
         settled: list[Row] = []  # rows this round records: not runnable now, or finished
-        for row in rows:
+        for row in sorted(rows, key=lambda row: row.stage not in UNANCHORED):  # upstream first
             stage = self._runnable(row)
             if stage is None:
                 leaving.append(row.id)

@@ -38,6 +38,7 @@ from gateway.index.erasure import StudyKeys, erased_digest
 from gateway.ingest.spool import Spool, fsync_dir
 from gateway.ledger.types import BatchedLeaf
 from gateway.store import ObjectStore
+from gateway.store.base import AdoptingStore
 from gateway.trust.alerts import Alerts
 
 log = logging.getLogger(__name__)
@@ -370,6 +371,8 @@ class Steps:
         return self.study_keys.for_study(ref)
 
     def put(self, row: Row, stage: Stage) -> StepDone:
+        """Store the sealed copy: a filesystem store on the same device takes the file itself
+        (a rename, ``FilesystemStore.adopt``); any other store gets a copy."""
         assert row.object_name is not None and stage.back is not None
         sealed = self.sealed_path(row)
         if not sealed.exists():
@@ -377,8 +380,13 @@ class Steps:
                 return self._advance(row, stage.next)
             return StepDone(StageMove(row.id, stage.back, {}))  # the sealed copy is lost
         failpoints.hit("pipeline.before_put")
-        with sealed.open("rb") as source:
-            self.store.put(row.object_name, source, length=sealed.stat().st_size)
+        length = sealed.stat().st_size
+        store = self.store
+        if not (
+            isinstance(store, AdoptingStore) and store.adopt(row.object_name, sealed, length=length)
+        ):
+            with sealed.open("rb") as source:  # another device, or S3: a copy
+                store.put(row.object_name, source, length=length)
         failpoints.hit("pipeline.after_put")
         return self._advance(row, stage.next, then=lambda _: sealed.unlink(missing_ok=True))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from gateway.errors import StoreError
@@ -81,6 +82,16 @@ class ObjectStore(Protocol):
         StoreError
             The backend answers but refuses us (credentials, permissions).
         """
+        ...
+
+
+@runtime_checkable
+class AdoptingStore(Protocol):
+    """A store that can take a finished file by renaming it (the filesystem store)."""
+
+    def adopt(self, name: str, path: Path, *, length: int) -> bool:
+        """Store the file ``path`` (``length`` bytes) under ``name`` by moving it; False,
+        with ``path`` untouched, when it cannot be moved there (put a copy instead)."""
         ...
 
 

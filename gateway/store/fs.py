@@ -90,6 +90,47 @@ class FilesystemStore:
                 temp.unlink()
             raise
 
+    def adopt(self, name: str, path: Path, *, length: int) -> bool:
+        """Store the finished file ``path`` under ``name`` by renaming it into place.
+
+        The pipeline seals each image into a file of its own on the data dir's filesystem,
+        so storing it needs no copy (10 MB read, written and fsynced again for a chest
+        image): the file itself becomes the object (mode 0600), durable when this returns,
+        like :meth:`put`. If ``name`` already holds ``length`` bytes (an earlier adopt that
+        crashed before the caller recorded it), ``path`` is removed and nothing else done.
+
+        Returns False, with ``path`` untouched, when it is on another filesystem than the
+        store (a rename cannot cross devices): the caller puts a copy instead.
+
+        Raises
+        ------
+        StoreError
+            ``path`` does not hold ``length`` bytes, or ``name`` holds another length.
+        StoreUnavailable
+            A transient filesystem failure (full disk, I/O error); retry later.
+        """
+        final = self.path_of(name)
+        try:
+            if path.stat().st_size != length:
+                raise StoreError(f"the file to store as {name} does not hold {length} bytes")
+            if self._idempotent_hit(final, length, name):
+                path.unlink(missing_ok=True)
+                return True
+            self._make_dirs(final.parent)
+            if path.stat().st_dev != final.parent.stat().st_dev:
+                return False
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fchmod(fd, 0o600)
+                os.fsync(fd)  # already synced by its writer: then this costs nothing
+            finally:
+                os.close(fd)
+            os.rename(path, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            raise _translate(exc, f"cannot store {name}") from exc
+        return True
+
     def open(self, name: str) -> BinaryIO:
         """A buffered reader of the object; the caller closes it."""
         path = self.path_of(name)

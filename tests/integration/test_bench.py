@@ -61,6 +61,12 @@ def test_quick_bench_writes_every_key_and_the_chart(tmp_path: Path) -> None:
     # least the bench's one batch of every seed image, per image
     assert results["gas_per_image_pipeline"] >= seed["gas_per_image_batched"] * 0.99
     assert 0 < piped["latency_p50_s"] <= results["anchor_latency_p95_s"] <= piped["latency_max_s"]
+    # the timeline: each transaction once, in landing order, every image after its ack
+    timeline = piped["timeline"]
+    assert len(timeline) == piped["transactions"]
+    assert sum(batch["images"] for batch in timeline) == piped["images"]
+    assert [b["receipt_s"] for b in timeline] == sorted(b["receipt_s"] for b in timeline)
+    assert all(0 <= b["first_ack_s"] <= b["last_ack_s"] < b["receipt_s"] for b in timeline)
     # the CT copy over 8 associations: every slice acked and committed on both sides
     parallel = raw["gateway"]["parallel_anchoring"]
     assert parallel["images"] == results["workload"]["parallel_slices"]

@@ -321,3 +321,25 @@ def test_a_slow_step_never_holds_the_rest_of_its_round_back(
     assert line.index.get(ids[0]).stage == "committed"
     assert line.index.claim_counts() == {}
     pool.shutdown()
+
+
+def test_rows_on_their_way_to_the_anchor_go_first_and_forwards_wait_beside_them(
+    line: Line, two_images: list[bytes]
+) -> None:
+    # the forward (the PACS storing a whole image) must not starve fingerprint, seal and
+    # put, which the anchor's latency and the size of a batch wait for
+    forwards = [line.at_anchor(n) for n in (1, 2, 3)]
+    for row_id in forwards:
+        line.index.update(row_id, stage="forward")
+    newer = [line.acked(data, uid=f"1.2.5.{n}") for n, data in enumerate(two_images)]
+    pipeline = line.pipeline
+    stages = ("fingerprint", "seal", "put", "anchor", "forward")
+
+    held = pipeline._claim_next(stages, [], {})
+
+    assert [row.id for row in held] == [*newer, forwards[0]]  # older forwards, yet behind
+    assert pipeline._claim_next(stages, held, {}) == []  # one forward beside them at most
+    for row in held:  # done with them: once none is on its way, forwards take every place
+        line.index.unclaim(pipeline.worker, [row.id])
+        line.index.update(row.id, stage="committed")
+    assert [row.id for row in pipeline._claim_next(stages, [], {})] == forwards[1:]

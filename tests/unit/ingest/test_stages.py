@@ -6,8 +6,11 @@ that changed since, and never seal them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from gateway.ingest.pipeline import STAGE
 from gateway.ingest.stages import object_name
+from gateway.store.fs import FilesystemStore
 from tests.unit.ingest.conftest import Line
 
 
@@ -144,3 +147,26 @@ def test_a_conflict_in_the_pacs_sets_the_row_aside(line: Line) -> None:
     row = line.index.get(row_id)
     assert row.conflict == line.forwarder.conflict and row.orthanc_id is not None
     assert not line.spool.path_of(row.entry_id).exists()
+
+
+def test_a_filesystem_store_takes_the_sealed_file_itself(
+    line: Line, two_images: list[bytes], tmp_path: Path
+) -> None:
+    store = FilesystemStore(tmp_path / "objects")  # same device as the sealed dir
+    line.pipeline.steps.store = store
+    row_id = line.acked(two_images[0])
+    assert advance(line, row_id) == "seal"
+    assert advance(line, row_id) == "put"
+    (sealed,) = line.sealed_dir.iterdir()
+    inode, data = sealed.stat().st_ino, sealed.read_bytes()
+
+    assert advance(line, row_id) == "anchor"
+
+    row = line.index.get(row_id)
+    assert row.object_name is not None
+    stored = store.path_of(row.object_name)
+    assert stored.stat().st_ino == inode and stored.read_bytes() == data  # moved, not copied
+    assert list(line.sealed_dir.iterdir()) == []
+    # a crash after the rename, before the round's commit: the put is not done again
+    line.index.update(row_id, stage="put")
+    assert advance(line, row_id) == "anchor" and stored.stat().st_ino == inode

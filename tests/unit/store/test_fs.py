@@ -354,3 +354,50 @@ def test_open_store_file_url(tmp_path: Path) -> None:
 def test_open_store_refuses_bad_urls(url: str) -> None:
     with pytest.raises(ConfigError):
         open_store(url, access_key=None, secret_key=None)
+
+
+def test_adopt_makes_the_file_itself_the_object_without_a_copy(
+    fs_store: FilesystemStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sealed = tmp_path / "entry.seal"
+    sealed.write_bytes(b"sealed bytes")
+    sealed.chmod(0o644)
+    inode = sealed.stat().st_ino
+    events: list[str] = []
+    real_fsync, real_rename = os.fsync, os.rename
+    monkeypatch.setattr(
+        os, "fsync",
+        lambda fd: (events.append("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode)
+                                  else "fsync-file"), real_fsync(fd))[1],
+    )  # fmt: skip
+    monkeypatch.setattr(os, "rename", lambda a, b: (events.append("rename"), real_rename(a, b))[1])
+    name = name_of("adopted")
+
+    assert fs_store.adopt(name, sealed, length=12)
+
+    final = fs_store.path_of(name)
+    assert files_under(fs_store.root) == [final] and not sealed.exists()
+    assert final.stat().st_ino == inode  # renamed, not copied
+    assert stat.S_IMODE(final.stat().st_mode) == 0o600
+    assert events[-3:] == ["fsync-file", "rename", "fsync-dir"]
+    with fs_store.open(name) as stream:
+        assert stream.read() == b"sealed bytes"
+
+
+def test_adopt_again_drops_the_file_and_refuses_another_length(
+    fs_store: FilesystemStore, tmp_path: Path
+) -> None:
+    name = name_of("twice")
+    fs_store.put(name, io.BytesIO(b"abc"), length=3)
+    again = tmp_path / "again.seal"
+    again.write_bytes(b"abc")
+    assert fs_store.adopt(name, again, length=3)  # a crash after the rename, before the record
+    assert not again.exists() and fs_store.path_of(name).read_bytes() == b"abc"
+
+    other = tmp_path / "other.seal"
+    other.write_bytes(b"abcd")
+    with pytest.raises(StoreError):
+        fs_store.adopt(name, other, length=4)  # never overwritten
+    with pytest.raises(StoreError):
+        fs_store.adopt(name_of("short"), other, length=9)  # not the announced length
+    assert other.exists() and not fs_store.exists(name_of("short"))
