@@ -254,7 +254,8 @@ class EvidenceListener:
     def close(self) -> None:
         """Stop listening (Orthanc stopping; tests); the cache then keeps nothing."""
         self._stop.set()
-        self._thread.join(self.heartbeat_s + 5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(self.heartbeat_s + 5)
 
 
 def _why(exc: Exception) -> str:
