@@ -81,7 +81,9 @@ def listening(postgres: PostgresCluster) -> Iterator[Listening]:
         index.close()
 
 
-def add_version(index: Index, sop: str, digest: bytes, *, version: int = 1, **values: object) -> int:
+def add_version(
+    index: Index, sop: str, digest: bytes, *, version: int = 1, **values: object
+) -> int:
     """A received row fingerprinted as the pipeline records it (not anchored)."""
     row = index.add_received(
         entry_id=str(uuid.uuid4()), sop_instance_uid=sop, sop_class_uid=CT, calling_aet="CT1",
@@ -122,9 +124,7 @@ def test_every_write_the_view_shows_drops_the_kept_answer(listening: Listening) 
     assert v1.tx_hash is None
 
     # anchored
-    wait = cached_then(
-        cache, sop, lambda: index.update(first[0], tx_hash="0xab", block_number=3)
-    )
+    wait = cached_then(cache, sop, lambda: index.update(first[0], tx_hash="0xab", block_number=3))
     wait(lambda v: v[0].tx_hash == "0xab", "the anchor was not heard")
 
     # a step the view does not show (forward -> committed) notifies nothing: a later
