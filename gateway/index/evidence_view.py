@@ -99,7 +99,8 @@ BEGIN
 END
 $body$"""
 
-_TRIGGERS = (
+#: The notifying triggers: name, event, level, condition.
+TRIGGERS: tuple[tuple[str, str, str, str | None], ...] = (
     ("xray_evidence_inserted", "AFTER INSERT", "FOR EACH ROW", fingerprinted_version("NEW")),
     (
         "xray_evidence_updated",
@@ -117,7 +118,7 @@ TRIGGER_STATEMENTS: tuple[str, ...] = (
     _NOTIFY_FUNCTION,
     *(
         statement
-        for name, event, each, when in _TRIGGERS
+        for name, event, each, when in TRIGGERS
         for statement in (
             f"DROP TRIGGER IF EXISTS {name} ON instances",
             f"CREATE TRIGGER {name} {event} ON instances {each}"

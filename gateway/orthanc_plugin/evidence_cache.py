@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.index.evidence_view import CHANNEL, EVERYTHING
+from gateway.index.evidence_view import CHANNEL, EVERYTHING, TRIGGERS
 from gateway.orthanc_plugin.evidence import Records
 from gateway.orthanc_plugin.verdict import Version
 from gateway.redact import redact_text
@@ -47,6 +47,8 @@ MAX_AGE_S = 60.0
 HEARTBEAT_S = 5.0
 #: How long it waits before listening again after its session dropped.
 RECONNECT_S = 1.0
+#: How long it waits before looking again for the index's notifying triggers.
+NO_TRIGGERS_RETRY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,7 @@ class EvidenceListener:
         self.log = log
         self.heartbeat_s = heartbeat_s
         self.backend_pid: int | None = None  # the session's server process (tests cut it)
+        self._told_missing = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="xray-evidence-listen", daemon=True)
 
@@ -217,19 +220,42 @@ class EvidenceListener:
         import psycopg
 
         while not self._stop.is_set():
+            wait = RECONNECT_S
             try:
                 with self._connect() as db:
                     db.execute(f"LISTEN {CHANNEL}")
-                    self.backend_pid = db.info.backend_pid
-                    self.cache.listening_began()
-                    self._listen(db)
+                    if self._notifiers_missing(db):
+                        wait = NO_TRIGGERS_RETRY_S
+                    else:
+                        self.backend_pid = db.info.backend_pid
+                        self.cache.listening_began()
+                        self._listen(db)
             except psycopg.Error as exc:
                 if self.cache.listening:
                     self.log(f"xray-gateway: evidence cache off, not listening: {_why(exc)}")
             finally:
                 self.cache.listening_ended()
                 self.backend_pid = None
-            self._stop.wait(RECONNECT_S)
+            self._stop.wait(wait)
+
+    def _notifiers_missing(self, db: Any) -> bool:
+        """Whether the index lacks its notifying triggers (a gateway older than this
+        plugin has not migrated it yet): then nothing would be heard, and nothing is kept."""
+        names = [name for name, _, _, _ in TRIGGERS]
+        row = db.execute(
+            "SELECT count(DISTINCT tgname) FROM pg_trigger WHERE tgname = ANY(%s)"
+            " AND tgrelid = 'instances'::regclass",
+            (names,),
+        ).fetchone()
+        if row is not None and row[0] == len(names):
+            return False
+        if not self._told_missing:
+            self._told_missing = True
+            self.log(
+                "xray-gateway: evidence cache off: the gateway's index has no notifying "
+                "triggers yet (start a gateway of this version once); every read looks up"
+            )
+        return True
 
     def _connect(self) -> Any:
         import psycopg

@@ -209,6 +209,25 @@ def test_while_not_listening_every_read_looks_up_afresh(listening: Listening) ->
         refused.close()
 
 
+def test_an_index_without_the_notifying_triggers_is_never_cached(listening: Listening) -> None:
+    """A gateway older than the plugin has not made the triggers yet: nothing would be
+    heard, so nothing is kept, and the plugin says why."""
+    index, cache = listening.index, listening.cache
+    sop = "1.2.826.0.1.3680043.2.1143.780.1"
+    row = add_version(index, sop, b"\x01" * 32)
+    with psycopg.connect(listening.owner_url, autocommit=True) as db:
+        db.execute("DROP TRIGGER xray_evidence_updated ON instances")
+    said: list[str] = []
+    listener = EvidenceListener(listening.listener.url, cache, log=said.append).start()
+    try:
+        until(lambda: said, bool, why="the plugin never said why it does not cache")
+        assert "no notifying triggers" in said[0] and not cache.listening
+        index.update(row, tx_hash="0xab", block_number=3)  # would not be notified
+        assert cache.versions(sop)[0].tx_hash == "0xab" and cache.counts().entries == 0
+    finally:
+        listener.close()
+
+
 # --- a real Orthanc with the plugin ---------------------------------------------------------
 
 
