@@ -45,6 +45,8 @@ LIMIT = 20_000
 MAX_AGE_S = 60.0
 #: How long the listener waits for a notification before it checks that its session lives.
 HEARTBEAT_S = 5.0
+#: How often the listener looks whether it is asked to stop (Orthanc stopping waits for it).
+STOP_POLL_S = 0.5
 #: How long it waits before listening again after its session dropped.
 RECONNECT_S = 1.0
 #: How long it waits before looking again for the index's notifying triggers.
@@ -267,21 +269,22 @@ class EvidenceListener:
         )  # fmt: skip
 
     def _listen(self, db: Any) -> None:
+        checked = time.monotonic()
         while not self._stop.is_set():
-            heard = False
-            for note in db.notifies(timeout=self.heartbeat_s):
+            for note in db.notifies(timeout=STOP_POLL_S):
                 self.cache.heard(note.payload)
-                heard = True
+                checked = time.monotonic()  # the session lives
                 if self._stop.is_set():
                     return
-            if not heard:
+            if time.monotonic() - checked >= self.heartbeat_s:
                 db.execute("SELECT 1")  # a dead session raises here
+                checked = time.monotonic()
 
     def close(self) -> None:
         """Stop listening (Orthanc stopping; tests); the cache then keeps nothing."""
         self._stop.set()
         if self._thread.ident is not None:  # started
-            self._thread.join(self.heartbeat_s + 5)
+            self._thread.join(STOP_POLL_S + 5)
 
 
 def _why(exc: Exception) -> str:
