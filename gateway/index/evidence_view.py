@@ -130,15 +130,14 @@ TRIGGER_STATEMENTS: tuple[str, ...] = (
 
 
 def create_evidence_view(conn: psycopg.Connection[object]) -> None:
-    """Create (or replace) :data:`VIEW` over ``instances``, and the triggers that notify
-    its changes (:data:`TRIGGER_STATEMENTS`, as of this view); run by the index's owner.
+    """Create (or replace) :data:`VIEW` over ``instances``; run by the index's owner.
 
     Idempotent: the index's migrations may run it on every start. The caller commits
-    (or runs in autocommit).
+    (or runs in autocommit). The notifying triggers are the schema's (a step run once, in
+    the migration's transaction): dropping and making them again here, on every ``up``,
+    would lock ``instances`` and, in autocommit, leave a moment with no trigger.
     """
     conn.execute(CREATE_VIEW)
-    for statement in TRIGGER_STATEMENTS:
-        conn.execute(statement)
 
 
 def grant_evidence_reader(conn: psycopg.Connection[object], role: str) -> None:
