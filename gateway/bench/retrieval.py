@@ -140,6 +140,18 @@ def _timed(session: requests.Session, urls: list[str]) -> float:
     return time.perf_counter() - start
 
 
+#: What the plugin's evidence cache reports per Orthanc run (``/xray/evidence-cache``).
+CACHE_COUNTS = ("hits", "misses", "bypassed")
+
+
+def _cache_counts(session: requests.Session, orthanc: EmbeddedOrthanc) -> dict[str, int]:
+    """The evidence cache's hits, misses and bypassed look-ups in this Orthanc run."""
+    reply = session.get(f"{orthanc.url}/xray/evidence-cache", timeout=30)
+    reply.raise_for_status()
+    counts = reply.json()
+    return {key: int(counts[key]) for key in CACHE_COUNTS}
+
+
 def _pct(with_plugin: float, without: float) -> float:
     return round((with_plugin / without - 1.0) * 100.0, 2)
 
@@ -179,7 +191,10 @@ def retrieval_overhead(
         ``retrieval_overhead_pct`` (viewer path), ``raw_retrieval_overhead_pct``, the median
         seconds of each path with and without the plugin, every run's seconds, each
         Orthanc's CPU milliseconds per raw read, and the time SHA-256 takes over the
-        study's files, for reference (with ``floor``: the floor's too).
+        study's files, for reference (with ``floor``: the floor's too). On PostgreSQL,
+        ``evidence_cache_hits``, ``_misses`` and ``_bypassed``: the plugin's evidence
+        look-ups answered from memory, from the index while listening, and from the
+        index while not (every run, the viewer path included).
     """
     say = progress or (lambda message: None)
     root = workdir / "retrieval"
@@ -220,6 +235,7 @@ def retrieval_overhead(
         raw: dict[str, list[float]] = {mode: [] for mode in raw_modes}
         cpu: dict[str, float] = dict.fromkeys(raw_modes, 0.0)
         reads = 0
+        cache = dict.fromkeys(CACHE_COUNTS, 0)  # the plugin's evidence cache (PostgreSQL)
         for rep in range(repetitions):
             say(f"repetition {rep + 1}/{repetitions}: the Orthancs (re)started")
             servers = {
@@ -260,6 +276,9 @@ def retrieval_overhead(
                 reads += 3 * len(ids)
                 for mode, server in servers.items():
                     cpu[mode] += _cpu_s(server) - cpu_before[mode]
+                if reader_url is not None:
+                    for key, count in _cache_counts(sessions["with"], servers["with"]).items():
+                        cache[key] += count
             finally:
                 for server in servers.values():
                     server.stop()
@@ -285,6 +304,7 @@ def retrieval_overhead(
             "raw_cpu_ms_per_read_with": round(1000 * cpu["with"] / reads, 3),
             "raw_cpu_ms_per_read_without": round(1000 * cpu["without"] / reads, 3),
             **floor_keys,
+            **({f"evidence_cache_{key}": n for key, n in cache.items()} if reader_url else {}),
             "sha256_of_study_s": round(sha256_s, 4),
             "runs_s": {
                 "viewer_with": [round(v, 4) for v in viewer["with"]],

@@ -174,7 +174,8 @@ def run_bench(
         )
         r = raw["retrieval_postgres"]
         done("4/6 retrieval, plugin on PostgreSQL", f"viewer {r['retrieval_overhead_pct']} %, "
-             f"raw {r['raw_retrieval_overhead_pct']} %")  # fmt: skip
+             f"raw {r['raw_retrieval_overhead_pct']} %, evidence cache "
+             f"{r['evidence_cache_hits']} hits / {r['evidence_cache_misses']} misses")  # fmt: skip
 
         raw["memory"] = large_instance_rss(workdir=work, large=files.large, say=stage("5/6"))
         done("5/6 memory", f"peak RSS {raw['memory']['rss_mb_peak']} MB")

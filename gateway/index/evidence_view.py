@@ -12,13 +12,23 @@ The reader role gets ``SELECT`` on the view and nothing else: the view runs with
 owner's rights (PostgreSQL's default), so the role reads through it without any right on
 ``instances``. ``security_barrier`` keeps a reader's own functions from seeing rows the
 view filters out. The look-up is one indexed query (``instances_uid``).
+
+The plugin may keep what it looked up (:mod:`gateway.orthanc_plugin.evidence_cache`)
+because the index tells it when a UID's rows change: triggers on ``instances``
+(:data:`TRIGGER_STATEMENTS`, a step of the index's schema on PostgreSQL, so no write path
+can forget them) ``NOTIFY`` :data:`CHANNEL` with the SOP Instance UID whenever a row's
+projection through the view changes: a version appearing, anchored, superseded, erased,
+rejected or made a duplicate. Stage changes the view does not show (the pipeline's steps
+between fingerprint and commit) notify nothing. The payload is a SOP Instance UID, which
+any role allowed to connect to the database can ``LISTEN`` for; the view shows the same
+UIDs to the reader role.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.index.queries import IS_FINGERPRINTED_VERSION
+from gateway.index.queries import IS_FINGERPRINTED_VERSION, NOT_VERSIONS
 
 if TYPE_CHECKING:
     import psycopg
@@ -50,11 +60,82 @@ CREATE_VIEW = (
 )
 
 
+#: The ``NOTIFY`` channel of evidence changes; the payload is the SOP Instance UID whose
+#: rows changed, or :data:`EVERYTHING` (the table was truncated).
+CHANNEL = "xray_evidence"
+EVERYTHING = ""
+
+
+def fingerprinted_version(row: str) -> str:
+    """:data:`~gateway.index.queries.IS_FINGERPRINTED_VERSION` on the trigger's ``row``
+    (``NEW`` or ``OLD``): whether that row shows in the view."""
+    stages = ", ".join(repr(stage) for stage in NOT_VERSIONS)
+    return f"{row}.stage NOT IN ({stages}) AND {row}.digest IS NOT NULL"
+
+
+def _projection(row: str) -> str:
+    """What the view shows of ``row``: whether it shows at all, then every column."""
+    sources = {"seq": "id", "erased": "stage = 'erased'"}
+    shown = ", ".join(f"({row}.{sources.get(name, name)})" for name in COLUMNS)
+    return f"ROW(({fingerprinted_version(row)}), {shown})"
+
+
+_NOTIFY_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION xray_evidence_changed() RETURNS trigger LANGUAGE plpgsql AS $body$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM pg_notify('{CHANNEL}', NEW.sop_instance_uid);
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('{CHANNEL}', OLD.sop_instance_uid);
+    ELSIF TG_OP = 'UPDATE' THEN
+        PERFORM pg_notify('{CHANNEL}', OLD.sop_instance_uid);
+        IF NEW.sop_instance_uid IS DISTINCT FROM OLD.sop_instance_uid THEN
+            PERFORM pg_notify('{CHANNEL}', NEW.sop_instance_uid);
+        END IF;
+    ELSE
+        PERFORM pg_notify('{CHANNEL}', '{EVERYTHING}');
+    END IF;
+    RETURN NULL;
+END
+$body$"""
+
+#: The notifying triggers: name, event, level, condition.
+TRIGGERS: tuple[tuple[str, str, str, str | None], ...] = (
+    ("xray_evidence_inserted", "AFTER INSERT", "FOR EACH ROW", fingerprinted_version("NEW")),
+    (
+        "xray_evidence_updated",
+        "AFTER UPDATE",
+        "FOR EACH ROW",
+        f"(({fingerprinted_version('OLD')}) OR ({fingerprinted_version('NEW')}))"
+        f" AND {_projection('OLD')} IS DISTINCT FROM {_projection('NEW')}",
+    ),
+    ("xray_evidence_deleted", "AFTER DELETE", "FOR EACH ROW", fingerprinted_version("OLD")),
+    ("xray_evidence_truncated", "AFTER TRUNCATE", "FOR EACH STATEMENT", None),
+)
+
+#: The notifying triggers on ``instances`` (PostgreSQL only; idempotent, run in order).
+TRIGGER_STATEMENTS: tuple[str, ...] = (
+    _NOTIFY_FUNCTION,
+    *(
+        statement
+        for name, event, each, when in TRIGGERS
+        for statement in (
+            f"DROP TRIGGER IF EXISTS {name} ON instances",
+            f"CREATE TRIGGER {name} {event} ON instances {each}"
+            + (f" WHEN ({when})" if when else "")
+            + " EXECUTE FUNCTION xray_evidence_changed()",
+        )
+    ),
+)
+
+
 def create_evidence_view(conn: psycopg.Connection[object]) -> None:
     """Create (or replace) :data:`VIEW` over ``instances``; run by the index's owner.
 
     Idempotent: the index's migrations may run it on every start. The caller commits
-    (or runs in autocommit).
+    (or runs in autocommit). The notifying triggers are the schema's (a step run once, in
+    the migration's transaction): dropping and making them again here, on every ``up``,
+    would lock ``instances`` and, in autocommit, leave a moment with no trigger.
     """
     conn.execute(CREATE_VIEW)
 

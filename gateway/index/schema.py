@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from gateway.errors import IndexSchemaTooNew
 from gateway.index.engine import Connection
+from gateway.index.evidence_view import TRIGGER_STATEMENTS
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,15 @@ class AddColumn:
     declaration: str
 
 
-Step = Create | AddColumn
+@dataclass(frozen=True)
+class PostgresOnly:
+    """Whole statements run only on PostgreSQL (a trigger and its function: SQLite's index
+    has no reader to tell), each as one statement, never split."""
+
+    statements: tuple[str, ...]
+
+
+Step = Create | AddColumn | PostgresOnly
 
 _INSTANCES = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -373,6 +382,10 @@ STEPS: tuple[Step, ...] = (
     # (an erasure's retirement of a record another node anchored goes to that node's worker)
     AddColumn("chain_requests", "recorder", "TEXT"),
     Create(_CHAIN_REQUESTS_BY_RECORDER),
+    # 28 (pgread part, #14): on PostgreSQL, triggers on ``instances`` NOTIFY the Orthanc
+    # plugin's evidence cache of every change its view shows (gateway/index/evidence_view.py).
+    # A later step that adds a column to the view runs TRIGGER_STATEMENTS again.
+    PostgresOnly(TRIGGER_STATEMENTS),
 )
 
 #: The version this code writes and reads.
@@ -438,7 +451,11 @@ def migrate(db: Connection, *, where: str, to: int = LATEST) -> int:
 
 
 def _run(db: Connection, step: Step) -> None:
-    if isinstance(step, Create):
+    if isinstance(step, PostgresOnly):
+        if db.engine == "postgresql":
+            for statement in step.statements:
+                db.execute(statement)
+    elif isinstance(step, Create):
         for statement in step.sql.split(";"):
             if statement.strip():
                 db.execute(db.ddl(statement))

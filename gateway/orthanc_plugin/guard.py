@@ -53,6 +53,7 @@ from gateway.core.fingerprint import MAX_INSTANCE_BYTES, fingerprint_bytes, read
 from gateway.errors import DatasetUnreadable, IndexUnavailable, ReadRefused
 from gateway.orthanc_plugin.catalog import Attachment, Catalog
 from gateway.orthanc_plugin.evidence import Records
+from gateway.orthanc_plugin.evidence_cache import EvidenceCache
 from gateway.orthanc_plugin.meta_memo import MetaMemo
 from gateway.orthanc_plugin.storage import FileArea
 from gateway.orthanc_plugin.verdict import (
@@ -196,7 +197,9 @@ class Guard:
         (PostgreSQL) overlaps the file read and the SHA-256 (both release the GIL). The
         versions are still read on every read, at its time; only when the file turns out
         to be another instance is the look-up made again for that one. Off for SQLite,
-        whose look-up (~10 us) costs less than the hand-off.
+        whose look-up (~10 us) costs less than the hand-off; skipped when ``records`` is
+        an :class:`~gateway.orthanc_plugin.evidence_cache.EvidenceCache` holding the
+        answer.
     """
 
     def __init__(
@@ -277,6 +280,8 @@ class Guard:
         if attachment is None or not attachment.sop_instance_uid:
             return None
         sop = attachment.sop_instance_uid
+        if isinstance(self.records, EvidenceCache) and self.records.cached(sop):
+            return None  # answered from memory in the check: no hand-off to a thread
         try:
             return sop, self._helpers.submit(self.records.versions, sop)
         except RuntimeError:  # shut down (Orthanc stopping): looked up in the check

@@ -34,6 +34,7 @@ Routes (all behind Orthanc's HTTP authentication, GET only):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import io
 import json
@@ -49,6 +50,7 @@ from gateway.core.fingerprint import dataset_digest
 from gateway.errors import OrthancResourceNotFound
 from gateway.orthanc_plugin.catalog import Catalog
 from gateway.orthanc_plugin.evidence import PostgresRecordBook, RecordBook, Records
+from gateway.orthanc_plugin.evidence_cache import EvidenceCache, EvidenceListener
 from gateway.orthanc_plugin.guard import DICOM, Guard
 from gateway.orthanc_plugin.ledger_mirror import LedgerMirror
 from gateway.orthanc_plugin.readers import Readers
@@ -100,9 +102,13 @@ class XrayPlugin:
             )
         self.catalog = Catalog(settings.catalog_path)
         self.records: Records
+        self.listener: EvidenceListener | None = None
         if settings.index_url:
-            self.records = PostgresRecordBook(settings.index_url)
-            self.evidence_source = self.records.where
+            book = PostgresRecordBook(settings.index_url)
+            self.evidence_source = book.where
+            cache = EvidenceCache(book)  # kept while the index's notifications are heard
+            self.listener = EvidenceListener(settings.index_url, cache, log=orthanc.LogWarning)
+            self.records = cache
         else:
             self.records = RecordBook(settings.index_path)
             self.evidence_source = str(settings.index_path)
@@ -120,7 +126,7 @@ class XrayPlugin:
             locate=self.orthanc_attachment,
             pending_alert_s=settings.pending_alert_s,
             on_read=self.journal_read,
-            look_ahead=isinstance(self.records, PostgresRecordBook),  # a round trip per read
+            look_ahead=isinstance(self.records, EvidenceCache),  # a round trip per miss
         )
 
     # -- registration ----------------------------------------------------------------------
@@ -147,6 +153,9 @@ class XrayPlugin:
         o.RegisterOnChangeCallback(self.on_change)
         if self.mirror is not None:
             self.mirror.start()
+        if self.listener is not None:
+            o.RegisterRestCallback("/xray/evidence-cache", self.evidence_cache_counts)
+            self.listener.start()
         o.LogWarning(
             "xray-gateway plugin: storage area checks every DICOM read against "
             f"{self.evidence_source}"
@@ -185,8 +194,11 @@ class XrayPlugin:
             self.mirror.stop()
         self.guard.close()
         self.journal.close()
-        if isinstance(self.records, (PostgresRecordBook, RecordBook)):
-            self.records.close()
+        if self.listener is not None:
+            self.listener.close()
+        records = self.records.book if isinstance(self.records, EvidenceCache) else self.records
+        if isinstance(records, (PostgresRecordBook, RecordBook)):
+            records.close()
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -297,6 +309,15 @@ class XrayPlugin:
         with contextlib.suppress(Exception):
             output.SetHttpHeader("X-Xray-Dataset-Digest", dataset_digest(data)[0].hex())
         output.AnswerBuffer(data, "application/dicom")
+
+    def evidence_cache_counts(self, output: Any, uri: str, **request: Any) -> None:
+        """``GET /xray/evidence-cache``: what the evidence cache did (counts only, no UID)."""
+        if request.get("method") != "GET":
+            output.SendMethodNotAllowed("GET")
+            return
+        assert isinstance(self.records, EvidenceCache)  # registered only with one
+        counts = dataclasses.asdict(self.records.counts())
+        output.AnswerBuffer(json.dumps(counts), "application/json")
 
     def _holds_stored_file_token(self, request: dict[str, Any]) -> bool:
         """True when the request carries the configured stored-file secret."""

@@ -577,6 +577,8 @@ def legacy_index(path: Path, steps: int) -> None:
     for step in schema.STEPS[:steps]:
         if isinstance(step, schema.Create):
             db.executescript(step.sql)
+        elif isinstance(step, schema.PostgresOnly):
+            continue  # nothing on SQLite
         else:
             db.execute(f"ALTER TABLE {step.table} ADD COLUMN {step.name} {step.declaration}")
     db.execute(

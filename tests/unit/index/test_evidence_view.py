@@ -33,3 +33,19 @@ def test_the_view_holds_no_column_the_plugin_does_not_read() -> None:
     left_out = table - read - {"id"}
     for private in ("calling_aet", "study_instance_uid", "series_instance_uid", "object_name"):
         assert private in left_out
+
+
+def test_the_triggers_show_a_row_by_the_views_own_rule() -> None:
+    """The triggers' condition is the view's rule, on the trigger's row."""
+    assert (
+        evidence_view.fingerprinted_version("NEW").replace("NEW.", "") == IS_FINGERPRINTED_VERSION
+    )
+
+
+def test_an_update_notifies_when_any_column_of_the_view_changes() -> None:
+    """Every column the view shows (and the stage behind ``erased``) is compared."""
+    (updated,) = (s for s in evidence_view.TRIGGER_STATEMENTS if "xray_evidence_updated AFTER" in s)
+    for name in evidence_view.COLUMNS:
+        source = {"seq": "id", "erased": "stage = 'erased'"}.get(name, name)
+        assert f"(OLD.{source})" in updated and f"(NEW.{source})" in updated, name
+    assert "schema" not in updated and "calling_aet" not in updated
