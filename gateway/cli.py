@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from gateway.core.checkpoint import NoteVerifier
     from gateway.core.receipt import Check
+    from gateway.procs import DirLock
     from gateway.stack import ListenerNode, WorkerNode
 
 ROLES = {t.name.lower(): t for t in UserType if t is not UserType.NONE}
@@ -45,12 +46,18 @@ def _share_metrics_over_processes(settings: Settings) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
-def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+def _up_lock(settings: Settings) -> DirLock:
+    """The data dir's ``up`` lock: held by ``up`` for its life, and by what must not run
+    beside it (``keys rotate --retire-old``)."""
     from gateway.procs import DirLock
 
+    return DirLock(settings.data_dir / "run" / "up.lock")
+
+
+def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     # before anything of the data dir is touched: a second `up` must not empty the first
     # one's metrics directory on its way to being refused
-    DirLock(settings.data_dir / "run" / "up.lock").acquire()  # held until this process ends
+    _up_lock(settings).acquire()  # held until this process ends
     _share_metrics_over_processes(settings)
     from gateway.stack import Stack
 
@@ -197,13 +204,12 @@ def _keys_retire_old(settings: Settings) -> int:
     study keys, then every old KEK destroyed (no kept copy of a v1 object opens any more)."""
     from gateway.core.keys import load_pseudonym_key
     from gateway.index.db import Index
-    from gateway.procs import DirLock
     from gateway.stack import open_object_store
     from gateway.trust.erasure import retire_old_keks
 
     # a running `up` keeps the KEK it loaded and would wrap new study keys under it: refuse
     # while this data dir's `up` runs, and keep one from starting until the KEKs are gone
-    lock = DirLock(settings.data_dir / "run" / "up.lock")
+    lock = _up_lock(settings)
     try:
         lock.acquire()
     except ConfigError as running:

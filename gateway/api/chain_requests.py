@@ -9,7 +9,7 @@ transaction, block and result) or refused (the error's type).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter
@@ -17,6 +17,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
 from gateway.api.deps import ManagingChainWrites, ServicesDep
+from gateway.api.grants import utc
 from gateway.api.problems import NOT_FOUND, NOT_READY, Problem, problem_responses
 from gateway.index.chain_requests import ChainRequest
 
@@ -53,15 +54,11 @@ class ChainRequestOut(BaseModel):
         return cls(
             id=request.id, kind=request.kind, state=request.state,  # type: ignore[arg-type]
             node=request.node, recorder=request.recorder, asked_by=request.asked_by,
-            asked_at=_utc(request.asked_at),
-            done_at=None if request.done_at is None else _utc(request.done_at),
+            asked_at=utc(request.asked_at),
+            done_at=None if request.done_at is None else utc(request.done_at),
             tx_hash=request.tx_hash, block_number=request.block_number, result=request.result,
             error_type=request.error_type, error=request.error,
         )  # fmt: skip
-
-
-def _utc(at: float) -> datetime:
-    return datetime.fromtimestamp(at, UTC)
 
 
 @router.get("/{request_id}", response_model=ChainRequestOut)

@@ -104,15 +104,16 @@ class GrantOut(BaseModel):
             patient_key=row.patient_key.hex(),
             study_instance_uid=row.study_instance_uid,
             study_key=row.study_key.hex() if row.study_key else None,
-            expires_at=_utc(row.expires_at), granted_at=_utc(row.granted_at),
+            expires_at=utc(row.expires_at), granted_at=utc(row.granted_at),
             granted_by=row.granted_by, tx_hash=row.tx_hash, block_number=row.block_number,
             state=row.state(now),  # type: ignore[arg-type]
-            revoked_at=_utc(row.revoked_at) if row.revoked_at is not None else None,
+            revoked_at=utc(row.revoked_at) if row.revoked_at is not None else None,
             revoked_by=row.revoked_by, revoke_tx=row.revoke_tx, replaces=row.replaces,
         )  # fmt: skip
 
 
-def _utc(at: float) -> datetime:
+def utc(at: float) -> datetime:
+    """An epoch time of the index as an aware UTC datetime (the routes' JSON)."""
     return datetime.fromtimestamp(at, UTC)
 
 

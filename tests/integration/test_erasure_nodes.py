@@ -242,9 +242,10 @@ def test_records_another_node_anchored_are_retired_by_that_nodes_worker(cluster:
         ),
         timeout=300,
     )
-    keys = [bytes(r["record_key"]) for r in rows(cluster.index_url, ANCHORED_BY_B)]
+    committed = rows(cluster.index_url, ANCHORED_BY_B)
+    keys = [bytes(r["record_key"]) for r in committed]
     owners = {cluster.ledger.owner_of(k) for k in keys}
-    batched = [r["batch_id"] for r in rows(cluster.index_url, ANCHORED_BY_B)]
+    batched = [r["batch_id"] for r in committed]
     assert owners == {cluster.recorder_b} or (
         owners == {None}
         and {cluster.ledger.batch_of(b).recorder for b in batched} == {cluster.recorder_b}
