@@ -143,5 +143,20 @@ class Up:
 
     def worker_pid(self, worker: str = "up-1") -> int:
         """The pid of one of ``up``'s worker processes (its pid file)."""
-        path = self.data_dir / "run" / f"worker-{worker}.pid"
+        return self.child_pid(f"worker-{worker}")
+
+    def child_pid(self, child: str) -> int:
+        """The pid of one of ``up``'s child processes (``worker-up-1``, ``listener-listen-1``)."""
+        path = self.data_dir / "run" / f"{child}.pid"
         return int(json.loads(path.read_text())["pid"])
+
+    def wait_restarted(self, child: str, dead: int, *, timeout: float = 120) -> int:
+        """The pid of ``child`` started again after ``dead`` died: `up` logs "starting it
+        again" before the new process writes its pid file, so wait for the file to change."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = self.child_pid(child)
+            if pid != dead:
+                return pid
+            time.sleep(0.1)
+        raise AssertionError(f"{child} was not started again after pid {dead} died")

@@ -392,7 +392,8 @@ def test_a_crash_after_the_batch_landed_does_not_anchor_it_again(tmp_path: Path)
         worker = up.worker_pid()
         storescu(up.dicom_port, files)  # acked well before the 2 s window closes
         up.wait_logged("worker-up-1 exited (code -9): starting it again")
-        assert up.proc.poll() is None and up.worker_pid() != worker  # the listener lived on
+        assert up.wait_restarted("worker-up-1", worker) != worker
+        assert up.proc.poll() is None  # the listener lived on
         assert storescu(up.dicom_port, files).returncode == 0  # resent: duplicates of acked ones
         rows = up.wait_done(2 * len(files), timeout=300)
         ledger = ledger_of(up)

@@ -11,7 +11,6 @@ process, the dead one's included.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -30,11 +29,6 @@ from tests.integration.test_crash import acked, check_after_restart, send
 STUDY = "1.2.826.0.1.3680043.10.1138.15.1"
 ASSOCIATIONS = 8
 PER_ASSOCIATION = 25
-
-
-def listener_pid(up: Up, listener: str) -> int:
-    path = up.data_dir / "run" / f"listener-{listener}.pid"
-    return int(json.loads(path.read_text())["pid"])
 
 
 def cstore_successes(up: Up) -> float:
@@ -65,7 +59,7 @@ def test_a_listener_killed_mid_stream_of_eight_associations_loses_and_duplicates
         up = Up(env)
         try:
             assert up.value("listeners") == "2"
-            victim = listener_pid(up, "listen-1")
+            victim = up.child_pid("listener-listen-1")
             senders = [send(up.dicom_port, chunk) for chunk in chunks]
             deadline = time.monotonic() + 120
             while len(up.rows()) < 40 and time.monotonic() < deadline:
@@ -79,7 +73,7 @@ def test_a_listener_killed_mid_stream_of_eight_associations_loses_and_duplicates
                 answers.update(acked(output))
                 cut_short += sender.returncode != 0
             up.wait_logged("listener-listen-1 exited (code -9): starting it again")
-            assert listener_pid(up, "listen-1") != victim
+            assert up.wait_restarted("listener-listen-1", victim) != victim
             was_acked = [path for path in files if answers.get(str(path)) == "Success"]
             up.wait_done(len(was_acked), timeout=300)
             figures = check_after_restart(up, files, answers)

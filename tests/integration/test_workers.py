@@ -71,7 +71,7 @@ def test_a_worker_killed_mid_stream_loses_and_duplicates_nothing(
         output, _ = sender.communicate(timeout=300)
         answers = acked(output)
         up.wait_logged("worker-up-1 exited (code -9): starting it again")
-        assert up.worker_pid() != worker
+        assert up.wait_restarted("worker-up-1", worker) != worker
         up.wait_done(len(files), timeout=300)
         figures = check_after_restart(up, files, answers)
     finally:
