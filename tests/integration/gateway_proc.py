@@ -152,10 +152,14 @@ class Up:
 
     def wait_restarted(self, child: str, dead: int, *, timeout: float = 120) -> int:
         """The pid of ``child`` started again after ``dead`` died: `up` logs "starting it
-        again" before the new process writes its pid file, so wait for the file to change."""
+        again", drops the dead one's pid file, then starts the new process, which writes its
+        own; wait for that file to name another pid."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            pid = self.child_pid(child)
+            try:
+                pid = self.child_pid(child)
+            except FileNotFoundError:  # between the dead one's file and the new one's
+                pid = dead
             if pid != dead:
                 return pid
             time.sleep(0.1)
