@@ -6,6 +6,11 @@ ledger, batched and one by one, (4) retrieval with and without the plugin, (5) p
 while a 1 GB instance goes through the gateway, (6) machine limits and the gateway's
 hashing and sealing against them. Every headline key is computed from this run's
 measurements; the raw timings are kept under ``raw``.
+
+``raw.cpu_budget`` (:mod:`gateway.bench.cpu`): the CPU each process group spent in each
+ingest workload of parts 1 and 2, and for each ingest ratio the best this machine's
+cores allow with that much work; the run ends with a table of both, and the chart marks
+each ratio's best beside its bar.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from gateway.bench.anchoring import seed_anchoring
 from gateway.bench.chart import TARGETS, write_chart
+from gateway.bench.cpu import GROUPS, cores, ratio_bounds
 from gateway.bench.ingest import orthanc_direct, through_gateway, through_gateway_on_postgres
 from gateway.bench.limits import machine_limits
 from gateway.bench.memory import large_instance_rss
@@ -93,6 +100,57 @@ def headline(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def cpu_budget(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw.cpu_budget``: each ingest part's CPU windows (taken out of that part's raw
+    timings, so that each lives in one place) and each ingest ratio's bounds."""
+    budget: dict[str, Any] = {"cores": cores(), "clock_ticks_per_s": os.sysconf("SC_CLK_TCK")}
+    for part in ("orthanc_direct", "gateway", "gateway_postgres"):
+        budget[part] = raw[part].pop("cpu")
+    raw["cpu_budget"] = budget
+    budget["bounds"] = ratio_bounds(raw)
+    return budget
+
+
+def budget_table(budget: dict[str, Any]) -> Table:
+    """CPU seconds per group in each window; the machine's busy seconds outside the budget
+    (``others``: other users, the bench, the kernel) and idle core-seconds; the window's
+    wall time and its floor."""
+    rows: list[tuple[str, dict[str, Any]]] = [
+        (f"Orthanc direct {name}", w) for name, w in budget["orthanc_direct"].items()
+    ]
+    for part in ("gateway", "gateway_postgres"):
+        label = "gateway" if part == "gateway" else "gateway on PostgreSQL"
+        for name, windows in budget[part].items():
+            rows += [(f"{label} {name} {edge}", w) for edge, w in windows.items()]
+    shown = [g for g in GROUPS if any(w["cpu_s"][g] for _, w in rows)]  # no empty columns
+    table = Table(
+        title=f"CPU budget ({budget['cores']} cores): CPU s per group", title_justify="left"
+    )
+    for column in ("workload", *shown, "total", "others", "idle", "wall s", "floor s"):
+        table.add_column(column, justify="left" if column == "workload" else "right")
+    for label, w in rows:
+        cpu = w["cpu_s"]
+        machine = w["machine"]
+        table.add_row(label, *(f"{cpu[g]:.2f}" for g in (*shown, "total")),
+                      f"{machine['outside_s']:.2f}", f"{machine['idle_s']:.2f}",
+                      f"{w['wall_s']:.2f}", f"{w['floor_wall_s']:.2f}")  # fmt: skip
+    return table
+
+
+def bounds_table(bounds: dict[str, dict[str, Any]]) -> Table:
+    """Each ingest ratio as measured against the best the measured CPU allows."""
+    table = Table(title="the best each ratio could be with this run's CPU", title_justify="left")
+    for column in ("ratio", "measured", "best", "best as run", "target"):
+        table.add_column(column, justify="left" if column == "ratio" else "right")
+    targets = {t.key: t for t in TARGETS}
+    for key, bound in bounds.items():
+        target = targets.get(key)
+        as_run = bound.get("best_as_run", "")
+        sign = "" if target is None else ("≤ " if target.at_most else "≥ ") + f"{target.limit:g}"
+        table.add_row(key, f"{bound['measured']:g}", f"{bound['best']:g}", f"{as_run}", sign)
+    return table
+
+
 def run_bench(
     *, out_dir: Path, work: Path, workload: Workload, quick: bool, console: Console | None = None
 ) -> dict[str, Any]:
@@ -103,6 +161,7 @@ def run_bench(
     started = time.time()
     machine: dict[str, Any] = {
         "cores": os.cpu_count(),
+        "cores_usable": cores(),
         "cpu_model": cpu_model(),
         "python": platform.python_version(),
         "load_average_start": _load(),
@@ -188,6 +247,9 @@ def run_bench(
 
     machine["load_average_end"] = _load()
     numbers = headline(raw)
+    budget = cpu_budget(raw)
+    console.print(budget_table(budget))
+    console.print(bounds_table(budget["bounds"]))
     results: dict[str, Any] = {
         **numbers,
         "machine": machine,
