@@ -93,7 +93,11 @@ def test_a_recycled_pid_is_another_process_and_same_named_processes_are_summed()
 
 
 def budget_window(total: float, gil: float, ack: float) -> dict[str, Any]:
-    return {"floor_wall_s": floor_wall_s(total, gil, 2), "ack_floor_wall_s": ack}
+    return {
+        "floor_wall_s": floor_wall_s(total, gil, 2),
+        "ack_floor_wall_s": ack,
+        "cpu_s": {"total": total},
+    }
 
 
 def test_each_ratio_is_bounded_by_its_floor_over_orthanc_direct() -> None:
@@ -110,11 +114,14 @@ def test_each_ratio_is_bounded_by_its_floor_over_orthanc_direct() -> None:
             "parallel_ack_s": 2.5,
         },
         "cpu_budget": {
+            "orthanc_direct": {
+                name: {"cpu_s": {"total": 2.0}} for name in ("ct", "dx", "parallel")
+            },
             "gateway": {
                 "ct": pair(budget_window(4.0, 1.0, 1.0), budget_window(8.0, 3.0, 1.0)),
                 "dx": pair(budget_window(4.0, 1.0, 2.0), budget_window(6.0, 1.0, 2.0)),
                 "parallel": pair(budget_window(4.0, 1.0, 0.8), budget_window(5.0, 1.0, 0.8)),
-            }
+            },
         },
     }
     bounds = ratio_bounds(raw)
@@ -122,8 +129,10 @@ def test_each_ratio_is_bounded_by_its_floor_over_orthanc_direct() -> None:
     assert ct_ack["measured"] == 1.5
     assert ct_ack["best"] == 0.5  # 1.0 s of listener and client work ÷ 2.0 s direct
     assert ct_ack["best_as_run"] == 1.0  # everything in the ack window: 4 CPU s on 2 cores
+    assert ct_ack["cpu_ratio"] == 2.0
     assert bounds["commit_ratio"] == {
         "measured": 3.0, "best": 2.0, "floor_wall_s": 4.0, "direct_s": 2.0,
+        "cpu_ratio": 4.0,  # 8 CPU s through the gateway ÷ Orthanc direct's 2
     }  # fmt: skip
     assert bounds["commit_ratio_dx"]["best"] == 0.75
     parallel = bounds["parallel_ingest_ratio"]
