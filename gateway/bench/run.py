@@ -25,7 +25,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from gateway.bench.anchoring import seed_anchoring
 from gateway.bench.chart import TARGETS, write_chart
@@ -111,46 +110,59 @@ def cpu_budget(raw: dict[str, Any]) -> dict[str, Any]:
     return budget
 
 
-def budget_table(budget: dict[str, Any]) -> Table:
+#: Short column names, so that the tables stay narrow.
+SHORT = {"gateway_listener": "listener", "gateway_workers": "workers", "postgres": "pg"}
+
+
+def text_table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    """A plain table: the first column left-aligned, the others right-aligned. Printed with
+    ``soft_wrap`` so that a narrow terminal or a pipe wraps lines rather than cutting cells."""
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first, *rest = cells
+        return "  ".join(
+            [first.ljust(widths[0]), *(c.rjust(w) for c, w in zip(rest, widths[1:], strict=True))]
+        )
+
+    return "\n".join([title, line(header), "-" * len(line(header)), *map(line, rows)])
+
+
+def budget_table(budget: dict[str, Any]) -> str:
     """CPU seconds per group in each window; the machine's busy seconds outside the budget
     (``others``: other users, the bench, the kernel) and idle core-seconds; the window's
-    wall time and its floor."""
-    rows: list[tuple[str, dict[str, Any]]] = [
-        (f"Orthanc direct {name}", w) for name, w in budget["orthanc_direct"].items()
+    wall time and its floor. ``direct``: Orthanc direct; ``gw``: the gateway; ``pg``: the
+    gateway on PostgreSQL."""
+    windows: list[tuple[str, dict[str, Any]]] = [
+        (f"direct {name}", w) for name, w in budget["orthanc_direct"].items()
     ]
-    for part in ("gateway", "gateway_postgres"):
-        label = "gateway" if part == "gateway" else "gateway on PostgreSQL"
-        for name, windows in budget[part].items():
-            rows += [(f"{label} {name} {edge}", w) for edge, w in windows.items()]
-    shown = [g for g in GROUPS if any(w["cpu_s"][g] for _, w in rows)]  # no empty columns
-    table = Table(
-        title=f"CPU budget ({budget['cores']} cores): CPU s per group", title_justify="left"
-    )
-    for column in ("workload", *shown, "total", "others", "idle", "wall s", "floor s"):
-        table.add_column(column, justify="left" if column == "workload" else "right")
-    for label, w in rows:
-        cpu = w["cpu_s"]
-        machine = w["machine"]
-        table.add_row(label, *(f"{cpu[g]:.2f}" for g in (*shown, "total")),
-                      f"{machine['outside_s']:.2f}", f"{machine['idle_s']:.2f}",
-                      f"{w['wall_s']:.2f}", f"{w['floor_wall_s']:.2f}")  # fmt: skip
-    return table
+    for part, label in (("gateway", "gw"), ("gateway_postgres", "pg")):
+        for name, edges in budget[part].items():
+            windows += [(f"{label} {name} {edge}", w) for edge, w in edges.items()]
+    shown = [g for g in GROUPS if any(w["cpu_s"][g] for _, w in windows)]  # no empty columns
+    header = ["workload", *(SHORT.get(g, g) for g in shown), "total", "others", "idle", "wall",
+              "floor"]  # fmt: skip
+    rows = [
+        [label, *(f"{w['cpu_s'][g]:.2f}" for g in (*shown, "total")),
+         f"{w['machine']['outside_s']:.2f}", f"{w['machine']['idle_s']:.2f}",
+         f"{w['wall_s']:.2f}", f"{w['floor_wall_s']:.2f}"]
+        for label, w in windows
+    ]  # fmt: skip
+    return text_table(f"CPU budget, CPU s ({budget['cores']} cores)", header, rows)
 
 
-def bounds_table(bounds: dict[str, dict[str, Any]]) -> Table:
+def bounds_table(bounds: dict[str, dict[str, Any]]) -> str:
     """Each ingest ratio as measured against the best the measured CPU allows, and how many
     times Orthanc direct's CPU the gateway spent on the same images."""
-    table = Table(title="the best each ratio could be with this run's CPU", title_justify="left")
-    for column in ("ratio", "measured", "best", "best as run", "CPU ÷ direct's", "target"):
-        table.add_column(column, justify="left" if column == "ratio" else "right")
     targets = {t.key: t for t in TARGETS}
+    rows = []
     for key, bound in bounds.items():
         target = targets.get(key)
-        as_run = bound.get("best_as_run", "")
         sign = "" if target is None else ("≤ " if target.at_most else "≥ ") + f"{target.limit:g}"
-        table.add_row(key, f"{bound['measured']:g}", f"{bound['best']:g}", f"{as_run}",
-                      f"{bound['cpu_ratio']:g}", sign)  # fmt: skip
-    return table
+        rows.append([key, f"{bound['measured']:g}", f"{bound['best']:g}",
+                     f"{bound.get('best_as_run', '')}", f"{bound['cpu_ratio']:g}", sign])  # fmt: skip
+    header = ["ratio", "measured", "best", "best as run", "CPU ÷ direct's", "target"]
+    return text_table("the best each ratio could be with this run's CPU", header, rows)
 
 
 def run_bench(
@@ -250,8 +262,8 @@ def run_bench(
     machine["load_average_end"] = _load()
     numbers = headline(raw)
     budget = cpu_budget(raw)
-    console.print(budget_table(budget))
-    console.print(bounds_table(budget["bounds"]))
+    for table in (budget_table(budget), bounds_table(budget["bounds"])):
+        console.print(table, soft_wrap=True, markup=False, highlight=False)
     results: dict[str, Any] = {
         **numbers,
         "machine": machine,

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from gateway.bench.cpu import CpuSnapshot, ProcessCpu, floor_wall_s, ratio_bounds, window
+from gateway.bench.cpu import GROUPS, CpuSnapshot, ProcessCpu, floor_wall_s, ratio_bounds, window
+from gateway.bench.run import budget_table
 
 
 def test_the_floor_is_the_work_spread_over_the_cores_or_the_busiest_gil_whichever_is_longer() -> (
@@ -140,3 +141,28 @@ def test_each_ratio_is_bounded_by_its_floor_over_orthanc_direct() -> None:
     assert parallel["best"] == 1.25  # an upper bound: 1.0 ÷ 0.8
     assert parallel["best_as_run"] == 0.5
     assert parallel["best_with_commit"] == 0.4
+
+
+def test_the_printed_budget_has_a_row_per_window_and_no_empty_column() -> None:
+    def w(listener: float, orthanc: float) -> dict[str, Any]:
+        cpu = dict.fromkeys(GROUPS, 0.0) | {"gateway_listener": listener, "orthanc": orthanc}
+        return {
+            "cpu_s": cpu | {"total": listener + orthanc},
+            "machine": {"outside_s": 0.5, "idle_s": 0.25},
+            "wall_s": 2.0,
+            "floor_wall_s": 1.0,
+        }
+
+    budget = {
+        "cores": 2,
+        "orthanc_direct": {"ct": w(0.0, 0.75)},
+        "gateway": {"ct": {"ack": w(0.5, 0.0), "commit": w(0.5, 1.5)}},
+        "gateway_postgres": {},
+    }
+    title, header, _rule, *rows = budget_table(budget).splitlines()
+    assert title == "CPU budget, CPU s (2 cores)"
+    assert header.split() == [
+        "workload", "listener", "orthanc", "total", "others", "idle", "wall", "floor",
+    ]  # fmt: skip
+    assert [row.split("  ")[0] for row in rows] == ["direct ct", "gw ct ack", "gw ct commit"]
+    assert rows[2].split()[-7:] == ["0.50", "1.50", "2.00", "0.50", "0.25", "2.00", "1.00"]
