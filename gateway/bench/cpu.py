@@ -24,7 +24,8 @@ block times, round trips), so the real wall time is above it.
 Beside the watched processes, each window reads the whole machine's CPU lines of
 ``/proc/stat``: ``machine.busy_s`` (every process's, this machine's other users'
 included), ``outside_s`` (busy but not in the budget: other users, the bench itself, the
-kernel's threads), ``iowait_s`` and ``idle_s``. Idle cores during a window say its wall
+kernel's threads; at least 0, since the machine's ticks and storescu's microseconds
+round differently), ``iowait_s`` and ``idle_s``. Idle cores during a window say its wall
 time was not bound by CPU there.
 
 A process that starts during a window counts from zero; one that exits during it is
@@ -223,7 +224,7 @@ def _machine(before: CpuSnapshot, after: CpuSnapshot, budgeted: float) -> dict[s
     )
     return {
         "busy_s": busy,
-        "outside_s": round(busy - budgeted, 3),
+        "outside_s": round(max(busy - budgeted, 0.0), 3),
         "iowait_s": iowait,
         "idle_s": idle,
     }
