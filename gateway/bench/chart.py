@@ -1,4 +1,10 @@
-"""``bench/results.png``: every headline number against its target, on one chart."""
+"""``bench/results.png``: every headline number against its target, on one chart.
+
+An ingest ratio with a CPU bound (``raw.cpu_budget.bounds``, :mod:`gateway.bench.cpu`)
+gets a black diamond on its row: the best that ratio could be with the CPU this run
+measured on this machine's cores. A diamond right of the dashed line means the target
+cannot be met on this machine with that much work, however the work is scheduled.
+"""
 
 from __future__ import annotations
 
@@ -49,6 +55,18 @@ TARGETS = (
 )
 
 
+def _floor_markers(ax: Any, results: dict[str, Any], clip: float) -> None:
+    """A diamond per ratio that has a CPU bound, at the share of its budget that bound uses."""
+    bounds = results.get("raw", {}).get("cpu_budget", {}).get("bounds", {})
+    rows = [(i, t) for i, t in enumerate(reversed(TARGETS)) if t.key in bounds]
+    if not rows:
+        return
+    shares = [min(max(t.budget_used(float(bounds[t.key]["best"])), 0.0), clip) for _, t in rows]
+    ax.scatter(shares, [i for i, _ in rows], marker="D", color="black", zorder=3, s=28,
+               label="best this machine's cores allow with the CPU measured")  # fmt: skip
+    ax.legend(loc="lower right", fontsize=8)
+
+
 def write_chart(results: dict[str, Any], path: Path) -> None:
     """A horizontal bar per target: the share of its budget used (≤ 1 meets it)."""
     import matplotlib
@@ -68,6 +86,7 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
         notes.append(f"{value:g}  (target {sign} {target.limit:g})")
     fig, ax = plt.subplots(figsize=(10, 0.55 * len(labels) + 1.6))
     bars = ax.barh(labels, used, color=colours)
+    _floor_markers(ax, results, clip)
     for bar, note in zip(bars, notes, strict=True):
         ax.text(bar.get_width() + 0.03, bar.get_y() + bar.get_height() / 2, note,
                 va="center", fontsize=8)  # fmt: skip

@@ -23,6 +23,11 @@ are whole seconds): 50th and 95th percentile by nearest rank, and the longest
 
 Concurrent associations (:mod:`gateway.bench.parallel`): a copy of the CT series with
 its own UIDs over 8 storescu at once, into Orthanc direct and into the gateway.
+
+The CPU budget (:mod:`gateway.bench.cpu`): every workload also returns, under ``cpu``,
+what each process spent during it: Orthanc direct's per workload, the gateway's in
+two windows per workload (``ack``: storescu's start to its exit; ``commit``: to the
+last row committed, as seen by the bench's poll).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import Any
 
 from pydicom import dcmread
 
+from gateway.bench.cpu import CpuMeter, pids_running, window
 from gateway.bench.parallel import WAYS, storescu_parallel
 from gateway.bench.peers import Gateway, direct_orthanc, storescu
 from gateway.bench.postgres import PostgresCluster
@@ -64,15 +70,23 @@ def orthanc_direct(
     shutil.rmtree(data_dir, ignore_errors=True)
     orthanc = direct_orthanc(data_dir)
     orthanc.start(timeout=120)
+    assert orthanc.process is not None
+    meter = CpuMeter({orthanc.process.pid: "orthanc"})
     try:
         out: dict[str, Any] = {}
+        cpu: dict[str, Any] = {}
         for name, files in workloads.items():
             say(f"storescu → Orthanc: {len(files)} {name} files")
+            before = meter.snapshot()
             out[f"{name}_s"] = round(storescu(orthanc.dicom_port, files, called=orthanc.aet), 4)
+            cpu[name] = window(before, meter.snapshot())
         say(f"storescu → Orthanc: {len(parallel)} CT files over {WAYS} associations at once")
+        before = meter.snapshot()
         out["parallel_s"] = round(
             storescu_parallel(orthanc.dicom_port, parallel, called=orthanc.aet), 4
         )
+        cpu["parallel"] = window(before, meter.snapshot())
+        out["cpu"] = cpu
         return out
     finally:
         orthanc.stop()
@@ -124,14 +138,25 @@ def _anchor_summary(
     }
 
 
-def _send(gateway: Gateway, files: list[Path], *, ways: int = 1) -> dict[str, Any]:
+def _meter(gateway: Gateway, *, postgres_data: Path | None = None) -> CpuMeter:
+    """A meter of ``up``'s process tree, and of the PostgreSQL cluster's if given."""
+    roots = {gateway.pid: "gateway_listener"}
+    if postgres_data is not None:
+        roots.update(dict.fromkeys(pids_running(str(postgres_data)), "postgres"))
+    return CpuMeter(roots)
+
+
+def _send(gateway: Gateway, files: list[Path], *, meter: CpuMeter, ways: int = 1) -> dict[str, Any]:
     uids = sop_uids(files)
+    before = meter.snapshot()
     started = time.time()
     if ways == 1:
         ack = storescu(gateway.dicom_port, files, called=gateway.ae_title)
     else:
         ack = storescu_parallel(gateway.dicom_port, files, called=gateway.ae_title, ways=ways)
+    acked = meter.snapshot()
     rows = gateway.wait_done(uids)
+    cpu = {"ack": window(before, acked), "commit": window(before, meter.snapshot())}
     committed = [r["committed_at"] for r in rows if r["committed_at"] is not None]
     stages = sorted({r["stage"] for r in rows})
     if stages != ["committed"]:
@@ -141,6 +166,7 @@ def _send(gateway: Gateway, files: list[Path], *, ways: int = 1) -> dict[str, An
         "commit_s": round(max(committed) - started, 4),
         "rows": rows,
         "started": started,
+        "cpu": cpu,
     }
 
 
@@ -160,20 +186,24 @@ def through_gateway(
     gateway = Gateway(data_dir)
     gateway.start()
     try:
-        out: dict[str, Any] = {}
+        meter = _meter(gateway)
+        out: dict[str, Any] = {"cpu": {}}
         for name, files in workloads.items():
             say(f"storescu → gateway: {len(files)} {name} files, then waiting for commit")
-            sent = _send(gateway, files)
+            sent = _send(gateway, files, meter=meter)
+            out["cpu"][name] = sent["cpu"]
             out[f"{name}_ack_s"] = sent["ack_s"]
             out[f"{name}_commit_s"] = sent["commit_s"]
             out[f"{name}_anchoring"] = _anchor_summary(gateway, sent["rows"], sent["started"])
         say(f"storescu → gateway: {len(parallel)} CT files over {WAYS} associations, then waiting")
-        sent = _send(gateway, parallel, ways=WAYS)
+        sent = _send(gateway, parallel, meter=meter, ways=WAYS)
+        out["cpu"]["parallel"] = sent["cpu"]
         out["parallel_ack_s"] = sent["ack_s"]
         out["parallel_commit_s"] = sent["commit_s"]
         out["parallel_anchoring"] = _anchor_summary(gateway, sent["rows"], sent["started"])
         say(f"seed workload: {len(seed)} chest images end to end through the gateway")
-        sent = _send(gateway, seed)
+        sent = _send(gateway, seed, meter=meter)
+        out["cpu"]["seed"] = sent["cpu"]
         out["seed_ack_s"] = sent["ack_s"]
         out["seed_workload_s"] = sent["commit_s"]
         out["seed_anchoring"] = _anchor_summary(gateway, sent["rows"], sent["started"])
@@ -200,8 +230,12 @@ def through_gateway_on_postgres(
         gateway.start()
         try:
             say(f"storescu → gateway on PostgreSQL: {len(files)} CT files, then waiting for commit")
-            sent = _send(gateway, files)
-            return {"ct_ack_s": sent["ack_s"], "ct_commit_s": sent["commit_s"]}
+            sent = _send(gateway, files, meter=_meter(gateway, postgres_data=cluster.data))
+            return {
+                "ct_ack_s": sent["ack_s"],
+                "ct_commit_s": sent["commit_s"],
+                "cpu": {"ct": sent["cpu"]},
+            }
         finally:
             code = gateway.stop()
             if code not in (0, None):

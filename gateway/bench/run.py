@@ -6,6 +6,11 @@ ledger, batched and one by one, (4) retrieval with and without the plugin, (5) p
 while a 1 GB instance goes through the gateway, (6) machine limits and the gateway's
 hashing and sealing against them. Every headline key is computed from this run's
 measurements; the raw timings are kept under ``raw``.
+
+``raw.cpu_budget`` (:mod:`gateway.bench.cpu`): the CPU each process group spent in each
+ingest workload of parts 1 and 2, and for each ingest ratio the best this machine's
+cores allow with that much work; the run ends with a table of both, and the chart marks
+each ratio's best beside its bar.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from gateway.bench.anchoring import seed_anchoring
 from gateway.bench.chart import TARGETS, write_chart
+from gateway.bench.cpu import GROUPS, cores, ratio_bounds
 from gateway.bench.ingest import orthanc_direct, through_gateway, through_gateway_on_postgres
 from gateway.bench.limits import machine_limits
 from gateway.bench.memory import large_instance_rss
@@ -93,6 +99,72 @@ def headline(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def cpu_budget(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw.cpu_budget``: each ingest part's CPU windows (taken out of that part's raw
+    timings, so that each lives in one place) and each ingest ratio's bounds."""
+    budget: dict[str, Any] = {"cores": cores(), "clock_ticks_per_s": os.sysconf("SC_CLK_TCK")}
+    for part in ("orthanc_direct", "gateway", "gateway_postgres"):
+        budget[part] = raw[part].pop("cpu")
+    raw["cpu_budget"] = budget
+    budget["bounds"] = ratio_bounds(raw)
+    return budget
+
+
+#: Short column names, so that the tables stay narrow.
+SHORT = {"gateway_listener": "listener", "gateway_workers": "workers", "postgres": "pg"}
+
+
+def text_table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    """A plain table: the first column left-aligned, the others right-aligned. Printed with
+    ``soft_wrap`` so that a narrow terminal or a pipe wraps lines rather than cutting cells."""
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first, *rest = cells
+        return "  ".join(
+            [first.ljust(widths[0]), *(c.rjust(w) for c, w in zip(rest, widths[1:], strict=True))]
+        )
+
+    return "\n".join([title, line(header), "-" * len(line(header)), *map(line, rows)])
+
+
+def budget_table(budget: dict[str, Any]) -> str:
+    """CPU seconds per group in each window; the machine's busy seconds outside the budget
+    (``others``: other users, the bench, the kernel) and idle core-seconds; the window's
+    wall time and its floor. ``direct``: Orthanc direct; ``gw``: the gateway; ``pg``: the
+    gateway on PostgreSQL."""
+    windows: list[tuple[str, dict[str, Any]]] = [
+        (f"direct {name}", w) for name, w in budget["orthanc_direct"].items()
+    ]
+    for part, label in (("gateway", "gw"), ("gateway_postgres", "pg")):
+        for name, edges in budget[part].items():
+            windows += [(f"{label} {name} {edge}", w) for edge, w in edges.items()]
+    shown = [g for g in GROUPS if any(w["cpu_s"][g] for _, w in windows)]  # no empty columns
+    header = ["workload", *(SHORT.get(g, g) for g in shown), "total", "others", "idle", "wall",
+              "floor"]  # fmt: skip
+    rows = [
+        [label, *(f"{w['cpu_s'][g]:.2f}" for g in (*shown, "total")),
+         f"{w['machine']['outside_s']:.2f}", f"{w['machine']['idle_s']:.2f}",
+         f"{w['wall_s']:.2f}", f"{w['floor_wall_s']:.2f}"]
+        for label, w in windows
+    ]  # fmt: skip
+    return text_table(f"CPU budget, CPU s ({budget['cores']} cores)", header, rows)
+
+
+def bounds_table(bounds: dict[str, dict[str, Any]]) -> str:
+    """Each ingest ratio as measured against the best the measured CPU allows, and how many
+    times Orthanc direct's CPU the gateway spent on the same images."""
+    targets = {t.key: t for t in TARGETS}
+    rows = []
+    for key, bound in bounds.items():
+        target = targets.get(key)
+        sign = "" if target is None else ("≤ " if target.at_most else "≥ ") + f"{target.limit:g}"
+        rows.append([key, f"{bound['measured']:g}", f"{bound['best']:g}",
+                     f"{bound.get('best_as_run', '')}", f"{bound['cpu_ratio']:g}", sign])  # fmt: skip
+    header = ["ratio", "measured", "best", "best as run", "CPU ÷ direct's", "target"]
+    return text_table("the best each ratio could be with this run's CPU", header, rows)
+
+
 def run_bench(
     *, out_dir: Path, work: Path, workload: Workload, quick: bool, console: Console | None = None
 ) -> dict[str, Any]:
@@ -103,6 +175,7 @@ def run_bench(
     started = time.time()
     machine: dict[str, Any] = {
         "cores": os.cpu_count(),
+        "cores_usable": cores(),
         "cpu_model": cpu_model(),
         "python": platform.python_version(),
         "load_average_start": _load(),
@@ -188,6 +261,9 @@ def run_bench(
 
     machine["load_average_end"] = _load()
     numbers = headline(raw)
+    budget = cpu_budget(raw)
+    for table in (budget_table(budget), bounds_table(budget["bounds"])):
+        console.print(table, soft_wrap=True, markup=False, highlight=False)
     results: dict[str, Any] = {
         **numbers,
         "machine": machine,

@@ -44,7 +44,35 @@ def test_quick_bench_writes_every_key_and_the_chart(tmp_path: Path) -> None:
         "retrieval_postgres",
         "memory",
         "limits",
+        "cpu_budget",
     }
+    # the CPU budget: every timed ingest workload, each group, and a bound per ratio
+    budget = raw["cpu_budget"]
+    assert budget["cores"] >= 1
+    assert set(budget["orthanc_direct"]) == {"ct", "dx", "parallel"}
+    assert set(budget["gateway"]) == {"ct", "dx", "parallel", "seed"}
+    assert set(budget["gateway_postgres"]) == {"ct"}
+    for name, direct in budget["orthanc_direct"].items():
+        assert direct["cpu_s"]["orthanc"] > 0 and direct["cpu_s"]["client"] > 0, name
+        assert direct["cpu_s"]["gateway_listener"] == 0 == direct["cpu_s"]["gateway_workers"]
+    for part in ("gateway", "gateway_postgres"):
+        for name, windows in budget[part].items():
+            ack, commit = windows["ack"], windows["commit"]
+            assert ack["cpu_s"]["gateway_listener"] > 0 and ack["cpu_s"]["client"] > 0, name
+            assert commit["cpu_s"]["orthanc"] > 0, name  # the gateway forwarded every image
+            assert commit["cpu_s"]["gateway_workers"] > 0, name  # a worker process sealed them
+            assert commit["cpu_s"]["total"] >= ack["cpu_s"]["total"], name
+            assert commit["wall_s"] >= ack["wall_s"], name
+            assert commit["floor_wall_s"] > 0, name
+    assert budget["gateway_postgres"]["ct"]["commit"]["cpu_s"]["postgres"] > 0
+    bounds = budget["bounds"]
+    assert set(bounds) == {
+        "ingest_ack_ratio", "commit_ratio", "ingest_ack_ratio_dx", "commit_ratio_dx",
+        "parallel_ingest_ratio",
+    }  # fmt: skip
+    assert bounds["commit_ratio"]["measured"] == results["commit_ratio"]
+    assert bounds["parallel_ingest_ratio"]["measured"] == results["parallel_ingest_ratio"]
+    assert all(bound["best"] > 0 for bound in bounds.values())
     # every seed image anchored both ways, and every batch proof checks out on chain
     seed = raw["seed_anchoring"]
     assert seed["images"] == results["workload"]["seed_images"]
