@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from typing import BinaryIO, cast
 
 from pydicom import dcmread
+from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import (
@@ -46,6 +47,7 @@ from pydicom.filereader import (
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
+from pydicom.values import convert_string
 
 from gateway import filemap
 from gateway.errors import DatasetTooLarge, DatasetUnreadable
@@ -66,6 +68,10 @@ MAX_DEPTH = 32
 #: of thousands of frames has a few hundred thousand; a deflated run of empty elements
 #: would otherwise cost minutes of CPU (and pydicom's parse of them, gigabytes).
 MAX_ELEMENTS = 1_000_000
+#: (0008,0005) Specific Character Set: pydicom's walk reads it whatever its length.
+SPECIFIC_CHARACTER_SET = 0x00080005
+#: Values longer than this are skipped, not read, by the top-level walk (``defer_size``).
+WALK_DEFER_SIZE = 256
 #: What read_header asks pydicom for: every other element is skipped, never held.
 HEADER_KEYWORDS = {
     "sop_class_uid": "SOPClassUID",
@@ -78,7 +84,9 @@ HEADER_KEYWORDS = {
     "body_part": "BodyPartExamined",
 }
 #: The elements read_header's parse converts: the header's, and Specific Character Set.
-_HEADER_TAGS = frozenset(int(Tag(keyword)) for keyword in HEADER_KEYWORDS.values()) | {0x00080005}
+_HEADER_TAGS = frozenset(int(Tag(keyword)) for keyword in HEADER_KEYWORDS.values()) | {
+    SPECIFIC_CHARACTER_SET
+}
 #: Float, Double Float and Pixel Data: where pydicom's ``stop_before_pixels`` parse stops.
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 # Tags of the items and delimiters that frame sequences and encapsulated values
@@ -132,7 +140,21 @@ class InstanceHeader:
     body_part: str
 
 
-def dataset_offset(stream: BinaryIO) -> tuple[int, UID]:
+@dataclass(frozen=True)
+class WrittenMeta:
+    """What a writer put before the dataset of a file it wrote itself: the preamble, the
+    ``DICM`` prefix and a File Meta of well-formed group 0002 elements (explicit VR little
+    endian, as pydicom writes them), and the Transfer Syntax UID that File Meta names.
+
+    The listener writes each received dataset's File Meta (:mod:`gateway.ingest.file_meta`)
+    and hands this to :func:`dataset_offset`, which then need not parse it again.
+    """
+
+    prefix: bytes
+    syntax: str
+
+
+def dataset_offset(stream: BinaryIO, *, written: WrittenMeta | None = None) -> tuple[int, UID]:
     """Offset of the dataset after the File Meta Information, and the transfer syntax.
 
     The one definition of where the dataset starts: the File Meta (group 0002, explicit
@@ -140,12 +162,22 @@ def dataset_offset(stream: BinaryIO) -> tuple[int, UID]:
     group, as pydicom reads it; its group length is not trusted. Every digest of the
     gateway and of the Orthanc plugin covers the bytes from this offset on.
 
+    ``written``: the File Meta the caller wrote at the head of this file. When the file
+    still starts with those bytes and an element of another group follows them whole,
+    pydicom's reading would stop right there: that answer is given without the parse.
+    Anything else (other bytes, a group 0002 element or a delimiter next, a dataset
+    shorter than an element header) is parsed as usual.
+
     Raises
     ------
     DatasetUnreadable
         No DICM prefix, a File Meta element pydicom cannot read (such as an unknown VR),
         or no Transfer Syntax UID.
     """
+    if written is not None:
+        found = _offset_as_written(stream, written)
+        if found is not None:
+            return found
     stream.seek(0)
     try:
         read_preamble(stream, False)
@@ -157,6 +189,27 @@ def dataset_offset(stream: BinaryIO) -> tuple[int, UID]:
     if not syntax:
         raise DatasetUnreadable("the File Meta Information has no Transfer Syntax UID")
     return stream.tell(), UID(str(syntax))
+
+
+def _offset_as_written(stream: BinaryIO, written: WrittenMeta) -> tuple[int, UID] | None:
+    """:func:`dataset_offset`'s answer for a file that starts with ``written.prefix``
+    followed by a whole element header (12 bytes: a long VR's) outside group 0002 that is
+    no Item Delimitation Item; None for any other file.
+
+    pydicom reads the File Meta's elements up to the first tag outside group 0002 and
+    steps back to its start (the Item Delimitation Item, checked first, ends its read
+    after the tag instead); with fewer bytes left it stops elsewhere, or raises.
+    """
+    end = len(written.prefix)
+    stream.seek(0)
+    head = stream.read(end + 12)
+    if len(head) < end + 12 or head[:end] != written.prefix:
+        return None
+    group, element = struct.unpack_from("<HH", head, end)
+    if group == 0x0002 or (group << 16 | element) == ITEM_END:
+        return None
+    stream.seek(end)
+    return end, UID(written.syntax)
 
 
 @dataclass(frozen=True)
@@ -175,7 +228,11 @@ class PlainDataset:
 
 @contextlib.contextmanager
 def plain_dataset(
-    stream: BinaryIO, *, limit: int | None = None, scratch: str | os.PathLike[str] | None = None
+    stream: BinaryIO,
+    *,
+    limit: int | None = None,
+    scratch: str | os.PathLike[str] | None = None,
+    written: WrittenMeta | None = None,
 ) -> Iterator[PlainDataset]:
     """The dataset of the Part-10 ``stream``, inflated into a temporary file if deflated.
 
@@ -187,6 +244,8 @@ def plain_dataset(
         The most bytes the inflated dataset may take (default :data:`MAX_INSTANCE_BYTES`).
     scratch:
         The directory of the temporary file (default ``GATEWAY_TMPDIR``, else the system's).
+    written:
+        The File Meta the caller wrote at the head of ``stream`` (:func:`dataset_offset`).
 
     Raises
     ------
@@ -195,7 +254,7 @@ def plain_dataset(
     DatasetUnreadable
         The File Meta cannot be read, or the deflated stream is corrupt or truncated.
     """
-    offset, syntax = dataset_offset(stream)
+    offset, syntax = dataset_offset(stream, written=written)
     if not syntax.is_deflated:
         yield PlainDataset(stream, offset, syntax, inflated=False)
         return
@@ -259,14 +318,28 @@ def read_header(
 
 
 def checked_header(
-    stream: BinaryIO, *, limit: int | None = None, scratch: str | os.PathLike[str] | None = None
+    stream: BinaryIO,
+    *,
+    limit: int | None = None,
+    scratch: str | os.PathLike[str] | None = None,
+    written: WrittenMeta | None = None,
 ) -> InstanceHeader:
-    """:func:`check_structure` and :func:`read_header` at once: a deflated dataset is
-    inflated once, and the header's elements are kept as :func:`pixel_range`'s walk
-    passes them (:func:`_walked_header`). The check before a C-STORE is acked."""
-    with plain_dataset(stream, limit=limit, scratch=scratch) as plain:
-        check_nesting(plain.stream, plain.offset, plain.syntax)
-        _, kept = _walk_top_level(plain.stream, plain.offset, plain.syntax, keep=_HEADER_TAGS)
+    """:func:`check_structure` and :func:`read_header` at once: the check before a
+    C-STORE is acked.
+
+    A deflated dataset is inflated once. One walk does :func:`check_nesting`'s checks and
+    keeps the header's top-level elements as :func:`_walk_top_level` would (:class:`_Walker`
+    with ``keep``); only a dataset with a top-level element of undefined length (or a
+    character set pydicom refuses) is walked a second time by pydicom's generator. The
+    header is read from the kept elements (:func:`_walked_header`), or by pydicom's parse
+    where the two could differ. ``written``: see :func:`dataset_offset`.
+    """
+    with plain_dataset(stream, limit=limit, scratch=scratch, written=written) as plain:
+        walker = _walker(plain.stream, plain.offset, plain.syntax, keep=_HEADER_TAGS)
+        walker.walk()
+        kept = walker.kept
+        if not walker.top_level_plain:
+            _, kept = _walk_top_level(plain.stream, plain.offset, plain.syntax, keep=_HEADER_TAGS)
         header = _walked_header(plain, kept)
         return header if header is not None else _parse_header(plain)
 
@@ -399,37 +472,80 @@ def check_nesting(
     DatasetUnreadable
         On the first element that breaks a bound.
     """
+    _walker(stream, offset, syntax, max_depth=max_depth, max_elements=max_elements).walk()
+
+
+def _walker(
+    stream: BinaryIO,
+    offset: int,
+    syntax: UID,
+    *,
+    max_depth: int = MAX_DEPTH,
+    max_elements: int = MAX_ELEMENTS,
+    keep: frozenset[int] | None = None,
+) -> _Walker:
+    """A :class:`_Walker` over the dataset; DatasetUnreadable for an unknown syntax."""
     try:
-        walker = _Walker(stream, offset, syntax, max_depth, max_elements)
+        return _Walker(stream, offset, syntax, max_depth, max_elements, keep=keep)
     except ValueError as exc:
         raise DatasetUnreadable(f"unknown transfer syntax {syntax}") from exc
-    walker.walk()
 
 
 @dataclass
 class _Level:
-    """An open item (holding elements) or sequence (holding items); ``end`` None: undefined."""
+    """An open item (holding elements) or sequence (holding items); ``end`` None: undefined.
+
+    ``bound`` is where it must end at the latest: its own end, or the nearest defined end
+    of the levels around it (the file's end for the dataset itself).
+    """
 
     end: int | None
     sequence: bool
+    bound: int
 
 
 class _Walker:
-    """:func:`check_nesting`'s state: where it is, and the items and sequences still open."""
+    """:func:`check_nesting`'s state: where it is, and the items and sequences still open.
+
+    With ``keep`` it also does :func:`_walk_top_level`'s work in the same pass (see
+    :func:`checked_header`): every top-level element of a defined length is where
+    pydicom's ``data_element_generator`` reads one, so the raw elements of the tags in
+    ``keep`` before the pixels are kept here, built as the generator builds them. A
+    top-level element of undefined length (pydicom parses or searches those its own way),
+    or a Specific Character Set pydicom could not take, clears :attr:`top_level_plain`:
+    the caller then asks :func:`_walk_top_level`.
+    """
 
     def __init__(
-        self, stream: BinaryIO, offset: int, syntax: UID, max_depth: int, max_elements: int
+        self,
+        stream: BinaryIO,
+        offset: int,
+        syntax: UID,
+        max_depth: int,
+        max_elements: int,
+        *,
+        keep: frozenset[int] | None = None,
     ) -> None:
         self.stream = stream
         self.implicit = syntax.is_implicit_VR
-        self.endian = "<" if syntax.is_little_endian else ">"
+        self.little = syntax.is_little_endian
+        self.endian = "<" if self.little else ">"
+        self._head = struct.Struct(self.endian + "HHL").unpack
+        self._short = struct.Struct(self.endian + "H").unpack
+        self._long = struct.Struct(self.endian + "L").unpack
         self.size = stream.seek(0, io.SEEK_END)
         self.pos = offset
         self.max_depth = max_depth
         self.max_elements = max_elements
         self.elements_left = max_elements
-        self.levels = [_Level(self.size, sequence=False)]
+        self.levels = [_Level(self.size, sequence=False, bound=self.size)]
         self.depth = 0
+        self.keep = keep
+        #: The raw top-level elements of the tags in ``keep`` before Pixel Data.
+        self.kept: dict[BaseTag, DataElement | RawDataElement] = {}
+        #: Whether :attr:`kept` is :func:`_walk_top_level`'s answer (see the class).
+        self.top_level_plain = keep is not None
+        self._before_pixels = True
 
     def walk(self) -> None:
         """Every header from the dataset's start to the end of the data, or raise."""
@@ -445,22 +561,22 @@ class _Walker:
             self.elements_left -= 1
             if self.elements_left < 0:
                 raise DatasetTooLarge(f"the dataset has more than {self.max_elements} elements")
-            head = self._read(8)
+            head = self._read(12)  # a long VR's header; an item's or a short one's is 8
             if len(head) < 8:
                 raise DatasetUnreadable(
                     "the data ends inside an undefined-length sequence or item"
                     if len(self.levels) > 1
                     else f"{len(head)} bytes after the last complete element"
                 )
-            group, element = struct.unpack(self.endian + "HH", head[:4])
+            group, element, length = self._head(head[:8])
             tag = group << 16 | element
             if level.sequence:
-                self._item(tag, struct.unpack(self.endian + "L", head[4:])[0], level)
+                self._item(tag, length, level)
             elif tag == ITEM_END and len(self.levels) > 1:
                 self.pos += 8
                 self._close()
             else:
-                self._element(tag, head)
+                self._element(tag, head, length)
 
     def _read(self, size: int) -> bytes:
         self.stream.seek(self.pos)
@@ -475,12 +591,12 @@ class _Walker:
             self.depth += 1
             if self.depth > self.max_depth:
                 raise DatasetUnreadable(f"sequences nest more than {self.max_depth} deep")
-        self.levels.append(_Level(end, sequence=sequence))
+        bound = self.levels[-1].bound if end is None else min(end, self.levels[-1].bound)
+        self.levels.append(_Level(end, sequence=sequence, bound=bound))
 
     def _fits(self, length: int, tag: int) -> int:
-        outer = min(level.end for level in self.levels if level.end is not None)
         end = self.pos + length
-        if end > outer:
+        if end > self.levels[-1].bound:
             raise DatasetUnreadable(
                 f"{_named(tag)} declares {length} bytes, more than the data left"
             )
@@ -497,28 +613,28 @@ class _Walker:
         else:
             self._open(self._fits(length, ITEM), sequence=False)
 
-    def _element(self, tag: int, head: bytes) -> None:
+    def _element(self, tag: int, head: bytes, length: int) -> None:
         if tag >> 16 == 0xFFFE:  # items and delimiters belong to sequences only
             raise DatasetUnreadable(f"{_named(tag)} where an element should be")
         vr: bytes | None = None
-        length = struct.unpack(self.endian + "L", head[4:])[0]
         size = 8
         if not self.implicit:
             code = head[4:6]
             if code in _LONG_VRS:
                 vr, size = code, 12
-                extra = self._read(12)[8:]
-                if len(extra) < 4:
+                if len(head) < 12:
                     raise DatasetUnreadable("the data ends inside an element header")
-                length = struct.unpack(self.endian + "L", extra)[0]
+                length = self._long(head[8:12])[0]
             elif code in _SHORT_VRS:
                 vr = code
-                length = struct.unpack(self.endian + "H", head[6:])[0]
+                length = self._short(head[6:8])[0]
             else:
                 # pydicom reads a 2-byte length (or an implicit element) where DCMTK, and so
                 # Orthanc, assumes a 4-byte one: the two would not see the same dataset.
                 raise DatasetUnreadable(f"{_named(tag)} has no standard VR ({code!r})")
         self.pos += size
+        if self.top_level_plain and len(self.levels) == 1:
+            self._note_top_level(tag, vr, length)
         if length != UNDEFINED:
             end = self._fits(length, tag)
             if vr == b"SQ" or (vr is None and _dictionary_vr(tag) == "SQ"):
@@ -529,6 +645,37 @@ class _Walker:
             self._open(None, sequence=True)
         else:
             self._skip_to_delimiter(tag)
+
+    def _note_top_level(self, tag: int, vr: bytes | None, length: int) -> None:
+        """What ``data_element_generator`` yields for this top-level element (its value at
+        :attr:`pos`), kept if :func:`_walk_top_level` would keep it."""
+        if length == UNDEFINED:
+            self.top_level_plain = False
+            return
+        if length > self.size - self.pos:
+            return  # walk() refuses it next (_fits)
+        charset = tag == SPECIFIC_CHARACTER_SET
+        if self._before_pixels and tag in _PIXEL_TAGS:
+            self._before_pixels = False
+        wanted = self._before_pixels and self.keep is not None and tag in self.keep
+        if not (charset or wanted):
+            return
+        name = vr.decode() if vr is not None else None
+        value: bytes | None = None
+        if length == 0:
+            value = cast(bytes | None, empty_value_for_VR(name, raw=True))
+        elif charset or length <= WALK_DEFER_SIZE:  # the generator never defers the charset
+            value = self._read(length)
+        if charset:
+            try:  # as the generator does with it: pydicom's refusal is _walk_top_level's
+                convert_encodings(convert_string(value or b"", self.little))
+            except Exception:
+                self.top_level_plain = False
+                return
+        if wanted:
+            self.kept[BaseTag(tag)] = RawDataElement(
+                BaseTag(tag), name, length, value, self.pos, self.implicit, self.little
+            )
 
     def _undefined_is_sequence(self, tag: int) -> bool:
         """An undefined-length element of unknown VR is a sequence if the dictionary says so,
@@ -740,7 +887,7 @@ def _walk_top_level(
     found: tuple[int, int] | None = None
     end = offset
     try:
-        for element in data_element_generator(stream, implicit, little, defer_size=256):
+        for element in data_element_generator(stream, implicit, little, defer_size=WALK_DEFER_SIZE):
             end = stream.tell()  # the generator leaves us just past the element
             short = (
                 isinstance(element, RawDataElement)

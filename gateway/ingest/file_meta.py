@@ -9,6 +9,11 @@ listener's whole CPU per CT slice, for seven elements whose layout never changes
 calls (:func:`gateway.ingest.receive.route_received_datasets` installs them). A UID
 that is not plain digits and dots (a hostile peer's) goes through pydicom's own writer, so
 whatever a peer sends is written exactly as pynetdicom would write it.
+
+A file that notes what was written (``wrote_file_meta``: the spool's
+:class:`~gateway.ingest.spool.IncomingFile`) is told the encoded File Meta and its
+transfer syntax, so that the check before the ack knows where the dataset starts
+without parsing the File Meta again (:class:`gateway.core.fingerprint.WrittenMeta`).
 """
 
 from __future__ import annotations
@@ -92,6 +97,9 @@ def write_file_meta_info(fp: Any, file_meta: Any, enforce_standard: bool = True)
         encoded = encode_file_meta(file_meta)
         if encoded is not None:
             fp.write(encoded)
+            noted = getattr(fp, "wrote_file_meta", None)
+            if noted is not None:  # an IncomingFile: the check before the ack skips its parse
+                noted(encoded, str(file_meta.transfer_syntax))
             return
         file_meta = pynetdicom_create_file_meta(
             sop_class_uid=file_meta.sop_class_uid,

@@ -50,11 +50,13 @@ from typing import TYPE_CHECKING, Any, cast
 from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
 from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom._handlers import standard_dimse_sent_handler
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass, VerificationServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import (
@@ -66,6 +68,7 @@ from pynetdicom.utils import make_target
 
 from gateway.ingest import tls
 from gateway.ingest.slots import SharedSlots
+from gateway.ingest.store_response import encode_store_response, store_response_pdvs
 
 if TYPE_CHECKING:
     from gateway.config import Settings
@@ -202,7 +205,32 @@ class GuardedDIMSE(DIMSEServiceProvider):
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         with self._sending:
-            super().send_msg(primitive, context_id)
+            pdvs = self._store_response(primitive)
+            if pdvs is None:
+                super().send_msg(primitive, context_id)
+                return
+            for pdv in pdvs:
+                pdata = P_DATA()
+                pdata.presentation_data_value_list.append((context_id, pdv))
+                self.dul.send_pdu(pdata)
+
+    def _store_response(self, primitive: Any) -> list[bytes] | None:
+        """A C-STORE response's P-DATA values, encoded directly (:mod:`gateway.ingest.
+        store_response`: the same bytes, without building and encoding a pydicom dataset
+        twice per ack); None to leave the message to pynetdicom.
+
+        Only where nothing would see the difference: pynetdicom's own handler is the only
+        one bound to EVT_DIMSE_SENT, and for a C-STORE response it logs nothing.
+        """
+        if not isinstance(primitive, C_STORE) or primitive.MessageIDBeingRespondedTo is None:
+            return None
+        sent = cast(list[tuple[Any, Any]], self.assoc.get_handlers(evt.EVT_DIMSE_SENT))
+        if any(handler is not standard_dimse_sent_handler for handler, _ in sent):
+            return None
+        encoded = encode_store_response(primitive)
+        if encoded is None:
+            return None
+        return store_response_pdvs(encoded, self.maximum_pdu_size)
 
     def receive_primitive(self, primitive: Any) -> None:
         try:

@@ -416,9 +416,13 @@ class Receiver:
         # within the room above the spool's reserve, so that a small bomb cannot fill the disk.
         room = max(self.spool.free_bytes() - self.spool.reserve_bytes, 0)
         limit = min(self.max_instance_bytes, room)
+        incoming = self.spool.arriving(path)
+        written = incoming.written_meta if incoming is not None else None
         try:
             with path.open("rb") as stream:
-                header = checked_header(stream, limit=limit, scratch=self.spool.incoming)
+                header = checked_header(
+                    stream, limit=limit, scratch=self.spool.incoming, written=written
+                )
         except DatasetTooLarge as exc:
             if exc.limit is not None and exc.limit < self.max_instance_bytes:
                 log.error("refused C-STORE %s: no room left to inflate it (%s)", requested_uid, exc)

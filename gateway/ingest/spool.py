@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gateway import failpoints
+from gateway.core.fingerprint import WrittenMeta
 from gateway.core.group_commit import GroupCommit
 from gateway.errors import SpoolUnavailable
 
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # How many bytes an incoming file may write between two checks of the room left.
 CHECK_EVERY = 1 << 20
+#: What pynetdicom writes before the File Meta of each received dataset (PS3.10 7.1).
+PREAMBLE = b"\0" * 128 + b"DICM"
 
 
 def fsync_dir(path: Path) -> None:
@@ -111,6 +114,11 @@ class Spool:
         with self._lock:
             self._arriving[incoming.name] = incoming
         return incoming
+
+    def arriving(self, path: Path | str) -> IncomingFile | None:
+        """The incoming file at ``path`` while it is received and not yet accepted."""
+        with self._lock:
+            return self._arriving.get(str(path))
 
     def _forget(self, name: str) -> IncomingFile | None:
         with self._lock:
@@ -194,6 +202,10 @@ class IncomingFile:
 
     Every byte written also feeds a SHA-256 (:meth:`sha256`): the hash of what was
     received, taken while it was in memory anyway, with no second read before the ack.
+
+    :attr:`written_meta` is the preamble and File Meta pynetdicom wrote first, when
+    :mod:`gateway.ingest.file_meta` encoded it (:meth:`wrote_file_meta`): the check before
+    the ack then finds the dataset's start without parsing them again.
     """
 
     def __init__(self, spool: Spool) -> None:
@@ -206,6 +218,7 @@ class IncomingFile:
         self._unchecked = CHECK_EVERY  # check before the first byte too
         self.written = 0
         self._sha = hashlib.sha256()
+        self.written_meta: WrittenMeta | None = None
 
     def write(self, data: bytes) -> int:
         if self.overflow is None:
@@ -225,6 +238,12 @@ class IncomingFile:
             except OSError as exc:
                 self._give_up(f"write failed: {exc.strerror or exc}")
         return len(data)  # a refused dataset is still read off the wire, then dropped
+
+    def wrote_file_meta(self, encoded: bytes, syntax: str) -> None:
+        """The File Meta ``encoded`` (naming ``syntax``) was just written after the
+        preamble: noted as :attr:`written_meta` if nothing else was written before it."""
+        if self.overflow is None and self.written == len(PREAMBLE) + len(encoded):
+            self.written_meta = WrittenMeta(prefix=PREAMBLE + encoded, syntax=syntax)
 
     def sha256(self) -> bytes:
         """SHA-256 of every byte written so far: the whole file once it is received."""
