@@ -84,8 +84,6 @@ def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.stack import WorkerNode
 
-    # the acks first: the pipeline is throughput, a modality waits on each C-STORE
-    os.nice(settings.worker_nice)
     return _run_child(
         WorkerNode(settings, worker=args.id, anchors=not args.no_anchor), f"worker {args.id}"
     )

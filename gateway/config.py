@@ -133,10 +133,6 @@ class Settings(BaseSettings):
     # requests this node received. Unset: derived from the host name and the data dir.
     node_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
     worker_lease_s: float = Field(default=30.0, gt=0)
-    # How many nice steps a worker process (`up`'s, or `xray-gateway worker`) runs below
-    # the process that started it: on a machine it shares with a listener, the kernel then
-    # gives the CPU to the acks first and the pipeline catches up when they pause. 0: same.
-    worker_nice: int = Field(default=10, ge=0, le=19)
     # The pipeline on threads inside `up`'s own process, as before #14 (for comparison).
     inprocess_pipeline: bool = False
     spool_reserve_mb: int = Field(default=256, ge=0)

@@ -68,7 +68,7 @@ class Gateway:
     ``GATEWAY_BATCH_MAX``, ``GATEWAY_BATCH_WINDOW_MS`` and ``GATEWAY_ANCHOR_MAX_DELAY_MS``
     pass through from the environment, so that the anchor stage runs as the deployment
     configures it, and ``GATEWAY_WORKERS``, ``GATEWAY_INPROCESS_PIPELINE`` (worker
-    processes or threads, and ``GATEWAY_WORKER_NICE``) and ``GATEWAY_LISTENERS`` (listener processes on the DICOM port). ``index_url`` puts the index on PostgreSQL
+    processes or threads) and ``GATEWAY_LISTENERS`` (listener processes on the DICOM port). ``index_url`` puts the index on PostgreSQL
     (``GATEWAY_INDEX_URL``); unset, SQLite.
     """
 
@@ -80,7 +80,6 @@ class Gateway:
         keep = (
             "GATEWAY_BATCH_MAX", "GATEWAY_BATCH_WINDOW_MS", "GATEWAY_ANCHOR_MAX_DELAY_MS",
             "GATEWAY_WORKERS", "GATEWAY_INPROCESS_PIPELINE", "GATEWAY_LISTENERS",
-            "GATEWAY_WORKER_NICE",
         )  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_") or k in keep}
         self.dicom_port = free_port()

@@ -34,12 +34,6 @@ from tests.integration.test_crash import acked, check_after_restart, send, uid_o
 STUDY = "1.2.826.0.1.3680043.10.1138.14.1"
 
 
-def nice_of(pid: int) -> int:
-    """A process's nice value, from /proc/<pid>/stat (field 19)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[16])
-
-
 def series(tmp: Path, count: int, prefix: str) -> list[Path]:
     return dicom_fixtures.ct_series(
         tmp / "series", count, rows=64, cols=64, study_uid=STUDY, prefix=prefix
@@ -59,9 +53,6 @@ def test_a_worker_killed_mid_stream_loses_and_duplicates_nothing(
     up = Up(gateway_env(tmp_path / "var", **extra))
     try:
         worker = up.worker_pid()
-        # acks first: the worker runs GATEWAY_WORKER_NICE (10) steps below the listener
-        niced = min(nice_of(up.pid) + 10, 19)
-        assert nice_of(worker) == niced
         sender = send(up.dicom_port, files)
         # mid-stream: the worker has rows in hand while storescu is still sending
         deadline = time.monotonic() + 120
@@ -80,10 +71,8 @@ def test_a_worker_killed_mid_stream_loses_and_duplicates_nothing(
         output, _ = sender.communicate(timeout=300)
         answers = acked(output)
         up.wait_logged("worker-up-1 exited (code -9): starting it again")
-        restarted = up.wait_restarted("worker-up-1", worker)
-        assert restarted != worker
+        assert up.wait_restarted("worker-up-1", worker) != worker
         up.wait_done(len(files), timeout=300)
-        assert nice_of(restarted) == niced  # started again (and done its work): niced again
         figures = check_after_restart(up, files, answers)
     finally:
         assert up.stop() == 0
