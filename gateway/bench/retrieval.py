@@ -17,14 +17,17 @@ slice (which one goes first alternates too), so the machine's load hits both ali
 
 Both Orthancs are restarted for each repetition; medians over repetitions (raw: over every
 pass); overhead = with / without - 1. Each Orthanc's CPU time (user + system, from
-``/proc/<pid>/stat``) over the raw passes, divided by the reads, says what the check costs
-per read whatever the machine's load: ``raw_cpu_ms_per_read_with`` and ``_without``.
+``/proc/<pid>/stat``) over each path, divided by its slices or reads, says what the check
+costs whatever the machine's load: ``viewer_cpu_ms_per_slice_with`` and ``_without``
+(a preview and a rendered frame), ``raw_cpu_ms_per_read_with`` and ``_without``.
+``raw_files=False`` (``--viewer``) measures the viewer path alone.
 
-With ``floor=True`` a third Orthanc joins the raw passes: Orthanc's Python plugin with a
+With ``floor=True`` a third Orthanc joins both paths: Orthanc's Python plugin with a
 storage area and a request filter that check nothing
-(:mod:`gateway.bench.passthrough_plugin`), on a third copy of the files. Its overhead
-(``raw_floor_overhead_pct``) is what calling Python at all costs on this Orthanc: the
-part of the plugin's overhead no cut to the check can remove.
+(:mod:`gateway.bench.passthrough_plugin`), on a third copy of the files. Its overheads
+(``viewer_floor_overhead_pct``, ``raw_floor_overhead_pct``) are what calling Python at
+all costs on this Orthanc: the part of the plugin's overhead no cut to the check can
+remove.
 
 :func:`retrieval_overhead_on_postgres` runs the same with the gateway's index on a
 throwaway PostgreSQL cluster: the plugin then reads the evidence as a role that may only
@@ -156,6 +159,67 @@ def _pct(with_plugin: float, without: float) -> float:
     return round((with_plugin / without - 1.0) * 100.0, 2)
 
 
+#: Timed passes over every slice's raw file per repetition.
+RAW_PASSES = 3
+#: What each path's keys call an Orthanc (``mode``): ``viewer_with_plugin_s``, …
+_KEY_NAMES = {"with": "with_plugin", "without": "without_plugin", "floor": "floor"}
+
+
+def _viewer_pass(
+    sessions: dict[str, requests.Session], bases: dict[str, str], ids: list[str], *, first: int
+) -> dict[str, float]:
+    """Seconds each Orthanc took for the viewer path: every slice's preview then rendered
+    frame, the Orthancs taking turns slice by slice (which goes first rotates, from
+    ``first``)."""
+    modes = list(sessions)
+    spent = dict.fromkeys(modes, 0.0)
+    for n, orthanc_id in enumerate(ids):
+        shift = (n + first) % len(modes)
+        for mode in modes[shift:] + modes[:shift]:
+            base = bases[mode] + orthanc_id
+            spent[mode] += _timed(sessions[mode], [f"{base}/preview", f"{base}/frames/0/rendered"])
+    return spent
+
+
+def _raw_passes(
+    sessions: dict[str, requests.Session], bases: dict[str, str], ids: list[str]
+) -> dict[str, list[float]]:
+    """Seconds of each of :data:`RAW_PASSES` passes over every raw ``/file``, per Orthanc,
+    after one untimed pass (connections and OS caches warm); turns taken as above."""
+    modes = list(sessions)
+    for mode in modes:
+        _timed(sessions[mode], [bases[mode] + i + "/file" for i in ids])
+    passes: dict[str, list[float]] = {mode: [] for mode in modes}
+    for rep_pass in range(RAW_PASSES):
+        spent = dict.fromkeys(modes, 0.0)
+        for n, orthanc_id in enumerate(ids):
+            shift = (n + rep_pass) % len(modes)  # each goes first in turn
+            for mode in modes[shift:] + modes[:shift]:
+                spent[mode] += _timed(sessions[mode], [f"{bases[mode]}{orthanc_id}/file"])
+        for mode, seconds in spent.items():
+            passes[mode].append(seconds)
+    return passes
+
+
+def _path_keys(
+    path: str, runs: dict[str, list[float]], *, per_ms: dict[str, float], per: int
+) -> dict[str, Any]:
+    """One path's result keys: the overheads against Orthanc without a plugin (median
+    seconds), each Orthanc's median seconds and its CPU milliseconds per request pair
+    (viewer) or per read (raw). The viewer path's overhead keeps its historical name,
+    ``retrieval_overhead_pct``."""
+    median = {mode: statistics.median(seconds) for mode, seconds in runs.items()}
+    prefix = "retrieval" if path == "viewer" else "raw_retrieval"
+    keys: dict[str, Any] = {f"{prefix}_overhead_pct": _pct(median["with"], median["without"])}
+    if "floor" in median:
+        keys[f"{path}_floor_overhead_pct"] = _pct(median["floor"], median["without"])
+    unit = "slice" if path == "viewer" else "read"
+    for mode, seconds in median.items():
+        keys[f"{path}_{_KEY_NAMES[mode]}_s"] = round(seconds, 4)
+        keys[f"{path}_cpu_ms_per_{unit}_{mode}"] = round(1000 * per_ms[mode] / per, 3)
+    return keys
+
+
 def retrieval_overhead(
     *,
     workdir: Path,
@@ -165,6 +229,7 @@ def retrieval_overhead(
     index_url: str | None = None,
     reader_url: str | None = None,
     floor: bool = False,
+    raw_files: bool = True,
 ) -> dict[str, Any]:
     """Measure the plugin's added latency on the viewer path and on raw files.
 
@@ -183,15 +248,18 @@ def retrieval_overhead(
         and the plugin's read-only role on its evidence view; None: ``index.sqlite`` in
         the plugin's data dir.
     floor:
-        Also read the raw files through a do-nothing Python storage area (see the module).
+        Also run both paths through a do-nothing Python storage area (see the module).
+    raw_files:
+        False: the viewer path alone (``python -m gateway.bench.retrieval --viewer``).
 
     Returns
     -------
     dict
         ``retrieval_overhead_pct`` (viewer path), ``raw_retrieval_overhead_pct``, the median
         seconds of each path with and without the plugin, every run's seconds, each
-        Orthanc's CPU milliseconds per raw read, and the time SHA-256 takes over the
-        study's files, for reference (with ``floor``: the floor's too). On PostgreSQL,
+        Orthanc's CPU milliseconds per slice of the viewer path and per raw read, and the
+        time SHA-256 takes over the study's files, for reference (with ``floor``: the
+        floor's too, and ``viewer_floor_overhead_pct``, ``raw_floor_overhead_pct``). On PostgreSQL,
         ``evidence_cache_hits``, ``_misses`` and ``_bypassed``: the plugin's evidence
         look-ups answered from memory, from the index while listening, and from the
         index while not (every run, the viewer path included).
@@ -227,13 +295,14 @@ def retrieval_overhead(
 
         twin = root / "var-without-plugin"
         shutil.copytree(data_dir, twin)
-        raw_modes = ["with", "without"]
+        modes = ["with", "without"]
         if floor:
             shutil.copytree(data_dir, root / "var-floor")
-            raw_modes.append("floor")
-        viewer: dict[str, list[float]] = {"with": [], "without": []}
-        raw: dict[str, list[float]] = {mode: [] for mode in raw_modes}
-        cpu: dict[str, float] = dict.fromkeys(raw_modes, 0.0)
+            modes.append("floor")
+        viewer: dict[str, list[float]] = {mode: [] for mode in modes}
+        viewer_cpu: dict[str, float] = dict.fromkeys(modes, 0.0)
+        raw: dict[str, list[float]] = {mode: [] for mode in modes}
+        cpu: dict[str, float] = dict.fromkeys(modes, 0.0)
         reads = 0
         cache = dict.fromkeys(CACHE_COUNTS, 0)  # the plugin's evidence cache (PostgreSQL)
         for rep in range(repetitions):
@@ -251,69 +320,40 @@ def retrieval_overhead(
                     server.start()
                 sessions = {mode: _session(server) for mode, server in servers.items()}
                 bases = {mode: f"{server.url}/instances/" for mode, server in servers.items()}
-                spent = {"with": 0.0, "without": 0.0}
-                for n, orthanc_id in enumerate(ids):
-                    for mode in ("with", "without") if (n + rep) % 2 == 0 else ("without", "with"):
-                        base = bases[mode] + orthanc_id
-                        spent[mode] += _timed(
-                            sessions[mode], [f"{base}/preview", f"{base}/frames/0/rendered"]
-                        )
+                viewer_cpu_before = {mode: _cpu_s(server) for mode, server in servers.items()}
+                spent = _viewer_pass(sessions, bases, ids, first=rep)
                 for mode, seconds in spent.items():
                     viewer[mode].append(seconds)
-                for mode in servers:  # one untimed pass: connections and OS caches warm
-                    _timed(sessions[mode], [bases[mode] + i + "/file" for i in ids])
-                cpu_before = {mode: _cpu_s(server) for mode, server in servers.items()}
-                for rep_pass in range(3):
-                    spent = dict.fromkeys(raw_modes, 0.0)
-                    for n, orthanc_id in enumerate(ids):
-                        shift = (n + rep_pass) % len(raw_modes)  # each goes first in turn
-                        for mode in raw_modes[shift:] + raw_modes[:shift]:
-                            spent[mode] += _timed(
-                                sessions[mode], [f"{bases[mode]}{orthanc_id}/file"]
-                            )
-                    for mode, seconds in spent.items():
-                        raw[mode].append(seconds)
-                reads += 3 * len(ids)
-                for mode, server in servers.items():
-                    cpu[mode] += _cpu_s(server) - cpu_before[mode]
+                    viewer_cpu[mode] += _cpu_s(servers[mode]) - viewer_cpu_before[mode]
+                if raw_files:
+                    cpu_before = {mode: _cpu_s(server) for mode, server in servers.items()}
+                    for mode, passes in _raw_passes(sessions, bases, ids).items():
+                        raw[mode].extend(passes)
+                    reads += RAW_PASSES * len(ids)
+                    for mode, server in servers.items():
+                        cpu[mode] += _cpu_s(server) - cpu_before[mode]
                 if reader_url is not None:
                     for key, count in _cache_counts(sessions["with"], servers["with"]).items():
                         cache[key] += count
             finally:
                 for server in servers.values():
                     server.stop()
-        v_with, v_without = statistics.median(viewer["with"]), statistics.median(viewer["without"])
-        r_with, r_without = statistics.median(raw["with"]), statistics.median(raw["without"])
-        floor_keys: dict[str, Any] = {}
-        if floor:
-            r_floor = statistics.median(raw["floor"])
-            floor_keys = {
-                "raw_floor_overhead_pct": _pct(r_floor, r_without),
-                "raw_floor_s": round(r_floor, 4),
-                "raw_cpu_ms_per_read_floor": round(1000 * cpu["floor"] / reads, 3),
-            }
-        return {
+        viewer_slices = repetitions * len(ids)
+        keys = {
             "slices": slices,
             "repetitions": repetitions,
-            "retrieval_overhead_pct": _pct(v_with, v_without),
-            "raw_retrieval_overhead_pct": _pct(r_with, r_without),
-            "viewer_with_plugin_s": round(v_with, 4),
-            "viewer_without_plugin_s": round(v_without, 4),
-            "raw_with_plugin_s": round(r_with, 4),
-            "raw_without_plugin_s": round(r_without, 4),
-            "raw_cpu_ms_per_read_with": round(1000 * cpu["with"] / reads, 3),
-            "raw_cpu_ms_per_read_without": round(1000 * cpu["without"] / reads, 3),
-            **floor_keys,
+            **_path_keys("viewer", viewer, per_ms=viewer_cpu, per=viewer_slices),
+            **(_path_keys("raw", raw, per_ms=cpu, per=reads) if raw_files else {}),
             **({f"evidence_cache_{key}": n for key, n in cache.items()} if reader_url else {}),
             "sha256_of_study_s": round(sha256_s, 4),
-            "runs_s": {
-                "viewer_with": [round(v, 4) for v in viewer["with"]],
-                "viewer_without": [round(v, 4) for v in viewer["without"]],
-                "raw_with": [round(v, 4) for v in raw["with"]],
-                "raw_without": [round(v, 4) for v in raw["without"]],
-                **({"raw_floor": [round(v, 4) for v in raw["floor"]]} if floor else {}),
-            },
         }
+        keys["runs_s"] = {
+            f"{path}_{mode}": [round(v, 4) for v in runs[mode]]
+            for path, runs in (("viewer", viewer), ("raw", raw))
+            for mode in modes
+            if runs[mode]
+        }
+        return keys
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -325,6 +365,7 @@ def retrieval_overhead_on_postgres(
     progress: Progress | None = None,
     repetitions: int = 3,
     floor: bool = False,
+    raw_files: bool = True,
 ) -> dict[str, Any]:
     """:func:`retrieval_overhead` with the plugin reading a PostgreSQL index through its
     read-only role and view; a throwaway cluster on a free port, stopped at the end."""
@@ -341,6 +382,7 @@ def retrieval_overhead_on_postgres(
         result = retrieval_overhead(
             workdir=workdir, slices=slices, progress=progress, repetitions=repetitions,
             index_url=index_url, reader_url=cluster.url(database, user=READER_ROLE), floor=floor,
+            raw_files=raw_files,
         )  # fmt: skip
         return {
             **result,
@@ -371,16 +413,21 @@ def _uid_lookups(url: str, *, wait_s: float = 10.0) -> int:
 
 
 if __name__ == "__main__":
+    # python -m gateway.bench.retrieval [SLICES] [--viewer] [--floor] [--postgres]
+    #                                   [--repetitions=N]
     import json
     import sys
 
     measure = retrieval_overhead_on_postgres if "--postgres" in sys.argv else retrieval_overhead
     counts = [arg for arg in sys.argv[1:] if not arg.startswith("--")]
+    reps = [int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--repetitions=")]
     with tempfile.TemporaryDirectory(prefix="xray-bench-") as tmp:
         result = measure(
             workdir=Path(tmp),
             slices=int(counts[0]) if counts else 200,
             progress=lambda message: print(message, file=sys.stderr),
+            repetitions=reps[0] if reps else 3,
             floor="--floor" in sys.argv,
+            raw_files="--viewer" not in sys.argv,
         )
     print(json.dumps(result, indent=2))

@@ -4,7 +4,9 @@ Orthanc names attachments by random UUIDs and its storage callbacks pass only th
 so ``create`` records, for each attachment, the SOP Instance UID it holds, Orthanc's id
 for it, the SHA-256 of the whole attachment and (for the DICOM file) its dataset digest
 at creation. Restarts keep the mapping. The mapping can always be rebuilt by parsing a
-file, so the database runs with ``synchronous=NORMAL``.
+file, so the database runs with ``synchronous=NORMAL``. For a DICOM file it also keeps
+where its dataset starts (a :class:`~gateway.orthanc_plugin.meta_memo.MetaMark`), so that
+the first read after Orthanc starts does not parse the File Meta again.
 
 It also remembers which warnings were already raised as alerts (``notices``), so that
 an unregistered image opened a hundred times is one alert, not a hundred.
@@ -17,6 +19,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from gateway.orthanc_plugin.meta_memo import MetaMark
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS attachments (
@@ -44,6 +49,13 @@ CREATE TABLE IF NOT EXISTS verdicts (
 );
 """
 
+# Added after the first release: each is added to an older catalogue when it opens.
+MARK_COLUMNS = (("meta_end", "INTEGER"), ("meta_sha256", "BLOB"), ("meta_syntax", "TEXT"))
+_SELECT = (
+    "SELECT uuid, content_type, sop_instance_uid, orthanc_id, sha256, digest, meta_end,"
+    " meta_sha256, meta_syntax FROM attachments"
+)
+
 CACHE_LIMIT = 200_000
 
 
@@ -57,6 +69,15 @@ class Attachment:
     orthanc_id: str | None
     sha256: bytes | None
     digest: bytes | None
+    #: Where its dataset starts (DICOM files; None: not known, parsed on read).
+    meta: MetaMark | None = None
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Attachment:
+        """An attachment from a row of ``_SELECT``."""
+        uuid, content_type, sop, orthanc_id, sha256, digest, end, mark_sha256, syntax = row
+        meta = MetaMark(end, mark_sha256, syntax) if end is not None else None
+        return cls(uuid, content_type, sop, orthanc_id, sha256, digest, meta)
 
 
 class Catalog:
@@ -72,6 +93,20 @@ class Catalog:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            self._add_mark_columns()
+
+    def _add_mark_columns(self) -> None:
+        """Add the File Meta mark's columns to a catalogue made before them (idempotent;
+        another Orthanc node sharing the catalogue may add them at the same moment)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(attachments)")}
+        for name, kind in MARK_COLUMNS:
+            if name in have:
+                continue
+            try:
+                self._db.execute(f"ALTER TABLE attachments ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):
+                    raise
 
     def close(self) -> None:
         with self._lock:
@@ -79,11 +114,15 @@ class Catalog:
 
     def put(self, attachment: Attachment) -> None:
         with self._lock:
+            meta = attachment.meta
             self._db.execute(
                 "INSERT OR REPLACE INTO attachments (uuid, content_type, sop_instance_uid,"
-                " orthanc_id, sha256, digest, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " orthanc_id, sha256, digest, created_at, meta_end, meta_sha256, meta_syntax)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (attachment.uuid, attachment.content_type, attachment.sop_instance_uid,
-                 attachment.orthanc_id, attachment.sha256, attachment.digest, time.time()),
+                 attachment.orthanc_id, attachment.sha256, attachment.digest, time.time(),
+                 meta.end if meta else None, meta.sha256 if meta else None,
+                 meta.syntax if meta else None),
             )  # fmt: skip
             self._remember(attachment)
 
@@ -97,26 +136,21 @@ class Catalog:
         if cached is not None:
             return cached
         with self._lock:
-            row = self._db.execute(
-                "SELECT uuid, content_type, sop_instance_uid, orthanc_id, sha256, digest"
-                " FROM attachments WHERE uuid = ?",
-                (uuid,),
-            ).fetchone()
+            row = self._db.execute(f"{_SELECT} WHERE uuid = ?", (uuid,)).fetchone()
             if row is None:
                 return None
-            attachment = Attachment(*row)
+            attachment = Attachment.from_row(row)
             self._remember(attachment)
             return attachment
 
     def by_orthanc_id(self, orthanc_id: str, content_type: int) -> Attachment | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT uuid, content_type, sop_instance_uid, orthanc_id, sha256, digest"
-                " FROM attachments WHERE orthanc_id = ? AND content_type = ?"
+                f"{_SELECT} WHERE orthanc_id = ? AND content_type = ?"
                 " ORDER BY created_at DESC LIMIT 1",
                 (orthanc_id, content_type),
             ).fetchone()
-        return Attachment(*row) if row is not None else None
+        return Attachment.from_row(row) if row is not None else None
 
     def remove(self, uuid: str) -> None:
         with self._lock:

@@ -334,6 +334,7 @@ class Guard:
                 orthanc_id=orthanc_id,
                 sha256=hashlib.sha256(data).digest() if digest is None else None,
                 digest=digest,
+                meta=self.meta.mark(uuid) if digest is not None else None,
             )
         )
         if digest is None:
@@ -413,7 +414,8 @@ class Guard:
             )
             return judged, known_id
         try:
-            digest, syntax = self.meta.dataset_digest(uuid, data)
+            kept = attachment.meta if attachment is not None else None
+            digest, syntax = self.meta.dataset_digest(uuid, data, kept=kept)
         except DatasetUnreadable as exc:
             catalogued = attachment.sop_instance_uid if attachment is not None else None
             return self._unreadable(catalogued, str(exc)), known_id
@@ -660,7 +662,7 @@ class Guard:
         else Orthanc id, else attachment UUID), at most once per incident."""
         sop = verdict.sop_instance_uid
         key = sop or orthanc_id or f"attachment {uuid}"
-        if self._statuses.get(key) != verdict.status:
+        if self._last_status(key) != verdict.status:
             self._statuses[key] = verdict.status
             try:
                 self.catalog.set_verdict(key, verdict.status, verdict.digest_now)
@@ -699,6 +701,24 @@ class Guard:
             )  # fmt: skip
         except Exception as exc:  # an alert store problem must not change what is served
             self.log(f"xray-gateway: could not record the alert for {key}: {exc}")
+
+    def _last_status(self, key: str) -> str | None:
+        """The verdict last kept for ``key``: this process's, else the catalogue's.
+
+        The first read of an instance after Orthanc starts reads the kept verdict (an
+        indexed SELECT) rather than writing the same one again (a write transaction,
+        four times the cost, on every first view of every image).
+        """
+        status = self._statuses.get(key)
+        if status is None:
+            try:
+                kept = self.catalog.last_verdict(key)
+            except Exception as exc:  # then written again below, as before
+                self.log(f"xray-gateway: could not read the kept verdict of {key}: {exc}")
+                return None
+            if kept is not None:
+                status = self._statuses[key] = kept[0]
+        return status
 
     def _foreign_claims(self, sop: str, facts: dict[bytes, LedgerFacts]) -> None:
         """Alert once per account that wrote under the record key without owning it."""

@@ -172,7 +172,7 @@ class XrayPlugin:
         It also notes who makes the request, for the access journal (``readers.py``).
         """
         self.readers.begin(uri, request)
-        return UNCHECKED_ATTACHMENT.match(uri) is None
+        return "/attachments/" not in uri or UNCHECKED_ATTACHMENT.match(uri) is None
 
     def journal_read(self, uuid: str, verdict: ReadVerdict, served: bool) -> None:
         """Append a read of a DICOM file to the access journal (once per request and instance)."""

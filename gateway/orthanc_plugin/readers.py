@@ -78,6 +78,29 @@ def basic_user(authorization: str) -> str | None:
     return user or None
 
 
+class _Request:
+    """What the filter kept of a request until its first storage read names the reader.
+
+    Its ``repr`` leaves the credential out.
+    """
+
+    __slots__ = ("authorization", "ip", "uri")
+
+    def __init__(self, uri: str, request: dict[str, Any]) -> None:
+        self.uri = uri
+        self.authorization = str((request.get("headers") or {}).get("authorization", ""))
+        self.ip = request.get("ip")
+
+    def __repr__(self) -> str:
+        return f"_Request({self.uri!r})"
+
+    def reader(self) -> Reader:
+        """:func:`reader_of` this request."""
+        return reader_of(
+            self.uri, {"headers": {"authorization": self.authorization}, "ip": self.ip}
+        )
+
+
 class Readers:
     """The reader of the HTTP request each thread is serving (by OS thread id).
 
@@ -85,17 +108,27 @@ class Readers:
     callback a fresh Python thread state, which would drop thread-local data between the
     filter and the storage read. A thread that never ran the filter (DICOM, jobs) has no
     reader: :meth:`current` is None.
+
+    The filter runs for every request, most of which read no DICOM file (a viewer's
+    rendered frame comes from Orthanc's decoded-instance cache, the Explorer's pages from
+    the index): it only keeps the request's URI, credential and address, and who the
+    reader is (the basic-auth user decoded) is worked out on the request's first storage
+    read. The credential is dropped then, or at the thread's next request.
     """
 
     def __init__(self) -> None:
-        self._by_thread: dict[int, Reader] = {}
+        self._by_thread: dict[int, Reader | _Request] = {}
 
     def begin(self, uri: str, request: dict[str, Any]) -> None:
         """A new HTTP request on this thread (the filter's call)."""
-        self._by_thread[threading.get_ident()] = reader_of(uri, request)
+        self._by_thread[threading.get_ident()] = _Request(uri, request)
 
     def current(self) -> Reader | None:
-        return self._by_thread.get(threading.get_ident())
+        thread = threading.get_ident()
+        noted = self._by_thread.get(thread)
+        if isinstance(noted, _Request):
+            noted = self._by_thread[thread] = noted.reader()
+        return noted
 
     def first_read(self, sop_instance_uid: str) -> tuple[str, str, str] | None:
         """(who, who_kind, route) for a read of this instance, or None when this request has

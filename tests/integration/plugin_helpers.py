@@ -40,8 +40,14 @@ def make_study(out_dir: Path, *, count: int, tag: int | None = None) -> Study:
     )
 
 
-def record(index_path: Path, files: list[Path], *, block: int = 7) -> dict[str, bytes]:
-    """Write index rows for ``files`` as the gateway does once anchored; SOP UID -> digest."""
+def record(
+    index_path: Path, files: list[Path], *, block: int = 7, with_syntax: bool = False
+) -> dict[str, bytes]:
+    """Write index rows for ``files`` as the gateway does once anchored; SOP UID -> digest.
+
+    ``with_syntax``: also record each file's transfer syntax, as the gateway's fingerprint
+    stage does (a copy declaring another one is then refused).
+    """
     index = Index(index_path)
     digests = {}
     try:
@@ -69,6 +75,7 @@ def record(index_path: Path, files: list[Path], *, block: int = 7) -> dict[str, 
                 recorder="0x" + "11" * 20,
                 study_instance_uid=header.study_instance_uid,
                 series_instance_uid=header.series_instance_uid,
+                transfer_syntax=fp.transfer_syntax if with_syntax else None,
             )
             digests[header.sop_instance_uid] = fp.digest
     finally:

@@ -28,6 +28,22 @@ def test_retrieval_overhead_reports_both_paths(tmp_path: Path) -> None:
     assert not (tmp_path / "retrieval").exists()  # it cleans up after itself
 
 
+def test_the_viewer_path_alone_with_the_floor_reports_each_orthancs_cpu(tmp_path: Path) -> None:
+    """``--viewer --floor``: the viewer path of three Orthancs (plugin, none, do-nothing
+    Python storage area), no raw passes; each one's CPU per slice is measured."""
+    result = retrieval_overhead(
+        workdir=tmp_path, slices=2, repetitions=2, floor=True, raw_files=False
+    )
+    for key in ("retrieval_overhead_pct", "viewer_floor_overhead_pct"):
+        assert isinstance(result[key], float)
+    for mode in ("with", "without", "floor"):
+        assert result[f"viewer_cpu_ms_per_slice_{mode}"] > 0
+        assert len(result["runs_s"][f"viewer_{mode}"]) == 2
+    assert result["viewer_floor_s"] > 0
+    assert not [key for key in result if key.startswith("raw_")]
+    assert not [key for key in result["runs_s"] if key.startswith("raw_")]
+
+
 def test_retrieval_overhead_with_the_plugin_reading_postgresql_through_its_view(
     tmp_path: Path,
 ) -> None:

@@ -8,6 +8,7 @@ Orthanc Explorer and the Web Viewer in headless Chromium.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ import requests
 from PIL import Image
 from pydicom import dcmread
 
-from gateway.core.fingerprint import fingerprint_bytes
+from gateway.core.fingerprint import dataset_offset, fingerprint_bytes
 from gateway.errors import ConfigError
 from gateway.orthanc_plugin import ENTRY_SCRIPT, plugin_section
 from gateway.pacs.embedded import EmbeddedOrthanc, python_plugin_library, viewer_plugin_libraries
@@ -315,6 +316,34 @@ def test_the_attachment_catalogue_survives_a_restart(
     pacs.orthanc.start()
     assert get(pacs, auth, f"/instances/{ids[0]}/file").status_code >= 400
     assert get(pacs, auth, f"/instances/{ids[1]}/file").content == study.files[1].read_bytes()
+
+
+def test_after_a_restart_the_viewer_path_refuses_altered_files_on_their_first_read(
+    pacs: TestOrthanc, auth: tuple[str, str], tmp_path: Path
+) -> None:
+    """A viewer's first look at a study after Orthanc starts: each slice's preview reads
+    its file once (where its dataset starts comes from the catalogue, not a parse), and a
+    rendered frame comes from Orthanc's decoded copy. A file whose File Meta now declares
+    another transfer syntax, and one with a flipped pixel byte, are refused on the preview
+    and on the rendered frame; the intact one is served."""
+    study = make_study(tmp_path, count=3)
+    record(pacs.data_dir / "index.sqlite", study.files, with_syntax=True)
+    ids = store(pacs.orthanc.url, auth, study.files)
+    meta_edited = stored_file(pacs.data_dir, pacs.orthanc.url, auth, ids[1])
+    data = meta_edited.read_bytes()
+    syntax_at = data.index(b"1.2.840.10008.1.2.1\x00")
+    assert syntax_at < dataset_offset(io.BytesIO(data))[0]  # in the File Meta
+    meta_edited.write_bytes(data[:syntax_at] + b"1.2.840.10008.1.2.2\x00" + data[syntax_at + 20 :])
+    flip_pixel_byte(stored_file(pacs.data_dir, pacs.orthanc.url, auth, ids[2]))
+    pacs.orthanc.stop()
+    pacs.orthanc.start()
+    for orthanc_id, served in ((ids[0], True), (ids[1], False), (ids[2], False)):
+        for route in ("preview", "frames/0/rendered"):
+            reply = get(pacs, auth, f"/instances/{orthanc_id}/{route}")
+            assert (reply.status_code == 200) is served, (orthanc_id, route, reply.status_code)
+    assert integrity(pacs.orthanc.url, auth, "instances", ids[1])["status"] == "tampered"
+    assert integrity(pacs.orthanc.url, auth, "instances", ids[2])["status"] == "tampered"
+    assert get(pacs, auth, f"/instances/{ids[0]}/file").content == study.files[0].read_bytes()
 
 
 def test_getscu_does_not_deliver_the_tampered_instance(

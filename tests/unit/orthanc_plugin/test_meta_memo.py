@@ -134,3 +134,44 @@ def test_the_memo_hashes_with_the_gateway_definition() -> None:
     import gateway.orthanc_plugin.meta_memo as meta_memo
 
     assert meta_memo.dataset_offset is fingerprint.dataset_offset
+
+
+def test_a_kept_mark_answers_a_cold_memo_without_a_parse(
+    ct: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalogue's mark from arrival: a new memo (Orthanc restarted) takes it when the
+    bytes fit it, and parses afresh when they do not."""
+    first = MetaMemo()
+    first.dataset_digest("a", ct)
+    kept = first.mark("a")
+    assert kept is not None and kept.syntax == dataset_digest(ct)[1]
+    parses = counting_parses(monkeypatch)
+    cold = MetaMemo()
+    assert cold.dataset_digest("a", ct, kept=kept) == dataset_digest(ct) and not parses
+    assert cold.mark("a") == kept
+    edited = ct.replace(EXPLICIT, BIG_ENDIAN, 1)
+    other = MetaMemo()
+    assert other.dataset_digest("a", edited, kept=kept) == dataset_digest(edited)
+    assert len(parses) == 1 and other.mark("a") != kept
+
+
+@pytest.mark.filterwarnings("ignore")
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(edits=st.lists(st.tuples(st.integers(0, 420), st.integers(0, 255)), min_size=1, max_size=4))
+def test_any_edit_near_the_meta_gives_a_fresh_parses_answer_with_a_kept_mark(
+    ct: bytes, edits: list[tuple[int, int]]
+) -> None:
+    """The same property for a cold memo given the mark kept from the unedited file."""
+    first = MetaMemo()
+    first.dataset_digest("a", ct)
+    kept = first.mark("a")
+    edited = bytearray(ct)
+    for position, value in edits:
+        edited[position] = value
+    try:
+        said: tuple[bytes, str] | str = MetaMemo().dataset_digest("a", bytes(edited), kept=kept)
+    except Exception as exc:
+        said = type(exc).__name__
+    assert said == fresh(bytes(edited))

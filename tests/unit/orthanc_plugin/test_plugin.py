@@ -22,7 +22,7 @@ from gateway.core.fingerprint import dataset_offset, fingerprint_bytes, read_hea
 from gateway.core.merkle import MerkleTree, encode_proof, leaf_hash
 from gateway.errors import PluginConfigError, ReadRefused
 from gateway.index.db import Index
-from gateway.orthanc_plugin import plugin_section
+from gateway.orthanc_plugin import meta_memo, plugin_section
 from gateway.orthanc_plugin.catalog import Catalog
 from gateway.orthanc_plugin.evidence import RecordBook
 from gateway.orthanc_plugin.guard import (
@@ -715,3 +715,77 @@ def test_every_read_served_or_refused_is_told_and_a_failing_journal_changes_noth
     path.write_bytes(setup.files[0].read_bytes())
     assert setup.guard.read(name, DICOM) == setup.files[0].read_bytes()
     assert any("could not journal a read" in line for line in setup.logged)
+
+
+def test_after_a_restart_the_first_reads_parse_no_file_meta_and_rewrite_no_verdict(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new guard on the same catalogue (Orthanc restarted): an intact read takes where
+    the dataset starts from the catalogue and leaves the kept verdict as it was; a file
+    whose File Meta or pixels changed is still refused on that very read, and its new
+    verdict is kept."""
+    for path in setup.files:
+        setup.record(path)
+    names = [setup.store(path) for path in setup.files]
+    for name in names:
+        setup.guard.read(name, DICOM)
+    catalog_path = setup.tmp / "catalog.sqlite"
+    kept = dict(sqlite3.connect(catalog_path).execute("SELECT sop_instance_uid, at FROM verdicts"))
+    assert len(kept) == 2
+    setup.guard.catalog.close()
+    restarted = Guard(
+        area=FileArea(setup.tmp / "storage", sync=False), catalog=Catalog(catalog_path),
+        records=RecordBook(setup.tmp / "index.sqlite"), alerts=setup.alerts,
+    )  # fmt: skip
+    parses: list[int] = []
+    real_offset = meta_memo.dataset_offset
+
+    def counted(stream):  # type: ignore[no-untyped-def]
+        parses.append(1)
+        return real_offset(stream)
+
+    monkeypatch.setattr(meta_memo, "dataset_offset", counted)
+    assert restarted.read(names[0], DICOM) == setup.files[0].read_bytes()
+    assert not parses
+    after = dict(sqlite3.connect(catalog_path).execute("SELECT sop_instance_uid, at FROM verdicts"))
+    assert after == kept  # the same verdict: not written again
+    path = restarted.area.path(names[1])
+    data = path.read_bytes()
+    edited = data.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.2\x00", 1)
+    assert edited != data
+    path.write_bytes(edited)
+    with pytest.raises(ReadRefused) as refused:
+        restarted.read(names[1], DICOM)
+    assert refused.value.verdict.status == "tampered" and parses  # parsed afresh
+    sop = refused.value.verdict.sop_instance_uid
+    assert restarted.catalog.last_verdict(sop) == ("tampered", refused.value.verdict.digest_now)
+    flipped = bytearray(data)
+    flipped[-3] ^= 0x01
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(ReadRefused):
+        restarted.read(names[1], DICOM)
+
+
+def test_a_catalogue_from_before_the_meta_mark_is_upgraded_and_its_rows_still_read(
+    setup: Setup,
+) -> None:
+    """An older plugin's catalogue gains the mark's columns when it opens (twice is fine:
+    another node may open it too); its rows have no mark and are parsed on read."""
+    setup.record(setup.files[0])
+    name = setup.store(setup.files[0])
+    path = setup.tmp / "catalog.sqlite"
+    setup.guard.catalog.close()
+    db = sqlite3.connect(path)
+    for column in ("meta_end", "meta_sha256", "meta_syntax"):
+        db.execute(f"ALTER TABLE attachments DROP COLUMN {column}")
+    db.commit()
+    db.close()
+    Catalog(path).close()
+    reopened = Catalog(path)
+    row = reopened.get(name)
+    assert row is not None and row.meta is None and row.digest is not None
+    guard = Guard(
+        area=FileArea(setup.tmp / "storage", sync=False), catalog=reopened,
+        records=RecordBook(setup.tmp / "index.sqlite"), alerts=setup.alerts,
+    )  # fmt: skip
+    assert guard.read(name, DICOM) == setup.files[0].read_bytes()

@@ -49,3 +49,21 @@ def test_one_request_journals_an_instance_once_and_other_threads_are_unattribute
     assert seen == [(UNATTRIBUTED, UNATTRIBUTED, DICOM_OR_JOB)]  # C-GET, C-MOVE, jobs
     readers.begin("/instances/a/file", _basic("bob:pw"))  # the next request starts afresh
     assert readers.first_read("1.2.3") == ("bob", "orthanc-user", "rest")
+
+
+def test_the_reader_is_worked_out_on_the_first_read_and_the_credential_then_dropped() -> None:
+    """The filter only notes a request (most read no file); the first storage read names
+    its reader, the same one :func:`reader_of` gives, and nothing keeps the password."""
+    readers = Readers()
+    readers.begin("/dicom-web/studies/1/series/2/instances/3", _basic("carol:hunter2"))
+    noted = repr(readers._by_thread)
+    assert "hunter2" not in noted and base64.b64encode(b"carol:hunter2").decode() not in noted
+    assert readers.first_read("1.2.5") == ("carol", "orthanc-user", "dicomweb")
+    current, direct = readers.current(), reader_of("/dicom-web/", _basic("carol:hunter2"))
+    assert current is not None
+    assert (current.who, current.who_kind, current.route) == (
+        direct.who, direct.who_kind, direct.route,
+    )  # fmt: skip
+    assert "hunter2" not in repr(readers._by_thread)
+    readers.begin("/wado?x", {"ip": "10.1.2.3"})
+    assert readers.first_read("1.2.5") == ("10.1.2.3", "address", "wado")
