@@ -97,8 +97,10 @@ UNDEFINED = 0xFFFFFFFF
 ITEM_TAG = (0xFFFE, 0xE000)
 _LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
 _SHORT_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_16)
-# What pydicom raises on a File Meta it cannot read (a value of the wrong length, an unknown VR)
+# What pydicom raises on a File Meta it cannot read (a value of the wrong length, an unknown
+# VR; struct.error: fewer than 12 bytes after it, starting with a 4-byte-length VR's header)
 _UNREADABLE_META = (
+    struct.error,
     InvalidDicomError,
     BytesLengthException,
     EOFError,

@@ -9,6 +9,7 @@ the same refusals over real associations.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +19,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
+from gateway.core.fingerprint import dataset_offset
+from gateway.errors import DatasetUnreadable
 from gateway.index.db import Index
 from gateway.ingest.receive import (
     CANNOT_UNDERSTAND,
@@ -134,6 +137,27 @@ def test_the_request_is_checked_before_the_dataset(receiver: Receiver) -> None:
 def test_an_unreadable_dataset_cannot_be_understood(receiver: Receiver) -> None:
     data = part10()
     response = store(receiver, data[: len(data) - 20])  # truncated inside an element
+
+    assert response.Status == CANNOT_UNDERSTAND
+    assert response.ErrorComment.startswith("dataset cannot be understood")
+    assert nothing_kept(receiver)
+
+
+@pytest.mark.parametrize("left", [8, 9, 10, 11])
+def test_a_dataset_shorter_than_its_first_long_element_header_cannot_be_understood(
+    receiver: Receiver, left: int
+) -> None:
+    """8-11 bytes after the File Meta, starting with a 4-byte-length VR's header: pydicom's
+    File Meta read raised struct.error there, which reached pynetdicom as a handler
+    exception (0xC211, no comment) instead of the gateway's 0xC000."""
+    data = part10()
+    offset, _ = dataset_offset(io.BytesIO(data))
+    head = struct.pack("<HH2sHL", 0x0008, 0x0016, b"OB", 0, 2) + b"\0\0"
+    short = data[:offset] + head[:left]
+    with pytest.raises(DatasetUnreadable):
+        dataset_offset(io.BytesIO(short))
+
+    response = store(receiver, short)
 
     assert response.Status == CANNOT_UNDERSTAND
     assert response.ErrorComment.startswith("dataset cannot be understood")
