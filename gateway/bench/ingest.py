@@ -28,11 +28,17 @@ The CPU budget (:mod:`gateway.bench.cpu`): every workload also returns, under ``
 what each process spent during it: Orthanc direct's per workload, the gateway's in
 two windows per workload (``ack``: storescu's start to its exit; ``commit``: to the
 last row committed, as seen by the bench's poll).
+
+Every timed workload starts on a settled disk (:func:`settle`): the dirty pages earlier
+work left behind (the data just generated, an earlier workload's spool, seals and
+Orthanc's storage) are written back first, so that they are not flushed inside a later
+workload's window, behind its fsyncs. Orthanc direct and the gateway get the same.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -61,6 +67,15 @@ def percentile(values: list[float], q: float) -> float:
     return ranked[max(0, math.ceil(q / 100 * len(ranked)) - 1)]
 
 
+def settle() -> None:
+    """Write back every dirty page on the machine (``sync``) before a timed workload, so
+    that the bench's 2 GB of freshly generated data, or an earlier workload's files, are
+    not flushed inside its window, behind its own fsyncs. (The seed's acks taking 6-8 s
+    in the bench instead of 3.5 s had another cause: forwards beside the stream,
+    docs/performance.md, "Session 10".)"""
+    os.sync()
+
+
 def orthanc_direct(
     *, workdir: Path, workloads: dict[str, list[Path]], parallel: list[Path], say: Progress
 ) -> dict[str, Any]:
@@ -77,10 +92,12 @@ def orthanc_direct(
         cpu: dict[str, Any] = {}
         for name, files in workloads.items():
             say(f"storescu → Orthanc: {len(files)} {name} files")
+            settle()
             before = meter.snapshot()
             out[f"{name}_s"] = round(storescu(orthanc.dicom_port, files, called=orthanc.aet), 4)
             cpu[name] = window(before, meter.snapshot())
         say(f"storescu → Orthanc: {len(parallel)} CT files over {WAYS} associations at once")
+        settle()
         before = meter.snapshot()
         out["parallel_s"] = round(
             storescu_parallel(orthanc.dicom_port, parallel, called=orthanc.aet), 4
@@ -148,6 +165,7 @@ def _meter(gateway: Gateway, *, postgres_data: Path | None = None) -> CpuMeter:
 
 def _send(gateway: Gateway, files: list[Path], *, meter: CpuMeter, ways: int = 1) -> dict[str, Any]:
     uids = sop_uids(files)
+    settle()
     before = meter.snapshot()
     started = time.time()
     if ways == 1:

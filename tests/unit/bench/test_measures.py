@@ -1,11 +1,14 @@
-"""The bench's pure pieces: how a series is split over associations, and the percentile."""
+"""The bench's pure pieces: how a series is split over associations, the percentile, and
+the order of a timed workload's steps."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway.bench import ingest
 from gateway.bench.ingest import percentile
 from gateway.bench.parallel import split
 
@@ -32,3 +35,34 @@ def test_the_percentile_is_a_measured_value_by_nearest_rank() -> None:
     assert percentile(values, 100) == 100.0
     assert percentile([3.0], 95) == 3.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 95) == 4.0  # ceil(3.8) = 4th
+
+
+def test_a_timed_workload_starts_after_the_dirty_pages_are_written_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    steps: list[str] = []
+
+    class Meter:
+        def snapshot(self) -> str:
+            steps.append("snapshot")
+            return "snapshot"
+
+    class Gateway:
+        dicom_port, ae_title = 11112, "XRAY"
+
+        def wait_done(self, uids: set[str]) -> list[dict[str, Any]]:
+            steps.append("wait")
+            return [{"stage": "committed", "committed_at": 1.0}]
+
+    def storescu(port: int, files: list[Path], *, called: str) -> float:
+        steps.append("storescu")
+        return 0.5
+
+    monkeypatch.setattr("gateway.bench.ingest.os.sync", lambda: steps.append("sync"))
+    monkeypatch.setattr(ingest, "storescu", storescu)
+    monkeypatch.setattr(ingest, "sop_uids", lambda files: {"1.2.3"})
+    monkeypatch.setattr(ingest, "window", lambda before, after: {})
+    sent = ingest._send(Gateway(), [Path("a.dcm")], meter=Meter())  # type: ignore[arg-type]
+    assert steps[:3] == ["sync", "snapshot", "storescu"]  # the window opens on a settled disk
+    assert steps.count("sync") == 1
+    assert sent["ack_s"] == 0.5
