@@ -480,6 +480,7 @@ class WorkerNode:
             else:
                 self.bell = Bell(run_dir(s), self.worker, self._woken)
             self.pipeline.pause = self.bell.yield_to_acks  # acks first, across processes
+            self.pipeline.last_ack = self.bell.last_ack  # no forward while they stream in
             if self.anchors:  # the recorder's one sender: trail batches go out from here too
                 self.trail_loop = trail_loop(
                     s, self.index, ledger=ledger, journal=False, worker=self.worker
@@ -711,6 +712,7 @@ class Stack:
         )
         if self.pipeline is not None:  # acks go first (performance.md)
             self.pipeline.pause = self.receiver.yield_to_acks
+            self.pipeline.last_ack = self.receiver.last_ack
         self.receiver.start(
             host=s.dicom_host,
             port=s.dicom_port if s.plain_dicom else None,

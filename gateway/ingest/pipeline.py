@@ -23,7 +23,10 @@ at most :data:`ROUND_WAIT_S` for its slowest row, so one slow row never holds th
 back. Rows newly due join the next round, so a stream of images moves through the stages
 in waves. Rows on their way to the anchor stage are claimed and started first: while any
 is, at most :data:`FORWARDS_BESIDE_UPSTREAM` forwards run beside them, so that the PACS
-storing earlier images does not slow the rows the next batch waits for. At ``anchor`` one
+storing earlier images does not slow the rows the next batch waits for. While a modality
+is still sending (an ack less than :data:`SENDING_S` ago), no forward starts at all, for
+at most :data:`FORWARD_HOLD_S` of one stream: on few cores the PACS storing whole images
+beside the stream slowed the acks twofold (docs/performance.md, "Session 10"). At ``anchor`` one
 thread gathers the rows that
 reached it into Merkle batches (``anchor.BatchAnchorer``: one ``recordBatch`` per batch),
 lands each batch, and moves its rows on to ``forward`` all at once, while the rounds go
@@ -153,6 +156,10 @@ ROUND_WAIT_S = 0.25
 """Longest a round waits for its slowest steps before recording those that finished."""
 FORWARDS_BESIDE_UPSTREAM = 1
 """Forward steps in flight at once while rows are on their way to the anchor stage."""
+SENDING_S = 0.1
+"""An ack less than this long ago: a modality is still sending, and forwards wait."""
+FORWARD_HOLD_S = 10.0
+"""The longest forwards wait for one stream of acks to pause (then one runs beside it)."""
 TRANSIENT_CAP_S = 60.0
 """Longest wait between two tries of a row whose downstream is unavailable."""
 PERMANENT_ATTEMPTS = 5
@@ -183,6 +190,9 @@ class Pipeline:
     pause:
         Called before each round (and each stage of a row run alone); the listener's
         ``yield_to_acks`` holds the pipeline back while C-STOREs are streaming in.
+    last_ack:
+        When the latest C-STORE was acked (``time.monotonic()``; the listener's, or the
+        worker's bell): no forward starts while a modality is still sending.
     max_instance_bytes:
         The most bytes a deflated dataset may inflate to (``GATEWAY_MAX_INSTANCE_BYTES``),
         in a temporary file on the spool's filesystem.
@@ -216,6 +226,7 @@ class Pipeline:
         workers: int = 4,
         round_rows: int = 64,
         pause: Callable[[], None] | None = None,
+        last_ack: Callable[[], float] | None = None,
         max_instance_bytes: int = MAX_INSTANCE_BYTES,
         alerts: Alerts | None = None,
         worker: str = "local",
@@ -233,6 +244,8 @@ class Pipeline:
         self.anchorer = anchorer
         self.batcher = batcher
         self.pause = pause
+        self.last_ack = last_ack
+        self._sending_since: float | None = None  # the stream of acks forwards wait out
         self._reconciled = threading.Event()  # the anchors recorded before start are checked
         self._reconciled.set()  # (only start() has any to check: it clears this)
         self.steps = Steps(
@@ -380,18 +393,34 @@ class Pipeline:
         with fingerprint, seal and put for the same cores, and only the commit waits for it;
         the anchor's latency and the size of a batch wait for the others. So while any row
         is on its way to the anchor stage, at most :data:`FORWARDS_BESIDE_UPSTREAM` forward
-        steps are in flight (never none: a long stream still commits as it goes).
+        steps are in flight (never none: a long stream still commits as it goes). While a
+        modality is still sending, none starts, for at most :data:`FORWARD_HOLD_S`.
         """
         room = self.round_rows - len(held) - len(running)
         upstream = tuple(name for name in stages if name in UNANCHORED)
         downstream = tuple(name for name in stages if name not in UNANCHORED)
         rows = self._claim(upstream, room=room)
         room -= len(rows)
+        if self._forwards_wait():
+            return rows
         in_flight = [*held, *running.values(), *rows]
         if any(row.stage in UNANCHORED for row in in_flight):
             forwarding = sum(1 for row in in_flight if row.stage not in UNANCHORED)
             room = min(room, FORWARDS_BESIDE_UPSTREAM - forwarding)
         return rows + self._claim(downstream, room=room)
+
+    def _forwards_wait(self) -> bool:
+        """True while a modality is still sending (an ack less than :data:`SENDING_S` ago),
+        unless that stream has lasted :data:`FORWARD_HOLD_S` already."""
+        if self.last_ack is None:
+            return False
+        now = time.monotonic()
+        if now - self.last_ack() >= SENDING_S:
+            self._sending_since = None
+            return False
+        if self._sending_since is None:
+            self._sending_since = now
+        return now - self._sending_since < FORWARD_HOLD_S
 
     def _claim(self, stages: tuple[str, ...], *, room: int) -> list[Row]:
         """Claim up to ``room`` due rows for the next round (none if the index fails now)."""

@@ -71,8 +71,12 @@ REJECTED_PERMANENT = 0x01
 SERVICE_USER = 0x01
 CALLING_AE_NOT_RECOGNISED = 0x03
 
-#: A C-STORE answered less than this long ago means more are on their way.
-STREAMING_S = 0.05
+#: Acks closer together than this are a stream the pipeline yields to: small instances,
+#: where the listener's per-ack work and the worker's index writes compete (CT slices
+#: arrive ~4 ms apart here). Large ones (10 MB chest images, 35-45 ms apart) are not
+#: held back: their anchor waited ~1.7 s on the yields, for 20 % of their ack time
+#: (docs/performance.md, "Session 10").
+STREAMING_S = 0.02
 #: The longest a pipeline stage waits for a stream of C-STOREs to pause.
 MAX_YIELD_S = 0.25
 
@@ -385,6 +389,10 @@ class Receiver:
         if self.on_response is not None:
             self.on_response(int(response.Status))
         return response
+
+    def last_ack(self) -> float:
+        """When the latest C-STORE was answered (time.monotonic())."""
+        return self._last_store
 
     def yield_to_acks(self) -> None:
         """Hold the caller (a pipeline stage) back while C-STOREs stream in, at most MAX_YIELD_S.

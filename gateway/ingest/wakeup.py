@@ -121,6 +121,10 @@ class _Bell:
         self.last_ring = time.monotonic()
         self._on_ring()
 
+    def last_ack(self) -> float:
+        """When the latest wake-up came (time.monotonic(); one per ack)."""
+        return self.last_ring
+
     def yield_to_acks(self) -> None:
         """Hold the caller (a pipeline stage) back while the listener acks back to back, at
         most ``MAX_YIELD_S``: a ring came less than ``STREAMING_S`` ago. The same rule as

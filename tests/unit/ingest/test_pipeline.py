@@ -17,7 +17,9 @@ from gateway.index.db import DONE_STAGES, STAGES, Index
 from gateway.ingest import stages
 from gateway.ingest.pipeline import (
     ANCHOR,
+    FORWARD_HOLD_S,
     PERMANENT_ATTEMPTS,
+    SENDING_S,
     STAGE_TABLE,
     TRANSIENT_CAP_S,
 )
@@ -321,6 +323,31 @@ def test_a_slow_step_never_holds_the_rest_of_its_round_back(
     assert line.index.get(ids[0]).stage == "committed"
     assert line.index.claim_counts() == {}
     pool.shutdown()
+
+
+def test_no_forward_starts_while_a_modality_is_still_sending_unless_its_stream_goes_on(
+    line: Line,
+) -> None:
+    # on two cores the PACS storing whole images beside a stream of large ones halved the
+    # acks' speed; a stream that goes on for FORWARD_HOLD_S still commits as it goes
+    forwards = [line.at_anchor(n) for n in (1, 2)]
+    for row_id in forwards:
+        line.index.update(row_id, stage="forward")
+    pipeline = line.pipeline
+    stages = ("fingerprint", "seal", "put", "anchor", "forward")
+    acked = [time.monotonic()]
+    pipeline.last_ack = lambda: acked[0]
+
+    assert pipeline._claim_next(stages, [], {}) == []  # acked just now: still sending
+    acked[0] = time.monotonic() - SENDING_S  # the stream paused
+    assert [row.id for row in pipeline._claim_next(stages, [], {})] == forwards
+    line.index.unclaim(pipeline.worker, forwards)
+
+    acked[0] = time.monotonic()  # a new stream: held again, until it has gone on too long
+    assert pipeline._claim_next(stages, [], {}) == []
+    assert pipeline._sending_since is not None
+    pipeline._sending_since -= FORWARD_HOLD_S
+    assert [row.id for row in pipeline._claim_next(stages, [], {})] == forwards
 
 
 def test_rows_on_their_way_to_the_anchor_go_first_and_forwards_wait_beside_them(

@@ -6,6 +6,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from gateway.ingest.wakeup import Bell, SocketDoorbell, ready_path, socket_path
 
 
@@ -97,4 +99,24 @@ def test_a_run_dir_deeper_than_a_socket_address_still_rings(tmp_path: Path) -> N
         assert rang.wait(30)
     finally:
         doorbell.close()
+        bell.close()
+
+
+def test_acks_as_far_apart_as_large_images_are_not_yielded_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 10 MB chest images are acked 35-45 ms apart here: holding the worker back for them
+    # delayed their anchor by ~1.7 s; CT slices, ~4 ms apart, are still yielded to
+    slept: list[float] = []
+    monkeypatch.setattr("gateway.ingest.receive.time.sleep", slept.append)
+    bell = Bell(tmp_path / "run", "w1", lambda: None)
+    try:
+        bell.last_ring = time.monotonic() - 0.03
+        bell.yield_to_acks()
+        assert slept == []
+        assert bell.last_ack() == bell.last_ring
+        bell.last_ring = time.monotonic() + 3600  # acked just now, and for ever
+        bell.yield_to_acks()
+        assert slept  # it waited (and returned: MAX_YIELD_S)
+    finally:
         bell.close()
