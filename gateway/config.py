@@ -106,11 +106,11 @@ class Settings(BaseSettings):
     # Merkle batches (gateway/ingest/anchor.py Gatherer): at most batch_max images; cut once
     # nothing is on its way to the anchor stage and no image joined for batch_window_ms, or
     # when the oldest has waited anchor_max_delay_ms (the latency limit) while images stream in.
-    # 2 s: the seed's 100 chest images (now a ~3.2 s stream) in two recordBatch, with the
-    # lowest p95 of 1.5, 2, 2.5 and 4 s (docs/performance.md "Session 10").
+    # 2.5 s: the seed's 100 chest images (a ~4 s stream) in two recordBatch, each image
+    # anchored within ~2.8 s of its ack (docs/performance.md "Session 10").
     batch_max: int = Field(default=256, ge=1, le=100_000)
     batch_window_ms: int = Field(default=200, ge=0)
-    anchor_max_delay_ms: int = Field(default=2000, ge=0, le=3_600_000)
+    anchor_max_delay_ms: int = Field(default=2500, ge=0, le=3_600_000)
     # The access trail (gateway/trust/trail.py): a batch of read entries is cut at
     # trail_batch_max entries, or once the oldest unbatched entry has waited trail_window_s.
     trail_batch_max: int = Field(default=1024, ge=1, le=100_000)
