@@ -53,8 +53,10 @@ def test_quick_bench_writes_every_key_and_the_chart(tmp_path: Path) -> None:
     assert set(budget["gateway"]) == {"ct", "dx", "parallel", "seed"}
     assert set(budget["gateway_postgres"]) == {"ct"}
     for name, direct in budget["orthanc_direct"].items():
-        assert direct["cpu_s"]["orthanc"] > 0 and direct["cpu_s"]["client"] > 0, name
+        # metered (a quick workload's few small files may take Orthanc under one clock tick)
+        assert "Orthanc" in direct["processes"] and direct["cpu_s"]["client"] > 0, name
         assert direct["cpu_s"]["gateway_listener"] == 0 == direct["cpu_s"]["gateway_workers"]
+    assert sum(direct["cpu_s"]["orthanc"] for direct in budget["orthanc_direct"].values()) > 0
     for part in ("gateway", "gateway_postgres"):
         for name, windows in budget[part].items():
             ack, commit = windows["ack"], windows["commit"]
