@@ -104,5 +104,5 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # the long labels push the title right
     plt.close(fig)
