@@ -29,7 +29,7 @@ what each process spent during it: Orthanc direct's per workload, the gateway's 
 two windows per workload (``ack``: storescu's start to its exit; ``commit``: to the
 last row committed, as seen by the bench's poll).
 
-Every timed workload starts on a settled disk (:func:`settle`): the dirty pages earlier
+Every timed workload's window opens on a settled disk (:func:`opened`): the dirty pages earlier
 work left behind (the data just generated, an earlier workload's spool, seals and
 Orthanc's storage) are written back first, so that they are not flushed inside a later
 workload's window, behind its fsyncs. Orthanc direct and the gateway get the same.
@@ -48,7 +48,7 @@ from typing import Any
 
 from pydicom import dcmread
 
-from gateway.bench.cpu import CpuMeter, pids_running, window
+from gateway.bench.cpu import CpuMeter, CpuSnapshot, pids_running, window
 from gateway.bench.parallel import WAYS, storescu_parallel
 from gateway.bench.peers import Gateway, direct_orthanc, storescu
 from gateway.bench.postgres import PostgresCluster
@@ -67,13 +67,14 @@ def percentile(values: list[float], q: float) -> float:
     return ranked[max(0, math.ceil(q / 100 * len(ranked)) - 1)]
 
 
-def settle() -> None:
-    """Write back every dirty page on the machine (``sync``) before a timed workload, so
-    that the bench's 2 GB of freshly generated data, or an earlier workload's files, are
-    not flushed inside its window, behind its own fsyncs. (The seed's acks taking 6-8 s
-    in the bench instead of 3.5 s had another cause: forwards beside the stream,
-    docs/performance.md, "Session 10".)"""
+def opened(meter: CpuMeter) -> CpuSnapshot:
+    """The start of a timed workload's window: every dirty page on the machine written
+    back (``sync``), then the meter's snapshot. So the bench's 2 GB of freshly generated
+    data, or an earlier workload's files, are not flushed inside the window, behind its
+    own fsyncs. (The seed's acks taking 6-8 s in the bench instead of 3.5 s had another
+    cause: forwards beside the stream, docs/performance.md, "Session 10".)"""
     os.sync()
+    return meter.snapshot()
 
 
 def orthanc_direct(
@@ -92,13 +93,11 @@ def orthanc_direct(
         cpu: dict[str, Any] = {}
         for name, files in workloads.items():
             say(f"storescu → Orthanc: {len(files)} {name} files")
-            settle()
-            before = meter.snapshot()
+            before = opened(meter)
             out[f"{name}_s"] = round(storescu(orthanc.dicom_port, files, called=orthanc.aet), 4)
             cpu[name] = window(before, meter.snapshot())
         say(f"storescu → Orthanc: {len(parallel)} CT files over {WAYS} associations at once")
-        settle()
-        before = meter.snapshot()
+        before = opened(meter)
         out["parallel_s"] = round(
             storescu_parallel(orthanc.dicom_port, parallel, called=orthanc.aet), 4
         )
@@ -165,8 +164,7 @@ def _meter(gateway: Gateway, *, postgres_data: Path | None = None) -> CpuMeter:
 
 def _send(gateway: Gateway, files: list[Path], *, meter: CpuMeter, ways: int = 1) -> dict[str, Any]:
     uids = sop_uids(files)
-    settle()
-    before = meter.snapshot()
+    before = opened(meter)
     started = time.time()
     if ways == 1:
         ack = storescu(gateway.dicom_port, files, called=gateway.ae_title)

@@ -74,8 +74,8 @@ CALLING_AE_NOT_RECOGNISED = 0x03
 #: Acks closer together than this are a stream the pipeline yields to: small instances,
 #: where the listener's per-ack work and the worker's index writes compete (CT slices
 #: arrive ~4 ms apart here). Large ones (10 MB chest images, 35-45 ms apart) are not
-#: held back: their anchor waited ~1.7 s on the yields, for 20 % of their ack time
-#: (docs/performance.md, "Session 10").
+#: held back: the yields delayed their anchor by ~1.7 s, while sealing them beside the
+#: stream costs the seed's ~4 s ack ~0.4 s (docs/performance.md, "Session 10").
 STREAMING_S = 0.02
 #: The longest a pipeline stage waits for a stream of C-STOREs to pause.
 MAX_YIELD_S = 0.25
