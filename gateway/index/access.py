@@ -212,6 +212,16 @@ def landed_batches(index: Index) -> list[TrailBatch]:
     )]  # fmt: skip
 
 
+def unlanded_batch_of(index: Index, root: bytes) -> TrailBatch | None:
+    """The batch cut with ``root`` whose send has not closed yet (None: none)."""
+    found = index.query(
+        f"SELECT {_BATCH} FROM access_batches WHERE root = ? AND state != 'landed'"
+        " ORDER BY id LIMIT 1",
+        (root,),
+    )
+    return _batch(found[0]) if found else None
+
+
 def batch_entries(index: Index, batch: int) -> list[AccessRow]:
     """The entries of one batch in leaf order, as the local log holds them now."""
     return [_entry(r) for r in index.query(

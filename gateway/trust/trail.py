@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -279,6 +279,10 @@ def check_trail(trail: Trail, ledger: LedgerReader) -> tuple[int, list[TrailFind
     (deleted), a root that differs although every leaf index is there (edited), and
     access batches the chain holds, anchored by this gateway's recorders, that the index
     no longer knows (deleted whole).
+
+    A batch mined while this runs, whose sender has not closed it in the index yet (it
+    closes on the receipt), is still known: by its root, among the batches not yet landed.
+    Its entries are checked against the chain like any landed batch's.
     """
     findings: list[TrailFinding] = []
     batches = access.landed_batches(trail.index)
@@ -290,7 +294,13 @@ def check_trail(trail: Trail, ledger: LedgerReader) -> tuple[int, list[TrailFind
     for event in ledger.events("AccessBatchAnchored"):
         batch_id = int(event.args["batchId"])  # type: ignore[call-overload]
         recorder = str(event.args.get("recorder", "")).lower()
-        if batch_id not in known and recorder in ours:
+        if batch_id in known or recorder not in ours:
+            continue
+        sending = access.unlanded_batch_of(trail.index, bytes(event.args["root"]))  # type: ignore[call-overload]
+        if sending is not None:
+            landing = replace(sending, batch_id=batch_id, tx_hash=event.tx_hash)
+            findings.extend(_check_batch(trail, ledger, landing))
+        else:
             findings.append(
                 TrailFinding(
                     batch_id,

@@ -335,12 +335,18 @@ def test_two_nodes_one_killed_mid_stream_lose_and_duplicate_nothing(cluster: Clu
     )
     assert code == 0x0000 and report is not None
     assert report.event_type == 1 and report.committed == set(uids_b)
-    with psycopg.connect(cluster.index_url) as pg:
-        owners = pg.execute(
-            "SELECT node, state FROM commitments WHERE transaction_uid = %s",
-            ("1.2.826.0.1.3680043.10.1414.9",),
-        ).fetchall()
-    assert owners == [("gw-a", "reported")]
+
+    def owners() -> list[tuple[str, str]]:
+        with psycopg.connect(cluster.index_url) as pg:
+            return pg.execute(
+                "SELECT node, state FROM commitments WHERE transaction_uid = %s",
+                ("1.2.826.0.1.3680043.10.1414.9",),
+            ).fetchall()
+
+    # node a marks it reported once the modality has answered the N-EVENT-REPORT, which is
+    # just after the modality handed the report to us: wait for that write (bounded)
+    wait_for("the request marked reported", lambda: owners() != [("gw-a", "ready")], timeout=60)
+    assert owners() == [("gw-a", "reported")]
 
     # status: the cluster and each node
     shown = run(cluster.a.env, "status", "--json")

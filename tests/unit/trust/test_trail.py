@@ -175,6 +175,26 @@ def test_the_audit_finds_a_deleted_an_edited_and_a_vanished_batch(
     ]  # fmt: skip
 
 
+def test_a_batch_mined_but_not_yet_closed_by_its_sender_is_checked_not_called_missing(
+    index: Index, tmp_path: Path
+) -> None:
+    trail, ledger = _anchored_trail(index, tmp_path)
+    AccessJournal(tmp_path / "access.sqlite").append(
+        who="carol", who_kind="address", route="rest", verdict="intact", served=True
+    )
+    trail.import_journal(tmp_path / "access.sqlite", source="plugin:a")
+    sending = trail.cut(max_entries=5, window_s=0)
+    assert sending is not None
+    # the sender's transaction is mined; its receipt is not back, so the batch is still open
+    ledger.record_access_batch(recorder=RECORDER, root=sending.root, count=sending.count)
+    assert access.batch(index, sending.id).state == "open"
+    assert check_trail(trail, ledger) == (3, [])
+    with index.transaction() as raw:  # its one entry deleted in that window is still found
+        raw.execute("DELETE FROM access_log WHERE batch = ?", (sending.id,))
+    _, findings = check_trail(trail, ledger)
+    assert [(f.batch_id, f.problem, f.leaf_indexes) for f in findings] == [(4, "deleted", (0,))]
+
+
 def test_an_erased_study_s_entries_lose_their_uids_and_their_batches_still_check(
     index: Index, tmp_path: Path
 ) -> None:
