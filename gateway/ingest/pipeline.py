@@ -25,8 +25,10 @@ in waves. Rows on their way to the anchor stage are claimed and started first: w
 is, at most :data:`FORWARDS_BESIDE_UPSTREAM` forwards run beside them, so that the PACS
 storing earlier images does not slow the rows the next batch waits for. While a modality
 is still sending (an ack less than :data:`SENDING_S` ago), no forward starts at all, for
-at most :data:`FORWARD_HOLD_S` of one stream: on few cores the PACS storing whole images
-beside the stream slowed the acks twofold (docs/performance.md, "Session 10"). At ``anchor`` one
+at most :data:`FORWARD_HOLD_S` in all, a budget that only time with no modality sending
+refills (so a peer pausing briefly between long streams cannot hold forwards for good):
+on few cores the PACS storing whole images beside the stream slowed the acks twofold
+(docs/performance.md, "Session 10"). At ``anchor`` one
 thread gathers the rows that
 reached it into Merkle batches (``anchor.BatchAnchorer``: one ``recordBatch`` per batch),
 lands each batch, and moves its rows on to ``forward`` all at once, while the rounds go
@@ -159,7 +161,8 @@ FORWARDS_BESIDE_UPSTREAM = 1
 SENDING_S = 0.1
 """An ack less than this long ago: a modality is still sending, and forwards wait."""
 FORWARD_HOLD_S = 10.0
-"""The longest forwards wait for one stream of acks to pause (then one runs beside it)."""
+"""The longest forwards wait for acks to pause (then one runs beside them): a budget that
+drains while forwards wait and refills, up to this, while no modality sends."""
 TRANSIENT_CAP_S = 60.0
 """Longest wait between two tries of a row whose downstream is unavailable."""
 PERMANENT_ATTEMPTS = 5
@@ -245,7 +248,10 @@ class Pipeline:
         self.batcher = batcher
         self.pause = pause
         self.last_ack = last_ack
-        self._sending_since: float | None = None  # the stream of acks forwards wait out
+        self._hold_left = FORWARD_HOLD_S  # how much longer forwards may wait for acks
+        self._hold_seen: float | None = None  # when _forwards_wait last looked
+        self._holding = False  # at that look: forwards waited for a sending modality
+        self._quiet = True  # at that look: no modality was sending
         self._reconciled = threading.Event()  # the anchors recorded before start are checked
         self._reconciled.set()  # (only start() has any to check: it clears this)
         self.steps = Steps(
@@ -394,7 +400,7 @@ class Pipeline:
         the anchor's latency and the size of a batch wait for the others. So while any row
         is on its way to the anchor stage, at most :data:`FORWARDS_BESIDE_UPSTREAM` forward
         steps are in flight (never none: a long stream still commits as it goes). While a
-        modality is still sending, none starts, for at most :data:`FORWARD_HOLD_S`.
+        modality is still sending, none starts, for at most :data:`FORWARD_HOLD_S` in all.
         """
         room = self.round_rows - len(held) - len(running)
         upstream = tuple(name for name in stages if name in UNANCHORED)
@@ -410,17 +416,26 @@ class Pipeline:
         return rows + self._claim(downstream, room=room)
 
     def _forwards_wait(self) -> bool:
-        """True while a modality is still sending (an ack less than :data:`SENDING_S` ago),
-        unless that stream has lasted :data:`FORWARD_HOLD_S` already."""
+        """True while a modality is still sending (an ack less than :data:`SENDING_S` ago)
+        and the hold's budget lasts.
+
+        The budget (:data:`FORWARD_HOLD_S` at most) drains while forwards wait and refills
+        only while no modality sends, second for second: one stream is held for at most
+        that long, and a peer that streams on with brief pauses holds forwards only as
+        long as its pauses add up to, not the hold's length again after each pause.
+        """
         if self.last_ack is None:
             return False
         now = time.monotonic()
-        if now - self.last_ack() >= SENDING_S:
-            self._sending_since = None
-            return False
-        if self._sending_since is None:
-            self._sending_since = now
-        return now - self._sending_since < FORWARD_HOLD_S
+        elapsed = 0.0 if self._hold_seen is None else now - self._hold_seen
+        self._hold_seen = now
+        if self._holding:  # since the last look, forwards waited
+            self._hold_left -= elapsed
+        elif self._quiet:  # since the last look, no one sent (until a new stream began)
+            self._hold_left = min(FORWARD_HOLD_S, self._hold_left + elapsed)
+        self._quiet = now - self.last_ack() >= SENDING_S
+        self._holding = not self._quiet and self._hold_left > 0
+        return self._holding
 
     def _claim(self, stages: tuple[str, ...], *, room: int) -> list[Row]:
         """Claim up to ``room`` due rows for the next round (none if the index fails now)."""

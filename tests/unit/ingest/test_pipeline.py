@@ -14,6 +14,7 @@ import pytest
 import dicom_fixtures
 from gateway.errors import ChainUnavailable, PacsRejected, StoreUnavailable, XrayNotRecorder
 from gateway.index.db import DONE_STAGES, STAGES, Index
+from gateway.ingest import pipeline as pipeline_module
 from gateway.ingest import stages
 from gateway.ingest.pipeline import (
     ANCHOR,
@@ -325,29 +326,83 @@ def test_a_slow_step_never_holds_the_rest_of_its_round_back(
     pool.shutdown()
 
 
-def test_no_forward_starts_while_a_modality_is_still_sending_unless_its_stream_goes_on(
-    line: Line,
-) -> None:
-    # on two cores the PACS storing whole images beside a stream of large ones halved the
-    # acks' speed; a stream that goes on for FORWARD_HOLD_S still commits as it goes
+class Clock:
+    """``time`` as the pipeline module sees it, with a monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(pipeline_module, "time", fake)
+    return fake
+
+
+def _waiting_forwards(line: Line) -> list[int]:
     forwards = [line.at_anchor(n) for n in (1, 2)]
     for row_id in forwards:
         line.index.update(row_id, stage="forward")
+    return forwards
+
+
+STAGES_OF_A_WORKER = ("fingerprint", "seal", "put", "anchor", "forward")
+
+
+def test_no_forward_starts_while_a_modality_is_still_sending_unless_its_stream_goes_on(
+    line: Line, clock: Clock
+) -> None:
+    # on two cores the PACS storing whole images beside a stream of large ones halved the
+    # acks' speed; a stream that goes on for FORWARD_HOLD_S still commits as it goes
+    forwards = _waiting_forwards(line)
     pipeline = line.pipeline
-    stages = ("fingerprint", "seal", "put", "anchor", "forward")
-    acked = [time.monotonic()]
+    acked = [clock.now]
     pipeline.last_ack = lambda: acked[0]
 
-    assert pipeline._claim_next(stages, [], {}) == []  # acked just now: still sending
-    acked[0] = time.monotonic() - SENDING_S  # the stream paused
-    assert [row.id for row in pipeline._claim_next(stages, [], {})] == forwards
+    assert pipeline._claim_next(STAGES_OF_A_WORKER, [], {}) == []  # acked just now
+    clock.now += SENDING_S
+    assert [row.id for row in pipeline._claim_next(STAGES_OF_A_WORKER, [], {})] == forwards
     line.index.unclaim(pipeline.worker, forwards)
 
-    acked[0] = time.monotonic()  # a new stream: held again, until it has gone on too long
-    assert pipeline._claim_next(stages, [], {}) == []
-    assert pipeline._sending_since is not None
-    pipeline._sending_since -= FORWARD_HOLD_S
-    assert [row.id for row in pipeline._claim_next(stages, [], {})] == forwards
+    clock.now += FORWARD_HOLD_S  # quiet long enough to refill the hold
+    for _ in range(10):  # a new stream: held again, until it has gone on too long
+        acked[0] = clock.now
+        assert pipeline._claim_next(STAGES_OF_A_WORKER, [], {}) == []
+        clock.now += FORWARD_HOLD_S / 10
+    acked[0] = clock.now
+    assert [row.id for row in pipeline._claim_next(STAGES_OF_A_WORKER, [], {})] == forwards
+
+
+def test_a_peer_pausing_briefly_between_long_streams_holds_forwards_only_as_long_as_its_pauses(
+    line: Line, clock: Clock
+) -> None:
+    # the hold is a budget, refilled only while no modality sends: a peer that streams for
+    # almost the hold's length, pauses just past SENDING_S and streams again gets back only
+    # what it paused, not the whole hold once more
+    forwards = _waiting_forwards(line)
+    pipeline = line.pipeline
+    acked = [clock.now]
+    pipeline.last_ack = lambda: acked[0]
+    held = 0
+    for _ in range(3):  # three bursts of 9.9 s, each after a 0.12 s pause
+        for _ in range(99):
+            acked[0] = clock.now
+            claimed = pipeline._claim_next(STAGES_OF_A_WORKER, [], {})
+            held += not claimed
+            line.index.unclaim(pipeline.worker, [row.id for row in claimed])
+            clock.now += 0.1
+        clock.now += 0.12 - 0.1 + SENDING_S  # the pause the peer grants
+        assert [row.id for row in pipeline._claim_next(STAGES_OF_A_WORKER, [], {})] == forwards
+        line.index.unclaim(pipeline.worker, forwards)
+    # the first 10 s of its stream, then about each pause's worth: ~12 s of 29.7, not 29.7
+    assert held * 0.1 <= FORWARD_HOLD_S + 3 * 0.25
 
 
 def test_rows_on_their_way_to_the_anchor_go_first_and_forwards_wait_beside_them(
