@@ -192,6 +192,12 @@ HOSTILE = {
         pdus.p_data(1, 0b00, b"\x08\x00\x05\x00" * 1000),
     ],
     "dataset-without-command": [pdus.p_data(1, 0b10, b"\x08\x00\x05\x00" * 10)],
+    # a PDU whose body ends before its length says, then the connection closes:
+    # GuardedSocket._read hands the DUL the short PDU it got
+    "pdu-cut-short-then-close": [
+        pdus.p_data(1, 0b11, pdus.store_command()),
+        pdus.p_data(1, 0b00, b"\x08\x00\x05\x00" * 1000)[:-1500],
+    ],
 }
 
 
