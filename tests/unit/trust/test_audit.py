@@ -52,6 +52,23 @@ def test_a_sweep_reports_what_is_not_intact_and_records_nobody_accounts_for(
     assert ("tampered", tampered.uid) in kinds and ("unregistered", outsider.uid) in kinds
 
 
+def test_an_image_received_and_recorded_while_the_sweep_runs_is_no_orphan(world: World) -> None:
+    # the sweep reads the index, then checks every instance, then reads the ledger's
+    # records: one anchored in between is accounted for by the index as it is by then
+    first, arriving = world.images(2)
+    world.commit(first)
+    arrived: list[str] = []
+
+    def meanwhile(done: int, total: int) -> None:
+        if done == total and not arrived:
+            arrived.append(world.commit(arriving).sop_instance_uid)
+
+    report = sweep(world.verifier(), index=world.index, progress=meanwhile, workers=1)
+    assert arrived == [arriving.uid]
+    assert report.summary["total"] == 1  # the one the sweep took in
+    assert report.findings == [] and report.ledger_records_without_instance == 0
+
+
 def test_past_audits_are_listed_newest_first_and_findings_read_a_page_at_a_time(
     world: World, tmp_path: Path
 ) -> None:
