@@ -346,14 +346,28 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return fake
 
 
-def _waiting_forwards(line: Line) -> list[int]:
-    forwards = [line.at_anchor(n) for n in (1, 2)]
-    for row_id in forwards:
-        line.index.update(row_id, stage="forward")
-    return forwards
+class Sending:
+    """Two rows waiting at ``forward``, and a modality whose last ack the test sets."""
 
+    STAGES = ("fingerprint", "seal", "put", "anchor", "forward")
 
-STAGES_OF_A_WORKER = ("fingerprint", "seal", "put", "anchor", "forward")
+    def __init__(self, line: Line, clock: Clock) -> None:
+        self.line, self.clock = line, clock
+        self.forwards = [line.at_anchor(n) for n in (1, 2)]
+        for row_id in self.forwards:
+            line.index.update(row_id, stage="forward")
+        self.acked = clock.now
+        line.pipeline.last_ack = lambda: self.acked
+
+    def ack(self) -> None:
+        self.acked = self.clock.now
+
+    def claim(self) -> list[int]:
+        """The ids of the rows the next round claims, each handed back at once."""
+        pipeline = self.line.pipeline
+        ids = [row.id for row in pipeline._claim_next(self.STAGES, [], {})]
+        self.line.index.unclaim(pipeline.worker, ids)
+        return ids
 
 
 def test_no_forward_starts_while_a_modality_is_still_sending_unless_its_stream_goes_on(
@@ -361,23 +375,18 @@ def test_no_forward_starts_while_a_modality_is_still_sending_unless_its_stream_g
 ) -> None:
     # on two cores the PACS storing whole images beside a stream of large ones halved the
     # acks' speed; a stream that goes on for FORWARD_HOLD_S still commits as it goes
-    forwards = _waiting_forwards(line)
-    pipeline = line.pipeline
-    acked = [clock.now]
-    pipeline.last_ack = lambda: acked[0]
-
-    assert pipeline._claim_next(STAGES_OF_A_WORKER, [], {}) == []  # acked just now
+    modality = Sending(line, clock)
+    assert modality.claim() == []  # acked just now
     clock.now += SENDING_S
-    assert [row.id for row in pipeline._claim_next(STAGES_OF_A_WORKER, [], {})] == forwards
-    line.index.unclaim(pipeline.worker, forwards)
+    assert modality.claim() == modality.forwards
 
     clock.now += FORWARD_HOLD_S  # quiet long enough to refill the hold
     for _ in range(10):  # a new stream: held again, until it has gone on too long
-        acked[0] = clock.now
-        assert pipeline._claim_next(STAGES_OF_A_WORKER, [], {}) == []
+        modality.ack()
+        assert modality.claim() == []
         clock.now += FORWARD_HOLD_S / 10
-    acked[0] = clock.now
-    assert [row.id for row in pipeline._claim_next(STAGES_OF_A_WORKER, [], {})] == forwards
+    modality.ack()
+    assert modality.claim() == modality.forwards
 
 
 def test_a_peer_pausing_briefly_between_long_streams_holds_forwards_only_as_long_as_its_pauses(
@@ -386,21 +395,15 @@ def test_a_peer_pausing_briefly_between_long_streams_holds_forwards_only_as_long
     # the hold is a budget, refilled only while no modality sends: a peer that streams for
     # almost the hold's length, pauses just past SENDING_S and streams again gets back only
     # what it paused, not the whole hold once more
-    forwards = _waiting_forwards(line)
-    pipeline = line.pipeline
-    acked = [clock.now]
-    pipeline.last_ack = lambda: acked[0]
+    modality = Sending(line, clock)
     held = 0
-    for _ in range(3):  # three bursts of 9.9 s, each after a 0.12 s pause
+    for _ in range(3):  # three bursts of 9.9 s, an ack every 0.1 s
         for _ in range(99):
-            acked[0] = clock.now
-            claimed = pipeline._claim_next(STAGES_OF_A_WORKER, [], {})
-            held += not claimed
-            line.index.unclaim(pipeline.worker, [row.id for row in claimed])
+            modality.ack()
+            held += not modality.claim()
             clock.now += 0.1
-        clock.now += 0.12 - 0.1 + SENDING_S  # the pause the peer grants
-        assert [row.id for row in pipeline._claim_next(STAGES_OF_A_WORKER, [], {})] == forwards
-        line.index.unclaim(pipeline.worker, forwards)
+        clock.now += 0.02  # the peer pauses: its last ack is 0.12 s old
+        assert modality.claim() == modality.forwards
     # the first 10 s of its stream, then about each pause's worth: ~12 s of 29.7, not 29.7
     assert held * 0.1 <= FORWARD_HOLD_S + 3 * 0.25
 
