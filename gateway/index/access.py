@@ -212,12 +212,10 @@ def landed_batches(index: Index) -> list[TrailBatch]:
     )]  # fmt: skip
 
 
-def unlanded_batch_of(index: Index, root: bytes) -> TrailBatch | None:
-    """The batch cut with ``root`` whose send has not closed yet (None: none)."""
+def batch_of_root(index: Index, root: bytes) -> TrailBatch | None:
+    """The batch cut with ``root``, whatever its state (None: none)."""
     found = index.query(
-        f"SELECT {_BATCH} FROM access_batches WHERE root = ? AND state != 'landed'"
-        " ORDER BY id LIMIT 1",
-        (root,),
+        f"SELECT {_BATCH} FROM access_batches WHERE root = ? ORDER BY id LIMIT 1", (root,)
     )
     return _batch(found[0]) if found else None
 

@@ -280,9 +280,10 @@ def check_trail(trail: Trail, ledger: LedgerReader) -> tuple[int, list[TrailFind
     access batches the chain holds, anchored by this gateway's recorders, that the index
     no longer knows (deleted whole).
 
-    A batch mined while this runs, whose sender has not closed it in the index yet (it
-    closes on the receipt), is still known: by its root, among the batches not yet landed.
-    Its entries are checked against the chain like any landed batch's.
+    A batch mined while this runs is not among the landed batches read first: its sender
+    closes it in the index on the receipt, before or after the chain's events are read.
+    It is still known, by its root, and its entries are checked against the chain like
+    any landed batch's.
     """
     findings: list[TrailFinding] = []
     batches = access.landed_batches(trail.index)
@@ -296,9 +297,9 @@ def check_trail(trail: Trail, ledger: LedgerReader) -> tuple[int, list[TrailFind
         recorder = str(event.args.get("recorder", "")).lower()
         if batch_id in known or recorder not in ours:
             continue
-        sending = access.unlanded_batch_of(trail.index, bytes(event.args["root"]))  # type: ignore[call-overload]
-        if sending is not None:
-            landing = replace(sending, batch_id=batch_id, tx_hash=event.tx_hash)
+        landing = access.batch_of_root(trail.index, bytes(event.args["root"]))  # type: ignore[call-overload]
+        if landing is not None:  # mined while this ran (closed in the index since, or not)
+            landing = replace(landing, batch_id=batch_id, tx_hash=event.tx_hash)
             findings.extend(_check_batch(trail, ledger, landing))
         else:
             findings.append(

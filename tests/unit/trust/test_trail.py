@@ -4,8 +4,9 @@ audit's check finding deleted, edited and vanished entries."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -193,6 +194,37 @@ def test_a_batch_mined_but_not_yet_closed_by_its_sender_is_checked_not_called_mi
         raw.execute("DELETE FROM access_log WHERE batch = ?", (sending.id,))
     _, findings = check_trail(trail, ledger)
     assert [(f.batch_id, f.problem, f.leaf_indexes) for f in findings] == [(4, "deleted", (0,))]
+
+
+class SendsMeanwhile:
+    """The ledger as the audit reads it, with a trail batch sent (mined, then closed in the
+    index) just before the audit reads the chain's access batches: after it read the
+    landed ones."""
+
+    def __init__(self, ledger: MemoryLedger, send: Callable[[], object]) -> None:
+        self.ledger, self.send = ledger, send
+
+    def events(self, name: str, **kwargs: Any) -> list[LedgerEvent]:
+        if name == "AccessBatchAnchored":
+            self.send()
+        return self.ledger.events(name, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ledger, name)
+
+
+def test_a_batch_mined_and_closed_while_the_audit_runs_is_checked_not_called_missing(
+    index: Index, tmp_path: Path
+) -> None:
+    trail, ledger = _anchored_trail(index, tmp_path)
+    AccessJournal(tmp_path / "access.sqlite").append(
+        who="carol", who_kind="address", route="rest", verdict="intact", served=True
+    )
+    trail.import_journal(tmp_path / "access.sqlite", source="plugin:a")
+    assert trail.cut(max_entries=5, window_s=0) is not None
+    meanwhile = SendsMeanwhile(ledger, lambda: trail.send(Writer(ledger), worker="n/up"))
+    assert check_trail(trail, meanwhile) == (3, [])  # type: ignore[arg-type]
+    assert check_trail(trail, ledger) == (4, [])
 
 
 def test_an_erased_study_s_entries_lose_their_uids_and_their_batches_still_check(
