@@ -13,6 +13,7 @@ import pytest
 from gateway.core.access import NO_KEY, AccessLeaf, instance_key, study_key, who_key
 from gateway.core.merkle import leaf_hash
 from gateway.index import access
+from gateway.index.access import TrailBatch
 from gateway.index.db import Index
 from gateway.ledger.memory import MemoryLedger
 from gateway.ledger.types import Anchor, LedgerEvent
@@ -176,16 +177,22 @@ def test_the_audit_finds_a_deleted_an_edited_and_a_vanished_batch(
     ]  # fmt: skip
 
 
-def test_a_batch_mined_but_not_yet_closed_by_its_sender_is_checked_not_called_missing(
-    index: Index, tmp_path: Path
-) -> None:
+def _one_more_batch_cut(index: Index, tmp_path: Path) -> tuple[Trail, MemoryLedger, TrailBatch]:
+    """Three anchored batches, and a fourth (one read) cut but not sent yet."""
     trail, ledger = _anchored_trail(index, tmp_path)
     AccessJournal(tmp_path / "access.sqlite").append(
         who="carol", who_kind="address", route="rest", verdict="intact", served=True
     )
     trail.import_journal(tmp_path / "access.sqlite", source="plugin:a")
-    sending = trail.cut(max_entries=5, window_s=0)
-    assert sending is not None
+    cut = trail.cut(max_entries=5, window_s=0)
+    assert cut is not None
+    return trail, ledger, cut
+
+
+def test_a_batch_mined_but_not_yet_closed_by_its_sender_is_checked_not_called_missing(
+    index: Index, tmp_path: Path
+) -> None:
+    trail, ledger, sending = _one_more_batch_cut(index, tmp_path)
     # the sender's transaction is mined; its receipt is not back, so the batch is still open
     ledger.record_access_batch(recorder=RECORDER, root=sending.root, count=sending.count)
     assert access.batch(index, sending.id).state == "open"
@@ -216,12 +223,7 @@ class SendsMeanwhile:
 def test_a_batch_mined_and_closed_while_the_audit_runs_is_checked_not_called_missing(
     index: Index, tmp_path: Path
 ) -> None:
-    trail, ledger = _anchored_trail(index, tmp_path)
-    AccessJournal(tmp_path / "access.sqlite").append(
-        who="carol", who_kind="address", route="rest", verdict="intact", served=True
-    )
-    trail.import_journal(tmp_path / "access.sqlite", source="plugin:a")
-    assert trail.cut(max_entries=5, window_s=0) is not None
+    trail, ledger, _ = _one_more_batch_cut(index, tmp_path)
     meanwhile = SendsMeanwhile(ledger, lambda: trail.send(Writer(ledger), worker="n/up"))
     assert check_trail(trail, meanwhile) == (3, [])  # type: ignore[arg-type]
     assert check_trail(trail, ledger) == (4, [])
