@@ -250,7 +250,6 @@ class Pipeline:
         self.last_ack = last_ack
         self._hold_left = FORWARD_HOLD_S  # how much longer forwards may wait for acks
         self._hold_seen: float | None = None  # when _forwards_wait last looked
-        self._holding = False  # at that look: forwards waited for a sending modality
         self._quiet = True  # at that look: no modality was sending
         self._reconciled = threading.Event()  # the anchors recorded before start are checked
         self._reconciled.set()  # (only start() has any to check: it clears this)
@@ -429,13 +428,12 @@ class Pipeline:
         now = time.monotonic()
         elapsed = 0.0 if self._hold_seen is None else now - self._hold_seen
         self._hold_seen = now
-        if self._holding:  # since the last look, forwards waited
-            self._hold_left -= elapsed
-        elif self._quiet:  # since the last look, no one sent (until a new stream began)
+        if self._quiet:  # since the last look, no one sent (until a new stream began)
             self._hold_left = min(FORWARD_HOLD_S, self._hold_left + elapsed)
+        elif self._hold_left > 0:  # since the last look, forwards waited
+            self._hold_left -= elapsed
         self._quiet = now - self.last_ack() >= SENDING_S
-        self._holding = not self._quiet and self._hold_left > 0
-        return self._holding
+        return not self._quiet and self._hold_left > 0
 
     def _claim(self, stages: tuple[str, ...], *, room: int) -> list[Row]:
         """Claim up to ``room`` due rows for the next round (none if the index fails now)."""

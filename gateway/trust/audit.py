@@ -218,7 +218,7 @@ def sweep(
                 key = event.args.get("recordKey")
                 if isinstance(key, bytes) and key not in known_keys:
                     known_keys.add(key)
-                    if any(is_version(row.stage) for row in index.by_record_key(key)):
+                    if index.versions_of(key):
                         continue
                     orphans += 1
                     findings.append(
